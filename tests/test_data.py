@@ -1,0 +1,123 @@
+"""Folders, augmentation, rectangular validation and the bad-data errors, on real JPEG files."""
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer import data, schedule
+from trainer.data import DataError
+
+
+def _settings(tmp_path, rank=0, world=1):
+    return data.LoaderSettings(rank=rank, world=world, workers=0, seed=0, pin_memory=False,
+                               cache_dir=tmp_path / "cache")
+
+
+def test_rect_val_batches_sort_by_aspect_ratio_and_crop_to_multiples_of_8():
+    ratios = [2.0, 0.5, 1.5, 0.75, 1.0]
+    batches, crops = data.rect_val_batches(ratios, batch_size=2, size=64)
+    assert batches == [[1, 3], [4, 2], [0]]
+    assert crops[1] == crops[3] == (96, 64)  # mean 0.625: portrait, taller than wide
+    assert crops[4] == crops[2] == (64, 80)  # mean 1.25
+    assert crops[0] == (64, 128)
+
+
+def test_loaders_yield_uint8_batches_of_each_phase_shape(tiny_data, tmp_path):
+    plan = schedule.load("cpu-tiny")
+    folders = data.check_layout(tiny_data, plan)
+    loaders = data.build_loaders(tiny_data, plan, folders, _settings(tmp_path))
+    assert len(loaders) == len(plan.data)
+    first = loaders[0]
+    images, labels = next(iter(first.train))
+    assert images.dtype == torch.uint8 and images.shape == (16, 3, 32, 32)
+    assert labels.dtype == torch.int64 and labels.max() < 4
+    assert loaders[1].train.dataset is first.train.dataset  # keep_dl: same data, new batch size
+    assert loaders[1].train.batch_size == 32
+
+    rect = loaders[2]
+    assert rect.phase.rect_val
+    ratios = data.aspect_ratios(folders["-sz/160:validation"], tmp_path / "cache")
+    _, expected = data.rect_val_batches(ratios, rect.phase.bs, rect.phase.sz)
+    seen = 0
+    for (images, _), indices in zip(rect.val, rect.val.batch_sampler):
+        height, width = images.shape[2:]
+        assert (height, width) == expected[indices[0]]
+        assert min(height, width) == 48 and max(height, width) % 8 == 0
+        seen += len(images)
+    assert seen == 40
+    assert list((tmp_path / "cache").glob("aspect-*.json")), "aspect ratios are cached"
+
+
+def test_validation_is_split_across_ranks_without_overlap(tiny_data, tmp_path):
+    plan = schedule.load("cpu-tiny")
+    folders = data.check_layout(tiny_data, plan)
+    shards = [data.build_loaders(tiny_data, plan, folders, _settings(tmp_path, rank, 3))[2] for rank in range(3)]
+    indices = [i for shard in shards for batch in shard.val.batch_sampler for i in batch]
+    assert sorted(indices) == list(range(40))
+    assert {shard.val_steps for shard in shards} == {1}
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index(tiny_data):
+    folder = data.scan(data.split_dir(tiny_data, "-sz/160", "train"))
+    dataset = data.TrainImages(folder, 32, 0.35, seed=0)
+    same = [dataset[(5, 1)][0] for _ in range(2)]
+    assert torch.equal(same[0], same[1])
+    assert not torch.equal(dataset[(5, 1)][0], dataset[(5, 2)][0])
+    assert not torch.equal(dataset[(5, 1)][0], data.TrainImages(folder, 32, 0.35, seed=1)[(5, 1)][0])
+
+
+def test_random_resized_crop_box_stays_inside_the_image():
+    import random
+
+    rng = random.Random(0)
+    for height, width in [(100, 400), (400, 100), (160, 213), (9, 9)]:
+        for _ in range(200):
+            top, left, h, w = data.random_resized_crop_box(rng, height, width, 0.08)
+            assert 0 <= top and 0 <= left and top + h <= height and left + w <= width and h > 0 and w > 0
+
+
+def test_corrupt_jpeg_is_skipped_with_a_warning_naming_it(data_copy, caplog):
+    victim = sorted((data_copy / "train").glob("*/*.JPEG"))[0]
+    victim.write_bytes(b"\xff\xd8 this is not a jpeg")
+    folder = data.scan(data_copy / "train")
+    index = [p for p, _ in folder.samples].index(str(victim))
+    logging.getLogger("trainer.data").addHandler(caplog.handler)
+    try:
+        image, label = data.TrainImages(folder, 32, 0.5, seed=0)[(index, 0)]
+    finally:
+        logging.getLogger("trainer.data").removeHandler(caplog.handler)
+    assert image.shape == (3, 32, 32)
+    assert label == folder.samples[index + 1][1]  # the stand-in's own label
+    assert str(victim) in caplog.text and "skipping corrupt image" in caplog.text
+
+
+def test_missing_data_folder(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        data.check_layout(tmp_path / "nowhere", schedule.load("cpu-tiny"))
+
+
+def test_missing_resized_copy_names_the_prepare_command(data_copy):
+    shutil.rmtree(Path(str(data_copy) + "-sz"))
+    with pytest.raises(DataError, match=r"trndir '-sz/160' needs .*-sz/160/train.*python -m trainer prepare"):
+        data.check_layout(data_copy, schedule.load("cpu-tiny"))
+
+
+def test_folder_without_classes(tmp_path):
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DataError, match="has no class folders"):
+        data.scan(tmp_path / "train")
+
+
+def test_empty_class_folder(data_copy):
+    (data_copy / "train" / "zebra").mkdir()
+    with pytest.raises(DataError, match="zebra has no images"):
+        data.scan(data_copy / "train")
+
+
+def test_class_sets_that_differ_between_train_and_validation(data_copy):
+    shutil.rmtree(Path(str(data_copy) + "-sz/160/validation/circle"))
+    with pytest.raises(DataError, match=r"differ .*missing \['circle'\]"):
+        data.check_layout(data_copy, schedule.load("cpu-tiny"))

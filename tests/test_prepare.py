@@ -1,0 +1,148 @@
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from trainer.demo_data import make_demo_dataset
+from trainer.prepare import PrepareError, PrepareReport, prepare, resized_root
+
+SIZES = (100, 160)
+# file -> (width, height); relative to the dataset root
+IMAGES = {
+    "train/cat/landscape.JPEG": (300, 200),
+    "train/cat/portrait.jpg": (181, 400),
+    "train/dog/small.JPEG": (120, 90),
+    "train/dog/exact.jpeg": (160, 250),
+    "validation/cat/picture.png": (240, 320),
+    "validation/dog/val.JPEG": (400, 300),
+}
+
+
+def make_dataset(root: Path) -> Path:
+    for name, size in IMAGES.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = Image.linear_gradient("L").resize(size).convert("RGB")
+        image.save(path, "PNG" if path.suffix == ".png" else "JPEG", quality=95)
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "imagenet")
+
+
+def test_output_roots_append_the_suffix_to_the_root_string(dataset: Path) -> None:
+    report = prepare(dataset, SIZES, workers=1)
+    assert report.output_roots == {100: Path(f"{dataset}-sz/100"), 160: Path(f"{dataset}-sz/160")}
+    assert resized_root(dataset, 352) == dataset.parent / "imagenet-sz" / "352"
+
+
+def test_short_side_becomes_the_size_with_aspect_kept(dataset: Path) -> None:
+    prepare(dataset, SIZES, workers=1)
+    for size in SIZES:
+        for name, source_size in IMAGES.items():
+            with Image.open(resized_root(dataset, size) / name) as image:
+                width, height = image.size
+            source_width, source_height = source_size
+            assert min(width, height) == min(size, min(source_size)), name
+            # the long side is what the source's aspect ratio gives, to within rounding
+            if width <= height:
+                assert abs(height - width * source_height / source_width) <= 1, name
+            else:
+                assert abs(width - height * source_width / source_height) <= 1, name
+
+
+def test_small_images_are_copied_unchanged_and_formats_follow_the_name(dataset: Path) -> None:
+    report = prepare(dataset, SIZES, workers=1)
+    # small.JPEG for both sizes; exact.jpeg (short side 160) for 160
+    assert (report.copied, report.resized, report.skipped_existing) == (3, 9, 0)
+    for size in SIZES:
+        copy = resized_root(dataset, size) / "train/dog/small.JPEG"
+        assert copy.read_bytes() == (dataset / "train/dog/small.JPEG").read_bytes()
+    assert (resized_root(dataset, 160) / "train/dog/exact.jpeg").read_bytes() == \
+        (dataset / "train/dog/exact.jpeg").read_bytes()
+    with Image.open(resized_root(dataset, 100) / "validation/cat/picture.png") as image:
+        assert image.format == "PNG"
+    with Image.open(resized_root(dataset, 100) / "train/cat/landscape.JPEG") as image:
+        assert image.format == "JPEG"
+    assert not (resized_root(dataset, 100) / "train/cat/notes.txt").exists()
+
+
+def test_second_run_skips_everything_and_a_deleted_output_is_redone(dataset: Path) -> None:
+    prepare(dataset, SIZES, workers=1)
+    again = prepare(dataset, SIZES, workers=1)
+    assert (again.resized, again.copied, again.skipped_existing, again.corrupt) == (0, 0, 12, [])
+    victim = resized_root(dataset, 160) / "train/cat/landscape.JPEG"
+    victim.unlink()
+    redone = prepare(dataset, SIZES, workers=1)
+    assert (redone.resized, redone.copied, redone.skipped_existing) == (1, 0, 11)
+    with Image.open(victim) as image:
+        assert image.size == (240, 160)
+    assert not [p for p in resized_root(dataset, 160).rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_corrupt_images_are_skipped_reported_and_do_not_stop_the_rest(
+        dataset: Path, caplog: pytest.LogCaptureFixture) -> None:
+    garbage = dataset / "train/cat/garbage.JPEG"
+    garbage.write_bytes(b"\x00not a jpeg at all" * 50)
+    truncated = dataset / "validation/dog/truncated.JPEG"
+    truncated.write_bytes((dataset / "validation/dog/val.JPEG").read_bytes()[:400])
+    with caplog.at_level(logging.WARNING, logger="trainer.prepare"):
+        report = prepare(dataset, SIZES, workers=1)
+    assert report.corrupt == sorted([garbage, truncated])
+    assert report.resized + report.copied == 2 * len(IMAGES)
+    for size in SIZES:
+        assert not (resized_root(dataset, size) / "train/cat/garbage.JPEG").exists()
+        assert not (resized_root(dataset, size) / "validation/dog/truncated.JPEG").exists()
+    assert str(garbage) in caplog.text and str(truncated) in caplog.text
+
+
+def test_parallel_run_on_a_demo_dataset(tmp_path: Path) -> None:
+    root = make_demo_dataset(tmp_path / "demo", classes=3, train_per_class=4, val_per_class=2)
+    report = prepare(root, (160, 352), workers=2)
+    assert isinstance(report, PrepareReport)
+    assert report.resized + report.copied == 2 * 18 and report.corrupt == []
+    for size in (160, 352):
+        for source in root.rglob("*.JPEG"):
+            with Image.open(source) as original, \
+                    Image.open(resized_root(root, size) / source.relative_to(root)) as copy:
+                assert min(copy.size) == min(size, min(original.size))
+
+
+def test_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(PrepareError, match="does not exist"):
+        prepare(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_root_without_a_split(dataset: Path, split: str) -> None:
+    shutil.rmtree(dataset / split)
+    with pytest.raises(PrepareError, match=f"no {split}/ folder"):
+        prepare(dataset)
+
+
+def test_split_without_class_folders(tmp_path: Path) -> None:
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "validation").mkdir()
+    (tmp_path / "validation" / "stray.JPEG").write_bytes(b"")
+    with pytest.raises(PrepareError, match="no class folders"):
+        prepare(tmp_path)
+
+
+@pytest.mark.parametrize("sizes", [(), (0,), (160, -1), (160.0,), (True,), "160", 160])
+def test_bad_sizes(dataset: Path, sizes: object) -> None:
+    with pytest.raises(PrepareError, match="sizes"):
+        prepare(dataset, sizes)  # type: ignore[arg-type]
+
+
+def test_bad_workers(dataset: Path) -> None:
+    with pytest.raises(PrepareError, match="workers"):
+        prepare(dataset, workers=0)
+
+
+def test_prepare_error_is_a_value_error() -> None:
+    assert issubclass(PrepareError, ValueError)

@@ -1,0 +1,158 @@
+"""End-to-end trainer runs on real JPEGs: files, console lines, TensorBoard tags, 2 nodes, resume."""
+
+import json
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.trainer_runs import free_port, node_command, run, train_command, trainer_env
+from trainer import checkpoint
+
+SEED_TAGS = {
+    "losses/xent", "losses/train_1", "losses/train_5", "losses/test_1", "losses/test_5",
+    "sizes/world", "sizes/batch", "sizes/image", "sizes/lr", "sizes/momentum", "sizes/batch_total",
+    "times/step", "times/data", "times/eval_sec", "times/1gpu_images_per_sec", "times/8gpu_images_per_sec",
+    "net/recv_gbit", "net/transmit_gbit", "epoch",
+}
+NUMBER = r"\d+\.\d+"
+TRAIN_LINE = re.compile(rf"^Epoch: \[\d+\]\[\d+/\d+\]\tTime {NUMBER} \({NUMBER}\)\tLoss {NUMBER} \({NUMBER}\)\t"
+                        rf"Acc@1 {NUMBER} \({NUMBER}\)\tAcc@5 {NUMBER} \({NUMBER}\)\tData {NUMBER} \({NUMBER}\)\t"
+                        rf"BW {NUMBER} {NUMBER}$")
+TEST_LINE = re.compile(rf"^Test:  \[\d+\]\[\d+/\d+\]\tTime {NUMBER} \({NUMBER}\)\tLoss {NUMBER} \({NUMBER}\)\t"
+                       rf"Acc@1 {NUMBER} \({NUMBER}\)\tAcc@5 {NUMBER} \({NUMBER}\)$")
+EPOCH_LINE = re.compile(r"^~~(\d+)\t(\d+\.\d{5})\t\t(\d+\.\d{3})\t\t(\d+\.\d{3})$")
+
+
+def _records(logdir, kind):
+    lines = (logdir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == kind]
+
+
+@pytest.fixture(scope="module")
+def single_run(tiny_data, tmp_path_factory):
+    """One uninterrupted single-process run of cpu-tiny, shared by the tests that only read its files."""
+    logdir = tmp_path_factory.mktemp("single") / "run"
+    result = run(train_command(tiny_data, logdir, "--target", "60"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return logdir, result.stdout
+
+
+def test_console_shows_the_seeds_lines(single_run):
+    _, stdout = single_run
+    lines = stdout.splitlines()
+    assert any(TRAIN_LINE.match(line) for line in lines)
+    assert any(TEST_LINE.match(line) for line in lines)
+    assert "~~epoch\thours\ttop1\ttop5" in lines
+    epochs = [EPOCH_LINE.match(line) for line in lines if line.startswith("~~") and line != "~~epoch\thours\ttop1\ttop5"]
+    assert [int(m.group(1)) for m in epochs] == [0, 1, 2, 3]
+    assert all(re.match(r"^Changing LR from \S+ to \S+$", line) for line in lines if line.startswith("Changing"))
+    assert "Batch size changed: 32" in lines
+    assert lines.count("Dataset changed.") == 2 and "Image size: 48" in lines
+    assert all(not line.startswith("Epoch:") or TRAIN_LINE.match(line) for line in lines)
+
+
+def test_log_files_metrics_and_summary(single_run):
+    logdir, stdout = single_run
+    for name in ("verbose.log", "event.log", "debug.log", "metrics.jsonl", "summary.json"):
+        assert (logdir / name).is_file(), name
+    events = (logdir / "event.log").read_text()
+    assert "~~3\t" in events and "Dataset changed." in events and "Epoch: [" not in events
+    assert "Epoch: [0][2/" in (logdir / "verbose.log").read_text()
+    epochs = _records(logdir, "epoch")
+    assert [r["epoch"] for r in epochs] == [0, 1, 2, 3]
+    assert [r["size"] for r in epochs] == [32, 32, 32, 48]
+    assert [r["global_batch"] for r in epochs] == [16, 16, 32, 32]
+    assert _records(logdir, "heartbeat") and _records(logdir, "start")
+    end = _records(logdir, "end")[-1]
+    summary = json.loads((logdir / "summary.json").read_text())
+    assert end["status"] == "completed" and end["top5"] == summary["epochs"][-1]["top5"]
+    reached = [r for r in epochs if r["top5"] >= 60]
+    assert summary["target_epoch"] == (reached[0]["epoch"] if reached else None)
+    if reached:
+        assert f"Time to 60.0% top-5: epoch {reached[0]['epoch']}" in stdout
+
+
+def test_tensorboard_events_carry_the_seeds_tags(single_run):
+    logdir, _ = single_run
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert SEED_TAGS <= tags, SEED_TAGS - tags
+    test_5 = events.Scalars("losses/test_5")
+    assert len(test_5) == 4
+    assert [e.step for e in test_5] == sorted(e.step for e in test_5) and test_5[-1].step == 4 * 160
+    assert events.Scalars("sizes/image")[-1].value == 48
+
+
+def test_two_torchrun_nodes_over_gloo_learn(tiny_data, tmp_path):
+    logdir, port = tmp_path / "run", free_port()
+    nodes = [subprocess.Popen(node_command(i, 2, port, tiny_data, logdir), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=trainer_env()) for i in range(2)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    summary = json.loads((logdir / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["epochs"][-1]["global_batch"] == 64
+    assert summary["epochs"][-1]["top1"] > 60, "4 classes: chance is 25%"
+    assert "~~3\t" in outputs[0] and "~~" not in outputs[1], "only rank 0 prints"
+
+
+def test_killed_run_resumes_and_ends_where_the_uninterrupted_run_did(tiny_data, tmp_path, single_run):
+    logdir = tmp_path / "run"
+    command = train_command(tiny_data, logdir, "--target", "60")
+    victim = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=trainer_env())
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and victim.poll() is None:
+        if (logdir / "metrics.jsonl").exists() and any(r["epoch"] >= 2 for r in _records(logdir, "checkpoint")):
+            victim.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    assert victim.wait(timeout=60) == -signal.SIGKILL, "the run was killed mid-way"
+    killed_at = checkpoint.load(str(logdir / "checkpoints"))["epoch"]
+    assert 2 <= killed_at < 4
+
+    resumed = run(command + ["--auto-resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from {logdir / 'checkpoints'} at epoch {killed_at}" in resumed.stdout
+    reference = json.loads((single_run[0] / "summary.json").read_text())
+    summary = json.loads((logdir / "summary.json").read_text())
+    assert [e["epoch"] for e in summary["epochs"]] == [0, 1, 2, 3]
+    for mine, theirs in zip(summary["epochs"], reference["epochs"]):
+        assert mine["top1"] == pytest.approx(theirs["top1"], abs=0.01)
+        assert mine["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-3)
+    assert summary["target_epoch"] == reference["target_epoch"]
+    weights = checkpoint.load(str(logdir / "checkpoints"))["model"]
+    reference_weights = checkpoint.load(str(single_run[0] / "checkpoints"))["model"]
+    for name, tensor in weights.items():
+        assert torch.allclose(tensor.float(), reference_weights[name].float(), atol=1e-4), name
+
+
+@pytest.mark.parametrize("option,message", [
+    (["--arch", "resnet18"], "trained as resnet10, this run is resnet18"),
+    (["--schedule", "cpu-demo"], "trained with schedule 'cpu-tiny'"),
+])
+def test_resume_from_another_model_or_schedule_is_refused(single_run, tiny_data, tmp_path, option, message):
+    command = train_command(tiny_data, tmp_path / "run", "--resume", str(single_run[0] / "checkpoints"))
+    result = run(command + option)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resume_from_a_file_that_is_no_checkpoint(tiny_data, tmp_path):
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    result = run(train_command(tiny_data, tmp_path / "run", "--resume", str(bogus)))
+    assert result.returncode == 2 and "not a readable checkpoint" in result.stderr
+
+
+def test_missing_data_is_one_clear_line(tmp_path):
+    result = run(train_command(tmp_path / "nowhere", tmp_path / "run"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: data folder {tmp_path / 'nowhere'}-sz/160/train does not exist" or \
+        "does not exist" in result.stderr.strip().splitlines()[-1]

@@ -1,0 +1,35 @@
+"""Run the trainer the way users do: `python -m trainer train ...`, alone or as torchrun nodes."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def trainer_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def train_command(data: Path, logdir: Path, *options: str) -> list[str]:
+    return [sys.executable, "-m", "trainer", "train", str(data), "--schedule", "cpu-tiny",
+            "--logdir", str(logdir), "--print-freq", "2", "--heartbeat-seconds", "1", "--cache-dir",
+            str(logdir.parent / "cache"), *options]
+
+
+def node_command(node: int, nodes: int, port: int, data: Path, logdir: Path, *options: str) -> list[str]:
+    """One torchrun node of a multi-node run on 127.0.0.1 (one process each, gloo)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--node_rank={node}",
+                "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", "-m"]
+    return torchrun + train_command(data, logdir, "--threads", "1", *options)[2:]
+
+
+def run(command: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=trainer_env(**env))

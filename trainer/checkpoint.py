@@ -1,0 +1,73 @@
+"""Checkpoints to a local folder or an fsspec URL (s3://...), written so a reader never sees half a file."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import fsspec
+import torch
+from fsspec.implementations.local import LocalFileSystem
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot resume this run; the message says why."""
+
+
+def checkpoint_path(location: str) -> str:
+    """A folder (or URL prefix) holds `checkpoint.pt`; a path ending in .pt names the file itself."""
+    return location if location.endswith(".pt") else location.rstrip("/") + "/" + CHECKPOINT_NAME
+
+
+def exists(location: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(checkpoint_path(location))
+    return fs.exists(path)
+
+
+def save(location: str, state: dict) -> str:
+    fs, path = fsspec.core.url_to_fs(checkpoint_path(location))
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT_VERSION, **state}, buffer)
+    if isinstance(fs, LocalFileSystem):
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        # Object stores publish an object whole when its upload completes, so a direct write is atomic.
+        with fs.open(path, "wb") as f:
+            f.write(buffer.getbuffer())
+    return path
+
+
+def load(location: str) -> dict:
+    fs, path = fsspec.core.url_to_fs(checkpoint_path(location))
+    if not fs.exists(path):
+        raise CheckpointError(f"no checkpoint at {checkpoint_path(location)}")
+    with fs.open(path, "rb") as f:
+        try:
+            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for a truncated or foreign file
+            raise CheckpointError(f"{checkpoint_path(location)} is not a readable checkpoint: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{checkpoint_path(location)} is not an imagenet18 checkpoint "
+                              f"(format {FORMAT_VERSION})")
+    return state
+
+
+def check_compatible(state: dict, arch: str, schedule_name: str, fingerprint: str, classes: list[str]) -> None:
+    """Refuse a resume from another model, schedule or class set before any training step."""
+    if state["arch"] != arch:
+        raise CheckpointError(f"checkpoint was trained as {state['arch']}, this run is {arch}")
+    if state["schedule_fingerprint"] != fingerprint:
+        raise CheckpointError(f"checkpoint was trained with schedule {state['schedule_name']!r} "
+                              f"({state['schedule_fingerprint']}), this run uses {schedule_name!r} ({fingerprint})")
+    if state["classes"] != classes:
+        raise CheckpointError(f"checkpoint has {len(state['classes'])} classes, the data has {len(classes)} "
+                              "(or they differ by name)")

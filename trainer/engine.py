@@ -1,0 +1,203 @@
+"""One epoch of training and one pass of validation, with globally all-reduced metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from trainer import console, distributed
+from trainer.console import Meter, log
+from trainer.data import PhaseLoaders
+from trainer.model import set_lr
+from trainer.recorder import Recorder
+from trainer.schedule import Schedule
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Context:
+    """What both loops need, built once per run."""
+    model: nn.Module  # DDP-wrapped when distributed
+    bare_model: nn.Module  # the module itself: evaluation and checkpoints bypass DDP
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    world: distributed.World
+    recorder: Recorder
+    bf16: bool
+    channels_last: bool
+    print_freq: int
+    examples_seen: int = 0  # TensorBoard's step: cumulative global examples, as the seed logged
+    lr: float = 0.0
+    announced_lr: float = 0.0
+    network: console.NetworkMeter = field(default_factory=console.NetworkMeter)
+
+    def __post_init__(self) -> None:
+        shape = (1, 3, 1, 1)
+        device = self.world.device
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(shape) * 255
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(shape) * 255
+
+    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 batches are normalised here, on the device, not in the loader workers."""
+        device = self.world.device
+        images = images.to(device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels.to(device, non_blocking=True)
+
+    def autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.world.device.type, dtype=torch.bfloat16)
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    top1: float
+    top5: float
+    seconds: float
+    images: int
+
+
+def _correct(output: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    k = min(5, output.shape[1])
+    top = output.topk(k, dim=1).indices
+    hits = top.eq(labels.unsqueeze(1))
+    return hits[:, :1].sum(), hits.sum()
+
+
+class _Window:
+    """Sums since the last print, all-reduced there: images, loss x images, correct@1, correct@5."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
+        self.batches, self.data_seconds, self.start = 0, 0.0, time.perf_counter()
+
+    def add(self, output: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor | None) -> None:
+        correct1, correct5 = _correct(output, labels)
+        count = torch.tensor(float(len(labels)), dtype=torch.float64, device=self.sums.device)
+        loss_sum = loss.detach().double() * count if loss is not None else torch.zeros_like(count)
+        self.sums += torch.stack([count, loss_sum, correct1.double(), correct5.double()])
+        self.batches += 1
+
+    def reduce(self, meters: dict[str, Meter]) -> tuple[int, float]:
+        """All-reduce, fold into the meters, start a new window; returns global images and seconds."""
+        count, loss_sum, correct1, correct5 = distributed.all_reduce_sum(self.sums).tolist()
+        elapsed = time.perf_counter() - self.start
+        if count:
+            meters["loss"].update(loss_sum / count, int(count))
+            meters["top1"].update(100 * correct1 / count, int(count))
+            meters["top5"].update(100 * correct5 / count, int(count))
+        batches = max(self.batches, 1)
+        meters["time"].update(elapsed / batches, batches)
+        meters["data"].update(self.data_seconds / batches, batches)
+        self.sums.zero_()
+        self.batches, self.data_seconds, self.start = 0, 0.0, time.perf_counter()
+        return int(count), elapsed
+
+
+def _correct(output: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    top = output.topk(min(5, output.shape[1]), dim=1).indices
+    hits = top.eq(labels.unsqueeze(1))
+    return hits[:, :1].sum(), hits.sum()
+
+
+def _new_meters() -> dict[str, Meter]:
+    return {name: Meter() for name in ("time", "data", "loss", "top1", "top5")}
+
+
+def train_one_epoch(ctx: Context, loaders: PhaseLoaders, epoch: int) -> EpochResult:
+    ctx.model.train()
+    loaders.train.sampler.set_epoch(epoch)
+    batches = len(loaders.train)
+    meters, window = _new_meters(), _Window(ctx.world.device)
+    epoch_start = last = time.perf_counter()
+    for batch, (images, labels) in enumerate(loaders.train):
+        window.data_seconds += time.perf_counter() - last
+        _update_lr(ctx, epoch, batch, batches)
+        images, labels = ctx.to_device(images, labels)
+        with ctx.autocast():
+            output = ctx.model(images)
+            loss = nn.functional.cross_entropy(output, labels)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        ctx.optimizer.step()
+        window.add(output.detach(), labels, loss)
+        done = batch + 1
+        if done % ctx.print_freq == 0 or done == batches:
+            _report_train(ctx, meters, window, epoch, done, batches)
+        ctx.recorder.heartbeat(epoch=epoch, batch=done, batches=batches)
+        last = time.perf_counter()
+    return EpochResult(meters["loss"].avg, meters["top1"].avg, meters["top5"].avg,
+                       time.perf_counter() - epoch_start, meters["loss"].count)
+
+
+def _update_lr(ctx: Context, epoch: int, batch: int, batches: int) -> None:
+    lr = ctx.schedule.lr_at(epoch, batch, batches)
+    # Linear phases change the LR every iteration: announce it at print steps, as the seed did.
+    if batch % ctx.print_freq == 0 and lr != ctx.announced_lr:
+        log.info("Changing LR from %s to %s", ctx.announced_lr, lr, extra=console.EVENT)
+        ctx.announced_lr = lr
+    set_lr(ctx.optimizer, lr)
+    ctx.lr = lr
+
+
+def _report_train(ctx: Context, meters: dict[str, Meter], window: _Window, epoch: int, done: int,
+                  batches: int) -> None:
+    count, seconds = window.reduce(meters)
+    ctx.examples_seen += count
+    bandwidth = ctx.network.gbits()
+    log.info(console.train_line(epoch, done, batches, meters["time"], meters["loss"], meters["top1"],
+                                meters["top5"], meters["data"], bandwidth))
+    per_process = count / ctx.world.size / max(seconds, 1e-9)
+    ctx.recorder.scalars({
+        "times/1gpu_images_per_sec": per_process, "times/8gpu_images_per_sec": 8 * per_process,
+        "losses/xent": meters["loss"].value, "losses/train_1": meters["top1"].value,
+        "losses/train_5": meters["top5"].value, "times/step": meters["time"].value,
+        "times/data": meters["data"].value, "sizes/lr": ctx.lr,
+        "net/recv_gbit": bandwidth[0], "net/transmit_gbit": bandwidth[1], **_memory(ctx.world.device),
+    }, ctx.examples_seen)
+
+
+def _memory(device: torch.device) -> dict[str, float]:
+    if device.type == "cuda":
+        return {"memory/allocated_gb": torch.cuda.memory_allocated(device) / 2**30,
+                "memory/max_allocated_gb": torch.cuda.max_memory_allocated(device) / 2**30}
+    with open("/proc/self/statm") as f:
+        resident_pages = int(f.read().split()[1])
+    return {"memory/rss_gb": resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**30}
+
+
+def evaluate(ctx: Context, loaders: PhaseLoaders, epoch: int) -> EpochResult:
+    """Distributed validation on the bare model (DDP bypassed); every rank steps `val_steps` times."""
+    model = ctx.bare_model
+    model.eval()
+    meters, window = _new_meters(), _Window(ctx.world.device)
+    start = last = time.perf_counter()
+    batches = iter(loaders.val)
+    with torch.no_grad():
+        for step in range(loaders.val_steps):
+            batch = next(batches, None)
+            window.data_seconds += time.perf_counter() - last
+            if batch is not None:
+                images, labels = ctx.to_device(*batch)
+                with ctx.autocast():
+                    output = model(images)
+                    loss = nn.functional.cross_entropy(output.float(), labels)
+                window.add(output, labels, loss)
+            window.reduce(meters)
+            done = step + 1
+            if done % ctx.print_freq == 0 or done == loaders.val_steps:
+                log.info(console.test_line(epoch, done, loaders.val_steps, meters["time"], meters["loss"],
+                                           meters["top1"], meters["top5"]))
+            last = time.perf_counter()
+    return EpochResult(meters["loss"].avg, meters["top1"].avg, meters["top5"].avg,
+                       time.perf_counter() - start, meters["loss"].count)

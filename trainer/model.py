@@ -1,0 +1,54 @@
+"""The network and its optimiser: torchvision ResNets with the seed's bn0 init and no BN weight decay."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.resnet import BasicBlock, ResNet
+
+MOMENTUM = 0.9
+WEIGHT_DECAY = 1e-4
+FC_INIT_STD = 0.01
+
+
+def _resnet10(**kwargs) -> ResNet:
+    """One BasicBlock per stage: half of resnet18's work, for the CPU demo and tests."""
+    return ResNet(BasicBlock, [1, 1, 1, 1], **kwargs)
+
+
+ARCHITECTURES = {
+    "resnet10": _resnet10,
+    "resnet18": resnet.resnet18,
+    "resnet34": resnet.resnet34,
+    "resnet50": resnet.resnet50,
+    "resnet101": resnet.resnet101,
+}
+
+
+def build_model(arch: str, num_classes: int, init_bn0: bool = True) -> nn.Module:
+    """A randomly initialised ResNet (never downloads weights)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    # zero_init_residual zeroes the gamma of each residual block's last BN: the seed's --init-bn0.
+    model = ARCHITECTURES[arch](num_classes=num_classes, zero_init_residual=init_bn0)
+    nn.init.normal_(model.fc.weight, std=FC_INIT_STD)
+    nn.init.zeros_(model.fc.bias)
+    return model
+
+
+def build_optimizer(model: nn.Module, bn_weight_decay: bool = False) -> torch.optim.SGD:
+    """SGD, momentum 0.9, weight decay 1e-4; BatchNorm weights and biases get none (the seed's --no-bn-wd)."""
+    bn_params, other_params = [], []
+    for module in model.modules():
+        params = list(module.parameters(recurse=False))
+        is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        (bn_params if is_bn and not bn_weight_decay else other_params).extend(params)
+    groups = [{"params": other_params, "weight_decay": WEIGHT_DECAY},
+              {"params": bn_params, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=0.0, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

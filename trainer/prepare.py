@@ -1,0 +1,187 @@
+"""Resized copies of an ImageNet-layout dataset, as the schedules' `trndir = "-sz/<S>"` phases read them.
+
+For each size S, ROOT/{train,validation}/<class>/<file> becomes ROOT-sz/S/{train,validation}/<class>/<file>
+with its short side S (aspect kept). Images already no bigger are copied unchanged. Outputs appear atomically
+and existing ones are skipped, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing import Pool
+from pathlib import Path
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation")
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
+JPEG_QUALITY = 90
+# What PIL raises for files it cannot decode (truncated, garbage, absurdly large).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class PrepareError(ValueError):
+    """A dataset that cannot be prepared; the message names the problem."""
+
+
+@dataclass
+class PrepareReport:
+    resized: int = 0
+    copied: int = 0
+    skipped_existing: int = 0
+    corrupt: list[Path] = field(default_factory=list)
+    output_roots: dict[int, Path] = field(default_factory=dict)
+
+
+# One source image and the outputs (size, path) it should get.
+Job = tuple[Path, tuple[tuple[int, Path], ...]]
+
+
+def resized_root(root: Path, size: int) -> Path:
+    """Where the copy of `root` resized to `size` lives: the string ROOT with "-sz/<size>" appended."""
+    return Path(f"{root}-sz/{size}")
+
+
+def prepare(root: Path, sizes: Sequence[int] = (160, 352), workers: int | None = None) -> PrepareReport:
+    """Write the resized copies of `root` for each of `sizes`, skipping outputs that already exist."""
+    root = Path(root)
+    sizes = _check_sizes(sizes)
+    workers = _check_workers(workers)
+    class_dirs = _class_dirs(root)
+    report = PrepareReport(output_roots={size: resized_root(root, size) for size in sizes})
+    for class_dir in class_dirs:
+        for out_root in report.output_roots.values():
+            (out_root / class_dir.relative_to(root)).mkdir(parents=True, exist_ok=True)
+    jobs = list(_jobs(root, class_dirs, report.output_roots))
+    logger.info("preparing sizes %s of %d images in %s with %d workers", list(sizes), len(jobs), root, workers)
+    progress_every = max(1000, len(jobs) // 20)
+    for done, (resized, copied, skipped, corrupt) in enumerate(_run(jobs, workers), 1):
+        report.resized += resized
+        report.copied += copied
+        report.skipped_existing += skipped
+        if corrupt is not None:
+            logger.warning("skipping corrupt or unreadable image %s", corrupt)
+            report.corrupt.append(corrupt)
+        if done % progress_every == 0:
+            logger.info("prepared %d/%d images", done, len(jobs))
+    report.corrupt.sort()
+    logger.info("prepared %s: %d resized, %d copied, %d already there, %d corrupt", root, report.resized,
+                report.copied, report.skipped_existing, len(report.corrupt))
+    return report
+
+
+def _check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Iterable):
+        raise PrepareError(f"sizes must be a sequence of positive integers, got {sizes!r}")
+    sizes = tuple(sizes)
+    if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        raise PrepareError(f"sizes must be a non-empty sequence of positive integers, got {sizes!r}")
+    return tuple(dict.fromkeys(sizes))
+
+
+def _check_workers(workers: int | None) -> int:
+    if workers is None:
+        return len(os.sched_getaffinity(0))
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise PrepareError(f"workers must be a positive integer or None (all cores), got {workers!r}")
+    return workers
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise PrepareError(f"dataset root {root} does not exist or is not a directory")
+    class_dirs = []
+    for split in SPLITS:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise PrepareError(f"dataset root {root} has no {split}/ folder (expected {root}/{split}/<class>/*.JPEG)")
+        classes = sorted(p for p in split_dir.iterdir() if p.is_dir())
+        if not classes:
+            raise PrepareError(f"{split_dir} has no class folders (expected {split_dir}/<class>/*.JPEG)")
+        class_dirs += classes
+    return class_dirs
+
+
+def _jobs(root: Path, class_dirs: list[Path], output_roots: dict[int, Path]) -> Iterable[Job]:
+    for class_dir in class_dirs:
+        for source in sorted(class_dir.iterdir()):
+            if source.suffix.lower() in IMAGE_SUFFIXES and source.is_file():
+                relative = source.relative_to(root)
+                yield source, tuple((size, out_root / relative) for size, out_root in output_roots.items())
+
+
+def _run(jobs: list[Job], workers: int) -> Iterable[tuple[int, int, int, Path | None]]:
+    workers = min(workers, len(jobs))
+    if workers <= 1:
+        yield from map(_prepare_one, jobs)
+        return
+    with Pool(workers) as pool:
+        yield from pool.imap_unordered(_prepare_one, jobs, chunksize=max(1, min(256, len(jobs) // (workers * 8))))
+
+
+def _prepare_one(job: Job) -> tuple[int, int, int, Path | None]:
+    """Write one source's missing outputs; returns (resized, copied, skipped existing, the source if corrupt)."""
+    source, outputs = job
+    missing = [(size, out) for size, out in outputs if not out.exists()]
+    skipped = len(outputs) - len(missing)
+    if not missing:
+        return 0, 0, skipped, None
+    image = _decode(source)
+    if image is None:
+        return 0, 0, skipped, source
+    resized = copied = 0
+    with image:
+        for size, out in missing:
+            if min(image.size) <= size:
+                _atomic_write(out, lambda temp: shutil.copyfile(source, temp))
+                copied += 1
+            else:
+                _atomic_write(out, lambda temp: _save(_resize(image, size), temp, out.suffix))
+                resized += 1
+    return resized, copied, skipped, None
+
+
+def _decode(source: Path) -> Image.Image | None:
+    """The fully decoded image, or None when it cannot be read (decoding it all is what finds truncated files)."""
+    try:
+        image = Image.open(source)
+    except DECODE_ERRORS:
+        return None
+    try:
+        image.load()
+    except DECODE_ERRORS:
+        image.close()
+        return None
+    return image
+
+
+def _resize(image: Image.Image, size: int) -> Image.Image:
+    width, height = image.size
+    scale = size / min(width, height)
+    target = (size, round(height * scale)) if width <= height else (round(width * scale), size)
+    return image.resize(target, Image.LANCZOS)
+
+
+def _save(image: Image.Image, path: Path, suffix: str) -> None:
+    # The output keeps its source's name, so its format follows the extension.
+    if suffix.lower() == ".png":
+        image.save(path, "PNG")
+        return
+    if image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    image.save(path, "JPEG", quality=JPEG_QUALITY)
+
+
+def _atomic_write(out: Path, write: Callable[[Path], object]) -> None:
+    temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        write(temp)
+        os.replace(temp, out)
+    finally:
+        temp.unlink(missing_ok=True)

@@ -1,0 +1,306 @@
+"""The training run: schedule, data, model, the epoch loop, checkpoints, and the time-to-target figure.
+
+    python -m trainer train DATA --schedule cpu-demo                        # one process
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 \\
+        -m trainer train /data/imagenet --schedule seed-2 --logdir /efs/runs/r1    # node 0 of 2
+
+Files a run writes in --logdir (the contract the pipeline reads): metrics.jsonl (start, heartbeat, epoch,
+target, end records), summary.json (at the end), verbose.log, event.log, debug.log, TensorBoard events;
+checkpoints go to --checkpoint-dir (default LOGDIR/checkpoints), which may be an fsspec URL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from trainer import checkpoint, console, data, distributed, schedule as schedules, sync
+from trainer.console import log
+from trainer.engine import Context, evaluate, train_one_epoch
+from trainer.model import MOMENTUM, build_model, build_optimizer
+from trainer.recorder import Recorder
+
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imagenet18"
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    schedule: str = "cpu-demo"
+    logdir: Path | None = None
+    run_name: str | None = None
+    arch: str | None = None
+    target: float = 93.0
+    stop_at_target: bool = False
+    epochs: int | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 1
+    resume: str | None = None
+    auto_resume: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    workers: int | None = None
+    threads: int | None = None
+    print_freq: int = 10
+    seed: int = 0
+    cache_dir: Path = DEFAULT_CACHE
+    heartbeat_seconds: float = 30.0
+
+
+@dataclass
+class RunSummary:
+    run_name: str
+    logdir: str
+    schedule: str
+    arch: str
+    world_size: int
+    epochs: list[dict] = field(default_factory=list)
+    target: float = 93.0
+    target_epoch: int | None = None
+    target_hours: float | None = None
+    hours: float = 0.0
+    resumed_from_epoch: int | None = None
+
+    @property
+    def final(self) -> dict:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def default_run_name(schedule_name: str) -> str:
+    return f"{Path(schedule_name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run(config: TrainConfig) -> RunSummary:
+    """Train to the end of the schedule (or --epochs, or the target with --stop-at-target)."""
+    world = distributed.init(config.device)
+    try:
+        return _run(config, world)
+    finally:
+        distributed.shutdown()
+
+
+def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
+    plan = schedules.load(config.schedule)
+    arch = config.arch or plan.arch
+    run_name = config.run_name or default_run_name(plan.name)
+    logdir = config.logdir or Path.home() / "imagenet18-runs" / run_name
+    console.setup(logdir, world.is_master)
+    _set_threads(config, world)
+    root = _local_data(config, plan, world)
+    folders = data.check_layout(root, plan)
+    classes = list(folders[f"{plan.data[0].trndir}:train"].classes)
+    resume_from = _resume_location(config, logdir)
+    state = checkpoint.load(resume_from) if resume_from else None
+    if state:
+        checkpoint.check_compatible(state, arch, plan.name, plan.fingerprint(), classes)
+
+    torch.manual_seed(config.seed)
+    model = build_model(arch, len(classes)).to(world.device)
+    bf16, channels_last = _precision(config, world)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model)
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _restore_rng(state["rng"])
+    wrapped = DistributedDataParallel(model) if world.size > 1 else model
+    if world.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    settings = data.LoaderSettings(world.rank, world.size, _workers(config, world), config.seed,
+                                   world.device.type == "cuda", config.cache_dir)
+    loaders = data.build_loaders(root, plan, folders, settings)
+    end_epoch = min(plan.epochs, config.epochs or plan.epochs)
+    summary = RunSummary(run_name, str(logdir), plan.name, arch, world.size, target=config.target)
+    run_config = {**asdict(config), "arch": arch, "run_name": run_name, "world_size": world.size,
+                  "classes": len(classes), "epochs": end_epoch, "bf16": bf16, "channels_last": channels_last}
+    recorder = Recorder(logdir, run_name, _jsonable(run_config), world.is_master, config.heartbeat_seconds)
+    ctx = Context(wrapped, model, optimizer, plan, world, recorder, bf16, channels_last, config.print_freq)
+    start_epoch, elapsed = 0, 0.0
+    if state:
+        start_epoch, elapsed = state["epoch"], state["elapsed_seconds"]
+        summary.epochs, ctx.examples_seen = state["history"], state["examples_seen"]
+        summary.target_epoch, summary.target_hours = state["target_epoch"], state["target_hours"]
+        summary.resumed_from_epoch = start_epoch
+        log.info("Resuming from %s at epoch %d (%.5f hours done)", resume_from, start_epoch, elapsed / 3600,
+                 extra=console.EVENT)
+    _announce_start(plan, arch, world, classes, loaders, end_epoch, recorder, run_config)
+
+    checkpoint_dir = config.checkpoint_dir or str(logdir / "checkpoints")
+    clock = time.perf_counter() - elapsed  # the clock starts now that every loader is built
+    phase_index = None
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            phase_index = _enter_phase(ctx, loaders, plan.data_phase_index(epoch), phase_index)
+            train = train_one_epoch(ctx, loaders[phase_index], epoch)
+            val = evaluate(ctx, loaders[phase_index], epoch)
+            hours = (time.perf_counter() - clock) / 3600
+            record = _epoch_record(epoch, hours, train, val, ctx, loaders[phase_index])
+            summary.epochs.append(record)
+            log.info(console.epoch_line(epoch, hours, val.top1, val.top5), extra=console.EVENT)
+            recorder.record("epoch", **record)
+            recorder.scalars({"losses/test_1": val.top1, "losses/test_5": val.top5,
+                              "times/eval_sec": val.seconds, "epoch": epoch}, ctx.examples_seen)
+            if summary.target_epoch is None and val.top5 >= config.target:
+                summary.target_epoch, summary.target_hours = epoch, hours
+                log.info("Reached top-5 %.3f >= %.1f at epoch %d after %.5f hours", val.top5, config.target,
+                         epoch, hours, extra=console.EVENT)
+                recorder.record("target", epoch=epoch, hours=hours, top5=val.top5, target=config.target)
+            stop = config.stop_at_target and summary.target_epoch is not None
+            last = epoch + 1 == end_epoch or stop
+            if config.checkpoint_every and ((epoch + 1) % config.checkpoint_every == 0 or last):
+                _save(ctx, summary, epoch + 1, hours * 3600, plan, classes, checkpoint_dir)
+            if stop:
+                break
+        summary.hours = (time.perf_counter() - clock) / 3600
+        _finish(summary, recorder, logdir, world)
+    except BaseException as exc:
+        recorder.record("end", status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        recorder.close()
+    return summary
+
+
+def _local_data(config: TrainConfig, plan: schedules.Schedule, world: distributed.World) -> Path:
+    root = sync.local_root(config.data, config.cache_dir)
+    if sync.is_remote(config.data):
+        if world.is_node_master:
+            sync.sync(config.data, root, list(dict.fromkeys(p.trndir for p in plan.data)))
+        distributed.barrier()
+    return root
+
+
+def _resume_location(config: TrainConfig, logdir: Path) -> str | None:
+    if config.resume:
+        return config.resume
+    location = config.checkpoint_dir or str(logdir / "checkpoints")
+    if config.auto_resume and checkpoint.exists(location):
+        return location
+    return None
+
+
+def _set_threads(config: TrainConfig, world: distributed.World) -> None:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    elif world.device.type == "cpu":
+        cores = len(os.sched_getaffinity(0))
+        torch.set_num_threads(max(1, cores // world.local_size))
+
+
+def _workers(config: TrainConfig, world: distributed.World) -> int:
+    if config.workers is not None:
+        return config.workers
+    cores_per_process = len(os.sched_getaffinity(0)) // world.local_size
+    if world.device.type == "cpu":
+        # On the CPU the model needs the cores; decode in the training process unless cores are spare.
+        return 0 if cores_per_process <= 2 else min(cores_per_process // 2, 8)
+    return max(1, min(cores_per_process - 1, 12))
+
+
+def _precision(config: TrainConfig, world: distributed.World) -> tuple[bool, bool]:
+    if config.precision == "auto":
+        bf16 = world.device.type == "cuda" or torch.backends.mkldnn.is_available() and _cpu_has_bf16()
+    else:
+        bf16 = config.precision == "bf16"
+    channels_last = bf16 if config.channels_last is None else config.channels_last
+    return bf16, channels_last
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _announce_start(plan, arch, world, classes, loaders, end_epoch, recorder, run_config) -> None:
+    first = plan.data[0]
+    log.info("Schedule %s: %s", plan.name, plan.description)
+    log.info("%s, %d classes, world size %d on %s; %d epochs; global batch %d at %d px to start",
+             arch, len(classes), world.size, world.device.type, end_epoch, first.bs * world.size, first.sz)
+    if plan.machines and plan.gpus_per_machine and world.size != plan.machines * plan.gpus_per_machine:
+        log.info("Note: the schedule was tuned for %d processes (%d machines x %d GPUs); this run has %d, so "
+                 "its global batch differs from the seed's", plan.machines * plan.gpus_per_machine,
+                 plan.machines, plan.gpus_per_machine, world.size)
+    recorder.record("start", config=_jsonable(run_config), train_images=len(loaders[0].train.dataset))
+    log.info(console.EPOCH_HEADER, extra=console.EVENT)
+
+
+def _enter_phase(ctx: Context, loaders: list[data.PhaseLoaders], index: int, current: int | None) -> int:
+    if index == current:
+        return index
+    phase = loaders[index]
+    if current is not None and phase.phase.keep_dl:
+        log.info("Batch size changed: %d", phase.phase.bs, extra=console.EVENT)
+    else:
+        for line in console.dataset_changed_lines(phase.phase.sz, phase.phase.bs, phase.train_dir, phase.val_dir):
+            log.info(line, extra=console.EVENT)
+    ctx.recorder.scalars({"sizes/world": ctx.world.size, "sizes/batch": phase.phase.bs,
+                          "sizes/image": phase.phase.sz, "sizes/batch_total": phase.phase.bs * ctx.world.size,
+                          "sizes/momentum": MOMENTUM}, ctx.examples_seen)
+    return index
+
+
+def _epoch_record(epoch: int, hours: float, train, val, ctx: Context, loaders: data.PhaseLoaders) -> dict:
+    return {"epoch": epoch, "hours": round(hours, 6), "top1": val.top1, "top5": val.top5,
+            "val_loss": val.loss, "train_loss": train.loss, "train_top1": train.top1, "train_top5": train.top5,
+            "lr": ctx.lr, "size": loaders.phase.sz, "global_batch": loaders.phase.bs * ctx.world.size,
+            "train_seconds": train.seconds, "eval_seconds": val.seconds,
+            "images_per_second": train.images / max(train.seconds, 1e-9), "examples_seen": ctx.examples_seen}
+
+
+def _save(ctx: Context, summary: RunSummary, next_epoch: int, elapsed: float, plan, classes, location) -> None:
+    if ctx.world.is_master:
+        path = checkpoint.save(location, {
+            "arch": summary.arch, "classes": classes, "schedule_name": plan.name,
+            "schedule_fingerprint": plan.fingerprint(), "epoch": next_epoch, "elapsed_seconds": elapsed,
+            "model": ctx.bare_model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
+            "history": summary.epochs, "examples_seen": ctx.examples_seen, "rng": _rng_state(),
+            "target_epoch": summary.target_epoch, "target_hours": summary.target_hours})
+        log.debug("checkpoint for epoch %d written to %s", next_epoch, path)
+        ctx.recorder.record("checkpoint", epoch=next_epoch, path=path)
+    distributed.barrier()  # nobody runs ahead of a checkpoint that a restart would resume from
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _finish(summary: RunSummary, recorder: Recorder, logdir: Path, world: distributed.World) -> None:
+    final = summary.final
+    if summary.target_epoch is not None:
+        log.info("Time to %.1f%% top-5: epoch %d, %.5f hours (%.1f minutes)", summary.target,
+                 summary.target_epoch, summary.target_hours, summary.target_hours * 60, extra=console.EVENT)
+    else:
+        log.info("Top-5 never reached %.1f%% (best %.3f)", summary.target,
+                 max((e["top5"] for e in summary.epochs), default=0.0), extra=console.EVENT)
+    log.info("Finished %d epochs in %.5f hours: top-1 %.3f, top-5 %.3f", len(summary.epochs), summary.hours,
+             final.get("top1", 0.0), final.get("top5", 0.0), extra=console.EVENT)
+    recorder.record("end", status="completed", hours=summary.hours, top1=final.get("top1"),
+                    top5=final.get("top5"), target_epoch=summary.target_epoch, target_hours=summary.target_hours)
+    if world.is_master:
+        (logdir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+
+
+def _jsonable(values: dict) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
