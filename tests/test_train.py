@@ -25,6 +25,7 @@ TRAIN_LINE = re.compile(rf"^Epoch: \[\d+\]\[\d+/\d+\]\tTime {NUMBER} \({NUMBER}\
                         rf"BW {NUMBER} {NUMBER}$")
 TEST_LINE = re.compile(rf"^Test:  \[\d+\]\[\d+/\d+\]\tTime {NUMBER} \({NUMBER}\)\tLoss {NUMBER} \({NUMBER}\)\t"
                        rf"Acc@1 {NUMBER} \({NUMBER}\)\tAcc@5 {NUMBER} \({NUMBER}\)$")
+TARGET = ("--target", "60", "--target-metric", "top1")
 EPOCH_LINE = re.compile(r"^~~(\d+)\t(\d+\.\d{5})\t\t(\d+\.\d{3})\t\t(\d+\.\d{3})$")
 
 
@@ -37,7 +38,7 @@ def _records(logdir, kind):
 def single_run(tiny_data, tmp_path_factory):
     """One uninterrupted single-process run of cpu-tiny, shared by the tests that only read its files."""
     logdir = tmp_path_factory.mktemp("single") / "run"
-    result = run(train_command(tiny_data, logdir, "--target", "60"))
+    result = run(train_command(tiny_data, logdir, *TARGET))
     assert result.returncode == 0, result.stderr[-3000:]
     return logdir, result.stdout
 
@@ -71,10 +72,10 @@ def test_log_files_metrics_and_summary(single_run):
     end = _records(logdir, "end")[-1]
     summary = json.loads((logdir / "summary.json").read_text())
     assert end["status"] == "completed" and end["top5"] == summary["epochs"][-1]["top5"]
-    reached = [r for r in epochs if r["top5"] >= 60]
+    reached = [r for r in epochs if r["top1"] >= 60]
     assert summary["target_epoch"] == (reached[0]["epoch"] if reached else None)
     if reached:
-        assert f"Time to 60.0% top-5: epoch {reached[0]['epoch']}" in stdout
+        assert f"Time to 60.0% top1: epoch {reached[0]['epoch']}" in stdout
 
 
 def test_tensorboard_events_carry_the_seeds_tags(single_run):
@@ -104,7 +105,7 @@ def test_two_torchrun_nodes_over_gloo_learn(tiny_data, tmp_path):
 
 def test_killed_run_resumes_and_ends_where_the_uninterrupted_run_did(tiny_data, tmp_path, single_run):
     logdir = tmp_path / "run"
-    command = train_command(tiny_data, logdir, "--target", "60")
+    command = train_command(tiny_data, logdir, *TARGET)
     victim = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=trainer_env())
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and victim.poll() is None:
@@ -156,3 +157,17 @@ def test_missing_data_is_one_clear_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: data folder {tmp_path / 'nowhere'}-sz/160/train does not exist" or \
         "does not exist" in result.stderr.strip().splitlines()[-1]
+
+
+def test_wandb_mirrors_the_run_offline_and_the_key_is_written_nowhere(tiny_data, tmp_path):
+    canary = "canary" + "0123456789abcdef" * 2 + "wxyz"  # 40 characters, like a real key
+    logdir = tmp_path / "run"
+    result = run(train_command(tiny_data, logdir, "--epochs", "1"), WANDB_API_KEY=canary, WANDB_MODE="offline")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((logdir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    assert "wandb run: offline" in result.stdout
+    assert canary not in result.stdout + result.stderr
+    for path in logdir.rglob("*"):
+        if path.is_file():
+            assert canary.encode() not in path.read_bytes(), path

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 MARKER = "DEMO_DATASET.json"
 SPLITS = ("train", "validation")
 # Bump when the images change, so datasets made by an older version are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MIN_SIDE, MAX_SIDE = 150, 500
 JPEG_QUALITY = 90
 MIN_LUMINANCE_CONTRAST = 80
@@ -65,21 +65,22 @@ def _arrow() -> Shape:
 
 
 FULL_TURN = 180.0
-# Stripes may only tilt a little: a quarter turn would make one stripe class the other.
-STRIPE_TILT = 15.0
+# Some classes differ only in orientation, so they may only tilt a little: a quarter turn makes hstripes
+# vstripes, and an eighth turn makes a square a diamond.
+TILT = 15.0
 
 # name -> (shape, maximum rotation in degrees either way); the first ten are the default classes.
 GENERATORS: dict[str, tuple[Callable[[], Shape], float]] = {
     "circle": (lambda: [(_ngon(72), 255)], FULL_TURN),
-    "square": (lambda: [(_rect(-1, -1, 1, 1), 255)], FULL_TURN),
+    "square": (lambda: [(_rect(-1, -1, 1, 1), 255)], TILT),
     "triangle": (lambda: [(_ngon(3, phase=-math.pi / 2), 255)], FULL_TURN),
     "cross": (lambda: [(_rect(-1, -0.3, 1, 0.3), 255), (_rect(-0.3, -1, 0.3, 1), 255)], FULL_TURN),
     "ring": (lambda: [(_ngon(72), 255), (_ngon(72, 0.55), 0)], FULL_TURN),
     "star": (_star, FULL_TURN),
-    "hstripes": (lambda: _stripes(horizontal=True), STRIPE_TILT),
-    "vstripes": (lambda: _stripes(horizontal=False), STRIPE_TILT),
+    "hstripes": (lambda: _stripes(horizontal=True), TILT),
+    "vstripes": (lambda: _stripes(horizontal=False), TILT),
     "checker": (_checker, FULL_TURN),
-    "diamond": (lambda: [(np.array([[0, -1], [0.55, 0], [0, 1], [-0.55, 0]], dtype=float), 255)], FULL_TURN),
+    "diamond": (lambda: [(_ngon(4), 255)], TILT),
     "crescent": (lambda: [(_ngon(72), 255), (_ngon(72, 0.8, center=(0.45, 0.0)), 0)], FULL_TURN),
     "arrow": (_arrow, FULL_TURN),
 }

@@ -38,6 +38,7 @@ class TrainConfig:
     run_name: str | None = None
     arch: str | None = None
     target: float = 93.0
+    target_metric: str = "top5"
     stop_at_target: bool = False
     epochs: int | None = None
     checkpoint_dir: str | None = None
@@ -64,6 +65,7 @@ class RunSummary:
     world_size: int
     epochs: list[dict] = field(default_factory=list)
     target: float = 93.0
+    target_metric: str = "top5"
     target_epoch: int | None = None
     target_hours: float | None = None
     hours: float = 0.0
@@ -120,7 +122,8 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
                                    world.device.type == "cuda", config.cache_dir)
     loaders = data.build_loaders(root, plan, folders, settings)
     end_epoch = min(plan.epochs, config.epochs or plan.epochs)
-    summary = RunSummary(run_name, str(logdir), plan.name, arch, world.size, target=config.target)
+    summary = RunSummary(run_name, str(logdir), plan.name, arch, world.size, target=config.target,
+                         target_metric=config.target_metric)
     run_config = {**asdict(config), "arch": arch, "run_name": run_name, "world_size": world.size,
                   "classes": len(classes), "epochs": end_epoch, "bf16": bf16, "channels_last": channels_last}
     recorder = Recorder(logdir, run_name, _jsonable(run_config), world.is_master, config.heartbeat_seconds)
@@ -150,11 +153,13 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
             recorder.record("epoch", **record)
             recorder.scalars({"losses/test_1": val.top1, "losses/test_5": val.top5,
                               "times/eval_sec": val.seconds, "epoch": epoch}, ctx.examples_seen)
-            if summary.target_epoch is None and val.top5 >= config.target:
+            reached = record[config.target_metric]
+            if summary.target_epoch is None and reached >= config.target:
                 summary.target_epoch, summary.target_hours = epoch, hours
-                log.info("Reached top-5 %.3f >= %.1f at epoch %d after %.5f hours", val.top5, config.target,
-                         epoch, hours, extra=console.EVENT)
-                recorder.record("target", epoch=epoch, hours=hours, top5=val.top5, target=config.target)
+                log.info("Reached %s %.3f >= %.1f at epoch %d after %.5f hours", config.target_metric, reached,
+                         config.target, epoch, hours, extra=console.EVENT)
+                recorder.record("target", epoch=epoch, hours=hours, metric=config.target_metric, value=reached,
+                                target=config.target)
             stop = config.stop_at_target and summary.target_epoch is not None
             last = epoch + 1 == end_epoch or stop
             if config.checkpoint_every and ((epoch + 1) % config.checkpoint_every == 0 or last):
@@ -288,12 +293,13 @@ def _restore_rng(state: dict) -> None:
 
 def _finish(summary: RunSummary, recorder: Recorder, logdir: Path, world: distributed.World) -> None:
     final = summary.final
+    metric = summary.target_metric
     if summary.target_epoch is not None:
-        log.info("Time to %.1f%% top-5: epoch %d, %.5f hours (%.1f minutes)", summary.target,
+        log.info("Time to %.1f%% %s: epoch %d, %.5f hours (%.1f minutes)", summary.target, metric,
                  summary.target_epoch, summary.target_hours, summary.target_hours * 60, extra=console.EVENT)
     else:
-        log.info("Top-5 never reached %.1f%% (best %.3f)", summary.target,
-                 max((e["top5"] for e in summary.epochs), default=0.0), extra=console.EVENT)
+        log.info("%s never reached %.1f%% (best %.3f)", metric, summary.target,
+                 max((e[metric] for e in summary.epochs), default=0.0), extra=console.EVENT)
     log.info("Finished %d epochs in %.5f hours: top-1 %.3f, top-5 %.3f", len(summary.epochs), summary.hours,
              final.get("top1", 0.0), final.get("top5", 0.0), extra=console.EVENT)
     recorder.record("end", status="completed", hours=summary.hours, top1=final.get("top1"),
