@@ -8,12 +8,12 @@ import pytest
 from trainer.demo_data import make_demo_dataset
 from trainer.prepare import prepare
 
-TINY = {"classes": 4, "train_per_class": 40, "val_per_class": 10}
+TINY = {"classes": 10, "train_per_class": 120, "val_per_class": 10}
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    """4 classes, 40 + 10 images each, and the -sz/160 copy the cpu-tiny schedule reads. Read-only."""
+    """10 classes, 120 + 10 images each, and the -sz/160 copy the cpu-tiny schedule reads. Read-only."""
     root = tmp_path_factory.mktemp("data") / "demo"
     make_demo_dataset(root, **TINY)
     prepare(root, sizes=[160])

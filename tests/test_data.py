@@ -32,10 +32,10 @@ def test_loaders_yield_uint8_batches_of_each_phase_shape(tiny_data, tmp_path):
     assert len(loaders) == len(plan.data)
     first = loaders[0]
     images, labels = next(iter(first.train))
-    assert images.dtype == torch.uint8 and images.shape == (16, 3, 32, 32)
-    assert labels.dtype == torch.int64 and labels.max() < 4
+    assert images.dtype == torch.uint8 and images.shape == (32, 3, 48, 48)
+    assert labels.dtype == torch.int64 and labels.max() < 10
     assert loaders[1].train.dataset is first.train.dataset  # keep_dl: same data, new batch size
-    assert loaders[1].train.batch_size == 32
+    assert loaders[1].train.batch_size == 48
 
     rect = loaders[2]
     assert rect.phase.rect_val
@@ -45,9 +45,9 @@ def test_loaders_yield_uint8_batches_of_each_phase_shape(tiny_data, tmp_path):
     for (images, _), indices in zip(rect.val, rect.val.batch_sampler):
         height, width = images.shape[2:]
         assert (height, width) == expected[indices[0]]
-        assert min(height, width) == 48 and max(height, width) % 8 == 0
+        assert min(height, width) == 64 and max(height, width) % 8 == 0
         seen += len(images)
-    assert seen == 40
+    assert seen == 100
     assert list((tmp_path / "cache").glob("aspect-*.json")), "aspect ratios are cached"
 
 
@@ -56,7 +56,7 @@ def test_validation_is_split_across_ranks_without_overlap(tiny_data, tmp_path):
     folders = data.check_layout(tiny_data, plan)
     shards = [data.build_loaders(tiny_data, plan, folders, _settings(tmp_path, rank, 3))[2] for rank in range(3)]
     indices = [i for shard in shards for batch in shard.val.batch_sampler for i in batch]
-    assert sorted(indices) == list(range(40))
+    assert sorted(indices) == list(range(100))
     assert {shard.val_steps for shard in shards} == {1}
 
 

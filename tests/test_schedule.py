@@ -77,7 +77,7 @@ def test_fingerprint_changes_with_content(tmp_path):
     text = (schedule.resources.files("trainer") / "schedules" / "cpu-tiny.toml").read_text()
     same, other = tmp_path / "same.toml", tmp_path / "other.toml"
     same.write_text(text)
-    other.write_text(text.replace("lr = [0.05", "lr = [0.06"))
+    other.write_text(text.replace("lr = [0.02", "lr = [0.06"))
     assert schedule.load(same).fingerprint() == schedule.load("cpu-tiny").fingerprint()
     assert schedule.load(other).fingerprint() != schedule.load("cpu-tiny").fingerprint()
 

@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import time
+from importlib import resources
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ TRAIN_LINE = re.compile(rf"^Epoch: \[\d+\]\[\d+/\d+\]\tTime {NUMBER} \({NUMBER}\
                         rf"BW {NUMBER} {NUMBER}$")
 TEST_LINE = re.compile(rf"^Test:  \[\d+\]\[\d+/\d+\]\tTime {NUMBER} \({NUMBER}\)\tLoss {NUMBER} \({NUMBER}\)\t"
                        rf"Acc@1 {NUMBER} \({NUMBER}\)\tAcc@5 {NUMBER} \({NUMBER}\)$")
-TARGET = ("--target", "60", "--target-metric", "top1")
+TARGET = ("--target", "30", "--target-metric", "top1")
 EPOCH_LINE = re.compile(r"^~~(\d+)\t(\d+\.\d{5})\t\t(\d+\.\d{3})\t\t(\d+\.\d{3})$")
 
 
@@ -50,10 +51,10 @@ def test_console_shows_the_seeds_lines(single_run):
     assert any(TEST_LINE.match(line) for line in lines)
     assert "~~epoch\thours\ttop1\ttop5" in lines
     epochs = [EPOCH_LINE.match(line) for line in lines if line.startswith("~~") and line != "~~epoch\thours\ttop1\ttop5"]
-    assert [int(m.group(1)) for m in epochs] == [0, 1, 2, 3]
+    assert [int(m.group(1)) for m in epochs] == list(range(8))
     assert all(re.match(r"^Changing LR from \S+ to \S+$", line) for line in lines if line.startswith("Changing"))
-    assert "Batch size changed: 32" in lines
-    assert lines.count("Dataset changed.") == 2 and "Image size: 48" in lines
+    assert "Batch size changed: 48" in lines
+    assert lines.count("Dataset changed.") == 2 and "Image size: 64" in lines
     assert all(not line.startswith("Epoch:") or TRAIN_LINE.match(line) for line in lines)
 
 
@@ -62,20 +63,20 @@ def test_log_files_metrics_and_summary(single_run):
     for name in ("verbose.log", "event.log", "debug.log", "metrics.jsonl", "summary.json"):
         assert (logdir / name).is_file(), name
     events = (logdir / "event.log").read_text()
-    assert "~~3\t" in events and "Dataset changed." in events and "Epoch: [" not in events
+    assert "~~7\t" in events and "Dataset changed." in events and "Epoch: [" not in events
     assert "Epoch: [0][2/" in (logdir / "verbose.log").read_text()
     epochs = _records(logdir, "epoch")
-    assert [r["epoch"] for r in epochs] == [0, 1, 2, 3]
-    assert [r["size"] for r in epochs] == [32, 32, 32, 48]
-    assert [r["global_batch"] for r in epochs] == [16, 16, 32, 32]
+    assert [r["epoch"] for r in epochs] == list(range(8))
+    assert [r["size"] for r in epochs] == [48] * 6 + [64] * 2
+    assert [r["global_batch"] for r in epochs] == [32] * 4 + [48] * 4
     assert _records(logdir, "heartbeat") and _records(logdir, "start")
     end = _records(logdir, "end")[-1]
     summary = json.loads((logdir / "summary.json").read_text())
     assert end["status"] == "completed" and end["top5"] == summary["epochs"][-1]["top5"]
-    reached = [r for r in epochs if r["top1"] >= 60]
+    reached = [r for r in epochs if r["top1"] >= 30]
     assert summary["target_epoch"] == (reached[0]["epoch"] if reached else None)
     if reached:
-        assert f"Time to 60.0% top1: epoch {reached[0]['epoch']}" in stdout
+        assert f"Time to 30.0% top1: epoch {reached[0]['epoch']}" in stdout
 
 
 def test_tensorboard_events_carry_the_seeds_tags(single_run):
@@ -85,9 +86,10 @@ def test_tensorboard_events_carry_the_seeds_tags(single_run):
     tags = set(events.Tags()["scalars"])
     assert SEED_TAGS <= tags, SEED_TAGS - tags
     test_5 = events.Scalars("losses/test_5")
-    assert len(test_5) == 4
-    assert [e.step for e in test_5] == sorted(e.step for e in test_5) and test_5[-1].step == 4 * 160
-    assert events.Scalars("sizes/image")[-1].value == 48
+    summary = json.loads((logdir / "summary.json").read_text())
+    assert len(test_5) == 8 and [e.value for e in test_5] == pytest.approx([e["top5"] for e in summary["epochs"]])
+    assert [e.step for e in test_5] == [e["examples_seen"] for e in summary["epochs"]]
+    assert events.Scalars("sizes/image")[-1].value == 64
 
 
 def test_two_torchrun_nodes_over_gloo_learn(tiny_data, tmp_path):
@@ -98,9 +100,9 @@ def test_two_torchrun_nodes_over_gloo_learn(tiny_data, tmp_path):
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     summary = json.loads((logdir / "summary.json").read_text())
     assert summary["world_size"] == 2
-    assert summary["epochs"][-1]["global_batch"] == 64
-    assert summary["epochs"][-1]["top1"] > 60, "4 classes: chance is 25%"
-    assert "~~3\t" in outputs[0] and "~~" not in outputs[1], "only rank 0 prints"
+    assert summary["epochs"][-1]["global_batch"] == 96
+    assert summary["epochs"][-1]["top1"] > 25, "10 classes: chance is 10%"
+    assert "~~7\t" in outputs[0] and "~~" not in outputs[1], "only rank 0 prints"
 
 
 def test_killed_run_resumes_and_ends_where_the_uninterrupted_run_did(tiny_data, tmp_path, single_run):
@@ -115,14 +117,14 @@ def test_killed_run_resumes_and_ends_where_the_uninterrupted_run_did(tiny_data, 
         time.sleep(0.05)
     assert victim.wait(timeout=60) == -signal.SIGKILL, "the run was killed mid-way"
     killed_at = checkpoint.load(str(logdir / "checkpoints"))["epoch"]
-    assert 2 <= killed_at < 4
+    assert 2 <= killed_at < 8
 
     resumed = run(command + ["--auto-resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming from {logdir / 'checkpoints'} at epoch {killed_at}" in resumed.stdout
     reference = json.loads((single_run[0] / "summary.json").read_text())
     summary = json.loads((logdir / "summary.json").read_text())
-    assert [e["epoch"] for e in summary["epochs"]] == [0, 1, 2, 3]
+    assert [e["epoch"] for e in summary["epochs"]] == list(range(8))
     for mine, theirs in zip(summary["epochs"], reference["epochs"]):
         assert mine["top1"] == pytest.approx(theirs["top1"], abs=0.01)
         assert mine["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-3)
@@ -133,13 +135,15 @@ def test_killed_run_resumes_and_ends_where_the_uninterrupted_run_did(tiny_data, 
         assert torch.allclose(tensor.float(), reference_weights[name].float(), atol=1e-4), name
 
 
-@pytest.mark.parametrize("option,message", [
-    (["--arch", "resnet18"], "trained as resnet10, this run is resnet18"),
-    (["--schedule", "cpu-demo"], "trained with schedule 'cpu-tiny'"),
+@pytest.mark.parametrize("change,message", [
+    (lambda text: text.replace('arch = "resnet10"', 'arch = "resnet18"'), "trained as resnet10, this run is resnet18"),
+    (lambda text: text.replace("lr = [0.02", "lr = [0.03"), "trained with schedule 'cpu-tiny'"),
 ])
-def test_resume_from_another_model_or_schedule_is_refused(single_run, tiny_data, tmp_path, option, message):
+def test_resume_from_another_model_or_schedule_is_refused(single_run, tiny_data, tmp_path, change, message):
+    other = tmp_path / "other.toml"
+    other.write_text(change((resources.files("trainer") / "schedules" / "cpu-tiny.toml").read_text()))
     command = train_command(tiny_data, tmp_path / "run", "--resume", str(single_run[0] / "checkpoints"))
-    result = run(command + option)
+    result = run(command + ["--schedule", str(other)])
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
