@@ -21,9 +21,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--logdir", type=Path, help="this run's folder (default ~/imagenet18-runs/RUN_NAME)")
     p.add_argument("--run-name", help="default: SCHEDULE-YYYYmmdd-HHMMSS")
     p.add_argument("--arch", help="override the schedule's model (resnet10/18/34/50/101)")
-    p.add_argument("--target", type=float, default=93.0, help="accuracy %% whose first epoch is reported")
-    p.add_argument("--target-metric", choices=("top5", "top1"), default="top5",
-                   help="top5 as the seed (93%% top-5); top1 for small class counts such as the demo's")
+    p.add_argument("--target", type=float, help="accuracy %% whose first epoch is reported (default: the "
+                                                 "schedule's; the seed's is 93%% top-5)")
+    p.add_argument("--target-metric", choices=("top5", "top1"), help="default: the schedule's")
     p.add_argument("--stop-at-target", action="store_true", help="end the run at the target's epoch")
     p.add_argument("--epochs", type=int, help="stop after this many epochs (default: the schedule's)")
     p.add_argument("--checkpoint-dir", help="folder or fsspec URL (default LOGDIR/checkpoints)")

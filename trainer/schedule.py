@@ -6,6 +6,8 @@ A schedule file is TOML (see trainer/schedules/*.toml):
     arch = "resnet50"
     gpus_per_machine = 8        # the world the schedule was tuned for (informational)
     machines = 16
+    target = 93.0               # accuracy whose first epoch is reported as time to target (default 93)
+    target_metric = "top5"      # or "top1" (default top5, the seed's)
 
     [[data]]                    # from epoch `ep`: image size, per-process batch, directory suffix
     ep = 0
@@ -84,6 +86,8 @@ class Schedule:
     gpus_per_machine: int | None
     data: tuple[DataPhase, ...]
     lr: tuple[LRPhase, ...]
+    target: float = 93.0
+    target_metric: str = "top5"
 
     @property
     def epochs(self) -> int:
@@ -139,7 +143,7 @@ def seed_schedule_name(machines: int) -> str:
 
 
 def parse(raw: dict, name: str) -> Schedule:
-    known = {"description", "arch", "machines", "gpus_per_machine", "data", "lr"}
+    known = {"description", "arch", "machines", "gpus_per_machine", "data", "lr", "target", "target_metric"}
     unknown = set(raw) - known
     if unknown:
         raise ScheduleError(f"schedule {name}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
@@ -151,7 +155,10 @@ def parse(raw: dict, name: str) -> Schedule:
     lr = _parse_lr_phases(raw["lr"], name)
     schedule = Schedule(name=name, description=raw.get("description", ""),
                         arch=raw.get("arch", "resnet50"), machines=raw.get("machines"),
-                        gpus_per_machine=raw.get("gpus_per_machine"), data=data, lr=lr)
+                        gpus_per_machine=raw.get("gpus_per_machine"), data=data, lr=lr,
+                        target=float(raw.get("target", 93.0)), target_metric=raw.get("target_metric", "top5"))
+    if schedule.target_metric not in ("top1", "top5") or not 0 < schedule.target <= 100:
+        raise ScheduleError(f"schedule {name}: target must be a percentage in (0, 100] of 'top1' or 'top5'")
     if schedule.data[-1].ep >= schedule.epochs:
         raise ScheduleError(f"schedule {name}: data phase at epoch {schedule.data[-1].ep} starts at or "
                             f"after the end of training (epoch {schedule.epochs}); extend an [[lr]] phase")

@@ -37,8 +37,8 @@ class TrainConfig:
     logdir: Path | None = None
     run_name: str | None = None
     arch: str | None = None
-    target: float = 93.0
-    target_metric: str = "top5"
+    target: float | None = None  # None: the schedule's
+    target_metric: str | None = None
     stop_at_target: bool = False
     epochs: int | None = None
     checkpoint_dir: str | None = None
@@ -122,8 +122,9 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
                                    world.device.type == "cuda", config.cache_dir)
     loaders = data.build_loaders(root, plan, folders, settings)
     end_epoch = min(plan.epochs, config.epochs or plan.epochs)
-    summary = RunSummary(run_name, str(logdir), plan.name, arch, world.size, target=config.target,
-                         target_metric=config.target_metric)
+    target = config.target if config.target is not None else plan.target
+    metric = config.target_metric or plan.target_metric
+    summary = RunSummary(run_name, str(logdir), plan.name, arch, world.size, target=target, target_metric=metric)
     run_config = {**asdict(config), "arch": arch, "run_name": run_name, "world_size": world.size,
                   "classes": len(classes), "epochs": end_epoch, "bf16": bf16, "channels_last": channels_last}
     recorder = Recorder(logdir, run_name, _jsonable(run_config), world.is_master, config.heartbeat_seconds)
@@ -153,13 +154,12 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
             recorder.record("epoch", **record)
             recorder.scalars({"losses/test_1": val.top1, "losses/test_5": val.top5,
                               "times/eval_sec": val.seconds, "epoch": epoch}, ctx.examples_seen)
-            reached = record[config.target_metric]
-            if summary.target_epoch is None and reached >= config.target:
+            reached = record[metric]
+            if summary.target_epoch is None and reached >= target:
                 summary.target_epoch, summary.target_hours = epoch, hours
-                log.info("Reached %s %.3f >= %.1f at epoch %d after %.5f hours", config.target_metric, reached,
-                         config.target, epoch, hours, extra=console.EVENT)
-                recorder.record("target", epoch=epoch, hours=hours, metric=config.target_metric, value=reached,
-                                target=config.target)
+                log.info("Reached %s %.3f >= %.1f at epoch %d after %.5f hours", metric, reached, target, epoch,
+                         hours, extra=console.EVENT)
+                recorder.record("target", epoch=epoch, hours=hours, metric=metric, value=reached, target=target)
             stop = config.stop_at_target and summary.target_epoch is not None
             last = epoch + 1 == end_epoch or stop
             if config.checkpoint_every and ((epoch + 1) % config.checkpoint_every == 0 or last):

@@ -1,0 +1,128 @@
+"""`imagenet18`: the seed's commands (train.py, replicate_imagenet.py) as Prefect flow runs.
+
+    imagenet18 demo                              # the whole DAG on this machine, demo data, no cloud account
+    imagenet18 run --machines 16 --spot          # the seed's train.py
+    imagenet18 plan --machines 16 --backend aws  # what a run would create and cost; creates nothing
+    imagenet18 replicate --replicas 16 [--delete]
+    imagenet18 cleanup                           # what the scheduled cleanup does, now
+    imagenet18 serve                             # serve the deployments (needs `prefect server start`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pydantic import ValidationError
+
+from tasks.backends.base import BackendError, InputError
+
+MACHINE_COUNTS = (1, 2, 4, 8, 16)
+
+
+def _run_options(parser: argparse.ArgumentParser, machines: int) -> None:
+    parser.add_argument("--machines", type=int, choices=MACHINE_COUNTS, default=machines)
+    parser.add_argument("--backend", choices=("local", "aws"), default="local")
+    parser.add_argument("--spot", action="store_true", help="spot instances (cloud backends)")
+    parser.add_argument("--instance-type")
+    parser.add_argument("--dataset", help="folder, fsspec URL or snapshot (default: the demo dataset)")
+    parser.add_argument("--schedule", help="name or .toml file (default: cpu-demo locally, seed-N on aws)")
+    parser.add_argument("--target", type=float)
+    parser.add_argument("--target-metric", choices=("top1", "top5"))
+    parser.add_argument("--epochs", type=int, help="stop after this many epochs")
+    parser.add_argument("--budget-usd", type=float, help="refuse to start when the plan costs more")
+    parser.add_argument("--max-hours", type=float, default=2.0)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="imagenet18", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = root.add_subparsers(dest="command", required=True)
+    _run_options(sub.add_parser("demo", help="the whole DAG locally on the demo dataset"), machines=2)
+    _run_options(sub.add_parser("run", help="train (the seed's train.py)"), machines=16)
+    _run_options(sub.add_parser("plan", help="validate and price a run; create nothing"), machines=16)
+    replicate = sub.add_parser("replicate", help="make or delete dataset replicas")
+    replicate.add_argument("--replicas", type=int, default=16)
+    replicate.add_argument("--backend", choices=("local", "aws"), default="local")
+    replicate.add_argument("--dataset")
+    replicate.add_argument("--keep-hours", type=float, default=24.0)
+    replicate.add_argument("--delete", action="store_true")
+    sub.add_parser("cleanup", help="delete what finished or expired runs left")
+    sub.add_parser("serve", help="serve imagenet18/full, the replicate flow and the scheduled cleanup")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        return COMMANDS[args.command](args)
+    except (InputError, BackendError, ValidationError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the run's resources were torn down", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return str(exc)
+
+
+def _flow_parameters(args: argparse.Namespace, dry_run: bool) -> dict:
+    return {"machines": args.machines, "backend": args.backend, "spot": args.spot,
+            "instance_type": args.instance_type, "dataset": args.dataset, "schedule": args.schedule,
+            "target": args.target, "target_metric": args.target_metric, "epochs": args.epochs,
+            "budget_usd": args.budget_usd, "max_hours": args.max_hours, "dry_run": dry_run}
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flows.imagenet18 import imagenet18
+
+    result = imagenet18(**_flow_parameters(args, dry_run=args.command == "plan"))
+    if result.get("dry_run"):
+        print(f"{result['run_name']}: would cost ${result['hourly_usd']:,.2f}/h, at most "
+              f"${result['total_usd']:,.2f}; nothing was created")
+        return 0
+    reached = (f"{result['target']:.1f}% {result['target_metric']} at epoch {result['target_epoch']} "
+               f"({result['target_hours'] * 60:.1f} min)" if result["target_epoch"] is not None
+               else f"{result['target']:.1f}% {result['target_metric']} not reached")
+    print(f"{result['run_name']}: top-1 {result['top1']:.3f}, top-5 {result['top5']:.3f} after "
+          f"{result['epochs']} epochs ({result['hours'] * 60:.1f} min); {reached}")
+    print(f"logs and TensorBoard events: {result['storage']}   (tensorboard --logdir {result['storage']})")
+    return 0
+
+
+def _replicate(args: argparse.Namespace) -> int:
+    from flows.replicate import replicate
+
+    ids = replicate(replicas=args.replicas, backend=args.backend, dataset=args.dataset,
+                    keep_hours=args.keep_hours, delete=args.delete)
+    print(f"{'deleted' if args.delete else 'ready'}: {len(ids)} replica(s)")
+    return 0
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    from flows.cleanup import cleanup
+
+    removed = cleanup()
+    print("; ".join(f"{name}: removed {len(ids)}" for name, ids in removed.items()))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from deployments.serve import serve_all
+
+    serve_all()
+    return 0
+
+
+COMMANDS = {"demo": _run, "run": _run, "plan": _run, "replicate": _replicate, "cleanup": _cleanup,
+            "serve": _serve}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The flow's parameters as one pydantic model: validated before anything is created."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.backends.local import default_home
+
+MachineCount = Literal[1, 2, 4, 8, 16]
+BackendName = Literal["local", "aws"]
+DEFAULT_INSTANCE_TYPE = {"local": "local", "aws": "p3.16xlarge"}
+
+
+class RunParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    machines: MachineCount = 2
+    backend: BackendName = "local"
+    spot: bool = False
+    instance_type: str | None = Field(None, description="default: local, or p3.16xlarge on aws (the seed's)")
+    dataset: str | None = Field(None, description="folder, fsspec URL or snapshot; default: the demo dataset")
+    schedule: str | None = Field(None, description="name or .toml file; default: cpu-demo locally, seed-N on aws")
+    target: float | None = Field(None, gt=0, le=100, description="default: the schedule's (93% top-5 for the seed)")
+    target_metric: Literal["top1", "top5"] | None = None
+    epochs: int | None = Field(None, ge=1, description="stop after this many epochs (default: the schedule's)")
+    budget_usd: float | None = Field(None, ge=0, description="refuse to start when the plan costs more")
+    max_hours: float = Field(2.0, gt=0, le=72, description="machines terminate themselves after this")
+    dry_run: bool = False
+
+    @property
+    def resolved_instance_type(self) -> str:
+        return self.instance_type or DEFAULT_INSTANCE_TYPE[self.backend]
+
+    @property
+    def resolved_dataset(self) -> str:
+        return self.dataset or str(demo_dataset_root())
+
+    @property
+    def resolved_schedule(self) -> str:
+        return self.schedule or ("cpu-demo" if self.backend == "local" else f"seed-{self.machines}")
+
+    def run_name_prefix(self) -> str:
+        return f"imagenet18-{self.machines}x-{self.backend}{'-spot' if self.spot else ''}"
+
+
+def demo_dataset_root() -> Path:
+    return default_home() / "demo" / "imagenet18-demo"

@@ -1,0 +1,36 @@
+"""Flow `imagenet18-replicate`: make N dataset replicas ahead of runs, or delete them (the seed's
+tools/replicate_imagenet.py). They are tagged with the owner `replicas` and an expiry, so the cleanup flow
+deletes forgotten ones."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from prefect import flow, get_run_logger
+
+from flows.parameters import BackendName, RunParameters
+from tasks import stages
+from tasks.backends import get_backend
+from tasks.backends.base import ClusterSpec
+
+REPLICA_OWNER = "replicas"
+
+
+@flow(name="imagenet18-replicate")
+def replicate(replicas: int = 16, backend: BackendName = "local", dataset: str | None = None,
+              keep_hours: float = 24.0, delete: bool = False) -> list[str]:
+    logger = get_run_logger()
+    store = get_backend(backend)
+    if delete:
+        removed = store.delete_replicas(REPLICA_OWNER)
+        logger.info("deleted %d replica(s): %s", len(removed), ", ".join(r.id for r in removed) or "none")
+        return [r.id for r in removed]
+    params = RunParameters(backend=backend, dataset=dataset)
+    if backend == "local" and dataset is None:
+        stages.ensure_demo_dataset()
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=keep_hours)
+    spec = ClusterSpec(REPLICA_OWNER, REPLICA_OWNER, replicas, params.resolved_instance_type, False, expires)
+    made = store.replicate(spec, params.resolved_dataset, replicas, pool=True)
+    logger.info("%d replica(s) ready until %s: %s", len(made), expires.isoformat(timespec="minutes"),
+                ", ".join(r.id for r in made))
+    return [r.id for r in made]

@@ -1,0 +1,133 @@
+"""The backend contract: what the flow asks of a place that runs training (this machine, or AWS).
+
+Plain Python, no Prefect. Identity lives in tags, never in memory: every resource a run creates carries the
+run id and an expiry time, so any process (the flow, its hooks, the scheduled cleanup) can find and delete
+what a run left, even one that was killed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+RUN_TAG = "imagenet18:run"
+EXPIRES_TAG = "imagenet18:expires"
+
+
+class BackendError(RuntimeError):
+    """Something a backend cannot do; the message says what and, where it can, how to fix it."""
+
+
+class InputError(ValueError):
+    """Bad input found before anything was created or spent."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str  # "replica", "machine", ...
+    id: str
+    run_id: str
+    expires_at: dt.datetime
+    details: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at <= dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    run_id: str
+    run_name: str
+    machines: int
+    instance_type: str
+    spot: bool
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class LineItem:
+    what: str
+    count: int
+    hourly_usd: float
+
+    @property
+    def total_hourly_usd(self) -> float:
+        return self.count * self.hourly_usd
+
+
+@dataclass(frozen=True)
+class CostPlan:
+    items: tuple[LineItem, ...]
+    hours: float
+
+    @property
+    def hourly_usd(self) -> float:
+        return sum(item.total_hourly_usd for item in self.items)
+
+    @property
+    def total_usd(self) -> float:
+        return self.hourly_usd * self.hours
+
+
+@dataclass(frozen=True)
+class Machine:
+    index: int
+    id: str
+    address: str
+    data_root: str  # where this machine's dataset replica is mounted
+
+
+@dataclass(frozen=True)
+class Cluster:
+    spec: ClusterSpec
+    machines: tuple[Machine, ...]
+    storage: str  # the run's shared folder (the seed's EFS run directory): logs, metrics, checkpoints
+    gpus_per_machine: int
+    connect: str  # how a person reaches machine 0
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    running: int
+    succeeded: int
+    failed: dict[int, int]  # machine index -> exit code
+
+    @property
+    def done(self) -> bool:
+        return self.running == 0
+
+
+class Backend(Protocol):
+    name: str
+
+    def check(self, spec: ClusterSpec, dataset: str) -> None:
+        """Raise InputError for anything that would fail later; creates nothing."""
+
+    def plan(self, spec: ClusterSpec, hours: float) -> CostPlan: ...
+
+    def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
+        """`count` replicas of the dataset, tagged with the run; replicas that exist are reused. Pool replicas
+        (made ahead of runs) outlive the process that made them, until their expiry."""
+
+    def delete_replicas(self, run_id: str | None = None) -> list[Resource]: ...
+
+    def provision(self, spec: ClusterSpec, replicas: list[Resource]) -> Cluster:
+        """Machines (replica i attached to machine i) and the run's shared storage."""
+
+    def launch(self, cluster: Cluster, commands: dict[int, list[str]], name: str) -> None:
+        """Start `commands[i]` on machine i; its output goes to storage/logs/<name>-<i>.log."""
+
+    def status(self, cluster: Cluster, name: str) -> JobStatus: ...
+
+    def read_storage(self, cluster: Cluster, relative_path: str, offset: int = 0) -> bytes:
+        """Bytes of a file in the run's storage from `offset` on (b"" when it does not exist yet)."""
+
+    def resources(self, run_id: str | None = None) -> list[Resource]: ...
+
+    def teardown(self, run_id: str) -> list[Resource]:
+        """Delete every resource tagged with the run and verify each is gone; safe to repeat."""
+
+    def sweep(self, finished: Callable[[str], bool]) -> list[Resource]:
+        """Tear down every run that has finished (as `finished` says), was abandoned, or expired."""

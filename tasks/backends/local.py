@@ -1,0 +1,279 @@
+"""The local backend: the whole DAG on one machine.
+
+Replicas are folders of hard links to the dataset, machines are torchrun node processes on 127.0.0.1, the
+run's shared storage is a folder. Tags work as on AWS: every replica and machine has a record (run id,
+expiry) in the registry, written *before* the thing it describes exists, and every process carries the run
+id in its environment, so teardown finds processes (and their children) by tag even when no record of them
+survived.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from tasks.backends.base import (Cluster, ClusterSpec, CostPlan, InputError, JobStatus, LineItem, Machine,
+                                 Resource)
+
+RUN_ENV = "IMAGENET18_RUN"
+JOB_ENV = "IMAGENET18_JOB"
+EXPIRES_ENV = "IMAGENET18_EXPIRES"
+EXIT_FILE_ENV = "IMAGENET18_EXIT_FILE"
+INSTANCE_TYPE = "local"
+STOP_GRACE_SECONDS = 10.0
+# Runs the command, then leaves its exit code where status() reads it, even after the flow process is gone.
+EXIT_CODE_WRAPPER = '"$@"; code=$?; echo $code > "$IMAGENET18_EXIT_FILE"; exit $code'
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("IMAGENET18_HOME", Path.home() / ".imagenet18"))
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, home: Path | None = None):
+        self.home = home or default_home()
+        self.registry = self.home / "local" / "registry"
+        self.replica_root = self.home / "local" / "replicas"
+        self.runs = self.home / "runs"
+
+    # -- validate and plan ----------------------------------------------------------------------------
+    def check(self, spec: ClusterSpec, dataset: str) -> None:
+        if spec.instance_type != INSTANCE_TYPE:
+            raise InputError(f"the local backend runs on instance type {INSTANCE_TYPE!r}, not "
+                             f"{spec.instance_type!r}")
+        if spec.spot:
+            raise InputError("--spot needs a cloud backend: the local backend has no spot market")
+        root = Path(dataset.removeprefix("file://"))
+        if "://" in dataset.removeprefix("file://"):
+            raise InputError(f"the local backend replicates a local folder, not {dataset}")
+        for split in ("train", "validation"):
+            if not (root / split).is_dir():
+                raise InputError(f"dataset {root} has no {split}/ folder (expected ROOT/{{train,validation}}/"
+                                 "<class>/*.JPEG)")
+        if self.resources(spec.run_id):
+            raise InputError(f"run {spec.run_id} already has resources here; use another run id, or "
+                             f"`imagenet18 cleanup` to remove them")
+
+    def plan(self, spec: ClusterSpec, hours: float) -> CostPlan:
+        return CostPlan((LineItem("torchrun node process on this machine", spec.machines, 0.0),
+                         LineItem("dataset replica (hard links)", spec.machines, 0.0)), hours)
+
+    # -- replicas -------------------------------------------------------------------------------------
+    def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
+        root = Path(dataset.removeprefix("file://"))
+        with ThreadPoolExecutor(max_workers=min(count, 8)) as workers:
+            return list(workers.map(lambda i: self._replica(spec, root, i, pool), range(count)))
+
+    def _replica(self, spec: ClusterSpec, root: Path, index: int, pool: bool) -> Resource:
+        target = self.replica_root / spec.run_id / f"{index:02d}"
+        details = {"path": str(target), "data_root": str(target / root.name), "index": index}
+        resource = Resource("replica", f"{spec.run_id}/replica-{index:02d}", spec.run_id, spec.expires_at,
+                            details if pool else {**details, **_owner()})
+        self._record(resource)
+        for source in [root, *sorted(Path(f"{root}-sz").glob("*"))]:
+            destination = target / source.relative_to(root.parent)
+            if not destination.exists():
+                _link_tree(source, destination)
+        return resource
+
+    def delete_replicas(self, run_id: str | None = None) -> list[Resource]:
+        removed = []
+        for resource in self.resources(run_id):
+            if resource.kind == "replica":
+                shutil.rmtree(resource.details["path"], ignore_errors=True)
+                if Path(resource.details["path"]).exists():
+                    raise RuntimeError(f"replica {resource.details['path']} could not be removed")
+                self._forget(resource)
+                removed.append(resource)
+        return removed
+
+    # -- machines -------------------------------------------------------------------------------------
+    def provision(self, spec: ClusterSpec, replicas: list[Resource]) -> Cluster:
+        if len(replicas) < spec.machines:
+            raise InputError(f"{spec.machines} machines need {spec.machines} replicas, there are {len(replicas)}")
+        storage = self.runs / spec.run_id
+        (storage / "logs").mkdir(parents=True, exist_ok=True)
+        machines = []
+        for index in range(spec.machines):
+            replica = sorted(replicas, key=lambda r: r.details["index"])[index]
+            machine = Machine(index, f"{spec.run_id}/machine-{index}", "127.0.0.1", replica.details["data_root"])
+            self._record(Resource("machine", machine.id, spec.run_id, spec.expires_at,
+                                  {"index": index, "data_root": machine.data_root, **_owner()}))
+            machines.append(machine)
+        connect = f"tail -f {storage}/logs/train-0.log   (machine 0's console)"
+        return Cluster(spec, tuple(machines), str(storage), 1, connect)
+
+    def launch(self, cluster: Cluster, commands: dict[int, list[str]], name: str) -> None:
+        spec = cluster.spec
+        for index, command in commands.items():
+            log_path = Path(cluster.storage) / "logs" / f"{name}-{index}.log"
+            exit_file = Path(cluster.storage) / "logs" / f"{name}-{index}.exit"
+            exit_file.unlink(missing_ok=True)
+            env = {**os.environ, RUN_ENV: spec.run_id, JOB_ENV: f"{name}-{index}",
+                   EXPIRES_ENV: spec.expires_at.isoformat(), EXIT_FILE_ENV: str(exit_file)}
+            with open(log_path, "ab") as log:
+                subprocess.Popen(["bash", "-c", EXIT_CODE_WRAPPER, name, *command], stdout=log,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                 start_new_session=True, cwd=cluster.storage)
+
+    def status(self, cluster: Cluster, name: str) -> JobStatus:
+        alive = {p["job"] for p in _tagged_processes(cluster.spec.run_id)}
+        running = succeeded = 0
+        failed: dict[int, int] = {}
+        for machine in cluster.machines:
+            exit_file = Path(cluster.storage) / "logs" / f"{name}-{machine.index}.exit"
+            job = f"{name}-{machine.index}"
+            if not (Path(cluster.storage) / "logs" / f"{job}.log").exists():
+                continue
+            if exit_file.exists() and exit_file.read_text().strip():
+                code = int(exit_file.read_text())
+                if code == 0:
+                    succeeded += 1
+                else:
+                    failed[machine.index] = code
+            elif job in alive:
+                running += 1
+            else:
+                failed[machine.index] = -signal.SIGKILL  # gone without an exit code: killed
+        return JobStatus(running, succeeded, failed)
+
+    def read_storage(self, cluster: Cluster, relative_path: str, offset: int = 0) -> bytes:
+        path = Path(cluster.storage) / relative_path
+        if not path.is_file():
+            return b""
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+
+    # -- find, tear down, sweep -----------------------------------------------------------------------
+    def resources(self, run_id: str | None = None) -> list[Resource]:
+        folders = [self.registry / run_id] if run_id else sorted(self.registry.glob("*"))
+        found = [_load(path) for folder in folders for path in sorted(folder.glob("*.json"))]
+        for process in _tagged_processes(run_id):
+            found.append(Resource("process", f"{process['run']}/{process['job']}/{process['pid']}", process["run"],
+                                  dt.datetime.fromisoformat(process["expires"]), {"pid": process["pid"]}))
+        return found
+
+    def teardown(self, run_id: str) -> list[Resource]:
+        processes = [r for r in self.resources(run_id) if r.kind == "process"]
+        _stop(run_id)
+        removed = processes + self.delete_replicas(run_id)
+        for resource in self.resources(run_id):
+            self._forget(resource)
+            removed.append(resource)
+        shutil.rmtree(self.replica_root / run_id, ignore_errors=True)
+        shutil.rmtree(self.registry / run_id, ignore_errors=True)
+        left = self.resources(run_id)
+        if left or (self.replica_root / run_id).exists():
+            raise RuntimeError(f"teardown of run {run_id} left {[r.id for r in left]}; run `imagenet18 cleanup`")
+        return removed
+
+    def sweep(self, finished: Callable[[str], bool]) -> list[Resource]:
+        """Tear down runs that finished, expired, or whose orchestrating process is gone (SIGKILL, lost host)."""
+        removed = []
+        for run_id in sorted({r.run_id for r in self.resources()} | _run_folders(self.replica_root)):
+            resources = self.resources(run_id)
+            orphaned = any("owner_pid" in r.details and not _alive(r.details["owner_pid"], r.details["owner_start"])
+                           for r in resources)
+            if orphaned or finished(run_id) or any(r.expired for r in resources) or not resources:
+                removed.extend(self.teardown(run_id))
+        return removed
+
+    def _record(self, resource: Resource) -> None:
+        path = self.registry / resource.run_id / f"{resource.id.replace('/', '_')}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"kind": resource.kind, "id": resource.id, "run_id": resource.run_id,
+                                   "expires_at": resource.expires_at.isoformat(), "details": resource.details}))
+        os.replace(tmp, path)
+
+    def _forget(self, resource: Resource) -> None:
+        if resource.kind != "process":
+            (self.registry / resource.run_id / f"{resource.id.replace('/', '_')}.json").unlink(missing_ok=True)
+
+
+def _load(path: Path) -> Resource:
+    raw = json.loads(path.read_text())
+    return Resource(raw["kind"], raw["id"], raw["run_id"], dt.datetime.fromisoformat(raw["expires_at"]),
+                    raw["details"])
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _owner() -> dict:
+    """The orchestrating process: when it is gone and its run is not finished, the run was abandoned."""
+    return {"owner_pid": os.getpid(), "owner_start": _start_time(os.getpid())}
+
+
+def _alive(pid: int, start: int | None) -> bool:
+    return _start_time(pid) == start  # a reused pid has another start time
+
+
+def _run_folders(folder: Path) -> set[str]:
+    return {p.name for p in folder.glob("*") if p.is_dir()}
+
+
+def _link_tree(source: Path, destination: Path) -> None:
+    """Hard links where the filesystem allows them (no copy, no space), copies where it does not."""
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    tmp = destination.with_name(destination.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, copy_function=link)
+    os.replace(tmp, destination)
+
+
+def _tagged_processes(run_id: str | None) -> list[dict]:
+    """Processes whose environment carries a run tag (and the given run's, when one is given)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        tags = dict(item.decode(errors="replace").split("=", 1) for item in environ
+                    if item.startswith(b"IMAGENET18_") and b"=" in item)
+        if RUN_ENV in tags and state != "Z" and (run_id is None or tags[RUN_ENV] == run_id):
+            found.append({"pid": int(entry.name), "run": tags[RUN_ENV], "job": tags.get(JOB_ENV, ""),
+                          "expires": tags.get(EXPIRES_ENV, "1970-01-01T00:00:00+00:00")})
+    return found
+
+
+def _stop(run_id: str) -> None:
+    """SIGTERM every process tagged with the run, SIGKILL what is left after the grace period."""
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, STOP_GRACE_SECONDS)):
+        processes = _tagged_processes(run_id)
+        for process in processes:
+            try:
+                os.kill(process["pid"], sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while processes and time.monotonic() < deadline:
+            time.sleep(0.1)
+            processes = _tagged_processes(run_id)
+        if not processes:
+            return
+    raise RuntimeError(f"processes of run {run_id} survived SIGKILL: {[p['pid'] for p in _tagged_processes(run_id)]}")

@@ -1,0 +1,133 @@
+"""The imagenet18 flow with the local backend, on Prefect's test harness (a real Prefect API)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.exceptions import ParameterTypeError
+from prefect.settings import PREFECT_API_URL
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.cleanup import cleanup
+from flows.imagenet18 import imagenet18
+from flows.replicate import replicate
+from tasks.backends.base import BackendError, InputError
+from tasks.backends.local import LocalBackend, _tagged_processes
+
+STAGES = {"validate-and-plan", "replicate-dataset", "provision-cluster", "train", "evaluate", "teardown"}
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    home = tmp_path_factory.mktemp("imagenet18-home")
+    previous = os.environ.get("IMAGENET18_HOME")
+    os.environ["IMAGENET18_HOME"] = str(home)
+    with prefect_test_harness(server_startup_timeout=120):
+        yield home
+    if previous is None:
+        del os.environ["IMAGENET18_HOME"]
+    else:
+        os.environ["IMAGENET18_HOME"] = previous
+
+
+def _assert_nothing_left(home):
+    backend = LocalBackend(home)
+    assert backend.resources() == []
+    assert not _tagged_processes(None)
+    assert not any((home / "local" / "replicas").glob("*/*")), "replica folders are gone"
+
+
+def _task_run_names(flow_run_id) -> set[str]:
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:  # task-run records reach the API asynchronously
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            names = {run.name.rsplit("-", 1)[0] for run in runs}
+            if STAGES <= names or time.monotonic() > deadline:
+                return names
+            time.sleep(0.5)
+
+
+def test_two_machine_local_run_completes_and_leaves_nothing(prefect_api, tiny_data):
+    state = imagenet18(machines=2, dataset=str(tiny_data), schedule="cpu-tiny", epochs=3, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["machines"] == 2 and result["epochs"] == 3
+    assert 0 <= result["top1"] <= 100 and result["top5"] >= result["top1"]
+    assert os.path.isfile(os.path.join(result["storage"], "summary.json")), "the run's logs are kept"
+    assert STAGES <= _task_run_names(state.state_details.flow_run_id)
+    _assert_nothing_left(prefect_api)
+
+
+def test_failure_in_training_still_tears_everything_down(prefect_api, data_copy):
+    # Valid for the planner, fatal for the trainer: the resized copy lacks a class.
+    victim = next((data_copy.parent / "demo-sz/160/validation").iterdir())
+    for image in victim.iterdir():
+        image.unlink()
+    victim.rmdir()
+    state = imagenet18(machines=2, dataset=str(data_copy), schedule="cpu-tiny", epochs=1, return_state=True)
+    assert state.is_failed()
+    assert "training failed on machine(s)" in state.message or "differ" in str(state.message)
+    _assert_nothing_left(prefect_api)
+
+
+def test_dry_run_creates_nothing(prefect_api, tiny_data):
+    runs_before = set((prefect_api / "runs").glob("*"))
+    result = imagenet18(machines=16, dataset=str(tiny_data), dry_run=True)
+    assert result["dry_run"] and result["total_usd"] == 0
+    _assert_nothing_left(prefect_api)
+    assert set((prefect_api / "runs").glob("*")) == runs_before
+
+
+def test_three_machines_is_refused_with_the_allowed_values():
+    with pytest.raises(ParameterTypeError, match=r"1, 2, 4, 8|Input should be 1, 2, 4, 8 or 16"):
+        imagenet18.validate_parameters({"machines": 3})
+
+
+@pytest.mark.parametrize("parameters,error,message", [
+    ({"dataset": "/nonexistent/imagenet"}, InputError, "has no train/ folder"),
+    ({"schedule": "seed-3"}, InputError, "unknown schedule 'seed-3'"),
+    ({"instance_type": "p3.16xlarge"}, InputError, "runs on instance type 'local'"),
+    ({"spot": True}, InputError, "no spot market"),
+    ({"backend": "aws"}, BackendError, "aws backend is not built yet"),
+])
+def test_bad_input_fails_before_anything_is_created(prefect_api, tiny_data, parameters, error, message):
+    state = imagenet18(**{"machines": 2, "dataset": str(tiny_data), **parameters}, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(error, match=message):
+        state.result()
+    _assert_nothing_left(prefect_api)
+
+
+def test_replicate_and_delete(prefect_api, tiny_data):
+    made = replicate(replicas=3, dataset=str(tiny_data))
+    assert len(made) == 3
+    paths = [r.details["path"] for r in LocalBackend(prefect_api).resources("replicas")]
+    assert len(paths) == 3 and all(os.path.isdir(p) for p in paths)
+    cleanup()  # pool replicas wait for their expiry, not for their maker
+    assert len(LocalBackend(prefect_api).resources("replicas")) == 3
+    assert len(replicate(delete=True)) == 3
+    _assert_nothing_left(prefect_api)
+
+
+def test_cleanup_removes_what_a_sigkilled_run_left(prefect_api, tiny_data):
+    script = ("from flows.imagenet18 import imagenet18; "
+              f"imagenet18(machines=2, dataset={str(tiny_data)!r}, schedule='cpu-tiny')")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    flow_process = subprocess.Popen([sys.executable, "-c", script], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(_tagged_processes(None)) < 2:
+        time.sleep(0.2)
+    assert _tagged_processes(None), "training started"
+    flow_process.send_signal(signal.SIGKILL)
+    flow_process.wait()
+    assert _tagged_processes(None) and LocalBackend(prefect_api).resources(), "SIGKILL ran no teardown"
+    removed = cleanup()
+    assert any("replica" in r for r in removed["local"])
+    _assert_nothing_left(prefect_api)
