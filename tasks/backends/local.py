@@ -101,7 +101,7 @@ class LocalBackend:
     def provision(self, spec: ClusterSpec, replicas: list[Resource]) -> Cluster:
         if len(replicas) < spec.machines:
             raise InputError(f"{spec.machines} machines need {spec.machines} replicas, there are {len(replicas)}")
-        storage = self.runs / spec.run_id
+        storage = self.runs / f"{spec.run_name}-{spec.run_id[:8]}"
         (storage / "logs").mkdir(parents=True, exist_ok=True)
         machines = []
         for index in range(spec.machines):
