@@ -21,8 +21,9 @@ from tasks.backends.base import BackendError, InputError
 MACHINE_COUNTS = (1, 2, 4, 8, 16)
 
 
-def _run_options(parser: argparse.ArgumentParser, machines: int) -> None:
-    parser.add_argument("--machines", type=int, choices=MACHINE_COUNTS, default=machines)
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--machines", type=int, choices=MACHINE_COUNTS,
+                        help="default: 16 on aws (the seed's), 2 on the local backend")
     parser.add_argument("--backend", choices=("local", "aws"), default="local")
     parser.add_argument("--spot", action="store_true", help="spot instances (cloud backends)")
     parser.add_argument("--instance-type")
@@ -39,9 +40,9 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="imagenet18", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = root.add_subparsers(dest="command", required=True)
-    _run_options(sub.add_parser("demo", help="the whole DAG locally on the demo dataset"), machines=2)
-    _run_options(sub.add_parser("run", help="train (the seed's train.py)"), machines=16)
-    _run_options(sub.add_parser("plan", help="validate and price a run; create nothing"), machines=16)
+    _run_options(sub.add_parser("demo", help="the whole DAG locally on the demo dataset"))
+    _run_options(sub.add_parser("run", help="train (the seed's train.py)"))
+    _run_options(sub.add_parser("plan", help="validate and price a run; create nothing"))
     replicate = sub.add_parser("replicate", help="make or delete dataset replicas")
     replicate.add_argument("--replicas", type=int, default=16)
     replicate.add_argument("--backend", choices=("local", "aws"), default="local")
@@ -74,16 +75,20 @@ def _one_line(exc: Exception) -> str:
 
 
 def _flow_parameters(args: argparse.Namespace, dry_run: bool) -> dict:
-    return {"machines": args.machines, "backend": args.backend, "spot": args.spot,
-            "instance_type": args.instance_type, "dataset": args.dataset, "schedule": args.schedule,
+    return {"machines": args.machines or (16 if args.backend == "aws" else 2), "backend": args.backend,
+            "spot": args.spot, "instance_type": args.instance_type, "dataset": args.dataset, "schedule": args.schedule,
             "target": args.target, "target_metric": args.target_metric, "epochs": args.epochs,
             "budget_usd": args.budget_usd, "max_hours": args.max_hours, "dry_run": dry_run}
 
 
 def _run(args: argparse.Namespace) -> int:
     from flows.imagenet18 import imagenet18
+    from flows.parameters import RunParameters
+    from tasks.planning import plan_run
 
-    result = imagenet18(**_flow_parameters(args, dry_run=args.command == "plan"))
+    parameters = _flow_parameters(args, dry_run=args.command == "plan")
+    plan_run(RunParameters(**parameters), run_id="preflight", run_name="preflight")  # bad input: no flow run
+    result = imagenet18(**parameters)
     if result.get("dry_run"):
         print(f"{result['run_name']}: would cost ${result['hourly_usd']:,.2f}/h, at most "
               f"${result['total_usd']:,.2f}; nothing was created")

@@ -9,7 +9,7 @@ import datetime as dt
 from prefect import flow, get_run_logger
 
 from flows.parameters import BackendName, RunParameters
-from tasks import stages
+from tasks.planning import ensure_demo_dataset
 from tasks.backends import get_backend
 from tasks.backends.base import ClusterSpec
 
@@ -27,7 +27,7 @@ def replicate(replicas: int = 16, backend: BackendName = "local", dataset: str |
         return [r.id for r in removed]
     params = RunParameters(backend=backend, dataset=dataset)
     if backend == "local" and dataset is None:
-        stages.ensure_demo_dataset()
+        ensure_demo_dataset()
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=keep_hours)
     spec = ClusterSpec(REPLICA_OWNER, REPLICA_OWNER, replicas, params.resolved_instance_type, False, expires)
     made = store.replicate(spec, params.resolved_dataset, replicas, pool=True)

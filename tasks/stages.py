@@ -7,66 +7,30 @@ import json
 import socket
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.parameters import RunParameters, demo_dataset_root
+from flows.parameters import RunParameters
 from tasks.backends import get_backend
-from tasks.backends.base import Cluster, ClusterSpec, CostPlan, InputError, Resource
-from trainer import schedule as schedules
-from trainer.demo_data import demo_dataset_ready, make_demo_dataset
-from trainer.prepare import prepare
+from tasks.backends.base import Cluster, Resource
+from tasks.planning import RunPlan, plan_run
 
 TRAIN_JOB = "train"
 POLL_SECONDS = 2.0
 
 
-@dataclass(frozen=True)
-class RunPlan:
-    params: RunParameters
-    spec: ClusterSpec
-    dataset: str
-    schedule: str
-    epochs: int
-    cost: CostPlan
-
-
 @task(name="validate-and-plan", cache_policy=NO_CACHE)
 def validate_and_plan(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
     """Everything that can be checked is checked here, before anything is created or spent."""
+    plan = plan_run(params, run_id, run_name)
     logger = get_run_logger()
-    try:
-        plan_schedule = schedules.load(params.resolved_schedule)
-    except schedules.ScheduleError as exc:
-        raise InputError(str(exc)) from exc
-    if params.backend == "local" and params.dataset is None:
-        ensure_demo_dataset()
-    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=params.max_hours)
-    spec = ClusterSpec(run_id, run_name, params.machines, params.resolved_instance_type, params.spot, expires)
-    backend = get_backend(params.backend)
-    backend.check(spec, params.resolved_dataset)
-    cost = backend.plan(spec, params.max_hours)
-    if params.budget_usd is not None and cost.total_usd > params.budget_usd:
-        raise InputError(f"the plan costs up to ${cost.total_usd:,.2f} ({params.max_hours} h at "
-                         f"${cost.hourly_usd:,.2f}/h), over the budget of ${params.budget_usd:,.2f}")
-    epochs = min(plan_schedule.epochs, params.epochs or plan_schedule.epochs)
-    for item in cost.items:
+    for item in plan.cost.items:
         logger.info("plan: %d x %s at $%.2f/h", item.count, item.what, item.hourly_usd)
     logger.info("plan: %s, %d epochs of %s on %d machine(s); up to %.1f h, $%.2f/h, at most $%.2f",
-                params.backend, epochs, plan_schedule.name, params.machines, params.max_hours,
-                cost.hourly_usd, cost.total_usd)
-    return RunPlan(params, spec, params.resolved_dataset, params.resolved_schedule, epochs, cost)
-
-
-def ensure_demo_dataset() -> None:
-    root = demo_dataset_root()
-    if not demo_dataset_ready(root) or not Path(f"{root}-sz/160").is_dir():
-        get_run_logger().info("making the demo dataset in %s (once; no download)", root)
-        make_demo_dataset(root)
-        prepare(root, sizes=[160])
+                params.backend, plan.epochs, plan.schedule, params.machines, params.max_hours,
+                plan.cost.hourly_usd, plan.cost.total_usd)
+    return plan
 
 
 # Safe to retry: replicas that exist are found by tag and reused.

@@ -1,0 +1,56 @@
+"""Validate a run and price it, before anything is created or spent. Plain Python: the CLI runs it before
+starting a flow run (so bad input creates no run at all), and the flow's first task runs it again."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from flows.parameters import RunParameters, demo_dataset_root
+from tasks.backends import get_backend
+from tasks.backends.base import ClusterSpec, CostPlan, InputError
+from trainer import schedule as schedules
+from trainer.demo_data import demo_dataset_ready, make_demo_dataset
+from trainer.prepare import prepare
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    params: RunParameters
+    spec: ClusterSpec
+    dataset: str
+    schedule: str
+    epochs: int
+    cost: CostPlan
+
+
+def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
+    try:
+        plan_schedule = schedules.load(params.resolved_schedule)
+    except schedules.ScheduleError as exc:
+        raise InputError(str(exc)) from exc
+    if params.backend == "local" and params.dataset is None:
+        ensure_demo_dataset()
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=params.max_hours)
+    spec = ClusterSpec(run_id, run_name, params.machines, params.resolved_instance_type, params.spot, expires)
+    backend = get_backend(params.backend)
+    backend.check(spec, params.resolved_dataset)
+    cost = backend.plan(spec, params.max_hours)
+    if params.budget_usd is not None and cost.total_usd > params.budget_usd:
+        raise InputError(f"the plan costs up to ${cost.total_usd:,.2f} ({params.max_hours} h at "
+                         f"${cost.hourly_usd:,.2f}/h), over the budget of ${params.budget_usd:,.2f}")
+    epochs = min(plan_schedule.epochs, params.epochs or plan_schedule.epochs)
+    return RunPlan(params, spec, params.resolved_dataset, params.resolved_schedule, epochs, cost)
+
+
+def ensure_demo_dataset() -> None:
+    """The local default dataset is made on first use (about 20 s, no download) and reused after."""
+    root = demo_dataset_root()
+    if not demo_dataset_ready(root) or not Path(f"{root}-sz/160").is_dir():
+        log.info("making the demo dataset in %s (once; no download)", root)
+        make_demo_dataset(root)
+        prepare(root, sizes=[160])
