@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
+import os
 import socket
 import sys
 import time
@@ -102,8 +102,6 @@ def trainer_command(plan: RunPlan, cluster: Cluster, machine: int, port: int) ->
 
 
 def _threads_per_machine(machines: int) -> int:
-    import os
-
     return max(1, len(os.sched_getaffinity(0)) // machines)
 
 

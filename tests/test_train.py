@@ -49,9 +49,9 @@ def test_console_shows_the_seeds_lines(single_run):
     lines = stdout.splitlines()
     assert any(TRAIN_LINE.match(line) for line in lines)
     assert any(TEST_LINE.match(line) for line in lines)
-    assert "~~epoch\thours\ttop1\ttop5" in lines
-    epochs = [EPOCH_LINE.match(line) for line in lines if line.startswith("~~") and line != "~~epoch\thours\ttop1\ttop5"]
-    assert [int(m.group(1)) for m in epochs] == list(range(8))
+    header = "~~epoch\thours\ttop1\ttop5"
+    epochs = [EPOCH_LINE.match(line) for line in lines if line.startswith("~~") and line != header]
+    assert header in lines and [int(m.group(1)) for m in epochs] == list(range(8))
     assert all(re.match(r"^Changing LR from \S+ to \S+$", line) for line in lines if line.startswith("Changing"))
     assert "Batch size changed: 48" in lines
     assert lines.count("Dataset changed.") == 2 and "Image size: 64" in lines
@@ -159,8 +159,7 @@ def test_resume_from_a_file_that_is_no_checkpoint(tiny_data, tmp_path):
 def test_missing_data_is_one_clear_line(tmp_path):
     result = run(train_command(tmp_path / "nowhere", tmp_path / "run"))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: data folder {tmp_path / 'nowhere'}-sz/160/train does not exist" or \
-        "does not exist" in result.stderr.strip().splitlines()[-1]
+    assert result.stderr == f"error: data folder {tmp_path / 'nowhere'} does not exist\n"
 
 
 def test_wandb_mirrors_the_run_offline_and_the_key_is_written_nowhere(tiny_data, tmp_path):

@@ -65,6 +65,8 @@ def scan(folder: Path) -> ImageFolder:
 
 def check_layout(root: str | Path, schedule: Schedule) -> dict[str, ImageFolder]:
     """Scan every folder the schedule reads; fail before training if one is missing or the classes differ."""
+    if not Path(root).is_dir():
+        raise DataError(f"data folder {root} does not exist")
     folders: dict[str, ImageFolder] = {}
     for trndir in dict.fromkeys(p.trndir for p in schedule.data):
         for split in ("train", "validation"):

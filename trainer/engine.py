@@ -67,13 +67,6 @@ class EpochResult:
     images: int
 
 
-def _correct(output: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    k = min(5, output.shape[1])
-    top = output.topk(k, dim=1).indices
-    hits = top.eq(labels.unsqueeze(1))
-    return hits[:, :1].sum(), hits.sum()
-
-
 class _Window:
     """Sums since the last print, all-reduced there: images, loss x images, correct@1, correct@5."""
 
@@ -81,11 +74,10 @@ class _Window:
         self.sums = torch.zeros(4, dtype=torch.float64, device=device)
         self.batches, self.data_seconds, self.start = 0, 0.0, time.perf_counter()
 
-    def add(self, output: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor | None) -> None:
+    def add(self, output: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
         correct1, correct5 = _correct(output, labels)
         count = torch.tensor(float(len(labels)), dtype=torch.float64, device=self.sums.device)
-        loss_sum = loss.detach().double() * count if loss is not None else torch.zeros_like(count)
-        self.sums += torch.stack([count, loss_sum, correct1.double(), correct5.double()])
+        self.sums += torch.stack([count, loss.detach().double() * count, correct1.double(), correct5.double()])
         self.batches += 1
 
     def reduce(self, meters: dict[str, Meter]) -> tuple[int, float]:
