@@ -103,6 +103,8 @@ def test_two_torchrun_nodes_over_gloo_learn(tiny_data, tmp_path):
     assert summary["epochs"][-1]["global_batch"] == 96
     assert summary["epochs"][-1]["top1"] > 25, "10 classes: chance is 10%"
     assert "~~7\t" in outputs[0] and "~~" not in outputs[1], "only rank 0 prints"
+    beats = [json.loads((logdir / "heartbeats" / f"node-{i}.json").read_text()) for i in range(2)]
+    assert [b["node"] for b in beats] == [0, 1] and all(b["epoch"] == 8 for b in beats), "every node beats"
 
 
 def test_killed_run_resumes_and_ends_where_the_uninterrupted_run_did(tiny_data, tmp_path, single_run):

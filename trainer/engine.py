@@ -14,7 +14,7 @@ from trainer import console, distributed
 from trainer.console import Meter, log
 from trainer.data import PhaseLoaders
 from trainer.model import set_lr
-from trainer.recorder import Recorder
+from trainer.recorder import NodeHeartbeat, Recorder
 from trainer.schedule import Schedule
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -30,6 +30,7 @@ class Context:
     schedule: Schedule
     world: distributed.World
     recorder: Recorder
+    node_heartbeat: NodeHeartbeat
     bf16: bool
     channels_last: bool
     print_freq: int
@@ -127,6 +128,7 @@ def train_one_epoch(ctx: Context, loaders: PhaseLoaders, epoch: int) -> EpochRes
         if done % ctx.print_freq == 0 or done == batches:
             _report_train(ctx, meters, window, epoch, done, batches)
         ctx.recorder.heartbeat(epoch=epoch, batch=done, batches=batches)
+        ctx.node_heartbeat.beat(epoch=epoch, batch=done, batches=batches)
         last = time.perf_counter()
     return EpochResult(meters["loss"].avg, meters["top1"].avg, meters["top5"].avg,
                        time.perf_counter() - epoch_start, meters["loss"].count)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -60,6 +61,26 @@ class Recorder:
         self.metrics.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+class NodeHeartbeat:
+    """Each node's first process overwrites LOGDIR/heartbeats/node-<i>.json, so an orchestrator reading the
+    shared storage sees which machine stopped making progress, not only that the run did."""
+
+    def __init__(self, logdir: Path, node_rank: int, enabled: bool, seconds: float):
+        self.path = logdir / "heartbeats" / f"node-{node_rank}.json"
+        self.node_rank, self.enabled, self.seconds, self.last = node_rank, enabled, seconds, 0.0
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def beat(self, force: bool = False, **fields) -> None:
+        if not self.enabled or (not force and time.monotonic() - self.last < self.seconds):
+            return
+        self.last = time.monotonic()
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"node": self.node_rank, "host": socket.gethostname(), "time": time.time(),
+                                   **fields}))
+        os.replace(tmp, self.path)
 
 
 def _start_wandb(logdir: Path, run_name: str, config: dict):

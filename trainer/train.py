@@ -5,8 +5,9 @@
         -m trainer train /data/imagenet --schedule seed-2 --logdir /efs/runs/r1    # node 0 of 2
 
 Files a run writes in --logdir (the contract the pipeline reads): metrics.jsonl (start, heartbeat, epoch,
-target, end records), summary.json (at the end), verbose.log, event.log, debug.log, TensorBoard events;
-checkpoints go to --checkpoint-dir (default LOGDIR/checkpoints), which may be an fsspec URL.
+target, end records), heartbeats/node-<i>.json (each node's latest), summary.json (at the end), verbose.log,
+event.log, debug.log, TensorBoard events; checkpoints go to --checkpoint-dir (default LOGDIR/checkpoints),
+which may be an fsspec URL.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from trainer import checkpoint, console, data, distributed, schedule as schedule
 from trainer.console import log
 from trainer.engine import Context, evaluate, train_one_epoch
 from trainer.model import MOMENTUM, build_model, build_optimizer
-from trainer.recorder import Recorder
+from trainer.recorder import NodeHeartbeat, Recorder
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imagenet18"
 
@@ -128,7 +129,9 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
     run_config = {**asdict(config), "arch": arch, "run_name": run_name, "world_size": world.size,
                   "classes": len(classes), "epochs": end_epoch, "bf16": bf16, "channels_last": channels_last}
     recorder = Recorder(logdir, run_name, _jsonable(run_config), world.is_master, config.heartbeat_seconds)
-    ctx = Context(wrapped, model, optimizer, plan, world, recorder, bf16, channels_last, config.print_freq)
+    heartbeat = NodeHeartbeat(logdir, world.node_rank, world.is_node_master, config.heartbeat_seconds)
+    ctx = Context(wrapped, model, optimizer, plan, world, recorder, heartbeat, bf16, channels_last,
+                  config.print_freq)
     start_epoch, elapsed = 0, 0.0
     if state:
         start_epoch, elapsed = state["epoch"], state["elapsed_seconds"]
@@ -164,6 +167,7 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
             last = epoch + 1 == end_epoch or stop
             if config.checkpoint_every and ((epoch + 1) % config.checkpoint_every == 0 or last):
                 _save(ctx, summary, epoch + 1, hours * 3600, plan, classes, checkpoint_dir)
+            heartbeat.beat(force=True, epoch=epoch + 1, batch=0, batches=0)
             if stop:
                 break
         summary.hours = (time.perf_counter() - clock) / 3600
