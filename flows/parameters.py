@@ -42,9 +42,6 @@ class RunParameters(BaseModel):
     def resolved_schedule(self) -> str:
         return self.schedule or ("cpu-demo" if self.backend == "local" else f"seed-{self.machines}")
 
-    def run_name_prefix(self) -> str:
-        return f"imagenet18-{self.machines}x-{self.backend}{'-spot' if self.spot else ''}"
-
 
 def demo_dataset_root() -> Path:
     return default_home() / "demo" / "imagenet18-demo"

@@ -11,10 +11,6 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-RUN_TAG = "imagenet18:run"
-EXPIRES_TAG = "imagenet18:expires"
-
-
 class BackendError(RuntimeError):
     """Something a backend cannot do; the message says what and, where it can, how to fix it."""
 
@@ -111,7 +107,7 @@ class Backend(Protocol):
         """`count` replicas of the dataset, tagged with the run; replicas that exist are reused. Pool replicas
         (made ahead of runs) outlive the process that made them, until their expiry."""
 
-    def delete_replicas(self, run_id: str | None = None) -> list[Resource]: ...
+    def delete_replicas(self, run_id: str) -> list[Resource]: ...
 
     def provision(self, spec: ClusterSpec, replicas: list[Resource]) -> Cluster:
         """Machines (replica i attached to machine i) and the run's shared storage."""

@@ -86,7 +86,7 @@ class LocalBackend:
                 _link_tree(source, destination)
         return resource
 
-    def delete_replicas(self, run_id: str | None = None) -> list[Resource]:
+    def delete_replicas(self, run_id: str) -> list[Resource]:
         removed = []
         for resource in self.resources(run_id):
             if resource.kind == "replica":
@@ -104,8 +104,8 @@ class LocalBackend:
         storage = self.runs / f"{spec.run_name}-{spec.run_id[:8]}"
         (storage / "logs").mkdir(parents=True, exist_ok=True)
         machines = []
-        for index in range(spec.machines):
-            replica = sorted(replicas, key=lambda r: r.details["index"])[index]
+        by_index = sorted(replicas, key=lambda r: r.details["index"])
+        for index, replica in enumerate(by_index[:spec.machines]):
             machine = Machine(index, f"{spec.run_id}/machine-{index}", "127.0.0.1", replica.details["data_root"])
             self._record(Resource("machine", machine.id, spec.run_id, spec.expires_at,
                                   {"index": index, "data_root": machine.data_root, **_owner()}))
