@@ -12,6 +12,7 @@ from prefect import flow, get_client, get_run_logger
 from prefect.exceptions import ObjectNotFound
 
 from tasks.backends import BACKENDS, get_backend
+from tasks.backends.aws.options import AwsOptions
 from tasks.backends.base import BackendError
 
 
@@ -30,16 +31,15 @@ def run_is_finished(run_id: str) -> bool:
 
 
 @flow(name="imagenet18-cleanup")
-def cleanup(backends: list[str] | None = None) -> dict[str, list[str]]:
+def cleanup(backends: list[str] | None = None, aws: AwsOptions | None = None) -> dict[str, list[str]]:
     logger = get_run_logger()
     removed: dict[str, list[str]] = {}
     for name in backends or BACKENDS:
         try:
-            backend = get_backend(name)
+            swept = get_backend(name, aws).sweep(run_is_finished)
         except BackendError as exc:
             logger.info("skipping backend %s: %s", name, exc)
             continue
-        swept = backend.sweep(run_is_finished)
         removed[name] = [r.id for r in swept]
         logger.info("%s: removed %d resource(s)%s", name, len(swept),
                     ": " + ", ".join(removed[name]) if swept else "")

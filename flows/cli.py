@@ -4,6 +4,7 @@
     imagenet18 run --machines 16 --spot          # the seed's train.py
     imagenet18 plan --machines 16 --backend aws  # what a run would create and cost; creates nothing
     imagenet18 replicate --replicas 16 [--delete]
+    imagenet18 snapshot --from s3://bucket/imagenet  # the dataset snapshot replicas are made from (aws)
     imagenet18 cleanup                           # what the scheduled cleanup does, now
     imagenet18 serve                             # serve the deployments (needs `prefect server start`)
 """
@@ -34,6 +35,27 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="stop after this many epochs")
     parser.add_argument("--budget-usd", type=float, help="refuse to start when the plan costs more")
     parser.add_argument("--max-hours", type=float, default=2.0)
+    _aws_options(parser)
+
+
+def _aws_options(parser: argparse.ArgumentParser) -> None:
+    aws = parser.add_argument_group("aws backend")
+    aws.add_argument("--region", help="default: AWS_REGION, else us-east-1")
+    aws.add_argument("--zone", dest="availability_zone", help="default: the first zone offering the type")
+    aws.add_argument("--ami", help="default: the Deep Learning Base AMI")
+    aws.add_argument("--subnet", dest="subnet_id", help="use this subnet instead of making a network")
+    aws.add_argument("--bucket", help="results bucket (default imagenet18-<account>-<region>)")
+    aws.add_argument("--ssh-cidr", help="allow ssh from this CIDR (default: SSM sessions only)")
+    aws.add_argument("--volume-type", choices=("io1", "io2", "gp3"))
+    aws.add_argument("--iops", type=int)
+
+
+AWS_OPTIONS = ("region", "availability_zone", "ami", "subnet_id", "bucket", "ssh_cidr", "volume_type", "iops")
+
+
+def _aws(args: argparse.Namespace) -> dict | None:
+    given = {name: getattr(args, name) for name in AWS_OPTIONS if getattr(args, name) is not None}
+    return given if args.backend == "aws" else None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,6 +71,14 @@ def parser() -> argparse.ArgumentParser:
     replicate.add_argument("--dataset")
     replicate.add_argument("--keep-hours", type=float, default=24.0)
     replicate.add_argument("--delete", action="store_true")
+    replicate.add_argument("--instance-type", help="the zone is chosen where this type is offered (aws)")
+    _aws_options(replicate)
+    snapshot = sub.add_parser("snapshot", help="make the dataset snapshot (aws) from a dataset at an s3:// URL")
+    snapshot.add_argument("--from", dest="source", required=True, help="s3://bucket/imagenet (with -sz/ copies)")
+    snapshot.add_argument("--name", default="imagenet18-backup", help="the snapshot's Name and description")
+    snapshot.add_argument("--sizes", type=int, nargs="*", default=[160, 352], help="the -sz/<px> copies to include")
+    snapshot.set_defaults(backend="aws")
+    _aws_options(snapshot)
     sub.add_parser("cleanup", help="delete what finished or expired runs left")
     sub.add_parser("serve", help="serve imagenet18/full, the replicate flow and the scheduled cleanup")
     return root
@@ -78,7 +108,7 @@ def _flow_parameters(args: argparse.Namespace, dry_run: bool) -> dict:
     return {"machines": args.machines or (16 if args.backend == "aws" else 2), "backend": args.backend,
             "spot": args.spot, "instance_type": args.instance_type, "dataset": args.dataset, "schedule": args.schedule,
             "target": args.target, "target_metric": args.target_metric, "epochs": args.epochs,
-            "budget_usd": args.budget_usd, "max_hours": args.max_hours, "dry_run": dry_run}
+            "budget_usd": args.budget_usd, "max_hours": args.max_hours, "dry_run": dry_run, "aws": _aws(args)}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -106,8 +136,17 @@ def _replicate(args: argparse.Namespace) -> int:
     from flows.replicate import replicate
 
     ids = replicate(replicas=args.replicas, backend=args.backend, dataset=args.dataset,
-                    keep_hours=args.keep_hours, delete=args.delete)
+                    keep_hours=args.keep_hours, delete=args.delete, instance_type=args.instance_type,
+                    aws=_aws(args))
     print(f"{'deleted' if args.delete else 'ready'}: {len(ids)} replica(s)")
+    return 0
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from flows.snapshot import snapshot
+
+    snapshot_id = snapshot(source=args.source, name=args.name, sizes=args.sizes, aws=_aws(args))
+    print(f"snapshot {snapshot_id} ({args.name}) is ready: imagenet18 run --backend aws --dataset {args.name}")
     return 0
 
 
@@ -126,8 +165,8 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": _run, "run": _run, "plan": _run, "replicate": _replicate, "cleanup": _cleanup,
-            "serve": _serve}
+COMMANDS = {"demo": _run, "run": _run, "plan": _run, "replicate": _replicate, "snapshot": _snapshot,
+            "cleanup": _cleanup, "serve": _serve}
 
 if __name__ == "__main__":
     sys.exit(main())

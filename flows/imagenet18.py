@@ -16,6 +16,7 @@ from prefect.runtime import flow_run as current_run
 from flows.parameters import BackendName, MachineCount, RunParameters
 from tasks import stages
 from tasks.backends import get_backend
+from tasks.backends.aws.options import AwsOptions
 
 
 def _run_name() -> str:
@@ -27,8 +28,9 @@ def _run_name() -> str:
 
 def _teardown_hook(flow_, flow_run, state) -> None:
     """Runs on cancel and crash (also in a served run's runner process): find by tag, delete, verify."""
-    backend = flow_run.parameters.get("backend", "local")
-    get_backend(backend).teardown(str(flow_run.id))
+    aws = flow_run.parameters.get("aws")
+    get_backend(flow_run.parameters.get("backend", "local"), AwsOptions(**aws) if aws else None).teardown(
+        str(flow_run.id))
 
 
 @flow(name="imagenet18", flow_run_name=_run_name, on_cancellation=[_teardown_hook], on_crashed=[_teardown_hook])
@@ -36,11 +38,12 @@ def imagenet18(machines: MachineCount = 2, backend: BackendName = "local", spot:
                instance_type: str | None = None, dataset: str | None = None, schedule: str | None = None,
                target: float | None = None, target_metric: Literal["top1", "top5"] | None = None,
                epochs: int | None = None,
-               budget_usd: float | None = None, max_hours: float = 2.0, dry_run: bool = False) -> dict:
+               budget_usd: float | None = None, max_hours: float = 2.0, dry_run: bool = False,
+               aws: AwsOptions | None = None) -> dict:
     """Train ResNet-50 the imagenet18 way on `machines` machines, then tear everything down."""
     params = RunParameters(machines=machines, backend=backend, spot=spot, instance_type=instance_type,
                            dataset=dataset, schedule=schedule, target=target, target_metric=target_metric,
-                           epochs=epochs, budget_usd=budget_usd, max_hours=max_hours, dry_run=dry_run)
+                           epochs=epochs, budget_usd=budget_usd, max_hours=max_hours, dry_run=dry_run, aws=aws)
     run_id, run_name = str(current_run.id), current_run.name
     plan = stages.validate_and_plan(params, run_id, run_name)
     if params.dry_run:
@@ -53,4 +56,4 @@ def imagenet18(machines: MachineCount = 2, backend: BackendName = "local", spot:
         summary = stages.train(plan, cluster)
         return stages.evaluate(plan, cluster, summary)
     finally:
-        stages.teardown(params.backend, run_id)
+        stages.teardown(params, run_id)

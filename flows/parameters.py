@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.backends.aws.options import AwsOptions
 from tasks.backends.local import default_home
 
 MachineCount = Literal[1, 2, 4, 8, 16]
@@ -29,6 +30,7 @@ class RunParameters(BaseModel):
     budget_usd: float | None = Field(None, ge=0, description="refuse to start when the plan costs more")
     max_hours: float = Field(2.0, gt=0, le=72, description="machines terminate themselves after this")
     dry_run: bool = False
+    aws: AwsOptions | None = Field(None, description="region, zone, network, disks, bucket (backend='aws')")
 
     @property
     def resolved_instance_type(self) -> str:

@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 from flows.parameters import BackendName, RunParameters
 from tasks.planning import ensure_demo_dataset
 from tasks.backends import get_backend
+from tasks.backends.aws.options import AwsOptions
 from tasks.backends.base import ClusterSpec
 
 REPLICA_OWNER = "replicas"
@@ -18,14 +19,15 @@ REPLICA_OWNER = "replicas"
 
 @flow(name="imagenet18-replicate")
 def replicate(replicas: int = 16, backend: BackendName = "local", dataset: str | None = None,
-              keep_hours: float = 24.0, delete: bool = False) -> list[str]:
+              keep_hours: float = 24.0, delete: bool = False, instance_type: str | None = None,
+              aws: AwsOptions | None = None) -> list[str]:
     logger = get_run_logger()
-    store = get_backend(backend)
+    store = get_backend(backend, aws)
     if delete:
         removed = store.delete_replicas(REPLICA_OWNER)
         logger.info("deleted %d replica(s): %s", len(removed), ", ".join(r.id for r in removed) or "none")
         return [r.id for r in removed]
-    params = RunParameters(backend=backend, dataset=dataset)
+    params = RunParameters(backend=backend, dataset=dataset, instance_type=instance_type, aws=aws)
     if backend == "local" and dataset is None:
         ensure_demo_dataset()
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=keep_hours)

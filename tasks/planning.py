@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows.parameters import RunParameters, demo_dataset_root
-from tasks.backends import get_backend
+from tasks.backends import backend_for
 from tasks.backends.base import ClusterSpec, CostPlan, InputError
 from trainer import schedule as schedules
 from trainer.demo_data import demo_dataset_ready, make_demo_dataset
@@ -37,9 +37,9 @@ def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
         ensure_demo_dataset()
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=params.max_hours)
     spec = ClusterSpec(run_id, run_name, params.machines, params.resolved_instance_type, params.spot, expires)
-    backend = get_backend(params.backend)
+    backend = backend_for(params)
     backend.check(spec, params.resolved_dataset)
-    cost = backend.plan(spec, params.max_hours)
+    cost = backend.plan(spec, params.resolved_dataset, params.max_hours)
     if params.budget_usd is not None and cost.total_usd > params.budget_usd:
         raise InputError(f"the plan costs up to ${cost.total_usd:,.2f} ({params.max_hours} h at "
                          f"${cost.hourly_usd:,.2f}/h), over the budget of ${params.budget_usd:,.2f}")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
-import sys
+import tempfile
 import time
+
+import fsspec
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.parameters import RunParameters
-from tasks.backends import get_backend
+from tasks.backends import backend_for
 from tasks.backends.base import Cluster, Resource
 from tasks.planning import RunPlan, plan_run
 
@@ -36,7 +39,7 @@ def validate_and_plan(params: RunParameters, run_id: str, run_name: str) -> RunP
 # Safe to retry: replicas that exist are found by tag and reused.
 @task(name="replicate-dataset", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def replicate_dataset(plan: RunPlan) -> list[Resource]:
-    replicas = get_backend(plan.params.backend).replicate(plan.spec, plan.dataset, plan.spec.machines)
+    replicas = backend_for(plan.params).replicate(plan.spec, plan.dataset, plan.spec.machines)
     get_run_logger().info("%d dataset replicas ready: %s", len(replicas), ", ".join(r.id for r in replicas))
     return replicas
 
@@ -44,7 +47,7 @@ def replicate_dataset(plan: RunPlan) -> list[Resource]:
 # Safe to retry: provisioning creates only what the run's tags do not already show.
 @task(name="provision-cluster", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def provision_cluster(plan: RunPlan, replicas: list[Resource]) -> Cluster:
-    cluster = get_backend(plan.params.backend).provision(plan.spec, replicas)
+    cluster = backend_for(plan.params).provision(plan.spec, replicas)
     logger = get_run_logger()
     logger.info("%d machine(s) ready; run storage %s", len(cluster.machines), cluster.storage)
     logger.info("To connect to machine 0: %s", cluster.connect)
@@ -54,7 +57,7 @@ def provision_cluster(plan: RunPlan, replicas: list[Resource]) -> Cluster:
 # Not retried: a second launch would start training over; recovery resumes from checkpoints instead.
 @task(name="train", cache_policy=NO_CACHE)
 def train(plan: RunPlan, cluster: Cluster) -> dict:
-    backend = get_backend(plan.params.backend)
+    backend = backend_for(plan.params)
     logger = get_run_logger()
     port = _free_port() if plan.params.backend == "local" else 29500
     commands = {m.index: trainer_command(plan, cluster, m.index, port) for m in cluster.machines}
@@ -83,13 +86,14 @@ def train(plan: RunPlan, cluster: Cluster) -> dict:
 def trainer_command(plan: RunPlan, cluster: Cluster, machine: int, port: int) -> list[str]:
     """torchrun on one machine: one node each, one process per GPU (one CPU process locally)."""
     local = plan.params.backend == "local"
-    python = sys.executable if local else "python3"
-    command = [python, "-m", "torch.distributed.run", f"--nnodes={len(cluster.machines)}",
+    command = [cluster.python, "-m", "torch.distributed.run", f"--nnodes={len(cluster.machines)}",
                f"--node_rank={machine}", f"--nproc_per_node={cluster.gpus_per_machine}",
                f"--master_addr={cluster.machines[0].address}", f"--master_port={port}",
                "-m", "trainer", "train", cluster.machines[machine].data_root, "--schedule", plan.schedule,
-               "--logdir", cluster.storage, "--run-name", plan.spec.run_name, "--auto-resume",
-               "--heartbeat-seconds", "5", "--cache-dir", f"{cluster.storage}/cache"]
+               "--logdir", cluster.node_storage, "--run-name", plan.spec.run_name, "--auto-resume",
+               "--heartbeat-seconds", "5", "--cache-dir", f"{cluster.node_storage}/cache"]
+    if cluster.storage != cluster.node_storage:  # checkpoints where the orchestrator and new machines find them
+        command += ["--checkpoint-dir", f"{cluster.storage}/checkpoints"]
     if plan.params.target is not None:
         command += ["--target", str(plan.params.target)]
     if plan.params.target_metric:
@@ -128,8 +132,9 @@ def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
     """The final accuracy and the time to target, computed from the run's TensorBoard events as the seed did."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(cluster.storage)
-    events.Reload()
+    with _local_copy(cluster.storage, "events.out.tfevents.*") as folder:
+        events = EventAccumulator(folder)
+        events.Reload()
     metric_tag = {"top1": "losses/test_1", "top5": "losses/test_5"}[summary["target_metric"]]
     by_step = {event.step: event.value for event in events.Scalars(metric_tag)}  # a resumed epoch: last wins
     reached = next((e for e in summary["epochs"] if by_step.get(e["examples_seen"], -1.0) >= summary["target"]),
@@ -154,10 +159,23 @@ def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
     return result
 
 
+@contextlib.contextmanager
+def _local_copy(storage: str, pattern: str):
+    """The run folder itself when it is local; else a temporary folder with the files matching `pattern`."""
+    if "://" not in storage:
+        yield storage
+        return
+    fs, base = fsspec.core.url_to_fs(storage)
+    with tempfile.TemporaryDirectory() as folder:
+        for path in fs.glob(f"{base}/{pattern}"):
+            fs.get_file(path, f"{folder}/{path.rsplit('/', 1)[1]}")
+        yield folder
+
+
 # Safe to retry: teardown finds resources by tag and skips what is already gone.
 @task(name="teardown", retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def teardown(backend_name: str, run_id: str) -> list[str]:
-    removed = get_backend(backend_name).teardown(run_id)
+def teardown(params: RunParameters, run_id: str) -> list[str]:
+    removed = backend_for(params).teardown(run_id)
     get_run_logger().info("teardown removed %d resource(s) of run %s: %s", len(removed), run_id,
                           ", ".join(r.id for r in removed) or "none")
     return [r.id for r in removed]

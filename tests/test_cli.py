@@ -12,7 +12,8 @@ IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
 @pytest.mark.parametrize("args,message", [
     (["run", "--dataset", "/nonexistent/imagenet"], "error: dataset /nonexistent/imagenet has no train/ folder"),
     (["run", "--schedule", "seed-3"], "error: unknown schedule 'seed-3'"),
-    (["run", "--backend", "aws"], "error: the aws backend is not built yet"),
+    (["run", "--backend", "aws"], "error: no AWS credentials: set AWS_PROFILE"),
+    (["run", "--backend", "aws", "--region", "moon-1"], "error: unknown AWS region 'moon-1'"),
     (["run", "--spot"], "error: --spot needs a cloud backend"),
     (["run", "--max-hours", "0"], "error: max_hours: Input should be greater than 0"),
     (["plan", "--budget-usd", "-1"], "error: budget_usd: Input should be greater than or equal to 0"),

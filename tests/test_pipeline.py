@@ -16,7 +16,7 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.cleanup import cleanup
 from flows.imagenet18 import imagenet18
 from flows.replicate import replicate
-from tasks.backends.base import BackendError, InputError
+from tasks.backends.base import InputError
 from tasks.backends.local import LocalBackend, _tagged_processes
 
 STAGES = {"validate-and-plan", "replicate-dataset", "provision-cluster", "train", "evaluate", "teardown"}
@@ -94,7 +94,6 @@ def test_three_machines_is_refused_with_the_allowed_values():
     ({"schedule": "seed-3"}, InputError, "unknown schedule 'seed-3'"),
     ({"instance_type": "p3.16xlarge"}, InputError, "runs on instance type 'local'"),
     ({"spot": True}, InputError, "no spot market"),
-    ({"backend": "aws"}, BackendError, "aws backend is not built yet"),
 ])
 def test_bad_input_fails_before_anything_is_created(prefect_api, tiny_data, parameters, error, message):
     state = imagenet18(**{"machines": 2, "dataset": str(tiny_data), **parameters}, return_state=True)

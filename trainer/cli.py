@@ -61,12 +61,32 @@ def _demo_parser(sub) -> None:
     p.add_argument("--no-prepare", action="store_true", help="skip making the -sz/160 and -sz/352 copies")
 
 
+def _sync_parser(sub) -> None:
+    p = sub.add_parser("sync", help="copy a dataset at an fsspec URL (and its -sz copies) to a folder")
+    p.add_argument("url", help="e.g. s3://bucket/imagenet")
+    p.add_argument("destination", type=Path, help="the copy of URL; URL-sz/<px> goes to DESTINATION-sz/<px>")
+    p.add_argument("--sizes", type=int, nargs="*", default=[], help="resized copies to fetch too, e.g. 160 352")
+
+
+def _mirror_parser(sub) -> None:
+    p = sub.add_parser("mirror", help="copy a run folder's metrics, logs and events to an fsspec URL as they change")
+    p.add_argument("source", type=Path)
+    p.add_argument("url")
+    p.add_argument("--every", type=float, default=10.0, help="seconds between copies")
+    p.add_argument("--until-exits", type=int, metavar="N",
+                   help="follow until N exit codes are in SOURCE/exit/ (default: copy once and stop)")
+    p.add_argument("--exit-pattern", default="*", help="which files in SOURCE/exit/ count, e.g. 'train-*'")
+    p.add_argument("--only", nargs="+", help="copy just these files (paths relative to SOURCE), once")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     _prepare_parser(sub)
     _demo_parser(sub)
+    _sync_parser(sub)
+    _mirror_parser(sub)
     sub.add_parser("schedules", help="list the built-in schedules")
     return root
 
@@ -105,6 +125,27 @@ def _demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync(args: argparse.Namespace) -> int:
+    from trainer import sync
+
+    copied = sync.sync(args.url, args.destination, ["", *(f"-sz/{size}" for size in args.sizes)])
+    logging.getLogger("trainer").info("%d files copied to %s", copied, args.destination)
+    return 0
+
+
+def _mirror(args: argparse.Namespace) -> int:
+    from trainer.mirror import Mirror, exits_written
+
+    mirror = Mirror(args.source, args.url)
+    if args.only:
+        mirror.push(args.source / relative for relative in args.only)
+    elif args.until_exits:
+        mirror.follow(exits_written(args.source, args.until_exits, args.exit_pattern), args.every)
+    else:
+        mirror.push()
+    return 0
+
+
 def _schedules(args: argparse.Namespace) -> int:
     for name in schedule.builtin_names():
         plan = schedule.load(name)
@@ -112,4 +153,5 @@ def _schedules(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "prepare": _prepare, "demo-data": _demo_data, "schedules": _schedules}
+COMMANDS = {"train": _train, "prepare": _prepare, "demo-data": _demo_data, "schedules": _schedules, "sync": _sync,
+            "mirror": _mirror}

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from tasks.backends.base import Backend, BackendError, InputError
+from typing import TYPE_CHECKING
+
+from tasks.backends.base import Backend, InputError
+
+if TYPE_CHECKING:
+    from flows.parameters import RunParameters
+    from tasks.backends.aws.options import AwsOptions
 
 BACKENDS = ("local", "aws")
 
 
-def get_backend(name: str) -> Backend:
+def get_backend(name: str, aws: AwsOptions | None = None) -> Backend:
     if name == "local":
         from tasks.backends.local import LocalBackend
 
         return LocalBackend()
     if name == "aws":
-        raise BackendError("the aws backend is not built yet (issue 'AWS backend'); use backend='local'")
+        from tasks.backends.aws import AwsBackend
+
+        return AwsBackend(aws)
     raise InputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+
+
+def backend_for(params: RunParameters) -> Backend:
+    return get_backend(params.backend, params.aws)

@@ -79,9 +79,11 @@ class Machine:
 class Cluster:
     spec: ClusterSpec
     machines: tuple[Machine, ...]
-    storage: str  # the run's shared folder (the seed's EFS run directory): logs, metrics, checkpoints
+    storage: str  # where the orchestrator reads the run's logs, metrics and events (a folder or s3:// URL)
     gpus_per_machine: int
     connect: str  # how a person reaches machine 0
+    node_storage: str  # the same run folder as the machines see it (the seed's EFS run directory)
+    python: str  # the machines' Python, with the project installed
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class Backend(Protocol):
     def check(self, spec: ClusterSpec, dataset: str) -> None:
         """Raise InputError for anything that would fail later; creates nothing."""
 
-    def plan(self, spec: ClusterSpec, hours: float) -> CostPlan: ...
+    def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan: ...
 
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
         """`count` replicas of the dataset, tagged with the run; replicas that exist are reused. Pool replicas

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -64,7 +65,7 @@ class LocalBackend:
             raise InputError(f"run {spec.run_id} already has resources here; use another run id, or "
                              f"`imagenet18 cleanup` to remove them")
 
-    def plan(self, spec: ClusterSpec, hours: float) -> CostPlan:
+    def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan:
         return CostPlan((LineItem("torchrun node process on this machine", spec.machines, 0.0),
                          LineItem("dataset replica (hard links)", spec.machines, 0.0)), hours)
 
@@ -111,7 +112,7 @@ class LocalBackend:
                                   {"index": index, "data_root": machine.data_root, **_owner()}))
             machines.append(machine)
         connect = f"tail -f {storage}/logs/train-0.log   (machine 0's console)"
-        return Cluster(spec, tuple(machines), str(storage), 1, connect)
+        return Cluster(spec, tuple(machines), str(storage), 1, connect, str(storage), sys.executable)
 
     def launch(self, cluster: Cluster, commands: dict[int, list[str]], name: str) -> None:
         spec = cluster.spec

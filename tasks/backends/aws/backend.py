@@ -1,0 +1,202 @@
+"""The AWS backend: the seed's cluster (replicated dataset volumes, EFS, a placement group, N GPU machines)
+made with boto3, everything tagged with the run and deleted by tag."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from tasks.backends.aws import catalog, inventory, jobs, machines, network, secrets, storage, volumes
+from tasks.backends.aws.clients import Clients, error_code
+from tasks.backends.aws.efs import ensure_file_system
+from tasks.backends.aws.iam import ensure_instance_profile
+from tasks.backends.aws.options import AwsOptions
+from tasks.backends.aws.teardown import teardown
+from tasks.backends.base import (BackendError, Cluster, ClusterSpec, CostPlan, InputError, JobStatus, LineItem, Machine,
+                                 Resource)
+
+log = logging.getLogger(__name__)
+DATA_MOUNT = "/mnt/data"
+EFS_MOUNT = "/mnt/efs"
+
+
+class AwsBackend:
+    name = "aws"
+
+    def __init__(self, options: AwsOptions | None = None, home: Path | None = None):
+        from tasks.backends.local import default_home
+
+        self.options = options or AwsOptions()
+        self.clients = Clients(self.options.region)
+        self.key_folder = (home or default_home()) / "aws" / "keys"
+
+    # -- validate and plan ----------------------------------------------------------------------------
+    def check(self, spec: ClusterSpec, dataset: str) -> None:
+        self.clients.check_region()
+        self.clients.check_credentials()
+        try:
+            catalog.instance_type(spec.instance_type)
+        except KeyError as exc:
+            raise InputError(str(exc.args[0])) from None
+        zone = self.zone(spec.instance_type)
+        snapshot = self.snapshot(dataset)
+        volumes.check_volume_settings(self.options.volume_type, self.options.iops, snapshot["VolumeSize"])
+        image = machines.resolve_ami(self.clients, self.options.ami)
+        if self.options.subnet_id:
+            self._check_subnet(zone)
+        self._dry_run_instances(spec, image, zone)
+        if self.resources(spec.run_id):
+            raise InputError(f"run {spec.run_id} already has AWS resources; use another run id, or "
+                             "`imagenet18 cleanup` to remove them")
+
+    @functools.cache
+    def zone(self, instance_type: str) -> str:
+        offering = self.clients.zones_offering(instance_type)
+        wanted = self.options.availability_zone
+        if wanted:
+            self.clients.check_zone(wanted)
+            if wanted not in offering:
+                raise InputError(f"{instance_type} is not offered in {wanted}; zones offering it: "
+                                 f"{', '.join(offering) or 'none in ' + self.options.region}")
+            return wanted
+        if not offering:
+            raise InputError(f"{instance_type} is not offered in {self.options.region}")
+        return offering[0]
+
+    @functools.cache
+    def snapshot(self, dataset: str) -> dict:
+        return volumes.find_snapshot(self.clients, dataset, self.options.snapshot_owner)
+
+    def _check_subnet(self, zone: str) -> None:
+        try:
+            subnet = self.clients.ec2.describe_subnets(SubnetIds=[self.options.subnet_id])["Subnets"][0]
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"subnet {self.options.subnet_id} not found: {exc}") from None
+        if subnet["AvailabilityZone"] != zone:
+            raise InputError(f"subnet {self.options.subnet_id} is in {subnet['AvailabilityZone']}, the run's "
+                             f"zone is {zone}; set aws.availability_zone to match")
+
+    def _dry_run_instances(self, spec: ClusterSpec, image: dict, zone: str) -> None:
+        """EC2's own dry run of the launch: permissions and account limits, before anything exists."""
+        try:
+            self.clients.client("ec2", retries=False).run_instances(
+                ImageId=image["ImageId"], InstanceType=spec.instance_type, MinCount=spec.machines,
+                MaxCount=spec.machines, Placement={"AvailabilityZone": zone}, DryRun=True)
+        except Exception as exc:  # noqa: BLE001
+            code = error_code(exc)
+            if code == "DryRunOperation":
+                return
+            if code in machines.LIMIT_ERRORS:
+                raise InputError(f"{spec.machines} x {spec.instance_type} is over this account's limit ({code}): "
+                                 "ask AWS for a quota increase or run fewer machines") from None
+            if code == "UnauthorizedOperation":
+                raise InputError("these AWS credentials may not start instances (ec2:RunInstances)") from None
+            raise
+        raise InputError("EC2 accepted a dry run as a real launch; refusing to go on")
+
+    def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan:
+        kind = catalog.instance_type(spec.instance_type)
+        size = self.snapshot(dataset)["VolumeSize"]
+        o = self.options
+        hourly = self._spot_price(spec.instance_type) if spec.spot else kind.on_demand_usd
+        market = "spot" if spec.spot else "on-demand"
+        return CostPlan((
+            LineItem(f"{spec.instance_type} ({kind.gpus} x {kind.gpu}), {market}", spec.machines, hourly),
+            LineItem(f"root disk, gp3 {catalog.ROOT_VOLUME_GB} GiB", spec.machines,
+                     catalog.volume_hourly_usd("gp3", catalog.ROOT_VOLUME_GB, 3000, 125)),
+            LineItem(f"dataset replica, {o.volume_type} {size} GiB at {o.iops} IOPS", spec.machines,
+                     catalog.volume_hourly_usd(o.volume_type, size, o.iops, o.throughput_mbps)),
+            LineItem(f"EFS, about {catalog.EFS_EXPECTED_GB} GB", 1,
+                     catalog.EFS_GB_MONTH * catalog.EFS_EXPECTED_GB / catalog.HOURS_PER_MONTH),
+        ), hours)
+
+    def _spot_price(self, instance_type: str) -> float:
+        """The zone's latest spot price; the on-demand price (spot's ceiling) when the API has none."""
+        history = self.clients.ec2.describe_spot_price_history(
+            InstanceTypes=[instance_type], AvailabilityZone=self.zone(instance_type),
+            ProductDescriptions=["Linux/UNIX"], StartTime=dt.datetime.now(dt.timezone.utc))["SpotPriceHistory"]
+        prices = [float(p["SpotPrice"]) for p in history]
+        return min(prices) if prices else catalog.instance_type(instance_type).on_demand_usd
+
+    # -- replicas -------------------------------------------------------------------------------------
+    def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
+        o = self.options
+        return volumes.replicate(self.clients, spec, self.snapshot(dataset), self.zone(spec.instance_type), count,
+                                 o.volume_type, o.iops, o.throughput_mbps, o.parallel_calls)
+
+    def delete_replicas(self, run_id: str) -> list[Resource]:
+        found = volumes.replicas(self.clients, run_id)
+        volumes.delete(self.clients, [r.id for r in found])
+        return found
+
+    # -- machines -------------------------------------------------------------------------------------
+    def provision(self, spec: ClusterSpec, replicas: list[Resource]) -> Cluster:
+        if len(replicas) < spec.machines:
+            raise InputError(f"{spec.machines} machines need {spec.machines} replicas, there are {len(replicas)}")
+        chosen = sorted(replicas, key=lambda r: r.details["index"])[:spec.machines]
+        zone = chosen[0].details["zone"]
+        folder = f"runs/{spec.run_name}-{spec.run_id[:8]}"
+        bucket = storage.ensure_bucket(self.clients, self.options.bucket)
+        storage.put(self.clients, bucket, f"{folder}/code/imagenet18.tar.gz", jobs.project_archive())
+        net = network.ensure_network(self.clients, spec, zone, self.options.subnet_id, self.options.ssh_cidr,
+                                     self.key_folder)
+        fs_id = ensure_file_system(self.clients, spec, net.subnet_id, net.security_group_id)
+        profile = ensure_instance_profile(self.clients, spec, bucket, folder, secrets.path(spec.run_id))
+        boot = machines.BootConfig(fs_id, self.options.region, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz",
+                                   max_hours=(spec.expires_at - dt.datetime.now(dt.timezone.utc)).total_seconds()
+                                   / 3600)
+        image = machines.resolve_ami(self.clients, self.options.ami)
+        started = machines.run_machines(self.clients, spec, net, image, profile, [r.id for r in chosen], boot,
+                                          self.options.parallel_calls)
+        data_root = f"{DATA_MOUNT}/{self.options.dataset_folder}"
+        cluster_machines = tuple(Machine(i, instance["InstanceId"], instance["PrivateIpAddress"], data_root)
+                                 for i, instance in enumerate(started))
+        return Cluster(spec, cluster_machines, f"s3://{bucket}/{folder}",
+                       catalog.instance_type(spec.instance_type).gpus, self._connect(started[0], net),
+                       node_storage=f"{EFS_MOUNT}/{folder}", python=machines.MACHINE_PYTHON)
+
+    def _connect(self, head: dict, net: network.Network) -> str:
+        ssm = f"aws ssm start-session --region {self.options.region} --target {head['InstanceId']}"
+        if self.options.ssh_cidr and head.get("PublicIpAddress"):
+            return f"{ssm}   or   ssh -i {net.key_path} ubuntu@{head['PublicIpAddress']}"
+        return ssm
+
+    def launch(self, cluster: Cluster, commands: dict[int, list[str]], name: str) -> None:
+        stored = secrets.store(self.clients, cluster.spec)
+        hours = (cluster.spec.expires_at - dt.datetime.now(dt.timezone.utc)).total_seconds() / 3600
+
+        def send(index: int) -> str:
+            script = jobs.launch_script(cluster, index, commands[index], name, self.options.region, stored)
+            return jobs.send(self.clients, cluster.machines[index].id, script, f"imagenet18 {name} {index}", hours)
+
+        with ThreadPoolExecutor(max_workers=min(len(commands), self.options.parallel_calls)) as pool:
+            list(pool.map(send, sorted(commands)))
+
+    def status(self, cluster: Cluster, name: str) -> JobStatus:
+        return jobs.status(self.clients, cluster, name)
+
+    def read_storage(self, cluster: Cluster, relative_path: str, offset: int = 0) -> bytes:
+        return jobs.read(self.clients, f"{cluster.storage}/{relative_path}", offset)
+
+    # -- find, tear down, sweep -----------------------------------------------------------------------
+    def resources(self, run_id: str | None = None) -> list[Resource]:
+        return inventory.find(self.clients, run_id)
+
+    def teardown(self, run_id: str) -> list[Resource]:
+        return teardown(self.clients, run_id, self.key_folder)
+
+    def sweep(self, finished: Callable[[str], bool]) -> list[Resource]:
+        if self.clients.session.get_credentials() is None:
+            raise BackendError(f"no AWS credentials here, so nothing in {self.options.region} was looked at")
+        removed = []
+        by_run: dict[str, list[Resource]] = {}
+        for resource in self.resources():
+            by_run.setdefault(resource.run_id, []).append(resource)
+        for run_id, found in sorted(by_run.items()):
+            if finished(run_id) or any(r.expired for r in found):
+                removed += self.teardown(run_id)
+        return removed

@@ -1,0 +1,51 @@
+"""The GPU instance types a run can use, with what the cost plan needs. Prices are us-east-1 on-demand list
+prices in USD/hour (AWS price list, 2025); spot prices come from the region's spot price history when the
+API answers, else the on-demand price is the plan's upper bound."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    name: str
+    gpus: int
+    gpu: str
+    on_demand_usd: float
+
+
+INSTANCE_TYPES = {t.name: t for t in (
+    InstanceType("p3.16xlarge", 8, "V100 16 GB", 24.48),   # the seed's
+    InstanceType("p3dn.24xlarge", 8, "V100 32 GB", 31.212),
+    InstanceType("p4d.24xlarge", 8, "A100 40 GB", 21.958),
+    InstanceType("p5.48xlarge", 8, "H100 80 GB", 55.04),
+    InstanceType("g5.xlarge", 1, "A10G 24 GB", 1.006),     # cheap trials
+    InstanceType("g6.xlarge", 1, "L4 24 GB", 0.805),
+)}
+
+# EBS and EFS, per month (730 hours).
+HOURS_PER_MONTH = 730
+VOLUME_GB_MONTH = {"io1": 0.125, "io2": 0.125, "gp3": 0.08}
+PROVISIONED_IOPS_MONTH = {"io1": 0.065, "io2": 0.065, "gp3": 0.005}  # gp3: above its free 3,000
+GP3_FREE_IOPS, GP3_FREE_MBPS, GP3_MBPS_MONTH = 3000, 125, 0.04
+ROOT_VOLUME_GB = 200
+EFS_GB_MONTH = 0.30
+EFS_EXPECTED_GB = 20  # logs, events and the EFS copy of checkpoints of one run
+
+
+def instance_type(name: str) -> InstanceType:
+    try:
+        return INSTANCE_TYPES[name]
+    except KeyError:
+        raise KeyError(f"unknown instance type {name!r}: choose one of {', '.join(INSTANCE_TYPES)}") from None
+
+
+def volume_hourly_usd(volume_type: str, size_gb: int, iops: int, throughput_mbps: int) -> float:
+    monthly = VOLUME_GB_MONTH[volume_type] * size_gb
+    if volume_type == "gp3":
+        monthly += PROVISIONED_IOPS_MONTH["gp3"] * max(0, iops - GP3_FREE_IOPS)
+        monthly += GP3_MBPS_MONTH * max(0, throughput_mbps - GP3_FREE_MBPS)
+    else:
+        monthly += PROVISIONED_IOPS_MONTH[volume_type] * iops
+    return monthly / HOURS_PER_MONTH

@@ -1,0 +1,93 @@
+"""The machines' identity: a role allowed to register with SSM (RunCommand, sessions), to write the run's
+s3:// prefix and to read the run's SSM parameters (the wandb key), and nothing else."""
+
+from __future__ import annotations
+
+import json
+
+from tasks.backends.aws import tags
+from tasks.backends.aws.clients import Clients, error_code
+from tasks.backends.base import ClusterSpec
+
+SSM_MANAGED_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+EC2_TRUST = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+INLINE_POLICY = "imagenet18-run-storage"
+
+
+def role_name(run_id: str) -> str:
+    return f"imagenet18-{run_id}"[:64]
+
+
+def ensure_instance_profile(clients: Clients, spec: ClusterSpec, bucket: str, prefix: str,
+                            parameter_path: str, readable: tuple[str, ...] = ()) -> str:
+    """`readable`: more s3:// URLs the machines may read (the dataset the snapshot builder copies)."""
+    iam = clients.client("iam")
+    name = role_name(spec.run_id)
+    iam_tags = tags.tag_list(spec.run_id, spec.expires_at)
+    _ignore_exists(lambda: iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(EC2_TRUST),
+                                           Tags=iam_tags, Description="imagenet18 run machines"))
+    iam.attach_role_policy(RoleName=name, PolicyArn=SSM_MANAGED_POLICY)
+    account = clients.client("sts").get_caller_identity()["Account"]
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+         "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*"},
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}",
+         "Condition": {"StringLike": {"s3:prefix": f"{prefix}/*"}}},
+        {"Effect": "Allow", "Action": "ssm:GetParameter",
+         "Resource": f"arn:aws:ssm:{clients.region}:{account}:parameter{parameter_path}/*"}]}
+    for url in readable:
+        source_bucket, _, source_prefix = url.removeprefix("s3://").partition("/")
+        policy["Statement"] += [
+            {"Effect": "Allow", "Action": "s3:GetObject",
+             "Resource": f"arn:aws:s3:::{source_bucket}/{source_prefix.rstrip('/')}*"},
+            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{source_bucket}"}]
+    iam.put_role_policy(RoleName=name, PolicyName=INLINE_POLICY, PolicyDocument=json.dumps(policy))
+    _ignore_exists(lambda: iam.create_instance_profile(InstanceProfileName=name, Tags=iam_tags))
+    profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+    if not any(role["RoleName"] == name for role in profile["Roles"]):
+        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    return name
+
+
+def delete_instance_profile(clients: Clients, run_id: str) -> None:
+    iam = clients.client("iam")
+    name = role_name(run_id)
+    try:
+        for role in iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]:
+            iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=role["RoleName"])
+        iam.delete_instance_profile(InstanceProfileName=name)
+    except Exception as exc:  # noqa: BLE001 - already gone is fine
+        if error_code(exc) != "NoSuchEntity":
+            raise
+    try:
+        for policy in iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]:
+            iam.detach_role_policy(RoleName=name, PolicyArn=policy["PolicyArn"])
+        for policy_name in iam.list_role_policies(RoleName=name)["PolicyNames"]:
+            iam.delete_role_policy(RoleName=name, PolicyName=policy_name)
+        iam.delete_role(RoleName=name)
+    except Exception as exc:  # noqa: BLE001
+        if error_code(exc) != "NoSuchEntity":
+            raise
+
+
+def run_roles(clients: Clients, run_id: str | None) -> list[dict]:
+    """Our roles (tagged with a run), with their tags."""
+    iam = clients.client("iam")
+    found = []
+    for page in iam.get_paginator("list_roles").paginate(PathPrefix="/"):
+        for role in page["Roles"]:
+            if not role["RoleName"].startswith("imagenet18-"):
+                continue
+            role_tags = tags.as_dict(iam.list_role_tags(RoleName=role["RoleName"])["Tags"])
+            if tags.RUN in role_tags and run_id in (None, role_tags[tags.RUN]):
+                found.append({"RoleName": role["RoleName"], "Tags": role_tags})
+    return found
+
+
+def _ignore_exists(create) -> None:
+    try:
+        create()
+    except Exception as exc:  # noqa: BLE001 - idempotent by name: it exists from an earlier attempt
+        if error_code(exc) != "EntityAlreadyExists":
+            raise

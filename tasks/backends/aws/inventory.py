@@ -1,0 +1,52 @@
+"""Everything that carries a run's tag, across the services a run uses: what teardown deletes and verifies,
+and what the cleanup flow sweeps. Nothing without our tag is ever listed, so nothing else is ever touched."""
+
+from __future__ import annotations
+
+from tasks.backends.aws import efs, iam, machines, secrets, tags, volumes
+from tasks.backends.aws.clients import Clients
+from tasks.backends.base import Resource
+
+# The order teardown deletes in: what holds a dependency goes before what it depends on.
+TEARDOWN_ORDER = ("machine", "spot-request", "replica", "volume", "file-system", "placement-group",
+                  "security-group", "key-pair", "instance-profile", "parameter", "route-table", "subnet",
+                  "internet-gateway", "vpc")
+
+
+def _ec2_resources(clients: Clients, run_id: str | None) -> list[Resource]:
+    ec2, where = clients.ec2, tags.run_filter(run_id)
+    found: list[Resource] = [machines.as_resource(i) for i in machines.instances(clients, run_id)]
+    found += volumes.replicas(clients, run_id)
+    replica_ids = {r.id for r in found}
+    listings = (
+        ("spot-request", ec2.describe_spot_instance_requests(
+            Filters=where + [{"Name": "state", "Values": ["open", "active"]}])["SpotInstanceRequests"],
+         "SpotInstanceRequestId"),
+        ("volume", [v for v in ec2.describe_volumes(Filters=where)["Volumes"] if v["VolumeId"] not in replica_ids],
+         "VolumeId"),
+        ("placement-group", ec2.describe_placement_groups(Filters=where)["PlacementGroups"], "GroupName"),
+        ("security-group", ec2.describe_security_groups(Filters=where)["SecurityGroups"], "GroupId"),
+        ("key-pair", ec2.describe_key_pairs(Filters=where)["KeyPairs"], "KeyName"),
+        ("route-table", ec2.describe_route_tables(Filters=where)["RouteTables"], "RouteTableId"),
+        ("subnet", ec2.describe_subnets(Filters=where)["Subnets"], "SubnetId"),
+        ("internet-gateway", ec2.describe_internet_gateways(Filters=where)["InternetGateways"], "InternetGatewayId"),
+        ("vpc", ec2.describe_vpcs(Filters=where)["Vpcs"], "VpcId"),
+    )
+    for kind, items, key in listings:
+        for item in items:
+            item_tags = tags.as_dict(item.get("Tags"))
+            found.append(Resource(kind, item[key], item_tags[tags.RUN], tags.expires(item_tags), {"raw": item}))
+    return found
+
+
+def find(clients: Clients, run_id: str | None = None) -> list[Resource]:
+    found = _ec2_resources(clients, run_id)
+    for system in efs.file_systems(clients, run_id):
+        system_tags = tags.as_dict(system.get("Tags"))
+        found.append(Resource("file-system", system["FileSystemId"], system_tags[tags.RUN],
+                              tags.expires(system_tags)))
+    for role in iam.run_roles(clients, run_id):
+        found.append(Resource("instance-profile", role["RoleName"], role["Tags"][tags.RUN],
+                              tags.expires(role["Tags"])))
+    found += secrets.parameters(clients, run_id)
+    return sorted(found, key=lambda r: (r.run_id, TEARDOWN_ORDER.index(r.kind), r.id))

@@ -1,0 +1,18 @@
+# imagenet18 job ${job} on machine ${index} of run ${run_id} (sent through SSM RunCommand).
+set -uo pipefail
+export AWS_DEFAULT_REGION=${region} IMAGENET18_RUN=${run_id}
+if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null; fi  # user-data has finished
+run=${node_storage}
+py=/opt/imagenet18/.venv/bin/python
+mkdir -p "$$run/logs" "$$run/exit"
+rm -f "$$run/exit/${job}-${index}"
+cd /opt/imagenet18
+${secrets}
+${follow}
+${command} >"$$run/logs/${job}-${index}.log" 2>&1
+code=$$?
+echo $$code >"$$run/exit/${job}-${index}"
+# This machine's own log and exit code go up at once, so the flow learns of them even if machine 0 is gone.
+$$py -m trainer mirror "$$run" "${storage}" --only "logs/${job}-${index}.log" "exit/${job}-${index}"
+wait
+exit $$code

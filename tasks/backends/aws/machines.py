@@ -1,0 +1,178 @@
+"""The run's machines: one instance per index, on-demand or spot, IMDSv2 only, encrypted root disk,
+terminating on shutdown, with user-data that mounts the dataset volume and EFS and installs the project;
+volume i is attached to machine i."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from string import Template
+
+from tasks.backends.aws import tags
+from tasks.backends.aws.clients import Clients, error_code
+from tasks.backends.aws.network import Network
+from tasks.backends.aws.waiting import waiter_config
+from tasks.backends.base import BackendError, ClusterSpec, InputError, Resource
+
+# The Deep Learning Base AMI (NVIDIA driver, CUDA, EFA) through its public SSM parameter.
+DEFAULT_AMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+DATA_DEVICE = "/dev/sdf"
+MACHINE_PYTHON = "/opt/imagenet18/.venv/bin/python"  # user-data installs the project there
+ROOT_VOLUME_GB = 200
+LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+CAPACITY_ERRORS = ("InsufficientInstanceCapacity", "InsufficientCapacity", "SpotMaxPriceTooLow",
+                   "InsufficientFreeAddressesInSubnet", "MaxSpotInstanceCountExceeded")
+LIMIT_ERRORS = ("VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded")
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    """What user-data needs besides the machine's own volume."""
+    file_system_id: str | None  # None: no shared file system (the snapshot builder)
+    region: str
+    code_url: str
+    max_hours: float
+    format_volume: bool = False  # only the snapshot builder's empty volume
+
+
+def resolve_ami(clients: Clients, ami: str | None) -> dict:
+    ec2 = clients.ec2
+    if ami is None:
+        try:
+            ami = clients.client("ssm").get_parameter(Name=DEFAULT_AMI_PARAMETER)["Parameter"]["Value"]
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"could not look up the Deep Learning Base AMI in {clients.region} ({exc}); "
+                             "give one with aws.ami") from None
+    try:
+        images = ec2.describe_images(ImageIds=[ami])["Images"]
+    except Exception as exc:  # noqa: BLE001 - InvalidAMIID.*
+        raise InputError(f"AMI {ami} not found in {clients.region}: {exc}") from None
+    if not images:
+        raise InputError(f"AMI {ami} not found in {clients.region}")
+    return images[0]
+
+
+def user_data(index: int, spec: ClusterSpec, volume_id: str, boot: BootConfig) -> str:
+    template = Template(resources.files("tasks.backends.aws").joinpath("user_data.sh").read_text())
+    mount_efs = ("# The run's shared file system; its security group admits only the run's machines.\n"
+                 "mount -t nfs4 -o nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport "
+                 f"{boot.file_system_id}.efs.{boot.region}.amazonaws.com:/ /mnt/efs") if boot.file_system_id else ""
+    builder = boot.format_volume
+    return template.substitute(
+        index=index, run_id=spec.run_id, shutdown_minutes=max(1, round(boot.max_hours * 60)),
+        volume_serial=volume_id.replace("-", ""), code_url=boot.code_url, mount_efs=mount_efs,
+        mount_options="-o noatime" if builder else "-o ro,noatime",
+        format_volume='blkid "$device" || mkfs.ext4 -q -L imagenet18 "$device"' if builder else "")
+
+
+def instance_tags(spec: ClusterSpec, index: int, name: str) -> list[dict]:
+    return tags.tag_list(spec.run_id, spec.expires_at, name, **{tags.INDEX: str(index)})
+
+
+def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: dict, profile: str,
+                 volume_ids: list[str], boot: BootConfig, parallel: int) -> list[dict]:
+    """One instance per volume, all at once; those this run already has are reused. Returns them running,
+    with volume i attached to machine i."""
+    def one(index: int) -> dict:
+        instance = _existing(clients, spec.run_id, index) or _run_one(
+            clients, spec, network, image, profile, index, volume_ids[index], boot, f"{index}.{spec.run_name}")
+        return instance
+
+    with ThreadPoolExecutor(max_workers=min(len(volume_ids), parallel)) as pool:
+        started = list(pool.map(one, range(len(volume_ids))))
+    ids = [i["InstanceId"] for i in started]
+    clients.ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig=waiter_config())
+    with ThreadPoolExecutor(max_workers=min(len(ids), parallel)) as pool:
+        list(pool.map(lambda pair: attach(clients, *pair), zip(volume_ids, ids)))
+    return describe(clients, ids)
+
+
+def _existing(clients: Clients, run_id: str, index: int) -> dict | None:
+    found = instances(clients, run_id, states=["pending", "running"])
+    return next((i for i in found if tags.as_dict(i.get("Tags")).get(tags.INDEX) == str(index)), None)
+
+
+def _run_one(clients: Clients, spec: ClusterSpec, network: Network, image: dict, profile: str, index: int,
+             volume_id: str, boot: BootConfig, name: str) -> dict:
+    request = launch_request(spec, network, image, profile, index, volume_id, boot, name)
+    ec2 = clients.client("ec2", retries=False)
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return ec2.run_instances(**request)["Instances"][0]
+        except Exception as exc:  # noqa: BLE001
+            code = error_code(exc)
+            if code in CAPACITY_ERRORS:
+                raise CapacityError(code, spec.instance_type, network.zone) from exc
+            # A new instance profile takes seconds to be usable by EC2; throttling is retried here since
+            # this client has botocore's retries off.
+            retriable = (code == "InvalidParameterValue" and "iamInstanceProfile" in str(exc)) or code in (
+                "RequestLimitExceeded", "Throttling", "ThrottlingException")
+            if not retriable or attempt >= 8:
+                raise
+            time.sleep(min(2 ** attempt * 0.25, 10))
+
+
+class CapacityError(BackendError):
+    def __init__(self, code: str, instance_type: str, zone: str):
+        super().__init__(f"{code}: AWS has no {instance_type} capacity in {zone} right now")
+        self.code, self.instance_type, self.zone = code, instance_type, zone
+
+
+def launch_request(spec: ClusterSpec, network: Network, image: dict, profile: str, index: int, volume_id: str,
+                   boot: BootConfig, name: str, dry_run: bool = False) -> dict:
+    machine_tags = instance_tags(spec, index, name)
+    specs = tags.tag_specs("instance", machine_tags) + tags.tag_specs("volume", machine_tags)
+    request = {
+        "ImageId": image["ImageId"], "InstanceType": spec.instance_type, "MinCount": 1, "MaxCount": 1,
+        "KeyName": network.key_name, "SubnetId": network.subnet_id, "SecurityGroupIds": [network.security_group_id],
+        "Placement": {"AvailabilityZone": network.zone, "GroupName": network.placement_group},
+        "IamInstanceProfile": {"Name": profile},
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
+        "BlockDeviceMappings": [{"DeviceName": image.get("RootDeviceName", "/dev/sda1"), "Ebs": {
+            "VolumeSize": ROOT_VOLUME_GB, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True}}],
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        "UserData": user_data(index, spec, volume_id, boot),
+        "TagSpecifications": specs, "DryRun": dry_run,
+    }
+    if spec.spot:
+        request["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
+            "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
+        request["TagSpecifications"] = specs + tags.tag_specs("spot-instances-request", machine_tags)
+    return request
+
+
+def attach(clients: Clients, volume_id: str, instance_id: str) -> None:
+    ec2 = clients.ec2
+    volume = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
+    attachments = [a for a in volume.get("Attachments", []) if a["State"] in ("attaching", "attached")]
+    if any(a["InstanceId"] == instance_id for a in attachments):
+        return
+    for stale in attachments:  # still attached to a machine this run replaced (the seed detached too)
+        ec2.detach_volume(VolumeId=volume_id, InstanceId=stale["InstanceId"], Force=True)
+        ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=waiter_config())
+    ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=DATA_DEVICE)
+    ec2.get_waiter("volume_in_use").wait(VolumeIds=[volume_id], WaiterConfig=waiter_config())
+
+
+def instances(clients: Clients, run_id: str | None, states: list[str] = LIVE_STATES) -> list[dict]:
+    filters = tags.run_filter(run_id) + [{"Name": "instance-state-name", "Values": states}]
+    pages = clients.ec2.get_paginator("describe_instances").paginate(Filters=filters)
+    return [i for page in pages for reservation in page["Reservations"] for i in reservation["Instances"]]
+
+
+def describe(clients: Clients, ids: list[str]) -> list[dict]:
+    found = {i["InstanceId"]: i for r in clients.ec2.describe_instances(InstanceIds=ids)["Reservations"]
+             for i in r["Instances"]}
+    return [found[i] for i in ids]
+
+
+def as_resource(instance: dict) -> Resource:
+    instance_tags = tags.as_dict(instance.get("Tags"))
+    return Resource("machine", instance["InstanceId"], instance_tags.get(tags.RUN, ""),
+                    tags.expires(instance_tags), {"index": int(instance_tags.get(tags.INDEX, -1)),
+                                                  "state": instance["State"]["Name"]})
+

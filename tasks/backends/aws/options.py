@@ -1,0 +1,31 @@
+"""What a user can say about an AWS run beyond the generic parameters: where, on what network, with which
+disks and results bucket. A pydantic model so the flow validates it with the rest of its parameters."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def _default_region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+class AwsOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    region: str = Field(default_factory=_default_region, description="default: AWS_REGION, else us-east-1")
+    availability_zone: str | None = Field(None, description="default: the first zone offering the type")
+    other_zones: bool = Field(False, description="on InsufficientInstanceCapacity, try the region's other zones")
+    other_instance_types: tuple[str, ...] = Field((), description="on InsufficientInstanceCapacity, try these")
+    subnet_id: str | None = Field(None, description="use this subnet (and its VPC) instead of making a network")
+    ami: str | None = Field(None, description="default: the latest Deep Learning Base AMI (Ubuntu 22.04)")
+    volume_type: str = Field("io2", pattern="^(io1|io2|gp3)$")
+    iops: int = Field(11_500, ge=3000, le=256_000, description="the seed's 11,500")
+    throughput_mbps: int = Field(1000, ge=125, le=1000, description="gp3 only")
+    bucket: str | None = Field(None, description="results bucket; default imagenet18-<account>-<region>")
+    ssh_cidr: str | None = Field(None, description="allow ssh from this CIDR (default: no ssh, connect via SSM)")
+    snapshot_owner: str = Field("self", description="account that owns the dataset snapshot")
+    dataset_folder: str = Field("imagenet", description="the dataset's folder on the snapshot's volume")
+    parallel_calls: int = Field(16, ge=1, le=64, description="volumes and machines created at once (1: serially)")

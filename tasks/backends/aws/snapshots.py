@@ -1,0 +1,90 @@
+"""The step the seed's users did by hand: a dataset snapshot made from a dataset at an fsspec URL. A builder
+machine copies URL (and its -sz/<px> copies) onto a fresh volume, the volume is snapshotted, and the builder
+run is torn down by its tag; the snapshot stays, named and described NAME, for `dataset=NAME`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+import uuid
+
+import fsspec
+
+from tasks.backends.aws import jobs, machines, network, secrets, storage, tags
+from tasks.backends.aws.backend import AwsBackend
+from tasks.backends.aws.iam import ensure_instance_profile
+from tasks.backends.aws.waiting import waiter_config
+from tasks.backends.base import BackendError, Cluster, ClusterSpec, InputError, Machine
+
+log = logging.getLogger(__name__)
+BUILDER_TYPE = "c6i.4xlarge"  # 12.5 Gb/s to S3, no GPU needed
+DATASET_FOLDER_TAG = "imagenet18:dataset-folder"
+COPY_JOB = "copy"
+HEADROOM = 1.2
+BUILD_LOGS = "/mnt/data/.imagenet18-build"  # the copy's log stays on the snapshot, as its provenance
+
+
+def dataset_size_gb(url: str, sizes: list[int]) -> int:
+    fs, base = fsspec.core.url_to_fs(url.rstrip("/"))
+    folders = [base] + [f"{base}-sz/{size}" for size in sizes]
+    missing = [folder for folder in folders if not fs.isdir(folder)]
+    if missing:
+        raise InputError(f"dataset folder(s) not found: {', '.join(missing)}")
+    total = sum(fs.du(folder) for folder in folders)
+    return max(10, math.ceil(total * HEADROOM / 2**30) + 5)
+
+
+def make_snapshot(backend: AwsBackend, url: str, name: str, sizes: list[int], max_hours: float = 6.0,
+                  poll_seconds: float = 5.0) -> str:
+    """Returns the new snapshot's id; everything else the builder made is deleted, whatever happens."""
+    if not url.startswith("s3://"):
+        raise InputError(f"the builder machine reads the dataset from s3://, not {url}")
+    size_gb = dataset_size_gb(url, sizes)
+    run_id = f"snapshot-{uuid.uuid4().hex[:12]}"
+    spec = ClusterSpec(run_id, "snapshot-builder", 1, BUILDER_TYPE, False,
+                       dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=max_hours))
+    try:
+        return _build(backend, spec, url, name, sizes, size_gb, poll_seconds)
+    finally:
+        backend.teardown(run_id)
+
+
+def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: list[int], size_gb: int,
+           poll_seconds: float) -> str:
+    clients, options = backend.clients, backend.options
+    ec2 = clients.ec2
+    zone = backend.zone(BUILDER_TYPE)
+    volume = ec2.create_volume(
+        AvailabilityZone=zone, Size=size_gb, VolumeType="gp3", Iops=6000, Throughput=500, Encrypted=True,
+        TagSpecifications=tags.tag_specs("volume", tags.tag_list(spec.run_id, spec.expires_at, f"{name}-builder")))
+    ec2.get_waiter("volume_available").wait(VolumeIds=[volume["VolumeId"]], WaiterConfig=waiter_config())
+    folder = f"snapshots/{spec.run_id}"
+    bucket = storage.ensure_bucket(clients, options.bucket)
+    storage.put(clients, bucket, f"{folder}/code/imagenet18.tar.gz", jobs.project_archive())
+    net = network.ensure_network(clients, spec, zone, options.subnet_id, options.ssh_cidr, backend.key_folder)
+    profile = ensure_instance_profile(clients, spec, bucket, folder, secrets.path(spec.run_id),
+                                      readable=(url.rstrip("/"),))
+    boot = machines.BootConfig(None, options.region, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz",
+                               max_hours=(spec.expires_at - dt.datetime.now(dt.timezone.utc)).total_seconds() / 3600,
+                               format_volume=True)
+    image = machines.resolve_ami(clients, options.ami)
+    [builder] = machines.run_machines(clients, spec, net, image, profile, [volume["VolumeId"]], boot, 1)
+    cluster = Cluster(spec, (Machine(0, builder["InstanceId"], builder["PrivateIpAddress"], "/mnt/data"),),
+                      f"s3://{bucket}/{folder}", 0, "", BUILD_LOGS, machines.MACHINE_PYTHON)
+    command = [cluster.python, "-m", "trainer", "sync", url, f"/mnt/data/{options.dataset_folder}",
+               "--sizes", *map(str, sizes)]
+    backend.launch(cluster, {0: command}, COPY_JOB)
+    while not (status := backend.status(cluster, COPY_JOB)).done:
+        time.sleep(poll_seconds)
+    if status.failed:
+        log_tail = backend.read_storage(cluster, f"logs/{COPY_JOB}-0.log")[-3000:].decode(errors="replace")
+        raise BackendError(f"copying {url} onto the builder's volume failed:\n{log_tail}")
+    snapshot = ec2.create_snapshot(
+        VolumeId=volume["VolumeId"], Description=name, TagSpecifications=tags.tag_specs("snapshot", [
+            {"Key": "Name", "Value": name}, {"Key": DATASET_FOLDER_TAG, "Value": options.dataset_folder}]))
+    ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snapshot["SnapshotId"]],
+                                              WaiterConfig=waiter_config(6 * 3600))
+    log.info("snapshot %s (%s, %d GiB) made from %s", snapshot["SnapshotId"], name, size_gb, url)
+    return snapshot["SnapshotId"]

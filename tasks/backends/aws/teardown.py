@@ -1,0 +1,103 @@
+"""Delete everything a run's tag shows, in dependency order, waiting for each step, then verify nothing is
+left. Every step tolerates "already gone", so teardown is safe to repeat and to run from several places."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tasks.backends.aws import efs, iam, inventory, secrets, volumes
+from tasks.backends.aws.clients import Clients, error_code
+from tasks.backends.aws.network import key_path
+from tasks.backends.aws.waiting import until, waiter_config
+from tasks.backends.base import BackendError, Resource
+
+log = logging.getLogger(__name__)
+GONE = ("InvalidInstanceID.NotFound", "InvalidVolume.NotFound", "InvalidGroup.NotFound", "InvalidKeyPair.NotFound",
+        "InvalidPlacementGroup.Unknown", "InvalidRouteTableID.NotFound", "InvalidSubnetID.NotFound",
+        "InvalidInternetGatewayID.NotFound", "InvalidVpcID.NotFound", "FileSystemNotFound",
+        "InvalidSpotInstanceRequestID.NotFound", "ParameterNotFound")
+# Deletions AWS refuses for a while after what they depend on went (ENIs of EFS mount targets, say).
+STILL_IN_USE = ("DependencyViolation", "InvalidPlacementGroup.InUse", "VolumeInUse", "FileSystemInUse")
+
+
+def teardown(clients: Clients, run_id: str, key_folder: Path) -> list[Resource]:
+    removed: list[Resource] = []
+    for kind in inventory.TEARDOWN_ORDER:
+        batch = [r for r in inventory.find(clients, run_id) if r.kind == kind]
+        if batch:
+            _delete(clients, kind, batch)
+            removed += batch
+    key_path(key_folder, run_id).unlink(missing_ok=True)
+    left = inventory.find(clients, run_id)
+    if left:
+        raise BackendError(f"teardown of run {run_id} left {', '.join(f'{r.kind} {r.id}' for r in left)}; "
+                           "run `imagenet18 cleanup` again")
+    log.info("run %s: removed %d resource(s)", run_id, len(removed))
+    return removed
+
+
+def _delete(clients: Clients, kind: str, batch: list[Resource]) -> None:
+    ec2 = clients.ec2
+    ids = [r.id for r in batch]
+    if kind == "machine":
+        _tolerate(lambda: ec2.terminate_instances(InstanceIds=ids))
+        ec2.get_waiter("instance_terminated").wait(InstanceIds=ids, WaiterConfig=waiter_config())
+    elif kind == "spot-request":
+        _tolerate(lambda: ec2.cancel_spot_instance_requests(SpotInstanceRequestIds=ids))
+    elif kind in ("replica", "volume"):
+        for volume_id in ids:
+            until(f"volume {volume_id} deleted", lambda v=volume_id: _tolerate(lambda: volumes.delete(clients, [v])))
+    elif kind == "file-system":
+        for fs_id in ids:
+            _tolerate(lambda f=fs_id: efs.delete_file_system(clients, f))
+    elif kind == "instance-profile":
+        for resource in batch:
+            iam.delete_instance_profile(clients, resource.run_id)
+    elif kind == "parameter":
+        secrets.delete(clients, ids)
+    else:
+        for resource in batch:
+            until(f"{kind} {resource.id} deleted", lambda r=resource: _tolerate(lambda: _delete_network(ec2, r)))
+
+
+def _delete_network(ec2, resource: Resource) -> None:
+    raw = resource.details.get("raw", {})
+    if resource.kind == "placement-group":
+        ec2.delete_placement_group(GroupName=resource.id)
+    elif resource.kind == "security-group":
+        ec2.delete_security_group(GroupId=resource.id)
+    elif resource.kind == "key-pair":
+        ec2.delete_key_pair(KeyName=resource.id)
+    elif resource.kind == "route-table":
+        for association in raw.get("Associations", []):
+            if not association.get("Main"):
+                _tolerate(lambda a=association: ec2.disassociate_route_table(
+                    AssociationId=a["RouteTableAssociationId"]))
+        ec2.delete_route_table(RouteTableId=resource.id)
+    elif resource.kind == "subnet":
+        ec2.delete_subnet(SubnetId=resource.id)
+    elif resource.kind == "internet-gateway":
+        for attachment in raw.get("Attachments", []):
+            _tolerate(lambda a=attachment: ec2.detach_internet_gateway(InternetGatewayId=resource.id,
+                                                                        VpcId=a["VpcId"]))
+        ec2.delete_internet_gateway(InternetGatewayId=resource.id)
+    elif resource.kind == "vpc":
+        ec2.delete_vpc(VpcId=resource.id)
+    else:
+        raise ValueError(f"no deletion for {resource.kind}")
+
+
+def _tolerate(call) -> bool:
+    """True when the call succeeded or its target is already gone; False when AWS says "still in use" (the
+    caller waits and tries again); any other error is raised."""
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001
+        code = error_code(exc)
+        if code in GONE or code.endswith(".NotFound"):
+            return True
+        if code in STILL_IN_USE:
+            return False
+        raise
+    return True

@@ -1,0 +1,112 @@
+"""Dataset replicas: N volumes made from the dataset snapshot (the seed's tools/replicate_imagenet.py), in the
+cluster's zone, encrypted, with provisioned IOPS, named like the seed's and tagged with the run."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from tasks.backends.aws import tags
+from tasks.backends.aws.clients import Clients
+from tasks.backends.aws.waiting import waiter_config
+from tasks.backends.base import BackendError, ClusterSpec, InputError, Resource
+
+KIND = "imagenet18:kind"
+REPLICA = "replica"
+# Provisioned IOPS per GiB AWS allows, and each type's IOPS ceiling.
+IOPS_PER_GB = {"io1": 50, "io2": 1000, "gp3": 500}
+MAX_IOPS = {"io1": 64_000, "io2": 256_000, "gp3": 16_000}
+
+
+def find_snapshot(clients: Clients, dataset: str, owner: str) -> dict:
+    """Exactly one completed snapshot: by id, or by Name tag or description (the seed's was found by
+    description, `imagenet18-backup`)."""
+    ec2 = clients.ec2
+    if dataset.startswith("snap-"):
+        try:
+            found = ec2.describe_snapshots(SnapshotIds=[dataset])["Snapshots"]
+        except Exception as exc:  # noqa: BLE001 - InvalidSnapshot.NotFound and malformed ids alike
+            raise InputError(f"dataset snapshot {dataset} not found in {clients.region}: {exc}") from None
+    else:
+        owners = {"OwnerIds": [owner]}
+        by_name = ec2.describe_snapshots(Filters=[{"Name": "tag:Name", "Values": [dataset]}], **owners)["Snapshots"]
+        by_description = ec2.describe_snapshots(Filters=[{"Name": "description", "Values": [dataset]}],
+                                                **owners)["Snapshots"]
+        found = list({s["SnapshotId"]: s for s in by_name + by_description}.values())
+    if not found:
+        raise InputError(f"no snapshot named or described {dataset!r} (owner {owner}) in {clients.region}; make "
+                         "one with `imagenet18 snapshot --from URL --name NAME`, or give a snapshot id")
+    if len(found) > 1:
+        raise InputError(f"{dataset!r} matches {len(found)} snapshots ({', '.join(s['SnapshotId'] for s in found)})"
+                         "; give the snapshot id")
+    snapshot = found[0]
+    if snapshot["State"] != "completed":
+        raise InputError(f"snapshot {snapshot['SnapshotId']} is {snapshot['State']}, not completed yet")
+    return snapshot
+
+
+def check_volume_settings(volume_type: str, iops: int, size_gb: int) -> None:
+    ceiling = min(MAX_IOPS[volume_type], IOPS_PER_GB[volume_type] * size_gb)
+    if iops > ceiling:
+        raise InputError(f"{iops} IOPS is more than a {size_gb} GiB {volume_type} volume allows ({ceiling}); "
+                         "lower iops or choose io2")
+
+
+def replica_name(zone: str, index: int) -> str:
+    return f"imagenet_{zone[-2:]}_{index:02d}"
+
+
+def replicate(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, count: int, volume_type: str,
+              iops: int, throughput_mbps: int, parallel: int) -> list[Resource]:
+    """All `count` volumes at once; the ones this run already has are reused; returns when all are available."""
+    def one(index: int) -> Resource:
+        return _replica(clients, spec, snapshot, zone, index, volume_type, iops, throughput_mbps)
+
+    with ThreadPoolExecutor(max_workers=min(count, parallel)) as pool:
+        made = list(pool.map(one, range(count)))
+    clients.ec2.get_waiter("volume_available").wait(VolumeIds=[r.id for r in made], WaiterConfig=waiter_config())
+    return made
+
+
+def _replica(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, index: int, volume_type: str,
+             iops: int, throughput_mbps: int) -> Resource:
+    ec2 = clients.ec2
+    name = replica_name(zone, index)
+    existing = ec2.describe_volumes(Filters=tags.run_filter(spec.run_id) + [
+        {"Name": "tag:Name", "Values": [name]}, {"Name": "status", "Values": ["creating", "available", "in-use"]}])
+    if existing["Volumes"]:
+        volume = existing["Volumes"][0]
+    else:
+        settings = {"Iops": iops} if volume_type in ("io1", "io2") else {"Iops": iops, "Throughput": throughput_mbps}
+        run_tags = tags.tag_list(spec.run_id, spec.expires_at, name, **{tags.INDEX: str(index), KIND: REPLICA})
+        volume = ec2.create_volume(SnapshotId=snapshot["SnapshotId"], AvailabilityZone=zone, Encrypted=True,
+                                   Size=snapshot["VolumeSize"], VolumeType=volume_type,
+                                   TagSpecifications=tags.tag_specs("volume", run_tags), **settings)
+    return _as_resource(volume, spec.run_id)
+
+
+def replicas(clients: Clients, run_id: str | None) -> list[Resource]:
+    found = clients.ec2.describe_volumes(Filters=tags.run_filter(run_id) + [{"Name": f"tag:{KIND}",
+                                                                             "Values": [REPLICA]}])["Volumes"]
+    return sorted((_as_resource(v, tags.as_dict(v.get("Tags"))[tags.RUN]) for v in found),
+                  key=lambda r: (r.run_id, r.details["index"]))
+
+
+def delete(clients: Clients, volume_ids: list[str]) -> None:
+    """Delete and wait until gone. A volume still attached to a machine is an error: tear the run down first."""
+    ec2 = clients.ec2
+    if not volume_ids:
+        return
+    for volume in ec2.describe_volumes(VolumeIds=volume_ids)["Volumes"]:
+        attached = [a["InstanceId"] for a in volume.get("Attachments", []) if a["State"] in ("attaching", "attached")]
+        if attached:
+            raise BackendError(f"volume {volume['VolumeId']} is attached to {', '.join(attached)}; terminate the "
+                               "machine first (`imagenet18 cleanup`)")
+        ec2.delete_volume(VolumeId=volume["VolumeId"])
+    ec2.get_waiter("volume_deleted").wait(VolumeIds=volume_ids, WaiterConfig=waiter_config())
+
+
+def _as_resource(volume: dict, run_id: str) -> Resource:
+    volume_tags = tags.as_dict(volume.get("Tags"))
+    return Resource("replica", volume["VolumeId"], run_id, tags.expires(volume_tags),
+                    {"index": int(volume_tags.get(tags.INDEX, -1)), "name": volume_tags.get("Name", ""),
+                     "zone": volume["AvailabilityZone"], "size_gb": volume["Size"]})
