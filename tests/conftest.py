@@ -1,10 +1,13 @@
-"""Shared fixtures: one tiny demo dataset (with its -sz/160 copy) per test session."""
+"""Shared fixtures: one tiny demo dataset (with its -sz/160 copy) per test session; the AWS simulator."""
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.awssim import AwsSim
+from tests.awssim import start as start_aws_sim
 from trainer.demo_data import make_demo_dataset
 from trainer.prepare import prepare
 
@@ -27,3 +30,42 @@ def data_copy(tiny_data, tmp_path) -> Path:
     shutil.copytree(tiny_data, root)
     shutil.copytree(Path(str(tiny_data) + "-sz"), Path(str(root) + "-sz"))
     return root
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory) -> Iterator[Path]:
+    """One Prefect API (the test harness's temporary server) for the session; yields IMAGENET18_HOME."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("imagenet18-home")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("IMAGENET18_HOME", str(home))
+        with prefect_test_harness(server_startup_timeout=120):
+            yield home
+
+
+@pytest.fixture(scope="session")
+def aws_sim(tmp_path_factory) -> Iterator[AwsSim]:
+    """One AWS simulator (moto server + our wrapper + machine player) for the session, and the environment that
+    points every boto3 / s3fs client at it with dummy keys; a developer's ~/.aws is never read."""
+    home = tmp_path_factory.mktemp("awssim")
+    (home / "config").touch()
+    (home / "credentials").touch()
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            env.delenv(name, raising=False)
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        env.setenv("AWS_CONFIG_FILE", str(home / "config"))
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
+        with start_aws_sim(home / "root") as sim:
+            env.setenv("AWS_ENDPOINT_URL", sim.endpoint)
+            yield sim
+
+
+@pytest.fixture
+def aws(aws_sim) -> AwsSim:
+    """The session's simulator, reset: no AWS resources, faults, played processes or disk contents."""
+    aws_sim.reset()
+    return aws_sim

@@ -11,7 +11,6 @@ from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.exceptions import ParameterTypeError
 from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.cleanup import cleanup
 from flows.imagenet18 import imagenet18
@@ -20,19 +19,6 @@ from tasks.backends.base import InputError
 from tasks.backends.local import LocalBackend, _tagged_processes
 
 STAGES = {"validate-and-plan", "replicate-dataset", "provision-cluster", "train", "evaluate", "teardown"}
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    home = tmp_path_factory.mktemp("imagenet18-home")
-    previous = os.environ.get("IMAGENET18_HOME")
-    os.environ["IMAGENET18_HOME"] = str(home)
-    with prefect_test_harness(server_startup_timeout=120):
-        yield home
-    if previous is None:
-        del os.environ["IMAGENET18_HOME"]
-    else:
-        os.environ["IMAGENET18_HOME"] = previous
 
 
 def _assert_nothing_left(home):

@@ -43,8 +43,8 @@ class AwsBackend:
         except KeyError as exc:
             raise InputError(str(exc.args[0])) from None
         zone = self.zone(spec.instance_type)
-        snapshot = self.snapshot(dataset)
-        volumes.check_volume_settings(self.options.volume_type, self.options.iops, snapshot["VolumeSize"])
+        self.snapshot(dataset)
+        volumes.check_volume_settings(self.options.volume_type, self.options.iops)
         image = machines.resolve_ami(self.clients, self.options.ami)
         if self.options.subnet_id:
             self._check_subnet(zone)
@@ -100,8 +100,8 @@ class AwsBackend:
 
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan:
         kind = catalog.instance_type(spec.instance_type)
-        size = self.snapshot(dataset)["VolumeSize"]
         o = self.options
+        size = volumes.volume_size_gb(o.volume_type, o.iops, self.snapshot(dataset)["VolumeSize"])
         hourly = self._spot_price(spec.instance_type) if spec.spot else kind.on_demand_usd
         market = "spot" if spec.spot else "on-demand"
         return CostPlan((
@@ -116,10 +116,11 @@ class AwsBackend:
 
     def _spot_price(self, instance_type: str) -> float:
         """The zone's latest spot price; the on-demand price (spot's ceiling) when the API has none."""
+        zone = self.zone(instance_type)
         history = self.clients.ec2.describe_spot_price_history(
-            InstanceTypes=[instance_type], AvailabilityZone=self.zone(instance_type),
-            ProductDescriptions=["Linux/UNIX"], StartTime=dt.datetime.now(dt.timezone.utc))["SpotPriceHistory"]
-        prices = [float(p["SpotPrice"]) for p in history]
+            InstanceTypes=[instance_type], AvailabilityZone=zone, ProductDescriptions=["Linux/UNIX"],
+            StartTime=dt.datetime.now(dt.timezone.utc))["SpotPriceHistory"]
+        prices = [float(p["SpotPrice"]) for p in history if p["AvailabilityZone"] == zone and float(p["SpotPrice"]) > 0]
         return min(prices) if prices else catalog.instance_type(instance_type).on_demand_usd
 
     # -- replicas -------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ REPLICA = "replica"
 # Provisioned IOPS per GiB AWS allows, and each type's IOPS ceiling.
 IOPS_PER_GB = {"io1": 50, "io2": 1000, "gp3": 500}
 MAX_IOPS = {"io1": 64_000, "io2": 256_000, "gp3": 16_000}
+MIN_SIZE_GB = {"io1": 4, "io2": 4, "gp3": 1}
+GP3_BASELINE_IOPS = 3000  # whatever the size
 
 
 def find_snapshot(clients: Clients, dataset: str, owner: str) -> dict:
@@ -44,11 +46,15 @@ def find_snapshot(clients: Clients, dataset: str, owner: str) -> dict:
     return snapshot
 
 
-def check_volume_settings(volume_type: str, iops: int, size_gb: int) -> None:
-    ceiling = min(MAX_IOPS[volume_type], IOPS_PER_GB[volume_type] * size_gb)
-    if iops > ceiling:
-        raise InputError(f"{iops} IOPS is more than a {size_gb} GiB {volume_type} volume allows ({ceiling}); "
-                         "lower iops or choose io2")
+def check_volume_settings(volume_type: str, iops: int) -> None:
+    if iops > MAX_IOPS[volume_type]:
+        raise InputError(f"{volume_type} volumes allow at most {MAX_IOPS[volume_type]:,} IOPS, not {iops:,}")
+
+
+def volume_size_gb(volume_type: str, iops: int, snapshot_gb: int) -> int:
+    """The snapshot's size, or more where AWS needs more GiB for the IOPS asked (e.g. 50 IOPS per GiB on io1)."""
+    needed = -(-iops // IOPS_PER_GB[volume_type]) if volume_type != "gp3" or iops > GP3_BASELINE_IOPS else 1
+    return max(snapshot_gb, MIN_SIZE_GB[volume_type], needed)
 
 
 def replica_name(zone: str, index: int) -> str:
@@ -79,7 +85,8 @@ def _replica(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, ind
         settings = {"Iops": iops} if volume_type in ("io1", "io2") else {"Iops": iops, "Throughput": throughput_mbps}
         run_tags = tags.tag_list(spec.run_id, spec.expires_at, name, **{tags.INDEX: str(index), KIND: REPLICA})
         volume = ec2.create_volume(SnapshotId=snapshot["SnapshotId"], AvailabilityZone=zone, Encrypted=True,
-                                   Size=snapshot["VolumeSize"], VolumeType=volume_type,
+                                   Size=volume_size_gb(volume_type, iops, snapshot["VolumeSize"]),
+                                   VolumeType=volume_type,
                                    TagSpecifications=tags.tag_specs("volume", run_tags), **settings)
     return _as_resource(volume, spec.run_id)
 

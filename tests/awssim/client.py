@@ -1,0 +1,119 @@
+"""The test-side handle: start the simulator as a subprocess, drive its control endpoints, make boto3 clients."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+REPO = Path(__file__).resolve().parents[2]
+READY = "awssim ready "
+
+
+@dataclass
+class AwsSim:
+    endpoint: str
+    root: Path
+    region: str = "us-east-1"
+
+    def client(self, service: str, retries: dict[str, Any] | None = None) -> Any:
+        """A boto3 client of this simulator with dummy keys, whatever the environment says."""
+        return boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=self.region
+        ).client(service, endpoint_url=self.endpoint, config=Config(retries=retries or {"mode": "standard"}))
+
+    def _control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(
+            f"{self.endpoint}/_awssim/{path}", method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise RuntimeError(f"awssim {method} {path}: {error.read().decode()}") from None
+
+    def reset(self) -> None:
+        """Fresh moto state, no placement groups, no faults, no played processes, empty disk contents."""
+        self._control("POST", "reset")
+
+    def add_fault(self, service: str, action: str, code: str, *, message: str = "injected by awssim",
+                  status: int | None = None, probability: float = 1.0, times: int | None = None,
+                  match: dict[str, str] | None = None, after: int = 0, seed: int | None = None) -> None:
+        """Make `action` of `service` fail with `code`: with `probability`, at most `times` times, after letting
+        the first `after` matching calls through; `match` compares flat request params (e.g. InstanceType)."""
+        rule = {"service": service, "action": action, "code": code, "message": message, "status": status,
+                "probability": probability, "times": times, "match": match or {}, "after": after}
+        self._control("POST", "faults", {"rules": [rule], "seed": seed})
+
+    def clear_faults(self) -> None:
+        self._control("DELETE", "faults")
+
+    def fault_counts(self) -> list[dict[str, Any]]:
+        """Each rule as given, with `seen` (matching calls) and `fired` (errors returned)."""
+        return self._control("GET", "faults")
+
+    def interrupt(self, instance_id: str) -> None:
+        """Spot interruption: the instance terminates (Server.SpotInstanceTermination), its processes die."""
+        self._control("POST", "interrupt", {"instance_id": instance_id})
+
+    def played(self) -> list[dict[str, Any]]:
+        """Commands run: command_id, instance_id, exit_code (None while running), stdout and stderr paths."""
+        return self._control("GET", "played")
+
+    def machines(self) -> list[dict[str, Any]]:
+        """Instances seen by the player: instance_id, user_data_check ("ok", bash -n's complaint, ...),
+        shutdown_after_s (the user-data shutdown timer it honours, or None)."""
+        return self._control("GET", "machines")
+
+    def make_snapshot(self, from_dir: Path, description: str = "", tags: dict[str, str] | None = None) -> str:
+        """An EBS snapshot holding the files of from_dir (hard-linked where possible: don't edit them in place),
+        made through EC2 like any other; its scratch volume is deleted. Returns the snapshot id."""
+        ec2 = self.client("ec2")
+        size_gib = max(1, -(-sum(f.stat().st_size for f in Path(from_dir).rglob("*") if f.is_file()) // 2**30))
+        volume_id = ec2.create_volume(AvailabilityZone=f"{self.region}a", Size=size_gib)["VolumeId"]
+        tag_specs = [{"ResourceType": "snapshot", "Tags": [{"Key": k, "Value": v} for k, v in (tags or {}).items()]}]
+        snapshot_id = ec2.create_snapshot(VolumeId=volume_id, Description=description,
+                                          TagSpecifications=tag_specs if tags else [])["SnapshotId"]
+        self._control("POST", "seed", {"snapshot_id": snapshot_id, "from_dir": str(Path(from_dir).resolve())})
+        ec2.delete_volume(VolumeId=volume_id)
+        return snapshot_id
+
+
+@contextmanager
+def start(root: Path) -> Iterator[AwsSim]:
+    """Run `python -m tests.awssim --root ROOT` until the block ends; its log is ROOT/server.log."""
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "server.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.awssim", "--root", str(root)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True,
+        )
+    try:
+        line = process.stdout.readline() if process.stdout else ""
+        if not line.startswith(READY):
+            raise RuntimeError(f"awssim did not start (see {root / 'server.log'}): {line!r}")
+        sim = AwsSim(line[len(READY):].strip(), root)
+        sim.client("ec2").describe_instance_types(InstanceTypes=["p3.16xlarge"])  # moto's slow first EC2 call
+        yield sim
+    finally:
+        process.terminate()  # the server kills the processes it played, then exits
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if process.stdout:
+            process.stdout.close()

@@ -1,0 +1,88 @@
+"""Control endpoints under /_awssim/ on the simulator's port: faults, spot interruption, reset, played commands."""
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from wsgiref.types import StartResponse, WSGIEnvironment
+
+from moto.ec2.models.instances import StateReason
+from moto.moto_api._internal import moto_api_backend
+
+from . import backends
+from .errors import Response
+from .faults import Faults
+from .placement import PlacementGroups
+from .player import Player
+from .storage import ContentStore
+
+Handler = Callable[[dict[str, Any]], Any]
+
+
+def _json(status: int, body: Any) -> Response:
+    return Response(status, [("Content-Type", "application/json")], json.dumps(body).encode())
+
+
+class ControlError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Control:
+    def __init__(self, root: Path, faults: Faults, placement: PlacementGroups, player: Player,
+                 store: ContentStore) -> None:
+        self.root, self.faults, self.placement, self.player, self.store = root, faults, placement, player, store
+        self.routes: dict[tuple[str, str], Handler] = {
+            ("POST", "/_awssim/faults"): lambda body: self.faults.add(body["rules"], body.get("seed")),
+            ("DELETE", "/_awssim/faults"): lambda body: self.faults.clear(),
+            ("GET", "/_awssim/faults"): lambda body: self.faults.report(),
+            ("POST", "/_awssim/interrupt"): lambda body: self.interrupt(body["instance_id"]),
+            ("POST", "/_awssim/reset"): lambda body: self.reset(),
+            ("GET", "/_awssim/played"): lambda body: self.player.played(),
+            ("GET", "/_awssim/machines"): lambda body: self.player.machines(),
+            ("POST", "/_awssim/seed"): lambda body: self.seed(body["snapshot_id"], Path(body["from_dir"])),
+        }
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        handler = self.routes.get((environ["REQUEST_METHOD"], environ["PATH_INFO"]))
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        try:
+            if handler is None:
+                raise ControlError(404, f"no control endpoint {environ['REQUEST_METHOD']} {environ['PATH_INFO']}")
+            answer = _json(200, handler(json.loads(environ["wsgi.input"].read(length) or b"{}")))
+        except (KeyError, TypeError, ValueError) as error:  # a malformed request
+            answer = _json(400, {"error": repr(error)})
+        except ControlError as error:
+            answer = _json(error.status, {"error": str(error)})
+        return answer.send(start_response)
+
+    def interrupt(self, instance_id: str) -> None:
+        """Terminate an instance the way a spot interruption does, and kill its processes."""
+        instance = backends.find_instance(instance_id)
+        if instance is None:
+            raise ControlError(404, f"no instance {instance_id}")
+        instance.terminate()
+        instance.state_reason = StateReason(
+            "Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination"
+        )
+        self.player.tick()
+
+    def reset(self) -> None:
+        """Everything back to a fresh start: moto's state, our stores, faults, processes and disk contents."""
+        with self.player.paused():
+            self.player.reset()
+            moto_api_backend.reset()
+            self.placement.clear()
+            self.faults.clear()
+            self.store.wipe()
+            for folder in ("commands", "instances"):
+                shutil.rmtree(self.root / folder, ignore_errors=True)
+
+    def seed(self, snapshot_id: str, source: Path) -> None:
+        if not any(snapshot_id in ec2.snapshots for _, _, ec2 in backends.ec2_all()):
+            raise ControlError(404, f"no snapshot {snapshot_id}")
+        if not source.is_dir():
+            raise ControlError(400, f"{source} is not a directory")
+        self.store.seed_snapshot(snapshot_id, source)

@@ -1,0 +1,115 @@
+"""The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (placement
+groups, instance-type checks, SendCommand's instance check), and hooks that keep disk contents and the player
+in step with each call."""
+
+import io
+import json
+from typing import Any
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+from . import backends, catalogue
+from .calls import AwsCall, identify, signing_scope
+from .control import Control
+from .errors import Response, error_response
+from .faults import Faults
+from .placement import ACTIONS as PLACEMENT_ACTIONS
+from .placement import PlacementGroups
+from .player import ALIVE, Player
+
+READ_ONLY_PREFIXES = ("Describe", "Get", "List")
+WATCHED_SERVICES = ("ec2", "efs", "ssm")  # whose writes can change disks, instances or commands
+
+
+class AwsSimApp:
+    def __init__(self, moto: WSGIApplication, faults: Faults, placement: PlacementGroups, player: Player,
+                 control: Control) -> None:
+        self.moto, self.faults, self.placement, self.player, self.control = moto, faults, placement, player, control
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        if environ.get("PATH_INFO", "").startswith("/_awssim/"):
+            return self.control(environ, start_response)
+        scope = signing_scope(environ)
+        if scope is None:
+            return self.moto(environ, start_response)
+        streamed = scope[2] == "s3"  # S3 bodies can be large, and nothing here needs them
+        call = identify(environ, b"" if streamed else _buffer(environ))
+        if call is None:
+            return self.moto(environ, start_response)
+        rule = self.faults.pick(call)
+        if rule is not None:
+            return error_response(call.service, rule.code, rule.message, rule.status).send(start_response)
+        answer = self._instead_of_moto(call)
+        if answer is not None:
+            return answer.send(start_response)
+        if streamed:
+            return self.moto(environ, start_response)
+        status, headers, body = _forward(self.moto, environ)
+        if status.startswith("2"):
+            body = self._after(call, body)
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers)
+        return [body]
+
+    def _instead_of_moto(self, call: AwsCall) -> Response | None:
+        if call.service == "ec2" and call.action in PLACEMENT_ACTIONS:
+            return self.placement.handle(call)
+        if call.service == "ec2" and call.action == "RunInstances":
+            refusal = catalogue.run_instances_error(call, backends.ec2(call.account, call.region))
+            if refusal is not None:
+                return error_response("ec2", *refusal)
+            return self.placement.launch_error(call)
+        if call.service == "ssm" and call.action == "SendCommand":
+            return _send_command_error(call)
+        return None
+
+    def _after(self, call: AwsCall, body: bytes) -> bytes:
+        """Hooks on moto's successful answer; returns the answer to send."""
+        if call.service == "ec2" and call.action == "RunInstances":
+            self.placement.record_launch(call, body)
+        if call.service in WATCHED_SERVICES and not call.action.startswith(READ_ONLY_PREFIXES):
+            self.player.tick()  # new disks get their contents, new commands start, dead machines' processes die
+        if call.service == "ssm" and call.action == "SendCommand":
+            # moto answers "Success" before anything ran; AWS answers "Pending".
+            answer = json.loads(body)
+            answer["Command"].update(Status="Pending", StatusDetails="Pending")
+            body = json.dumps(answer).encode()
+        return body
+
+
+def _send_command_error(call: AwsCall) -> Response | None:
+    """SSM refuses instances that aren't running (moto accepts any id)."""
+    instances = {i.id: i for i in backends.instances(backends.ec2(call.account, call.region))}
+    bad = [i for i in call.list_param("InstanceIds") if i not in instances or instances[i].state not in ALIVE]
+    if not bad:
+        return None
+    return error_response("ssm", "InvalidInstanceId", f"Instances [{', '.join(bad)}] not in a valid state for account "
+                                                      f"{call.account}")
+
+
+def _buffer(environ: WSGIEnvironment) -> bytes:
+    """Read the request body and put it back, so moto reads it too."""
+    length = environ.get("CONTENT_LENGTH")
+    stream = environ["wsgi.input"]
+    body = stream.read(int(length)) if length else (stream.read() if environ.get("wsgi.input_terminated") else b"")
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return body
+
+
+def _forward(app: WSGIApplication, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Call moto and collect its whole answer."""
+    answer: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        answer.update(status=status, headers=headers)
+        return chunks.append
+
+    result = app(environ, start_response)
+    try:
+        chunks.extend(result)
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+    return answer["status"], answer["headers"], b"".join(chunks)

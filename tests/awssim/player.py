@@ -1,0 +1,257 @@
+"""The machine player: runs the shell commands SSM was sent (moto only records them) as local process groups,
+one per target instance, kills them when their instance stops or terminates, and reports back into moto."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import backends
+from .rewrite import Rewrite
+from .storage import ContentStore
+from .userdata import UserData, inspect
+
+RUN_TAG = "imagenet18:run"
+ALIVE = ("pending", "running")
+# SSM keeps this much of an invocation's output for GetCommandInvocation.
+STDOUT_LIMIT, STDERR_LIMIT = 24000, 8000
+
+
+@dataclass
+class Played:
+    command_id: str
+    instance_id: str
+    dir: Path
+    process: subprocess.Popen[bytes] | None
+    command: Any  # moto's Command, whose status the player keeps
+    invocation: dict[str, Any]  # moto's record of this instance's run, updated in place
+    started: float = field(default_factory=time.time)
+    exit_code: int | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "command_id": self.command_id,
+            "instance_id": self.instance_id,
+            "exit_code": self.exit_code,
+            "stdout": str(self.dir / "stdout"),
+            "stderr": str(self.dir / "stderr"),
+        }
+
+
+@dataclass
+class Machine:
+    instance_id: str
+    user_data: UserData
+    shutdown_at: float | None  # time.time() when its user-data timer fires
+
+    def record(self) -> dict[str, Any]:
+        return {"instance_id": self.instance_id, "user_data_check": self.user_data.check,
+                "shutdown_after_s": self.user_data.shutdown_after_s}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class Player:
+    def __init__(self, root: Path, repo: Path, store: ContentStore, interval_s: float = 0.2) -> None:
+        self.root, self.repo, self.store, self.interval_s = root, repo, store, interval_s
+        self._lock = threading.RLock()
+        self._seen: set[str] = set()  # command ids
+        self._played: list[Played] = []
+        self._machines: dict[str, Machine] = {}
+        self._ports: dict[str, int] = {}  # run tag (or instance id) -> torchrun master port
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="awssim-player", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.interval_s)
+            try:
+                self.tick()
+            except Exception:  # a tick racing a reset or a request; the next one sees a settled state
+                traceback.print_exc()
+
+    def tick(self) -> None:
+        with self._lock:
+            instances = {i.id: i for _, _, ec2 in backends.ec2_all() for i in backends.instances(ec2)}
+            self._watch_machines(instances)
+            self._kill_where_gone(instances)
+            self._reap()
+            self.store.sync()
+            self._launch_new(instances)
+
+    def played(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [p.record() for p in self._played]
+
+    def machines(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [m.record() for m in self._machines.values()]
+
+    def paused(self) -> threading.RLock:
+        """Hold it (`with player.paused():`) to keep the player still while moto's state is replaced."""
+        return self._lock
+
+    def reset(self) -> None:
+        with self._lock:
+            for played in self._played:
+                self._kill(played)
+            self._reap()
+            self._played.clear()
+            self._seen.clear()
+            self._machines.clear()
+            self._ports.clear()
+
+    # Machines: user-data and its shutdown timer.
+
+    def _watch_machines(self, instances: dict[str, Any]) -> None:
+        for instance_id, instance in instances.items():
+            if instance_id not in self._machines and instance.state in ALIVE:
+                user_data = inspect(str(instance.user_data) if instance.user_data else None,
+                                    self.root / "instances" / instance_id / "user-data")
+                delay = user_data.shutdown_after_s
+                shutdown_at = None if delay is None else time.time() + delay
+                self._machines[instance_id] = Machine(instance_id, user_data, shutdown_at)
+            machine = self._machines.get(instance_id)
+            if machine and machine.shutdown_at and time.time() >= machine.shutdown_at and instance.state in ALIVE:
+                machine.shutdown_at = None  # an OS shutdown ignores API termination protection
+                if instance.instance_initiated_shutdown_behavior == "terminate":
+                    instance.terminate()
+                else:
+                    instance.stop()
+
+    # Processes.
+
+    def _kill_where_gone(self, instances: dict[str, Any]) -> None:
+        for played in self._played:
+            instance = instances.get(played.instance_id)
+            if played.exit_code is None and (instance is None or instance.state not in ALIVE):
+                self._kill(played)
+
+    @staticmethod
+    def _kill(played: Played) -> None:
+        if played.process is None or played.process.poll() is not None:
+            return
+        try:
+            os.killpg(played.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        played.process.wait(timeout=5)
+
+    def _reap(self) -> None:
+        for played in self._played:
+            if played.exit_code is None and played.process is not None and played.process.poll() is not None:
+                code = played.process.returncode
+                self._finish(played, code if code >= 0 else 128 - code)  # as a shell reports a signal
+
+    def _finish(self, played: Played, exit_code: int, details: str | None = None) -> None:
+        played.exit_code = exit_code
+        (played.dir / "exit_code").write_text(f"{exit_code}\n")
+        status = "Success" if exit_code == 0 else "Failed"
+        played.invocation.update(
+            Status=status,
+            StatusDetails=details or status,
+            ResponseCode=exit_code,
+            ExecutionEndDateTime=_now(),
+            ExecutionElapsedTime=f"PT{time.time() - played.started:.3f}S",
+            StandardOutputContent=(played.dir / "stdout").read_text(errors="replace")[:STDOUT_LIMIT],
+            StandardErrorContent=(played.dir / "stderr").read_text(errors="replace")[:STDERR_LIMIT],
+        )
+        self._summarise(played.command)
+
+    def _launch_new(self, instances: dict[str, Any]) -> None:
+        for account, region, ssm in backends.ssm_all():
+            for command in list(ssm._commands):
+                if command.command_id in self._seen:
+                    continue
+                self._seen.add(command.command_id)
+                if command.document_name != "AWS-RunShellScript":
+                    continue  # left as moto reports it
+                script = "\n".join(command.parameters.get("commands", []))
+                for invocation in command.invocations:
+                    self._launch(command, invocation, instances, account, region, script)
+                self._summarise(command)
+
+    def _launch(self, command: Any, invocation: dict[str, Any], instances: dict[str, Any], account: str,
+                region: str, script: str) -> None:
+        instance_id = invocation["InstanceId"]
+        folder = self.root / "commands" / command.command_id / instance_id
+        folder.mkdir(parents=True, exist_ok=True)
+        invocation.update(Status="InProgress", StatusDetails="InProgress", ResponseCode=-1,
+                          ExecutionStartDateTime=_now(), ExecutionEndDateTime="", ExecutionElapsedTime="")
+        instance = instances.get(instance_id)
+        played = Played(command.command_id, instance_id, folder, None, command, invocation)
+        self._played.append(played)
+        if instance is None or instance.state not in ALIVE:
+            (folder / "stdout").touch()
+            (folder / "stderr").write_text(f"awssim: instance {instance_id} is not running\n")
+            self._finish(played, -1, "Undeliverable")
+            return
+        local = self._rewrite(instance, instances, account, region).apply(script)
+        (folder / "script.sh").write_text(local)
+        with open(folder / "stdout", "wb") as out, open(folder / "stderr", "wb") as err:
+            played.process = subprocess.Popen(
+                ["bash", "-c", local], cwd=folder, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                env={**os.environ, "IMAGENET18_SIM_INSTANCE": instance_id}, start_new_session=True,
+            )
+
+    def _summarise(self, command: Any) -> None:
+        """moto's command status, from its invocations: InProgress until all are done."""
+        mine = [p for p in self._played if p.command is command]
+        done = [p for p in mine if p.exit_code is not None]
+        command.completed_count = len(done)
+        command.error_count = sum(p.exit_code != 0 for p in done)
+        command.status = "InProgress" if len(done) < len(mine) else ("Failed" if command.error_count else "Success")
+        command.status_details = command.status
+
+    def _rewrite(self, instance: Any, instances: dict[str, Any], account: str, region: str) -> Rewrite:
+        run = instance.get_filter_value(f"tag:{RUN_TAG}")
+        port_key = run or instance.id
+        if port_key not in self._ports:
+            self._ports[port_key] = _free_port()
+        scratch = self.root / "instances" / instance.id
+        paths = {
+            "/opt/imagenet18/.venv": sys.prefix,
+            "/opt/imagenet18": str(self.repo),
+            "/mnt/data": str(self._data_volume(instance) or scratch / "mnt-data"),
+            "/mnt/efs": str(self._efs(run, account, region) or scratch / "mnt-efs"),
+        }
+        for path in paths.values():
+            Path(path).mkdir(parents=True, exist_ok=True)
+        ips = [i.private_ip for i in instances.values() if i.private_ip]
+        return Rewrite(paths, ips, self._ports[port_key])
+
+    def _data_volume(self, instance: Any) -> Path | None:
+        attached = sorted(
+            (v.attachment.device, v.id)
+            for v in list(instance.ec2_backend.volumes.values())
+            if v.attachment and v.attachment.instance.id == instance.id
+            and v.attachment.device != instance.root_device_name
+        )
+        return self.store.volume_dir(attached[0][1]) if attached else None
+
+    def _efs(self, run: str | None, account: str, region: str) -> Path | None:
+        if not run:
+            return None
+        efs = backends.efs(account, region)
+        for file_system_id in list(efs.file_systems_by_id):
+            tags = {t["Key"]: t["Value"] for t in efs.tagging_service.list_tags_for_resource(file_system_id)["Tags"]}
+            if tags.get(RUN_TAG) == run:
+                return self.store.efs_dir(file_system_id)
+        return None

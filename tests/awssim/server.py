@@ -1,0 +1,72 @@
+"""Process entry: moto's server app wrapped by our middleware on 127.0.0.1, with the machine player beside it.
+
+    python -m tests.awssim --root DIR [--port 0]
+
+prints `awssim ready http://127.0.0.1:PORT` on stdout once it accepts calls, then serves until SIGTERM, which
+also kills every played process."""
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+# AWS-managed IAM policies (AmazonSSMManagedInstanceCore) exist on AWS; moto loads them only when asked.
+os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+from .catalogue import extend_catalogue
+from .control import Control
+from .faults import Faults
+from .middleware import AwsSimApp
+from .placement import PlacementGroups
+from .player import Player
+from .storage import ContentStore
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout holding tests/awssim: /opt/imagenet18 on a machine
+DUMMY_AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.awssim", description=__doc__)
+    parser.add_argument("--root", type=Path, required=True, help="disk contents, command output")
+    parser.add_argument("--port", type=int, default=0, help="0: a free port")
+    args = parser.parse_args(argv)
+    root = args.root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log
+
+    extend_catalogue()
+    faults, placement, store = Faults(), PlacementGroups(), ContentStore(root)
+    player = Player(root, REPO, store)
+    app = AwsSimApp(DomainDispatcherApplication(create_backend_app), faults, placement, player,
+                    Control(root, faults, placement, player, store))
+    server = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=MotoRequestHandler)
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    # Played commands inherit this environment: they reach the simulator, never real AWS.
+    os.environ.update({key: os.environ.get(key, value) for key, value in DUMMY_AWS_ENV.items()})
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        player.reset()
+        sys.exit(0)
+
+    def exit_with_parent(parent: int) -> None:
+        """A test run killed outright (SIGKILL) can't stop us: notice it and go, taking the played processes."""
+        while os.getppid() == parent:
+            time.sleep(1)
+        player.reset()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    player.start()
+    print(f"awssim ready {endpoint}", flush=True)
+    os.dup2(2, 1)  # later prints go to the log, not to a pipe nobody reads
+    server.serve_forever()

@@ -1,0 +1,168 @@
+"""The AWS backend through real boto3 against the simulator (moto server, our wrapper, the machine player)."""
+
+import datetime as dt
+import os
+import stat
+
+import pytest
+
+from tasks.backends.aws import AwsBackend, AwsOptions
+from tasks.backends.aws import tags
+from tasks.backends.base import ClusterSpec, InputError
+
+AMI = "ami-03cf127a"  # one of moto's images
+DATASET = "imagenet18-backup"
+BUCKET = "imagenet18-test-results"
+
+
+def options(**overrides) -> AwsOptions:
+    return AwsOptions(**{"ami": AMI, "bucket": BUCKET, "dataset_folder": "demo", **overrides})
+
+
+def cluster_spec(run_id: str, machines: int, instance_type: str = "p4d.24xlarge", spot: bool = False) -> ClusterSpec:
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
+    return ClusterSpec(run_id, f"test-{run_id}", machines, instance_type, spot, expires)
+
+
+@pytest.fixture
+def snapshot(aws, tiny_data) -> str:
+    """The tiny dataset as the dataset snapshot (its folder `demo` and `demo-sz` at the volume's root)."""
+    return aws.make_snapshot(tiny_data.parent, description=DATASET)
+
+
+def tagged_leftovers(aws, run_id: str) -> dict[str, list]:
+    """What any service still holds with the run's tag, asked directly (not through the backend)."""
+    ec2, where = aws.client("ec2"), tags.run_filter(run_id)
+    instances = [i for r in ec2.describe_instances(Filters=where)["Reservations"] for i in r["Instances"]
+                 if i["State"]["Name"] != "terminated"]
+    return {k: v for k, v in {
+        "instances": instances,
+        "volumes": ec2.describe_volumes(Filters=where)["Volumes"],
+        "placement groups": ec2.describe_placement_groups(Filters=where)["PlacementGroups"],
+        "security groups": ec2.describe_security_groups(Filters=where)["SecurityGroups"],
+        "key pairs": ec2.describe_key_pairs(Filters=where)["KeyPairs"],
+        "vpcs": ec2.describe_vpcs(Filters=where)["Vpcs"],
+        "subnets": ec2.describe_subnets(Filters=where)["Subnets"],
+        "gateways": ec2.describe_internet_gateways(Filters=where)["InternetGateways"],
+        "file systems": [f for f in aws.client("efs").describe_file_systems()["FileSystems"]
+                         if tags.as_dict(f.get("Tags")).get(tags.RUN) == run_id],
+    }.items() if v}
+
+
+def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapshot, tmp_path):
+    ec2 = aws.client("ec2")
+    bystander = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]  # not ours: never touched
+    backend = AwsBackend(options(ssh_cidr="203.0.113.0/24"), home=tmp_path)
+    spec = cluster_spec("run-16", 16, spot=True)
+    backend.check(spec, DATASET)
+    plan = backend.plan(spec, DATASET, 2.0)
+    assert [item.count for item in plan.items] == [16, 16, 16, 1] and plan.total_usd > 0
+
+    replicas = backend.replicate(spec, DATASET, 16)
+    assert [r.details["name"] for r in replicas] == [f"imagenet_1a_{i:02d}" for i in range(16)]
+    assert backend.replicate(spec, DATASET, 16) == replicas, "volumes that exist are reused"
+    cluster = backend.provision(spec, replicas)
+
+    assert len(cluster.machines) == 16 and cluster.gpus_per_machine == 8
+    assert cluster.storage.startswith(f"s3://{BUCKET}/runs/") and cluster.node_storage.startswith("/mnt/efs/")
+    instances = {i["InstanceId"]: i for r in ec2.describe_instances(Filters=tags.run_filter("run-16"))["Reservations"]
+                 for i in r["Instances"]}
+    for machine in cluster.machines:
+        instance = instances[machine.id]
+        assert tags.as_dict(instance["Tags"])[tags.INDEX] == str(machine.index)
+        assert instance["MetadataOptions"]["HttpTokens"] == "required", "IMDSv2 only"
+        assert instance.get("InstanceLifecycle") == "spot"
+        data = [b for b in instance["BlockDeviceMappings"] if b["DeviceName"] == "/dev/sdf"]
+        volume = ec2.describe_volumes(VolumeIds=[data[0]["Ebs"]["VolumeId"]])["Volumes"][0]
+        assert tags.as_dict(volume["Tags"])["Name"] == f"imagenet_1a_{machine.index:02d}", "machine i has volume i"
+    shutdown = ec2.describe_instance_attribute(InstanceId=cluster.machines[0].id,
+                                               Attribute="instanceInitiatedShutdownBehavior")
+    assert shutdown["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+    assert all(v["Encrypted"] for v in ec2.describe_volumes(Filters=tags.run_filter("run-16"))["Volumes"])
+    [group] = ec2.describe_security_groups(Filters=tags.run_filter("run-16"))["SecurityGroups"]
+    sources = [r["CidrIp"] for p in group["IpPermissions"] for r in p.get("IpRanges", [])]
+    assert sources == ["203.0.113.0/24"], "ssh only from the caller; nothing open to 0.0.0.0/0"
+    assert any(pair["GroupId"] == group["GroupId"] for p in group["IpPermissions"] for pair in p["UserIdGroupPairs"])
+    key = tmp_path / "aws" / "keys" / "imagenet18-run-16.pem"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    booted = {m["instance_id"]: m for m in aws.machines()}
+    assert booted[cluster.machines[0].id]["user_data_check"] == "ok"
+    assert booted[cluster.machines[0].id]["shutdown_after_s"] == pytest.approx(2 * 3600, abs=120)
+    assert ec2.describe_placement_groups(Filters=tags.run_filter("run-16"))["PlacementGroups"]
+
+    removed = backend.teardown("run-16")
+    assert {r.kind for r in removed} >= {"machine", "replica", "file-system", "placement-group", "security-group",
+                                         "key-pair", "instance-profile", "vpc"}
+    assert backend.resources("run-16") == [] and tagged_leftovers(aws, "run-16") == {}
+    assert not key.exists()
+    assert backend.teardown("run-16") == [], "a second teardown is safe and finds nothing"
+    assert ec2.describe_volumes(VolumeIds=[bystander])["Volumes"], "an untagged volume is never touched"
+
+
+def test_replicas_have_a_delete_path(aws, snapshot, tmp_path):
+    backend = AwsBackend(options(volume_type="gp3", iops=3000), home=tmp_path)
+    spec = cluster_spec("pool", 4)
+    made = backend.replicate(spec, DATASET, 4)
+    volume = aws.client("ec2").describe_volumes(VolumeIds=[made[0].id])["Volumes"][0]
+    assert volume["VolumeType"] == "gp3" and volume["Iops"] == 3000 and volume["SnapshotId"] == snapshot
+    assert sorted(r.id for r in backend.delete_replicas("pool")) == sorted(r.id for r in made)
+    assert backend.resources("pool") == []
+
+
+def test_a_failed_replication_part_way_leaves_nothing_after_teardown(aws, snapshot, tmp_path):
+    aws.add_fault("ec2", "CreateVolume", "InsufficientVolumeCapacity", status=500, after=10, times=100)
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-partial", 16)
+    with pytest.raises(Exception, match="InsufficientVolumeCapacity"):
+        backend.replicate(spec, DATASET, 16)
+    assert len(backend.resources("run-partial")) == 10
+    backend.teardown("run-partial")
+    assert tagged_leftovers(aws, "run-partial") == {}
+
+
+def second_snapshot(aws, tiny_data):
+    aws.make_snapshot(tiny_data.parent, description=DATASET)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"options": {"region": "moon-1"}}, "unknown AWS region 'moon-1'"),
+    ({"options": {"availability_zone": "us-east-1z"}}, "unknown availability zone 'us-east-1z'"),
+    ({"instance_type": "p9.mega"}, "unknown instance type 'p9.mega'"),
+    ({"instance_type": "p3dn.24xlarge", "options": {"availability_zone": "us-east-1a"}},
+     "p3dn.24xlarge is not offered in us-east-1a"),
+    ({"dataset": "no-such-dataset"}, "no snapshot named or described 'no-such-dataset'"),
+    ({"dataset": "snap-0123456789abcdef0"}, "dataset snapshot snap-0123456789abcdef0 not found"),
+    ({"setup": second_snapshot}, f"'{DATASET}' matches 2 snapshots"),
+    ({"options": {"ami": "ami-00000000"}}, "AMI ami-00000000 not found"),
+    ({"options": {"volume_type": "io1", "iops": 70000}}, "io1 volumes allow at most 64,000 IOPS"),
+    ({"fault": "VcpuLimitExceeded"}, "over this account's limit"),
+    ({"fault": "UnauthorizedOperation"}, "may not start instances"),
+    ({"no_credentials": True}, "no AWS credentials"),
+])
+def test_bad_input_is_refused_before_anything_exists(aws, snapshot, tiny_data, tmp_path, monkeypatch, change,
+                                                     message):
+    if "setup" in change:
+        change["setup"](aws, tiny_data)
+    if "fault" in change:
+        aws.add_fault("ec2", "RunInstances", change["fault"], status=400, match={"DryRun": "true"})
+    if change.get("no_credentials"):
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    backend = AwsBackend(options(**change.get("options", {})), home=tmp_path)
+    spec = cluster_spec("run-bad", 16, change.get("instance_type", "p4d.24xlarge"))
+    with pytest.raises(InputError, match=message):
+        backend.check(spec, change.get("dataset", DATASET))
+    monkeypatch.undo()
+    assert AwsBackend(options(), home=tmp_path).resources() == []
+    assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
+
+
+def test_more_machines_than_replicas_is_refused_before_any_machine(aws, snapshot, tmp_path):
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-short", 2)
+    replicas = backend.replicate(spec, DATASET, 1)
+    with pytest.raises(InputError, match="2 machines need 2 replicas, there are 1"):
+        backend.provision(spec, replicas)
+    assert {r.kind for r in backend.resources("run-short")} == {"replica"}
+    backend.teardown("run-short")

@@ -1,0 +1,170 @@
+"""The AWS simulator through real boto3: what our wrapper adds to moto, and the machine player."""
+
+import os
+import re
+import time
+from pathlib import Path
+
+import fsspec
+import pytest
+from botocore.exceptions import ClientError
+
+RUN = {"Key": "imagenet18:run", "Value": "run-1"}
+NO_RETRIES = {"total_max_attempts": 1}
+IMAGE = "ami-03cf127a"  # one of moto's; DescribeImages takes a second here
+
+
+def launch(ec2, instance_type="g5.xlarge", **kwargs):
+    response = ec2.run_instances(ImageId=IMAGE, InstanceType=instance_type, MinCount=1, MaxCount=1, **kwargs)
+    return response["Instances"][0]["InstanceId"]
+
+
+def state(ec2, instance_id) -> str:
+    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+
+def error_code(call, *args, **kwargs) -> str:
+    with pytest.raises(ClientError) as raised:
+        call(*args, **kwargs)
+    return raised.value.response["Error"]["Code"]
+
+
+def wait_for(predicate, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+    return result
+
+
+def test_placement_groups(aws):
+    ec2 = aws.client("ec2")
+    tags = [{"ResourceType": "placement-group", "Tags": [RUN]}]
+    group = ec2.create_placement_group(GroupName="pg-1", Strategy="cluster", TagSpecifications=tags)["PlacementGroup"]
+    assert group["GroupId"].startswith("pg-") and group["Tags"] == [RUN]
+    assert error_code(ec2.create_placement_group, GroupName="pg-1", Strategy="cluster") == (
+        "InvalidPlacementGroup.Duplicate"
+    )
+    ec2.create_placement_group(GroupName="other", Strategy="spread")
+    found = ec2.describe_placement_groups(Filters=[{"Name": "tag:imagenet18:run", "Values": ["run-1"]}])
+    assert [g["GroupName"] for g in found["PlacementGroups"]] == ["pg-1"]
+    assert error_code(ec2.describe_placement_groups, GroupNames=["nope"]) == "InvalidPlacementGroup.Unknown"
+    assert error_code(launch, ec2, Placement={"GroupName": "nope"}) == "InvalidPlacementGroup.Unknown"
+
+    instance = launch(ec2, "p3.16xlarge", Placement={"GroupName": "pg-1", "AvailabilityZone": "us-east-1a"})
+    assert error_code(ec2.delete_placement_group, GroupName="pg-1") == "InvalidPlacementGroup.InUse"
+    ec2.terminate_instances(InstanceIds=[instance])
+    ec2.delete_placement_group(GroupName="pg-1")
+    assert [g["GroupName"] for g in ec2.describe_placement_groups()["PlacementGroups"]] == ["other"]
+
+
+def test_instance_types(aws):
+    ec2 = aws.client("ec2")
+    wanted = ["p3.16xlarge", "p3dn.24xlarge", "p4d.24xlarge", "p5.48xlarge", "g5.xlarge", "g6.xlarge"]
+    offers = ec2.describe_instance_type_offerings(
+        LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": wanted}]
+    )["InstanceTypeOfferings"]
+    assert {o["InstanceType"] for o in offers} == set(wanted)
+    assert ("p3.16xlarge", "us-east-1a") in {(o["InstanceType"], o["Location"]) for o in offers}
+    for instance_type in wanted:
+        launch(ec2, instance_type)
+    assert error_code(launch, ec2, "p9.mega") == "InvalidParameterValue"
+    assert error_code(launch, ec2, "p3dn.24xlarge", Placement={"AvailabilityZone": "us-east-1a"}) == "Unsupported"
+
+
+def test_fault_fires_the_given_number_of_times_in_each_protocol(aws):
+    ec2 = aws.client("ec2", retries=NO_RETRIES)
+    aws.add_fault("ec2", "RunInstances", "InsufficientInstanceCapacity", times=2, after=1,
+                  match={"InstanceType": "p4d.24xlarge"})
+    launch(ec2, "p4d.24xlarge")  # `after`: the first matching call goes through
+    assert error_code(launch, ec2, "p4d.24xlarge") == "InsufficientInstanceCapacity"
+    launch(ec2, "g5.xlarge")  # no match
+    assert error_code(launch, ec2, "p4d.24xlarge") == "InsufficientInstanceCapacity"
+    launch(ec2, "p4d.24xlarge")
+    assert [(r["seen"], r["fired"]) for r in aws.fault_counts()] == [(4, 2)]
+
+    aws.add_fault("ssm", "SendCommand", "ThrottlingException", times=1)
+    aws.add_fault("efs", "CreateFileSystem", "FileSystemLimitExceeded", times=1)
+    aws.add_fault("s3", "PutObject", "SlowDown", times=1)
+    ssm, efs, s3 = (aws.client(s, retries=NO_RETRIES) for s in ("ssm", "efs", "s3"))
+    assert error_code(ssm.send_command, DocumentName="AWS-RunShellScript", InstanceIds=["i-1"]) == "ThrottlingException"
+    assert error_code(efs.create_file_system, CreationToken="t") == "FileSystemLimitExceeded"
+    s3.create_bucket(Bucket="faults")
+    assert error_code(s3.put_object, Bucket="faults", Key="k", Body=b"x") == "SlowDown"
+    aws.clear_faults()
+    assert aws.fault_counts() == []
+
+
+def test_standard_retries_recover_from_throttling(aws):
+    aws.add_fault("ec2", "DescribeInstances", "RequestLimitExceeded", times=1)  # 503
+    aws.add_fault("ssm", "ListCommands", "ThrottlingException", times=1)  # 400
+    aws.add_fault("efs", "DescribeFileSystems", "ThrottlingException", times=1)  # 429
+    ec2, ssm, efs = aws.client("ec2"), aws.client("ssm"), aws.client("efs")  # standard retry mode
+    for answer in (ec2.describe_instances(), ssm.list_commands(), efs.describe_file_systems()):
+        assert answer["ResponseMetadata"]["RetryAttempts"] == 1
+    assert [r["fired"] for r in aws.fault_counts()] == [1, 1, 1]
+
+
+def test_s3fs_reaches_the_simulator_through_the_environment(aws):
+    aws.client("s3").create_bucket(Bucket="runs")
+    with fsspec.open("s3://runs/a/metrics.jsonl", "w") as f:
+        f.write("{}\n")
+    assert aws.client("s3").get_object(Bucket="runs", Key="a/metrics.jsonl")["Body"].read() == b"{}\n"
+
+
+def test_player_runs_commands_against_the_machine_disks(aws, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "hello.txt").write_text("hello from the snapshot\n")
+    snapshot = aws.make_snapshot(tmp_path / "data", description="dataset")
+    ec2, ssm, efs = aws.client("ec2"), aws.client("ssm"), aws.client("efs")
+    tags = [{"ResourceType": "instance", "Tags": [RUN]}]
+    instances = [launch(ec2, TagSpecifications=tags, Placement={"AvailabilityZone": "us-east-1a"}) for _ in range(2)]
+    for instance in instances:
+        volume = ec2.create_volume(AvailabilityZone="us-east-1a", SnapshotId=snapshot)["VolumeId"]
+        ec2.attach_volume(VolumeId=volume, InstanceId=instance, Device="/dev/sdf")
+    file_system = efs.create_file_system(CreationToken="run-1", Tags=[RUN])["FileSystemId"]
+
+    master = ec2.describe_instances(InstanceIds=instances[1:])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+    script = [
+        "set -e",
+        "cat /mnt/data/hello.txt > /mnt/efs/$IMAGENET18_SIM_INSTANCE.txt",
+        "test -x /opt/imagenet18/.venv/bin/python && test -d /opt/imagenet18/tests/awssim",
+        f"echo --master_addr={master} --master_port=29500",
+        "exit 3",
+    ]
+    command = ssm.send_command(
+        DocumentName="AWS-RunShellScript", InstanceIds=instances[:1], Parameters={"commands": script}
+    )["Command"]["CommandId"]
+    wait_for(lambda: aws.played()[0]["exit_code"] is not None)
+    invocation = ssm.get_command_invocation(CommandId=command, InstanceId=instances[0])
+    assert (invocation["Status"], invocation["ResponseCode"]) == ("Failed", 3)
+    port = re.fullmatch(r"--master_addr=127\.0\.0\.1 --master_port=(\d+)\n", invocation["StandardOutputContent"])
+    assert port and port[1] != "29500"
+    assert aws.played()[0]["exit_code"] == 3 and ssm.list_commands()["Commands"][0]["Status"] == "Failed"
+    assert (aws.root / "efs" / file_system / f"{instances[0]}.txt").read_text() == "hello from the snapshot\n"
+
+    # A long command dies with its machine: terminated by the flow, or by a spot interruption.
+    long = ["echo $$ > /mnt/efs/$IMAGENET18_SIM_INSTANCE.pid", "sleep 600"]
+    ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=instances, Parameters={"commands": long})
+    pid_files = [aws.root / "efs" / file_system / f"{i}.pid" for i in instances]
+    pids = [int(wait_for(lambda f=f: f.exists() and f.read_text().strip())) for f in pid_files]
+    ec2.terminate_instances(InstanceIds=instances[:1])
+    aws.interrupt(instances[1])
+    reason = ec2.describe_instances(InstanceIds=instances[1:])["Reservations"][0]["Instances"][0]["StateReason"]
+    assert reason["Code"] == "Server.SpotInstanceTermination"
+    wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()), timeout_s=2)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):
+    ec2 = aws.client("ec2")
+    timer = launch(ec2, UserData="#!/bin/bash\nsystemd-run --on-active=1 /sbin/shutdown -h now\n",
+                   InstanceInitiatedShutdownBehavior="terminate")
+    broken = launch(ec2, UserData="#!/bin/bash\nif then\n")
+    checks = {m["instance_id"]: m for m in aws.machines()}
+    assert checks[timer]["user_data_check"] == "ok" and checks[timer]["shutdown_after_s"] == 1
+    assert checks[broken]["user_data_check"] != "ok"
+    wait_for(lambda: state(ec2, timer) == "terminated", timeout_s=5)
+    assert Path(aws.root / "instances" / timer / "user-data").read_text().startswith("#!/bin/bash")
