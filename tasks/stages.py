@@ -141,7 +141,8 @@ def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
                    None)
     final = summary["epochs"][-1]
     result = {"run_name": plan.spec.run_name, "run_id": plan.spec.run_id, "storage": cluster.storage,
-              "machines": plan.spec.machines, "schedule": plan.schedule, "epochs": len(summary["epochs"]),
+              "machines": plan.spec.machines, "machine_ids": [m.id for m in cluster.machines],
+              "schedule": plan.schedule, "epochs": len(summary["epochs"]),
               "top1": final["top1"], "top5": final["top5"], "hours": summary["hours"],
               "target": summary["target"], "target_metric": summary["target_metric"],
               "target_epoch": reached["epoch"] if reached else None,

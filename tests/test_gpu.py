@@ -1,4 +1,8 @@
-"""GPU-only paths (NCCL, CUDA bf16 autocast, pinned memory): run where a GPU is, skipped with the reason elsewhere."""
+"""GPU-only paths (NCCL, CUDA bf16 autocast, pinned memory): run where a GPU is, skipped with the reason elsewhere.
+
+Self-sufficient, so a GPU machine with only the trainer's dependencies can run it without the suite's
+conftest (which needs the AWS simulator's packages): `python3 -m pytest --noconftest tests/test_gpu.py`.
+"""
 
 import json
 
@@ -6,14 +10,25 @@ import pytest
 import torch
 
 from tests.trainer_runs import run, train_command
+from trainer.demo_data import make_demo_dataset
+from trainer.prepare import prepare
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; CI and dev machines have none")
 
 
+@pytest.fixture(scope="module")
+def gpu_data(tmp_path_factory):
+    """The suite's tiny demo dataset (10 classes, 120 + 10 images each) and the -sz/160 copy cpu-tiny reads."""
+    root = tmp_path_factory.mktemp("gpu-data") / "demo"
+    make_demo_dataset(root, classes=10, train_per_class=120, val_per_class=10)
+    prepare(root, sizes=[160])
+    return root
+
+
 @needs_cuda
-def test_one_epoch_on_the_gpu(tiny_data, tmp_path):
+def test_one_epoch_on_the_gpu(gpu_data, tmp_path):
     logdir = tmp_path / "run"
-    result = run(train_command(tiny_data, logdir, "--device", "cuda", "--epochs", "1", "--workers", "2"))
+    result = run(train_command(gpu_data, logdir, "--device", "cuda", "--epochs", "1", "--workers", "2"))
     assert result.returncode == 0, result.stderr[-3000:]
     start = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[0])
     assert start["config"]["bf16"] and start["config"]["channels_last"]

@@ -1,5 +1,5 @@
-"""Copy a run folder's small, changing files (metrics, heartbeats, logs, TensorBoard events, exit codes) to an
-fsspec URL, so an orchestrator that cannot mount the machines' shared file system (EFS) can follow the run.
+"""Copy a run folder's small, changing files (metrics, heartbeats, logs, TensorBoard events) to an fsspec URL,
+so an orchestrator that cannot mount the machines' shared file system (EFS) can follow the run.
 
 Checkpoints and caches are not mirrored: checkpoints go to their own URL, caches are machine-local."""
 
@@ -14,7 +14,8 @@ import fsspec
 
 log = logging.getLogger(__name__)
 
-SKIPPED_FOLDERS = ("checkpoints", "cache")
+# Exit codes go up only from their own machine, last, after everything they vouch for (`push` of named paths).
+SKIPPED_FOLDERS = ("checkpoints", "cache", "exit")
 SKIPPED_SUFFIXES = (".tmp", ".part")
 
 

@@ -25,6 +25,7 @@ from .catalogue import extend_catalogue
 from .control import Control
 from .faults import Faults
 from .middleware import AwsSimApp
+from .moto_fixes import fix_send_command_targets
 from .placement import PlacementGroups
 from .player import Player
 from .storage import ContentStore
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log
 
     extend_catalogue()
+    fix_send_command_targets()
     faults, placement, store = Faults(), PlacementGroups(), ContentStore(root)
     player = Player(root, REPO, store)
     app = AwsSimApp(DomainDispatcherApplication(create_backend_app), faults, placement, player,

@@ -12,7 +12,7 @@ ${follow}
 ${command} >"$$run/logs/${job}-${index}.log" 2>&1
 code=$$?
 echo $$code >"$$run/exit/${job}-${index}"
-# This machine's own log and exit code go up at once, so the flow learns of them even if machine 0 is gone.
+wait  # machine 0: the mirror's last copy, made once every machine's exit code is on EFS, has the summary
+# Last, this machine's own log and exit code: what the flow waits for, even when machine 0 is gone.
 $$py -m trainer mirror "$$run" "${storage}" --only "logs/${job}-${index}.log" "exit/${job}-${index}"
-wait
 exit $$code

@@ -1,0 +1,31 @@
+"""The whole flow with backend="aws" on the simulator: the machine player runs what SSM was sent (torchrun
+and the trainer on this CPU, reading the replica's files and writing EFS and the s3:// run prefix)."""
+
+import fsspec
+
+from flows.imagenet18 import imagenet18
+from tasks.backends.aws import AwsBackend
+from tests.test_aws import BUCKET, DATASET, options, tagged_leftovers
+
+
+def test_two_machine_aws_run_completes_end_to_end_and_leaves_nothing(prefect_api, aws, tiny_data):
+    aws.make_snapshot(tiny_data.parent, description=DATASET)
+    state = imagenet18(machines=2, backend="aws", instance_type="g5.xlarge", dataset=DATASET,
+                       schedule="cpu-tiny", epochs=1, max_hours=1.0, aws=options(), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["machines"] == 2 and result["epochs"] == 1 and result["top1"] > 0
+    assert result["storage"].startswith(f"s3://{BUCKET}/runs/")
+
+    assert sorted(p["instance_id"] for p in aws.played()) == sorted(result["machine_ids"]), "one job per machine"
+    fs = fsspec.filesystem("s3")
+    storage = result["storage"].removeprefix("s3://")
+    assert [fs.cat(f"{storage}/exit/train-{i}").strip() for i in (0, 1)] == [b"0", b"0"], "both nodes exited 0"
+    for kept in ("summary.json", "metrics.jsonl", "logs/train-0.log", "logs/train-1.log", "heartbeats/node-1.json",
+                 "checkpoints/checkpoint.pt"):
+        assert fs.exists(f"{storage}/{kept}"), f"{kept} is kept in the results bucket"
+    assert fs.glob(f"{storage}/events.out.tfevents.*"), "TensorBoard events are kept"
+
+    run_id = str(state.state_details.flow_run_id)
+    assert AwsBackend(options()).resources(run_id) == []
+    assert tagged_leftovers(aws, run_id) == {}
