@@ -167,6 +167,7 @@ def _local_copy(storage: str, pattern: str):
         yield storage
         return
     fs, base = fsspec.core.url_to_fs(storage)
+    fs.invalidate_cache()  # fsspec keeps listings per process; a served flow process lives long
     with tempfile.TemporaryDirectory() as folder:
         for path in fs.glob(f"{base}/{pattern}"):
             fs.get_file(path, f"{folder}/{path.rsplit('/', 1)[1]}")

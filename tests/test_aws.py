@@ -4,10 +4,11 @@ import datetime as dt
 import os
 import stat
 
+import fsspec
 import pytest
 
-from tasks.backends.aws import AwsBackend, AwsOptions
-from tasks.backends.aws import tags
+from tasks.backends.aws import AwsBackend, AwsOptions, tags
+from tasks.backends.aws.snapshots import make_snapshot
 from tasks.backends.base import ClusterSpec, InputError
 
 AMI = "ami-03cf127a"  # one of moto's images
@@ -166,3 +167,29 @@ def test_more_machines_than_replicas_is_refused_before_any_machine(aws, snapshot
         backend.provision(spec, replicas)
     assert {r.kind for r in backend.resources("run-short")} == {"replica"}
     backend.teardown("run-short")
+
+
+def test_a_dataset_snapshot_is_made_from_an_s3_url_and_the_builder_leaves_nothing(aws, tmp_path):
+    aws.client("s3").create_bucket(Bucket="datasets")
+    fs = fsspec.filesystem("s3")
+    for folder in ("imagenet", "imagenet-sz/160"):
+        for split in ("train", "validation"):
+            fs.pipe(f"datasets/{folder}/{split}/n01440764/a.JPEG", f"{folder} {split}".encode())
+    backend = AwsBackend(options(dataset_folder="imagenet"), home=tmp_path)
+    snapshot_id = make_snapshot(backend, "s3://datasets/imagenet", "test-dataset", sizes=[160], poll_seconds=0.5)
+
+    [snapshot] = aws.client("ec2").describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    assert snapshot["Description"] == "test-dataset" and tags.as_dict(snapshot["Tags"])["Name"] == "test-dataset"
+    assert backend.resources() == [], "the builder machine, its volume and network are gone"
+    [replica] = backend.replicate(cluster_spec("run-from-snapshot", 1), "test-dataset", 1)
+    disk = aws.root / "volumes" / replica.id
+    assert (disk / "imagenet/validation/n01440764/a.JPEG").read_bytes() == b"imagenet validation"
+    assert (disk / "imagenet-sz/160/train/n01440764/a.JPEG").read_bytes() == b"imagenet-sz/160 train"
+    backend.teardown("run-from-snapshot")
+
+
+def test_a_snapshot_needs_the_dataset_to_exist(aws, tmp_path):
+    aws.client("s3").create_bucket(Bucket="datasets")
+    with pytest.raises(InputError, match="dataset folder.s. not found: datasets/imagenet"):
+        make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160])
+    assert AwsBackend(options(), home=tmp_path).resources() == []

@@ -28,6 +28,7 @@ BUILD_LOGS = "/mnt/data/.imagenet18-build"  # the copy's log stays on the snapsh
 
 def dataset_size_gb(url: str, sizes: list[int]) -> int:
     fs, base = fsspec.core.url_to_fs(url.rstrip("/"))
+    fs.invalidate_cache()  # fsspec keeps listings per process; a served flow process lives long
     folders = [base] + [f"{base}-sz/{size}" for size in sizes]
     missing = [folder for folder in folders if not fs.isdir(folder)]
     if missing:

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Training throughput and the CUDA paths on one GPU machine, in one call (about 6 minutes on an H100 box).
+#
+#   bash bench/gpu.sh                    # from the repo root; everything it prints also goes to $OUT/gpu.log
+#   GPU_BENCH_TINY=1 bash bench/gpu.sh   # the same steps shrunk to run on a CPU in a minute or two
+#
+# Steps: versions; an ImageNet-like JPEG folder (bench/make_jpegs.py) and its -sz/160, -sz/352 copies
+# (`python3 -m trainer prepare`); a short real `python3 -m trainer train` through every data path; trainer vs
+# torchvision-reference-style loop on synthetic batches (bench/compare_training.py, reference --amp and fp32)
+# and on the JPEGs (full-size and the seed's resized copies); tests/test_gpu.py. Each step has a timeout
+# and the whole script a deadline (GPU_BENCH_BUDGET seconds, default 560), a failed step does not stop the
+# ones after it, and the failures are listed at the end (exit status 1 if any). Nothing is downloaded.
+# Needs python3 with torch, torchvision, pillow, numpy, tensorboard (pytest for the last step); the project
+# need not be installed: PYTHONPATH is set to the repo root.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$PWD
+OUT=${OUT:-$REPO/bench-out}
+mkdir -p "$OUT"
+LOG=$OUT/gpu.log
+
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1
+# No wandb run, no downloads: the trainer starts wandb only with these set, and builds no pretrained model.
+unset WANDB_API_KEY WANDB_MODE || true
+export HF_HUB_OFFLINE=1 TORCH_HOME=${TMPDIR:-/tmp}/gpu-bench-torch-home
+PY=${PYTHON:-python3}
+WORK=${GPU_BENCH_WORK:-${TMPDIR:-/tmp}/gpu-bench}
+BUDGET=${GPU_BENCH_BUDGET:-560}
+CORES=$(nproc)
+
+if [[ ${GPU_BENCH_TINY:-0} == 1 ]]; then
+    ARCH=resnet18 TRAIN_ARCH=resnet10 SIZES=(64) BATCHES=(16)
+    CLASSES=4 TRAIN_PER_CLASS=40 VAL_PER_CLASS=3
+    SYN_STEPS=4 SYN_WARMUP=2 SYN_ROUNDS=2 JPEG_STEPS=4 JPEG_WARMUP=2 JPEG_ROUNDS=2
+    TRAIN_PHASES=("32 16 -sz/160" "48 16 -sz/352" "64 8 ")
+    TRAIN_OPTIONS=(--workers 2)
+    WORK=$WORK-tiny
+else
+    ARCH=resnet50 TRAIN_ARCH=resnet50 SIZES=(128 224 288) BATCHES=(256 256 192)
+    # 100 x 128 training images: one epoch holds a timed window of 32 batches of 256 after 16 warm-up ones.
+    CLASSES=100 TRAIN_PER_CLASS=128 VAL_PER_CLASS=5
+    SYN_STEPS=15 SYN_WARMUP=5 SYN_ROUNDS=3 JPEG_STEPS=20 JPEG_WARMUP=8 JPEG_ROUNDS=2
+    TRAIN_PHASES=("128 256 -sz/160" "224 192 -sz/352" "288 128 ")
+    TRAIN_OPTIONS=()
+fi
+DATA=$WORK/jpegs
+mkdir -p "$WORK"
+
+FAILED=()
+STARTED=$SECONDS
+
+# run_step NAME TIMEOUT COMMAND...: runs COMMAND with a timeout that also respects the script's deadline.
+run_step() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$((BUDGET - (SECONDS - STARTED)))
+    if ((left < 15)); then
+        echo "=== $name: skipped, the ${BUDGET} s budget is spent"
+        FAILED+=("$name (skipped: out of time)")
+        return 0
+    fi
+    ((limit > left)) && limit=$left
+    echo
+    echo "=== $name (timeout ${limit} s, $((SECONDS - STARTED)) s into the run): $*"
+    local begun=$SECONDS rc=0
+    timeout --kill-after=10 "$limit" "$@" || rc=$?
+    if ((rc != 0)); then
+        ((rc == 124 || rc == 137)) && echo "=== $name: TIMED OUT after $((SECONDS - begun)) s" \
+            || echo "=== $name: FAILED with exit status $rc after $((SECONDS - begun)) s"
+        FAILED+=("$name (exit $rc)")
+    else
+        echo "=== $name: ok in $((SECONDS - begun)) s"
+    fi
+}
+
+main() {  # the steps; unindented, for the heredocs
+echo "=== gpu.sh $(date -u +%FT%TZ) on ${HOSTNAME:-?}, $CORES cores, repo $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+grep -m1 "model name" /proc/cpuinfo || true
+nvidia-smi -L 2>/dev/null || echo "(no nvidia-smi)"
+df -h /dev/shm "${TMPDIR:-/tmp}" 2>/dev/null || true  # loader workers hand batches over in /dev/shm: ~6 GB here
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || true
+run_step versions 60 "$PY" - <<'EOF'
+import importlib, platform, sys
+import torch, torchvision
+print("python", platform.python_version(), sys.executable)
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(),
+      "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name(0), f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
+print("torchvision", torchvision.__version__)
+for name in ("PIL", "numpy", "fsspec", "tensorboard", "pytest"):
+    try:
+        print(name, getattr(importlib.import_module(name), "__version__", "?"))
+    except ImportError as exc:
+        print(name, "MISSING:", exc)
+# What `python3 -m trainer train` imports, and the torchvision pieces trainer.data uses.
+import trainer.cli, trainer.train, trainer.prepare, trainer.demo_data
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import functional as F
+assert hasattr(F, "resized_crop") and hasattr(ImageReadMode, "RGB")
+print("trainer imports ok; wandb imported:", "wandb" in sys.modules, "pydantic imported:", "pydantic" in sys.modules)
+EOF
+
+run_step jpeg-folder 150 "$PY" bench/make_jpegs.py "$DATA" --classes "$CLASSES" \
+    --train-per-class "$TRAIN_PER_CLASS" --val-per-class "$VAL_PER_CLASS"
+run_step resized-copies 120 "$PY" -m trainer prepare "$DATA" --sizes 160 352
+
+# A real training run through every data layout, a new phase each epoch: the -sz/160 and -sz/352 copies, then
+# full-size JPEGs with rectangular validation; checkpoints; the CUDA defaults (bf16, channels_last, workers).
+SCHEDULE=$WORK/gpu-check.toml
+{
+    echo "description = \"gpu.sh: the trainer's CUDA path through every data layout, one epoch each\""
+    echo "arch = \"$TRAIN_ARCH\""
+    echo "target = 99.0"
+    ep=0
+    for phase in "${TRAIN_PHASES[@]}"; do
+        read -r sz bs trndir <<<"$phase"
+        printf '[[data]]\nep = %d\nsz = %d\nbs = %d\ntrndir = "%s"\n' "$ep" "$sz" "$bs" "${trndir:-}"
+        [[ -z ${trndir:-} ]] && printf 'min_scale = 0.5\nrect_val = true\n'
+        ep=$((ep + 1))
+    done
+    printf '[[lr]]\nep = [0, 1]\nlr = [0.05, 0.2]\n[[lr]]\nep = [1, %d]\nlr = [0.2, 0.01]\n' "$ep"
+} >"$SCHEDULE"
+RUN=$WORK/train-run
+rm -rf "$RUN"
+run_step trainer-train 150 "$PY" -m trainer train "$DATA" --schedule "$SCHEDULE" --logdir "$RUN" \
+    --cache-dir "$WORK/cache" --print-freq 10 --heartbeat-seconds 5 "${TRAIN_OPTIONS[@]}"
+if [[ -f $RUN/summary.json ]]; then
+    mkdir -p "$OUT/train-run"
+    cp "$RUN"/summary.json "$RUN"/metrics.jsonl "$RUN"/verbose.log "$OUT/train-run/" 2>/dev/null || true
+    "$PY" - "$RUN" <<'EOF' || true
+import json, sys
+lines = [json.loads(l) for l in open(f"{sys.argv[1]}/metrics.jsonl")]
+start = next(l for l in lines if l["type"] == "start")["config"]
+print(f"trainer-train: bf16 {start['bf16']}, channels_last {start['channels_last']}, workers {start['workers']}")
+for e in json.load(open(f"{sys.argv[1]}/summary.json"))["epochs"]:
+    print(f"  epoch {e['epoch']}: {e['size']} px, batch {e['global_batch']}, {e['images_per_second']:.0f} img/s "
+          f"over the epoch (loader start-up included), top-1 {e['top1']:.1f}, top-5 {e['top5']:.1f}")
+EOF
+fi
+
+SYNTHETIC_ARGS=(--arch "$ARCH" --sizes "${SIZES[@]}" --batch "${BATCHES[@]}" --modes synthetic
+    --reference amp fp32 --steps "$SYN_STEPS" --warmup "$SYN_WARMUP" --rounds "$SYN_ROUNDS")
+run_step compare-synthetic 200 "$PY" bench/compare_training.py "${SYNTHETIC_ARGS[@]}"
+JPEG_ARGS=(--arch "$ARCH" --sizes "${SIZES[@]}" --batch "${BATCHES[@]}" --data "$DATA" --modes jpeg jpeg-sz
+    --reference amp --steps "$JPEG_STEPS" --warmup "$JPEG_WARMUP" --rounds "$JPEG_ROUNDS")
+run_step compare-jpeg 240 "$PY" bench/compare_training.py "${JPEG_ARGS[@]}"
+
+if "$PY" -c "import pytest" 2>/dev/null; then
+    run_step test-gpu 150 "$PY" -m pytest -q --noconftest tests/test_gpu.py -p no:cacheprovider
+else
+    echo "=== test-gpu: skipped, pytest is not installed"
+    FAILED+=("test-gpu (skipped: no pytest)")
+fi
+
+echo
+echo "=== gpu.sh done in $((SECONDS - STARTED)) s; log in $LOG"
+if ((${#FAILED[@]})); then
+    printf '=== failed or skipped: %s\n' "${FAILED[@]}"
+    exit 1
+fi
+echo "=== every step passed"
+}
+
+main 2>&1 | tee "$LOG"
+exit "${PIPESTATUS[0]}"
