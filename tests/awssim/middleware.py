@@ -4,6 +4,8 @@ in step with each call."""
 
 import io
 import json
+import os
+import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -17,6 +19,9 @@ from .placement import PlacementGroups
 from .player import ALIVE, Player
 
 READ_ONLY_PREFIXES = ("Describe", "Get", "List")
+# A round trip to a real AWS endpoint, added to every AWS call (0 by default): benchmarks of parallel calls
+# against moto, whose answers are otherwise instant, set it.
+LATENCY_SECONDS = float(os.environ.get("AWSSIM_LATENCY_S", "0"))
 WATCHED_SERVICES = ("ec2", "efs", "ssm")  # whose writes can change disks, instances or commands
 
 
@@ -35,6 +40,7 @@ class AwsSimApp:
         call = identify(environ, b"" if streamed else _buffer(environ))
         if call is None:
             return self.moto(environ, start_response)
+        time.sleep(LATENCY_SECONDS)
         rule = self.faults.pick(call)
         if rule is not None:
             return error_response(call.service, rule.code, rule.message, rule.status).send(start_response)

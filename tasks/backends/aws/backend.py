@@ -10,9 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from tasks.backends.aws import catalog, inventory, jobs, machines, network, secrets, storage, volumes
+from tasks.backends.aws import catalog, efs, inventory, jobs, machines, network, secrets, storage, volumes
 from tasks.backends.aws.clients import Clients, error_code
-from tasks.backends.aws.efs import ensure_file_system
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.options import AwsOptions
 from tasks.backends.aws.teardown import teardown
@@ -141,18 +140,25 @@ class AwsBackend:
         chosen = sorted(replicas, key=lambda r: r.details["index"])[:spec.machines]
         zone = chosen[0].details["zone"]
         folder = f"runs/{spec.run_name}-{spec.run_id[:8]}"
-        bucket = storage.ensure_bucket(self.clients, self.options.bucket)
-        storage.put(self.clients, bucket, f"{folder}/code/imagenet18.tar.gz", jobs.project_archive())
-        net = network.ensure_network(self.clients, spec, zone, self.options.subnet_id, self.options.ssh_cidr,
-                                     self.key_folder)
-        fs_id = ensure_file_system(self.clients, spec, net.subnet_id, net.security_group_id)
-        profile = ensure_instance_profile(self.clients, spec, bucket, folder, secrets.path(spec.run_id))
-        boot = machines.BootConfig(fs_id, self.options.region, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz",
+        bucket = storage.bucket_name(self.clients, self.options.bucket)
+        code_url = f"s3://{bucket}/{folder}/code/imagenet18.tar.gz"
+        # What does not depend on the network is made while the network is: the results bucket and the code
+        # in it, the machines' role, the AMI's details.
+        with ThreadPoolExecutor(max_workers=min(4, self.options.parallel_calls)) as pool:
+            uploaded = pool.submit(storage.upload_project, self.clients, bucket, code_url)
+            profile = pool.submit(ensure_instance_profile, self.clients, spec, bucket, folder,
+                                  secrets.path(spec.run_id))
+            image = pool.submit(machines.resolve_ami, self.clients, self.options.ami)
+            net = network.ensure_network(self.clients, spec, zone, self.options.subnet_id, self.options.ssh_cidr,
+                                         self.key_folder, self.options.parallel_calls)
+            fs_id = efs.ensure_file_system(self.clients, spec, net.subnet_id, net.security_group_id)
+            uploaded.result()
+        boot = machines.BootConfig(fs_id, self.options.region, code_url,
                                    max_hours=(spec.expires_at - dt.datetime.now(dt.timezone.utc)).total_seconds()
                                    / 3600)
-        image = machines.resolve_ami(self.clients, self.options.ami)
-        started = machines.run_machines(self.clients, spec, net, image, profile, [r.id for r in chosen], boot,
-                                          self.options.parallel_calls)
+        started = machines.run_machines(self.clients, spec, net, image.result(), profile.result(),
+                                        [r.id for r in chosen], boot, self.options.parallel_calls)
+        efs.wait_for_mount_targets(self.clients, fs_id)  # machines boot meanwhile; user-data retries the mount
         data_root = f"{DATA_MOUNT}/{self.options.dataset_folder}"
         cluster_machines = tuple(Machine(i, instance["InstanceId"], instance["PrivateIpAddress"], data_root)
                                  for i, instance in enumerate(started))

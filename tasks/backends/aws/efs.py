@@ -1,5 +1,5 @@
 """The run's shared file system (the seed's EFS): encrypted, one mount target in the run's subnet, reachable
-only from the run's security group. Created idempotently by creation token (the run id)."""
+only from the run's security group. Found by the run's tag before it is created."""
 
 from __future__ import annotations
 
@@ -20,9 +20,14 @@ def ensure_file_system(clients: Clients, spec: ClusterSpec, subnet_id: str, secu
     targets = efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
     if not any(t["SubnetId"] == subnet_id for t in targets):
         efs.create_mount_target(FileSystemId=fs_id, SubnetId=subnet_id, SecurityGroups=[security_group_id])
+    return fs_id
+
+
+def wait_for_mount_targets(clients: Clients, fs_id: str) -> None:
+    """A mount target takes about a minute and a half on AWS: machines are started meanwhile."""
+    efs = clients.client("efs")
     until(f"EFS {fs_id} mount target", lambda: all(
         t["LifeCycleState"] == "available" for t in efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]))
-    return fs_id
 
 
 def file_systems(clients: Clients, run_id: str | None) -> list[dict]:

@@ -3,12 +3,9 @@ mirrors the EFS run folder there; every machine uploads its own log and exit cod
 
 from __future__ import annotations
 
-import io
 import shlex
 import signal
-import tarfile
 from importlib import resources
-from pathlib import Path
 from string import Template
 
 from tasks.backends.aws import machines as machine_ops
@@ -16,7 +13,6 @@ from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.base import Cluster, JobStatus
 
 MIRROR_SECONDS = 10
-PROJECT_PARTS = ("trainer", "tasks", "flows", "deployments", "pyproject.toml", "README.md")
 LOST = -signal.SIGKILL  # the machine went away without an exit code (spot interruption, termination)
 
 
@@ -79,13 +75,3 @@ def read(clients: Clients, url: str, offset: int = 0) -> bytes:
             return b""
         raise
 
-
-def project_archive() -> bytes:
-    """The project's source as the machines install it (user-data unpacks it into /opt/imagenet18)."""
-    root = Path(__file__).resolve().parents[3]
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for part in PROJECT_PARTS:
-            archive.add(root / part, arcname=part,
-                        filter=lambda info: None if "__pycache__" in info.name else info)
-    return buffer.getvalue()

@@ -56,9 +56,11 @@ def resolve_ami(clients: Clients, ami: str | None) -> dict:
 
 def user_data(index: int, spec: ClusterSpec, volume_id: str, boot: BootConfig) -> str:
     template = Template(resources.files("tasks.backends.aws").joinpath("user_data.sh").read_text())
-    mount_efs = ("# The run's shared file system; its security group admits only the run's machines.\n"
-                 "mount -t nfs4 -o nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport "
-                 f"{boot.file_system_id}.efs.{boot.region}.amazonaws.com:/ /mnt/efs") if boot.file_system_id else ""
+    mount_efs = ("# The run's shared file system (its mount target may still be coming up: machines start meanwhile);\n"
+                 "# its security group admits only the run's machines.\n"
+                 "for _ in $(seq 1 60); do mount -t nfs4 -o nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,"
+                 f"retrans=2,noresvport {boot.file_system_id}.efs.{boot.region}.amazonaws.com:/ /mnt/efs && break; "
+                 "sleep 10; done\nmountpoint -q /mnt/efs") if boot.file_system_id else ""
     builder = boot.format_volume
     return template.substitute(
         index=index, run_id=spec.run_id, shutdown_minutes=max(1, round(boot.max_hours * 60)),

@@ -5,6 +5,7 @@ Each is looked up by the run's tag before it is created, so a retried provision 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,19 +33,20 @@ def resource_name(spec: ClusterSpec) -> str:
 
 
 def ensure_network(clients: Clients, spec: ClusterSpec, zone: str, subnet_id: str | None, ssh_cidr: str | None,
-                   key_folder: Path) -> Network:
+                   key_folder: Path, parallel: int = 1) -> Network:
     ec2 = clients.ec2
     run_tags = tags.tag_list(spec.run_id, spec.expires_at, resource_name(spec))
-    if subnet_id:
-        subnet = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]
-        vpc_id = subnet["VpcId"]
-    else:
-        vpc_id = _ensure_vpc(ec2, spec, run_tags)
-        subnet_id = _ensure_subnet(ec2, spec, vpc_id, zone, run_tags)
-    group_id = _ensure_security_group(ec2, spec, vpc_id, ssh_cidr, run_tags)
-    key_name, key_path = _ensure_key_pair(ec2, spec, key_folder, run_tags)
-    placement_group = _ensure_placement_group(ec2, spec, run_tags)
-    return Network(vpc_id, subnet_id, zone, group_id, key_name, key_path, placement_group)
+    with ThreadPoolExecutor(max_workers=min(2, parallel)) as pool:  # key pair and placement group need no VPC
+        key = pool.submit(_ensure_key_pair, ec2, spec, key_folder, run_tags)
+        placement_group = pool.submit(_ensure_placement_group, ec2, spec, run_tags)
+        if subnet_id:
+            vpc_id = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]["VpcId"]
+        else:
+            vpc_id = _ensure_vpc(ec2, spec, run_tags)
+            subnet_id = _ensure_subnet(ec2, spec, vpc_id, zone, run_tags)
+        group_id = _ensure_security_group(ec2, spec, vpc_id, ssh_cidr, run_tags)
+        key_name, key_path = key.result()
+        return Network(vpc_id, subnet_id, zone, group_id, key_name, key_path, placement_group.result())
 
 
 def _first(items: list[dict], key: str) -> str | None:

@@ -12,7 +12,7 @@ import uuid
 
 import fsspec
 
-from tasks.backends.aws import jobs, machines, network, secrets, storage, tags
+from tasks.backends.aws import machines, network, secrets, storage, tags
 from tasks.backends.aws.backend import AwsBackend
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.waiting import waiter_config
@@ -62,9 +62,10 @@ def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: l
         TagSpecifications=tags.tag_specs("volume", tags.tag_list(spec.run_id, spec.expires_at, f"{name}-builder")))
     ec2.get_waiter("volume_available").wait(VolumeIds=[volume["VolumeId"]], WaiterConfig=waiter_config())
     folder = f"snapshots/{spec.run_id}"
-    bucket = storage.ensure_bucket(clients, options.bucket)
-    storage.put(clients, bucket, f"{folder}/code/imagenet18.tar.gz", jobs.project_archive())
-    net = network.ensure_network(clients, spec, zone, options.subnet_id, options.ssh_cidr, backend.key_folder)
+    bucket = storage.bucket_name(clients, options.bucket)
+    storage.upload_project(clients, bucket, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz")
+    net = network.ensure_network(clients, spec, zone, options.subnet_id, options.ssh_cidr, backend.key_folder,
+                                 options.parallel_calls)
     profile = ensure_instance_profile(clients, spec, bucket, folder, secrets.path(spec.run_id),
                                       readable=(url.rstrip("/"),))
     boot = machines.BootConfig(None, options.region, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz",

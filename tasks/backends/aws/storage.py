@@ -3,13 +3,21 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+from pathlib import Path
+
 from tasks.backends.aws.clients import Clients, error_code
 
+PROJECT_PARTS = ("trainer", "tasks", "flows", "deployments", "pyproject.toml", "README.md")
 
-def ensure_bucket(clients: Clients, name: str | None) -> str:
+
+def bucket_name(clients: Clients, name: str | None) -> str:
+    return name or f"imagenet18-{clients.check_credentials()}-{clients.region}"
+
+
+def ensure_bucket(clients: Clients, name: str) -> str:
     s3 = clients.client("s3")
-    if name is None:
-        name = f"imagenet18-{clients.check_credentials()}-{clients.region}"
     try:
         s3.head_bucket(Bucket=name)
         return name
@@ -18,7 +26,11 @@ def ensure_bucket(clients: Clients, name: str | None) -> str:
             raise
     location = {} if clients.region == "us-east-1" else {
         "CreateBucketConfiguration": {"LocationConstraint": clients.region}}
-    s3.create_bucket(Bucket=name, **location)
+    try:
+        s3.create_bucket(Bucket=name, **location)
+    except Exception as exc:  # noqa: BLE001 - another run made it a moment ago
+        if error_code(exc) != "BucketAlreadyOwnedByYou":
+            raise
     s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration={
         "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
     s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={
@@ -26,5 +38,18 @@ def ensure_bucket(clients: Clients, name: str | None) -> str:
     return name
 
 
-def put(clients: Clients, bucket: str, key: str, body: bytes) -> None:
-    clients.client("s3").put_object(Bucket=bucket, Key=key, Body=body)
+def upload_project(clients: Clients, bucket: str, url: str) -> None:
+    """The project's source, where user-data fetches it from (`url` is in `bucket`, made if missing)."""
+    ensure_bucket(clients, bucket)
+    clients.client("s3").put_object(Bucket=bucket, Key=url.removeprefix(f"s3://{bucket}/"), Body=project_archive())
+
+
+def project_archive() -> bytes:
+    """The project's source as the machines install it (user-data unpacks it into /opt/imagenet18)."""
+    root = Path(__file__).resolve().parents[3]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for part in PROJECT_PARTS:
+            archive.add(root / part, arcname=part,
+                        filter=lambda info: None if "__pycache__" in info.name else info)
+    return buffer.getvalue()

@@ -1,0 +1,74 @@
+"""Provisioning 16 replicas and 16 machines against the AWS simulator, in parallel and one call at a time.
+
+    python bench/provisioning.py [--machines 16] [--rounds 3]
+
+Starts the simulator (moto server + our wrapper; --latency adds a round trip to every call), makes a small
+dataset snapshot, then alternates parallel (`parallel_calls=16`) and serial (`parallel_calls=1`) rounds of
+replicate + provision, each followed by a teardown; prints each round and the median ratio. Needs the test
+extras (moto). Figures go to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks.backends.aws import AwsBackend, AwsOptions  # noqa: E402
+from tasks.backends.base import ClusterSpec  # noqa: E402
+from tests.awssim import start  # noqa: E402
+
+AMI = "ami-03cf127a"
+
+
+def provision_seconds(backend: AwsBackend, run_id: str, machines: int) -> float:
+    spec = ClusterSpec(run_id, run_id, machines, "p4d.24xlarge", False,
+                       dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+    started = time.perf_counter()
+    replicas = backend.replicate(spec, "bench-dataset", machines)
+    backend.provision(spec, replicas)
+    elapsed = time.perf_counter() - started
+    backend.teardown(run_id)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--machines", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds the simulator adds to every AWS call (a real endpoint's round trip)")
+    args = parser.parse_args()
+    os.environ["AWSSIM_LATENCY_S"] = str(args.latency)
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        (root / "aws-config").touch()
+        os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                          AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=str(root / "aws-config"),
+                          AWS_SHARED_CREDENTIALS_FILE=str(root / "aws-config"))
+        with start(root / "sim") as sim:
+            os.environ["AWS_ENDPOINT_URL"] = sim.endpoint
+            (root / "dataset" / "imagenet" / "train" / "n0").mkdir(parents=True)
+            (root / "dataset" / "imagenet" / "train" / "n0" / "a.JPEG").write_bytes(b"jpeg")
+            sim.make_snapshot(root / "dataset", description="bench-dataset")
+            times: dict[str, list[float]] = {"parallel": [], "serial": []}
+            for round_ in range(args.rounds):
+                for mode, calls in (("parallel", 16), ("serial", 1)):
+                    backend = AwsBackend(AwsOptions(ami=AMI, bucket="bench", parallel_calls=calls), home=root)
+                    seconds = provision_seconds(backend, f"bench-{mode}-{round_}", args.machines)
+                    times[mode].append(seconds)
+                    print(f"round {round_}: {mode:8s} {args.machines} replicas + {args.machines} machines in "
+                          f"{seconds:.2f} s", flush=True)
+    parallel, serial = statistics.median(times["parallel"]), statistics.median(times["serial"])
+    print(f"median: parallel {parallel:.2f} s, serial {serial:.2f} s, parallel/serial = {parallel / serial:.2f}")
+
+
+if __name__ == "__main__":
+    main()
