@@ -13,6 +13,7 @@ from tasks.backends.local import default_home
 MachineCount = Literal[1, 2, 4, 8, 16]
 BackendName = Literal["local", "aws"]
 DEFAULT_INSTANCE_TYPE = {"local": "local", "aws": "p3.16xlarge"}
+DEFAULT_DATASET = {"aws": "imagenet18-backup"}  # the seed's snapshot description; locally, the demo dataset
 
 
 class RunParameters(BaseModel):
@@ -22,7 +23,8 @@ class RunParameters(BaseModel):
     backend: BackendName = "local"
     spot: bool = False
     instance_type: str | None = Field(None, description="default: local, or p3.16xlarge on aws (the seed's)")
-    dataset: str | None = Field(None, description="folder, fsspec URL or snapshot; default: the demo dataset")
+    dataset: str | None = Field(None, description="folder or fsspec URL, or on aws a snapshot id or name; "
+                                "default: the demo dataset, or on aws the snapshot named imagenet18-backup")
     schedule: str | None = Field(None, description="name or .toml file; default: cpu-demo locally, seed-N on aws")
     target: float | None = Field(None, gt=0, le=100, description="default: the schedule's (93% top-5 for the seed)")
     target_metric: Literal["top1", "top5"] | None = None
@@ -38,7 +40,7 @@ class RunParameters(BaseModel):
 
     @property
     def resolved_dataset(self) -> str:
-        return self.dataset or str(demo_dataset_root())
+        return self.dataset or DEFAULT_DATASET.get(self.backend) or str(demo_dataset_root())
 
     @property
     def resolved_schedule(self) -> str:
