@@ -1,11 +1,20 @@
 """The whole flow with backend="aws" on the simulator: the machine player runs what SSM was sent (torchrun
 and the trainer on this CPU, reading the replica's files and writing EFS and the s3:// run prefix)."""
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import fsspec
+from prefect.settings import PREFECT_API_URL
 
 from flows.imagenet18 import imagenet18
-from tasks.backends.aws import AwsBackend
-from tests.test_aws import BUCKET, DATASET, options, tagged_leftovers
+from tasks.backends.aws import AwsBackend, catalog
+from tests.test_aws import AMI, BUCKET, DATASET, options, tagged_leftovers
+
+IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
 
 
 def test_two_machine_aws_run_completes_end_to_end_and_leaves_nothing(prefect_api, aws, tiny_data):
@@ -29,3 +38,18 @@ def test_two_machine_aws_run_completes_end_to_end_and_leaves_nothing(prefect_api
     run_id = str(state.state_details.flow_run_id)
     assert AwsBackend(options()).resources(run_id) == []
     assert tagged_leftovers(aws, run_id) == {}
+
+
+def test_plan_on_aws_prices_the_run_and_creates_nothing(prefect_api, aws, tiny_data):
+    aws.make_snapshot(tiny_data.parent, description=DATASET)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "IMAGENET18_HOME": str(prefect_api)}
+    result = subprocess.run([IMAGENET18, "plan", "--backend", "aws", "--machines", "16", "--instance-type",
+                             "p4d.24xlarge", "--ami", AMI, "--bucket", BUCKET], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    hourly = 16 * catalog.instance_type("p4d.24xlarge").on_demand_usd
+    priced = re.search(r"would cost \$([\d,.]+)/h, at most \$([\d,.]+); nothing was created", result.stdout)
+    assert priced, result.stdout
+    assert float(priced[1].replace(",", "")) > hourly, "machines, disks and EFS are all priced"
+    assert AwsBackend(options()).resources() == []
+    assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
