@@ -111,10 +111,10 @@ def test_replicas_have_a_delete_path(aws, snapshot, tmp_path):
 
 
 def test_a_failed_replication_part_way_leaves_nothing_after_teardown(aws, snapshot, tmp_path):
-    aws.add_fault("ec2", "CreateVolume", "InsufficientVolumeCapacity", status=500, after=10, times=100)
+    aws.add_fault("ec2", "CreateVolume", "VolumeLimitExceeded", status=400, after=10)
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-partial", 16)
-    with pytest.raises(Exception, match="InsufficientVolumeCapacity"):
+    with pytest.raises(Exception, match="VolumeLimitExceeded"):
         backend.replicate(spec, DATASET, 16)
     assert len(backend.resources("run-partial")) == 10
     backend.teardown("run-partial")

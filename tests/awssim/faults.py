@@ -11,7 +11,7 @@ from .calls import AwsCall
 @dataclass
 class FaultRule:
     service: str  # botocore name: ec2, ssm, efs, s3
-    action: str  # RunInstances, SendCommand, ...
+    action: str  # RunInstances, SendCommand, ...; "*": every action of the service
     code: str
     message: str = "injected by awssim"
     status: int | None = None  # None: the status AWS uses for this code
@@ -25,7 +25,7 @@ class FaultRule:
     def matches(self, call: AwsCall) -> bool:
         return (
             self.service == call.service
-            and self.action == call.action
+            and self.action in ("*", call.action)
             and all(call.params.get(key) == str(value) for key, value in self.match.items())
         )
 

@@ -3,6 +3,7 @@ made with boto3, everything tagged with the run and deleted by tag."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -42,6 +43,12 @@ class AwsBackend:
         except KeyError as exc:
             raise InputError(str(exc.args[0])) from None
         zone = self.zone(spec.instance_type)
+        for other in self.options.other_instance_types:
+            if other not in catalog.INSTANCE_TYPES:
+                raise InputError(f"unknown instance type {other!r} in aws.other_instance_types: choose from "
+                                 f"{', '.join(catalog.INSTANCE_TYPES)}")
+            if zone not in self.clients.zones_offering(other):
+                raise InputError(f"{other} (in aws.other_instance_types) is not offered in {zone}, the run's zone")
         self.snapshot(dataset)
         volumes.check_volume_settings(self.options.volume_type, self.options.iops)
         image = machines.resolve_ami(self.clients, self.options.ami)
@@ -156,8 +163,8 @@ class AwsBackend:
         boot = machines.BootConfig(fs_id, self.options.region, code_url,
                                    max_hours=(spec.expires_at - dt.datetime.now(dt.timezone.utc)).total_seconds()
                                    / 3600)
-        started = machines.run_machines(self.clients, spec, net, image.result(), profile.result(),
-                                        [r.id for r in chosen], boot, self.options.parallel_calls)
+        spec, started = self._start_machines(spec, net, image.result(), profile.result(), [r.id for r in chosen],
+                                             boot)
         efs.wait_for_mount_targets(self.clients, fs_id)  # machines boot meanwhile; user-data retries the mount
         data_root = f"{DATA_MOUNT}/{self.options.dataset_folder}"
         cluster_machines = tuple(Machine(i, instance["InstanceId"], instance["PrivateIpAddress"], data_root)
@@ -165,6 +172,22 @@ class AwsBackend:
         return Cluster(spec, cluster_machines, f"s3://{bucket}/{folder}",
                        catalog.instance_type(spec.instance_type).gpus, self._connect(started[0], net),
                        node_storage=f"{EFS_MOUNT}/{folder}", python=machines.MACHINE_PYTHON)
+
+    def _start_machines(self, spec: ClusterSpec, net: network.Network, image: dict, profile: str,
+                        volume_ids: list[str], boot: machines.BootConfig) -> tuple[ClusterSpec, list[dict]]:
+        """The machines, as the asked type or, when AWS has no capacity for it, as the next type the user
+        allowed; never a mix of types (one DDP job wants identical machines)."""
+        for instance_type in (spec.instance_type, *self.options.other_instance_types):
+            attempt = dataclasses.replace(spec, instance_type=instance_type)
+            try:
+                return attempt, machines.run_machines(self.clients, attempt, net, image, profile, volume_ids, boot,
+                                                      self.options.parallel_calls)
+            except machines.CapacityError as exc:
+                log.warning("%s; terminating this run's %s machines", exc, instance_type)
+                machines.terminate(self.clients, spec.run_id)
+        tried = ", ".join((spec.instance_type, *self.options.other_instance_types))
+        raise BackendError(f"AWS has no capacity for {tried} in {net.zone} now; try later, or allow other types "
+                           "(aws.other_instance_types)")
 
     def _connect(self, head: dict, net: network.Network) -> str:
         ssm = f"aws ssm start-session --region {self.options.region} --target {head['InstanceId']}"

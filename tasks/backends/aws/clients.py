@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 # Throttling and transient errors: botocore's standard mode retries them with backoff, at most this often.
 RETRIES = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=60)
 # Capacity errors have a better answer than waiting (another zone or type), so the caller sees them at once.
+# Error codes that are answers, not trouble: a dry run's success, "not there" while looking something up.
+EXPECTED_ANSWERS = {"DryRunOperation", "NoSuchKey", "404", "NoSuchEntity", "ParameterNotFound",
+                    "InvalidPlacementGroup.Duplicate", "EntityAlreadyExists"}
 NO_RETRIES = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=10, read_timeout=60)
 
 
@@ -27,7 +30,9 @@ class Clients:
 
     @functools.cache
     def client(self, service: str, retries: bool = True):
-        return self.session.client(service, config=RETRIES if retries else NO_RETRIES)
+        client = self.session.client(service, config=RETRIES if retries else NO_RETRIES)
+        client.meta.events.register("needs-retry.*", _log_error_answer)
+        return client
 
     @property
     def ec2(self):
@@ -62,6 +67,14 @@ class Clients:
         offers = self.ec2.describe_instance_type_offerings(
             LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": [instance_type]}])
         return sorted(o["Location"] for o in offers["InstanceTypeOfferings"] if o["Location"] in self.zones)
+
+
+def _log_error_answer(response=None, attempts: int = 0, operation=None, caught_exception=None, **_) -> None:
+    """Every error answer is logged with its attempt number, so that bounded retries show in the log."""
+    code = (response[1].get("Error", {}).get("Code") if response and response[1] else None) or (
+        type(caught_exception).__name__ if caught_exception else None)
+    if code and code not in EXPECTED_ANSWERS and not code.endswith("NotFound"):
+        log.warning("AWS %s answered %s (attempt %d)", operation.name if operation else "?", code, attempts)
 
 
 def error_code(exc: BaseException) -> str:

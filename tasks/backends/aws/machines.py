@@ -78,7 +78,7 @@ def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: d
     """One instance per volume, all at once; those this run already has are reused. Returns them running,
     with volume i attached to machine i."""
     def one(index: int) -> dict:
-        instance = _existing(clients, spec.run_id, index) or _run_one(
+        instance = _existing(clients, spec, index) or _run_one(
             clients, spec, network, image, profile, index, volume_ids[index], boot, f"{index}.{spec.run_name}")
         return instance
 
@@ -91,9 +91,10 @@ def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: d
     return describe(clients, ids)
 
 
-def _existing(clients: Clients, run_id: str, index: int) -> dict | None:
-    found = instances(clients, run_id, states=["pending", "running"])
-    return next((i for i in found if tags.as_dict(i.get("Tags")).get(tags.INDEX) == str(index)), None)
+def _existing(clients: Clients, spec: ClusterSpec, index: int) -> dict | None:
+    found = instances(clients, spec.run_id, states=["pending", "running"])
+    return next((i for i in found if tags.as_dict(i.get("Tags")).get(tags.INDEX) == str(index)
+                 and i["InstanceType"] == spec.instance_type), None)
 
 
 def _run_one(clients: Clients, spec: ClusterSpec, network: Network, image: dict, profile: str, index: int,
@@ -145,6 +146,14 @@ def launch_request(spec: ClusterSpec, network: Network, image: dict, profile: st
             "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
         request["TagSpecifications"] = specs + tags.tag_specs("spot-instances-request", machine_tags)
     return request
+
+
+def terminate(clients: Clients, run_id: str) -> None:
+    """Every machine of the run, waiting until they are gone (their volumes are free again)."""
+    ids = [i["InstanceId"] for i in instances(clients, run_id)]
+    if ids:
+        clients.ec2.terminate_instances(InstanceIds=ids)
+        clients.ec2.get_waiter("instance_terminated").wait(InstanceIds=ids, WaiterConfig=waiter_config())
 
 
 def attach(clients: Clients, volume_id: str, instance_id: str) -> None:

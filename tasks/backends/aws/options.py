@@ -17,8 +17,8 @@ class AwsOptions(BaseModel):
 
     region: str = Field(default_factory=_default_region, description="default: AWS_REGION, else us-east-1")
     availability_zone: str | None = Field(None, description="default: the first zone offering the type")
-    other_zones: bool = Field(False, description="on InsufficientInstanceCapacity, try the region's other zones")
-    other_instance_types: tuple[str, ...] = Field((), description="on InsufficientInstanceCapacity, try these")
+    other_instance_types: tuple[str, ...] = Field(
+        (), description="on InsufficientInstanceCapacity, run every machine as the next of these instead")
     subnet_id: str | None = Field(None, description="use this subnet (and its VPC) instead of making a network")
     ami: str | None = Field(None, description="default: the latest Deep Learning Base AMI (Ubuntu 22.04)")
     volume_type: str = Field("io2", pattern="^(io1|io2|gp3)$")

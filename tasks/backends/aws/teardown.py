@@ -13,6 +13,7 @@ from tasks.backends.aws.waiting import until, waiter_config
 from tasks.backends.base import BackendError, Resource
 
 log = logging.getLogger(__name__)
+PASSES = 3
 GONE = ("InvalidInstanceID.NotFound", "InvalidVolume.NotFound", "InvalidGroup.NotFound", "InvalidKeyPair.NotFound",
         "InvalidPlacementGroup.Unknown", "InvalidRouteTableID.NotFound", "InvalidSubnetID.NotFound",
         "InvalidInternetGatewayID.NotFound", "InvalidVpcID.NotFound", "FileSystemNotFound",
@@ -23,13 +24,18 @@ STILL_IN_USE = ("DependencyViolation", "InvalidPlacementGroup.InUse", "VolumeInU
 
 def teardown(clients: Clients, run_id: str, key_folder: Path) -> list[Resource]:
     removed: list[Resource] = []
-    for kind in inventory.TEARDOWN_ORDER:
-        batch = [r for r in inventory.find(clients, run_id) if r.kind == kind]
-        if batch:
-            _delete(clients, kind, batch)
-            removed += batch
-    key_path(key_folder, run_id).unlink(missing_ok=True)
     left = inventory.find(clients, run_id)
+    # More passes only when something new appeared meanwhile (a provisioning step still running elsewhere).
+    for _ in range(PASSES):
+        if not left:
+            break
+        for kind in inventory.TEARDOWN_ORDER:
+            batch = [r for r in left if r.kind == kind]
+            if batch:
+                _delete(clients, kind, batch)
+                removed += batch
+        left = inventory.find(clients, run_id)
+    key_path(key_folder, run_id).unlink(missing_ok=True)
     if left:
         raise BackendError(f"teardown of run {run_id} left {', '.join(f'{r.kind} {r.id}' for r in left)}; "
                            "run `imagenet18 cleanup` again")
