@@ -3,6 +3,7 @@ mirrors the EFS run folder there; every machine uploads its own log and exit cod
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 from importlib import resources
@@ -13,6 +14,7 @@ from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.base import Cluster, JobStatus
 
 MIRROR_SECONDS = 10
+FORWARDED_SETTINGS = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY")  # not secrets: they may be in the script
 LOST = -signal.SIGKILL  # the machine went away without an exit code (spot interruption, termination)
 
 
@@ -23,9 +25,11 @@ def split_url(url: str) -> tuple[str, str]:
 
 def launch_script(cluster: Cluster, index: int, command: list[str], name: str, region: str,
                   secret_parameters: dict[str, str]) -> str:
-    secrets = "\n".join(  # read on the machine, so no secret is in the command that SSM records
+    settings = [f"export {name_}={shlex.quote(os.environ[name_])}" for name_ in FORWARDED_SETTINGS
+                if os.environ.get(name_)]
+    secrets = "\n".join(settings + [  # read on the machine, so no secret is in the command that SSM records
         f'export {variable}="$($py -m tasks.backends.aws.parameter {shlex.quote(parameter)})"'
-        for variable, parameter in secret_parameters.items())
+        for variable, parameter in secret_parameters.items()])
     follow = (f'$py -m trainer mirror "$run" {shlex.quote(cluster.storage)} --every {MIRROR_SECONDS} '
               f'--until-exits {len(cluster.machines)} --exit-pattern "{name}-*" >"$run/logs/mirror.log" 2>&1 &'
               if index == 0 else "")

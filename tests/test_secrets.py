@@ -1,0 +1,65 @@
+"""Canary secrets (AWS keys, WANDB_API_KEY) through a whole AWS run: in no log, artifact, parameter, user-data,
+command line or file the system writes."""
+
+import boto3
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+from flows.imagenet18 import imagenet18
+from tests.test_aws import DATASET, options
+
+CANARIES = {
+    "AWS_ACCESS_KEY_ID": "AKIACANARY1800000000",
+    "AWS_SECRET_ACCESS_KEY": "canary-aws-secret-" + "0123456789" * 2,
+    "WANDB_API_KEY": "canary" + "0123456789abcdef" * 2 + "wxyz",  # 40 characters, like a real key
+}
+
+
+@pytest.fixture
+def canaries(monkeypatch):
+    for name, value in CANARIES.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WANDB_MODE", "offline")  # forwarded to the machines, which have no internet here
+    return [value.encode() for value in CANARIES.values()]
+
+
+def files_under(*roots):
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                yield path
+
+
+def test_no_secret_is_written_anywhere(prefect_api, aws, tiny_data, canaries):
+    aws.make_snapshot(tiny_data.parent, description=DATASET)
+    state = imagenet18(machines=2, backend="aws", instance_type="g5.xlarge", dataset=DATASET,
+                       schedule="cpu-tiny", epochs=1, max_hours=1.0, aws=options(), return_state=True)
+    assert state.is_completed(), state.message
+    flow_run_id = state.state_details.flow_run_id
+
+    assert aws.played(), "the machines ran"
+    sent = sorted(aws.root.glob("commands/*/*/script.sh"))
+    assert all('export WANDB_API_KEY="$(' in path.read_text() for path in sent), "the key reached the machines"
+
+    for path in files_under(aws.root, prefect_api):
+        content = path.read_bytes()
+        for canary in canaries:
+            assert canary not in content, f"a secret is in {path}"
+
+    s3, keys = boto3.client("s3"), []
+    for bucket in s3.list_buckets()["Buckets"]:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"]):
+            for item in page.get("Contents", []):
+                keys.append(item["Key"])
+                body = s3.get_object(Bucket=bucket["Name"], Key=item["Key"])["Body"].read()
+                assert not any(canary in body for canary in canaries), f"a secret is in s3://{item['Key']}"
+    assert any(key.endswith(".wandb") for key in keys), "wandb ran (offline) on the machines; its files are kept"
+    for command in boto3.client("ssm").list_commands()["Commands"]:
+        assert not any(canary.decode() in str(command["Parameters"]) for canary in canaries)
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    recorded = str(run.parameters) + "\n".join(log.message for log in logs)
+    assert logs and not any(canary.decode() in recorded for canary in canaries)
