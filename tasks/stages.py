@@ -157,6 +157,7 @@ def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
         logger.info("time to %.1f%% %s: epoch %d, %.5f hours", result["target"], result["target_metric"],
                     result["target_epoch"], result["target_hours"])
     logger.info("logs and TensorBoard events: %s", cluster.storage)
+    result["connect"] = cluster.connect
     return result
 
 

@@ -1,5 +1,6 @@
 """The AWS backend through real boto3 against the simulator (moto server, our wrapper, the machine player)."""
 
+import dataclasses
 import datetime as dt
 import os
 import stat
@@ -63,6 +64,7 @@ def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapsho
     assert [r.details["name"] for r in replicas] == [f"imagenet_1a_{i:02d}" for i in range(16)]
     assert backend.replicate(spec, DATASET, 16) == replicas, "volumes that exist are reused"
     cluster = backend.provision(spec, replicas)
+    assert backend.provision(spec, replicas).machines == cluster.machines, "a retried provision creates nothing"
 
     assert len(cluster.machines) == 16 and cluster.gpus_per_machine == 8
     assert cluster.storage.startswith(f"s3://{BUCKET}/runs/") and cluster.node_storage.startswith("/mnt/efs/")
@@ -98,6 +100,18 @@ def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapsho
     assert not key.exists()
     assert backend.teardown("run-16") == [], "a second teardown is safe and finds nothing"
     assert ec2.describe_volumes(VolumeIds=[bystander])["Volumes"], "an untagged volume is never touched"
+
+
+def test_sweep_removes_expired_and_finished_runs_only(aws, snapshot, tmp_path):
+    backend = AwsBackend(options(), home=tmp_path)
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+    for spec in (dataclasses.replace(cluster_spec("run-expired", 1), expires_at=past), cluster_spec("run-done", 1),
+                 cluster_spec("run-live", 1)):
+        backend.provision(spec, backend.replicate(spec, DATASET, 1))
+    removed = backend.sweep(finished=lambda run_id: run_id == "run-done")
+    assert {r.run_id for r in removed} == {"run-expired", "run-done"}
+    assert {r.run_id for r in backend.resources()} == {"run-live"}
+    backend.teardown("run-live")
 
 
 def test_replicas_have_a_delete_path(aws, snapshot, tmp_path):
