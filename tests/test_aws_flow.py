@@ -5,6 +5,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fsspec
@@ -53,3 +55,25 @@ def test_plan_on_aws_prices_the_run_and_creates_nothing(prefect_api, aws, tiny_d
     assert float(priced[1].replace(",", "")) > hourly, "machines, disks and EFS are all priced"
     assert AwsBackend(options()).resources() == []
     assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
+
+
+def test_a_spot_interruption_fails_the_run_at_once_and_leaves_nothing(prefect_api, aws, tiny_data):
+    aws.make_snapshot(tiny_data.parent, description=DATASET)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(imagenet18, machines=2, backend="aws", instance_type="g5.xlarge", spot=True,
+                              dataset=DATASET, schedule="cpu-tiny", max_hours=1.0, aws=options(), return_state=True)
+        deadline = time.monotonic() + 120
+        while len(aws.played()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(5)  # both nodes are up and training
+        [lost] = [p["instance_id"] for p in aws.played() if "--node_rank=1" in _script(aws, p)]
+        aws.interrupt(lost)
+        state = running.result(timeout=300)
+    assert state.is_failed()
+    assert re.search(r"training failed on machine\(s\) \{(0: -?\d+, )?1: -9\}", state.message), state.message
+    run_id = str(state.state_details.flow_run_id)
+    assert AwsBackend(options()).resources(run_id) == [] and tagged_leftovers(aws, run_id) == {}
+
+
+def _script(aws, played: dict) -> str:
+    return (aws.root / "commands" / played["command_id"] / played["instance_id"] / "script.sh").read_text()
