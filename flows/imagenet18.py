@@ -39,11 +39,12 @@ def imagenet18(machines: MachineCount = 2, backend: BackendName = "local", spot:
                target: float | None = None, target_metric: Literal["top1", "top5"] | None = None,
                epochs: int | None = None,
                budget_usd: float | None = None, max_hours: float = 2.0, dry_run: bool = False,
-               aws: AwsOptions | None = None) -> dict:
+               restarts: int = 2, aws: AwsOptions | None = None) -> dict:
     """Train ResNet-50 the imagenet18 way on `machines` machines, then tear everything down."""
     params = RunParameters(machines=machines, backend=backend, spot=spot, instance_type=instance_type,
                            dataset=dataset, schedule=schedule, target=target, target_metric=target_metric,
-                           epochs=epochs, budget_usd=budget_usd, max_hours=max_hours, dry_run=dry_run, aws=aws)
+                           epochs=epochs, budget_usd=budget_usd, max_hours=max_hours, dry_run=dry_run,
+                           restarts=restarts, aws=aws)
     run_id, run_name = str(current_run.id), current_run.name
     plan = stages.validate_and_plan(params, run_id, run_name)
     if params.dry_run:
@@ -53,7 +54,7 @@ def imagenet18(machines: MachineCount = 2, backend: BackendName = "local", spot:
     try:
         replicas = stages.replicate_dataset(plan)
         cluster = stages.provision_cluster(plan, replicas)
-        summary = stages.train(plan, cluster)
+        summary, cluster = stages.train(plan, cluster, replicas)
         return stages.evaluate(plan, cluster, summary)
     finally:
         stages.teardown(params, run_id)

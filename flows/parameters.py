@@ -32,6 +32,8 @@ class RunParameters(BaseModel):
     budget_usd: float | None = Field(None, ge=0, description="refuse to start when the plan costs more")
     max_hours: float = Field(2.0, gt=0, le=72, description="machines terminate themselves after this")
     dry_run: bool = False
+    restarts: int = Field(2, ge=0, le=10, description="machines lost mid-training: replace them and resume from "
+                          "the last checkpoint at most this often")
     aws: AwsOptions | None = Field(None, description="region, zone, network, disks, bucket (backend='aws')")
 
     @property

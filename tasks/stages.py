@@ -56,31 +56,73 @@ def provision_cluster(plan: RunPlan, replicas: list[Resource]) -> Cluster:
 
 # Not retried: a second launch would start training over; recovery resumes from checkpoints instead.
 @task(name="train", cache_policy=NO_CACHE)
-def train(plan: RunPlan, cluster: Cluster) -> dict:
+def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[dict, Cluster]:
+    """Launch, relay progress, and when machines are lost (a spot interruption, a killed node), replace them
+    and resume every node from the last checkpoint, at most `restarts` times. Returns the trainer's summary,
+    with the restarts in it, and the cluster as it ended."""
     backend = backend_for(plan.params)
     logger = get_run_logger()
-    port = _free_port() if plan.params.backend == "local" else 29500
-    commands = {m.index: trainer_command(plan, cluster, m.index, port) for m in cluster.machines}
-    backend.launch(cluster, commands, TRAIN_JOB)
-    logger.info("launched: %s", " ".join(commands[0]))
-    offset, deadline = 0, time.monotonic() + plan.params.max_hours * 3600
+    job, offset, epochs_seen, restarts = TRAIN_JOB, 0, [], []
+    deadline = time.monotonic() + plan.params.max_hours * 3600
+    _launch(backend, plan, cluster, job, logger)
     while True:
-        status = backend.status(cluster, TRAIN_JOB)
-        chunk = backend.read_storage(cluster, "metrics.jsonl", offset)
-        complete = chunk[:chunk.rfind(b"\n") + 1]
-        offset += len(complete)
-        for line in complete.decode().splitlines():
-            _relay(json.loads(line), logger)
+        status = backend.status(cluster, job)
+        offset = _relay_new_records(backend, cluster, offset, epochs_seen, logger)
         if status.failed:
-            tail = backend.read_storage(cluster, f"logs/{TRAIN_JOB}-{min(status.failed)}.log")[-3000:]
-            raise RuntimeError(f"training failed on machine(s) {status.failed}; last output of machine "
-                               f"{min(status.failed)}:\n{tail.decode(errors='replace')}")
+            lost = {index: code for index, code in status.failed.items() if _lost(code)}
+            if not lost or len(restarts) >= plan.params.restarts:
+                tail = backend.read_storage(cluster, f"logs/{job}-{min(status.failed)}.log")[-3000:]
+                raise RuntimeError(f"training failed on machine(s) {status.failed}; last output of machine "
+                                   f"{min(status.failed)}:\n{tail.decode(errors='replace')}")
+            began = time.monotonic()
+            logger.warning("machine(s) %s lost (exit codes %s); replacing them and resuming every node from the "
+                           "last checkpoint (restart %d of at most %d)", sorted(lost), status.failed,
+                           len(restarts) + 1, plan.params.restarts)
+            backend.stop(cluster, job)
+            cluster = backend.provision(cluster.spec, replicas)
+            job = f"{TRAIN_JOB}.r{len(restarts) + 1}"
+            _launch(backend, plan, cluster, job, logger)
+            restarts.append({"job": job, "lost": {str(i): code for i, code in lost.items()},
+                             "after_epoch": epochs_seen[-1] if epochs_seen else None,
+                             "seconds_to_relaunch": round(time.monotonic() - began, 1)})
+            continue
         if status.done:
             break
         if time.monotonic() > deadline:
             raise TimeoutError(f"training ran past max_hours={plan.params.max_hours}")
         time.sleep(POLL_SECONDS)
-    return json.loads(backend.read_storage(cluster, "summary.json"))
+    summary = json.loads(backend.read_storage(cluster, "summary.json"))
+    summary["restarts"] = restarts
+    summary["epochs_redone"] = len(epochs_seen) - len(set(epochs_seen))
+    return summary, cluster
+
+
+def _launch(backend, plan: RunPlan, cluster: Cluster, job: str, logger) -> None:
+    port = _free_port() if plan.params.backend == "local" else 29500
+    commands = {m.index: trainer_command(plan, cluster, m.index, port) for m in cluster.machines}
+    backend.launch(cluster, commands, job)
+    logger.info("launched %s: %s", job, " ".join(commands[0]))
+
+
+def _lost(exit_code: int) -> bool:
+    """Ended by a signal or gone without an exit code: the machine or its node process was lost, which a
+    restart from the checkpoint mends; a plain error exit is the trainer's own, which a restart repeats."""
+    return exit_code < 0 or exit_code >= 128
+
+
+def _relay_new_records(backend, cluster: Cluster, offset: int, epochs_seen: list[int], logger) -> int:
+    chunk = backend.read_storage(cluster, "metrics.jsonl", offset)
+    complete = chunk[:chunk.rfind(b"\n") + 1]
+    for line in complete.decode(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a node killed mid-write
+            logger.warning("skipping an unreadable metrics line: %.200s", line)
+            continue
+        if record["type"] == "epoch":
+            epochs_seen.append(record["epoch"])
+        _relay(record, logger)
+    return offset + len(complete)
 
 
 def trainer_command(plan: RunPlan, cluster: Cluster, machine: int, port: int) -> list[str]:
@@ -147,7 +189,10 @@ def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
               "target": summary["target"], "target_metric": summary["target_metric"],
               "target_epoch": reached["epoch"] if reached else None,
               "target_hours": reached["hours"] if reached else None,
-              "cost_usd": plan.cost.hourly_usd * summary["hours"]}
+              "cost_usd": plan.cost.hourly_usd * summary["hours"],
+              "restarts": summary.get("restarts", []), "epochs_redone": summary.get("epochs_redone", 0),
+              "restart_cost_usd": plan.cost.hourly_usd * sum(r["seconds_to_relaunch"]
+                                                             for r in summary.get("restarts", [])) / 3600}
     logger = get_run_logger()
     logger.info("final: top-1 %.3f, top-5 %.3f after %d epochs, %.4f hours", result["top1"], result["top5"],
                 result["epochs"], result["hours"])
@@ -156,6 +201,12 @@ def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
     else:
         logger.info("time to %.1f%% %s: epoch %d, %.5f hours", result["target"], result["target_metric"],
                     result["target_epoch"], result["target_hours"])
+    for restart in result["restarts"]:
+        logger.info("restart: machine(s) %s lost after epoch %s; relaunched in %.0f s", ", ".join(restart["lost"]),
+                    restart["after_epoch"], restart["seconds_to_relaunch"])
+    if result["restarts"]:
+        logger.info("restarts cost %d epoch(s) run twice and about $%.2f of waiting", result["epochs_redone"],
+                    result["restart_cost_usd"])
     logger.info("logs and TensorBoard events: %s", cluster.storage)
     result["connect"] = cluster.connect
     return result

@@ -57,22 +57,47 @@ def test_plan_on_aws_prices_the_run_and_creates_nothing(prefect_api, aws, tiny_d
     assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
 
 
-def test_a_spot_interruption_fails_the_run_at_once_and_leaves_nothing(prefect_api, aws, tiny_data):
+def test_a_spot_interruption_without_restarts_fails_the_run_at_once_and_leaves_nothing(prefect_api, aws,
+                                                                                       tiny_data):
     aws.make_snapshot(tiny_data.parent, description=DATASET)
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(imagenet18, machines=2, backend="aws", instance_type="g5.xlarge", spot=True,
-                              dataset=DATASET, schedule="cpu-tiny", max_hours=1.0, aws=options(), return_state=True)
-        deadline = time.monotonic() + 120
-        while len(aws.played()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        time.sleep(5)  # both nodes are up and training
-        [lost] = [p["instance_id"] for p in aws.played() if "--node_rank=1" in _script(aws, p)]
-        aws.interrupt(lost)
+                              dataset=DATASET, schedule="cpu-tiny", max_hours=1.0, restarts=0, aws=options(),
+                              return_state=True)
+        _interrupt_machine_1_after_an_epoch(aws)
         state = running.result(timeout=300)
     assert state.is_failed()
     assert re.search(r"training failed on machine\(s\) \{(0: -?\d+, )?1: -9\}", state.message), state.message
     run_id = str(state.state_details.flow_run_id)
     assert AwsBackend(options()).resources(run_id) == [] and tagged_leftovers(aws, run_id) == {}
+
+
+def test_a_spot_interruption_is_replaced_and_training_resumes_from_the_checkpoint(prefect_api, aws, tiny_data):
+    aws.make_snapshot(tiny_data.parent, description=DATASET)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(imagenet18, machines=2, backend="aws", instance_type="g5.xlarge", spot=True,
+                              dataset=DATASET, schedule="cpu-tiny", epochs=3, max_hours=1.0, aws=options(),
+                              return_state=True)
+        lost = _interrupt_machine_1_after_an_epoch(aws)
+        state = running.result(timeout=600)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert [r["lost"] for r in result["restarts"]] == [{"1": -9}]
+    assert result["epochs"] == 3 and result["epochs_redone"] <= 1, "at most one epoch of work is lost"
+    assert lost not in result["machine_ids"] and len(set(result["machine_ids"])) == 2, "machine 1 was replaced"
+    run_id = str(state.state_details.flow_run_id)
+    assert AwsBackend(options()).resources(run_id) == [] and tagged_leftovers(aws, run_id) == {}
+
+
+def _interrupt_machine_1_after_an_epoch(aws) -> str:
+    """Waits until the run's first epoch has ended on the machines' EFS, then interrupts machine 1."""
+    deadline = time.monotonic() + 300
+    while not any('"type": "epoch"' in path.read_text() for path in aws.root.glob("efs/*/runs/*/metrics.jsonl")):
+        assert time.monotonic() < deadline, "no epoch ended"
+        time.sleep(0.5)
+    [lost] = [p["instance_id"] for p in aws.played() if "--node_rank=1" in _script(aws, p)]
+    aws.interrupt(lost)
+    return lost
 
 
 def _script(aws, played: dict) -> str:

@@ -143,10 +143,12 @@ def test_player_runs_commands_against_the_machine_disks(aws, tmp_path):
     assert aws.played()[0]["exit_code"] == 3 and ssm.list_commands()["Commands"][0]["Status"] == "Failed"
     assert (aws.root / "efs" / file_system / f"{instances[0]}.txt").read_text() == "hello from the snapshot\n"
 
-    # A long command dies with its machine: terminated by the flow, or by a spot interruption.
-    long = ["echo $$ > /mnt/efs/$IMAGENET18_SIM_INSTANCE.pid", "sleep 600"]
+    # A long command dies with its machine: terminated by the flow, or by a spot interruption; so does what left
+    # its process group (torchrun's workers run in sessions of their own).
+    long = ["setsid sleep 600 & echo $! > /mnt/efs/$IMAGENET18_SIM_INSTANCE.escaped",
+            "echo $$ > /mnt/efs/$IMAGENET18_SIM_INSTANCE.pid", "sleep 600"]
     ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=instances, Parameters={"commands": long})
-    pid_files = [aws.root / "efs" / file_system / f"{i}.pid" for i in instances]
+    pid_files = [aws.root / "efs" / file_system / f"{i}.{kind}" for i in instances for kind in ("pid", "escaped")]
     pids = [int(wait_for(lambda f=f: f.exists() and f.read_text().strip())) for f in pid_files]
     ec2.terminate_instances(InstanceIds=instances[:1])
     aws.interrupt(instances[1])
@@ -154,8 +156,7 @@ def test_player_runs_commands_against_the_machine_disks(aws, tmp_path):
     assert reason["Code"] == "Server.SpotInstanceTermination"
     wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()), timeout_s=2)
     for pid in pids:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+        wait_for(lambda pid=pid: not _alive(pid), timeout_s=2)
 
 
 def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):
@@ -168,3 +169,11 @@ def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):
     assert checks[broken]["user_data_check"] != "ok"
     wait_for(lambda: state(ec2, timer) == "terminated", timeout_s=5)
     assert Path(aws.root / "instances" / timer / "user-data").read_text().startswith("#!/bin/bash")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead

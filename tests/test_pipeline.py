@@ -1,10 +1,12 @@
 """The imagenet18 flow with the local backend, on Prefect's test harness (a real Prefect API)."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prefect import get_client
@@ -116,3 +118,34 @@ def test_cleanup_removes_what_a_sigkilled_run_left(prefect_api, tiny_data):
     removed = cleanup()
     assert any("replica" in r for r in removed["local"])
     _assert_nothing_left(prefect_api)
+
+
+def test_a_lost_node_is_replaced_and_the_run_resumes_from_its_checkpoint(prefect_api, tiny_data):
+    runs_before = set((prefect_api / "runs").glob("*"))
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(imagenet18, machines=2, dataset=str(tiny_data), schedule="cpu-tiny", epochs=3,
+                              return_state=True)
+        metrics = _wait_for_epoch_record(prefect_api, runs_before)
+        for process in _tagged_processes(None):
+            if process["job"] == "train-1":  # machine 1's node: its wrapper, torchrun and worker
+                os.kill(process["pid"], signal.SIGKILL)
+        state = running.result(timeout=600)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert [r["lost"] for r in result["restarts"]] == [{"1": -signal.SIGKILL}]
+    assert result["epochs"] == 3 and result["epochs_redone"] <= 1, "at most one epoch of work is lost"
+    epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()
+              if json.loads(line)["type"] == "epoch"]
+    assert sorted(set(epochs)) == [0, 1, 2]
+    _assert_nothing_left(prefect_api)
+
+
+def _wait_for_epoch_record(home, runs_before, timeout=300.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run in set((home / "runs").glob("*")) - runs_before:
+            metrics = run / "metrics.jsonl"
+            if metrics.exists() and '"type": "epoch"' in metrics.read_text():
+                return metrics
+        time.sleep(0.5)
+    raise AssertionError("no epoch ended")

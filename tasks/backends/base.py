@@ -119,6 +119,9 @@ class Backend(Protocol):
 
     def status(self, cluster: Cluster, name: str) -> JobStatus: ...
 
+    def stop(self, cluster: Cluster, name: str) -> None:
+        """Stop what is left of job `name` on the machines that are still there, and wait until it is gone."""
+
     def read_storage(self, cluster: Cluster, relative_path: str, offset: int = 0) -> bytes:
         """Bytes of a file in the run's storage from `offset` on (b"" when it does not exist yet)."""
 

@@ -148,6 +148,9 @@ class LocalBackend:
                 failed[machine.index] = -signal.SIGKILL  # gone without an exit code: killed
         return JobStatus(running, succeeded, failed)
 
+    def stop(self, cluster: Cluster, name: str) -> None:
+        _stop(cluster.spec.run_id)  # a run's only processes are its job's
+
     def read_storage(self, cluster: Cluster, relative_path: str, offset: int = 0) -> bytes:
         path = Path(cluster.storage) / relative_path
         if not path.is_file():

@@ -19,6 +19,8 @@ from .rewrite import Rewrite
 from .storage import ContentStore
 from .userdata import UserData, inspect
 
+INSTANCE_ENV = "IMAGENET18_SIM_INSTANCE"  # every process a machine's commands start inherits it
+
 RUN_TAG = "imagenet18:run"
 ALIVE = ("pending", "running")
 # SSM keeps this much of an invocation's output for GetCommandInvocation.
@@ -35,6 +37,7 @@ class Played:
     invocation: dict[str, Any]  # moto's record of this instance's run, updated in place
     started: float = field(default_factory=time.time)
     exit_code: int | None = None
+    swept: bool = False  # its machine's processes were killed
 
     def record(self) -> dict[str, Any]:
         return {
@@ -141,18 +144,27 @@ class Player:
     def _kill_where_gone(self, instances: dict[str, Any]) -> None:
         for played in self._played:
             instance = instances.get(played.instance_id)
-            if played.exit_code is None and (instance is None or instance.state not in ALIVE):
+            if not played.swept and (instance is None or instance.state not in ALIVE):
                 self._kill(played)
 
     @staticmethod
     def _kill(played: Played) -> None:
-        if played.process is None or played.process.poll() is not None:
-            return
-        try:
-            os.killpg(played.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        played.process.wait(timeout=5)
+        """The command's process group, and whatever left it: torchrun starts its workers in new sessions, so
+        a machine that goes away takes every process that carries its instance id."""
+        played.swept = True
+        if played.process is not None and played.process.poll() is None:
+            try:
+                os.killpg(played.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            played.process.wait(timeout=5)
+        marker = f"{INSTANCE_ENV}={played.instance_id}".encode()
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
 
     def _reap(self) -> None:
         for played in self._played:
@@ -208,7 +220,7 @@ class Player:
         with open(folder / "stdout", "wb") as out, open(folder / "stderr", "wb") as err:
             played.process = subprocess.Popen(
                 ["bash", "-c", local], cwd=folder, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                env={**os.environ, "IMAGENET18_SIM_INSTANCE": instance_id}, start_new_session=True,
+                env={**os.environ, INSTANCE_ENV: instance_id}, start_new_session=True,
             )
 
     def _summarise(self, command: Any) -> None:

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 RETRIES = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeout=10, read_timeout=60)
 # Capacity errors have a better answer than waiting (another zone or type), so the caller sees them at once.
 # Error codes that are answers, not trouble: a dry run's success, "not there" while looking something up.
-EXPECTED_ANSWERS = {"DryRunOperation", "NoSuchKey", "404", "NoSuchEntity", "ParameterNotFound",
+EXPECTED_ANSWERS = {"DryRunOperation", "NoSuchKey", "InvalidRange", "404", "NoSuchEntity", "ParameterNotFound",
                     "InvalidPlacementGroup.Duplicate", "EntityAlreadyExists"}
 NO_RETRIES = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=10, read_timeout=60)
 

@@ -11,6 +11,7 @@ from string import Template
 
 from tasks.backends.aws import machines as machine_ops
 from tasks.backends.aws.clients import Clients, error_code
+from tasks.backends.aws.waiting import until
 from tasks.backends.base import Cluster, JobStatus
 
 MIRROR_SECONDS = 10
@@ -37,6 +38,31 @@ def launch_script(cluster: Cluster, index: int, command: list[str], name: str, r
     return template.substitute(job=name, index=index, run_id=cluster.spec.run_id, region=region,
                                node_storage=shlex.quote(cluster.node_storage), storage=cluster.storage,
                                secrets=secrets, follow=follow, command=shlex.join(command))
+
+
+def stop_script(cluster: Cluster, index: int, name: str) -> str:
+    template = Template(resources.files("tasks.backends.aws").joinpath("stop.sh").read_text())
+    return template.substitute(job=name, index=index, run_id=cluster.spec.run_id,
+                               node_storage=shlex.quote(cluster.node_storage))
+
+
+def wait_for_commands(clients: Clients, sent: dict[str, str], timeout: float = 120.0) -> None:
+    """Until each (instance -> command id) has ended on its machine, however it ended."""
+    ssm = clients.client("ssm")
+
+    def ended() -> bool:
+        for instance_id, command_id in sent.items():
+            try:
+                invocation = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
+            except Exception as exc:  # noqa: BLE001 - not registered yet
+                if error_code(exc) == "InvocationDoesNotExist":
+                    return False
+                raise
+            if invocation["Status"] in ("Pending", "InProgress", "Delayed"):
+                return False
+        return True
+
+    until("the stop commands", ended, timeout=timeout)
 
 
 def send(clients: Clients, instance_id: str, script: str, comment: str, timeout_hours: float) -> str:

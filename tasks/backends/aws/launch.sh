@@ -4,12 +4,14 @@ export AWS_DEFAULT_REGION=${region} IMAGENET18_RUN=${run_id}
 if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null; fi  # user-data has finished
 run=${node_storage}
 py=/opt/imagenet18/.venv/bin/python
-mkdir -p "$$run/logs" "$$run/exit"
+mkdir -p "$$run/logs" "$$run/exit" "$$run/pids"
 rm -f "$$run/exit/${job}-${index}"
 cd /opt/imagenet18
 ${secrets}
 ${follow}
-${command} >"$$run/logs/${job}-${index}.log" 2>&1
+${command} >"$$run/logs/${job}-${index}.log" 2>&1 &
+echo $$! >"$$run/pids/${job}-${index}"  # what `stop` signals
+wait $$!
 code=$$?
 echo $$code >"$$run/exit/${job}-${index}"
 wait  # machine 0: the mirror's last copy, made once every machine's exit code is on EFS, has the summary
