@@ -10,7 +10,6 @@ import tempfile
 import time
 
 import fsspec
-
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 

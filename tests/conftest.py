@@ -52,7 +52,8 @@ def aws_sim(tmp_path_factory) -> Iterator[AwsSim]:
     (home / "config").touch()
     (home / "credentials").touch()
     with pytest.MonkeyPatch.context() as env:
-        for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                     "WANDB_API_KEY"):  # a developer's real wandb key must not reach the simulated machines
             env.delenv(name, raising=False)
         env.setenv("AWS_ACCESS_KEY_ID", "testing")
         env.setenv("AWS_SECRET_ACCESS_KEY", "testing")

@@ -57,8 +57,8 @@ def test_a_run_completes_with_a_third_of_all_calls_throttled(aws, snapshot, tmp_
     assert len(cluster.machines) == 4
     backend.teardown("run-throttled")
     counts = aws.fault_counts()
-    assert sum(rule["fired"] for rule in counts) > 0.2 * sum(rule["seen"] for rule in counts) > 20, \
-        "about a third of the calls failed"
+    assert sum(rule["fired"] for rule in counts) > 0.15 * sum(rule["seen"] for rule in counts) > 20, \
+        "about a third of the calls failed (0.15: over 3 standard deviations below 0.3 at this count)"
     retried = [r for r in caplog.records if "answered RequestLimitExceeded" in r.getMessage()]
     assert retried and all("attempt" in r.getMessage() for r in retried), "each retry is logged"
     aws.clear_faults()

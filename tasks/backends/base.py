@@ -41,6 +41,10 @@ class ClusterSpec:
     spot: bool
     expires_at: dt.datetime
 
+    @property
+    def hours_left(self) -> float:
+        return (self.expires_at - dt.datetime.now(dt.timezone.utc)).total_seconds() / 3600
+
 
 @dataclass(frozen=True)
 class LineItem:

@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     server = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=MotoRequestHandler)
     endpoint = f"http://127.0.0.1:{server.server_port}"
     # Played commands inherit this environment: they reach the simulator, never real AWS.
-    os.environ.update({key: os.environ.get(key, value) for key, value in DUMMY_AWS_ENV.items()})
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        os.environ.pop(name, None)
+    os.environ.update(DUMMY_AWS_ENV)  # never a developer's real keys
     os.environ["AWS_ENDPOINT_URL"] = endpoint
 
     def stop(signum: int, frame: FrameType | None) -> None:

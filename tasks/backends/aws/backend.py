@@ -160,9 +160,7 @@ class AwsBackend:
                                          self.key_folder, self.options.parallel_calls)
             fs_id = efs.ensure_file_system(self.clients, spec, net.subnet_id, net.security_group_id)
             uploaded.result()
-        boot = machines.BootConfig(fs_id, self.options.region, code_url,
-                                   max_hours=(spec.expires_at - dt.datetime.now(dt.timezone.utc)).total_seconds()
-                                   / 3600)
+        boot = machines.BootConfig(fs_id, self.options.region, code_url, max_hours=spec.hours_left)
         spec, started = self._start_machines(spec, net, image.result(), profile.result(), [r.id for r in chosen],
                                              boot)
         efs.wait_for_mount_targets(self.clients, fs_id)  # machines boot meanwhile; user-data retries the mount
@@ -197,11 +195,11 @@ class AwsBackend:
 
     def launch(self, cluster: Cluster, commands: dict[int, list[str]], name: str) -> None:
         stored = secrets.store(self.clients, cluster.spec)
-        hours = (cluster.spec.expires_at - dt.datetime.now(dt.timezone.utc)).total_seconds() / 3600
 
         def send(index: int) -> str:
             script = jobs.launch_script(cluster, index, commands[index], name, self.options.region, stored)
-            return jobs.send(self.clients, cluster.machines[index].id, script, f"imagenet18 {name} {index}", hours)
+            return jobs.send(self.clients, cluster.machines[index].id, script, f"imagenet18 {name} {index}",
+                             cluster.spec.hours_left)
 
         with ThreadPoolExecutor(max_workers=min(len(commands), self.options.parallel_calls)) as pool:
             list(pool.map(send, sorted(commands)))

@@ -37,6 +37,7 @@ def launch_script(cluster: Cluster, index: int, command: list[str], name: str, r
     template = Template(resources.files("tasks.backends.aws").joinpath("launch.sh").read_text())
     return template.substitute(job=name, index=index, run_id=cluster.spec.run_id, region=region,
                                node_storage=shlex.quote(cluster.node_storage), storage=cluster.storage,
+                               python=shlex.quote(cluster.python),
                                secrets=secrets, follow=follow, command=shlex.join(command))
 
 

@@ -3,7 +3,7 @@ set -uo pipefail
 export AWS_DEFAULT_REGION=${region} IMAGENET18_RUN=${run_id}
 if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null; fi  # user-data has finished
 run=${node_storage}
-py=/opt/imagenet18/.venv/bin/python
+py=${python}
 mkdir -p "$$run/logs" "$$run/exit" "$$run/pids"
 rm -f "$$run/exit/${job}-${index}"
 cd /opt/imagenet18

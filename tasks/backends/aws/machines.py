@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from importlib import resources
 from string import Template
 
-from tasks.backends.aws import tags
+from tasks.backends.aws import catalog, tags
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.network import Network
 from tasks.backends.aws.waiting import waiter_config
@@ -20,10 +20,9 @@ from tasks.backends.base import BackendError, ClusterSpec, InputError, Resource
 DEFAULT_AMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
 DATA_DEVICE = "/dev/sdf"
 MACHINE_PYTHON = "/opt/imagenet18/.venv/bin/python"  # user-data installs the project there
-ROOT_VOLUME_GB = 200
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 CAPACITY_ERRORS = ("InsufficientInstanceCapacity", "InsufficientCapacity", "SpotMaxPriceTooLow",
-                   "InsufficientFreeAddressesInSubnet", "MaxSpotInstanceCountExceeded")
+                   "InsufficientFreeAddressesInSubnet")
 LIMIT_ERRORS = ("VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded")
 
 
@@ -126,7 +125,7 @@ class CapacityError(BackendError):
 
 
 def launch_request(spec: ClusterSpec, network: Network, image: dict, profile: str, index: int, volume_id: str,
-                   boot: BootConfig, name: str, dry_run: bool = False) -> dict:
+                   boot: BootConfig, name: str) -> dict:
     machine_tags = instance_tags(spec, index, name)
     specs = tags.tag_specs("instance", machine_tags) + tags.tag_specs("volume", machine_tags)
     request = {
@@ -136,10 +135,11 @@ def launch_request(spec: ClusterSpec, network: Network, image: dict, profile: st
         "IamInstanceProfile": {"Name": profile},
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
         "BlockDeviceMappings": [{"DeviceName": image.get("RootDeviceName", "/dev/sda1"), "Ebs": {
-            "VolumeSize": ROOT_VOLUME_GB, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True}}],
+            "VolumeSize": catalog.ROOT_VOLUME_GB, "VolumeType": "gp3", "Encrypted": True,
+            "DeleteOnTermination": True}}],
         "InstanceInitiatedShutdownBehavior": "terminate",
         "UserData": user_data(index, spec, volume_id, boot),
-        "TagSpecifications": specs, "DryRun": dry_run,
+        "TagSpecifications": specs,
     }
     if spec.spot:
         request["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {

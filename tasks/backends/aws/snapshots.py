@@ -69,7 +69,7 @@ def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: l
     profile = ensure_instance_profile(clients, spec, bucket, folder, secrets.path(spec.run_id),
                                       readable=(url.rstrip("/"),))
     boot = machines.BootConfig(None, options.region, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz",
-                               max_hours=(spec.expires_at - dt.datetime.now(dt.timezone.utc)).total_seconds() / 3600,
+                               max_hours=spec.hours_left,
                                format_volume=True)
     image = machines.resolve_ami(clients, options.ami)
     [builder] = machines.run_machines(clients, spec, net, image, profile, [volume["VolumeId"]], boot, 1)
