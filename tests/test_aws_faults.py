@@ -4,8 +4,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tasks.backends.aws import AwsBackend, machines
-from tasks.backends.base import BackendError
+from flows.cli import _aws, parser
+from tasks.backends.aws import AwsBackend, AwsOptions, machines, tags, volumes
+from tasks.backends.base import BackendError, InputError
 from tests.test_aws import DATASET, cluster_spec, options, tagged_leftovers
 
 
@@ -80,3 +81,74 @@ def test_two_runs_at_once_never_touch_each_other(aws, snapshot, tmp_path):
     assert backend.teardown("run-a") == [], "tearing down again is safe"
     backend.teardown("run-b")
     assert tagged_leftovers(aws, "run-b") == {}
+
+
+def no_capacity_in(aws, zone: str) -> None:
+    aws.add_fault("ec2", "RunInstances", "InsufficientInstanceCapacity",
+                  match={"Placement.AvailabilityZone": zone})
+
+
+def run_zones(aws, run_id: str) -> dict[str, list[str]]:
+    """The zones of the run's live machines and of its dataset replicas, asked directly."""
+    ec2, where = aws.client("ec2"), tags.run_filter(run_id)
+    live = [i for r in ec2.describe_instances(Filters=where)["Reservations"] for i in r["Instances"]
+            if i["State"]["Name"] in ("pending", "running")]
+    replicas = ec2.describe_volumes(Filters=where + [{"Name": f"tag:{volumes.KIND}", "Values": [volumes.REPLICA]}])
+    return {"machines": sorted(i["Placement"]["AvailabilityZone"] for i in live),
+            "replicas": sorted(v["AvailabilityZone"] for v in replicas["Volumes"])}
+
+
+def test_no_capacity_in_the_zone_for_any_type_moves_the_run_to_the_next_allowed_zone(aws, snapshot, tmp_path,
+                                                                                       caplog):
+    backend = AwsBackend(options(other_instance_types=("p5.48xlarge",), other_availability_zones=("us-east-1b",)),
+                         home=tmp_path)
+    spec = cluster_spec("run-moved", 2)
+    backend.check(spec, DATASET)  # before the fault: EC2's dry run checks no capacity
+    no_capacity_in(aws, "us-east-1a")
+    replicated = backend.replicate(spec, DATASET, 2)
+    cluster = backend.provision(spec, replicated)
+    assert cluster.spec.instance_type == "p4d.24xlarge", "the asked type, in the next zone"
+    assert run_zones(aws, "run-moved") == {"machines": ["us-east-1b"] * 2, "replicas": ["us-east-1b"] * 2}
+    assert any("moving run run-moved to us-east-1b" in r.getMessage() for r in caplog.records), "the move is logged"
+    assert backend.provision(spec, replicated).machines == cluster.machines, \
+        "a restart passing the replicate stage's replicas finds the moved ones and creates nothing"
+    backend.teardown("run-moved")
+    assert tagged_leftovers(aws, "run-moved") == {}
+
+
+def test_no_capacity_in_any_allowed_zone_fails_cleanly_naming_what_was_tried(aws, snapshot, tmp_path):
+    for zone in ("us-east-1a", "us-east-1b"):
+        no_capacity_in(aws, zone)
+    backend = AwsBackend(options(other_instance_types=("p5.48xlarge",), other_availability_zones=("us-east-1b",)),
+                         home=tmp_path)
+    spec = cluster_spec("run-nowhere", 2)
+    replicas = backend.replicate(spec, DATASET, 2)
+    tried = "p4d.24xlarge, p5.48xlarge in us-east-1a; p4d.24xlarge, p5.48xlarge in us-east-1b"
+    with pytest.raises(BackendError, match=f"no capacity for {tried} now; .*aws.other_availability_zones"):
+        backend.provision(spec, replicas)
+    assert running_types(aws, "run-nowhere") == [], "no machine is left running"
+    backend.teardown("run-nowhere")
+    assert tagged_leftovers(aws, "run-nowhere") == {}
+
+
+@pytest.mark.parametrize("zones,subnet,message", [
+    (("us-east-1x",), None, "unknown availability zone 'us-east-1x'"),
+    (("us-east-1a",), None, "us-east-1a .in aws.other_availability_zones. is the run's own zone"),
+    (("us-east-1e",), None, "p4d.24xlarge is not offered in us-east-1e .in aws.other_availability_zones."),
+    (("us-east-1b",), "subnet-0123456789abcdef0", "cannot move to aws.other_availability_zones"),
+])
+def test_bad_other_zones_are_refused_before_anything_exists(aws, snapshot, tmp_path, zones, subnet, message):
+    backend = AwsBackend(options(availability_zone="us-east-1a", other_availability_zones=zones, subnet_id=subnet),
+                         home=tmp_path)
+    with pytest.raises(InputError, match=message):
+        backend.check(cluster_spec("run-bad-zones", 2), DATASET)
+    assert backend.resources() == []
+    assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
+
+
+def test_the_cli_passes_other_zones_and_types_as_lists():
+    args = parser().parse_args(["run", "--backend", "aws", "--other-zones", "us-east-1b,us-east-1c",
+                                "--other-instance-types", "p5.48xlarge"])
+    given = AwsOptions(**_aws(args))
+    assert given.other_availability_zones == ("us-east-1b", "us-east-1c")
+    assert given.other_instance_types == ("p5.48xlarge",)

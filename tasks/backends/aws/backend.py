@@ -49,6 +49,7 @@ class AwsBackend:
                                  f"{', '.join(catalog.INSTANCE_TYPES)}")
             if zone not in self.clients.zones_offering(other):
                 raise InputError(f"{other} (in aws.other_instance_types) is not offered in {zone}, the run's zone")
+        self._check_other_zones(spec.instance_type, zone)
         self.snapshot(dataset)
         volumes.check_volume_settings(self.options.volume_type, self.options.iops)
         image = machines.resolve_ami(self.clients, self.options.ami)
@@ -72,6 +73,23 @@ class AwsBackend:
         if not offering:
             raise InputError(f"{instance_type} is not offered in {self.options.region}")
         return offering[0]
+
+    def _check_other_zones(self, instance_type: str, zone: str) -> None:
+        others = self.options.other_availability_zones
+        if not others:
+            return
+        if self.options.subnet_id:
+            raise InputError(f"subnet {self.options.subnet_id} (aws.subnet_id) is bound to its zone, so the run "
+                             "cannot move to aws.other_availability_zones; drop one of the two")
+        offering = self.clients.zones_offering(instance_type)
+        for other in others:
+            self.clients.check_zone(other)
+            if other == zone:
+                raise InputError(f"{other} (in aws.other_availability_zones) is the run's own zone; list only "
+                                 "zones to move to")
+            if other not in offering:
+                raise InputError(f"{instance_type} is not offered in {other} (in aws.other_availability_zones); "
+                                 f"zones offering it: {', '.join(offering)}")
 
     @functools.cache
     def snapshot(self, dataset: str) -> dict:
@@ -142,10 +160,8 @@ class AwsBackend:
 
     # -- machines -------------------------------------------------------------------------------------
     def provision(self, spec: ClusterSpec, replicas: list[Resource]) -> Cluster:
-        if len(replicas) < spec.machines:
-            raise InputError(f"{spec.machines} machines need {spec.machines} replicas, there are {len(replicas)}")
-        chosen = sorted(replicas, key=lambda r: r.details["index"])[:spec.machines]
-        zone = chosen[0].details["zone"]
+        replicas = self._replicas_now(spec, replicas)
+        zone = replicas[0].details["zone"]
         folder = f"runs/{spec.run_name}-{spec.run_id[:8]}"
         bucket = storage.bucket_name(self.clients, self.options.bucket)
         code_url = f"s3://{bucket}/{folder}/code/imagenet18.tar.gz"
@@ -156,13 +172,11 @@ class AwsBackend:
             profile = pool.submit(ensure_instance_profile, self.clients, spec, bucket, folder,
                                   secrets.path(spec.run_id))
             image = pool.submit(machines.resolve_ami, self.clients, self.options.ami)
-            net = network.ensure_network(self.clients, spec, zone, self.options.subnet_id, self.options.ssh_cidr,
-                                         self.key_folder, self.options.parallel_calls)
+            net = self._network(spec, zone)
             fs_id = efs.ensure_file_system(self.clients, spec, net.subnet_id, net.security_group_id)
             uploaded.result()
         boot = machines.BootConfig(fs_id, self.options.region, code_url, max_hours=spec.hours_left)
-        spec, started = self._start_machines(spec, net, image.result(), profile.result(), [r.id for r in chosen],
-                                             boot)
+        spec, started = self._start_machines(spec, net, fs_id, image.result(), profile.result(), replicas, boot)
         efs.wait_for_mount_targets(self.clients, fs_id)  # machines boot meanwhile; user-data retries the mount
         data_root = f"{DATA_MOUNT}/{self.options.dataset_folder}"
         cluster_machines = tuple(Machine(i, instance["InstanceId"], instance["PrivateIpAddress"], data_root)
@@ -171,11 +185,46 @@ class AwsBackend:
                        catalog.instance_type(spec.instance_type).gpus, self._connect(started[0], net),
                        node_storage=f"{EFS_MOUNT}/{folder}", python=machines.MACHINE_PYTHON)
 
-    def _start_machines(self, spec: ClusterSpec, net: network.Network, image: dict, profile: str,
-                        volume_ids: list[str], boot: machines.BootConfig) -> tuple[ClusterSpec, list[dict]]:
-        """The machines, as the asked type or, when AWS has no capacity for it, as the next type the user
-        allowed; never a mix of types (one DDP job wants identical machines)."""
-        for instance_type in (spec.instance_type, *self.options.other_instance_types):
+    def _replicas_now(self, spec: ClusterSpec, given: list[Resource]) -> list[Resource]:
+        """The run's replicas as they are now, found by tag: a zone move replaced the ones the replicate stage
+        returned, which a restart passes again. The given ones when none are the run's (a pool made ahead)."""
+        current = volumes.replicas(self.clients, spec.run_id) or given
+        if len(current) < spec.machines:
+            raise InputError(f"{spec.machines} machines need {spec.machines} replicas, there are {len(current)}")
+        return sorted(current, key=lambda r: r.details["index"])
+
+    def _network(self, spec: ClusterSpec, zone: str) -> network.Network:
+        return network.ensure_network(self.clients, spec, zone, self.options.subnet_id, self.options.ssh_cidr,
+                                      self.key_folder, self.options.parallel_calls)
+
+    def _start_machines(self, spec: ClusterSpec, net: network.Network, fs_id: str, image: dict, profile: str,
+                        replicas: list[Resource], boot: machines.BootConfig) -> tuple[ClusterSpec, list[dict]]:
+        """The machines in the replicas' zone or, when AWS has no capacity there for any type the user allowed,
+        in the next zone the user allowed; never a mix of types or zones (one DDP job wants identical machines,
+        close together)."""
+        tried: list[str] = []
+        for zone in (net.zone, *(z for z in self.options.other_availability_zones if z != net.zone)):
+            if zone != net.zone:
+                net, replicas = self._move(spec, net, replicas, zone, fs_id)
+            types = self._types_offered_in(zone, spec.instance_type)
+            started = self._start_as_first_with_capacity(spec, types, net, image, profile,
+                                                         [r.id for r in replicas[:spec.machines]], boot)
+            if started:
+                return started
+            tried.append(f"{', '.join(types)} in {zone}")
+        raise BackendError(f"AWS has no capacity for {'; '.join(tried)} now; try later, or allow other types "
+                           "(aws.other_instance_types) or zones (aws.other_availability_zones)")
+
+    def _types_offered_in(self, zone: str, instance_type: str) -> list[str]:
+        """The asked type, then the other types the user allowed: those offered in `zone`."""
+        allowed = dict.fromkeys((instance_type, *self.options.other_instance_types))
+        return [t for t in allowed if zone in self.clients.zones_offering(t)]
+
+    def _start_as_first_with_capacity(self, spec: ClusterSpec, types: list[str], net: network.Network,
+                                      image: dict, profile: str, volume_ids: list[str],
+                                      boot: machines.BootConfig) -> tuple[ClusterSpec, list[dict]] | None:
+        """Every machine as the first of `types` AWS has capacity for in the network's zone; None when none."""
+        for instance_type in types:
             attempt = dataclasses.replace(spec, instance_type=instance_type)
             try:
                 return attempt, machines.run_machines(self.clients, attempt, net, image, profile, volume_ids, boot,
@@ -183,9 +232,21 @@ class AwsBackend:
             except machines.CapacityError as exc:
                 log.warning("%s; terminating this run's %s machines", exc, instance_type)
                 machines.terminate(self.clients, spec.run_id)
-        tried = ", ".join((spec.instance_type, *self.options.other_instance_types))
-        raise BackendError(f"AWS has no capacity for {tried} in {net.zone} now; try later, or allow other types "
-                           "(aws.other_instance_types)")
+        return None
+
+    def _move(self, spec: ClusterSpec, net: network.Network, replicas: list[Resource], zone: str,
+              fs_id: str) -> tuple[network.Network, list[Resource]]:
+        """The run's zone-bound parts made in `zone`: its replicas, and a subnet with a mount target of the
+        run's file system (EFS is regional). What stays in the old zone carries the run's tag for teardown."""
+        log.warning("AWS has no capacity in %s for any type allowed; moving run %s to %s "
+                    "(aws.other_availability_zones)", net.zone, spec.run_id, zone)
+        o = self.options
+        with ThreadPoolExecutor(max_workers=min(2, o.parallel_calls)) as pool:
+            moved = pool.submit(volumes.move, self.clients, spec, replicas, zone, o.volume_type, o.iops,
+                                o.throughput_mbps, o.parallel_calls)
+            net = self._network(spec, zone)
+            efs.ensure_file_system(self.clients, spec, net.subnet_id, net.security_group_id)
+            return net, moved.result()
 
     def _connect(self, head: dict, net: network.Network) -> str:
         ssm = f"aws ssm start-session --region {self.options.region} --target {head['InstanceId']}"

@@ -4,6 +4,7 @@ Each is looked up by the run's tag before it is created, so a retried provision 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.base import ClusterSpec
 
 VPC_CIDR = "10.18.0.0/16"
-SUBNET_CIDR = "10.18.0.0/20"
+SUBNET_PREFIX = 20  # 4,096 addresses per zone the run uses
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,11 @@ def _ensure_vpc(ec2, spec: ClusterSpec, run_tags: list[dict]) -> str:
 
 
 def _ensure_subnet(ec2, spec: ClusterSpec, vpc_id: str, zone: str, run_tags: list[dict]) -> str:
-    subnet_id = _first(ec2.describe_subnets(Filters=tags.run_filter(spec.run_id))["Subnets"], "SubnetId")
+    """The run's subnet in `zone`: a run moved to another zone has one in each."""
+    subnets = ec2.describe_subnets(Filters=tags.run_filter(spec.run_id))["Subnets"]
+    subnet_id = _first([s for s in subnets if s["AvailabilityZone"] == zone], "SubnetId")
     if subnet_id is None:
-        subnet_id = ec2.create_subnet(VpcId=vpc_id, CidrBlock=SUBNET_CIDR, AvailabilityZone=zone,
+        subnet_id = ec2.create_subnet(VpcId=vpc_id, CidrBlock=_free_cidr(subnets), AvailabilityZone=zone,
                                       TagSpecifications=tags.tag_specs("subnet", run_tags))["Subnet"]["SubnetId"]
     # Machines install the project from PyPI at boot: they need a public address and a route out.
     ec2.modify_subnet_attribute(SubnetId=subnet_id, MapPublicIpOnLaunch={"Value": True})
@@ -93,6 +96,13 @@ def _ensure_subnet(ec2, spec: ClusterSpec, vpc_id: str, zone: str, run_tags: lis
     if not any(a.get("SubnetId") == subnet_id for a in table.get("Associations", [])):
         ec2.associate_route_table(RouteTableId=table["RouteTableId"], SubnetId=subnet_id)
     return subnet_id
+
+
+def _free_cidr(subnets: list[dict]) -> str:
+    """The first block of the run's VPC that none of its subnets uses (10.18.0.0/20 for the first)."""
+    used = {s["CidrBlock"] for s in subnets}
+    blocks = (str(b) for b in ipaddress.ip_network(VPC_CIDR).subnets(new_prefix=SUBNET_PREFIX))
+    return next(b for b in blocks if b not in used)
 
 
 def _ensure_security_group(ec2, spec: ClusterSpec, vpc_id: str, ssh_cidr: str | None,

@@ -19,6 +19,9 @@ class AwsOptions(BaseModel):
     availability_zone: str | None = Field(None, description="default: the first zone offering the type")
     other_instance_types: tuple[str, ...] = Field(
         (), description="on InsufficientInstanceCapacity, run every machine as the next of these instead")
+    other_availability_zones: tuple[str, ...] = Field(
+        (), description="on InsufficientInstanceCapacity in the run's zone for every allowed type, move the run "
+                        "to the next of these zones")
     subnet_id: str | None = Field(None, description="use this subnet (and its VPC) instead of making a network")
     ami: str | None = Field(None, description="default: the latest Deep Learning Base AMI (Ubuntu 22.04)")
     volume_type: str = Field("io2", pattern="^(io1|io2|gp3)$")

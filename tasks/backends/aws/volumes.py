@@ -91,6 +91,18 @@ def _replica(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, ind
     return _as_resource(volume, spec.run_id)
 
 
+def move(clients: Clients, spec: ClusterSpec, replicas: list[Resource], zone: str, volume_type: str, iops: int,
+         throughput_mbps: int, parallel: int) -> list[Resource]:
+    """As many replicas, made anew in `zone` from the same snapshot (a volume cannot leave its zone). The run's
+    old ones are deleted first: the run pays for one set and stays within its volume quota. Replicas of
+    another owner (a pool made ahead) are left to it."""
+    ec2 = clients.ec2
+    [volume] = ec2.describe_volumes(VolumeIds=[replicas[0].id])["Volumes"]
+    [snapshot] = ec2.describe_snapshots(SnapshotIds=[volume["SnapshotId"]])["Snapshots"]
+    delete(clients, [r.id for r in replicas if r.run_id == spec.run_id])
+    return replicate(clients, spec, snapshot, zone, len(replicas), volume_type, iops, throughput_mbps, parallel)
+
+
 def replicas(clients: Clients, run_id: str | None) -> list[Resource]:
     found = clients.ec2.describe_volumes(Filters=tags.run_filter(run_id) + [{"Name": f"tag:{KIND}",
                                                                              "Values": [REPLICA]}])["Volumes"]
