@@ -37,6 +37,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-hours", type=float, default=2.0)
     parser.add_argument("--restarts", type=int, default=2,
                         help="replace lost machines and resume from the last checkpoint at most this often")
+    parser.add_argument("--hang-minutes", type=float, default=10.0,
+                        help="restart when a node's heartbeat has not changed for this long")
     _aws_options(parser)
 
 
@@ -44,6 +46,10 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
     aws = parser.add_argument_group("aws backend")
     aws.add_argument("--region", help="default: AWS_REGION, else us-east-1")
     aws.add_argument("--zone", dest="availability_zone", help="default: the first zone offering the type")
+    aws.add_argument("--other-instance-types", type=_comma_separated, metavar="TYPE,...",
+                     help="when AWS has no capacity for the type, run every machine as the next of these")
+    aws.add_argument("--other-zones", dest="other_availability_zones", type=_comma_separated, metavar="ZONE,...",
+                     help="when AWS has no capacity in the zone for any allowed type, move to the next of these")
     aws.add_argument("--ami", help="default: the Deep Learning Base AMI")
     aws.add_argument("--subnet", dest="subnet_id", help="use this subnet instead of making a network")
     aws.add_argument("--bucket", help="results bucket (default imagenet18-<account>-<region>)")
@@ -52,7 +58,12 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
     aws.add_argument("--iops", type=int)
 
 
-AWS_OPTIONS = ("region", "availability_zone", "ami", "subnet_id", "bucket", "ssh_cidr", "volume_type", "iops")
+AWS_OPTIONS = ("region", "availability_zone", "other_instance_types", "other_availability_zones", "ami", "subnet_id",
+               "bucket", "ssh_cidr", "volume_type", "iops")
+
+
+def _comma_separated(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 def _aws(args: argparse.Namespace) -> dict | None:
@@ -111,7 +122,7 @@ def _flow_parameters(args: argparse.Namespace, dry_run: bool) -> dict:
             "spot": args.spot, "instance_type": args.instance_type, "dataset": args.dataset, "schedule": args.schedule,
             "target": args.target, "target_metric": args.target_metric, "epochs": args.epochs,
             "budget_usd": args.budget_usd, "max_hours": args.max_hours, "dry_run": dry_run,
-            "restarts": args.restarts, "aws": _aws(args)}
+            "restarts": args.restarts, "hang_minutes": args.hang_minutes, "aws": _aws(args)}
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -8,9 +8,11 @@ removes what a cancel during parallel creation left. What SIGKILL leaves, the sc
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Literal
 
 from prefect import flow, get_run_logger
+from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run as current_run
 
 from flows.parameters import BackendName, MachineCount, RunParameters
@@ -18,6 +20,8 @@ from tasks import stages
 from tasks.backends import get_backend
 from tasks.backends.aws.options import AwsOptions
 
+HOOK_TEARDOWN_ATTEMPTS = 4  # as the teardown task: one try and three retries
+HOOK_RETRY_SECONDS = 5.0
 
 def _run_name() -> str:
     p = current_run.parameters
@@ -26,11 +30,25 @@ def _run_name() -> str:
            f"{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
 
 
-def _teardown_hook(flow_, flow_run, state) -> None:
-    """Runs on cancel and crash (also in a served run's runner process): find by tag, delete, verify."""
+def _teardown_hook(flow, flow_run, state) -> None:  # noqa: ARG001 - a served run's runner passes all three by name
+    """Runs on cancel and crash (also in a served run's runner process): find by tag, delete, verify. Retried
+    like the teardown task: a hook has no task retries, and a call that failed once (a hung endpoint, a
+    throttled burst) should not leave the run's resources to the scheduled cleanup."""
     aws = flow_run.parameters.get("aws")
-    get_backend(flow_run.parameters.get("backend", "local"), AwsOptions(**aws) if aws else None).teardown(
-        str(flow_run.id))
+    backend = get_backend(flow_run.parameters.get("backend", "local"), AwsOptions(**aws) if aws else None)
+    logger = flow_run_logger(flow_run, flow)
+    for attempt in range(1, HOOK_TEARDOWN_ATTEMPTS + 1):
+        try:
+            removed = backend.teardown(str(flow_run.id))
+        except Exception as exc:  # noqa: BLE001 - any failure is retried, the last one raised
+            if attempt == HOOK_TEARDOWN_ATTEMPTS:
+                raise
+            logger.warning("teardown attempt %d of %d failed (%s); again in %.0f s", attempt, HOOK_TEARDOWN_ATTEMPTS,
+                           exc, HOOK_RETRY_SECONDS)
+            time.sleep(HOOK_RETRY_SECONDS)
+        else:
+            logger.info("teardown removed %d resource(s) of run %s", len(removed), flow_run.id)
+            return
 
 
 @flow(name="imagenet18", flow_run_name=_run_name, on_cancellation=[_teardown_hook], on_crashed=[_teardown_hook])
@@ -39,12 +57,12 @@ def imagenet18(machines: MachineCount = 2, backend: BackendName = "local", spot:
                target: float | None = None, target_metric: Literal["top1", "top5"] | None = None,
                epochs: int | None = None,
                budget_usd: float | None = None, max_hours: float = 2.0, dry_run: bool = False,
-               restarts: int = 2, aws: AwsOptions | None = None) -> dict:
+               restarts: int = 2, hang_minutes: float = 10.0, aws: AwsOptions | None = None) -> dict:
     """Train ResNet-50 the imagenet18 way on `machines` machines, then tear everything down."""
     params = RunParameters(machines=machines, backend=backend, spot=spot, instance_type=instance_type,
                            dataset=dataset, schedule=schedule, target=target, target_metric=target_metric,
                            epochs=epochs, budget_usd=budget_usd, max_hours=max_hours, dry_run=dry_run,
-                           restarts=restarts, aws=aws)
+                           restarts=restarts, hang_minutes=hang_minutes, aws=aws)
     run_id, run_name = str(current_run.id), current_run.name
     plan = stages.validate_and_plan(params, run_id, run_name)
     if params.dry_run:

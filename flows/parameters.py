@@ -34,6 +34,8 @@ class RunParameters(BaseModel):
     dry_run: bool = False
     restarts: int = Field(2, ge=0, le=10, description="machines lost mid-training: replace them and resume from "
                           "the last checkpoint at most this often")
+    hang_minutes: float = Field(10.0, gt=0, le=240, description="a node whose heartbeat has not changed for this "
+                                "long is hung: stop the job and resume from the last checkpoint")
     aws: AwsOptions | None = Field(None, description="region, zone, network, disks, bucket (backend='aws')")
 
     @property

@@ -17,6 +17,7 @@ from flows.parameters import RunParameters
 from tasks.backends import backend_for
 from tasks.backends.base import Cluster, Resource
 from tasks.planning import RunPlan, plan_run
+from tasks.progress import ProgressWatch
 
 TRAIN_JOB = "train"
 POLL_SECONDS = 2.0
@@ -64,24 +65,27 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[di
     job, offset, epochs_seen, restarts = TRAIN_JOB, 0, [], []
     deadline = time.monotonic() + plan.params.max_hours * 3600
     _launch(backend, plan, cluster, job, logger)
+    watch = ProgressWatch(plan.params.hang_minutes * 60)
     while True:
         status = backend.status(cluster, job)
         offset = _relay_new_records(backend, cluster, offset, epochs_seen, logger)
-        if status.failed:
+        ending = status.done or status.succeeded  # a node that finished beats no more; the rest follow
+        hung = [] if ending else watch.hung(_heartbeats(backend, cluster))
+        if status.failed or hung:
             lost = {index: code for index, code in status.failed.items() if _lost(code)}
-            if not lost or len(restarts) >= plan.params.restarts:
-                tail = backend.read_storage(cluster, f"logs/{job}-{min(status.failed)}.log")[-3000:]
-                raise RuntimeError(f"training failed on machine(s) {status.failed}; last output of machine "
-                                   f"{min(status.failed)}:\n{tail.decode(errors='replace')}")
+            if len(lost) < len(status.failed) or len(restarts) >= plan.params.restarts:
+                raise RuntimeError(_failure(backend, cluster, job, status.failed, hung, plan.params.hang_minutes))
             began = time.monotonic()
-            logger.warning("machine(s) %s lost (exit codes %s); replacing them and resuming every node from the "
-                           "last checkpoint (restart %d of at most %d)", sorted(lost), status.failed,
+            logger.warning("machine(s) %s lost (exit codes %s) and %s making no progress for %.0f min; replacing "
+                           "what is gone and resuming every node from the last checkpoint (restart %d of at most "
+                           "%d)", sorted(lost) or "none", status.failed, hung or "none", plan.params.hang_minutes,
                            len(restarts) + 1, plan.params.restarts)
             backend.stop(cluster, job)
             cluster = backend.provision(cluster.spec, replicas)
             job = f"{TRAIN_JOB}.r{len(restarts) + 1}"
             _launch(backend, plan, cluster, job, logger)
-            restarts.append({"job": job, "lost": {str(i): code for i, code in lost.items()},
+            watch = ProgressWatch(plan.params.hang_minutes * 60)
+            restarts.append({"job": job, "lost": {str(i): code for i, code in lost.items()}, "hung": hung,
                              "after_epoch": epochs_seen[-1] if epochs_seen else None,
                              "seconds_to_relaunch": round(time.monotonic() - began, 1)})
             continue
@@ -101,6 +105,18 @@ def _launch(backend, plan: RunPlan, cluster: Cluster, job: str, logger) -> None:
     commands = {m.index: trainer_command(plan, cluster, m.index, port) for m in cluster.machines}
     backend.launch(cluster, commands, job)
     logger.info("launched %s: %s", job, " ".join(commands[0]))
+
+
+def _heartbeats(backend, cluster: Cluster) -> dict[int, bytes]:
+    return {m.index: backend.read_storage(cluster, f"heartbeats/node-{m.index}.json") for m in cluster.machines}
+
+
+def _failure(backend, cluster: Cluster, job: str, failed: dict[int, int], hung: list[int], hang_minutes: float) -> str:
+    if not failed:
+        return f"machine(s) {hung} made no progress for {hang_minutes:g} min (no new heartbeat) and no restart is left"
+    tail = backend.read_storage(cluster, f"logs/{job}-{min(failed)}.log")[-3000:]
+    return (f"training failed on machine(s) {failed}; last output of machine {min(failed)}:\n"
+            f"{tail.decode(errors='replace')}")
 
 
 def _lost(exit_code: int) -> bool:
@@ -201,7 +217,8 @@ def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
         logger.info("time to %.1f%% %s: epoch %d, %.5f hours", result["target"], result["target_metric"],
                     result["target_epoch"], result["target_hours"])
     for restart in result["restarts"]:
-        logger.info("restart: machine(s) %s lost after epoch %s; relaunched in %.0f s", ", ".join(restart["lost"]),
+        logger.info("restart: machine(s) %s lost, %s hung, after epoch %s; relaunched in %.0f s",
+                    ", ".join(restart["lost"]) or "none", ", ".join(map(str, restart["hung"])) or "none",
                     restart["after_epoch"], restart["seconds_to_relaunch"])
     if result["restarts"]:
         logger.info("restarts cost %d epoch(s) run twice and about $%.2f of waiting", result["epochs_redone"],

@@ -140,6 +140,24 @@ def test_a_lost_node_is_replaced_and_the_run_resumes_from_its_checkpoint(prefect
     _assert_nothing_left(prefect_api)
 
 
+def test_a_hung_node_is_noticed_by_its_heartbeats_and_the_run_resumes(prefect_api, tiny_data):
+    runs_before = set((prefect_api / "runs").glob("*"))
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(imagenet18, machines=2, dataset=str(tiny_data), schedule="cpu-tiny", epochs=3,
+                              hang_minutes=0.5, return_state=True)
+        _wait_for_epoch_record(prefect_api, runs_before)
+        for process in _tagged_processes(None):
+            if process["job"] == "train-1":  # alive, but making no progress: a hung machine
+                os.kill(process["pid"], signal.SIGSTOP)
+        state = running.result(timeout=600)
+    assert state.is_completed(), state.message
+    result = state.result()
+    [restart] = result["restarts"]
+    assert restart["lost"] == {} and 1 in restart["hung"], restart
+    assert result["epochs"] == 3 and result["epochs_redone"] <= 1, "at most one epoch of work is lost"
+    _assert_nothing_left(prefect_api)
+
+
 def _wait_for_epoch_record(home, runs_before, timeout=300.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
