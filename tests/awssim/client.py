@@ -50,11 +50,14 @@ class AwsSim:
 
     def add_fault(self, service: str, action: str, code: str, *, message: str = "injected by awssim",
                   status: int | None = None, probability: float = 1.0, times: int | None = None,
-                  match: dict[str, str] | None = None, after: int = 0, seed: int | None = None) -> None:
+                  match: dict[str, str] | None = None, after: int = 0, hold_s: float = 0.0,
+                  seed: int | None = None) -> None:
         """Make `action` of `service` fail with `code`: with `probability`, at most `times` times, after letting
-        the first `after` matching calls through; `match` compares flat request params (e.g. InstanceType)."""
+        the first `after` matching calls through; `match` maps flat request params (e.g. InstanceType) to regular
+        expressions they must match. With `hold_s`, each failing call first hangs that long, or until
+        `clear_faults` or `reset`."""
         rule = {"service": service, "action": action, "code": code, "message": message, "status": status,
-                "probability": probability, "times": times, "match": match or {}, "after": after}
+                "probability": probability, "times": times, "match": match or {}, "after": after, "hold_s": hold_s}
         self._control("POST", "faults", {"rules": [rule], "seed": seed})
 
     def clear_faults(self) -> None:

@@ -71,11 +71,11 @@ class Control:
 
     def reset(self) -> None:
         """Everything back to a fresh start: moto's state, our stores, faults, processes and disk contents."""
+        self.faults.clear()  # first: held calls end with their errors, before the state they would touch goes
         with self.player.paused():
             self.player.reset()
             moto_api_backend.reset()
             self.placement.clear()
-            self.faults.clear()
             self.store.wipe()
             for folder in ("commands", "instances"):
                 shutil.rmtree(self.root / folder, ignore_errors=True)

@@ -1,6 +1,8 @@
-"""Fault rules: make chosen API calls fail with a given error code, by probability, count and request params."""
+"""Fault rules: make chosen API calls fail with a given error code, by probability, count and request params;
+optionally hold a call first, as an endpoint that hangs does, until the rules are cleared."""
 
 import random
+import re
 import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,8 +19,9 @@ class FaultRule:
     status: int | None = None  # None: the status AWS uses for this code
     probability: float = 1.0
     times: int | None = None  # fire at most this many times; None: no limit
-    match: dict[str, str] = field(default_factory=dict)  # flat request params that must be equal
+    match: dict[str, str] = field(default_factory=dict)  # flat request params -> regular expressions they match
     after: int = 0  # let the first N matching calls through
+    hold_s: float = 0.0  # keep each failing call waiting this long (or until the rules are cleared) first
     seen: int = 0  # matching calls so far
     fired: int = 0
 
@@ -26,7 +29,7 @@ class FaultRule:
         return (
             self.service == call.service
             and self.action in ("*", call.action)
-            and all(call.params.get(key) == str(value) for key, value in self.match.items())
+            and all(re.fullmatch(str(pattern), call.params.get(key, "\0")) for key, pattern in self.match.items())
         )
 
 
@@ -35,6 +38,7 @@ class Faults:
         self._lock = threading.Lock()
         self._rules: list[FaultRule] = []
         self._rng = random.Random()
+        self._released = threading.Event()
 
     def add(self, rules: list[dict[str, Any]], seed: int | None = None) -> None:
         parsed = [FaultRule(**{k: v for k, v in rule.items() if k not in ("seen", "fired")}) for rule in rules]
@@ -44,8 +48,16 @@ class Faults:
                 self._rng.seed(seed)
 
     def clear(self) -> None:
+        """No more rules; calls held now get their errors at once."""
         with self._lock:
             self._rules.clear()
+            self._released.set()
+            self._released = threading.Event()
+
+    def hold(self, rule: FaultRule) -> None:
+        with self._lock:
+            released = self._released
+        released.wait(rule.hold_s)
 
     def report(self) -> list[dict[str, Any]]:
         with self._lock:

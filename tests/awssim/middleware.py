@@ -43,6 +43,7 @@ class AwsSimApp:
         time.sleep(LATENCY_SECONDS)
         rule = self.faults.pick(call)
         if rule is not None:
+            self.faults.hold(rule)
             return error_response(call.service, rule.code, rule.message, rule.status).send(start_response)
         answer = self._instead_of_moto(call)
         if answer is not None:

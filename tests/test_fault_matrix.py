@@ -1,0 +1,340 @@
+"""The fault matrix: a failure at each stage x each way a run dies, on the local backend and on AWS (the
+simulator). Every scenario must end with nothing of its run left; docs/fault-matrix.md is written from the
+outcomes when the whole matrix ran.
+
+How a run dies:
+- exception: the stage fails (an AWS error answer, or an injected error locally); the flow's `finally` tears down.
+- cancel: a run of the served deployment is cancelled while the stage hangs; the runner kills the flow process
+  and runs the on_cancellation hook.
+- sigterm: the flow process gets SIGTERM while the stage hangs (Prefect turns it into a crash).
+- sigkill: the flow process is SIGKILLed while the stage hangs; nothing of it runs again, so the scheduled
+  cleanup flow (run here at once) marks the run Crashed (its heartbeats stopped) and deletes what it left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL
+from prefect.states import Cancelling
+
+from flows.cleanup import cleanup
+from flows.imagenet18 import imagenet18
+from tasks.backends.aws import AwsBackend
+from tasks.backends.local import LocalBackend
+from tests.faultgates import GATE_ENV, Gate, installed
+from tests.test_aws import DATASET, options, tagged_leftovers
+from tests.test_server import _wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STAGES = ("validate", "replicate", "provision", "train", "evaluate", "teardown")
+DEATHS = ("exception", "cancel", "sigterm", "sigkill")
+BACKENDS = ("local", "aws")
+MANY = ("validate", "replicate", "provision")  # stages met with 16 machines: part-way through 16 creations
+
+# Where each stage fails on the local backend: (function, calls let through first).
+LOCAL_GATES = {
+    "validate": ("tasks.backends.local:LocalBackend.check", 0),
+    "replicate": ("tasks.backends.local:LocalBackend._replica", 7),  # replicas 8..16 fail
+    "provision": ("tasks.backends.local:Machine", 8),  # machines 9..16 fail
+    "train": ("tasks.backends.local:LocalBackend.status", 0),  # the first poll of the running job
+    "evaluate": ("tasks.stages:_local_copy", 0),  # reading the TensorBoard events
+    "teardown": ("tasks.backends.local:LocalBackend.delete_replicas", 0),
+}
+# ... and on AWS: (service, action, error code, request params matched, calls let through first).
+AWS_FAULTS = {
+    "validate": ("ec2", "RunInstances", "UnauthorizedOperation", {"DryRun": "true"}, 0),
+    "replicate": ("ec2", "CreateVolume", "UnauthorizedOperation", {}, 7),
+    "provision": ("ec2", "RunInstances", "UnauthorizedOperation", {"MaxCount": "1"}, 8),
+    "train": ("s3", "GetObject", "AccessDenied", {"Key": r".*/metrics\.jsonl"}, 0),
+    "evaluate": ("s3", "GetObject", "AccessDenied", {"Key": r".*/events\.out\.tfevents\..*"}, 0),
+    "teardown": ("ec2", "TerminateInstances", "UnauthorizedOperation", {}, 0),
+}
+WHERE = {
+    "validate": "the pre-flight checks",
+    "replicate": "volume/replica 8 of 16",
+    "provision": "machine 9 of 16",
+    "train": "reading the running job's metrics",
+    "evaluate": "reading the TensorBoard events",
+    "teardown": "deleting (local: replicas; AWS: terminating machines)",
+}
+OUTCOMES: list[Outcome] = []
+
+
+@dataclass(frozen=True)
+class Outcome:
+    backend: str
+    stage: str
+    death: str
+    at_death: int | None  # resources of the run when it was killed (None: it failed on its own)
+    state: str  # the flow run's final state
+    after_run: int  # resources left when the run had ended
+    after_cleanup: int
+
+    @property
+    def removed_by(self) -> str:
+        if self.at_death == 0 or (self.at_death is None and self.stage == "validate"):
+            return "nothing was created"
+        if self.after_run:
+            return "the cleanup flow"
+        return {"exception": "the flow's teardown", "cancel": "the on_cancellation hook / teardown",
+                "sigterm": "the flow's teardown on the crash"}[self.death]
+
+
+class Scenario:
+    """One backend's run, armed to fail (or hang, then fail) in one stage, and how to count what it left."""
+
+    def __init__(self, backend: str, stage: str, home: Path, tiny_data: Path, aws, scratch: Path):
+        self.backend, self.stage, self.home, self.aws = backend, stage, home, aws
+        machines = 16 if stage in MANY else 2
+        if backend == "local":
+            self.parameters = {"machines": machines, "dataset": str(tiny_data), "schedule": "cpu-tiny", "epochs": 1}
+            target, after = LOCAL_GATES[stage]
+            self.gate = Gate(target, after, hold=False, hit=str(scratch / "hit"), release=str(scratch / "release"))
+        else:
+            aws.make_snapshot(tiny_data.parent, description=DATASET)
+            self.parameters = {"machines": machines, "backend": "aws", "instance_type": "g5.xlarge",
+                               "dataset": DATASET, "schedule": "cpu-tiny", "epochs": 1, "max_hours": 1.0,
+                               "aws": options().model_dump(mode="json")}
+
+    def arm(self, hold: bool) -> Gate | None:
+        """AWS: the simulator's fault rule. Local: the gate to install, in this process or a flow process."""
+        if self.backend == "aws":
+            service, action, code, match, after = AWS_FAULTS[self.stage]
+            self.aws.add_fault(service, action, code, match=match, after=after, hold_s=300 if hold else 0)
+            return None
+        self.gate = Gate(**{**self.gate.__dict__, "hold": hold})
+        return self.gate
+
+    @property
+    def fired(self) -> bool:
+        if self.backend == "aws":
+            return any(rule["fired"] for rule in self.aws.fault_counts())
+        return self.gate.fired
+
+    def release(self) -> None:
+        """Hung calls end (with their errors); later calls succeed: the fault was transient."""
+        if self.backend == "aws":
+            self.aws.clear_faults()
+        else:
+            Path(self.gate.release).touch()
+
+    def resources(self, run_id: str) -> int:
+        """What teardown would find; `nothing_left` also asks each AWS service directly."""
+        backend = LocalBackend(self.home) if self.backend == "local" else AwsBackend(options())
+        return len(backend.resources(run_id))
+
+    def nothing_left(self, run_id: str) -> bool:
+        if self.backend == "local":
+            return not self.resources(run_id) and not any((self.home / "local" / "replicas" / run_id).glob("*"))
+        return not self.resources(run_id) and tagged_leftovers(self.aws, run_id) == {}
+
+
+@pytest.fixture
+def scenario(request, prefect_api, tiny_data, aws_sim, tmp_path) -> Scenario:
+    backend, stage = request.node.callspec.params["backend"], request.node.callspec.params["stage"]
+    if backend == "aws":
+        aws_sim.reset()
+    return Scenario(backend, stage, prefect_api, tiny_data, aws_sim, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def served_runner(prefect_api, aws_sim, tmp_path_factory):
+    """`imagenet18 serve` on the session's Prefect API; its flow processes install the gate in GATE_ENV's file
+    (tests/faultgates_site/sitecustomize.py). The scheduled cleanup is pushed out of the way (yearly)."""
+    folder = tmp_path_factory.mktemp("served-runner")
+    gate_file = folder / "gate.json"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), GATE_ENV: str(gate_file),
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "faultgates_site"), str(REPO)]),
+           "IMAGENET18_CLEANUP_CRON": "0 0 1 1 *", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    with open(folder / "serve.log", "w") as log:
+        process = subprocess.Popen([str(BIN / "imagenet18"), "serve"], env=env, start_new_session=True,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: _deployment_ids(), 120, "the served deployments")
+        yield gate_file
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _deployment_ids() -> list:
+    with get_client(sync_client=True) as client:
+        return [d.id for d in client.read_deployments() if d.name == "full"]
+
+
+def _flow_run_ids() -> set[uuid.UUID]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["imagenet18"])), limit=200)
+    return {run.id for run in runs}
+
+
+def _state(flow_run_id: uuid.UUID):
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).state
+
+
+def _settled_count(scenario: Scenario, run_id: str) -> int:
+    """Resources once calls let through before the fault have landed (they run in parallel with it)."""
+    counts = [scenario.resources(run_id)]
+    while len(counts) < 3 or len(set(counts[-3:])) > 1:
+        time.sleep(0.5)
+        counts.append(scenario.resources(run_id))
+    return counts[-1]
+
+
+def _die_by_exception(scenario: Scenario) -> tuple[uuid.UUID, None]:
+    gate = scenario.arm(hold=False)
+    if gate is None:
+        state = imagenet18(**scenario.parameters, return_state=True)
+    else:
+        with installed(gate):
+            state = imagenet18(**scenario.parameters, return_state=True)
+    scenario.release()
+    assert state.is_failed(), state.message
+    assert re.search(r"injected|UnauthorizedOperation|AccessDenied|Access Denied|may not", str(state.message)), \
+        state.message
+    return state.state_details.flow_run_id, None
+
+
+def _die_by_cancel(scenario: Scenario, gate_file: Path) -> tuple[uuid.UUID, int]:
+    gate = scenario.arm(hold=True)
+    gate_file.unlink(missing_ok=True)
+    if gate is not None:
+        gate.save(gate_file)
+    flow_run = run_deployment("imagenet18/full", parameters=scenario.parameters, timeout=0)
+    _wait_for(lambda: scenario.fired, 300, f"the run to reach {scenario.stage}")
+    at_death = _settled_count(scenario, str(flow_run.id))
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run.id, Cancelling(), force=True)  # what `prefect flow-run cancel` does
+    _wait_for(lambda: not _engine_processes(flow_run.id), 120, "the runner to stop the flow process")
+    scenario.release()  # the hang ends; the cancellation hook, in the runner, may be waiting on it too
+    _wait_for(lambda: _state(flow_run.id).is_final(), 300, "the cancelled run to end")
+    return flow_run.id, at_death
+
+
+def _engine_processes(flow_run_id: uuid.UUID) -> list[int]:
+    """The served flow run's own process (`python -m prefect.engine`, marked by the runner with its id)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in environ and b"prefect.engine" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def _die_by_signal(scenario: Scenario, sig: signal.Signals, folder: Path) -> tuple[uuid.UUID, int]:
+    gate = scenario.arm(hold=True)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    if gate is not None:
+        gate.save(folder / "gate.json")
+        env[GATE_ENV] = str(folder / "gate.json")
+    script = ("import json, sys; from tests.faultgates import install_from_environment; "
+              "install_from_environment(); from flows.imagenet18 import imagenet18; "
+              "imagenet18(**json.loads(sys.argv[1]))")
+    before = _flow_run_ids()
+    with open(folder / "flow.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-c", script, json.dumps(scenario.parameters)], env=env,
+                                   cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: scenario.fired or process.poll() is not None, 300, f"the run to reach {scenario.stage}")
+        assert process.poll() is None, (folder / "flow.log").read_text()[-3000:]
+        [flow_run_id] = _flow_run_ids() - before
+        at_death = _settled_count(scenario, str(flow_run_id))
+        process.send_signal(sig)
+        if sig == signal.SIGTERM:
+            scenario.release()  # a hung call returns at last: the process finishes dying
+        process.wait(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        scenario.release()
+    return flow_run_id, at_death
+
+
+@pytest.mark.parametrize("death", DEATHS)
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_run_that_dies_leaves_nothing(scenario, backend, stage, death, served_runner, tmp_path):
+    if death == "exception":
+        flow_run_id, at_death = _die_by_exception(scenario)
+    elif death == "cancel":
+        flow_run_id, at_death = _die_by_cancel(scenario, served_runner)
+    else:
+        flow_run_id, at_death = _die_by_signal(scenario, signal.SIGTERM if death == "sigterm" else signal.SIGKILL,
+                                               tmp_path)
+    run_id = str(flow_run_id)
+    after_run = scenario.resources(run_id)
+    if death == "sigkill" and at_death:
+        assert after_run, "SIGKILL lets nothing run: what the run made is still there"
+    elif not (death == "exception" and stage == "teardown"):  # a teardown that keeps failing leaves it to cleanup
+        assert after_run == 0, "the run's own teardown (its finally, or the cancel/crash hook) removed everything"
+    if after_run or not _state(flow_run_id).is_final():
+        cleanup(stale_after_minutes=0)
+    state = _state(flow_run_id)
+    assert state.is_final(), f"the run is {state.name} after cleanup"
+    expected = {"exception": "Failed", "cancel": "Cancelled", "sigterm": "Crashed", "sigkill": "Crashed"}[death]
+    assert state.type.value.lower() == expected.lower(), (state.name, state.message)
+    assert scenario.nothing_left(run_id), "nothing of the run is left"
+    OUTCOMES.append(Outcome(backend, stage, death, at_death, state.name, after_run, scenario.resources(run_id)))
+
+
+def test_the_docs_list_the_fault_matrix_as_the_last_full_run_found_it():
+    """Writes docs/fault-matrix.md when the whole matrix ran in this session, then checks the docs list it."""
+    if len(OUTCOMES) == len(STAGES) * len(DEATHS) * len(BACKENDS):
+        (REPO / "docs" / "fault-matrix.md").write_text(render(OUTCOMES))
+    listed = (REPO / "docs" / "fault-matrix.md").read_text()
+    for backend in BACKENDS:
+        for stage in STAGES:
+            for death in DEATHS:
+                assert f"| {backend} | {stage} | {death} |" in listed, (backend, stage, death)
+
+
+def render(outcomes: list[Outcome]) -> str:
+    rows = "\n".join(
+        f"| {o.backend} | {o.stage} | {o.death} | {'-' if o.at_death is None else o.at_death} | {o.state} | "
+        f"{o.after_run} | {o.after_cleanup} | {o.removed_by} |" for o in outcomes)
+    where = "\n".join(f"- **{stage}**: {WHERE[stage]}" for stage in STAGES)
+    return f"""# Fault matrix
+
+Written by `pytest tests/test_fault_matrix.py` when the whole matrix runs; do not edit.
+Each row is a run that failed in one stage and died one way; every one ended with nothing of it left.
+Local runs fail through an injected error (tests/faultgates.py); AWS runs through the simulator's error
+answers, and hang (for cancel, SIGTERM and SIGKILL) in the call that fails until the run is killed.
+
+Where each stage fails (validate, replicate and provision with 16 machines; the rest with 2, training on CPU):
+{where}
+
+How the run dies: **exception** (the stage fails), **cancel** (`prefect flow-run cancel` of a run of the served
+`imagenet18/full`), **sigterm** or **sigkill** (the flow process). After SIGKILL nothing of the run runs again:
+the cleanup flow (scheduled; run at once here) marks the run Crashed because its heartbeats stopped, and
+deletes what it left by tag.
+
+Resources: the run's tagged replicas, machines, processes (local) or volumes, instances, network, EFS, IAM and
+placement groups (AWS), counted when the run was killed, when its flow run ended, and after the cleanup flow.
+
+| backend | stage | death | when killed | final state | left by the run | after cleanup | removed by |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+{rows}
+"""
