@@ -23,6 +23,7 @@ from tasks.backends.aws.options import AwsOptions
 HOOK_TEARDOWN_ATTEMPTS = 4  # as the teardown task: one try and three retries
 HOOK_RETRY_SECONDS = 5.0
 
+
 def _run_name() -> str:
     p = current_run.parameters
     spot = "-spot" if p.get("spot") else ""

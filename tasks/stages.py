@@ -57,8 +57,9 @@ def provision_cluster(plan: RunPlan, replicas: list[Resource]) -> Cluster:
 # Not retried: a second launch would start training over; recovery resumes from checkpoints instead.
 @task(name="train", cache_policy=NO_CACHE)
 def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[dict, Cluster]:
-    """Launch, relay progress, and when machines are lost (a spot interruption, a killed node), replace them
-    and resume every node from the last checkpoint, at most `restarts` times. Returns the trainer's summary,
+    """Launch, relay progress, and when machines are lost (a spot interruption, a killed node) or hung (no new
+    heartbeat for `hang_minutes`), replace what is gone and resume every node from the last checkpoint, at
+    most `restarts` times. Returns the trainer's summary,
     with the restarts in it, and the cluster as it ended."""
     backend = backend_for(plan.params)
     logger = get_run_logger()

@@ -13,6 +13,7 @@ How a run dies:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -117,7 +118,7 @@ class Scenario:
             service, action, code, match, after = AWS_FAULTS[self.stage]
             self.aws.add_fault(service, action, code, match=match, after=after, hold_s=300 if hold else 0)
             return None
-        self.gate = Gate(**{**self.gate.__dict__, "hold": hold})
+        self.gate = dataclasses.replace(self.gate, hold=hold)
         return self.gate
 
     @property
