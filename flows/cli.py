@@ -20,6 +20,10 @@ from pydantic import ValidationError
 from tasks.backends.base import BackendError, InputError
 
 MACHINE_COUNTS = (1, 2, 4, 8, 16)
+PREFECT_ENVIRONMENT = {
+    "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # the backends' own logs (AWS retries, capacity moves) reach the flow run's log in the UI too
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,trainer", "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore"}
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
@@ -94,13 +98,23 @@ def parser() -> argparse.ArgumentParser:
     _aws_options(snapshot)
     sub.add_parser("cleanup", help="delete what finished or expired runs left")
     sub.add_parser("serve", help="serve imagenet18/full, the replicate flow and the scheduled cleanup")
+    tensorboard = sub.add_parser("tensorboard", help="TensorBoard over runs' logs, on 127.0.0.1 only")
+    tensorboard.add_argument("--run", help="one run: its folder, name or a prefix of its id (default: all runs)")
+    tensorboard.add_argument("--logdir", help="a folder or fsspec URL (s3://...) of runs (default: the backend's)")
+    tensorboard.add_argument("--port", type=int, help="the local port (default: 6006, or the next free one)")
+    tensorboard.add_argument("--backend", choices=("local", "aws"), default="local")
+    tensorboard.add_argument("--via", choices=("bucket", "head"), default="bucket",
+                             help="aws: read s3://<bucket>/runs/ from here (bucket), or serve the run's EFS folder "
+                                  "on its machine 0 through an SSM or ssh port forward (head)")
+    tensorboard.add_argument("--remote-port", type=int, default=6006, help="TensorBoard's port on machine 0 (head)")
+    _aws_options(tensorboard)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    for name, value in PREFECT_ENVIRONMENT.items():  # before Prefect is imported, and inherited by served runs
+        os.environ.setdefault(name, value)
     try:
         return COMMANDS[args.command](args)
     except (InputError, BackendError, ValidationError) as exc:
@@ -142,7 +156,8 @@ def _run(args: argparse.Namespace) -> int:
                else f"{result['target']:.1f}% {result['target_metric']} not reached")
     print(f"{result['run_name']}: top-1 {result['top1']:.3f}, top-5 {result['top5']:.3f} after "
           f"{result['epochs']} epochs ({result['hours'] * 60:.1f} min); {reached}")
-    print(f"logs and TensorBoard events: {result['storage']}   (tensorboard --logdir {result['storage']})")
+    print(f"logs and TensorBoard events: {result['storage']}   ({result['tensorboard']})")
+    print(f"loss and accuracy curves: {result['storage']}/curves.png")
     return 0
 
 
@@ -179,8 +194,30 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tensorboard(args: argparse.Namespace) -> int:
+    import shlex
+
+    from flows.tensorboard import interrupt_on_termination, open_session
+
+    interrupt_on_termination()
+    try:
+        with open_session(args.backend, args.via, args.logdir, args.run, args.port, args.remote_port,
+                          _aws(args)) as session:
+            if session.manual_forward:
+                command, needs = session.manual_forward
+                print(f"TensorBoard is starting on machine 0 ({session.logdir}), on its 127.0.0.1 only. The port "
+                      f"forward to it needs {needs}, not found here: install that, then run this in another "
+                      f"terminal (it listens on 127.0.0.1:{session.port}):\n  {shlex.join(command)}", flush=True)
+            print(f"TensorBoard: {session.wait_until_serving()}   ({session.logdir}; Ctrl-C stops it)", flush=True)
+            print(f"error: {session.wait()}", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt:
+        print("TensorBoard stopped", file=sys.stderr)
+        return 0
+
+
 COMMANDS = {"demo": _run, "run": _run, "plan": _run, "replicate": _replicate, "snapshot": _snapshot,
-            "cleanup": _cleanup, "serve": _serve}
+            "cleanup": _cleanup, "serve": _serve, "tensorboard": _tensorboard}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,6 +26,11 @@ class RunPlan:
     schedule: str
     epochs: int
     cost: CostPlan
+    reference_minutes: float | None = None  # the schedule's known wall time on its own machines
+
+    @property
+    def expected_usd(self) -> float | None:
+        return None if self.reference_minutes is None else self.cost.hourly_usd * self.reference_minutes / 60
 
 
 def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
@@ -44,7 +49,8 @@ def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
         raise InputError(f"the plan costs up to ${cost.total_usd:,.2f} ({params.max_hours} h at "
                          f"${cost.hourly_usd:,.2f}/h), over the budget of ${params.budget_usd:,.2f}")
     epochs = min(plan_schedule.epochs, params.epochs or plan_schedule.epochs)
-    return RunPlan(params, spec, params.resolved_dataset, params.resolved_schedule, epochs, cost)
+    return RunPlan(params, spec, params.resolved_dataset, params.resolved_schedule, epochs, cost,
+                   plan_schedule.reference_minutes)
 
 
 def ensure_demo_dataset() -> None:

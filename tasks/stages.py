@@ -15,9 +15,13 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.parameters import RunParameters
 from tasks.backends import backend_for
+from tasks.backends.aws.options import AwsOptions
 from tasks.backends.base import Cluster, Resource
 from tasks.planning import RunPlan, plan_run
+from tasks.curves import curves_png
 from tasks.progress import ProgressWatch
+from tasks.relay import MachineLogs, MetricsRelay
+from tasks.reports import TrainingProgress, publish_epochs, publish_plan, publish_summary
 
 TRAIN_JOB = "train"
 POLL_SECONDS = 2.0
@@ -33,6 +37,7 @@ def validate_and_plan(params: RunParameters, run_id: str, run_name: str) -> RunP
     logger.info("plan: %s, %d epochs of %s on %d machine(s); up to %.1f h, $%.2f/h, at most $%.2f",
                 params.backend, plan.epochs, plan.schedule, params.machines, params.max_hours,
                 plan.cost.hourly_usd, plan.cost.total_usd)
+    publish_plan(plan)
     return plan
 
 
@@ -63,13 +68,16 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[di
     with the restarts in it, and the cluster as it ended."""
     backend = backend_for(plan.params)
     logger = get_run_logger()
-    job, offset, epochs_seen, restarts = TRAIN_JOB, 0, [], []
+    job, restarts, metrics = TRAIN_JOB, [], MetricsRelay()
+    progress = TrainingProgress(plan.spec.run_name, plan.epochs)
     deadline = time.monotonic() + plan.params.max_hours * 3600
     _launch(backend, plan, cluster, job, logger)
-    watch = ProgressWatch(plan.params.hang_minutes * 60)
+    watch, machine_logs = ProgressWatch(plan.params.hang_minutes * 60), MachineLogs(job, len(cluster.machines))
     while True:
         status = backend.status(cluster, job)
-        offset = _relay_new_records(backend, cluster, offset, epochs_seen, logger)
+        machine_logs.poll(backend, cluster, logger)
+        for record in metrics.poll(backend, cluster, logger):
+            progress.epoch_ended(record)
         ending = status.done or status.succeeded  # a node that finished beats no more; the rest follow
         hung = [] if ending else watch.hung(_heartbeats(backend, cluster))
         if status.failed or hung:
@@ -85,9 +93,9 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[di
             cluster = backend.provision(cluster.spec, replicas)
             job = f"{TRAIN_JOB}.r{len(restarts) + 1}"
             _launch(backend, plan, cluster, job, logger)
-            watch = ProgressWatch(plan.params.hang_minutes * 60)
+            watch, machine_logs = ProgressWatch(plan.params.hang_minutes * 60), MachineLogs(job, len(cluster.machines))
             restarts.append({"job": job, "lost": {str(i): code for i, code in lost.items()}, "hung": hung,
-                             "after_epoch": epochs_seen[-1] if epochs_seen else None,
+                             "after_epoch": metrics.epochs[-1]["epoch"] if metrics.epochs else None,
                              "seconds_to_relaunch": round(time.monotonic() - began, 1)})
             continue
         if status.done:
@@ -97,7 +105,9 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[di
         time.sleep(POLL_SECONDS)
     summary = json.loads(backend.read_storage(cluster, "summary.json"))
     summary["restarts"] = restarts
-    summary["epochs_redone"] = len(epochs_seen) - len(set(epochs_seen))
+    summary["epochs_redone"] = len(metrics.epochs) - len({record["epoch"] for record in metrics.epochs})
+    summary["wandb"] = metrics.wandb
+    progress.finished(len(summary["epochs"]), summary["epochs"][-1]["top1"])
     return summary, cluster
 
 
@@ -124,21 +134,6 @@ def _lost(exit_code: int) -> bool:
     """Ended by a signal or gone without an exit code: the machine or its node process was lost, which a
     restart from the checkpoint mends; a plain error exit is the trainer's own, which a restart repeats."""
     return exit_code < 0 or exit_code >= 128
-
-
-def _relay_new_records(backend, cluster: Cluster, offset: int, epochs_seen: list[int], logger) -> int:
-    chunk = backend.read_storage(cluster, "metrics.jsonl", offset)
-    complete = chunk[:chunk.rfind(b"\n") + 1]
-    for line in complete.decode(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line torn by a node killed mid-write
-            logger.warning("skipping an unreadable metrics line: %.200s", line)
-            continue
-        if record["type"] == "epoch":
-            epochs_seen.append(record["epoch"])
-        _relay(record, logger)
-    return offset + len(complete)
 
 
 def trainer_command(plan: RunPlan, cluster: Cluster, machine: int, port: int) -> list[str]:
@@ -173,18 +168,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _relay(record: dict, logger) -> None:
-    if record["type"] == "epoch":
-        logger.info("~~%d\t%.5f\t\t%.3f\t\t%.3f   (%d px, global batch %d, lr %.4g, train loss %.4f)",
-                    record["epoch"], record["hours"], record["top1"], record["top5"], record["size"],
-                    record["global_batch"], record["lr"], record["train_loss"])
-    elif record["type"] == "target":
-        logger.info("reached %s %.3f >= %.1f at epoch %d after %.5f hours", record["metric"], record["value"],
-                    record["target"], record["epoch"], record["hours"])
-    elif record["type"] == "end" and record.get("status") == "failed":
-        logger.error("the trainer failed: %s", record.get("error"))
-
-
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
     """The final accuracy and the time to target, computed from the run's TensorBoard events as the seed did."""
@@ -205,7 +188,8 @@ def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
               "target": summary["target"], "target_metric": summary["target_metric"],
               "target_epoch": reached["epoch"] if reached else None,
               "target_hours": reached["hours"] if reached else None,
-              "cost_usd": plan.cost.hourly_usd * summary["hours"],
+              "cost_usd": plan.cost.hourly_usd * summary["hours"], "hourly_usd": plan.cost.hourly_usd,
+              "wandb": summary.get("wandb"), "connect": cluster.connect, "tensorboard": tensorboard_command(plan),
               "restarts": summary.get("restarts", []), "epochs_redone": summary.get("epochs_redone", 0),
               "restart_cost_usd": plan.cost.hourly_usd * sum(r["seconds_to_relaunch"]
                                                              for r in summary.get("restarts", [])) / 3600}
@@ -224,9 +208,27 @@ def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
     if result["restarts"]:
         logger.info("restarts cost %d epoch(s) run twice and about $%.2f of waiting", result["epochs_redone"],
                     result["restart_cost_usd"])
-    logger.info("logs and TensorBoard events: %s", cluster.storage)
-    result["connect"] = cluster.connect
+    logger.info("logs and TensorBoard events: %s (%s)", cluster.storage, result["tensorboard"])
+    _publish_report(result, summary["epochs"], logger)
     return result
+
+
+def tensorboard_command(plan: RunPlan) -> str:
+    command = f"imagenet18 tensorboard --run {plan.spec.run_name}"
+    if plan.params.backend == "aws":
+        command += f" --backend aws --region {(plan.params.aws or AwsOptions()).region}"
+    return command
+
+
+def _publish_report(result: dict, epochs: list[dict], logger) -> None:
+    """The curves as curves.png beside the run's logs, the epoch table and the summary, as artifacts."""
+    png = curves_png(epochs, result["run_name"], result["target"], result["target_metric"])
+    path = f"{result['storage']}/curves.png"
+    with fsspec.open(path, "wb") as file:
+        file.write(png)
+    logger.info("loss and accuracy curves: %s", path)
+    publish_epochs(result["run_name"], epochs)
+    publish_summary(result, png, path, result["tensorboard"])
 
 
 @contextlib.contextmanager

@@ -10,10 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fsspec
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.settings import PREFECT_API_URL
 
 from flows.imagenet18 import imagenet18
 from tasks.backends.aws import AwsBackend, catalog
+from tasks.reports import PLAN_KEY
 from tests.test_aws import AMI, BUCKET, DATASET, options, tagged_leftovers
 
 IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
@@ -33,7 +36,7 @@ def test_two_machine_aws_run_completes_end_to_end_and_leaves_nothing(prefect_api
     storage = result["storage"].removeprefix("s3://")
     assert [fs.cat(f"{storage}/exit/train-{i}").strip() for i in (0, 1)] == [b"0", b"0"], "both nodes exited 0"
     for kept in ("summary.json", "metrics.jsonl", "logs/train-0.log", "logs/train-1.log", "heartbeats/node-1.json",
-                 "checkpoints/checkpoint.pt"):
+                 "checkpoints/checkpoint.pt", "curves.png"):
         assert fs.exists(f"{storage}/{kept}"), f"{kept} is kept in the results bucket"
     assert fs.glob(f"{storage}/events.out.tfevents.*"), "TensorBoard events are kept"
 
@@ -50,11 +53,20 @@ def test_plan_on_aws_prices_the_run_and_creates_nothing(prefect_api, aws, tiny_d
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     hourly = 16 * catalog.instance_type("p4d.24xlarge").on_demand_usd
-    priced = re.search(r"would cost \$([\d,.]+)/h, at most \$([\d,.]+); nothing was created", result.stdout)
+    priced = re.search(r"(\S+): would cost \$([\d,.]+)/h, at most \$([\d,.]+); nothing was created", result.stdout)
     assert priced, result.stdout
-    assert float(priced[1].replace(",", "")) > hourly, "machines, disks and EFS are all priced"
+    assert float(priced[2].replace(",", "")) > hourly, "machines, disks and EFS are all priced"
+    plan = _plan_artifact(priced[1])
+    assert f"| 16 | ${catalog.instance_type('p4d.24xlarge').on_demand_usd:,.2f} |" in plan
+    assert f"**${priced[2]}/h**" in plan and "reference time of 18.1 min" in plan, plan
     assert AwsBackend(options()).resources() == []
     assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
+
+
+def _plan_artifact(run_name: str) -> str:
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[PLAN_KEY])))
+    return next(a.data for a in artifacts if a.description.startswith(f"{run_name}:"))
 
 
 def test_a_spot_interruption_without_restarts_fails_the_run_at_once_and_leaves_nothing(prefect_api, aws,

@@ -1,6 +1,7 @@
 """The imagenet18 flow with the local backend, on Prefect's test harness (a real Prefect API)."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -9,8 +10,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from PIL import Image
 from prefect import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId,
+                                            LogFilter, LogFilterFlowRunId)
 from prefect.exceptions import ParameterTypeError
 from prefect.settings import PREFECT_API_URL
 
@@ -41,6 +44,24 @@ def _task_run_names(flow_run_id) -> set[str]:
             time.sleep(0.5)
 
 
+def _flow_run_logs(flow_run_id, until: str) -> list:
+    """The flow run's log records, once one contains `until` (logs reach the API in batches)."""
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            if any(until in log.message for log in logs) or time.monotonic() > deadline:
+                return logs
+            time.sleep(0.5)
+
+
+def _artifacts(flow_run_id) -> dict:
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {artifact.key: artifact for artifact in artifacts}
+
+
 def test_two_machine_local_run_completes_and_leaves_nothing(prefect_api, tiny_data):
     state = imagenet18(machines=2, dataset=str(tiny_data), schedule="cpu-tiny", epochs=3, return_state=True)
     assert state.is_completed(), state.message
@@ -50,6 +71,35 @@ def test_two_machine_local_run_completes_and_leaves_nothing(prefect_api, tiny_da
     assert os.path.isfile(os.path.join(result["storage"], "summary.json")), "the run's logs are kept"
     assert STAGES <= _task_run_names(state.state_details.flow_run_id)
     _assert_nothing_left(prefect_api)
+    _assert_machine_logs_arrived_while_training(state.state_details.flow_run_id, result["storage"])
+    _assert_artifacts_show_the_run(state.state_details.flow_run_id, result)
+
+
+def _assert_machine_logs_arrived_while_training(flow_run_id, storage: str) -> None:
+    logs = _flow_run_logs(flow_run_id, until="machine 0 | ~~2")
+    relayed = {log.message.split(" | ", 1)[1]: log.timestamp for log in logs if log.message.startswith("machine 0 | ")}
+    assert "~~epoch\thours\ttop1\ttop5" in relayed and any(line.startswith("Epoch: [0][") for line in relayed)
+    epoch_ends = {r["epoch"]: r["time"] for r in map(json.loads, open(os.path.join(storage, "metrics.jsonl")))
+                  if r["type"] == "epoch"}
+    first_epoch_line = next(at for line, at in relayed.items() if line.startswith("~~0\t"))
+    assert first_epoch_line.timestamp() < epoch_ends[2], "machine 0's lines reach the flow's log as it trains"
+    assert not any(log.message.startswith("machine 1 | ") for log in logs), "only errors of the other machines"
+
+
+def _assert_artifacts_show_the_run(flow_run_id, result: dict) -> None:
+    artifacts = _artifacts(flow_run_id)
+    assert {"imagenet18-plan", "imagenet18-progress", "imagenet18-epochs", "imagenet18-summary"} <= set(artifacts)
+    assert "torchrun node process on this machine | 2 |" in artifacts["imagenet18-plan"].data
+    assert artifacts["imagenet18-progress"].data == 100.0
+    rows = json.loads(artifacts["imagenet18-epochs"].data)
+    assert [row["epoch"] for row in rows] == [0, 1, 2]
+    assert {"hours", "image size", "global batch", "lr", "train loss", "top-1", "top-5"} <= set(rows[0])
+    assert rows[-1]["top-1"] == pytest.approx(result["top1"], abs=1e-3)
+    summary = artifacts["imagenet18-summary"].data
+    assert result["run_name"] in summary and f"imagenet18 tensorboard --run {result['run_name']}" in summary
+    assert "](data:image/png;base64," in summary
+    with Image.open(os.path.join(result["storage"], "curves.png")) as curves:
+        assert curves.format == "PNG" and curves.size[0] >= 800
 
 
 def test_failure_in_training_still_tears_everything_down(prefect_api, data_copy):
@@ -62,6 +112,11 @@ def test_failure_in_training_still_tears_everything_down(prefect_api, data_copy)
     assert state.is_failed()
     assert "training failed on machine(s)" in state.message or "differ" in str(state.message)
     _assert_nothing_left(prefect_api)
+    logs = _flow_run_logs(state.state_details.flow_run_id, until="machine 1 | ")
+    errors = [log.message for log in logs if log.level >= logging.ERROR]
+    for machine in (0, 1):  # both machines' errors reach the flow's log, with their tracebacks
+        assert any(m.startswith(f"machine {machine} | ") and "Traceback" in m for m in errors), errors
+        assert any(m.startswith(f"machine {machine} | ") and "Error" in m and "Traceback" not in m for m in errors)
 
 
 def test_dry_run_creates_nothing(prefect_api, tiny_data):

@@ -104,6 +104,8 @@ GOOD_LR = '[[lr]]\nep = [0, 2]\nlr = [0.1, 0.2]\n'
     (GOOD_DATA + '[[lr]]\nep = [0, 2]\nlr = [0.1, -0.2]\n', "must not be negative"),
     (GOOD_DATA + '[[data]]\nep = 4\nsz = 64\nbs = 8\n' + GOOD_LR, "after the end of training"),
     (GOOD_DATA + GOOD_LR + "machines = [", "not valid TOML"),
+    ('reference_minutes = "18:06"\n' + GOOD_DATA + GOOD_LR, "reference_minutes must be a positive number"),
+    ('reference_minutes = 0\n' + GOOD_DATA + GOOD_LR, "reference_minutes must be a positive number"),
 ])
 def test_bad_schedules_are_refused_with_the_reason(tmp_path, text, message):
     path = tmp_path / "bad.toml"

@@ -32,6 +32,7 @@ class Recorder:
         self.metrics = open(logdir / METRICS_FILE, "a", encoding="utf-8")
         if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "offline":
             self.wandb_run = _start_wandb(logdir, run_name, config)
+            self.record("wandb", url=self.wandb_run.url, dir=self.wandb_run.dir)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if not self.enabled:

@@ -88,6 +88,7 @@ class Schedule:
     lr: tuple[LRPhase, ...]
     target: float = 93.0
     target_metric: str = "top5"
+    reference_minutes: float | None = None  # measured wall time on the machines it was made for, if known
 
     @property
     def epochs(self) -> int:
@@ -143,7 +144,8 @@ def seed_schedule_name(machines: int) -> str:
 
 
 def parse(raw: dict, name: str) -> Schedule:
-    known = {"description", "arch", "machines", "gpus_per_machine", "data", "lr", "target", "target_metric"}
+    known = {"description", "arch", "machines", "gpus_per_machine", "data", "lr", "target", "target_metric",
+             "reference_minutes"}
     unknown = set(raw) - known
     if unknown:
         raise ScheduleError(f"schedule {name}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
@@ -156,9 +158,13 @@ def parse(raw: dict, name: str) -> Schedule:
     schedule = Schedule(name=name, description=raw.get("description", ""),
                         arch=raw.get("arch", "resnet50"), machines=raw.get("machines"),
                         gpus_per_machine=raw.get("gpus_per_machine"), data=data, lr=lr,
-                        target=float(raw.get("target", 93.0)), target_metric=raw.get("target_metric", "top5"))
+                        target=float(raw.get("target", 93.0)), target_metric=raw.get("target_metric", "top5"),
+                        reference_minutes=raw.get("reference_minutes"))
     if schedule.target_metric not in ("top1", "top5") or not 0 < schedule.target <= 100:
         raise ScheduleError(f"schedule {name}: target must be a percentage in (0, 100] of 'top1' or 'top5'")
+    if schedule.reference_minutes is not None and not (isinstance(schedule.reference_minutes, (int, float))
+                                                       and schedule.reference_minutes > 0):
+        raise ScheduleError(f"schedule {name}: reference_minutes must be a positive number of minutes")
     if schedule.data[-1].ep >= schedule.epochs:
         raise ScheduleError(f"schedule {name}: data phase at epoch {schedule.data[-1].ep} starts at or "
                             f"after the end of training (epoch {schedule.epochs}); extend an [[lr]] phase")
