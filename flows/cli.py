@@ -7,6 +7,7 @@
     imagenet18 snapshot --from s3://bucket/imagenet  # the dataset snapshot replicas are made from (aws)
     imagenet18 cleanup                           # what the scheduled cleanup does, now
     imagenet18 serve                             # serve the deployments (needs `prefect server start`)
+    imagenet18 tensorboard [--run RUN]           # TensorBoard over runs' logs, on 127.0.0.1 only
 """
 
 from __future__ import annotations

@@ -23,11 +23,17 @@ def plan_markdown(plan: RunPlan) -> str:
                 f"{plan.reference_minutes:g} min" if plan.expected_usd is not None
                 else "no reference time for this schedule")
     return (f"# Plan: {plan.spec.run_name}\n\n"
-            f"{p.machines} machine(s) of {p.resolved_instance_type} on {p.backend}{' (spot)' if p.spot else ''}, "
+            f"{_machines(p)}, "
             f"schedule **{plan.schedule}** for {plan.epochs} epochs, dataset `{plan.dataset}`.\n\n"
             f"| resource | count | $/h each | $/h |\n|---|---|---|---|\n{rows}\n\n"
             f"**${plan.cost.hourly_usd:,.2f}/h**; expected: {expected}; at most **${plan.cost.total_usd:,.2f}** "
             f"(machines end themselves after max_hours = {p.max_hours:g} h).\n")
+
+
+def _machines(p) -> str:
+    if p.backend == "local":
+        return f"{p.machines} local machine(s): torchrun node processes on this machine"
+    return f"{p.machines} machine(s) of {p.resolved_instance_type} on {p.backend}{' (spot)' if p.spot else ''}"
 
 
 def publish_plan(plan: RunPlan) -> None:

@@ -38,7 +38,8 @@ from tasks.backends.aws import AwsBackend
 from tasks.backends.local import LocalBackend
 from tests.faultgates import GATE_ENV, Gate, installed
 from tests.test_aws import DATASET, options, tagged_leftovers
-from tests.test_server import _wait_for
+from tests.prefect_server import background
+from tests.prefect_server import wait_for as _wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -162,18 +163,9 @@ def served_runner(prefect_api, aws_sim, tmp_path_factory):
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), GATE_ENV: str(gate_file),
            "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "faultgates_site"), str(REPO)]),
            "IMAGENET18_CLEANUP_CRON": "0 0 1 1 *", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
-    with open(folder / "serve.log", "w") as log:
-        process = subprocess.Popen([str(BIN / "imagenet18"), "serve"], env=env, start_new_session=True,
-                                   stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with background([str(BIN / "imagenet18"), "serve"], env, folder / "serve.log"):
         _wait_for(lambda: _deployment_ids(), 120, "the served deployments")
         yield gate_file
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _deployment_ids() -> list:

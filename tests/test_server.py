@@ -1,71 +1,29 @@
 """A real `prefect server` on 127.0.0.1, the deployments served by `imagenet18 serve`, and runs started with
 the real `prefect deployment run` command, as a user would."""
 
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.trainer_runs import free_port
-
-BIN = Path(sys.executable).parent
-
-
-def _wait_for(predicate, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+from tests.prefect_server import BIN, background, prefect_server
+from tests.prefect_server import wait_for as _wait_for
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """`prefect server start` and `imagenet18 serve`, each in its own process group, stopped afterwards."""
     home = tmp_path_factory.mktemp("served")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_API_URL": url,
-           "IMAGENET18_HOME": str(home / "imagenet18"), "DO_NOT_TRACK": "1",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
-    logs = home / "logs"
-    logs.mkdir()
-    processes = [subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                   str(port)], env=env, start_new_session=True,
-                                  stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT)]
-    try:
-        _wait_for(lambda: _healthy(url), 120, "the Prefect server")
-        processes.append(subprocess.Popen([str(BIN / "imagenet18"), "serve"], env=env, start_new_session=True,
-                                          stdout=open(logs / "serve.log", "w"), stderr=subprocess.STDOUT))
-        with temporary_settings({PREFECT_API_URL: url}):
-            _wait_for(lambda: len(_deployment_names()) >= 3, 120, "the served deployments")
-            yield env
-    finally:
-        for process in reversed(processes):
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+    with (prefect_server(home, IMAGENET18_HOME=str(home / "imagenet18"), PREFECT_RUNNER_POLL_FREQUENCY="2") as env,
+          background([str(BIN / "imagenet18"), "serve"], env, home / "serve.log"),
+          temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]})):
+        _wait_for(lambda: len(_deployment_names()) >= 3, 120, "the served deployments")
+        yield env
 
 
 def _deployment_names() -> set[str]:

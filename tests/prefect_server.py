@@ -1,0 +1,78 @@
+"""A real `prefect server start` on 127.0.0.1 for tests, and background commands that are always stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+from tests.trainer_runs import free_port
+
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], seconds: float, what: str) -> T:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def healthy(api_url: str) -> bool:
+    try:
+        return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def background(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """`command` in its own process group, output to `log`; afterwards SIGTERM to what is left of the group, SIGKILL
+    after 30 s."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+        except ProcessLookupError:
+            pass  # it ended, and nothing it started is left
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextmanager
+def prefect_server(home: Path, **extra_env: str) -> Iterator[dict[str, str]]:
+    """`prefect server start` on a free port, with its own PREFECT_HOME under `home` and no telemetry; yields the
+    environment that points clients (and the UI: PREFECT_UI_API_URL follows PREFECT_API_URL, not --port) at it.
+    The server's log is `home`/server.log."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_API_URL": url, "DO_NOT_TRACK": "1",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra_env}
+    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with background(command, env, home / "server.log") as server:
+        try:
+            wait_for(lambda: healthy(url) or server.poll() is not None, 120, "the Prefect server")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log:\n{(home / 'server.log').read_text()[-3000:]}") from None
+        if server.poll() is not None:
+            raise AssertionError(f"the Prefect server exited ({server.returncode}); its log:\n"
+                                 f"{(home / 'server.log').read_text()[-3000:]}")
+        yield env
