@@ -1,7 +1,10 @@
-"""`imagenet18`'s bad input: one clear line, exit code 2, and no flow run (the preflight runs first)."""
+"""`imagenet18`'s bad input: one clear line, exit code 2, and no flow run (the preflight runs first); and the
+environment it gives Prefect."""
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,43 @@ def test_bad_input_is_one_line_and_creates_no_flow_run(tmp_path, tiny_data, args
 def test_machine_counts_are_the_seeds():
     result = subprocess.run([IMAGENET18, "run", "--machines", "3"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "invalid choice: 3 (choose from 1, 2, 4, 8, 16)" in result.stderr
+
+
+BACKEND_LOG_SCRIPT = """
+import logging, os
+from flows.cli import PREFECT_ENVIRONMENT
+for name, value in PREFECT_ENVIRONMENT.items():  # as `imagenet18` sets them, before Prefect is imported
+    os.environ.setdefault(name, value)
+from prefect import flow, task
+
+@task
+def provision():
+    logging.getLogger("tasks.backends.aws.clients").warning("ec2.RunInstances: RequestLimitExceeded, attempt 2")
+
+@flow
+def run():
+    provision()
+
+print(run(return_state=True).state_details.flow_run_id)
+"""
+
+
+def test_the_backends_own_logs_reach_the_flow_runs_log(prefect_api):
+    """AWS retries are logged by the backend (no Prefect there); with the CLI's environment they reach the UI."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL
+
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_LOGGING")}
+    result = subprocess.run([sys.executable, "-c", BACKEND_LOG_SCRIPT], capture_output=True, text=True, timeout=120,
+                            env={**env, "PREFECT_API_URL": PREFECT_API_URL.value()})
+    assert result.returncode == 0, result.stderr[-3000:]
+    flow_run_id = result.stdout.strip().splitlines()[-1]
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            if any("RequestLimitExceeded, attempt 2" in log.message for log in logs):
+                return
+            time.sleep(0.5)
+    raise AssertionError(f"the backend's warning is not in the flow run's log: {[log.message for log in logs]}")
