@@ -198,7 +198,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _tensorboard(args: argparse.Namespace) -> int:
     import shlex
 
-    from flows.tensorboard import interrupt_on_termination, open_session
+    from flows.tensorboard_command import interrupt_on_termination, open_session
 
     interrupt_on_termination()
     try:

@@ -70,3 +70,14 @@ def test_three_machines_is_refused_and_creates_no_run(served):
     assert re.search(r"machines", refused.stdout + refused.stderr)
     assert re.search(r"1, 2, 4, 8, 16|\[1, 2, 4, 8, 16\]", refused.stdout + refused.stderr)
     assert _training_runs() == before
+
+
+def test_no_flow_module_shadows_an_installed_one():
+    """A served run imports its entrypoint with flows/ first on sys.path, so flows/tensorboard.py, say, would
+    hide the tensorboard package from every stage of the run."""
+    import importlib.util
+
+    flows = Path(__file__).resolve().parents[1] / "flows"
+    shadowing = [path.stem for path in flows.glob("*.py")
+                 if path.stem != "__init__" and importlib.util.find_spec(path.stem) is not None]
+    assert shadowing == [], f"rename flows/{shadowing[0]}.py: it shadows an installed module of that name"

@@ -20,7 +20,7 @@ import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 from flows.cli import main
-from flows.tensorboard import open_session, select_run
+from flows.tensorboard_command import open_session, select_run
 from tasks.backends.aws import tags
 from tasks.backends.aws import tensorboard as remote
 from tasks.backends.aws.clients import Clients

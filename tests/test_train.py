@@ -172,6 +172,9 @@ def test_wandb_mirrors_the_run_offline_and_the_key_is_written_nowhere(tiny_data,
     runs = list((logdir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
     assert "wandb run: offline" in result.stdout
+    records = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["dir"].startswith(str(logdir / "wandb")) for r in records if r["type"] == "wandb"] == [True], \
+        "the orchestrator learns where the wandb run is"
     assert canary not in result.stdout + result.stderr
     for path in logdir.rglob("*"):
         if path.is_file():
