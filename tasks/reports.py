@@ -9,6 +9,7 @@ from uuid import UUID
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 
+from flows.parameters import RunParameters
 from tasks.planning import RunPlan
 
 PLAN_KEY, PROGRESS_KEY, EPOCHS_KEY, SUMMARY_KEY = ("imagenet18-plan", "imagenet18-progress", "imagenet18-epochs",
@@ -30,7 +31,7 @@ def plan_markdown(plan: RunPlan) -> str:
             f"(machines end themselves after max_hours = {p.max_hours:g} h).\n")
 
 
-def _machines(p) -> str:
+def _machines(p: RunParameters) -> str:
     if p.backend == "local":
         return f"{p.machines} local machine(s): torchrun node processes on this machine"
     return f"{p.machines} machine(s) of {p.resolved_instance_type} on {p.backend}{' (spot)' if p.spot else ''}"
@@ -71,7 +72,7 @@ def publish_epochs(run_name: str, epochs: list[dict]) -> None:
     create_table_artifact(epoch_rows(epochs), key=EPOCHS_KEY, description=f"{run_name}: one row per epoch")
 
 
-def summary_markdown(result: dict, curves_png: bytes, curves_path: str, tensorboard: str) -> str:
+def summary_markdown(result: dict, curves_png: bytes, curves_path: str) -> str:
     reached = (f"epoch {result['target_epoch']}, {result['target_hours'] * 60:.1f} min"
                if result["target_epoch"] is not None else "not reached")
     wandb = result.get("wandb") or {}
@@ -81,7 +82,7 @@ def summary_markdown(result: dict, curves_png: bytes, curves_path: str, tensorbo
             ("cost", f"${result['cost_usd']:,.2f} of training at ${result['hourly_usd']:,.2f}/h"),
             ("restarts", _restarts(result)),
             ("logs and TensorBoard events", f"`{result['storage']}`"),
-            ("TensorBoard", f"`{tensorboard}`"),
+            ("TensorBoard", f"`{result['tensorboard']}`"),
             ("wandb", wandb.get("url") or (f"offline, in `{wandb['dir']}`" if wandb.get("dir")
                                            else "off (set WANDB_API_KEY to mirror runs)")),
             ("connect (while it ran)", f"`{result['connect']}`"),
@@ -99,6 +100,6 @@ def _restarts(result: dict) -> str:
             f"${result['restart_cost_usd']:,.2f} of waiting")
 
 
-def publish_summary(result: dict, curves_png: bytes, curves_path: str, tensorboard: str) -> None:
-    create_markdown_artifact(summary_markdown(result, curves_png, curves_path, tensorboard), key=SUMMARY_KEY,
+def publish_summary(result: dict, curves_png: bytes, curves_path: str) -> None:
+    create_markdown_artifact(summary_markdown(result, curves_png, curves_path), key=SUMMARY_KEY,
                              description=f"{result['run_name']}: top-1 {result['top1']:.1f}%")

@@ -18,7 +18,6 @@ from tasks.backends import backend_for
 from tasks.backends.aws.options import AwsOptions
 from tasks.backends.base import Cluster, Resource
 from tasks.planning import RunPlan, plan_run
-from tasks.curves import curves_png
 from tasks.progress import ProgressWatch
 from tasks.relay import MachineLogs, MetricsRelay
 from tasks.reports import TrainingProgress, publish_epochs, publish_plan, publish_summary
@@ -189,7 +188,8 @@ def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
               "target_epoch": reached["epoch"] if reached else None,
               "target_hours": reached["hours"] if reached else None,
               "cost_usd": plan.cost.hourly_usd * summary["hours"], "hourly_usd": plan.cost.hourly_usd,
-              "wandb": summary.get("wandb"), "connect": cluster.connect, "tensorboard": tensorboard_command(plan),
+              "wandb": summary.get("wandb"), "connect": cluster.connect,
+              "tensorboard": tensorboard_command(plan, cluster.storage),
               "restarts": summary.get("restarts", []), "epochs_redone": summary.get("epochs_redone", 0),
               "restart_cost_usd": plan.cost.hourly_usd * sum(r["seconds_to_relaunch"]
                                                              for r in summary.get("restarts", [])) / 3600}
@@ -213,22 +213,26 @@ def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
     return result
 
 
-def tensorboard_command(plan: RunPlan) -> str:
-    command = f"imagenet18 tensorboard --run {plan.spec.run_name}"
+def tensorboard_command(plan: RunPlan, storage: str) -> str:
+    """The command that serves this run's events: by its folder's name, which no other run shares."""
+    command = f"imagenet18 tensorboard --run {storage.rstrip('/').rsplit('/', 1)[-1]}"
     if plan.params.backend == "aws":
-        command += f" --backend aws --region {(plan.params.aws or AwsOptions()).region}"
+        aws = plan.params.aws or AwsOptions()
+        command += f" --backend aws --region {aws.region}" + (f" --bucket {aws.bucket}" if aws.bucket else "")
     return command
 
 
 def _publish_report(result: dict, epochs: list[dict], logger) -> None:
     """The curves as curves.png beside the run's logs, the epoch table and the summary, as artifacts."""
+    from tasks.curves import curves_png  # matplotlib takes half a second to import; only finished runs need it
+
     png = curves_png(epochs, result["run_name"], result["target"], result["target_metric"])
     path = f"{result['storage']}/curves.png"
     with fsspec.open(path, "wb") as file:
         file.write(png)
     logger.info("loss and accuracy curves: %s", path)
     publish_epochs(result["run_name"], epochs)
-    publish_summary(result, png, path, result["tensorboard"])
+    publish_summary(result, png, path)
 
 
 @contextlib.contextmanager

@@ -76,3 +76,18 @@ def prefect_server(home: Path, **extra_env: str) -> Iterator[dict[str, str]]:
             raise AssertionError(f"the Prefect server exited ({server.returncode}); its log:\n"
                                  f"{(home / 'server.log').read_text()[-3000:]}")
         yield env
+
+
+def flow_run_logs(flow_run_id, until: str, seconds: float = 30) -> list:
+    """The flow run's log records from the API, once one contains `until` (logs reach the API in batches), or
+    all there are after `seconds`."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + seconds
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            if any(until in log.message for log in logs) or time.monotonic() > deadline:
+                return logs
+            time.sleep(0.5)

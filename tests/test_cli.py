@@ -4,10 +4,11 @@ environment it gives Prefect."""
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.prefect_server import flow_run_logs
 
 IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
 
@@ -60,8 +61,6 @@ print(run(return_state=True).state_details.flow_run_id)
 
 def test_the_backends_own_logs_reach_the_flow_runs_log(prefect_api):
     """AWS retries are logged by the backend (no Prefect there); with the CLI's environment they reach the UI."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.settings import PREFECT_API_URL
 
     env = {name: value for name, value in os.environ.items() if not name.startswith("PREFECT_LOGGING")}
@@ -69,11 +68,6 @@ def test_the_backends_own_logs_reach_the_flow_runs_log(prefect_api):
                             env={**env, "PREFECT_API_URL": PREFECT_API_URL.value()})
     assert result.returncode == 0, result.stderr[-3000:]
     flow_run_id = result.stdout.strip().splitlines()[-1]
-    deadline = time.monotonic() + 30
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-            if any("RequestLimitExceeded, attempt 2" in log.message for log in logs):
-                return
-            time.sleep(0.5)
-    raise AssertionError(f"the backend's warning is not in the flow run's log: {[log.message for log in logs]}")
+    messages = [log.message for log in flow_run_logs(flow_run_id, until="RequestLimitExceeded, attempt 2")]
+    assert any("RequestLimitExceeded, attempt 2" in m for m in messages), \
+        f"the backend's warning is not in the flow run's log: {messages}"
