@@ -4,6 +4,7 @@ import dataclasses
 import datetime as dt
 import os
 import stat
+import threading
 
 import fsspec
 import pytest
@@ -100,6 +101,35 @@ def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapsho
     assert not key.exists()
     assert backend.teardown("run-16") == [], "a second teardown is safe and finds nothing"
     assert ec2.describe_volumes(VolumeIds=[bystander])["Volumes"], "an untagged volume is never touched"
+
+
+def test_parallel_calls_bounds_the_aws_calls_in_flight(aws, snapshot, tmp_path):
+    """parallel_calls=1 makes one call at a time (the serial baseline of bench/provisioning.py); the default
+    overlaps calls that do not wait on each other."""
+    peaks = {}
+    for calls in (1, 16):
+        backend = AwsBackend(options(parallel_calls=calls), home=tmp_path)
+        lock, in_flight, peak = threading.Lock(), [0], [0]
+
+        def started(**_):
+            with lock:
+                in_flight[0] += 1
+                peak[0] = max(peak[0], in_flight[0])
+
+        def ended(**_):
+            with lock:
+                in_flight[0] -= 1
+
+        backend.clients.session.events.register("before-call", started)
+        for event in ("after-call", "after-call-error"):
+            backend.clients.session.events.register(event, ended)
+        spec = cluster_spec(f"run-calls-{calls}", 4)
+        cluster = backend.provision(spec, backend.replicate(spec, DATASET, 4))
+        peaks[calls] = peak[0]
+        assert len(cluster.machines) == 4
+        backend.teardown(spec.run_id)
+        assert tagged_leftovers(aws, spec.run_id) == {}
+    assert peaks[1] == 1 and peaks[16] > 1, peaks
 
 
 def test_sweep_removes_expired_and_finished_runs_only(aws, snapshot, tmp_path):

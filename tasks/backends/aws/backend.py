@@ -7,11 +7,10 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from tasks.backends.aws import catalog, efs, inventory, jobs, machines, network, secrets, storage, volumes
+from tasks.backends.aws import catalog, efs, inventory, jobs, machines, network, pools, secrets, storage, volumes
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.options import AwsOptions
@@ -150,8 +149,11 @@ class AwsBackend:
     # -- replicas -------------------------------------------------------------------------------------
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
         o = self.options
-        return volumes.replicate(self.clients, spec, self.snapshot(dataset), self.zone(spec.instance_type), count,
-                                 o.volume_type, o.iops, o.throughput_mbps, o.parallel_calls)
+        with pools.pool(o.parallel_calls, 2) as pool:
+            snapshot = pool.submit(self.snapshot, dataset)
+            zone = self.zone(spec.instance_type)
+            return volumes.replicate(self.clients, spec, snapshot.result(), zone, count, o.volume_type, o.iops,
+                                     o.throughput_mbps, o.parallel_calls)
 
     def delete_replicas(self, run_id: str) -> list[Resource]:
         found = volumes.replicas(self.clients, run_id)
@@ -166,18 +168,21 @@ class AwsBackend:
         bucket = storage.bucket_name(self.clients, self.options.bucket)
         code_url = f"s3://{bucket}/{folder}/code/imagenet18.tar.gz"
         # What does not depend on the network is made while the network is: the results bucket and the code
-        # in it, the machines' role, the AMI's details.
-        with ThreadPoolExecutor(max_workers=min(4, self.options.parallel_calls)) as pool:
+        # in it, the machines' role, the file system, the AMI's details. The file system's mount target takes
+        # about a minute and a half on AWS: machines boot meanwhile, and their user-data retries the mount.
+        with pools.pool(self.options.parallel_calls, 5) as pool:
             uploaded = pool.submit(storage.upload_project, self.clients, bucket, code_url)
             profile = pool.submit(ensure_instance_profile, self.clients, spec, bucket, folder,
-                                  secrets.path(spec.run_id))
+                                  secrets.path(spec.run_id), parallel=self.options.parallel_calls)
             image = pool.submit(machines.resolve_ami, self.clients, self.options.ami)
+            file_system = pool.submit(efs.ensure_file_system, self.clients, spec)
             net = self._network(spec, zone)
-            fs_id = efs.ensure_file_system(self.clients, spec, net.subnet_id, net.security_group_id)
+            fs_id = file_system.result()
+            mounted = pool.submit(efs.ensure_mount_target, self.clients, fs_id, net.subnet_id, net.security_group_id)
             uploaded.result()
-        boot = machines.BootConfig(fs_id, self.options.region, code_url, max_hours=spec.hours_left)
-        spec, started = self._start_machines(spec, net, fs_id, image.result(), profile.result(), replicas, boot)
-        efs.wait_for_mount_targets(self.clients, fs_id)  # machines boot meanwhile; user-data retries the mount
+            boot = machines.BootConfig(fs_id, self.options.region, code_url, max_hours=spec.hours_left)
+            spec, started = self._start_machines(spec, net, fs_id, image.result(), profile.result(), replicas, boot)
+            mounted.result()
         data_root = f"{DATA_MOUNT}/{self.options.dataset_folder}"
         cluster_machines = tuple(Machine(i, instance["InstanceId"], instance["PrivateIpAddress"], data_root)
                                  for i, instance in enumerate(started))
@@ -241,11 +246,11 @@ class AwsBackend:
         log.warning("AWS has no capacity in %s for any type allowed; moving run %s to %s "
                     "(aws.other_availability_zones)", net.zone, spec.run_id, zone)
         o = self.options
-        with ThreadPoolExecutor(max_workers=min(2, o.parallel_calls)) as pool:
+        with pools.pool(o.parallel_calls, 2) as pool:
             moved = pool.submit(volumes.move, self.clients, spec, replicas, zone, o.volume_type, o.iops,
                                 o.throughput_mbps, o.parallel_calls)
             net = self._network(spec, zone)
-            efs.ensure_file_system(self.clients, spec, net.subnet_id, net.security_group_id)
+            efs.ensure_mount_target(self.clients, fs_id, net.subnet_id, net.security_group_id)
             return net, moved.result()
 
     def _connect(self, head: dict, net: network.Network) -> str:
@@ -262,7 +267,7 @@ class AwsBackend:
             return jobs.send(self.clients, cluster.machines[index].id, script, f"imagenet18 {name} {index}",
                              cluster.spec.hours_left)
 
-        with ThreadPoolExecutor(max_workers=min(len(commands), self.options.parallel_calls)) as pool:
+        with pools.pool(self.options.parallel_calls, len(commands)) as pool:
             list(pool.map(send, sorted(commands)))
 
     def stop(self, cluster: Cluster, name: str) -> None:

@@ -63,6 +63,7 @@ class Clients:
             raise InputError(f"unknown availability zone {zone!r} in {self.region}: choose one of "
                              f"{', '.join(self.zones)}")
 
+    @functools.cache
     def zones_offering(self, instance_type: str) -> list[str]:
         offers = self.ec2.describe_instance_type_offerings(
             LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": [instance_type]}])

@@ -9,7 +9,8 @@ from tasks.backends.aws.waiting import until
 from tasks.backends.base import ClusterSpec
 
 
-def ensure_file_system(clients: Clients, spec: ClusterSpec, subnet_id: str, security_group_id: str) -> str:
+def ensure_file_system(clients: Clients, spec: ClusterSpec) -> str:
+    """The run's file system, available; it needs no network, so it is made while the network is."""
     efs = clients.client("efs")
     found = _find(efs, spec.run_id)
     system = found[0] if found else efs.create_file_system(
@@ -17,15 +18,15 @@ def ensure_file_system(clients: Clients, spec: ClusterSpec, subnet_id: str, secu
         Tags=tags.tag_list(spec.run_id, spec.expires_at, f"imagenet18-{spec.run_id}"))
     fs_id = system["FileSystemId"]
     until(f"EFS {fs_id}", lambda: _state(efs, fs_id) == "available")
-    targets = efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
-    if not any(t["SubnetId"] == subnet_id for t in targets):
-        efs.create_mount_target(FileSystemId=fs_id, SubnetId=subnet_id, SecurityGroups=[security_group_id])
     return fs_id
 
 
-def wait_for_mount_targets(clients: Clients, fs_id: str) -> None:
-    """A mount target takes about a minute and a half on AWS: machines are started meanwhile."""
+def ensure_mount_target(clients: Clients, fs_id: str, subnet_id: str, security_group_id: str) -> None:
+    """A mount target in the subnet, and every target of the file system available."""
     efs = clients.client("efs")
+    targets = efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]
+    if not any(t["SubnetId"] == subnet_id for t in targets):
+        efs.create_mount_target(FileSystemId=fs_id, SubnetId=subnet_id, SecurityGroups=[security_group_id])
     until(f"EFS {fs_id} mount target", lambda: all(
         t["LifeCycleState"] == "available" for t in efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tasks.backends.aws import tags
+from tasks.backends.aws import pools, tags
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.base import ClusterSpec
 
@@ -20,34 +20,50 @@ def role_name(run_id: str) -> str:
 
 
 def ensure_instance_profile(clients: Clients, spec: ClusterSpec, bucket: str, prefix: str,
-                            parameter_path: str, readable: tuple[str, ...] = ()) -> str:
-    """`readable`: more s3:// URLs the machines may read (the dataset the snapshot builder copies)."""
+                            parameter_path: str, readable: tuple[str, ...] = (), parallel: int = 1) -> str:
+    """`readable`: more s3:// URLs the machines may read (the dataset the snapshot builder copies). The role,
+    the profile and the account lookup go at once; the policies and the profile's role once the role exists."""
     iam = clients.client("iam")
     name = role_name(spec.run_id)
     iam_tags = tags.tag_list(spec.run_id, spec.expires_at)
-    _ignore_exists(lambda: iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(EC2_TRUST),
-                                           Tags=iam_tags, Description="imagenet18 run machines"))
-    iam.attach_role_policy(RoleName=name, PolicyArn=SSM_MANAGED_POLICY)
-    account = clients.client("sts").get_caller_identity()["Account"]
+    with pools.pool(parallel, 4) as pool:
+        account = pool.submit(lambda: clients.client("sts").get_caller_identity()["Account"])
+        profile = pool.submit(_ensure_profile, iam, name, iam_tags)
+        _ignore_exists(lambda: iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(EC2_TRUST),
+                                               Tags=iam_tags, Description="imagenet18 run machines"))
+        managed = pool.submit(iam.attach_role_policy, RoleName=name, PolicyArn=SSM_MANAGED_POLICY)
+        inline = pool.submit(lambda: iam.put_role_policy(
+            RoleName=name, PolicyName=INLINE_POLICY,
+            PolicyDocument=json.dumps(_storage_policy(clients.region, account.result(), bucket, prefix,
+                                                      parameter_path, readable))))
+        if not any(role["RoleName"] == name for role in profile.result()["Roles"]):
+            iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+        managed.result()
+        inline.result()
+    return name
+
+
+def _ensure_profile(iam, name: str, iam_tags: list[dict]) -> dict:
+    _ignore_exists(lambda: iam.create_instance_profile(InstanceProfileName=name, Tags=iam_tags))
+    return iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+
+
+def _storage_policy(region: str, account: str, bucket: str, prefix: str, parameter_path: str,
+                    readable: tuple[str, ...]) -> dict:
     policy = {"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
          "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*"},
         {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}",
          "Condition": {"StringLike": {"s3:prefix": f"{prefix}/*"}}},
         {"Effect": "Allow", "Action": "ssm:GetParameter",
-         "Resource": f"arn:aws:ssm:{clients.region}:{account}:parameter{parameter_path}/*"}]}
+         "Resource": f"arn:aws:ssm:{region}:{account}:parameter{parameter_path}/*"}]}
     for url in readable:
         source_bucket, _, source_prefix = url.removeprefix("s3://").partition("/")
         policy["Statement"] += [
             {"Effect": "Allow", "Action": "s3:GetObject",
              "Resource": f"arn:aws:s3:::{source_bucket}/{source_prefix.rstrip('/')}*"},
             {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{source_bucket}"}]
-    iam.put_role_policy(RoleName=name, PolicyName=INLINE_POLICY, PolicyDocument=json.dumps(policy))
-    _ignore_exists(lambda: iam.create_instance_profile(InstanceProfileName=name, Tags=iam_tags))
-    profile = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
-    if not any(role["RoleName"] == name for role in profile["Roles"]):
-        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
-    return name
+    return policy
 
 
 def delete_instance_profile(clients: Clients, run_id: str) -> None:

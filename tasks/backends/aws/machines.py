@@ -5,12 +5,11 @@ volume i is attached to machine i."""
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from string import Template
 
-from tasks.backends.aws import catalog, tags
+from tasks.backends.aws import catalog, pools, tags
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.network import Network
 from tasks.backends.aws.waiting import waiter_config
@@ -76,24 +75,41 @@ def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: d
                  volume_ids: list[str], boot: BootConfig, parallel: int) -> list[dict]:
     """One instance per volume, all at once; those this run already has are reused. Returns them running,
     with volume i attached to machine i."""
-    def one(index: int) -> dict:
-        instance = _existing(clients, spec, index) or _run_one(
-            clients, spec, network, image, profile, index, volume_ids[index], boot, f"{index}.{spec.run_name}")
-        return instance
+    existing = {tags.as_dict(i.get("Tags")).get(tags.INDEX): i
+                for i in instances(clients, spec.run_id, states=["pending", "running"])
+                if i["InstanceType"] == spec.instance_type}
 
-    with ThreadPoolExecutor(max_workers=min(len(volume_ids), parallel)) as pool:
+    def one(index: int) -> dict:
+        return existing.get(str(index)) or _run_one(
+            clients, spec, network, image, profile, index, volume_ids[index], boot, f"{index}.{spec.run_name}")
+
+    with pools.pool(parallel, len(volume_ids)) as pool:
         started = list(pool.map(one, range(len(volume_ids))))
     ids = [i["InstanceId"] for i in started]
     clients.ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig=waiter_config())
-    with ThreadPoolExecutor(max_workers=min(len(ids), parallel)) as pool:
-        list(pool.map(lambda pair: attach(clients, *pair), zip(volume_ids, ids)))
+    attach_all(clients, volume_ids, ids, parallel)
     return describe(clients, ids)
 
 
-def _existing(clients: Clients, spec: ClusterSpec, index: int) -> dict | None:
-    found = instances(clients, spec.run_id, states=["pending", "running"])
-    return next((i for i in found if tags.as_dict(i.get("Tags")).get(tags.INDEX) == str(index)
-                 and i["InstanceType"] == spec.instance_type), None)
+def attach_all(clients: Clients, volume_ids: list[str], instance_ids: list[str], parallel: int) -> None:
+    """Volume i to machine i, all at once; one that is already there is left; a stale attachment (to a
+    machine this run replaced) is detached first, as the seed did."""
+    ec2 = clients.ec2
+    volumes = {v["VolumeId"]: v for v in ec2.describe_volumes(VolumeIds=volume_ids)["Volumes"]}
+
+    def one(volume_id: str, instance_id: str) -> None:
+        attachments = [a for a in volumes[volume_id].get("Attachments", [])
+                       if a["State"] in ("attaching", "attached")]
+        if any(a["InstanceId"] == instance_id for a in attachments):
+            return
+        for stale in attachments:
+            ec2.detach_volume(VolumeId=volume_id, InstanceId=stale["InstanceId"], Force=True)
+            ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=waiter_config())
+        ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=DATA_DEVICE)
+
+    with pools.pool(parallel, len(volume_ids)) as pool:
+        list(pool.map(one, volume_ids, instance_ids))
+    ec2.get_waiter("volume_in_use").wait(VolumeIds=volume_ids, WaiterConfig=waiter_config())
 
 
 def _run_one(clients: Clients, spec: ClusterSpec, network: Network, image: dict, profile: str, index: int,
@@ -154,19 +170,6 @@ def terminate(clients: Clients, run_id: str) -> None:
     if ids:
         clients.ec2.terminate_instances(InstanceIds=ids)
         clients.ec2.get_waiter("instance_terminated").wait(InstanceIds=ids, WaiterConfig=waiter_config())
-
-
-def attach(clients: Clients, volume_id: str, instance_id: str) -> None:
-    ec2 = clients.ec2
-    volume = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
-    attachments = [a for a in volume.get("Attachments", []) if a["State"] in ("attaching", "attached")]
-    if any(a["InstanceId"] == instance_id for a in attachments):
-        return
-    for stale in attachments:  # still attached to a machine this run replaced (the seed detached too)
-        ec2.detach_volume(VolumeId=volume_id, InstanceId=stale["InstanceId"], Force=True)
-        ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=waiter_config())
-    ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=DATA_DEVICE)
-    ec2.get_waiter("volume_in_use").wait(VolumeIds=[volume_id], WaiterConfig=waiter_config())
 
 
 def instances(clients: Clients, run_id: str | None, states: list[str] = LIVE_STATES) -> list[dict]:

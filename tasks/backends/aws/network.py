@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.backends.aws import tags
+from tasks.backends.aws import pools, tags
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.base import ClusterSpec
 
@@ -35,17 +35,31 @@ def resource_name(spec: ClusterSpec) -> str:
 
 def ensure_network(clients: Clients, spec: ClusterSpec, zone: str, subnet_id: str | None, ssh_cidr: str | None,
                    key_folder: Path, parallel: int = 1) -> Network:
+    """What depends on nothing starts at once (key pair, placement group); what needs only the VPC (gateway,
+    DNS settings, security group, route table) starts when it exists, beside the subnet; the table's route
+    waits for the gateway, and its association for the subnet. The longest chain is 5 calls: the VPC's
+    lookup and creation, the subnet's, and the association."""
     ec2 = clients.ec2
     run_tags = tags.tag_list(spec.run_id, spec.expires_at, resource_name(spec))
-    with ThreadPoolExecutor(max_workers=min(2, parallel)) as pool:  # key pair and placement group need no VPC
+    with pools.pool(parallel, 6) as pool:
         key = pool.submit(_ensure_key_pair, ec2, spec, key_folder, run_tags)
         placement_group = pool.submit(_ensure_placement_group, ec2, spec, run_tags)
         if subnet_id:
             vpc_id = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]["VpcId"]
+            group_id = _ensure_security_group(ec2, spec, vpc_id, ssh_cidr, run_tags)
         else:
             vpc_id = _ensure_vpc(ec2, spec, run_tags)
+            gateway = pool.submit(_ensure_gateway, ec2, spec, vpc_id, run_tags)
+            dns = pool.submit(_enable_dns, ec2, vpc_id)
+            group = pool.submit(_ensure_security_group, ec2, spec, vpc_id, ssh_cidr, run_tags)
+            table = pool.submit(_ensure_route_table, ec2, spec, vpc_id, gateway, run_tags)  # after `gateway`
             subnet_id = _ensure_subnet(ec2, spec, vpc_id, zone, run_tags)
-        group_id = _ensure_security_group(ec2, spec, vpc_id, ssh_cidr, run_tags)
+            public = pool.submit(ec2.modify_subnet_attribute, SubnetId=subnet_id,
+                                 MapPublicIpOnLaunch={"Value": True})
+            _associate(ec2, table.result(), subnet_id)
+            for done in (public, dns):
+                done.result()
+            group_id = group.result()
         key_name, key_path = key.result()
         return Network(vpc_id, subnet_id, zone, group_id, key_name, key_path, placement_group.result())
 
@@ -58,10 +72,19 @@ def _ensure_vpc(ec2, spec: ClusterSpec, run_tags: list[dict]) -> str:
     found = ec2.describe_vpcs(Filters=tags.run_filter(spec.run_id))["Vpcs"]
     vpc_id = _first(found, "VpcId")
     if vpc_id is None:
-        vpc_id = ec2.create_vpc(CidrBlock=VPC_CIDR, TagSpecifications=tags.tag_specs("vpc", run_tags))["Vpc"]["VpcId"]
-        ec2.get_waiter("vpc_available").wait(VpcIds=[vpc_id])
+        vpc = ec2.create_vpc(CidrBlock=VPC_CIDR, TagSpecifications=tags.tag_specs("vpc", run_tags))["Vpc"]
+        vpc_id = vpc["VpcId"]
+        if vpc.get("State") != "available":
+            ec2.get_waiter("vpc_available").wait(VpcIds=[vpc_id])
+    return vpc_id
+
+
+def _enable_dns(ec2, vpc_id: str) -> None:
     ec2.modify_vpc_attribute(VpcId=vpc_id, EnableDnsSupport={"Value": True})
     ec2.modify_vpc_attribute(VpcId=vpc_id, EnableDnsHostnames={"Value": True})  # EFS mounts by DNS name
+
+
+def _ensure_gateway(ec2, spec: ClusterSpec, vpc_id: str, run_tags: list[dict]) -> str:
     gateways = ec2.describe_internet_gateways(Filters=tags.run_filter(spec.run_id))["InternetGateways"]
     if not gateways:
         gateway_id = ec2.create_internet_gateway(
@@ -70,7 +93,7 @@ def _ensure_vpc(ec2, spec: ClusterSpec, run_tags: list[dict]) -> str:
     gateway = gateways[0]
     if not any(a.get("VpcId") == vpc_id for a in gateway.get("Attachments", [])):
         ec2.attach_internet_gateway(InternetGatewayId=gateway["InternetGatewayId"], VpcId=vpc_id)
-    return vpc_id
+    return gateway["InternetGatewayId"]
 
 
 def _ensure_subnet(ec2, spec: ClusterSpec, vpc_id: str, zone: str, run_tags: list[dict]) -> str:
@@ -80,22 +103,27 @@ def _ensure_subnet(ec2, spec: ClusterSpec, vpc_id: str, zone: str, run_tags: lis
     if subnet_id is None:
         subnet_id = ec2.create_subnet(VpcId=vpc_id, CidrBlock=_free_cidr(subnets), AvailabilityZone=zone,
                                       TagSpecifications=tags.tag_specs("subnet", run_tags))["Subnet"]["SubnetId"]
-    # Machines install the project from PyPI at boot: they need a public address and a route out.
-    ec2.modify_subnet_attribute(SubnetId=subnet_id, MapPublicIpOnLaunch={"Value": True})
+    return subnet_id
+
+
+def _ensure_route_table(ec2, spec: ClusterSpec, vpc_id: str, gateway: Future, run_tags: list[dict]) -> dict:
+    """The run's route table with a default route through the gateway (machines install the project from
+    PyPI at boot: they need a public address, which the subnet gives them, and a route out)."""
     tables = ec2.describe_route_tables(Filters=tags.run_filter(spec.run_id))["RouteTables"]
     if tables:
         table = tables[0]
     else:
         table = ec2.create_route_table(VpcId=vpc_id, TagSpecifications=tags.tag_specs("route-table", run_tags))
         table = table["RouteTable"]
-    gateway_id = ec2.describe_internet_gateways(
-        Filters=tags.run_filter(spec.run_id))["InternetGateways"][0]["InternetGatewayId"]
     if not any(r.get("DestinationCidrBlock") == "0.0.0.0/0" for r in table.get("Routes", [])):
         ec2.create_route(RouteTableId=table["RouteTableId"], DestinationCidrBlock="0.0.0.0/0",
-                         GatewayId=gateway_id)
+                         GatewayId=gateway.result())
+    return table
+
+
+def _associate(ec2, table: dict, subnet_id: str) -> None:
     if not any(a.get("SubnetId") == subnet_id for a in table.get("Associations", [])):
         ec2.associate_route_table(RouteTableId=table["RouteTableId"], SubnetId=subnet_id)
-    return subnet_id
 
 
 def _free_cidr(subnets: list[dict]) -> str:

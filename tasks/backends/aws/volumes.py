@@ -3,9 +3,8 @@ cluster's zone, encrypted, with provisioned IOPS, named like the seed's and tagg
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 
-from tasks.backends.aws import tags
+from tasks.backends.aws import pools, tags
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.waiting import waiter_config
 from tasks.backends.base import BackendError, ClusterSpec, InputError, Resource
@@ -64,31 +63,30 @@ def replica_name(zone: str, index: int) -> str:
 def replicate(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, count: int, volume_type: str,
               iops: int, throughput_mbps: int, parallel: int) -> list[Resource]:
     """All `count` volumes at once; the ones this run already has are reused; returns when all are available."""
-    def one(index: int) -> Resource:
-        return _replica(clients, spec, snapshot, zone, index, volume_type, iops, throughput_mbps)
+    existing = {tags.as_dict(v.get("Tags")).get("Name"): v for v in clients.ec2.describe_volumes(
+        Filters=tags.run_filter(spec.run_id) + [{"Name": "status", "Values": ["creating", "available", "in-use"]}]
+    )["Volumes"]}
 
-    with ThreadPoolExecutor(max_workers=min(count, parallel)) as pool:
+    def one(index: int) -> Resource:
+        volume = existing.get(replica_name(zone, index)) or _create_replica(
+            clients, spec, snapshot, zone, index, volume_type, iops, throughput_mbps)
+        return _as_resource(volume, spec.run_id)
+
+    with pools.pool(parallel, count) as pool:
         made = list(pool.map(one, range(count)))
     clients.ec2.get_waiter("volume_available").wait(VolumeIds=[r.id for r in made], WaiterConfig=waiter_config())
     return made
 
 
-def _replica(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, index: int, volume_type: str,
-             iops: int, throughput_mbps: int) -> Resource:
-    ec2 = clients.ec2
+def _create_replica(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, index: int, volume_type: str,
+                    iops: int, throughput_mbps: int) -> dict:
     name = replica_name(zone, index)
-    existing = ec2.describe_volumes(Filters=tags.run_filter(spec.run_id) + [
-        {"Name": "tag:Name", "Values": [name]}, {"Name": "status", "Values": ["creating", "available", "in-use"]}])
-    if existing["Volumes"]:
-        volume = existing["Volumes"][0]
-    else:
-        settings = {"Iops": iops} if volume_type in ("io1", "io2") else {"Iops": iops, "Throughput": throughput_mbps}
-        run_tags = tags.tag_list(spec.run_id, spec.expires_at, name, **{tags.INDEX: str(index), KIND: REPLICA})
-        volume = ec2.create_volume(SnapshotId=snapshot["SnapshotId"], AvailabilityZone=zone, Encrypted=True,
-                                   Size=volume_size_gb(volume_type, iops, snapshot["VolumeSize"]),
-                                   VolumeType=volume_type,
-                                   TagSpecifications=tags.tag_specs("volume", run_tags), **settings)
-    return _as_resource(volume, spec.run_id)
+    settings = {"Iops": iops} if volume_type in ("io1", "io2") else {"Iops": iops, "Throughput": throughput_mbps}
+    run_tags = tags.tag_list(spec.run_id, spec.expires_at, name, **{tags.INDEX: str(index), KIND: REPLICA})
+    return clients.ec2.create_volume(SnapshotId=snapshot["SnapshotId"], AvailabilityZone=zone, Encrypted=True,
+                                     Size=volume_size_gb(volume_type, iops, snapshot["VolumeSize"]),
+                                     VolumeType=volume_type, TagSpecifications=tags.tag_specs("volume", run_tags),
+                                     **settings)
 
 
 def move(clients: Clients, spec: ClusterSpec, replicas: list[Resource], zone: str, volume_type: str, iops: int,
