@@ -23,7 +23,6 @@ from tasks.relay import MachineLogs, MetricsRelay
 from tasks.reports import TrainingProgress, publish_epochs, publish_plan, publish_summary
 
 TRAIN_JOB = "train"
-POLL_SECONDS = 2.0
 
 
 @task(name="validate-and-plan", cache_policy=NO_CACHE)
@@ -101,7 +100,7 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[di
             break
         if time.monotonic() > deadline:
             raise TimeoutError(f"training ran past max_hours={plan.params.max_hours}")
-        time.sleep(POLL_SECONDS)
+        time.sleep(backend.poll_seconds)
     summary = json.loads(backend.read_storage(cluster, "summary.json"))
     summary["restarts"] = restarts
     summary["epochs_redone"] = len(metrics.epochs) - len({record["epoch"] for record in metrics.epochs})

@@ -103,6 +103,7 @@ class JobStatus:
 
 class Backend(Protocol):
     name: str
+    poll_seconds: float  # how often the train stage asks for status, logs and metrics
 
     def check(self, spec: ClusterSpec, dataset: str) -> None:
         """Raise InputError for anything that would fail later; creates nothing."""

@@ -40,6 +40,7 @@ def default_home() -> Path:
 
 class LocalBackend:
     name = "local"
+    poll_seconds = 0.5  # reading local files: polling often costs little and ends the stage sooner
 
     def __init__(self, home: Path | None = None):
         self.home = home or default_home()

@@ -25,6 +25,7 @@ EFS_MOUNT = "/mnt/efs"
 
 class AwsBackend:
     name = "aws"
+    poll_seconds = 2.0  # each poll reads the run's S3 prefix
 
     def __init__(self, options: AwsOptions | None = None, home: Path | None = None):
         from tasks.backends.local import default_home
