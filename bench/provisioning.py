@@ -4,8 +4,10 @@
 
 Starts the simulator (moto server + our wrapper; --latency adds a round trip to every call), makes a small
 dataset snapshot, then alternates parallel (`parallel_calls=16`) and serial (`parallel_calls=1`) rounds of
-replicate + provision, each followed by a teardown; prints each round and the median ratio. Needs the test
-extras (moto). Figures go to BENCHMARKS.md.
+replicate + provision, each followed by a teardown; prints each round and the median ratio. --trace prints
+every AWS call of the first parallel round (start and end seconds, thread, operation): the chain of calls that
+wait on each other is what is left of the parallel time. Needs the test extras (moto). Figures go to
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,13 +31,42 @@ from tests.awssim import start  # noqa: E402
 AMI = "ami-03cf127a"
 
 
-def provision_seconds(backend: AwsBackend, run_id: str, machines: int) -> float:
+class CallTrace:
+    """Each AWS call's start and end (seconds since the trace began), thread and operation, from botocore's
+    events on the backend's session."""
+
+    def __init__(self, backend: AwsBackend):
+        self.began = time.perf_counter()
+        self.open: dict[int, float] = {}
+        self.calls: list[tuple[float, float, str, str]] = []
+        events = backend.clients.session.events
+        events.register("before-call", self._started)
+        events.register("after-call", self._ended)
+        events.register("after-call-error", self._ended)
+
+    def _started(self, model, **_) -> None:
+        self.open[threading.get_ident()] = time.perf_counter() - self.began
+
+    def _ended(self, model=None, **_) -> None:  # after-call-error (no answer at all) carries no model
+        start = self.open.pop(threading.get_ident(), 0.0)
+        operation = f"{model.service_model.service_name}.{model.name}" if model else "(connection error)"
+        self.calls.append((start, time.perf_counter() - self.began, threading.current_thread().name, operation))
+
+    def print(self) -> None:
+        for began, ended, thread, operation in sorted(self.calls):
+            print(f"  {began:6.2f} {ended:6.2f}  {thread:28s} {operation}")
+
+
+def provision_seconds(backend: AwsBackend, run_id: str, machines: int, trace: bool = False) -> float:
+    calls = CallTrace(backend) if trace else None
     spec = ClusterSpec(run_id, run_id, machines, "p4d.24xlarge", False,
                        dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
     started = time.perf_counter()
     replicas = backend.replicate(spec, "bench-dataset", machines)
     backend.provision(spec, replicas)
     elapsed = time.perf_counter() - started
+    if calls:
+        calls.print()
     backend.teardown(run_id)
     return elapsed
 
@@ -45,6 +77,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency", type=float, default=0.0,
                         help="seconds the simulator adds to every AWS call (a real endpoint's round trip)")
+    parser.add_argument("--trace", action="store_true", help="print the first parallel round's AWS calls")
     args = parser.parse_args()
     os.environ["AWSSIM_LATENCY_S"] = str(args.latency)
     with tempfile.TemporaryDirectory() as folder:
@@ -62,7 +95,8 @@ def main() -> None:
             for round_ in range(args.rounds):
                 for mode, calls in (("parallel", 16), ("serial", 1)):
                     backend = AwsBackend(AwsOptions(ami=AMI, bucket="bench", parallel_calls=calls), home=root)
-                    seconds = provision_seconds(backend, f"bench-{mode}-{round_}", args.machines)
+                    trace = args.trace and mode == "parallel" and round_ == 0
+                    seconds = provision_seconds(backend, f"bench-{mode}-{round_}", args.machines, trace)
                     times[mode].append(seconds)
                     print(f"round {round_}: {mode:8s} {args.machines} replicas + {args.machines} machines in "
                           f"{seconds:.2f} s", flush=True)

@@ -56,6 +56,17 @@ def train_transform(size: int) -> T.Compose:
     ])
 
 
+def val_transform(size: int) -> T.Compose:
+    """The reference's ClassificationPresetEval: resize to size * 256/224 (its 256 for 224), centre crop."""
+    return T.Compose([
+        T.Resize(int(size * 256 / 224), interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+        T.CenterCrop(size),
+        T.PILToTensor(),
+        T.ConvertImageDtype(torch.float),
+        T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    ])
+
+
 def build_loader(train_dir: str | os.PathLike, size: int, batch: int, workers: int, pin_memory: bool,
                  distributed: bool = False) -> DataLoader:
     dataset = torchvision.datasets.ImageFolder(str(train_dir), train_transform(size))
@@ -144,6 +155,23 @@ class ReferenceLoop:
         finally:
             shutdown_workers(iterator)
         return images / seconds, waited / seconds
+
+
+def evaluate(loop: ReferenceLoop, val_dir: str | os.PathLike, size: int, batch: int,
+             workers: int) -> tuple[float, float]:
+    """The reference's evaluate(): top-1 and top-5 in percent over the whole validation folder."""
+    dataset = torchvision.datasets.ImageFolder(str(val_dir), val_transform(size))
+    loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers)
+    loop.model.eval()
+    hits, seen = torch.zeros(2), 0
+    with torch.inference_mode():
+        for image, target in loader:
+            output = loop.model(image.to(loop.device))
+            hits += torch.stack(_accuracy(output, target.to(loop.device))).cpu() * len(target) / 100
+            seen += len(target)
+    loop.model.train()
+    top1, top5 = (100 * hits / seen).tolist()
+    return top1, top5
 
 
 def epochs(loader: DataLoader) -> Iterator:
