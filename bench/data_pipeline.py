@@ -23,7 +23,6 @@ from the reference's transforms.
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import os
 import random
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy
 import reference_loop
 import torch
-from compare_training import bench_schedule, seed_trndir
+from compare_training import bench_schedule, seed_trndir, whole_waves
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
@@ -51,10 +50,7 @@ def trainer_batches(root: Path, trndir: str, size: int, batch: int, workers: int
     schedule = bench_schedule("resnet50", size, batch, trndir)  # RandomResizedCrop's default scale, as the reference
     folders = data.check_layout(root, schedule)
     settings = data.LoaderSettings(0, 1, workers, 0, pin_memory=False, cache_dir=cache)
-    loader = data.build_loaders(root, schedule, folders, settings)[0].train
-    for epoch in itertools.count():
-        loader.sampler.set_epoch(epoch)
-        yield from loader
+    yield from reference_loop.epochs(data.build_loaders(root, schedule, folders, settings)[0].train)
 
 
 def reference_batches(root: Path, trndir: str, size: int, batch: int, workers: int) -> Iterable:
@@ -75,10 +71,6 @@ def timed_rate(batches: Iterable, warmup: int, count: int) -> float:
         return images / (time.perf_counter() - started)
     finally:
         reference_loop.shutdown_workers(iterator)
-
-
-def whole_waves(count: int, workers: int) -> int:
-    return math.ceil(count / workers) * workers if workers > 1 else count
 
 
 def compare(args: argparse.Namespace, folder: str, size: int, cache: Path) -> tuple[float, float]:

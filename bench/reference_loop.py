@@ -175,9 +175,9 @@ def evaluate(loop: ReferenceLoop, val_dir: str | os.PathLike, size: int, batch: 
 
 
 def epochs(loader: DataLoader) -> Iterator:
-    """The loader's batches, epoch after epoch (the sampler's epoch advanced as the reference does)."""
+    """The loader's batches, epoch after epoch (a sampler with epochs advanced, as the reference does)."""
     for epoch in itertools.count():
-        if isinstance(loader.sampler, DistributedSampler):
+        if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         yield from loader
 

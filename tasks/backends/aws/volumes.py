@@ -3,7 +3,6 @@ cluster's zone, encrypted, with provisioned IOPS, named like the seed's and tagg
 
 from __future__ import annotations
 
-
 from tasks.backends.aws import pools, tags
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.waiting import waiter_config
