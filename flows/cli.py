@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import nullcontext
 
 from pydantic import ValidationError
 
+from flows.api_server import APIServerError, api_for_flows
 from tasks.backends.base import BackendError, InputError
 
 MACHINE_COUNTS = (1, 2, 4, 8, 16)
@@ -117,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in PREFECT_ENVIRONMENT.items():  # before Prefect is imported, and inherited by served runs
         os.environ.setdefault(name, value)
     try:
-        return COMMANDS[args.command](args)
-    except (InputError, BackendError, ValidationError) as exc:
+        with api_for_flows(FLOW_MODULES[args.command]) if args.command in FLOW_MODULES else nullcontext():
+            return COMMANDS[args.command](args)
+    except (InputError, BackendError, ValidationError, APIServerError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -217,6 +220,8 @@ def _tensorboard(args: argparse.Namespace) -> int:
         return 0
 
 
+FLOW_MODULES = {"demo": "flows.imagenet18", "run": "flows.imagenet18", "plan": "flows.imagenet18",
+                "replicate": "flows.replicate", "snapshot": "flows.snapshot", "cleanup": "flows.cleanup"}
 COMMANDS = {"demo": _run, "run": _run, "plan": _run, "replicate": _replicate, "snapshot": _snapshot,
             "cleanup": _cleanup, "serve": _serve, "tensorboard": _tensorboard}
 

@@ -17,6 +17,7 @@ from flows.parameters import RunParameters
 from tasks.backends import backend_for
 from tasks.backends.aws.options import AwsOptions
 from tasks.backends.base import Cluster, Resource
+from tasks.curves import curves_png  # matplotlib: half a second, imported while the command's API server starts
 from tasks.planning import RunPlan, plan_run
 from tasks.progress import ProgressWatch
 from tasks.relay import MachineLogs, MetricsRelay
@@ -223,8 +224,6 @@ def tensorboard_command(plan: RunPlan, storage: str) -> str:
 
 def _publish_report(result: dict, epochs: list[dict], logger) -> None:
     """The curves as curves.png beside the run's logs, the epoch table and the summary, as artifacts."""
-    from tasks.curves import curves_png  # matplotlib takes half a second to import; only finished runs need it
-
     png = curves_png(epochs, result["run_name"], result["target"], result["target_metric"])
     path = f"{result['storage']}/curves.png"
     with fsspec.open(path, "wb") as file:

@@ -1,6 +1,5 @@
 """The AWS simulator through real boto3: what our wrapper adds to moto, and the machine player."""
 
-import os
 import re
 import time
 from pathlib import Path
@@ -8,6 +7,8 @@ from pathlib import Path
 import fsspec
 import pytest
 from botocore.exceptions import ClientError
+
+from tests.processes import alive
 
 RUN = {"Key": "imagenet18:run", "Value": "run-1"}
 NO_RETRIES = {"total_max_attempts": 1}
@@ -156,7 +157,7 @@ def test_player_runs_commands_against_the_machine_disks(aws, tmp_path):
     assert reason["Code"] == "Server.SpotInstanceTermination"
     wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()), timeout_s=2)
     for pid in pids:
-        wait_for(lambda pid=pid: not _alive(pid), timeout_s=2)
+        wait_for(lambda pid=pid: not alive(pid), timeout_s=2)
 
 
 def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):
@@ -169,11 +170,3 @@ def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):
     assert checks[broken]["user_data_check"] != "ok"
     wait_for(lambda: state(ec2, timer) == "terminated", timeout_s=5)
     assert Path(aws.root / "instances" / timer / "user-data").read_text().startswith("#!/bin/bash")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead

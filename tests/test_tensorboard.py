@@ -25,6 +25,7 @@ from tasks.backends.aws import tags
 from tasks.backends.aws import tensorboard as remote
 from tasks.backends.aws.clients import Clients
 from tasks.backends.base import InputError
+from tests.processes import alive
 
 REPO = Path(__file__).resolve().parents[1]
 TAG = "losses/train_loss"  # one of the seed's tags
@@ -146,13 +147,6 @@ def sockets_of(pids: set[int]) -> set[tuple[str, int]]:
         except OSError:
             continue
     return {(address, port) for address, port, inode in listening() if inode in inodes}
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_for(predicate, timeout_s: float = 30.0):

@@ -1,0 +1,104 @@
+"""The Prefect API a command's flow runs report to when none is configured, started before the command's imports.
+
+Without PREFECT_API_URL, Prefect starts a temporary API server itself, but only when the flow first needs it:
+after this package, torch and Prefect's flow engine are imported, so a user waits for the imports and then for
+the server. `api_for_flows()` starts the same server (Prefect's app, UI off, its ephemeral mode) at once, while
+this process imports, and points Prefect at it; it is stopped when this process exits, and dies with it if it
+is killed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import importlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# what Prefect 3.9 gives its own temporary server: no UI, and only the services an ephemeral server runs
+SERVER_ENVIRONMENT = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+
+
+class APIServerError(RuntimeError):
+    """The temporary API server exited or did not answer."""
+
+
+class TemporaryAPI:
+    """One API server process on 127.0.0.1, stopped at this process's exit."""
+
+    def __init__(self) -> None:
+        with socket.socket() as listening:  # bound here and handed over, so no other process can take the port
+            listening.bind(("127.0.0.1", 0))
+            listening.listen(128)
+            self.url = f"http://127.0.0.1:{listening.getsockname()[1]}/api"
+            command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+                       "--fd", str(listening.fileno()), "--log-level", "error", "--lifespan", "on"]
+            self.process = subprocess.Popen(command, env={**os.environ, **SERVER_ENVIRONMENT},
+                                            stdin=subprocess.DEVNULL, pass_fds=(listening.fileno(),),
+                                            preexec_fn=_die_with_parent)
+        atexit.register(self.stop)
+
+    def wait_until_ready(self, seconds: float) -> None:
+        """Block until the server answers; raises APIServerError if it exits or does not answer in `seconds`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise APIServerError(f"the temporary Prefect API server exited with status {self.process.returncode}")
+            elif _answers(f"{self.url}/health"):
+                return
+            time.sleep(0.1)
+        raise APIServerError(f"the temporary Prefect API server did not answer within {seconds:.0f} s "
+                           "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextmanager
+def api_for_flows(module: str) -> Iterator[None]:
+    """Where Prefect would start its temporary API server for the flows in `module` (no API URL configured, its
+    ephemeral mode allowed), start it now, import `module` while it starts, and point Prefect at it within."""
+    # started before Prefect is imported, to overlap that too; environment variables are the only settings
+    # this process has so far, and the server reads them, the profile and the working folder's files as Prefect here
+    api = None if os.environ.get("PREFECT_API_URL") else TemporaryAPI()
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, get_current_settings, temporary_settings
+
+    settings = get_current_settings()
+    if api and (settings.api.url or not settings.server.ephemeral.enabled):
+        api.stop()  # Prefect is configured to report elsewhere (a profile), or not to start a server
+        api = None
+    if api is None:
+        yield
+        return
+    importlib.import_module(module)
+    api.wait_until_ready(settings.server.ephemeral.startup_timeout_seconds)
+    # the server has no UI and ends with the command: no "View at" links to it
+    with temporary_settings(updates={PREFECT_API_URL: api.url, PREFECT_UI_URL: ""}):
+        yield
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def _die_with_parent() -> None:
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
