@@ -3,7 +3,7 @@ launched by hand (two torchrun nodes, same schedule, data and threads), side by 
 
     python bench/orchestration.py [--machines 2] [--schedule cpu-demo] [--rounds 3] [--server]
 
-Rounds alternate a flow run (`imagenet18 demo`, including Prefect's temporary API server start when no
+Rounds alternate a flow run (`imagenet18 demo`, including the start of its temporary API server when no
 PREFECT_API_URL is set, as a user pays it) and a hand launch. On a shared machine the training itself varies
 from run to run by as much as the overhead, so each run's training clock (its metrics.jsonl, from the trainer's
 `start` record to its `end` record) is subtracted from its wall time: what is left is start-up and wrap-up,
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--server", action="store_true", help="flows report to a running Prefect server")
     args = parser.parse_args()
-    where = "a running Prefect server" if args.server else "Prefect's temporary server"
+    where = "a running Prefect server" if args.server else "its temporary API server"
     print(f"# imagenet18 demo --machines {args.machines} --schedule {args.schedule} ({where}) against the same "
           f"torchrun nodes by hand; {args.rounds} rounds", flush=True)
     with tempfile.TemporaryDirectory() as home, (prefect_server(Path(home)) if args.server else nullcontext()) as env:

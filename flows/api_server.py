@@ -26,6 +26,8 @@ from contextlib import contextmanager
 # what Prefect 3.9 gives its own temporary server: no UI, and only the services an ephemeral server runs
 SERVER_ENVIRONMENT = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
 
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1, whatever http_proxy says
+
 
 class APIServerError(RuntimeError):
     """The temporary API server exited or did not answer."""
@@ -56,7 +58,7 @@ class TemporaryAPI:
                 return
             time.sleep(0.1)
         raise APIServerError(f"the temporary Prefect API server did not answer within {seconds:.0f} s "
-                           "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
+                             "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -72,8 +74,8 @@ class TemporaryAPI:
 def api_for_flows(module: str) -> Iterator[None]:
     """Where Prefect would start its temporary API server for the flows in `module` (no API URL configured, its
     ephemeral mode allowed), start it now, import `module` while it starts, and point Prefect at it within."""
-    # started before Prefect is imported, to overlap that too; environment variables are the only settings
-    # this process has so far, and the server reads them, the profile and the working folder's files as Prefect here
+    # Started before Prefect is imported, so that this import overlaps it too. The server resolves its settings
+    # as Prefect here will (the same environment, profile and working folder); if they name an API, it is stopped.
     api = None if os.environ.get("PREFECT_API_URL") else TemporaryAPI()
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, get_current_settings, temporary_settings
 
@@ -93,7 +95,7 @@ def api_for_flows(module: str) -> Iterator[None]:
 
 def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with DIRECT.open(url, timeout=2) as response:
             return response.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
