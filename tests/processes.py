@@ -25,3 +25,11 @@ def with_environment(variable: str, value: str) -> list[int]:
         if wanted in environ and alive(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+def command_line(pid: int) -> list[str]:
+    """The process's arguments; none once it has ended."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []

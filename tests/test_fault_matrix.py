@@ -40,6 +40,7 @@ from tests.faultgates import GATE_ENV, Gate, installed
 from tests.test_aws import DATASET, options, tagged_leftovers
 from tests.prefect_server import background
 from tests.prefect_server import wait_for as _wait_for
+from tests.processes import command_line, with_environment
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -225,16 +226,8 @@ def _die_by_cancel(scenario: Scenario, gate_file: Path) -> tuple[uuid.UUID, int]
 
 def _engine_processes(flow_run_id: uuid.UUID) -> list[int]:
     """The served flow run's own process (`python -m prefect.engine`, marked by the runner with its id)."""
-    found = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode() in environ and b"prefect.engine" in command:
-            found.append(int(entry.name))
-    return found
+    return [pid for pid in with_environment("PREFECT__FLOW_RUN_ID", str(flow_run_id))
+            if "prefect.engine" in command_line(pid)]
 
 
 def _die_by_signal(scenario: Scenario, sig: signal.Signals, folder: Path) -> tuple[uuid.UUID, int]:
