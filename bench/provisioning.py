@@ -2,12 +2,12 @@
 
     python bench/provisioning.py [--machines 16] [--rounds 3]
 
-Starts the simulator (moto server + our wrapper; --latency adds a round trip to every call), makes a small
-dataset snapshot, then alternates parallel (`parallel_calls=16`) and serial (`parallel_calls=1`) rounds of
-replicate + provision, each followed by a teardown; prints each round and the median ratio. --trace prints
-every AWS call of the first parallel round (start and end seconds, thread, operation): the chain of calls that
-wait on each other is what is left of the parallel time. Needs the test extras (moto). Figures go to
-BENCHMARKS.md.
+Alternates parallel (`parallel_calls=16`) and serial (`parallel_calls=1`) rounds of replicate + provision,
+each on a simulator of its own (moto server + our wrapper; --latency adds a round trip to every call) with a
+small dataset snapshot, and each followed by a teardown; prints each round and the median ratio. --trace
+prints every AWS call of the first parallel round (start and end seconds, thread, operation): the chain of
+calls that wait on each other is what is left of the parallel time. Needs the test extras (moto). Figures go
+to BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -71,15 +71,11 @@ def provision_seconds(backend: AwsBackend, run_id: str, machines: int, trace: bo
     return elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--machines", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--latency", type=float, default=0.0,
-                        help="seconds the simulator adds to every AWS call (a real endpoint's round trip)")
-    parser.add_argument("--trace", action="store_true", help="print the first parallel round's AWS calls")
-    args = parser.parse_args()
-    os.environ["AWSSIM_LATENCY_S"] = str(args.latency)
+def fresh_simulator_round(run_id: str, parallel_calls: int, machines: int, trace: bool) -> float:
+    """One timed round on a simulator of its own. Moto keeps what a teardown terminated and answers more slowly
+    as it piles up, so rounds that share one simulator drift (here 3.1, 3.7 and 4.1 s for the same parallel
+    round); a new one per round gives each the same start. A 2-machine round not counted comes first: moto
+    loads each service's backend at its first call."""
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         (root / "aws-config").touch()
@@ -91,15 +87,28 @@ def main() -> None:
             (root / "dataset" / "imagenet" / "train" / "n0").mkdir(parents=True)
             (root / "dataset" / "imagenet" / "train" / "n0" / "a.JPEG").write_bytes(b"jpeg")
             sim.make_snapshot(root / "dataset", description="bench-dataset")
-            times: dict[str, list[float]] = {"parallel": [], "serial": []}
-            for round_ in range(args.rounds):
-                for mode, calls in (("parallel", 16), ("serial", 1)):
-                    backend = AwsBackend(AwsOptions(ami=AMI, bucket="bench", parallel_calls=calls), home=root)
-                    trace = args.trace and mode == "parallel" and round_ == 0
-                    seconds = provision_seconds(backend, f"bench-{mode}-{round_}", args.machines, trace)
-                    times[mode].append(seconds)
-                    print(f"round {round_}: {mode:8s} {args.machines} replicas + {args.machines} machines in "
-                          f"{seconds:.2f} s", flush=True)
+            provision_seconds(AwsBackend(AwsOptions(ami=AMI, bucket="bench"), home=root), "bench-warm-up", 2)
+            backend = AwsBackend(AwsOptions(ami=AMI, bucket="bench", parallel_calls=parallel_calls), home=root)
+            return provision_seconds(backend, run_id, machines, trace)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--machines", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds the simulator adds to every AWS call (a real endpoint's round trip)")
+    parser.add_argument("--trace", action="store_true", help="print the first parallel round's AWS calls")
+    args = parser.parse_args()
+    os.environ["AWSSIM_LATENCY_S"] = str(args.latency)
+    times: dict[str, list[float]] = {"parallel": [], "serial": []}
+    for round_ in range(args.rounds):
+        for mode, calls in (("parallel", 16), ("serial", 1)):
+            trace = args.trace and mode == "parallel" and round_ == 0
+            seconds = fresh_simulator_round(f"bench-{mode}-{round_}", calls, args.machines, trace)
+            times[mode].append(seconds)
+            print(f"round {round_}: {mode:8s} {args.machines} replicas + {args.machines} machines in "
+                  f"{seconds:.2f} s", flush=True)
     parallel, serial = statistics.median(times["parallel"]), statistics.median(times["serial"])
     print(f"median: parallel {parallel:.2f} s, serial {serial:.2f} s, parallel/serial = {parallel / serial:.2f}")
 

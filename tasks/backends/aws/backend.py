@@ -93,7 +93,7 @@ class AwsBackend:
 
     @functools.cache
     def snapshot(self, dataset: str) -> dict:
-        return volumes.find_snapshot(self.clients, dataset, self.options.snapshot_owner)
+        return volumes.find_snapshot(self.clients, dataset, self.options.snapshot_owner, self.options.parallel_calls)
 
     def _check_subnet(self, zone: str) -> None:
         try:
@@ -150,11 +150,15 @@ class AwsBackend:
     # -- replicas -------------------------------------------------------------------------------------
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
         o = self.options
-        with pools.pool(o.parallel_calls, 2) as pool:
+        # The lookups go at once: the snapshot, the run's volumes (a retry reuses them), the region's zones
+        # beside the zones offering the type (which keeps only the region's available ones).
+        with pools.pool(o.parallel_calls, 3) as pool:
             snapshot = pool.submit(self.snapshot, dataset)
+            existing = pool.submit(volumes.run_volumes, self.clients, spec.run_id)
+            pool.submit(lambda: self.clients.zones)
             zone = self.zone(spec.instance_type)
             return volumes.replicate(self.clients, spec, snapshot.result(), zone, count, o.volume_type, o.iops,
-                                     o.throughput_mbps, o.parallel_calls)
+                                     o.throughput_mbps, o.parallel_calls, existing.result())
 
     def delete_replicas(self, run_id: str) -> list[Resource]:
         found = volumes.replicas(self.clients, run_id)
@@ -172,7 +176,8 @@ class AwsBackend:
         # in it, the machines' role, the file system, the AMI's details. The file system's mount target takes
         # about a minute and a half on AWS: machines boot meanwhile, and their user-data retries the mount.
         with pools.pool(self.options.parallel_calls, 5) as pool:
-            uploaded = pool.submit(storage.upload_project, self.clients, bucket, code_url)
+            uploaded = pool.submit(storage.upload_project, self.clients, bucket, code_url,
+                                   self.options.parallel_calls)
             profile = pool.submit(ensure_instance_profile, self.clients, spec, bucket, folder,
                                   secrets.path(spec.run_id), parallel=self.options.parallel_calls)
             image = pool.submit(machines.resolve_ami, self.clients, self.options.ami)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 
 import boto3
 import botocore.exceptions
@@ -27,12 +28,18 @@ class Clients:
     def __init__(self, region: str):
         self.region = region
         self.session = boto3.session.Session(region_name=region)
+        self._made: dict[tuple[str, bool], object] = {}
+        self._making = threading.Lock()
 
-    @functools.cache
     def client(self, service: str, retries: bool = True):
-        client = self.session.client(service, config=RETRIES if retries else NO_RETRIES)
-        client.meta.events.register("needs-retry.*", _log_error_answer)
-        return client
+        """One client per service and retry mode, shared by all threads. The first takes a fifth of a second of
+        CPU (botocore loads its models), so threads that ask at once wait for one rather than each load them."""
+        with self._making:
+            if (service, retries) not in self._made:
+                client = self.session.client(service, config=RETRIES if retries else NO_RETRIES)
+                client.meta.events.register("needs-retry.*", _log_error_answer)
+                self._made[service, retries] = client
+            return self._made[service, retries]
 
     @property
     def ec2(self):

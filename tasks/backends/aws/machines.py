@@ -86,20 +86,30 @@ def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: d
     with pools.pool(parallel, len(volume_ids)) as pool:
         started = list(pool.map(one, range(len(volume_ids))))
     ids = [i["InstanceId"] for i in started]
-    clients.ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig=waiter_config())
-    attach_all(clients, volume_ids, ids, parallel)
-    return describe(clients, ids)
-
-
-def attach_all(clients: Clients, volume_ids: list[str], instance_ids: list[str], parallel: int) -> None:
-    """Volume i to machine i, all at once; one that is already there is left; a stale attachment (to a
-    machine this run replaced) is detached first, as the seed did."""
     ec2 = clients.ec2
-    volumes = {v["VolumeId"]: v for v in ec2.describe_volumes(VolumeIds=volume_ids)["Volumes"]}
+    # The volumes are read while the machines boot, and the machines (running by then, so with their
+    # addresses) while the volumes attach.
+    with pools.pool(parallel, 2) as pool:
+        volumes = pool.submit(ec2.describe_volumes, VolumeIds=volume_ids)
+        ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig=waiter_config())
+        by_id = {v["VolumeId"]: v for v in volumes.result()["Volumes"]}
+        attach_all(clients, [by_id[v] for v in volume_ids], ids, parallel)
+        described = pool.submit(describe, clients, ids)
+        ec2.get_waiter("volume_in_use").wait(VolumeIds=volume_ids, WaiterConfig=waiter_config())
+        return described.result()
 
-    def one(volume_id: str, instance_id: str) -> None:
-        attachments = [a for a in volumes[volume_id].get("Attachments", [])
-                       if a["State"] in ("attaching", "attached")]
+
+def attach_all(clients: Clients, volumes: list[dict], instance_ids: list[str], parallel: int) -> None:
+    """Volume i (as read before the machines ran) to machine i, all at once; one that is already there is left;
+    a stale attachment (to a machine this run replaced) is detached first, as the seed did. Returns when each
+    attach is asked for."""
+    ec2 = clients.ec2
+
+    def one(volume: dict, instance_id: str) -> None:
+        volume_id = volume["VolumeId"]
+        if volume.get("Attachments"):  # read again: a replaced machine may have let go of it meanwhile
+            [volume] = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
+        attachments = [a for a in volume.get("Attachments", []) if a["State"] in ("attaching", "attached")]
         if any(a["InstanceId"] == instance_id for a in attachments):
             return
         for stale in attachments:
@@ -107,9 +117,8 @@ def attach_all(clients: Clients, volume_ids: list[str], instance_ids: list[str],
             ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=waiter_config())
         ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=DATA_DEVICE)
 
-    with pools.pool(parallel, len(volume_ids)) as pool:
-        list(pool.map(one, volume_ids, instance_ids))
-    ec2.get_waiter("volume_in_use").wait(VolumeIds=volume_ids, WaiterConfig=waiter_config())
+    with pools.pool(parallel, len(instance_ids)) as pool:
+        list(pool.map(one, volumes, instance_ids))
 
 
 def _run_one(clients: Clients, spec: ClusterSpec, network: Network, image: dict, profile: str, index: int,

@@ -35,29 +35,36 @@ def resource_name(spec: ClusterSpec) -> str:
 
 def ensure_network(clients: Clients, spec: ClusterSpec, zone: str, subnet_id: str | None, ssh_cidr: str | None,
                    key_folder: Path, parallel: int = 1) -> Network:
-    """What depends on nothing starts at once (key pair, placement group); what needs only the VPC (gateway,
-    DNS settings, security group, route table) starts when it exists, beside the subnet; the table's route
-    waits for the gateway, and its association for the subnet. The longest chain is 5 calls: the VPC's
-    lookup and creation, the subnet's, and the association."""
+    """What needs no VPC starts at once: the key pair, the placement group, the internet gateway, and the
+    lookups of what the run has already (a retry reuses it). What needs the VPC (the gateway's attachment,
+    DNS settings, security group, route table, subnet) starts when it exists; the default route waits for the
+    attached gateway, the table's association for the subnet. The longest chain is 4 calls: the VPC's lookup
+    and creation, then the subnet and the route table, then their association and the route."""
     ec2 = clients.ec2
     run_tags = tags.tag_list(spec.run_id, spec.expires_at, resource_name(spec))
-    with pools.pool(parallel, 6) as pool:
+    run_filter = tags.run_filter(spec.run_id)
+    with pools.pool(parallel, 8) as pool:
         key = pool.submit(_ensure_key_pair, ec2, spec, key_folder, run_tags)
         placement_group = pool.submit(_ensure_placement_group, ec2, spec, run_tags)
+        groups = pool.submit(lambda: ec2.describe_security_groups(Filters=run_filter)["SecurityGroups"])
         if subnet_id:
             vpc_id = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]["VpcId"]
-            group_id = _ensure_security_group(ec2, spec, vpc_id, ssh_cidr, run_tags)
+            group_id = _ensure_security_group(ec2, spec, vpc_id, ssh_cidr, run_tags, groups.result())
         else:
+            subnets = pool.submit(lambda: ec2.describe_subnets(Filters=run_filter)["Subnets"])
+            tables = pool.submit(lambda: ec2.describe_route_tables(Filters=run_filter)["RouteTables"])
+            gateway = pool.submit(_ensure_gateway, ec2, spec, run_tags)
             vpc_id = _ensure_vpc(ec2, spec, run_tags)
-            gateway = pool.submit(_ensure_gateway, ec2, spec, vpc_id, run_tags)
+            attached = pool.submit(_attach_gateway, ec2, gateway, vpc_id)  # after `gateway`
             dns = pool.submit(_enable_dns, ec2, vpc_id)
-            group = pool.submit(_ensure_security_group, ec2, spec, vpc_id, ssh_cidr, run_tags)
-            table = pool.submit(_ensure_route_table, ec2, spec, vpc_id, gateway, run_tags)  # after `gateway`
-            subnet_id = _ensure_subnet(ec2, spec, vpc_id, zone, run_tags)
+            group = pool.submit(_ensure_security_group, ec2, spec, vpc_id, ssh_cidr, run_tags, groups.result())
+            table = pool.submit(_ensure_route_table, ec2, vpc_id, tables.result(), run_tags)
+            route = pool.submit(_ensure_default_route, ec2, table, attached)  # after `table` and `attached`
+            subnet_id = _ensure_subnet(ec2, spec, vpc_id, zone, run_tags, subnets.result())
             public = pool.submit(ec2.modify_subnet_attribute, SubnetId=subnet_id,
                                  MapPublicIpOnLaunch={"Value": True})
             _associate(ec2, table.result(), subnet_id)
-            for done in (public, dns):
+            for done in (public, dns, route):
                 done.result()
             group_id = group.result()
         key_name, key_path = key.result()
@@ -84,21 +91,25 @@ def _enable_dns(ec2, vpc_id: str) -> None:
     ec2.modify_vpc_attribute(VpcId=vpc_id, EnableDnsHostnames={"Value": True})  # EFS mounts by DNS name
 
 
-def _ensure_gateway(ec2, spec: ClusterSpec, vpc_id: str, run_tags: list[dict]) -> str:
+def _ensure_gateway(ec2, spec: ClusterSpec, run_tags: list[dict]) -> dict:
     gateways = ec2.describe_internet_gateways(Filters=tags.run_filter(spec.run_id))["InternetGateways"]
-    if not gateways:
-        gateway_id = ec2.create_internet_gateway(
-            TagSpecifications=tags.tag_specs("internet-gateway", run_tags))["InternetGateway"]["InternetGatewayId"]
-        gateways = [{"InternetGatewayId": gateway_id, "Attachments": []}]
-    gateway = gateways[0]
-    if not any(a.get("VpcId") == vpc_id for a in gateway.get("Attachments", [])):
-        ec2.attach_internet_gateway(InternetGatewayId=gateway["InternetGatewayId"], VpcId=vpc_id)
-    return gateway["InternetGatewayId"]
+    if gateways:
+        return gateways[0]
+    gateway_id = ec2.create_internet_gateway(
+        TagSpecifications=tags.tag_specs("internet-gateway", run_tags))["InternetGateway"]["InternetGatewayId"]
+    return {"InternetGatewayId": gateway_id, "Attachments": []}
 
 
-def _ensure_subnet(ec2, spec: ClusterSpec, vpc_id: str, zone: str, run_tags: list[dict]) -> str:
-    """The run's subnet in `zone`: a run moved to another zone has one in each."""
-    subnets = ec2.describe_subnets(Filters=tags.run_filter(spec.run_id))["Subnets"]
+def _attach_gateway(ec2, gateway: Future, vpc_id: str) -> str:
+    found = gateway.result()
+    if not any(a.get("VpcId") == vpc_id for a in found.get("Attachments", [])):
+        ec2.attach_internet_gateway(InternetGatewayId=found["InternetGatewayId"], VpcId=vpc_id)
+    return found["InternetGatewayId"]
+
+
+def _ensure_subnet(ec2, spec: ClusterSpec, vpc_id: str, zone: str, run_tags: list[dict], subnets: list[dict]) -> str:
+    """The run's subnet in `zone` (`subnets`: the run's, in every zone; a run moved to another zone has one in
+    each)."""
     subnet_id = _first([s for s in subnets if s["AvailabilityZone"] == zone], "SubnetId")
     if subnet_id is None:
         subnet_id = ec2.create_subnet(VpcId=vpc_id, CidrBlock=_free_cidr(subnets), AvailabilityZone=zone,
@@ -106,19 +117,21 @@ def _ensure_subnet(ec2, spec: ClusterSpec, vpc_id: str, zone: str, run_tags: lis
     return subnet_id
 
 
-def _ensure_route_table(ec2, spec: ClusterSpec, vpc_id: str, gateway: Future, run_tags: list[dict]) -> dict:
-    """The run's route table with a default route through the gateway (machines install the project from
-    PyPI at boot: they need a public address, which the subnet gives them, and a route out)."""
-    tables = ec2.describe_route_tables(Filters=tags.run_filter(spec.run_id))["RouteTables"]
+def _ensure_route_table(ec2, vpc_id: str, tables: list[dict], run_tags: list[dict]) -> dict:
+    """The run's route table (`tables`: the run's, found earlier)."""
     if tables:
-        table = tables[0]
-    else:
-        table = ec2.create_route_table(VpcId=vpc_id, TagSpecifications=tags.tag_specs("route-table", run_tags))
-        table = table["RouteTable"]
-    if not any(r.get("DestinationCidrBlock") == "0.0.0.0/0" for r in table.get("Routes", [])):
-        ec2.create_route(RouteTableId=table["RouteTableId"], DestinationCidrBlock="0.0.0.0/0",
+        return tables[0]
+    return ec2.create_route_table(VpcId=vpc_id, TagSpecifications=tags.tag_specs("route-table", run_tags))[
+        "RouteTable"]
+
+
+def _ensure_default_route(ec2, table: Future, gateway: Future) -> None:
+    """A default route through the gateway (machines install the project from PyPI at boot: they need a public
+    address, which the subnet gives them, and a route out); it needs the gateway attached to the VPC."""
+    found = table.result()
+    if not any(r.get("DestinationCidrBlock") == "0.0.0.0/0" for r in found.get("Routes", [])):
+        ec2.create_route(RouteTableId=found["RouteTableId"], DestinationCidrBlock="0.0.0.0/0",
                          GatewayId=gateway.result())
-    return table
 
 
 def _associate(ec2, table: dict, subnet_id: str) -> None:
@@ -133,9 +146,9 @@ def _free_cidr(subnets: list[dict]) -> str:
     return next(b for b in blocks if b not in used)
 
 
-def _ensure_security_group(ec2, spec: ClusterSpec, vpc_id: str, ssh_cidr: str | None,
-                           run_tags: list[dict]) -> str:
-    found = ec2.describe_security_groups(Filters=tags.run_filter(spec.run_id))["SecurityGroups"]
+def _ensure_security_group(ec2, spec: ClusterSpec, vpc_id: str, ssh_cidr: str | None, run_tags: list[dict],
+                           found: list[dict]) -> str:
+    """The run's security group (`found`: the run's, looked up earlier), made if missing."""
     if found:
         return found[0]["GroupId"]
     group_id = ec2.create_security_group(

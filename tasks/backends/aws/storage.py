@@ -7,6 +7,7 @@ import io
 import tarfile
 from pathlib import Path
 
+from tasks.backends.aws import pools
 from tasks.backends.aws.clients import Clients, error_code
 
 PROJECT_PARTS = ("trainer", "tasks", "flows", "deployments", "pyproject.toml", "README.md")
@@ -16,11 +17,30 @@ def bucket_name(clients: Clients, name: str | None) -> str:
     return name or f"imagenet18-{clients.check_credentials()}-{clients.region}"
 
 
-def ensure_bucket(clients: Clients, name: str) -> str:
+def upload_project(clients: Clients, bucket: str, url: str, parallel: int = 1) -> None:
+    """The project's source, where user-data fetches it from (`url` is in `bucket`, made if missing: private
+    and encrypted, its two settings made beside the upload, which is encrypted in its own right)."""
+    s3 = clients.client("s3")
+    made = _make_bucket(clients, bucket)
+    with pools.pool(parallel, 3) as pool:
+        calls = [pool.submit(s3.put_object, Bucket=bucket, Key=url.removeprefix(f"s3://{bucket}/"),
+                             Body=project_archive(), ServerSideEncryption="AES256")]
+        if made:
+            calls += [pool.submit(s3.put_public_access_block, Bucket=bucket, PublicAccessBlockConfiguration={
+                          "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
+                          "RestrictPublicBuckets": True}),
+                      pool.submit(s3.put_bucket_encryption, Bucket=bucket, ServerSideEncryptionConfiguration={
+                          "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})]
+        for call in calls:
+            call.result()
+
+
+def _make_bucket(clients: Clients, name: str) -> bool:
+    """True when the bucket was made now, False when it was there."""
     s3 = clients.client("s3")
     try:
         s3.head_bucket(Bucket=name)
-        return name
+        return False
     except Exception as exc:  # noqa: BLE001
         if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
             raise
@@ -31,17 +51,7 @@ def ensure_bucket(clients: Clients, name: str) -> str:
     except Exception as exc:  # noqa: BLE001 - another run made it a moment ago
         if error_code(exc) != "BucketAlreadyOwnedByYou":
             raise
-    s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration={
-        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
-    s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={
-        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
-    return name
-
-
-def upload_project(clients: Clients, bucket: str, url: str) -> None:
-    """The project's source, where user-data fetches it from (`url` is in `bucket`, made if missing)."""
-    ensure_bucket(clients, bucket)
-    clients.client("s3").put_object(Bucket=bucket, Key=url.removeprefix(f"s3://{bucket}/"), Body=project_archive())
+    return True
 
 
 def project_archive() -> bytes:

@@ -17,9 +17,9 @@ MIN_SIZE_GB = {"io1": 4, "io2": 4, "gp3": 1}
 GP3_BASELINE_IOPS = 3000  # whatever the size
 
 
-def find_snapshot(clients: Clients, dataset: str, owner: str) -> dict:
+def find_snapshot(clients: Clients, dataset: str, owner: str, parallel: int = 1) -> dict:
     """Exactly one completed snapshot: by id, or by Name tag or description (the seed's was found by
-    description, `imagenet18-backup`)."""
+    description, `imagenet18-backup`; EC2 ANDs filters, so the two are two lookups, made at once)."""
     ec2 = clients.ec2
     if dataset.startswith("snap-"):
         try:
@@ -27,11 +27,10 @@ def find_snapshot(clients: Clients, dataset: str, owner: str) -> dict:
         except Exception as exc:  # noqa: BLE001 - InvalidSnapshot.NotFound and malformed ids alike
             raise InputError(f"dataset snapshot {dataset} not found in {clients.region}: {exc}") from None
     else:
-        owners = {"OwnerIds": [owner]}
-        by_name = ec2.describe_snapshots(Filters=[{"Name": "tag:Name", "Values": [dataset]}], **owners)["Snapshots"]
-        by_description = ec2.describe_snapshots(Filters=[{"Name": "description", "Values": [dataset]}],
-                                                **owners)["Snapshots"]
-        found = list({s["SnapshotId"]: s for s in by_name + by_description}.values())
+        with pools.pool(parallel, 2) as pool:
+            lookups = [pool.submit(ec2.describe_snapshots, Filters=[{"Name": field, "Values": [dataset]}],
+                                   OwnerIds=[owner]) for field in ("tag:Name", "description")]
+            found = list({s["SnapshotId"]: s for lookup in lookups for s in lookup.result()["Snapshots"]}.values())
     if not found:
         raise InputError(f"no snapshot named or described {dataset!r} (owner {owner}) in {clients.region}; make "
                          "one with `imagenet18 snapshot --from URL --name NAME`, or give a snapshot id")
@@ -59,12 +58,20 @@ def replica_name(zone: str, index: int) -> str:
     return f"imagenet_{zone[-2:]}_{index:02d}"
 
 
-def replicate(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, count: int, volume_type: str,
-              iops: int, throughput_mbps: int, parallel: int) -> list[Resource]:
-    """All `count` volumes at once; the ones this run already has are reused; returns when all are available."""
-    existing = {tags.as_dict(v.get("Tags")).get("Name"): v for v in clients.ec2.describe_volumes(
-        Filters=tags.run_filter(spec.run_id) + [{"Name": "status", "Values": ["creating", "available", "in-use"]}]
+def run_volumes(clients: Clients, run_id: str) -> dict[str, dict]:
+    """The run's volumes that are or will be usable, by name."""
+    return {tags.as_dict(v.get("Tags")).get("Name"): v for v in clients.ec2.describe_volumes(
+        Filters=tags.run_filter(run_id) + [{"Name": "status", "Values": ["creating", "available", "in-use"]}]
     )["Volumes"]}
+
+
+def replicate(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, count: int, volume_type: str,
+              iops: int, throughput_mbps: int, parallel: int, existing: dict[str, dict] | None = None
+              ) -> list[Resource]:
+    """All `count` volumes at once; the ones this run already has (`existing`, looked up when not given) are
+    reused; returns when all are available."""
+    if existing is None:
+        existing = run_volumes(clients, spec.run_id)
 
     def one(index: int) -> Resource:
         volume = existing.get(replica_name(zone, index)) or _create_replica(
