@@ -31,4 +31,5 @@ class AwsOptions(BaseModel):
     ssh_cidr: str | None = Field(None, description="allow ssh from this CIDR (default: no ssh, connect via SSM)")
     snapshot_owner: str = Field("self", description="account that owns the dataset snapshot")
     dataset_folder: str = Field("imagenet", description="the dataset's folder on the snapshot's volume")
-    parallel_calls: int = Field(16, ge=1, le=64, description="volumes and machines created at once (1: serially)")
+    parallel_calls: int = Field(16, ge=1, le=64,
+                                description="AWS calls made at once: volumes, machines, lookups (1: one at a time)")

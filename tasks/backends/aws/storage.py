@@ -19,12 +19,13 @@ def bucket_name(clients: Clients, name: str | None) -> str:
 
 def upload_project(clients: Clients, bucket: str, url: str, parallel: int = 1) -> None:
     """The project's source, where user-data fetches it from (`url` is in `bucket`, made if missing: private
-    and encrypted, its two settings made beside the upload, which is encrypted in its own right)."""
+    and encrypted, its two settings made beside the upload, which then asks for encryption itself; a bucket that
+    was there keeps its own default, e.g. a KMS key its policy requires)."""
     s3 = clients.client("s3")
     made = _make_bucket(clients, bucket)
     with pools.pool(parallel, 3) as pool:
         calls = [pool.submit(s3.put_object, Bucket=bucket, Key=url.removeprefix(f"s3://{bucket}/"),
-                             Body=project_archive(), ServerSideEncryption="AES256")]
+                             Body=project_archive(), **({"ServerSideEncryption": "AES256"} if made else {}))]
         if made:
             calls += [pool.submit(s3.put_public_access_block, Bucket=bucket, PublicAccessBlockConfiguration={
                           "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
