@@ -151,7 +151,9 @@ class AwsBackend:
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
         o = self.options
         # The lookups go at once: the snapshot, the run's volumes (a retry reuses them), the region's zones
-        # beside the zones offering the type (which keeps only the region's available ones).
+        # beside the zones offering the type (which keeps only the region's available ones). `zone()` waits for
+        # that zones lookup rather than repeating it: Python 3.11's cached_property computes under a lock
+        # (3.12 dropped it; pyproject pins 3.11).
         with pools.pool(o.parallel_calls, 3) as pool:
             snapshot = pool.submit(self.snapshot, dataset)
             existing = pool.submit(volumes.run_volumes, self.clients, spec.run_id)
