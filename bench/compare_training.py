@@ -41,7 +41,7 @@ import torch
 
 from trainer import data, distributed, engine, train
 from trainer import schedule as schedules
-from trainer.model import build_model, build_optimizer
+from trainer.model import build_model, build_optimizer, training_module
 from trainer.recorder import NodeHeartbeat, Recorder
 
 MODES = ("synthetic", "jpeg", "jpeg-sz")
@@ -116,7 +116,7 @@ class TrainerSide:
     """The trainer's model, optimiser and engine Context, built the way trainer.train builds them."""
 
     def __init__(self, arch: str, num_classes: int, world: distributed.World, bf16: bool, channels_last: bool,
-                 plan: schedules.Schedule, logdir: Path):
+                 plan: schedules.Schedule, logdir: Path, compile: bool = False):
         self.world = world
         torch.manual_seed(0)
         model = build_model(arch, num_classes).to(world.device)
@@ -125,13 +125,9 @@ class TrainerSide:
         optimizer = build_optimizer(model)
         recorder = Recorder(logdir, "bench", {}, enabled=True)
         heartbeat = NodeHeartbeat(logdir, 0, True, 30.0)
-        self.ctx = engine.Context(model, model, optimizer, plan, world, recorder, heartbeat, bf16, channels_last,
-                                  print_freq=10)
+        self.ctx = engine.Context(training_module(model, False, compile), model, optimizer, plan, world, recorder,
+                                  heartbeat, bf16, channels_last, print_freq=10)
         self.epoch = 0
-
-    @property
-    def label(self) -> str:
-        return ("bf16" if self.ctx.bf16 else "fp32") + ("+channels_last" if self.ctx.channels_last else "")
 
     def run(self, loaders: data.PhaseLoaders, source, sampler, warmup: int, steps: int) -> TimedBatches:
         timed = TimedBatches(source, sampler, warmup, steps, self.world.device)
@@ -184,7 +180,8 @@ def measure(mode: str, size: int, batch: int, args, world: distributed.World, bf
         classes = len(folders[f"{trndir}:train"].classes)
     pixels, labels = synthetic_batch(batch, size, classes, device)
     reference_input = reference_loop.normalised(pixels)
-    trainer = TrainerSide(args.arch, classes, world, bf16, channels_last, plan, logdir / f"{mode}-{size}")
+    trainer = TrainerSide(args.arch, classes, world, bf16, channels_last, plan, logdir / f"{mode}-{size}",
+                          args.compile)
     references = [reference_loop.ReferenceLoop(args.arch, classes, device, amp=variant == "amp")
                   for variant in args.reference]
     # Synthetic loaders for the trainer: PhaseLoaders whose val loader is never used.
@@ -280,6 +277,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="reference precision(s): amp = the reference's --amp; fp32 = its default")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="the trainer's --precision")
+    parser.add_argument("--compile", action="store_true",
+                        help="the trainer's --compile: torch.compile its model (compiled in its first round's warm-up)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--workers", type=int, help="loader workers for both sides (default: each side's own "
                                                     "default, as `python -m trainer train` and the reference pick)")
@@ -312,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {args.arch} training throughput on {device} ({where}); torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
     print(f"# trainer: {'bf16' if bf16 else 'fp32'} autocast, channels_last {channels_last}, "
+          f"{'torch.compile, ' if args.compile else ''}"
           f"{workers[0]} loader workers; reference: {', '.join(args.reference)}, {workers[1]} workers; "
           f"{args.steps} timed steps after {args.warmup}, median of {args.rounds} rounds", flush=True)
     failures = 0

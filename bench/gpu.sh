@@ -3,11 +3,13 @@
 #
 #   bash bench/gpu.sh                    # from the repo root; everything it prints also goes to $OUT/gpu.log
 #   GPU_BENCH_TINY=1 bash bench/gpu.sh   # the same steps shrunk to run on a CPU in a minute or two
+#   GPU_BENCH_STEPS="versions compare-synthetic-compile" GPU_BENCH_SIZES="224" bash bench/gpu.sh  # some steps, sizes
 #
 # Steps: versions; an ImageNet-like JPEG folder (bench/make_jpegs.py) and its -sz/160, -sz/352 copies
 # (`python3 -m trainer prepare`); a short real `python3 -m trainer train` through every data path; trainer vs
 # torchvision-reference-style loop on synthetic batches (bench/compare_training.py, reference --amp and fp32)
-# and on the JPEGs (full-size and the seed's resized copies); tests/test_gpu.py. Each step has a timeout
+# and on the JPEGs (full-size and the seed's resized copies), then both again with the trainer's --compile;
+# tests/test_gpu.py. Each step has a timeout
 # and the whole script a deadline (GPU_BENCH_BUDGET seconds, default 560), a failed step does not stop the
 # ones after it, and the failures are listed at the end (exit status 1 if any). Nothing is downloaded.
 # Needs python3 with torch, torchvision, pillow, numpy, tensorboard (pytest for the last step); the project
@@ -45,16 +47,30 @@ else
     TRAIN_PHASES=("128 256 -sz/160" "224 192 -sz/352" "288 128 ")
     TRAIN_OPTIONS=()
 fi
+if [[ -n ${GPU_BENCH_SIZES:-} ]]; then  # a subset of SIZES, each keeping its batch
+    read -ra wanted <<<"$GPU_BENCH_SIZES"
+    kept_sizes=() kept_batches=()
+    for i in "${!SIZES[@]}"; do
+        [[ " ${wanted[*]} " == *" ${SIZES[i]} "* ]] && kept_sizes+=("${SIZES[i]}") kept_batches+=("${BATCHES[i]}")
+    done
+    ((${#kept_sizes[@]})) || { echo "GPU_BENCH_SIZES=$GPU_BENCH_SIZES: none of ${SIZES[*]}" >&2; exit 2; }
+    SIZES=("${kept_sizes[@]}") BATCHES=("${kept_batches[@]}")
+fi
 DATA=$WORK/jpegs
 mkdir -p "$WORK"
 
 FAILED=()
 STARTED=$SECONDS
 
-# run_step NAME TIMEOUT COMMAND...: runs COMMAND with a timeout that also respects the script's deadline.
+# run_step NAME TIMEOUT COMMAND...: runs COMMAND with a timeout that also respects the script's deadline;
+# with GPU_BENCH_STEPS set, only the steps it names run.
 run_step() {
     local name=$1 limit=$2
     shift 2
+    if [[ -n ${GPU_BENCH_STEPS:-} && " $GPU_BENCH_STEPS " != *" $name "* ]]; then
+        echo "=== $name: not in GPU_BENCH_STEPS"
+        return 0
+    fi
     local left=$((BUDGET - (SECONDS - STARTED)))
     if ((left < 15)); then
         echo "=== $name: skipped, the ${BUDGET} s budget is spent"
@@ -147,6 +163,9 @@ run_step compare-synthetic 200 "$PY" bench/compare_training.py "${SYNTHETIC_ARGS
 JPEG_ARGS=(--arch "$ARCH" --sizes "${SIZES[@]}" --batch "${BATCHES[@]}" --data "$DATA" --modes jpeg jpeg-sz
     --reference amp --steps "$JPEG_STEPS" --warmup "$JPEG_WARMUP" --rounds "$JPEG_ROUNDS")
 run_step compare-jpeg 240 "$PY" bench/compare_training.py "${JPEG_ARGS[@]}"
+# The compiled trainer: each (mode, size) compiles in its first round's warm-up, so one reference suffices.
+run_step compare-synthetic-compile 300 "$PY" bench/compare_training.py "${SYNTHETIC_ARGS[@]}" --reference amp --compile
+run_step compare-jpeg-compile 300 "$PY" bench/compare_training.py "${JPEG_ARGS[@]}" --compile
 
 if "$PY" -c "import pytest" 2>/dev/null; then
     run_step test-gpu 150 "$PY" -m pytest -q --noconftest tests/test_gpu.py -p no:cacheprovider

@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.trainer_runs import free_port, node_command, run, train_command, trainer_env
 from trainer import checkpoint
+from trainer.model import build_model
 
 SEED_TAGS = {
     "losses/xent", "losses/train_1", "losses/train_5", "losses/test_1", "losses/test_5",
@@ -179,3 +180,16 @@ def test_wandb_mirrors_the_run_offline_and_the_key_is_written_nowhere(tiny_data,
     for path in logdir.rglob("*"):
         if path.is_file():
             assert canary.encode() not in path.read_bytes(), path
+
+
+def test_compiled_run_trains_and_checkpoints_the_plain_model(tiny_data, tmp_path):
+    logdir, inductor_cache = tmp_path / "run", tmp_path / "inductor"
+    result = run(train_command(tiny_data, logdir, "--epochs", "1", "--compile"),
+                 TORCHINDUCTOR_CACHE_DIR=str(inductor_cache))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _records(logdir, "start")[0]["config"]["compile"] is True
+    assert _records(logdir, "epoch")[0]["top5"] > 0
+    assert list(inductor_cache.rglob("*.py")), "inductor generated no code: the model was not compiled"
+    state = checkpoint.load(str(logdir / "checkpoints"))
+    assert state["model"].keys() == build_model("resnet10", 10).state_dict().keys(), \
+        "checkpoints hold the module itself, loadable without --compile"

@@ -36,6 +36,8 @@ def _train_parser(sub) -> None:
                    help="auto: bf16 autocast on GPUs and on CPUs with bf16 support")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="default: on with bf16")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step (each image size compiles once; see BENCHMARKS.md)")
     p.add_argument("--workers", type=int, help="loader worker processes per training process")
     p.add_argument("--threads", type=int, help="CPU threads per training process")
     p.add_argument("--print-freq", type=int, default=10, help="batches between console lines")

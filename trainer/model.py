@@ -49,6 +49,13 @@ def build_optimizer(model: nn.Module, bn_weight_decay: bool = False) -> torch.op
     return torch.optim.SGD(groups, lr=0.0, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
 
+def training_module(model: nn.Module, distributed: bool, compile: bool) -> nn.Module:
+    """What the training loop calls: `model` under DDP when distributed, torch.compile'd when asked (the
+    compiled graph then holds DDP's hooks; evaluation and checkpoints keep using `model` itself)."""
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    return torch.compile(wrapped) if compile else wrapped
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -20,12 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from trainer import checkpoint, console, data, distributed, schedule as schedules, sync
 from trainer.console import log
 from trainer.engine import Context, evaluate, train_one_epoch
-from trainer.model import MOMENTUM, build_model, build_optimizer
+from trainer.model import MOMENTUM, build_model, build_optimizer, training_module
 from trainer.recorder import NodeHeartbeat, Recorder
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imagenet18"
@@ -49,6 +48,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool | None = None
+    compile: bool = False
     workers: int | None = None
     threads: int | None = None
     print_freq: int = 10
@@ -115,7 +115,7 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         _restore_rng(state["rng"])
-    wrapped = DistributedDataParallel(model) if world.size > 1 else model
+    wrapped = training_module(model, world.size > 1, config.compile)
     if world.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
