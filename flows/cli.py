@@ -40,6 +40,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", type=float)
     parser.add_argument("--target-metric", choices=("top1", "top5"))
     parser.add_argument("--epochs", type=int, help="stop after this many epochs")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the training step (faster on GPUs after a minute's compile per image size)")
     parser.add_argument("--budget-usd", type=float, help="refuse to start when the plan costs more")
     parser.add_argument("--max-hours", type=float, default=2.0)
     parser.add_argument("--restarts", type=int, default=2,
@@ -139,7 +141,7 @@ def _flow_parameters(args: argparse.Namespace, dry_run: bool) -> dict:
     return {"machines": args.machines or (16 if args.backend == "aws" else 2), "backend": args.backend,
             "spot": args.spot, "instance_type": args.instance_type, "dataset": args.dataset, "schedule": args.schedule,
             "target": args.target, "target_metric": args.target_metric, "epochs": args.epochs,
-            "budget_usd": args.budget_usd, "max_hours": args.max_hours, "dry_run": dry_run,
+            "compile": args.compile, "budget_usd": args.budget_usd, "max_hours": args.max_hours, "dry_run": dry_run,
             "restarts": args.restarts, "hang_minutes": args.hang_minutes, "aws": _aws(args)}
 
 

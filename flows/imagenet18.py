@@ -56,13 +56,13 @@ def _teardown_hook(flow, flow_run, state) -> None:  # noqa: ARG001 - a served ru
 def imagenet18(machines: MachineCount = 2, backend: BackendName = "local", spot: bool = False,
                instance_type: str | None = None, dataset: str | None = None, schedule: str | None = None,
                target: float | None = None, target_metric: Literal["top1", "top5"] | None = None,
-               epochs: int | None = None,
+               epochs: int | None = None, compile: bool = False,
                budget_usd: float | None = None, max_hours: float = 2.0, dry_run: bool = False,
                restarts: int = 2, hang_minutes: float = 10.0, aws: AwsOptions | None = None) -> dict:
     """Train ResNet-50 the imagenet18 way on `machines` machines, then tear everything down."""
     params = RunParameters(machines=machines, backend=backend, spot=spot, instance_type=instance_type,
                            dataset=dataset, schedule=schedule, target=target, target_metric=target_metric,
-                           epochs=epochs, budget_usd=budget_usd, max_hours=max_hours, dry_run=dry_run,
+                           epochs=epochs, compile=compile, budget_usd=budget_usd, max_hours=max_hours, dry_run=dry_run,
                            restarts=restarts, hang_minutes=hang_minutes, aws=aws)
     run_id, run_name = str(current_run.id), current_run.name
     plan = stages.validate_and_plan(params, run_id, run_name)

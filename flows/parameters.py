@@ -29,6 +29,8 @@ class RunParameters(BaseModel):
     target: float | None = Field(None, gt=0, le=100, description="default: the schedule's (93% top-5 for the seed)")
     target_metric: Literal["top1", "top5"] | None = None
     epochs: int | None = Field(None, ge=1, description="stop after this many epochs (default: the schedule's)")
+    compile: bool = Field(False, description="torch.compile the training step: on one H100 1.4x the img/s at 224 px "
+                          "after about a minute of compiling per image size (BENCHMARKS.md); slower on CPUs")
     budget_usd: float | None = Field(None, ge=0, description="refuse to start when the plan costs more")
     max_hours: float = Field(2.0, gt=0, le=72, description="machines terminate themselves after this")
     dry_run: bool = False

@@ -152,6 +152,8 @@ def trainer_command(plan: RunPlan, cluster: Cluster, machine: int, port: int) ->
         command += ["--target-metric", plan.params.target_metric]
     if plan.params.epochs:
         command += ["--epochs", str(plan.params.epochs)]
+    if plan.params.compile:
+        command.append("--compile")
     if local:
         command += ["--threads", str(_threads_per_machine(len(cluster.machines)))]
     return command

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from flows import cli
+from flows.parameters import RunParameters
+from tasks import stages
+from tasks.backends.base import Cluster, Machine
+from tasks.planning import plan_run
 from tests.prefect_server import flow_run_logs
+from trainer import cli as trainer_cli
 
 IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
 
@@ -71,3 +77,15 @@ def test_the_backends_own_logs_reach_the_flow_runs_log(prefect_api):
     messages = [log.message for log in flow_run_logs(flow_run_id, until="RequestLimitExceeded, attempt 2")]
     assert any("RequestLimitExceeded, attempt 2" in m for m in messages), \
         f"the backend's warning is not in the flow run's log: {messages}"
+
+
+@pytest.mark.parametrize("flag", [[], ["--compile"]], ids=["eager", "compiled"])
+def test_run_options_reach_the_trainer_command_each_machine_runs(tiny_data, flag):
+    args = cli.parser().parse_args(["run", "--dataset", str(tiny_data), "--epochs", "3", *flag])
+    plan = plan_run(RunParameters(**cli._flow_parameters(args, dry_run=False)), "run-id", "run-name")
+    machines = (Machine(0, "local-0", "127.0.0.1", str(tiny_data)), Machine(1, "local-1", "127.0.0.1", str(tiny_data)))
+    cluster = Cluster(plan.spec, machines, "/runs/run-name", 1, "", "/runs/run-name", sys.executable)
+    command = stages.trainer_command(plan, cluster, 1, 29500)
+    trainer_args = trainer_cli.parser().parse_args(command[command.index("trainer") + 1:])
+    assert (trainer_args.compile, trainer_args.epochs, trainer_args.data) == (bool(flag), 3, str(tiny_data))
+    assert "--node_rank=1" in command and "--nnodes=2" in command
