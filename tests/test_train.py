@@ -182,14 +182,34 @@ def test_wandb_mirrors_the_run_offline_and_the_key_is_written_nowhere(tiny_data,
             assert canary.encode() not in path.read_bytes(), path
 
 
-def test_compiled_run_trains_and_checkpoints_the_plain_model(tiny_data, tmp_path):
-    logdir, inductor_cache = tmp_path / "run", tmp_path / "inductor"
-    result = run(train_command(tiny_data, logdir, "--epochs", "1", "--compile"),
+TWO_SIZES = """
+arch = "resnet10"
+[[data]]
+ep = 0
+sz = 32
+bs = 32
+trndir = "-sz/160"
+[[data]]
+ep = 1
+sz = 48
+bs = 32
+trndir = "-sz/160"
+[[lr]]
+ep = [0, 2]
+lr = [0.05, 0.01]
+"""
+
+
+def test_compiled_run_changes_image_size_and_checkpoints_the_plain_model(tiny_data, tmp_path):
+    logdir, inductor_cache, schedule = tmp_path / "run", tmp_path / "inductor", tmp_path / "two-sizes.toml"
+    schedule.write_text(TWO_SIZES)
+    result = run(train_command(tiny_data, logdir, "--schedule", str(schedule), "--compile"),
                  TORCHINDUCTOR_CACHE_DIR=str(inductor_cache))
     assert result.returncode == 0, result.stderr[-3000:]
     assert _records(logdir, "start")[0]["config"]["compile"] is True
-    assert _records(logdir, "epoch")[0]["top5"] > 0
+    assert [e["size"] for e in _records(logdir, "epoch")] == [32, 48]
     assert list(inductor_cache.rglob("*.py")), "inductor generated no code: the model was not compiled"
     state = checkpoint.load(str(logdir / "checkpoints"))
+    assert state["epoch"] == 2
     assert state["model"].keys() == build_model("resnet10", 10).state_dict().keys(), \
         "checkpoints hold the module itself, loadable without --compile"
