@@ -200,14 +200,17 @@ lr = [0.05, 0.01]
 """
 
 
-def test_compiled_run_changes_image_size_and_checkpoints_the_plain_model(tiny_data, tmp_path):
-    logdir, inductor_cache, schedule = tmp_path / "run", tmp_path / "inductor", tmp_path / "two-sizes.toml"
+def test_compiled_two_node_run_changes_image_size_and_checkpoints_the_plain_model(tiny_data, tmp_path):
+    """--compile under DDP (the graph holds DDP's hooks), through an image-size change (a static graph each)."""
+    logdir, inductor_cache, schedule, port = tmp_path / "run", tmp_path / "inductor", tmp_path / "two.toml", free_port()
     schedule.write_text(TWO_SIZES)
-    result = run(train_command(tiny_data, logdir, "--schedule", str(schedule), "--compile"),
-                 TORCHINDUCTOR_CACHE_DIR=str(inductor_cache))
-    assert result.returncode == 0, result.stderr[-3000:]
+    env = trainer_env(TORCHINDUCTOR_CACHE_DIR=str(inductor_cache))
+    nodes = [subprocess.Popen(node_command(i, 2, port, tiny_data, logdir, "--schedule", str(schedule), "--compile"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for i in range(2)]
+    outputs = [node.communicate(timeout=400)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert _records(logdir, "start")[0]["config"]["compile"] is True
-    assert [e["size"] for e in _records(logdir, "epoch")] == [32, 48]
+    assert [(e["size"], e["global_batch"]) for e in _records(logdir, "epoch")] == [(32, 64), (48, 64)]
     assert list(inductor_cache.rglob("*.py")), "inductor generated no code: the model was not compiled"
     state = checkpoint.load(str(logdir / "checkpoints"))
     assert state["epoch"] == 2
