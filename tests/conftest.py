@@ -1,6 +1,7 @@
 """Shared fixtures: one tiny demo dataset (with its -sz/160 copy) per test session; the AWS simulator."""
 
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,12 @@ from trainer.demo_data import make_demo_dataset
 from trainer.prepare import prepare
 
 TINY = {"classes": 10, "train_per_class": 120, "val_per_class": 10}
+
+# A suite started in the background by a non-interactive shell (`bash .ci/run &`) inherits SIGINT ignored, and
+# so would every command a test starts: the Ctrl-C tests could not stop them. A handler, unlike SIG_IGN, is not
+# inherited across exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
