@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.trainer_runs import free_port, node_command, run, train_command, trainer_env
+from tests.trainer_runs import run, run_two_nodes, train_command, trainer_env
 from trainer import checkpoint
 from trainer.model import build_model
 
@@ -94,11 +94,8 @@ def test_tensorboard_events_carry_the_seeds_tags(single_run):
 
 
 def test_two_torchrun_nodes_over_gloo_learn(tiny_data, tmp_path):
-    logdir, port = tmp_path / "run", free_port()
-    nodes = [subprocess.Popen(node_command(i, 2, port, tiny_data, logdir), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env=trainer_env()) for i in range(2)]
-    outputs = [node.communicate(timeout=300)[0] for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    logdir = tmp_path / "run"
+    outputs = run_two_nodes(tiny_data, logdir)
     summary = json.loads((logdir / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert summary["epochs"][-1]["global_batch"] == 96
@@ -202,13 +199,10 @@ lr = [0.05, 0.01]
 
 def test_compiled_two_node_run_changes_image_size_and_checkpoints_the_plain_model(tiny_data, tmp_path):
     """--compile under DDP (the graph holds DDP's hooks), through an image-size change (a static graph each)."""
-    logdir, inductor_cache, schedule, port = tmp_path / "run", tmp_path / "inductor", tmp_path / "two.toml", free_port()
+    logdir, inductor_cache, schedule = tmp_path / "run", tmp_path / "inductor", tmp_path / "two.toml"
     schedule.write_text(TWO_SIZES)
-    env = trainer_env(TORCHINDUCTOR_CACHE_DIR=str(inductor_cache))
-    nodes = [subprocess.Popen(node_command(i, 2, port, tiny_data, logdir, "--schedule", str(schedule), "--compile"),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for i in range(2)]
-    outputs = [node.communicate(timeout=400)[0] for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    run_two_nodes(tiny_data, logdir, "--schedule", str(schedule), "--compile", timeout=400,
+                  TORCHINDUCTOR_CACHE_DIR=str(inductor_cache))
     assert _records(logdir, "start")[0]["config"]["compile"] is True
     assert [(e["size"], e["global_batch"]) for e in _records(logdir, "epoch")] == [(32, 64), (48, 64)]
     assert list(inductor_cache.rglob("*.py")), "inductor generated no code: the model was not compiled"

@@ -31,5 +31,15 @@ def node_command(node: int, nodes: int, port: int, data: Path, logdir: Path, *op
     return torchrun + train_command(data, logdir, "--threads", "1", *options)[2:]
 
 
+def run_two_nodes(data: Path, logdir: Path, *options: str, timeout: float = 300, **env: str) -> list[str]:
+    """Two torchrun nodes on 127.0.0.1 until both end; asserts both exited 0 and returns each one's output."""
+    port = free_port()
+    nodes = [subprocess.Popen(node_command(i, 2, port, data, logdir, *options), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=trainer_env(**env)) for i in range(2)]
+    outputs = [node.communicate(timeout=timeout)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    return outputs
+
+
 def run(command: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=trainer_env(**env))
