@@ -2,12 +2,12 @@
 
     python bench/provisioning.py [--machines 16] [--rounds 3]
 
-Alternates parallel (`parallel_calls=16`) and serial (`parallel_calls=1`) rounds of replicate + provision,
-each on a simulator of its own (moto server + our wrapper; --latency adds a round trip to every call) with a
-small dataset snapshot, and each followed by a teardown; prints each round and the median ratio. --trace
-prints every AWS call of the first parallel round (start and end seconds, thread, operation): the chain of
-calls that wait on each other is what is left of the parallel time. Needs the test extras (moto). Figures go
-to BENCHMARKS.md.
+Alternates parallel (`parallel_calls=16`) and serial (`parallel_calls=1`) rounds of the flow's three creating
+stages (replicate beside prepare, then provision; in serial rounds every call in turn), each on a simulator of
+its own (moto server + our wrapper; --latency adds a round trip to every call) with a small dataset snapshot,
+and each followed by a teardown; prints each round and the median ratio. --trace prints every AWS call of the
+first parallel round (start and end seconds, thread, operation): the chain of calls that wait on each other is
+what is left of the parallel time. Needs the test extras (moto). Figures go to BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.backends.aws import AwsBackend, AwsOptions  # noqa: E402
+from tasks.backends.aws import AwsBackend, AwsOptions, pools  # noqa: E402
 from tasks.backends.base import ClusterSpec  # noqa: E402
 from tests.awssim import start  # noqa: E402
 
@@ -62,8 +62,12 @@ def provision_seconds(backend: AwsBackend, run_id: str, machines: int, trace: bo
     spec = ClusterSpec(run_id, run_id, machines, "p4d.24xlarge", False,
                        dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
     started = time.perf_counter()
-    replicas = backend.replicate(spec, "bench-dataset", machines)
-    backend.provision(spec, replicas)
+    # As the flow's stages: replicate-dataset beside prepare-cluster (one after the other when serial), then
+    # provision-cluster.
+    with pools.pool(backend.options.parallel_calls, 2) as pool:
+        replicas = pool.submit(backend.replicate, spec, "bench-dataset", machines)
+        prepared = pool.submit(backend.prepare, spec)
+        backend.provision(spec, replicas.result(), prepared.result())
     elapsed = time.perf_counter() - started
     if calls:
         calls.print()

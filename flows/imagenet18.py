@@ -1,4 +1,5 @@
-"""Flow `imagenet18`: validate and plan -> replicate dataset -> provision -> train -> evaluate, then teardown.
+"""Flow `imagenet18`: validate and plan -> replicate the dataset while preparing the cluster -> provision -> train
+-> evaluate, then teardown.
 
 Teardown runs whatever happens: in `finally` for failures, and from the on_cancellation / on_crashed hooks
 for cancels and crashes. It finds resources by the run's tag, never from this process's memory, so it also
@@ -12,6 +13,7 @@ import time
 from typing import Literal
 
 from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture, wait
 from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run as current_run
 
@@ -70,10 +72,14 @@ def imagenet18(machines: MachineCount = 2, backend: BackendName = "local", spot:
         get_run_logger().info("dry run: nothing was created")
         return {"run_name": run_name, "dry_run": True, "hourly_usd": plan.cost.hourly_usd,
                 "total_usd": plan.cost.total_usd}
+    started: list[PrefectFuture] = []
     try:
-        replicas = stages.replicate_dataset(plan)
-        cluster = stages.provision_cluster(plan, replicas)
+        started = [stages.replicate_dataset.submit(plan), stages.prepare_cluster.submit(plan)]
+        wait(started)  # both, even when one failed: teardown must not begin while the other is still creating
+        replicas, prepared = [future.result() for future in started]
+        cluster = stages.provision_cluster(plan, replicas, prepared)
         summary, cluster = stages.train(plan, cluster, replicas)
         return stages.evaluate(plan, cluster, summary)
     finally:
+        wait(started)  # on a cancel or SIGTERM while they run
         stages.teardown(params, run_id)

@@ -48,10 +48,19 @@ def replicate_dataset(plan: RunPlan) -> list[Resource]:
     return replicas
 
 
+# Safe to retry: what the run's tags show exists is reused.
+@task(name="prepare-cluster", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def prepare_cluster(plan: RunPlan) -> object:
+    """What the machines need besides their replicas (network, storage, roles, code), made while they are."""
+    prepared = backend_for(plan.params).prepare(plan.spec)
+    get_run_logger().info("cluster prepared: %s", prepared)
+    return prepared
+
+
 # Safe to retry: provisioning creates only what the run's tags do not already show.
 @task(name="provision-cluster", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def provision_cluster(plan: RunPlan, replicas: list[Resource]) -> Cluster:
-    cluster = backend_for(plan.params).provision(plan.spec, replicas)
+def provision_cluster(plan: RunPlan, replicas: list[Resource], prepared: object) -> Cluster:
+    cluster = backend_for(plan.params).provision(plan.spec, replicas, prepared)
     logger = get_run_logger()
     logger.info("%d machine(s) ready; run storage %s", len(cluster.machines), cluster.storage)
     logger.info("To connect to machine 0: %s", cluster.connect)

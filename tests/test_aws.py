@@ -65,7 +65,11 @@ def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapsho
     replicas = backend.replicate(spec, DATASET, 16)
     assert [r.details["name"] for r in replicas] == [f"imagenet_1a_{i:02d}" for i in range(16)]
     assert backend.replicate(spec, DATASET, 16) == replicas, "volumes that exist are reused"
-    cluster = backend.provision(spec, replicas)
+    prepared = backend.prepare(spec)  # the flow makes it beside the replicas
+    assert prepared.network.zone == replicas[0].details["zone"]
+    assert "machine" not in {r.kind for r in backend.resources("run-16")}, "no machine before provision"
+    assert backend.prepare(spec) == prepared, "a retried prepare finds what the first made"
+    cluster = backend.provision(spec, replicas, prepared)
     assert backend.provision(spec, replicas).machines == cluster.machines, "a retried provision creates nothing"
 
     assert len(cluster.machines) == 16 and cluster.gpus_per_machine == 8

@@ -44,15 +44,16 @@ from tests.processes import command_line, with_environment
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = ("validate", "replicate", "provision", "train", "evaluate", "teardown")
+STAGES = ("validate", "replicate", "prepare", "provision", "train", "evaluate", "teardown")
 DEATHS = ("exception", "cancel", "sigterm", "sigkill")
 BACKENDS = ("local", "aws")
-MANY = ("validate", "replicate", "provision")  # stages met with 16 machines: part-way through 16 creations
+MANY = ("validate", "replicate", "prepare", "provision")  # met with 16 machines: part-way through 16 creations
 
 # Where each stage fails on the local backend: (function, calls let through first).
 LOCAL_GATES = {
     "validate": ("tasks.backends.local:LocalBackend.check", 0),
     "replicate": ("tasks.backends.local:LocalBackend._replica", 7),  # replicas 8..16 fail
+    "prepare": ("tasks.backends.local:LocalBackend.prepare", 0),  # while the replicas are made
     "provision": ("tasks.backends.local:Machine", 8),  # machines 9..16 fail
     "train": ("tasks.backends.local:LocalBackend.status", 0),  # the first poll of the running job
     "evaluate": ("tasks.stages:_local_copy", 0),  # reading the TensorBoard events
@@ -62,6 +63,7 @@ LOCAL_GATES = {
 AWS_FAULTS = {
     "validate": ("ec2", "RunInstances", "UnauthorizedOperation", {"DryRun": "true"}, 0),
     "replicate": ("ec2", "CreateVolume", "UnauthorizedOperation", {}, 7),
+    "prepare": ("ec2", "CreateVpc", "UnauthorizedOperation", {}, 0),
     "provision": ("ec2", "RunInstances", "UnauthorizedOperation", {"MaxCount": "1"}, 8),
     "train": ("s3", "GetObject", "AccessDenied", {"Key": r".*/metrics\.jsonl"}, 0),
     "evaluate": ("s3", "GetObject", "AccessDenied", {"Key": r".*/events\.out\.tfevents\..*"}, 0),
@@ -70,6 +72,7 @@ AWS_FAULTS = {
 WHERE = {
     "validate": "the pre-flight checks",
     "replicate": "volume/replica 8 of 16",
+    "prepare": "making the run's network (local: its folder), while the replicas are made",
     "provision": "machine 9 of 16",
     "train": "reading the running job's metrics",
     "evaluate": "reading the TensorBoard events",
@@ -309,7 +312,8 @@ Each row is a run that failed in one stage and died one way; every one ended wit
 Local runs fail through an injected error (tests/faultgates.py); AWS runs through the simulator's error
 answers, and hang (for cancel, SIGTERM and SIGKILL) in the call that fails until the run is killed.
 
-Where each stage fails (validate, replicate and provision with 16 machines; the rest with 2, training on CPU):
+Where each stage fails (validate, replicate, prepare and provision with 16 machines; the rest with 2, training
+on CPU):
 {where}
 
 How the run dies: **exception** (the stage fails), **cancel** (`prefect flow-run cancel` of a run of the served

@@ -19,11 +19,13 @@ from prefect.settings import PREFECT_API_URL
 from flows.cleanup import cleanup
 from flows.imagenet18 import imagenet18
 from flows.replicate import replicate
+from tasks import stages
 from tasks.backends.base import InputError
 from tasks.backends.local import LocalBackend, _tagged_processes
 from tests.prefect_server import flow_run_logs
 
-STAGES = {"validate-and-plan", "replicate-dataset", "provision-cluster", "train", "evaluate", "teardown"}
+STAGES = {"validate-and-plan", "replicate-dataset", "prepare-cluster", "provision-cluster", "train", "evaluate",
+          "teardown"}
 
 
 def _assert_nothing_left(home):
@@ -33,14 +35,16 @@ def _assert_nothing_left(home):
     assert not any((home / "local" / "replicas").glob("*/*")), "replica folders are gone"
 
 
-def _task_run_names(flow_run_id) -> set[str]:
+def _task_runs(flow_run_id, ready) -> dict:
+    """The flow run's task runs by stage name, once `ready(runs)` holds (task-run records reach the API
+    asynchronously) or 30 s have passed."""
     deadline = time.monotonic() + 30
     with get_client(sync_client=True) as client:
-        while True:  # task-run records reach the API asynchronously
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            names = {run.name.rsplit("-", 1)[0] for run in runs}
-            if STAGES <= names or time.monotonic() > deadline:
-                return names
+        while True:
+            runs = {run.name.rsplit("-", 1)[0]: run for run in client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))}
+            if ready(runs) or time.monotonic() > deadline:
+                return runs
             time.sleep(0.5)
 
 
@@ -58,7 +62,7 @@ def test_two_machine_local_run_completes_and_leaves_nothing(prefect_api, tiny_da
     assert result["machines"] == 2 and result["epochs"] == 3
     assert 0 <= result["top1"] <= 100 and result["top5"] >= result["top1"]
     assert os.path.isfile(os.path.join(result["storage"], "summary.json")), "the run's logs are kept"
-    assert STAGES <= _task_run_names(state.state_details.flow_run_id)
+    assert STAGES <= _task_runs(state.state_details.flow_run_id, lambda runs: STAGES <= runs.keys()).keys()
     _assert_nothing_left(prefect_api)
     _assert_machine_logs_arrived_while_training(state.state_details.flow_run_id, result["storage"])
     _assert_artifacts_show_the_run(state.state_details.flow_run_id, result)
@@ -107,6 +111,29 @@ def test_failure_in_training_still_tears_everything_down(prefect_api, data_copy)
     for machine in (0, 1):  # both machines' errors reach the flow's log, with their tracebacks
         assert any(m.startswith(f"machine {machine} | ") and "Traceback" in m for m in errors), errors
         assert any(m.startswith(f"machine {machine} | ") and "Error" in m and "Traceback" not in m for m in errors)
+
+
+def test_teardown_after_a_failed_replicate_waits_for_the_cluster_being_prepared(prefect_api, tiny_data, monkeypatch):
+    """replicate-dataset and prepare-cluster run side by side: when one fails, teardown waits for the other, or
+    it would miss what that one was still making."""
+    prepare = LocalBackend.prepare
+
+    def slow_prepare(self, spec):
+        time.sleep(3)
+        return prepare(self, spec)
+
+    def failing_replica(*args):
+        raise RuntimeError("injected: no replica")
+
+    monkeypatch.setattr(LocalBackend, "prepare", slow_prepare)
+    monkeypatch.setattr(LocalBackend, "_replica", failing_replica)
+    monkeypatch.setattr(stages, "replicate_dataset", stages.replicate_dataset.with_options(retries=0))
+    state = imagenet18(machines=2, dataset=str(tiny_data), schedule="cpu-tiny", epochs=1, return_state=True)
+    assert state.is_failed() and "injected: no replica" in str(state.message)
+    runs = _task_runs(state.state_details.flow_run_id, lambda runs: "teardown" in runs and runs["teardown"].end_time)
+    assert runs["prepare-cluster"].state.is_completed() and "provision-cluster" not in runs
+    assert runs["prepare-cluster"].end_time <= runs["teardown"].start_time, "teardown began while preparing"
+    _assert_nothing_left(prefect_api)
 
 
 def test_dry_run_creates_nothing(prefect_api, tiny_data):

@@ -116,8 +116,12 @@ class Backend(Protocol):
 
     def delete_replicas(self, run_id: str) -> list[Resource]: ...
 
-    def provision(self, spec: ClusterSpec, replicas: list[Resource]) -> Cluster:
-        """Machines (replica i attached to machine i) and the run's shared storage."""
+    def prepare(self, spec: ClusterSpec) -> object:
+        """What the machines need besides their replicas (the run's storage; on a cloud its network, roles and
+        code too), tagged with the run and reused when it exists: the flow makes it while the replicas are."""
+
+    def provision(self, spec: ClusterSpec, replicas: list[Resource], prepared: object | None = None) -> Cluster:
+        """Machines, replica i attached to machine i, from what `prepare` returned (prepared here when None)."""
 
     def launch(self, cluster: Cluster, commands: dict[int, list[str]], name: str) -> None:
         """Start `commands[i]` on machine i; its output goes to storage/logs/<name>-<i>.log."""

@@ -100,11 +100,16 @@ class LocalBackend:
         return removed
 
     # -- machines -------------------------------------------------------------------------------------
-    def provision(self, spec: ClusterSpec, replicas: list[Resource]) -> Cluster:
-        if len(replicas) < spec.machines:
-            raise InputError(f"{spec.machines} machines need {spec.machines} replicas, there are {len(replicas)}")
+    def prepare(self, spec: ClusterSpec) -> Path:
+        """The run's folder: its logs, metrics, events and checkpoints, kept after teardown."""
         storage = self.runs / f"{spec.run_name}-{spec.run_id[:8]}"
         (storage / "logs").mkdir(parents=True, exist_ok=True)
+        return storage
+
+    def provision(self, spec: ClusterSpec, replicas: list[Resource], prepared: Path | None = None) -> Cluster:
+        if len(replicas) < spec.machines:
+            raise InputError(f"{spec.machines} machines need {spec.machines} replicas, there are {len(replicas)}")
+        storage = prepared or self.prepare(spec)
         machines = []
         by_index = sorted(replicas, key=lambda r: r.details["index"])
         for index, replica in enumerate(by_index[:spec.machines]):

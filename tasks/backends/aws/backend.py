@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +22,26 @@ from tasks.backends.base import (BackendError, Cluster, ClusterSpec, CostPlan, I
 log = logging.getLogger(__name__)
 DATA_MOUNT = "/mnt/data"
 EFS_MOUNT = "/mnt/efs"
+
+
+@dataclass(frozen=True)
+class ClusterParts:
+    """What `prepare` made for the machines: everything they need but their replicas."""
+    network: network.Network
+    file_system: str
+    image: dict
+    profile: str
+    bucket: str
+    folder: str  # the run's folder, in the bucket and on the file system
+
+    def __str__(self) -> str:
+        return (f"subnet {self.network.subnet_id} of {self.network.vpc_id} in {self.network.zone}, file system "
+                f"{self.file_system}, instance profile {self.profile}, image {self.image['ImageId']}, code in "
+                f"{code_url(self.bucket, self.folder)}")
+
+
+def code_url(bucket: str, folder: str) -> str:
+    return f"s3://{bucket}/{folder}/code/imagenet18.tar.gz"
 
 
 class AwsBackend:
@@ -168,35 +189,44 @@ class AwsBackend:
         return found
 
     # -- machines -------------------------------------------------------------------------------------
-    def provision(self, spec: ClusterSpec, replicas: list[Resource]) -> Cluster:
-        replicas = self._replicas_now(spec, replicas)
-        zone = replicas[0].details["zone"]
+    def prepare(self, spec: ClusterSpec, zone: str | None = None) -> ClusterParts:
+        """What the machines need but their replicas, so the flow makes it while the replicas are made: the
+        network in the replicas' zone, the results bucket with the code in it, the machines' role, the AMI's
+        details and the file system. Its mount target is made by `provision`, beside the machines: it needs the
+        subnet, and takes about a minute and a half on AWS, while the machines boot and retry the mount."""
         folder = f"runs/{spec.run_name}-{spec.run_id[:8]}"
         bucket = storage.bucket_name(self.clients, self.options.bucket)
-        code_url = f"s3://{bucket}/{folder}/code/imagenet18.tar.gz"
-        # What does not depend on the network is made while the network is: the results bucket and the code
-        # in it, the machines' role, the file system, the AMI's details. The file system's mount target takes
-        # about a minute and a half on AWS: machines boot meanwhile, and their user-data retries the mount.
         with pools.pool(self.options.parallel_calls, 5) as pool:
-            uploaded = pool.submit(storage.upload_project, self.clients, bucket, code_url,
+            uploaded = pool.submit(storage.upload_project, self.clients, bucket, code_url(bucket, folder),
                                    self.options.parallel_calls)
             profile = pool.submit(ensure_instance_profile, self.clients, spec, bucket, folder,
                                   secrets.path(spec.run_id), parallel=self.options.parallel_calls)
             image = pool.submit(machines.resolve_ami, self.clients, self.options.ami)
             file_system = pool.submit(efs.ensure_file_system, self.clients, spec)
-            net = self._network(spec, zone)
-            fs_id = file_system.result()
-            mounted = pool.submit(efs.ensure_mount_target, self.clients, fs_id, net.subnet_id, net.security_group_id)
+            net = self._network(spec, zone or self.zone(spec.instance_type))
             uploaded.result()
-            boot = machines.BootConfig(fs_id, self.options.region, code_url, max_hours=spec.hours_left)
-            spec, started = self._start_machines(spec, net, fs_id, image.result(), profile.result(), replicas, boot)
+            return ClusterParts(net, file_system.result(), image.result(), profile.result(), bucket, folder)
+
+    def provision(self, spec: ClusterSpec, replicas: list[Resource], prepared: ClusterParts | None = None
+                  ) -> Cluster:
+        """The machines, replica i attached to machine i, from what `prepare` made: made here when none is given
+        (a restart), or when the replicas are no longer in the zone it was made for."""
+        replicas = self._replicas_now(spec, replicas)
+        zone = replicas[0].details["zone"]
+        parts = prepared if prepared and prepared.network.zone == zone else self.prepare(spec, zone)
+        boot = machines.BootConfig(parts.file_system, self.options.region, code_url(parts.bucket, parts.folder),
+                                   max_hours=spec.hours_left)
+        with pools.pool(self.options.parallel_calls, 2) as pool:
+            mounted = pool.submit(efs.ensure_mount_target, self.clients, parts.file_system, parts.network.subnet_id,
+                                  parts.network.security_group_id)
+            spec, started = self._start_machines(spec, parts, replicas, boot)
             mounted.result()
         data_root = f"{DATA_MOUNT}/{self.options.dataset_folder}"
         cluster_machines = tuple(Machine(i, instance["InstanceId"], instance["PrivateIpAddress"], data_root)
                                  for i, instance in enumerate(started))
-        return Cluster(spec, cluster_machines, f"s3://{bucket}/{folder}",
-                       catalog.instance_type(spec.instance_type).gpus, self._connect(started[0], net),
-                       node_storage=f"{EFS_MOUNT}/{folder}", python=machines.MACHINE_PYTHON)
+        return Cluster(spec, cluster_machines, f"s3://{parts.bucket}/{parts.folder}",
+                       catalog.instance_type(spec.instance_type).gpus, self._connect(started[0], parts.network),
+                       node_storage=f"{EFS_MOUNT}/{parts.folder}", python=machines.MACHINE_PYTHON)
 
     def _replicas_now(self, spec: ClusterSpec, given: list[Resource]) -> list[Resource]:
         """The run's replicas as they are now, found by tag: a zone move replaced the ones the replicate stage
@@ -210,17 +240,18 @@ class AwsBackend:
         return network.ensure_network(self.clients, spec, zone, self.options.subnet_id, self.options.ssh_cidr,
                                       self.key_folder, self.options.parallel_calls)
 
-    def _start_machines(self, spec: ClusterSpec, net: network.Network, fs_id: str, image: dict, profile: str,
-                        replicas: list[Resource], boot: machines.BootConfig) -> tuple[ClusterSpec, list[dict]]:
+    def _start_machines(self, spec: ClusterSpec, parts: ClusterParts, replicas: list[Resource],
+                        boot: machines.BootConfig) -> tuple[ClusterSpec, list[dict]]:
         """The machines in the replicas' zone or, when AWS has no capacity there for any type the user allowed,
         in the next zone the user allowed; never a mix of types or zones (one DDP job wants identical machines,
         close together)."""
         tried: list[str] = []
+        net = parts.network
         for zone in (net.zone, *(z for z in self.options.other_availability_zones if z != net.zone)):
             if zone != net.zone:
-                net, replicas = self._move(spec, net, replicas, zone, fs_id)
+                net, replicas = self._move(spec, net, replicas, zone, parts.file_system)
             types = self._types_offered_in(zone, spec.instance_type)
-            started = self._start_as_first_with_capacity(spec, types, net, image, profile,
+            started = self._start_as_first_with_capacity(spec, types, net, parts.image, parts.profile,
                                                          [r.id for r in replicas[:spec.machines]], boot)
             if started:
                 return started
