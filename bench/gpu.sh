@@ -169,15 +169,14 @@ EOF
 fi
 
 SYNTHETIC_ARGS=(--arch "$ARCH" --sizes "${SIZES[@]}" --batch "${BATCHES[@]}" --modes synthetic
-    --reference amp fp32 --steps "$SYN_STEPS" --warmup "$SYN_WARMUP" --rounds "$SYN_ROUNDS")
-run_step compare-synthetic 200 "$PY" bench/compare_training.py "${SYNTHETIC_ARGS[@]}"
+    --steps "$SYN_STEPS" --warmup "$SYN_WARMUP" --rounds "$SYN_ROUNDS")
+run_step compare-synthetic 200 "$PY" bench/compare_training.py "${SYNTHETIC_ARGS[@]}" --reference amp fp32
 JPEG_ARGS=(--arch "$ARCH" --sizes "${SIZES[@]}" --batch "${BATCHES[@]}" --data "$DATA" --modes jpeg jpeg-sz
     --reference amp --steps "$JPEG_STEPS" --warmup "$JPEG_WARMUP" --rounds "$JPEG_ROUNDS")
 run_step compare-jpeg 240 "$PY" bench/compare_training.py "${JPEG_ARGS[@]}"
 # The compiled trainer: each (mode, size) compiles in its first round's warm-up, so one reference suffices.
 run_step compare-synthetic-compile 300 "$PY" bench/compare_training.py "${SYNTHETIC_ARGS[@]}" --reference amp --compile
 run_step compare-jpeg-compile 300 "$PY" bench/compare_training.py "${JPEG_ARGS[@]}" --compile
-
 
 echo
 echo "=== gpu.sh done in $((SECONDS - STARTED)) s; log in $LOG"
