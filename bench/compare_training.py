@@ -125,8 +125,8 @@ class TrainerSide:
         optimizer = build_optimizer(model)
         recorder = Recorder(logdir, "bench", {}, enabled=True)
         heartbeat = NodeHeartbeat(logdir, 0, True, 30.0)
-        self.ctx = engine.Context(training_module(model, False, compile), model, optimizer, plan, world, recorder,
-                                  heartbeat, bf16, channels_last, print_freq=10)
+        self.ctx = engine.Context(training_module(model, False, compile, len(plan.data)), model, optimizer, plan,
+                                  world, recorder, heartbeat, bf16, channels_last, print_freq=10)
         self.epoch = 0
 
     def run(self, loaders: data.PhaseLoaders, source, sampler, warmup: int, steps: int) -> TimedBatches:

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.trainer_runs import run, run_two_nodes, train_command, trainer_env
 from trainer import checkpoint
-from trainer.model import build_model
+from trainer.model import build_model, training_module
 
 SEED_TAGS = {
     "losses/xent", "losses/train_1", "losses/train_5", "losses/test_1", "losses/test_5",
@@ -210,3 +210,21 @@ def test_compiled_two_node_run_changes_image_size_and_checkpoints_the_plain_mode
     assert state["epoch"] == 2
     assert state["model"].keys() == build_model("resnet10", 10).state_dict().keys(), \
         "checkpoints hold the module itself, loadable without --compile"
+
+
+def test_a_schedule_with_more_shapes_than_dynamos_limit_compiles_every_one(tmp_path, monkeypatch):
+    """Dynamo compiles at most `recompile_limit` (8) graphs of a function, then runs new shapes eagerly: a
+    schedule with more phases than that would lose the compiled step in its last ones."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", torch._dynamo.config.recompile_limit)
+    sizes = range(8, 18)  # 10 phases, an image size each
+    torch._dynamo.reset()
+    counters.clear()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2))
+    step = training_module(model, distributed=False, compile=True, phases=len(sizes))
+    for size in sizes:
+        step(torch.randn(2, 3, size, size)).sum().backward()
+    assert counters["stats"]["unique_graphs"] == len(sizes), "a shape ran uncompiled"

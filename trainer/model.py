@@ -49,14 +49,19 @@ def build_optimizer(model: nn.Module, bn_weight_decay: bool = False) -> torch.op
     return torch.optim.SGD(groups, lr=0.0, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
 
-def training_module(model: nn.Module, distributed: bool, compile: bool) -> nn.Module:
+def training_module(model: nn.Module, distributed: bool, compile: bool, phases: int) -> nn.Module:
     """What the training loop calls: `model` under DDP when distributed, torch.compile'd when asked (the
     compiled graph then holds DDP's hooks; evaluation and checkpoints keep using `model` itself).
 
-    Static shapes: each phase's image size and batch compile a graph of their own. Left to guess, dynamo
-    turns the second size into a dynamic-shape graph, which compiled 3x longer and ran slower on an H100."""
+    Static shapes: each phase's image size and batch compile a graph of their own, so a schedule of `phases`
+    phases makes at most that many. Left to guess, dynamo turns the second size into a dynamic-shape graph,
+    which compiled 3x longer and ran slower on an H100. Past its recompile limit (8) dynamo stops compiling
+    and runs every new shape eagerly, so the limit is raised to the schedule's phases."""
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
-    return torch.compile(wrapped, dynamic=False) if compile else wrapped
+    if not compile:
+        return wrapped
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, phases)
+    return torch.compile(wrapped, dynamic=False)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

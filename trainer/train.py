@@ -115,7 +115,7 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         _restore_rng(state["rng"])
-    wrapped = training_module(model, world.size > 1, config.compile)
+    wrapped = training_module(model, world.size > 1, config.compile, len(plan.data))
     if world.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
