@@ -37,10 +37,10 @@ from flows.imagenet18 import imagenet18
 from tasks.backends.aws import AwsBackend
 from tasks.backends.local import LocalBackend
 from tests.faultgates import GATE_ENV, Gate, installed
-from tests.test_aws import DATASET, options, tagged_leftovers
 from tests.prefect_server import background
 from tests.prefect_server import wait_for as _wait_for
 from tests.processes import command_line, with_environment
+from tests.test_aws import DATASET, options, tagged_leftovers
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

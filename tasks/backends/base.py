@@ -117,8 +117,9 @@ class Backend(Protocol):
     def delete_replicas(self, run_id: str) -> list[Resource]: ...
 
     def prepare(self, spec: ClusterSpec) -> object:
-        """What the machines need besides their replicas (the run's storage; on a cloud its network, roles and
-        code too), tagged with the run and reused when it exists: the flow makes it while the replicas are."""
+        """What the machines need besides their replicas (locally the run's folder; on AWS its network, file
+        system, role and code too), reused where it exists, so safe to retry; the flow makes it while the
+        replicas are made."""
 
     def provision(self, spec: ClusterSpec, replicas: list[Resource], prepared: object | None = None) -> Cluster:
         """Machines, replica i attached to machine i, from what `prepare` returned (prepared here when None)."""
