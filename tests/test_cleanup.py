@@ -1,10 +1,16 @@
-"""The cleanup flow's judgement of flow runs left Running or Cancelling by a flow process that is gone."""
+"""The cleanup flow's judgement: of flow runs left Running or Cancelling by a flow process that is gone, and of
+which processes on this host are a local run's."""
+
+import os
+import subprocess
+import uuid
 
 from prefect import get_client
 from prefect.states import Cancelling, Running
 
 from flows.cleanup import cleanup
 from flows.imagenet18 import imagenet18
+from tasks.backends.local import LocalBackend
 
 
 def _stuck_run(*states):
@@ -34,3 +40,26 @@ def test_a_running_run_with_no_sign_of_life_is_marked_crashed(prefect_api):
     cleanup(stale_after_minutes=0)
     state = _state(stuck)
     assert state.is_crashed() and "marked by imagenet18-cleanup" in state.message
+
+
+def test_the_local_sweep_stops_only_its_own_homes_expired_processes(prefect_api, tmp_path):
+    """The AWS simulator's machines and a second IMAGENET18_HOME run processes on this host too: an expired run
+    tag alone must not make them this home's to stop."""
+    run_id = str(uuid.uuid4())
+    tags = {"IMAGENET18_RUN": run_id, "IMAGENET18_JOB": "train-0", "IMAGENET18_EXPIRES": "2000-01-01T00:00:00+00:00"}
+
+    def sleeper(**home_tag):
+        return subprocess.Popen(["sleep", "120"], env={**os.environ, **tags, **home_tag})
+
+    own = sleeper(IMAGENET18_LOCAL_HOME=str(prefect_api.resolve()))
+    others = [sleeper(IMAGENET18_LOCAL_HOME=str(tmp_path / "another-home")), sleeper()]
+    try:
+        assert [p["pid"] for p in LocalBackend(prefect_api).processes(run_id)] == [own.pid]
+        removed = cleanup(backends=["local"])
+        assert f"{run_id}/train-0/{own.pid}" in removed["local"]
+        assert own.wait(timeout=30) is not None
+        assert [p.poll() for p in others] == [None, None], "another home's and an untagged process keep running"
+    finally:
+        for process in [own, *others]:
+            process.kill()
+            process.wait()

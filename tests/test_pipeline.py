@@ -21,7 +21,7 @@ from flows.imagenet18 import imagenet18
 from flows.replicate import replicate
 from tasks import stages
 from tasks.backends.base import InputError
-from tasks.backends.local import LocalBackend, _tagged_processes
+from tasks.backends.local import LocalBackend
 from tests.prefect_server import flow_run_logs
 
 STAGES = {"validate-and-plan", "replicate-dataset", "prepare-cluster", "provision-cluster", "train", "evaluate",
@@ -31,7 +31,7 @@ STAGES = {"validate-and-plan", "replicate-dataset", "prepare-cluster", "provisio
 def _assert_nothing_left(home):
     backend = LocalBackend(home)
     assert backend.resources() == []
-    assert not _tagged_processes(None)
+    assert not backend.processes()
     assert not any((home / "local" / "replicas").glob("*/*")), "replica folders are gone"
 
 
@@ -180,13 +180,14 @@ def test_cleanup_removes_what_a_sigkilled_run_left(prefect_api, tiny_data):
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     flow_process = subprocess.Popen([sys.executable, "-c", script], env=env,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    backend = LocalBackend(prefect_api)
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(_tagged_processes(None)) < 2:
+    while time.monotonic() < deadline and len(backend.processes()) < 2:
         time.sleep(0.2)
-    assert _tagged_processes(None), "training started"
+    assert backend.processes(), "training started"
     flow_process.send_signal(signal.SIGKILL)
     flow_process.wait()
-    assert _tagged_processes(None) and LocalBackend(prefect_api).resources(), "SIGKILL ran no teardown"
+    assert backend.processes() and backend.resources(), "SIGKILL ran no teardown"
     removed = cleanup()
     assert any("replica" in r for r in removed["local"])
     _assert_nothing_left(prefect_api)
@@ -198,7 +199,7 @@ def test_a_lost_node_is_replaced_and_the_run_resumes_from_its_checkpoint(prefect
         running = pool.submit(imagenet18, machines=2, dataset=str(tiny_data), schedule="cpu-tiny", epochs=3,
                               return_state=True)
         metrics = _wait_for_epoch_record(prefect_api, runs_before)
-        for process in _tagged_processes(None):
+        for process in LocalBackend(prefect_api).processes():
             if process["job"] == "train-1":  # machine 1's node: its wrapper, torchrun and worker
                 os.kill(process["pid"], signal.SIGKILL)
         state = running.result(timeout=600)
@@ -218,7 +219,7 @@ def test_a_hung_node_is_noticed_by_its_heartbeats_and_the_run_resumes(prefect_ap
         running = pool.submit(imagenet18, machines=2, dataset=str(tiny_data), schedule="cpu-tiny", epochs=3,
                               hang_minutes=0.5, return_state=True)
         _wait_for_epoch_record(prefect_api, runs_before)
-        for process in _tagged_processes(None):
+        for process in LocalBackend(prefect_api).processes():
             if process["job"] == "train-1":  # alive, but making no progress: a hung machine
                 os.kill(process["pid"], signal.SIGSTOP)
         state = running.result(timeout=600)

@@ -3,8 +3,8 @@
 Replicas are folders of hard links to the dataset, machines are torchrun node processes on 127.0.0.1, the
 run's shared storage is a folder. Tags work as on AWS: every replica and machine has a record (run id,
 expiry) in the registry, written *before* the thing it describes exists, and every process carries the run
-id in its environment, so teardown finds processes (and their children) by tag even when no record of them
-survived.
+id and the backend's home in its environment, so teardown finds processes (and their children) by tag even
+when no record of them survived, and never touches another home's processes.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tasks.backends.base import (Cluster, ClusterSpec, CostPlan, InputError, Job
                                  Resource)
 
 RUN_ENV = "IMAGENET18_RUN"
+HOME_ENV = "IMAGENET18_LOCAL_HOME"
 JOB_ENV = "IMAGENET18_JOB"
 EXPIRES_ENV = "IMAGENET18_EXPIRES"
 EXIT_FILE_ENV = "IMAGENET18_EXIT_FILE"
@@ -47,6 +48,7 @@ class LocalBackend:
         self.registry = self.home / "local" / "registry"
         self.replica_root = self.home / "local" / "replicas"
         self.runs = self.home / "runs"
+        self._home_tag = str(self.home.resolve())
 
     # -- validate and plan ----------------------------------------------------------------------------
     def check(self, spec: ClusterSpec, dataset: str) -> None:
@@ -126,7 +128,7 @@ class LocalBackend:
             log_path = Path(cluster.storage) / "logs" / f"{name}-{index}.log"
             exit_file = Path(cluster.storage) / "logs" / f"{name}-{index}.exit"
             exit_file.unlink(missing_ok=True)
-            env = {**os.environ, RUN_ENV: spec.run_id, JOB_ENV: f"{name}-{index}",
+            env = {**os.environ, RUN_ENV: spec.run_id, HOME_ENV: self._home_tag, JOB_ENV: f"{name}-{index}",
                    EXPIRES_ENV: spec.expires_at.isoformat(), EXIT_FILE_ENV: str(exit_file)}
             with open(log_path, "ab") as log:
                 subprocess.Popen(["bash", "-c", EXIT_CODE_WRAPPER, name, *command], stdout=log,
@@ -134,7 +136,7 @@ class LocalBackend:
                                  start_new_session=True, cwd=cluster.storage)
 
     def status(self, cluster: Cluster, name: str) -> JobStatus:
-        alive = {p["job"] for p in _tagged_processes(cluster.spec.run_id)}
+        alive = {p["job"] for p in self.processes(cluster.spec.run_id)}
         running = succeeded = 0
         failed: dict[int, int] = {}
         for machine in cluster.machines:
@@ -155,7 +157,7 @@ class LocalBackend:
         return JobStatus(running, succeeded, failed)
 
     def stop(self, cluster: Cluster, name: str) -> None:
-        _stop(cluster.spec.run_id)  # a run's only processes are its job's
+        self._stop_processes(cluster.spec.run_id)  # a run's only processes are its job's
 
     def read_storage(self, cluster: Cluster, relative_path: str, offset: int = 0) -> bytes:
         path = Path(cluster.storage) / relative_path
@@ -169,14 +171,14 @@ class LocalBackend:
     def resources(self, run_id: str | None = None) -> list[Resource]:
         folders = [self.registry / run_id] if run_id else sorted(self.registry.glob("*"))
         found = [_load(path) for folder in folders for path in sorted(folder.glob("*.json"))]
-        for process in _tagged_processes(run_id):
+        for process in self.processes(run_id):
             found.append(Resource("process", f"{process['run']}/{process['job']}/{process['pid']}", process["run"],
                                   dt.datetime.fromisoformat(process["expires"]), {"pid": process["pid"]}))
         return found
 
     def teardown(self, run_id: str) -> list[Resource]:
         processes = [r for r in self.resources(run_id) if r.kind == "process"]
-        _stop(run_id)
+        self._stop_processes(run_id)
         removed = processes + self.delete_replicas(run_id)
         for resource in self.resources(run_id):
             self._forget(resource)
@@ -198,6 +200,42 @@ class LocalBackend:
             if orphaned or finished(run_id) or any(r.expired for r in resources) or not resources:
                 removed.extend(self.teardown(run_id))
         return removed
+
+    def processes(self, run_id: str | None = None) -> list[dict]:
+        """This home's job processes (the given run's, when one is given), found by the tags in their environment."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            tags = dict(item.decode(errors="replace").split("=", 1) for item in environ
+                        if item.startswith(b"IMAGENET18_") and b"=" in item)
+            if (tags.get(HOME_ENV) == self._home_tag and RUN_ENV in tags and state != "Z"
+                    and (run_id is None or tags[RUN_ENV] == run_id)):
+                found.append({"pid": int(entry.name), "run": tags[RUN_ENV], "job": tags.get(JOB_ENV, ""),
+                              "expires": tags.get(EXPIRES_ENV, "1970-01-01T00:00:00+00:00")})
+        return found
+
+    def _stop_processes(self, run_id: str) -> None:
+        """SIGTERM every process tagged with the run, SIGKILL what is left after the grace period."""
+        for sig, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, STOP_GRACE_SECONDS)):
+            processes = self.processes(run_id)
+            for process in processes:
+                try:
+                    os.kill(process["pid"], sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            while processes and time.monotonic() < deadline:
+                time.sleep(0.1)
+                processes = self.processes(run_id)
+            if not processes:
+                return
+        raise RuntimeError(f"processes of run {run_id} survived SIGKILL: {[p['pid'] for p in self.processes(run_id)]}")
 
     def _record(self, resource: Resource) -> None:
         path = self.registry / resource.run_id / f"{resource.id.replace('/', '_')}.json"
@@ -250,40 +288,3 @@ def _link_tree(source: Path, destination: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp, copy_function=link)
     os.replace(tmp, destination)
-
-
-def _tagged_processes(run_id: str | None) -> list[dict]:
-    """Processes whose environment carries a run tag (and the given run's, when one is given)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        tags = dict(item.decode(errors="replace").split("=", 1) for item in environ
-                    if item.startswith(b"IMAGENET18_") and b"=" in item)
-        if RUN_ENV in tags and state != "Z" and (run_id is None or tags[RUN_ENV] == run_id):
-            found.append({"pid": int(entry.name), "run": tags[RUN_ENV], "job": tags.get(JOB_ENV, ""),
-                          "expires": tags.get(EXPIRES_ENV, "1970-01-01T00:00:00+00:00")})
-    return found
-
-
-def _stop(run_id: str) -> None:
-    """SIGTERM every process tagged with the run, SIGKILL what is left after the grace period."""
-    for sig, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, STOP_GRACE_SECONDS)):
-        processes = _tagged_processes(run_id)
-        for process in processes:
-            try:
-                os.kill(process["pid"], sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while processes and time.monotonic() < deadline:
-            time.sleep(0.1)
-            processes = _tagged_processes(run_id)
-        if not processes:
-            return
-    raise RuntimeError(f"processes of run {run_id} survived SIGKILL: {[p['pid'] for p in _tagged_processes(run_id)]}")

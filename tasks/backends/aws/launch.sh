@@ -1,6 +1,6 @@
 # imagenet18 job ${job} on machine ${index} of run ${run_id} (sent through SSM RunCommand).
 set -uo pipefail
-export AWS_DEFAULT_REGION=${region} IMAGENET18_RUN=${run_id}
+export AWS_DEFAULT_REGION=${region}
 if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null; fi  # user-data has finished
 run=${node_storage}
 py=${python}
