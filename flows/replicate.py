@@ -1,6 +1,7 @@
 """Flow `imagenet18-replicate`: make N dataset replicas ahead of runs, or delete them (the seed's
 tools/replicate_imagenet.py). They are tagged with the owner `replicas` and an expiry, so the cleanup flow
-deletes forgotten ones."""
+deletes forgotten ones. A run of the same dataset (and, on AWS, zone) claims what it needs of them, makes only
+the rest, and gives them back when it ends."""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ from flows.parameters import BackendName, RunParameters
 from tasks.planning import ensure_demo_dataset
 from tasks.backends import get_backend
 from tasks.backends.aws.options import AwsOptions
-from tasks.backends.base import ClusterSpec
-
-REPLICA_OWNER = "replicas"
+from tasks.backends.base import POOL_OWNER, ClusterSpec
 
 
 @flow(name="imagenet18-replicate")
@@ -24,14 +23,18 @@ def replicate(replicas: int = 16, backend: BackendName = "local", dataset: str |
     logger = get_run_logger()
     store = get_backend(backend, aws)
     if delete:
-        removed = store.delete_replicas(REPLICA_OWNER)
+        removed = store.delete_replicas(POOL_OWNER)
         logger.info("deleted %d replica(s): %s", len(removed), ", ".join(r.id for r in removed) or "none")
+        held = [r for r in store.resources() if r.kind == "replica" and "pool_index" in r.details]
+        if held:
+            logger.warning("%d replica(s) in use by runs are deleted when those runs end: %s", len(held),
+                           ", ".join(f"{r.id} (run {r.run_id})" for r in held))
         return [r.id for r in removed]
     params = RunParameters(backend=backend, dataset=dataset, instance_type=instance_type, aws=aws)
     if backend == "local" and dataset is None:
         ensure_demo_dataset()
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=keep_hours)
-    spec = ClusterSpec(REPLICA_OWNER, REPLICA_OWNER, replicas, params.resolved_instance_type, False, expires)
+    spec = ClusterSpec(POOL_OWNER, POOL_OWNER, replicas, params.resolved_instance_type, False, expires)
     made = store.replicate(spec, params.resolved_dataset, replicas, pool=True)
     logger.info("%d replica(s) ready until %s: %s", len(made), expires.isoformat(timespec="minutes"),
                 ", ".join(r.id for r in made))

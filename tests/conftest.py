@@ -13,6 +13,7 @@ from trainer.demo_data import make_demo_dataset
 from trainer.prepare import prepare
 
 TINY = {"classes": 10, "train_per_class": 120, "val_per_class": 10}
+DATASET = "imagenet18-backup"  # the description of the AWS tests' dataset snapshot, as the seed's was
 
 # A suite started in the background by a non-interactive shell (`bash .ci/run &`) inherits SIGINT ignored, and
 # so would every command a test starts: the Ctrl-C tests could not stop them. A handler, unlike SIG_IGN, is not
@@ -77,3 +78,9 @@ def aws(aws_sim) -> AwsSim:
     """The session's simulator, reset: no AWS resources, faults, played processes or disk contents."""
     aws_sim.reset()
     return aws_sim
+
+
+@pytest.fixture
+def snapshot(aws, tiny_data) -> str:
+    """The tiny dataset as the dataset snapshot (its folder `demo` and `demo-sz` at the volume's root)."""
+    return aws.make_snapshot(tiny_data.parent, description=DATASET)

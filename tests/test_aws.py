@@ -13,9 +13,9 @@ from tasks.backends.aws import AwsBackend, AwsOptions, tags
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.snapshots import make_snapshot
 from tasks.backends.base import ClusterSpec, InputError
+from tests.conftest import DATASET
 
 AMI = "ami-03cf127a"  # one of moto's images
-DATASET = "imagenet18-backup"
 BUCKET = "imagenet18-test-results"
 
 
@@ -26,12 +26,6 @@ def options(**overrides) -> AwsOptions:
 def cluster_spec(run_id: str, machines: int, instance_type: str = "p4d.24xlarge", spot: bool = False) -> ClusterSpec:
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
     return ClusterSpec(run_id, f"test-{run_id}", machines, instance_type, spot, expires)
-
-
-@pytest.fixture
-def snapshot(aws, tiny_data) -> str:
-    """The tiny dataset as the dataset snapshot (its folder `demo` and `demo-sz` at the volume's root)."""
-    return aws.make_snapshot(tiny_data.parent, description=DATASET)
 
 
 def tagged_leftovers(aws, run_id: str) -> dict[str, list]:

@@ -10,11 +10,6 @@ from tasks.backends.base import BackendError, InputError
 from tests.test_aws import DATASET, cluster_spec, options, tagged_leftovers
 
 
-@pytest.fixture
-def snapshot(aws, tiny_data) -> str:
-    return aws.make_snapshot(tiny_data.parent, description=DATASET)
-
-
 def no_capacity_for(aws, instance_type: str) -> None:
     aws.add_fault("ec2", "RunInstances", "InsufficientInstanceCapacity", match={"InstanceType": instance_type})
 

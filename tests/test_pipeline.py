@@ -163,13 +163,22 @@ def test_bad_input_fails_before_anything_is_created(prefect_api, tiny_data, para
     _assert_nothing_left(prefect_api)
 
 
-def test_replicate_and_delete(prefect_api, tiny_data):
+def test_replicas_made_ahead_serve_a_run_and_have_a_delete_path(prefect_api, tiny_data):
     made = replicate(replicas=3, dataset=str(tiny_data))
     assert len(made) == 3
     paths = [r.details["path"] for r in LocalBackend(prefect_api).resources("replicas")]
     assert len(paths) == 3 and all(os.path.isdir(p) for p in paths)
     cleanup()  # pool replicas wait for their expiry, not for their maker
     assert len(LocalBackend(prefect_api).resources("replicas")) == 3
+
+    state = imagenet18(machines=2, dataset=str(tiny_data), schedule="cpu-tiny", epochs=1, return_state=True)
+    assert state.is_completed(), state.message
+    logs = flow_run_logs(state.state_details.flow_run_id, until="dataset replicas ready")
+    assert any(log.message == f"2 dataset replicas ready: {made[0]}, {made[1]}" for log in logs), \
+        "the run trained on the first two replicas made ahead"
+    assert [r.id for r in LocalBackend(prefect_api).resources("replicas")] == made, "and gave them back"
+    assert all(os.path.isdir(p) for p in paths)
+
     assert len(replicate(delete=True)) == 3
     _assert_nothing_left(prefect_api)
 

@@ -11,6 +11,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+POOL_OWNER = "replicas"  # the run id pool replicas (made ahead of runs by `imagenet18 replicate`) are tagged with
+
+
 class BackendError(RuntimeError):
     """Something a backend cannot do; the message says what and, where it can, how to fix it."""
 
@@ -111,10 +114,14 @@ class Backend(Protocol):
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan: ...
 
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
-        """`count` replicas of the dataset, tagged with the run; replicas that exist are reused. Pool replicas
-        (made ahead of runs) outlive the process that made them, until their expiry."""
+        """`count` replicas of the dataset, tagged with the run, replica i for machine i; replicas that exist are
+        reused. A run first claims pool replicas of the same dataset (a claim two runs cannot both win), and
+        makes only the rest; its teardown gives them back to the pool (`details["pool_index"]` marks them).
+        Pool replicas (`pool=True`, made ahead of runs) outlive the process that made them, until their expiry."""
 
-    def delete_replicas(self, run_id: str) -> list[Resource]: ...
+    def delete_replicas(self, run_id: str) -> list[Resource]:
+        """Delete the run's own replicas and give back those it claimed. For POOL_OWNER, the pool's: those a
+        run holds are deleted when it gives them back."""
 
     def prepare(self, spec: ClusterSpec) -> object:
         """What the machines need besides their replicas (locally the run's folder; on AWS its network, file

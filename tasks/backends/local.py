@@ -9,6 +9,8 @@ when no record of them survived, and never touches another home's processes.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -21,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from tasks.backends.base import (Cluster, ClusterSpec, CostPlan, InputError, JobStatus, LineItem, Machine,
-                                 Resource)
+from tasks.backends.base import (POOL_OWNER, Cluster, ClusterSpec, CostPlan, InputError, JobStatus, LineItem,
+                                 Machine, Resource)
 
 RUN_ENV = "IMAGENET18_RUN"
 HOME_ENV = "IMAGENET18_LOCAL_HOME"
@@ -47,6 +49,7 @@ class LocalBackend:
         self.home = home or default_home()
         self.registry = self.home / "local" / "registry"
         self.replica_root = self.home / "local" / "replicas"
+        self.claims = self.home / "local" / "claims"  # one file per pool replica a run holds
         self.runs = self.home / "runs"
         self._home_tag = str(self.home.resolve())
 
@@ -74,13 +77,19 @@ class LocalBackend:
 
     # -- replicas -------------------------------------------------------------------------------------
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
-        root = Path(dataset.removeprefix("file://"))
+        root = Path(dataset.removeprefix("file://")).resolve()
+        held = {r.details["index"]: r for r in self.resources(spec.run_id) if r.kind == "replica"}
+        if not pool:
+            held |= self._claim_pool(spec, root, [i for i in range(count) if i not in held])
         with ThreadPoolExecutor(max_workers=min(count, 8)) as workers:
-            return list(workers.map(lambda i: self._replica(spec, root, i, pool), range(count)))
+            made = list(workers.map(lambda i: self._replica(spec, root, i, pool),
+                                    [i for i in range(count) if i not in held or "pool_index" not in held[i].details]))
+        return sorted([*made, *(r for r in held.values() if "pool_index" in r.details)],
+                      key=lambda r: r.details["index"])
 
     def _replica(self, spec: ClusterSpec, root: Path, index: int, pool: bool) -> Resource:
         target = self.replica_root / spec.run_id / f"{index:02d}"
-        details = {"path": str(target), "data_root": str(target / root.name), "index": index}
+        details = {"path": str(target), "data_root": str(target / root.name), "index": index, "dataset": str(root)}
         resource = Resource("replica", f"{spec.run_id}/replica-{index:02d}", spec.run_id, spec.expires_at,
                             details if pool else {**details, **_owner()})
         self._record(resource)
@@ -90,15 +99,67 @@ class LocalBackend:
                 _link_tree(source, destination)
         return resource
 
+    def _claim_pool(self, spec: ClusterSpec, root: Path, indices: list[int]) -> dict[int, Resource]:
+        """Pool replicas of this dataset for the run's machines at `indices`. The claim file, created only where
+        none exists, is the lock two runs cannot both win; then the replica's record moves to the run."""
+        claimed: dict[int, Resource] = {}
+        candidates = [r for r in self.resources(POOL_OWNER)
+                      if r.kind == "replica" and r.details.get("dataset") == str(root) and not r.expired]
+        for replica in candidates:
+            if len(claimed) == len(indices):
+                break
+            if not self._lock(replica, spec):
+                continue
+            index = indices[len(claimed)]
+            claimed[index] = Resource("replica", replica.id, spec.run_id, spec.expires_at,
+                                      {**replica.details, "index": index, "pool_index": replica.details["index"],
+                                       "pool_expires": replica.expires_at.isoformat(), **_owner()})
+            self._record(claimed[index])
+            self._forget(replica)
+        return claimed
+
+    def _lock(self, replica: Resource, spec: ClusterSpec) -> bool:
+        claim = Resource("claim", replica.id, spec.run_id, spec.expires_at)
+        path = self.claims / _file_name(replica.id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written = _write_record(path.with_name(f"{path.name}.{spec.run_id}"), claim)
+        try:
+            os.link(written, path)  # fails when the replica is claimed: one winner, and never a half-written claim
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            written.unlink()
+
+    def _give_back(self, claimed: Resource) -> None:
+        """The replica's record back in the pool (deleted instead once the pool's time is up), then the claim."""
+        pool_expires = dt.datetime.fromisoformat(claimed.details["pool_expires"])
+        if pool_expires <= dt.datetime.now(dt.timezone.utc):
+            _remove_tree(claimed.details["path"])
+        else:
+            details = {key: value for key, value in claimed.details.items()
+                       if key not in ("pool_index", "pool_expires", "owner_pid", "owner_start")}
+            self._record(Resource("replica", claimed.id, POOL_OWNER, pool_expires,
+                                  {**details, "index": claimed.details["pool_index"]}))
+        self._forget(claimed)
+        (self.claims / _file_name(claimed.id)).unlink(missing_ok=True)
+
     def delete_replicas(self, run_id: str) -> list[Resource]:
         removed = []
         for resource in self.resources(run_id):
-            if resource.kind == "replica":
-                shutil.rmtree(resource.details["path"], ignore_errors=True)
-                if Path(resource.details["path"]).exists():
-                    raise RuntimeError(f"replica {resource.details['path']} could not be removed")
+            if resource.kind != "replica":
+                continue
+            if "pool_index" in resource.details:
+                self._give_back(resource)
+            else:
+                _remove_tree(resource.details["path"])
                 self._forget(resource)
-                removed.append(resource)
+            removed.append(resource)
+        if run_id == POOL_OWNER:
+            for held in self.resources():
+                if held.kind == "replica" and "pool_index" in held.details:  # deleted when its run gives it back
+                    self._record(dataclasses.replace(held, details={
+                        **held.details, "pool_expires": dt.datetime.now(dt.timezone.utc).isoformat()}))
         return removed
 
     # -- machines -------------------------------------------------------------------------------------
@@ -171,6 +232,7 @@ class LocalBackend:
     def resources(self, run_id: str | None = None) -> list[Resource]:
         folders = [self.registry / run_id] if run_id else sorted(self.registry.glob("*"))
         found = [_load(path) for folder in folders for path in sorted(folder.glob("*.json"))]
+        found += [claim for claim in map(_load, sorted(self.claims.glob("*.json"))) if run_id in (None, claim.run_id)]
         for process in self.processes(run_id):
             found.append(Resource("process", f"{process['run']}/{process['job']}/{process['pid']}", process["run"],
                                   dt.datetime.fromisoformat(process["expires"]), {"pid": process["pid"]}))
@@ -183,10 +245,15 @@ class LocalBackend:
         for resource in self.resources(run_id):
             self._forget(resource)
             removed.append(resource)
-        shutil.rmtree(self.replica_root / run_id, ignore_errors=True)
+        held = {r.details["path"] for r in self.resources() if r.kind == "replica"}  # a pool's, claimed by runs
+        strays = [f for f in (self.replica_root / run_id).glob("*") if str(f) not in held]  # half-made ones too
+        for folder in strays:
+            shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.replica_root / run_id).rmdir()
         shutil.rmtree(self.registry / run_id, ignore_errors=True)
         left = self.resources(run_id)
-        if left or (self.replica_root / run_id).exists():
+        if left or any(folder.exists() for folder in strays):
             raise RuntimeError(f"teardown of run {run_id} left {[r.id for r in left]}; run `imagenet18 cleanup`")
         return removed
 
@@ -238,16 +305,31 @@ class LocalBackend:
         raise RuntimeError(f"processes of run {run_id} survived SIGKILL: {[p['pid'] for p in self.processes(run_id)]}")
 
     def _record(self, resource: Resource) -> None:
-        path = self.registry / resource.run_id / f"{resource.id.replace('/', '_')}.json"
+        path = self.registry / resource.run_id / _file_name(resource.id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"kind": resource.kind, "id": resource.id, "run_id": resource.run_id,
-                                   "expires_at": resource.expires_at.isoformat(), "details": resource.details}))
-        os.replace(tmp, path)
+        os.replace(_write_record(path.with_suffix(".tmp"), resource), path)
 
     def _forget(self, resource: Resource) -> None:
-        if resource.kind != "process":
-            (self.registry / resource.run_id / f"{resource.id.replace('/', '_')}.json").unlink(missing_ok=True)
+        if resource.kind == "claim":
+            (self.claims / _file_name(resource.id)).unlink(missing_ok=True)
+        elif resource.kind != "process":
+            (self.registry / resource.run_id / _file_name(resource.id)).unlink(missing_ok=True)
+
+
+def _file_name(resource_id: str) -> str:
+    return f"{resource_id.replace('/', '_')}.json"
+
+
+def _write_record(path: Path, resource: Resource) -> Path:
+    path.write_text(json.dumps({"kind": resource.kind, "id": resource.id, "run_id": resource.run_id,
+                                "expires_at": resource.expires_at.isoformat(), "details": resource.details}))
+    return path
+
+
+def _remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if Path(path).exists():
+        raise RuntimeError(f"replica {path} could not be removed")
 
 
 def _load(path: Path) -> Resource:

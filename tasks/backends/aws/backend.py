@@ -16,8 +16,8 @@ from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.options import AwsOptions
 from tasks.backends.aws.teardown import teardown
-from tasks.backends.base import (BackendError, Cluster, ClusterSpec, CostPlan, InputError, JobStatus, LineItem, Machine,
-                                 Resource)
+from tasks.backends.base import (POOL_OWNER, BackendError, Cluster, ClusterSpec, CostPlan, InputError, JobStatus,
+                                 LineItem, Machine, Resource)
 
 log = logging.getLogger(__name__)
 DATA_MOUNT = "/mnt/data"
@@ -171,21 +171,30 @@ class AwsBackend:
     # -- replicas -------------------------------------------------------------------------------------
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
         o = self.options
-        # The lookups go at once: the snapshot, the run's volumes (a retry reuses them), the region's zones
+        # The lookups go at once: the snapshot, the run's volumes (a retry reuses them), the pool's replicas (a
+        # run claims those of its snapshot and zone before it makes any), the region's zones
         # beside the zones offering the type (which keeps only the region's available ones). `zone()` waits for
         # that zones lookup rather than repeating it: Python 3.11's cached_property computes under a lock
         # (3.12 dropped it; pyproject pins 3.11).
-        with pools.pool(o.parallel_calls, 3) as pool:
-            snapshot = pool.submit(self.snapshot, dataset)
-            existing = pool.submit(volumes.run_volumes, self.clients, spec.run_id)
-            pool.submit(lambda: self.clients.zones)
+        with pools.pool(o.parallel_calls, 4) as calls:
+            snapshot = calls.submit(self.snapshot, dataset)
+            existing = calls.submit(volumes.run_volumes, self.clients, spec.run_id)
+            claimable = calls.submit(lambda: [] if pool else volumes.pool_volumes(self.clients))
+            calls.submit(lambda: self.clients.zones)
             zone = self.zone(spec.instance_type)
+            held = existing.result()
+            held |= volumes.claim(self.clients, spec, claimable.result(), snapshot.result(), zone,
+                                  [i for i in range(count) if i not in held])
             return volumes.replicate(self.clients, spec, snapshot.result(), zone, count, o.volume_type, o.iops,
-                                     o.throughput_mbps, o.parallel_calls, existing.result())
+                                     o.throughput_mbps, o.parallel_calls, held)
 
     def delete_replicas(self, run_id: str) -> list[Resource]:
         found = volumes.replicas(self.clients, run_id)
-        volumes.delete(self.clients, [r.id for r in found])
+        for claimed in (r for r in found if "pool_index" in r.details):
+            volumes.give_back(self.clients, claimed)
+        volumes.delete(self.clients, [r.id for r in found if "pool_index" not in r.details])
+        if run_id == POOL_OWNER:
+            volumes.retire_claimed(self.clients)
         return found
 
     # -- machines -------------------------------------------------------------------------------------

@@ -9,8 +9,12 @@ EXPIRES = "imagenet18:expires"
 INDEX = "imagenet18:index"  # machine i and replica i
 
 
+def stamp(when: dt.datetime) -> str:
+    return when.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def tag_list(run_id: str, expires_at: dt.datetime, name: str | None = None, **extra: str) -> list[dict]:
-    tags = {RUN: run_id, EXPIRES: expires_at.astimezone(dt.timezone.utc).isoformat(timespec="seconds"), **extra}
+    tags = {RUN: run_id, EXPIRES: stamp(expires_at), **extra}
     if name:
         tags["Name"] = name
     return [{"Key": key, "Value": str(value)} for key, value in tags.items()]

@@ -52,8 +52,12 @@ def _delete(clients: Clients, kind: str, batch: list[Resource]) -> None:
     elif kind == "spot-request":
         _tolerate(lambda: ec2.cancel_spot_instance_requests(SpotInstanceRequestIds=ids))
     elif kind in ("replica", "volume"):
-        for volume_id in ids:
-            until(f"volume {volume_id} deleted", lambda v=volume_id: _tolerate(lambda: volumes.delete(clients, [v])))
+        for volume in batch:
+            if "pool_index" in volume.details:  # claimed from a pool: given back, not deleted
+                _tolerate(lambda v=volume: volumes.give_back(clients, v))
+            else:
+                until(f"volume {volume.id} deleted",
+                      lambda v=volume.id: _tolerate(lambda: volumes.delete(clients, [v])))
     elif kind == "file-system":
         for fs_id in ids:
             _tolerate(lambda f=fs_id: efs.delete_file_system(clients, f))

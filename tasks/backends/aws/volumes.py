@@ -3,13 +3,17 @@ cluster's zone, encrypted, with provisioned IOPS, named like the seed's and tagg
 
 from __future__ import annotations
 
-from tasks.backends.aws import pools, tags
-from tasks.backends.aws.clients import Clients
+import datetime as dt
+
+from tasks.backends.aws import pools, secrets, tags
+from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.waiting import waiter_config
-from tasks.backends.base import BackendError, ClusterSpec, InputError, Resource
+from tasks.backends.base import POOL_OWNER, BackendError, ClusterSpec, InputError, Resource
 
 KIND = "imagenet18:kind"
 REPLICA = "replica"
+POOL_INDEX = "imagenet18:pool-index"  # on a pool replica a run claimed: its place and time in the pool
+POOL_EXPIRES = "imagenet18:pool-expires"
 # Provisioned IOPS per GiB AWS allows, and each type's IOPS ceiling.
 IOPS_PER_GB = {"io1": 50, "io2": 1000, "gp3": 500}
 MAX_IOPS = {"io1": 64_000, "io2": 256_000, "gp3": 16_000}
@@ -58,15 +62,16 @@ def replica_name(zone: str, index: int) -> str:
     return f"imagenet_{zone[-2:]}_{index:02d}"
 
 
-def run_volumes(clients: Clients, run_id: str) -> dict[str, dict]:
-    """The run's volumes that are or will be usable, by name."""
-    return {tags.as_dict(v.get("Tags")).get("Name"): v for v in clients.ec2.describe_volumes(
-        Filters=tags.run_filter(run_id) + [{"Name": "status", "Values": ["creating", "available", "in-use"]}]
+def run_volumes(clients: Clients, run_id: str) -> dict[int, dict]:
+    """The run's replicas that are or will be usable (its own and those it claimed), by machine index."""
+    return {int(tags.as_dict(v.get("Tags"))[tags.INDEX]): v for v in clients.ec2.describe_volumes(
+        Filters=tags.run_filter(run_id) + [{"Name": f"tag:{KIND}", "Values": [REPLICA]},
+                                           {"Name": "status", "Values": ["creating", "available", "in-use"]}]
     )["Volumes"]}
 
 
 def replicate(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, count: int, volume_type: str,
-              iops: int, throughput_mbps: int, parallel: int, existing: dict[str, dict] | None = None
+              iops: int, throughput_mbps: int, parallel: int, existing: dict[int, dict] | None = None
               ) -> list[Resource]:
     """All `count` volumes at once; the ones this run already has (`existing`, looked up when not given) are
     reused; returns when all are available."""
@@ -74,8 +79,8 @@ def replicate(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, co
         existing = run_volumes(clients, spec.run_id)
 
     def one(index: int) -> Resource:
-        volume = existing.get(replica_name(zone, index)) or _create_replica(
-            clients, spec, snapshot, zone, index, volume_type, iops, throughput_mbps)
+        volume = existing.get(index) or _create_replica(clients, spec, snapshot, zone, index, volume_type, iops,
+                                                        throughput_mbps)
         return _as_resource(volume, spec.run_id)
 
     with pools.pool(parallel, count) as pool:
@@ -95,15 +100,82 @@ def _create_replica(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: s
                                      **settings)
 
 
+def pool_volumes(clients: Clients) -> list[dict]:
+    """The pool's replicas that a run could claim now, in their order in the pool."""
+    found = clients.ec2.describe_volumes(Filters=tags.run_filter(POOL_OWNER) + [
+        {"Name": f"tag:{KIND}", "Values": [REPLICA]}, {"Name": "status", "Values": ["available"]}])["Volumes"]
+    return sorted((v for v in found if not _as_resource(v, POOL_OWNER).expired),
+                  key=lambda v: _as_resource(v, POOL_OWNER).details["index"])
+
+
+def claim(clients: Clients, spec: ClusterSpec, pool: list[dict], snapshot: dict, zone: str,
+          indices: list[int]) -> dict[int, dict]:
+    """Pool replicas (`pool_volumes`) of the snapshot in `zone` for the run's machines at `indices`. An SSM
+    parameter per volume, which AWS creates only where none exists, is the lock two runs cannot both win; the
+    volume is then tagged as the run's, keeping its place and time in the pool for when the run gives it back."""
+    claimed: dict[int, dict] = {}
+    for volume in (v for v in pool if v["SnapshotId"] == snapshot["SnapshotId"] and v["AvailabilityZone"] == zone):
+        if len(claimed) == len(indices):
+            break
+        if not _lock(clients, spec, volume["VolumeId"]):
+            continue
+        index, pool_tags = indices[len(claimed)], tags.as_dict(volume.get("Tags"))
+        run_tags = tags.tag_list(spec.run_id, spec.expires_at, **{
+            tags.INDEX: str(index), POOL_INDEX: pool_tags[tags.INDEX], POOL_EXPIRES: pool_tags[tags.EXPIRES]})
+        clients.ec2.create_tags(Resources=[volume["VolumeId"]], Tags=run_tags)
+        claimed[index] = {**volume, "Tags": [*volume["Tags"], *run_tags]}  # the later key wins in as_dict
+    return claimed
+
+
+def _lock(clients: Clients, spec: ClusterSpec, volume_id: str) -> bool:
+    try:
+        clients.client("ssm").put_parameter(Name=_claim_name(volume_id), Value=spec.run_id, Type="String",
+                                            Tags=tags.tag_list(spec.run_id, spec.expires_at))
+    except Exception as exc:  # noqa: BLE001
+        if error_code(exc) == "ParameterAlreadyExists":
+            return False
+        raise
+    return True
+
+
+def _claim_name(volume_id: str) -> str:
+    return f"{secrets.ROOT}/claims/{volume_id}"
+
+
+def give_back(clients: Clients, replica: Resource) -> None:
+    """A claimed replica back in the pool, as it was there (deleted instead once the pool's time is up), then
+    its lock. Its run's machines must be gone."""
+    if dt.datetime.fromisoformat(replica.details["pool_expires"]) <= dt.datetime.now(dt.timezone.utc):
+        delete(clients, [replica.id])
+    else:
+        clients.ec2.create_tags(Resources=[replica.id], Tags=tags.tag_list(
+            POOL_OWNER, dt.datetime.fromisoformat(replica.details["pool_expires"]),
+            **{tags.INDEX: str(replica.details["pool_index"])}))
+        clients.ec2.delete_tags(Resources=[replica.id], Tags=[{"Key": POOL_INDEX}, {"Key": POOL_EXPIRES}])
+    secrets.delete(clients, [_claim_name(replica.id)])
+
+
+def retire_claimed(clients: Clients) -> list[Resource]:
+    """The pool replicas runs hold now, marked to be deleted, not kept, when their runs give them back."""
+    held = [r for r in replicas(clients, None) if "pool_index" in r.details]
+    if held:
+        now = tags.stamp(dt.datetime.now(dt.timezone.utc))
+        clients.ec2.create_tags(Resources=[r.id for r in held], Tags=[{"Key": POOL_EXPIRES, "Value": now}])
+    return held
+
+
 def move(clients: Clients, spec: ClusterSpec, replicas: list[Resource], zone: str, volume_type: str, iops: int,
          throughput_mbps: int, parallel: int) -> list[Resource]:
     """As many replicas, made anew in `zone` from the same snapshot (a volume cannot leave its zone). The run's
-    old ones are deleted first: the run pays for one set and stays within its volume quota. Replicas of
-    another owner (a pool made ahead) are left to it."""
+    old ones are deleted first, and those it claimed from a pool given back: the run pays for one set and stays
+    within its volume quota."""
     ec2 = clients.ec2
     [volume] = ec2.describe_volumes(VolumeIds=[replicas[0].id])["Volumes"]
     [snapshot] = ec2.describe_snapshots(SnapshotIds=[volume["SnapshotId"]])["Snapshots"]
-    delete(clients, [r.id for r in replicas if r.run_id == spec.run_id])
+    for replica in replicas:
+        if "pool_index" in replica.details:
+            give_back(clients, replica)
+    delete(clients, [r.id for r in replicas if "pool_index" not in r.details])
     return replicate(clients, spec, snapshot, zone, len(replicas), volume_type, iops, throughput_mbps, parallel)
 
 
@@ -130,6 +202,8 @@ def delete(clients: Clients, volume_ids: list[str]) -> None:
 
 def _as_resource(volume: dict, run_id: str) -> Resource:
     volume_tags = tags.as_dict(volume.get("Tags"))
+    pool = {"pool_index": int(volume_tags[POOL_INDEX]), "pool_expires": volume_tags[POOL_EXPIRES]} \
+        if POOL_INDEX in volume_tags else {}
     return Resource("replica", volume["VolumeId"], run_id, tags.expires(volume_tags),
                     {"index": int(volume_tags.get(tags.INDEX, -1)), "name": volume_tags.get("Name", ""),
-                     "zone": volume["AvailabilityZone"], "size_gb": volume["Size"]})
+                     "zone": volume["AvailabilityZone"], "size_gb": volume["Size"], **pool})

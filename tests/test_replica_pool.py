@@ -1,0 +1,153 @@
+"""Replicas made ahead of runs (`imagenet18 replicate`, the seed's replicate_imagenet.py): a run claims what it
+needs of them, makes only the rest, and gives them back when it ends; two runs never hold the same one."""
+
+import dataclasses
+import datetime as dt
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from tasks.backends.aws import AwsBackend, tags
+from tasks.backends.base import POOL_OWNER, ClusterSpec
+from tasks.backends.local import LocalBackend
+from tests.test_aws import DATASET, cluster_spec, options, tagged_leftovers
+from tests.test_aws_faults import no_capacity_in, run_zones
+
+
+def pool_spec(count: int, instance_type: str = "p4d.24xlarge") -> ClusterSpec:
+    return ClusterSpec(POOL_OWNER, POOL_OWNER, count, instance_type, False,
+                       dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=24))
+
+
+def claimed(replicas) -> list[str]:
+    return [r.id for r in replicas if "pool_index" in r.details]
+
+
+def pool_as_it_is(backend) -> list[tuple]:
+    return [(r.id, r.details["index"], r.expires_at) for r in backend.resources(POOL_OWNER) if r.kind == "replica"]
+
+
+# -- AWS -----------------------------------------------------------------------------------------------------
+def test_an_aws_run_claims_pool_volumes_for_its_first_machines_and_gives_them_back(aws, snapshot, tmp_path):
+    backend = AwsBackend(options(), home=tmp_path)
+    pool = backend.replicate(pool_spec(3), DATASET, 3, pool=True)
+    before = pool_as_it_is(backend)
+    spec = cluster_spec("run-pooled", 4)
+
+    replicas = backend.replicate(spec, DATASET, 4)
+    assert [r.id for r in replicas[:3]] == [r.id for r in pool] and claimed(replicas) == [r.id for r in pool]
+    assert [r.details["index"] for r in replicas] == [0, 1, 2, 3]
+    assert backend.replicate(spec, DATASET, 4) == replicas, "a retry claims and makes nothing more"
+    assert pool_as_it_is(backend) == [], "held by the run, the pool has none to offer"
+    cluster = backend.provision(spec, replicas)
+    attached = {a["InstanceId"]: v["VolumeId"] for v in aws.client("ec2").describe_volumes(
+        VolumeIds=[r.id for r in replicas])["Volumes"] for a in v["Attachments"]}
+    assert [attached[m.id] for m in cluster.machines] == [r.id for r in replicas], "machine i has replica i"
+
+    backend.teardown("run-pooled")
+    assert tagged_leftovers(aws, "run-pooled") == {}
+    assert pool_as_it_is(backend) == before, "back in the pool, in their places, until the pool's own expiry"
+    assert backend.resources() == backend.resources(POOL_OWNER), "no claim is left"
+    backend.delete_replicas(POOL_OWNER)
+
+
+def test_an_aws_run_skips_a_pool_volume_another_run_has_locked(aws, snapshot, tmp_path):
+    backend = AwsBackend(options(), home=tmp_path)
+    pool = backend.replicate(pool_spec(2), DATASET, 2, pool=True)
+    other = cluster_spec("run-other", 1)
+    backend.clients.client("ssm").put_parameter(  # locked by a run that has not tagged it yet (or died there)
+        Name=f"/imagenet18/claims/{pool[0].id}", Value="run-other", Type="String",
+        Tags=tags.tag_list(other.run_id, other.expires_at))
+    replicas = backend.replicate(cluster_spec("run-second", 2), DATASET, 2)
+    assert claimed(replicas) == [pool[1].id] and pool[0].id not in [r.id for r in replicas]
+    for run_id in ("run-second", "run-other"):
+        backend.teardown(run_id)
+    assert [r.id for r in backend.resources()] == [r.id for r in pool]
+    backend.delete_replicas(POOL_OWNER)
+
+
+def test_two_aws_runs_at_once_never_claim_the_same_pool_volume(aws, snapshot, tmp_path):
+    backend = AwsBackend(options(), home=tmp_path)
+    pool = backend.replicate(pool_spec(2), DATASET, 2, pool=True)
+    specs = [cluster_spec(f"run-{name}", 2) for name in ("a", "b")]
+    with ThreadPoolExecutor(2) as threads:
+        a, b = threads.map(lambda spec: backend.replicate(spec, DATASET, 2), specs)
+    assert not set(claimed(a)) & set(claimed(b))
+    assert sorted(claimed(a) + claimed(b)) == sorted(r.id for r in pool)
+    assert len(a) == len(b) == 2
+    for spec in specs:
+        backend.teardown(spec.run_id)
+    assert sorted(r.id for r in backend.resources()) == sorted(r.id for r in pool)
+    backend.delete_replicas(POOL_OWNER)
+
+
+def test_deleting_the_pool_while_a_run_holds_a_volume_deletes_it_when_the_run_ends(aws, snapshot, tmp_path):
+    backend = AwsBackend(options(), home=tmp_path)
+    pool = backend.replicate(pool_spec(2), DATASET, 2, pool=True)
+    held = backend.replicate(cluster_spec("run-holding", 1), DATASET, 1)
+    assert claimed(held) == [pool[0].id]
+    assert [r.id for r in backend.delete_replicas(POOL_OWNER)] == [pool[1].id]
+    assert [r.id for r in backend.resources("run-holding") if r.kind == "replica"] == [pool[0].id], \
+        "the run keeps its replica while it runs"
+    backend.teardown("run-holding")
+    assert backend.resources() == []
+    assert aws.client("ec2").describe_volumes(Filters=tags.run_filter(None))["Volumes"] == []
+
+
+def test_a_run_moved_to_another_zone_gives_its_pool_volumes_back(aws, snapshot, tmp_path):
+    backend = AwsBackend(options(other_availability_zones=("us-east-1b",)), home=tmp_path)
+    backend.replicate(pool_spec(2), DATASET, 2, pool=True)
+    before = pool_as_it_is(backend)
+    spec = cluster_spec("run-moved", 2)
+    no_capacity_in(aws, "us-east-1a")
+    backend.provision(spec, backend.replicate(spec, DATASET, 2))
+    assert run_zones(aws, "run-moved") == {"machines": ["us-east-1b"] * 2, "replicas": ["us-east-1b"] * 2}
+    assert pool_as_it_is(backend) == before, "given back in us-east-1a, not deleted"
+    backend.teardown("run-moved")
+    assert tagged_leftovers(aws, "run-moved") == {}
+    backend.delete_replicas(POOL_OWNER)
+
+
+# -- local ---------------------------------------------------------------------------------------------------
+def local_spec(run_id: str, machines: int) -> ClusterSpec:
+    return dataclasses.replace(cluster_spec(run_id, machines), instance_type="local")
+
+
+def test_a_local_run_claims_pool_replicas_and_gives_them_back(tiny_data, tmp_path):
+    backend = LocalBackend(tmp_path)
+    pool = backend.replicate(dataclasses.replace(pool_spec(3), instance_type="local"), str(tiny_data), 3, pool=True)
+    before = pool_as_it_is(backend)
+    spec = local_spec("run-pooled", 4)
+    replicas = backend.replicate(spec, str(tiny_data), 4)
+    assert claimed(replicas) == [r.id for r in pool] and [r.details["index"] for r in replicas] == [0, 1, 2, 3]
+    assert backend.replicate(spec, str(tiny_data), 4) == replicas, "a retry takes no more"
+    assert all(os.path.isdir(r.details["data_root"]) for r in replicas)
+
+    backend.teardown("run-pooled")
+    assert pool_as_it_is(backend) == before
+    assert all(os.path.isdir(r.details["data_root"]) for r in pool), "the pool's folders are untouched"
+    assert not (tmp_path / "local" / "replicas" / "run-pooled").exists()
+    assert list((tmp_path / "local" / "claims").glob("*")) == []
+
+
+def test_a_local_run_skips_claimed_replicas_and_other_datasets(tiny_data, data_copy, tmp_path):
+    home = tmp_path / "home"
+    backend = LocalBackend(home)
+    pool = backend.replicate(dataclasses.replace(pool_spec(2), instance_type="local"), str(tiny_data), 2, pool=True)
+    first = backend.replicate(local_spec("run-first", 1), str(tiny_data), 1)
+    crashed = local_spec("run-crashed", 1)  # killed between its claim of replica 1 and taking its record
+    (home / "local" / "claims" / "replicas_replica-01.json").write_text(json.dumps(
+        {"kind": "claim", "id": pool[1].id, "run_id": crashed.run_id, "expires_at": crashed.expires_at.isoformat(),
+         "details": {}}))
+    second = backend.replicate(local_spec("run-second", 1), str(tiny_data), 1)
+    other_data = backend.replicate(local_spec("run-other-data", 1), str(data_copy), 1)
+    assert claimed(first) == [pool[0].id] and claimed(second) == [] and claimed(other_data) == []
+    assert [r.kind for r in backend.teardown("run-crashed")] == ["claim"], "its claim is found by its tag"
+    third = backend.replicate(local_spec("run-third", 1), str(tiny_data), 1)
+    assert claimed(third) == [pool[1].id]
+
+    assert backend.delete_replicas(POOL_OWNER) == [], "every pool replica is held"
+    for run_id in ("run-first", "run-second", "run-other-data", "run-third"):
+        backend.teardown(run_id)
+    assert backend.resources() == [] and list((home / "local" / "replicas").glob("*/*")) == [], \
+        "deleted while held: gone once given back"
