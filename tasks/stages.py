@@ -262,6 +262,10 @@ def _local_copy(storage: str, pattern: str):
 @task(name="teardown", retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def teardown(params: RunParameters, run_id: str) -> list[str]:
     removed = backend_for(params).teardown(run_id)
-    get_run_logger().info("teardown removed %d resource(s) of run %s: %s", len(removed), run_id,
-                          ", ".join(r.id for r in removed) or "none")
+    given_back = [r.id for r in removed if "pool_index" in r.details]
+    deleted = [r.id for r in removed if "pool_index" not in r.details]
+    logger = get_run_logger()
+    logger.info("teardown removed %d resource(s) of run %s: %s", len(deleted), run_id, ", ".join(deleted) or "none")
+    if given_back:
+        logger.info("gave %d replica(s) back to the pool: %s", len(given_back), ", ".join(given_back))
     return [r.id for r in removed]

@@ -173,9 +173,9 @@ def test_replicas_made_ahead_serve_a_run_and_have_a_delete_path(prefect_api, tin
 
     state = imagenet18(machines=2, dataset=str(tiny_data), schedule="cpu-tiny", epochs=1, return_state=True)
     assert state.is_completed(), state.message
-    logs = flow_run_logs(state.state_details.flow_run_id, until="dataset replicas ready")
-    assert any(log.message == f"2 dataset replicas ready: {made[0]}, {made[1]}" for log in logs), \
-        "the run trained on the first two replicas made ahead"
+    logs = [log.message for log in flow_run_logs(state.state_details.flow_run_id, until="back to the pool")]
+    assert f"2 dataset replicas ready: {made[0]}, {made[1]}" in logs, "the run trained on the first two made ahead"
+    assert f"gave 2 replica(s) back to the pool: {made[0]}, {made[1]}" in logs
     assert [r.id for r in LocalBackend(prefect_api).resources("replicas")] == made, "and gave them back"
     assert all(os.path.isdir(p) for p in paths)
 
