@@ -20,7 +20,7 @@ RETRIES = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeou
 # Capacity errors have a better answer than waiting (another zone or type), so the caller sees them at once.
 # Error codes that are answers, not trouble: a dry run's success, "not there" while looking something up.
 EXPECTED_ANSWERS = {"DryRunOperation", "NoSuchKey", "InvalidRange", "404", "NoSuchEntity", "ParameterNotFound",
-                    "InvalidPlacementGroup.Duplicate", "EntityAlreadyExists"}
+                    "InvalidPlacementGroup.Duplicate", "EntityAlreadyExists", "ParameterAlreadyExists"}
 NO_RETRIES = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=10, read_timeout=60)
 
 
