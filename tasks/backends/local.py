@@ -211,11 +211,17 @@ class LocalBackend:
                     succeeded += 1
                 else:
                     failed[machine.index] = code
-            elif job in alive:
+            elif job in alive or self._seen_again(cluster.spec.run_id, job, exit_file):
                 running += 1
             else:
                 failed[machine.index] = -signal.SIGKILL  # gone without an exit code: killed
         return JobStatus(running, succeeded, failed)
+
+    def _seen_again(self, run_id: str, job: str, exit_file: Path) -> bool:
+        """A process just launched has no readable environment (so no tag) while it execs: look once more before
+        calling its job gone."""
+        time.sleep(0.5)
+        return job in {p["job"] for p in self.processes(run_id)} or exit_file.exists()
 
     def stop(self, cluster: Cluster, name: str) -> None:
         self._stop_processes(cluster.spec.run_id)  # a run's only processes are its job's
