@@ -200,6 +200,7 @@ class LocalBackend:
         alive = {p["job"] for p in self.processes(cluster.spec.run_id)}
         running = succeeded = 0
         failed: dict[int, int] = {}
+        unseen: dict[int, tuple[str, Path]] = {}
         for machine in cluster.machines:
             exit_file = Path(cluster.storage) / "logs" / f"{name}-{machine.index}.exit"
             job = f"{name}-{machine.index}"
@@ -211,17 +212,20 @@ class LocalBackend:
                     succeeded += 1
                 else:
                     failed[machine.index] = code
-            elif job in alive or self._seen_again(cluster.spec.run_id, job, exit_file):
+            elif job in alive:
                 running += 1
             else:
-                failed[machine.index] = -signal.SIGKILL  # gone without an exit code: killed
+                unseen[machine.index] = (job, exit_file)
+        if unseen:
+            # A process that is still exec'ing has no readable environment, so no tag yet: look once more.
+            time.sleep(0.5)
+            alive = {p["job"] for p in self.processes(cluster.spec.run_id)}
+            for index, (job, exit_file) in unseen.items():
+                if job in alive or exit_file.exists():
+                    running += 1
+                else:
+                    failed[index] = -signal.SIGKILL  # gone without an exit code: killed
         return JobStatus(running, succeeded, failed)
-
-    def _seen_again(self, run_id: str, job: str, exit_file: Path) -> bool:
-        """A process just launched has no readable environment (so no tag) while it execs: look once more before
-        calling its job gone."""
-        time.sleep(0.5)
-        return job in {p["job"] for p in self.processes(run_id)} or exit_file.exists()
 
     def stop(self, cluster: Cluster, name: str) -> None:
         self._stop_processes(cluster.spec.run_id)  # a run's only processes are its job's
