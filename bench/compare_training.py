@@ -39,7 +39,7 @@ from pathlib import Path
 import reference_loop
 import torch
 
-from trainer import data, distributed, engine, train
+from trainer import data, distributed, engine, layout, train
 from trainer import schedule as schedules
 from trainer.model import build_model, build_optimizer, training_module
 from trainer.recorder import NodeHeartbeat, Recorder
@@ -176,7 +176,7 @@ def measure(mode: str, size: int, batch: int, args, world: distributed.World, bf
     else:
         trndir = seed_trndir(size) if mode == "jpeg-sz" else ""
         plan = bench_schedule(args.arch, size, batch, trndir)
-        folders = data.check_layout(args.data, plan)
+        folders = layout.check_layout(args.data, plan)
         classes = len(folders[f"{trndir}:train"].classes)
     pixels, labels = synthetic_batch(batch, size, classes, device)
     reference_input = reference_loop.normalised(pixels)
@@ -216,7 +216,7 @@ def measure(mode: str, size: int, batch: int, args, world: distributed.World, bf
                 result = reference.run(itertools.repeat((reference_input, labels)), args.warmup, args.steps)
             else:
                 reference.run(itertools.repeat((reference_input, labels)), 0, PREWARM_STEPS)
-                train_dir = data.split_dir(args.data, trndir, "train")
+                train_dir = layout.split_dir(args.data, trndir, "train")
                 loader = reference_loop.build_loader(train_dir, size, batch, reference_workers,
                                                      pin_memory=device.type == "cuda")
                 warmup, steps = windows["reference"]
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.perf_counter()
                 try:
                     new = measure(mode, size, batch, args, world, bf16, channels_last, workers, Path(tmp))
-                except (data.DataError, torch.OutOfMemoryError, RuntimeError) as exc:
+                except (layout.DataError, torch.OutOfMemoryError, RuntimeError) as exc:
                     failures += 1
                     print(f"| {mode} | {size} | {batch} | failed: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:200]} |", flush=True)

@@ -40,7 +40,7 @@ from compare_training import bench_schedule, seed_trndir, whole_waves
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from trainer import data
+from trainer import data, layout
 from trainer.schedule import DEFAULT_MIN_SCALE
 
 FOLDERS = ("full-size", "pre-resized")
@@ -48,13 +48,13 @@ FOLDERS = ("full-size", "pre-resized")
 
 def trainer_batches(root: Path, trndir: str, size: int, batch: int, workers: int, cache: Path) -> Iterable:
     schedule = bench_schedule("resnet50", size, batch, trndir)  # RandomResizedCrop's default scale, as the reference
-    folders = data.check_layout(root, schedule)
+    folders = layout.check_layout(root, schedule)
     settings = data.LoaderSettings(0, 1, workers, 0, pin_memory=False, cache_dir=cache)
     yield from reference_loop.epochs(data.build_loaders(root, schedule, folders, settings)[0].train)
 
 
 def reference_batches(root: Path, trndir: str, size: int, batch: int, workers: int) -> Iterable:
-    loader = reference_loop.build_loader(data.split_dir(root, trndir, "train"), size, batch, workers,
+    loader = reference_loop.build_loader(layout.split_dir(root, trndir, "train"), size, batch, workers,
                                          pin_memory=False)
     return reference_loop.epochs(loader)
 
@@ -99,7 +99,7 @@ def decoders() -> dict[str, Callable[[int], object]]:
             "decode: PIL draft, 1/2 scale": pil(2), "decode: PIL draft, 1/4 scale": pil(4)}
 
 
-def draft_item(folder: data.ImageFolder, size: int, index: int) -> torch.Tensor:
+def draft_item(folder: layout.ImageFolder, size: int, index: int) -> torch.Tensor:
     """The trainer's item with reduced-size decoding: the crop box from the header, PIL's draft mode to the
     largest DCT scale that leaves the box at least `size` pixels, then the trainer's crop-and-resize."""
     path, _ = folder.samples[index]
@@ -120,7 +120,7 @@ def draft_item(folder: data.ImageFolder, size: int, index: int) -> torch.Tensor:
     return crop.flip(-1) if rng.random() < 0.5 else crop
 
 
-def items(folder: data.ImageFolder, size: int) -> dict[str, Callable[[int], object]]:
+def items(folder: layout.ImageFolder, size: int) -> dict[str, Callable[[int], object]]:
     """One training image, decode to augmented pixels, as each pipeline makes it (no collate)."""
     trainer = data.TrainImages(folder, size, DEFAULT_MIN_SCALE, seed=0)
     reference = reference_loop.train_transform(size)
@@ -135,7 +135,7 @@ def items(folder: data.ImageFolder, size: int) -> dict[str, Callable[[int], obje
 
 
 def decode_only(args: argparse.Namespace) -> None:
-    folder = data.scan(data.split_dir(args.data, "", "train"))
+    folder = layout.scan(layout.split_dir(args.data, "", "train"))
     count = min(args.images, len(folder.samples))
     candidates = {name: (lambda index, decode=decode: decode(folder.samples[index][0]))
                   for name, decode in decoders().items()}

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import data, schedule
-from trainer.data import DataError
+from trainer import data, layout, schedule
+from trainer.layout import DataError
 
 
 def _settings(tmp_path, rank=0, world=1):
@@ -27,7 +27,7 @@ def test_rect_val_batches_sort_by_aspect_ratio_and_crop_to_multiples_of_8():
 
 def test_loaders_yield_uint8_batches_of_each_phase_shape(tiny_data, tmp_path):
     plan = schedule.load("cpu-tiny")
-    folders = data.check_layout(tiny_data, plan)
+    folders = layout.check_layout(tiny_data, plan)
     loaders = data.build_loaders(tiny_data, plan, folders, _settings(tmp_path))
     assert len(loaders) == len(plan.data)
     first = loaders[0]
@@ -53,7 +53,7 @@ def test_loaders_yield_uint8_batches_of_each_phase_shape(tiny_data, tmp_path):
 
 def test_validation_is_split_across_ranks_without_overlap(tiny_data, tmp_path):
     plan = schedule.load("cpu-tiny")
-    folders = data.check_layout(tiny_data, plan)
+    folders = layout.check_layout(tiny_data, plan)
     shards = [data.build_loaders(tiny_data, plan, folders, _settings(tmp_path, rank, 3))[2] for rank in range(3)]
     indices = [i for shard in shards for batch in shard.val.batch_sampler for i in batch]
     assert sorted(indices) == list(range(100))
@@ -61,7 +61,7 @@ def test_validation_is_split_across_ranks_without_overlap(tiny_data, tmp_path):
 
 
 def test_augmentation_is_a_function_of_seed_epoch_and_index(tiny_data):
-    folder = data.scan(data.split_dir(tiny_data, "-sz/160", "train"))
+    folder = layout.scan(layout.split_dir(tiny_data, "-sz/160", "train"))
     dataset = data.TrainImages(folder, 32, 0.35, seed=0)
     same = [dataset[(5, 1)][0] for _ in range(2)]
     assert torch.equal(same[0], same[1])
@@ -82,7 +82,7 @@ def test_random_resized_crop_box_stays_inside_the_image():
 def test_corrupt_jpeg_is_skipped_with_a_warning_naming_it(data_copy, caplog):
     victim = sorted((data_copy / "train").glob("*/*.JPEG"))[0]
     victim.write_bytes(b"\xff\xd8 this is not a jpeg")
-    folder = data.scan(data_copy / "train")
+    folder = layout.scan(data_copy / "train")
     index = [p for p, _ in folder.samples].index(str(victim))
     logging.getLogger("trainer.data").addHandler(caplog.handler)
     try:
@@ -96,28 +96,28 @@ def test_corrupt_jpeg_is_skipped_with_a_warning_naming_it(data_copy, caplog):
 
 def test_missing_data_folder(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        data.check_layout(tmp_path / "nowhere", schedule.load("cpu-tiny"))
+        layout.check_layout(tmp_path / "nowhere", schedule.load("cpu-tiny"))
 
 
 def test_missing_resized_copy_names_the_prepare_command(data_copy):
     shutil.rmtree(Path(str(data_copy) + "-sz"))
     with pytest.raises(DataError, match=r"trndir '-sz/160' needs .*-sz/160/train.*python -m trainer prepare"):
-        data.check_layout(data_copy, schedule.load("cpu-tiny"))
+        layout.check_layout(data_copy, schedule.load("cpu-tiny"))
 
 
 def test_folder_without_classes(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(DataError, match="has no class folders"):
-        data.scan(tmp_path / "train")
+        layout.scan(tmp_path / "train")
 
 
 def test_empty_class_folder(data_copy):
     (data_copy / "train" / "zebra").mkdir()
     with pytest.raises(DataError, match="zebra has no images"):
-        data.scan(data_copy / "train")
+        layout.scan(data_copy / "train")
 
 
 def test_class_sets_that_differ_between_train_and_validation(data_copy):
     shutil.rmtree(Path(str(data_copy) + "-sz/160/validation/circle"))
     with pytest.raises(DataError, match=r"differ .*missing \['circle'\]"):
-        data.check_layout(data_copy, schedule.load("cpu-tiny"))
+        layout.check_layout(data_copy, schedule.load("cpu-tiny"))

@@ -146,3 +146,27 @@ def test_bad_workers(dataset: Path) -> None:
 
 def test_prepare_error_is_a_value_error() -> None:
     assert issubclass(PrepareError, ValueError)
+
+
+def test_a_changed_source_is_made_again_and_a_removed_one_loses_its_outputs(dataset: Path) -> None:
+    prepare(dataset, SIZES, workers=1)
+    changed = dataset / "train/cat/landscape.JPEG"
+    Image.linear_gradient("L").resize((500, 200)).convert("RGB").save(changed, "JPEG")
+    (dataset / "train/dog/small.JPEG").unlink()
+    shutil.rmtree(dataset / "validation/cat")
+    again = prepare(dataset, SIZES, workers=1)
+    assert (again.resized, again.copied, again.removed) == (2, 0, 4)
+    for size in SIZES:
+        with Image.open(resized_root(dataset, size) / "train/cat/landscape.JPEG") as image:
+            assert image.size == (round(500 * size / 200), size)
+        assert not (resized_root(dataset, size) / "train/dog/small.JPEG").exists()
+        assert not (resized_root(dataset, size) / "validation/cat").exists(), "a class gone from ROOT goes"
+
+
+def test_progress_is_reported_up_to_every_image_to_make(dataset: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    prepare(dataset, SIZES, workers=1, progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1] == (len(IMAGES), len(IMAGES))
+    calls.clear()
+    prepare(dataset, SIZES, workers=1, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [], "nothing to make, nothing to report"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trainer import checkpoint, sync
-from trainer.data import DataError
+from trainer.layout import DataError
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from trainer import checkpoint, data, schedule, train
+from trainer import checkpoint, layout, schedule, train
 
-USER_ERRORS = (schedule.ScheduleError, data.DataError, checkpoint.CheckpointError, ValueError)
+USER_ERRORS = (schedule.ScheduleError, layout.DataError, checkpoint.CheckpointError, ValueError)
 
 
 def _train_parser(sub) -> None:

@@ -22,68 +22,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
+from trainer.layout import DataError, ImageFolder
 from trainer.schedule import DataPhase, Schedule
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 VAL_RESIZE_RATIO = 1.14  # the seed's Resize(int(sz * 1.14)) before the centre crop
 ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
-
-
-class DataError(ValueError):
-    """The data cannot serve the schedule; the message names the folder or file."""
-
-
-@dataclass(frozen=True)
-class ImageFolder:
-    root: Path
-    classes: tuple[str, ...]
-    samples: tuple[tuple[str, int], ...]  # (path, class index)
-
-
-def split_dir(root: str | Path, trndir: str, split: str) -> Path:
-    """`ROOT` + `-sz/160` + `/train`: the seed's layout of resized copies beside the full-size set."""
-    return Path(str(root).rstrip("/") + trndir) / split
-
-
-def scan(folder: Path) -> ImageFolder:
-    if not folder.is_dir():
-        raise DataError(f"data folder {folder} does not exist")
-    classes = tuple(sorted(d.name for d in os.scandir(folder) if d.is_dir() and not d.name.startswith(".")))
-    if not classes:
-        raise DataError(f"data folder {folder} has no class folders (expected {folder}/<class>/*.JPEG)")
-    samples = []
-    for index, name in enumerate(classes):
-        files = sorted(f.name for f in os.scandir(folder / name)
-                       if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS))
-        if not files:
-            raise DataError(f"class folder {folder / name} has no images (.JPEG, .jpg or .png)")
-        samples.extend((str(folder / name / f), index) for f in files)
-    return ImageFolder(folder, classes, tuple(samples))
-
-
-def check_layout(root: str | Path, schedule: Schedule) -> dict[str, ImageFolder]:
-    """Scan every folder the schedule reads; fail before training if one is missing or the classes differ."""
-    if not Path(root).is_dir():
-        raise DataError(f"data folder {root} does not exist")
-    folders: dict[str, ImageFolder] = {}
-    for trndir in dict.fromkeys(p.trndir for p in schedule.data):
-        for split in ("train", "validation"):
-            path = split_dir(root, trndir, split)
-            if not path.is_dir() and trndir:
-                raise DataError(f"the schedule's phase with trndir {trndir!r} needs {path}, which does not "
-                                f"exist: make the resized copies with `python -m trainer prepare {root}`")
-            folders[f"{trndir}:{split}"] = scan(path)
-    reference_key = next(iter(folders))
-    reference = folders[reference_key].classes
-    for key, folder in folders.items():
-        if folder.classes != reference:
-            extra = sorted(set(folder.classes) - set(reference))
-            missing = sorted(set(reference) - set(folder.classes))
-            raise DataError(f"class folders of {folder.root} differ from {folders[reference_key].root}: "
-                            f"extra {extra[:5]}, missing {missing[:5]}")
-    return folders
 
 
 def decode(path: str) -> torch.Tensor:

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from trainer.layout import SPLITS
+
 logger = logging.getLogger(__name__)
 
 MARKER = "DEMO_DATASET.json"
-SPLITS = ("train", "validation")
 # Bump when the images change, so datasets made by an older version are regenerated.
 GENERATOR_VERSION = 2
 MIN_SIDE, MAX_SIDE = 150, 500

@@ -1,8 +1,10 @@
 """Resized copies of an ImageNet-layout dataset, as the schedules' `trndir = "-sz/<S>"` phases read them.
 
 For each size S, ROOT/{train,validation}/<class>/<file> becomes ROOT-sz/S/{train,validation}/<class>/<file>
-with its short side S (aspect kept). Images already no bigger are copied unchanged. Outputs appear atomically
-and existing ones are skipped, so an interrupted run resumes where it stopped.
+with its short side S (aspect kept). Images already no bigger are copied unchanged. Outputs appear atomically;
+an output newer than its source is kept, so a second run makes nothing and an interrupted run resumes where it
+stopped. A source that changed since its output was made is made again, and outputs whose source is gone are
+removed, so the copies always mirror ROOT (the trainer refuses copies whose classes differ from ROOT's).
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from trainer.layout import IMAGE_EXTENSIONS, SPLITS
+
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation")
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 JPEG_QUALITY = 90
 # What PIL raises for files it cannot decode (truncated, garbage, absurdly large).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -35,12 +37,22 @@ class PrepareReport:
     resized: int = 0
     copied: int = 0
     skipped_existing: int = 0
+    removed: int = 0  # outputs whose source is gone
     corrupt: list[Path] = field(default_factory=list)
     output_roots: dict[int, Path] = field(default_factory=dict)
 
+    @property
+    def made(self) -> int:
+        return self.resized + self.copied
 
-# One source image and the outputs (size, path) it should get.
+    def __str__(self) -> str:
+        return (f"{self.resized} resized, {self.copied} copied, {self.skipped_existing} already there, "
+                f"{self.removed} removed (source gone), {len(self.corrupt)} unreadable")
+
+
+# One source image and the outputs (size, path) it still needs.
 Job = tuple[Path, tuple[tuple[int, Path], ...]]
+Progress = Callable[[int, int], None]  # (images done, images to do)
 
 
 def resized_root(root: Path, size: int) -> Path:
@@ -48,31 +60,45 @@ def resized_root(root: Path, size: int) -> Path:
     return Path(f"{root}-sz/{size}")
 
 
-def prepare(root: Path, sizes: Sequence[int] = (160, 352), workers: int | None = None) -> PrepareReport:
-    """Write the resized copies of `root` for each of `sizes`, skipping outputs that already exist."""
+def size_of(trndir: str) -> int | None:
+    """The pixel size a schedule's `trndir` names ("-sz/160" -> 160), None for the full-size folder ("")."""
+    return int(trndir.removeprefix("-sz/")) if trndir else None
+
+
+def prepare(root: Path, sizes: Sequence[int] = (160, 352), workers: int | None = None,
+            progress: Progress | None = None) -> PrepareReport:
+    """Bring the resized copies of `root` for each of `sizes` up to date: make what is missing or older than its
+    source, remove what has no source any more. `progress(done, to_do)` is called as images are made."""
     root = Path(root)
     sizes = _check_sizes(sizes)
     workers = _check_workers(workers)
     class_dirs = _class_dirs(root)
     report = PrepareReport(output_roots={size: resized_root(root, size) for size in sizes})
-    for class_dir in class_dirs:
-        for out_root in report.output_roots.values():
+    for out_root in report.output_roots.values():
+        report.removed += _remove_orphans(root, out_root)
+        for class_dir in class_dirs:
             (out_root / class_dir.relative_to(root)).mkdir(parents=True, exist_ok=True)
-    jobs = list(_jobs(root, class_dirs, report.output_roots))
-    logger.info("preparing sizes %s of %d images in %s with %d workers", list(sizes), len(jobs), root, workers)
-    progress_every = max(1000, len(jobs) // 20)
-    for done, (resized, copied, skipped, corrupt) in enumerate(_run(jobs, workers), 1):
+    jobs = []
+    for source, outputs, fresh in _sources(root, class_dirs, report.output_roots):
+        report.skipped_existing += fresh
+        if outputs:
+            jobs.append((source, outputs))
+    if jobs:
+        logger.info("preparing sizes %s of %d images in %s with %d workers", list(sizes), len(jobs), root,
+                    min(workers, len(jobs)))
+    progress_every = max(1, min(1000, len(jobs) // 20))
+    for done, (resized, copied, corrupt) in enumerate(_run(jobs, workers), 1):
         report.resized += resized
         report.copied += copied
-        report.skipped_existing += skipped
         if corrupt is not None:
             logger.warning("skipping corrupt or unreadable image %s", corrupt)
             report.corrupt.append(corrupt)
-        if done % progress_every == 0:
+        if done % progress_every == 0 or done == len(jobs):
             logger.info("prepared %d/%d images", done, len(jobs))
+            if progress:
+                progress(done, len(jobs))
     report.corrupt.sort()
-    logger.info("prepared %s: %d resized, %d copied, %d already there, %d corrupt", root, report.resized,
-                report.copied, report.skipped_existing, len(report.corrupt))
+    logger.info("prepared %s sizes %s: %s", root, list(sizes), report)
     return report
 
 
@@ -108,15 +134,49 @@ def _class_dirs(root: Path) -> list[Path]:
     return class_dirs
 
 
-def _jobs(root: Path, class_dirs: list[Path], output_roots: dict[int, Path]) -> Iterable[Job]:
+def _is_image(path: Path) -> bool:
+    return path.name.lower().endswith(IMAGE_EXTENSIONS) and path.is_file()
+
+
+def _remove_orphans(root: Path, out_root: Path) -> int:
+    """Delete outputs (and class folders) under `out_root` whose source in `root` is gone."""
+    removed = 0
+    for split in SPLITS:
+        for class_dir in sorted(p for p in (out_root / split).glob("*") if p.is_dir()):
+            source_dir = root / split / class_dir.name
+            if not source_dir.is_dir():
+                removed += sum(1 for p in class_dir.iterdir() if _is_image(p))
+                shutil.rmtree(class_dir)
+                continue
+            for output in class_dir.iterdir():
+                if _is_image(output) and not (source_dir / output.name).is_file():
+                    output.unlink()
+                    removed += 1
+    return removed
+
+
+def _sources(root: Path, class_dirs: list[Path], output_roots: dict[int, Path]
+             ) -> Iterable[tuple[Path, tuple[tuple[int, Path], ...], int]]:
+    """Each source image, the outputs it still needs (missing, or older than the source), and how many are fresh."""
     for class_dir in class_dirs:
         for source in sorted(class_dir.iterdir()):
-            if source.suffix.lower() in IMAGE_SUFFIXES and source.is_file():
-                relative = source.relative_to(root)
-                yield source, tuple((size, out_root / relative) for size, out_root in output_roots.items())
+            if not _is_image(source):
+                continue
+            changed = source.stat().st_mtime_ns
+            relative = source.relative_to(root)
+            outputs = tuple((size, out_root / relative) for size, out_root in output_roots.items())
+            needed = tuple((size, out) for size, out in outputs if not _newer(out, changed))
+            yield source, needed, len(outputs) - len(needed)
 
 
-def _run(jobs: list[Job], workers: int) -> Iterable[tuple[int, int, int, Path | None]]:
+def _newer(path: Path, than_ns: int) -> bool:
+    try:
+        return path.stat().st_mtime_ns >= than_ns
+    except FileNotFoundError:
+        return False
+
+
+def _run(jobs: list[Job], workers: int) -> Iterable[tuple[int, int, Path | None]]:
     workers = min(workers, len(jobs))
     if workers <= 1:
         yield from map(_prepare_one, jobs)
@@ -125,16 +185,14 @@ def _run(jobs: list[Job], workers: int) -> Iterable[tuple[int, int, int, Path | 
         yield from pool.imap_unordered(_prepare_one, jobs, chunksize=max(1, min(256, len(jobs) // (workers * 8))))
 
 
-def _prepare_one(job: Job) -> tuple[int, int, int, Path | None]:
-    """Write one source's missing outputs; returns (resized, copied, skipped existing, the source if corrupt)."""
-    source, outputs = job
-    missing = [(size, out) for size, out in outputs if not out.exists()]
-    skipped = len(outputs) - len(missing)
-    if not missing:
-        return 0, 0, skipped, None
+def _prepare_one(job: Job) -> tuple[int, int, Path | None]:
+    """Write one source's needed outputs; returns (resized, copied, the source if it cannot be read)."""
+    source, missing = job
     image = _decode(source)
     if image is None:
-        return 0, 0, skipped, source
+        for _, out in missing:  # made from what the source was before it broke
+            out.unlink(missing_ok=True)
+        return 0, 0, source
     resized = copied = 0
     with image:
         for size, out in missing:
@@ -144,7 +202,7 @@ def _prepare_one(job: Job) -> tuple[int, int, int, Path | None]:
             else:
                 _atomic_write(out, lambda temp: _save(_resize(image, size), temp, out.suffix))
                 resized += 1
-    return resized, copied, skipped, None
+    return resized, copied, None
 
 
 def _decode(source: Path) -> Image.Image | None:

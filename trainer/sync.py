@@ -10,7 +10,7 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from trainer.data import DataError
+from trainer.layout import DataError
 
 log = logging.getLogger(__name__)
 

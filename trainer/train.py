@@ -21,9 +21,11 @@ from pathlib import Path
 
 import torch
 
-from trainer import checkpoint, console, data, distributed, schedule as schedules, sync
+from trainer import checkpoint, console, data, distributed, sync
+from trainer import schedule as schedules
 from trainer.console import log
 from trainer.engine import Context, evaluate, train_one_epoch
+from trainer.layout import check_layout
 from trainer.model import MOMENTUM, build_model, build_optimizer, training_module
 from trainer.recorder import NodeHeartbeat, Recorder
 
@@ -98,7 +100,7 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
     console.setup(logdir, world.is_master)
     _set_threads(config, world)
     root = _local_data(config, plan, world)
-    folders = data.check_layout(root, plan)
+    folders = check_layout(root, plan)
     classes = list(folders[f"{plan.data[0].trndir}:train"].classes)
     resume_from = _resume_location(config, logdir)
     state = checkpoint.load(resume_from) if resume_from else None

@@ -1,0 +1,80 @@
+"""The dataset's folders: the ImageNet layout (ROOT/{train,validation}/<class>/*.JPEG, resized copies at
+ROOT-sz/<px>/...), scanned by name only. No torch here: the orchestrator checks a dataset with it before it
+creates anything, and the trainer scans what a schedule reads before its first batch."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.schedule import Schedule
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+SPLITS = ("train", "validation")
+
+
+class DataError(ValueError):
+    """The data cannot serve the schedule; the message names the folder or file."""
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    root: Path
+    classes: tuple[str, ...]
+    samples: tuple[tuple[str, int], ...]  # (path, class index)
+
+
+def split_dir(root: str | Path, trndir: str, split: str) -> Path:
+    """`ROOT` + `-sz/160` + `/train`: the seed's layout of resized copies beside the full-size set."""
+    return Path(str(root).rstrip("/") + trndir) / split
+
+
+def scan(folder: Path) -> ImageFolder:
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} does not exist")
+    classes = tuple(sorted(d.name for d in os.scandir(folder) if d.is_dir() and not d.name.startswith(".")))
+    if not classes:
+        raise DataError(f"data folder {folder} has no class folders (expected {folder}/<class>/*.JPEG)")
+    samples = []
+    for index, name in enumerate(classes):
+        files = sorted(f.name for f in os.scandir(folder / name)
+                       if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise DataError(f"class folder {folder / name} has no images (.JPEG, .jpg or .png)")
+        samples.extend((str(folder / name / f), index) for f in files)
+    return ImageFolder(folder, classes, tuple(samples))
+
+
+def check_layout(root: str | Path, schedule: Schedule) -> dict[str, ImageFolder]:
+    """Scan every folder the schedule reads; fail before training if one is missing or the classes differ."""
+    if not Path(root).is_dir():
+        raise DataError(f"data folder {root} does not exist")
+    folders: dict[str, ImageFolder] = {}
+    for trndir in dict.fromkeys(p.trndir for p in schedule.data):
+        for split in SPLITS:
+            path = split_dir(root, trndir, split)
+            if not path.is_dir() and trndir:
+                raise DataError(f"the schedule's phase with trndir {trndir!r} needs {path}, which does not "
+                                f"exist: make the resized copies with `python -m trainer prepare {root}`")
+            folders[f"{trndir}:{split}"] = scan(path)
+    _check_same_classes(list(folders.values()))
+    return folders
+
+
+def check_source(root: str | Path) -> dict[str, ImageFolder]:
+    """The full-size train/ and validation/ folders, scanned (names only, nothing decoded): every class folder
+    has images, and both splits have the same classes. What a run checks before it creates anything."""
+    folders = {split: scan(Path(root) / split) for split in SPLITS}
+    _check_same_classes(list(folders.values()))
+    return folders
+
+
+def _check_same_classes(folders: list[ImageFolder]) -> None:
+    reference = folders[0]
+    for folder in folders[1:]:
+        if folder.classes != reference.classes:
+            extra = sorted(set(folder.classes) - set(reference.classes))
+            missing = sorted(set(reference.classes) - set(folder.classes))
+            raise DataError(f"class folders of {folder.root} differ from {reference.root}: "
+                            f"extra {extra[:5]}, missing {missing[:5]}")
