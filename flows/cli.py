@@ -149,10 +149,15 @@ def _run(args: argparse.Namespace) -> int:
     from flows.imagenet18 import imagenet18
     from flows.parameters import RunParameters
     from tasks.planning import plan_run
+    from tasks.stages import TrainingError
 
     parameters = _flow_parameters(args, dry_run=args.command == "plan")
     plan_run(RunParameters(**parameters), run_id="preflight", run_name="preflight")  # bad input: no flow run
-    result = imagenet18(**parameters)
+    try:
+        result = imagenet18(**parameters)
+    except TrainingError as exc:  # torn down; the cause in one line, the machines' logs have the rest
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if result.get("dry_run"):
         print(f"{result['run_name']}: would cost ${result['hourly_usd']:,.2f}/h, at most "
               f"${result['total_usd']:,.2f}; nothing was created")

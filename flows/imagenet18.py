@@ -1,5 +1,5 @@
-"""Flow `imagenet18`: validate and plan -> replicate the dataset while preparing the cluster -> provision -> train
--> evaluate, then teardown.
+"""Flow `imagenet18`: validate and plan -> prepare the dataset's resized copies, then replicate it, while the
+cluster is prepared -> provision -> train -> evaluate, then teardown.
 
 Teardown runs whatever happens: in `finally` for failures, and from the on_cancellation / on_crashed hooks
 for cancels and crashes. It finds resources by the run's tag, never from this process's memory, so it also
@@ -74,7 +74,9 @@ def imagenet18(machines: MachineCount = 2, backend: BackendName = "local", spot:
                 "total_usd": plan.cost.total_usd}
     started: list[PrefectFuture] = []
     try:
-        started = [stages.replicate_dataset.submit(plan), stages.prepare_cluster.submit(plan)]
+        started = [stages.prepare_cluster.submit(plan)]
+        stages.prepare_dataset(plan)
+        started.insert(0, stages.replicate_dataset.submit(plan))
         wait(started)  # both, even when one failed: teardown must not begin while the other is still creating
         replicas, prepared = [future.result() for future in started]
         cluster = stages.provision_cluster(plan, replicas, prepared)

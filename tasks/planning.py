@@ -27,6 +27,7 @@ class RunPlan:
     epochs: int
     cost: CostPlan
     reference_minutes: float | None = None  # the schedule's known wall time on its own machines
+    reads: tuple[str, ...] = ("",)  # the dataset's folders the schedule reads: "" (full size), "-sz/<px>" copies
 
     @property
     def expected_usd(self) -> float | None:
@@ -43,14 +44,15 @@ def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=params.max_hours)
     spec = ClusterSpec(run_id, run_name, params.machines, params.resolved_instance_type, params.spot, expires)
     backend = backend_for(params)
-    backend.check(spec, params.resolved_dataset)
+    reads = tuple(dict.fromkeys(phase.trndir for phase in plan_schedule.data))
+    backend.check(spec, params.resolved_dataset, reads)
     cost = backend.plan(spec, params.resolved_dataset, params.max_hours)
     if params.budget_usd is not None and cost.total_usd > params.budget_usd:
         raise InputError(f"the plan costs up to ${cost.total_usd:,.2f} ({params.max_hours} h at "
                          f"${cost.hourly_usd:,.2f}/h), over the budget of ${params.budget_usd:,.2f}")
     epochs = min(plan_schedule.epochs, params.epochs or plan_schedule.epochs)
     return RunPlan(params, spec, params.resolved_dataset, params.resolved_schedule, epochs, cost,
-                   plan_schedule.reference_minutes)
+                   plan_schedule.reference_minutes, reads)
 
 
 def ensure_demo_dataset() -> None:

@@ -14,6 +14,26 @@ from tasks.backends.base import Backend, Cluster
 ERROR_LINE = re.compile(r"Traceback \(most recent call last\)|\b\w*(Error|Exception)\b|\bFAILED\b|\bKilled\b|"
                         r"\bSignal \d+|exitcode\s*:\s*-?[1-9]")
 TRACEBACK_FRAME = re.compile(r"^(\[rank\d+\]:\s?)?(\s|Traceback)")
+RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?")
+LAUNCHER_FAILURE = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
+
+
+def trainer_error(log: str) -> str | None:
+    """The cause of a failed node in one line: the trainer's own `error: ...` line (a refusal it explains), else the
+    exception line that ended the trainer's traceback; never torchrun's report that its child failed."""
+    lines = [RANK_PREFIX.sub("", line) for line in log.splitlines()]
+    own = next((line for line in lines if line.startswith("error: ")), None)
+    if own:
+        return own
+    exceptions, in_traceback = [], False
+    for line in lines:
+        if line.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+        elif in_traceback and line and not line[0].isspace():
+            in_traceback = False
+            if not line.startswith(LAUNCHER_FAILURE):
+                exceptions.append(line)
+    return exceptions[-1] if exceptions else None
 
 
 def _complete_lines(chunk: bytes) -> tuple[list[str], int]:

@@ -6,14 +6,19 @@ from __future__ import annotations
 import base64
 from uuid import UUID
 
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from flows.parameters import RunParameters
 from tasks.planning import RunPlan
 
 PLAN_KEY, PROGRESS_KEY, EPOCHS_KEY, SUMMARY_KEY = ("imagenet18-plan", "imagenet18-progress", "imagenet18-epochs",
                                                    "imagenet18-summary")
+DATASET_KEY = "imagenet18-dataset"
 
 
 def plan_markdown(plan: RunPlan) -> str:
@@ -60,6 +65,20 @@ class TrainingProgress:
         """Training ended; a run that stopped at its target before the schedule's last epoch is done too."""
         update_progress_artifact(self.id, 100.0, description=f"{self.run_name}: training done, {epochs} epochs, "
                                                              f"top-1 {top1:.1f}%")
+
+
+class DatasetProgress:
+    """A progress artifact for the resized copies being made, created with the first images made (a dataset
+    whose copies are up to date shows none)."""
+
+    def __init__(self, run_name: str, dataset: str) -> None:
+        self.run_name, self.dataset, self.id = run_name, dataset, None
+
+    def update(self, done: int, total: int) -> None:
+        description = f"{self.run_name}: resized copies of {self.dataset}, {done:,} of {total:,} images"
+        if self.id is None:
+            self.id = create_progress_artifact(0.0, key=DATASET_KEY, description=description)
+        update_progress_artifact(self.id, 100.0 * done / total, description=description)
 
 
 def epoch_rows(epochs: list[dict]) -> list[dict]:

@@ -16,14 +16,25 @@ from prefect.cache_policies import NO_CACHE
 from flows.parameters import RunParameters
 from tasks.backends import backend_for
 from tasks.backends.aws.options import AwsOptions
-from tasks.backends.base import Cluster, Resource
+from tasks.backends.base import Cluster, InputError, Resource
 from tasks.curves import curves_png  # matplotlib: half a second, imported while the command's API server starts
 from tasks.planning import RunPlan, plan_run
 from tasks.progress import ProgressWatch
-from tasks.relay import MachineLogs, MetricsRelay
-from tasks.reports import TrainingProgress, publish_epochs, publish_plan, publish_summary
+from tasks.relay import MachineLogs, MetricsRelay, trainer_error
+from tasks.reports import DatasetProgress, TrainingProgress, publish_epochs, publish_plan, publish_summary
 
 TRAIN_JOB = "train"
+LOG_TAIL_BYTES = 65536  # where a failed trainer's error line and last traceback are
+
+
+def _not_bad_input(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's retry_condition_fn signature
+    """Retry what may pass a second time; bad input fails the same way every time."""
+    return not isinstance(state.data, InputError)
+
+
+class TrainingError(RuntimeError):
+    """Training failed on the machines; the message is the cause in one line (the trainer's own, where it gave
+    one), the machines' logs hold the rest."""
 
 
 @task(name="validate-and-plan", cache_policy=NO_CACHE)
@@ -40,8 +51,25 @@ def validate_and_plan(params: RunParameters, run_id: str, run_name: str) -> RunP
     return plan
 
 
+# Safe to retry: copies already made are kept, so a retry goes on where the last try stopped.
+@task(name="prepare-dataset", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_bad_input,
+      cache_policy=NO_CACHE)
+def prepare_dataset(plan: RunPlan) -> None:
+    """The resized copies (-sz/<px>) the schedule reads, made where the dataset lacks them, on all cores; a
+    dataset whose copies are up to date costs one look at its files."""
+    logger, artifact = get_run_logger(), DatasetProgress(plan.spec.run_name, plan.dataset)
+
+    def progress(done: int, total: int) -> None:
+        logger.info("resized copies of %s: %d of %d images made", plan.dataset, done, total)
+        artifact.update(done, total)
+
+    report = backend_for(plan.params).prepare_dataset(plan.spec, plan.dataset, plan.reads, progress)
+    logger.info("dataset %s: %s", plan.dataset, report or "nothing to make")
+
+
 # Safe to retry: replicas that exist are found by tag and reused.
-@task(name="replicate-dataset", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="replicate-dataset", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_bad_input,
+      cache_policy=NO_CACHE)
 def replicate_dataset(plan: RunPlan) -> list[Resource]:
     replicas = backend_for(plan.params).replicate(plan.spec, plan.dataset, plan.spec.machines)
     get_run_logger().info("%d dataset replicas ready: %s", len(replicas), ", ".join(r.id for r in replicas))
@@ -49,7 +77,8 @@ def replicate_dataset(plan: RunPlan) -> list[Resource]:
 
 
 # Safe to retry: what the run's tags show exists is reused.
-@task(name="prepare-cluster", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="prepare-cluster", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_bad_input,
+      cache_policy=NO_CACHE)
 def prepare_cluster(plan: RunPlan) -> object:
     """What the machines need besides their replicas (network, storage, roles, code), made while they are."""
     prepared = backend_for(plan.params).prepare(plan.spec)
@@ -58,7 +87,8 @@ def prepare_cluster(plan: RunPlan) -> object:
 
 
 # Safe to retry: provisioning creates only what the run's tags do not already show.
-@task(name="provision-cluster", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="provision-cluster", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_bad_input,
+      cache_policy=NO_CACHE)
 def provision_cluster(plan: RunPlan, replicas: list[Resource], prepared: object) -> Cluster:
     cluster = backend_for(plan.params).provision(plan.spec, replicas, prepared)
     logger = get_run_logger()
@@ -91,7 +121,7 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[di
         if status.failed or hung:
             lost = {index: code for index, code in status.failed.items() if _lost(code)}
             if len(lost) < len(status.failed) or len(restarts) >= plan.params.restarts:
-                raise RuntimeError(_failure(backend, cluster, job, status.failed, hung, plan.params.hang_minutes))
+                raise TrainingError(_failure(backend, cluster, job, status.failed, hung, plan.params.hang_minutes))
             began = time.monotonic()
             logger.warning("machine(s) %s lost (exit codes %s) and %s making no progress for %.0f min; replacing "
                            "what is gone and resuming every node from the last checkpoint (restart %d of at most "
@@ -131,11 +161,23 @@ def _heartbeats(backend, cluster: Cluster) -> dict[int, bytes]:
 
 
 def _failure(backend, cluster: Cluster, job: str, failed: dict[int, int], hung: list[int], hang_minutes: float) -> str:
+    """The cause in one line: the trainer's own error where it gave one; the machine logs keep the tracebacks."""
     if not failed:
         return f"machine(s) {hung} made no progress for {hang_minutes:g} min (no new heartbeat) and no restart is left"
-    tail = backend.read_storage(cluster, f"logs/{job}-{min(failed)}.log")[-3000:]
-    return (f"training failed on machine(s) {failed}; last output of machine {min(failed)}:\n"
-            f"{tail.decode(errors='replace')}")
+    lost = sorted(index for index, code in failed.items() if _lost(code))
+    if lost:
+        return (f"training failed on machine(s) {failed}: machine(s) {lost} lost (ended by a signal, or gone) and "
+                "no restart is left")
+    causes = {index: trainer_error(backend.read_storage(cluster, _log(job, index))[-LOG_TAIL_BYTES:]
+                                   .decode(errors="replace")) for index in sorted(failed)}
+    index, cause = next(((i, c) for i, c in causes.items() if c and c.startswith("error: ")),
+                        next(((i, c) for i, c in causes.items() if c), (min(failed), None)))
+    cause = (cause or f"the trainer exited with code {failed[index]}").removeprefix("error: ")
+    return f"{cause} (machine {index}; its whole log: {cluster.storage}/{_log(job, index)})"
+
+
+def _log(job: str, machine: int) -> str:
+    return f"logs/{job}-{machine}.log"
 
 
 def _lost(exit_code: int) -> bool:

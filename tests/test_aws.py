@@ -248,6 +248,12 @@ def test_a_dataset_snapshot_is_made_from_an_s3_url_and_the_builder_leaves_nothin
     assert (disk / "imagenet/validation/n01440764/a.JPEG").read_bytes() == b"imagenet validation"
     assert (disk / "imagenet-sz/160/train/n01440764/a.JPEG").read_bytes() == b"imagenet-sz/160 train"
     backend.teardown("run-from-snapshot")
+    backend.check(cluster_spec("run-reads-160", 2, "g5.xlarge"), "test-dataset", ("-sz/160",))
+    with pytest.raises(InputError, match=r"snapshot snap-\w+ has no -sz/352 copy of its dataset, which the schedule "
+                                         r"reads \(it holds -sz/160\); make a snapshot that does: `imagenet18 snapshot "
+                                         r"--from s3://datasets/imagenet --sizes 160 352`"):
+        backend.check(cluster_spec("run-reads-352", 2, "g5.xlarge"), "test-dataset", ("-sz/160", "-sz/352"))
+    assert backend.resources() == []
 
 
 def test_a_snapshot_needs_the_dataset_to_exist(aws, tmp_path):

@@ -3,19 +3,24 @@
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from PIL import Image
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ParameterTypeError
 from prefect.settings import PREFECT_API_URL
 
+from flows import cli
 from flows.cleanup import cleanup
 from flows.imagenet18 import imagenet18
 from flows.replicate import replicate
@@ -23,6 +28,8 @@ from tasks import stages
 from tasks.backends.base import InputError
 from tasks.backends.local import LocalBackend
 from tests.prefect_server import flow_run_logs
+from trainer.demo_data import make_demo_dataset
+from trainer.prepare import resized_root
 
 STAGES = {"validate-and-plan", "replicate-dataset", "prepare-cluster", "provision-cluster", "train", "evaluate",
           "teardown"}
@@ -96,21 +103,53 @@ def _assert_artifacts_show_the_run(flow_run_id, result: dict) -> None:
         assert curves.format == "PNG" and curves.size[0] >= 800
 
 
-def test_failure_in_training_still_tears_everything_down(prefect_api, data_copy):
-    # Valid for the planner, fatal for the trainer: the resized copy lacks a class.
-    victim = next((data_copy.parent / "demo-sz/160/validation").iterdir())
-    for image in victim.iterdir():
-        image.unlink()
-    victim.rmdir()
-    state = imagenet18(machines=2, dataset=str(data_copy), schedule="cpu-tiny", epochs=1, return_state=True)
-    assert state.is_failed()
-    assert "training failed on machine(s)" in state.message or "differ" in str(state.message)
+def test_a_trainer_failure_is_its_own_error_line_and_everything_is_torn_down(prefect_api, data_copy, capsys):
+    """Valid for the planner, fatal for the trainer: every validation image of the resized copy is unreadable (it
+    is newer than its source, so the prepare stage keeps it). The CLI's last line and the flow run's message are
+    the trainer's own error line, not torchrun's ChildFailedError; the tracebacks reach the flow's log."""
+    for image in (data_copy.parent / "demo-sz/160/validation").glob("*/*"):
+        image.write_bytes(b"not a JPEG")
+    code = cli.main(["run", "--dataset", str(data_copy), "--schedule", "cpu-tiny", "--epochs", "1"])
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1
+    assert re.fullmatch(r"error: no image in \S+/demo-sz/160/validation can be decoded \(machine [01]; its whole "
+                        r"log: \S+/logs/train-[01]\.log\)", last_line), last_line
+    with get_client(sync_client=True) as client:
+        [flow_run] = client.read_flow_runs(limit=1, sort=FlowRunSort.START_TIME_DESC)
+    assert flow_run.state.is_failed() and last_line.removeprefix("error: ") in flow_run.state.message
+    assert "ChildFailedError" not in flow_run.state.message
     _assert_nothing_left(prefect_api)
-    logs = flow_run_logs(state.state_details.flow_run_id, until="machine 1 | ")
+    logs = flow_run_logs(flow_run.id, until="machine 1 | ")
     errors = [log.message for log in logs if log.level >= logging.ERROR]
     for machine in (0, 1):  # both machines' errors reach the flow's log, with their tracebacks
         assert any(m.startswith(f"machine {machine} | ") and "Traceback" in m for m in errors), errors
         assert any(m.startswith(f"machine {machine} | ") and "Error" in m and "Traceback" not in m for m in errors)
+
+
+def test_a_full_size_dataset_gets_its_resized_copies_in_their_own_stage_once(prefect_api, tmp_path):
+    """A dataset as downloaded (full-size JPEGs, no -sz folders): the prepare-dataset stage makes the copy the
+    schedule reads, with a progress artifact; a second run of the same folder makes none."""
+    root = make_demo_dataset(tmp_path / "downloaded", classes=4, train_per_class=24, val_per_class=6)
+    assert not resized_root(root, 160).exists()
+    first = imagenet18(machines=2, dataset=str(root), schedule="cpu-tiny", epochs=1, return_state=True)
+    assert first.is_completed(), first.message
+    runs = _task_runs(first.state_details.flow_run_id, lambda runs: "prepare-dataset" in runs)
+    assert runs["prepare-dataset"].state.is_completed()
+    copies = {path: path.stat().st_mtime_ns for path in resized_root(root, 160).rglob("*.JPEG")}
+    assert len(copies) == 4 * (24 + 6)
+    assert _artifacts(first.state_details.flow_run_id)["imagenet18-dataset"].data == 100.0
+    logs = [log.message for log in flow_run_logs(first.state_details.flow_run_id, until="already there")]
+    made = next(re.fullmatch(rf"dataset {root}: (\d+) resized, (\d+) copied, 0 already there, 0 removed \(source "
+                             r"gone\), 0 unreadable", line) for line in logs if line.startswith(f"dataset {root}:"))
+    assert int(made[1]) + int(made[2]) == 120
+
+    second = imagenet18(machines=2, dataset=str(root), schedule="cpu-tiny", epochs=1, return_state=True)
+    assert second.is_completed(), second.message
+    logs = [log.message for log in flow_run_logs(second.state_details.flow_run_id, until="already there")]
+    assert f"dataset {root}: 0 resized, 0 copied, 120 already there, 0 removed (source gone), 0 unreadable" in logs
+    assert {path: path.stat().st_mtime_ns for path in resized_root(root, 160).rglob("*.JPEG")} == copies
+    assert "imagenet18-dataset" not in _artifacts(second.state_details.flow_run_id), "nothing made, no progress"
+    _assert_nothing_left(prefect_api)
 
 
 def test_teardown_after_a_failed_replicate_waits_for_the_cluster_being_prepared(prefect_api, tiny_data, monkeypatch):
@@ -159,6 +198,65 @@ def test_bad_input_fails_before_anything_is_created(prefect_api, tiny_data, para
     state = imagenet18(**{"machines": 2, "dataset": str(tiny_data), **parameters}, return_state=True)
     assert state.is_failed()
     with pytest.raises(error, match=message):
+        state.result()
+    _assert_nothing_left(prefect_api)
+
+
+def _one_class_in_train_only(root):
+    shutil.rmtree(next((root / "validation").iterdir()))
+
+
+def _an_empty_class_folder(root):
+    (root / "train" / "zebra").mkdir()
+    (root / "validation" / "zebra").mkdir()
+
+
+def _no_validation_classes(root):
+    shutil.rmtree(root / "validation")
+    (root / "validation").mkdir()
+
+
+def _every_image_of_a_class_unreadable(root):
+    shutil.rmtree(Path(f"{root}-sz"))
+    for image in next((root / "validation").iterdir()).iterdir():
+        image.write_bytes(b"not a JPEG")
+
+
+@pytest.mark.parametrize("damage,message,stage", [
+    (_one_class_in_train_only, r"class folders of \S+/validation differ from \S+/train: extra \[\], missing \['\w+'\]",
+     "validate-and-plan"),
+    (_an_empty_class_folder, r"class folder \S+/train/zebra has no images", "validate-and-plan"),
+    (_no_validation_classes, r"data folder \S+/validation has no class folders", "validate-and-plan"),
+    (_every_image_of_a_class_unreadable, r"class folder \S+-sz/160/validation/\w+ has no images .*: its images in the "
+     r"full-size dataset cannot be read", "prepare-dataset"),
+], ids=["class-in-one-split", "empty-class", "no-classes", "class-unreadable"])
+def test_a_dataset_that_cannot_train_is_refused_before_any_replica(prefect_api, data_copy, damage, message, stage):
+    damage(data_copy)
+    state = imagenet18(machines=2, dataset=str(data_copy), schedule="cpu-tiny", epochs=1, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(InputError, match=message):
+        state.result()
+    runs = _task_runs(state.state_details.flow_run_id, lambda runs: stage in runs and runs[stage].state.is_final())
+    assert runs[stage].state.is_failed() and "replicate-dataset" not in runs and "train" not in runs
+    assert runs[stage].run_count == 1, "bad input is not retried"
+    _assert_nothing_left(prefect_api)
+
+
+def test_a_copy_that_cannot_be_made_is_refused_before_anything_is_created(prefect_api, tmp_path):
+    """The dataset on a read-only file system, without the -sz/160 copy the schedule reads."""
+    source = make_demo_dataset(tmp_path / "source" / "data", classes=2, train_per_class=4, val_per_class=2)
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(source.parent), str(read_only)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"no read-only bind mount here: {mounted.stderr.decode().strip()}")
+    try:
+        state = imagenet18(machines=1, dataset=str(read_only / "data"), schedule="cpu-tiny", return_state=True)
+    finally:
+        subprocess.run(["umount", str(read_only)], check=True)
+    assert state.is_failed()
+    with pytest.raises(InputError, match=rf"the schedule reads {read_only}/data-sz/160, which does not exist and "
+                                         rf"cannot be made: {read_only} is not writable"):
         state.result()
     _assert_nothing_left(prefect_api)
 

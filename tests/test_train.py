@@ -59,6 +59,21 @@ def test_console_shows_the_seeds_lines(single_run):
     assert all(not line.startswith("Epoch:") or TRAIN_LINE.match(line) for line in lines)
 
 
+def test_the_best_epochs_weights_are_kept_beside_the_latest_and_the_summary_says_which_is_which(single_run):
+    logdir, stdout = single_run
+    summary = json.loads((logdir / "summary.json").read_text())
+    epochs = summary["epochs"]
+    best = max(epochs, key=lambda e: (e["top1"], -e["epoch"]))  # the first epoch with the best top-1 (the metric)
+    assert summary["accuracy_of"] == "the last epoch" and epochs[-1]["epoch"] == 7
+    assert {k: summary["best"][k] for k in ("epoch", "top1", "top5")} == \
+        {"epoch": best["epoch"], "top1": best["top1"], "top5": best["top5"]}
+    assert summary["best"]["weights"] == str(logdir / "checkpoints" / "best.pt")
+    weights = torch.load(summary["best"]["weights"], weights_only=True)
+    assert (weights["epoch"], weights["arch"]) == (best["epoch"], "resnet10")
+    build_model("resnet10", len(weights["classes"])).load_state_dict(weights["model"])  # a whole model's weights
+    assert f"Best epoch by top1: {best['epoch']}, top-1 {best['top1']:.3f}" in stdout
+
+
 def test_log_files_metrics_and_summary(single_run):
     logdir, stdout = single_run
     for name in ("verbose.log", "event.log", "debug.log", "metrics.jsonl", "summary.json"):

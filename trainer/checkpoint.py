@@ -10,6 +10,7 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "best.pt"  # the best epoch's weights: arch, classes, epoch, top1, top5, model
 FORMAT_VERSION = 1
 
 
@@ -20,6 +21,11 @@ class CheckpointError(ValueError):
 def checkpoint_path(location: str) -> str:
     """A folder (or URL prefix) holds `checkpoint.pt`; a path ending in .pt names the file itself."""
     return location if location.endswith(".pt") else location.rstrip("/") + "/" + CHECKPOINT_NAME
+
+
+def best_path(location: str) -> str:
+    """best.pt beside checkpoint.pt in a checkpoint folder (or URL prefix)."""
+    return checkpoint_path(location).rsplit("/", 1)[0] + "/" + BEST_NAME
 
 
 def exists(location: str) -> bool:

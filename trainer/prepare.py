@@ -14,7 +14,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import Pool
+from multiprocessing import get_context
 from pathlib import Path
 
 from PIL import Image
@@ -86,7 +86,7 @@ def prepare(root: Path, sizes: Sequence[int] = (160, 352), workers: int | None =
     if jobs:
         logger.info("preparing sizes %s of %d images in %s with %d workers", list(sizes), len(jobs), root,
                     min(workers, len(jobs)))
-    progress_every = max(1, min(1000, len(jobs) // 20))
+    progress_every = max(1, len(jobs) // 20)  # about 20 reports, whatever the size
     for done, (resized, copied, corrupt) in enumerate(_run(jobs, workers), 1):
         report.resized += resized
         report.copied += copied
@@ -181,7 +181,8 @@ def _run(jobs: list[Job], workers: int) -> Iterable[tuple[int, int, Path | None]
     if workers <= 1:
         yield from map(_prepare_one, jobs)
         return
-    with Pool(workers) as pool:
+    # Spawned, not forked: the caller may have threads (a Prefect task has), and a fork copies their locks held.
+    with get_context("spawn").Pool(workers) as pool:
         yield from pool.imap_unordered(_prepare_one, jobs, chunksize=max(1, min(256, len(jobs) // (workers * 8))))
 
 

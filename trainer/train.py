@@ -7,7 +7,8 @@
 Files a run writes in --logdir (the contract the pipeline reads): metrics.jsonl (start, heartbeat, epoch,
 target, end records), heartbeats/node-<i>.json (each node's latest), summary.json (at the end), verbose.log,
 event.log, debug.log, TensorBoard events; checkpoints go to --checkpoint-dir (default LOGDIR/checkpoints),
-which may be an fsspec URL.
+which may be an fsspec URL: checkpoint.pt (the latest epoch, what a restart resumes from) and best.pt (the
+weights of the best epoch so far by the target metric, as the seed kept them).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class RunSummary:
     target_hours: float | None = None
     hours: float = 0.0
     resumed_from_epoch: int | None = None
+    accuracy_of: str = "the last epoch"  # which weights top1/top5 in `final` describe; `best` names the others
+    best: dict | None = None  # the best epoch by the target metric: epoch, top1, top5, and its weights' file
 
     @property
     def final(self) -> dict:
@@ -139,6 +142,7 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
         start_epoch, elapsed = state["epoch"], state["elapsed_seconds"]
         summary.epochs, ctx.examples_seen = state["history"], state["examples_seen"]
         summary.target_epoch, summary.target_hours = state["target_epoch"], state["target_hours"]
+        summary.best = state.get("best")  # checkpoints written before best.pt was kept have none
         summary.resumed_from_epoch = start_epoch
         log.info("Resuming from %s at epoch %d (%.5f hours done)", resume_from, start_epoch, elapsed / 3600,
                  extra=console.EVENT)
@@ -167,6 +171,8 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
                 recorder.record("target", epoch=epoch, hours=hours, metric=metric, value=reached, target=target)
             stop = config.stop_at_target and summary.target_epoch is not None
             last = epoch + 1 == end_epoch or stop
+            if summary.best is None or reached > summary.best[metric]:
+                summary.best = _save_best(ctx, record, summary.arch, classes, checkpoint_dir, config.checkpoint_every)
             if config.checkpoint_every and ((epoch + 1) % config.checkpoint_every == 0 or last):
                 _save(ctx, summary, epoch + 1, hours * 3600, plan, classes, checkpoint_dir)
             heartbeat.beat(force=True, epoch=epoch + 1, batch=0, batches=0)
@@ -277,10 +283,19 @@ def _save(ctx: Context, summary: RunSummary, next_epoch: int, elapsed: float, pl
             "schedule_fingerprint": plan.fingerprint(), "epoch": next_epoch, "elapsed_seconds": elapsed,
             "model": ctx.bare_model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
             "history": summary.epochs, "examples_seen": ctx.examples_seen, "rng": _rng_state(),
-            "target_epoch": summary.target_epoch, "target_hours": summary.target_hours})
+            "target_epoch": summary.target_epoch, "target_hours": summary.target_hours, "best": summary.best})
         log.debug("checkpoint for epoch %d written to %s", next_epoch, path)
         ctx.recorder.record("checkpoint", epoch=next_epoch, path=path)
     distributed.barrier()  # nobody runs ahead of a checkpoint that a restart would resume from
+
+
+def _save_best(ctx: Context, record: dict, arch: str, classes: list[str], location: str, every: int) -> dict:
+    """The best epoch's weights beside the latest checkpoint (none when checkpoints are off)."""
+    best = {"epoch": record["epoch"], "top1": record["top1"], "top5": record["top5"], "weights": None}
+    if every and ctx.world.is_master:
+        best["weights"] = checkpoint.save(checkpoint.best_path(location), {
+            "arch": arch, "classes": classes, **best, "model": ctx.bare_model.state_dict()})
+    return best
 
 
 def _rng_state() -> dict:
@@ -308,6 +323,10 @@ def _finish(summary: RunSummary, recorder: Recorder, logdir: Path, world: distri
                  max((e[metric] for e in summary.epochs), default=0.0), extra=console.EVENT)
     log.info("Finished %d epochs in %.5f hours: top-1 %.3f, top-5 %.3f", len(summary.epochs), summary.hours,
              final.get("top1", 0.0), final.get("top5", 0.0), extra=console.EVENT)
+    if summary.best:
+        log.info("Best epoch by %s: %d, top-1 %.3f, top-5 %.3f%s", metric, summary.best["epoch"],
+                 summary.best["top1"], summary.best["top5"],
+                 f" (weights: {summary.best['weights']})" if summary.best["weights"] else "", extra=console.EVENT)
     recorder.record("end", status="completed", hours=summary.hours, top1=final.get("top1"),
                     top5=final.get("top5"), target_epoch=summary.target_epoch, target_hours=summary.target_hours)
     if world.is_master:

@@ -8,8 +8,9 @@ what a run left, even one that was killed.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 POOL_OWNER = "replicas"  # the run id pool replicas (made ahead of runs by `imagenet18 replicate`) are tagged with
 
@@ -108,10 +109,17 @@ class Backend(Protocol):
     name: str
     poll_seconds: float  # how often the train stage asks for status, logs and metrics
 
-    def check(self, spec: ClusterSpec, dataset: str) -> None:
-        """Raise InputError for anything that would fail later; creates nothing."""
+    def check(self, spec: ClusterSpec, dataset: str, reads: Sequence[str] = ("",)) -> None:
+        """Raise InputError for anything that would fail later; creates nothing. `reads` are the dataset's folders
+        the schedule reads: "" (full size) and resized copies ("-sz/160"), which must exist or be makeable."""
 
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan: ...
+
+    def prepare_dataset(self, spec: ClusterSpec, dataset: str, reads: Sequence[str],
+                        progress: Callable[[int, int], None] | None = None) -> object | None:
+        """Make the resized copies in `reads` that the dataset lacks, or that are older than their source, once per
+        dataset (a second call makes none); returns a report to log, or None where there is nothing to make.
+        `progress(done, to_do)` is called as images are made."""
 
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
         """`count` replicas of the dataset, tagged with the run, replica i for machine i; replicas that exist are

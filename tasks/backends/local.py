@@ -19,12 +19,23 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
-from tasks.backends.base import (POOL_OWNER, Cluster, ClusterSpec, CostPlan, InputError, JobStatus, LineItem,
-                                 Machine, Resource)
+from tasks.backends.base import (
+    POOL_OWNER,
+    Cluster,
+    ClusterSpec,
+    CostPlan,
+    InputError,
+    JobStatus,
+    LineItem,
+    Machine,
+    Resource,
+)
+from trainer.layout import SPLITS, DataError, check_source
+from trainer.prepare import PrepareReport, prepare, size_of
 
 RUN_ENV = "IMAGENET18_RUN"
 HOME_ENV = "IMAGENET18_LOCAL_HOME"
@@ -54,7 +65,7 @@ class LocalBackend:
         self._home_tag = str(self.home.resolve())
 
     # -- validate and plan ----------------------------------------------------------------------------
-    def check(self, spec: ClusterSpec, dataset: str) -> None:
+    def check(self, spec: ClusterSpec, dataset: str, reads: Sequence[str] = ("",)) -> None:
         if spec.instance_type != INSTANCE_TYPE:
             raise InputError(f"the local backend runs on instance type {INSTANCE_TYPE!r}, not "
                              f"{spec.instance_type!r}")
@@ -63,10 +74,16 @@ class LocalBackend:
         root = Path(dataset.removeprefix("file://"))
         if "://" in dataset.removeprefix("file://"):
             raise InputError(f"the local backend replicates a local folder, not {dataset}")
-        for split in ("train", "validation"):
+        for split in SPLITS:
             if not (root / split).is_dir():
                 raise InputError(f"dataset {root} has no {split}/ folder (expected ROOT/{{train,validation}}/"
                                  "<class>/*.JPEG)")
+        try:
+            check_source(root)
+        except DataError as exc:
+            raise InputError(str(exc)) from None
+        for trndir in filter(None, reads):
+            _check_makeable(Path(f"{root}{trndir}"))
         if self.resources(spec.run_id):
             raise InputError(f"run {spec.run_id} already has resources here; use another run id, or "
                              f"`imagenet18 cleanup` to remove them")
@@ -75,17 +92,36 @@ class LocalBackend:
         return CostPlan((LineItem("torchrun node process on this machine", spec.machines, 0.0),
                          LineItem("dataset replica (hard links)", spec.machines, 0.0)), hours)
 
+    # -- dataset --------------------------------------------------------------------------------------
+    def prepare_dataset(self, spec: ClusterSpec, dataset: str, reads: Sequence[str],
+                        progress: Callable[[int, int], None] | None = None) -> PrepareReport | None:
+        """The resized copies beside the dataset (ROOT-sz/<px>, the seed's layout), made on all cores; a copy that
+        cannot serve the schedule (a class whose every image was unreadable) is refused before any replica."""
+        sizes = [size_of(trndir) for trndir in reads if trndir]
+        if not sizes:
+            return None
+        report = prepare(Path(dataset.removeprefix("file://")), sizes, progress=progress)
+        for copy in report.output_roots.values():
+            try:
+                check_source(copy)
+            except DataError as exc:
+                raise InputError(f"{exc}: its images in the full-size dataset cannot be read (see the warnings "
+                                 "above)") from None
+        return report
+
     # -- replicas -------------------------------------------------------------------------------------
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
         root = Path(dataset.removeprefix("file://")).resolve()
         held = {r.details["index"]: r for r in self.resources(spec.run_id) if r.kind == "replica"}
         if not pool:
             held |= self._claim_pool(spec, root, [i for i in range(count) if i not in held])
+        claimed = [r for r in held.values() if "pool_index" in r.details]
+        for replica in claimed:  # made ahead, perhaps before the copies this run's schedule reads
+            _fill(root, Path(replica.details["path"]))
         with ThreadPoolExecutor(max_workers=min(count, 8)) as workers:
             made = list(workers.map(lambda i: self._replica(spec, root, i, pool),
                                     [i for i in range(count) if i not in held or "pool_index" not in held[i].details]))
-        return sorted([*made, *(r for r in held.values() if "pool_index" in r.details)],
-                      key=lambda r: r.details["index"])
+        return sorted([*made, *claimed], key=lambda r: r.details["index"])
 
     def _replica(self, spec: ClusterSpec, root: Path, index: int, pool: bool) -> Resource:
         target = self.replica_root / spec.run_id / f"{index:02d}"
@@ -93,10 +129,7 @@ class LocalBackend:
         resource = Resource("replica", f"{spec.run_id}/replica-{index:02d}", spec.run_id, spec.expires_at,
                             details if pool else {**details, **_owner()})
         self._record(resource)
-        for source in [root, *sorted(Path(f"{root}-sz").glob("*"))]:
-            destination = target / source.relative_to(root.parent)
-            if not destination.exists():
-                _link_tree(source, destination)
+        _fill(root, target)
         return resource
 
     def _claim_pool(self, spec: ClusterSpec, root: Path, indices: list[int]) -> dict[int, Resource]:
@@ -326,6 +359,17 @@ class LocalBackend:
             (self.registry / resource.run_id / _file_name(resource.id)).unlink(missing_ok=True)
 
 
+def _check_makeable(folder: Path) -> None:
+    """A resized copy the schedule reads exists, or can be made beside the dataset."""
+    if folder.is_dir():
+        return
+    existing = next(parent for parent in folder.parents if parent.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"the schedule reads {folder}, which does not exist and cannot be made: {existing} is not "
+                         "writable; give --dataset a copy of the dataset in a folder you can write to (`cp -rs` "
+                         "makes one of links, without copying the images)")
+
+
 def _file_name(resource_id: str) -> str:
     return f"{resource_id.replace('/', '_')}.json"
 
@@ -366,6 +410,14 @@ def _alive(pid: int, start: int | None) -> bool:
 
 def _run_folders(folder: Path) -> set[str]:
     return {p.name for p in folder.glob("*") if p.is_dir()}
+
+
+def _fill(root: Path, replica: Path) -> None:
+    """The dataset and each of its resized copies in the replica folder, where they are not yet."""
+    for source in [root, *sorted(Path(f"{root}-sz").glob("*"))]:
+        destination = replica / source.relative_to(root.parent)
+        if not destination.exists():
+            _link_tree(source, destination)
 
 
 def _link_tree(source: Path, destination: Path) -> None:

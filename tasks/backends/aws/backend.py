@@ -7,17 +7,27 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from tasks.backends.aws import catalog, efs, inventory, jobs, machines, network, pools, secrets, storage, volumes
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.options import AwsOptions
 from tasks.backends.aws.teardown import teardown
-from tasks.backends.base import (POOL_OWNER, BackendError, Cluster, ClusterSpec, CostPlan, InputError, JobStatus,
-                                 LineItem, Machine, Resource)
+from tasks.backends.base import (
+    POOL_OWNER,
+    BackendError,
+    Cluster,
+    ClusterSpec,
+    CostPlan,
+    InputError,
+    JobStatus,
+    LineItem,
+    Machine,
+    Resource,
+)
 
 log = logging.getLogger(__name__)
 DATA_MOUNT = "/mnt/data"
@@ -56,7 +66,7 @@ class AwsBackend:
         self.key_folder = (home or default_home()) / "aws" / "keys"
 
     # -- validate and plan ----------------------------------------------------------------------------
-    def check(self, spec: ClusterSpec, dataset: str) -> None:
+    def check(self, spec: ClusterSpec, dataset: str, reads: Sequence[str] = ("",)) -> None:
         self.clients.check_region()
         self.clients.check_credentials()
         try:
@@ -71,7 +81,7 @@ class AwsBackend:
             if zone not in self.clients.zones_offering(other):
                 raise InputError(f"{other} (in aws.other_instance_types) is not offered in {zone}, the run's zone")
         self._check_other_zones(spec.instance_type, zone)
-        self.snapshot(dataset)
+        volumes.check_snapshot_holds(self.snapshot(dataset), reads)
         volumes.check_volume_settings(self.options.volume_type, self.options.iops)
         image = machines.resolve_ami(self.clients, self.options.ami)
         if self.options.subnet_id:
@@ -113,6 +123,10 @@ class AwsBackend:
                                  f"zones offering it: {', '.join(offering)}")
 
     @functools.cache
+    def prepare_dataset(self, spec: ClusterSpec, dataset: str, reads: Sequence[str],
+                        progress: Callable[[int, int], None] | None = None) -> None:
+        """Nothing to make: the snapshot holds its resized copies (`check` refused one that lacks a folder)."""
+
     def snapshot(self, dataset: str) -> dict:
         return volumes.find_snapshot(self.clients, dataset, self.options.snapshot_owner, self.options.parallel_calls)
 

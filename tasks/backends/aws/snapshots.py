@@ -20,7 +20,6 @@ from tasks.backends.base import BackendError, Cluster, ClusterSpec, InputError, 
 
 log = logging.getLogger(__name__)
 BUILDER_TYPE = "c6i.4xlarge"  # 12.5 Gb/s to S3, no GPU needed
-DATASET_FOLDER_TAG = "imagenet18:dataset-folder"
 COPY_JOB = "copy"
 HEADROOM = 1.2
 BUILD_LOGS = "/mnt/data/.imagenet18-build"  # the copy's log stays on the snapshot, as its provenance
@@ -85,7 +84,9 @@ def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: l
         raise BackendError(f"copying {url} onto the builder's volume failed:\n{log_tail}")
     snapshot = ec2.create_snapshot(
         VolumeId=volume["VolumeId"], Description=name, TagSpecifications=tags.tag_specs("snapshot", [
-            {"Key": "Name", "Value": name}, {"Key": DATASET_FOLDER_TAG, "Value": options.dataset_folder}]))
+            {"Key": "Name", "Value": name}, {"Key": tags.DATASET_SOURCE, "Value": url},
+            {"Key": tags.DATASET_FOLDER, "Value": options.dataset_folder},
+            {"Key": tags.DATASET_SIZES, "Value": " ".join(map(str, sorted(sizes)))}]))
     ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snapshot["SnapshotId"]],
                                               WaiterConfig=waiter_config(6 * 3600))
     log.info("snapshot %s (%s, %d GiB) made from %s", snapshot["SnapshotId"], name, size_gb, url)

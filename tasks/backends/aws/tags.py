@@ -7,6 +7,11 @@ import datetime as dt
 RUN = "imagenet18:run"
 EXPIRES = "imagenet18:expires"
 INDEX = "imagenet18:index"  # machine i and replica i
+# On dataset snapshots made by `imagenet18 snapshot`: where the dataset came from, its folder on the volume, and
+# the resized copies (-sz/<px>) beside it, so a run whose schedule reads another size is refused before it starts.
+DATASET_SOURCE = "imagenet18:dataset-source"
+DATASET_FOLDER = "imagenet18:dataset-folder"
+DATASET_SIZES = "imagenet18:dataset-sizes"
 
 
 def stamp(when: dt.datetime) -> str:

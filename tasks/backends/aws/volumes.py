@@ -4,11 +4,15 @@ cluster's zone, encrypted, with provisioned IOPS, named like the seed's and tagg
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from collections.abc import Sequence
 
 from tasks.backends.aws import pools, secrets, tags
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.waiting import waiter_config
 from tasks.backends.base import POOL_OWNER, BackendError, ClusterSpec, InputError, Resource
+
+log = logging.getLogger(__name__)
 
 KIND = "imagenet18:kind"
 REPLICA = "replica"
@@ -45,6 +49,26 @@ def find_snapshot(clients: Clients, dataset: str, owner: str, parallel: int = 1)
     if snapshot["State"] != "completed":
         raise InputError(f"snapshot {snapshot['SnapshotId']} is {snapshot['State']}, not completed yet")
     return snapshot
+
+
+def check_snapshot_holds(snapshot: dict, reads: Sequence[str]) -> None:
+    """Refuse a snapshot without a resized copy (-sz/<px>) the schedule reads, where its tags say what it holds
+    (`imagenet18 snapshot` writes them); a snapshot made by hand says nothing, and the trainer checks on start."""
+    found = tags.as_dict(snapshot.get("Tags"))
+    if tags.DATASET_SIZES not in found:
+        log.warning("snapshot %s does not say which resized copies it holds (it was not made by `imagenet18 "
+                    "snapshot`); the trainer checks the folders the schedule reads when it starts",
+                    snapshot["SnapshotId"])
+        return
+    held = set(found[tags.DATASET_SIZES].split())
+    missing = [trndir for trndir in reads if trndir and trndir.removeprefix("-sz/") not in held]
+    if missing:
+        sizes = sorted({int(size) for size in held} | {int(trndir.removeprefix("-sz/")) for trndir in missing})
+        holds = ", ".join(f"-sz/{size}" for size in sorted(held, key=int)) or "none"
+        source = found.get(tags.DATASET_SOURCE, "s3://BUCKET/DATASET")
+        raise InputError(f"snapshot {snapshot['SnapshotId']} has no {', '.join(missing)} copy of its dataset, which "
+                         f"the schedule reads (it holds {holds}); make a snapshot that does: `imagenet18 snapshot "
+                         f"--from {source} --sizes {' '.join(map(str, sizes))}`")
 
 
 def check_volume_settings(volume_type: str, iops: int) -> None:
