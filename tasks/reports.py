@@ -95,7 +95,11 @@ def summary_markdown(result: dict, curves_png: bytes, curves_path: str) -> str:
     reached = (f"epoch {result['target_epoch']}, {result['target_hours'] * 60:.1f} min"
                if result["target_epoch"] is not None else "not reached")
     wandb = result.get("wandb") or {}
-    rows = [("top-1 / top-5", f"{result['top1']:.3f}% / {result['top5']:.3f}% after {result['epochs']} epochs"),
+    best = result.get("best")
+    rows = [("top-1 / top-5", f"{result['top1']:.3f}% / {result['top5']:.3f}% after {result['epochs']} epochs "
+                              f"({result.get('accuracy_of', 'the last epoch')})"),
+            (f"best epoch by {result['target_metric']}", f"{best['epoch']}: {best['top1']:.3f}% / {best['top5']:.3f}%"
+                                                         f", weights `{best['weights']}`" if best else "not recorded"),
             (f"time to {result['target']:g}% {result['target_metric']}", reached),
             ("training time", f"{result['hours'] * 60:.1f} min"),
             ("cost", f"${result['cost_usd']:,.2f} of training at ${result['hourly_usd']:,.2f}/h"),

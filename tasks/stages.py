@@ -237,6 +237,7 @@ def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
               "machines": plan.spec.machines, "machine_ids": [m.id for m in cluster.machines],
               "schedule": plan.schedule, "epochs": len(summary["epochs"]),
               "top1": final["top1"], "top5": final["top5"], "hours": summary["hours"],
+              "accuracy_of": summary.get("accuracy_of", "the last epoch"), "best": summary.get("best"),
               "target": summary["target"], "target_metric": summary["target_metric"],
               "target_epoch": reached["epoch"] if reached else None,
               "target_hours": reached["hours"] if reached else None,
@@ -247,8 +248,12 @@ def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
               "restart_cost_usd": plan.cost.hourly_usd * sum(r["seconds_to_relaunch"]
                                                              for r in summary.get("restarts", [])) / 3600}
     logger = get_run_logger()
-    logger.info("final: top-1 %.3f, top-5 %.3f after %d epochs, %.4f hours", result["top1"], result["top5"],
-                result["epochs"], result["hours"])
+    logger.info("final: top-1 %.3f, top-5 %.3f after %d epochs (%s), %.4f hours", result["top1"], result["top5"],
+                result["epochs"], result["accuracy_of"], result["hours"])
+    if result["best"]:
+        logger.info("best epoch by %s: %d, top-1 %.3f, top-5 %.3f (weights: %s)", result["target_metric"],
+                    result["best"]["epoch"], result["best"]["top1"], result["best"]["top5"],
+                    result["best"]["weights"] or "not kept")
     if reached is None:
         logger.info("%s never reached %.1f%%", result["target_metric"], result["target"])
     else:

@@ -97,6 +97,10 @@ def _assert_artifacts_show_the_run(flow_run_id, result: dict) -> None:
     assert rows[-1]["top-1"] == pytest.approx(result["top1"], abs=1e-3)
     summary = artifacts["imagenet18-summary"].data
     assert result["run_name"] in summary
+    best = max(rows, key=lambda row: (row["top-1"], -row["epoch"]))
+    assert result["best"]["epoch"] == best["epoch"] and result["best"]["weights"].endswith("/checkpoints/best.pt")
+    assert "after 3 epochs (the last epoch) |" in summary
+    assert f"| best epoch by top1 | {best['epoch']}: {result['best']['top1']:.3f}% /" in summary
     assert f"imagenet18 tensorboard --run {os.path.basename(result['storage'])}`" in summary
     assert "](data:image/png;base64," in summary
     with Image.open(os.path.join(result["storage"], "curves.png")) as curves:
