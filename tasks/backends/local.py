@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import os
 import shutil
@@ -19,21 +20,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tasks.backends.base import (
-    POOL_OWNER,
-    Cluster,
-    ClusterSpec,
-    CostPlan,
-    InputError,
-    JobStatus,
-    LineItem,
-    Machine,
-    Resource,
-)
+from tasks.backends.base import (POOL_OWNER, Cluster, ClusterSpec, CostPlan, InputError, JobStatus, LineItem,
+                                 Machine, Resource)
 from trainer.layout import SPLITS, DataError, check_source
 from trainer.prepare import PrepareReport, prepare, size_of
 
@@ -56,13 +48,14 @@ class LocalBackend:
     name = "local"
     poll_seconds = 0.5  # reading local files: polling often costs little and ends the stage sooner
 
-    def __init__(self, home: Path | None = None):
+    def __init__(self, home: Path | None = None, gpus: LocalGpus | None = None):
         self.home = home or default_home()
         self.registry = self.home / "local" / "registry"
         self.replica_root = self.home / "local" / "replicas"
         self.claims = self.home / "local" / "claims"  # one file per pool replica a run holds
         self.runs = self.home / "runs"
         self._home_tag = str(self.home.resolve())
+        self.gpus = gpus or LocalGpus.visible()
 
     # -- validate and plan ----------------------------------------------------------------------------
     def check(self, spec: ClusterSpec, dataset: str, reads: Sequence[str] = ("",)) -> None:
@@ -89,7 +82,8 @@ class LocalBackend:
                              f"`imagenet18 cleanup` to remove them")
 
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan:
-        return CostPlan((LineItem("torchrun node process on this machine", spec.machines, 0.0),
+        return CostPlan((LineItem(f"torchrun node process on this machine ({self.gpus.describe(spec.machines)})",
+                                  spec.machines, 0.0),
                          LineItem("dataset replica (hard links)", spec.machines, 0.0)), hours)
 
     # -- dataset --------------------------------------------------------------------------------------
@@ -214,7 +208,8 @@ class LocalBackend:
                                   {"index": index, "data_root": machine.data_root, **_owner()}))
             machines.append(machine)
         connect = f"tail -f {storage}/logs/train-0.log   (machine 0's console)"
-        return Cluster(spec, tuple(machines), str(storage), 1, connect, str(storage), sys.executable)
+        return Cluster(spec, tuple(machines), str(storage), self.gpus.per_machine(spec.machines) or 1, connect,
+                       str(storage), sys.executable)
 
     def launch(self, cluster: Cluster, commands: dict[int, list[str]], name: str) -> None:
         spec = cluster.spec
@@ -223,7 +218,8 @@ class LocalBackend:
             exit_file = Path(cluster.storage) / "logs" / f"{name}-{index}.exit"
             exit_file.unlink(missing_ok=True)
             env = {**os.environ, RUN_ENV: spec.run_id, HOME_ENV: self._home_tag, JOB_ENV: f"{name}-{index}",
-                   EXPIRES_ENV: spec.expires_at.isoformat(), EXIT_FILE_ENV: str(exit_file)}
+                   EXPIRES_ENV: spec.expires_at.isoformat(), EXIT_FILE_ENV: str(exit_file),
+                   "CUDA_VISIBLE_DEVICES": self.gpus.for_machine(index, len(cluster.machines))}
             with open(log_path, "ab") as log:
                 subprocess.Popen(["bash", "-c", EXIT_CODE_WRAPPER, name, *command], stdout=log,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -357,6 +353,42 @@ class LocalBackend:
             (self.claims / _file_name(resource.id)).unlink(missing_ok=True)
         elif resource.kind != "process":
             (self.registry / resource.run_id / _file_name(resource.id)).unlink(missing_ok=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalGpus:
+    """This machine's GPUs, shared out among the run's local "machines": each gets an equal, separate share and
+    runs one process per GPU (NCCL); with fewer GPUs than machines, or none, each machine is one CPU process."""
+    devices: tuple[str, ...]  # as CUDA_VISIBLE_DEVICES names them (indices or UUIDs)
+
+    @classmethod
+    def visible(cls, environ: Mapping[str, str] = os.environ, driver: Path = Path("/proc/driver/nvidia/gpus")
+                ) -> LocalGpus:
+        """From CUDA_VISIBLE_DEVICES where it is set (CUDA ignores the ids after an invalid one, like -1), else
+        the NVIDIA driver's list; no CUDA initialisation, no torch import."""
+        if "CUDA_VISIBLE_DEVICES" in environ:
+            ids = [item.strip() for item in environ["CUDA_VISIBLE_DEVICES"].split(",")]
+            return cls(tuple(itertools.takewhile(lambda item: item and not item.startswith("-"), ids)))
+        try:
+            return cls(tuple(str(i) for i in range(len(list(driver.iterdir())))))
+        except OSError:
+            return cls(())
+
+    def per_machine(self, machines: int) -> int:
+        return len(self.devices) // machines
+
+    def for_machine(self, index: int, machines: int) -> str:
+        share = self.per_machine(machines)
+        return ",".join(self.devices[index * share:(index + 1) * share])  # "": CUDA sees none, the CPU trains
+
+    def describe(self, machines: int) -> str:
+        share = self.per_machine(machines)
+        if share:
+            return f"{share} GPU(s) each, one process per GPU"
+        if self.devices:
+            return (f"1 CPU process each: {len(self.devices)} GPU(s) here cannot give each of {machines} machines "
+                    f"its own; --machines {len(self.devices)} would train on them")
+        return "1 CPU process each"
 
 
 def _check_makeable(folder: Path) -> None:
