@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
+from tests.trainer_runs import run, train_command
 from trainer import data, layout, schedule
+from trainer.demo_data import make_demo_dataset
 from trainer.layout import DataError
+from trainer.prepare import prepare
 
 
 def _settings(tmp_path, rank=0, world=1):
@@ -121,3 +125,40 @@ def test_class_sets_that_differ_between_train_and_validation(data_copy):
     shutil.rmtree(Path(str(data_copy) + "-sz/160/validation/circle"))
     with pytest.raises(DataError, match=r"differ .*missing \['circle'\]"):
         layout.check_layout(data_copy, schedule.load("cpu-tiny"))
+
+
+def _odd_files(root):
+    """What real downloaded folders hold besides plain RGB JPEGs; returns (file, what a warning must name)."""
+    train = sorted(p for p in (root / "train").iterdir() if p.is_dir())[0]
+    source = sorted(train.glob("*.JPEG"))[0]
+    with Image.open(source) as image:
+        image.convert("L").save(train / "grayscale.JPEG", "JPEG")
+        image.convert("CMYK").save(train / "cmyk.JPEG", "JPEG")
+        image.resize((1, 1)).save(train / "one-pixel.JPEG", "JPEG")
+        image.save(train / "png-named.JPEG", "PNG")
+    (train / "truncated.JPEG").write_bytes(source.read_bytes()[:300])
+    (train / "text.JPEG").write_text("not an image, named like one")
+    (train / "notes.txt").write_text("a note beside the images")
+    return {"truncated": train / "truncated.JPEG", "text": train / "text.JPEG", "notes": train / "notes.txt"}
+
+
+def test_odd_but_readable_files_train_and_unreadable_ones_are_named_and_skipped(tmp_path, caplog):
+    """Grayscale, CMYK, 1x1 and PNG-named-.JPEG images train; a truncated JPEG and a text file named .JPEG are
+    skipped with a warning naming each (by prepare, and by the trainer reading full-size images); a file not
+    named like an image is left out with a warning at the check a run makes before it creates anything."""
+    root = make_demo_dataset(tmp_path / "odd", classes=2, train_per_class=8, val_per_class=4)
+    odd = _odd_files(root)
+    with caplog.at_level(logging.WARNING):
+        layout.check_source(root)
+        report = prepare(root, [160], workers=1)
+    assert set(report.corrupt) == {odd["truncated"], odd["text"]}
+    assert f"leaving out 1 file(s) that are not images (.jpeg, .jpg, .png): {odd['notes']}" in caplog.text
+    assert str(odd["truncated"]) in caplog.text and str(odd["text"]) in caplog.text
+    full_size = tmp_path / "full-size.toml"  # the odd files as they are, not as prepare rewrote them
+    full_size.write_text('arch = "resnet10"\n[[data]]\nep = 0\nsz = 32\nbs = 32\n[[lr]]\nep = [0, 1]\nlr = 0.05\n')
+    for schedule_name in ("cpu-tiny", str(full_size)):
+        logdir = tmp_path / Path(schedule_name).stem
+        result = run(train_command(root, logdir, "--epochs", "1") + ["--schedule", schedule_name])
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert f"skipping corrupt image {odd['truncated']}" in result.stderr + result.stdout
+    assert f"skipping corrupt image {odd['text']}" in result.stderr + result.stdout

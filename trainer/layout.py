@@ -4,12 +4,14 @@ creates anything, and the trainer scans what a schedule reads before its first b
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.schedule import Schedule
 
+log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 SPLITS = ("train", "validation")
 
@@ -64,9 +66,15 @@ def check_layout(root: str | Path, schedule: Schedule) -> dict[str, ImageFolder]
 
 def check_source(root: str | Path) -> dict[str, ImageFolder]:
     """The full-size train/ and validation/ folders, scanned (names only, nothing decoded): every class folder
-    has images, and both splits have the same classes. What a run checks before it creates anything."""
+    has images, and both splits have the same classes. What a run checks before it creates anything. Files that
+    are not images by their name are left out, with a warning naming them."""
     folders = {split: scan(Path(root) / split) for split in SPLITS}
     _check_same_classes(list(folders.values()))
+    others = sorted(str(entry) for folder in folders.values() for name in folder.classes
+                    for entry in (folder.root / name).iterdir() if not entry.name.lower().endswith(IMAGE_EXTENSIONS))
+    if others:
+        log.warning("leaving out %d file(s) that are not images (%s): %s%s", len(others),
+                    ", ".join(IMAGE_EXTENSIONS), ", ".join(others[:5]), ", ..." if len(others) > 5 else "")
     return folders
 
 
