@@ -25,7 +25,8 @@ class RunParameters(BaseModel):
     instance_type: str | None = Field(None, description="default: local, or p3.16xlarge on aws (the seed's)")
     dataset: str | None = Field(None, description="folder or fsspec URL, or on aws a snapshot id or name; "
                                 "default: the demo dataset, or on aws the snapshot named imagenet18-backup")
-    schedule: str | None = Field(None, description="name or .toml file; default: cpu-demo locally, seed-N on aws")
+    schedule: str | None = Field(None, description="name or .toml file; default: on aws seed-N (the seed's), "
+                                 "locally cpu-demo for the demo dataset and auto (derived from the data) for another")
     target: float | None = Field(None, gt=0, le=100, description="default: the schedule's (93% top-5 for the seed)")
     target_metric: Literal["top1", "top5"] | None = None
     epochs: int | None = Field(None, ge=1, description="stop after this many epochs (default: the schedule's)")
@@ -50,7 +51,11 @@ class RunParameters(BaseModel):
 
     @property
     def resolved_schedule(self) -> str:
-        return self.schedule or ("cpu-demo" if self.backend == "local" else f"seed-{self.machines}")
+        if self.schedule:
+            return self.schedule
+        if self.backend != "local":
+            return f"seed-{self.machines}"
+        return "auto" if self.dataset else "cpu-demo"
 
 
 def demo_dataset_root() -> Path:

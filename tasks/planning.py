@@ -11,8 +11,10 @@ from pathlib import Path
 from flows.parameters import RunParameters, demo_dataset_root
 from tasks.backends import backend_for
 from tasks.backends.base import ClusterSpec, CostPlan, InputError
+from trainer import recipe
 from trainer import schedule as schedules
 from trainer.demo_data import demo_dataset_ready, make_demo_dataset
+from trainer.layout import DataError
 from trainer.prepare import prepare
 
 log = logging.getLogger(__name__)
@@ -35,12 +37,12 @@ class RunPlan:
 
 
 def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
-    try:
-        plan_schedule = schedules.load(params.resolved_schedule)
-    except schedules.ScheduleError as exc:
-        raise InputError(str(exc)) from exc
     if params.backend == "local" and params.dataset is None:
         ensure_demo_dataset()
+    try:
+        plan_schedule = load_schedule(params.resolved_schedule, params.resolved_dataset, params.machines)
+    except (schedules.ScheduleError, DataError) as exc:
+        raise InputError(str(exc)) from exc
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=params.max_hours)
     spec = ClusterSpec(run_id, run_name, params.machines, params.resolved_instance_type, params.spot, expires)
     backend = backend_for(params)
@@ -53,6 +55,14 @@ def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
     epochs = min(plan_schedule.epochs, params.epochs or plan_schedule.epochs)
     return RunPlan(params, spec, params.resolved_dataset, params.resolved_schedule, epochs, cost,
                    plan_schedule.reference_minutes, reads)
+
+
+def load_schedule(name: str, dataset: str, processes: int) -> schedules.Schedule:
+    """A schedule by name or file, or `auto`: derived from the dataset (what it reads and how long it trains do
+    not depend on `processes`, only its batch and learning rate do)."""
+    if name == recipe.AUTO:
+        return recipe.schedule_for(recipe.facts(dataset.removeprefix("file://")), processes)
+    return schedules.load(name)
 
 
 def ensure_demo_dataset() -> None:

@@ -17,7 +17,8 @@ def _train_parser(sub) -> None:
     p.add_argument("data", help="dataset root (ROOT/{train,validation}/<class>/*.JPEG, resized copies at "
                                 "ROOT-sz/<px>), or an fsspec URL (s3://..., file://...) synced to local disk")
     p.add_argument("--schedule", default="cpu-demo",
-                   help=f"built-in name ({', '.join(schedule.builtin_names())}) or a .toml file")
+                   help=f"built-in name ({', '.join(schedule.builtin_names())}), a .toml file, or auto (derived "
+                        "from the dataset's own images: sizes, epochs, batch; trainer/recipe.py)")
     p.add_argument("--logdir", type=Path, help="this run's folder (default ~/imagenet18-runs/RUN_NAME)")
     p.add_argument("--run-name", help="default: SCHEDULE-YYYYmmdd-HHMMSS")
     p.add_argument("--arch", help="override the schedule's model (resnet10/18/34/50/101)")

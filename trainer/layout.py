@@ -68,6 +68,10 @@ def check_source(root: str | Path) -> dict[str, ImageFolder]:
     """The full-size train/ and validation/ folders, scanned (names only, nothing decoded): every class folder
     has images, and both splits have the same classes. What a run checks before it creates anything. Files that
     are not images by their name are left out, with a warning naming them."""
+    for split in SPLITS:
+        if not (Path(root) / split).is_dir():
+            raise DataError(f"dataset {root} has no {split}/ folder (expected ROOT/{{train,validation}}/"
+                            "<class>/*.JPEG)")
     folders = {split: scan(Path(root) / split) for split in SPLITS}
     _check_same_classes(list(folders.values()))
     others = sorted(str(entry) for folder in folders.values() for name in folder.classes

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import torch
 
-from trainer import checkpoint, console, data, distributed, sync
+from trainer import checkpoint, console, data, distributed, layout, recipe, sync
 from trainer import schedule as schedules
 from trainer.console import log
 from trainer.engine import Context, evaluate, train_one_epoch
-from trainer.layout import check_layout
 from trainer.model import MOMENTUM, build_model, build_optimizer, training_module
 from trainer.recorder import NodeHeartbeat, Recorder
 
@@ -96,15 +95,15 @@ def run(config: TrainConfig) -> RunSummary:
 
 
 def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
-    plan = schedules.load(config.schedule)
-    arch = config.arch or plan.arch
-    run_name = config.run_name or default_run_name(plan.name)
+    run_name = config.run_name or default_run_name(config.schedule)
     logdir = config.logdir or Path.home() / "imagenet18-runs" / run_name
     console.setup(logdir, world.is_master)
     _set_threads(config, world)
-    root = _local_data(config, plan, world)
-    folders = check_layout(root, plan)
+    plan, root = _schedule_and_data(config, world)
+    arch = config.arch or plan.arch
+    folders = layout.check_layout(root, plan)
     classes = list(folders[f"{plan.data[0].trndir}:train"].classes)
+    _check_enough_images(len(folders[f"{plan.data[0].trndir}:train"].samples), plan, world)
     resume_from = _resume_location(config, logdir)
     state = checkpoint.load(resume_from) if resume_from else None
     if state:
@@ -188,13 +187,33 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
     return summary
 
 
-def _local_data(config: TrainConfig, plan: schedules.Schedule, world: distributed.World) -> Path:
+def _schedule_and_data(config: TrainConfig, world: distributed.World) -> tuple[schedules.Schedule, Path]:
+    """The schedule, and the local folder with what it reads; `auto` is derived from the full-size images."""
+    if config.schedule != recipe.AUTO:
+        plan = schedules.load(config.schedule)
+        return plan, _local_data(config, [phase.trndir for phase in plan.data], world)
+    plan = recipe.schedule_for(recipe.facts(_local_data(config, [""], world)), world.size)
+    return plan, _local_data(config, [phase.trndir for phase in plan.data], world)
+
+
+def _local_data(config: TrainConfig, trndirs: list[str], world: distributed.World) -> Path:
     root = sync.local_root(config.data, config.cache_dir)
     if sync.is_remote(config.data):
         if world.is_node_master:
-            sync.sync(config.data, root, list(dict.fromkeys(p.trndir for p in plan.data)))
+            sync.sync(config.data, root, list(dict.fromkeys(trndirs)))
         distributed.barrier()
     return root
+
+
+def _check_enough_images(images: int, plan: schedules.Schedule, world: distributed.World) -> None:
+    """BatchNorm needs two images a step in every process; fewer than one global batch trains, one step an epoch."""
+    if images < 2 * world.size:
+        raise layout.DataError(f"{images} training image(s) cannot be shared out to {world.size} process(es): "
+                               "BatchNorm needs at least 2 each")
+    global_batch = plan.data[0].bs * world.size
+    if images < global_batch:
+        log.warning("the training set (%d images) is smaller than one global batch (%d): each epoch is one step of "
+                    "every image", images, global_batch)
 
 
 def _resume_location(config: TrainConfig, logdir: Path) -> str | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tasks.backends.base import (POOL_OWNER, Cluster, ClusterSpec, CostPlan, InputError, JobStatus, LineItem,
                                  Machine, Resource)
-from trainer.layout import SPLITS, DataError, check_source
+from trainer.layout import DataError, check_source
 from trainer.prepare import PrepareReport, prepare, size_of
 
 RUN_ENV = "IMAGENET18_RUN"
@@ -67,10 +67,6 @@ class LocalBackend:
         root = Path(dataset.removeprefix("file://"))
         if "://" in dataset.removeprefix("file://"):
             raise InputError(f"the local backend replicates a local folder, not {dataset}")
-        for split in SPLITS:
-            if not (root / split).is_dir():
-                raise InputError(f"dataset {root} has no {split}/ folder (expected ROOT/{{train,validation}}/"
-                                 "<class>/*.JPEG)")
         try:
             check_source(root)
         except DataError as exc:
