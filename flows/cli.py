@@ -36,7 +36,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spot", action="store_true", help="spot instances (cloud backends)")
     parser.add_argument("--instance-type")
     parser.add_argument("--dataset", help="folder, fsspec URL or snapshot (default: the demo dataset)")
-    parser.add_argument("--schedule", help="name or .toml file (default: cpu-demo locally, seed-N on aws)")
+    parser.add_argument("--schedule", help="name or .toml file (default: seed-N on aws; locally cpu-demo on the demo "
+                        "dataset, auto, derived from the data, on another)")
     parser.add_argument("--target", type=float)
     parser.add_argument("--target-metric", choices=("top1", "top5"))
     parser.add_argument("--epochs", type=int, help="stop after this many epochs")
