@@ -12,6 +12,8 @@ from tasks.backends.base import POOL_OWNER, ClusterSpec
 from tasks.backends.local import LocalBackend
 from tests.test_aws import DATASET, cluster_spec, options, tagged_leftovers
 from tests.test_aws_faults import no_capacity_in, run_zones
+from trainer.demo_data import make_demo_dataset
+from trainer.prepare import prepare
 
 
 def pool_spec(count: int, instance_type: str = "p4d.24xlarge") -> ClusterSpec:
@@ -151,3 +153,19 @@ def test_a_local_run_skips_claimed_replicas_and_other_datasets(tiny_data, data_c
         backend.teardown(run_id)
     assert backend.resources() == [] and list((home / "local" / "replicas").glob("*/*")) == [], \
         "deleted while held: gone once given back"
+
+
+def test_pool_replicas_made_before_the_resized_copies_get_them_when_a_run_claims_them(tmp_path):
+    """`imagenet18 replicate` of a downloaded folder (full size only), then a run whose prepare-dataset stage made
+    the -sz/160 copy: the claimed replicas hold it too, and giving them back leaves the pool readable."""
+    root = make_demo_dataset(tmp_path / "downloaded", classes=2, train_per_class=4, val_per_class=2)
+    backend = LocalBackend(tmp_path / "home")
+    pool = backend.replicate(dataclasses.replace(pool_spec(2), instance_type="local"), str(root), 2, pool=True)
+    assert not any(os.path.isdir(f"{r.details['data_root']}-sz/160") for r in pool)
+    prepare(root, [160], workers=1)
+    replicas = backend.replicate(local_spec("run-reads-160", 2), str(root), 2)
+    assert claimed(replicas) == [r.id for r in pool]
+    for replica in replicas:
+        assert sorted(os.listdir(f"{replica.details['data_root']}-sz/160/train")) == sorted(os.listdir(root / "train"))
+    backend.teardown("run-reads-160")
+    assert [r.id for r in backend.resources(POOL_OWNER)] == [r.id for r in pool]
