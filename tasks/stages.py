@@ -170,8 +170,9 @@ def _failure(backend, cluster: Cluster, job: str, failed: dict[int, int], hung: 
                 "no restart is left")
     causes = {index: trainer_error(backend.read_storage(cluster, _log(job, index))[-LOG_TAIL_BYTES:]
                                    .decode(errors="replace")) for index in sorted(failed)}
-    index, cause = next(((i, c) for i, c in causes.items() if c and c.startswith("error: ")),
-                        next(((i, c) for i, c in causes.items() if c), (min(failed), None)))
+    own = [(i, cause) for i, cause in causes.items() if cause and cause.startswith("error: ")]
+    found = [(i, cause) for i, cause in causes.items() if cause]
+    index, cause = (own or found or [(min(failed), None)])[0]
     cause = (cause or f"the trainer exited with code {failed[index]}").removeprefix("error: ")
     return f"{cause} (machine {index}; its whole log: {cluster.storage}/{_log(job, index)})"
 
