@@ -12,10 +12,11 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import Pool
 from pathlib import Path
 
 from PIL import Image
+
+from trainer.process_pool import process_pool
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def _run(jobs: list[Job], workers: int) -> Iterable[tuple[int, int, int, Path | 
     if workers <= 1:
         yield from map(_prepare_one, jobs)
         return
-    with Pool(workers) as pool:
+    with process_pool(workers) as pool:
         yield from pool.imap_unordered(_prepare_one, jobs, chunksize=max(1, min(256, len(jobs) // (workers * 8))))
 
 
