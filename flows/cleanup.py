@@ -23,6 +23,7 @@ from prefect.states import Cancelled, Crashed
 from tasks.backends import BACKENDS, get_backend
 from tasks.backends.aws.options import AwsOptions
 from tasks.backends.base import BackendError
+from tasks.extra_loggers import extra_loggers_at_prefect_level
 
 RUN_FLOWS = ["imagenet18", "imagenet18-snapshot"]  # the flows whose runs create machines and disks
 HEARTBEAT = "prefect.flow-run.heartbeat"  # what Prefect's flow engine emits every PREFECT_FLOWS_HEARTBEAT_FREQUENCY s
@@ -84,6 +85,7 @@ def mark_abandoned(run: FlowRun, alive_at: dt.datetime) -> None:
 @flow(name="imagenet18-cleanup")
 def cleanup(backends: list[str] | None = None, aws: AwsOptions | None = None,
             stale_after_minutes: float = STALE_AFTER_MINUTES) -> dict[str, list[str]]:
+    extra_loggers_at_prefect_level()
     logger = get_run_logger()
     for run, alive_at in abandoned_runs(dt.timedelta(minutes=stale_after_minutes)):
         mark_abandoned(run, alive_at)

@@ -21,6 +21,7 @@ from flows.parameters import BackendName, MachineCount, RunParameters
 from tasks import stages
 from tasks.backends import get_backend
 from tasks.backends.aws.options import AwsOptions
+from tasks.extra_loggers import extra_loggers_at_prefect_level
 
 HOOK_TEARDOWN_ATTEMPTS = 4  # as the teardown task: one try and three retries
 HOOK_RETRY_SECONDS = 5.0
@@ -62,6 +63,7 @@ def imagenet18(machines: MachineCount = 2, backend: BackendName = "local", spot:
                budget_usd: float | None = None, max_hours: float = 2.0, dry_run: bool = False,
                restarts: int = 2, hang_minutes: float = 10.0, aws: AwsOptions | None = None) -> dict:
     """Train ResNet-50 the imagenet18 way on `machines` machines, then tear everything down."""
+    extra_loggers_at_prefect_level()
     params = RunParameters(machines=machines, backend=backend, spot=spot, instance_type=instance_type,
                            dataset=dataset, schedule=schedule, target=target, target_metric=target_metric,
                            epochs=epochs, compile=compile, budget_usd=budget_usd, max_hours=max_hours, dry_run=dry_run,

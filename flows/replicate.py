@@ -14,12 +14,14 @@ from tasks.planning import ensure_demo_dataset
 from tasks.backends import get_backend
 from tasks.backends.aws.options import AwsOptions
 from tasks.backends.base import POOL_OWNER, ClusterSpec
+from tasks.extra_loggers import extra_loggers_at_prefect_level
 
 
 @flow(name="imagenet18-replicate")
 def replicate(replicas: int = 16, backend: BackendName = "local", dataset: str | None = None,
               keep_hours: float = 24.0, delete: bool = False, instance_type: str | None = None,
               aws: AwsOptions | None = None) -> list[str]:
+    extra_loggers_at_prefect_level()
     logger = get_run_logger()
     store = get_backend(backend, aws)
     if delete:

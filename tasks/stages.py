@@ -57,14 +57,9 @@ def validate_and_plan(params: RunParameters, run_id: str, run_name: str) -> RunP
 def prepare_dataset(plan: RunPlan) -> None:
     """The resized copies (-sz/<px>) the schedule reads, made where the dataset lacks them, on all cores; a
     dataset whose copies are up to date costs one look at its files."""
-    logger, artifact = get_run_logger(), DatasetProgress(plan.spec.run_name, plan.dataset)
-
-    def progress(done: int, total: int) -> None:
-        logger.info("resized copies of %s: %d of %d images made", plan.dataset, done, total)
-        artifact.update(done, total)
-
-    report = backend_for(plan.params).prepare_dataset(plan.spec, plan.dataset, plan.reads, progress)
-    logger.info("dataset %s: %s", plan.dataset, report or "nothing to make")
+    artifact = DatasetProgress(plan.spec.run_name, plan.dataset)  # the progress lines are trainer.prepare's
+    report = backend_for(plan.params).prepare_dataset(plan.spec, plan.dataset, plan.reads, artifact.update)
+    get_run_logger().info("dataset %s: %s", plan.dataset, report or "nothing to make")
 
 
 # Safe to retry: replicas that exist are found by tag and reused.

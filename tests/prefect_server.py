@@ -1,12 +1,15 @@
-"""A real `prefect server start` on 127.0.0.1 for tests, and background commands that are always stopped."""
+"""A real `prefect server start` on 127.0.0.1 for tests, background commands that are always stopped, the `prefect`
+command as a user types it, and what the served and the work-pool tests both check of a run."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,11 +41,13 @@ def healthy(api_url: str) -> bool:
 
 
 @contextmanager
-def background(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+def background(command: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+               ) -> Iterator[subprocess.Popen]:
     """`command` in its own process group, output to `log`; afterwards SIGTERM to what is left of the group, SIGKILL
     after 30 s."""
     with open(log, "w") as out:
-        process = subprocess.Popen(command, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True, stdout=out,
+                                   stderr=subprocess.STDOUT)
     try:
         yield process
     finally:
@@ -91,3 +96,59 @@ def flow_run_logs(flow_run_id, until: str, seconds: float = 30) -> list:
             if any(until in log.message for log in logs) or time.monotonic() > deadline:
                 return logs
             time.sleep(0.5)
+
+
+def prefect_cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`prefect ARGS`, as a user types it; nothing on its standard input."""
+    return subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120)
+
+
+def started_flow_run(started: subprocess.CompletedProcess) -> uuid.UUID:
+    """The id of the flow run that `prefect deployment run` created."""
+    assert started.returncode == 0, started.stdout + started.stderr
+    return uuid.UUID(re.search(r"UUID:\s*([0-9a-f-]{36})", started.stdout).group(1))
+
+
+def final_state(flow_run_id: uuid.UUID, seconds: float):
+    """The flow run's state once it is final."""
+    from prefect import get_client
+
+    def final():
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+        return state if state and state.is_final() else None
+
+    return wait_for(final, seconds, "the flow run to finish")
+
+
+def flow_runs_of(flow_name: str) -> int:
+    """How many flow runs the flow has (any state)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        return len(client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name]))))
+
+
+def assert_three_machines_refused_with_no_run(env: dict[str, str]) -> None:
+    """`prefect deployment run imagenet18/full --param machines=3` fails with the allowed counts, and no run is made."""
+    before = flow_runs_of("imagenet18")
+    refused = prefect_cli(env, "deployment", "run", "imagenet18/full", "--param", "machines=3")
+    assert refused.returncode != 0
+    assert re.search(r"machines", refused.stdout + refused.stderr)
+    assert re.search(r"1, 2, 4, 8, 16|\[1, 2, 4, 8, 16\]", refused.stdout + refused.stderr)
+    assert flow_runs_of("imagenet18") == before
+
+
+def assert_backend_lines_in_run_log(flow_run_id: uuid.UUID) -> None:
+    """INFO lines of the `tasks` and `trainer` loggers (a run that made the demo dataset) are in the run's log."""
+    messages = [log.message for log in flow_run_logs(flow_run_id, until="making the demo dataset")]
+    assert any(message.startswith("making the demo dataset") for message in messages), messages  # tasks.planning
+    assert any(re.match(r"writing \d+ demo images", message) for message in messages), messages  # trainer.demo_data
+
+
+def assert_no_traceback(*logs: Path) -> None:
+    for log in logs:
+        text = log.read_text()
+        assert "Traceback" not in text, f"{log.name}:\n{text[max(0, text.index('Traceback') - 500):][:5000]}"

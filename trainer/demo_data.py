@@ -14,13 +14,13 @@ import os
 import re
 import time
 from collections.abc import Callable
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from trainer.layout import SPLITS
+from trainer.process_pool import process_pool
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def _run(jobs: list[tuple[str, int, int, int, int]]) -> None:
         for job in jobs:
             _write_image(job)
         return
-    with Pool(workers) as pool:
+    with process_pool(workers) as pool:
         for _ in pool.imap_unordered(_write_image, jobs, chunksize=max(1, len(jobs) // (workers * 8))):
             pass
 

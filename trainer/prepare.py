@@ -14,12 +14,12 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 from PIL import Image
 
 from trainer.layout import IMAGE_EXTENSIONS, SPLITS
+from trainer.process_pool import process_pool
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +181,7 @@ def _run(jobs: list[Job], workers: int) -> Iterable[tuple[int, int, Path | None]
     if workers <= 1:
         yield from map(_prepare_one, jobs)
         return
-    # Spawned, not forked: the caller may have threads (a Prefect task has), and a fork copies their locks held.
-    with get_context("spawn").Pool(workers) as pool:
+    with process_pool(workers) as pool:
         yield from pool.imap_unordered(_prepare_one, jobs, chunksize=max(1, min(256, len(jobs) // (workers * 8))))
 
 
