@@ -75,7 +75,6 @@ def publish_epochs(run_name: str, epochs: list[dict]) -> None:
 def summary_markdown(result: dict, curves_png: bytes, curves_path: str) -> str:
     reached = (f"epoch {result['target_epoch']}, {result['target_hours'] * 60:.1f} min"
                if result["target_epoch"] is not None else "not reached")
-    wandb = result.get("wandb") or {}
     rows = [("top-1 / top-5", f"{result['top1']:.3f}% / {result['top5']:.3f}% after {result['epochs']} epochs"),
             (f"time to {result['target']:g}% {result['target_metric']}", reached),
             ("training time", f"{result['hours'] * 60:.1f} min"),
@@ -83,14 +82,24 @@ def summary_markdown(result: dict, curves_png: bytes, curves_path: str) -> str:
             ("restarts", _restarts(result)),
             ("logs and TensorBoard events", f"`{result['storage']}`"),
             ("TensorBoard", f"`{result['tensorboard']}`"),
-            ("wandb", wandb.get("url") or (f"offline, in `{wandb['dir']}`" if wandb.get("dir")
-                                           else "off (set WANDB_API_KEY to mirror runs)")),
+            ("wandb", _wandb(result.get("wandb"))),
             ("connect (while it ran)", f"`{result['connect']}`"),
             ("curves", f"`{curves_path}`")]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     image = base64.b64encode(curves_png).decode()
     return (f"# {result['run_name']}\n\n| | |\n|---|---|\n{table}\n\n"
             f"![loss and accuracy curves](data:image/png;base64,{image})\n")
+
+
+def _wandb(wandb: dict | None) -> str:
+    if not wandb:
+        return "off (set WANDB_API_KEY to mirror runs)"
+    where = wandb["url"] or f"offline, in `{wandb['dir']}`"
+    if not wandb["reason"]:
+        return where
+    if wandb["status"] == "offline":
+        return f"{where}: {wandb['reason']} (`wandb sync` uploads it)"
+    return f"off: {wandb['reason']} (what it wrote: `{wandb['dir']}`)"
 
 
 def _restarts(result: dict) -> str:
