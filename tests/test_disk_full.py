@@ -51,6 +51,8 @@ def test_a_disk_that_fills_and_frees_again_loses_no_event_or_record(tiny_data, t
         events = EventAccumulator(str(logdir))
         events.Reload()
         assert [e.step for e in events.Scalars("losses/test_5")] == [e["examples_seen"] for e in summary["epochs"]]
+        train_lines = [line for line in output.splitlines() if line.startswith("Epoch: [")]
+        assert len({e.step for e in events.Scalars("losses/xent")}) == len(train_lines), "a value per console line"
 
 
 def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_names_it(tiny_data, tmp_path):

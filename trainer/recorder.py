@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
@@ -68,11 +69,11 @@ class TensorBoardEvents:
     """The scalars as TensorBoard events in `logdir`. A writer that failed once (a full disk, an I/O error) fails
     for good, so the next try starts a new one (a new events file) and writes every value not yet flushed."""
 
-    def __init__(self, logdir: Path):
+    def __init__(self, logdir: Path, clock: Callable[[], float] = time.monotonic):
         self.logdir = logdir
         self.writer: SummaryWriter | None = None
         self.unwritten: list[tuple[str, float, int, float]] = []  # tag, value, step, wall time
-        self.side_path = SidePath(f"writing TensorBoard events in {logdir}", log)
+        self.side_path = SidePath(f"writing TensorBoard events in {logdir}", log, clock)
         self._write()
 
     def add(self, values: dict[str, float], step: int) -> None:
@@ -86,8 +87,7 @@ class TensorBoardEvents:
             self._write()
         if self.unwritten:
             log.warning("%d TensorBoard value(s) could not be written to %s", len(self.unwritten), self.logdir)
-        if self.writer is not None:
-            self._close_writer()
+        self._close_writer()
 
     def _write(self) -> None:
         try:
@@ -105,19 +105,20 @@ class TensorBoardEvents:
 
     def _close_writer(self) -> None:
         writer, self.writer = self.writer, None
-        with contextlib.suppress(OSError):  # a failed writer raises its error again; its values are kept
-            writer.close()
+        if writer is not None:
+            with contextlib.suppress(OSError):  # a failed writer raises its error again; its values are kept
+                writer.close()
 
 
 class JsonLines:
     """Records appended to a file that a reader on shared storage follows, each on disk before `append` returns.
     An append that fails (a full disk) is cut off again, so no torn line is left, and tried again with the next."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic):
         self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.unwritten: list[bytes] = []
-        self.side_path = SidePath(f"writing records to {path}", log)
+        self.side_path = SidePath(f"writing records to {path}", log, clock)
 
     def append(self, record: dict) -> None:
         self.unwritten.append((json.dumps(record) + "\n").encode())
