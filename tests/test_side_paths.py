@@ -1,11 +1,15 @@
-"""What only reports (TensorBoard events, metrics records) keeps what a full disk refused, tries again after a
-pause, and writes it all once there is space: on a real, small tmpfs, with the pauses' clock in the test's hands."""
+"""What only reports keeps what it could not deliver, tries again after a pause, and delivers it all once it can:
+TensorBoard events and metrics records on a real, small tmpfs that fills (the pauses' clock in the test's hands),
+and the S3 mirror against the simulator's bucket refusing copies for a while."""
 
 import json
+import subprocess
+import sys
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.disks import fill, small_disk
+from tests.prefect_server import wait_for
 from trainer.recorder import JsonLines, TensorBoardEvents
 from trainer.side_path import LONGEST_PAUSE
 
@@ -54,3 +58,30 @@ def test_records_appended_while_the_disk_is_full_follow_once_it_is_freed_and_no_
         records.close()
         lines = (disk / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["n"] for line in lines] == list(range(101))
+
+
+def test_the_mirror_outlasts_a_bucket_that_refuses_copies_for_a_while_and_copies_what_it_missed(aws, tmp_path):
+    aws.client("s3").create_bucket(Bucket="results")
+    source = tmp_path / "run"
+    (source / "exit").mkdir(parents=True)
+    metrics = source / "metrics.jsonl"
+    metrics.write_text('{"type": "start"}\n')
+    aws.add_fault("s3", "PutObject", "AccessDenied", times=2)
+    command = [sys.executable, "-m", "trainer", "mirror", str(source), "s3://results/runs/run", "--every", "0.1",
+               "--until-exits", "1"]
+    with open(tmp_path / "mirror.log", "w") as out:
+        mirror = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: aws.fault_counts()[0]["fired"] == 2 or mirror.poll() is not None, 60, "two refused copies")
+        with open(metrics, "a") as file:
+            file.write('{"type": "epoch"}\n')
+        (source / "exit" / "train-0").write_text("0\n")
+        assert mirror.wait(timeout=120) == 0, (tmp_path / "mirror.log").read_text()
+    finally:
+        if mirror.poll() is None:
+            mirror.kill()
+    log = (tmp_path / "mirror.log").read_text()
+    assert f"copying {source} to s3://results/runs/run failed (PermissionError: " in log
+    assert "works again after 2 failed tries" in log
+    copied = aws.client("s3").get_object(Bucket="results", Key="runs/run/metrics.jsonl")["Body"].read()
+    assert copied == metrics.read_bytes()

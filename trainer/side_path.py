@@ -25,6 +25,10 @@ class SidePath:
         """Whether to try now: always while it works, after the pause while it fails."""
         return self.clock() >= self.next_try
 
+    def pause(self) -> float:
+        """Seconds until the next try is due."""
+        return max(0.0, self.next_try - self.clock())
+
     def failed(self, error: BaseException) -> None:
         pause = min(FIRST_PAUSE * 2 ** self.failures, LONGEST_PAUSE)
         if not self.failing:
