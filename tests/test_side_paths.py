@@ -1,15 +1,20 @@
 """What only reports keeps what it could not deliver, tries again after a pause, and delivers it all once it can:
 TensorBoard events and metrics records on a real, small tmpfs that fills (the pauses' clock in the test's hands),
-and the S3 mirror against the simulator's bucket refusing copies for a while."""
+the S3 mirror and the orchestrator's relay against the simulator's bucket refusing them for a while."""
 
 import json
+import logging
 import subprocess
 import sys
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tasks.backends.aws import AwsBackend
+from tasks.backends.base import Cluster, Machine
+from tasks.relay import MetricsRelay, Relay
 from tests.disks import fill, small_disk
 from tests.prefect_server import wait_for
+from tests.test_aws import BUCKET, cluster_spec, options
 from trainer.recorder import JsonLines, TensorBoardEvents
 from trainer.side_path import LONGEST_PAUSE
 
@@ -85,3 +90,22 @@ def test_the_mirror_outlasts_a_bucket_that_refuses_copies_for_a_while_and_copies
     assert "works again after 2 failed tries" in log
     copied = aws.client("s3").get_object(Bucket="results", Key="runs/run/metrics.jsonl")["Body"].read()
     assert copied == metrics.read_bytes()
+
+
+def test_the_relay_outlasts_run_storage_it_cannot_read_for_a_while_and_catches_up(aws, caplog):
+    aws.client("s3").create_bucket(Bucket=BUCKET)
+    storage = f"s3://{BUCKET}/runs/relayed"
+    for key, body in (("metrics.jsonl", '{"type": "epoch", "epoch": 0}\n'), ("logs/train-0.log", "~~0\t0.1\n")):
+        aws.client("s3").put_object(Bucket=BUCKET, Key=f"runs/relayed/{key}", Body=body.encode())
+    cluster = Cluster(cluster_spec("relayed", 1), (Machine(0, "i-0", "10.0.0.1", "/data"),), storage, 1, "",
+                      "/efs/runs/relayed", "python3")
+    backend, logger = AwsBackend(options()), logging.getLogger("test-relay")
+    relay = Relay("train", 1, MetricsRelay(), logger)
+    aws.add_fault("s3", "GetObject", "AccessDenied", times=2)
+    with caplog.at_level(logging.INFO, logger="test-relay"):
+        assert relay.poll(backend, cluster) == [] and relay.poll(backend, cluster, force=True) == []
+        assert relay.poll(backend, cluster, force=True) == [{"type": "epoch", "epoch": 0}], "caught up"
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("from the run's storage failed (AccessDenied: " in message for message in messages) == 1
+    assert any("works again after 2 failed tries" in message for message in messages)
+    assert "machine 0 | ~~0\t0.1" in messages
