@@ -31,15 +31,15 @@ def test_tensorboard_values_added_while_the_disk_is_full_are_written_once_it_is_
     clock = Clock()
     with small_disk(tmp_path / "disk", 1) as disk:
         events = TensorBoardEvents(disk / "run", clock)
-        events.add({"loss": 0.0}, 0)
+        events.scalars({"loss": 0.0}, 0)
         ballast = fill(disk)
         for step in range(1, 300):  # more than the events file's last page holds
-            events.add({"loss": float(step)}, step)
+            events.scalars({"loss": float(step)}, step)
             clock.now += 0.5  # several tries fail
         assert events.side_path.failures > 1
         ballast.unlink()
         clock.now += LONGEST_PAUSE
-        events.add({"loss": 300.0}, 300)
+        events.scalars({"loss": 300.0}, 300)
         assert not events.side_path.failing
         events.close()
         written = EventAccumulator(str(disk / "run"))

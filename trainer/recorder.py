@@ -42,7 +42,7 @@ class Recorder:
     def scalars(self, values: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
-        self.tensorboard.add(values, step)
+        self.tensorboard.scalars(values, step)
         if self.wandb is not None:
             self.wandb.log(values, step)
 
@@ -65,43 +65,67 @@ class Recorder:
         self.metrics.close()
 
 
-class TensorBoardEvents:
-    """The scalars as TensorBoard events in `logdir`. A writer that failed once (a full disk, an I/O error) fails
-    for good, so the next try starts a new one (a new events file) and writes every value not yet flushed."""
+class Backlog:
+    """What a side path has not written yet: kept, written whole when a try is due, and tried once more at close.
+    A subclass writes a list of items, or raises OSError having undone what it could of a partial write."""
 
-    def __init__(self, logdir: Path, clock: Callable[[], float] = time.monotonic):
-        self.logdir = logdir
-        self.writer: SummaryWriter | None = None
-        self.unwritten: list[tuple[str, float, int, float]] = []  # tag, value, step, wall time
-        self.side_path = SidePath(f"writing TensorBoard events in {logdir}", log, clock)
-        self._write()
+    def __init__(self, what: str, clock: Callable[[], float]):
+        self.what = what
+        self.unwritten: list = []
+        self.side_path = SidePath(f"writing {what}", log, clock)
 
-    def add(self, values: dict[str, float], step: int) -> None:
-        now = time.time()
-        self.unwritten += [(tag, value, step, now) for tag, value in values.items()]
+    def add(self, items: list) -> None:
+        self.unwritten += items
         if self.side_path.due():
-            self._write()
+            self.flush()
 
-    def close(self) -> None:
-        if self.unwritten:
-            self._write()
-        if self.unwritten:
-            log.warning("%d TensorBoard value(s) could not be written to %s", len(self.unwritten), self.logdir)
-        self._close_writer()
-
-    def _write(self) -> None:
+    def flush(self) -> None:
         try:
-            if self.writer is None:
-                self.writer = SummaryWriter(log_dir=str(self.logdir))
-            for tag, value, step, walltime in self.unwritten:
-                self.writer.add_scalar(tag, value, step, walltime=walltime)
-            self.writer.flush()  # the writer's thread writes; its failure shows here, while the values are kept
+            self._write(self.unwritten)
         except OSError as exc:
-            self._close_writer()
             self.side_path.failed(exc)
         else:
             self.unwritten.clear()
             self.side_path.succeeded()
+
+    def close(self) -> None:
+        if self.unwritten:
+            self.flush()
+        if self.unwritten:
+            log.warning("%d item(s) were never written: %s", len(self.unwritten), self.what)
+
+    def _write(self, items: list) -> None:
+        raise NotImplementedError
+
+
+class TensorBoardEvents(Backlog):
+    """The scalars as TensorBoard events in `logdir`. A writer that failed once (a full disk, an I/O error) fails
+    for good, so the next try starts a new one (a new events file) and writes every value not yet flushed."""
+
+    def __init__(self, logdir: Path, clock: Callable[[], float] = time.monotonic):
+        super().__init__(f"TensorBoard events in {logdir}", clock)
+        self.logdir = logdir
+        self.writer: SummaryWriter | None = None
+        self.flush()
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        now = time.time()
+        self.add([(tag, value, step, now) for tag, value in values.items()])
+
+    def close(self) -> None:
+        super().close()
+        self._close_writer()
+
+    def _write(self, items: list[tuple[str, float, int, float]]) -> None:
+        try:
+            if self.writer is None:
+                self.writer = SummaryWriter(log_dir=str(self.logdir))
+            for tag, value, step, walltime in items:
+                self.writer.add_scalar(tag, value, step, walltime=walltime)
+            self.writer.flush()  # the writer's thread writes; its failure shows here, while the values are kept
+        except OSError:
+            self._close_writer()
+            raise
 
     def _close_writer(self) -> None:
         writer, self.writer = self.writer, None
@@ -110,43 +134,31 @@ class TensorBoardEvents:
                 writer.close()
 
 
-class JsonLines:
+class JsonLines(Backlog):
     """Records appended to a file that a reader on shared storage follows, each on disk before `append` returns.
     An append that fails (a full disk) is cut off again, so no torn line is left, and tried again with the next."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic):
-        self.path = path
+        super().__init__(f"records to {path}", clock)
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.unwritten: list[bytes] = []
-        self.side_path = SidePath(f"writing records to {path}", log, clock)
 
     def append(self, record: dict) -> None:
-        self.unwritten.append((json.dumps(record) + "\n").encode())
-        if self.side_path.due():
-            self._write()
+        self.add([(json.dumps(record) + "\n").encode()])
 
     def close(self) -> None:
-        if self.unwritten:
-            self._write()
-        if self.unwritten:
-            log.warning("%d record(s) could not be written to %s", len(self.unwritten), self.path)
+        super().close()
         os.close(self.fd)
 
-    def _write(self) -> None:
-        pending, size = memoryview(b"".join(self.unwritten)), None
+    def _write(self, items: list[bytes]) -> None:
+        pending, size = memoryview(b"".join(items)), os.fstat(self.fd).st_size
         try:
-            size = os.fstat(self.fd).st_size
             while pending:
                 pending = pending[os.write(self.fd, pending):]
             os.fsync(self.fd)
-        except OSError as exc:
-            if size is not None:
-                with contextlib.suppress(OSError):  # if even this fails, readers skip the torn line
-                    os.ftruncate(self.fd, size)
-            self.side_path.failed(exc)
-        else:
-            self.unwritten.clear()
-            self.side_path.succeeded()
+        except OSError:
+            with contextlib.suppress(OSError):  # if even this fails, readers skip the torn line
+                os.ftruncate(self.fd, size)
+            raise
 
 
 class NodeHeartbeat:
