@@ -39,6 +39,7 @@ class SidePath:
 
     def succeeded(self) -> None:
         if self.failing:
-            self.logger.info("%s works again after %d failed tries; what it missed is caught up", self.what,
-                             self.failures)
+            # a warning too, so that it is seen wherever the failure was (a console that shows only warnings)
+            self.logger.warning("%s works again after %d failed tries; what it missed is caught up", self.what,
+                                self.failures)
         self.failures, self.next_try = 0, 0.0
