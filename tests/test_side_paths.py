@@ -1,20 +1,25 @@
 """What only reports keeps what it could not deliver, tries again after a pause, and delivers it all once it can:
 TensorBoard events and metrics records on a real, small tmpfs that fills (the pauses' clock in the test's hands),
-the S3 mirror and the orchestrator's relay against the simulator's bucket refusing them for a while."""
+the S3 mirror and the orchestrator's relay against the simulator's bucket refusing them for a while, artifacts
+for a Prefect API that does not answer."""
 
 import json
 import logging
 import subprocess
 import sys
 
+from prefect.artifacts import MarkdownArtifact
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tasks.artifacts import Outbox
 from tasks.backends.aws import AwsBackend
 from tasks.backends.base import Cluster, Machine
 from tasks.relay import MetricsRelay, Relay
 from tests.disks import fill, small_disk
 from tests.prefect_server import wait_for
 from tests.test_aws import BUCKET, cluster_spec, options
+from tests.trainer_runs import free_port
 from trainer.recorder import JsonLines, TensorBoardEvents
 from trainer.side_path import LONGEST_PAUSE
 
@@ -109,3 +114,13 @@ def test_the_relay_outlasts_run_storage_it_cannot_read_for_a_while_and_catches_u
     assert sum("from the run's storage failed (AccessDenied: " in message for message in messages) == 1
     assert any("works again after 2 failed tries" in message for message in messages)
     assert "machine 0 | ~~0\t0.1" in messages
+
+
+def test_artifacts_the_prefect_api_does_not_take_are_kept_and_named_in_the_end(caplog):
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}):  # nothing listens
+        outbox = Outbox()
+        outbox.send(MarkdownArtifact(markdown="# plan", key="imagenet18-plan"))
+        outbox.send(MarkdownArtifact(markdown="# summary", key="imagenet18-summary"))
+        assert outbox.deliver_before(0) == ["imagenet18-plan", "imagenet18-summary"]
+    failures = [r for r in caplog.records if "sending artifacts to the Prefect API failed" in r.getMessage()]
+    assert len(failures) == 1, "reported once, not at every try"

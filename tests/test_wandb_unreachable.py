@@ -48,6 +48,7 @@ def test_demo_with_a_wandb_key_and_no_route_to_wandb_completes_offline(tmp_path,
     assert result.returncode == 0, output[-5000:]
     assert "top-1" in result.stdout and "after 1 epochs" in result.stdout
     assert "wandb on machine 0: wandb is unreachable" in output and "the run goes on with wandb offline" in output
+    assert "machine 0 | warning: wandb is unreachable" in output, "machine 0's warning is relayed as one"
 
     with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:
         (summary,), = db.execute("select data from artifact where key = 'imagenet18-summary'").fetchall()
