@@ -17,6 +17,7 @@ import os
 import sys
 from contextlib import nullcontext
 
+import httpx
 from pydantic import ValidationError
 
 from flows.api_server import APIServerError, api_for_flows
@@ -130,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the run's resources were torn down", file=sys.stderr)
         return 130
+    except httpx.HTTPError as exc:  # the flow's own state, at its start or end: artifacts and task states wait
+        print(f"error: the Prefect API did not answer ({type(exc).__name__}: {exc}), so this run's state is not "
+              "recorded there; a run that began has torn down what it made all the same (teardown needs no API), and "
+              "its log is above", file=sys.stderr)
+        return 1
 
 
 def _one_line(exc: Exception) -> str:

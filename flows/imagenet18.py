@@ -19,6 +19,7 @@ from prefect.runtime import flow_run as current_run
 
 from flows.parameters import BackendName, MachineCount, RunParameters
 from tasks import stages
+from tasks.artifacts import close_outbox
 from tasks.backends import get_backend
 from tasks.backends.aws.options import AwsOptions
 from tasks.extra_loggers import extra_loggers_at_prefect_level
@@ -69,6 +70,13 @@ def imagenet18(machines: MachineCount = 2, backend: BackendName = "local", spot:
                            epochs=epochs, compile=compile, budget_usd=budget_usd, max_hours=max_hours, dry_run=dry_run,
                            restarts=restarts, hang_minutes=hang_minutes, aws=aws)
     run_id, run_name = str(current_run.id), current_run.name
+    try:
+        return _plan_and_train(params, run_id, run_name)
+    finally:
+        _report_unsent_artifacts()
+
+
+def _plan_and_train(params: RunParameters, run_id: str, run_name: str) -> dict:
     plan = stages.validate_and_plan(params, run_id, run_name)
     if params.dry_run:
         get_run_logger().info("dry run: nothing was created")
@@ -87,3 +95,12 @@ def imagenet18(machines: MachineCount = 2, backend: BackendName = "local", spot:
     finally:
         wait(started)  # on a cancel or SIGTERM while they run
         stages.teardown(params, run_id)
+
+
+def _report_unsent_artifacts() -> None:
+    """After teardown, which needs no API: artifacts the Prefect API did not take while it was away get a while
+    to reach it; those that never do are named in the flow's log (which reaches the console in any case)."""
+    unsent = close_outbox()
+    if unsent:
+        get_run_logger().warning("the Prefect API did not answer, so this run's artifact(s) %s are not there; "
+                                 "its logs, metrics and curves are in its run folder", ", ".join(unsent))

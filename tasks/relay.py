@@ -1,5 +1,8 @@
 """What the machines write, brought to the flow run's log while they train: the trainer's records
-(metrics.jsonl) and the machines' console logs (logs/<job>-<i>.log), read from the run's storage by offset."""
+(metrics.jsonl) and the machines' console logs (logs/<job>-<i>.log), read from the run's storage by offset.
+
+Reading them is a side path: a read that fails (storage unreachable for a while) is reported and tried again
+after a pause from where the last one ended, so the flow's log catches up; training never waits on it."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import re
 from collections.abc import Iterator
 
 from tasks.backends.base import Backend, Cluster
+from trainer.console import WARNING_PREFIX
+from trainer.side_path import SidePath
 
 # torchrun and Python's own ways of saying something went wrong; "[rank1]: " prefixes are kept
 ERROR_LINE = re.compile(r"Traceback \(most recent call last\)|\b\w*(Error|Exception)\b|\bFAILED\b|\bKilled\b|"
@@ -62,8 +67,8 @@ class MetricsRelay:
                 logger.info("reached %s %.3f >= %.1f at epoch %d after %.5f hours", record["metric"],
                             record["value"], record["target"], record["epoch"], record["hours"])
             elif record["type"] == "wandb":
-                self.wandb = {"url": record.get("url"), "dir": record.get("dir")}
-                logger.info("wandb run: %s", record.get("url") or f"offline, in {record.get('dir')}")
+                self.wandb = {key: record.get(key) for key in ("status", "url", "dir", "reason")}
+                _log_wandb(self.wandb, logger)
             elif record["type"] == "end" and record.get("status") == "failed":
                 logger.error("the trainer failed: %s", record.get("error"))
         self.epochs += new_epochs
@@ -78,9 +83,20 @@ class MetricsRelay:
                 logger.warning("skipping an unreadable metrics line: %.200s", line)
 
 
+def _log_wandb(wandb: dict, logger: logging.Logger) -> None:
+    if not wandb["reason"]:
+        logger.info("wandb run: %s", wandb["url"] or f"offline, in {wandb['dir']}")
+    elif wandb["status"] == "offline":
+        logger.warning("wandb on machine 0: %s; the run goes on with wandb offline, in %s (`wandb sync` uploads it "
+                       "later)", wandb["reason"], wandb["dir"])
+    else:
+        logger.warning("wandb on machine 0: %s; wandb is off for the rest of the run (what it wrote: %s)",
+                       wandb["reason"], wandb["dir"])
+
+
 class MachineLogs:
-    """Machine 0's console (the seed's lines) at INFO, and every machine's error lines and tracebacks at ERROR,
-    prefixed with the machine, as each poll finds them in job `job`'s logs."""
+    """Machine 0's console (the seed's lines) at INFO, every machine's warnings at WARNING and its error lines and
+    tracebacks at ERROR, prefixed with the machine, as each poll finds them in job `job`'s logs."""
 
     def __init__(self, job: str, machines: int) -> None:
         self.job = job
@@ -93,7 +109,9 @@ class MachineLogs:
             lines, size = _complete_lines(chunk)
             self.offsets[index] += size
             for line in lines:
-                if self._is_error(index, line):
+                if line.startswith(WARNING_PREFIX):
+                    logger.warning("machine %d | %s", index, line)
+                elif self._is_error(index, line):
                     logger.error("machine %d | %s", index, line)
                 elif index == 0 and line.strip():
                     logger.info("machine 0 | %s", line)
@@ -106,3 +124,35 @@ class MachineLogs:
         if "Traceback (most recent call last)" in line:
             self.in_traceback[index] = True
         return bool(ERROR_LINE.search(line))
+
+
+class Relay:
+    """Machine logs and metrics records of job `job`, read as a side path (see the module's docstring)."""
+
+    def __init__(self, job: str, machines: int, metrics: MetricsRelay, logger: logging.Logger) -> None:
+        self.machine_logs, self.metrics, self.logger = MachineLogs(job, machines), metrics, logger
+        self.side_path = SidePath("reading the machines' logs and metrics from the run's storage", logger)
+
+    def poll(self, backend: Backend, cluster: Cluster, force: bool = False) -> list[dict]:
+        """New epoch records since the last poll that read them; none while reading fails or waits to be retried.
+        `force`: read now, whatever the pause (the run ended: what was missed is caught up now or never)."""
+        if not (force or self.side_path.due()):
+            return []
+        try:
+            self.machine_logs.poll(backend, cluster, self.logger)
+            new_epochs = self.metrics.poll(backend, cluster, self.logger)
+        except Exception as exc:  # noqa: BLE001 - any storage error (OSError, botocore's, s3fs's) means "not now"
+            self.side_path.failed(exc)
+            return []
+        self.side_path.succeeded()
+        return new_epochs
+
+    def heartbeats(self, backend: Backend, cluster: Cluster) -> dict[int, bytes]:
+        """Each machine's heartbeat file as it is now; none while the storage cannot be read."""
+        if not self.side_path.due():
+            return {}
+        try:
+            return {m.index: backend.read_storage(cluster, f"heartbeats/node-{m.index}.json") for m in cluster.machines}
+        except Exception as exc:  # noqa: BLE001 - see poll
+            self.side_path.failed(exc)
+            return {}

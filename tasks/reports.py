@@ -4,16 +4,11 @@ its epochs, and its summary with the loss and accuracy curves."""
 from __future__ import annotations
 
 import base64
-from uuid import UUID
 
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import MarkdownArtifact, TableArtifact
 
 from flows.parameters import RunParameters
+from tasks.artifacts import Progress, outbox
 from tasks.planning import RunPlan
 
 PLAN_KEY, PROGRESS_KEY, EPOCHS_KEY, SUMMARY_KEY = ("imagenet18-plan", "imagenet18-progress", "imagenet18-epochs",
@@ -43,8 +38,8 @@ def _machines(p: RunParameters) -> str:
 
 
 def publish_plan(plan: RunPlan) -> None:
-    create_markdown_artifact(plan_markdown(plan), key=PLAN_KEY,
-                             description=f"{plan.spec.run_name}: resources, ${plan.cost.hourly_usd:,.2f}/h")
+    outbox().send(MarkdownArtifact(markdown=plan_markdown(plan), key=PLAN_KEY,
+                                   description=f"{plan.spec.run_name}: resources, ${plan.cost.hourly_usd:,.2f}/h"))
 
 
 class TrainingProgress:
@@ -52,19 +47,19 @@ class TrainingProgress:
 
     def __init__(self, run_name: str, epochs: int) -> None:
         self.run_name, self.epochs, self.done = run_name, epochs, 0
-        self.id: UUID = create_progress_artifact(0.0, key=PROGRESS_KEY,
-                                                 description=f"{run_name}: training, epoch 0 of {epochs}")
+        description = f"{run_name}: training, epoch 0 of {epochs}"
+        self.artifact = Progress(PROGRESS_KEY, 0.0, description)
+        outbox().progress(self.artifact, 0.0, description)
 
     def epoch_ended(self, record: dict) -> None:
         self.done = max(self.done, record["epoch"] + 1)  # a resumed epoch does not move it back
-        update_progress_artifact(self.id, min(100.0, 100.0 * self.done / self.epochs),
-                                 description=f"{self.run_name}: epoch {self.done} of {self.epochs}, top-1 "
-                                             f"{record['top1']:.1f}%, top-5 {record['top5']:.1f}%")
+        outbox().progress(self.artifact, min(100.0, 100.0 * self.done / self.epochs),
+                          f"{self.run_name}: epoch {self.done} of {self.epochs}, top-1 {record['top1']:.1f}%, "
+                          f"top-5 {record['top5']:.1f}%")
 
     def finished(self, epochs: int, top1: float) -> None:
         """Training ended; a run that stopped at its target before the schedule's last epoch is done too."""
-        update_progress_artifact(self.id, 100.0, description=f"{self.run_name}: training done, {epochs} epochs, "
-                                                             f"top-1 {top1:.1f}%")
+        outbox().progress(self.artifact, 100.0, f"{self.run_name}: training done, {epochs} epochs, top-1 {top1:.1f}%")
 
 
 class DatasetProgress:
@@ -72,13 +67,12 @@ class DatasetProgress:
     whose copies are up to date shows none)."""
 
     def __init__(self, run_name: str, dataset: str) -> None:
-        self.run_name, self.dataset, self.id = run_name, dataset, None
+        self.run_name, self.dataset, self.artifact = run_name, dataset, None
 
     def update(self, done: int, total: int) -> None:
         description = f"{self.run_name}: resized copies of {self.dataset}, {done:,} of {total:,} images"
-        if self.id is None:
-            self.id = create_progress_artifact(0.0, key=DATASET_KEY, description=description)
-        update_progress_artifact(self.id, 100.0 * done / total, description=description)
+        self.artifact = self.artifact or Progress(DATASET_KEY, 0.0, description)
+        outbox().progress(self.artifact, 100.0 * done / total, description)
 
 
 def epoch_rows(epochs: list[dict]) -> list[dict]:
@@ -88,13 +82,12 @@ def epoch_rows(epochs: list[dict]) -> list[dict]:
 
 
 def publish_epochs(run_name: str, epochs: list[dict]) -> None:
-    create_table_artifact(epoch_rows(epochs), key=EPOCHS_KEY, description=f"{run_name}: one row per epoch")
+    outbox().send(TableArtifact(table=epoch_rows(epochs), key=EPOCHS_KEY, description=f"{run_name}: one row per epoch"))
 
 
 def summary_markdown(result: dict, curves_png: bytes, curves_path: str) -> str:
     reached = (f"epoch {result['target_epoch']}, {result['target_hours'] * 60:.1f} min"
                if result["target_epoch"] is not None else "not reached")
-    wandb = result.get("wandb") or {}
     best = result.get("best")
     rows = [("top-1 / top-5", f"{result['top1']:.3f}% / {result['top5']:.3f}% after {result['epochs']} epochs "
                               f"({result.get('accuracy_of', 'the last epoch')})"),
@@ -106,14 +99,24 @@ def summary_markdown(result: dict, curves_png: bytes, curves_path: str) -> str:
             ("restarts", _restarts(result)),
             ("logs and TensorBoard events", f"`{result['storage']}`"),
             ("TensorBoard", f"`{result['tensorboard']}`"),
-            ("wandb", wandb.get("url") or (f"offline, in `{wandb['dir']}`" if wandb.get("dir")
-                                           else "off (set WANDB_API_KEY to mirror runs)")),
+            ("wandb", _wandb(result.get("wandb"))),
             ("connect (while it ran)", f"`{result['connect']}`"),
             ("curves", f"`{curves_path}`")]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     image = base64.b64encode(curves_png).decode()
     return (f"# {result['run_name']}\n\n| | |\n|---|---|\n{table}\n\n"
             f"![loss and accuracy curves](data:image/png;base64,{image})\n")
+
+
+def _wandb(wandb: dict | None) -> str:
+    if not wandb:
+        return "off (set WANDB_API_KEY to mirror runs)"
+    where = wandb["url"] or f"offline, in `{wandb['dir']}`"
+    if not wandb["reason"]:
+        return where
+    if wandb["status"] == "offline":
+        return f"{where}: {wandb['reason']} (`wandb sync` uploads it)"
+    return f"off: {wandb['reason']} (what it wrote: `{wandb['dir']}`)"
 
 
 def _restarts(result: dict) -> str:
@@ -124,5 +127,5 @@ def _restarts(result: dict) -> str:
 
 
 def publish_summary(result: dict, curves_png: bytes, curves_path: str) -> None:
-    create_markdown_artifact(summary_markdown(result, curves_png, curves_path), key=SUMMARY_KEY,
-                             description=f"{result['run_name']}: top-1 {result['top1']:.1f}%")
+    outbox().send(MarkdownArtifact(markdown=summary_markdown(result, curves_png, curves_path), key=SUMMARY_KEY,
+                                   description=f"{result['run_name']}: top-1 {result['top1']:.1f}%"))

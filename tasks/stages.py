@@ -20,7 +20,7 @@ from tasks.backends.base import Cluster, InputError, Resource
 from tasks.curves import curves_png  # matplotlib: half a second, imported while the command's API server starts
 from tasks.planning import RunPlan, plan_run
 from tasks.progress import ProgressWatch
-from tasks.relay import MachineLogs, MetricsRelay, trainer_error
+from tasks.relay import MetricsRelay, Relay, trainer_error
 from tasks.reports import DatasetProgress, TrainingProgress, publish_epochs, publish_plan, publish_summary
 
 TRAIN_JOB = "train"
@@ -105,14 +105,14 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[di
     progress = TrainingProgress(plan.spec.run_name, plan.epochs)
     deadline = time.monotonic() + plan.params.max_hours * 3600
     _launch(backend, plan, cluster, job, logger)
-    watch, machine_logs = ProgressWatch(plan.params.hang_minutes * 60), MachineLogs(job, len(cluster.machines))
+    watch, relay = ProgressWatch(plan.params.hang_minutes * 60), Relay(job, len(cluster.machines), metrics, logger)
     while True:
         status = backend.status(cluster, job)
-        machine_logs.poll(backend, cluster, logger)
-        for record in metrics.poll(backend, cluster, logger):
+        for record in relay.poll(backend, cluster, force=status.done):
             progress.epoch_ended(record)
         ending = status.done or status.succeeded  # a node that finished beats no more; the rest follow
-        hung = [] if ending else watch.hung(_heartbeats(backend, cluster))
+        beats = {} if ending else relay.heartbeats(backend, cluster)
+        hung = watch.hung(beats) if beats else []  # no beats read: nothing to judge by
         if status.failed or hung:
             lost = {index: code for index, code in status.failed.items() if _lost(code)}
             if len(lost) < len(status.failed) or len(restarts) >= plan.params.restarts:
@@ -126,7 +126,8 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[di
             cluster = backend.provision(cluster.spec, replicas)
             job = f"{TRAIN_JOB}.r{len(restarts) + 1}"
             _launch(backend, plan, cluster, job, logger)
-            watch, machine_logs = ProgressWatch(plan.params.hang_minutes * 60), MachineLogs(job, len(cluster.machines))
+            watch = ProgressWatch(plan.params.hang_minutes * 60)
+            relay = Relay(job, len(cluster.machines), metrics, logger)
             restarts.append({"job": job, "lost": {str(i): code for i, code in lost.items()}, "hung": hung,
                              "after_epoch": metrics.epochs[-1]["epoch"] if metrics.epochs else None,
                              "seconds_to_relaunch": round(time.monotonic() - began, 1)})
@@ -149,10 +150,6 @@ def _launch(backend, plan: RunPlan, cluster: Cluster, job: str, logger) -> None:
     commands = {m.index: trainer_command(plan, cluster, m.index, port) for m in cluster.machines}
     backend.launch(cluster, commands, job)
     logger.info("launched %s: %s", job, " ".join(commands[0]))
-
-
-def _heartbeats(backend, cluster: Cluster) -> dict[int, bytes]:
-    return {m.index: backend.read_storage(cluster, f"heartbeats/node-{m.index}.json") for m in cluster.machines}
 
 
 def _failure(backend, cluster: Cluster, job: str, failed: dict[int, int], hung: list[int], hang_minutes: float) -> str:

@@ -41,11 +41,11 @@ def healthy(api_url: str) -> bool:
 
 
 @contextmanager
-def background(command: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+def background(command: list[str], env: dict[str, str], log: Path, cwd: Path | None = None, mode: str = "w"
                ) -> Iterator[subprocess.Popen]:
-    """`command` in its own process group, output to `log`; afterwards SIGTERM to what is left of the group, SIGKILL
-    after 30 s."""
-    with open(log, "w") as out:
+    """`command` in its own process group, output to `log` (opened with `mode`); afterwards SIGTERM to what is left
+    of the group, SIGKILL after 30 s."""
+    with open(log, mode) as out:
         process = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True, stdout=out,
                                    stderr=subprocess.STDOUT)
     try:
@@ -62,17 +62,18 @@ def background(command: list[str], env: dict[str, str], log: Path, cwd: Path | N
 
 
 @contextmanager
-def prefect_server(home: Path, **extra_env: str) -> Iterator[dict[str, str]]:
-    """`prefect server start` on a free port, with its own PREFECT_HOME under `home` and no telemetry; yields the
-    environment that points clients (and the UI: PREFECT_UI_API_URL follows PREFECT_API_URL, not --port) at it.
-    The server's log is `home`/server.log."""
+def prefect_server(home: Path, port: int | None = None, **extra_env: str) -> Iterator[dict[str, str]]:
+    """`prefect server start` on `port` (default: a free one), with its own PREFECT_HOME under `home` and no
+    telemetry; yields the environment that points clients (and the UI: PREFECT_UI_API_URL follows PREFECT_API_URL,
+    not --port) at it. The server's log is `home`/server.log (appended to: a server restarted on the same home and
+    port, with the same database, continues it)."""
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PREFECT_API_URL": url, "DO_NOT_TRACK": "1",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **extra_env}
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with background(command, env, home / "server.log") as server:
+    with background(command, env, home / "server.log", mode="a") as server:
         try:
             wait_for(lambda: healthy(url) or server.poll() is not None, 120, "the Prefect server")
         except AssertionError as exc:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.trainer_runs import run, run_two_nodes, train_command, trainer_env
+from tests.trainer_runs import free_port, run, run_two_nodes, train_command, trainer_env
 from trainer import checkpoint
 from trainer.model import build_model, training_module
 
@@ -177,17 +177,27 @@ def test_missing_data_is_one_clear_line(tmp_path):
     assert result.stderr == f"error: data folder {tmp_path / 'nowhere'} does not exist\n"
 
 
-def test_wandb_mirrors_the_run_offline_and_the_key_is_written_nowhere(tiny_data, tmp_path):
+@pytest.mark.parametrize("wandb_env,reason", [
+    ({"WANDB_MODE": "offline"}, None),
+    ({"WANDB_BASE_URL": f"http://127.0.0.1:{free_port()}", "WANDB_INIT_TIMEOUT": "5"},  # nothing listens there
+     "wandb is unreachable ("),
+], ids=["offline", "unreachable"])
+def test_wandb_mirrors_the_run_offline_and_the_key_is_written_nowhere(tiny_data, tmp_path, wandb_env, reason):
     canary = "canary" + "0123456789abcdef" * 2 + "wxyz"  # 40 characters, like a real key
     logdir = tmp_path / "run"
-    result = run(train_command(tiny_data, logdir, "--epochs", "1"), WANDB_API_KEY=canary, WANDB_MODE="offline")
+    result = run(train_command(tiny_data, logdir, "--epochs", "1"), WANDB_API_KEY=canary, **wandb_env)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((logdir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
-    assert "wandb run: offline" in result.stdout
     records = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["dir"].startswith(str(logdir / "wandb")) for r in records if r["type"] == "wandb"] == [True], \
+    (wandb,) = [r for r in records if r["type"] == "wandb"]
+    assert wandb["status"] == "offline" and wandb["dir"].startswith(str(logdir / "wandb")), \
         "the orchestrator learns where the wandb run is"
+    if reason is None:
+        assert "wandb run: offline" in result.stdout and wandb["reason"] is None
+    else:
+        assert wandb["reason"].startswith(reason) and f"warning: {reason}" in result.stdout
+        assert "the run goes on with wandb offline" in result.stdout
     assert canary not in result.stdout + result.stderr
     for path in logdir.rglob("*"):
         if path.is_file():

@@ -9,6 +9,8 @@ import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
+from trainer.written import naming
+
 CHECKPOINT_NAME = "checkpoint.pt"
 BEST_NAME = "best.pt"  # the best epoch's weights: arch, classes, epoch, top1, top5, model
 FORMAT_VERSION = 1
@@ -34,22 +36,32 @@ def exists(location: str) -> bool:
 
 
 def save(location: str, state: dict) -> str:
+    """Not a side path: a checkpoint that cannot be written raises (naming it), and the run stops."""
     fs, path = fsspec.core.url_to_fs(checkpoint_path(location))
     buffer = io.BytesIO()
     torch.save({"format": FORMAT_VERSION, **state}, buffer)
+    with naming(checkpoint_path(location), "the checkpoint"):
+        _write(fs, path, buffer)
+    return path
+
+
+def _write(fs: fsspec.AbstractFileSystem, path: str, buffer: io.BytesIO) -> None:
     if isinstance(fs, LocalFileSystem):
         fs.makedirs(fs._parent(path), exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)  # what a failed write filled
     else:
         # Object stores publish an object whole when its upload completes, so a direct write is atomic.
         with fs.open(path, "wb") as f:
             f.write(buffer.getbuffer())
-    return path
 
 
 def load(location: str) -> dict:

@@ -140,12 +140,10 @@ def _mirror(args: argparse.Namespace) -> int:
     from trainer.mirror import Mirror, exits_written
 
     mirror = Mirror(args.source, args.url)
-    if args.only:
-        mirror.push(args.source / relative for relative in args.only)
-    elif args.until_exits:
+    if args.until_exits:
         mirror.follow(exits_written(args.source, args.until_exits, args.exit_pattern), args.every)
     else:
-        mirror.push()
+        mirror.push_until_copied([args.source / relative for relative in args.only] if args.only else None)
     return 0
 
 

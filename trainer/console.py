@@ -9,6 +9,7 @@ from pathlib import Path
 
 log = logging.getLogger("trainer")
 EVENT = {"event": True}  # `log.info(msg, extra=EVENT)` also goes to event.log
+WARNING_PREFIX = "warning: "
 
 
 class Meter:
@@ -88,6 +89,14 @@ def dataset_changed_lines(size: int, batch_size: int, train_dir: Path, val_dir: 
             f"Train Directory: {train_dir}", f"Validation Directory: {val_dir}"]
 
 
+class _Plain(logging.Formatter):
+    """The message as the seed printed it; a warning says so, to a reader and to the orchestrator's relay."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return f"{WARNING_PREFIX}{message}" if record.levelno >= logging.WARNING else message
+
+
 class _EventsOnly(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return getattr(record, "event", False)
@@ -98,7 +107,7 @@ def setup(logdir: Path | None, is_master: bool, verbose: bool = False) -> None:
     log.handlers.clear()
     log.propagate = False
     log.setLevel(logging.DEBUG)
-    plain = logging.Formatter("%(message)s")
+    plain = _Plain("%(message)s")
     console = logging.StreamHandler(sys.stdout)
     console.setLevel(logging.DEBUG if verbose else logging.INFO if is_master else logging.WARNING)
     console.setFormatter(plain)

@@ -28,6 +28,7 @@ from trainer.console import log
 from trainer.engine import Context, evaluate, train_one_epoch
 from trainer.model import MOMENTUM, build_model, build_optimizer, training_module
 from trainer.recorder import NodeHeartbeat, Recorder
+from trainer.written import naming
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imagenet18"
 
@@ -349,7 +350,8 @@ def _finish(summary: RunSummary, recorder: Recorder, logdir: Path, world: distri
     recorder.record("end", status="completed", hours=summary.hours, top1=final.get("top1"),
                     top5=final.get("top5"), target_epoch=summary.target_epoch, target_hours=summary.target_hours)
     if world.is_master:
-        (logdir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+        with naming(logdir / "summary.json", "the run's summary"):  # not a side path: the orchestrator reads it
+            (logdir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
 
 
 def _jsonable(values: dict) -> dict:

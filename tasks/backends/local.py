@@ -24,10 +24,11 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tasks.backends.base import (POOL_OWNER, Cluster, ClusterSpec, CostPlan, InputError, JobStatus, LineItem,
-                                 Machine, Resource)
+from tasks.backends.base import (POOL_OWNER, BackendError, Cluster, ClusterSpec, CostPlan, InputError, JobStatus,
+                                 LineItem, Machine, Resource)
 from trainer.layout import DataError, check_source
 from trainer.prepare import PrepareReport, prepare, size_of
+from trainer.written import naming
 
 RUN_ENV = "IMAGENET18_RUN"
 HOME_ENV = "IMAGENET18_LOCAL_HOME"
@@ -403,8 +404,9 @@ def _file_name(resource_id: str) -> str:
 
 
 def _write_record(path: Path, resource: Resource) -> Path:
-    path.write_text(json.dumps({"kind": resource.kind, "id": resource.id, "run_id": resource.run_id,
-                                "expires_at": resource.expires_at.isoformat(), "details": resource.details}))
+    with naming(path, f"the record of {resource.id}"):
+        path.write_text(json.dumps({"kind": resource.kind, "id": resource.id, "run_id": resource.run_id,
+                                    "expires_at": resource.expires_at.isoformat(), "details": resource.details}))
     return path
 
 
@@ -458,5 +460,10 @@ def _link_tree(source: Path, destination: Path) -> None:
 
     tmp = destination.with_name(destination.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp, copy_function=link)
+    try:
+        shutil.copytree(source, tmp, copy_function=link)
+    except shutil.Error as exc:  # one (source, destination, why) per file that failed, thousands on a full disk
+        shutil.rmtree(tmp, ignore_errors=True)  # what it filled
+        raise BackendError(f"the dataset replica {destination} could not be made: {exc.args[0][0][2]} "
+                           f"({len(exc.args[0])} file(s) not copied)") from exc
     os.replace(tmp, destination)

@@ -1,0 +1,77 @@
+"""A full disk, made real: a small tmpfs filled by a ballast file. What only reports (TensorBoard events, metrics
+records, heartbeats) waits for space and catches up; what a run needs (checkpoints, dataset replicas) stops it
+with an error that names the path, and teardown runs as always."""
+
+import json
+import os
+import signal
+import subprocess
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from flows.imagenet18 import imagenet18
+from tasks.backends.local import LocalBackend
+from tests.disks import fill, small_disk
+from tests.prefect_server import wait_for
+from tests.trainer_runs import run, train_command, trainer_env
+
+
+def _records(logdir, kind):
+    lines = (logdir / "metrics.jsonl").read_text().splitlines() if (logdir / "metrics.jsonl").exists() else []
+    return [r for r in map(json.loads, lines) if r["type"] == kind]
+
+
+def test_a_disk_that_fills_and_frees_again_loses_no_event_or_record(tiny_data, tmp_path):
+    console = tmp_path / "console.log"
+    with small_disk(tmp_path / "disk", 16) as disk:
+        logdir = disk / "run"
+        command = train_command(tiny_data, logdir, "--epochs", "3", "--checkpoint-dir", str(tmp_path / "checkpoints"),
+                                "--cache-dir", str(tmp_path / "cache"))
+        with open(console, "w") as out:
+            trainer = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=trainer_env())
+        try:
+            wait_for(lambda: _records(logdir, "epoch") or trainer.poll() is not None, 240, "the first epoch")
+            os.kill(trainer.pid, signal.SIGSTOP)  # the disk is full before it writes again
+            ballast = fill(disk)
+            os.kill(trainer.pid, signal.SIGCONT)
+            wait_for(lambda: "warning: writing TensorBoard events" in console.read_text() or trainer.poll() is not None,
+                     120, "the trainer to find the disk full")
+            ballast.unlink()
+            assert trainer.wait(timeout=300) == 0, console.read_text()[-3000:]
+        finally:
+            if trainer.poll() is None:
+                trainer.kill()
+        output = console.read_text()
+        assert (f"warning: writing TensorBoard events in {logdir} failed (OSError: [Errno 28] No space left on device)"
+                in output)
+        assert f"writing TensorBoard events in {logdir} works again" in output
+        summary = json.loads((logdir / "summary.json").read_text())
+        assert [r["epoch"] for r in _records(logdir, "epoch")] == [0, 1, 2], "every record, no torn line"
+        assert len(list(logdir.glob("events.out.tfevents.*"))) >= 2, "a new writer after the failed one"
+        events = EventAccumulator(str(logdir))
+        events.Reload()
+        assert [e.step for e in events.Scalars("losses/test_5")] == [e["examples_seen"] for e in summary["epochs"]]
+        train_lines = [line for line in output.splitlines() if line.startswith("Epoch: [")]
+        assert len({e.step for e in events.Scalars("losses/xent")}) == len(train_lines), "a value per console line"
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_names_it(tiny_data, tmp_path):
+    with small_disk(tmp_path / "disk", 1) as disk:
+        fill(disk)
+        result = run(train_command(tiny_data, tmp_path / "run", "--epochs", "1", "--checkpoint-dir", str(disk)))
+        assert list(disk.iterdir()) == [disk / "ballast"], "no half-written checkpoint is left"
+    assert result.returncode != 0
+    assert (f"OSError: [Errno 28] the checkpoint could not be written (No space left on device): "
+            f"'{disk / 'checkpoint.pt'}'") in result.stderr
+    assert _records(tmp_path / "run", "end")[-1]["status"] == "failed"
+
+
+def test_a_replica_on_a_full_disk_fails_the_run_naming_it_and_leaves_nothing(prefect_api, tiny_data, tmp_path,
+                                                                              monkeypatch):
+    with small_disk(tmp_path / "disk", 8) as home:
+        monkeypatch.setenv("IMAGENET18_HOME", str(home))
+        state = imagenet18(machines=1, dataset=str(tiny_data), schedule="cpu-tiny", epochs=1, return_state=True)
+        assert state.is_failed()
+        assert f"the dataset replica {home / 'local' / 'replicas'}/" in state.message
+        assert "could not be made: [Errno 28] No space left on device" in state.message
+        assert LocalBackend(home).resources() == [] and not any((home / "local" / "replicas").glob("*/*"))
