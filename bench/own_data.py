@@ -60,7 +60,8 @@ def ours(dataset: Path, machines: int) -> Side:
         summary = json.loads(Path(storage, "summary.json").read_text())
     epochs = summary["epochs"]
     return Side("imagenet18 run", seconds, len(epochs), epochs[-1]["top1"], max(e["top1"] for e in epochs),
-                f"{summary['schedule']}, {summary['arch']}, sizes {sorted({e['size'] for e in epochs})}")
+                f"{summary['schedule']}, {summary['arch']}, sizes {sorted({e['size'] for e in epochs})}, batch "
+                f"{epochs[0]['global_batch']}, {summary['hours'] * 3600:.0f} s of it training")
 
 
 def plain_loop(dataset: Path, seconds: float) -> Side:

@@ -1,6 +1,6 @@
 """Three small, real image-classification datasets that ship inside PyPI wheels, written as ImageNet-layout folders.
 
-    pip install pillow==13.0.0 numpy==2.4.6 scikit-learn==1.9.1 scikit-image==0.26.0
+    pip install -e '.[bench]'                                      # scikit-learn and scikit-image, pinned
     python bench/real_datasets.py /tmp/real                        # all three
     python bench/real_datasets.py /tmp/real --only digits lfw-faces
 
