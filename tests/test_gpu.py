@@ -35,3 +35,13 @@ def test_one_epoch_on_the_gpu(gpu_data, tmp_path, options):
     assert start["config"]["bf16"] and start["config"]["channels_last"]
     assert start["config"]["compile"] is bool(options)
     assert json.loads((logdir / "summary.json").read_text())["epochs"][0]["top5"] > 0
+
+
+@needs_cuda
+def test_the_local_backend_sees_the_gpus_torch_sees():
+    """Without torch or a CUDA context: the driver's list (or CUDA_VISIBLE_DEVICES) counts what CUDA will show."""
+    from tasks.backends.local import LocalGpus
+
+    gpus = LocalGpus.visible()
+    assert len(gpus.devices) == torch.cuda.device_count()
+    assert gpus.describe(1) == f"{torch.cuda.device_count()} GPU(s) each, one process per GPU"
