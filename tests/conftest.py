@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.awssim import AwsSim
+from tests.awssim import AwsSim, client_environment
 from tests.awssim import start as start_aws_sim
 from trainer.demo_data import make_demo_dataset
 from trainer.prepare import prepare
@@ -57,17 +57,12 @@ def aws_sim(tmp_path_factory) -> Iterator[AwsSim]:
     """One AWS simulator (moto server + our wrapper + machine player) for the session, and the environment that
     points every boto3 / s3fs client at it with dummy keys; a developer's ~/.aws is never read."""
     home = tmp_path_factory.mktemp("awssim")
-    (home / "config").touch()
-    (home / "credentials").touch()
     with pytest.MonkeyPatch.context() as env:
-        for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                     "WANDB_API_KEY"):  # a developer's real wandb key must not reach the simulated machines
-            env.delenv(name, raising=False)
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        env.setenv("AWS_CONFIG_FILE", str(home / "config"))
-        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "credentials"))
+        for name, value in client_environment(home).items():
+            if value is None:
+                env.delenv(name, raising=False)
+            else:
+                env.setenv(name, value)
         with start_aws_sim(home / "root") as sim:
             env.setenv("AWS_ENDPOINT_URL", sim.endpoint)
             yield sim

@@ -20,6 +20,16 @@ from typing import Iterator
 
 GATE_ENV = "IMAGENET18_TEST_GATE"  # a JSON file with the Gate a flow process installs at start
 HOLD_LIMIT_SECONDS = 300.0
+# A function each stage of a local run calls, where a gate makes the stage fail.
+STAGE_GATES = {
+    "validate": "tasks.backends.local:LocalBackend.check",
+    "replicate": "tasks.backends.local:LocalBackend._replica",
+    "prepare": "tasks.backends.local:LocalBackend.prepare",  # while the replicas are made
+    "provision": "tasks.backends.local:Machine",
+    "train": "tasks.backends.local:LocalBackend.status",  # the first poll of the running job
+    "evaluate": "tasks.stages:_local_copy",  # reading the TensorBoard events
+    "teardown": "tasks.backends.local:LocalBackend.delete_replicas",
+}
 
 
 class GateError(RuntimeError):

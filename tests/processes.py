@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -15,16 +16,19 @@ def alive(pid: int) -> bool:
 
 def with_environment(variable: str, value: str) -> list[int]:
     """Live processes whose environment has `variable`=`value`."""
-    wanted = f"{variable}={value}".encode()
-    found = []
+    return [pid for pid, environ in environments(variable) if environ[variable] == value]
+
+
+def environments(variable: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """Live processes whose environment sets `variable`, each with its whole environment."""
+    wanted = f"{variable}=".encode()
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if wanted in environ and alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+        if any(item.startswith(wanted) for item in environ) and alive(int(entry.name)):
+            yield int(entry.name), dict(item.decode(errors="replace").split("=", 1) for item in environ if b"=" in item)
 
 
 def command_line(pid: int) -> list[str]:

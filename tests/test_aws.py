@@ -14,6 +14,7 @@ from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.snapshots import make_snapshot
 from tasks.backends.base import ClusterSpec, InputError
 from tests.conftest import DATASET
+from tests.leftovers import aws_leftovers
 
 AMI = "ami-03cf127a"  # one of moto's images
 BUCKET = "imagenet18-test-results"
@@ -26,25 +27,6 @@ def options(**overrides) -> AwsOptions:
 def cluster_spec(run_id: str, machines: int, instance_type: str = "p4d.24xlarge", spot: bool = False) -> ClusterSpec:
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
     return ClusterSpec(run_id, f"test-{run_id}", machines, instance_type, spot, expires)
-
-
-def tagged_leftovers(aws, run_id: str) -> dict[str, list]:
-    """What any service still holds with the run's tag, asked directly (not through the backend)."""
-    ec2, where = aws.client("ec2"), tags.run_filter(run_id)
-    instances = [i for r in ec2.describe_instances(Filters=where)["Reservations"] for i in r["Instances"]
-                 if i["State"]["Name"] != "terminated"]
-    return {k: v for k, v in {
-        "instances": instances,
-        "volumes": ec2.describe_volumes(Filters=where)["Volumes"],
-        "placement groups": ec2.describe_placement_groups(Filters=where)["PlacementGroups"],
-        "security groups": ec2.describe_security_groups(Filters=where)["SecurityGroups"],
-        "key pairs": ec2.describe_key_pairs(Filters=where)["KeyPairs"],
-        "vpcs": ec2.describe_vpcs(Filters=where)["Vpcs"],
-        "subnets": ec2.describe_subnets(Filters=where)["Subnets"],
-        "gateways": ec2.describe_internet_gateways(Filters=where)["InternetGateways"],
-        "file systems": [f for f in aws.client("efs").describe_file_systems()["FileSystems"]
-                         if tags.as_dict(f.get("Tags")).get(tags.RUN) == run_id],
-    }.items() if v}
 
 
 def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapshot, tmp_path):
@@ -96,7 +78,7 @@ def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapsho
     removed = backend.teardown("run-16")
     assert {r.kind for r in removed} >= {"machine", "replica", "file-system", "placement-group", "security-group",
                                          "key-pair", "instance-profile", "vpc"}
-    assert backend.resources("run-16") == [] and tagged_leftovers(aws, "run-16") == {}
+    assert backend.resources("run-16") == [] and aws_leftovers(aws, "run-16") == {}
     assert not key.exists()
     assert backend.teardown("run-16") == [], "a second teardown is safe and finds nothing"
     assert ec2.describe_volumes(VolumeIds=[bystander])["Volumes"], "an untagged volume is never touched"
@@ -127,7 +109,7 @@ def test_parallel_calls_bounds_the_aws_calls_in_flight(aws, snapshot, tmp_path):
         peaks[calls] = peak[0]
         assert len(cluster.machines) == 4
         backend.teardown(spec.run_id)
-        assert tagged_leftovers(aws, spec.run_id) == {}
+        assert aws_leftovers(aws, spec.run_id) == {}
     assert peaks[1] == 1 and peaks[16] > 1, peaks
 
 
@@ -180,7 +162,7 @@ def test_a_failed_replication_part_way_leaves_nothing_after_teardown(aws, snapsh
         backend.replicate(spec, DATASET, 16)
     assert len(backend.resources("run-partial")) == 10
     backend.teardown("run-partial")
-    assert tagged_leftovers(aws, "run-partial") == {}
+    assert aws_leftovers(aws, "run-partial") == {}
 
 
 def second_snapshot(aws, tiny_data):

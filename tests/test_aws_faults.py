@@ -7,7 +7,8 @@ import pytest
 from flows.cli import _aws, parser
 from tasks.backends.aws import AwsBackend, AwsOptions, machines, tags, volumes
 from tasks.backends.base import BackendError, InputError
-from tests.test_aws import DATASET, cluster_spec, options, tagged_leftovers
+from tests.leftovers import aws_leftovers
+from tests.test_aws import DATASET, cluster_spec, options
 
 
 def no_capacity_for(aws, instance_type: str) -> None:
@@ -27,7 +28,7 @@ def test_no_capacity_moves_every_machine_to_the_next_allowed_type(aws, snapshot,
     assert cluster.spec.instance_type == "p5.48xlarge" and cluster.gpus_per_machine == 8
     assert running_types(aws, "run-capacity") == ["p5.48xlarge", "p5.48xlarge"]
     backend.teardown("run-capacity")
-    assert tagged_leftovers(aws, "run-capacity") == {}
+    assert aws_leftovers(aws, "run-capacity") == {}
 
 
 def test_no_capacity_and_no_other_type_allowed_fails_cleanly(aws, snapshot, tmp_path):
@@ -39,7 +40,7 @@ def test_no_capacity_and_no_other_type_allowed_fails_cleanly(aws, snapshot, tmp_
         backend.provision(spec, replicas)
     assert running_types(aws, "run-no-capacity") == [], "no machine is left running"
     backend.teardown("run-no-capacity")
-    assert tagged_leftovers(aws, "run-no-capacity") == {}
+    assert aws_leftovers(aws, "run-no-capacity") == {}
 
 
 def test_a_run_completes_with_a_third_of_all_calls_throttled(aws, snapshot, tmp_path, caplog):
@@ -58,7 +59,7 @@ def test_a_run_completes_with_a_third_of_all_calls_throttled(aws, snapshot, tmp_
     retried = [r for r in caplog.records if "answered RequestLimitExceeded" in r.getMessage()]
     assert retried and all("attempt" in r.getMessage() for r in retried), "each retry is logged"
     aws.clear_faults()
-    assert tagged_leftovers(aws, "run-throttled") == {}
+    assert aws_leftovers(aws, "run-throttled") == {}
 
 
 def test_two_runs_at_once_never_touch_each_other(aws, snapshot, tmp_path):
@@ -75,7 +76,7 @@ def test_two_runs_at_once_never_touch_each_other(aws, snapshot, tmp_path):
     assert backend.resources("run-a") == [] and {(r.kind, r.id) for r in backend.resources("run-b")} == kept
     assert backend.teardown("run-a") == [], "tearing down again is safe"
     backend.teardown("run-b")
-    assert tagged_leftovers(aws, "run-b") == {}
+    assert aws_leftovers(aws, "run-b") == {}
 
 
 def no_capacity_in(aws, zone: str) -> None:
@@ -108,7 +109,7 @@ def test_no_capacity_in_the_zone_for_any_type_moves_the_run_to_the_next_allowed_
     assert backend.provision(spec, replicated).machines == cluster.machines, \
         "a restart passing the replicate stage's replicas finds the moved ones and creates nothing"
     backend.teardown("run-moved")
-    assert tagged_leftovers(aws, "run-moved") == {}
+    assert aws_leftovers(aws, "run-moved") == {}
 
 
 def test_no_capacity_in_any_allowed_zone_fails_cleanly_naming_what_was_tried(aws, snapshot, tmp_path):
@@ -123,7 +124,7 @@ def test_no_capacity_in_any_allowed_zone_fails_cleanly_naming_what_was_tried(aws
         backend.provision(spec, replicas)
     assert running_types(aws, "run-nowhere") == [], "no machine is left running"
     backend.teardown("run-nowhere")
-    assert tagged_leftovers(aws, "run-nowhere") == {}
+    assert aws_leftovers(aws, "run-nowhere") == {}
 
 
 @pytest.mark.parametrize("zones,subnet,message", [

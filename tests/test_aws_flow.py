@@ -17,7 +17,8 @@ from prefect.settings import PREFECT_API_URL
 from flows.imagenet18 import imagenet18
 from tasks.backends.aws import AwsBackend, catalog
 from tasks.reports import PLAN_KEY
-from tests.test_aws import AMI, BUCKET, DATASET, options, tagged_leftovers
+from tests.leftovers import aws_leftovers
+from tests.test_aws import AMI, BUCKET, DATASET, options
 
 IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
 
@@ -42,7 +43,7 @@ def test_two_machine_aws_run_completes_end_to_end_and_leaves_nothing(prefect_api
 
     run_id = str(state.state_details.flow_run_id)
     assert AwsBackend(options()).resources(run_id) == []
-    assert tagged_leftovers(aws, run_id) == {}
+    assert aws_leftovers(aws, run_id) == {}
 
 
 def test_plan_on_aws_prices_the_run_and_creates_nothing(prefect_api, aws, tiny_data):
@@ -81,7 +82,7 @@ def test_a_spot_interruption_without_restarts_fails_the_run_at_once_and_leaves_n
     assert state.is_failed()
     assert re.search(r"training failed on machine\(s\) \{(0: -?\d+, )?1: -9\}", state.message), state.message
     run_id = str(state.state_details.flow_run_id)
-    assert AwsBackend(options()).resources(run_id) == [] and tagged_leftovers(aws, run_id) == {}
+    assert AwsBackend(options()).resources(run_id) == [] and aws_leftovers(aws, run_id) == {}
 
 
 def test_a_spot_interruption_is_replaced_and_training_resumes_from_the_checkpoint(prefect_api, aws, tiny_data):
@@ -98,7 +99,7 @@ def test_a_spot_interruption_is_replaced_and_training_resumes_from_the_checkpoin
     assert result["epochs"] == 3 and result["epochs_redone"] <= 1, "at most one epoch of work is lost"
     assert lost not in result["machine_ids"] and len(set(result["machine_ids"])) == 2, "machine 1 was replaced"
     run_id = str(state.state_details.flow_run_id)
-    assert AwsBackend(options()).resources(run_id) == [] and tagged_leftovers(aws, run_id) == {}
+    assert AwsBackend(options()).resources(run_id) == [] and aws_leftovers(aws, run_id) == {}
 
 
 def _interrupt_machine_1_after_an_epoch(aws) -> str:

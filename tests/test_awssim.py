@@ -1,6 +1,7 @@
 """The AWS simulator through real boto3: what our wrapper adds to moto, and the machine player."""
 
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -94,6 +95,36 @@ def test_fault_fires_the_given_number_of_times_in_each_protocol(aws):
     assert error_code(s3.put_object, Bucket="faults", Key="k", Body=b"x") == "SlowDown"
     aws.clear_faults()
     assert aws.fault_counts() == []
+
+
+def test_a_rule_for_a_run_strikes_only_its_calls_and_clearing_its_label_ends_only_its_rules(aws):
+    ec2 = aws.client("ec2", retries=NO_RETRIES)
+    tagged = [{"ResourceType": "instance", "Tags": [RUN]}]
+    mine, other = launch(ec2, TagSpecifications=tagged), launch(ec2)
+    aws.add_fault("ec2", "TerminateInstances", "UnauthorizedOperation", run="run-1", label="a")
+    aws.add_fault("ec2", "CreateVolume", "VolumeLimitExceeded", run="run-1", label="b")
+    assert error_code(ec2.terminate_instances, InstanceIds=[mine]) == "UnauthorizedOperation", "a resource of the run's"
+    ec2.terminate_instances(InstanceIds=[other])
+    volume = {"AvailabilityZone": "us-east-1a", "Size": 1}
+    assert error_code(ec2.create_volume, **volume, TagSpecifications=[{"ResourceType": "volume", "Tags": [RUN]}]) == (
+        "VolumeLimitExceeded"), "a call that carries the run's id"
+    ec2.create_volume(**volume, TagSpecifications=[{"ResourceType": "volume",
+                                                    "Tags": [{"Key": RUN["Key"], "Value": "run-2"}]}])
+    aws.clear_faults("a")
+    assert [(r["label"], r["seen"], r["fired"]) for r in aws.fault_counts()] == [("b", 1, 1)]
+    ec2.terminate_instances(InstanceIds=[mine])
+
+
+def test_clearing_a_label_ends_the_calls_its_rules_hold(aws):
+    aws.add_fault("ec2", "DescribeVolumes", "ServiceUnavailable", hold_s=300, label="held")
+    ec2 = aws.client("ec2", retries=NO_RETRIES)
+    answers = []
+    held = threading.Thread(target=lambda: answers.append(error_code(ec2.describe_volumes)))
+    held.start()
+    wait_for(lambda: aws.fault_counts("held")[0]["fired"])
+    aws.clear_faults("held")
+    held.join(timeout=60)
+    assert answers == ["ServiceUnavailable"], "the held call got its error when its rule was cleared"
 
 
 def test_standard_retries_recover_from_throttling(aws):

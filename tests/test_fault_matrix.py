@@ -36,11 +36,12 @@ from flows.cleanup import cleanup
 from flows.imagenet18 import imagenet18
 from tasks.backends.aws import AwsBackend
 from tasks.backends.local import LocalBackend
-from tests.faultgates import GATE_ENV, Gate, installed
+from tests.faultgates import GATE_ENV, STAGE_GATES, Gate, installed
+from tests.leftovers import aws_leftovers
 from tests.prefect_server import background
 from tests.prefect_server import wait_for as _wait_for
 from tests.processes import command_line, with_environment
-from tests.test_aws import DATASET, options, tagged_leftovers
+from tests.test_aws import DATASET, options
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -50,15 +51,8 @@ BACKENDS = ("local", "aws")
 MANY = ("validate", "replicate", "prepare", "provision")  # met with 16 machines: part-way through 16 creations
 
 # Where each stage fails on the local backend: (function, calls let through first).
-LOCAL_GATES = {
-    "validate": ("tasks.backends.local:LocalBackend.check", 0),
-    "replicate": ("tasks.backends.local:LocalBackend._replica", 7),  # replicas 8..16 fail
-    "prepare": ("tasks.backends.local:LocalBackend.prepare", 0),  # while the replicas are made
-    "provision": ("tasks.backends.local:Machine", 8),  # machines 9..16 fail
-    "train": ("tasks.backends.local:LocalBackend.status", 0),  # the first poll of the running job
-    "evaluate": ("tasks.stages:_local_copy", 0),  # reading the TensorBoard events
-    "teardown": ("tasks.backends.local:LocalBackend.delete_replicas", 0),
-}
+LOCAL_GATES = {stage: (target, {"replicate": 7, "provision": 8}.get(stage, 0))  # replicas 8..16, machines 9..16
+               for stage, target in STAGE_GATES.items()}
 # ... and on AWS: (service, action, error code, request params matched, calls let through first).
 AWS_FAULTS = {
     "validate": ("ec2", "RunInstances", "UnauthorizedOperation", {"DryRun": "true"}, 0),
@@ -147,7 +141,7 @@ class Scenario:
     def nothing_left(self, run_id: str) -> bool:
         if self.backend == "local":
             return not self.resources(run_id) and not any((self.home / "local" / "replicas" / run_id).glob("*"))
-        return not self.resources(run_id) and tagged_leftovers(self.aws, run_id) == {}
+        return not self.resources(run_id) and aws_leftovers(self.aws, run_id) == {}
 
 
 @pytest.fixture

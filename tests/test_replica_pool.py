@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from tasks.backends.aws import AwsBackend, tags
 from tasks.backends.base import POOL_OWNER, ClusterSpec
 from tasks.backends.local import LocalBackend
-from tests.test_aws import DATASET, cluster_spec, options, tagged_leftovers
+from tests.leftovers import aws_leftovers
+from tests.test_aws import DATASET, cluster_spec, options
 from tests.test_aws_faults import no_capacity_in, run_zones
 from trainer.demo_data import make_demo_dataset
 from trainer.prepare import prepare
@@ -47,7 +48,7 @@ def test_an_aws_run_claims_pool_volumes_for_its_first_machines_and_gives_them_ba
     assert [attached[m.id] for m in cluster.machines] == [r.id for r in replicas], "machine i has replica i"
 
     backend.teardown("run-pooled")
-    assert tagged_leftovers(aws, "run-pooled") == {}
+    assert aws_leftovers(aws, "run-pooled") == {}
     assert pool_as_it_is(backend) == before, "back in the pool, in their places, until the pool's own expiry"
     assert backend.resources() == backend.resources(POOL_OWNER), "no claim is left"
     backend.delete_replicas(POOL_OWNER)
@@ -106,7 +107,7 @@ def test_a_run_moved_to_another_zone_gives_its_pool_volumes_back(aws, snapshot, 
     assert run_zones(aws, "run-moved") == {"machines": ["us-east-1b"] * 2, "replicas": ["us-east-1b"] * 2}
     assert pool_as_it_is(backend) == before, "given back in us-east-1a, not deleted"
     backend.teardown("run-moved")
-    assert tagged_leftovers(aws, "run-moved") == {}
+    assert aws_leftovers(aws, "run-moved") == {}
     backend.delete_replicas(POOL_OWNER)
 
 

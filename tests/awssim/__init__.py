@@ -2,6 +2,6 @@
 
 Start one with `tests.awssim.start(root)` (a context manager yielding an `AwsSim` handle)."""
 
-from .client import AwsSim, start
+from .client import AwsSim, client_environment, start
 
-__all__ = ["AwsSim", "start"]
+__all__ = ["AwsSim", "client_environment", "start"]

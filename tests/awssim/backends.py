@@ -6,6 +6,10 @@ from moto.ec2.models import ec2_backends
 from moto.efs.models import efs_backends
 from moto.ssm.models import ssm_backends
 
+from .calls import AwsCall
+
+RUN_TAG = "imagenet18:run"
+
 
 def existing(backend_dict: Any) -> list[tuple[str, str, Any]]:
     """(account, region, backend) for every backend moto has created so far, creating none."""
@@ -47,3 +51,23 @@ def find_instance(instance_id: str) -> Any | None:
             if instance.id == instance_id:
                 return instance
     return None
+
+
+def of_run(call: AwsCall, run_id: str) -> bool:
+    """The call is one of the run's: a parameter holds the run's id (a tag, a name, a filter), or names an EC2
+    resource or EFS file system tagged with it (TerminateInstances, SendCommand, CreateMountTarget, ...)."""
+    return any(run_id in value or _run_tag(call, value) == run_id for value in call.params.values())
+
+
+def _run_tag(call: AwsCall, resource_id: str) -> str | None:
+    if resource_id.startswith("fs-"):
+        if resource_id not in efs(call.account, call.region).file_systems_by_id:
+            return None
+        return efs_tags(call.account, call.region, resource_id).get(RUN_TAG)
+    # moto's tag store is a defaultdict: .get creates nothing for ids it does not know.
+    return dict.get(ec2(call.account, call.region).tags, resource_id, {}).get(RUN_TAG)
+
+
+def efs_tags(account: str, region: str, file_system_id: str) -> dict[str, str]:
+    listed = efs(account, region).tagging_service.list_tags_for_resource(file_system_id)["Tags"]
+    return {tag["Key"]: tag["Value"] for tag in listed}

@@ -51,21 +51,25 @@ class AwsSim:
     def add_fault(self, service: str, action: str, code: str, *, message: str = "injected by awssim",
                   status: int | None = None, probability: float = 1.0, times: int | None = None,
                   match: dict[str, str] | None = None, after: int = 0, hold_s: float = 0.0,
-                  seed: int | None = None) -> None:
+                  seed: int | None = None, run: str | None = None, label: str = "") -> None:
         """Make `action` of `service` fail with `code`: with `probability`, at most `times` times, after letting
         the first `after` matching calls through; `match` maps flat request params (e.g. InstanceType) to regular
-        expressions they must match. With `hold_s`, each failing call first hangs that long, or until
-        `clear_faults` or `reset`."""
+        expressions they must match; `run` keeps to the calls of one run (a parameter holds its id, or names an
+        EC2 resource or file system tagged with it). With `hold_s`, each failing call first hangs that long, or
+        until its rule is cleared (`clear_faults`, `reset`). `label` names the rules `clear_faults` may clear."""
         rule = {"service": service, "action": action, "code": code, "message": message, "status": status,
-                "probability": probability, "times": times, "match": match or {}, "after": after, "hold_s": hold_s}
+                "probability": probability, "times": times, "match": match or {}, "after": after, "hold_s": hold_s,
+                "run": run, "label": label}
         self._control("POST", "faults", {"rules": [rule], "seed": seed})
 
-    def clear_faults(self) -> None:
-        self._control("DELETE", "faults")
+    def clear_faults(self, label: str | None = None) -> None:
+        """Every rule, or only those added with `label`."""
+        self._control("DELETE", "faults", None if label is None else {"label": label})
 
-    def fault_counts(self) -> list[dict[str, Any]]:
-        """Each rule as given, with `seen` (matching calls) and `fired` (errors returned)."""
-        return self._control("GET", "faults")
+    def fault_counts(self, label: str | None = None) -> list[dict[str, Any]]:
+        """Each rule as given (only those added with `label`, when given), with `seen` (matching calls) and
+        `fired` (errors returned)."""
+        return [rule for rule in self._control("GET", "faults") if label in (None, rule["label"])]
 
     def interrupt(self, instance_id: str) -> None:
         """Spot interruption: the instance terminates (Server.SpotInstanceTermination), its processes die."""
@@ -92,6 +96,19 @@ class AwsSim:
         self._control("POST", "seed", {"snapshot_id": snapshot_id, "from_dir": str(Path(from_dir).resolve())})
         ec2.delete_volume(VolumeId=volume_id)
         return snapshot_id
+
+
+def client_environment(home: Path) -> dict[str, str | None]:
+    """The environment (None: unset) that gives every boto3 and s3fs client of a process and its children dummy
+    keys and empty config files in `home`: a developer's ~/.aws is never read, and a real wandb key never reaches
+    the simulated machines. Set it before `start`, and AWS_ENDPOINT_URL to the simulator's endpoint after."""
+    home.mkdir(parents=True, exist_ok=True)
+    for name in ("config", "credentials"):
+        (home / name).touch()
+    unset = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "WANDB_API_KEY")
+    return {**dict.fromkeys(unset), "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": str(home / "config"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(home / "credentials")}
 
 
 @contextmanager

@@ -36,7 +36,7 @@ class Control:
         self.root, self.faults, self.placement, self.player, self.store = root, faults, placement, player, store
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/_awssim/faults"): lambda body: self.faults.add(body["rules"], body.get("seed")),
-            ("DELETE", "/_awssim/faults"): lambda body: self.faults.clear(),
+            ("DELETE", "/_awssim/faults"): lambda body: self.faults.clear(body.get("label")),
             ("GET", "/_awssim/faults"): lambda body: self.faults.report(),
             ("POST", "/_awssim/interrupt"): lambda body: self.interrupt(body["instance_id"]),
             ("POST", "/_awssim/reset"): lambda body: self.reset(),

@@ -1,10 +1,11 @@
-"""Fault rules: make chosen API calls fail with a given error code, by probability, count and request params;
-optionally hold a call first, as an endpoint that hangs does, until the rules are cleared."""
+"""Fault rules: make chosen API calls fail with a given error code, by probability, count, request params and
+run; optionally hold a call first, as an endpoint that hangs does, until the rules are cleared."""
 
 import random
 import re
 import threading
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .calls import AwsCall
@@ -21,9 +22,12 @@ class FaultRule:
     times: int | None = None  # fire at most this many times; None: no limit
     match: dict[str, str] = field(default_factory=dict)  # flat request params -> regular expressions they match
     after: int = 0  # let the first N matching calls through
-    hold_s: float = 0.0  # keep each failing call waiting this long (or until the rules are cleared) first
+    hold_s: float = 0.0  # keep each failing call waiting this long (or until the rule is cleared) first
+    run: str | None = None  # only calls of this run (see `Faults`)
+    label: str = ""  # who added it: clearing a label clears only its rules
     seen: int = 0  # matching calls so far
     fired: int = 0
+    released: threading.Event = field(default_factory=threading.Event)  # set when the rule is cleared
 
     def matches(self, call: AwsCall) -> bool:
         return (
@@ -32,13 +36,18 @@ class FaultRule:
             and all(re.fullmatch(str(pattern), call.params.get(key, "\0")) for key, pattern in self.match.items())
         )
 
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "released"}
+
 
 class Faults:
-    def __init__(self) -> None:
+    """`of_run(call, run_id)` says whether a call is one of a run's: rules with `run` match only those."""
+
+    def __init__(self, of_run: Callable[[AwsCall, str], bool]) -> None:
         self._lock = threading.Lock()
         self._rules: list[FaultRule] = []
         self._rng = random.Random()
-        self._released = threading.Event()
+        self._of_run = of_run
 
     def add(self, rules: list[dict[str, Any]], seed: int | None = None) -> None:
         parsed = [FaultRule(**{k: v for k, v in rule.items() if k not in ("seen", "fired")}) for rule in rules]
@@ -47,27 +56,27 @@ class Faults:
             if seed is not None:
                 self._rng.seed(seed)
 
-    def clear(self) -> None:
-        """No more rules; calls held now get their errors at once."""
+    def clear(self, label: str | None = None) -> None:
+        """No more rules (with `label`: no more of its rules); calls they hold now get their errors at once."""
         with self._lock:
-            self._rules.clear()
-            self._released.set()
-            self._released = threading.Event()
+            cleared = [rule for rule in self._rules if label in (None, rule.label)]
+            self._rules = [rule for rule in self._rules if label not in (None, rule.label)]
+        for rule in cleared:
+            rule.released.set()
 
-    def hold(self, rule: FaultRule) -> None:
-        with self._lock:
-            released = self._released
-        released.wait(rule.hold_s)
+    @staticmethod
+    def hold(rule: FaultRule) -> None:
+        rule.released.wait(rule.hold_s)
 
     def report(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [asdict(rule) for rule in self._rules]
+            return [rule.as_dict() for rule in self._rules]
 
     def pick(self, call: AwsCall) -> FaultRule | None:
         """The first rule that fires for this call, counting it; None lets the call through."""
         with self._lock:
             for rule in self._rules:
-                if not rule.matches(call):
+                if not rule.matches(call) or (rule.run is not None and not self._of_run(call, rule.run)):
                     continue
                 rule.seen += 1
                 if rule.seen <= rule.after or (rule.times is not None and rule.fired >= rule.times):

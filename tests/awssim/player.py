@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from . import backends
+from .backends import RUN_TAG
 from .rewrite import Rewrite
 from .storage import ContentStore
 from .userdata import UserData, inspect
 
 INSTANCE_ENV = "IMAGENET18_SIM_INSTANCE"  # every process a machine's commands start inherits it
 
-RUN_TAG = "imagenet18:run"
 ALIVE = ("pending", "running")
 # SSM keeps this much of an invocation's output for GetCommandInvocation.
 STDOUT_LIMIT, STDERR_LIMIT = 24000, 8000
@@ -261,9 +261,7 @@ class Player:
     def _efs(self, run: str | None, account: str, region: str) -> Path | None:
         if not run:
             return None
-        efs = backends.efs(account, region)
-        for file_system_id in list(efs.file_systems_by_id):
-            tags = {t["Key"]: t["Value"] for t in efs.tagging_service.list_tags_for_resource(file_system_id)["Tags"]}
-            if tags.get(RUN_TAG) == run:
+        for file_system_id in list(backends.efs(account, region).file_systems_by_id):
+            if backends.efs_tags(account, region, file_system_id).get(RUN_TAG) == run:
                 return self.store.efs_dir(file_system_id)
         return None

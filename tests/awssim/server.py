@@ -21,6 +21,7 @@ os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
+from . import backends
 from .catalogue import extend_catalogue
 from .control import Control
 from .faults import Faults
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
 
     extend_catalogue()
     fix_send_command_targets()
-    faults, placement, store = Faults(), PlacementGroups(), ContentStore(root)
+    faults, placement, store = Faults(backends.of_run), PlacementGroups(), ContentStore(root)
     player = Player(root, REPO, store)
     app = AwsSimApp(DomainDispatcherApplication(create_backend_app), faults, placement, player,
                     Control(root, faults, placement, player, store))
