@@ -85,18 +85,30 @@ def prefect_server(home: Path, port: int | None = None, **extra_env: str) -> Ite
 
 
 def flow_run_logs(flow_run_id, until: str, seconds: float = 30) -> list:
-    """The flow run's log records from the API, once one contains `until` (logs reach the API in batches), or
+    """All the flow run's log records in the API, once one contains `until` (logs reach the API in batches), or
     all there are after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        logs = all_flow_run_logs(flow_run_id)
+        if any(until in log.message for log in logs) or time.monotonic() > deadline:
+            return logs
+        time.sleep(0.5)
+
+
+def all_flow_run_logs(flow_run_id, page: int = 200) -> list:
+    """Every log record of the flow run, oldest first, page by page: the API answers at most a page per read."""
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
 
-    deadline = time.monotonic() + seconds
+    logs = []
     with get_client(sync_client=True) as client:
         while True:
-            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-            if any(until in log.message for log in logs) or time.monotonic() > deadline:
+            batch = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                     limit=page, offset=len(logs), sort=LogSort.TIMESTAMP_ASC)
+            logs += batch
+            if len(batch) < page:
                 return logs
-            time.sleep(0.5)
 
 
 def prefect_cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

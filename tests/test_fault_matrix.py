@@ -59,7 +59,8 @@ AWS_FAULTS = {
     "replicate": ("ec2", "CreateVolume", "UnauthorizedOperation", {}, 7),
     "prepare": ("ec2", "CreateVpc", "UnauthorizedOperation", {}, 0),
     "provision": ("ec2", "RunInstances", "UnauthorizedOperation", {"MaxCount": "1"}, 8),
-    "train": ("s3", "GetObject", "AccessDenied", {"Key": r".*/metrics\.jsonl"}, 0),
+    # the exit codes the job's status lists (its metrics and logs are a side path: a failed read is retried)
+    "train": ("s3", "ListObjectsV2", "AccessDenied", {"prefix": r".*/exit/train-"}, 0),
     "evaluate": ("s3", "GetObject", "AccessDenied", {"Key": r".*/events\.out\.tfevents\..*"}, 0),
     "teardown": ("ec2", "TerminateInstances", "UnauthorizedOperation", {}, 0),
 }
@@ -68,7 +69,7 @@ WHERE = {
     "replicate": "volume/replica 8 of 16",
     "prepare": "making the run's network (local: its folder), while the replicas are made",
     "provision": "machine 9 of 16",
-    "train": "reading the running job's metrics",
+    "train": "the running job's status (local: its processes; AWS: its exit codes)",
     "evaluate": "reading the TensorBoard events",
     "teardown": "deleting (local: replicas; AWS: terminating machines)",
 }

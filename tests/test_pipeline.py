@@ -31,8 +31,8 @@ from tests.prefect_server import flow_run_logs
 from trainer.demo_data import make_demo_dataset
 from trainer.prepare import resized_root
 
-STAGES = {"validate-and-plan", "replicate-dataset", "prepare-cluster", "provision-cluster", "train", "evaluate",
-          "teardown"}
+STAGES = {"validate-and-plan", "prepare-dataset", "replicate-dataset", "prepare-cluster", "provision-cluster", "train",
+          "evaluate", "teardown"}
 
 
 def _assert_nothing_left(home):

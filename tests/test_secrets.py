@@ -4,9 +4,9 @@ command line or file the system writes."""
 import boto3
 import pytest
 from prefect import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from flows.imagenet18 import imagenet18
+from tests.prefect_server import all_flow_run_logs
 from tests.test_aws import DATASET, options
 
 CANARIES = {
@@ -60,6 +60,6 @@ def test_no_secret_is_written_anywhere(prefect_api, aws, tiny_data, canaries):
 
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    logs = all_flow_run_logs(flow_run_id)
     recorded = str(run.parameters) + "\n".join(log.message for log in logs)
     assert logs and not any(canary.decode() in recorded for canary in canaries)

@@ -31,8 +31,8 @@ expect = playwright_api.expect
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = Path(os.environ.get("IMAGENET18_SCREENSHOTS") or REPO / "tests" / "output")
-STAGES = ("validate-and-plan", "replicate-dataset", "prepare-cluster", "provision-cluster", "train", "evaluate",
-          "teardown")
+STAGES = ("validate-and-plan", "prepare-dataset", "replicate-dataset", "prepare-cluster", "provision-cluster", "train",
+          "evaluate", "teardown")
 ARTIFACTS = ("imagenet18-plan", "imagenet18-progress", "imagenet18-epochs", "imagenet18-summary")
 WAIT_MS = 60_000
 VIEWPORT = {"width": 1400, "height": 900}

@@ -171,10 +171,13 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
                 recorder.record("target", epoch=epoch, hours=hours, metric=metric, value=reached, target=target)
             stop = config.stop_at_target and summary.target_epoch is not None
             last = epoch + 1 == end_epoch or stop
-            if summary.best is None or reached > summary.best[metric]:
-                summary.best = _save_best(ctx, record, summary.arch, classes, checkpoint_dir, config.checkpoint_every)
+            improved = summary.best is None or reached > summary.best[metric]
+            if improved:
+                summary.best = _best(record, checkpoint_dir if config.checkpoint_every else None)
             if config.checkpoint_every and ((epoch + 1) % config.checkpoint_every == 0 or last):
                 _save(ctx, summary, epoch + 1, hours * 3600, plan, classes, checkpoint_dir)
+            if improved and summary.best["weights"]:  # after the checkpoint a restart resumes from
+                _save_best(ctx, summary.best, summary.arch, classes)
             heartbeat.beat(force=True, epoch=epoch + 1, batch=0, batches=0)
             if stop:
                 break
@@ -309,13 +312,17 @@ def _save(ctx: Context, summary: RunSummary, next_epoch: int, elapsed: float, pl
     distributed.barrier()  # nobody runs ahead of a checkpoint that a restart would resume from
 
 
-def _save_best(ctx: Context, record: dict, arch: str, classes: list[str], location: str, every: int) -> dict:
-    """The best epoch's weights beside the latest checkpoint (none when checkpoints are off)."""
-    best = {"epoch": record["epoch"], "top1": record["top1"], "top5": record["top5"], "weights": None}
-    if every and ctx.world.is_master:
-        best["weights"] = checkpoint.save(checkpoint.best_path(location), {
-            "arch": arch, "classes": classes, **best, "model": ctx.bare_model.state_dict()})
-    return best
+def _best(record: dict, location: str | None) -> dict:
+    """The best epoch so far, and where its weights go (none when checkpoints are off)."""
+    return {"epoch": record["epoch"], "top1": record["top1"], "top5": record["top5"],
+            "weights": checkpoint.best_path(location) if location else None}
+
+
+def _save_best(ctx: Context, best: dict, arch: str, classes: list[str]) -> None:
+    """The best epoch's weights beside the latest checkpoint."""
+    if ctx.world.is_master:
+        checkpoint.save(best["weights"], {"arch": arch, "classes": classes, **best,
+                                          "model": ctx.bare_model.state_dict()})
 
 
 def _rng_state() -> dict:
