@@ -3,6 +3,7 @@
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from botocore.exceptions import ClientError
 
 from flows.cli import _aws, parser
 from tasks.backends.aws import AwsBackend, AwsOptions, machines, tags, volumes
@@ -60,6 +61,19 @@ def test_a_run_completes_with_a_third_of_all_calls_throttled(aws, snapshot, tmp_
     assert retried and all("attempt" in r.getMessage() for r in retried), "each retry is logged"
     aws.clear_faults()
     assert aws_leftovers(aws, "run-throttled") == {}
+
+
+def test_a_refused_role_leaves_no_instance_profile_behind(aws, tmp_path):
+    """The machines' instance profile is made beside their role: when AWS refuses the role, the profile made
+    meanwhile is the run's all the same, and its teardown removes it (as the world shows, not the backend)."""
+    aws.add_fault("iam", "CreateRole", "AccessDenied")
+    backend = AwsBackend(options(), home=tmp_path)
+    with pytest.raises(ClientError, match="AccessDenied"):
+        backend.prepare(cluster_spec("run-no-role", 2, "g5.xlarge"))
+    aws.clear_faults()
+    assert "instance profile" in aws_leftovers(aws, "run-no-role"), "made before the role was refused"
+    backend.teardown("run-no-role")
+    assert aws_leftovers(aws, "run-no-role", tmp_path) == {}
 
 
 def test_two_runs_at_once_never_touch_each_other(aws, snapshot, tmp_path):

@@ -4,6 +4,7 @@ s3:// prefix and to read the run's SSM parameters (the wandb key), and nothing e
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from tasks.backends.aws import pools, tags
 from tasks.backends.aws.clients import Clients, error_code
@@ -87,18 +88,29 @@ def delete_instance_profile(clients: Clients, run_id: str) -> None:
             raise
 
 
-def run_roles(clients: Clients, run_id: str | None) -> list[dict]:
-    """Our roles (tagged with a run), with their tags."""
+def run_identities(clients: Clients, run_id: str | None) -> list[dict]:
+    """Our roles and instance profiles tagged with a run (a run's pair shares one name), with their tags. The two
+    are made at once, so either may be there alone: the other refused, or the run killed between them."""
     iam = clients.client("iam")
-    found = []
+    found: dict[str, dict] = {}
     for page in iam.get_paginator("list_roles").paginate(PathPrefix="/"):
         for role in page["Roles"]:
-            if not role["RoleName"].startswith("imagenet18-"):
-                continue
-            role_tags = tags.as_dict(iam.list_role_tags(RoleName=role["RoleName"])["Tags"])
-            if tags.RUN in role_tags and run_id in (None, role_tags[tags.RUN]):
-                found.append({"RoleName": role["RoleName"], "Tags": role_tags})
-    return found
+            _keep_ours(found, role["RoleName"], lambda name: iam.list_role_tags(RoleName=name)["Tags"], run_id)
+    for page in iam.get_paginator("list_instance_profiles").paginate(PathPrefix="/"):
+        # A listing carries no tags: asked of each profile (https://boto3.amazonaws.com/v1/documentation/api/
+        # 1.26.161/reference/services/iam/client/list_instance_profiles.html).
+        for profile in page["InstanceProfiles"]:
+            _keep_ours(found, profile["InstanceProfileName"], lambda name: iam.get_instance_profile(
+                InstanceProfileName=name)["InstanceProfile"].get("Tags", []), run_id)
+    return list(found.values())
+
+
+def _keep_ours(found: dict[str, dict], name: str, tags_of: Callable[[str], list[dict]], run_id: str | None) -> None:
+    if not name.startswith("imagenet18-") or name in found:
+        return
+    named_tags = tags.as_dict(tags_of(name))
+    if tags.RUN in named_tags and run_id in (None, named_tags[tags.RUN]):
+        found[name] = {"RoleName": name, "Tags": named_tags}
 
 
 def _ignore_exists(create) -> None:

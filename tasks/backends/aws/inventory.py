@@ -45,8 +45,8 @@ def find(clients: Clients, run_id: str | None = None) -> list[Resource]:
         system_tags = tags.as_dict(system.get("Tags"))
         found.append(Resource("file-system", system["FileSystemId"], system_tags[tags.RUN],
                               tags.expires(system_tags)))
-    for role in iam.run_roles(clients, run_id):
-        found.append(Resource("instance-profile", role["RoleName"], role["Tags"][tags.RUN],
-                              tags.expires(role["Tags"])))
+    for identity in iam.run_identities(clients, run_id):  # a role, its instance profile, or both
+        found.append(Resource("instance-profile", identity["RoleName"], identity["Tags"][tags.RUN],
+                              tags.expires(identity["Tags"])))
     found += secrets.parameters(clients, run_id)
     return sorted(found, key=lambda r: (r.run_id, TEARDOWN_ORDER.index(r.kind), r.id))
