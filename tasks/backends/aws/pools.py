@@ -3,6 +3,7 @@ turn, in the caller's thread: the serial baseline, and a way to debug one call a
 
 from __future__ import annotations
 
+import contextvars
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 
@@ -18,7 +19,15 @@ class InlineExecutor(Executor):
         return future
 
 
+class ContextExecutor(ThreadPoolExecutor):
+    """Runs each call in a copy of its submitter's context variables. A worker thread has none of its own, and
+    a log handler that tells a record's run by the context (the flow's, for a retry's warning) drops the line."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
+
+
 def pool(parallel: int, width: int) -> Executor:
     """At most `width` calls at once, and never more than the user's `parallel_calls`."""
     workers = min(parallel, width)
-    return ThreadPoolExecutor(max_workers=workers) if workers > 1 else InlineExecutor()
+    return ContextExecutor(max_workers=workers) if workers > 1 else InlineExecutor()
