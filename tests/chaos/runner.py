@@ -7,6 +7,7 @@ scheduled cleanup, where its flow process was killed), and nothing it or the cle
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 import signal
@@ -76,8 +77,10 @@ class Outcome:
 
 
 def run_all(scenarios: list[Scenario], world: World, parallel: int) -> list[Outcome]:
+    # Each run in a copy of the caller's context: Prefect's settings (the API's URL) may live there alone.
+    runs = [(contextvars.copy_context(), scenario) for scenario in scenarios]
     with world.census.running(), ThreadPoolExecutor(parallel, thread_name_prefix="chaos") as pool:
-        return list(pool.map(lambda scenario: ChaosRun(scenario, world).outcome(), scenarios))
+        return list(pool.map(lambda run: run[0].run(lambda: ChaosRun(run[1], world).outcome()), runs))
 
 
 class ChaosRun:
