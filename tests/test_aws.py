@@ -5,12 +5,15 @@ import datetime as dt
 import os
 import stat
 import threading
+import time
 
 import fsspec
 import pytest
+from botocore.exceptions import ClientError
 
 from tasks.backends.aws import AwsBackend, AwsOptions, tags
 from tasks.backends.aws.clients import Clients
+from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
 from tasks.backends.base import ClusterSpec, InputError
 from tests.conftest import DATASET
@@ -261,3 +264,49 @@ def test_a_snapshot_needs_the_dataset_to_exist(aws, tmp_path):
     with pytest.raises(InputError, match="dataset folder.s. not found: datasets/imagenet"):
         make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160])
     assert AwsBackend(options(), home=tmp_path).resources() == []
+
+
+MACHINE_S3_CHECKS = """
+import boto3, botocore
+from trainer import checkpoint
+s3, bucket = boto3.client("s3"), "{bucket}"
+def answer(call, **kwargs):
+    try:
+        call(Bucket=bucket, **kwargs)
+        return "ok"
+    except botocore.exceptions.ClientError as error:
+        return error.response["Error"]["Code"]
+print("auto-resume finds", checkpoint.exists("s3://{bucket}/{folder}/checkpoints"))
+print("head missing", answer(s3.head_object, Key="{folder}/checkpoints/checkpoint.pt"))
+print("list own", answer(s3.list_objects_v2, Prefix="{folder}/"))
+print("list other", answer(s3.list_objects_v2, Prefix="runs/other/"))
+print("get other", answer(s3.get_object, Key="runs/other/result.txt"))
+s3.put_object(Bucket=bucket, Key="{folder}/checkpoints/checkpoint.pt", Body=b"epoch 1")
+print("auto-resume finds", checkpoint.exists("s3://{bucket}/{folder}/checkpoints"))
+"""
+
+
+def test_a_machine_reaches_s3_as_its_role_allows_and_finds_no_checkpoint_at_the_first_start(aws, tmp_path):
+    """The machines' role may list the bucket only under the run's folder, so S3 answers a HEAD of a missing key
+    with 403 (as AWS does); the trainer's auto-resume still finds no checkpoint at a first start, and finds one
+    once it is there. The user's own keys see the missing key as 404."""
+    s3, ec2, ssm = aws.client("s3"), aws.client("ec2"), aws.client("ssm")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="runs/other/result.txt", Body=b"another run's")
+    spec, folder = cluster_spec("run-role", 1), "runs/test-run-role"
+    profile = ensure_instance_profile(Clients("us-east-1"), spec, BUCKET, folder, "/imagenet18/run-role")
+    instance = ec2.run_instances(ImageId=AMI, InstanceType="g5.xlarge", MinCount=1, MaxCount=1,
+                                 IamInstanceProfile={"Name": profile})["Instances"][0]["InstanceId"]
+    script = MACHINE_S3_CHECKS.format(bucket=BUCKET, folder=folder)
+    command = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[instance], Parameters={"commands": [
+        "cd /opt/imagenet18", f"/opt/imagenet18/.venv/bin/python - <<'EOF'\n{script}\nEOF"]})["Command"]["CommandId"]
+    deadline = time.monotonic() + 120
+    while aws.played()[0]["exit_code"] is None:
+        assert time.monotonic() < deadline, "the command did not end"
+        time.sleep(0.2)
+    invocation = ssm.get_command_invocation(CommandId=command, InstanceId=instance)
+    assert invocation["StandardOutputContent"].splitlines() == [
+        "auto-resume finds False", "head missing 403", "list own ok", "list other AccessDenied",
+        "get other AccessDenied", "auto-resume finds True"], invocation["StandardErrorContent"]
+    with pytest.raises(ClientError, match="404"):
+        s3.head_object(Bucket=BUCKET, Key=f"{folder}/checkpoints/best.pt")

@@ -1,6 +1,6 @@
 """The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (placement
-groups, instance-type checks, SendCommand's instance check), and hooks that keep disk contents and the player
-in step with each call."""
+groups, instance-type checks, SendCommand's instance check, the machines' S3 permissions), and hooks that keep
+disk contents and the player in step with each call."""
 
 import io
 import json
@@ -9,7 +9,7 @@ import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from . import backends, catalogue
+from . import access, backends, catalogue
 from .calls import AwsCall, identify, signing_scope
 from .control import Control
 from .errors import Response, error_response
@@ -68,6 +68,8 @@ class AwsSimApp:
             return self.placement.launch_error(call)
         if call.service == "ssm" and call.action == "SendCommand":
             return _send_command_error(call)
+        if call.service == "s3":
+            return access.s3_refusal(call)
         return None
 
     def _after(self, call: AwsCall, body: bytes) -> bytes:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import backends
+from . import access, backends
 from .rewrite import Rewrite
 from .storage import ContentStore
 from .userdata import UserData, inspect
@@ -220,7 +220,8 @@ class Player:
         with open(folder / "stdout", "wb") as out, open(folder / "stderr", "wb") as err:
             played.process = subprocess.Popen(
                 ["bash", "-c", local], cwd=folder, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                env={**os.environ, INSTANCE_ENV: instance_id}, start_new_session=True,
+                env={**os.environ, INSTANCE_ENV: instance_id, **access.machine_credentials(instance)},
+                start_new_session=True,
             )
 
     def _summarise(self, command: Any) -> None:
