@@ -203,25 +203,54 @@ def second_snapshot(aws, tiny_data):
     ({"options": {"volume_type": "io1", "iops": 70000}}, "io1 volumes allow at most 64,000 IOPS"),
     ({"fault": "VcpuLimitExceeded"}, "over this account's limit"),
     ({"fault": "UnauthorizedOperation"}, "may not start instances"),
+    ({"spot": True, "fault": "UnauthorizedOperation", "fault_match": {"InstanceMarketOptions.MarketType": "spot"}},
+     "may not start instances as the run does"),  # a policy that forbids spot: the dry run asks for spot too
     ({"no_credentials": True}, "no AWS credentials"),
+    ({"quotas": {"L-417A185B": 0}}, r'16 x p4d.24xlarge need 1536 vCPUs of the quota "Running On-Demand P '
+                                    r'instances" \(L-417A185B\) in us-east-1, which is 0 for this account .*'
+                                    r"request-service-quota-increase --region us-east-1 --service-code ec2 "
+                                    r"--quota-code L-417A185B --desired-value 1536"),
+    ({"spot": True, "quotas": {"L-7212CCBC": 1535}}, r'1536 vCPUs of the quota "All P Spot Instance Requests" '
+                                                     r"\(L-7212CCBC\) in us-east-1, which is 1535"),
+    ({"setup": lambda aws, _: delete_default_vpc(aws)}, "this account has no default subnet in us-east-1a"),
 ])
 def test_bad_input_is_refused_before_anything_exists(aws, snapshot, tiny_data, tmp_path, monkeypatch, change,
                                                      message):
     if "setup" in change:
         change["setup"](aws, tiny_data)
     if "fault" in change:
-        aws.add_fault("ec2", "RunInstances", change["fault"], status=400, match={"DryRun": "true"})
+        aws.add_fault("ec2", "RunInstances", change["fault"], status=400,
+                      match={"DryRun": "true", **change.get("fault_match", {})})
+    aws.set_quotas(change.get("quotas", {}))
     if change.get("no_credentials"):
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             monkeypatch.delenv(name)
         monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     backend = AwsBackend(options(**change.get("options", {})), home=tmp_path)
-    spec = cluster_spec("run-bad", 16, change.get("instance_type", "p4d.24xlarge"))
+    spec = cluster_spec("run-bad", 16, change.get("instance_type", "p4d.24xlarge"), change.get("spot", False))
     with pytest.raises(InputError, match=message):
         backend.check(spec, change.get("dataset", DATASET))
     monkeypatch.undo()
     assert AwsBackend(options(), home=tmp_path).resources() == []
     assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
+
+
+def delete_default_vpc(aws) -> None:
+    """An account without a default VPC: some never had one, some owners delete it."""
+    ec2 = aws.client("ec2")
+    [vpc] = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]:
+        ec2.delete_subnet(SubnetId=subnet["SubnetId"])
+    ec2.delete_vpc(VpcId=vpc["VpcId"])
+
+
+def test_without_a_default_vpc_the_launch_is_dry_run_in_the_users_subnet(aws, snapshot, tmp_path):
+    delete_default_vpc(aws)
+    ec2 = aws.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.0.0/20", AvailabilityZone="us-east-1a")["Subnet"]
+    AwsBackend(options(subnet_id=subnet["SubnetId"]), home=tmp_path).check(cluster_spec("run-own-subnet", 2), DATASET)
+    assert AwsBackend(options(), home=tmp_path).resources() == []
 
 
 def test_more_machines_than_replicas_is_refused_before_any_machine(aws, snapshot, tmp_path):

@@ -13,7 +13,7 @@ from botocore.model import OperationModel, ServiceModel
 from moto.iam.models import get_account_id_from
 
 # SigV4 signing names that differ from botocore's service names.
-SERVICE_BY_SIGNING_NAME = {"elasticfilesystem": "efs"}
+SERVICE_BY_SIGNING_NAME = {"elasticfilesystem": "efs", "servicequotas": "service-quotas"}
 
 
 @dataclass

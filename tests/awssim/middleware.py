@@ -1,6 +1,6 @@
 """The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (placement
-groups, instance-type checks, SendCommand's instance check, the machines' S3 permissions), and hooks that keep
-disk contents and the player in step with each call."""
+groups, instance-type and default-VPC checks, SendCommand's instance check, EC2's vCPU quotas, the machines' S3
+permissions), and hooks that keep disk contents and the player in step with each call."""
 
 import io
 import json
@@ -9,7 +9,7 @@ import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from . import access, backends, catalogue
+from . import access, backends, catalogue, network
 from .calls import AwsCall, identify, signing_scope
 from .control import Control
 from .errors import Response, error_response
@@ -17,6 +17,7 @@ from .faults import Faults
 from .placement import ACTIONS as PLACEMENT_ACTIONS
 from .placement import PlacementGroups
 from .player import ALIVE, Player
+from .quotas import Quotas
 
 READ_ONLY_PREFIXES = ("Describe", "Get", "List")
 # A round trip to a real AWS endpoint, added to every AWS call (0 by default): benchmarks of parallel calls
@@ -27,8 +28,9 @@ WATCHED_SERVICES = ("ec2", "efs", "ssm")  # whose writes can change disks, insta
 
 class AwsSimApp:
     def __init__(self, moto: WSGIApplication, faults: Faults, placement: PlacementGroups, player: Player,
-                 control: Control) -> None:
+                 quotas: Quotas, control: Control) -> None:
         self.moto, self.faults, self.placement, self.player, self.control = moto, faults, placement, player, control
+        self.quotas = quotas
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
         if environ.get("PATH_INFO", "").startswith("/_awssim/"):
@@ -62,7 +64,8 @@ class AwsSimApp:
         if call.service == "ec2" and call.action in PLACEMENT_ACTIONS:
             return self.placement.handle(call)
         if call.service == "ec2" and call.action == "RunInstances":
-            refusal = catalogue.run_instances_error(call, backends.ec2(call.account, call.region))
+            ec2 = backends.ec2(call.account, call.region)
+            refusal = catalogue.run_instances_error(call, ec2) or network.run_instances_error(call, ec2)
             if refusal is not None:
                 return error_response("ec2", *refusal)
             return self.placement.launch_error(call)
@@ -70,6 +73,8 @@ class AwsSimApp:
             return _send_command_error(call)
         if call.service == "s3":
             return access.s3_refusal(call)
+        if call.service == "service-quotas":
+            return self.quotas.handle(call)
         return None
 
     def _after(self, call: AwsCall, body: bytes) -> bytes:

@@ -13,15 +13,17 @@ class InstanceType:
     gpus: int
     gpu: str
     on_demand_usd: float
+    vcpus: int  # what EC2 counts against the account's quota
+    family: str  # which quotas count it (quotas.QUOTAS)
 
 
 INSTANCE_TYPES = {t.name: t for t in (
-    InstanceType("p3.16xlarge", 8, "V100 16 GB", 24.48),   # the seed's
-    InstanceType("p3dn.24xlarge", 8, "V100 32 GB", 31.212),
-    InstanceType("p4d.24xlarge", 8, "A100 40 GB", 21.958),
-    InstanceType("p5.48xlarge", 8, "H100 80 GB", 55.04),
-    InstanceType("g5.xlarge", 1, "A10G 24 GB", 1.006),     # cheap trials
-    InstanceType("g6.xlarge", 1, "L4 24 GB", 0.805),
+    InstanceType("p3.16xlarge", 8, "V100 16 GB", 24.48, 64, "P"),   # the seed's
+    InstanceType("p3dn.24xlarge", 8, "V100 32 GB", 31.212, 96, "P"),
+    InstanceType("p4d.24xlarge", 8, "A100 40 GB", 21.958, 96, "P"),
+    InstanceType("p5.48xlarge", 8, "H100 80 GB", 55.04, 192, "P5"),
+    InstanceType("g5.xlarge", 1, "A10G 24 GB", 1.006, 4, "G"),     # cheap trials
+    InstanceType("g6.xlarge", 1, "L4 24 GB", 0.805, 4, "G"),
 )}
 
 # EBS and EFS, per month (730 hours).
