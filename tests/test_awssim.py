@@ -170,3 +170,17 @@ def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):
     assert checks[broken]["user_data_check"] != "ok"
     wait_for(lambda: state(ec2, timer) == "terminated", timeout_s=5)
     assert Path(aws.root / "instances" / timer / "user-data").read_text().startswith("#!/bin/bash")
+
+
+def test_ec2_quotas_are_answered_by_service_quotas_and_enforced_at_the_launch_not_in_a_dry_run(aws):
+    quotas, ec2 = aws.client("service-quotas"), aws.client("ec2", retries=NO_RETRIES)
+    assert quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-417A185B")["Quota"]["Value"] == 2048
+    assert quotas.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode="L-DB2E81BA")["Quota"]["Value"] == 0
+    aws.set_quotas({"L-DB2E81BA": 4, "L-3819A6DF": 0})
+    assert quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-DB2E81BA")["Quota"]["Value"] == 4
+    assert error_code(ec2.run_instances, ImageId=IMAGE, InstanceType="g5.xlarge", MinCount=2, MaxCount=2,
+                      DryRun=True) == "DryRunOperation"
+    launch(ec2)  # 4 vCPUs of 4
+    assert error_code(launch, ec2) == "VcpuLimitExceeded"
+    assert error_code(launch, ec2, InstanceMarketOptions={"MarketType": "spot"}) == "MaxSpotInstanceCountExceeded"
+    launch(ec2, "p4d.24xlarge")  # another quota

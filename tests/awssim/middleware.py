@@ -65,7 +65,8 @@ class AwsSimApp:
             return self.placement.handle(call)
         if call.service == "ec2" and call.action == "RunInstances":
             ec2 = backends.ec2(call.account, call.region)
-            refusal = catalogue.run_instances_error(call, ec2) or network.run_instances_error(call, ec2)
+            refusal = (catalogue.run_instances_error(call, ec2) or network.run_instances_error(call, ec2)
+                       or self.quotas.launch_error(call, ec2))
             if refusal is not None:
                 return error_response("ec2", *refusal)
             return self.placement.launch_error(call)
