@@ -244,13 +244,43 @@ def delete_default_vpc(aws) -> None:
     ec2.delete_vpc(VpcId=vpc["VpcId"])
 
 
-def test_without_a_default_vpc_the_launch_is_dry_run_in_the_users_subnet(aws, snapshot, tmp_path):
-    delete_default_vpc(aws)
+def users_subnet(aws, way_out: bool = True, public: bool = True, dns_hostnames: bool = True) -> str:
+    """A subnet in us-east-1a of a VPC of the user's own, by default as the machines need it: a route out through
+    an internet gateway, public addresses on launch, both DNS attributes on."""
     ec2 = aws.client("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.0.0/20", AvailabilityZone="us-east-1a")["Subnet"]
-    AwsBackend(options(subnet_id=subnet["SubnetId"]), home=tmp_path).check(cluster_spec("run-own-subnet", 2), DATASET)
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.0.0/20", AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
+    if way_out:
+        gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+        ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+        table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+        ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
+        ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
+    ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": public})
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": dns_hostnames})
+    return subnet
+
+
+def test_without_a_default_vpc_the_launch_is_dry_run_in_the_users_subnet(aws, snapshot, tmp_path):
+    delete_default_vpc(aws)
+    subnet = users_subnet(aws)
+    AwsBackend(options(subnet_id=subnet), home=tmp_path).check(cluster_spec("run-own-subnet", 2), DATASET)
     assert AwsBackend(options(), home=tmp_path).resources() == []
+
+
+@pytest.mark.parametrize("subnet,message", [
+    ({"way_out": False}, r"subnet subnet-\w+ has no way out to the internet"),
+    ({"public": False}, r"subnet subnet-\w+ has no way out to the internet"),
+    ({"dns_hostnames": False}, r"enableDnsHostnames is off in vpc-\w+, the VPC of subnet subnet-\w+: the machines "
+                               r"mount EFS by its DNS name; turn it on: `aws ec2 modify-vpc-attribute --vpc-id "
+                               r"vpc-\w+ --enable-dns-hostnames`"),
+])
+def test_a_users_subnet_without_a_way_out_or_dns_is_refused_before_anything_exists(aws, snapshot, tmp_path,
+                                                                                    subnet, message):
+    backend = AwsBackend(options(subnet_id=users_subnet(aws, **subnet)), home=tmp_path)
+    with pytest.raises(InputError, match=message):
+        backend.check(cluster_spec("run-closed-subnet", 2), DATASET)
+    assert backend.resources() == []
 
 
 def test_more_machines_than_replicas_is_refused_before_any_machine(aws, snapshot, tmp_path):

@@ -152,6 +152,7 @@ class AwsBackend:
         if subnet["AvailabilityZone"] != zone:
             raise InputError(f"subnet {self.options.subnet_id} is in {subnet['AvailabilityZone']}, the run's "
                              f"zone is {zone}; set aws.availability_zone to match")
+        network.check_way_out(self.clients.ec2, subnet)
 
     def _default_subnet(self, zone: str) -> str:
         """The subnet EC2 would launch into without one named: the default VPC's in `zone`. The dry run needs a
