@@ -173,8 +173,8 @@ class AwsBackend:
         instance profile and the placement group are the run's own, made after the pre-flight, so it cannot
         name them."""
         request = machines.launch_options(spec, image, machines.instance_tags(spec, 0, spec.run_name))
-        try:
-            self.clients.client("ec2", retries=False).run_instances(
+        try:  # retried as other calls are: a dry run asks for no capacity, so only throttling is worth retrying
+            self.clients.ec2.run_instances(
                 **request, MinCount=spec.machines, MaxCount=spec.machines, SubnetId=subnet_id, DryRun=True)
         except Exception as exc:  # noqa: BLE001
             code = error_code(exc)
