@@ -1,5 +1,5 @@
 """The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (placement
-groups, instance-type checks, SendCommand's instance check), and hooks that keep disk contents and the player
+groups, instance-type checks, the machines' SSM agents), and hooks that keep disk contents and the player
 in step with each call."""
 
 import io
@@ -9,14 +9,14 @@ import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from . import backends, catalogue
+from . import agent, backends, catalogue
 from .calls import AwsCall, identify, signing_scope
 from .control import Control
 from .errors import Response, error_response
 from .faults import Faults
 from .placement import ACTIONS as PLACEMENT_ACTIONS
 from .placement import PlacementGroups
-from .player import ALIVE, Player
+from .player import Player
 
 READ_ONLY_PREFIXES = ("Describe", "Get", "List")
 # A round trip to a real AWS endpoint, added to every AWS call (0 by default): benchmarks of parallel calls
@@ -66,8 +66,8 @@ class AwsSimApp:
             if refusal is not None:
                 return error_response("ec2", *refusal)
             return self.placement.launch_error(call)
-        if call.service == "ssm" and call.action == "SendCommand":
-            return _send_command_error(call)
+        if call.service == "ssm" and call.action in agent.ACTIONS:
+            return agent.handle(call, self.player)
         return None
 
     def _after(self, call: AwsCall, body: bytes) -> bytes:
@@ -82,16 +82,6 @@ class AwsSimApp:
             answer["Command"].update(Status="Pending", StatusDetails="Pending")
             body = json.dumps(answer).encode()
         return body
-
-
-def _send_command_error(call: AwsCall) -> Response | None:
-    """SSM refuses instances that aren't running (moto accepts any id)."""
-    instances = {i.id: i for i in backends.instances(backends.ec2(call.account, call.region))}
-    bad = [i for i in call.list_param("InstanceIds") if i not in instances or instances[i].state not in ALIVE]
-    if not bad:
-        return None
-    return error_response("ssm", "InvalidInstanceId", f"Instances [{', '.join(bad)}] not in a valid state for account "
-                                                      f"{call.account}")
 
 
 def _buffer(environ: WSGIEnvironment) -> bytes:

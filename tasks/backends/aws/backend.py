@@ -56,7 +56,8 @@ def code_url(bucket: str, folder: str) -> str:
 
 class AwsBackend:
     name = "aws"
-    poll_seconds = 2.0  # each poll reads the run's S3 prefix
+    poll_seconds = 2.0  # each poll reads the run's S3 prefix, and the SSM command of each machine still running
+    agent_timeout_s = jobs.AGENT_TIMEOUT_S
 
     def __init__(self, options: AwsOptions | None = None, home: Path | None = None):
         from tasks.backends.local import default_home
@@ -67,6 +68,9 @@ class AwsBackend:
 
     # -- validate and plan ----------------------------------------------------------------------------
     def check(self, spec: ClusterSpec, dataset: str, reads: Sequence[str] = ("",)) -> None:
+        if spec.hours_left > jobs.MAX_COMMAND_HOURS:
+            raise InputError(f"max_hours={spec.hours_left:.4g} is over the {jobs.MAX_COMMAND_HOURS} h that SSM lets a "
+                             f"job's command run on AWS; ask for at most {jobs.MAX_COMMAND_HOURS}")
         self.clients.check_region()
         self.clients.check_credentials()
         try:
@@ -323,10 +327,11 @@ class AwsBackend:
 
     def launch(self, cluster: Cluster, commands: dict[int, list[str]], name: str) -> None:
         stored = secrets.store(self.clients, cluster.spec)
+        jobs.wait_for_agents(self.clients, [cluster.machines[i].id for i in sorted(commands)], self.agent_timeout_s)
 
         def send(index: int) -> str:
             script = jobs.launch_script(cluster, index, commands[index], name, self.options.region, stored)
-            return jobs.send(self.clients, cluster.machines[index].id, script, f"imagenet18 {name} {index}",
+            return jobs.send(self.clients, cluster.machines[index].id, script, jobs.job_comment(name, index),
                              cluster.spec.hours_left)
 
         with pools.pool(self.options.parallel_calls, len(commands)) as pool:
