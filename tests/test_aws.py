@@ -23,8 +23,9 @@ def options(**overrides) -> AwsOptions:
     return AwsOptions(**{"ami": AMI, "bucket": BUCKET, "dataset_folder": "demo", **overrides})
 
 
-def cluster_spec(run_id: str, machines: int, instance_type: str = "p4d.24xlarge", spot: bool = False) -> ClusterSpec:
-    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
+def cluster_spec(run_id: str, machines: int, instance_type: str = "p4d.24xlarge", spot: bool = False,
+                 hours: float = 2.0) -> ClusterSpec:
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours)
     return ClusterSpec(run_id, f"test-{run_id}", machines, instance_type, spot, expires)
 
 
@@ -198,6 +199,7 @@ def second_snapshot(aws, tiny_data):
     ({"setup": second_snapshot}, f"'{DATASET}' matches 2 snapshots"),
     ({"options": {"ami": "ami-00000000"}}, "AMI ami-00000000 not found"),
     ({"options": {"volume_type": "io1", "iops": 70000}}, "io1 volumes allow at most 64,000 IOPS"),
+    ({"hours": 72}, "max_hours=72 is over the 48 h that SSM lets a job's command run on AWS"),
     ({"fault": "VcpuLimitExceeded"}, "over this account's limit"),
     ({"fault": "UnauthorizedOperation"}, "may not start instances"),
     ({"no_credentials": True}, "no AWS credentials"),
@@ -213,7 +215,7 @@ def test_bad_input_is_refused_before_anything_exists(aws, snapshot, tiny_data, t
             monkeypatch.delenv(name)
         monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     backend = AwsBackend(options(**change.get("options", {})), home=tmp_path)
-    spec = cluster_spec("run-bad", 16, change.get("instance_type", "p4d.24xlarge"))
+    spec = cluster_spec("run-bad", 16, change.get("instance_type", "p4d.24xlarge"), hours=change.get("hours", 2.0))
     with pytest.raises(InputError, match=message):
         backend.check(spec, change.get("dataset", DATASET))
     monkeypatch.undo()
