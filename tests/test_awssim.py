@@ -201,8 +201,11 @@ def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):
     timer = launch(ec2, UserData="#!/bin/bash\nsystemd-run --on-active=1 /sbin/shutdown -h now\n",
                    InstanceInitiatedShutdownBehavior="terminate")
     broken = launch(ec2, UserData="#!/bin/bash\nif then\n")
+    array = "a=(1 2)\n"  # bash's, not sh's: the #! line picks the shell, as cloud-init runs the file
+    bash, sh = launch(ec2, UserData="#!/bin/bash\n" + array), launch(ec2, UserData="#!/bin/sh\n" + array)
     checks = {m["instance_id"]: m for m in aws.machines()}
     assert checks[timer]["user_data_check"] == "ok" and checks[timer]["shutdown_after_s"] == 1
     assert checks[broken]["user_data_check"] != "ok"
+    assert checks[bash]["user_data_check"] == "ok" and "Syntax error" in checks[sh]["user_data_check"]
     wait_for(lambda: state(ec2, timer) == "terminated", timeout_s=5)
     assert Path(aws.root / "instances" / timer / "user-data").read_text().startswith("#!/bin/bash")
