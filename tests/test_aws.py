@@ -192,8 +192,13 @@ def second_snapshot(aws, tiny_data):
     ({"options": {"region": "moon-1"}}, "unknown AWS region 'moon-1'"),
     ({"options": {"availability_zone": "us-east-1z"}}, "unknown availability zone 'us-east-1z'"),
     ({"instance_type": "p9.mega"}, "unknown instance type 'p9.mega'"),
-    ({"instance_type": "p3dn.24xlarge", "options": {"availability_zone": "us-east-1a"}},
-     "p3dn.24xlarge is not offered in us-east-1a"),
+    ({"options": {"availability_zone": "us-east-1f"}}, "p4d.24xlarge is not offered in us-east-1f"),
+    ({"instance_type": "p3.16xlarge"}, r"p3.16xlarge has V100 GPUs \(compute capability 7.0\), which torch "
+     r"2.14.1\+cu130, the machines' build, has no kernels for \(it needs 7.5 or newer\): choose one of "
+     r"p4d.24xlarge, p5.48xlarge, g5.xlarge, g6.xlarge$"),
+    ({"options": {"other_instance_types": ("p5.48xlarge", "p3dn.24xlarge")}},
+     r"^aws.other_instance_types: p3dn.24xlarge has V100 GPUs"),
+    ({"options": {"other_instance_types": ("p9.mega",)}}, r"^aws.other_instance_types: unknown instance type"),
     ({"dataset": "no-such-dataset"}, "no snapshot named or described 'no-such-dataset'"),
     ({"dataset": "snap-0123456789abcdef0"}, "dataset snapshot snap-0123456789abcdef0 not found"),
     ({"setup": second_snapshot}, f"'{DATASET}' matches 2 snapshots"),

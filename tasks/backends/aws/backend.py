@@ -54,6 +54,14 @@ def code_url(bucket: str, folder: str) -> str:
     return f"s3://{bucket}/{folder}/code/imagenet18.tar.gz"
 
 
+def _check_instance_type(name: str, option: str | None = None) -> None:
+    """A type of the catalogue that the machines' torch build runs on; `option` names where it came from."""
+    try:
+        catalog.runnable_instance_type(name)
+    except ValueError as exc:
+        raise InputError(f"{option}: {exc}" if option else str(exc)) from None
+
+
 class AwsBackend:
     name = "aws"
     poll_seconds = 2.0  # each poll reads the run's S3 prefix, and the SSM command of each machine still running
@@ -73,15 +81,10 @@ class AwsBackend:
                              f"job's command run on AWS; ask for at most {jobs.MAX_COMMAND_HOURS}")
         self.clients.check_region()
         self.clients.check_credentials()
-        try:
-            catalog.instance_type(spec.instance_type)
-        except KeyError as exc:
-            raise InputError(str(exc.args[0])) from None
+        _check_instance_type(spec.instance_type)
         zone = self.zone(spec.instance_type)
         for other in self.options.other_instance_types:
-            if other not in catalog.INSTANCE_TYPES:
-                raise InputError(f"unknown instance type {other!r} in aws.other_instance_types: choose from "
-                                 f"{', '.join(catalog.INSTANCE_TYPES)}")
+            _check_instance_type(other, "aws.other_instance_types")
             if zone not in self.clients.zones_offering(other):
                 raise InputError(f"{other} (in aws.other_instance_types) is not offered in {zone}, the run's zone")
         self._check_other_zones(spec.instance_type, zone)
