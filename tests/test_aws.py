@@ -26,8 +26,9 @@ def options(**overrides) -> AwsOptions:
     return AwsOptions(**{"ami": AMI, "bucket": BUCKET, "dataset_folder": "demo", **overrides})
 
 
-def cluster_spec(run_id: str, machines: int, instance_type: str = "p4d.24xlarge", spot: bool = False) -> ClusterSpec:
-    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
+def cluster_spec(run_id: str, machines: int, instance_type: str = "p4d.24xlarge", spot: bool = False,
+                 hours: float = 2.0) -> ClusterSpec:
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours)
     return ClusterSpec(run_id, f"test-{run_id}", machines, instance_type, spot, expires)
 
 
@@ -194,13 +195,19 @@ def second_snapshot(aws, tiny_data):
     ({"options": {"region": "moon-1"}}, "unknown AWS region 'moon-1'"),
     ({"options": {"availability_zone": "us-east-1z"}}, "unknown availability zone 'us-east-1z'"),
     ({"instance_type": "p9.mega"}, "unknown instance type 'p9.mega'"),
-    ({"instance_type": "p3dn.24xlarge", "options": {"availability_zone": "us-east-1a"}},
-     "p3dn.24xlarge is not offered in us-east-1a"),
+    ({"options": {"availability_zone": "us-east-1f"}}, "p4d.24xlarge is not offered in us-east-1f"),
+    ({"instance_type": "p3.16xlarge"}, r"p3.16xlarge has V100 GPUs \(compute capability 7.0\), which torch "
+     r"2.14.1\+cu130, the machines' build, has no kernels for \(it needs 7.5 or newer\): choose one of "
+     r"p4d.24xlarge, p5.48xlarge, g5.xlarge, g6.xlarge$"),
+    ({"options": {"other_instance_types": ("p5.48xlarge", "p3dn.24xlarge")}},
+     r"^aws.other_instance_types: p3dn.24xlarge has V100 GPUs"),
+    ({"options": {"other_instance_types": ("p9.mega",)}}, r"^aws.other_instance_types: unknown instance type"),
     ({"dataset": "no-such-dataset"}, "no snapshot named or described 'no-such-dataset'"),
     ({"dataset": "snap-0123456789abcdef0"}, "dataset snapshot snap-0123456789abcdef0 not found"),
     ({"setup": second_snapshot}, f"'{DATASET}' matches 2 snapshots"),
     ({"options": {"ami": "ami-00000000"}}, "AMI ami-00000000 not found"),
     ({"options": {"volume_type": "io1", "iops": 70000}}, "io1 volumes allow at most 64,000 IOPS"),
+    ({"hours": 72}, "max_hours=72 is over the 48 h that SSM lets a job's command run on AWS"),
     ({"fault": "VcpuLimitExceeded"}, "over this account's limit"),
     ({"fault": "UnauthorizedOperation"}, "may not start instances"),
     ({"spot": True, "fault": "UnauthorizedOperation", "fault_match": {"InstanceMarketOptions.MarketType": "spot"}},
@@ -227,7 +234,8 @@ def test_bad_input_is_refused_before_anything_exists(aws, snapshot, tiny_data, t
             monkeypatch.delenv(name)
         monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     backend = AwsBackend(options(**change.get("options", {})), home=tmp_path)
-    spec = cluster_spec("run-bad", 16, change.get("instance_type", "p4d.24xlarge"), change.get("spot", False))
+    spec = cluster_spec("run-bad", 16, change.get("instance_type", "p4d.24xlarge"), change.get("spot", False),
+                        hours=change.get("hours", 2.0))
     with pytest.raises(InputError, match=message):
         backend.check(spec, change.get("dataset", DATASET))
     monkeypatch.undo()

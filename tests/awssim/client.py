@@ -80,6 +80,11 @@ class AwsSim:
         """Commands run: command_id, instance_id, exit_code (None while running), stdout and stderr paths."""
         return self._control("GET", "played")
 
+    def set_agent_delay(self, seconds: float) -> None:
+        """The SSM agent of each machine launched from now on registers this long after it runs (until `reset`,
+        which restores AWSSIM_AGENT_DELAY_S, 1 s by default); SendCommand refuses the machine until then."""
+        self._control("POST", "agent", {"delay_s": seconds})
+
     def machines(self) -> list[dict[str, Any]]:
         """Instances seen by the player: instance_id, user_data_check ("ok", bash -n's complaint, ...),
         shutdown_after_s (the user-data shutdown timer it honours, or None)."""

@@ -1,5 +1,5 @@
 """Control endpoints under /_awssim/ on the simulator's port: faults, spot interruption, quotas, reset, played
-commands."""
+commands, the SSM agents' registration delay."""
 
 import json
 import shutil
@@ -46,6 +46,7 @@ class Control:
             ("POST", "/_awssim/reset"): lambda body: self.reset(),
             ("GET", "/_awssim/played"): lambda body: self.player.played(),
             ("GET", "/_awssim/machines"): lambda body: self.player.machines(),
+            ("POST", "/_awssim/agent"): lambda body: setattr(self.player, "agent_delay_s", float(body["delay_s"])),
             ("POST", "/_awssim/seed"): lambda body: self.seed(body["snapshot_id"], Path(body["from_dir"])),
         }
 

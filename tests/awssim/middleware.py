@@ -1,5 +1,5 @@
 """The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (placement
-groups, instance-type and default-VPC checks, SendCommand's instance check, EC2's vCPU quotas, the machines' S3
+groups, instance-type and default-VPC checks, the machines' SSM agents, EC2's vCPU quotas, the machines' S3
 permissions), and hooks that keep disk contents and the player in step with each call."""
 
 import io
@@ -9,14 +9,14 @@ import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from . import access, backends, catalogue, network
+from . import access, agent, backends, catalogue, network
 from .calls import AwsCall, identify, signing_scope
 from .control import Control
 from .errors import Response, error_response
 from .faults import Faults
 from .placement import ACTIONS as PLACEMENT_ACTIONS
 from .placement import PlacementGroups
-from .player import ALIVE, Player
+from .player import Player
 from .quotas import Quotas
 
 READ_ONLY_PREFIXES = ("Describe", "Get", "List")
@@ -70,8 +70,8 @@ class AwsSimApp:
             if refusal is not None:
                 return error_response("ec2", *refusal)
             return self.placement.launch_error(call)
-        if call.service == "ssm" and call.action == "SendCommand":
-            return _send_command_error(call)
+        if call.service == "ssm" and call.action in agent.ACTIONS:
+            return agent.handle(call, self.player)
         if call.service == "s3":
             return access.s3_refusal(call)
         if call.service == "service-quotas":
@@ -90,16 +90,6 @@ class AwsSimApp:
             answer["Command"].update(Status="Pending", StatusDetails="Pending")
             body = json.dumps(answer).encode()
         return body
-
-
-def _send_command_error(call: AwsCall) -> Response | None:
-    """SSM refuses instances that aren't running (moto accepts any id)."""
-    instances = {i.id: i for i in backends.instances(backends.ec2(call.account, call.region))}
-    bad = [i for i in call.list_param("InstanceIds") if i not in instances or instances[i].state not in ALIVE]
-    if not bad:
-        return None
-    return error_response("ssm", "InvalidInstanceId", f"Instances [{', '.join(bad)}] not in a valid state for account "
-                                                      f"{call.account}")
 
 
 def _buffer(environ: WSGIEnvironment) -> bytes:

@@ -66,9 +66,18 @@ def code_url(bucket: str, folder: str) -> str:
     return f"s3://{bucket}/{folder}/code/imagenet18.tar.gz"
 
 
+def _check_instance_type(name: str, option: str | None = None) -> None:
+    """A type of the catalogue that the machines' torch build runs on; `option` names where it came from."""
+    try:
+        catalog.runnable_instance_type(name)
+    except ValueError as exc:
+        raise InputError(f"{option}: {exc}" if option else str(exc)) from None
+
+
 class AwsBackend:
     name = "aws"
-    poll_seconds = 2.0  # each poll reads the run's S3 prefix
+    poll_seconds = 2.0  # each poll reads the run's S3 prefix, and the SSM command of each machine still running
+    agent_timeout_s = jobs.AGENT_TIMEOUT_S
 
     def __init__(self, options: AwsOptions | None = None, home: Path | None = None):
         from tasks.backends.local import default_home
@@ -79,17 +88,15 @@ class AwsBackend:
 
     # -- validate and plan ----------------------------------------------------------------------------
     def check(self, spec: ClusterSpec, dataset: str, reads: Sequence[str] = ("",)) -> None:
+        if spec.hours_left > jobs.MAX_COMMAND_HOURS:
+            raise InputError(f"max_hours={spec.hours_left:.4g} is over the {jobs.MAX_COMMAND_HOURS} h that SSM lets a "
+                             f"job's command run on AWS; ask for at most {jobs.MAX_COMMAND_HOURS}")
         self.clients.check_region()
         self.clients.check_credentials()
-        try:
-            catalog.instance_type(spec.instance_type)
-        except KeyError as exc:
-            raise InputError(str(exc.args[0])) from None
+        _check_instance_type(spec.instance_type)
         zone = self.zone(spec.instance_type)
         for other in self.options.other_instance_types:
-            if other not in catalog.INSTANCE_TYPES:
-                raise InputError(f"unknown instance type {other!r} in aws.other_instance_types: choose from "
-                                 f"{', '.join(catalog.INSTANCE_TYPES)}")
+            _check_instance_type(other, "aws.other_instance_types")
             if zone not in self.clients.zones_offering(other):
                 raise InputError(f"{other} (in aws.other_instance_types) is not offered in {zone}, the run's zone")
         self._check_other_zones(spec.instance_type, zone)
@@ -355,10 +362,11 @@ class AwsBackend:
 
     def launch(self, cluster: Cluster, commands: dict[int, list[str]], name: str) -> None:
         stored = secrets.store(self.clients, cluster.spec)
+        jobs.wait_for_agents(self.clients, [cluster.machines[i].id for i in sorted(commands)], self.agent_timeout_s)
 
         def send(index: int) -> str:
             script = jobs.launch_script(cluster, index, commands[index], name, self.options.region, stored)
-            return jobs.send(self.clients, cluster.machines[index].id, script, f"imagenet18 {name} {index}",
+            return jobs.send(self.clients, cluster.machines[index].id, script, jobs.job_comment(name, index),
                              cluster.spec.hours_left)
 
         with pools.pool(self.options.parallel_calls, len(commands)) as pool:
