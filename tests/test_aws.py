@@ -11,7 +11,7 @@ import fsspec
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.backends.aws import AwsBackend, AwsOptions, tags
+from tasks.backends.aws import AwsBackend, AwsOptions, jobs, tags
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
@@ -364,6 +364,7 @@ def test_a_machine_reaches_s3_as_its_role_allows_and_finds_no_checkpoint_at_the_
     profile = ensure_instance_profile(Clients("us-east-1"), spec, BUCKET, folder, "/imagenet18/run-role")
     instance = ec2.run_instances(ImageId=AMI, InstanceType="g5.xlarge", MinCount=1, MaxCount=1,
                                  IamInstanceProfile={"Name": profile})["Instances"][0]["InstanceId"]
+    jobs.wait_for_agents(Clients("us-east-1"), [instance])
     script = MACHINE_S3_CHECKS.format(bucket=BUCKET, folder=folder)
     command = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[instance], Parameters={"commands": [
         "cd /opt/imagenet18", f"/opt/imagenet18/.venv/bin/python - <<'EOF'\n{script}\nEOF"]})["Command"]["CommandId"]
