@@ -23,8 +23,14 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# what Prefect 3.9 gives its own temporary server: no UI, and only the services an ephemeral server runs
-SERVER_ENVIRONMENT = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+# What Prefect 3.9 gives its own temporary server (no UI, only the services an ephemeral server runs), and no
+# telemetry: on a first start its heartbeat races the database's creation and prints a "database is locked"
+# traceback into the user's terminal.
+SERVER_ENVIRONMENT = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+                      "PREFECT_SERVER_ANALYTICS_ENABLED": "0"}
+# A first start creates the database; on a busy 2-core machine that was seen to take 26 s, past Prefect's
+# default 20 s. A server that is still starting is given at least this long; one that exits fails at once.
+FIRST_START_SECONDS = 120
 
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1, whatever http_proxy says
 
@@ -87,7 +93,7 @@ def api_for_flows(module: str) -> Iterator[None]:
         yield
         return
     importlib.import_module(module)
-    api.wait_until_ready(settings.server.ephemeral.startup_timeout_seconds)
+    api.wait_until_ready(max(settings.server.ephemeral.startup_timeout_seconds, FIRST_START_SECONDS))
     # the server has no UI and ends with the command: no "View at" links to it
     with temporary_settings(updates={PREFECT_API_URL: api.url, PREFECT_UI_URL: ""}):
         yield

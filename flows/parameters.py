@@ -7,12 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.backends.aws.catalog import DEFAULT_INSTANCE_TYPE as AWS_DEFAULT_INSTANCE_TYPE
 from tasks.backends.aws.options import AwsOptions
 from tasks.backends.local import default_home
 
 MachineCount = Literal[1, 2, 4, 8, 16]
 BackendName = Literal["local", "aws"]
-DEFAULT_INSTANCE_TYPE = {"local": "local", "aws": "p3.16xlarge"}
+DEFAULT_INSTANCE_TYPE = {"local": "local", "aws": AWS_DEFAULT_INSTANCE_TYPE}
 DEFAULT_DATASET = {"aws": "imagenet18-backup"}  # the seed's snapshot description; locally, the demo dataset
 
 
@@ -22,7 +23,7 @@ class RunParameters(BaseModel):
     machines: MachineCount = 2
     backend: BackendName = "local"
     spot: bool = False
-    instance_type: str | None = Field(None, description="default: local, or p3.16xlarge on aws (the seed's)")
+    instance_type: str | None = Field(None, description=f"default: local, or {AWS_DEFAULT_INSTANCE_TYPE} on aws")
     dataset: str | None = Field(None, description="folder or fsspec URL, or on aws a snapshot id or name; "
                                 "default: the demo dataset, or on aws the snapshot named imagenet18-backup")
     schedule: str | None = Field(None, description="name or .toml file; default: on aws seed-N (the seed's), "

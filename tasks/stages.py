@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.parameters import RunParameters
 from tasks.backends import backend_for
 from tasks.backends.aws.options import AwsOptions
-from tasks.backends.base import Cluster, InputError, Resource
+from tasks.backends.base import Cluster, InputError, JobStatus, Resource
 from tasks.curves import curves_png  # matplotlib: half a second, imported while the command's API server starts
 from tasks.planning import RunPlan, plan_run
 from tasks.progress import ProgressWatch
@@ -116,7 +116,7 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[di
         if status.failed or hung:
             lost = {index: code for index, code in status.failed.items() if _lost(code)}
             if len(lost) < len(status.failed) or len(restarts) >= plan.params.restarts:
-                raise TrainingError(_failure(backend, cluster, job, status.failed, hung, plan.params.hang_minutes))
+                raise TrainingError(_failure(backend, cluster, job, status, hung, plan.params.hang_minutes))
             began = time.monotonic()
             logger.warning("machine(s) %s lost (exit codes %s) and %s making no progress for %.0f min; replacing "
                            "what is gone and resuming every node from the last checkpoint (restart %d of at most "
@@ -152,16 +152,19 @@ def _launch(backend, plan: RunPlan, cluster: Cluster, job: str, logger) -> None:
     logger.info("launched %s: %s", job, " ".join(commands[0]))
 
 
-def _failure(backend, cluster: Cluster, job: str, failed: dict[int, int], hung: list[int], hang_minutes: float) -> str:
-    """The cause in one line: the trainer's own error where it gave one; the machine logs keep the tracebacks."""
+def _failure(backend, cluster: Cluster, job: str, status: JobStatus, hung: list[int], hang_minutes: float) -> str:
+    """The cause in one line: the trainer's own error where it gave one, else the backend's (a job script that
+    failed before the trainer ran); the machine logs keep the tracebacks."""
+    failed = status.failed
     if not failed:
         return f"machine(s) {hung} made no progress for {hang_minutes:g} min (no new heartbeat) and no restart is left"
     lost = sorted(index for index, code in failed.items() if _lost(code))
     if lost:
+        said = "".join(f"; machine {index}: {cause}" for index, cause in sorted(status.causes.items()))
         return (f"training failed on machine(s) {failed}: machine(s) {lost} lost (ended by a signal, or gone) and "
-                "no restart is left")
+                f"no restart is left{said}")
     causes = {index: trainer_error(backend.read_storage(cluster, _log(job, index))[-LOG_TAIL_BYTES:]
-                                   .decode(errors="replace")) for index in sorted(failed)}
+                                   .decode(errors="replace")) or status.causes.get(index) for index in sorted(failed)}
     own = [(i, cause) for i, cause in causes.items() if cause and cause.startswith("error: ")]
     found = [(i, cause) for i, cause in causes.items() if cause]
     index, cause = (own or found or [(min(failed), None)])[0]

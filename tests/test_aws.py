@@ -5,12 +5,15 @@ import datetime as dt
 import os
 import stat
 import threading
+import time
 
 import fsspec
 import pytest
+from botocore.exceptions import ClientError
 
-from tasks.backends.aws import AwsBackend, AwsOptions, tags
+from tasks.backends.aws import AwsBackend, AwsOptions, jobs, tags
 from tasks.backends.aws.clients import Clients
+from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
 from tasks.backends.base import ClusterSpec, InputError
 from tests.conftest import DATASET
@@ -24,8 +27,9 @@ def options(**overrides) -> AwsOptions:
     return AwsOptions(**{"ami": AMI, "bucket": BUCKET, "dataset_folder": "demo", **overrides})
 
 
-def cluster_spec(run_id: str, machines: int, instance_type: str = "p4d.24xlarge", spot: bool = False) -> ClusterSpec:
-    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
+def cluster_spec(run_id: str, machines: int, instance_type: str = "p4d.24xlarge", spot: bool = False,
+                 hours: float = 2.0) -> ClusterSpec:
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours)
     return ClusterSpec(run_id, f"test-{run_id}", machines, instance_type, spot, expires)
 
 
@@ -173,34 +177,100 @@ def second_snapshot(aws, tiny_data):
     ({"options": {"region": "moon-1"}}, "unknown AWS region 'moon-1'"),
     ({"options": {"availability_zone": "us-east-1z"}}, "unknown availability zone 'us-east-1z'"),
     ({"instance_type": "p9.mega"}, "unknown instance type 'p9.mega'"),
-    ({"instance_type": "p3dn.24xlarge", "options": {"availability_zone": "us-east-1a"}},
-     "p3dn.24xlarge is not offered in us-east-1a"),
+    ({"options": {"availability_zone": "us-east-1f"}}, "p4d.24xlarge is not offered in us-east-1f"),
+    ({"instance_type": "p3.16xlarge"}, r"p3.16xlarge has V100 GPUs \(compute capability 7.0\), which torch "
+     r"2.14.1\+cu130, the machines' build, has no kernels for \(it needs 7.5 or newer\): choose one of "
+     r"p4d.24xlarge, p5.48xlarge, g5.xlarge, g6.xlarge$"),
+    ({"options": {"other_instance_types": ("p5.48xlarge", "p3dn.24xlarge")}},
+     r"^aws.other_instance_types: p3dn.24xlarge has V100 GPUs"),
+    ({"options": {"other_instance_types": ("p9.mega",)}}, r"^aws.other_instance_types: unknown instance type"),
     ({"dataset": "no-such-dataset"}, "no snapshot named or described 'no-such-dataset'"),
     ({"dataset": "snap-0123456789abcdef0"}, "dataset snapshot snap-0123456789abcdef0 not found"),
     ({"setup": second_snapshot}, f"'{DATASET}' matches 2 snapshots"),
     ({"options": {"ami": "ami-00000000"}}, "AMI ami-00000000 not found"),
     ({"options": {"volume_type": "io1", "iops": 70000}}, "io1 volumes allow at most 64,000 IOPS"),
+    ({"hours": 72}, "max_hours=72 is over the 48 h that SSM lets a job's command run on AWS"),
     ({"fault": "VcpuLimitExceeded"}, "over this account's limit"),
     ({"fault": "UnauthorizedOperation"}, "may not start instances"),
+    ({"spot": True, "fault": "UnauthorizedOperation", "fault_match": {"InstanceMarketOptions.MarketType": "spot"}},
+     "may not start instances as the run does"),  # a policy that forbids spot: the dry run asks for spot too
     ({"no_credentials": True}, "no AWS credentials"),
+    ({"quotas": {"L-417A185B": 0}}, r'16 x p4d.24xlarge need 1536 vCPUs of the quota "Running On-Demand P '
+                                    r'instances" \(L-417A185B\) in us-east-1, which is 0 for this account .*'
+                                    r"request-service-quota-increase --region us-east-1 --service-code ec2 "
+                                    r"--quota-code L-417A185B --desired-value 1536"),
+    ({"spot": True, "quotas": {"L-7212CCBC": 1535}}, r'1536 vCPUs of the quota "All P Spot Instance Requests" '
+                                                     r"\(L-7212CCBC\) in us-east-1, which is 1535"),
+    ({"setup": lambda aws, _: delete_default_vpc(aws)}, "this account has no default subnet in us-east-1a"),
 ])
 def test_bad_input_is_refused_before_anything_exists(aws, snapshot, tiny_data, tmp_path, monkeypatch, change,
                                                      message):
     if "setup" in change:
         change["setup"](aws, tiny_data)
     if "fault" in change:
-        aws.add_fault("ec2", "RunInstances", change["fault"], status=400, match={"DryRun": "true"})
+        aws.add_fault("ec2", "RunInstances", change["fault"], status=400,
+                      match={"DryRun": "true", **change.get("fault_match", {})})
+    aws.set_quotas(change.get("quotas", {}))
     if change.get("no_credentials"):
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             monkeypatch.delenv(name)
         monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     backend = AwsBackend(options(**change.get("options", {})), home=tmp_path)
-    spec = cluster_spec("run-bad", 16, change.get("instance_type", "p4d.24xlarge"))
+    spec = cluster_spec("run-bad", 16, change.get("instance_type", "p4d.24xlarge"), change.get("spot", False),
+                        hours=change.get("hours", 2.0))
     with pytest.raises(InputError, match=message):
         backend.check(spec, change.get("dataset", DATASET))
     monkeypatch.undo()
     assert AwsBackend(options(), home=tmp_path).resources() == []
     assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
+
+
+def delete_default_vpc(aws) -> None:
+    """An account without a default VPC: some never had one, some owners delete it."""
+    ec2 = aws.client("ec2")
+    [vpc] = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]:
+        ec2.delete_subnet(SubnetId=subnet["SubnetId"])
+    ec2.delete_vpc(VpcId=vpc["VpcId"])
+
+
+def users_subnet(aws, way_out: bool = True, public: bool = True, dns_hostnames: bool = True) -> str:
+    """A subnet in us-east-1a of a VPC of the user's own, by default as the machines need it: a route out through
+    an internet gateway, public addresses on launch, both DNS attributes on."""
+    ec2 = aws.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.0.0/20", AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
+    if way_out:
+        gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+        ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+        table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+        ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
+        ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
+    ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": public})
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": dns_hostnames})
+    return subnet
+
+
+def test_without_a_default_vpc_the_launch_is_dry_run_in_the_users_subnet(aws, snapshot, tmp_path):
+    delete_default_vpc(aws)
+    subnet = users_subnet(aws)
+    AwsBackend(options(subnet_id=subnet), home=tmp_path).check(cluster_spec("run-own-subnet", 2), DATASET)
+    assert AwsBackend(options(), home=tmp_path).resources() == []
+
+
+@pytest.mark.parametrize("subnet,message", [
+    ({"way_out": False}, r"subnet subnet-\w+ has no way out to the internet"),
+    ({"public": False}, r"subnet subnet-\w+ has no way out to the internet"),
+    ({"dns_hostnames": False}, r"enableDnsHostnames is off in vpc-\w+, the VPC of subnet subnet-\w+: the machines "
+                               r"mount EFS by its DNS name; turn it on: `aws ec2 modify-vpc-attribute --vpc-id "
+                               r"vpc-\w+ --enable-dns-hostnames`"),
+])
+def test_a_users_subnet_without_a_way_out_or_dns_is_refused_before_anything_exists(aws, snapshot, tmp_path,
+                                                                                    subnet, message):
+    backend = AwsBackend(options(subnet_id=users_subnet(aws, **subnet)), home=tmp_path)
+    with pytest.raises(InputError, match=message):
+        backend.check(cluster_spec("run-closed-subnet", 2), DATASET)
+    assert backend.resources() == []
 
 
 def test_more_machines_than_replicas_is_refused_before_any_machine(aws, snapshot, tmp_path):
@@ -243,3 +313,50 @@ def test_a_snapshot_needs_the_dataset_to_exist(aws, tmp_path):
     with pytest.raises(InputError, match="dataset folder.s. not found: datasets/imagenet"):
         make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160])
     assert AwsBackend(options(), home=tmp_path).resources() == []
+
+
+MACHINE_S3_CHECKS = """
+import boto3, botocore
+from trainer import checkpoint
+s3, bucket = boto3.client("s3"), "{bucket}"
+def answer(call, **kwargs):
+    try:
+        call(Bucket=bucket, **kwargs)
+        return "ok"
+    except botocore.exceptions.ClientError as error:
+        return error.response["Error"]["Code"]
+print("auto-resume finds", checkpoint.exists("s3://{bucket}/{folder}/checkpoints"))
+print("head missing", answer(s3.head_object, Key="{folder}/checkpoints/checkpoint.pt"))
+print("list own", answer(s3.list_objects_v2, Prefix="{folder}/"))
+print("list other", answer(s3.list_objects_v2, Prefix="runs/other/"))
+print("get other", answer(s3.get_object, Key="runs/other/result.txt"))
+s3.put_object(Bucket=bucket, Key="{folder}/checkpoints/checkpoint.pt", Body=b"epoch 1")
+print("auto-resume finds", checkpoint.exists("s3://{bucket}/{folder}/checkpoints"))
+"""
+
+
+def test_a_machine_reaches_s3_as_its_role_allows_and_finds_no_checkpoint_at_the_first_start(aws, tmp_path):
+    """The machines' role may list the bucket only under the run's folder, so S3 answers a HEAD of a missing key
+    with 403 (as AWS does); the trainer's auto-resume still finds no checkpoint at a first start, and finds one
+    once it is there. The user's own keys see the missing key as 404."""
+    s3, ec2, ssm = aws.client("s3"), aws.client("ec2"), aws.client("ssm")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="runs/other/result.txt", Body=b"another run's")
+    spec, folder = cluster_spec("run-role", 1), "runs/test-run-role"
+    profile = ensure_instance_profile(Clients("us-east-1"), spec, BUCKET, folder, "/imagenet18/run-role")
+    instance = ec2.run_instances(ImageId=AMI, InstanceType="g5.xlarge", MinCount=1, MaxCount=1,
+                                 IamInstanceProfile={"Name": profile})["Instances"][0]["InstanceId"]
+    jobs.wait_for_agents(Clients("us-east-1"), [instance])
+    script = MACHINE_S3_CHECKS.format(bucket=BUCKET, folder=folder)
+    command = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[instance], Parameters={"commands": [
+        "cd /opt/imagenet18", f"/opt/imagenet18/.venv/bin/python - <<'EOF'\n{script}\nEOF"]})["Command"]["CommandId"]
+    deadline = time.monotonic() + 120
+    while aws.played()[0]["exit_code"] is None:
+        assert time.monotonic() < deadline, "the command did not end"
+        time.sleep(0.2)
+    invocation = ssm.get_command_invocation(CommandId=command, InstanceId=instance)
+    assert invocation["StandardOutputContent"].splitlines() == [
+        "auto-resume finds False", "head missing 403", "list own ok", "list other AccessDenied",
+        "get other AccessDenied", "auto-resume finds True"], invocation["StandardErrorContent"]
+    with pytest.raises(ClientError, match="404"):
+        s3.head_object(Bucket=BUCKET, Key=f"{folder}/checkpoints/best.pt")

@@ -47,17 +47,23 @@ def test_two_machine_aws_run_completes_end_to_end_and_leaves_nothing(prefect_api
 
 
 def test_plan_on_aws_prices_the_run_and_creates_nothing(prefect_api, aws, tiny_data):
+    """The default type (8 x A100), priced; the seed's V100 type refused with the types that work."""
     aws.make_snapshot(tiny_data.parent, description=DATASET)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "IMAGENET18_HOME": str(prefect_api)}
-    result = subprocess.run([IMAGENET18, "plan", "--backend", "aws", "--machines", "16", "--instance-type",
-                             "p4d.24xlarge", "--ami", AMI, "--bucket", BUCKET], capture_output=True, text=True,
-                            env=env, timeout=300)
+    command = [IMAGENET18, "plan", "--backend", "aws", "--machines", "16", "--ami", AMI, "--bucket", BUCKET]
+    refused = subprocess.run([*command, "--instance-type", "p3.16xlarge"], capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
+        "error: p3.16xlarge has V100 GPUs (compute capability 7.0)"), refused.stderr[-3000:]
+    assert "choose one of p4d.24xlarge, p5.48xlarge" in refused.stderr
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     hourly = 16 * catalog.instance_type("p4d.24xlarge").on_demand_usd
     priced = re.search(r"(\S+): would cost \$([\d,.]+)/h, at most \$([\d,.]+); nothing was created", result.stdout)
     assert priced, result.stdout
     assert float(priced[2].replace(",", "")) > hourly, "machines, disks and EFS are all priced"
     plan = _plan_artifact(priced[1])
+    assert "p4d.24xlarge (8 x A100 40 GB), on-demand" in plan
     assert f"| 16 | ${catalog.instance_type('p4d.24xlarge').on_demand_usd:,.2f} |" in plan
     assert f"**${priced[2]}/h**" in plan and "reference time of 18.1 min" in plan, plan
     assert AwsBackend(options()).resources() == []

@@ -39,6 +39,12 @@ def wait_for(predicate, timeout_s=10.0):
     return result
 
 
+def agents_online(ssm, *instance_ids) -> bool:
+    found = ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": list(instance_ids)}])
+    return sorted(i["InstanceId"] for i in found["InstanceInformationList"] if i["PingStatus"] == "Online") == sorted(
+        instance_ids)
+
+
 def test_placement_groups(aws):
     ec2 = aws.client("ec2")
     tags = [{"ResourceType": "placement-group", "Tags": [RUN]}]
@@ -157,6 +163,7 @@ def test_player_runs_commands_against_the_machine_disks(aws, tmp_path):
     file_system = efs.create_file_system(CreationToken="run-1", Tags=[RUN])["FileSystemId"]
 
     master = ec2.describe_instances(InstanceIds=instances[1:])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+    wait_for(lambda: agents_online(ssm, *instances))
     script = [
         "set -e",
         "cat /mnt/data/hello.txt > /mnt/efs/$IMAGENET18_SIM_INSTANCE.txt",
@@ -191,13 +198,59 @@ def test_player_runs_commands_against_the_machine_disks(aws, tmp_path):
         wait_for(lambda pid=pid: not alive(pid), timeout_s=2)
 
 
+def test_ssm_agents_register_late_and_run_commands_as_the_agent_does(aws):
+    """The agent registers a while after its machine runs; SendCommand refuses the machine until then, and an
+    executionTimeout over AWS-RunShellScript's 48 h. A script runs from a file through `sh -c` (dash here, as on
+    Ubuntu): bash's options fail it unless its #! line asks for bash."""
+    aws.set_agent_delay(10)  # long enough for the two calls below on a loaded machine
+    ec2, ssm = aws.client("ec2"), aws.client("ssm", retries=NO_RETRIES)
+    instance = launch(ec2)
+
+    def send(commands, **parameters):
+        return ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[instance],
+                                Parameters={"commands": commands, **parameters})["Command"]["CommandId"]
+
+    assert error_code(send, ["true"]) == "InvalidInstanceId"
+    assert not agents_online(ssm, instance)
+    wait_for(lambda: agents_online(ssm, instance), timeout_s=20)
+    assert error_code(send, ["true"], executionTimeout=["259200"]) == "InvalidParameters"
+    sent = {"sh": send(["set -uo pipefail", "echo unreachable"], executionTimeout=["172800"]),
+            "bash": send(["#!/bin/bash", "set -uo pipefail", 'echo "bash $BASH_VERSION" >&2', "exit 3"])}
+    wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()))
+    ended = {shell: ssm.get_command_invocation(CommandId=command, InstanceId=instance)
+             for shell, command in sent.items()}
+    assert (ended["sh"]["Status"], ended["sh"]["ResponseCode"]) == ("Failed", 2)
+    assert "Illegal option -o pipefail" in ended["sh"]["StandardErrorContent"]
+    assert ended["sh"]["StandardOutputContent"] == ""
+    assert (ended["bash"]["Status"], ended["bash"]["ResponseCode"]) == ("Failed", 3)
+    assert ended["bash"]["StandardErrorContent"].startswith("bash 5")
+    assert [c["Status"] for c in ssm.list_commands(InstanceId=instance)["Commands"]] == ["Failed", "Failed"]
+
+
 def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):
     ec2 = aws.client("ec2")
     timer = launch(ec2, UserData="#!/bin/bash\nsystemd-run --on-active=1 /sbin/shutdown -h now\n",
                    InstanceInitiatedShutdownBehavior="terminate")
     broken = launch(ec2, UserData="#!/bin/bash\nif then\n")
+    array = "a=(1 2)\n"  # bash's, not sh's: the #! line picks the shell, as cloud-init runs the file
+    bash, sh = launch(ec2, UserData="#!/bin/bash\n" + array), launch(ec2, UserData="#!/bin/sh\n" + array)
     checks = {m["instance_id"]: m for m in aws.machines()}
     assert checks[timer]["user_data_check"] == "ok" and checks[timer]["shutdown_after_s"] == 1
     assert checks[broken]["user_data_check"] != "ok"
+    assert checks[bash]["user_data_check"] == "ok" and "Syntax error" in checks[sh]["user_data_check"]
     wait_for(lambda: state(ec2, timer) == "terminated", timeout_s=5)
     assert Path(aws.root / "instances" / timer / "user-data").read_text().startswith("#!/bin/bash")
+
+
+def test_ec2_quotas_are_answered_by_service_quotas_and_enforced_at_the_launch_not_in_a_dry_run(aws):
+    quotas, ec2 = aws.client("service-quotas"), aws.client("ec2", retries=NO_RETRIES)
+    assert quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-417A185B")["Quota"]["Value"] == 2048
+    assert quotas.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode="L-DB2E81BA")["Quota"]["Value"] == 0
+    aws.set_quotas({"L-DB2E81BA": 4, "L-3819A6DF": 0})
+    assert quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-DB2E81BA")["Quota"]["Value"] == 4
+    assert error_code(ec2.run_instances, ImageId=IMAGE, InstanceType="g5.xlarge", MinCount=2, MaxCount=2,
+                      DryRun=True) == "DryRunOperation"
+    launch(ec2)  # 4 vCPUs of 4
+    assert error_code(launch, ec2) == "VcpuLimitExceeded"
+    assert error_code(launch, ec2, InstanceMarketOptions={"MarketType": "spot"}) == "MaxSpotInstanceCountExceeded"
+    launch(ec2, "p4d.24xlarge")  # another quota

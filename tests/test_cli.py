@@ -26,6 +26,7 @@ IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
     (["run", "--backend", "aws", "--region", "moon-1"], "error: unknown AWS region 'moon-1'"),
     (["run", "--spot"], "error: --spot needs a cloud backend"),
     (["run", "--max-hours", "0"], "error: max_hours: Input should be greater than 0"),
+    (["run", "--backend", "aws", "--max-hours", "72"], "error: max_hours=72 is over the 48 h that SSM lets"),
     (["run", "--hang-minutes", "0"], "error: hang_minutes: Input should be greater than 0"),
     (["plan", "--budget-usd", "-1"], "error: budget_usd: Input should be greater than or equal to 0"),
 ])

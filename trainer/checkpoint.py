@@ -31,8 +31,16 @@ def best_path(location: str) -> str:
 
 
 def exists(location: str) -> bool:
+    """Whether the checkpoint is there, found by listing its folder rather than asking for the file: S3 answers
+    a HEAD of a missing key with 403, not 404, to a caller who may list the bucket only under a prefix (a run's
+    machines), and s3fs raises that as PermissionError
+    (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html)."""
     fs, path = fsspec.core.url_to_fs(checkpoint_path(location))
-    return fs.exists(path)
+    try:
+        listed = fs.ls(fs._parent(path), detail=False, refresh=True)
+    except FileNotFoundError:
+        return False
+    return fs._strip_protocol(path) in {fs._strip_protocol(name) for name in listed}
 
 
 def save(location: str, state: dict) -> str:
@@ -65,9 +73,9 @@ def _write(fs: fsspec.AbstractFileSystem, path: str, buffer: io.BytesIO) -> None
 
 
 def load(location: str) -> dict:
-    fs, path = fsspec.core.url_to_fs(checkpoint_path(location))
-    if not fs.exists(path):
+    if not exists(location):
         raise CheckpointError(f"no checkpoint at {checkpoint_path(location)}")
+    fs, path = fsspec.core.url_to_fs(checkpoint_path(location))
     with fs.open(path, "rb") as f:
         try:
             state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)

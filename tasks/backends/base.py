@@ -99,6 +99,7 @@ class JobStatus:
     running: int
     succeeded: int
     failed: dict[int, int]  # machine index -> exit code
+    causes: dict[int, str] = field(default_factory=dict)  # machine index -> why it failed, where the backend knows
 
     @property
     def done(self) -> bool:

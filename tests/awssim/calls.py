@@ -13,7 +13,7 @@ from botocore.model import OperationModel, ServiceModel
 from moto.iam.models import get_account_id_from
 
 # SigV4 signing names that differ from botocore's service names.
-SERVICE_BY_SIGNING_NAME = {"elasticfilesystem": "efs"}
+SERVICE_BY_SIGNING_NAME = {"elasticfilesystem": "efs", "servicequotas": "service-quotas"}
 
 
 @dataclass
@@ -24,6 +24,7 @@ class AwsCall:
     account: str
     protocol: str  # botocore protocol: ec2, query, json, rest-json, rest-xml
     params: dict[str, str] = field(default_factory=dict)  # flat, EC2 style: "Placement.GroupName", "InstanceIds.1"
+    access_key: str = ""  # the signer's
 
     def list_param(self, name: str) -> list[str]:
         """Values of an EC2-style list parameter: Name.1, Name.2, ..."""
@@ -58,7 +59,7 @@ def identify(environ: dict[str, Any], body: bytes) -> AwsCall | None:
         model = service_model(service)
     except botocore.exceptions.UnknownServiceError:
         return None
-    call = AwsCall(service, "", region, get_account_id_from(key), model.protocol)
+    call = AwsCall(service, "", region, get_account_id_from(key), model.protocol, access_key=key)
     query = dict(parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True))
     if model.protocol in ("ec2", "query"):
         call.params = {**query, **dict(parse_qsl(body.decode(), keep_blank_values=True))}

@@ -75,9 +75,19 @@ class AwsSim:
         """Spot interruption: the instance terminates (Server.SpotInstanceTermination), its processes die."""
         self._control("POST", "interrupt", {"instance_id": instance_id})
 
+    def set_quotas(self, values: dict[str, float]) -> None:
+        """This account's EC2 vCPU quotas by code (L-417A185B: Running On-Demand P instances, ...) until the next
+        reset, which gives each 2048."""
+        self._control("POST", "quotas", {"values": values})
+
     def played(self) -> list[dict[str, Any]]:
         """Commands run: command_id, instance_id, exit_code (None while running), stdout and stderr paths."""
         return self._control("GET", "played")
+
+    def set_agent_delay(self, seconds: float) -> None:
+        """The SSM agent of each machine launched from now on registers this long after it runs (until `reset`,
+        which restores AWSSIM_AGENT_DELAY_S, 1 s by default); SendCommand refuses the machine until then."""
+        self._control("POST", "agent", {"delay_s": seconds})
 
     def machines(self) -> list[dict[str, Any]]:
         """Instances seen by the player: instance_id, user_data_check ("ok", bash -n's complaint, ...),

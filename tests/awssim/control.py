@@ -1,4 +1,5 @@
-"""Control endpoints under /_awssim/ on the simulator's port: faults, spot interruption, reset, played commands."""
+"""Control endpoints under /_awssim/ on the simulator's port: faults, spot interruption, quotas, reset, played
+commands, the SSM agents' registration delay."""
 
 import json
 import shutil
@@ -15,6 +16,7 @@ from .errors import Response
 from .faults import Faults
 from .placement import PlacementGroups
 from .player import Player
+from .quotas import Quotas
 from .storage import ContentStore
 
 Handler = Callable[[dict[str, Any]], Any]
@@ -32,16 +34,19 @@ class ControlError(Exception):
 
 class Control:
     def __init__(self, root: Path, faults: Faults, placement: PlacementGroups, player: Player,
-                 store: ContentStore) -> None:
+                 store: ContentStore, quotas: Quotas) -> None:
         self.root, self.faults, self.placement, self.player, self.store = root, faults, placement, player, store
+        self.quotas = quotas
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/_awssim/faults"): lambda body: self.faults.add(body["rules"], body.get("seed")),
             ("DELETE", "/_awssim/faults"): lambda body: self.faults.clear(body.get("label")),
             ("GET", "/_awssim/faults"): lambda body: self.faults.report(),
+            ("POST", "/_awssim/quotas"): lambda body: self.quotas.set(body["values"]),
             ("POST", "/_awssim/interrupt"): lambda body: self.interrupt(body["instance_id"]),
             ("POST", "/_awssim/reset"): lambda body: self.reset(),
             ("GET", "/_awssim/played"): lambda body: self.player.played(),
             ("GET", "/_awssim/machines"): lambda body: self.player.machines(),
+            ("POST", "/_awssim/agent"): lambda body: setattr(self.player, "agent_delay_s", float(body["delay_s"])),
             ("POST", "/_awssim/seed"): lambda body: self.seed(body["snapshot_id"], Path(body["from_dir"])),
         }
 
@@ -76,6 +81,7 @@ class Control:
             self.player.reset()
             moto_api_backend.reset()
             self.placement.clear()
+            self.quotas.reset()
             self.store.wipe()
             for folder in ("commands", "instances"):
                 shutil.rmtree(self.root / folder, ignore_errors=True)

@@ -1,6 +1,6 @@
 """The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (placement
-groups, instance-type checks, SendCommand's instance check), and hooks that keep disk contents and the player
-in step with each call."""
+groups, instance-type and default-VPC checks, the machines' SSM agents, EC2's vCPU quotas, the machines' S3
+permissions), and hooks that keep disk contents and the player in step with each call."""
 
 import io
 import json
@@ -9,14 +9,15 @@ import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from . import backends, catalogue
+from . import access, agent, backends, catalogue, network
 from .calls import AwsCall, identify, signing_scope
 from .control import Control
 from .errors import Response, error_response
 from .faults import Faults
 from .placement import ACTIONS as PLACEMENT_ACTIONS
 from .placement import PlacementGroups
-from .player import ALIVE, Player
+from .player import Player
+from .quotas import Quotas
 
 READ_ONLY_PREFIXES = ("Describe", "Get", "List")
 # A round trip to a real AWS endpoint, added to every AWS call (0 by default): benchmarks of parallel calls
@@ -27,8 +28,9 @@ WATCHED_SERVICES = ("ec2", "efs", "ssm")  # whose writes can change disks, insta
 
 class AwsSimApp:
     def __init__(self, moto: WSGIApplication, faults: Faults, placement: PlacementGroups, player: Player,
-                 control: Control) -> None:
+                 quotas: Quotas, control: Control) -> None:
         self.moto, self.faults, self.placement, self.player, self.control = moto, faults, placement, player, control
+        self.quotas = quotas
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
         if environ.get("PATH_INFO", "").startswith("/_awssim/"):
@@ -62,12 +64,18 @@ class AwsSimApp:
         if call.service == "ec2" and call.action in PLACEMENT_ACTIONS:
             return self.placement.handle(call)
         if call.service == "ec2" and call.action == "RunInstances":
-            refusal = catalogue.run_instances_error(call, backends.ec2(call.account, call.region))
+            ec2 = backends.ec2(call.account, call.region)
+            refusal = (catalogue.run_instances_error(call, ec2) or network.run_instances_error(call, ec2)
+                       or self.quotas.launch_error(call, ec2))
             if refusal is not None:
                 return error_response("ec2", *refusal)
             return self.placement.launch_error(call)
-        if call.service == "ssm" and call.action == "SendCommand":
-            return _send_command_error(call)
+        if call.service == "ssm" and call.action in agent.ACTIONS:
+            return agent.handle(call, self.player)
+        if call.service == "s3":
+            return access.s3_refusal(call)
+        if call.service == "service-quotas":
+            return self.quotas.handle(call)
         return None
 
     def _after(self, call: AwsCall, body: bytes) -> bytes:
@@ -82,16 +90,6 @@ class AwsSimApp:
             answer["Command"].update(Status="Pending", StatusDetails="Pending")
             body = json.dumps(answer).encode()
         return body
-
-
-def _send_command_error(call: AwsCall) -> Response | None:
-    """SSM refuses instances that aren't running (moto accepts any id)."""
-    instances = {i.id: i for i in backends.instances(backends.ec2(call.account, call.region))}
-    bad = [i for i in call.list_param("InstanceIds") if i not in instances or instances[i].state not in ALIVE]
-    if not bad:
-        return None
-    return error_response("ssm", "InvalidInstanceId", f"Instances [{', '.join(bad)}] not in a valid state for account "
-                                                      f"{call.account}")
 
 
 def _buffer(environ: WSGIEnvironment) -> bytes:

@@ -14,13 +14,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import backends
+from . import access, backends
 from .backends import RUN_TAG
 from .rewrite import Rewrite
 from .storage import ContentStore
 from .userdata import UserData, inspect
 
 INSTANCE_ENV = "IMAGENET18_SIM_INSTANCE"  # every process a machine's commands start inherits it
+# How long after a machine runs its SSM agent registers (a minute or so on AWS): SendCommand refuses it until then.
+AGENT_DELAY_S = float(os.environ.get("AWSSIM_AGENT_DELAY_S", "1"))
 
 ALIVE = ("pending", "running")
 # SSM keeps this much of an invocation's output for GetCommandInvocation.
@@ -54,6 +56,7 @@ class Machine:
     instance_id: str
     user_data: UserData
     shutdown_at: float | None  # time.time() when its user-data timer fires
+    agent_online_at: float  # time.time() when its SSM agent registers
 
     def record(self) -> dict[str, Any]:
         return {"instance_id": self.instance_id, "user_data_check": self.user_data.check,
@@ -78,6 +81,7 @@ class Player:
         self._played: list[Played] = []
         self._machines: dict[str, Machine] = {}
         self._ports: dict[str, int] = {}  # run tag (or instance id) -> torchrun master port
+        self.agent_delay_s = AGENT_DELAY_S  # for machines seen from now on
 
     def start(self) -> None:
         threading.Thread(target=self._loop, name="awssim-player", daemon=True).start()
@@ -120,6 +124,7 @@ class Player:
             self._seen.clear()
             self._machines.clear()
             self._ports.clear()
+            self.agent_delay_s = AGENT_DELAY_S
 
     # Machines: user-data and its shutdown timer.
 
@@ -130,7 +135,8 @@ class Player:
                                     self.root / "instances" / instance_id / "user-data")
                 delay = user_data.shutdown_after_s
                 shutdown_at = None if delay is None else time.time() + delay
-                self._machines[instance_id] = Machine(instance_id, user_data, shutdown_at)
+                self._machines[instance_id] = Machine(instance_id, user_data, shutdown_at,
+                                                      time.time() + self.agent_delay_s)
             machine = self._machines.get(instance_id)
             if machine and machine.shutdown_at and time.time() >= machine.shutdown_at and instance.state in ALIVE:
                 machine.shutdown_at = None  # an OS shutdown ignores API termination protection
@@ -138,6 +144,17 @@ class Player:
                     instance.terminate()
                 else:
                     instance.stop()
+
+    def agents(self) -> dict[str, str]:
+        """The PingStatus of each machine whose SSM agent has registered: Online while the machine runs,
+        ConnectionLost while it is stopped or on its way out; a terminated machine's agent is gone."""
+        with self._lock:
+            instances = {i.id: i for _, _, ec2 in backends.ec2_all() for i in backends.instances(ec2)}
+            now = time.time()
+            return {instance_id: "Online" if instances[instance_id].state == "running" else "ConnectionLost"
+                    for instance_id, machine in self._machines.items()
+                    if now >= machine.agent_online_at and instance_id in instances
+                    and instances[instance_id].state != "terminated"}
 
     # Processes.
 
@@ -215,12 +232,16 @@ class Player:
             (folder / "stderr").write_text(f"awssim: instance {instance_id} is not running\n")
             self._finish(played, -1, "Undeliverable")
             return
-        local = self._rewrite(instance, instances, account, region).apply(script)
-        (folder / "script.sh").write_text(local)
+        # As the agent runs AWS-RunShellScript: the commands, one a line, in an executable file that `sh -c` runs
+        # (dash on Ubuntu and here), so the kernel honours a #! line and dash runs a script without one.
+        script_file = folder / "script.sh"
+        script_file.write_text(self._rewrite(instance, instances, account, region).apply(script) + "\n")
+        script_file.chmod(0o755)
         with open(folder / "stdout", "wb") as out, open(folder / "stderr", "wb") as err:
             played.process = subprocess.Popen(
-                ["bash", "-c", local], cwd=folder, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                env={**os.environ, INSTANCE_ENV: instance_id}, start_new_session=True,
+                ["sh", "-c", str(script_file)], cwd=folder, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                env={**os.environ, INSTANCE_ENV: instance_id, **access.machine_credentials(instance)},
+                start_new_session=True,
             )
 
     def _summarise(self, command: Any) -> None:

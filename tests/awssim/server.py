@@ -29,6 +29,7 @@ from .middleware import AwsSimApp
 from .moto_fixes import fix_send_command_targets
 from .placement import PlacementGroups
 from .player import Player
+from .quotas import Quotas
 from .storage import ContentStore
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout holding tests/awssim: /opt/imagenet18 on a machine
@@ -46,10 +47,10 @@ def main(argv: list[str] | None = None) -> None:
 
     extend_catalogue()
     fix_send_command_targets()
-    faults, placement, store = Faults(backends.of_run), PlacementGroups(), ContentStore(root)
+    faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()
     player = Player(root, REPO, store)
-    app = AwsSimApp(DomainDispatcherApplication(create_backend_app), faults, placement, player,
-                    Control(root, faults, placement, player, store))
+    app = AwsSimApp(DomainDispatcherApplication(create_backend_app), faults, placement, player, quotas,
+                    Control(root, faults, placement, player, store, quotas))
     server = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=MotoRequestHandler)
     endpoint = f"http://127.0.0.1:{server.server_port}"
     # Played commands inherit this environment: they reach the simulator, never real AWS.

@@ -1,9 +1,11 @@
 """Contents of EBS volumes, snapshots and EFS file systems as directories, kept in step with moto's resources."""
 
+import datetime as dt
 import os
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 from . import backends
 
@@ -17,14 +19,33 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _copy(src: Path, dst: Path, link: bool) -> None:
+def _copy(src: Path, dst: Path, link: bool, written_before: float | None = None) -> None:
     """Copy a tree; link=True shares the files' inodes (cp -al), so copies are instant and writers must replace
-    files rather than edit them in place. A tree that changes while it is copied copies what could be read."""
+    files rather than edit them in place. A tree that changes while it is copied copies what could be read.
+    written_before: leave out files modified at or after that time."""
+    def unwritten(folder: str, names: list[str]) -> set[str]:
+        if written_before is None:
+            return set()
+        return {name for name in names if os.path.isfile(os.path.join(folder, name))
+                and os.path.getmtime(os.path.join(folder, name)) >= written_before}
+
     try:
         shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy if link else shutil.copy2,
-                        dirs_exist_ok=True)
+                        ignore=unwritten, dirs_exist_ok=True)
     except shutil.Error:
         pass
+
+
+def _cached_since(volume: Any) -> float | None:
+    """A snapshot holds only what was written to the volume when it was asked for, not what the machine's OS
+    still caches (AWS's CreateSnapshot documentation); the cache is written out when the volume is unmounted or
+    the machine stops. Linux also writes back data older than 30 s, so a real snapshot misses only the last
+    files written; here, to fail every time rather than now and then, nothing written since the volume was
+    attached to its running machine is in it."""
+    attachment = volume.attachment
+    if attachment is None or attachment.instance.state != "running":
+        return None
+    return attachment.attach_time.replace(tzinfo=dt.timezone.utc).timestamp()
 
 
 class ContentStore:
@@ -55,7 +76,8 @@ class ContentStore:
         file_systems = {k for _, _, efs in backends.efs_all() for k in list(efs.file_systems_by_id)}
         with self._lock:
             for snapshot_id, snapshot in snapshots.items():
-                self._create(self.snapshot_dir(snapshot_id), self.volume_dir(snapshot.volume.id), link=False)
+                self._create(self.snapshot_dir(snapshot_id), self.volume_dir(snapshot.volume.id), link=False,
+                             written_before=_cached_since(snapshot.volume))
             for volume_id, volume in volumes.items():
                 source = self.snapshot_dir(volume.snapshot_id) if volume.snapshot_id else None
                 self._create(self.volume_dir(volume_id), source, link=True)
@@ -67,11 +89,11 @@ class ContentStore:
                         shutil.rmtree(path, ignore_errors=True)
 
     @staticmethod
-    def _create(target: Path, source: Path | None, link: bool) -> None:
+    def _create(target: Path, source: Path | None, link: bool, written_before: float | None = None) -> None:
         if target.exists():
             return
         if source is not None and source.is_dir():
-            _copy(source, target, link)
+            _copy(source, target, link, written_before)
         else:
             target.mkdir()
 

@@ -1,5 +1,5 @@
 """Instance user-data: not run (it mounts disks and installs the project on a real machine), only checked with
-`bash -n`, and searched for a shutdown timer, which the player honours."""
+`-n` by the shell its #! line names, and searched for a shutdown timer, which the player honours."""
 
 import base64
 import gzip
@@ -31,9 +31,10 @@ def inspect(encoded: str | None, save_as: Path) -> UserData:
     text = decode(encoded)
     save_as.parent.mkdir(parents=True, exist_ok=True)
     save_as.write_text(text)
-    if not re.match(r"#![^\n]*\b(ba)?sh\b", text):
+    shell = re.match(r"#![^\n]*\b((?:ba)?sh)\b", text)  # cloud-init runs the file: its #! line picks the shell
+    if not shell:
         return UserData("skipped: not a shell script", None)
-    result = subprocess.run(["bash", "-n", str(save_as)], capture_output=True, text=True)
+    result = subprocess.run([shell[1], "-n", str(save_as)], capture_output=True, text=True)
     return UserData("ok" if result.returncode == 0 else result.stderr.strip(), shutdown_timer_s(text))
 
 

@@ -11,7 +11,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.backends.aws import catalog, efs, inventory, jobs, machines, network, pools, secrets, storage, volumes
+from tasks.backends.aws import (
+    catalog,
+    efs,
+    inventory,
+    jobs,
+    machines,
+    network,
+    pools,
+    quotas,
+    secrets,
+    storage,
+    volumes,
+)
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.options import AwsOptions
@@ -54,9 +66,18 @@ def code_url(bucket: str, folder: str) -> str:
     return f"s3://{bucket}/{folder}/code/imagenet18.tar.gz"
 
 
+def _check_instance_type(name: str, option: str | None = None) -> None:
+    """A type of the catalogue that the machines' torch build runs on; `option` names where it came from."""
+    try:
+        catalog.runnable_instance_type(name)
+    except ValueError as exc:
+        raise InputError(f"{option}: {exc}" if option else str(exc)) from None
+
+
 class AwsBackend:
     name = "aws"
-    poll_seconds = 2.0  # each poll reads the run's S3 prefix
+    poll_seconds = 2.0  # each poll reads the run's S3 prefix, and the SSM command of each machine still running
+    agent_timeout_s = jobs.AGENT_TIMEOUT_S
 
     def __init__(self, options: AwsOptions | None = None, home: Path | None = None):
         from tasks.backends.local import default_home
@@ -67,26 +88,26 @@ class AwsBackend:
 
     # -- validate and plan ----------------------------------------------------------------------------
     def check(self, spec: ClusterSpec, dataset: str, reads: Sequence[str] = ("",)) -> None:
+        if spec.hours_left > jobs.MAX_COMMAND_HOURS:
+            raise InputError(f"max_hours={spec.hours_left:.4g} is over the {jobs.MAX_COMMAND_HOURS} h that SSM lets a "
+                             f"job's command run on AWS; ask for at most {jobs.MAX_COMMAND_HOURS}")
         self.clients.check_region()
         self.clients.check_credentials()
-        try:
-            catalog.instance_type(spec.instance_type)
-        except KeyError as exc:
-            raise InputError(str(exc.args[0])) from None
+        _check_instance_type(spec.instance_type)
         zone = self.zone(spec.instance_type)
         for other in self.options.other_instance_types:
-            if other not in catalog.INSTANCE_TYPES:
-                raise InputError(f"unknown instance type {other!r} in aws.other_instance_types: choose from "
-                                 f"{', '.join(catalog.INSTANCE_TYPES)}")
+            _check_instance_type(other, "aws.other_instance_types")
             if zone not in self.clients.zones_offering(other):
                 raise InputError(f"{other} (in aws.other_instance_types) is not offered in {zone}, the run's zone")
         self._check_other_zones(spec.instance_type, zone)
         volumes.check_snapshot_holds(self.snapshot(dataset), reads)
         volumes.check_volume_settings(self.options.volume_type, self.options.iops)
         image = machines.resolve_ami(self.clients, self.options.ami)
+        for instance_type in dict.fromkeys((spec.instance_type, *self.options.other_instance_types)):
+            quotas.check(self.clients, instance_type, spec.machines, spec.spot)
         if self.options.subnet_id:
             self._check_subnet(zone)
-        self._dry_run_instances(spec, image, zone)
+        self._dry_run_instances(spec, image, self.options.subnet_id or self._default_subnet(zone))
         if self.resources(spec.run_id):
             raise InputError(f"run {spec.run_id} already has AWS resources; use another run id, or "
                              "`imagenet18 cleanup` to remove them")
@@ -138,13 +159,30 @@ class AwsBackend:
         if subnet["AvailabilityZone"] != zone:
             raise InputError(f"subnet {self.options.subnet_id} is in {subnet['AvailabilityZone']}, the run's "
                              f"zone is {zone}; set aws.availability_zone to match")
+        network.check_way_out(self.clients.ec2, subnet)
 
-    def _dry_run_instances(self, spec: ClusterSpec, image: dict, zone: str) -> None:
-        """EC2's own dry run of the launch: permissions and account limits, before anything exists."""
-        try:
-            self.clients.client("ec2", retries=False).run_instances(
-                ImageId=image["ImageId"], InstanceType=spec.instance_type, MinCount=spec.machines,
-                MaxCount=spec.machines, Placement={"AvailabilityZone": zone}, DryRun=True)
+    def _default_subnet(self, zone: str) -> str:
+        """The subnet EC2 would launch into without one named: the default VPC's in `zone`. The dry run needs a
+        subnet (without one, an account with no default VPC answers VPCIdNotSpecified) and the run's own is
+        made only after the pre-flight."""
+        found = self.clients.ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]},
+                                                           {"Name": "availability-zone", "Values": [zone]}])
+        if not found["Subnets"]:
+            raise InputError(f"this account has no default subnet in {zone} (no default VPC in "
+                             f"{self.options.region}?), so EC2 cannot check the launch before anything is made: "
+                             f"give aws.subnet_id (a subnet in {zone} with a route out), or make the default VPC: "
+                             f"`aws ec2 create-default-vpc --region {self.options.region}`")
+        return found["Subnets"][0]["SubnetId"]
+
+    def _dry_run_instances(self, spec: ClusterSpec, image: dict, subnet_id: str) -> None:
+        """EC2's own dry run of the launch, as the launch will ask for it: all machines at once, in the subnet,
+        market, disks and tags the launch uses, so it checks these permissions before anything exists. The
+        instance profile and the placement group are the run's own, made after the pre-flight, so it cannot
+        name them."""
+        request = machines.launch_options(spec, image, machines.instance_tags(spec, 0, spec.run_name))
+        try:  # retried as other calls are: a dry run asks for no capacity, so only throttling is worth retrying
+            self.clients.ec2.run_instances(
+                **request, MinCount=spec.machines, MaxCount=spec.machines, SubnetId=subnet_id, DryRun=True)
         except Exception as exc:  # noqa: BLE001
             code = error_code(exc)
             if code == "DryRunOperation":
@@ -153,7 +191,8 @@ class AwsBackend:
                 raise InputError(f"{spec.machines} x {spec.instance_type} is over this account's limit ({code}): "
                                  "ask AWS for a quota increase or run fewer machines") from None
             if code == "UnauthorizedOperation":
-                raise InputError("these AWS credentials may not start instances (ec2:RunInstances)") from None
+                raise InputError("these AWS credentials may not start instances as the run does (ec2:RunInstances, "
+                                 "ec2:CreateTags on launch)") from None
             raise
         raise InputError("EC2 accepted a dry run as a real launch; refusing to go on")
 
@@ -323,10 +362,11 @@ class AwsBackend:
 
     def launch(self, cluster: Cluster, commands: dict[int, list[str]], name: str) -> None:
         stored = secrets.store(self.clients, cluster.spec)
+        jobs.wait_for_agents(self.clients, [cluster.machines[i].id for i in sorted(commands)], self.agent_timeout_s)
 
         def send(index: int) -> str:
             script = jobs.launch_script(cluster, index, commands[index], name, self.options.region, stored)
-            return jobs.send(self.clients, cluster.machines[index].id, script, f"imagenet18 {name} {index}",
+            return jobs.send(self.clients, cluster.machines[index].id, script, jobs.job_comment(name, index),
                              cluster.spec.hours_left)
 
         with pools.pool(self.options.parallel_calls, len(commands)) as pool:

@@ -12,17 +12,30 @@ class InstanceType:
     name: str
     gpus: int
     gpu: str
+    compute_capability: tuple[int, int]  # the GPU's CUDA architecture: (7, 0) is sm_70
     on_demand_usd: float
+    vcpus: int  # what EC2 counts against the account's quota
+    family: str  # which quotas count it (quotas.QUOTAS)
 
 
 INSTANCE_TYPES = {t.name: t for t in (
-    InstanceType("p3.16xlarge", 8, "V100 16 GB", 24.48),   # the seed's
-    InstanceType("p3dn.24xlarge", 8, "V100 32 GB", 31.212),
-    InstanceType("p4d.24xlarge", 8, "A100 40 GB", 21.958),
-    InstanceType("p5.48xlarge", 8, "H100 80 GB", 55.04),
-    InstanceType("g5.xlarge", 1, "A10G 24 GB", 1.006),     # cheap trials
-    InstanceType("g6.xlarge", 1, "L4 24 GB", 0.805),
+    InstanceType("p3.16xlarge", 8, "V100 16 GB", (7, 0), 24.48, 64, "P"),   # the seed's
+    InstanceType("p3dn.24xlarge", 8, "V100 32 GB", (7, 0), 31.212, 96, "P"),
+    InstanceType("p4d.24xlarge", 8, "A100 40 GB", (8, 0), 21.958, 96, "P"),
+    InstanceType("p5.48xlarge", 8, "H100 80 GB", (9, 0), 55.04, 192, "P5"),
+    InstanceType("g5.xlarge", 1, "A10G 24 GB", (8, 6), 1.006, 4, "G"),     # cheap trials
+    InstanceType("g6.xlarge", 1, "L4 24 GB", (8, 9), 0.805, 4, "G"),
 )}
+# The default: of the 8-GPU types the torch build runs, the one with the lowest price per training image (an
+# H100 trains ResNet-50 about twice as fast as an A100 and costs 2.5 times as much) and the widest offering.
+DEFAULT_INSTANCE_TYPE = "p4d.24xlarge"
+
+# The GPU architectures the torch build the machines install (pyproject.toml's pin) has kernels for, as
+# torch._C._cuda_getArchFlags() lists them; tests/test_catalog.py checks this against the installed build. It
+# carries no PTX, so a GPU runs it only through a kernel of its own major version and a minor no higher than
+# its own (CUDA's binary compatibility): sm_86 kernels run on sm_89, nothing here runs on sm_70.
+TORCH_BUILD = "torch 2.14.1+cu130"
+TORCH_CUDA_ARCHS = ((7, 5), (8, 0), (8, 6), (9, 0), (10, 0), (12, 0))
 
 # EBS and EFS, per month (730 hours).
 HOURS_PER_MONTH = 730
@@ -39,6 +52,26 @@ def instance_type(name: str) -> InstanceType:
         return INSTANCE_TYPES[name]
     except KeyError:
         raise KeyError(f"unknown instance type {name!r}: choose one of {', '.join(INSTANCE_TYPES)}") from None
+
+
+def runs_the_build(kind: InstanceType) -> bool:
+    major, minor = kind.compute_capability
+    return any(arch_major == major and arch_minor <= minor for arch_major, arch_minor in TORCH_CUDA_ARCHS)
+
+
+def runnable_instance_type(name: str) -> InstanceType:
+    """The catalogue's type, if the machines' torch build has kernels for its GPU; ValueError says why not."""
+    if name not in INSTANCE_TYPES:
+        raise ValueError(f"unknown instance type {name!r}: choose one of {', '.join(INSTANCE_TYPES)}")
+    kind = INSTANCE_TYPES[name]
+    if not runs_the_build(kind):
+        major, minor = kind.compute_capability
+        lowest = ".".join(map(str, min(TORCH_CUDA_ARCHS)))
+        working = ", ".join(t.name for t in INSTANCE_TYPES.values() if runs_the_build(t))
+        raise ValueError(f"{name} has {kind.gpu.split()[0]} GPUs (compute capability {major}.{minor}), which "
+                         f"{TORCH_BUILD}, the machines' build, has no kernels for (it needs {lowest} or newer): "
+                         f"choose one of {working}")
+    return kind
 
 
 def volume_hourly_usd(volume_type: str, size_gb: int, iops: int, throughput_mbps: int) -> float:

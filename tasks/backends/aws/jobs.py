@@ -12,11 +12,19 @@ from string import Template
 from tasks.backends.aws import machines as machine_ops
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.waiting import until
-from tasks.backends.base import Cluster, JobStatus
+from tasks.backends.base import BackendError, Cluster, JobStatus
 
 MIRROR_SECONDS = 10
 FORWARDED_SETTINGS = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY")  # not secrets: they may be in the script
 LOST = -signal.SIGKILL  # the machine went away without an exit code (spot interruption, termination)
+# AWS-RunShellScript's executionTimeout parameter allows at most 172800 s; SendCommand refuses a larger one.
+MAX_COMMAND_HOURS = 48
+# SendCommand's TimeoutSeconds: a command that has not started on its machine by then never runs, and ends as
+# "Delivery Timed Out" (an agent that went away), so a node that never starts is noticed in minutes.
+DELIVERY_TIMEOUT_S = 600
+AGENT_TIMEOUT_S = 600.0  # from a machine running to its SSM agent online; a few minutes on the Deep Learning AMI
+STILL_RUNNING = ("Pending", "InProgress", "Delayed", "Cancelling")
+STDERR_TAIL_LINES = 3
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -59,21 +67,65 @@ def wait_for_commands(clients: Clients, sent: dict[str, str], timeout: float = 1
                 if error_code(exc) == "InvocationDoesNotExist":
                     return False
                 raise
-            if invocation["Status"] in ("Pending", "InProgress", "Delayed"):
+            if invocation["Status"] in STILL_RUNNING:
                 return False
         return True
 
     until("the stop commands", ended, timeout=timeout)
 
 
+def wait_for_agents(clients: Clients, instance_ids: list[str], timeout: float = AGENT_TIMEOUT_S) -> None:
+    """Until the SSM agent of each machine is registered and online: SendCommand refuses a machine before that
+    (InvalidInstanceId), and its agent registers a minute or more after the machine runs."""
+    ssm, seen = clients.client("ssm"), {}
+
+    def online() -> bool:
+        pages = ssm.get_paginator("describe_instance_information").paginate(
+            Filters=[{"Key": "InstanceIds", "Values": instance_ids}])
+        seen.update({i["InstanceId"]: i["PingStatus"] for page in pages for i in page["InstanceInformationList"]})
+        return all(seen.get(i) == "Online" for i in instance_ids)
+
+    try:
+        until("the machines' SSM agents", online, timeout=timeout)
+    except BackendError:
+        waiting = ", ".join(f"{i} ({seen.get(i, 'not registered')})" for i in instance_ids if seen.get(i) != "Online")
+        raise BackendError(f"the SSM agent of machine(s) {waiting} was not online {timeout:.0f} s after they ran, so "
+                           "no job can be sent to them: the instance profile needs AmazonSSMManagedInstanceCore and "
+                           "the subnet a route to the SSM endpoints") from None
+
+
 def send(clients: Clients, instance_id: str, script: str, comment: str, timeout_hours: float) -> str:
     result = clients.client("ssm").send_command(
         InstanceIds=[instance_id], DocumentName="AWS-RunShellScript", Comment=comment[:100],
+        TimeoutSeconds=DELIVERY_TIMEOUT_S,
         Parameters={"commands": [script], "executionTimeout": [str(max(3600, int(timeout_hours * 3600)))]})
     return result["Command"]["CommandId"]
 
 
+def job_comment(name: str, index: int) -> str:
+    return f"imagenet18 {name} {index}"
+
+
+def command_end(clients: Clients, instance_id: str, comment: str) -> tuple[int, str] | None:
+    """How the latest SSM command with this comment ended on the machine: its exit code (LOST where it never ran
+    to one: not delivered, cancelled, timed out) and a line saying why; None while it runs."""
+    ssm = clients.client("ssm")
+    sent = [c for page in ssm.get_paginator("list_commands").paginate(InstanceId=instance_id)
+            for c in page["Commands"] if c.get("Comment") == comment]
+    if not sent or (latest := max(sent, key=lambda c: c["RequestedDateTime"]))["Status"] in STILL_RUNNING:
+        return None
+    invocation = ssm.get_command_invocation(CommandId=latest["CommandId"], InstanceId=instance_id)
+    code = invocation["ResponseCode"]
+    if invocation["Status"] not in ("Success", "Failed") or code < 0:
+        code = LOST
+    said = (invocation.get("StandardErrorContent") or "").strip().splitlines()[-STDERR_TAIL_LINES:]
+    return code, (f"its SSM command on {instance_id} ended {invocation['StatusDetails']} (code "
+                  f"{invocation['ResponseCode']})" + (": " + " / ".join(said) if said else ""))
+
+
 def status(clients: Clients, cluster: Cluster, name: str) -> JobStatus:
+    """From the exit codes the machines upload; for a machine without one, from its SSM command, which says when
+    the script ended before it could upload one (a shell error, a command never delivered)."""
     bucket, prefix = split_url(cluster.storage)
     s3 = clients.client("s3")
     codes = {}
@@ -84,17 +136,20 @@ def status(clients: Clients, cluster: Cluster, name: str) -> JobStatus:
     alive = {i["InstanceId"] for i in machine_ops.instances(clients, cluster.spec.run_id, ["pending", "running"])}
     running = succeeded = 0
     failed: dict[int, int] = {}
+    causes: dict[int, str] = {}
     for machine in cluster.machines:
         code = codes.get(machine.index)
+        if code is None and machine.id in alive:
+            ended = command_end(clients, machine.id, job_comment(name, machine.index))
+            if ended is None:
+                running += 1
+                continue
+            code, causes[machine.index] = ended
         if code == 0:
             succeeded += 1
-        elif code is not None:
-            failed[machine.index] = code
-        elif machine.id in alive:
-            running += 1
         else:
-            failed[machine.index] = LOST
-    return JobStatus(running, succeeded, failed)
+            failed[machine.index] = LOST if code is None else code
+    return JobStatus(running, succeeded, failed, causes)
 
 
 def read(clients: Clients, url: str, offset: int = 0) -> bytes:

@@ -1,5 +1,7 @@
-# imagenet18 job ${job} on machine ${index} of run ${run_id} (sent through SSM RunCommand).
-set -uo pipefail
+#!/bin/sh
+# imagenet18 job ${job} on machine ${index} of run ${run_id} (sent through SSM RunCommand). POSIX sh: the agent
+# writes the commands to a file and runs it with `sh` (dash on Ubuntu), and the kernel honours the line above.
+set -u
 export AWS_DEFAULT_REGION=${region}
 if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null; fi  # user-data has finished
 run=${node_storage}

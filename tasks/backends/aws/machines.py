@@ -151,19 +151,25 @@ class CapacityError(BackendError):
 
 def launch_request(spec: ClusterSpec, network: Network, image: dict, profile: str, index: int, volume_id: str,
                    boot: BootConfig, name: str) -> dict:
-    machine_tags = instance_tags(spec, index, name)
-    specs = tags.tag_specs("instance", machine_tags) + tags.tag_specs("volume", machine_tags)
-    request = {
-        "ImageId": image["ImageId"], "InstanceType": spec.instance_type, "MinCount": 1, "MaxCount": 1,
+    return {
+        **launch_options(spec, image, instance_tags(spec, index, name)), "MinCount": 1, "MaxCount": 1,
         "KeyName": network.key_name, "SubnetId": network.subnet_id, "SecurityGroupIds": [network.security_group_id],
         "Placement": {"AvailabilityZone": network.zone, "GroupName": network.placement_group},
         "IamInstanceProfile": {"Name": profile},
+        "UserData": user_data(index, spec, volume_id, boot),
+    }
+
+
+def launch_options(spec: ClusterSpec, image: dict, machine_tags: list[dict]) -> dict:
+    """What a launch asks of EC2 besides the run's network, role and disk: the pre-flight's dry run asks it too."""
+    specs = tags.tag_specs("instance", machine_tags) + tags.tag_specs("volume", machine_tags)
+    request = {
+        "ImageId": image["ImageId"], "InstanceType": spec.instance_type,
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
         "BlockDeviceMappings": [{"DeviceName": image.get("RootDeviceName", "/dev/sda1"), "Ebs": {
             "VolumeSize": catalog.ROOT_VOLUME_GB, "VolumeType": "gp3", "Encrypted": True,
             "DeleteOnTermination": True}}],
         "InstanceInitiatedShutdownBehavior": "terminate",
-        "UserData": user_data(index, spec, volume_id, boot),
         "TagSpecifications": specs,
     }
     if spec.spot:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tasks.backends.aws import pools, tags
 from tasks.backends.aws.clients import Clients, error_code
-from tasks.backends.base import ClusterSpec
+from tasks.backends.base import ClusterSpec, InputError
 
 VPC_CIDR = "10.18.0.0/16"
 SUBNET_PREFIX = 20  # 4,096 addresses per zone the run uses
@@ -69,6 +69,35 @@ def ensure_network(clients: Clients, spec: ClusterSpec, zone: str, subnet_id: st
             group_id = group.result()
         key_name, key_path = key.result()
         return Network(vpc_id, subnet_id, zone, group_id, key_name, key_path, placement_group.result())
+
+
+def check_way_out(ec2, subnet: dict) -> None:
+    """A user's subnet must let the machines out and resolve names, as the run's own network does: they install
+    the project from PyPI at boot, reach S3 and SSM, and mount EFS by its DNS name, which needs both DNS
+    attributes of the VPC (https://docs.aws.amazon.com/vpc/latest/userguide/vpc-dns.html)."""
+    subnet_id, vpc_id = subnet["SubnetId"], subnet["VpcId"]
+    tables = ec2.describe_route_tables(Filters=[{"Name": "association.subnet-id", "Values": [subnet_id]}])[
+        "RouteTables"] or ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc_id]},
+                                                             {"Name": "association.main", "Values": ["true"]}])[
+        "RouteTables"]  # a subnet without a table of its own uses its VPC's main table
+    out = [r for t in tables for r in t.get("Routes", [])
+           if r.get("DestinationCidrBlock") == "0.0.0.0/0" and r.get("State", "active") == "active"]
+    public = subnet.get("MapPublicIpOnLaunch") and any(r.get("GatewayId", "").startswith("igw-") for r in out)
+    if not public and not any(r.get("NatGatewayId") or r.get("TransitGatewayId") or r.get("NetworkInterfaceId")
+                              for r in out):
+        raise InputError(f"subnet {subnet_id} has no way out to the internet (a 0.0.0.0/0 route through a NAT "
+                         "gateway, or through an internet gateway with public addresses on launch): the machines "
+                         "install the project from PyPI and reach S3, SSM and EFS; add one, or leave "
+                         "aws.subnet_id unset and the run makes its own network")
+    for attribute, answer in (("enableDnsSupport", "EnableDnsSupport"), ("enableDnsHostnames", "EnableDnsHostnames")):
+        if not ec2.describe_vpc_attribute(VpcId=vpc_id, Attribute=attribute)[answer]["Value"]:
+            raise InputError(f"{attribute} is off in {vpc_id}, the VPC of subnet {subnet_id}: the machines mount "
+                             f"EFS by its DNS name; turn it on: `aws ec2 modify-vpc-attribute --vpc-id {vpc_id} "
+                             f"--{_kebab(attribute)}`")
+
+
+def _kebab(attribute: str) -> str:
+    return "".join(f"-{c.lower()}" if c.isupper() else c for c in attribute)
 
 
 def _first(items: list[dict], key: str) -> str | None:

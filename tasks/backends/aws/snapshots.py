@@ -81,7 +81,11 @@ def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: l
         time.sleep(poll_seconds)
     if status.failed:
         log_tail = backend.read_storage(cluster, f"logs/{COPY_JOB}-0.log")[-3000:].decode(errors="replace")
-        raise BackendError(f"copying {url} onto the builder's volume failed:\n{log_tail}")
+        said = "".join(f"{cause}\n" for cause in status.causes.values())  # a script that never ran the copy
+        raise BackendError(f"copying {url} onto the builder's volume failed:\n{said}{log_tail}")
+    # A snapshot holds what is on the volume, not what the builder's OS still caches: a clean stop writes it all.
+    ec2.stop_instances(InstanceIds=[builder["InstanceId"]])
+    ec2.get_waiter("instance_stopped").wait(InstanceIds=[builder["InstanceId"]], WaiterConfig=waiter_config())
     snapshot = ec2.create_snapshot(
         VolumeId=volume["VolumeId"], Description=name, TagSpecifications=tags.tag_specs("snapshot", [
             {"Key": "Name", "Value": name}, {"Key": tags.DATASET_SOURCE, "Value": url},

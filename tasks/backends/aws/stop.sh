@@ -1,4 +1,6 @@
+#!/bin/sh
 # Stop imagenet18 job ${job} on machine ${index} of run ${run_id}: torchrun ends its workers on SIGTERM.
+# POSIX sh, as launch.sh.
 pidfile=${node_storage}/pids/${job}-${index}
 [ -f "$$pidfile" ] || exit 0
 pid=$$(cat "$$pidfile")

@@ -18,7 +18,6 @@ from tasks.backends.aws.network import key_path
 
 SSH_USER = "ubuntu"  # the Deep Learning Base AMI's
 SERVE_HOURS = 12.0  # SSM's bound on the command; the machine's own shutdown timer usually comes first
-STILL_RUNNING = ("Pending", "InProgress", "Delayed")
 SSM_TOOLS = ("aws", "session-manager-plugin")
 INSTALL_SSM = ("the AWS CLI and its Session Manager plugin (https://docs.aws.amazon.com/systems-manager/latest/"
                "userguide/session-manager-working-with-install-plugin.html)")
@@ -88,6 +87,7 @@ def stop_script(pid_file: str) -> str:
 def start(clients: Clients, head: Head, port: int) -> Served:
     """Start TensorBoard on the head machine; its SSM command lasts as long as it does."""
     pid_file = f"/tmp/imagenet18-tensorboard-{uuid.uuid4().hex}.pid"  # this session's: others may serve too
+    jobs.wait_for_agents(clients, [head.instance_id])
     command_id = jobs.send(clients, head.instance_id, start_script(head, port, pid_file),
                            f"imagenet18 tensorboard {head.folder}", SERVE_HOURS)
     return Served(command_id, pid_file)
@@ -102,7 +102,7 @@ def ended(clients: Clients, head: Head, served: Served) -> str | None:
         if error_code(exc) == "InvocationDoesNotExist":  # not registered yet
             return None
         raise
-    if invocation["Status"] in STILL_RUNNING:
+    if invocation["Status"] in jobs.STILL_RUNNING:
         return None
     said = (invocation.get("StandardErrorContent") or invocation.get("StandardOutputContent") or "").strip()
     return (f"TensorBoard on machine 0 ({head.instance_id}) ended: {invocation['Status']}"

@@ -1,0 +1,72 @@
+"""The account's vCPU quotas for GPU machines, read from Service Quotas before anything is made. EC2 counts a
+launch's vCPUs against them (a new account has 0 for P and G), and its dry run of a launch checks permissions,
+not quotas, so without this a run learns of the quota only after its network, file system and replicas exist.
+https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-on-demand-instances.html (On-Demand quotas) and
+https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/using-spot-limits.html (Spot quotas)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from tasks.backends.aws import catalog
+from tasks.backends.aws.clients import Clients, error_code
+from tasks.backends.base import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Quota:
+    code: str
+    name: str
+
+
+# (catalog family, spot) -> the quota EC2 counts the machines against. P5 Spot Instances have a quota of their
+# own ("All P5 Spot Instance Requests") whose code is not listed here, so spot p5 machines go unchecked.
+QUOTAS = {
+    ("P", False): Quota("L-417A185B", "Running On-Demand P instances"),
+    ("P5", False): Quota("L-417A185B", "Running On-Demand P instances"),
+    ("G", False): Quota("L-DB2E81BA", "Running On-Demand G and VT instances"),
+    ("P", True): Quota("L-7212CCBC", "All P Spot Instance Requests"),
+    ("G", True): Quota("L-3819A6DF", "All G and VT Spot Instance Requests"),
+}
+
+
+def check(clients: Clients, instance_type: str, machines: int, spot: bool) -> None:
+    """Refuse a run whose machines need more vCPUs than the account's quota for their type allows."""
+    kind = catalog.instance_type(instance_type)
+    quota = QUOTAS.get((kind.family, spot))
+    if quota is None:
+        log.info("no vCPU quota of %s %s machines is checked before the launch", "spot" if spot else "on-demand",
+                 instance_type)
+        return
+    value = _value(clients, quota)
+    need = machines * kind.vcpus
+    if value is not None and need > value:
+        raise InputError(
+            f"{machines} x {instance_type} need {need} vCPUs of the quota \"{quota.name}\" ({quota.code}) in "
+            f"{clients.region}, which is {value:g} for this account (a new account's is 0): ask AWS for more in "
+            f"the Service Quotas console, or with `aws service-quotas request-service-quota-increase --region "
+            f"{clients.region} --service-code ec2 --quota-code {quota.code} --desired-value {need}`, or run fewer "
+            "machines")
+
+
+def _value(clients: Clients, quota: Quota) -> float | None:
+    """The applied value, else AWS's default (Service Quotas has no applied value for a quota never changed);
+    None when these credentials may not read quotas: EC2 still refuses a launch over the quota."""
+    service_quotas = clients.client("service-quotas")
+    try:
+        try:
+            return service_quotas.get_service_quota(ServiceCode="ec2", QuotaCode=quota.code)["Quota"]["Value"]
+        except Exception as exc:  # noqa: BLE001
+            if error_code(exc) != "NoSuchResourceException":
+                raise
+            return service_quotas.get_aws_default_service_quota(ServiceCode="ec2",
+                                                                QuotaCode=quota.code)["Quota"]["Value"]
+    except Exception as exc:  # noqa: BLE001
+        if error_code(exc) != "AccessDeniedException":
+            raise
+        log.warning("these credentials may not read the quota \"%s\" (%s): it is checked at the launch only",
+                    quota.name, quota.code)
+        return None

@@ -1,0 +1,69 @@
+"""Jobs on AWS machines through SSM, run as a real machine runs them: the simulator's agents register a while after
+their machines run, and run each script from a file with `sh` (dash); the job's status reads SSM's account of a
+command that ended before its script could upload an exit code."""
+
+import time
+
+import pytest
+
+from tasks import stages
+from tasks.backends.aws import AwsBackend, jobs
+from tasks.backends.base import BackendError, JobStatus
+from tests.test_aws import DATASET, cluster_spec, options, tagged_leftovers
+
+AGENT_DELAY_S = 8.0  # longer than provisioning takes here, so a job sent at once would be refused
+
+
+def provisioned(aws, tmp_path, run_id: str, machines: int):
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec(run_id, machines, "g5.xlarge")
+    return backend, backend.provision(spec, backend.replicate(spec, DATASET, machines))
+
+
+def finished(backend: AwsBackend, cluster, job: str, timeout_s: float = 120.0) -> JobStatus:
+    deadline = time.monotonic() + timeout_s
+    while not (status := backend.status(cluster, job)).done:
+        assert time.monotonic() < deadline, f"{job} still running after {timeout_s:.0f} s: {status}"
+        time.sleep(1)
+    return status
+
+
+def test_a_job_waits_for_the_agents_runs_under_sh_and_reports_each_exit_code(aws, snapshot, tmp_path):
+    aws.set_agent_delay(AGENT_DELAY_S)
+    backend, cluster = provisioned(aws, tmp_path, "run-jobs", 2)
+    began = time.monotonic()
+    python = cluster.python
+    backend.launch(cluster, {0: [python, "-c", "print('trained')"], 1: [python, "-c", "raise SystemExit(3)"]}, "job")
+    status = finished(backend, cluster, "job")
+    assert (status.succeeded, status.failed, status.causes) == (1, {1: 3}, {}), \
+        "both scripts ran to their end and uploaded their exit codes"
+    assert time.monotonic() - began < 120
+    assert backend.read_storage(cluster, "logs/job-0.log") == b"trained\n"
+    backend.teardown("run-jobs")
+    assert tagged_leftovers(aws, "run-jobs") == {}
+
+
+def test_a_script_that_fails_before_its_exit_code_fails_its_machine_with_the_cause(aws, snapshot, tmp_path):
+    backend, cluster = provisioned(aws, tmp_path, "run-broken", 1)
+    machine = cluster.machines[0]
+    jobs.wait_for_agents(backend.clients, [machine.id])
+    broken = "echo 'job.sh: 4: set: Illegal option -o pipefail' >&2\nexit 2"  # as dash fails a bash script
+    jobs.send(backend.clients, machine.id, broken, jobs.job_comment("train", 0), 1.0)
+    status = finished(backend, cluster, "train", timeout_s=60)
+    assert status.failed == {0: 2}
+    assert status.causes[0] == (f"its SSM command on {machine.id} ended Failed (code 2): job.sh: 4: set: Illegal "
+                                "option -o pipefail")
+    assert stages._failure(backend, cluster, "train", status, [], 10.0).startswith(status.causes[0]), \
+        "the train stage fails with SSM's account when the machine's log has none"
+    backend.teardown("run-broken")
+
+
+def test_machines_whose_agents_never_come_online_fail_the_launch_clearly(aws, snapshot, tmp_path):
+    aws.set_agent_delay(3600)
+    backend, cluster = provisioned(aws, tmp_path, "run-no-agent", 1)
+    backend.agent_timeout_s = 3.0
+    with pytest.raises(BackendError, match=rf"the SSM agent of machine\(s\) {cluster.machines[0].id} \(not "
+                                           r"registered\) was not online 3 s after they ran"):
+        backend.launch(cluster, {0: [cluster.python, "-c", "pass"]}, "job")
+    assert aws.played() == [], "nothing was sent"
+    backend.teardown("run-no-agent")
