@@ -108,7 +108,8 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[di
     watch, relay = ProgressWatch(plan.params.hang_minutes * 60), Relay(job, len(cluster.machines), metrics, logger)
     while True:
         status = backend.status(cluster, job)
-        for record in relay.poll(backend, cluster, force=status.done):
+        # a run that ended, or is about to fail, has its logs read now whatever the relay's pause: now or never
+        for record in relay.poll(backend, cluster, force=status.done or bool(status.failed)):
             progress.epoch_ended(record)
         ending = status.done or status.succeeded  # a node that finished beats no more; the rest follow
         beats = {} if ending else relay.heartbeats(backend, cluster)
