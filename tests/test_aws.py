@@ -17,7 +17,7 @@ from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
 from tasks.backends.base import ClusterSpec, InputError
 from tests.conftest import DATASET
-from tests.leftovers import aws_leftovers
+from tests.leftovers import aws_leftovers, aws_leftovers_by_run
 
 AMI = "ami-03cf127a"  # one of moto's images
 BUCKET = "imagenet18-test-results"
@@ -144,7 +144,7 @@ def test_sweep_removes_expired_and_finished_runs_only(aws, snapshot, tmp_path):
         backend.provision(spec, backend.replicate(spec, DATASET, 1))
     removed = backend.sweep(finished=lambda run_id: run_id == "run-done")
     assert {r.run_id for r in removed} == {"run-expired", "run-done"}
-    assert {r.run_id for r in backend.resources()} == {"run-live"}
+    assert set(aws_leftovers_by_run(aws)) == {"run-live"}
     backend.teardown("run-live")
 
 
@@ -221,7 +221,7 @@ def test_bad_input_is_refused_before_anything_exists(aws, snapshot, tiny_data, t
     with pytest.raises(InputError, match=message):
         backend.check(spec, change.get("dataset", DATASET))
     monkeypatch.undo()
-    assert AwsBackend(options(), home=tmp_path).resources() == []
+    assert aws_leftovers(aws, home=tmp_path) == {}
     assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
 
 
@@ -255,7 +255,7 @@ def test_without_a_default_vpc_the_launch_is_dry_run_in_the_users_subnet(aws, sn
     delete_default_vpc(aws)
     subnet = users_subnet(aws)
     AwsBackend(options(subnet_id=subnet), home=tmp_path).check(cluster_spec("run-own-subnet", 2), DATASET)
-    assert AwsBackend(options(), home=tmp_path).resources() == []
+    assert aws_leftovers(aws, home=tmp_path) == {}
 
 
 @pytest.mark.parametrize("subnet,message", [
@@ -270,7 +270,7 @@ def test_a_users_subnet_without_a_way_out_or_dns_is_refused_before_anything_exis
     backend = AwsBackend(options(subnet_id=users_subnet(aws, **subnet)), home=tmp_path)
     with pytest.raises(InputError, match=message):
         backend.check(cluster_spec("run-closed-subnet", 2), DATASET)
-    assert backend.resources() == []
+    assert aws_leftovers(aws, home=tmp_path) == {}
 
 
 def test_more_machines_than_replicas_is_refused_before_any_machine(aws, snapshot, tmp_path):
@@ -294,7 +294,7 @@ def test_a_dataset_snapshot_is_made_from_an_s3_url_and_the_builder_leaves_nothin
 
     [snapshot] = aws.client("ec2").describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
     assert snapshot["Description"] == "test-dataset" and tags.as_dict(snapshot["Tags"])["Name"] == "test-dataset"
-    assert backend.resources() == [], "the builder machine, its volume and network are gone"
+    assert aws_leftovers(aws, home=tmp_path) == {}, "the builder machine, its volume and network are gone"
     [replica] = backend.replicate(cluster_spec("run-from-snapshot", 1), "test-dataset", 1)
     disk = aws.root / "volumes" / replica.id
     assert (disk / "imagenet/validation/n01440764/a.JPEG").read_bytes() == b"imagenet validation"
@@ -305,14 +305,14 @@ def test_a_dataset_snapshot_is_made_from_an_s3_url_and_the_builder_leaves_nothin
                                          r"reads \(it holds -sz/160\); make a snapshot that does: `imagenet18 snapshot "
                                          r"--from s3://datasets/imagenet --sizes 160 352`"):
         backend.check(cluster_spec("run-reads-352", 2, "g5.xlarge"), "test-dataset", ("-sz/160", "-sz/352"))
-    assert backend.resources() == []
+    assert aws_leftovers(aws, home=tmp_path) == {}
 
 
 def test_a_snapshot_needs_the_dataset_to_exist(aws, tmp_path):
     aws.client("s3").create_bucket(Bucket="datasets")
     with pytest.raises(InputError, match="dataset folder.s. not found: datasets/imagenet"):
         make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160])
-    assert AwsBackend(options(), home=tmp_path).resources() == []
+    assert aws_leftovers(aws, home=tmp_path) == {}
 
 
 MACHINE_S3_CHECKS = """

@@ -152,7 +152,7 @@ def test_bad_other_zones_are_refused_before_anything_exists(aws, snapshot, tmp_p
                          home=tmp_path)
     with pytest.raises(InputError, match=message):
         backend.check(cluster_spec("run-bad-zones", 2), DATASET)
-    assert backend.resources() == []
+    assert aws_leftovers(aws, home=tmp_path) == {}
     assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
 
 

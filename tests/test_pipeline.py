@@ -27,6 +27,7 @@ from flows.replicate import replicate
 from tasks import stages
 from tasks.backends.base import InputError
 from tasks.backends.local import LocalBackend
+from tests.leftovers import local_leftovers
 from tests.prefect_server import flow_run_logs
 from trainer.demo_data import make_demo_dataset
 from trainer.prepare import resized_root
@@ -36,10 +37,7 @@ STAGES = {"validate-and-plan", "prepare-dataset", "replicate-dataset", "prepare-
 
 
 def _assert_nothing_left(home):
-    backend = LocalBackend(home)
-    assert backend.resources() == []
-    assert not backend.processes()
-    assert not any((home / "local" / "replicas").glob("*/*")), "replica folders are gone"
+    assert local_leftovers(home) == {}, "no process, replica, record or claim of any run is left"
 
 
 def _task_runs(flow_run_id, ready) -> dict:
@@ -298,7 +296,7 @@ def test_cleanup_removes_what_a_sigkilled_run_left(prefect_api, tiny_data):
     assert backend.processes(), "training started"
     flow_process.send_signal(signal.SIGKILL)
     flow_process.wait()
-    assert backend.processes() and backend.resources(), "SIGKILL ran no teardown"
+    assert {"process", "replica", "record"} <= set(local_leftovers(prefect_api)), "SIGKILL ran no teardown"
     removed = cleanup()
     assert any("replica" in r for r in removed["local"])
     _assert_nothing_left(prefect_api)
