@@ -113,6 +113,8 @@ def test_two_torchrun_nodes_over_gloo_learn(tiny_data, tmp_path):
     outputs = run_two_nodes(tiny_data, logdir)
     summary = json.loads((logdir / "summary.json").read_text())
     assert summary["world_size"] == 2
+    (start,) = _records(logdir, "start")
+    assert (start["config"]["process_group"], start["config"]["pin_memory"]) == ("gloo", False), "CPUs: gloo, unpinned"
     assert summary["epochs"][-1]["global_batch"] == 96
     assert summary["epochs"][-1]["top1"] > 25, "10 classes: chance is 10%"
     assert "~~7\t" in outputs[0] and "~~" not in outputs[1], "only rank 0 prints"
