@@ -24,7 +24,6 @@ class ImageFacts:
     python3: str  # /usr/bin/python3's version
     installed: frozenset[str]  # Debian packages a script may use as they are
     archive: dict[str, str]  # what `apt-get install` finds: package -> version (a Python's for an interpreter)
-    sh: str = "dash"  # /bin/sh, which runs SSM's and a #!-less script
 
 
 UBUNTU_2204 = ImageFacts(
