@@ -11,15 +11,16 @@ import fsspec
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.backends.aws import AwsBackend, AwsOptions, jobs, tags
+from tasks.backends.aws import AwsBackend, AwsOptions, jobs, machines, tags
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
 from tasks.backends.base import ClusterSpec, InputError
+from tests.awssim.images import UBUNTU_2204
 from tests.conftest import DATASET
 from tests.leftovers import aws_leftovers, aws_leftovers_by_run
 
-AMI = "ami-03cf127a"  # one of moto's images
+AMI = UBUNTU_2204.image_id  # the simulator's Deep Learning Base AMI: its boot is checked against the AMI's facts
 BUCKET = "imagenet18-test-results"
 
 
@@ -115,6 +116,11 @@ def test_parallel_calls_bounds_the_aws_calls_in_flight(aws, snapshot, tmp_path):
         backend.teardown(spec.run_id)
         assert aws_leftovers(aws, spec.run_id) == {}
     assert peaks[1] == 1 and peaks[16] > 1, peaks
+
+
+def test_the_default_ami_is_the_ubuntu_22_04_base_ami_through_its_public_parameter(aws):
+    image = machines.resolve_ami(Clients("us-east-1"), None)
+    assert image["ImageId"] == UBUNTU_2204.image_id and "Ubuntu 22.04" in image["Name"]
 
 
 def test_threads_that_ask_for_a_client_at_once_share_one():
