@@ -167,6 +167,16 @@ def scenario(request, prefect_api, tiny_data, aws_sim, tmp_path) -> Scenario:
     return Scenario(backend, stage, prefect_api, tiny_data, aws_sim, tmp_path)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def wandb_key():
+    """Every run has a secret to forward (an SSM parameter of the run's on AWS, so the matrix checks it goes too);
+    wandb itself is off, as the machines here have no internet."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WANDB_API_KEY", "matrix-not-a-key")
+        env.setenv("WANDB_MODE", "disabled")
+        yield
+
+
 @pytest.fixture(scope="module")
 def served_runner(prefect_api, aws_sim, tmp_path_factory):
     """`imagenet18 serve` on the session's Prefect API; its flow processes install the gate in GATE_ENV's file
