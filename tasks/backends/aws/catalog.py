@@ -61,13 +61,13 @@ def runs_the_build(kind: InstanceType) -> bool:
 
 def runnable_instance_type(name: str) -> InstanceType:
     """The catalogue's type, if the machines' torch build has kernels for its GPU; ValueError says why not."""
+    working = ", ".join(t.name for t in INSTANCE_TYPES.values() if runs_the_build(t))
     if name not in INSTANCE_TYPES:
-        raise ValueError(f"unknown instance type {name!r}: choose one of {', '.join(INSTANCE_TYPES)}")
+        raise ValueError(f"unknown instance type {name!r}: choose one of {working}")
     kind = INSTANCE_TYPES[name]
     if not runs_the_build(kind):
         major, minor = kind.compute_capability
         lowest = ".".join(map(str, min(TORCH_CUDA_ARCHS)))
-        working = ", ".join(t.name for t in INSTANCE_TYPES.values() if runs_the_build(t))
         raise ValueError(f"{name} has {kind.gpu.split()[0]} GPUs (compute capability {major}.{minor}), which "
                          f"{TORCH_BUILD}, the machines' build, has no kernels for (it needs {lowest} or newer): "
                          f"choose one of {working}")
