@@ -197,9 +197,13 @@ class AwsBackend:
         raise InputError("EC2 accepted a dry run as a real launch; refusing to go on")
 
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan:
+        return self.cost_plan(spec, self.snapshot(dataset)["VolumeSize"], hours)
+
+    def cost_plan(self, spec: ClusterSpec, snapshot_gb: int, hours: float) -> CostPlan:
+        """The run's machines, disks and file system for `hours`, its replicas made from a snapshot this big."""
         kind = catalog.instance_type(spec.instance_type)
         o = self.options
-        size = volumes.volume_size_gb(o.volume_type, o.iops, self.snapshot(dataset)["VolumeSize"])
+        size = volumes.volume_size_gb(o.volume_type, o.iops, snapshot_gb)
         hourly = self._spot_price(spec.instance_type) if spec.spot else kind.on_demand_usd
         market = "spot" if spec.spot else "on-demand"
         return CostPlan((
