@@ -225,7 +225,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _smoke(args: argparse.Namespace) -> int:
-    from flows.smoke import NotReady, plan_smoke, run_smoke
+    from flows.smoke import MACHINES, NotReady, plan_smoke, run_smoke
 
     try:
         plan = plan_smoke(_aws(args), args.instance_type, args.on_demand, args.budget_usd, args.max_hours,
@@ -233,7 +233,7 @@ def _smoke(args: argparse.Namespace) -> int:
     except NotReady as exc:
         print(exc.table, file=sys.stderr)
         raise
-    print(f"{plan.name}: 2 x {plan.kind.name}, {plan.market}, at most ${plan.estimate_usd:,.2f}", flush=True)
+    print(f"{plan.name}: {MACHINES} x {plan.kind.name}, {plan.market}, at most ${plan.estimate_usd:,.2f}", flush=True)
     with api_for_flows("flows.imagenet18"):  # after the checks: bad input starts no API server
         report = run_smoke(plan)
     print(f"{report.markdown}\nthis report: {report.path}")
