@@ -162,40 +162,38 @@ def _timed(times: dict[str, float], stage: str) -> Iterator[None]:
         times[stage] = time.monotonic() - start
 
 
-def _delete_dataset(backend: AwsBackend, snapshot_id: str | None, url: str) -> list[str]:
-    """What of the smoke's dataset is gone, checked by asking again: the snapshot, the upload."""
+def _delete_dataset(backend: AwsBackend, snapshot_id: str | None, url: str) -> dict[str, bool]:
+    """The smoke's dataset (its snapshot, its upload) -> whether it is gone, checked by asking again."""
     ec2, fs = backend.clients.ec2, fsspec.filesystem("s3")
-    gone = []
+    gone = {}
     if snapshot_id:
-        ec2.delete_snapshot(SnapshotId=snapshot_id)
-        try:
+        gone[f"snapshot {snapshot_id}"] = False
+        try:  # a failed delete is reported as the snapshot not deleted: the report must still be written
+            ec2.delete_snapshot(SnapshotId=snapshot_id)
             ec2.describe_snapshots(SnapshotIds=[snapshot_id])
         except Exception as exc:  # noqa: BLE001 - only "not found" is the answer looked for
-            if error_code(exc) == "InvalidSnapshot.NotFound":
-                gone.append(f"snapshot {snapshot_id}")
+            gone[f"snapshot {snapshot_id}"] = error_code(exc) == "InvalidSnapshot.NotFound"
     prefix = url.removeprefix("s3://").rsplit("/", 1)[0]
     if fs.exists(prefix):
         fs.rm(prefix, recursive=True)
     fs.invalidate_cache()
-    if not fs.exists(prefix):
-        gone.append(f"s3://{prefix}/")
+    gone[f"s3://{prefix}/"] = not fs.exists(prefix)
     return gone
 
 
 def _report(plan: SmokePlan, bucket: str, snapshot_id: str | None, result: dict | str, times: dict[str, float],
-            deleted: list[str], leftovers: list) -> SmokeReport:
+            deleted: dict[str, bool], leftovers: list) -> SmokeReport:
     ran = isinstance(result, dict)
-    clean = not leftovers and len(deleted) == (2 if snapshot_id else 1)
-    passed = ran and clean
     if ran:
         outcome = (f"completed: top-1 {result['top1']:.3f}, top-5 {result['top5']:.3f} after {result['epochs']} "
                    f"epoch(s) ({result['hours'] * 60:.1f} min of training), results in {result['storage']}")
     else:
         outcome = result
     spent = plan.run_hourly_usd * times.get("run", 0) / 3600 + BUILDER_USD_PER_HOUR * times.get("snapshot", 0) / 3600
+    left = [f"{r.kind} {r.id} (run {r.run_id})" for r in leftovers]
+    left += [what for what, gone in deleted.items() if not gone]
     teardown = ("verified by tag: nothing tagged `imagenet18:run` with a run the smoke began is left"
-                if not leftovers else "NOT clean, left: " + ", ".join(f"{r.kind} {r.id} (run {r.run_id})"
-                                                                       for r in leftovers))
+                if not left else "NOT clean, left: " + ", ".join(left))
     rows = [
         ("result", outcome),
         ("versions", f"imagenet18 {_version('imagenet18')}, {catalog.TORCH_BUILD} on the machines, Python "
@@ -209,8 +207,9 @@ def _report(plan: SmokePlan, bucket: str, snapshot_id: str | None, result: dict 
          + f"; total {sum(times.values()) / 60:.1f} min"),
         ("cost", f"at most ${plan.estimate_usd:,.2f} planned (budget ${plan.budget_usd:,.2f}); about ${spent:,.2f} "
                  "for the time the machines ran"),
-        ("teardown", f"{teardown}; deleted: {', '.join(deleted) or 'nothing'}"),
+        ("teardown", f"{teardown}; deleted: {', '.join(what for what, gone in deleted.items() if gone)}"),
     ]
+    passed = ran and not left
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     markdown = (f"## imagenet18 smoke on AWS: {'passed' if passed else 'FAILED'}\n\n| | |\n|---|---|\n{table}\n")
     path = default_home() / "smoke" / f"{plan.name}.md"
