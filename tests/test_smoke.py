@@ -5,6 +5,7 @@ reports so."""
 import fsspec
 import pytest
 
+from flows import cli
 from flows.smoke import NotReady, plan_smoke, run_smoke
 from tasks.backends.base import InputError
 from tests.leftovers import aws_names, aws_resources
@@ -68,3 +69,13 @@ def test_a_smoke_run_trains_tears_down_and_reports(prefect_api, aws, tiny_data):
     fs.invalidate_cache()
     assert not fs.exists(f"{BUCKET}/smoke"), "the uploaded dataset is deleted"
     assert fs.glob(f"{BUCKET}/runs/*/summary.json"), "the run's results stay in the bucket"
+
+
+def test_the_command_prints_the_doctors_table_then_one_error_line(aws, capsys):
+    aws.set_quotas({"L-DB2E81BA": 0, "L-3819A6DF": 0})
+    assert cli.main(["smoke", "--backend", "aws", "--ami", AMI, "--bucket", BUCKET]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("check ") and any(line.endswith("fail") for line in err)
+    assert err[-1] == ("error: this account is not ready for a run (the doctor's table above says what to do); "
+                       "nothing was created")
+    assert aws_resources(aws) == [] and aws.client("s3").list_buckets()["Buckets"] == []
