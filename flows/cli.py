@@ -3,6 +3,8 @@
     imagenet18 demo                              # the whole DAG on this machine, demo data, no cloud account
     imagenet18 run --machines 16 --spot          # the seed's train.py
     imagenet18 plan --machines 16 --backend aws  # what a run would create and cost; creates nothing
+    imagenet18 doctor --backend aws              # is this account ready for a run? checks, creates nothing
+    imagenet18 smoke --backend aws               # a first small run: 2 cheap GPU machines, a few dollars, a report
     imagenet18 replicate --replicas 16 [--delete]
     imagenet18 snapshot --from s3://bucket/imagenet  # the dataset snapshot replicas are made from (aws)
     imagenet18 cleanup                           # what the scheduled cleanup does, now
@@ -103,6 +105,22 @@ def parser() -> argparse.ArgumentParser:
     snapshot.add_argument("--sizes", type=int, nargs="*", default=[160, 352], help="the -sz/<px> copies to include")
     snapshot.set_defaults(backend="aws")
     _aws_options(snapshot)
+    doctor = sub.add_parser("doctor", help="check this account for a run (aws): one table, nothing created")
+    doctor.add_argument("--backend", choices=("aws",), default="aws")
+    doctor.add_argument("--instance-type", help="default: the run's default type")
+    doctor.add_argument("--machines", type=int, choices=MACHINE_COUNTS, default=16)
+    doctor.add_argument("--spot", action="store_true", help="check spot quotas and prices for the run")
+    _aws_options(doctor)
+    smoke = sub.add_parser("smoke", help="a first small run (aws): 2 cheap GPU machines, the demo dataset, teardown "
+                                         "verified, a report to paste into an issue")
+    smoke.add_argument("--backend", choices=("aws",), default="aws")
+    smoke.add_argument("--instance-type", help="default: the cheapest type the machines' torch build runs")
+    smoke.add_argument("--on-demand", action="store_true", help="never spot (default: spot where the quota allows)")
+    smoke.add_argument("--budget-usd", type=float, default=5.0, help="refuse to start when the plan costs more")
+    smoke.add_argument("--max-hours", type=float, default=0.5, help="the machines shut down after this")
+    smoke.add_argument("--schedule", default="cpu-demo")
+    smoke.add_argument("--epochs", type=int)
+    _aws_options(smoke)
     sub.add_parser("cleanup", help="delete what finished or expired runs left")
     sub.add_parser("serve", help="serve imagenet18/full, the replicate flow and the scheduled cleanup")
     tensorboard = sub.add_parser("tensorboard", help="TensorBoard over runs' logs, on 127.0.0.1 only")
@@ -197,6 +215,31 @@ def _snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from tasks.backends.aws import AwsOptions, catalog, doctor
+
+    checks = doctor.diagnose(AwsOptions(**_aws(args)), args.instance_type or catalog.DEFAULT_INSTANCE_TYPE,
+                             args.machines, args.spot)
+    print(doctor.table(checks))
+    return 1 if doctor.failed(checks) else 0
+
+
+def _smoke(args: argparse.Namespace) -> int:
+    from flows.smoke import MACHINES, NotReady, plan_smoke, run_smoke
+
+    try:
+        plan = plan_smoke(_aws(args), args.instance_type, args.on_demand, args.budget_usd, args.max_hours,
+                          args.schedule, args.epochs)
+    except NotReady as exc:
+        print(exc.table, file=sys.stderr)
+        raise
+    print(f"{plan.name}: {MACHINES} x {plan.kind.name}, {plan.market}, at most ${plan.estimate_usd:,.2f}", flush=True)
+    with api_for_flows("flows.imagenet18"):  # after the checks: bad input starts no API server
+        report = run_smoke(plan)
+    print(f"{report.markdown}\nthis report: {report.path}")
+    return 0 if report.passed else 1
+
+
 def _cleanup(args: argparse.Namespace) -> int:
     from flows.cleanup import cleanup
 
@@ -237,7 +280,7 @@ def _tensorboard(args: argparse.Namespace) -> int:
 FLOW_MODULES = {"demo": "flows.imagenet18", "run": "flows.imagenet18", "plan": "flows.imagenet18",
                 "replicate": "flows.replicate", "snapshot": "flows.snapshot", "cleanup": "flows.cleanup"}
 COMMANDS = {"demo": _run, "run": _run, "plan": _run, "replicate": _replicate, "snapshot": _snapshot,
-            "cleanup": _cleanup, "serve": _serve, "tensorboard": _tensorboard}
+            "doctor": _doctor, "smoke": _smoke, "cleanup": _cleanup, "serve": _serve, "tensorboard": _tensorboard}
 
 if __name__ == "__main__":
     sys.exit(main())

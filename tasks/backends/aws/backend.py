@@ -106,8 +106,8 @@ class AwsBackend:
         for instance_type in dict.fromkeys((spec.instance_type, *self.options.other_instance_types)):
             quotas.check(self.clients, instance_type, spec.machines, spec.spot)
         if self.options.subnet_id:
-            self._check_subnet(zone)
-        self._dry_run_instances(spec, image, self.options.subnet_id or self._default_subnet(zone))
+            self.check_subnet(zone)
+        self.dry_run_instances(spec, image, self.options.subnet_id or self.default_subnet(zone))
         if self.resources(spec.run_id):
             raise InputError(f"run {spec.run_id} already has AWS resources; use another run id, or "
                              "`imagenet18 cleanup` to remove them")
@@ -151,7 +151,7 @@ class AwsBackend:
     def snapshot(self, dataset: str) -> dict:
         return volumes.find_snapshot(self.clients, dataset, self.options.snapshot_owner, self.options.parallel_calls)
 
-    def _check_subnet(self, zone: str) -> None:
+    def check_subnet(self, zone: str) -> None:
         try:
             subnet = self.clients.ec2.describe_subnets(SubnetIds=[self.options.subnet_id])["Subnets"][0]
         except Exception as exc:  # noqa: BLE001
@@ -161,7 +161,7 @@ class AwsBackend:
                              f"zone is {zone}; set aws.availability_zone to match")
         network.check_way_out(self.clients.ec2, subnet)
 
-    def _default_subnet(self, zone: str) -> str:
+    def default_subnet(self, zone: str) -> str:
         """The subnet EC2 would launch into without one named: the default VPC's in `zone`. The dry run needs a
         subnet (without one, an account with no default VPC answers VPCIdNotSpecified) and the run's own is
         made only after the pre-flight."""
@@ -174,7 +174,7 @@ class AwsBackend:
                              f"`aws ec2 create-default-vpc --region {self.options.region}`")
         return found["Subnets"][0]["SubnetId"]
 
-    def _dry_run_instances(self, spec: ClusterSpec, image: dict, subnet_id: str) -> None:
+    def dry_run_instances(self, spec: ClusterSpec, image: dict, subnet_id: str) -> None:
         """EC2's own dry run of the launch, as the launch will ask for it: all machines at once, in the subnet,
         market, disks and tags the launch uses, so it checks these permissions before anything exists. The
         instance profile and the placement group are the run's own, made after the pre-flight, so it cannot
@@ -197,9 +197,13 @@ class AwsBackend:
         raise InputError("EC2 accepted a dry run as a real launch; refusing to go on")
 
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan:
+        return self.cost_plan(spec, self.snapshot(dataset)["VolumeSize"], hours)
+
+    def cost_plan(self, spec: ClusterSpec, snapshot_gb: int, hours: float) -> CostPlan:
+        """The run's machines, disks and file system for `hours`, its replicas made from a snapshot this big."""
         kind = catalog.instance_type(spec.instance_type)
         o = self.options
-        size = volumes.volume_size_gb(o.volume_type, o.iops, self.snapshot(dataset)["VolumeSize"])
+        size = volumes.volume_size_gb(o.volume_type, o.iops, snapshot_gb)
         hourly = self._spot_price(spec.instance_type) if spec.spot else kind.on_demand_usd
         market = "spot" if spec.spot else "on-demand"
         return CostPlan((
@@ -215,11 +219,22 @@ class AwsBackend:
     def _spot_price(self, instance_type: str) -> float:
         """The zone's latest spot price; the on-demand price (spot's ceiling) when the API has none."""
         zone = self.zone(instance_type)
+        return self.spot_prices(instance_type, zone).get(zone, catalog.instance_type(instance_type).on_demand_usd)
+
+    def spot_prices(self, instance_type: str, zone: str | None = None) -> dict[str, float]:
+        """zone -> the latest Linux spot price of the type, in `zone` or (None) every zone with one. A history
+        that starts now holds each zone's price in effect now: AWS adds the last change before StartTime
+        (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeSpotPriceHistory.html)."""
+        where = {"AvailabilityZone": zone} if zone else {}
         history = self.clients.ec2.describe_spot_price_history(
-            InstanceTypes=[instance_type], AvailabilityZone=zone, ProductDescriptions=["Linux/UNIX"],
-            StartTime=dt.datetime.now(dt.timezone.utc))["SpotPriceHistory"]
-        prices = [float(p["SpotPrice"]) for p in history if p["AvailabilityZone"] == zone and float(p["SpotPrice"]) > 0]
-        return min(prices) if prices else catalog.instance_type(instance_type).on_demand_usd
+            InstanceTypes=[instance_type], ProductDescriptions=["Linux/UNIX"],
+            StartTime=dt.datetime.now(dt.timezone.utc), **where)["SpotPriceHistory"]
+        prices: dict[str, float] = {}
+        for point in history:
+            price, at = float(point["SpotPrice"]), point["AvailabilityZone"]
+            if price > 0 and zone in (None, at):
+                prices[at] = min(price, prices.get(at, price))
+        return dict(sorted(prices.items()))
 
     # -- replicas -------------------------------------------------------------------------------------
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:

@@ -61,17 +61,22 @@ def runs_the_build(kind: InstanceType) -> bool:
 
 def runnable_instance_type(name: str) -> InstanceType:
     """The catalogue's type, if the machines' torch build has kernels for its GPU; ValueError says why not."""
+    working = ", ".join(t.name for t in INSTANCE_TYPES.values() if runs_the_build(t))
     if name not in INSTANCE_TYPES:
-        raise ValueError(f"unknown instance type {name!r}: choose one of {', '.join(INSTANCE_TYPES)}")
+        raise ValueError(f"unknown instance type {name!r}: choose one of {working}")
     kind = INSTANCE_TYPES[name]
     if not runs_the_build(kind):
         major, minor = kind.compute_capability
         lowest = ".".join(map(str, min(TORCH_CUDA_ARCHS)))
-        working = ", ".join(t.name for t in INSTANCE_TYPES.values() if runs_the_build(t))
         raise ValueError(f"{name} has {kind.gpu.split()[0]} GPUs (compute capability {major}.{minor}), which "
                          f"{TORCH_BUILD}, the machines' build, has no kernels for (it needs {lowest} or newer): "
                          f"choose one of {working}")
     return kind
+
+
+def cheapest_runnable() -> InstanceType:
+    """The type with the lowest hourly price that the machines' torch build runs: what a smoke test uses."""
+    return min((t for t in INSTANCE_TYPES.values() if runs_the_build(t)), key=lambda t: t.on_demand_usd)
 
 
 def volume_hourly_usd(volume_type: str, size_gb: int, iops: int, throughput_mbps: int) -> float:

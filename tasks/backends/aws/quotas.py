@@ -41,7 +41,7 @@ def check(clients: Clients, instance_type: str, machines: int, spot: bool) -> No
         log.info("no vCPU quota of %s %s machines is checked before the launch", "spot" if spot else "on-demand",
                  instance_type)
         return
-    value = _value(clients, quota)
+    value = quota_value(clients, quota)
     need = machines * kind.vcpus
     if value is not None and need > value:
         raise InputError(
@@ -52,7 +52,7 @@ def check(clients: Clients, instance_type: str, machines: int, spot: bool) -> No
             "machines")
 
 
-def _value(clients: Clients, quota: Quota) -> float | None:
+def quota_value(clients: Clients, quota: Quota) -> float | None:
     """The applied value, else AWS's default (Service Quotas has no applied value for a quota never changed);
     None when these credentials may not read quotas: EC2 still refuses a launch over the quota."""
     service_quotas = clients.client("service-quotas")

@@ -20,6 +20,7 @@ from tasks.backends.base import BackendError, Cluster, ClusterSpec, InputError, 
 
 log = logging.getLogger(__name__)
 BUILDER_TYPE = "c6i.4xlarge"  # 12.5 Gb/s to S3, no GPU needed
+BUILDER_USD_PER_HOUR = 0.68  # its us-east-1 on-demand list price, for plans that include a build
 COPY_JOB = "copy"
 HEADROOM = 1.2
 BUILD_LOGS = "/mnt/data/.imagenet18-build"  # the copy's log stays on the snapshot, as its provenance

@@ -27,13 +27,25 @@ def upload_project(clients: Clients, bucket: str, url: str, parallel: int = 1) -
         calls = [pool.submit(s3.put_object, Bucket=bucket, Key=url.removeprefix(f"s3://{bucket}/"),
                              Body=project_archive(), **({"ServerSideEncryption": "AES256"} if made else {}))]
         if made:
-            calls += [pool.submit(s3.put_public_access_block, Bucket=bucket, PublicAccessBlockConfiguration={
-                          "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
-                          "RestrictPublicBuckets": True}),
-                      pool.submit(s3.put_bucket_encryption, Bucket=bucket, ServerSideEncryptionConfiguration={
-                          "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})]
+            calls += _private_and_encrypted(pool, s3, bucket)
         for call in calls:
             call.result()
+
+
+def ensure_bucket(clients: Clients, bucket: str) -> None:
+    """The bucket, made if missing as upload_project makes it: private and encrypted."""
+    if _make_bucket(clients, bucket):
+        with pools.pool(2, 2) as pool:
+            for call in _private_and_encrypted(pool, clients.client("s3"), bucket):
+                call.result()
+
+
+def _private_and_encrypted(pool, s3, bucket: str) -> list:
+    return [pool.submit(s3.put_public_access_block, Bucket=bucket, PublicAccessBlockConfiguration={
+                "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
+                "RestrictPublicBuckets": True}),
+            pool.submit(s3.put_bucket_encryption, Bucket=bucket, ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})]
 
 
 def _make_bucket(clients: Clients, name: str) -> bool:

@@ -1,0 +1,200 @@
+"""`imagenet18 doctor --backend aws`: what a first run on this account needs, checked one at a time before
+anything is made: the region, the credentials, the instance type against the machines' torch build, where it
+is offered and its spot prices, the account's GPU vCPU quotas, the AMI, the network and EC2's dry run of the
+launch. Every call reads or dry-runs; nothing is created, so nothing needs a teardown."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import botocore.exceptions
+
+from tasks.backends.aws import catalog, machines, quotas
+from tasks.backends.aws.backend import AwsBackend
+from tasks.backends.aws.clients import error_code
+from tasks.backends.aws.options import AwsOptions
+from tasks.backends.base import ClusterSpec, InputError
+
+OK, WARN, FAIL, NOT_CHECKED = "ok", "warn", "fail", "-"
+DOCTOR_RUN = "doctor"  # the run id the dry run's tags carry; nothing is made with it
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    result: str
+    status: str
+    advice: str = ""  # what to do, when the status is not ok
+
+
+@dataclass(frozen=True)
+class _Found:
+    """One check's answer, and what it found for the checks after it."""
+    result: str
+    status: str = OK
+    advice: str = ""
+    value: object = None
+
+
+def diagnose(options: AwsOptions, instance_type: str, machines_wanted: int, spot: bool) -> list[Check]:
+    """One Check per row of the doctor's table; a check that needs what an earlier one failed to find is listed
+    as not checked."""
+    return _Doctor(AwsBackend(options), instance_type, machines_wanted, spot).run()
+
+
+class _Doctor:
+    def __init__(self, backend: AwsBackend, instance_type: str, machines_wanted: int, spot: bool) -> None:
+        self.backend, self.clients = backend, backend.clients
+        self.instance_type, self.machines, self.spot = instance_type, machines_wanted, spot
+        self.checks: list[Check] = []
+
+    def run(self) -> list[Check]:
+        if not self._check("region", self._region) or not self._check("credentials", self._credentials):
+            self._not_checked("instance type", "zones", "spot prices", *self._quota_names(), "AMI", "network",
+                              "launch (dry run)", why="needs the region and credentials above")
+            return self.checks
+        self._check("instance type", self._instance_type)
+        known = self.instance_type in catalog.INSTANCE_TYPES
+        zone = known and self._check("zones", self._zones)
+        if known:
+            self._check("spot prices", self._spot_prices)
+        else:
+            self._not_checked("zones", "spot prices", why=f"{self.instance_type} is not in the catalogue")
+        for quota, spot in self._quotas():
+            self._check(self._quota_name(quota, spot), lambda q=quota, s=spot: self._quota(q, s))
+        image = self._check("AMI", self._image)
+        subnet = zone and self._check("network", lambda: self._network(zone))
+        if not zone:
+            self._not_checked("network", why="needs a zone offering the type")
+        if image and subnet:
+            self._check("launch (dry run)", lambda: self._dry_run(image, subnet))
+        else:
+            self._not_checked("launch (dry run)", why="needs the zone, AMI and network above")
+        return self.checks
+
+    def _check(self, name: str, check: Callable[[], _Found]):
+        """Runs one check and records its row; returns what it found, None when it failed."""
+        try:
+            found = check()
+        except InputError as exc:
+            found = _Found(_first_clause(str(exc)), FAIL, str(exc))
+        except botocore.exceptions.ClientError as exc:
+            found = _Found(f"AWS answered {error_code(exc)}", FAIL, str(exc))
+        self.checks.append(Check(name, found.result, found.status, found.advice))
+        return None if found.status == FAIL else found.value
+
+    def _not_checked(self, *names: str, why: str) -> None:
+        self.checks.extend(Check(name, f"not checked: {why}", NOT_CHECKED) for name in names)
+
+    # -- the checks -----------------------------------------------------------------------------------
+    def _region(self) -> _Found:
+        self.clients.check_region()
+        return _Found(self.clients.region, value=self.clients.region)
+
+    def _credentials(self) -> _Found:
+        # GetCallerIdentity needs no permission, so it answers for any valid credentials, even ones that may
+        # do nothing else (https://docs.aws.amazon.com/STS/latest/APIReference/API_GetCallerIdentity.html):
+        # what they may do is what the dry run asks. Only the account is shown, never a key.
+        account = self.clients.check_credentials()
+        return _Found(f"account {account}", value=account)
+
+    def _instance_type(self) -> _Found:
+        try:
+            kind = catalog.runnable_instance_type(self.instance_type)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        major, minor = kind.compute_capability
+        return _Found(f"{kind.gpus} x {kind.gpu}, compute capability {major}.{minor}: {catalog.TORCH_BUILD} runs it")
+
+    def _zones(self) -> _Found:
+        zone = self.backend.zone(self.instance_type)
+        offering = ", ".join(self.clients.zones_offering(self.instance_type))
+        return _Found(f"{self.instance_type} in {offering}; the run's zone: {zone}", value=zone)
+
+    def _spot_prices(self) -> _Found:
+        prices = self.backend.spot_prices(self.instance_type)
+        on_demand = f"on-demand ${catalog.instance_type(self.instance_type).on_demand_usd:,.2f}/h"
+        if prices:
+            return _Found(", ".join(f"{zone} ${price:,.4f}/h" for zone, price in prices.items()) + f" ({on_demand})")
+        return _Found(f"none listed ({on_demand})", WARN if self.spot else OK,
+                      "no spot price history for the type here: a spot run is priced at the on-demand price")
+
+    @staticmethod
+    def _quotas() -> list[tuple[quotas.Quota, bool]]:
+        """Each GPU quota once, with its market (catalogue families may share one)."""
+        return list(dict.fromkeys((quota, spot) for (_, spot), quota in quotas.QUOTAS.items()))
+
+    def _quota_names(self) -> list[str]:
+        return [self._quota_name(quota, spot) for quota, spot in self._quotas()]
+
+    @staticmethod
+    def _quota_name(quota: quotas.Quota, spot: bool) -> str:
+        return f"quota {quota.code} ({'spot' if spot else 'on-demand'})"
+
+    def _quota(self, quota: quotas.Quota, spot: bool) -> _Found:
+        """The run's own quota is checked against its vCPUs; the others are shown, and a 0 warned of."""
+        value = quotas.quota_value(self.clients, quota)
+        if value is None:
+            return _Found(f"{quota.name}: not readable", WARN, "these credentials may not read Service Quotas "
+                          "(servicequotas:GetServiceQuota): EC2 alone refuses a launch over the quota")
+        kind = catalog.INSTANCE_TYPES.get(self.instance_type)
+        if kind is None or spot != self.spot or quotas.QUOTAS.get((kind.family, spot)) != quota:
+            if value == 0:
+                return _Found(f"{quota.name}: 0 vCPUs (not this run's)", WARN,
+                              f"a new account's: no machine it counts starts until AWS raises it (Service Quotas "
+                              f"console, or `aws service-quotas request-service-quota-increase --region "
+                              f"{self.clients.region} --service-code ec2 --quota-code {quota.code} "
+                              "--desired-value N`)")
+            return _Found(f"{quota.name}: {value:g} vCPUs (not this run's)")
+        need = self.machines * kind.vcpus
+        result = f"{quota.name}: {value:g} vCPUs, {self.machines} x {self.instance_type} need {need}"
+        try:
+            quotas.check(self.clients, self.instance_type, self.machines, self.spot)
+        except InputError as exc:
+            return _Found(result, FAIL, str(exc))
+        return _Found(result)
+
+    def _image(self) -> _Found:
+        image = machines.resolve_ami(self.clients, self.backend.options.ami)
+        return _Found(f"{image['ImageId']}: {image.get('Name', '(no name)')}", value=image)
+
+    def _network(self, zone: str) -> _Found:
+        subnet_id = self.backend.options.subnet_id
+        if subnet_id:
+            self.backend.check_subnet(zone)
+            return _Found(f"subnet {subnet_id} in {zone}: a route out, DNS on", value=subnet_id)
+        try:
+            subnet_id = self.backend.default_subnet(zone)
+        except InputError as exc:
+            return _Found(f"no default subnet in {zone} (no default VPC?)", FAIL, str(exc))
+        return _Found(f"default VPC's subnet {subnet_id} in {zone}", value=subnet_id)
+
+    def _dry_run(self, image: dict, subnet_id: str) -> _Found:
+        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+        spec = ClusterSpec(DOCTOR_RUN, DOCTOR_RUN, self.machines, self.instance_type, self.spot, expires)
+        self.backend.dry_run_instances(spec, image, subnet_id)
+        market = "spot" if self.spot else "on-demand"
+        return _Found(f"EC2 would start {self.machines} x {self.instance_type} {market} (permissions only)")
+
+
+def _first_clause(message: str) -> str:
+    """A refusal's short form for the table: up to its first colon or semicolon (the advice has all of it)."""
+    for mark in (": ", "; "):
+        message = message.split(mark, 1)[0]
+    return message
+
+
+def table(checks: list[Check]) -> str:
+    """The checks as one plain-text table, then what to do for each that is not ok."""
+    rows = [("check", "result", "ok/fail"), *((c.name, c.result, c.status) for c in checks)]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    lines = [f"{name:<{widths[0]}}  {result:<{widths[1]}}  {status}" for name, result, status in rows]
+    lines.insert(1, f"{'-' * widths[0]}  {'-' * widths[1]}  -------")
+    todo = [f"- {c.name}: {c.advice}" for c in checks if c.status in (FAIL, WARN) and c.advice]
+    return "\n".join(lines + (["", "what to do:", *todo] if todo else []))
+
+
+def failed(checks: list[Check]) -> bool:
+    return any(c.status == FAIL for c in checks)

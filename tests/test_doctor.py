@@ -1,0 +1,108 @@
+"""`imagenet18 doctor --backend aws` against the simulator: one table, a nonzero exit with what to do when a
+check fails, and nothing created, asked of the world (tests/leftovers.py) before and after."""
+
+import re
+
+import pytest
+
+from flows import cli
+from tests.leftovers import aws_names, aws_resources
+from tests.test_aws import AMI, delete_default_vpc, users_subnet
+
+SECRET_KEY = "testing"  # the simulator's dummy secret key (tests/awssim/client.py): never printed
+
+
+def doctor(aws, capsys, *args: str) -> tuple[int, dict[str, tuple[str, str]], str]:
+    """Runs the command; returns its exit code, its table's rows (check -> (result, ok/fail)) and its output,
+    after checking it created nothing."""
+    names = aws_names(aws)
+    code = cli.main(["doctor", "--backend", "aws", "--ami", AMI, *args])
+    out = capsys.readouterr().out
+    assert aws_resources(aws) == [] and aws_names(aws) == names, "the doctor created nothing"
+    assert SECRET_KEY not in out.replace("--service-code", "")
+    header, rule, *lines = out.split("\n\n")[0].splitlines()
+    assert re.fullmatch(r"check +result +ok/fail", header) and set(rule) == {"-", " "}, out
+    rows = {}
+    for line in lines:
+        name, result, status = re.fullmatch(r"(.+?)  +(.+?)  +(ok|warn|fail|-)", line).groups()
+        rows[name] = (result, status)
+    return code, rows, out
+
+
+def test_a_ready_account_passes_every_check(aws, capsys):
+    code, rows, out = doctor(aws, capsys)
+    assert code == 0, out
+    assert list(rows) == ["region", "credentials", "instance type", "zones", "spot prices",
+                          "quota L-417A185B (on-demand)", "quota L-DB2E81BA (on-demand)", "quota L-7212CCBC (spot)",
+                          "quota L-3819A6DF (spot)", "AMI", "network", "launch (dry run)"]
+    assert {status for _, status in rows.values()} == {"ok"}, out
+    assert rows["credentials"][0] == "account 123456789012"
+    assert rows["instance type"][0] == "8 x A100 40 GB, compute capability 8.0: torch 2.14.1+cu130 runs it"
+    assert rows["zones"][0].startswith("p4d.24xlarge in us-east-1a, ") and "the run's zone: us-east-1a" in out
+    assert rows["quota L-417A185B (on-demand)"][0] == ("Running On-Demand P instances: 2048 vCPUs, 16 x "
+                                                       "p4d.24xlarge need 1536")
+    assert rows["AMI"][0].startswith(f"{AMI}: ")
+    assert rows["network"][0].startswith("default VPC's subnet subnet-")
+    assert "what to do" not in out
+
+
+def test_a_zero_quota_fails_with_the_request_to_make(aws, capsys):
+    aws.set_quotas({"L-3819A6DF": 0, "L-417A185B": 0})
+    code, rows, out = doctor(aws, capsys, "--machines", "2")
+    assert code == 1
+    assert rows["quota L-417A185B (on-demand)"] == (
+        "Running On-Demand P instances: 0 vCPUs, 2 x p4d.24xlarge need 192", "fail")
+    assert rows["quota L-3819A6DF (spot)"] == ("All G and VT Spot Instance Requests: 0 vCPUs (not this run's)", "warn")
+    assert ("- quota L-417A185B (on-demand): 2 x p4d.24xlarge need 192 vCPUs of the quota \"Running On-Demand P "
+            "instances\" (L-417A185B) in us-east-1, which is 0 for this account (a new account's is 0): ask AWS for "
+            "more") in out
+    assert "--quota-code L-417A185B --desired-value 192`" in out
+
+
+def test_spot_checks_the_spot_quota(aws, capsys):
+    aws.set_quotas({"L-3819A6DF": 3})
+    code, rows, out = doctor(aws, capsys, "--spot", "--instance-type", "g5.xlarge", "--machines", "1")
+    assert code == 1
+    assert rows["quota L-3819A6DF (spot)"] == ("All G and VT Spot Instance Requests: 3 vCPUs, 1 x g5.xlarge need 4",
+                                               "fail")
+    assert rows["quota L-DB2E81BA (on-demand)"][1] == "ok", "the on-demand quota is not this run's"
+    assert rows["launch (dry run)"] == ("EC2 would start 1 x g5.xlarge spot (permissions only)", "ok")
+
+
+def test_without_a_default_vpc_the_network_fails_with_its_remedies(aws, capsys):
+    delete_default_vpc(aws)
+    code, rows, out = doctor(aws, capsys)
+    assert code == 1
+    assert rows["network"] == ("no default subnet in us-east-1a (no default VPC?)", "fail")
+    assert ("- network: this account has no default subnet in us-east-1a (no default VPC in us-east-1?), so EC2 "
+            "cannot check the launch before anything is made") in out
+    assert rows["launch (dry run)"] == ("not checked: needs the zone, AMI and network above", "-")
+    assert "give aws.subnet_id" in out and "`aws ec2 create-default-vpc --region us-east-1`" in out
+
+
+def test_a_users_subnet_is_checked_for_its_way_out(aws, capsys):
+    delete_default_vpc(aws)
+    code, rows, out = doctor(aws, capsys, "--subnet", users_subnet(aws, way_out=False))
+    assert code == 1 and rows["network"][1] == "fail" and "has no way out to the internet" in rows["network"][0]
+
+
+@pytest.mark.parametrize("instance_type,message", [
+    ("p3.16xlarge", "p3.16xlarge has V100 GPUs (compute capability 7.0), which torch 2.14.1+cu130, the machines' "
+                    "build, has no kernels for (it needs 7.5 or newer)"),
+    ("p9.mega", "unknown instance type 'p9.mega'"),
+])
+def test_a_type_the_build_cannot_run_fails(aws, capsys, instance_type, message):
+    code, rows, out = doctor(aws, capsys, "--instance-type", instance_type)
+    assert code == 1 and rows["instance type"] == (message, "fail"), out
+    assert "choose one of p4d.24xlarge, p5.48xlarge, g5.xlarge, g6.xlarge" in out
+
+
+def test_without_credentials_nothing_else_is_asked(aws, capsys, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code = cli.main(["doctor", "--backend", "aws"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert re.search(r"^credentials +no AWS credentials +fail$", out, re.M), out
+    assert re.search(r"^AMI +not checked: needs the region and credentials above +-$", out, re.M), out
