@@ -80,6 +80,32 @@ def test_instance_types(aws):
     assert error_code(launch, ec2, "p3dn.24xlarge", Placement={"AvailabilityZone": "us-east-1a"}) == "Unsupported"
 
 
+def test_a_launchs_network_interfaces_are_checked_as_ec2_checks_them_and_recorded(aws):
+    ec2 = aws.client("ec2")
+    subnet = ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": ["us-east-1a"]}])["Subnets"][0]
+    ec2.create_placement_group(GroupName="pg-1", Strategy="cluster")
+
+    def card(index, kind="efa-only", **extra):
+        return {"NetworkCardIndex": index, "DeviceIndex": 0, "InterfaceType": kind, "SubnetId": subnet["SubnetId"],
+                **extra}
+
+    p4d = {"instance_type": "p4d.24xlarge", "Placement": {"GroupName": "pg-1", "AvailabilityZone": "us-east-1a"}}
+    assert error_code(launch, ec2, **p4d, NetworkInterfaces=[card(i, "efa" if i == 0 else "efa-only")
+                                                              for i in range(5)]) == "InvalidParameterCombination"
+    assert error_code(launch, ec2, **p4d, NetworkInterfaces=[card(0, "efa", AssociatePublicIpAddress=True),
+                                                              card(1)]) == "InvalidParameterCombination"
+    assert error_code(launch, ec2, **p4d, NetworkInterfaces=[card(0)]) == "InvalidParameterCombination"
+    assert error_code(launch, ec2, "g5.xlarge", NetworkInterfaces=[card(0, "efa")]) == "InvalidParameterCombination"
+    assert error_code(launch, ec2, **p4d, NetworkInterfaces=[card(0, "efa"), card(0, "efa")]) == (
+        "InvalidParameterValue")
+
+    instance = launch(ec2, **p4d, NetworkInterfaces=[card(0, "efa", AssociatePublicIpAddress=True)])
+    [launched] = aws.launches()
+    assert launched["group"] == "pg-1" and launched["instances"] == [instance]
+    assert [(i["NetworkCardIndex"], i["DeviceIndex"], i["InterfaceType"]) for i in launched["interfaces"]] == [
+        ("0", "0", "efa")]
+
+
 def test_fault_fires_the_given_number_of_times_in_each_protocol(aws):
     ec2 = aws.client("ec2", retries=NO_RETRIES)
     aws.add_fault("ec2", "RunInstances", "InsufficientInstanceCapacity", times=2, after=1,

@@ -94,6 +94,11 @@ class AwsSim:
         shutdown_after_s (the user-data shutdown timer it honours, or None)."""
         return self._control("GET", "machines")
 
+    def launches(self) -> list[dict[str, Any]]:
+        """Each RunInstances into a placement group: group, instances (their ids) and interfaces (the
+        NetworkInterface.N parameters it asked for: DeviceIndex, NetworkCardIndex, InterfaceType, ...)."""
+        return self._control("GET", "launches")
+
     def make_snapshot(self, from_dir: Path, description: str = "", tags: dict[str, str] | None = None) -> str:
         """An EBS snapshot holding the files of from_dir (hard-linked where possible: don't edit them in place),
         made through EC2 like any other; its scratch volume is deleted. Returns the snapshot id."""

@@ -22,6 +22,7 @@ from tasks.backends.aws import (
     quotas,
     secrets,
     storage,
+    tags,
     volumes,
 )
 from tasks.backends.aws.clients import Clients, error_code
@@ -179,7 +180,7 @@ class AwsBackend:
         market, disks and tags the launch uses, so it checks these permissions before anything exists. The
         instance profile and the placement group are the run's own, made after the pre-flight, so it cannot
         name them."""
-        request = machines.launch_options(spec, image, machines.instance_tags(spec, 0, spec.run_name))
+        request = machines.launch_options(spec, image, tags.tag_list(spec.run_id, spec.expires_at))
         try:  # retried as other calls are: a dry run asks for no capacity, so only throttling is worth retrying
             self.clients.ec2.run_instances(
                 **request, MinCount=spec.machines, MaxCount=spec.machines, SubnetId=subnet_id, DryRun=True)
