@@ -106,6 +106,31 @@ def test_a_launchs_network_interfaces_are_checked_as_ec2_checks_them_and_recorde
         ("0", "0", "efa")]
 
 
+def test_a_volume_from_a_snapshot_is_initialized_at_the_rate_asked_and_reports_its_progress(aws, tmp_path):
+    (tmp_path / "data").mkdir()
+    snapshot = aws.make_snapshot(tmp_path / "data")
+    ec2 = aws.client("ec2")
+
+    def volume(**rate):
+        return ec2.create_volume(AvailabilityZone="us-east-1a", SnapshotId=snapshot, Size=8, **rate)["VolumeId"]
+
+    def initialization(volume_id):
+        [status] = ec2.describe_volume_status(VolumeIds=[volume_id])["VolumeStatuses"]
+        return status.get("InitializationStatusDetails")
+
+    assert error_code(volume, VolumeInitializationRate=400) == "InvalidParameterValue"
+    assert error_code(ec2.create_volume, AvailabilityZone="us-east-1a", Size=8, VolumeInitializationRate=300) == (
+        "InvalidParameterCombination")
+    fast, slow = volume(VolumeInitializationRate=300), volume()
+    empty = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
+    assert initialization(empty) is None, "an empty volume needs no initialization"
+    assert initialization(slow)["InitializationType"] == "default"
+    done = wait_for(lambda: (found := initialization(fast))["Progress"] == 100 and found, timeout_s=30)
+    assert done["InitializationType"] == "provisioned-rate" and done["EstimatedTimeToCompleteInSeconds"] == 0
+    assert initialization(slow)["Progress"] < 100, "EBS's default rate: still cold"
+    assert error_code(ec2.describe_volume_status, VolumeIds=["vol-0123456789abcdef0"]) == "InvalidVolume.NotFound"
+
+
 def test_fault_fires_the_given_number_of_times_in_each_protocol(aws):
     ec2 = aws.client("ec2", retries=NO_RETRIES)
     aws.add_fault("ec2", "RunInstances", "InsufficientInstanceCapacity", times=2, after=1,

@@ -40,6 +40,7 @@ from tasks.backends.base import (
     LineItem,
     Machine,
     Resource,
+    Warmup,
 )
 
 log = logging.getLogger(__name__)
@@ -200,18 +201,32 @@ class AwsBackend:
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan:
         kind = catalog.instance_type(spec.instance_type)
         o = self.options
-        size = volumes.volume_size_gb(o.volume_type, o.iops, self.snapshot(dataset)["VolumeSize"])
+        snapshot_gb = self.snapshot(dataset)["VolumeSize"]
+        size = volumes.volume_size_gb(o.volume_type, o.iops, snapshot_gb)
         hourly = self._spot_price(spec.instance_type) if spec.spot else kind.on_demand_usd
         market = "spot" if spec.spot else "on-demand"
+        cards = machines.efa_cards(spec.instance_type, self._public_addresses())
+        efa = f", EFA on {cards} of {kind.efa_interfaces} network cards" if cards else ", no EFA: NCCL over TCP"
+        replica_hourly = catalog.volume_hourly_usd(o.volume_type, size, o.iops, o.throughput_mbps)
+        warmup_s = self.volume_settings.warmup_seconds(snapshot_gb)
         return CostPlan((
-            LineItem(f"{spec.instance_type} ({kind.gpus} x {kind.gpu}), {market}", spec.machines, hourly),
+            LineItem(f"{spec.instance_type} ({kind.gpus} x {kind.gpu}{efa}), {market}", spec.machines, hourly),
             LineItem(f"root disk, gp3 {catalog.ROOT_VOLUME_GB} GiB", spec.machines,
                      catalog.volume_hourly_usd("gp3", catalog.ROOT_VOLUME_GB, 3000, 125)),
-            LineItem(f"dataset replica, {o.volume_type} {size} GiB at {o.iops} IOPS", spec.machines,
-                     catalog.volume_hourly_usd(o.volume_type, size, o.iops, o.throughput_mbps)),
+            LineItem(f"dataset replica, {o.volume_type} {size} GiB at {o.iops} IOPS", spec.machines, replica_hourly),
             LineItem(f"EFS, about {catalog.EFS_EXPECTED_GB} GB", 1,
                      catalog.EFS_GB_MONTH * catalog.EFS_EXPECTED_GB / catalog.HOURS_PER_MONTH),
-        ), hours)
+        ), hours, Warmup(
+            f"{spec.machines} dataset replica(s) fetching the {snapshot_gb} GiB snapshot at {o.initialization_mibps} "
+            "MiB/s (the replicas' time; EBS's fee for the rate is not included)",
+            warmup_s / 60, spec.machines * replica_hourly * warmup_s / 3600))
+
+    def _public_addresses(self) -> bool:
+        """Whether the machines will reach out through public addresses: on the run's own network they do."""
+        if not self.options.subnet_id:
+            return True
+        [subnet] = self.clients.ec2.describe_subnets(SubnetIds=[self.options.subnet_id])["Subnets"]
+        return bool(subnet.get("MapPublicIpOnLaunch"))
 
     def _spot_price(self, instance_type: str) -> float:
         """The zone's latest spot price; the on-demand price (spot's ceiling) when the API has none."""
@@ -223,6 +238,11 @@ class AwsBackend:
         return min(prices) if prices else catalog.instance_type(instance_type).on_demand_usd
 
     # -- replicas -------------------------------------------------------------------------------------
+    @property
+    def volume_settings(self) -> volumes.VolumeSettings:
+        o = self.options
+        return volumes.VolumeSettings(o.volume_type, o.iops, o.throughput_mbps, o.initialization_mibps)
+
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
         o = self.options
         # The lookups go at once: the snapshot, the run's volumes (a retry reuses them), the pool's replicas (a
@@ -239,8 +259,8 @@ class AwsBackend:
             held = existing.result()
             held |= volumes.claim(self.clients, spec, claimable.result(), snapshot.result(), zone,
                                   [i for i in range(count) if i not in held])
-            return volumes.replicate(self.clients, spec, snapshot.result(), zone, count, o.volume_type, o.iops,
-                                     o.throughput_mbps, o.parallel_calls, held)
+            return volumes.replicate(self.clients, spec, snapshot.result(), zone, count, self.volume_settings,
+                                     o.parallel_calls, held)
 
     def delete_replicas(self, run_id: str) -> list[Resource]:
         found = volumes.replicas(self.clients, run_id)
@@ -349,8 +369,8 @@ class AwsBackend:
                     "(aws.other_availability_zones)", net.zone, spec.run_id, zone)
         o = self.options
         with pools.pool(o.parallel_calls, 2) as pool:
-            moved = pool.submit(volumes.move, self.clients, spec, replicas, zone, o.volume_type, o.iops,
-                                o.throughput_mbps, o.parallel_calls)
+            moved = pool.submit(volumes.move, self.clients, spec, replicas, zone, self.volume_settings,
+                                o.parallel_calls)
             net = self._network(spec, zone)
             efs.ensure_mount_target(self.clients, fs_id, net.subnet_id, net.security_group_id)
             return net, moved.result()

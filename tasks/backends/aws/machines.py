@@ -172,6 +172,13 @@ def launch_request(spec: ClusterSpec, network: Network, image: dict, profile: st
     }
 
 
+def efa_cards(instance_type: str, public_addresses: bool) -> int:
+    """The network cards that get an EFA interface (see `placement_in`)."""
+    kind = catalog.INSTANCE_TYPES.get(instance_type)  # the snapshot builder's CPU type is not in the catalogue
+    efa = kind.efa_interfaces if kind else 0
+    return min(efa, 1) if public_addresses else efa
+
+
 def placement_in(network: Network, instance_type: str) -> dict:
     """The subnet and security group, given as the machine's network interfaces where its type has EFA.
 
@@ -179,11 +186,9 @@ def placement_in(network: Network, instance_type: str) -> dict:
     device index 0 (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa-acc-inst-types.html). EC2 gives a
     public address only to a launch with one interface, so where the machines reach out through one (the
     run's own network) they get card 0's EFA alone."""
-    kind = catalog.INSTANCE_TYPES.get(instance_type)  # the snapshot builder's CPU type is not in the catalogue
-    efa = kind.efa_interfaces if kind else 0
-    if not efa:
+    cards = efa_cards(instance_type, network.public_addresses)
+    if not cards:
         return {"SubnetId": network.subnet_id, "SecurityGroupIds": [network.security_group_id]}
-    cards = 1 if network.public_addresses else efa
     interfaces = [{"NetworkCardIndex": card, "DeviceIndex": 0, "InterfaceType": "efa" if card == 0 else "efa-only",
                    "SubnetId": network.subnet_id, "Groups": [network.security_group_id], "DeleteOnTermination": True}
                   for card in range(cards)]
