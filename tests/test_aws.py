@@ -164,6 +164,17 @@ def test_replicas_have_a_delete_path(aws, snapshot, tmp_path):
     assert backend.resources("pool") == []
 
 
+def test_replicas_are_returned_initialized_at_the_rate_asked(aws, snapshot, tmp_path):
+    """EBS fetches a new volume's blocks from S3 on first read until it is initialized: the replicate stage
+    returns only once every replica is, so no training reads cold."""
+    backend = AwsBackend(options(initialization_mibps=100), home=tmp_path)
+    made = backend.replicate(cluster_spec("run-warm", 2), DATASET, 2)
+    statuses = aws.client("ec2").describe_volume_status(VolumeIds=[r.id for r in made])["VolumeStatuses"]
+    assert [(s["InitializationStatusDetails"]["InitializationType"], s["InitializationStatusDetails"]["Progress"])
+            for s in statuses] == [("provisioned-rate", 100)] * 2
+    backend.teardown("run-warm")
+
+
 def test_a_failed_replication_part_way_leaves_nothing_after_teardown(aws, snapshot, tmp_path):
     aws.add_fault("ec2", "CreateVolume", "VolumeLimitExceeded", status=400, after=10)
     backend = AwsBackend(options(), home=tmp_path)
