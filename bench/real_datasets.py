@@ -1,6 +1,6 @@
 """Three small, real image-classification datasets that ship inside PyPI wheels, written as ImageNet-layout folders.
 
-    pip install -e '.[bench]'                                      # scikit-learn and scikit-image, pinned
+    pip install --require-hashes -r requirements-bench.lock        # scikit-learn and scikit-image, locked
     python bench/real_datasets.py /tmp/real                        # all three
     python bench/real_datasets.py /tmp/real --only digits lfw-faces
 

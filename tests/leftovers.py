@@ -36,21 +36,30 @@ def by_kind(found: list[Found]) -> dict[str, list[str]]:
     return kinds
 
 
-def aws_leftovers(aws: AwsSim, run_id: str, home: Path | None = None) -> dict[str, list[str]]:
+def aws_leftovers(aws: AwsSim, run_id: str | None = None, home: Path | None = None) -> dict[str, list[str]]:
     """What the simulator, this machine's processes and (given the flow's IMAGENET18_HOME) its key files still
-    hold of the run."""
+    hold of the run (of every run, when run_id is None)."""
     return by_kind(aws_resources(aws, run_id, home))
 
 
-def local_leftovers(home: Path, run_id: str) -> dict[str, list[str]]:
+def aws_leftovers_by_run(aws: AwsSim) -> dict[str, dict[str, list[str]]]:
+    """run id -> what the simulator and the machines' processes hold of it, for every run tagged there."""
+    runs: dict[str, list[Found]] = {}
+    for thing in aws_resources(aws):
+        runs.setdefault(thing.run_id, []).append(thing)
+    return {run_id: by_kind(found) for run_id, found in runs.items()}
+
+
+def local_leftovers(home: Path, run_id: str | None = None) -> dict[str, list[str]]:
     return by_kind(local_resources(home, run_id))
 
 
 def aws_resources(aws: AwsSim, run_id: str | None = None, home: Path | None = None) -> list[Found]:
     """Everything tagged with the run (with every run's tag, when run_id is None)."""
     found = [*aws_machines_and_storage(aws, run_id), *_iam(aws, run_id), *_parameters(aws, run_id)]
-    if home is not None and run_id is not None:
-        found += [Found("key file", str(path), run_id) for path in (home / "aws" / "keys").glob(f"*{run_id}.pem")]
+    if home is not None:
+        found += [Found("key file", str(path), run_id or path.stem)
+                  for path in (home / "aws" / "keys").glob(f"*{run_id or ''}.pem")]
     return found
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -37,3 +40,29 @@ def command_line(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return []
+
+
+@contextmanager
+def command_lines_seen(variable: str, every_s: float = 0.2) -> Iterator[dict[str, set[tuple[str, ...]]]]:
+    """The command lines of the processes whose environment sets `variable`, by its value, as sampled from /proc
+    every `every_s` while the block runs (and once more as it ends)."""
+    seen: dict[str, set[tuple[str, ...]]] = defaultdict(set)
+    done = threading.Event()
+
+    def sample() -> None:
+        for pid, environ in environments(variable):
+            if arguments := tuple(command_line(pid)):
+                seen[environ[variable]].add(arguments)
+
+    def keep_sampling() -> None:
+        while not done.wait(every_s):
+            sample()
+
+    sampler = threading.Thread(target=keep_sampling, daemon=True)
+    sampler.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        sampler.join()
+        sample()

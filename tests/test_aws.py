@@ -11,15 +11,16 @@ import fsspec
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.backends.aws import AwsBackend, AwsOptions, jobs, tags
+from tasks.backends.aws import AwsBackend, AwsOptions, jobs, machines, tags
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
 from tasks.backends.base import ClusterSpec, InputError
+from tests.awssim.images import UBUNTU_2204
 from tests.conftest import DATASET
-from tests.leftovers import aws_leftovers
+from tests.leftovers import aws_leftovers, aws_leftovers_by_run
 
-AMI = "ami-03cf127a"  # one of moto's images
+AMI = UBUNTU_2204.image_id  # the simulator's Deep Learning Base AMI: its boot is checked against the AMI's facts
 BUCKET = "imagenet18-test-results"
 
 
@@ -123,6 +124,11 @@ def test_parallel_calls_bounds_the_aws_calls_in_flight(aws, snapshot, tmp_path):
     assert peaks[1] == 1 and peaks[16] > 1, peaks
 
 
+def test_the_default_ami_is_the_ubuntu_22_04_base_ami_through_its_public_parameter(aws):
+    image = machines.resolve_ami(Clients("us-east-1"), None)
+    assert image["ImageId"] == UBUNTU_2204.image_id and "Ubuntu 22.04" in image["Name"]
+
+
 def test_threads_that_ask_for_a_client_at_once_share_one():
     """The first client costs botocore a fifth of a second of CPU: provisioning's threads that ask for it at
     once wait for one to be made instead of each making its own."""
@@ -150,7 +156,7 @@ def test_sweep_removes_expired_and_finished_runs_only(aws, snapshot, tmp_path):
         backend.provision(spec, backend.replicate(spec, DATASET, 1))
     removed = backend.sweep(finished=lambda run_id: run_id == "run-done")
     assert {r.run_id for r in removed} == {"run-expired", "run-done"}
-    assert {r.run_id for r in backend.resources()} == {"run-live"}
+    assert set(aws_leftovers_by_run(aws)) == {"run-live"}
     backend.teardown("run-live")
 
 
@@ -238,7 +244,7 @@ def test_bad_input_is_refused_before_anything_exists(aws, snapshot, tiny_data, t
     with pytest.raises(InputError, match=message):
         backend.check(spec, change.get("dataset", DATASET))
     monkeypatch.undo()
-    assert AwsBackend(options(), home=tmp_path).resources() == []
+    assert aws_leftovers(aws, home=tmp_path) == {}
     assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
 
 
@@ -280,7 +286,7 @@ def test_without_a_default_vpc_the_launch_is_dry_run_in_the_users_subnet(aws, sn
     delete_default_vpc(aws)
     subnet = users_subnet(aws)
     AwsBackend(options(subnet_id=subnet), home=tmp_path).check(cluster_spec("run-own-subnet", 2), DATASET)
-    assert AwsBackend(options(), home=tmp_path).resources() == []
+    assert aws_leftovers(aws, home=tmp_path) == {}
 
 
 def test_behind_a_nat_each_machine_gets_an_efa_interface_on_each_network_card(aws, snapshot, tmp_path):
@@ -309,7 +315,7 @@ def test_a_users_subnet_without_a_way_out_or_dns_is_refused_before_anything_exis
     backend = AwsBackend(options(subnet_id=users_subnet(aws, **subnet)), home=tmp_path)
     with pytest.raises(InputError, match=message):
         backend.check(cluster_spec("run-closed-subnet", 2), DATASET)
-    assert backend.resources() == []
+    assert aws_leftovers(aws, home=tmp_path) == {}
 
 
 def test_more_machines_than_replicas_is_refused_before_any_machine(aws, snapshot, tmp_path):
@@ -333,7 +339,7 @@ def test_a_dataset_snapshot_is_made_from_an_s3_url_and_the_builder_leaves_nothin
 
     [snapshot] = aws.client("ec2").describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
     assert snapshot["Description"] == "test-dataset" and tags.as_dict(snapshot["Tags"])["Name"] == "test-dataset"
-    assert backend.resources() == [], "the builder machine, its volume and network are gone"
+    assert aws_leftovers(aws, home=tmp_path) == {}, "the builder machine, its volume and network are gone"
     [replica] = backend.replicate(cluster_spec("run-from-snapshot", 1), "test-dataset", 1)
     disk = aws.root / "volumes" / replica.id
     assert (disk / "imagenet/validation/n01440764/a.JPEG").read_bytes() == b"imagenet validation"
@@ -344,14 +350,14 @@ def test_a_dataset_snapshot_is_made_from_an_s3_url_and_the_builder_leaves_nothin
                                          r"reads \(it holds -sz/160\); make a snapshot that does: `imagenet18 snapshot "
                                          r"--from s3://datasets/imagenet --sizes 160 352`"):
         backend.check(cluster_spec("run-reads-352", 2, "g5.xlarge"), "test-dataset", ("-sz/160", "-sz/352"))
-    assert backend.resources() == []
+    assert aws_leftovers(aws, home=tmp_path) == {}
 
 
 def test_a_snapshot_needs_the_dataset_to_exist(aws, tmp_path):
     aws.client("s3").create_bucket(Bucket="datasets")
     with pytest.raises(InputError, match="dataset folder.s. not found: datasets/imagenet"):
         make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160])
-    assert AwsBackend(options(), home=tmp_path).resources() == []
+    assert aws_leftovers(aws, home=tmp_path) == {}
 
 
 MACHINE_S3_CHECKS = """

@@ -10,6 +10,7 @@ from tasks.backends.aws import AwsBackend, AwsOptions, machines, tags, volumes
 from tasks.backends.base import BackendError, InputError
 from tests.leftovers import aws_leftovers
 from tests.test_aws import DATASET, cluster_spec, options
+from tests.test_aws_jobs import finished
 
 
 def no_capacity_for(aws, instance_type: str) -> None:
@@ -44,18 +45,26 @@ def test_no_capacity_and_no_other_type_allowed_fails_cleanly(aws, snapshot, tmp_
     assert aws_leftovers(aws, "run-no-capacity") == {}
 
 
-def test_a_run_completes_with_a_third_of_all_calls_throttled(aws, snapshot, tmp_path, caplog):
+def test_a_cluster_is_made_runs_a_job_and_is_torn_down_with_a_third_of_all_calls_throttled(aws, snapshot, tmp_path,
+                                                                                           caplog):
+    """Each service's calls, SSM's too (the job's commands and its secrets); the whole flow under throttling, with
+    training, is the chaos suite's."""
     for service, code in (("ec2", "RequestLimitExceeded"), ("efs", "ThrottlingException"),
-                          ("iam", "Throttling"), ("s3", "SlowDown")):
+                          ("iam", "Throttling"), ("s3", "SlowDown"), ("ssm", "ThrottlingException")):
         aws.add_fault(service, "*", code, probability=0.3, seed=18)
     backend = AwsBackend(options(), home=tmp_path)
-    spec = cluster_spec("run-throttled", 4)
+    spec = cluster_spec("run-throttled", 4, "g5.xlarge")
     backend.check(spec, DATASET)
     cluster = backend.provision(spec, backend.replicate(spec, DATASET, 4))
     assert len(cluster.machines) == 4
+    backend.launch(cluster, {i: [cluster.python, "-c", f"print('job {i}')"] for i in range(4)}, "job")
+    status = finished(backend, cluster, "job")
+    assert (status.succeeded, status.failed) == (4, {}), status
+    assert backend.read_storage(cluster, "logs/job-3.log") == b"job 3\n"
     backend.teardown("run-throttled")
-    counts = aws.fault_counts()
-    assert sum(rule["fired"] for rule in counts) > 0.15 * sum(rule["seen"] for rule in counts) > 20, \
+    counts = {rule["service"]: rule for rule in aws.fault_counts()}
+    assert counts["ssm"]["fired"] > 0, "SSM was throttled too"
+    assert sum(rule["fired"] for rule in counts.values()) > 0.15 * sum(rule["seen"] for rule in counts.values()) > 20, \
         "about a third of the calls failed (0.15: over 3 standard deviations below 0.3 at this count)"
     retried = [r for r in caplog.records if "answered RequestLimitExceeded" in r.getMessage()]
     assert retried and all("attempt" in r.getMessage() for r in retried), "each retry is logged"
@@ -152,7 +161,7 @@ def test_bad_other_zones_are_refused_before_anything_exists(aws, snapshot, tmp_p
                          home=tmp_path)
     with pytest.raises(InputError, match=message):
         backend.check(cluster_spec("run-bad-zones", 2), DATASET)
-    assert backend.resources() == []
+    assert aws_leftovers(aws, home=tmp_path) == {}
     assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
 
 

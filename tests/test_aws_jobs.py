@@ -9,14 +9,15 @@ import pytest
 from tasks import stages
 from tasks.backends.aws import AwsBackend, jobs
 from tasks.backends.base import BackendError, JobStatus
+from tests.awssim.images import UBUNTU_2404
 from tests.leftovers import aws_leftovers
 from tests.test_aws import DATASET, cluster_spec, options
 
 AGENT_DELAY_S = 8.0  # longer than provisioning takes here, so a job sent at once would be refused
 
 
-def provisioned(aws, tmp_path, run_id: str, machines: int):
-    backend = AwsBackend(options(), home=tmp_path)
+def provisioned(aws, tmp_path, run_id: str, machines: int, **changes):
+    backend = AwsBackend(options(**changes), home=tmp_path)
     spec = cluster_spec(run_id, machines, "g5.xlarge")
     return backend, backend.provision(spec, backend.replicate(spec, DATASET, machines))
 
@@ -55,6 +56,19 @@ def test_a_script_that_fails_before_its_exit_code_fails_its_machine_with_the_cau
     assert stages._failure(backend, cluster, "train", status, [], 10.0).startswith(status.causes[0]), \
         "the train stage fails with SSM's account when the machine's log has none"
     backend.teardown("run-broken")
+
+
+def test_a_machine_whose_boot_failed_fails_its_job_with_the_cause(aws, snapshot, tmp_path):
+    """Ubuntu 24.04's archive has no Python 3.11: user-data stops before the project's venv exists, as it would on
+    a real machine, and the job finds no python there."""
+    backend, cluster = provisioned(aws, tmp_path, "run-no-python", 1, ami=UBUNTU_2404.image_id)
+    machine = cluster.machines[0]
+    [booted] = [m for m in aws.machines() if m["instance_id"] == machine.id]
+    assert booted["user_data_check"] == "boot failed: E: Unable to locate package python3.11"
+    backend.launch(cluster, {0: [cluster.python, "-c", "print('trained')"]}, "train")
+    status = finished(backend, cluster, "train", timeout_s=60)
+    assert status.failed == {0: 127} and "not found" in status.causes[0], status
+    backend.teardown("run-no-python")
 
 
 def test_machines_whose_agents_never_come_online_fail_the_launch_clearly(aws, snapshot, tmp_path):

@@ -1,5 +1,6 @@
 """The AWS simulator through real boto3: what our wrapper adds to moto, and the machine player."""
 
+import datetime as dt
 import re
 import threading
 import time
@@ -9,6 +10,9 @@ import fsspec
 import pytest
 from botocore.exceptions import ClientError
 
+from tasks.backends.aws import machines
+from tasks.backends.base import ClusterSpec
+from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
 from tests.processes import alive
 
 RUN = {"Key": "imagenet18:run", "Value": "run-1"}
@@ -16,8 +20,8 @@ NO_RETRIES = {"total_max_attempts": 1}
 IMAGE = "ami-03cf127a"  # one of moto's; DescribeImages takes a second here
 
 
-def launch(ec2, instance_type="g5.xlarge", **kwargs):
-    response = ec2.run_instances(ImageId=IMAGE, InstanceType=instance_type, MinCount=1, MaxCount=1, **kwargs)
+def launch(ec2, instance_type="g5.xlarge", image=IMAGE, **kwargs):
+    response = ec2.run_instances(ImageId=image, InstanceType=instance_type, MinCount=1, MaxCount=1, **kwargs)
     return response["Instances"][0]["InstanceId"]
 
 
@@ -291,6 +295,45 @@ def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):
     assert checks[bash]["user_data_check"] == "ok" and "Syntax error" in checks[sh]["user_data_check"]
     wait_for(lambda: state(ec2, timer) == "terminated", timeout_s=5)
     assert Path(aws.root / "instances" / timer / "user-data").read_text().startswith("#!/bin/bash")
+
+
+def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_project(aws):
+    """user-data read against its AMI's facts: the project's install needs an interpreter inside its Requires-Python,
+    with its venv module, and the EFS mount needs nfs-common; what the AMI lacks must be installed first, from what
+    its archive has. A machine whose boot failed has no venv: a job's python is not found there."""
+    ec2, ssm = aws.client("ec2"), aws.client("ssm")
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    spec = ClusterSpec("run-boot", "boot", 1, "g5.xlarge", False, expires)
+    shipped = machines.user_data(spec, ["vol-0123456789abcdef0"],
+                                 machines.BootConfig("fs-0123", "us-east-1", "s3://bucket/code.tar.gz", 1.0))
+    cases = [  # (image, text replaced in the shipped user-data, how the boot fails)
+        (UBUNTU_2204, {}, None),
+        (UBUNTU_2204, {"python3.11 -m venv": "python3 -m venv"}, "install the python3.10-venv package"),
+        (UBUNTU_2204, {"python3.11 -m venv": "python3 -m venv", "python3.11-venv": "python3-venv"},
+         "requires a different Python: 3.10.12 not in '>=3.11,<3.12'"),
+        (UBUNTU_2204, {" nfs-common": ""}, "mount.nfs4 helper program (nfs-common is not installed)"),
+        (UBUNTU_2404, {}, "E: Unable to locate package python3.11"),
+    ]
+    launched = []
+    for image, changes, _ in cases:
+        script = shipped
+        for old, new in changes.items():
+            script = script.replace(old, new)
+        launched.append(launch(ec2, image=image.image_id, UserData=script))
+    checks = {m["instance_id"]: m["user_data_check"] for m in aws.machines()}
+    assert checks[launched[0]] == "ok", "the shipped user-data boots the default AMI"
+    for instance, (_, changes, failure) in zip(launched[1:], cases[1:]):
+        assert all(old in shipped for old in changes), changes
+        assert checks[instance].endswith(failure), checks[instance]
+    booted, failed = launched[0], launched[1]
+    wait_for(lambda: agents_online(ssm, booted, failed), timeout_s=20)
+    command = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[booted, failed], Parameters={
+        "commands": ["/opt/imagenet18/.venv/bin/python -c 'print(42)'"]})["Command"]["CommandId"]
+    wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()))
+    ran = {i: ssm.get_command_invocation(CommandId=command, InstanceId=i) for i in (booted, failed)}
+    assert (ran[booted]["Status"], ran[booted]["StandardOutputContent"]) == ("Success", "42\n")
+    assert (ran[failed]["Status"], ran[failed]["ResponseCode"]) == ("Failed", 127)
+    assert "not found" in ran[failed]["StandardErrorContent"]
 
 
 def test_ec2_quotas_are_answered_by_service_quotas_and_enforced_at_the_launch_not_in_a_dry_run(aws):

@@ -2,7 +2,9 @@
 which processes on this host are a local run's."""
 
 import os
+import signal
 import subprocess
+import time
 import uuid
 
 from prefect import get_client
@@ -11,6 +13,7 @@ from prefect.states import Cancelling, Running
 from flows.cleanup import cleanup
 from flows.imagenet18 import imagenet18
 from tasks.backends.local import LocalBackend
+from tests.processes import with_environment
 
 
 def _stuck_run(*states):
@@ -54,10 +57,14 @@ def test_the_local_sweep_stops_only_its_own_homes_expired_processes(prefect_api,
     own = sleeper(IMAGENET18_LOCAL_HOME=str(prefect_api.resolve()))
     others = [sleeper(IMAGENET18_LOCAL_HOME=str(tmp_path / "another-home")), sleeper()]
     try:
+        # A process's /proc environ reads empty until its exec is done, which Popen does not wait for.
+        deadline = time.monotonic() + 10
+        while len(with_environment("IMAGENET18_RUN", run_id)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert [p["pid"] for p in LocalBackend(prefect_api).processes(run_id)] == [own.pid]
         removed = cleanup(backends=["local"])
         assert f"{run_id}/train-0/{own.pid}" in removed["local"]
-        assert own.wait(timeout=30) is not None
+        assert own.poll() == -signal.SIGTERM, "stopped before the sweep returned, asked first with SIGTERM"
         assert [p.poll() for p in others] == [None, None], "another home's and an untagged process keep running"
     finally:
         for process in [own, *others]:

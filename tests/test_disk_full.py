@@ -10,8 +10,8 @@ import subprocess
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from flows.imagenet18 import imagenet18
-from tasks.backends.local import LocalBackend
 from tests.disks import fill, small_disk
+from tests.leftovers import local_leftovers
 from tests.prefect_server import wait_for
 from tests.trainer_runs import run, train_command, trainer_env
 
@@ -74,4 +74,4 @@ def test_a_replica_on_a_full_disk_fails_the_run_naming_it_and_leaves_nothing(pre
         assert state.is_failed()
         assert f"the dataset replica {home / 'local' / 'replicas'}/" in state.message
         assert "could not be made: [Errno 28] No space left on device" in state.message
-        assert LocalBackend(home).resources() == [] and not any((home / "local" / "replicas").glob("*/*"))
+        assert local_leftovers(home) == {}

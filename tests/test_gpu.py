@@ -1,10 +1,12 @@
-"""GPU-only paths (NCCL, CUDA bf16 autocast, pinned memory): run where a GPU is, skipped with the reason elsewhere.
+"""GPU-only paths: one process with CUDA bf16 autocast, channels_last, pinned loader memory and (optionally)
+torch.compile; two processes over NCCL where two GPUs are. Skipped with the reason elsewhere.
 
 Self-sufficient, so a GPU machine with only the trainer's dependencies can run it without the suite's
 conftest (which needs the AWS simulator's packages): `python3 -m pytest --noconftest tests/test_gpu.py`.
 """
 
 import json
+import sys
 
 import pytest
 import torch
@@ -34,7 +36,18 @@ def test_one_epoch_on_the_gpu(gpu_data, tmp_path, options):
     start = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[0])
     assert start["config"]["bf16"] and start["config"]["channels_last"]
     assert start["config"]["compile"] is bool(options)
+    assert start["config"]["pin_memory"] and start["config"]["process_group"] is None, "one process: no group"
     assert json.loads((logdir / "summary.json").read_text())["epochs"][0]["top5"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL between two processes needs two CUDA GPUs")
+def test_two_processes_over_nccl(gpu_data, tmp_path):
+    logdir = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    result = run(torchrun + train_command(gpu_data, logdir, "--device", "cuda", "--epochs", "1")[2:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    start = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[0])
+    assert (start["config"]["world_size"], start["config"]["process_group"]) == (2, "nccl")
 
 
 @needs_cuda

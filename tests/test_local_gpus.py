@@ -13,6 +13,7 @@ from tasks import stages
 from tasks.backends.base import ClusterSpec
 from tasks.backends.local import LocalBackend, LocalGpus
 from tasks.planning import RunPlan
+from tests.leftovers import local_leftovers
 
 
 @pytest.mark.parametrize("environ,driver_gpus,devices", [
@@ -70,7 +71,7 @@ def test_a_four_gpu_workstation_runs_two_processes_on_each_of_two_machines(tmp_p
         assert seen == {"train-0": "CUDA_VISIBLE_DEVICES=0,1", "train-1": "CUDA_VISIBLE_DEVICES=2,3"}
     finally:
         backend.teardown("run-gpus")
-    assert backend.resources() == []
+    assert local_leftovers(tmp_path, "run-gpus") == {}
 
 
 def _wait_for_jobs(backend, count, seconds=30.0):

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +28,7 @@ from flows.replicate import replicate
 from tasks import stages
 from tasks.backends.base import InputError
 from tasks.backends.local import LocalBackend
+from tests.leftovers import local_leftovers
 from tests.prefect_server import flow_run_logs
 from trainer.demo_data import make_demo_dataset
 from trainer.prepare import resized_root
@@ -36,10 +38,7 @@ STAGES = {"validate-and-plan", "prepare-dataset", "replicate-dataset", "prepare-
 
 
 def _assert_nothing_left(home):
-    backend = LocalBackend(home)
-    assert backend.resources() == []
-    assert not backend.processes()
-    assert not any((home / "local" / "replicas").glob("*/*")), "replica folders are gone"
+    assert local_leftovers(home) == {}, "no process, replica, record or claim of any run is left"
 
 
 def _task_runs(flow_run_id, ready) -> dict:
@@ -158,17 +157,26 @@ def test_a_full_size_dataset_gets_its_resized_copies_in_their_own_stage_once(pre
 
 def test_teardown_after_a_failed_replicate_waits_for_the_cluster_being_prepared(prefect_api, tiny_data, monkeypatch):
     """replicate-dataset and prepare-cluster run side by side: when one fails, teardown waits for the other, or
-    it would miss what that one was still making."""
-    prepare = LocalBackend.prepare
+    it would miss what that one was still making. Preparing outlasts the failure: it goes on only once the replica
+    has failed and then teardown has begun, or 5 s later."""
+    prepare, teardown = LocalBackend.prepare, LocalBackend.teardown
+    replica_failed, teardown_began = threading.Event(), threading.Event()
 
-    def slow_prepare(self, spec):
-        time.sleep(3)
+    def prepare_until_teardown(self, spec):
+        assert replica_failed.wait(timeout=120), "the replica never failed"
+        teardown_began.wait(timeout=5)
         return prepare(self, spec)
 
     def failing_replica(*args):
+        replica_failed.set()
         raise RuntimeError("injected: no replica")
 
-    monkeypatch.setattr(LocalBackend, "prepare", slow_prepare)
+    def watched_teardown(self, run_id):
+        teardown_began.set()
+        return teardown(self, run_id)
+
+    monkeypatch.setattr(LocalBackend, "prepare", prepare_until_teardown)
+    monkeypatch.setattr(LocalBackend, "teardown", watched_teardown)
     monkeypatch.setattr(LocalBackend, "_replica", failing_replica)
     monkeypatch.setattr(stages, "replicate_dataset", stages.replicate_dataset.with_options(retries=0))
     state = imagenet18(machines=2, dataset=str(tiny_data), schedule="cpu-tiny", epochs=1, return_state=True)
@@ -298,7 +306,7 @@ def test_cleanup_removes_what_a_sigkilled_run_left(prefect_api, tiny_data):
     assert backend.processes(), "training started"
     flow_process.send_signal(signal.SIGKILL)
     flow_process.wait()
-    assert backend.processes() and backend.resources(), "SIGKILL ran no teardown"
+    assert {"process", "replica", "record"} <= set(local_leftovers(prefect_api)), "SIGKILL ran no teardown"
     removed = cleanup()
     assert any("replica" in r for r in removed["local"])
     _assert_nothing_left(prefect_api)

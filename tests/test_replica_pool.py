@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tasks.backends.aws import AwsBackend, tags
 from tasks.backends.base import POOL_OWNER, ClusterSpec
 from tasks.backends.local import LocalBackend
-from tests.leftovers import aws_leftovers
+from tests.leftovers import aws_leftovers, aws_leftovers_by_run, local_leftovers
 from tests.test_aws import DATASET, cluster_spec, options
 from tests.test_aws_faults import no_capacity_in, run_zones
 from trainer.demo_data import make_demo_dataset
@@ -50,7 +50,7 @@ def test_an_aws_run_claims_pool_volumes_for_its_first_machines_and_gives_them_ba
     backend.teardown("run-pooled")
     assert aws_leftovers(aws, "run-pooled") == {}
     assert pool_as_it_is(backend) == before, "back in the pool, in their places, until the pool's own expiry"
-    assert backend.resources() == backend.resources(POOL_OWNER), "no claim is left"
+    assert set(aws_leftovers_by_run(aws)) == {POOL_OWNER}, "no claim is left"
     backend.delete_replicas(POOL_OWNER)
 
 
@@ -65,7 +65,7 @@ def test_an_aws_run_skips_a_pool_volume_another_run_has_locked(aws, snapshot, tm
     assert claimed(replicas) == [pool[1].id] and pool[0].id not in [r.id for r in replicas]
     for run_id in ("run-second", "run-other"):
         backend.teardown(run_id)
-    assert sorted(r.id for r in backend.resources()) == sorted(r.id for r in pool)
+    assert aws_leftovers(aws) == {"volume": sorted(r.id for r in pool)}
     backend.delete_replicas(POOL_OWNER)
 
 
@@ -80,7 +80,7 @@ def test_two_aws_runs_at_once_never_claim_the_same_pool_volume(aws, snapshot, tm
     assert len(a) == len(b) == 2
     for spec in specs:
         backend.teardown(spec.run_id)
-    assert sorted(r.id for r in backend.resources()) == sorted(r.id for r in pool)
+    assert aws_leftovers(aws) == {"volume": sorted(r.id for r in pool)}
     backend.delete_replicas(POOL_OWNER)
 
 
@@ -93,7 +93,7 @@ def test_deleting_the_pool_while_a_run_holds_a_volume_deletes_it_when_the_run_en
     assert [r.id for r in backend.resources("run-holding") if r.kind == "replica"] == [pool[0].id], \
         "the run keeps its replica while it runs"
     backend.teardown("run-holding")
-    assert backend.resources() == []
+    assert aws_leftovers(aws, home=tmp_path) == {}
     assert aws.client("ec2").describe_volumes(Filters=tags.run_filter(None))["Volumes"] == []
 
 
@@ -152,8 +152,7 @@ def test_a_local_run_skips_claimed_replicas_and_other_datasets(tiny_data, data_c
     assert backend.delete_replicas(POOL_OWNER) == [], "every pool replica is held"
     for run_id in ("run-first", "run-second", "run-other-data", "run-third"):
         backend.teardown(run_id)
-    assert backend.resources() == [] and list((home / "local" / "replicas").glob("*/*")) == [], \
-        "deleted while held: gone once given back"
+    assert local_leftovers(home) == {}, "deleted while held: gone once given back"
 
 
 def test_pool_replicas_made_before_the_resized_copies_get_them_when_a_run_claims_them(tmp_path):

@@ -1,12 +1,19 @@
 """Canary secrets (AWS keys, WANDB_API_KEY) through a whole AWS run: in no log, artifact, parameter, user-data,
-command line or file the system writes."""
+command line (the machines' processes, sampled from /proc while the run runs), file the system writes, or record
+in the Prefect API's database."""
+
+from pathlib import Path
 
 import boto3
 import pytest
 from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
 from flows.imagenet18 import imagenet18
+from tests.awssim.player import INSTANCE_ENV
 from tests.prefect_server import all_flow_run_logs
+from tests.processes import command_lines_seen
 from tests.test_aws import DATASET, options
 
 CANARIES = {
@@ -31,16 +38,39 @@ def files_under(*roots):
                 yield path
 
 
+def prefect_database() -> list[Path]:
+    """The Prefect API's SQLite file and its write-ahead log, where recent writes may still be."""
+    database = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
+    return [path for path in (database, Path(f"{database}-wal")) if path.exists()]
+
+
 def test_no_secret_is_written_anywhere(prefect_api, aws, tiny_data, canaries):
     aws.make_snapshot(tiny_data.parent, description=DATASET)
-    state = imagenet18(machines=2, backend="aws", instance_type="g5.xlarge", dataset=DATASET,
-                       schedule="cpu-tiny", epochs=1, max_hours=1.0, aws=options(), return_state=True)
+    with command_lines_seen(INSTANCE_ENV) as machine_commands:
+        state = imagenet18(machines=2, backend="aws", instance_type="g5.xlarge", dataset=DATASET,
+                           schedule="cpu-tiny", epochs=1, max_hours=1.0, aws=options(), return_state=True)
     assert state.is_completed(), state.message
     flow_run_id = state.state_details.flow_run_id
 
-    assert aws.played(), "the machines ran"
+    instances = {played["instance_id"] for played in aws.played()}
+    assert len(instances) == 2, "both machines ran commands"
     sent = sorted(aws.root.glob("commands/*/*/script.sh"))
-    assert all('export WANDB_API_KEY="$(' in path.read_text() for path in sent), "the key reached the machines"
+    assert sum('export WANDB_API_KEY="$(' in path.read_text() for path in sent) == 2, "the key reached each machine"
+
+    command_lines = [" ".join(line) for instance in instances for line in machine_commands[instance]]
+    assert any("trainer train" in line for line in command_lines), "the trainer's own command lines were seen"
+    for line in command_lines:
+        assert not any(canary.decode() in line for canary in canaries), f"a secret is on the command line {line}"
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    published = "\n".join(f"{a.key} {a.description} {a.data}" for a in artifacts)
+    assert artifacts and not any(canary.decode() in published for canary in canaries), "a secret is in an artifact"
+
+    database = b"".join(path.read_bytes() for path in prefect_database())
+    assert str(flow_run_id).encode() in database, "the run's own database"
+    assert not any(canary in database for canary in canaries), "a secret is in the Prefect database"
 
     for path in files_under(aws.root, prefect_api):
         content = path.read_bytes()

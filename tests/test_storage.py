@@ -37,7 +37,7 @@ def test_missing_checkpoint(tmp_path):
         checkpoint.load(str(tmp_path))
 
 
-def test_data_url_is_synced_once_and_resumes(memory_fs, tmp_path):
+def test_data_url_is_synced_once(memory_fs, tmp_path):
     for split in ("train", "validation"):
         for suffix in ("", "-sz/160"):
             memory_fs.pipe(f"/bucket/imagenet{suffix}/{split}/cat/a.JPEG", b"jpeg-bytes-" + suffix.encode())
@@ -47,6 +47,35 @@ def test_data_url_is_synced_once_and_resumes(memory_fs, tmp_path):
     assert (destination / "train/cat/a.JPEG").read_bytes() == b"jpeg-bytes-"
     assert (tmp_path / destination.parent.name / "data-sz/160/validation/cat/a.JPEG").is_file()
     assert sync.sync("memory://bucket/imagenet", destination, ["", "-sz/160"]) == 0, "already there"
+
+
+def test_an_interrupted_data_sync_resumes_with_the_files_it_lacks(memory_fs, tmp_path, monkeypatch):
+    for name in "abcd":
+        memory_fs.pipe(f"/bucket/imagenet/train/cat/{name}.JPEG", name.encode() * 1000)
+    destination = sync.local_root("memory://bucket/imagenet", tmp_path)
+    get_file, calls = memory_fs.get_file, []
+
+    def cut_on_the_third_file(remote_path, local_path, **kwargs):
+        calls.append(remote_path)
+        if len(calls) == 3:
+            with open(local_path, "wb") as partial:
+                partial.write(memory_fs.cat_file(remote_path)[:500])
+            raise ConnectionError("injected: connection lost mid-file")
+        return get_file(remote_path, local_path, **kwargs)
+
+    monkeypatch.setattr(memory_fs, "get_file", cut_on_the_third_file)
+    with pytest.raises(ConnectionError):
+        sync.sync("memory://bucket/imagenet", destination, [""])
+    monkeypatch.undo()
+    files = sorted((destination / "train/cat").iterdir())
+    assert [(f.name, f.stat().st_size) for f in files] == [("a.JPEG", 1000), ("b.JPEG", 1000), ("c.JPEG.part", 500)]
+    (destination / "train/cat/b.JPEG").write_bytes(b"b" * 10)  # a copy cut short some other way
+    kept = (destination / "train/cat/a.JPEG").stat().st_ino
+
+    assert sync.sync("memory://bucket/imagenet", destination, [""]) == 3, "b, c and d; a is whole"
+    assert sorted(f.name for f in (destination / "train/cat").iterdir()) == [f"{n}.JPEG" for n in "abcd"]
+    assert all((destination / f"train/cat/{n}.JPEG").read_bytes() == n.encode() * 1000 for n in "abcd")
+    assert (destination / "train/cat/a.JPEG").stat().st_ino == kept, "a whole file is not copied again"
 
 
 def test_missing_remote_folder(memory_fs, tmp_path):

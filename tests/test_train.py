@@ -89,10 +89,10 @@ def test_log_files_metrics_and_summary(single_run):
     end = _records(logdir, "end")[-1]
     summary = json.loads((logdir / "summary.json").read_text())
     assert end["status"] == "completed" and end["top5"] == summary["epochs"][-1]["top5"]
-    reached = [r for r in epochs if r["top1"] >= 30]
-    assert summary["target_epoch"] == (reached[0]["epoch"] if reached else None)
-    if reached:
-        assert f"Time to 30.0% top1: epoch {reached[0]['epoch']}" in stdout
+    reached = [r["epoch"] for r in epochs if r["top1"] >= 30]
+    assert reached, f"10 classes, chance 10%: the run reaches 30% top-1 ({[r['top1'] for r in epochs]})"
+    assert summary["target_epoch"] == reached[0]
+    assert f"Time to 30.0% top1: epoch {reached[0]}," in stdout
 
 
 def test_tensorboard_events_carry_the_seeds_tags(single_run):
@@ -113,6 +113,8 @@ def test_two_torchrun_nodes_over_gloo_learn(tiny_data, tmp_path):
     outputs = run_two_nodes(tiny_data, logdir)
     summary = json.loads((logdir / "summary.json").read_text())
     assert summary["world_size"] == 2
+    (start,) = _records(logdir, "start")
+    assert (start["config"]["process_group"], start["config"]["pin_memory"]) == ("gloo", False), "CPUs: gloo, unpinned"
     assert summary["epochs"][-1]["global_batch"] == 96
     assert summary["epochs"][-1]["top1"] > 25, "10 classes: chance is 10%"
     assert "~~7\t" in outputs[0] and "~~" not in outputs[1], "only rank 0 prints"

@@ -48,6 +48,11 @@ def init(device: str = "auto") -> World:
     return World(rank, size, local_rank, local_size, node_rank, target)
 
 
+def backend() -> str | None:
+    """The process group's backend ("nccl", "gloo"); None in a world of 1."""
+    return dist.get_backend() if dist.is_initialized() else None
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)

@@ -132,7 +132,8 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
     metric = config.target_metric or plan.target_metric
     summary = RunSummary(run_name, str(logdir), plan.name, arch, world.size, target=target, target_metric=metric)
     run_config = {**asdict(config), "arch": arch, "run_name": run_name, "world_size": world.size,
-                  "classes": len(classes), "epochs": end_epoch, "bf16": bf16, "channels_last": channels_last}
+                  "classes": len(classes), "epochs": end_epoch, "bf16": bf16, "channels_last": channels_last,
+                  "process_group": distributed.backend(), "pin_memory": settings.pin_memory}
     recorder = Recorder(logdir, run_name, _jsonable(run_config), world.is_master, config.heartbeat_seconds)
     heartbeat = NodeHeartbeat(logdir, world.node_rank, world.is_node_master, config.heartbeat_seconds)
     ctx = Context(wrapped, model, optimizer, plan, world, recorder, heartbeat, bf16, channels_last,

@@ -285,8 +285,7 @@ class LocalBackend:
         strays = [f for f in (self.replica_root / run_id).glob("*") if str(f) not in held]  # half-made ones too
         for folder in strays:
             shutil.rmtree(folder, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            (self.replica_root / run_id).rmdir()
+        _remove_if_empty(self.replica_root / run_id)
         shutil.rmtree(self.registry / run_id, ignore_errors=True)
         left = self.resources(run_id)
         if left or any(folder.exists() for folder in strays):
@@ -342,14 +341,21 @@ class LocalBackend:
 
     def _record(self, resource: Resource) -> None:
         path = self.registry / resource.run_id / _file_name(resource.id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(_write_record(path.with_suffix(".tmp"), resource), path)
+        for attempt in range(3):  # the folder may go between mkdir and write: its last record forgotten just then
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(_write_record(path.with_suffix(".tmp"), resource), path)
+                return
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
 
     def _forget(self, resource: Resource) -> None:
         if resource.kind == "claim":
             (self.claims / _file_name(resource.id)).unlink(missing_ok=True)
         elif resource.kind != "process":
             (self.registry / resource.run_id / _file_name(resource.id)).unlink(missing_ok=True)
+            _remove_if_empty(self.registry / resource.run_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,6 +420,13 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
     if Path(path).exists():
         raise RuntimeError(f"replica {path} could not be removed")
+    _remove_if_empty(Path(path).parent)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """A run's (or the pool's) folder goes with its last entry; a folder still in use is not empty."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _load(path: Path) -> Resource:

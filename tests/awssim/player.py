@@ -8,13 +8,14 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import access, backends
+from . import access, backends, images
 from .backends import RUN_TAG
 from .initialization import Initializations
 from .rewrite import Rewrite
@@ -79,6 +80,8 @@ def _now() -> str:
 class Player:
     def __init__(self, root: Path, repo: Path, store: ContentStore, interval_s: float = 0.2) -> None:
         self.root, self.repo, self.store, self.interval_s = root, repo, store, interval_s
+        # What the machines install: the project's source, as user-data unpacks it into /opt/imagenet18.
+        self.requires_python = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["requires-python"]
         self._lock = threading.RLock()
         self._seen: set[str] = set()  # command ids
         self._played: list[Played] = []
@@ -137,7 +140,8 @@ class Player:
         for instance_id, instance in instances.items():
             if instance_id not in self._machines and instance.state in ALIVE:
                 user_data = inspect(str(instance.user_data) if instance.user_data else None,
-                                    self.root / "instances" / instance_id / "user-data")
+                                    self.root / "instances" / instance_id / "user-data",
+                                    images.facts(instance.image_id), self.requires_python)
                 delay = user_data.shutdown_after_s
                 shutdown_at = None if delay is None else time.time() + delay
                 self._machines[instance_id] = Machine(instance_id, user_data, shutdown_at,
@@ -266,8 +270,10 @@ class Player:
         if port_key not in self._ports:
             self._ports[port_key] = _free_port()
         scratch = self.root / "instances" / instance.id
+        booted = not self._machines[instance.id].user_data.boot_failed
         paths = {
-            "/opt/imagenet18/.venv": sys.prefix,
+            # A machine whose boot failed has no venv: its commands find no python there, as on a real one.
+            "/opt/imagenet18/.venv": sys.prefix if booted else str(scratch / "no-venv"),
             "/opt/imagenet18": str(self.repo),
             "/mnt/data": str(self._data_volume(instance) or scratch / "mnt-data"),
             "/mnt/efs": str(self._efs(run, account, region) or scratch / "mnt-efs"),

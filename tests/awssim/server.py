@@ -25,6 +25,7 @@ from . import backends
 from .catalogue import extend_catalogue
 from .control import Control
 from .faults import Faults
+from .images import add_images
 from .middleware import AwsSimApp
 from .moto_fixes import fix_send_command_targets
 from .placement import PlacementGroups
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log
 
     extend_catalogue()
+    add_images()
     fix_send_command_targets()
     faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()
     player = Player(root, REPO, store)

@@ -10,7 +10,7 @@ from pathlib import Path
 from tasks.backends.aws import pools
 from tasks.backends.aws.clients import Clients, error_code
 
-PROJECT_PARTS = ("trainer", "tasks", "flows", "deployments", "pyproject.toml", "README.md")
+PROJECT_PARTS = ("trainer", "tasks", "flows", "deployments", "pyproject.toml", "README.md", "requirements.lock")
 
 
 def bucket_name(clients: Clients, name: str | None) -> str:

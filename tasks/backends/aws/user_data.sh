@@ -7,6 +7,13 @@ set -euxo pipefail
 # terminates it, even if the orchestrator that started it is gone.
 shutdown -h +${shutdown_minutes} "imagenet18: the run's max_hours is over"
 
+# The Python the lock is for (the Deep Learning Base AMI's python3 is 3.10 on Ubuntu 22.04, which the project's
+# Requires-Python excludes; Ubuntu 22.04's archive has 3.11), its venv module (Ubuntu ships ensurepip apart) and
+# the NFS client for EFS. At first boot apt's lock may be held a while (unattended upgrades): apt waits for it.
+export DEBIAN_FRONTEND=noninteractive
+apt-get -q -o DPkg::Lock::Timeout=600 update
+apt-get -q -y -o DPkg::Lock::Timeout=600 install python3.11 python3.11-venv nfs-common
+
 # This machine's place in its launch request (IMDSv2), which picks its dataset volume from the request's list.
 token=$$(curl -sf -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
 launch_index=$$(curl -sf -H "X-aws-ec2-metadata-token: $$token" http://169.254.169.254/latest/meta-data/ami-launch-index)
@@ -20,8 +27,9 @@ mkdir -p /mnt/data /mnt/efs
 mount ${mount_options} "$$device" /mnt/data
 ${mount_efs}
 
-# The project, from the run's s3:// prefix, in a venv that sees the AMI's CUDA libraries.
+# The project, from the run's s3:// prefix, with exactly the dependencies its lock names (hashes checked).
 mkdir -p /opt/imagenet18
 aws s3 cp "${code_url}" - | tar -xz -C /opt/imagenet18
-python3 -m venv /opt/imagenet18/.venv
-/opt/imagenet18/.venv/bin/pip install --quiet /opt/imagenet18
+python3.11 -m venv /opt/imagenet18/.venv
+/opt/imagenet18/.venv/bin/pip install --quiet --require-hashes -r /opt/imagenet18/requirements.lock
+/opt/imagenet18/.venv/bin/pip install --quiet --no-deps --no-build-isolation /opt/imagenet18

@@ -1,0 +1,71 @@
+"""Machine images beside moto's: the x86_64 Deep Learning Base OSS Nvidia Driver GPU AMIs, Ubuntu 22.04 and
+24.04, with the facts a first boot depends on, and the public SSM parameters that name them.
+
+The Python facts are from AWS's release notes of the DLAMIs (python_location: /usr/bin/python3.10 on 22.04, e.g.
+https://docs.aws.amazon.com/dlami/latest/devguide/aws-deep-learning-ami-gpubasesinglecuda-ul2204-2026-01-02.html,
+/usr/bin/python3.12 on 24.04) and Ubuntu's archive (jammy-updates/universe has python3.11 and python3.11-venv,
+3.11.0~rc1-1~22.04.1; noble has no python3.11). Packages the notes do not list, such as nfs-common, are taken to
+be absent: a script that needs one installs it."""
+
+from dataclasses import dataclass
+
+from moto.core.utils import utcnow
+from moto.ec2.models.amis import AMIS
+from moto.ssm.models import ParameterDict, Parameter
+
+PARAMETER_PREFIX = "/aws/service/deeplearning/ami/x86_64/"
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    image_id: str
+    name: str
+    parameter: str  # the public SSM parameter whose value is this image's id
+    python3: str  # /usr/bin/python3's version
+    installed: frozenset[str]  # Debian packages a script may use as they are
+    archive: dict[str, str]  # what `apt-get install` finds: package -> version (a Python's for an interpreter)
+
+
+UBUNTU_2204 = ImageFacts(
+    "ami-0d1a2204ba5e00001", "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20261120",
+    PARAMETER_PREFIX + "base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id", "3.10.12",
+    frozenset({"python3", "python3.10", "awscli", "cloud-init"}),
+    {"python3.11": "3.11.0rc1", "python3.11-venv": "3.11.0rc1", "python3.10-venv": "3.10.12",
+     "python3-venv": "3.10.12", "nfs-common": "1:2.6.1-1ubuntu1.2"})
+UBUNTU_2404 = ImageFacts(
+    "ami-0d1a2404ba5e00001", "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04) 20261120",
+    PARAMETER_PREFIX + "base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id", "3.12.3",
+    frozenset({"python3", "python3.12", "awscli", "cloud-init"}),
+    {"python3.12-venv": "3.12.3", "python3-venv": "3.12.3", "nfs-common": "1:2.6.4-3ubuntu5.1"})
+IMAGES = {image.image_id: image for image in (UBUNTU_2204, UBUNTU_2404)}
+
+
+def facts(image_id: str) -> ImageFacts | None:
+    """None for moto's own images, whose insides nobody describes."""
+    return IMAGES.get(image_id)
+
+
+def add_images() -> None:
+    """The images to every region's EC2 (moto reads AMIS when it makes a region's backend) and their parameters
+    to every region's SSM. Idempotent."""
+    known = {ami["ami_id"] for ami in AMIS}
+    AMIS.extend({"ami_id": image.image_id, "name": image.name, "description": image.name, "state": "available",
+                 "public": True, "owner_id": "898082745236", "image_location": f"amazon/{image.name}",
+                 "root_device_type": "ebs", "root_device_name": "/dev/sda1", "architecture": "x86_64",
+                 "virtualization_type": "hvm", "hypervisor": "xen", "sriov": "simple", "image_type": "machine",
+                 "platform": None} for image in IMAGES.values() if image.image_id not in known)
+    load = ParameterDict._check_loading_status
+    if getattr(load, "adds_images", False):
+        return
+
+    def with_images(self: ParameterDict, key: str) -> None:
+        load(self, key)
+        for image in IMAGES.values():
+            if str(key or "").startswith(PARAMETER_PREFIX) and not dict.get(self, image.parameter):
+                dict.__setitem__(self, image.parameter, [Parameter(
+                    account_id=self.account_id, name=image.parameter, value=image.image_id, parameter_type="String",
+                    description=None, allowed_pattern=None, keyid=None, last_modified_date=utcnow(), version=1,
+                    data_type="aws:ec2:image")])
+
+    with_images.adds_images = True  # type: ignore[attr-defined]
+    ParameterDict._check_loading_status = with_images
