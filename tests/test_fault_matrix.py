@@ -59,7 +59,7 @@ AWS_FAULTS = {
     "validate": ("ec2", "RunInstances", "UnauthorizedOperation", {"DryRun": "true"}, 0),
     "replicate": ("ec2", "CreateVolume", "UnauthorizedOperation", {}, 7),
     "prepare": ("ec2", "CreateVpc", "UnauthorizedOperation", {}, 0),
-    "provision": ("ec2", "RunInstances", "UnauthorizedOperation", {"Placement.GroupName": ".+"}, 0),
+    "provision": ("ec2", "RunInstances", "UnauthorizedOperation", {"Placement.GroupName": "imagenet18-.+"}, 0),
     # the exit codes the job's status lists (its metrics and logs are a side path: a failed read is retried)
     "train": ("s3", "ListObjectsV2", "AccessDenied", {"prefix": r".*/exit/train-"}, 0),
     "evaluate": ("s3", "GetObject", "AccessDenied", {"Key": r".*/events\.out\.tfevents\..*"}, 0),
