@@ -23,10 +23,13 @@ def plan_markdown(plan: RunPlan) -> str:
     expected = (f"about **${plan.expected_usd:,.2f}** for the schedule's reference time of "
                 f"{plan.reference_minutes:g} min" if plan.expected_usd is not None
                 else "no reference time for this schedule")
+    warmup = plan.cost.warmup
+    before = (f"Before the machines start: about **{warmup.minutes:.1f} min**, {warmup.what}: "
+              f"${warmup.usd:,.2f}.\n\n" if warmup else "")
     return (f"# Plan: {plan.spec.run_name}\n\n"
             f"{_machines(p)}, "
             f"schedule **{plan.schedule}** for {plan.epochs} epochs, dataset `{plan.dataset}`.\n\n"
-            f"| resource | count | $/h each | $/h |\n|---|---|---|---|\n{rows}\n\n"
+            f"| resource | count | $/h each | $/h |\n|---|---|---|---|\n{rows}\n\n{before}"
             f"**${plan.cost.hourly_usd:,.2f}/h**; expected: {expected}; at most **${plan.cost.total_usd:,.2f}** "
             f"(machines end themselves after max_hours = {p.max_hours:g} h).\n")
 

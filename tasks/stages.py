@@ -44,6 +44,9 @@ def validate_and_plan(params: RunParameters, run_id: str, run_name: str) -> RunP
     logger = get_run_logger()
     for item in plan.cost.items:
         logger.info("plan: %d x %s at $%.2f/h", item.count, item.what, item.hourly_usd)
+    if warmup := plan.cost.warmup:
+        logger.info("plan: before the machines start, about %.1f min: %s, $%.2f", warmup.minutes, warmup.what,
+                    warmup.usd)
     logger.info("plan: %s, %d epochs of %s on %d machine(s); up to %.1f h, $%.2f/h, at most $%.2f",
                 params.backend, plan.epochs, plan.schedule, params.machines, params.max_hours,
                 plan.cost.hourly_usd, plan.cost.total_usd)

@@ -79,6 +79,12 @@ def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapsho
     assert booted[cluster.machines[0].id]["user_data_check"] == "ok"
     assert booted[cluster.machines[0].id]["shutdown_after_s"] == pytest.approx(2 * 3600, abs=120)
     assert ec2.describe_placement_groups(Filters=tags.run_filter("run-16"))["PlacementGroups"]
+    [launch] = aws.launches()
+    assert sorted(launch["instances"]) == sorted(m.id for m in cluster.machines), "one request for all 16"
+    assert [(i["NetworkCardIndex"], i["InterfaceType"], i.get("AssociatePublicIpAddress")) for i in
+            launch["interfaces"]] == [("0", "efa", "true")], "EFA; a public address allows only one interface"
+    assert any(pair["GroupId"] == group["GroupId"] for p in group["IpPermissionsEgress"]
+               for pair in p["UserIdGroupPairs"]), "EFA's traffic to the group itself"
 
     removed = backend.teardown("run-16")
     assert {r.kind for r in removed} >= {"machine", "replica", "file-system", "placement-group", "security-group",
@@ -164,6 +170,17 @@ def test_replicas_have_a_delete_path(aws, snapshot, tmp_path):
     assert backend.resources("pool") == []
 
 
+def test_replicas_are_returned_initialized_at_the_rate_asked(aws, snapshot, tmp_path):
+    """EBS fetches a new volume's blocks from S3 on first read until it is initialized: the replicate stage
+    returns only once every replica is, so no training reads cold."""
+    backend = AwsBackend(options(initialization_mibps=100), home=tmp_path)
+    made = backend.replicate(cluster_spec("run-warm", 2), DATASET, 2)
+    statuses = aws.client("ec2").describe_volume_status(VolumeIds=[r.id for r in made])["VolumeStatuses"]
+    assert [(s["InitializationStatusDetails"]["InitializationType"], s["InitializationStatusDetails"]["Progress"])
+            for s in statuses] == [("provisioned-rate", 100)] * 2
+    backend.teardown("run-warm")
+
+
 def test_a_failed_replication_part_way_leaves_nothing_after_teardown(aws, snapshot, tmp_path):
     aws.add_fault("ec2", "CreateVolume", "VolumeLimitExceeded", status=400, after=10)
     backend = AwsBackend(options(), home=tmp_path)
@@ -240,9 +257,11 @@ def delete_default_vpc(aws) -> None:
     ec2.delete_vpc(VpcId=vpc["VpcId"])
 
 
-def users_subnet(aws, way_out: bool = True, public: bool = True, dns_hostnames: bool = True) -> str:
+def users_subnet(aws, way_out: bool = True, public: bool = True, dns_hostnames: bool = True,
+                 through_nat: bool = False) -> str:
     """A subnet in us-east-1a of a VPC of the user's own, by default as the machines need it: a route out through
-    an internet gateway, public addresses on launch, both DNS attributes on."""
+    an internet gateway (or, through_nat, a NAT gateway in another subnet), public addresses on launch, both DNS
+    attributes on."""
     ec2 = aws.client("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.0.0/20", AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
@@ -250,7 +269,13 @@ def users_subnet(aws, way_out: bool = True, public: bool = True, dns_hostnames: 
         gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
         ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
         table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
-        ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
+        if through_nat:
+            outer = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.16.0/20")["Subnet"]["SubnetId"]
+            address = ec2.allocate_address(Domain="vpc")["AllocationId"]
+            nat = ec2.create_nat_gateway(SubnetId=outer, AllocationId=address)["NatGateway"]["NatGatewayId"]
+            ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)
+        else:
+            ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
         ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
     ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": public})
     ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": dns_hostnames})
@@ -262,6 +287,20 @@ def test_without_a_default_vpc_the_launch_is_dry_run_in_the_users_subnet(aws, sn
     subnet = users_subnet(aws)
     AwsBackend(options(subnet_id=subnet), home=tmp_path).check(cluster_spec("run-own-subnet", 2), DATASET)
     assert aws_leftovers(aws, home=tmp_path) == {}
+
+
+def test_behind_a_nat_each_machine_gets_an_efa_interface_on_each_network_card(aws, snapshot, tmp_path):
+    backend = AwsBackend(options(subnet_id=users_subnet(aws, public=False, through_nat=True)), home=tmp_path)
+    spec = cluster_spec("run-efa", 2)
+    backend.check(spec, DATASET)
+    cluster = backend.provision(spec, backend.replicate(spec, DATASET, 2))
+    [launch] = aws.launches()
+    assert sorted(launch["instances"]) == sorted(m.id for m in cluster.machines)
+    assert [(i["NetworkCardIndex"], i["DeviceIndex"], i["InterfaceType"]) for i in launch["interfaces"]] == [
+        ("0", "0", "efa"), ("1", "0", "efa-only"), ("2", "0", "efa-only"), ("3", "0", "efa-only")]
+    assert not any("AssociatePublicIpAddress" in i for i in launch["interfaces"])
+    backend.teardown("run-efa")
+    assert aws_leftovers(aws, "run-efa") == {}
 
 
 @pytest.mark.parametrize("subnet,message", [

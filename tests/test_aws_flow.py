@@ -33,6 +33,7 @@ def test_two_machine_aws_run_completes_end_to_end_and_leaves_nothing(prefect_api
     assert result["storage"].startswith(f"s3://{BUCKET}/runs/")
 
     assert sorted(p["instance_id"] for p in aws.played()) == sorted(result["machine_ids"]), "one job per machine"
+    assert not [p for p in aws.played() if p["cold_data"]], "training starts on replicas already initialized"
     fs = fsspec.filesystem("s3")
     storage = result["storage"].removeprefix("s3://")
     assert [fs.cat(f"{storage}/exit/train-{i}").strip() for i in (0, 1)] == [b"0", b"0"], "both nodes exited 0"
@@ -63,7 +64,9 @@ def test_plan_on_aws_prices_the_run_and_creates_nothing(prefect_api, aws, tiny_d
     assert priced, result.stdout
     assert float(priced[2].replace(",", "")) > hourly, "machines, disks and EFS are all priced"
     plan = _plan_artifact(priced[1])
-    assert "p4d.24xlarge (8 x A100 40 GB), on-demand" in plan
+    assert "p4d.24xlarge (8 x A100 40 GB, EFA on 1 of 4 network cards), on-demand" in plan
+    assert re.search(r"Before the machines start: about \*\*[\d.]+ min\*\*, 16 dataset replica\(s\) fetching the 1 GiB "
+                     r"snapshot at 300 MiB/s .*: \$\d+\.\d\d", plan), plan
     assert f"| 16 | ${catalog.instance_type('p4d.24xlarge').on_demand_usd:,.2f} |" in plan
     assert f"**${priced[2]}/h**" in plan and "reference time of 18.1 min" in plan, plan
     assert aws_leftovers(aws) == {}

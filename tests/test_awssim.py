@@ -84,6 +84,57 @@ def test_instance_types(aws):
     assert error_code(launch, ec2, "p3dn.24xlarge", Placement={"AvailabilityZone": "us-east-1a"}) == "Unsupported"
 
 
+def test_a_launchs_network_interfaces_are_checked_as_ec2_checks_them_and_recorded(aws):
+    ec2 = aws.client("ec2")
+    subnet = ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": ["us-east-1a"]}])["Subnets"][0]
+    ec2.create_placement_group(GroupName="pg-1", Strategy="cluster")
+
+    def card(index, kind="efa-only", **extra):
+        return {"NetworkCardIndex": index, "DeviceIndex": 0, "InterfaceType": kind, "SubnetId": subnet["SubnetId"],
+                **extra}
+
+    p4d = {"instance_type": "p4d.24xlarge", "Placement": {"GroupName": "pg-1", "AvailabilityZone": "us-east-1a"}}
+    assert error_code(launch, ec2, **p4d, NetworkInterfaces=[card(i, "efa" if i == 0 else "efa-only")
+                                                              for i in range(5)]) == "InvalidParameterCombination"
+    assert error_code(launch, ec2, **p4d, NetworkInterfaces=[card(0, "efa", AssociatePublicIpAddress=True),
+                                                              card(1)]) == "InvalidParameterCombination"
+    assert error_code(launch, ec2, **p4d, NetworkInterfaces=[card(0)]) == "InvalidParameterCombination"
+    assert error_code(launch, ec2, "g5.xlarge", NetworkInterfaces=[card(0, "efa")]) == "InvalidParameterCombination"
+    assert error_code(launch, ec2, **p4d, NetworkInterfaces=[card(0, "efa"), card(0, "efa")]) == (
+        "InvalidParameterValue")
+
+    instance = launch(ec2, **p4d, NetworkInterfaces=[card(0, "efa", AssociatePublicIpAddress=True)])
+    [launched] = aws.launches()
+    assert launched["group"] == "pg-1" and launched["instances"] == [instance]
+    assert [(i["NetworkCardIndex"], i["DeviceIndex"], i["InterfaceType"]) for i in launched["interfaces"]] == [
+        ("0", "0", "efa")]
+
+
+def test_a_volume_from_a_snapshot_is_initialized_at_the_rate_asked_and_reports_its_progress(aws, tmp_path):
+    (tmp_path / "data").mkdir()
+    snapshot = aws.make_snapshot(tmp_path / "data")
+    ec2 = aws.client("ec2")
+
+    def volume(**rate):
+        return ec2.create_volume(AvailabilityZone="us-east-1a", SnapshotId=snapshot, Size=8, **rate)["VolumeId"]
+
+    def initialization(volume_id):
+        [status] = ec2.describe_volume_status(VolumeIds=[volume_id])["VolumeStatuses"]
+        return status.get("InitializationStatusDetails")
+
+    assert error_code(volume, VolumeInitializationRate=400) == "InvalidParameterValue"
+    assert error_code(ec2.create_volume, AvailabilityZone="us-east-1a", Size=8, VolumeInitializationRate=300) == (
+        "InvalidParameterCombination")
+    fast, slow = volume(VolumeInitializationRate=300), volume()
+    empty = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
+    assert initialization(empty) is None, "an empty volume needs no initialization"
+    assert initialization(slow)["InitializationType"] == "default"
+    done = wait_for(lambda: (found := initialization(fast))["Progress"] == 100 and found, timeout_s=30)
+    assert done["InitializationType"] == "provisioned-rate" and done["EstimatedTimeToCompleteInSeconds"] == 0
+    assert initialization(slow)["Progress"] < 100, "EBS's default rate: still cold"
+    assert error_code(ec2.describe_volume_status, VolumeIds=["vol-0123456789abcdef0"]) == "InvalidVolume.NotFound"
+
+
 def test_fault_fires_the_given_number_of_times_in_each_protocol(aws):
     ec2 = aws.client("ec2", retries=NO_RETRIES)
     aws.add_fault("ec2", "RunInstances", "InsufficientInstanceCapacity", times=2, after=1,
@@ -253,7 +304,7 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
     ec2, ssm = aws.client("ec2"), aws.client("ssm")
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
     spec = ClusterSpec("run-boot", "boot", 1, "g5.xlarge", False, expires)
-    shipped = machines.user_data(0, spec, "vol-0123456789abcdef0",
+    shipped = machines.user_data(spec, ["vol-0123456789abcdef0"],
                                  machines.BootConfig("fs-0123", "us-east-1", "s3://bucket/code.tar.gz", 1.0))
     cases = [  # (image, text replaced in the shipped user-data, how the boot fails)
         (UBUNTU_2204, {}, None),

@@ -27,3 +27,12 @@ def test_a_type_runs_the_build_where_it_has_kernels_of_its_gpus_major_version(na
 
 def test_the_default_type_runs_the_build():
     catalog.runnable_instance_type(catalog.DEFAULT_INSTANCE_TYPE)
+
+
+def test_each_types_efa_interfaces_are_what_ec2_says_it_takes(aws):
+    """The catalogue's EFA count per type against EC2's DescribeInstanceTypes (EfaInfo.MaximumEfaInterfaces)."""
+    found = aws.client("ec2").describe_instance_types(InstanceTypes=list(catalog.INSTANCE_TYPES))["InstanceTypes"]
+    said = {t["InstanceType"]: t["NetworkInfo"].get("EfaInfo", {}).get("MaximumEfaInterfaces", 0)
+            if t["NetworkInfo"].get("EfaSupported") else 0 for t in found}
+    assert {name: kind.efa_interfaces for name, kind in catalog.INSTANCE_TYPES.items()} == said
+    assert said["p4d.24xlarge"] == 4 and said["p5.48xlarge"] == 32 and said["g5.xlarge"] == 0

@@ -59,7 +59,7 @@ AWS_FAULTS = {
     "validate": ("ec2", "RunInstances", "UnauthorizedOperation", {"DryRun": "true"}, 0),
     "replicate": ("ec2", "CreateVolume", "UnauthorizedOperation", {}, 7),
     "prepare": ("ec2", "CreateVpc", "UnauthorizedOperation", {}, 0),
-    "provision": ("ec2", "RunInstances", "UnauthorizedOperation", {"MaxCount": "1"}, 8),
+    "provision": ("ec2", "RunInstances", "UnauthorizedOperation", {"Placement.GroupName": "imagenet18-.+"}, 0),
     # the exit codes the job's status lists (its metrics and logs are a side path: a failed read is retried)
     "train": ("s3", "ListObjectsV2", "AccessDenied", {"prefix": r".*/exit/train-"}, 0),
     "evaluate": ("s3", "GetObject", "AccessDenied", {"Key": r".*/events\.out\.tfevents\..*"}, 0),
@@ -69,7 +69,7 @@ WHERE = {
     "validate": "the pre-flight checks",
     "replicate": "volume/replica 8 of 16",
     "prepare": "making the run's network (local: its folder), while the replicas are made",
-    "provision": "machine 9 of 16",
+    "provision": "the one launch request for the 16 machines (local: machine 9 of 16)",
     "train": "the running job's status (local: its processes; AWS: its exit codes)",
     "evaluate": "reading the TensorBoard events",
     "teardown": "deleting (local: replicas; AWS: terminating machines)",

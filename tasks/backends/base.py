@@ -62,9 +62,18 @@ class LineItem:
 
 
 @dataclass(frozen=True)
+class Warmup:
+    """What a run does before its machines start, and what that costs: AWS's replicas initializing."""
+    what: str
+    minutes: float
+    usd: float
+
+
+@dataclass(frozen=True)
 class CostPlan:
     items: tuple[LineItem, ...]
     hours: float
+    warmup: Warmup | None = None
 
     @property
     def hourly_usd(self) -> float:
@@ -72,7 +81,7 @@ class CostPlan:
 
     @property
     def total_usd(self) -> float:
-        return self.hourly_usd * self.hours
+        return self.hourly_usd * self.hours + (self.warmup.usd if self.warmup else 0.0)
 
 
 @dataclass(frozen=True)

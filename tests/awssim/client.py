@@ -81,7 +81,8 @@ class AwsSim:
         self._control("POST", "quotas", {"values": values})
 
     def played(self) -> list[dict[str, Any]]:
-        """Commands run: command_id, instance_id, exit_code (None while running), stdout and stderr paths."""
+        """Commands run: command_id, instance_id, exit_code (None while running), cold_data (it started while
+        its machine's dataset volume was still fetching blocks from its snapshot), stdout and stderr paths."""
         return self._control("GET", "played")
 
     def set_agent_delay(self, seconds: float) -> None:
@@ -93,6 +94,11 @@ class AwsSim:
         """Instances seen by the player: instance_id, user_data_check ("ok", bash -n's complaint, ...),
         shutdown_after_s (the user-data shutdown timer it honours, or None)."""
         return self._control("GET", "machines")
+
+    def launches(self) -> list[dict[str, Any]]:
+        """Each RunInstances into a placement group: group, instances (their ids) and interfaces (the
+        NetworkInterface.N parameters it asked for: DeviceIndex, NetworkCardIndex, InterfaceType, ...)."""
+        return self._control("GET", "launches")
 
     def make_snapshot(self, from_dir: Path, description: str = "", tags: dict[str, str] | None = None) -> str:
         """An EBS snapshot holding the files of from_dir (hard-linked where possible: don't edit them in place),

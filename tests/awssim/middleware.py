@@ -1,6 +1,6 @@
 """The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (placement
 groups, instance-type and default-VPC checks, the machines' SSM agents, EC2's vCPU quotas, the machines' S3
-permissions), and hooks that keep disk contents and the player in step with each call."""
+permissions, EBS volume initialization), and hooks that keep disk contents and the player in step with each call."""
 
 import io
 import json
@@ -70,6 +70,10 @@ class AwsSimApp:
             if refusal is not None:
                 return error_response("ec2", *refusal)
             return self.placement.launch_error(call)
+        if call.service == "ec2" and call.action == "CreateVolume":
+            return self.player.initializations.create_error(call)
+        if call.service == "ec2" and call.action == "DescribeVolumeStatus":
+            return self.player.initializations.describe_status(call)
         if call.service == "ssm" and call.action in agent.ACTIONS:
             return agent.handle(call, self.player)
         if call.service == "s3":
@@ -82,6 +86,8 @@ class AwsSimApp:
         """Hooks on moto's successful answer; returns the answer to send."""
         if call.service == "ec2" and call.action == "RunInstances":
             self.placement.record_launch(call, body)
+        if call.service == "ec2" and call.action == "CreateVolume":
+            self.player.initializations.record_create(call, body)
         if call.service in WATCHED_SERVICES and not call.action.startswith(READ_ONLY_PREFIXES):
             self.player.tick()  # new disks get their contents, new commands start, dead machines' processes die
         if call.service == "ssm" and call.action == "SendCommand":

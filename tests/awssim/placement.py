@@ -1,4 +1,5 @@
-"""EC2 placement groups, which moto 5.2.5 lacks: create, describe, delete, and their use by RunInstances."""
+"""EC2 placement groups, which moto 5.2.5 lacks: create, describe, delete, and their use by RunInstances, with a
+record of each launch into a group (its machines and the network interfaces it asked for, which moto drops)."""
 
 import fnmatch
 import re
@@ -10,6 +11,7 @@ from xml.sax.saxutils import escape
 from . import backends
 from .calls import AwsCall
 from .errors import Response, error_response, xml_response
+from .network import interfaces_of
 
 ACTIONS = frozenset({"CreatePlacementGroup", "DescribePlacementGroups", "DeletePlacementGroup"})
 STRATEGIES = ("cluster", "spread", "partition")
@@ -27,6 +29,7 @@ class PlacementGroup:
     partition_count: str | None = None
     spread_level: str | None = None
     members: set[str] = field(default_factory=set)  # instance ids launched into it
+    launches: list[dict] = field(default_factory=list)  # per RunInstances into it: instances, interfaces
 
     def filter_values(self, name: str) -> list[str]:
         """The values an EC2 filter (one of FILTERS or tag:KEY) sees on this group."""
@@ -154,10 +157,18 @@ class PlacementGroups:
         """Remember which instances a successful RunInstances put into a group (for DeletePlacementGroup's InUse)."""
         name, group_id = call.params.get("Placement.GroupName"), call.params.get("Placement.GroupId")
         instance_ids = set(re.findall(r"<instanceId>(i-[0-9a-f]+)</instanceId>", response_body.decode()))
+        launch = {"instances": sorted(instance_ids), "interfaces": interfaces_of(call)}
         with self._lock:
             for group in self._of(call).values():
                 if group.name == name or group.group_id == group_id:
                     group.members |= instance_ids
+                    group.launches.append(launch)
+
+    def launches(self) -> list[dict]:
+        """Each launch into a group: the group's name, its instance ids, the interfaces it asked for."""
+        with self._lock:
+            return [{"group": g.name, **launch} for groups in self._groups.values() for g in groups.values()
+                    for launch in g.launches]
 
 
 def _tags(call: AwsCall, resource_type: str) -> dict[str, str]:

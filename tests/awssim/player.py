@@ -17,6 +17,7 @@ from typing import Any
 
 from . import access, backends, images
 from .backends import RUN_TAG
+from .initialization import Initializations
 from .rewrite import Rewrite
 from .storage import ContentStore
 from .userdata import UserData, inspect
@@ -41,12 +42,14 @@ class Played:
     started: float = field(default_factory=time.time)
     exit_code: int | None = None
     swept: bool = False  # its machine's processes were killed
+    cold_data: bool = False  # it started on a machine whose dataset volume was still fetching blocks from S3
 
     def record(self) -> dict[str, Any]:
         return {
             "command_id": self.command_id,
             "instance_id": self.instance_id,
             "exit_code": self.exit_code,
+            "cold_data": self.cold_data,
             "stdout": str(self.dir / "stdout"),
             "stderr": str(self.dir / "stderr"),
         }
@@ -85,6 +88,7 @@ class Player:
         self._machines: dict[str, Machine] = {}
         self._ports: dict[str, int] = {}  # run tag (or instance id) -> torchrun master port
         self.agent_delay_s = AGENT_DELAY_S  # for machines seen from now on
+        self.initializations = Initializations()
 
     def start(self) -> None:
         threading.Thread(target=self._loop, name="awssim-player", daemon=True).start()
@@ -128,6 +132,7 @@ class Player:
             self._machines.clear()
             self._ports.clear()
             self.agent_delay_s = AGENT_DELAY_S
+            self.initializations.clear()
 
     # Machines: user-data and its shutdown timer.
 
@@ -238,6 +243,8 @@ class Player:
             return
         # As the agent runs AWS-RunShellScript: the commands, one a line, in an executable file that `sh -c` runs
         # (dash on Ubuntu and here), so the kernel honours a #! line and dash runs a script without one.
+        data_volume = self._data_volume_id(instance)
+        played.cold_data = data_volume is not None and not self.initializations.warm(data_volume)
         script_file = folder / "script.sh"
         script_file.write_text(self._rewrite(instance, instances, account, region).apply(script) + "\n")
         script_file.chmod(0o755)
@@ -277,13 +284,18 @@ class Player:
         return Rewrite(paths, ips, self._ports[port_key])
 
     def _data_volume(self, instance: Any) -> Path | None:
+        volume_id = self._data_volume_id(instance)
+        return self.store.volume_dir(volume_id) if volume_id else None
+
+    @staticmethod
+    def _data_volume_id(instance: Any) -> str | None:
         attached = sorted(
             (v.attachment.device, v.id)
             for v in list(instance.ec2_backend.volumes.values())
             if v.attachment and v.attachment.instance.id == instance.id
             and v.attachment.device != instance.root_device_name
         )
-        return self.store.volume_dir(attached[0][1]) if attached else None
+        return attached[0][1] if attached else None
 
     def _efs(self, run: str | None, account: str, region: str) -> Path | None:
         if not run:

@@ -22,6 +22,7 @@ from tasks.backends.aws import (
     quotas,
     secrets,
     storage,
+    tags,
     volumes,
 )
 from tasks.backends.aws.clients import Clients, error_code
@@ -39,6 +40,7 @@ from tasks.backends.base import (
     LineItem,
     Machine,
     Resource,
+    Warmup,
 )
 
 log = logging.getLogger(__name__)
@@ -179,7 +181,7 @@ class AwsBackend:
         market, disks and tags the launch uses, so it checks these permissions before anything exists. The
         instance profile and the placement group are the run's own, made after the pre-flight, so it cannot
         name them."""
-        request = machines.launch_options(spec, image, machines.instance_tags(spec, 0, spec.run_name))
+        request = machines.launch_options(spec, image, tags.tag_list(spec.run_id, spec.expires_at))
         try:  # retried as other calls are: a dry run asks for no capacity, so only throttling is worth retrying
             self.clients.ec2.run_instances(
                 **request, MinCount=spec.machines, MaxCount=spec.machines, SubnetId=subnet_id, DryRun=True)
@@ -206,15 +208,28 @@ class AwsBackend:
         size = volumes.volume_size_gb(o.volume_type, o.iops, snapshot_gb)
         hourly = self._spot_price(spec.instance_type) if spec.spot else kind.on_demand_usd
         market = "spot" if spec.spot else "on-demand"
+        cards = machines.efa_cards(spec.instance_type, self._public_addresses())
+        efa = f", EFA on {cards} of {kind.efa_interfaces} network cards" if cards else ", no EFA: NCCL over TCP"
+        replica_hourly = catalog.volume_hourly_usd(o.volume_type, size, o.iops, o.throughput_mbps)
+        warmup_s = self.volume_settings.warmup_seconds(snapshot_gb)
         return CostPlan((
-            LineItem(f"{spec.instance_type} ({kind.gpus} x {kind.gpu}), {market}", spec.machines, hourly),
+            LineItem(f"{spec.instance_type} ({kind.gpus} x {kind.gpu}{efa}), {market}", spec.machines, hourly),
             LineItem(f"root disk, gp3 {catalog.ROOT_VOLUME_GB} GiB", spec.machines,
                      catalog.volume_hourly_usd("gp3", catalog.ROOT_VOLUME_GB, 3000, 125)),
-            LineItem(f"dataset replica, {o.volume_type} {size} GiB at {o.iops} IOPS", spec.machines,
-                     catalog.volume_hourly_usd(o.volume_type, size, o.iops, o.throughput_mbps)),
+            LineItem(f"dataset replica, {o.volume_type} {size} GiB at {o.iops} IOPS", spec.machines, replica_hourly),
             LineItem(f"EFS, about {catalog.EFS_EXPECTED_GB} GB", 1,
                      catalog.EFS_GB_MONTH * catalog.EFS_EXPECTED_GB / catalog.HOURS_PER_MONTH),
-        ), hours)
+        ), hours, Warmup(
+            f"{spec.machines} dataset replica(s) fetching the {snapshot_gb} GiB snapshot at {o.initialization_mibps} "
+            "MiB/s (the replicas' time; EBS's fee for the rate is not included)",
+            warmup_s / 60, spec.machines * replica_hourly * warmup_s / 3600))
+
+    def _public_addresses(self) -> bool:
+        """Whether the machines will reach out through public addresses: on the run's own network they do."""
+        if not self.options.subnet_id:
+            return True
+        [subnet] = self.clients.ec2.describe_subnets(SubnetIds=[self.options.subnet_id])["Subnets"]
+        return bool(subnet.get("MapPublicIpOnLaunch"))
 
     def _spot_price(self, instance_type: str) -> float:
         """The zone's latest spot price; the on-demand price (spot's ceiling) when the API has none."""
@@ -237,6 +252,11 @@ class AwsBackend:
         return dict(sorted(prices.items()))
 
     # -- replicas -------------------------------------------------------------------------------------
+    @property
+    def volume_settings(self) -> volumes.VolumeSettings:
+        o = self.options
+        return volumes.VolumeSettings(o.volume_type, o.iops, o.throughput_mbps, o.initialization_mibps)
+
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
         o = self.options
         # The lookups go at once: the snapshot, the run's volumes (a retry reuses them), the pool's replicas (a
@@ -253,8 +273,8 @@ class AwsBackend:
             held = existing.result()
             held |= volumes.claim(self.clients, spec, claimable.result(), snapshot.result(), zone,
                                   [i for i in range(count) if i not in held])
-            return volumes.replicate(self.clients, spec, snapshot.result(), zone, count, o.volume_type, o.iops,
-                                     o.throughput_mbps, o.parallel_calls, held)
+            return volumes.replicate(self.clients, spec, snapshot.result(), zone, count, self.volume_settings,
+                                     o.parallel_calls, held)
 
     def delete_replicas(self, run_id: str) -> list[Resource]:
         found = volumes.replicas(self.clients, run_id)
@@ -363,8 +383,8 @@ class AwsBackend:
                     "(aws.other_availability_zones)", net.zone, spec.run_id, zone)
         o = self.options
         with pools.pool(o.parallel_calls, 2) as pool:
-            moved = pool.submit(volumes.move, self.clients, spec, replicas, zone, o.volume_type, o.iops,
-                                o.throughput_mbps, o.parallel_calls)
+            moved = pool.submit(volumes.move, self.clients, spec, replicas, zone, self.volume_settings,
+                                o.parallel_calls)
             net = self._network(spec, zone)
             efs.ensure_mount_target(self.clients, fs_id, net.subnet_id, net.security_group_id)
             return net, moved.result()

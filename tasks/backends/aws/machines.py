@@ -1,6 +1,6 @@
-"""The run's machines: one instance per index, on-demand or spot, IMDSv2 only, encrypted root disk,
-terminating on shutdown, with user-data that mounts the dataset volume and EFS and installs the project;
-volume i is attached to machine i."""
+"""The run's machines: one instance per index, all in one launch request, on-demand or spot, with EFA where
+their type has it, IMDSv2 only, encrypted root disk, terminating on shutdown, with user-data that mounts the
+dataset volume and EFS and installs the project; volume i is attached to machine i."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def resolve_ami(clients: Clients, ami: str | None) -> dict:
     return images[0]
 
 
-def user_data(index: int, spec: ClusterSpec, volume_id: str, boot: BootConfig) -> str:
+def user_data(spec: ClusterSpec, volume_ids: list[str], boot: BootConfig) -> str:
+    """One script for every machine of one launch request: each finds its own volume by its launch index."""
     template = Template(resources.files("tasks.backends.aws").joinpath("user_data.sh").read_text())
     mount_efs = ("# The run's shared file system (its mount target may still be coming up: machines start meanwhile);\n"
                  "# its security group admits only the run's machines.\n"
@@ -61,30 +62,27 @@ def user_data(index: int, spec: ClusterSpec, volume_id: str, boot: BootConfig) -
                  "sleep 10; done\nmountpoint -q /mnt/efs") if boot.file_system_id else ""
     builder = boot.format_volume
     return template.substitute(
-        index=index, run_id=spec.run_id, shutdown_minutes=max(1, round(boot.max_hours * 60)),
-        volume_serial=volume_id.replace("-", ""), code_url=boot.code_url, mount_efs=mount_efs,
-        mount_options="-o noatime" if builder else "-o ro,noatime",
+        run_id=spec.run_id, shutdown_minutes=max(1, round(boot.max_hours * 60)),
+        volume_serials=" ".join(v.replace("-", "") for v in volume_ids), code_url=boot.code_url,
+        mount_efs=mount_efs, mount_options="-o noatime" if builder else "-o ro,noatime",
         format_volume='blkid "$device" || mkfs.ext4 -q -L imagenet18 "$device"' if builder else "")
-
-
-def instance_tags(spec: ClusterSpec, index: int, name: str) -> list[dict]:
-    return tags.tag_list(spec.run_id, spec.expires_at, name, **{tags.INDEX: str(index)})
 
 
 def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: dict, profile: str,
                  volume_ids: list[str], boot: BootConfig, parallel: int) -> list[dict]:
-    """One instance per volume, all at once; those this run already has are reused. Returns them running,
-    with volume i attached to machine i."""
-    existing = {tags.as_dict(i.get("Tags")).get(tags.INDEX): i
-                for i in instances(clients, spec.run_id, states=["pending", "running"])
-                if i["InstanceType"] == spec.instance_type}
+    """One instance per volume, those this run lacks in one launch request; those it already has are reused.
+    Returns them running, with volume i attached to machine i."""
+    live = [i for i in instances(clients, spec.run_id, states=["pending", "running"])
+            if i["InstanceType"] == spec.instance_type]
+    existing = {tags.as_dict(i.get("Tags")).get(tags.INDEX): i for i in live}
+    unnamed = [i["InstanceId"] for i in live if tags.INDEX not in tags.as_dict(i.get("Tags"))]
+    if unnamed:  # launched by a try that stopped before it tagged them: no volume is theirs
+        clients.ec2.terminate_instances(InstanceIds=unnamed)
 
-    def one(index: int) -> dict:
-        return existing.get(str(index)) or _run_one(
-            clients, spec, network, image, profile, index, volume_ids[index], boot, f"{index}.{spec.run_name}")
-
-    with pools.pool(parallel, len(volume_ids)) as pool:
-        started = list(pool.map(one, range(len(volume_ids))))
+    missing = [i for i in range(len(volume_ids)) if str(i) not in existing]
+    launched = _run_all(clients, spec, network, image, profile, missing, [volume_ids[i] for i in missing], boot,
+                        parallel) if missing else {}
+    started = [existing.get(str(i)) or launched[i] for i in range(len(volume_ids))]
     ids = [i["InstanceId"] for i in started]
     ec2 = clients.ec2
     # The volumes are read while the machines boot, and the machines (running by then, so with their
@@ -121,15 +119,20 @@ def attach_all(clients: Clients, volumes: list[dict], instance_ids: list[str], p
         list(pool.map(one, volumes, instance_ids))
 
 
-def _run_one(clients: Clients, spec: ClusterSpec, network: Network, image: dict, profile: str, index: int,
-             volume_id: str, boot: BootConfig, name: str) -> dict:
-    request = launch_request(spec, network, image, profile, index, volume_id, boot, name)
+def _run_all(clients: Clients, spec: ClusterSpec, network: Network, image: dict, profile: str, indices: list[int],
+             volume_ids: list[str], boot: BootConfig, parallel: int) -> dict[int, dict]:
+    """Machines `indices` in one request for all of them, all or none: AWS recommends one launch request for a
+    cluster placement group, as capacity for a later request may be gone
+    (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/placement-strategies.html#placement-groups-cluster).
+    The request's k-th machine (its AmiLaunchIndex) is machine indices[k], and is tagged so."""
+    request = launch_request(spec, network, image, profile, len(indices), volume_ids, boot)
     ec2 = clients.client("ec2", retries=False)
     attempt = 0
     while True:
         attempt += 1
         try:
-            return ec2.run_instances(**request)["Instances"][0]
+            launched = ec2.run_instances(**request)["Instances"]
+            break
         except Exception as exc:  # noqa: BLE001
             code = error_code(exc)
             if code in CAPACITY_ERRORS:
@@ -141,6 +144,15 @@ def _run_one(clients: Clients, spec: ClusterSpec, network: Network, image: dict,
             if not retriable or attempt >= 8:
                 raise
             time.sleep(min(2 ** attempt * 0.25, 10))
+    by_index = {indices[i["AmiLaunchIndex"]]: i for i in launched}
+
+    def name(index: int) -> None:
+        clients.ec2.create_tags(Resources=[by_index[index]["InstanceId"]], Tags=[
+            {"Key": "Name", "Value": f"{index}.{spec.run_name}"}, {"Key": tags.INDEX, "Value": str(index)}])
+
+    with pools.pool(parallel, len(indices)) as pool:
+        list(pool.map(name, indices))
+    return by_index
 
 
 class CapacityError(BackendError):
@@ -149,15 +161,40 @@ class CapacityError(BackendError):
         self.code, self.instance_type, self.zone = code, instance_type, zone
 
 
-def launch_request(spec: ClusterSpec, network: Network, image: dict, profile: str, index: int, volume_id: str,
-                   boot: BootConfig, name: str) -> dict:
+def launch_request(spec: ClusterSpec, network: Network, image: dict, profile: str, count: int,
+                   volume_ids: list[str], boot: BootConfig) -> dict:
     return {
-        **launch_options(spec, image, instance_tags(spec, index, name)), "MinCount": 1, "MaxCount": 1,
-        "KeyName": network.key_name, "SubnetId": network.subnet_id, "SecurityGroupIds": [network.security_group_id],
+        **launch_options(spec, image, tags.tag_list(spec.run_id, spec.expires_at)), "MinCount": count,
+        "MaxCount": count, "KeyName": network.key_name, **placement_in(network, spec.instance_type),
         "Placement": {"AvailabilityZone": network.zone, "GroupName": network.placement_group},
         "IamInstanceProfile": {"Name": profile},
-        "UserData": user_data(index, spec, volume_id, boot),
+        "UserData": user_data(spec, volume_ids, boot),
     }
+
+
+def efa_cards(instance_type: str, public_addresses: bool) -> int:
+    """The network cards that get an EFA interface (see `placement_in`)."""
+    kind = catalog.INSTANCE_TYPES.get(instance_type)  # the snapshot builder's CPU type is not in the catalogue
+    efa = kind.efa_interfaces if kind else 0
+    return min(efa, 1) if public_addresses else efa
+
+
+def placement_in(network: Network, instance_type: str) -> dict:
+    """The subnet and security group, given as the machine's network interfaces where its type has EFA.
+
+    Card 0 carries an EFA with ENA (IP traffic and an EFA device), each further card an EFA-only interface at
+    device index 0 (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa-acc-inst-types.html). EC2 gives a
+    public address only to a launch with one interface, so where the machines reach out through one (the
+    run's own network) they get card 0's EFA alone."""
+    cards = efa_cards(instance_type, network.public_addresses)
+    if not cards:
+        return {"SubnetId": network.subnet_id, "SecurityGroupIds": [network.security_group_id]}
+    interfaces = [{"NetworkCardIndex": card, "DeviceIndex": 0, "InterfaceType": "efa" if card == 0 else "efa-only",
+                   "SubnetId": network.subnet_id, "Groups": [network.security_group_id], "DeleteOnTermination": True}
+                  for card in range(cards)]
+    if network.public_addresses:
+        interfaces[0]["AssociatePublicIpAddress"] = True
+    return {"NetworkInterfaces": interfaces}
 
 
 def launch_options(spec: ClusterSpec, image: dict, machine_tags: list[dict]) -> dict:

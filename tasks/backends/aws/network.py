@@ -27,6 +27,7 @@ class Network:
     key_name: str
     key_path: str
     placement_group: str
+    public_addresses: bool  # the machines reach out through their own public address, not a NAT
 
 
 def resource_name(spec: ClusterSpec) -> str:
@@ -48,7 +49,8 @@ def ensure_network(clients: Clients, spec: ClusterSpec, zone: str, subnet_id: st
         placement_group = pool.submit(_ensure_placement_group, ec2, spec, run_tags)
         groups = pool.submit(lambda: ec2.describe_security_groups(Filters=run_filter)["SecurityGroups"])
         if subnet_id:
-            vpc_id = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]["VpcId"]
+            [subnet] = ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"]
+            vpc_id, public = subnet["VpcId"], bool(subnet.get("MapPublicIpOnLaunch"))
             group_id = _ensure_security_group(ec2, spec, vpc_id, ssh_cidr, run_tags, groups.result())
         else:
             subnets = pool.submit(lambda: ec2.describe_subnets(Filters=run_filter)["Subnets"])
@@ -61,14 +63,14 @@ def ensure_network(clients: Clients, spec: ClusterSpec, zone: str, subnet_id: st
             table = pool.submit(_ensure_route_table, ec2, vpc_id, tables.result(), run_tags)
             route = pool.submit(_ensure_default_route, ec2, table, attached)  # after `table` and `attached`
             subnet_id = _ensure_subnet(ec2, spec, vpc_id, zone, run_tags, subnets.result())
-            public = pool.submit(ec2.modify_subnet_attribute, SubnetId=subnet_id,
+            mapped = pool.submit(ec2.modify_subnet_attribute, SubnetId=subnet_id,
                                  MapPublicIpOnLaunch={"Value": True})
             _associate(ec2, table.result(), subnet_id)
-            for done in (public, dns, route):
+            for done in (mapped, dns, route):
                 done.result()
-            group_id = group.result()
+            group_id, public = group.result(), True
         key_name, key_path = key.result()
-        return Network(vpc_id, subnet_id, zone, group_id, key_name, key_path, placement_group.result())
+        return Network(vpc_id, subnet_id, zone, group_id, key_name, key_path, placement_group.result(), public)
 
 
 def check_way_out(ec2, subnet: dict) -> None:
@@ -188,6 +190,9 @@ def _ensure_security_group(ec2, spec: ClusterSpec, vpc_id: str, ssh_cidr: str | 
         rules.append({"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
                       "IpRanges": [{"CidrIp": ssh_cidr, "Description": "ssh from the caller"}]})
     ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=rules)
+    # EFA's traffic needs a rule to the group itself besides the default one to 0.0.0.0/0
+    # (https://docs.aws.amazon.com/pcs/latest/userguide/working-with_networking_efa_create-sg.html).
+    ec2.authorize_security_group_egress(GroupId=group_id, IpPermissions=rules[:1])
     return group_id
 
 

@@ -27,6 +27,8 @@ class AwsOptions(BaseModel):
     volume_type: str = Field("io2", pattern="^(io1|io2|gp3)$")
     iops: int = Field(11_500, ge=3000, le=256_000, description="the seed's 11,500")
     throughput_mbps: int = Field(1000, ge=125, le=1000, description="gp3 only")
+    initialization_mibps: int = Field(300, ge=100, le=300,
+                                      description="the rate EBS initializes each replica at before training starts")
     bucket: str | None = Field(None, description="results bucket; default imagenet18-<account>-<region>")
     ssh_cidr: str | None = Field(None, description="allow ssh from this CIDR (default: no ssh, connect via SSM)")
     snapshot_owner: str = Field("self", description="account that owns the dataset snapshot")

@@ -1,5 +1,6 @@
 #!/bin/bash
-# imagenet18 machine ${index} of run ${run_id}: runs once at first boot (cloud-init).
+# imagenet18 machines of run ${run_id}: runs once at first boot (cloud-init), the same script on each machine
+# of one launch request.
 set -euxo pipefail
 
 # The run's max hours: the machine powers off, and with InstanceInitiatedShutdownBehavior=terminate that
@@ -13,8 +14,13 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get -q -o DPkg::Lock::Timeout=600 update
 apt-get -q -y -o DPkg::Lock::Timeout=600 install python3.11 python3.11-venv nfs-common
 
+# This machine's place in its launch request (IMDSv2), which picks its dataset volume from the request's list.
+token=$$(curl -sf -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
+launch_index=$$(curl -sf -H "X-aws-ec2-metadata-token: $$token" http://169.254.169.254/latest/meta-data/ami-launch-index)
+set -- ${volume_serials}
+shift "$$launch_index"
 # The dataset volume, found by its id (NVMe names do not follow the attach order).
-device=/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_${volume_serial}
+device=/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_$$1
 for _ in $$(seq 1 180); do [ -e "$$device" ] && break; sleep 5; done
 ${format_volume}
 mkdir -p /mnt/data /mnt/efs

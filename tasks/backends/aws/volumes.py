@@ -6,10 +6,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from tasks.backends.aws import pools, secrets, tags
 from tasks.backends.aws.clients import Clients, error_code
-from tasks.backends.aws.waiting import waiter_config
+from tasks.backends.aws.waiting import until, waiter_config
 from tasks.backends.base import POOL_OWNER, BackendError, ClusterSpec, InputError, Resource
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,22 @@ IOPS_PER_GB = {"io1": 50, "io2": 1000, "gp3": 500}
 MAX_IOPS = {"io1": 64_000, "io2": 256_000, "gp3": 16_000}
 MIN_SIZE_GB = {"io1": 4, "io2": 4, "gp3": 1}
 GP3_BASELINE_IOPS = 3000  # whatever the size
+INITIALIZED = 100  # DescribeVolumeStatus's initialization progress, in percent, once every block is on the volume
+
+
+@dataclass(frozen=True)
+class VolumeSettings:
+    """How each replica is made. A volume made from a snapshot fetches each block from S3 on its first read
+    unless initialized first; `initialization_mibps` is the rate EBS initializes it at, 100 to 300 MiB/s, so a
+    replica is warm after a known time (https://docs.aws.amazon.com/ebs/latest/userguide/initalize-volume.html)."""
+    volume_type: str
+    iops: int
+    throughput_mbps: int
+    initialization_mibps: int
+
+    def warmup_seconds(self, snapshot_gb: int) -> float:
+        """How long EBS takes to fetch the snapshot's blocks at the rate: the snapshot's size bounds its data."""
+        return snapshot_gb * 1024 / self.initialization_mibps
 
 
 def find_snapshot(clients: Clients, dataset: str, owner: str, parallel: int = 1) -> dict:
@@ -94,34 +111,45 @@ def run_volumes(clients: Clients, run_id: str) -> dict[int, dict]:
     )["Volumes"]}
 
 
-def replicate(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, count: int, volume_type: str,
-              iops: int, throughput_mbps: int, parallel: int, existing: dict[int, dict] | None = None
-              ) -> list[Resource]:
+def replicate(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, count: int, settings: VolumeSettings,
+              parallel: int, existing: dict[int, dict] | None = None) -> list[Resource]:
     """All `count` volumes at once; the ones this run already has (`existing`, looked up when not given) are
-    reused; returns when all are available."""
+    reused; returns when all are available and initialized, so no block is fetched from S3 once training runs."""
     if existing is None:
         existing = run_volumes(clients, spec.run_id)
 
     def one(index: int) -> Resource:
-        volume = existing.get(index) or _create_replica(clients, spec, snapshot, zone, index, volume_type, iops,
-                                                        throughput_mbps)
+        volume = existing.get(index) or _create_replica(clients, spec, snapshot, zone, index, settings)
         return _as_resource(volume, spec.run_id)
 
     with pools.pool(parallel, count) as pool:
         made = list(pool.map(one, range(count)))
-    clients.ec2.get_waiter("volume_available").wait(VolumeIds=[r.id for r in made], WaiterConfig=waiter_config())
+    ids = [r.id for r in made]
+    clients.ec2.get_waiter("volume_available").wait(VolumeIds=ids, WaiterConfig=waiter_config())
+    wait_initialized(clients, ids, 2 * settings.warmup_seconds(snapshot["VolumeSize"]) + 300)
     return made
 
 
-def _create_replica(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, index: int, volume_type: str,
-                    iops: int, throughput_mbps: int) -> dict:
+def wait_initialized(clients: Clients, volume_ids: list[str], timeout: float) -> None:
+    """Until EBS reports each volume's initialization complete (an empty volume reports none: it needs none)."""
+    def warm() -> bool:
+        statuses = clients.ec2.describe_volume_status(VolumeIds=volume_ids)["VolumeStatuses"]
+        return all(s.get("InitializationStatusDetails", {}).get("Progress", INITIALIZED) >= INITIALIZED
+                   for s in statuses)
+
+    until(f"{len(volume_ids)} dataset replica(s) initialized", warm, timeout, poll=5.0)
+
+
+def _create_replica(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, index: int,
+                    settings: VolumeSettings) -> dict:
     name = replica_name(zone, index)
-    settings = {"Iops": iops} if volume_type in ("io1", "io2") else {"Iops": iops, "Throughput": throughput_mbps}
+    kind, iops = settings.volume_type, settings.iops
+    performance = {"Iops": iops} if kind in ("io1", "io2") else {"Iops": iops, "Throughput": settings.throughput_mbps}
     run_tags = tags.tag_list(spec.run_id, spec.expires_at, name, **{tags.INDEX: str(index), KIND: REPLICA})
     return clients.ec2.create_volume(SnapshotId=snapshot["SnapshotId"], AvailabilityZone=zone, Encrypted=True,
-                                     Size=volume_size_gb(volume_type, iops, snapshot["VolumeSize"]),
-                                     VolumeType=volume_type, TagSpecifications=tags.tag_specs("volume", run_tags),
-                                     **settings)
+                                     Size=volume_size_gb(kind, iops, snapshot["VolumeSize"]), VolumeType=kind,
+                                     VolumeInitializationRate=settings.initialization_mibps,
+                                     TagSpecifications=tags.tag_specs("volume", run_tags), **performance)
 
 
 def pool_volumes(clients: Clients) -> list[dict]:
@@ -188,8 +216,8 @@ def retire_claimed(clients: Clients) -> list[Resource]:
     return held
 
 
-def move(clients: Clients, spec: ClusterSpec, replicas: list[Resource], zone: str, volume_type: str, iops: int,
-         throughput_mbps: int, parallel: int) -> list[Resource]:
+def move(clients: Clients, spec: ClusterSpec, replicas: list[Resource], zone: str, settings: VolumeSettings,
+         parallel: int) -> list[Resource]:
     """As many replicas, made anew in `zone` from the same snapshot (a volume cannot leave its zone). The run's
     old ones are deleted first, and those it claimed from a pool given back: the run pays for one set and stays
     within its volume quota."""
@@ -200,7 +228,7 @@ def move(clients: Clients, spec: ClusterSpec, replicas: list[Resource], zone: st
         if "pool_index" in replica.details:
             give_back(clients, replica)
     delete(clients, [r.id for r in replicas if "pool_index" not in r.details])
-    return replicate(clients, spec, snapshot, zone, len(replicas), volume_type, iops, throughput_mbps, parallel)
+    return replicate(clients, spec, snapshot, zone, len(replicas), settings, parallel)
 
 
 def replicas(clients: Clients, run_id: str | None) -> list[Resource]:
