@@ -76,6 +76,7 @@ WHERE = {
 }
 OUTCOMES: list[Outcome] = []
 WRITE_DOCS_ENV = "IMAGENET18_WRITE_FAULT_MATRIX"
+COUNTED = (3, 5, 6)  # the table's columns of counts: when killed, left by the run, after cleanup
 
 
 @dataclass(frozen=True)
@@ -325,11 +326,22 @@ def test_the_docs_list_the_fault_matrix_as_this_session_found_it():
     if os.environ.get(WRITE_DOCS_ENV) == "1":
         docs.write_text(render_rows({**committed, **fresh}))
         committed = _rows(docs.read_text())
-    changed = {key: (committed.get(key), row) for key, row in fresh.items() if committed.get(key) != row}
+    changed = {key: (committed.get(key), row) for key, row in fresh.items()
+               if _outcome(committed.get(key)) != _outcome(row)}
     assert not changed, (f"docs/fault-matrix.md differs from this session's runs (committed, fresh): {changed}; "
                          f"rerun with {WRITE_DOCS_ENV}=1 to write them")
     assert set(committed) == {(b, s, d) for b in BACKENDS for s in STAGES for d in DEATHS}, "a row per scenario"
     assert render_rows(committed) == docs.read_text(), "the text around the rows is the test's own"
+
+
+def _outcome(row: str | None) -> tuple[str, ...] | None:
+    """A row's cells, its counts reduced to whether there was anything: how many processes a run has at the moment
+    it is killed (a loader's workers, a command's children) varies from run to run, so the docs' counts are one
+    run's; what must not change is the state, and whether anything was made, left by the run, or left at all."""
+    if row is None:
+        return None
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    return tuple(cell if column not in COUNTED else str(cell not in ("0", "-")) for column, cell in enumerate(cells))
 
 
 def _rows(text: str) -> dict[tuple[str, str, str], str]:
@@ -373,7 +385,8 @@ Resources are counted by asking the world, not the backend (tests/leftovers.py):
 on AWS every simulated service by the run's tag (instances, spot requests, volumes, snapshots, network pieces,
 security groups, key pairs, placement groups, EFS, IAM roles and instance profiles, SSM parameters), the
 commands still running on its machines and its key file. Counted when the run was killed, when its flow run
-ended, and after the cleanup flow.
+ended, and after the cleanup flow. Processes are counted one by one, so a row's counts vary by a few from run to
+run (the test holds each row to its state and to whether anything was there); these are one full run's.
 
 | backend | stage | death | when killed | final state | left by the run | after cleanup | removed by |
 | --- | --- | --- | --- | --- | --- | --- | --- |
