@@ -10,8 +10,9 @@ import fsspec
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.backends.aws import machines
+from tasks.backends.aws import catalog, machines
 from tasks.backends.base import ClusterSpec
+from tests.awssim import gpus
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
 from tests.processes import alive
 
@@ -348,3 +349,34 @@ def test_ec2_quotas_are_answered_by_service_quotas_and_enforced_at_the_launch_no
     assert error_code(launch, ec2) == "VcpuLimitExceeded"
     assert error_code(launch, ec2, InstanceMarketOptions={"MarketType": "spot"}) == "MaxSpotInstanceCountExceeded"
     launch(ec2, "p4d.24xlarge")  # another quota
+
+
+def test_the_project_python_fails_as_torch_does_on_a_gpu_its_build_has_no_kernels_for(aws):
+    """A V100 (sm_70) runs none of the machines' torch build's kernels: its python stops at the first one, with
+    CUDA's error, where an A10G (sm_86) runs it. A command without the project's python runs anywhere."""
+    ec2, ssm = aws.client("ec2"), aws.client("ssm")
+    v100, a10g = launch(ec2, "p3.16xlarge"), launch(ec2, "g5.xlarge")
+    wait_for(lambda: agents_online(ssm, v100, a10g), timeout_s=20)
+    sent = {commands[0]: ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[v100, a10g],
+                                          Parameters={"commands": commands})["Command"]["CommandId"]
+            for commands in (["/opt/imagenet18/.venv/bin/python -c 'print(42)'"], ["echo 42"])}
+    wait_for(lambda: len(aws.played()) == 4 and all(p["exit_code"] is not None for p in aws.played()), timeout_s=30)
+    ran = {(commands, i): ssm.get_command_invocation(CommandId=command, InstanceId=i)
+           for commands, command in sent.items() for i in (v100, a10g)}
+    python, echo = sent
+    assert (ran[python, v100]["Status"], ran[python, v100]["ResponseCode"]) == ("Failed", 1)
+    assert ran[python, v100]["StandardErrorContent"].endswith(
+        "RuntimeError: CUDA error: no kernel image is available for execution on the device\n")
+    assert "sm_70 is not compatible" in ran[python, v100]["StandardErrorContent"]
+    assert [ran[k]["StandardOutputContent"] for k in ((python, a10g), (echo, v100), (echo, a10g))] == ["42\n"] * 3
+
+
+def test_the_simulators_gpus_agree_with_the_catalogue_and_torchs_rule():
+    assert {name: gpus.gpu(name)[1] for name in catalog.INSTANCE_TYPES} == {
+        name: kind.compute_capability for name, kind in catalog.INSTANCE_TYPES.items()}
+    flags = "sm_75 sm_80 sm_86 sm_90"
+    runs = {name: gpus.no_kernel_error(name, flags) is None for name in ("p3.16xlarge", "g4dn.xlarge", "g6.xlarge")}
+    assert runs == {"p3.16xlarge": False, "g4dn.xlarge": True, "g6.xlarge": True}
+    assert gpus.no_kernel_error("p3.16xlarge", "sm_80 compute_70") is None, "PTX runs on newer GPUs"
+    assert gpus.no_kernel_error("p5.48xlarge", "sm_80 sm_86") is not None, "no kernels across a major version"
+    assert gpus.no_kernel_error("p3.16xlarge", "") is None, "a CPU-only build: nothing to check against"

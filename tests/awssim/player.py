@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import access, backends, images
+from . import access, backends, gpus, images
 from .backends import RUN_TAG
 from .initialization import Initializations
 from .rewrite import Rewrite
@@ -23,6 +23,7 @@ from .storage import ContentStore
 from .userdata import UserData, inspect
 
 INSTANCE_ENV = "IMAGENET18_SIM_INSTANCE"  # every process a machine's commands start inherits it
+MACHINE_VENV = "/opt/imagenet18/.venv"  # user-data installs the project, torch with it, there
 # How long after a machine runs its SSM agent registers (a minute or so on AWS): SendCommand refuses it until then.
 AGENT_DELAY_S = float(os.environ.get("AWSSIM_AGENT_DELAY_S", "1"))
 
@@ -91,6 +92,7 @@ class Player:
         self.initializations = Initializations()
 
     def start(self) -> None:
+        threading.Thread(target=gpus.arch_flags, name="awssim-arch-flags", daemon=True).start()  # seconds: early
         threading.Thread(target=self._loop, name="awssim-player", daemon=True).start()
 
     def _loop(self) -> None:
@@ -241,6 +243,12 @@ class Player:
             (folder / "stderr").write_text(f"awssim: instance {instance_id} is not running\n")
             self._finish(played, -1, "Undeliverable")
             return
+        if MACHINE_VENV in script and (error := gpus.no_kernel_error(instance.instance_type)):
+            # The project's python, torch with it, stops at its first CUDA kernel: before it writes anything else.
+            (folder / "stdout").touch()
+            (folder / "stderr").write_text(error)
+            self._finish(played, 1)
+            return
         # As the agent runs AWS-RunShellScript: the commands, one a line, in an executable file that `sh -c` runs
         # (dash on Ubuntu and here), so the kernel honours a #! line and dash runs a script without one.
         data_volume = self._data_volume_id(instance)
@@ -273,7 +281,7 @@ class Player:
         booted = not self._machines[instance.id].user_data.boot_failed
         paths = {
             # A machine whose boot failed has no venv: its commands find no python there, as on a real one.
-            "/opt/imagenet18/.venv": sys.prefix if booted else str(scratch / "no-venv"),
+            MACHINE_VENV: sys.prefix if booted else str(scratch / "no-venv"),
             "/opt/imagenet18": str(self.repo),
             "/mnt/data": str(self._data_volume(instance) or scratch / "mnt-data"),
             "/mnt/efs": str(self._efs(run, account, region) or scratch / "mnt-efs"),
