@@ -167,7 +167,7 @@ def test_replicas_have_a_delete_path(aws, snapshot, tmp_path):
     volume = aws.client("ec2").describe_volumes(VolumeIds=[made[0].id])["Volumes"][0]
     assert volume["VolumeType"] == "gp3" and volume["Iops"] == 3000 and volume["SnapshotId"] == snapshot
     assert sorted(r.id for r in backend.delete_replicas("pool")) == sorted(r.id for r in made)
-    assert backend.resources("pool") == []
+    assert aws_leftovers(aws, "pool") == {}
 
 
 def test_replicas_are_returned_initialized_at_the_rate_asked(aws, snapshot, tmp_path):
