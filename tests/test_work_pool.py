@@ -1,5 +1,5 @@
-"""The README's work-pool commands as written: a real `prefect server`, then each line of the README's block in
-order (`prefect work-pool create`, `prefect deploy --all` in the repository root, a worker started in another
+"""The work-pool commands of docs/deployments.md as written: a real `prefect server`, then each line of the page's
+block in order (`prefect work-pool create`, `prefect deploy --all` in the repository root, a worker started in another
 folder, `prefect deployment run`), as a user in a terminal would type them."""
 
 import os
@@ -18,19 +18,19 @@ from tests.prefect_server import BIN, assert_backend_lines_in_run_log, assert_no
 from tests.processes import with_environment
 
 ROOT = Path(__file__).resolve().parents[1]
-ONE_EPOCH = ("--param", "epochs=1")  # added to the README's run: the suite's time budget
+ONE_EPOCH = ("--param", "epochs=1")  # added to the page's run: the suite's time budget
 
 
-def readme_work_pool_commands() -> list[list[str]]:
-    """The commands of the README's code block that deploys (`prefect deploy`), comments dropped."""
-    blocks = re.findall(r"^```bash\n(.*?)^```", (ROOT / "README.md").read_text(), re.M | re.S)
+def documented_work_pool_commands() -> list[list[str]]:
+    """The commands of docs/deployments.md's code block that deploys (`prefect deploy`), comments dropped."""
+    blocks = re.findall(r"^```bash\n(.*?)^```", (ROOT / "docs" / "deployments.md").read_text(), re.M | re.S)
     block = next(block for block in blocks if re.search(r"^prefect deploy\b", block, re.M))
     return [words for line in block.splitlines() if (words := shlex.split(line, comments=True))]
 
 
 @pytest.fixture(scope="module")
 def work_pool(tmp_path_factory):
-    """A server, and the README's block run against it; yields the environment and the flow run it started."""
+    """A server, and the page's block run against it; yields the environment and the flow run it started."""
     home = tmp_path_factory.mktemp("work-pool")
     imagenet18_home = str(home / "imagenet18")
     with prefect_server(home) as server, ExitStack() as running, \
@@ -40,7 +40,7 @@ def work_pool(tmp_path_factory):
         env = {name: value for name, value in server.items() if not name.startswith("PREFECT_LOGGING_")}
         env.update(IMAGENET18_HOME=imagenet18_home, PREFECT_CLI_PROMPT="true", PREFECT_WORKER_QUERY_SECONDS="2")
         flow_run_id = None
-        for command in readme_work_pool_commands():
+        for command in documented_work_pool_commands():
             if command[0] == "export":
                 env.update(assignment.split("=", 1) for assignment in command[1:])
                 env["PREFECT_API_URL"] = server["PREFECT_API_URL"]  # this test's server, not one on 4200
@@ -53,7 +53,7 @@ def work_pool(tmp_path_factory):
                 assert command[0] == "prefect", f"the test does not run {shlex.join(command)}"
                 done = prefect_cli(env, *command[1:], cwd=ROOT)
                 assert done.returncode == 0, f"{shlex.join(command)}:\n{done.stdout}{done.stderr}"
-        assert flow_run_id, "the README's block starts a run"
+        assert flow_run_id, "the page's block starts a run"
         yield {"env": env, "flow_run_id": flow_run_id, "logs": [home / "worker.log", home / "server.log"]}
     left = with_environment("IMAGENET18_HOME", imagenet18_home)
     for pid in left:
@@ -70,7 +70,7 @@ def test_the_deployments_are_in_the_work_pool_and_cleanup_keeps_its_schedule(wor
     assert not deployments["full"].schedules and not deployments["replicate"].schedules
 
 
-def test_the_readme_run_completes_with_no_traceback_in_any_log(work_pool):
+def test_the_documented_run_completes_with_no_traceback_in_any_log(work_pool):
     state = final_state(work_pool["flow_run_id"], 600)
     assert state.is_completed(), state.message
     assert_no_traceback(*work_pool["logs"])
