@@ -29,8 +29,8 @@ from tasks.backends.base import BackendError, InputError
 from tasks.parameters import BackendName, MachineCount, RunParameters
 
 MACHINE_COUNTS = get_args(MachineCount)
-SET_OTHERWISE = {"dry_run": "the plan command", "aws": "the aws backend's options"}
-CLI_DEFAULTS = {"machines": None}  # None: 16 on aws, the seed's; the model's 2 on the local backend
+SET_OTHERWISE = {"dry_run", "aws"}  # by the plan command, and by the aws backend's options
+CLI_DEFAULTS = {"machines": None}  # not given: 16 on aws (the seed's), else the model's 2 (_flow_parameters)
 PREFECT_ENVIRONMENT = {
     "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # the backends' own logs (AWS retries, capacity moves) reach the flow run's log in the UI too
@@ -38,8 +38,8 @@ PREFECT_ENVIRONMENT = {
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
-    """An option for each of RunParameters' fields but those another way sets: their names, types, choices and
-    constraints are the model's, and their help its descriptions."""
+    """An option for each of RunParameters' fields but those set another way, with the field's name, type,
+    choices (a Literal's) and default, and its description as help; its constraints apply as the model is made."""
     for name, field in RunParameters.model_fields.items():
         if name in SET_OTHERWISE:
             continue
@@ -47,12 +47,10 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         value_type = _option_type(field.annotation)
         if value_type is bool:
             parser.add_argument(flag, action="store_true", help=help_text)
-        elif get_origin(value_type) is Literal:
-            choices = get_args(value_type)
-            parser.add_argument(flag, type=type(choices[0]), choices=choices, help=help_text,
-                                default=CLI_DEFAULTS.get(name, field.default))
-        else:
-            parser.add_argument(flag, type=value_type, help=help_text, default=CLI_DEFAULTS.get(name, field.default))
+            continue
+        choices = get_args(value_type) if get_origin(value_type) is Literal else None
+        parser.add_argument(flag, type=type(choices[0]) if choices else value_type, choices=choices, help=help_text,
+                            default=CLI_DEFAULTS.get(name, field.default))
     _aws_options(parser)
 
 
