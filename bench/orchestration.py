@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.parameters import demo_dataset_root  # noqa: E402
+from tasks.parameters import demo_dataset_root  # noqa: E402
 from tasks.backends.local import default_home  # noqa: E402
 from tests.prefect_server import prefect_server  # noqa: E402
 
@@ -42,8 +42,8 @@ def time_flow(machines: int, schedule: str, env: dict[str, str] | None) -> tuple
     runs = default_home() / "runs"
     before = set(runs.iterdir()) if runs.is_dir() else set()
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "flows.cli", "demo", "--machines", str(machines), "--schedule", schedule],
-                   check=True, stdout=subprocess.DEVNULL, env=env)
+    subprocess.run([sys.executable, "-m", "deployments.cli", "demo", "--machines", str(machines),
+                    "--schedule", schedule], check=True, stdout=subprocess.DEVNULL, env=env)
     wall = time.perf_counter() - start
     [folder] = set(runs.iterdir()) - before
     return wall, training_clock(folder / "metrics.jsonl")

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, wait
 from prefect.logging.loggers import flow_run_logger
 from prefect.runtime import flow_run as current_run
 
-from flows.parameters import BackendName, MachineCount, RunParameters
 from tasks import stages
 from tasks.artifacts import close_outbox
 from tasks.backends import get_backend
 from tasks.backends.aws.options import AwsOptions
 from tasks.extra_loggers import extra_loggers_at_prefect_level
+from tasks.parameters import RunParameters, with_run_parameters
 
 HOOK_TEARDOWN_ATTEMPTS = 4  # as the teardown task: one try and three retries
 HOOK_RETRY_SECONDS = 5.0
@@ -57,18 +57,11 @@ def _teardown_hook(flow, flow_run, state) -> None:  # noqa: ARG001 - a served ru
 
 
 @flow(name="imagenet18", flow_run_name=_run_name, on_cancellation=[_teardown_hook], on_crashed=[_teardown_hook])
-def imagenet18(machines: MachineCount = 2, backend: BackendName = "local", spot: bool = False,
-               instance_type: str | None = None, dataset: str | None = None, schedule: str | None = None,
-               target: float | None = None, target_metric: Literal["top1", "top5"] | None = None,
-               epochs: int | None = None, compile: bool = False,
-               budget_usd: float | None = None, max_hours: float = 2.0, dry_run: bool = False,
-               restarts: int = 2, hang_minutes: float = 10.0, aws: AwsOptions | None = None) -> dict:
+@with_run_parameters
+def imagenet18(**options: Any) -> dict:
     """Train ResNet-50 the imagenet18 way on `machines` machines, then tear everything down."""
     extra_loggers_at_prefect_level()
-    params = RunParameters(machines=machines, backend=backend, spot=spot, instance_type=instance_type,
-                           dataset=dataset, schedule=schedule, target=target, target_metric=target_metric,
-                           epochs=epochs, compile=compile, budget_usd=budget_usd, max_hours=max_hours, dry_run=dry_run,
-                           restarts=restarts, hang_minutes=hang_minutes, aws=aws)
+    params = RunParameters(**options)
     run_id, run_name = str(current_run.id), current_run.name
     try:
         return _plan_and_train(params, run_id, run_name)

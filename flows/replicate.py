@@ -9,12 +9,12 @@ import datetime as dt
 
 from prefect import flow, get_run_logger
 
-from flows.parameters import BackendName, RunParameters
-from tasks.planning import ensure_demo_dataset
 from tasks.backends import get_backend
 from tasks.backends.aws.options import AwsOptions
 from tasks.backends.base import POOL_OWNER, ClusterSpec
 from tasks.extra_loggers import extra_loggers_at_prefect_level
+from tasks.parameters import BackendName, RunParameters
+from tasks.planning import ensure_demo_dataset
 
 
 @flow(name="imagenet18-replicate")

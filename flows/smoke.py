@@ -19,12 +19,12 @@ from pathlib import Path
 
 import fsspec
 
-from flows.parameters import demo_dataset_root
 from tasks.backends.aws import AwsBackend, AwsOptions, catalog, doctor, quotas, storage
 from tasks.backends.aws.clients import error_code
 from tasks.backends.aws.snapshots import BUILDER_USD_PER_HOUR, dataset_size_gb, make_snapshot
 from tasks.backends.base import ClusterSpec, InputError
 from tasks.backends.local import default_home
+from tasks.parameters import demo_dataset_root
 from tasks.planning import ensure_demo_dataset, load_schedule
 from trainer.schedule import ScheduleError
 

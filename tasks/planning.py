@@ -8,9 +8,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.parameters import RunParameters, demo_dataset_root
-from tasks.backends import backend_for
-from tasks.backends.base import ClusterSpec, CostPlan, InputError
+from tasks.backends import get_backend
+from tasks.backends.base import Backend, ClusterSpec, CostPlan, InputError
+from tasks.parameters import RunParameters, demo_dataset_root
 from trainer import recipe
 from trainer import schedule as schedules
 from trainer.demo_data import demo_dataset_ready, make_demo_dataset
@@ -55,6 +55,10 @@ def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
     epochs = min(plan_schedule.epochs, params.epochs or plan_schedule.epochs)
     return RunPlan(params, spec, params.resolved_dataset, params.resolved_schedule, epochs, cost,
                    plan_schedule.reference_minutes, reads)
+
+
+def backend_for(params: RunParameters) -> Backend:
+    return get_backend(params.backend, params.aws)
 
 
 def load_schedule(name: str, dataset: str, processes: int) -> schedules.Schedule:

@@ -7,8 +7,8 @@ import base64
 
 from prefect.artifacts import MarkdownArtifact, TableArtifact
 
-from flows.parameters import RunParameters
 from tasks.artifacts import Progress, outbox
+from tasks.parameters import RunParameters
 from tasks.planning import RunPlan
 
 PLAN_KEY, PROGRESS_KEY, EPOCHS_KEY, SUMMARY_KEY = ("imagenet18-plan", "imagenet18-progress", "imagenet18-epochs",

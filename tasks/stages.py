@@ -13,12 +13,11 @@ import fsspec
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.parameters import RunParameters
-from tasks.backends import backend_for
 from tasks.backends.aws.options import AwsOptions
 from tasks.backends.base import Cluster, InputError, JobStatus, Resource
 from tasks.curves import curves_png  # matplotlib: half a second, imported while the command's API server starts
-from tasks.planning import RunPlan, plan_run
+from tasks.parameters import RunParameters
+from tasks.planning import RunPlan, backend_for, plan_run
 from tasks.progress import ProgressWatch
 from tasks.relay import MetricsRelay, Relay, trainer_error
 from tasks.reports import DatasetProgress, TrainingProgress, publish_epochs, publish_plan, publish_summary
@@ -197,14 +196,7 @@ def trainer_command(plan: RunPlan, cluster: Cluster, machine: int, port: int) ->
                "--heartbeat-seconds", "5", "--cache-dir", f"{cluster.node_storage}/cache"]
     if cluster.storage != cluster.node_storage:  # checkpoints where the orchestrator and new machines find them
         command += ["--checkpoint-dir", f"{cluster.storage}/checkpoints"]
-    if plan.params.target is not None:
-        command += ["--target", str(plan.params.target)]
-    if plan.params.target_metric:
-        command += ["--target-metric", plan.params.target_metric]
-    if plan.params.epochs:
-        command += ["--epochs", str(plan.params.epochs)]
-    if plan.params.compile:
-        command.append("--compile")
+    command += plan.params.trainer_flags()
     if local:
         command += ["--threads", str(_threads_per_machine(len(cluster.machines)))]
     return command

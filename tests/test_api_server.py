@@ -1,4 +1,4 @@
-"""The Prefect API that `imagenet18` starts for its flow runs when none is configured (flows/api_server.py): real
+"""The Prefect API that `imagenet18` starts for its flow runs when none is configured (deployments/api_server.py): real
 commands, a real server, and nothing of it left behind."""
 
 import os
@@ -62,7 +62,7 @@ def test_a_server_that_cannot_start_is_one_clear_error(tmp_path, tiny_data):
 
 
 def test_the_server_dies_with_a_command_that_is_killed(tmp_path):
-    script = ("import time\nfrom flows.api_server import TemporaryAPI\n"
+    script = ("import time\nfrom deployments.api_server import TemporaryAPI\n"
               "print(TemporaryAPI().process.pid, flush=True)\ntime.sleep(300)")
     command = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO,
                                env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")})

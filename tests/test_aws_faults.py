@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from botocore.exceptions import ClientError
 
-from flows.cli import _aws, parser
+from deployments.cli import _aws, parser
 from tasks.backends.aws import AwsBackend, AwsOptions, machines, tags, volumes
 from tasks.backends.base import BackendError, InputError
 from tests.leftovers import aws_leftovers

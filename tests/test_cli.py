@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flows import cli
-from flows.parameters import RunParameters
+from deployments import cli
+from tasks.parameters import RunParameters
 from tasks import stages
 from tasks.backends.base import Cluster, Machine
 from tasks.planning import plan_run
@@ -49,7 +49,7 @@ def test_machine_counts_are_the_seeds():
 
 BACKEND_LOG_SCRIPT = """
 import logging, os
-from flows.cli import PREFECT_ENVIRONMENT
+from deployments.cli import PREFECT_ENVIRONMENT
 for name, value in PREFECT_ENVIRONMENT.items():  # as `imagenet18` sets them, before Prefect is imported
     os.environ.setdefault(name, value)
 from prefect import flow, task

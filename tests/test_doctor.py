@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from flows import cli
+from deployments import cli
 from tests.leftovers import aws_names, aws_resources
 from tests.test_aws import AMI, delete_default_vpc, users_subnet
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.parameters import RunParameters
+from tasks.parameters import RunParameters
 from tasks import stages
 from tasks.backends.base import ClusterSpec
 from tasks.backends.local import LocalBackend, LocalGpus

@@ -21,7 +21,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ParameterTypeError
 from prefect.settings import PREFECT_API_URL
 
-from flows import cli
+from deployments import cli
 from flows.cleanup import cleanup
 from flows.imagenet18 import imagenet18
 from flows.replicate import replicate

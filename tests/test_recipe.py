@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from flows.parameters import RunParameters
+from tasks.parameters import RunParameters
 from tasks.backends.base import InputError
 from tasks.planning import plan_run
 from tests.trainer_runs import run, train_command

@@ -5,7 +5,7 @@ reports so."""
 import fsspec
 import pytest
 
-from flows import cli
+from deployments import cli
 from flows.smoke import NotReady, plan_smoke, run_smoke
 from tasks.backends.base import InputError
 from tests.leftovers import aws_names, aws_resources

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from flows.cli import main
-from flows.tensorboard_command import open_session, select_run
+from deployments.cli import main
+from tasks.tensorboard import open_session, select_run
 from tasks.backends.aws import tags
 from tasks.backends.aws import tensorboard as remote
 from tasks.backends.aws.clients import Clients
@@ -194,7 +194,7 @@ class Output:
 @contextmanager
 def command(args: list[str], env: dict[str, str]) -> Iterator[tuple[subprocess.Popen, Output]]:
     """`imagenet18 ARGS` running; whatever of it is left at the end is killed, children first."""
-    process = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, text=True,
+    process = subprocess.Popen([sys.executable, "-m", "deployments.cli", *args], cwd=REPO, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         yield process, Output(process)

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 from tasks.backends.base import Backend, InputError
 
 if TYPE_CHECKING:
-    from flows.parameters import RunParameters
     from tasks.backends.aws.options import AwsOptions
 
 BACKENDS = ("local", "aws")
@@ -23,7 +22,3 @@ def get_backend(name: str, aws: AwsOptions | None = None) -> Backend:
 
         return AwsBackend(aws)
     raise InputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
-
-
-def backend_for(params: RunParameters) -> Backend:
-    return get_backend(params.backend, params.aws)

@@ -18,14 +18,19 @@ import argparse
 import os
 import sys
 from contextlib import nullcontext
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin
 
 import httpx
 from pydantic import ValidationError
 
-from flows.api_server import APIServerError, api_for_flows
+from deployments.api_server import APIServerError, api_for_flows
 from tasks.backends.base import BackendError, InputError
+from tasks.parameters import BackendName, MachineCount, RunParameters
 
-MACHINE_COUNTS = (1, 2, 4, 8, 16)
+MACHINE_COUNTS = get_args(MachineCount)
+SET_OTHERWISE = {"dry_run", "aws"}  # by the plan command, and by the aws backend's options
+CLI_DEFAULTS = {"machines": None}  # not given: 16 on aws (the seed's), else the model's 2 (_flow_parameters)
 PREFECT_ENVIRONMENT = {
     "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # the backends' own logs (AWS retries, capacity moves) reach the flow run's log in the UI too
@@ -33,26 +38,29 @@ PREFECT_ENVIRONMENT = {
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--machines", type=int, choices=MACHINE_COUNTS,
-                        help="default: 16 on aws (the seed's), 2 on the local backend")
-    parser.add_argument("--backend", choices=("local", "aws"), default="local")
-    parser.add_argument("--spot", action="store_true", help="spot instances (cloud backends)")
-    parser.add_argument("--instance-type")
-    parser.add_argument("--dataset", help="folder, fsspec URL or snapshot (default: the demo dataset)")
-    parser.add_argument("--schedule", help="name or .toml file (default: seed-N on aws; locally cpu-demo on the demo "
-                        "dataset, auto, derived from the data, on another)")
-    parser.add_argument("--target", type=float)
-    parser.add_argument("--target-metric", choices=("top1", "top5"))
-    parser.add_argument("--epochs", type=int, help="stop after this many epochs")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the training step (faster on GPUs after a minute's compile per image size)")
-    parser.add_argument("--budget-usd", type=float, help="refuse to start when the plan costs more")
-    parser.add_argument("--max-hours", type=float, default=2.0)
-    parser.add_argument("--restarts", type=int, default=2,
-                        help="replace lost machines and resume from the last checkpoint at most this often")
-    parser.add_argument("--hang-minutes", type=float, default=10.0,
-                        help="restart when a node's heartbeat has not changed for this long")
+    """An option for each of RunParameters' fields but those set another way, with the field's name, type,
+    choices (a Literal's) and default, and its description as help; its constraints apply as the model is made."""
+    for name, field in RunParameters.model_fields.items():
+        if name in SET_OTHERWISE:
+            continue
+        flag, help_text = f"--{name.replace('_', '-')}", field.description.replace("%", "%%")
+        value_type = _option_type(field.annotation)
+        if value_type is bool:
+            parser.add_argument(flag, action="store_true", help=help_text)
+            continue
+        choices = get_args(value_type) if get_origin(value_type) is Literal else None
+        parser.add_argument(flag, type=type(choices[0]) if choices else value_type, choices=choices, help=help_text,
+                            default=CLI_DEFAULTS.get(name, field.default))
     _aws_options(parser)
+
+
+def _option_type(annotation: object) -> object:
+    """`X | None` is X: an option not given is None."""
+    if get_origin(annotation) in (Union, UnionType):
+        given = [arg for arg in get_args(annotation) if arg is not type(None)]
+        assert len(given) == 1, f"no CLI option for a union of {given}"
+        return given[0]
+    return annotation
 
 
 def _aws_options(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +101,7 @@ def parser() -> argparse.ArgumentParser:
     _run_options(sub.add_parser("plan", help="validate and price a run; create nothing"))
     replicate = sub.add_parser("replicate", help="make or delete dataset replicas")
     replicate.add_argument("--replicas", type=int, default=16)
-    replicate.add_argument("--backend", choices=("local", "aws"), default="local")
+    replicate.add_argument("--backend", choices=get_args(BackendName), default="local")
     replicate.add_argument("--dataset")
     replicate.add_argument("--keep-hours", type=float, default=24.0)
     replicate.add_argument("--delete", action="store_true")
@@ -127,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
     tensorboard.add_argument("--run", help="one run: its folder, name or a prefix of its id (default: all runs)")
     tensorboard.add_argument("--logdir", help="a folder or fsspec URL (s3://...) of runs (default: the backend's)")
     tensorboard.add_argument("--port", type=int, help="the local port (default: 6006, or the next free one)")
-    tensorboard.add_argument("--backend", choices=("local", "aws"), default="local")
+    tensorboard.add_argument("--backend", choices=get_args(BackendName), default="local")
     tensorboard.add_argument("--via", choices=("bucket", "head"), default="bucket",
                              help="aws: read s3://<bucket>/runs/ from here (bucket), or serve the run's EFS folder "
                                   "on its machine 0 through an SSM or ssh port forward (head)")
@@ -163,16 +171,13 @@ def _one_line(exc: Exception) -> str:
 
 
 def _flow_parameters(args: argparse.Namespace, dry_run: bool) -> dict:
-    return {"machines": args.machines or (16 if args.backend == "aws" else 2), "backend": args.backend,
-            "spot": args.spot, "instance_type": args.instance_type, "dataset": args.dataset, "schedule": args.schedule,
-            "target": args.target, "target_metric": args.target_metric, "epochs": args.epochs,
-            "compile": args.compile, "budget_usd": args.budget_usd, "max_hours": args.max_hours, "dry_run": dry_run,
-            "restarts": args.restarts, "hang_minutes": args.hang_minutes, "aws": _aws(args)}
+    given = {name: getattr(args, name) for name in RunParameters.model_fields if name not in SET_OTHERWISE}
+    return {**given, "machines": args.machines or (16 if args.backend == "aws" else 2), "dry_run": dry_run,
+            "aws": _aws(args)}
 
 
 def _run(args: argparse.Namespace) -> int:
     from flows.imagenet18 import imagenet18
-    from flows.parameters import RunParameters
     from tasks.planning import plan_run
     from tasks.stages import TrainingError
 
@@ -258,7 +263,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _tensorboard(args: argparse.Namespace) -> int:
     import shlex
 
-    from flows.tensorboard_command import interrupt_on_termination, open_session
+    from tasks.tensorboard import interrupt_on_termination, open_session
 
     interrupt_on_termination()
     try:

@@ -1,0 +1,72 @@
+"""RunParameters is the one declaration of a run's options: the flow's keyword parameters (what Prefect's form,
+schema and validation read), the CLI's options and the trainer's flags are derived from its fields."""
+
+import inspect
+import typing
+
+import pytest
+from prefect.exceptions import ParameterTypeError
+
+from deployments import cli
+from flows.imagenet18 import imagenet18
+from tasks.parameters import TRAINER, RunParameters
+from trainer import cli as trainer_cli
+
+FIELDS = RunParameters.model_fields
+
+
+def test_the_flows_keyword_parameters_are_the_models_fields():
+    parameters = inspect.signature(imagenet18).parameters
+    assert list(parameters) == list(FIELDS)
+    assert {name: p.default for name, p in parameters.items()} == {name: f.default for name, f in FIELDS.items()}
+
+
+def test_prefects_schema_has_each_fields_description_and_constraints():
+    schema = imagenet18.parameters.model_dump()["properties"]
+    assert {name: schema[name].get("description") for name in FIELDS} == \
+        {name: field.description for name, field in FIELDS.items()}
+    assert (schema["max_hours"]["exclusiveMinimum"], schema["max_hours"]["maximum"]) == (0, 72)
+    assert schema["machines"]["enum"] == [1, 2, 4, 8, 16]
+
+
+@pytest.mark.parametrize("parameters,message", [
+    ({"max_hours": 0}, "max_hours: Input should be greater than 0"),
+    ({"target": 101}, "target: Input should be less than or equal to 100"),
+    ({"restarts": -1}, "restarts: Input should be greater than or equal to 0"),
+    ({"backend": "gcp"}, "backend: Input should be 'local' or 'aws'"),
+])
+def test_prefect_validates_a_runs_parameters_by_the_models_constraints(parameters, message):
+    with pytest.raises(ParameterTypeError, match=message):
+        imagenet18.validate_parameters(parameters)
+
+
+def test_prefect_takes_the_parameters_a_deployment_run_passes():
+    validated = imagenet18.validate_parameters({"machines": 16, "backend": "aws", "aws": {"region": "us-west-2"}})
+    assert RunParameters(**validated) == RunParameters(machines=16, backend="aws", aws={"region": "us-west-2"})
+
+
+def _a_value_other_than_the_default(name: str) -> list[str]:
+    annotation = FIELDS[name].annotation
+    if annotation is bool:
+        return []
+    choices = [c for c in typing.get_args(cli._option_type(annotation)) if c != FIELDS[name].default]
+    if choices:
+        return [str(choices[-1])]
+    return [{int: "3", float: "1.5", str: "x"}[cli._option_type(annotation)]]
+
+
+@pytest.mark.parametrize("name", [name for name in FIELDS if name not in cli.SET_OTHERWISE])
+def test_each_option_is_a_cli_option_that_reaches_the_model(name):
+    flag = f"--{name.replace('_', '-')}"
+    args = cli.parser().parse_args(["run", flag, *_a_value_other_than_the_default(name)])
+    given = RunParameters(**cli._flow_parameters(args, dry_run=False))
+    assert getattr(given, name) != FIELDS[name].default
+    assert getattr(given, name) == getattr(args, name)
+
+
+def test_the_options_marked_for_the_trainer_reach_its_command_line():
+    params = RunParameters(target=50.0, target_metric="top1", epochs=3, compile=True)
+    marked = {name for name, field in FIELDS.items() if TRAINER in field.metadata}
+    trainer_args = trainer_cli.parser().parse_args(["train", "/data", *params.trainer_flags()])
+    assert {name: getattr(trainer_args, name) for name in marked} == {name: getattr(params, name) for name in marked}
+    assert RunParameters().trainer_flags() == []
