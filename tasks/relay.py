@@ -6,13 +6,14 @@ after a pause from where the last one ended, so the flow's log catches up; train
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterator
 
 from tasks.backends.base import Backend, Cluster
 from trainer.console import WARNING_PREFIX
+from trainer.records import METRICS_FILE, EndRecord, EpochRecord, Record, RecordError, TargetRecord, WandbRecord, \
+    read_record
 from trainer.side_path import SidePath
 
 # torchrun and Python's own ways of saying something went wrong; "[rank1]: " prefixes are kept
@@ -52,46 +53,46 @@ class MetricsRelay:
 
     def __init__(self) -> None:
         self.offset = 0
-        self.epochs: list[dict] = []  # in the order they were written; a resumed epoch appears twice
-        self.wandb: dict | None = None
+        self.epochs: list[EpochRecord] = []  # in the order they were written; a resumed epoch appears twice
+        self.wandb: WandbRecord | None = None
 
-    def poll(self, backend: Backend, cluster: Cluster, logger: logging.Logger) -> list[dict]:
+    def poll(self, backend: Backend, cluster: Cluster, logger: logging.Logger) -> list[EpochRecord]:
         """New epoch records since the last poll, after logging what else is news."""
-        lines, size = _complete_lines(backend.read_storage(cluster, "metrics.jsonl", self.offset))
+        lines, size = _complete_lines(backend.read_storage(cluster, METRICS_FILE, self.offset))
         self.offset += size
         new_epochs = []
         for record in self._records(lines, logger):
-            if record["type"] == "epoch":
+            if isinstance(record, EpochRecord):
                 new_epochs.append(record)
-            elif record["type"] == "target":
-                logger.info("reached %s %.3f >= %.1f at epoch %d after %.5f hours", record["metric"],
-                            record["value"], record["target"], record["epoch"], record["hours"])
-            elif record["type"] == "wandb":
-                self.wandb = {key: record.get(key) for key in ("status", "url", "dir", "reason")}
-                _log_wandb(self.wandb, logger)
-            elif record["type"] == "end" and record.get("status") == "failed":
-                logger.error("the trainer failed: %s", record.get("error"))
+            elif isinstance(record, TargetRecord):
+                logger.info("reached %s %.3f >= %.1f at epoch %d after %.5f hours", record.metric, record.value,
+                            record.target, record.epoch, record.hours)
+            elif isinstance(record, WandbRecord):
+                self.wandb = record
+                _log_wandb(record, logger)
+            elif isinstance(record, EndRecord) and record.status == "failed":
+                logger.error("the trainer failed: %s", record.error)
         self.epochs += new_epochs
         return new_epochs
 
     @staticmethod
-    def _records(lines: list[str], logger: logging.Logger) -> Iterator[dict]:
+    def _records(lines: list[str], logger: logging.Logger) -> Iterator[Record]:
         for line in lines:
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:  # a line torn by a node killed mid-write
-                logger.warning("skipping an unreadable metrics line: %.200s", line)
+                yield read_record(line)
+            except RecordError as exc:  # a line torn by a node killed mid-write, or a trainer of another version
+                logger.warning("skipping a metrics line: %s", exc)
 
 
-def _log_wandb(wandb: dict, logger: logging.Logger) -> None:
-    if not wandb["reason"]:
-        logger.info("wandb run: %s", wandb["url"] or f"offline, in {wandb['dir']}")
-    elif wandb["status"] == "offline":
+def _log_wandb(wandb: WandbRecord, logger: logging.Logger) -> None:
+    if not wandb.reason:
+        logger.info("wandb run: %s", wandb.url or f"offline, in {wandb.dir}")
+    elif wandb.status == "offline":
         logger.warning("wandb on machine 0: %s; the run goes on with wandb offline, in %s (`wandb sync` uploads it "
-                       "later)", wandb["reason"], wandb["dir"])
+                       "later)", wandb.reason, wandb.dir)
     else:
         logger.warning("wandb on machine 0: %s; wandb is off for the rest of the run (what it wrote: %s)",
-                       wandb["reason"], wandb["dir"])
+                       wandb.reason, wandb.dir)
 
 
 class MachineLogs:
@@ -133,7 +134,7 @@ class Relay:
         self.machine_logs, self.metrics, self.logger = MachineLogs(job, machines), metrics, logger
         self.side_path = SidePath("reading the machines' logs and metrics from the run's storage", logger)
 
-    def poll(self, backend: Backend, cluster: Cluster, force: bool = False) -> list[dict]:
+    def poll(self, backend: Backend, cluster: Cluster, force: bool = False) -> list[EpochRecord]:
         """New epoch records since the last poll that read them; none while reading fails or waits to be retried.
         `force`: read now, whatever the pause (the run ended: what was missed is caught up now or never)."""
         if not (force or self.side_path.due()):

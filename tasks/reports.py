@@ -10,6 +10,7 @@ from prefect.artifacts import MarkdownArtifact, TableArtifact
 from tasks.artifacts import Progress, outbox
 from tasks.parameters import RunParameters
 from tasks.planning import RunPlan
+from trainer.records import Epoch
 
 PLAN_KEY, PROGRESS_KEY, EPOCHS_KEY, SUMMARY_KEY = ("imagenet18-plan", "imagenet18-progress", "imagenet18-epochs",
                                                    "imagenet18-summary")
@@ -54,11 +55,11 @@ class TrainingProgress:
         self.artifact = Progress(PROGRESS_KEY, 0.0, description)
         outbox().progress(self.artifact, 0.0, description)
 
-    def epoch_ended(self, record: dict) -> None:
-        self.done = max(self.done, record["epoch"] + 1)  # a resumed epoch does not move it back
+    def epoch_ended(self, record: Epoch) -> None:
+        self.done = max(self.done, record.epoch + 1)  # a resumed epoch does not move it back
         outbox().progress(self.artifact, min(100.0, 100.0 * self.done / self.epochs),
-                          f"{self.run_name}: epoch {self.done} of {self.epochs}, top-1 {record['top1']:.1f}%, "
-                          f"top-5 {record['top5']:.1f}%")
+                          f"{self.run_name}: epoch {self.done} of {self.epochs}, top-1 {record.top1:.1f}%, "
+                          f"top-5 {record.top5:.1f}%")
 
     def finished(self, epochs: int, top1: float) -> None:
         """Training ended; a run that stopped at its target before the schedule's last epoch is done too."""
@@ -78,13 +79,13 @@ class DatasetProgress:
         outbox().progress(self.artifact, 100.0 * done / total, description)
 
 
-def epoch_rows(epochs: list[dict]) -> list[dict]:
-    return [{"epoch": e["epoch"], "hours": round(e["hours"], 5), "image size": e["size"],
-             "global batch": e["global_batch"], "lr": round(e["lr"], 6), "train loss": round(e["train_loss"], 4),
-             "top-1": round(e["top1"], 3), "top-5": round(e["top5"], 3)} for e in epochs]
+def epoch_rows(epochs: list[Epoch]) -> list[dict]:
+    return [{"epoch": e.epoch, "hours": round(e.hours, 5), "image size": e.size, "global batch": e.global_batch,
+             "lr": round(e.lr, 6), "train loss": round(e.train_loss, 4), "top-1": round(e.top1, 3),
+             "top-5": round(e.top5, 3)} for e in epochs]
 
 
-def publish_epochs(run_name: str, epochs: list[dict]) -> None:
+def publish_epochs(run_name: str, epochs: list[Epoch]) -> None:
     outbox().send(TableArtifact(table=epoch_rows(epochs), key=EPOCHS_KEY, description=f"{run_name}: one row per epoch"))
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import socket
-import tempfile
 import time
+from dataclasses import dataclass
 
 import fsspec
 from prefect import get_run_logger, task
@@ -21,6 +19,7 @@ from tasks.planning import RunPlan, backend_for, plan_run
 from tasks.progress import ProgressWatch
 from tasks.relay import MetricsRelay, Relay, trainer_error
 from tasks.reports import DatasetProgress, TrainingProgress, publish_epochs, publish_plan, publish_summary
+from trainer.records import SUMMARY_FILE, Epoch, RunSummary, WandbRecord
 
 TRAIN_JOB = "train"
 LOG_TAIL_BYTES = 65536  # where a failed trainer's error line and last traceback are
@@ -34,6 +33,15 @@ def _not_bad_input(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's r
 class TrainingError(RuntimeError):
     """Training failed on the machines; the message is the cause in one line (the trainer's own, where it gave
     one), the machines' logs hold the rest."""
+
+
+@dataclass
+class Trained:
+    """What training left: the trainer's summary, and what the pipeline saw happen to the run."""
+    summary: RunSummary
+    restarts: list[dict]
+    epochs_redone: int  # epochs trained twice: after a restart, those since the last checkpoint
+    wandb: WandbRecord | None
 
 
 @task(name="validate-and-plan", cache_policy=NO_CACHE)
@@ -96,11 +104,10 @@ def provision_cluster(plan: RunPlan, replicas: list[Resource], prepared: object)
 
 # Not retried: a second launch would start training over; recovery resumes from checkpoints instead.
 @task(name="train", cache_policy=NO_CACHE)
-def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[dict, Cluster]:
+def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[Trained, Cluster]:
     """Launch, relay progress, and when machines are lost (a spot interruption, a killed node) or hung (no new
     heartbeat for `hang_minutes`), replace what is gone and resume every node from the last checkpoint, at
-    most `restarts` times. Returns the trainer's summary,
-    with the restarts in it, and the cluster as it ended."""
+    most `restarts` times. Returns the trainer's summary with the restarts, and the cluster as it ended."""
     backend = backend_for(plan.params)
     logger = get_run_logger()
     job, restarts, metrics = TRAIN_JOB, [], MetricsRelay()
@@ -132,7 +139,7 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[di
             watch = ProgressWatch(plan.params.hang_minutes * 60)
             relay = Relay(job, len(cluster.machines), metrics, logger)
             restarts.append({"job": job, "lost": {str(i): code for i, code in lost.items()}, "hung": hung,
-                             "after_epoch": metrics.epochs[-1]["epoch"] if metrics.epochs else None,
+                             "after_epoch": metrics.epochs[-1].epoch if metrics.epochs else None,
                              "seconds_to_relaunch": round(time.monotonic() - began, 1)})
             continue
         if status.done:
@@ -140,12 +147,10 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[di
         if time.monotonic() > deadline:
             raise TimeoutError(f"training ran past max_hours={plan.params.max_hours}")
         time.sleep(backend.poll_seconds)
-    summary = json.loads(backend.read_storage(cluster, "summary.json"))
-    summary["restarts"] = restarts
-    summary["epochs_redone"] = len(metrics.epochs) - len({record["epoch"] for record in metrics.epochs})
-    summary["wandb"] = metrics.wandb
-    progress.finished(len(summary["epochs"]), summary["epochs"][-1]["top1"])
-    return summary, cluster
+    summary = RunSummary.read(backend.read_storage(cluster, SUMMARY_FILE))
+    progress.finished(len(summary.epochs), summary.final.top1)
+    epochs_redone = len(metrics.epochs) - len({record.epoch for record in metrics.epochs})
+    return Trained(summary, restarts, epochs_redone, metrics.wandb), cluster
 
 
 def _launch(backend, plan: RunPlan, cluster: Cluster, job: str, logger) -> None:
@@ -213,32 +218,22 @@ def _free_port() -> int:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
-    """The final accuracy and the time to target, computed from the run's TensorBoard events as the seed did."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    with _local_copy(cluster.storage, "events.out.tfevents.*") as folder:
-        events = EventAccumulator(folder)
-        events.Reload()
-    metric_tag = {"top1": "losses/test_1", "top5": "losses/test_5"}[summary["target_metric"]]
-    by_step = {event.step: event.value for event in events.Scalars(metric_tag)}  # a resumed epoch: last wins
-    reached = next((e for e in summary["epochs"] if by_step.get(e["examples_seen"], -1.0) >= summary["target"]),
-                   None)
-    final = summary["epochs"][-1]
+def evaluate(plan: RunPlan, cluster: Cluster, trained: Trained) -> dict:
+    """The final accuracy and the time to target, as the trainer recorded them in its summary."""
+    summary = trained.summary
     result = {"run_name": plan.spec.run_name, "run_id": plan.spec.run_id, "storage": cluster.storage,
               "machines": plan.spec.machines, "machine_ids": [m.id for m in cluster.machines],
-              "schedule": plan.schedule, "epochs": len(summary["epochs"]),
-              "top1": final["top1"], "top5": final["top5"], "hours": summary["hours"],
-              "accuracy_of": summary.get("accuracy_of", "the last epoch"), "best": summary.get("best"),
-              "target": summary["target"], "target_metric": summary["target_metric"],
-              "target_epoch": reached["epoch"] if reached else None,
-              "target_hours": reached["hours"] if reached else None,
-              "cost_usd": plan.cost.hourly_usd * summary["hours"], "hourly_usd": plan.cost.hourly_usd,
-              "wandb": summary.get("wandb"), "connect": cluster.connect,
-              "tensorboard": tensorboard_command(plan, cluster.storage),
-              "restarts": summary.get("restarts", []), "epochs_redone": summary.get("epochs_redone", 0),
+              "schedule": plan.schedule, "epochs": len(summary.epochs),
+              "top1": summary.final.top1, "top5": summary.final.top5, "hours": summary.hours,
+              "accuracy_of": summary.accuracy_of, "best": summary.best.model_dump() if summary.best else None,
+              "target": summary.target, "target_metric": summary.target_metric,
+              "target_epoch": summary.target_epoch, "target_hours": summary.target_hours,
+              "cost_usd": plan.cost.hourly_usd * summary.hours, "hourly_usd": plan.cost.hourly_usd,
+              "wandb": trained.wandb.model_dump(exclude={"type", "time"}) if trained.wandb else None,
+              "connect": cluster.connect, "tensorboard": tensorboard_command(plan, cluster.storage),
+              "restarts": trained.restarts, "epochs_redone": trained.epochs_redone,
               "restart_cost_usd": plan.cost.hourly_usd * sum(r["seconds_to_relaunch"]
-                                                             for r in summary.get("restarts", [])) / 3600}
+                                                             for r in trained.restarts) / 3600}
     logger = get_run_logger()
     logger.info("final: top-1 %.3f, top-5 %.3f after %d epochs (%s), %.4f hours", result["top1"], result["top5"],
                 result["epochs"], result["accuracy_of"], result["hours"])
@@ -246,7 +241,7 @@ def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
         logger.info("best epoch by %s: %d, top-1 %.3f, top-5 %.3f (weights: %s)", result["target_metric"],
                     result["best"]["epoch"], result["best"]["top1"], result["best"]["top5"],
                     result["best"]["weights"] or "not kept")
-    if reached is None:
+    if summary.target_epoch is None:
         logger.info("%s never reached %.1f%%", result["target_metric"], result["target"])
     else:
         logger.info("time to %.1f%% %s: epoch %d, %.5f hours", result["target"], result["target_metric"],
@@ -259,7 +254,7 @@ def evaluate(plan: RunPlan, cluster: Cluster, summary: dict) -> dict:
         logger.info("restarts cost %d epoch(s) run twice and about $%.2f of waiting", result["epochs_redone"],
                     result["restart_cost_usd"])
     logger.info("logs and TensorBoard events: %s (%s)", cluster.storage, result["tensorboard"])
-    _publish_report(result, summary["epochs"], logger)
+    _publish_report(result, summary.epochs, logger)
     return result
 
 
@@ -272,7 +267,7 @@ def tensorboard_command(plan: RunPlan, storage: str) -> str:
     return command
 
 
-def _publish_report(result: dict, epochs: list[dict], logger) -> None:
+def _publish_report(result: dict, epochs: list[Epoch], logger) -> None:
     """The curves as curves.png beside the run's logs, the epoch table and the summary, as artifacts."""
     png = curves_png(epochs, result["run_name"], result["target"], result["target_metric"])
     path = f"{result['storage']}/curves.png"
@@ -281,20 +276,6 @@ def _publish_report(result: dict, epochs: list[dict], logger) -> None:
     logger.info("loss and accuracy curves: %s", path)
     publish_epochs(result["run_name"], epochs)
     publish_summary(result, png, path)
-
-
-@contextlib.contextmanager
-def _local_copy(storage: str, pattern: str):
-    """The run folder itself when it is local; else a temporary folder with the files matching `pattern`."""
-    if "://" not in storage:
-        yield storage
-        return
-    fs, base = fsspec.core.url_to_fs(storage)
-    fs.invalidate_cache()  # fsspec keeps listings per process; a served flow process lives long
-    with tempfile.TemporaryDirectory() as folder:
-        for path in fs.glob(f"{base}/{pattern}"):
-            fs.get_file(path, f"{folder}/{path.rsplit('/', 1)[1]}")
-        yield folder
 
 
 # Safe to retry: teardown finds resources by tag and skips what is already gone.

@@ -27,7 +27,7 @@ STAGE_GATES = {
     "prepare": "tasks.backends.local:LocalBackend.prepare",  # while the replicas are made
     "provision": "tasks.backends.local:Machine",
     "train": "tasks.backends.local:LocalBackend.status",  # the first poll of the running job
-    "evaluate": "tasks.stages:_local_copy",  # reading the TensorBoard events
+    "evaluate": "tasks.stages:_publish_report",  # writing the curves beside the run's logs
     "teardown": "tasks.backends.local:LocalBackend.delete_replicas",
 }
 

@@ -62,7 +62,7 @@ AWS_FAULTS = {
     "provision": ("ec2", "RunInstances", "UnauthorizedOperation", {"Placement.GroupName": "imagenet18-.+"}, 0),
     # the exit codes the job's status lists (its metrics and logs are a side path: a failed read is retried)
     "train": ("s3", "ListObjectsV2", "AccessDenied", {"prefix": r".*/exit/train-"}, 0),
-    "evaluate": ("s3", "GetObject", "AccessDenied", {"Key": r".*/events\.out\.tfevents\..*"}, 0),
+    "evaluate": ("s3", "PutObject", "AccessDenied", {"Key": r".*/curves\.png"}, 0),
     "teardown": ("ec2", "TerminateInstances", "UnauthorizedOperation", {}, 0),
 }
 WHERE = {
@@ -71,7 +71,7 @@ WHERE = {
     "prepare": "making the run's network (local: its folder), while the replicas are made",
     "provision": "the one launch request for the 16 machines (local: machine 9 of 16)",
     "train": "the running job's status (local: its processes; AWS: its exit codes)",
-    "evaluate": "reading the TensorBoard events",
+    "evaluate": "writing the curves (curves.png) beside the run's logs",
     "teardown": "deleting (local: replicas; AWS: terminating machines)",
 }
 OUTCOMES: list[Outcome] = []

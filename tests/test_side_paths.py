@@ -18,9 +18,11 @@ from tasks.backends.base import Cluster, Machine
 from tasks.relay import MetricsRelay, Relay
 from tests.disks import fill, small_disk
 from tests.prefect_server import wait_for
+from tests.test_records import EPOCH_NUMBERS
 from tests.test_aws import BUCKET, cluster_spec, options
 from tests.trainer_runs import free_port
 from trainer.recorder import JsonLines, TensorBoardEvents
+from trainer.records import EpochRecord
 from trainer.side_path import LONGEST_PAUSE
 
 
@@ -56,15 +58,15 @@ def test_records_appended_while_the_disk_is_full_follow_once_it_is_freed_and_no_
     clock = Clock()
     with small_disk(tmp_path / "disk", 1) as disk:
         records = JsonLines(disk / "metrics.jsonl", clock)
-        records.append({"n": 0})
+        records.append(json.dumps({"n": 0}) + "\n")
         ballast = fill(disk)
         for n in range(1, 100):  # more than the file's last page holds: one append is cut short by the full disk
-            records.append({"n": n, "padding": "x" * 100})
+            records.append(json.dumps({"n": n, "padding": "x" * 100}) + "\n")
             clock.now += 0.5
         assert records.side_path.failures > 1
         ballast.unlink()
         clock.now += LONGEST_PAUSE
-        records.append({"n": 100})
+        records.append(json.dumps({"n": 100}) + "\n")
         records.close()
         lines = (disk / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["n"] for line in lines] == list(range(101))
@@ -100,7 +102,8 @@ def test_the_mirror_outlasts_a_bucket_that_refuses_copies_for_a_while_and_copies
 def test_the_relay_outlasts_run_storage_it_cannot_read_for_a_while_and_catches_up(aws, caplog):
     aws.client("s3").create_bucket(Bucket=BUCKET)
     storage = f"s3://{BUCKET}/runs/relayed"
-    for key, body in (("metrics.jsonl", '{"type": "epoch", "epoch": 0}\n'), ("logs/train-0.log", "~~0\t0.1\n")):
+    epoch = EpochRecord(**EPOCH_NUMBERS)
+    for key, body in (("metrics.jsonl", epoch.line()), ("logs/train-0.log", "~~0\t0.1\n")):
         aws.client("s3").put_object(Bucket=BUCKET, Key=f"runs/relayed/{key}", Body=body.encode())
     cluster = Cluster(cluster_spec("relayed", 1), (Machine(0, "i-0", "10.0.0.1", "/data"),), storage, 1, "",
                       "/efs/runs/relayed", "python3")
@@ -109,7 +112,7 @@ def test_the_relay_outlasts_run_storage_it_cannot_read_for_a_while_and_catches_u
     aws.add_fault("s3", "GetObject", "AccessDenied", times=2)
     with caplog.at_level(logging.INFO, logger="test-relay"):
         assert relay.poll(backend, cluster) == [] and relay.poll(backend, cluster, force=True) == []
-        assert relay.poll(backend, cluster, force=True) == [{"type": "epoch", "epoch": 0}], "caught up"
+        assert relay.poll(backend, cluster, force=True) == [epoch], "caught up"
     messages = [record.getMessage() for record in caplog.records]
     assert sum("from the run's storage failed (AccessDenied: " in message for message in messages) == 1
     assert any("works again after 2 failed tries" in message for message in messages)

@@ -8,6 +8,11 @@ from trainer import checkpoint, sync
 from trainer.layout import DataError
 
 
+def _state(epoch: int) -> checkpoint.CheckpointState:
+    return checkpoint.CheckpointState("resnet10", ["cat"], "cpu-tiny", "f00d", epoch, 1.5, {"w": torch.arange(4.0)},
+                                      {}, [], 0, {}, None, None)
+
+
 @pytest.fixture
 def memory_fs():
     fs = fsspec.filesystem("memory")
@@ -17,24 +22,23 @@ def memory_fs():
 
 
 def test_checkpoint_round_trip_through_a_url(memory_fs):
-    state = {"arch": "resnet10", "epoch": 3, "model": {"w": torch.arange(4.0)}}
-    path = checkpoint.save("memory://bucket/run1/checkpoints", state)
+    path = _state(3).save("memory://bucket/run1/checkpoints")
     assert path.endswith("run1/checkpoints/checkpoint.pt")
     assert checkpoint.exists("memory://bucket/run1/checkpoints")
-    loaded = checkpoint.load("memory://bucket/run1/checkpoints")
-    assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], torch.arange(4.0))
+    loaded = checkpoint.CheckpointState.load("memory://bucket/run1/checkpoints")
+    assert loaded.epoch == 3 and torch.equal(loaded.model["w"], torch.arange(4.0))
 
 
 def test_local_checkpoint_is_replaced_atomically(tmp_path):
-    checkpoint.save(str(tmp_path), {"epoch": 1})
-    checkpoint.save(str(tmp_path), {"epoch": 2})
-    assert checkpoint.load(str(tmp_path / "checkpoint.pt"))["epoch"] == 2
+    _state(1).save(str(tmp_path))
+    _state(2).save(str(tmp_path))
+    assert checkpoint.CheckpointState.load(str(tmp_path / "checkpoint.pt")).epoch == 2
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"], "no temporary file is left"
 
 
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at"):
-        checkpoint.load(str(tmp_path))
+        checkpoint.CheckpointState.load(str(tmp_path))
 
 
 def test_data_url_is_synced_once(memory_fs, tmp_path):

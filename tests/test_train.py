@@ -133,7 +133,7 @@ def test_killed_run_resumes_and_ends_where_the_uninterrupted_run_did(tiny_data, 
             break
         time.sleep(0.05)
     assert victim.wait(timeout=60) == -signal.SIGKILL, "the run was killed mid-way"
-    killed_at = checkpoint.load(str(logdir / "checkpoints"))["epoch"]
+    killed_at = checkpoint.CheckpointState.load(str(logdir / "checkpoints")).epoch
     assert 2 <= killed_at < 8
 
     resumed = run(command + ["--auto-resume"])
@@ -146,8 +146,8 @@ def test_killed_run_resumes_and_ends_where_the_uninterrupted_run_did(tiny_data, 
         assert mine["top1"] == pytest.approx(theirs["top1"], abs=0.01)
         assert mine["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-3)
     assert summary["target_epoch"] == reference["target_epoch"]
-    weights = checkpoint.load(str(logdir / "checkpoints"))["model"]
-    reference_weights = checkpoint.load(str(single_run[0] / "checkpoints"))["model"]
+    weights = checkpoint.CheckpointState.load(str(logdir / "checkpoints")).model
+    reference_weights = checkpoint.CheckpointState.load(str(single_run[0] / "checkpoints")).model
     for name, tensor in weights.items():
         assert torch.allclose(tensor.float(), reference_weights[name].float(), atol=1e-4), name
 
@@ -233,9 +233,9 @@ def test_compiled_two_node_run_changes_image_size_and_checkpoints_the_plain_mode
     assert _records(logdir, "start")[0]["config"]["compile"] is True
     assert [(e["size"], e["global_batch"]) for e in _records(logdir, "epoch")] == [(32, 64), (48, 64)]
     assert list(inductor_cache.rglob("*.py")), "inductor generated no code: the model was not compiled"
-    state = checkpoint.load(str(logdir / "checkpoints"))
-    assert state["epoch"] == 2
-    assert state["model"].keys() == build_model("resnet10", 10).state_dict().keys(), \
+    state = checkpoint.CheckpointState.load(str(logdir / "checkpoints"))
+    assert state.epoch == 2
+    assert state.model.keys() == build_model("resnet10", 10).state_dict().keys(), \
         "checkpoints hold the module itself, loadable without --compile"
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 
 from trainer import wandb_run
+from trainer.records import METRICS_FILE, HeartbeatRecord, Record, WandbRecord
 from trainer.side_path import SidePath
 
 log = logging.getLogger(__name__)
-METRICS_FILE = "metrics.jsonl"
 
 
 class Recorder:
@@ -36,8 +36,8 @@ class Recorder:
         self.tensorboard = TensorBoardEvents(logdir)
         self.metrics = JsonLines(logdir / METRICS_FILE)
         if wandb_run.wanted():
-            self.wandb = wandb_run.WandbRun(logdir, run_name, config, report=lambda **state: self.record("wandb",
-                                                                                                      **state))
+            self.wandb = wandb_run.WandbRun(logdir, run_name, config,
+                                            report=lambda **state: self.record(WandbRecord(**state)))
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if not self.enabled:
@@ -46,15 +46,15 @@ class Recorder:
         if self.wandb is not None:
             self.wandb.log(values, step)
 
-    def record(self, kind: str, **fields) -> None:
+    def record(self, record: Record) -> None:
         """One line of metrics.jsonl, on disk at once so a reader on shared storage sees it."""
         if self.enabled:
-            self.metrics.append({"type": kind, "time": time.time(), **fields})
+            self.metrics.append(record.line())
 
-    def heartbeat(self, **fields) -> None:
+    def heartbeat(self, epoch: int, batch: int, batches: int) -> None:
         if self.enabled and time.monotonic() - self.last_heartbeat >= self.heartbeat_seconds:
             self.last_heartbeat = time.monotonic()
-            self.record("heartbeat", **fields)
+            self.record(HeartbeatRecord(epoch=epoch, batch=batch, batches=batches))
 
     def close(self) -> None:
         if not self.enabled:
@@ -142,8 +142,8 @@ class JsonLines(Backlog):
         super().__init__(f"records to {path}", clock)
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def append(self, record: dict) -> None:
-        self.add([(json.dumps(record) + "\n").encode()])
+    def append(self, line: str) -> None:
+        self.add([line.encode()])
 
     def close(self) -> None:
         super().close()

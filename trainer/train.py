@@ -4,8 +4,8 @@
     torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=10.0.0.1 --master_port=29500 \\
         -m trainer train /data/imagenet --schedule seed-2 --logdir /efs/runs/r1    # node 0 of 2
 
-Files a run writes in --logdir (the contract the pipeline reads): metrics.jsonl (start, heartbeat, epoch,
-target, end records), heartbeats/node-<i>.json (each node's latest), summary.json (at the end), verbose.log,
+Files a run writes in --logdir (the contract the pipeline reads): metrics.jsonl and summary.json (at the end),
+as trainer.records types them, heartbeats/node-<i>.json (each node's latest), verbose.log,
 event.log, debug.log, TensorBoard events; checkpoints go to --checkpoint-dir (default LOGDIR/checkpoints),
 which may be an fsspec URL: checkpoint.pt (the latest epoch, what a restart resumes from) and best.pt (the
 weights of the best epoch so far by the target metric, as the seed kept them).
@@ -13,11 +13,9 @@ weights of the best epoch so far by the target metric, as the seed kept them).
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +26,8 @@ from trainer.console import log
 from trainer.engine import Context, evaluate, train_one_epoch
 from trainer.model import MOMENTUM, build_model, build_optimizer, training_module
 from trainer.recorder import NodeHeartbeat, Recorder
+from trainer.records import (SUMMARY_FILE, Best, CheckpointRecord, EndRecord, Epoch, EpochRecord, RunSummary,
+                             StartRecord, TargetRecord)
 from trainer.written import naming
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "imagenet18"
@@ -60,28 +60,6 @@ class TrainConfig:
     heartbeat_seconds: float = 30.0
 
 
-@dataclass
-class RunSummary:
-    run_name: str
-    logdir: str
-    schedule: str
-    arch: str
-    world_size: int
-    epochs: list[dict] = field(default_factory=list)
-    target: float = 93.0
-    target_metric: str = "top5"
-    target_epoch: int | None = None
-    target_hours: float | None = None
-    hours: float = 0.0
-    resumed_from_epoch: int | None = None
-    accuracy_of: str = "the last epoch"  # which weights top1/top5 in `final` describe; `best` names the others
-    best: dict | None = None  # the best epoch by the target metric: epoch, top1, top5, and its weights' file
-
-    @property
-    def final(self) -> dict:
-        return self.epochs[-1] if self.epochs else {}
-
-
 def default_run_name(schedule_name: str) -> str:
     return f"{Path(schedule_name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -106,9 +84,9 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
     classes = list(folders[f"{plan.data[0].trndir}:train"].classes)
     _check_enough_images(len(folders[f"{plan.data[0].trndir}:train"].samples), plan, world)
     resume_from = _resume_location(config, logdir)
-    state = checkpoint.load(resume_from) if resume_from else None
+    state = checkpoint.CheckpointState.load(resume_from) if resume_from else None
     if state:
-        checkpoint.check_compatible(state, arch, plan.name, plan.fingerprint(), classes)
+        state.check_compatible(arch, plan.name, plan.fingerprint(), classes)
 
     torch.manual_seed(config.seed)
     model = build_model(arch, len(classes)).to(world.device)
@@ -117,9 +95,7 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model)
     if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        _restore_rng(state["rng"])
+        state.restore(model, optimizer)
     wrapped = training_module(model, world.size > 1, config.compile, len(plan.data))
     if world.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -130,7 +106,8 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
     end_epoch = min(plan.epochs, config.epochs or plan.epochs)
     target = config.target if config.target is not None else plan.target
     metric = config.target_metric or plan.target_metric
-    summary = RunSummary(run_name, str(logdir), plan.name, arch, world.size, target=target, target_metric=metric)
+    summary = RunSummary(run_name=run_name, logdir=str(logdir), schedule=plan.name, arch=arch, world_size=world.size,
+                         target=target, target_metric=metric)
     run_config = {**asdict(config), "arch": arch, "run_name": run_name, "world_size": world.size,
                   "classes": len(classes), "epochs": end_epoch, "bf16": bf16, "channels_last": channels_last,
                   "process_group": distributed.backend(), "pin_memory": settings.pin_memory}
@@ -140,10 +117,9 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
                   config.print_freq)
     start_epoch, elapsed = 0, 0.0
     if state:
-        start_epoch, elapsed = state["epoch"], state["elapsed_seconds"]
-        summary.epochs, ctx.examples_seen = state["history"], state["examples_seen"]
-        summary.target_epoch, summary.target_hours = state["target_epoch"], state["target_hours"]
-        summary.best = state.get("best")  # checkpoints written before best.pt was kept have none
+        start_epoch, elapsed = state.epoch, state.elapsed_seconds
+        summary.epochs, ctx.examples_seen = state.history, state.examples_seen
+        summary.target_epoch, summary.target_hours, summary.best = state.target_epoch, state.target_hours, state.best
         summary.resumed_from_epoch = start_epoch
         log.info("Resuming from %s at epoch %d (%.5f hours done)", resume_from, start_epoch, elapsed / 3600,
                  extra=console.EVENT)
@@ -161,23 +137,23 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
             record = _epoch_record(epoch, hours, train, val, ctx, loaders[phase_index])
             summary.epochs.append(record)
             log.info(console.epoch_line(epoch, hours, val.top1, val.top5), extra=console.EVENT)
-            recorder.record("epoch", **record)
+            recorder.record(EpochRecord(**record.model_dump()))
             recorder.scalars({"losses/test_1": val.top1, "losses/test_5": val.top5,
                               "times/eval_sec": val.seconds, "epoch": epoch}, ctx.examples_seen)
-            reached = record[metric]
+            reached = getattr(record, metric)
             if summary.target_epoch is None and reached >= target:
                 summary.target_epoch, summary.target_hours = epoch, hours
                 log.info("Reached %s %.3f >= %.1f at epoch %d after %.5f hours", metric, reached, target, epoch,
                          hours, extra=console.EVENT)
-                recorder.record("target", epoch=epoch, hours=hours, metric=metric, value=reached, target=target)
+                recorder.record(TargetRecord(epoch=epoch, hours=hours, metric=metric, value=reached, target=target))
             stop = config.stop_at_target and summary.target_epoch is not None
             last = epoch + 1 == end_epoch or stop
-            improved = summary.best is None or reached > summary.best[metric]
+            improved = summary.best is None or reached > getattr(summary.best, metric)
             if improved:
                 summary.best = _best(record, checkpoint_dir if config.checkpoint_every else None)
             if config.checkpoint_every and ((epoch + 1) % config.checkpoint_every == 0 or last):
                 _save(ctx, summary, epoch + 1, hours * 3600, plan, classes, checkpoint_dir)
-            if improved and summary.best["weights"]:  # after the checkpoint a restart resumes from
+            if improved and summary.best.weights:  # after the checkpoint a restart resumes from
                 _save_best(ctx, summary.best, summary.arch, classes)
             heartbeat.beat(force=True, epoch=epoch + 1, batch=0, batches=0)
             if stop:
@@ -185,7 +161,7 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
         summary.hours = (time.perf_counter() - clock) / 3600
         _finish(summary, recorder, logdir, world)
     except BaseException as exc:
-        recorder.record("end", status="failed", error=f"{type(exc).__name__}: {exc}")
+        recorder.record(EndRecord(status="failed", error=f"{type(exc).__name__}: {exc}"))
         raise
     finally:
         recorder.close()
@@ -273,7 +249,7 @@ def _announce_start(plan, arch, world, classes, loaders, end_epoch, recorder, ru
         log.info("Note: the schedule was tuned for %d processes (%d machines x %d GPUs); this run has %d, so "
                  "its global batch differs from the seed's", plan.machines * plan.gpus_per_machine,
                  plan.machines, plan.gpus_per_machine, world.size)
-    recorder.record("start", config=_jsonable(run_config), train_images=len(loaders[0].train.dataset))
+    recorder.record(StartRecord(config=_jsonable(run_config), train_images=len(loaders[0].train.dataset)))
     log.info(console.EPOCH_HEADER, extra=console.EVENT)
 
 
@@ -292,74 +268,58 @@ def _enter_phase(ctx: Context, loaders: list[data.PhaseLoaders], index: int, cur
     return index
 
 
-def _epoch_record(epoch: int, hours: float, train, val, ctx: Context, loaders: data.PhaseLoaders) -> dict:
-    return {"epoch": epoch, "hours": round(hours, 6), "top1": val.top1, "top5": val.top5,
-            "val_loss": val.loss, "train_loss": train.loss, "train_top1": train.top1, "train_top5": train.top5,
-            "lr": ctx.lr, "size": loaders.phase.sz, "global_batch": loaders.phase.bs * ctx.world.size,
-            "train_seconds": train.seconds, "eval_seconds": val.seconds,
-            "images_per_second": train.images / max(train.seconds, 1e-9), "examples_seen": ctx.examples_seen}
+def _epoch_record(epoch: int, hours: float, train, val, ctx: Context, loaders: data.PhaseLoaders) -> Epoch:
+    return Epoch(epoch=epoch, hours=round(hours, 6), top1=val.top1, top5=val.top5, val_loss=val.loss,
+                 train_loss=train.loss, train_top1=train.top1, train_top5=train.top5, lr=ctx.lr, size=loaders.phase.sz,
+                 global_batch=loaders.phase.bs * ctx.world.size, train_seconds=train.seconds,
+                 eval_seconds=val.seconds, images_per_second=train.images / max(train.seconds, 1e-9),
+                 examples_seen=ctx.examples_seen)
 
 
 def _save(ctx: Context, summary: RunSummary, next_epoch: int, elapsed: float, plan, classes, location) -> None:
     if ctx.world.is_master:
-        path = checkpoint.save(location, {
-            "arch": summary.arch, "classes": classes, "schedule_name": plan.name,
-            "schedule_fingerprint": plan.fingerprint(), "epoch": next_epoch, "elapsed_seconds": elapsed,
-            "model": ctx.bare_model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
-            "history": summary.epochs, "examples_seen": ctx.examples_seen, "rng": _rng_state(),
-            "target_epoch": summary.target_epoch, "target_hours": summary.target_hours, "best": summary.best})
+        path = checkpoint.CheckpointState(
+            summary.arch, classes, plan.name, plan.fingerprint(), next_epoch, elapsed, ctx.bare_model.state_dict(),
+            ctx.optimizer.state_dict(), summary.epochs, ctx.examples_seen, checkpoint.rng_state(),
+            summary.target_epoch, summary.target_hours, summary.best).save(location)
         log.debug("checkpoint for epoch %d written to %s", next_epoch, path)
-        ctx.recorder.record("checkpoint", epoch=next_epoch, path=path)
+        ctx.recorder.record(CheckpointRecord(epoch=next_epoch, path=path))
     distributed.barrier()  # nobody runs ahead of a checkpoint that a restart would resume from
 
 
-def _best(record: dict, location: str | None) -> dict:
+def _best(record: Epoch, location: str | None) -> Best:
     """The best epoch so far, and where its weights go (none when checkpoints are off)."""
-    return {"epoch": record["epoch"], "top1": record["top1"], "top5": record["top5"],
-            "weights": checkpoint.best_path(location) if location else None}
+    return Best(epoch=record.epoch, top1=record.top1, top5=record.top5,
+                weights=checkpoint.best_path(location) if location else None)
 
 
-def _save_best(ctx: Context, best: dict, arch: str, classes: list[str]) -> None:
+def _save_best(ctx: Context, best: Best, arch: str, classes: list[str]) -> None:
     """The best epoch's weights beside the latest checkpoint."""
     if ctx.world.is_master:
-        checkpoint.save(best["weights"], {"arch": arch, "classes": classes, **best,
-                                          "model": ctx.bare_model.state_dict()})
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        checkpoint.save_best(best.weights, arch, classes, best, ctx.bare_model.state_dict())
 
 
 def _finish(summary: RunSummary, recorder: Recorder, logdir: Path, world: distributed.World) -> None:
     final = summary.final
     metric = summary.target_metric
+    top1, top5 = (final.top1, final.top5) if final else (None, None)
     if summary.target_epoch is not None:
         log.info("Time to %.1f%% %s: epoch %d, %.5f hours (%.1f minutes)", summary.target, metric,
                  summary.target_epoch, summary.target_hours, summary.target_hours * 60, extra=console.EVENT)
     else:
         log.info("%s never reached %.1f%% (best %.3f)", metric, summary.target,
-                 max((e[metric] for e in summary.epochs), default=0.0), extra=console.EVENT)
+                 max((getattr(e, metric) for e in summary.epochs), default=0.0), extra=console.EVENT)
     log.info("Finished %d epochs in %.5f hours: top-1 %.3f, top-5 %.3f", len(summary.epochs), summary.hours,
-             final.get("top1", 0.0), final.get("top5", 0.0), extra=console.EVENT)
+             top1 or 0.0, top5 or 0.0, extra=console.EVENT)
     if summary.best:
-        log.info("Best epoch by %s: %d, top-1 %.3f, top-5 %.3f%s", metric, summary.best["epoch"],
-                 summary.best["top1"], summary.best["top5"],
-                 f" (weights: {summary.best['weights']})" if summary.best["weights"] else "", extra=console.EVENT)
-    recorder.record("end", status="completed", hours=summary.hours, top1=final.get("top1"),
-                    top5=final.get("top5"), target_epoch=summary.target_epoch, target_hours=summary.target_hours)
+        best = summary.best
+        log.info("Best epoch by %s: %d, top-1 %.3f, top-5 %.3f%s", metric, best.epoch, best.top1, best.top5,
+                 f" (weights: {best.weights})" if best.weights else "", extra=console.EVENT)
+    recorder.record(EndRecord(status="completed", hours=summary.hours, top1=top1, top5=top5,
+                              target_epoch=summary.target_epoch, target_hours=summary.target_hours))
     if world.is_master:
-        with naming(logdir / "summary.json", "the run's summary"):  # not a side path: the orchestrator reads it
-            (logdir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+        with naming(logdir / SUMMARY_FILE, "the run's summary"):  # not a side path: the orchestrator reads it
+            summary.write(logdir / SUMMARY_FILE)
 
 
 def _jsonable(values: dict) -> dict:

@@ -33,7 +33,7 @@ class AwsPoint:
         return f"{self.service} {self.action}"
 
 
-EVENTS_KEY = r".*-{run8}/events\.out\.tfevents\..*"
+CURVES_KEY = r".*-{run8}/curves\.png"
 # Errors no retry mends, where each stage makes its calls.
 AWS_ERRORS = {
     "validate": (AwsPoint("ec2", "DescribeInstances", "UnauthorizedOperation", times=1),),  # "has the run anything?"
@@ -45,7 +45,7 @@ AWS_ERRORS = {
     "provision": (AwsPoint("ec2", "RunInstances", "UnauthorizedOperation"),
                   AwsPoint("efs", "CreateMountTarget", "NetworkInterfaceLimitExceeded")),
     "train": (AwsPoint("ssm", "SendCommand", "AccessDeniedException"),),
-    "evaluate": (AwsPoint("s3", "GetObject", "AccessDenied", EVENTS_KEY),),
+    "evaluate": (AwsPoint("s3", "PutObject", "AccessDenied", CURVES_KEY),),
     "teardown": (AwsPoint("ec2", "TerminateInstances", "UnauthorizedOperation"),
                  AwsPoint("ec2", "DeleteVolume", "UnauthorizedOperation"),
                  AwsPoint("iam", "DeleteRole", "AccessDenied"),
@@ -65,7 +65,7 @@ AWS_HOLDS = {
     "prepare": (AwsPoint("efs", "CreateFileSystem", "InternalServerError"),
                 AwsPoint("ec2", "CreateSecurityGroup", "ServiceUnavailable")),
     "provision": (AwsPoint("ec2", "RunInstances", "InternalError"),),
-    "evaluate": (AwsPoint("s3", "GetObject", "InternalError", EVENTS_KEY),),
+    "evaluate": (AwsPoint("s3", "PutObject", "InternalError", CURVES_KEY),),
     "teardown": (AwsPoint("ec2", "TerminateInstances", "ServiceUnavailable"),),
 }
 # Every call of the run's refused now and then, as AWS throttles a busy account.
