@@ -10,27 +10,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 
-from tests.trainer_runs import free_port
+from tests.support import free_port, wait_for
 
 BIN = Path(sys.executable).parent
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T], seconds: float, what: str) -> T:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def healthy(api_url: str) -> bool:

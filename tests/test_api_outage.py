@@ -9,9 +9,10 @@ import signal
 import sqlite3
 from contextlib import ExitStack
 
-from tests.prefect_server import BIN, background, prefect_server, wait_for
+from tests.prefect_server import BIN, background, prefect_server
+from tests.support import wait_for
 from tests.processes import with_environment
-from tests.trainer_runs import free_port
+from tests.support import free_port
 
 
 def _epochs(home) -> list[int]:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.prefect_server import wait_for
+from tests.support import wait_for
 from tests.processes import alive, with_environment
 
 REPO = Path(__file__).resolve().parents[1]

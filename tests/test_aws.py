@@ -11,28 +11,14 @@ import fsspec
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.backends.aws import AwsBackend, AwsOptions, jobs, machines, tags
+from tasks.backends.aws import AwsBackend, jobs, machines, tags
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
-from tasks.backends.base import ClusterSpec, InputError
+from tasks.backends.base import InputError
 from tests.awssim.images import UBUNTU_2204
-from tests.conftest import DATASET
+from tests.aws_runs import AMI, BUCKET, DATASET, cluster_spec, delete_default_vpc, options, users_subnet
 from tests.leftovers import aws_leftovers, aws_leftovers_by_run
-
-AMI = UBUNTU_2204.image_id  # the simulator's Deep Learning Base AMI: its boot is checked against the AMI's facts
-BUCKET = "imagenet18-test-results"
-
-
-def options(**overrides) -> AwsOptions:
-    return AwsOptions(**{"ami": AMI, "bucket": BUCKET, "dataset_folder": "demo", **overrides})
-
-
-def cluster_spec(run_id: str, machines: int, instance_type: str = "p4d.24xlarge", spot: bool = False,
-                 hours: float = 2.0) -> ClusterSpec:
-    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours)
-    return ClusterSpec(run_id, f"test-{run_id}", machines, instance_type, spot, expires)
-
 
 def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapshot, tmp_path):
     ec2 = aws.client("ec2")
@@ -246,40 +232,6 @@ def test_bad_input_is_refused_before_anything_exists(aws, snapshot, tiny_data, t
     monkeypatch.undo()
     assert aws_leftovers(aws, home=tmp_path) == {}
     assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
-
-
-def delete_default_vpc(aws) -> None:
-    """An account without a default VPC: some never had one, some owners delete it."""
-    ec2 = aws.client("ec2")
-    [vpc] = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
-    for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]:
-        ec2.delete_subnet(SubnetId=subnet["SubnetId"])
-    ec2.delete_vpc(VpcId=vpc["VpcId"])
-
-
-def users_subnet(aws, way_out: bool = True, public: bool = True, dns_hostnames: bool = True,
-                 through_nat: bool = False) -> str:
-    """A subnet in us-east-1a of a VPC of the user's own, by default as the machines need it: a route out through
-    an internet gateway (or, through_nat, a NAT gateway in another subnet), public addresses on launch, both DNS
-    attributes on."""
-    ec2 = aws.client("ec2")
-    vpc = ec2.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.0.0/20", AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
-    if way_out:
-        gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
-        ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
-        table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
-        if through_nat:
-            outer = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.16.0/20")["Subnet"]["SubnetId"]
-            address = ec2.allocate_address(Domain="vpc")["AllocationId"]
-            nat = ec2.create_nat_gateway(SubnetId=outer, AllocationId=address)["NatGateway"]["NatGatewayId"]
-            ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)
-        else:
-            ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
-        ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
-    ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": public})
-    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": dns_hostnames})
-    return subnet
 
 
 def test_without_a_default_vpc_the_launch_is_dry_run_in_the_users_subnet(aws, snapshot, tmp_path):

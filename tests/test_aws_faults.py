@@ -6,11 +6,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from deployments.cli import _aws, parser
-from tasks.backends.aws import AwsBackend, AwsOptions, machines, tags, volumes
+from tasks.backends.aws import AwsBackend, AwsOptions, machines
 from tasks.backends.base import BackendError, InputError
 from tests.leftovers import aws_leftovers
-from tests.test_aws import DATASET, cluster_spec, options
-from tests.test_aws_jobs import finished
+from tests.aws_runs import DATASET, cluster_spec, finished, no_capacity_in, options, run_zones
 
 
 def no_capacity_for(aws, instance_type: str) -> None:
@@ -100,21 +99,6 @@ def test_two_runs_at_once_never_touch_each_other(aws, snapshot, tmp_path):
     assert backend.teardown("run-a") == [], "tearing down again is safe"
     backend.teardown("run-b")
     assert aws_leftovers(aws, "run-b") == {}
-
-
-def no_capacity_in(aws, zone: str) -> None:
-    aws.add_fault("ec2", "RunInstances", "InsufficientInstanceCapacity",
-                  match={"Placement.AvailabilityZone": zone})
-
-
-def run_zones(aws, run_id: str) -> dict[str, list[str]]:
-    """The zones of the run's live machines and of its dataset replicas, asked directly."""
-    ec2, where = aws.client("ec2"), tags.run_filter(run_id)
-    live = [i for r in ec2.describe_instances(Filters=where)["Reservations"] for i in r["Instances"]
-            if i["State"]["Name"] in ("pending", "running")]
-    replicas = ec2.describe_volumes(Filters=where + [{"Name": f"tag:{volumes.KIND}", "Values": [volumes.REPLICA]}])
-    return {"machines": sorted(i["Placement"]["AvailabilityZone"] for i in live),
-            "replicas": sorted(v["AvailabilityZone"] for v in replicas["Volumes"])}
 
 
 def test_no_capacity_in_the_zone_for_any_type_moves_the_run_to_the_next_allowed_zone(aws, snapshot, tmp_path,

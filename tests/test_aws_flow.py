@@ -18,7 +18,7 @@ from flows.imagenet18 import imagenet18
 from tasks.backends.aws import AwsBackend, catalog
 from tasks.reports import PLAN_KEY
 from tests.leftovers import aws_leftovers
-from tests.test_aws import AMI, BUCKET, DATASET, options
+from tests.aws_runs import AMI, BUCKET, DATASET, options
 
 IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
 

@@ -2,16 +2,15 @@
 their machines run, and run each script from a file with `sh` (dash); the job's status reads SSM's account of a
 command that ended before its script could upload an exit code."""
 
-import time
 
 import pytest
 
 from tasks import stages
 from tasks.backends.aws import AwsBackend, jobs
-from tasks.backends.base import BackendError, JobStatus
+from tasks.backends.base import BackendError
 from tests.awssim.images import UBUNTU_2404
 from tests.leftovers import aws_leftovers
-from tests.test_aws import DATASET, cluster_spec, options
+from tests.aws_runs import DATASET, cluster_spec, finished, options
 
 AGENT_DELAY_S = 8.0  # longer than provisioning takes here, so a job sent at once would be refused
 
@@ -20,14 +19,6 @@ def provisioned(aws, tmp_path, run_id: str, machines: int, **changes):
     backend = AwsBackend(options(**changes), home=tmp_path)
     spec = cluster_spec(run_id, machines, "g5.xlarge")
     return backend, backend.provision(spec, backend.replicate(spec, DATASET, machines))
-
-
-def finished(backend: AwsBackend, cluster, job: str, timeout_s: float = 120.0) -> JobStatus:
-    deadline = time.monotonic() + timeout_s
-    while not (status := backend.status(cluster, job)).done:
-        assert time.monotonic() < deadline, f"{job} still running after {timeout_s:.0f} s: {status}"
-        time.sleep(1)
-    return status
 
 
 def test_a_job_waits_for_the_agents_runs_under_sh_and_reports_each_exit_code(aws, snapshot, tmp_path):

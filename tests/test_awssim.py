@@ -3,7 +3,6 @@
 import datetime as dt
 import re
 import threading
-import time
 from pathlib import Path
 
 import fsspec
@@ -15,6 +14,7 @@ from tasks.backends.base import ClusterSpec
 from tests.awssim import gpus
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
 from tests.processes import alive
+from tests.support import wait_for
 
 RUN = {"Key": "imagenet18:run", "Value": "run-1"}
 NO_RETRIES = {"total_max_attempts": 1}
@@ -35,13 +35,6 @@ def error_code(call, *args, **kwargs) -> str:
         call(*args, **kwargs)
     return raised.value.response["Error"]["Code"]
 
-
-def wait_for(predicate, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while not (result := predicate()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-    return result
 
 
 def agents_online(ssm, *instance_ids) -> bool:
@@ -130,7 +123,7 @@ def test_a_volume_from_a_snapshot_is_initialized_at_the_rate_asked_and_reports_i
     empty = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
     assert initialization(empty) is None, "an empty volume needs no initialization"
     assert initialization(slow)["InitializationType"] == "default"
-    done = wait_for(lambda: (found := initialization(fast))["Progress"] == 100 and found, timeout_s=30)
+    done = wait_for(lambda: (found := initialization(fast))["Progress"] == 100 and found, seconds=30)
     assert done["InitializationType"] == "provisioned-rate" and done["EstimatedTimeToCompleteInSeconds"] == 0
     assert initialization(slow)["Progress"] < 100, "EBS's default rate: still cold"
     assert error_code(ec2.describe_volume_status, VolumeIds=["vol-0123456789abcdef0"]) == "InvalidVolume.NotFound"
@@ -249,9 +242,9 @@ def test_player_runs_commands_against_the_machine_disks(aws, tmp_path):
     aws.interrupt(instances[1])
     reason = ec2.describe_instances(InstanceIds=instances[1:])["Reservations"][0]["Instances"][0]["StateReason"]
     assert reason["Code"] == "Server.SpotInstanceTermination"
-    wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()), timeout_s=2)
+    wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()), seconds=2)
     for pid in pids:
-        wait_for(lambda pid=pid: not alive(pid), timeout_s=2)
+        wait_for(lambda pid=pid: not alive(pid), seconds=2)
 
 
 def test_ssm_agents_register_late_and_run_commands_as_the_agent_does(aws):
@@ -268,7 +261,7 @@ def test_ssm_agents_register_late_and_run_commands_as_the_agent_does(aws):
 
     assert error_code(send, ["true"]) == "InvalidInstanceId"
     assert not agents_online(ssm, instance)
-    wait_for(lambda: agents_online(ssm, instance), timeout_s=20)
+    wait_for(lambda: agents_online(ssm, instance), seconds=20)
     assert error_code(send, ["true"], executionTimeout=["259200"]) == "InvalidParameters"
     sent = {"sh": send(["set -uo pipefail", "echo unreachable"], executionTimeout=["172800"]),
             "bash": send(["#!/bin/bash", "set -uo pipefail", 'echo "bash $BASH_VERSION" >&2', "exit 3"])}
@@ -294,7 +287,7 @@ def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):
     assert checks[timer]["user_data_check"] == "ok" and checks[timer]["shutdown_after_s"] == 1
     assert checks[broken]["user_data_check"] != "ok"
     assert checks[bash]["user_data_check"] == "ok" and "Syntax error" in checks[sh]["user_data_check"]
-    wait_for(lambda: state(ec2, timer) == "terminated", timeout_s=5)
+    wait_for(lambda: state(ec2, timer) == "terminated", seconds=5)
     assert Path(aws.root / "instances" / timer / "user-data").read_text().startswith("#!/bin/bash")
 
 
@@ -327,7 +320,7 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
         assert all(old in shipped for old in changes), changes
         assert checks[instance].endswith(failure), checks[instance]
     booted, failed = launched[0], launched[1]
-    wait_for(lambda: agents_online(ssm, booted, failed), timeout_s=20)
+    wait_for(lambda: agents_online(ssm, booted, failed), seconds=20)
     command = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[booted, failed], Parameters={
         "commands": ["/opt/imagenet18/.venv/bin/python -c 'print(42)'"]})["Command"]["CommandId"]
     wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()))
@@ -356,11 +349,11 @@ def test_the_project_python_fails_as_torch_does_on_a_gpu_its_build_has_no_kernel
     CUDA's error, where an A10G (sm_86) runs it. A command without the project's python runs anywhere."""
     ec2, ssm = aws.client("ec2"), aws.client("ssm")
     v100, a10g = launch(ec2, "p3.16xlarge"), launch(ec2, "g5.xlarge")
-    wait_for(lambda: agents_online(ssm, v100, a10g), timeout_s=20)
+    wait_for(lambda: agents_online(ssm, v100, a10g), seconds=20)
     sent = {commands[0]: ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[v100, a10g],
                                           Parameters={"commands": commands})["Command"]["CommandId"]
             for commands in (["/opt/imagenet18/.venv/bin/python -c 'print(42)'"], ["echo 42"])}
-    wait_for(lambda: len(aws.played()) == 4 and all(p["exit_code"] is not None for p in aws.played()), timeout_s=30)
+    wait_for(lambda: len(aws.played()) == 4 and all(p["exit_code"] is not None for p in aws.played()), seconds=30)
     ran = {(commands, i): ssm.get_command_invocation(CommandId=command, InstanceId=i)
            for commands, command in sent.items() for i in (v100, a10g)}
     python, echo = sent

@@ -14,8 +14,7 @@ from tests.chaos.census import Census
 from tests.chaos.report import figures, problems, rerun_commands
 from tests.chaos.runner import World, run_all
 from tests.chaos.scenarios import BACKENDS, KINDS, draw
-from tests.conftest import DATASET
-from tests.test_aws import options
+from tests.aws_runs import DATASET, options
 
 SEED = int(os.environ.get("CHAOS_SEED", "18"))
 RUNS = int(os.environ.get("CHAOS_RUNS", "6"))

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from flows.imagenet18 import imagenet18
 from tests.disks import fill, small_disk
 from tests.leftovers import local_leftovers
-from tests.prefect_server import wait_for
+from tests.support import wait_for
 from tests.trainer_runs import run, train_command, trainer_env
 
 

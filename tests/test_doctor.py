@@ -7,7 +7,7 @@ import pytest
 
 from deployments import cli
 from tests.leftovers import aws_names, aws_resources
-from tests.test_aws import AMI, delete_default_vpc, users_subnet
+from tests.aws_runs import AMI, delete_default_vpc, users_subnet
 
 SECRET_KEY = "testing"  # the simulator's dummy secret key (tests/awssim/client.py): never printed
 

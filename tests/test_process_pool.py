@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prefect.exceptions import TerminationSignal
 
-from tests.prefect_server import wait_for
+from tests.support import wait_for
 from trainer.process_pool import process_pool
 
 

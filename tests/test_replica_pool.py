@@ -11,8 +11,7 @@ from tasks.backends.aws import AwsBackend, tags
 from tasks.backends.base import POOL_OWNER, ClusterSpec
 from tasks.backends.local import LocalBackend
 from tests.leftovers import aws_leftovers, aws_leftovers_by_run, local_leftovers
-from tests.test_aws import DATASET, cluster_spec, options
-from tests.test_aws_faults import no_capacity_in, run_zones
+from tests.aws_runs import DATASET, cluster_spec, no_capacity_in, options, run_zones
 from trainer.demo_data import make_demo_dataset
 from trainer.prepare import prepare
 

@@ -14,7 +14,7 @@ from flows.imagenet18 import imagenet18
 from tests.awssim.player import INSTANCE_ENV
 from tests.prefect_server import all_flow_run_logs
 from tests.processes import command_lines_seen
-from tests.test_aws import DATASET, options
+from tests.aws_runs import DATASET, options
 
 CANARIES = {
     "AWS_ACCESS_KEY_ID": "AKIACANARY1800000000",

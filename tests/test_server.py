@@ -9,7 +9,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tests.prefect_server import BIN, assert_backend_lines_in_run_log, assert_no_traceback, \
     assert_three_machines_refused_with_no_run, background, final_state, prefect_cli, prefect_server, started_flow_run
-from tests.prefect_server import wait_for as _wait_for
+from tests.support import wait_for as _wait_for
 
 
 @pytest.fixture(scope="module")

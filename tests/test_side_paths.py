@@ -17,10 +17,9 @@ from tasks.backends.aws import AwsBackend
 from tasks.backends.base import Cluster, Machine
 from tasks.relay import MetricsRelay, Relay
 from tests.disks import fill, small_disk
-from tests.prefect_server import wait_for
+from tests.aws_runs import BUCKET, cluster_spec, options
+from tests.support import free_port, wait_for
 from tests.test_records import EPOCH_NUMBERS
-from tests.test_aws import BUCKET, cluster_spec, options
-from tests.trainer_runs import free_port
 from trainer.recorder import JsonLines, TensorBoardEvents
 from trainer.records import EpochRecord
 from trainer.side_path import LONGEST_PAUSE

@@ -9,7 +9,7 @@ from deployments import cli
 from flows.smoke import NotReady, plan_smoke, run_smoke
 from tasks.backends.base import InputError
 from tests.leftovers import aws_names, aws_resources
-from tests.test_aws import AMI, BUCKET
+from tests.aws_runs import AMI, BUCKET
 
 AWS = {"ami": AMI, "bucket": BUCKET}
 

@@ -26,6 +26,7 @@ from tasks.backends.aws import tensorboard as remote
 from tasks.backends.aws.clients import Clients
 from tasks.backends.base import InputError
 from tests.processes import alive
+from tests.support import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 TAG = "losses/train_loss"  # one of the seed's tags
@@ -89,12 +90,6 @@ def scalar_tags(url: str) -> dict[str, list[str]]:
     return {run: sorted(found) for run, found in get(f"{url}data/plugin/scalars/tags").items()}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _address(hex_address: str) -> str:
     raw = bytes.fromhex(hex_address)
     if len(raw) == 4:
@@ -148,13 +143,6 @@ def sockets_of(pids: set[int]) -> set[tuple[str, int]]:
             continue
     return {(address, port) for address, port, inode in listening() if inode in inodes}
 
-
-def wait_for(predicate, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while not (result := predicate()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-    return result
 
 
 @pytest.fixture
@@ -391,7 +379,7 @@ def test_without_the_aws_cli_the_port_forward_command_is_printed_for_the_user(aw
         finally:
             forward.kill()
             forward.wait()
-    wait_for(lambda: addresses_on(remote_port) == set(), timeout_s=10)
+    wait_for(lambda: addresses_on(remote_port) == set(), seconds=10)
 
 
 def test_a_run_that_admits_ssh_is_forwarded_through_an_ssh_tunnel(aws, tmp_path):

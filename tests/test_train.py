@@ -11,7 +11,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.trainer_runs import free_port, run, run_two_nodes, train_command, trainer_env
+from tests.support import free_port
+from tests.trainer_runs import run, run_two_nodes, train_command, trainer_env
 from trainer import checkpoint
 from trainer.model import build_model, training_module
 

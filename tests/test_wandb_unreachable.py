@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.prefect_server import wait_for
+from tests.support import wait_for
 from tests.processes import command_line, with_environment
 from tests.trainer_runs import train_command, trainer_env
 

@@ -1,16 +1,11 @@
 """Run the trainer the way users do: `python -m trainer train ...`, alone or as torchrun nodes."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import free_port
 
 
 def trainer_env(**extra: str) -> dict[str, str]:

@@ -1,0 +1,82 @@
+"""What the AWS tests share: the options and cluster specs they run with, an account's network as a user may have it,
+a capacity fault in a zone, and waiting for a job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from tasks.backends.aws import AwsBackend, AwsOptions, tags, volumes
+from tasks.backends.base import ClusterSpec, JobStatus
+from tests.awssim.images import UBUNTU_2204
+
+DATASET = "imagenet18-backup"  # the description of the AWS tests' dataset snapshot, as the seed's was
+AMI = UBUNTU_2204.image_id  # the simulator's Deep Learning Base AMI: its boot is checked against the AMI's facts
+BUCKET = "imagenet18-test-results"
+
+
+def options(**overrides) -> AwsOptions:
+    return AwsOptions(**{"ami": AMI, "bucket": BUCKET, "dataset_folder": "demo", **overrides})
+
+
+def cluster_spec(run_id: str, machines: int, instance_type: str = "p4d.24xlarge", spot: bool = False,
+                 hours: float = 2.0) -> ClusterSpec:
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours)
+    return ClusterSpec(run_id, f"test-{run_id}", machines, instance_type, spot, expires)
+
+
+def delete_default_vpc(aws) -> None:
+    """An account without a default VPC: some never had one, some owners delete it."""
+    ec2 = aws.client("ec2")
+    [vpc] = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]:
+        ec2.delete_subnet(SubnetId=subnet["SubnetId"])
+    ec2.delete_vpc(VpcId=vpc["VpcId"])
+
+
+def users_subnet(aws, way_out: bool = True, public: bool = True, dns_hostnames: bool = True,
+                 through_nat: bool = False) -> str:
+    """A subnet in us-east-1a of a VPC of the user's own, by default as the machines need it: a route out through
+    an internet gateway (or, through_nat, a NAT gateway in another subnet), public addresses on launch, both DNS
+    attributes on."""
+    ec2 = aws.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.0.0/20", AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
+    if way_out:
+        gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+        ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+        table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+        if through_nat:
+            outer = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.16.0/20")["Subnet"]["SubnetId"]
+            address = ec2.allocate_address(Domain="vpc")["AllocationId"]
+            nat = ec2.create_nat_gateway(SubnetId=outer, AllocationId=address)["NatGateway"]["NatGatewayId"]
+            ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)
+        else:
+            ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
+        ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
+    ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": public})
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": dns_hostnames})
+    return subnet
+
+
+def finished(backend: AwsBackend, cluster, job: str, timeout_s: float = 120.0) -> JobStatus:
+    deadline = time.monotonic() + timeout_s
+    while not (status := backend.status(cluster, job)).done:
+        assert time.monotonic() < deadline, f"{job} still running after {timeout_s:.0f} s: {status}"
+        time.sleep(1)
+    return status
+
+
+def no_capacity_in(aws, zone: str) -> None:
+    aws.add_fault("ec2", "RunInstances", "InsufficientInstanceCapacity",
+                  match={"Placement.AvailabilityZone": zone})
+
+
+def run_zones(aws, run_id: str) -> dict[str, list[str]]:
+    """The zones of the run's live machines and of its dataset replicas, asked directly."""
+    ec2, where = aws.client("ec2"), tags.run_filter(run_id)
+    live = [i for r in ec2.describe_instances(Filters=where)["Reservations"] for i in r["Instances"]
+            if i["State"]["Name"] in ("pending", "running")]
+    replicas = ec2.describe_volumes(Filters=where + [{"Name": f"tag:{volumes.KIND}", "Values": [volumes.REPLICA]}])
+    return {"machines": sorted(i["Placement"]["AvailabilityZone"] for i in live),
+            "replicas": sorted(v["AvailabilityZone"] for v in replicas["Volumes"])}
