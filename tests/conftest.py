@@ -1,4 +1,6 @@
-"""Shared fixtures: one tiny demo dataset (with its -sz/160 copy) per test session; the AWS simulator."""
+"""Shared fixtures: one tiny demo dataset (with its -sz/160 copy) per test session; the AWS simulator; the Prefect
+API. A test that uses the simulator is marked `aws`, one that uses the session's Prefect API `server` (the tiers:
+docs/testing.md)."""
 
 import shutil
 import signal
@@ -9,17 +11,27 @@ import pytest
 
 from tests.awssim import AwsSim, client_environment
 from tests.awssim import start as start_aws_sim
+from tests.aws_runs import DATASET
 from trainer.demo_data import make_demo_dataset
 from trainer.prepare import prepare
 
 TINY = {"classes": 10, "train_per_class": 120, "val_per_class": 10}
-DATASET = "imagenet18-backup"  # the description of the AWS tests' dataset snapshot, as the seed's was
 
 # A suite started in the background by a non-interactive shell (`bash .ci/run &`) inherits SIGINT ignored, and
 # so would every command a test starts: the Ctrl-C tests could not stop them. A handler, unlike SIG_IGN, is not
 # inherited across exec.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+MARKED_BY_FIXTURE = {"aws_sim": "aws", "prefect_api": "server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in MARKED_BY_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ the run's id in its path (replica and registry folders, claims, key files).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.processes import environments
 
 RUN_TAG = "imagenet18:run"
 RUN_ENV = "IMAGENET18_RUN"
+WORKER_ENV = "PYTEST_XDIST_WORKER"  # set by pytest-xdist in each worker, inherited by what it starts
 
 
 @dataclass(frozen=True)
@@ -161,9 +163,11 @@ def _machine_processes(aws: AwsSim, run_id: str | None) -> Iterator[Found]:
 
 
 def local_resources(home: Path, run_id: str | None = None) -> list[Found]:
-    """The run's processes (whatever home they carry), replica folders, registry records and claims."""
+    """The run's processes (whatever home they carry), replica folders, registry records and claims. Every run's,
+    when run_id is None: those of this test worker's runs (pytest -n runs other workers' beside it)."""
     found = [Found("process", str(pid), environ[RUN_ENV]) for pid, environ in environments(RUN_ENV)
-             if run_id in (None, environ[RUN_ENV]) and INSTANCE_ENV not in environ]
+             if run_id in (None, environ[RUN_ENV]) and INSTANCE_ENV not in environ
+             and (run_id is not None or environ.get(WORKER_ENV) == os.environ.get(WORKER_ENV))]
     local = home / "local"
     for kind, folder in (("replica", local / "replicas"), ("record", local / "registry")):
         for run_folder in folder.glob(run_id or "*"):

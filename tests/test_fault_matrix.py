@@ -1,7 +1,7 @@
 """The fault matrix: a failure at each stage x each way a run dies, on the local backend and on AWS (the
 simulator). Every scenario must end with nothing of its run left, as the world says (tests/leftovers.py: the
 simulator's services, /proc and the files), never the backend's own inventory. docs/fault-matrix.md lists each
-row's outcome; the test of the docs compares it with the rows run in the session.
+row's outcome; each row compares its own with it.
 
 How a run dies:
 - exception: the stage fails (an AWS error answer, or an injected error locally); the flow's `finally` tears down.
@@ -15,6 +15,7 @@ How a run dies:
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -40,9 +41,9 @@ from tasks.backends.local import LocalBackend
 from tests.faultgates import GATE_ENV, STAGE_GATES, Gate, installed
 from tests.leftovers import aws_leftovers, local_leftovers
 from tests.prefect_server import background
-from tests.prefect_server import wait_for as _wait_for
+from tests.support import wait_for as _wait_for
 from tests.processes import command_line, with_environment
-from tests.test_aws import DATASET, options
+from tests.aws_runs import DATASET, options
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -74,8 +75,8 @@ WHERE = {
     "evaluate": "writing the curves (curves.png) beside the run's logs",
     "teardown": "deleting (local: replicas; AWS: terminating machines)",
 }
-OUTCOMES: list[Outcome] = []
 WRITE_DOCS_ENV = "IMAGENET18_WRITE_FAULT_MATRIX"
+DOCS = REPO / "docs" / "fault-matrix.md"
 COUNTED = (3, 5, 6)  # the table's columns of counts: when killed, left by the run, after cleanup
 
 
@@ -283,6 +284,8 @@ def _die_by_signal(scenario: Scenario, sig: signal.Signals, folder: Path) -> tup
     return flow_run_id, at_death
 
 
+@pytest.mark.matrix
+@pytest.mark.slow
 @pytest.mark.parametrize("death", DEATHS)
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -312,26 +315,31 @@ def test_a_run_that_dies_leaves_nothing(scenario, backend, stage, death, served_
     expected = {"exception": "Failed", "cancel": "Cancelled", "sigterm": "Crashed", "sigkill": "Crashed"}[death]
     assert state.type.value.lower() == expected.lower(), (state.name, state.message)
     assert scenario.found(run_id) == {}, "nothing of the run is left"
-    OUTCOMES.append(Outcome(backend, stage, death, at_death, state.name, after_run, scenario.count(run_id)))
+    _compare_with_docs(Outcome(backend, stage, death, at_death, state.name, after_run, scenario.count(run_id)))
 
 
-def test_the_docs_list_the_fault_matrix_as_this_session_found_it():
-    """docs/fault-matrix.md holds, row for row, what this session's runs of the matrix found. With
-    IMAGENET18_WRITE_FAULT_MATRIX=1 the rows that ran are written into it instead (the rest kept as they were)."""
-    if not OUTCOMES:
-        pytest.skip("no row of the fault matrix ran in this session: nothing to compare")
-    docs = REPO / "docs" / "fault-matrix.md"
-    committed = _rows(docs.read_text())
-    fresh = _rows(render(OUTCOMES))
+def _compare_with_docs(outcome: Outcome) -> None:
+    """docs/fault-matrix.md's row for this scenario says what this run found; with IMAGENET18_WRITE_FAULT_MATRIX=1
+    the row is written into it instead (under a lock: rows may run in parallel)."""
+    key, row = (outcome.backend, outcome.stage, outcome.death), _row(outcome)
     if os.environ.get(WRITE_DOCS_ENV) == "1":
-        docs.write_text(render_rows({**committed, **fresh}))
-        committed = _rows(docs.read_text())
-    changed = {key: (committed.get(key), row) for key, row in fresh.items()
-               if _outcome(committed.get(key)) != _outcome(row)}
-    assert not changed, (f"docs/fault-matrix.md differs from this session's runs (committed, fresh): {changed}; "
-                         f"rerun with {WRITE_DOCS_ENV}=1 to write them")
+        with open(DOCS, "r+") as docs:
+            fcntl.flock(docs, fcntl.LOCK_EX)
+            text = render_rows({**_rows(docs.read()), key: row})
+            docs.seek(0)
+            docs.write(text)
+            docs.truncate()
+    committed = _rows(DOCS.read_text()).get(key)
+    assert _outcome(committed) == _outcome(row), \
+        f"docs/fault-matrix.md says {committed}, this run found {row}; rerun with {WRITE_DOCS_ENV}=1 to write it"
+
+
+def test_the_docs_list_every_scenario_of_the_fault_matrix():
+    """docs/fault-matrix.md has a row per scenario (each row's test compares its row with what it found), in the
+    text the test renders."""
+    committed = _rows(DOCS.read_text())
     assert set(committed) == {(b, s, d) for b in BACKENDS for s in STAGES for d in DEATHS}, "a row per scenario"
-    assert render_rows(committed) == docs.read_text(), "the text around the rows is the test's own"
+    assert render_rows(committed) == DOCS.read_text(), "the text around the rows is the test's own"
 
 
 def _outcome(row: str | None) -> tuple[str, ...] | None:
@@ -354,10 +362,9 @@ def _rows(text: str) -> dict[tuple[str, str, str], str]:
     return rows
 
 
-def render(outcomes: list[Outcome]) -> str:
-    return render_rows({(o.backend, o.stage, o.death): (
-        f"| {o.backend} | {o.stage} | {o.death} | {'-' if o.at_death is None else o.at_death} | {o.state} | "
-        f"{o.after_run} | {o.after_cleanup} | {o.removed_by} |") for o in outcomes})
+def _row(o: Outcome) -> str:
+    return (f"| {o.backend} | {o.stage} | {o.death} | {'-' if o.at_death is None else o.at_death} | {o.state} | "
+            f"{o.after_run} | {o.after_cleanup} | {o.removed_by} |")
 
 
 def render_rows(rows: dict[tuple[str, str, str], str]) -> str:
