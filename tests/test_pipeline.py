@@ -29,7 +29,8 @@ from tasks import stages
 from tasks.backends.base import InputError
 from tasks.backends.local import LocalBackend
 from tests.leftovers import local_leftovers
-from tests.prefect_server import flow_run_logs
+from tests.prefect_server import all_flow_run_logs, flow_run_logs
+from tests.support import wait_for
 from trainer.demo_data import make_demo_dataset
 from trainer.prepare import resized_root
 
@@ -128,10 +129,14 @@ def test_a_trainer_failure_is_its_own_error_line_and_everything_is_torn_down(pre
     assert flow_run.state.is_failed() and last_line.removeprefix("error: ") in flow_run.state.message
     assert "ChildFailedError" not in flow_run.state.message
     _assert_nothing_left(prefect_api)
-    logs = flow_run_logs(flow_run.id, until="machine 1 | ")
-    errors = [log.message for log in logs if log.level >= logging.ERROR]
-    for machine in (0, 1):  # both machines' errors reach the flow's log, with their tracebacks
-        assert any(m.startswith(f"machine {machine} | ") and "Traceback" in m for m in errors), errors
+
+    def errors_with_both_tracebacks() -> list[str] | None:  # log records reach the API in batches
+        errors = [log.message for log in all_flow_run_logs(flow_run.id) if log.level >= logging.ERROR]
+        both = all(any(m.startswith(f"machine {i} | ") and "Traceback" in m for m in errors) for i in (0, 1))
+        return errors if both else None
+
+    errors = wait_for(errors_with_both_tracebacks, 60, "both machines' tracebacks in the flow's log")
+    for machine in (0, 1):  # and each machine's error line
         assert any(m.startswith(f"machine {machine} | ") and "Error" in m and "Traceback" not in m for m in errors)
 
 

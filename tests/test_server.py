@@ -11,6 +11,9 @@ from tests.prefect_server import BIN, assert_backend_lines_in_run_log, assert_no
     assert_three_machines_refused_with_no_run, background, final_state, prefect_cli, prefect_server, started_flow_run
 from tests.support import wait_for as _wait_for
 
+# One worker runs the module, so its one served process serves every test (pytest -n: docs/testing.md).
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.xdist_group("served")]
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):

@@ -23,8 +23,10 @@ if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Locator, Page, Route
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install "
-                                                          "chromium; .ci/run installs it)")
+# One worker runs the module, so its one demo run serves every test (pytest -n: docs/testing.md).
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install "
+                                                           "chromium; .ci/run installs it)"),
+              pytest.mark.server, pytest.mark.slow, pytest.mark.xdist_group("ui")]
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the Playwright driver is not installed "
                                                                    "(pip install -e '.[test]')")
 expect = playwright_api.expect

@@ -19,6 +19,8 @@ from tests.processes import with_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_EPOCH = ("--param", "epochs=1")  # added to the page's run: the suite's time budget
+# One worker runs the module, so its one server, worker and run serve every test (pytest -n: docs/testing.md).
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.xdist_group("work-pool")]
 
 
 def documented_work_pool_commands() -> list[list[str]]:
