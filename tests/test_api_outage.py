@@ -9,10 +9,15 @@ import signal
 import sqlite3
 from contextlib import ExitStack
 
+import pytest
+
 from tests.prefect_server import BIN, background, prefect_server
 from tests.support import wait_for
 from tests.processes import with_environment
 from tests.support import free_port
+
+# Each test here trains or runs a flow: the slow tier (docs/testing.md).
+pytestmark = pytest.mark.slow
 
 
 def _epochs(home) -> list[int]:

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fsspec
+import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.settings import PREFECT_API_URL
@@ -19,6 +20,9 @@ from tasks.backends.aws import AwsBackend, catalog
 from tasks.reports import PLAN_KEY
 from tests.leftovers import aws_leftovers
 from tests.aws_runs import AMI, BUCKET, DATASET, options
+
+# Each test here trains or runs a flow: the slow tier (docs/testing.md).
+pytestmark = pytest.mark.slow
 
 IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
 

@@ -10,6 +10,8 @@ runs many more.
 import os
 import time
 
+import pytest
+
 from tests.chaos.census import Census
 from tests.chaos.report import figures, problems, rerun_commands
 from tests.chaos.runner import World, run_all
@@ -22,6 +24,7 @@ PARALLEL = int(os.environ.get("CHAOS_PARALLEL", "2"))
 ONLY = {int(index) for index in os.environ.get("CHAOS_ONLY", "").split(",") if index}
 
 
+@pytest.mark.slow
 def test_runs_with_faults_drawn_at_random_end_as_their_fault_says_and_leave_nothing(prefect_api, aws, tiny_data,
                                                                                    tmp_path):
     print(f"chaos seed {SEED}; to draw these runs again:\n{rerun_commands(SEED, RUNS, PARALLEL)}")

@@ -142,6 +142,7 @@ def _odd_files(root):
     return {"truncated": train / "truncated.JPEG", "text": train / "text.JPEG", "notes": train / "notes.txt"}
 
 
+@pytest.mark.slow
 def test_odd_but_readable_files_train_and_unreadable_ones_are_named_and_skipped(tmp_path, caplog):
     """Grayscale, CMYK, 1x1 and PNG-named-.JPEG images train; a truncated JPEG and a text file named .JPEG are
     skipped with a warning naming each (by prepare, and by the trainer reading full-size images); a file not

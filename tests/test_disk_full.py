@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from flows.imagenet18 import imagenet18
@@ -14,6 +15,9 @@ from tests.disks import fill, small_disk
 from tests.leftovers import local_leftovers
 from tests.support import wait_for
 from tests.trainer_runs import run, train_command, trainer_env
+
+# Each test here trains or runs a flow: the slow tier (docs/testing.md).
+pytestmark = pytest.mark.slow
 
 
 def _records(logdir, kind):

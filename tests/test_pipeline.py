@@ -62,6 +62,7 @@ def _artifacts(flow_run_id) -> dict:
     return {artifact.key: artifact for artifact in artifacts}
 
 
+@pytest.mark.slow
 def test_two_machine_local_run_completes_and_leaves_nothing(prefect_api, tiny_data):
     state = imagenet18(machines=2, dataset=str(tiny_data), schedule="cpu-tiny", epochs=3, target=1.0,
                        return_state=True)  # 1% top-1 (cpu-tiny's metric) of 10 classes: reached at once
@@ -113,6 +114,7 @@ def _assert_artifacts_show_the_run(flow_run_id, result: dict) -> None:
         assert curves.format == "PNG" and curves.size[0] >= 800
 
 
+@pytest.mark.slow
 def test_a_trainer_failure_is_its_own_error_line_and_everything_is_torn_down(prefect_api, data_copy, capsys):
     """Valid for the planner, fatal for the trainer: every validation image of the resized copy is unreadable (it
     is newer than its source, so the prepare stage keeps it). The CLI's last line and the flow run's message are
@@ -140,6 +142,7 @@ def test_a_trainer_failure_is_its_own_error_line_and_everything_is_torn_down(pre
         assert any(m.startswith(f"machine {machine} | ") and "Error" in m and "Traceback" not in m for m in errors)
 
 
+@pytest.mark.slow
 def test_a_full_size_dataset_gets_its_resized_copies_in_their_own_stage_once(prefect_api, tmp_path):
     """A dataset as downloaded (full-size JPEGs, no -sz folders): the prepare-dataset stage makes the copy the
     schedule reads, with a progress artifact; a second run of the same folder makes none."""
@@ -166,6 +169,7 @@ def test_a_full_size_dataset_gets_its_resized_copies_in_their_own_stage_once(pre
     _assert_nothing_left(prefect_api)
 
 
+@pytest.mark.slow
 def test_teardown_after_a_failed_replicate_waits_for_the_cluster_being_prepared(prefect_api, tiny_data, monkeypatch):
     """replicate-dataset and prepare-cluster run side by side: when one fails, teardown waits for the other, or
     it would miss what that one was still making. Preparing outlasts the failure: it goes on only once the replica
@@ -284,6 +288,7 @@ def test_a_copy_that_cannot_be_made_is_refused_before_anything_is_created(prefec
     _assert_nothing_left(prefect_api)
 
 
+@pytest.mark.slow
 def test_replicas_made_ahead_serve_a_run_and_have_a_delete_path(prefect_api, tiny_data):
     made = replicate(replicas=3, dataset=str(tiny_data))
     assert len(made) == 3
@@ -304,6 +309,7 @@ def test_replicas_made_ahead_serve_a_run_and_have_a_delete_path(prefect_api, tin
     _assert_nothing_left(prefect_api)
 
 
+@pytest.mark.slow
 def test_cleanup_removes_what_a_sigkilled_run_left(prefect_api, tiny_data):
     script = ("from flows.imagenet18 import imagenet18; "
               f"imagenet18(machines=2, dataset={str(tiny_data)!r}, schedule='cpu-tiny')")
@@ -323,6 +329,7 @@ def test_cleanup_removes_what_a_sigkilled_run_left(prefect_api, tiny_data):
     _assert_nothing_left(prefect_api)
 
 
+@pytest.mark.slow
 def test_a_lost_node_is_replaced_and_the_run_resumes_from_its_checkpoint(prefect_api, tiny_data):
     runs_before = set((prefect_api / "runs").glob("*"))
     with ThreadPoolExecutor(1) as pool:
@@ -343,6 +350,7 @@ def test_a_lost_node_is_replaced_and_the_run_resumes_from_its_checkpoint(prefect
     _assert_nothing_left(prefect_api)
 
 
+@pytest.mark.slow
 def test_a_hung_node_is_noticed_by_its_heartbeats_and_the_run_resumes(prefect_api, tiny_data):
     runs_before = set((prefect_api / "runs").glob("*"))
     with ThreadPoolExecutor(1) as pool:

@@ -16,6 +16,9 @@ from tests.prefect_server import all_flow_run_logs
 from tests.processes import command_lines_seen
 from tests.aws_runs import DATASET, options
 
+# Each test here trains or runs a flow: the slow tier (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 CANARIES = {
     "AWS_ACCESS_KEY_ID": "AKIACANARY1800000000",
     "AWS_SECRET_ACCESS_KEY": "canary-aws-secret-" + "0123456789" * 2,

@@ -46,6 +46,7 @@ def single_run(tiny_data, tmp_path_factory):
     return logdir, result.stdout
 
 
+@pytest.mark.slow
 def test_console_shows_the_seeds_lines(single_run):
     _, stdout = single_run
     lines = stdout.splitlines()
@@ -60,6 +61,7 @@ def test_console_shows_the_seeds_lines(single_run):
     assert all(not line.startswith("Epoch:") or TRAIN_LINE.match(line) for line in lines)
 
 
+@pytest.mark.slow
 def test_the_best_epochs_weights_are_kept_beside_the_latest_and_the_summary_says_which_is_which(single_run):
     logdir, stdout = single_run
     summary = json.loads((logdir / "summary.json").read_text())
@@ -75,6 +77,7 @@ def test_the_best_epochs_weights_are_kept_beside_the_latest_and_the_summary_says
     assert f"Best epoch by top1: {best['epoch']}, top-1 {best['top1']:.3f}" in stdout
 
 
+@pytest.mark.slow
 def test_log_files_metrics_and_summary(single_run):
     logdir, stdout = single_run
     for name in ("verbose.log", "event.log", "debug.log", "metrics.jsonl", "summary.json"):
@@ -96,6 +99,7 @@ def test_log_files_metrics_and_summary(single_run):
     assert f"Time to 30.0% top1: epoch {reached[0]}," in stdout
 
 
+@pytest.mark.slow
 def test_tensorboard_events_carry_the_seeds_tags(single_run):
     logdir, _ = single_run
     events = EventAccumulator(str(logdir))
@@ -109,6 +113,7 @@ def test_tensorboard_events_carry_the_seeds_tags(single_run):
     assert events.Scalars("sizes/image")[-1].value == 64
 
 
+@pytest.mark.slow
 def test_two_torchrun_nodes_over_gloo_learn(tiny_data, tmp_path):
     logdir = tmp_path / "run"
     outputs = run_two_nodes(tiny_data, logdir)
@@ -123,6 +128,7 @@ def test_two_torchrun_nodes_over_gloo_learn(tiny_data, tmp_path):
     assert [b["node"] for b in beats] == [0, 1] and all(b["epoch"] == 8 for b in beats), "every node beats"
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_and_ends_where_the_uninterrupted_run_did(tiny_data, tmp_path, single_run):
     logdir = tmp_path / "run"
     command = train_command(tiny_data, logdir, *TARGET)
@@ -157,6 +163,7 @@ def test_killed_run_resumes_and_ends_where_the_uninterrupted_run_did(tiny_data, 
     (lambda text: text.replace('arch = "resnet10"', 'arch = "resnet18"'), "trained as resnet10, this run is resnet18"),
     (lambda text: text.replace("lr = [0.02", "lr = [0.03"), "trained with schedule 'cpu-tiny'"),
 ])
+@pytest.mark.slow
 def test_resume_from_another_model_or_schedule_is_refused(single_run, tiny_data, tmp_path, change, message):
     other = tmp_path / "other.toml"
     other.write_text(change((resources.files("trainer") / "schedules" / "cpu-tiny.toml").read_text()))
@@ -185,6 +192,7 @@ def test_missing_data_is_one_clear_line(tmp_path):
     ({"WANDB_BASE_URL": f"http://127.0.0.1:{free_port()}", "WANDB_INIT_TIMEOUT": "5"},  # nothing listens there
      "wandb is unreachable ("),
 ], ids=["offline", "unreachable"])
+@pytest.mark.slow
 def test_wandb_mirrors_the_run_offline_and_the_key_is_written_nowhere(tiny_data, tmp_path, wandb_env, reason):
     canary = "canary" + "0123456789abcdef" * 2 + "wxyz"  # 40 characters, like a real key
     logdir = tmp_path / "run"
@@ -225,6 +233,7 @@ lr = [0.05, 0.01]
 """
 
 
+@pytest.mark.slow
 def test_compiled_two_node_run_changes_image_size_and_checkpoints_the_plain_model(tiny_data, tmp_path):
     """--compile under DDP (the graph holds DDP's hooks), through an image-size change (a static graph each)."""
     logdir, inductor_cache, schedule = tmp_path / "run", tmp_path / "inductor", tmp_path / "two.toml"
@@ -240,6 +249,7 @@ def test_compiled_two_node_run_changes_image_size_and_checkpoints_the_plain_mode
         "checkpoints hold the module itself, loadable without --compile"
 
 
+@pytest.mark.slow
 def test_a_schedule_with_more_shapes_than_dynamos_limit_compiles_every_one(tmp_path, monkeypatch):
     """Dynamo compiles at most `recompile_limit` (8) graphs of a function, then runs new shapes eagerly: a
     schedule with more phases than that would lose the compiled step in its last ones."""

@@ -18,6 +18,9 @@ from tests.support import wait_for
 from tests.processes import command_line, with_environment
 from tests.trainer_runs import train_command, trainer_env
 
+# Each test here trains or runs a flow: the slow tier (docs/testing.md).
+pytestmark = pytest.mark.slow
+
 IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
 CANARY = "canary" + "0123456789abcdef" * 2 + "wxyz"  # 40 characters, like a real key
 
