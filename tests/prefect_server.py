@@ -19,6 +19,9 @@ import httpx
 from tests.support import free_port, wait_for
 
 BIN = Path(sys.executable).parent
+# Added to a deployment run's parameters (the demo's defaults train 8 epochs): what the served and work-pool tests
+# check of the run (it completes, the demo dataset is made, its lines reach the run's log) needs one epoch.
+ONE_EPOCH = ("--param", "epochs=1")
 
 
 def healthy(api_url: str) -> bool:

@@ -7,7 +7,7 @@ import pytest
 from prefect import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.prefect_server import BIN, assert_backend_lines_in_run_log, assert_no_traceback, \
+from tests.prefect_server import BIN, ONE_EPOCH, assert_backend_lines_in_run_log, assert_no_traceback, \
     assert_three_machines_refused_with_no_run, background, final_state, prefect_cli, prefect_server, started_flow_run
 from tests.support import wait_for as _wait_for
 
@@ -40,7 +40,7 @@ def test_served_deployments_include_a_scheduled_cleanup(served):
 
 def test_deployment_run_with_the_local_defaults_completes(served):
     flow_run_id = started_flow_run(prefect_cli(served, "deployment", "run", "imagenet18/full", "--param",
-                                               "machines=2", "--param", "backend=local"))
+                                               "machines=2", "--param", "backend=local", *ONE_EPOCH))
     state = final_state(flow_run_id, 900)
     assert state.is_completed(), state.message
     assert not list(Path(served["IMAGENET18_HOME"], "local", "replicas").glob("*/*")), "replicas are gone"

@@ -13,12 +13,11 @@ import pytest
 from prefect import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.prefect_server import BIN, assert_backend_lines_in_run_log, assert_no_traceback, \
+from tests.prefect_server import BIN, ONE_EPOCH, assert_backend_lines_in_run_log, assert_no_traceback, \
     assert_three_machines_refused_with_no_run, background, final_state, prefect_cli, prefect_server, started_flow_run
 from tests.processes import with_environment
 
 ROOT = Path(__file__).resolve().parents[1]
-ONE_EPOCH = ("--param", "epochs=1")  # added to the page's run: the suite's time budget
 # One worker runs the module, so its one server, worker and run serve every test (pytest -n: docs/testing.md).
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.xdist_group("work-pool")]
 
