@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support import wait_for
 from tests.processes import alive, with_environment
 
@@ -29,6 +31,7 @@ def run_name(result: subprocess.CompletedProcess) -> str:
     return result.stdout.split(":", 1)[0]
 
 
+@pytest.mark.slow
 def test_without_an_api_url_the_flow_reports_to_a_server_that_ends_with_the_command(tmp_path, tiny_data):
     result = plan(tmp_path, tiny_data)
     name = run_name(result)

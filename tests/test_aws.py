@@ -81,6 +81,7 @@ def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapsho
     assert ec2.describe_volumes(VolumeIds=[bystander])["Volumes"], "an untagged volume is never touched"
 
 
+@pytest.mark.slow
 def test_parallel_calls_bounds_the_aws_calls_in_flight(aws, snapshot, tmp_path):
     """parallel_calls=1 makes one call at a time (the serial baseline of bench/provisioning.py); the default
     overlaps calls that do not wait on each other."""
@@ -134,6 +135,7 @@ def test_threads_that_ask_for_a_client_at_once_share_one():
     assert clients.client("ec2", retries=False) is not made[0], "each retry mode has its own client"
 
 
+@pytest.mark.slow
 def test_sweep_removes_expired_and_finished_runs_only(aws, snapshot, tmp_path):
     backend = AwsBackend(options(), home=tmp_path)
     past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
@@ -156,6 +158,7 @@ def test_replicas_have_a_delete_path(aws, snapshot, tmp_path):
     assert aws_leftovers(aws, "pool") == {}
 
 
+@pytest.mark.slow
 def test_replicas_are_returned_initialized_at_the_rate_asked(aws, snapshot, tmp_path):
     """EBS fetches a new volume's blocks from S3 on first read until it is initialized: the replicate stage
     returns only once every replica is, so no training reads cold."""
@@ -280,6 +283,7 @@ def test_more_machines_than_replicas_is_refused_before_any_machine(aws, snapshot
     backend.teardown("run-short")
 
 
+@pytest.mark.slow
 def test_a_dataset_snapshot_is_made_from_an_s3_url_and_the_builder_leaves_nothing(aws, tmp_path):
     aws.client("s3").create_bucket(Bucket="datasets")
     fs = fsspec.filesystem("s3")

@@ -44,6 +44,7 @@ def test_no_capacity_and_no_other_type_allowed_fails_cleanly(aws, snapshot, tmp_
     assert aws_leftovers(aws, "run-no-capacity") == {}
 
 
+@pytest.mark.slow
 def test_a_cluster_is_made_runs_a_job_and_is_torn_down_with_a_third_of_all_calls_throttled(aws, snapshot, tmp_path,
                                                                                            caplog):
     """Each service's calls, SSM's too (the job's commands and its secrets); the whole flow under throttling, with
@@ -84,6 +85,7 @@ def test_a_refused_role_leaves_no_instance_profile_behind(aws, tmp_path):
     assert aws_leftovers(aws, "run-no-role", tmp_path) == {}
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_never_touch_each_other(aws, snapshot, tmp_path):
     backend = AwsBackend(options(), home=tmp_path)
 
@@ -101,6 +103,7 @@ def test_two_runs_at_once_never_touch_each_other(aws, snapshot, tmp_path):
     assert aws_leftovers(aws, "run-b") == {}
 
 
+@pytest.mark.slow
 def test_no_capacity_in_the_zone_for_any_type_moves_the_run_to_the_next_allowed_zone(aws, snapshot, tmp_path,
                                                                                        caplog):
     backend = AwsBackend(options(other_instance_types=("p5.48xlarge",), other_availability_zones=("us-east-1b",)),
@@ -119,6 +122,7 @@ def test_no_capacity_in_the_zone_for_any_type_moves_the_run_to_the_next_allowed_
     assert aws_leftovers(aws, "run-moved") == {}
 
 
+@pytest.mark.slow
 def test_no_capacity_in_any_allowed_zone_fails_cleanly_naming_what_was_tried(aws, snapshot, tmp_path):
     for zone in ("us-east-1a", "us-east-1b"):
         no_capacity_in(aws, zone)

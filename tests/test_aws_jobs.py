@@ -21,6 +21,7 @@ def provisioned(aws, tmp_path, run_id: str, machines: int, **changes):
     return backend, backend.provision(spec, backend.replicate(spec, DATASET, machines))
 
 
+@pytest.mark.slow
 def test_a_job_waits_for_the_agents_runs_under_sh_and_reports_each_exit_code(aws, snapshot, tmp_path):
     aws.set_agent_delay(AGENT_DELAY_S)
     backend, cluster = provisioned(aws, tmp_path, "run-jobs", 2)

@@ -7,6 +7,8 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tasks.backends.aws import AwsBackend, tags
 from tasks.backends.base import POOL_OWNER, ClusterSpec
 from tasks.backends.local import LocalBackend
@@ -30,6 +32,7 @@ def pool_as_it_is(backend) -> list[tuple]:
 
 
 # -- AWS -----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_an_aws_run_claims_pool_volumes_for_its_first_machines_and_gives_them_back(aws, snapshot, tmp_path):
     backend = AwsBackend(options(), home=tmp_path)
     pool = backend.replicate(pool_spec(3), DATASET, 3, pool=True)
@@ -53,6 +56,7 @@ def test_an_aws_run_claims_pool_volumes_for_its_first_machines_and_gives_them_ba
     backend.delete_replicas(POOL_OWNER)
 
 
+@pytest.mark.slow
 def test_an_aws_run_skips_a_pool_volume_another_run_has_locked(aws, snapshot, tmp_path):
     backend = AwsBackend(options(), home=tmp_path)
     pool = backend.replicate(pool_spec(2), DATASET, 2, pool=True)
@@ -68,6 +72,7 @@ def test_an_aws_run_skips_a_pool_volume_another_run_has_locked(aws, snapshot, tm
     backend.delete_replicas(POOL_OWNER)
 
 
+@pytest.mark.slow
 def test_two_aws_runs_at_once_never_claim_the_same_pool_volume(aws, snapshot, tmp_path):
     backend = AwsBackend(options(), home=tmp_path)
     pool = backend.replicate(pool_spec(2), DATASET, 2, pool=True)
@@ -96,6 +101,7 @@ def test_deleting_the_pool_while_a_run_holds_a_volume_deletes_it_when_the_run_en
     assert aws.client("ec2").describe_volumes(Filters=tags.run_filter(None))["Volumes"] == []
 
 
+@pytest.mark.slow
 def test_a_run_moved_to_another_zone_gives_its_pool_volumes_back(aws, snapshot, tmp_path):
     backend = AwsBackend(options(other_availability_zones=("us-east-1b",)), home=tmp_path)
     backend.replicate(pool_spec(2), DATASET, 2, pool=True)

@@ -325,6 +325,7 @@ def forward_command(instance_id: str, port: int, remote_port: int) -> list[str]:
             json.dumps({"portNumber": [str(remote_port)], "localPortNumber": [str(port)]})]
 
 
+@pytest.mark.slow
 def test_machine_0_serves_the_runs_efs_folder_through_an_ssm_port_forward(aws, machines, tmp_path):
     head = machines["head"]
     aws_command = fake_aws(tmp_path / "bin")
