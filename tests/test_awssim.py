@@ -247,6 +247,7 @@ def test_player_runs_commands_against_the_machine_disks(aws, tmp_path):
         wait_for(lambda pid=pid: not alive(pid), seconds=2)
 
 
+@pytest.mark.slow
 def test_ssm_agents_register_late_and_run_commands_as_the_agent_does(aws):
     """The agent registers a while after its machine runs; SendCommand refuses the machine until then, and an
     executionTimeout over AWS-RunShellScript's 48 h. A script runs from a file through `sh -c` (dash here, as on
