@@ -49,6 +49,8 @@ def test_the_plan_knows_the_model_of_the_gpus_each_machine_trains_on(tmp_path):
                for machines in (1, 2, 4)}
     assert devices == {1: Devices("NVIDIA H100 80GB HBM3", 2), 2: Devices("NVIDIA H100 80GB HBM3", 1),
                        4: Devices(None, 1)}
+    assert LocalBackend(tmp_path, LocalGpus(("0",))).devices(ClusterSpec("run", "run", 1, "local", False, expires)) \
+        == Devices("unnamed", 1), "GPUs CUDA_VISIBLE_DEVICES names without the driver's files are GPUs all the same"
 
 
 DRIVER_INFORMATION = """Model: \t\t NVIDIA H100 80GB HBM3

@@ -85,7 +85,7 @@ class LocalBackend:
 
     def devices(self, spec: ClusterSpec) -> Devices:
         share = self.gpus.per_machine(spec.machines)
-        return Devices(self.gpus.model, share) if share else Devices(None, 1)
+        return Devices(self.gpus.model or "unnamed", share) if share else Devices(None, 1)  # no driver file: unnamed
 
     # -- dataset --------------------------------------------------------------------------------------
     def prepare_dataset(self, spec: ClusterSpec, dataset: str, reads: Sequence[str],
