@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from deployments.api_server import APIServerError, api_for_flows
 from tasks.backends.base import BackendError, InputError
-from tasks.parameters import BackendName, MachineCount, RunParameters
+from tasks.parameters import BackendName, MachineCount, RunParameters, Switch
 
 MACHINE_COUNTS = get_args(MachineCount)
 SET_OTHERWISE = {"dry_run", "aws"}  # by the plan command, and by the aws backend's options
@@ -48,10 +48,22 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
         if value_type is bool:
             parser.add_argument(flag, action="store_true", help=help_text)
             continue
+        if value_type == Switch:
+            _switch(parser, flag, name, field.default, help_text)
+            continue
         choices = get_args(value_type) if get_origin(value_type) is Literal else None
         parser.add_argument(flag, type=type(choices[0]) if choices else value_type, choices=choices, help=help_text,
                             default=CLI_DEFAULTS.get(name, field.default))
     _aws_options(parser)
+
+
+def _switch(parser: argparse.ArgumentParser, flag: str, name: str, default: str, help_text: str) -> None:
+    """`--OPTION` is on, `--no-OPTION` off, neither the default (auto)."""
+    either = parser.add_mutually_exclusive_group()
+    either.add_argument(flag, dest=name, action="store_const", const="on", default=default,
+                        help=f"{help_text} (default: {default})")
+    either.add_argument(f"--no-{flag.removeprefix('--')}", dest=name, action="store_const", const="off",
+                        help="off, whatever the plan estimates")
 
 
 def _option_type(annotation: object) -> object:
@@ -190,7 +202,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     if result.get("dry_run"):
         print(f"{result['run_name']}: would cost ${result['hourly_usd']:,.2f}/h, at most "
-              f"${result['total_usd']:,.2f}; nothing was created")
+              f"${result['total_usd']:,.2f}; nothing was created\n{result['compile']}")
         return 0
     reached = (f"{result['target']:.1f}% {result['target_metric']} at epoch {result['target_epoch']} "
                f"({result['target_hours'] * 60:.1f} min)" if result["target_epoch"] is not None

@@ -74,7 +74,7 @@ def _plan_and_train(params: RunParameters, run_id: str, run_name: str) -> dict:
     if params.dry_run:
         get_run_logger().info("dry run: nothing was created")
         return {"run_name": run_name, "dry_run": True, "hourly_usd": plan.cost.hourly_usd,
-                "total_usd": plan.cost.total_usd}
+                "total_usd": plan.cost.total_usd, "compile": str(plan.compile)}
     started: list[PrefectFuture] = []
     try:
         started = [stages.prepare_cluster.submit(plan)]

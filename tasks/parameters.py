@@ -17,6 +17,7 @@ from tasks.backends.local import default_home
 
 MachineCount = Literal[1, 2, 4, 8, 16]
 BackendName = Literal["local", "aws"]
+Switch = Literal["auto", "on", "off"]  # auto: the plan decides; the CLI's --OPTION and --no-OPTION give on and off
 DEFAULT_INSTANCE_TYPE = {"local": "local", "aws": AWS_DEFAULT_INSTANCE_TYPE}
 DEFAULT_DATASET = {"aws": "imagenet18-backup"}  # the seed's snapshot description; locally, the demo dataset
 
@@ -46,9 +47,10 @@ class RunParameters(BaseModel):
         None, description="the metric the target is of (default: the schedule's)")
     epochs: Annotated[int | None, TRAINER] = Field(None, ge=1, description="stop after this many epochs "
                                                    "(default: the schedule's)")
-    compile: Annotated[bool, TRAINER] = Field(False, description="torch.compile the training step: on one H100 1.4x "
-                                              "the img/s at 224 px after about a minute of compiling per image size "
-                                              "(BENCHMARKS.md); slower on CPUs")
+    compile: Switch = Field("auto", description="torch.compile the training step: on one H100 1.4x the img/s at "
+                            "224 px after about a minute of compiling per image size and batch, slower on CPUs "
+                            "(BENCHMARKS.md); auto: on where the plan estimates that the training minutes it saves "
+                            "outweigh the compiling")
     budget_usd: float | None = Field(None, ge=0, description="refuse to start when the plan costs more")
     max_hours: float = Field(2.0, gt=0, le=72, description="machines terminate themselves after this")
     dry_run: bool = Field(False, description="validate and price the run; create nothing")

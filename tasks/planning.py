@@ -8,16 +8,18 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks import compile_plan
 from tasks.backends import get_backend
 from tasks.backends.base import Backend, ClusterSpec, CostPlan, InputError
 from tasks.parameters import RunParameters, demo_dataset_root
 from trainer import recipe
 from trainer import schedule as schedules
 from trainer.demo_data import demo_dataset_ready, make_demo_dataset
-from trainer.layout import DataError
+from trainer.layout import SPLITS, DataError, check_source
 from trainer.prepare import prepare
 
 log = logging.getLogger(__name__)
+IMAGENET_TRAIN_IMAGES = 1_281_167  # what the aws backend's snapshots are taken to hold: the seed's dataset
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,11 @@ class RunPlan:
     cost: CostPlan
     reference_minutes: float | None = None  # the schedule's known wall time on its own machines
     reads: tuple[str, ...] = ("",)  # the dataset's folders the schedule reads: "" (full size), "-sz/<px>" copies
+    compile: compile_plan.CompileDecision = compile_plan.NOT_PLANNED
+
+    def trainer_flags(self) -> list[str]:
+        """The run's options the trainer takes, and the plan's decisions."""
+        return self.params.trainer_flags() + (["--compile"] if self.compile.on else [])
 
     @property
     def expected_usd(self) -> float | None:
@@ -53,8 +60,18 @@ def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
         raise InputError(f"the plan costs up to ${cost.total_usd:,.2f} ({params.max_hours} h at "
                          f"${cost.hourly_usd:,.2f}/h), over the budget of ${params.budget_usd:,.2f}")
     epochs = min(plan_schedule.epochs, params.epochs or plan_schedule.epochs)
+    devices = backend.devices(spec)
+    compiling = compile_plan.decide(params.compile, plan_schedule, epochs, devices.gpu_model,
+                                    devices.per_machine * params.machines, lambda: train_images(params))
     return RunPlan(params, spec, params.resolved_dataset, params.resolved_schedule, epochs, cost,
-                   plan_schedule.reference_minutes, reads)
+                   plan_schedule.reference_minutes, reads, compiling)
+
+
+def train_images(params: RunParameters) -> int:
+    """Images an epoch trains: a local dataset's, counted; on aws the seed's, ImageNet's."""
+    if params.backend == "local":
+        return len(check_source(params.resolved_dataset.removeprefix("file://"))[SPLITS[0]].samples)
+    return IMAGENET_TRAIN_IMAGES
 
 
 def backend_for(params: RunParameters) -> Backend:

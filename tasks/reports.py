@@ -32,7 +32,8 @@ def plan_markdown(plan: RunPlan) -> str:
             f"schedule **{plan.schedule}** for {plan.epochs} epochs, dataset `{plan.dataset}`.\n\n"
             f"| resource | count | $/h each | $/h |\n|---|---|---|---|\n{rows}\n\n{before}"
             f"**${plan.cost.hourly_usd:,.2f}/h**; expected: {expected}; at most **${plan.cost.total_usd:,.2f}** "
-            f"(machines end themselves after max_hours = {p.max_hours:g} h).\n")
+            f"(machines end themselves after max_hours = {p.max_hours:g} h).\n\n"
+            f"torch.{plan.compile}\n")
 
 
 def _machines(p: RunParameters) -> str:

@@ -57,6 +57,7 @@ def validate_and_plan(params: RunParameters, run_id: str, run_name: str) -> RunP
     logger.info("plan: %s, %d epochs of %s on %d machine(s); up to %.1f h, $%.2f/h, at most $%.2f",
                 params.backend, plan.epochs, plan.schedule, params.machines, params.max_hours,
                 plan.cost.hourly_usd, plan.cost.total_usd)
+    logger.info("plan: %s", plan.compile)
     publish_plan(plan)
     return plan
 
@@ -201,7 +202,7 @@ def trainer_command(plan: RunPlan, cluster: Cluster, machine: int, port: int) ->
                "--heartbeat-seconds", "5", "--cache-dir", f"{cluster.node_storage}/cache"]
     if cluster.storage != cluster.node_storage:  # checkpoints where the orchestrator and new machines find them
         command += ["--checkpoint-dir", f"{cluster.storage}/checkpoints"]
-    command += plan.params.trainer_flags()
+    command += plan.trainer_flags()
     if local:
         command += ["--threads", str(_threads_per_machine(len(cluster.machines)))]
     return command

@@ -73,6 +73,8 @@ def test_plan_on_aws_prices_the_run_and_creates_nothing(prefect_api, aws, tiny_d
                      r"snapshot at 300 MiB/s .*: \$\d+\.\d\d", plan), plan
     assert f"| 16 | ${catalog.instance_type('p4d.24xlarge').on_demand_usd:,.2f} |" in plan
     assert f"**${priced[2]}/h**" in plan and "reference time of 18.1 min" in plan, plan
+    unmeasured = "compile: off (no measured compile gain on A100 40 GB GPUs; --compile forces it)"
+    assert result.stdout.splitlines()[-1] == unmeasured and f"torch.{unmeasured}" in plan, result.stdout
     assert aws_leftovers(aws) == {}
     assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
 

@@ -80,13 +80,14 @@ def test_the_backends_own_logs_reach_the_flow_runs_log(prefect_api):
         f"the backend's warning is not in the flow run's log: {messages}"
 
 
-@pytest.mark.parametrize("flag", [[], ["--compile"]], ids=["eager", "compiled"])
+@pytest.mark.parametrize("flag", [[], ["--compile"], ["--no-compile"]], ids=["auto", "compiled", "eager"])
 def test_run_options_reach_the_trainer_command_each_machine_runs(tiny_data, flag):
+    """On this machine's CPUs auto is off: the trainer gets --compile only when it is forced."""
     args = cli.parser().parse_args(["run", "--dataset", str(tiny_data), "--epochs", "3", *flag])
     plan = plan_run(RunParameters(**cli._flow_parameters(args, dry_run=False)), "run-id", "run-name")
     machines = (Machine(0, "local-0", "127.0.0.1", str(tiny_data)), Machine(1, "local-1", "127.0.0.1", str(tiny_data)))
     cluster = Cluster(plan.spec, machines, "/runs/run-name", 1, "", "/runs/run-name", sys.executable)
     command = stages.trainer_command(plan, cluster, 1, 29500)
     trainer_args = trainer_cli.parser().parse_args(command[command.index("trainer") + 1:])
-    assert (trainer_args.compile, trainer_args.epochs, trainer_args.data) == (bool(flag), 3, str(tiny_data))
+    assert (trainer_args.compile, trainer_args.epochs, trainer_args.data) == (flag == ["--compile"], 3, str(tiny_data))
     assert "--node_rank=1" in command and "--nnodes=2" in command

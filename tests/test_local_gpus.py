@@ -10,7 +10,7 @@ import pytest
 
 from tasks.parameters import RunParameters
 from tasks import stages
-from tasks.backends.base import ClusterSpec
+from tasks.backends.base import ClusterSpec, Devices
 from tasks.backends.local import LocalBackend, LocalGpus
 from tasks.planning import RunPlan
 from tests.leftovers import local_leftovers
@@ -34,6 +34,37 @@ def test_the_gpus_a_run_may_use_are_the_ones_cuda_would_show(tmp_path, environ, 
 
 def test_no_nvidia_driver_means_no_gpus(tmp_path):
     assert LocalGpus.visible({}, tmp_path / "absent").devices == ()
+
+
+def test_the_plan_knows_the_model_of_the_gpus_each_machine_trains_on(tmp_path):
+    """As the driver names it, for the plan's compile estimate: its information file as the lent H200's read
+    (2026-12-04), with an H100's name."""
+    driver = tmp_path / "gpus"
+    for bus in ("0000:19:00.0", "0000:3b:00.0"):
+        (driver / bus).mkdir(parents=True)
+        (driver / bus / "information").write_text(DRIVER_INFORMATION)
+    backend = LocalBackend(tmp_path, LocalGpus.visible({}, driver))
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    devices = {machines: backend.devices(ClusterSpec("run", "run", machines, "local", False, expires))
+               for machines in (1, 2, 4)}
+    assert devices == {1: Devices("NVIDIA H100 80GB HBM3", 2), 2: Devices("NVIDIA H100 80GB HBM3", 1),
+                       4: Devices(None, 1)}
+    assert LocalBackend(tmp_path, LocalGpus(("0",))).devices(ClusterSpec("run", "run", 1, "local", False, expires)) \
+        == Devices("unnamed", 1), "GPUs CUDA_VISIBLE_DEVICES names without the driver's files are GPUs all the same"
+
+
+DRIVER_INFORMATION = """Model: \t\t NVIDIA H100 80GB HBM3
+IRQ:   \t\t 41
+GPU UUID: \t GPU-93a6d0a9-c834-08ce-8b2d-5f4870748c56
+Video BIOS: \t 96.00.a5.00.1a
+Bus Type: \t PCIe
+DMA Size: \t 52 bits
+DMA Mask: \t 0xfffffffffffff
+Bus Location: \t 0000:00:06.0
+Device Minor: \t 0
+GPU Firmware: \t 580.159.04
+GPU Excluded:\t No
+"""
 
 
 @pytest.mark.parametrize("devices,machines,shares,described", [

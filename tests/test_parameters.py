@@ -9,7 +9,7 @@ from prefect.exceptions import ParameterTypeError
 
 from deployments import cli
 from flows.imagenet18 import imagenet18
-from tasks.parameters import TRAINER, RunParameters
+from tasks.parameters import TRAINER, RunParameters, Switch
 from trainer import cli as trainer_cli
 
 FIELDS = RunParameters.model_fields
@@ -47,7 +47,7 @@ def test_prefect_takes_the_parameters_a_deployment_run_passes():
 
 def _a_value_other_than_the_default(name: str) -> list[str]:
     annotation = FIELDS[name].annotation
-    if annotation is bool:
+    if annotation is bool or annotation == Switch:  # the flag alone: true, or on
         return []
     choices = [c for c in typing.get_args(cli._option_type(annotation)) if c != FIELDS[name].default]
     if choices:
@@ -65,8 +65,24 @@ def test_each_option_is_a_cli_option_that_reaches_the_model(name):
 
 
 def test_the_options_marked_for_the_trainer_reach_its_command_line():
-    params = RunParameters(target=50.0, target_metric="top1", epochs=3, compile=True)
+    params = RunParameters(target=50.0, target_metric="top1", epochs=3)
     marked = {name for name, field in FIELDS.items() if TRAINER in field.metadata}
     trainer_args = trainer_cli.parser().parse_args(["train", "/data", *params.trainer_flags()])
     assert {name: getattr(trainer_args, name) for name in marked} == {name: getattr(params, name) for name in marked}
     assert RunParameters().trainer_flags() == []
+
+
+@pytest.mark.parametrize("flags,setting", [([], "auto"), (["--compile"], "on"), (["--no-compile"], "off")])
+def test_compile_is_auto_on_or_off_from_the_cli_through_prefects_validation(flags, setting):
+    args = cli.parser().parse_args(["run", *flags])
+    validated = imagenet18.validate_parameters(cli._flow_parameters(args, dry_run=False))
+    assert RunParameters(**validated).compile == setting
+
+
+def test_compile_is_a_choice_of_three_in_prefects_form():
+    schema = imagenet18.parameters.model_dump()["properties"]["compile"]
+    assert (schema["enum"], schema["default"]) == (["auto", "on", "off"], "auto")
+    with pytest.raises(ParameterTypeError, match="compile: Input should be 'auto', 'on' or 'off'"):
+        imagenet18.validate_parameters({"compile": "sometimes"})
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["run", "--compile", "--no-compile"])

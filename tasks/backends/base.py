@@ -85,6 +85,13 @@ class CostPlan:
 
 
 @dataclass(frozen=True)
+class Devices:
+    """What each machine trains on: `per_machine` GPUs of `gpu_model`, or (gpu_model None) one CPU process."""
+    gpu_model: str | None
+    per_machine: int
+
+
+@dataclass(frozen=True)
 class Machine:
     index: int
     id: str
@@ -124,6 +131,8 @@ class Backend(Protocol):
         the schedule reads: "" (full size) and resized copies ("-sz/160"), which must exist or be makeable."""
 
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan: ...
+
+    def devices(self, spec: ClusterSpec) -> Devices: ...
 
     def prepare_dataset(self, spec: ClusterSpec, dataset: str, reads: Sequence[str],
                         progress: Callable[[int, int], None] | None = None) -> object | None:

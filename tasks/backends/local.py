@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tasks.backends.base import (POOL_OWNER, BackendError, Cluster, ClusterSpec, CostPlan, InputError, JobStatus,
-                                 LineItem, Machine, Resource)
+from tasks.backends.base import (POOL_OWNER, BackendError, Cluster, ClusterSpec, CostPlan, Devices, InputError,
+                                 JobStatus, LineItem, Machine, Resource)
 from trainer.layout import DataError, check_source
 from trainer.prepare import PrepareReport, prepare, size_of
 from trainer.written import naming
@@ -82,6 +82,10 @@ class LocalBackend:
         return CostPlan((LineItem(f"torchrun node process on this machine ({self.gpus.describe(spec.machines)})",
                                   spec.machines, 0.0),
                          LineItem("dataset replica (hard links)", spec.machines, 0.0)), hours)
+
+    def devices(self, spec: ClusterSpec) -> Devices:
+        share = self.gpus.per_machine(spec.machines)
+        return Devices(self.gpus.model or "unnamed", share) if share else Devices(None, 1)  # no driver file: unnamed
 
     # -- dataset --------------------------------------------------------------------------------------
     def prepare_dataset(self, spec: ClusterSpec, dataset: str, reads: Sequence[str],
@@ -363,17 +367,19 @@ class LocalGpus:
     """This machine's GPUs, shared out among the run's local "machines": each gets an equal, separate share and
     runs one process per GPU (NCCL); with fewer GPUs than machines, or none, each machine is one CPU process."""
     devices: tuple[str, ...]  # as CUDA_VISIBLE_DEVICES names them (indices or UUIDs)
+    model: str | None = None  # as the driver names the first GPU ("NVIDIA H100 80GB HBM3"), where it can be read
 
     @classmethod
     def visible(cls, environ: Mapping[str, str] = os.environ, driver: Path = Path("/proc/driver/nvidia/gpus")
                 ) -> LocalGpus:
         """From CUDA_VISIBLE_DEVICES where it is set (CUDA ignores the ids after an invalid one, like -1), else
         the NVIDIA driver's list; no CUDA initialisation, no torch import."""
+        model = _driver_model(driver)
         if "CUDA_VISIBLE_DEVICES" in environ:
             ids = [item.strip() for item in environ["CUDA_VISIBLE_DEVICES"].split(",")]
-            return cls(tuple(itertools.takewhile(lambda item: item and not item.startswith("-"), ids)))
+            return cls(tuple(itertools.takewhile(lambda item: item and not item.startswith("-"), ids)), model)
         try:
-            return cls(tuple(str(i) for i in range(len(list(driver.iterdir())))))
+            return cls(tuple(str(i) for i in range(len(list(driver.iterdir())))), model)
         except OSError:
             return cls(())
 
@@ -392,6 +398,16 @@ class LocalGpus:
             return (f"1 CPU process each: {len(self.devices)} GPU(s) here cannot give each of {machines} machines "
                     f"its own; --machines {len(self.devices)} would train on them")
         return "1 CPU process each"
+
+
+def _driver_model(driver: Path) -> str | None:
+    """The `Model:` line of the first GPU's information file (/proc/driver/nvidia/gpus/<bus id>/information)."""
+    try:
+        first = min(driver.glob("*/information"), default=None)
+        lines = first.read_text().splitlines() if first else []
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model:")), None)
 
 
 def _check_makeable(folder: Path) -> None:

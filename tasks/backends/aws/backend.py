@@ -35,6 +35,7 @@ from tasks.backends.base import (
     Cluster,
     ClusterSpec,
     CostPlan,
+    Devices,
     InputError,
     JobStatus,
     LineItem,
@@ -200,6 +201,10 @@ class AwsBackend:
 
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan:
         return self.cost_plan(spec, self.snapshot(dataset)["VolumeSize"], hours)
+
+    def devices(self, spec: ClusterSpec) -> Devices:
+        kind = catalog.instance_type(spec.instance_type)
+        return Devices(kind.gpu, kind.gpus)
 
     def cost_plan(self, spec: ClusterSpec, snapshot_gb: int, hours: float) -> CostPlan:
         """The run's machines, disks and file system for `hours`, its replicas made from a snapshot this big."""
