@@ -6,13 +6,19 @@
 
 Trainer side: trainer.engine.train_one_epoch itself (LR schedule, device-side normalisation, channels_last,
 autocast, metrics windows, TensorBoard writes) with the precision and loader workers `python -m trainer train`
-would pick, its model and optimiser, and batches from trainer.data.build_loaders. Reference side:
+would pick, its model and optimiser, and batches from trainer.loaders.build_loaders. Reference side:
 bench/reference_loop.py (ImageFolder + PIL + default transforms and collate, fp32 or --amp), the same model.
 
 Modes: `synthetic` feeds both sides one random batch already on the device (no loading: the trainer gets it
 as uint8 to normalise, the reference as normalised floats, the same pixels); `jpeg` has both read the JPEGs
-of DATA/train; `jpeg-sz` has both read the resized copies the seed's schedules read at that size
-(DATA-sz/160 up to 128 px, DATA-sz/352 up to 224 px; make them with `python -m trainer prepare DATA`).
+of DATA/train, the trainer decoding them in its loader workers (`--decode workers`); `jpeg-device` the same,
+the trainer decoding each batch on the device (`--decode device`: nvJPEG on a GPU); `jpeg-sz` has both read the
+resized copies the seed's schedules read at that size (DATA-sz/160 up to 128 px, DATA-sz/352 up to 224 px; make
+them with `python -m trainer prepare DATA`).
+
+Trainer variants (`--variants`): `eager`; `compiled` (`--compile`); `graphs` (`--compile --compile-mode
+reduce-overhead`: the compiled step replayed as CUDA graphs). MFU is the model's training FLOPs (3x the forward's,
+counted by torch's FlopCounterMode at each size) per second against the GPU's dense bf16 peak.
 
 Each (mode, size) runs `--rounds` rounds, trainer and reference(s) alternating, and reports medians. A timed
 window starts after `--warmup` batches; with loader workers, warm-up and window are rounded up to whole
@@ -38,13 +44,17 @@ from pathlib import Path
 
 import reference_loop
 import torch
+import torch.utils.flop_counter
 
-from trainer import data, distributed, engine, layout, train
+from trainer import distributed, engine, layout, loaders, train
 from trainer import schedule as schedules
 from trainer.model import build_model, build_optimizer, training_module
 from trainer.recorder import NodeHeartbeat, Recorder
 
-MODES = ("synthetic", "jpeg", "jpeg-sz")
+MODES = ("synthetic", "jpeg", "jpeg-device", "jpeg-sz")
+VARIANTS = {"eager": (False, "default"), "compiled": (True, "default"), "graphs": (True, "reduce-overhead")}
+# Dense bf16 tensor-core peaks (TFLOP/s) from NVIDIA's data sheets, by the name torch reports.
+PEAK_TFLOPS = {"H100 80GB HBM3": 989.4, "H200": 989.4, "H100 PCIe": 756.0, "A100": 312.0}
 SYNTHETIC_CLASSES = 1000
 LR = 0.1
 PREWARM_STEPS = 2
@@ -116,7 +126,7 @@ class TrainerSide:
     """The trainer's model, optimiser and engine Context, built the way trainer.train builds them."""
 
     def __init__(self, arch: str, num_classes: int, world: distributed.World, bf16: bool, channels_last: bool,
-                 plan: schedules.Schedule, logdir: Path, compile: bool = False):
+                 plan: schedules.Schedule, logdir: Path, variant: str = "eager"):
         self.world = world
         torch.manual_seed(0)
         model = build_model(arch, num_classes).to(world.device)
@@ -125,13 +135,15 @@ class TrainerSide:
         optimizer = build_optimizer(model)
         recorder = Recorder(logdir, "bench", {}, enabled=True)
         heartbeat = NodeHeartbeat(logdir, 0, True, 30.0)
-        self.ctx = engine.Context(training_module(model, False, compile, len(plan.data)), model, optimizer, plan,
-                                  world, recorder, heartbeat, bf16, channels_last, print_freq=10)
+        compile, mode = VARIANTS[variant]
+        self.ctx = engine.Context(training_module(model, False, compile, len(plan.data), mode), model, optimizer,
+                                  plan, world, recorder, heartbeat, bf16, channels_last, print_freq=10,
+                                  cuda_graphs=mode == "reduce-overhead")
         self.epoch = 0
 
-    def run(self, loaders: data.PhaseLoaders, source, sampler, warmup: int, steps: int) -> TimedBatches:
+    def run(self, phase: loaders.PhaseLoaders, source, sampler, warmup: int, steps: int) -> TimedBatches:
         timed = TimedBatches(source, sampler, warmup, steps, self.world.device)
-        engine.train_one_epoch(self.ctx, dataclasses.replace(loaders, train=timed), self.epoch)
+        engine.train_one_epoch(self.ctx, dataclasses.replace(phase, train=timed), self.epoch)
         self.epoch += 1
         return timed
 
@@ -150,16 +162,33 @@ def whole_waves(count: int, workers: int) -> int:
     return max(1, math.ceil(count / workers)) * workers if workers > 1 else count
 
 
+def training_flops(arch: str, size: int, classes: int) -> float:
+    """FLOPs of one training image: forward and backward, 3x the forward's count at `size`."""
+    model = build_model(arch, classes)
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size))
+    return 3.0 * counter.get_total_flops()
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops * 1e12 for key, tflops in PEAK_TFLOPS.items() if key in name), None)
+
+
 @dataclasses.dataclass
 class Row:
     mode: str
     size: int
     batch: int
+    variant: str
     reference: str
     trainer: float
     reference_rate: float
     trainer_wait: float
     reference_wait: float
+    mfu: float | None = None
     note: str = ""
 
     @property
@@ -180,13 +209,14 @@ def measure(mode: str, size: int, batch: int, args, world: distributed.World, bf
         classes = len(folders[f"{trndir}:train"].classes)
     pixels, labels = synthetic_batch(batch, size, classes, device)
     reference_input = reference_loop.normalised(pixels)
-    trainer = TrainerSide(args.arch, classes, world, bf16, channels_last, plan, logdir / f"{mode}-{size}",
-                          args.compile)
+    trainers = {variant: TrainerSide(args.arch, classes, world, bf16, channels_last, plan,
+                                     logdir / f"{mode}-{size}-{variant}", variant) for variant in args.variants}
     references = [reference_loop.ReferenceLoop(args.arch, classes, device, amp=variant == "amp")
                   for variant in args.reference]
     # Synthetic loaders for the trainer: PhaseLoaders whose val loader is never used.
-    synthetic_loaders = data.PhaseLoaders(plan.data[0], None, None, 0, Path("."), Path("."))
-    rates: dict[str, list[tuple[float, float]]] = {"trainer": [], **{v: [] for v in args.reference}}
+    synthetic_loaders = loaders.PhaseLoaders(plan.data[0], None, None, 0, Path("."), Path("."))
+    rates: dict[str, list[tuple[float, float]]] = {**{v: [] for v in args.variants},
+                                                   **{v: [] for v in args.reference}}
     note = ""
     windows = {"trainer": (args.warmup, args.steps), "reference": (args.warmup, args.steps)}
     if mode != "synthetic":
@@ -194,23 +224,24 @@ def measure(mode: str, size: int, batch: int, args, world: distributed.World, bf
                    "reference": (whole_waves(args.warmup, reference_workers),
                                  whole_waves(args.steps, reference_workers))}
     for _ in range(args.rounds):
-        if mode == "synthetic":
-            timed = trainer.run(synthetic_loaders, itertools.repeat((pixels, labels)), _NoEpochs(), args.warmup,
-                                args.steps)
-            rates["trainer"].append((timed.rate, timed.waited / timed.seconds))
-        else:
-            trainer.run(synthetic_loaders, itertools.repeat((pixels, labels)), _NoEpochs(), 0, PREWARM_STEPS)
-            settings = data.LoaderSettings(0, 1, trainer_workers, 0, device.type == "cuda",
-                                           logdir / "cache")
-            loaders = data.build_loaders(args.data, plan, folders, settings)[0]
-            warmup, steps = windows["trainer"]
-            per_epoch = len(loaders.train)
-            if warmup + steps > per_epoch:
-                note = f"the trainer's window crosses epochs ({warmup}+{steps} of {per_epoch} batches)"
-            timed = trainer.run(loaders, loaders.train, loaders.train.sampler, warmup, steps)
-            rates["trainer"].append((timed.rate, timed.waited / timed.seconds))
-            del loaders, timed  # TimedBatches stopped the workers
-        _release(device)
+        for variant, trainer in trainers.items():
+            if mode == "synthetic":
+                timed = trainer.run(synthetic_loaders, itertools.repeat((pixels, labels)), _NoEpochs(),
+                                    args.warmup, args.steps)
+                rates[variant].append((timed.rate, timed.waited / timed.seconds))
+            else:
+                trainer.run(synthetic_loaders, itertools.repeat((pixels, labels)), _NoEpochs(), 0, PREWARM_STEPS)
+                settings = loaders.LoaderSettings(0, 1, trainer_workers, 0, device.type == "cuda",
+                                                  logdir / "cache", gpu_decode=mode == "jpeg-device")
+                phase = loaders.build_loaders(args.data, plan, folders, settings)[0]
+                warmup, steps = windows["trainer"]
+                per_epoch = len(phase.train)
+                if warmup + steps > per_epoch:
+                    note = f"the trainer's window crosses epochs ({warmup}+{steps} of {per_epoch} batches)"
+                timed = trainer.run(phase, phase.train, phase.train.sampler, warmup, steps)
+                rates[variant].append((timed.rate, timed.waited / timed.seconds))
+                del phase, timed  # TimedBatches stopped the workers
+            _release(device)
         for variant, reference in zip(args.reference, references):
             if mode == "synthetic":
                 result = reference.run(itertools.repeat((reference_input, labels)), args.warmup, args.steps)
@@ -227,13 +258,20 @@ def measure(mode: str, size: int, batch: int, args, world: distributed.World, bf
             rates[variant].append(result)
             _release(device)
     labels = {variant: reference.label for variant, reference in zip(args.reference, references)}
-    trainer.close()
-    del trainer, references
+    for trainer in trainers.values():
+        trainer.close()
+    del trainers, references
     _release(device)
-    trainer_rate = statistics.median(r for r, _ in rates["trainer"])
-    trainer_wait = statistics.median(w for _, w in rates["trainer"])
-    rows = [Row(mode, size, batch, labels[variant], trainer_rate, statistics.median(r for r, _ in rates[variant]),
-                trainer_wait, statistics.median(w for _, w in rates[variant]), note) for variant in args.reference]
+    peak = peak_flops(device)
+    flops = training_flops(args.arch, size, classes) if peak else None
+    rows = []
+    for variant in args.variants:
+        trainer_rate = statistics.median(r for r, _ in rates[variant])
+        trainer_wait = statistics.median(w for _, w in rates[variant])
+        mfu = trainer_rate * flops / peak if peak else None
+        rows += [Row(mode, size, batch, variant, labels[reference], trainer_rate,
+                     statistics.median(r for r, _ in rates[reference]), trainer_wait,
+                     statistics.median(w for _, w in rates[reference]), mfu, note) for reference in args.reference]
     print(f"#   {mode} {size} px: trainer timed {windows['trainer'][1]} steps after {windows['trainer'][0]}, "
           f"reference {windows['reference'][1]} after {windows['reference'][0]}", flush=True)
     return rows
@@ -251,13 +289,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-HEADER = ("| mode | px | batch | reference | trainer img/s | reference img/s | ratio | trainer wait | "
-          "reference wait |")
+HEADER = ("| mode | px | batch | trainer | reference | trainer img/s | reference img/s | ratio | trainer MFU | "
+          "trainer wait | reference wait |")
 
 
 def format_row(row: Row) -> str:
-    text = (f"| {row.mode} | {row.size} | {row.batch} | {row.reference} | {row.trainer:.1f} | "
-            f"{row.reference_rate:.1f} | {row.ratio:.2f} | {100 * row.trainer_wait:.0f}% | "
+    mfu = f"{100 * row.mfu:.1f}%" if row.mfu is not None else "-"
+    text = (f"| {row.mode} | {row.size} | {row.batch} | {row.variant} | {row.reference} | {row.trainer:.1f} | "
+            f"{row.reference_rate:.1f} | {row.ratio:.2f} | {mfu} | {100 * row.trainer_wait:.0f}% | "
             f"{100 * row.reference_wait:.0f}% |")
     return text + (f" ({row.note})" if row.note else "")
 
@@ -277,8 +316,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="reference precision(s): amp = the reference's --amp; fp32 = its default")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="the trainer's --precision")
-    parser.add_argument("--compile", action="store_true",
-                        help="the trainer's --compile: torch.compile its model (compiled in its first round's warm-up)")
+    parser.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=["eager"],
+                        help="the trainer's step: eager, compiled (--compile), graphs (--compile-mode "
+                             "reduce-overhead); each compiles in its first round's warm-up")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--workers", type=int, help="loader workers for both sides (default: each side's own "
                                                     "default, as `python -m trainer train` and the reference pick)")
@@ -311,14 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {args.arch} training throughput on {device} ({where}); torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
     print(f"# trainer: {'bf16' if bf16 else 'fp32'} autocast, channels_last {channels_last}, "
-          f"{'torch.compile, ' if args.compile else ''}"
+          f"{'/'.join(args.variants)}, "
           f"{workers[0]} loader workers; reference: {', '.join(args.reference)}, {workers[1]} workers; "
           f"{args.steps} timed steps after {args.warmup}, median of {args.rounds} rounds", flush=True)
     failures = 0
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="compare-training-") as tmp:
         print(HEADER, flush=True)
-        print("|" + "---|" * 9, flush=True)
+        print("|" + "---|" * 11, flush=True)
         for size, batch in zip(args.sizes, args.batch):
             for mode in args.modes:
                 if mode == "jpeg-sz" and not seed_trndir(size):

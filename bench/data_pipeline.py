@@ -6,7 +6,7 @@
 Both sides read DATA/train ("full-size") and the seed's resized copy for the size ("pre-resized": DATA-sz/160
 up to 128 px, DATA-sz/352 up to 224 px; make them with `python -m trainer prepare DATA`), with the same batch
 size and worker count, and each does what its training loop would get from it:
-- trainer: trainer.data.build_loaders (torchvision.io decode, crop-then-resize on uint8, seeded flip, uint8
+- trainer: trainer.loaders.build_loaders (torchvision.io decode, crop-then-resize on uint8, seeded flip, uint8
   collate); it normalises on the training device, so that is not part of its pipeline here;
 - reference: bench/reference_loop.build_loader (ImageFolder, PIL decode, RandomResizedCrop + flip + PILToTensor
   + float + Normalize per image, default collate of float tensors).
@@ -40,7 +40,7 @@ from compare_training import bench_schedule, seed_trndir, whole_waves
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from trainer import data, layout
+from trainer import data, layout, loaders
 from trainer.schedule import DEFAULT_MIN_SCALE
 
 FOLDERS = ("full-size", "pre-resized")
@@ -49,8 +49,8 @@ FOLDERS = ("full-size", "pre-resized")
 def trainer_batches(root: Path, trndir: str, size: int, batch: int, workers: int, cache: Path) -> Iterable:
     schedule = bench_schedule("resnet50", size, batch, trndir)  # RandomResizedCrop's default scale, as the reference
     folders = layout.check_layout(root, schedule)
-    settings = data.LoaderSettings(0, 1, workers, 0, pin_memory=False, cache_dir=cache)
-    yield from reference_loop.epochs(data.build_loaders(root, schedule, folders, settings)[0].train)
+    settings = loaders.LoaderSettings(0, 1, workers, 0, pin_memory=False, cache_dir=cache)
+    yield from reference_loop.epochs(loaders.build_loaders(root, schedule, folders, settings)[0].train)
 
 
 def reference_batches(root: Path, trndir: str, size: int, batch: int, workers: int) -> Iterable:

@@ -35,14 +35,14 @@ BUDGET=${GPU_BENCH_BUDGET:-560}
 CORES=$(nproc)
 
 if [[ ${GPU_BENCH_TINY:-0} == 1 ]]; then
-    ARCH=resnet18 TRAIN_ARCH=resnet10 SIZES=(64) BATCHES=(16)
+    ARCH=resnet18 TRAIN_ARCH=resnet10 SIZES=(64) BATCHES=(16) MAIN_SIZE=64 MAIN_BATCH=16
     CLASSES=4 TRAIN_PER_CLASS=40 VAL_PER_CLASS=3
     SYN_STEPS=4 SYN_WARMUP=2 SYN_ROUNDS=2 JPEG_STEPS=4 JPEG_WARMUP=2 JPEG_ROUNDS=2
     TRAIN_PHASES=("32 16 -sz/160" "48 16 -sz/352" "64 8 ")
     TRAIN_OPTIONS=(--workers 2 --compile)
     WORK=$WORK-tiny
 else
-    ARCH=resnet50 TRAIN_ARCH=resnet50 SIZES=(128 224 288) BATCHES=(256 256 192)
+    ARCH=resnet50 TRAIN_ARCH=resnet50 SIZES=(128 288) BATCHES=(256 192) MAIN_SIZE=224 MAIN_BATCH=256
     # 100 x 128 training images: one epoch holds a timed window of 32 batches of 256 after 16 warm-up ones.
     CLASSES=100 TRAIN_PER_CLASS=128 VAL_PER_CLASS=5
     SYN_STEPS=15 SYN_WARMUP=5 SYN_ROUNDS=3 JPEG_STEPS=20 JPEG_WARMUP=8 JPEG_ROUNDS=2
@@ -121,6 +121,17 @@ assert hasattr(F, "resized_crop") and hasattr(ImageReadMode, "RGB")
 print("trainer imports ok; wandb imported:", "wandb" in sys.modules, "pydantic imported:", "pydantic" in sys.modules)
 EOF
 
+run_step jpeg-folder 150 "$PY" bench/make_jpegs.py "$DATA" --classes "$CLASSES" \
+    --train-per-class "$TRAIN_PER_CLASS" --val-per-class "$VAL_PER_CLASS"
+
+# The step at 224 px on synthetic batches: eager, compiled, compiled as CUDA graphs, the reference beside them.
+run_step compare-synthetic 240 "$PY" bench/compare_training.py --arch "$ARCH" --sizes "$MAIN_SIZE" --batch "$MAIN_BATCH" \
+    --modes synthetic --variants eager compiled graphs --reference amp \
+    --steps "$SYN_STEPS" --warmup "$SYN_WARMUP" --rounds "$SYN_ROUNDS"
+# From full-size JPEGs: decoded in the loader workers against a batch at a time on the GPU (nvJPEG).
+run_step compare-jpeg 200 "$PY" bench/compare_training.py --arch "$ARCH" --sizes "$MAIN_SIZE" --batch "$MAIN_BATCH" \
+    --data "$DATA" --modes jpeg jpeg-device --variants compiled graphs --reference amp \
+    --steps "$JPEG_STEPS" --warmup "$JPEG_WARMUP" --rounds "$JPEG_ROUNDS"
 if "$PY" -c "import pytest" 2>/dev/null; then
     run_step test-gpu 150 "$PY" -m pytest -q --noconftest tests/test_gpu.py -p no:cacheprovider
 else
@@ -128,10 +139,7 @@ else
     FAILED+=("test-gpu (skipped: no pytest)")
 fi
 
-run_step jpeg-folder 150 "$PY" bench/make_jpegs.py "$DATA" --classes "$CLASSES" \
-    --train-per-class "$TRAIN_PER_CLASS" --val-per-class "$VAL_PER_CLASS"
 run_step resized-copies 120 "$PY" -m trainer prepare "$DATA" --sizes 160 352
-
 # A real training run through every data layout, a new phase each epoch: the -sz/160 and -sz/352 copies, then
 # full-size JPEGs with rectangular validation; checkpoints; the CUDA defaults (bf16, channels_last, workers);
 # --compile, which compiles a graph per image size (about a minute each on an H100 box's 16 cores).
@@ -151,7 +159,7 @@ SCHEDULE=$WORK/gpu-check.toml
 } >"$SCHEDULE"
 RUN=$WORK/train-run
 rm -rf "$RUN"
-run_step trainer-train 330 "$PY" -m trainer train "$DATA" --schedule "$SCHEDULE" --logdir "$RUN" \
+run_step trainer-train 150 "$PY" -m trainer train "$DATA" --schedule "$SCHEDULE" --logdir "$RUN" \
     --cache-dir "$WORK/cache" --print-freq 10 --heartbeat-seconds 5 "${TRAIN_OPTIONS[@]}"
 if [[ -f $RUN/summary.json ]]; then
     mkdir -p "$OUT/train-run"
@@ -160,7 +168,7 @@ if [[ -f $RUN/summary.json ]]; then
 import json, sys
 lines = [json.loads(l) for l in open(f"{sys.argv[1]}/metrics.jsonl")]
 start = next(l for l in lines if l["type"] == "start")["config"]
-print(f"trainer-train: bf16 {start['bf16']}, channels_last {start['channels_last']}, workers {start['workers']}, "
+print(f"trainer-train: bf16 {start['bf16']}, channels_last {start['channels_last']}, decode {start['decode']}, "
       f"compile {start['compile']}")
 for e in json.load(open(f"{sys.argv[1]}/summary.json"))["epochs"]:
     print(f"  epoch {e['epoch']}: {e['size']} px, batch {e['global_batch']}, {e['images_per_second']:.0f} img/s "
@@ -168,15 +176,10 @@ for e in json.load(open(f"{sys.argv[1]}/summary.json"))["epochs"]:
 EOF
 fi
 
-SYNTHETIC_ARGS=(--arch "$ARCH" --sizes "${SIZES[@]}" --batch "${BATCHES[@]}" --modes synthetic
-    --steps "$SYN_STEPS" --warmup "$SYN_WARMUP" --rounds "$SYN_ROUNDS")
-run_step compare-synthetic 200 "$PY" bench/compare_training.py "${SYNTHETIC_ARGS[@]}" --reference amp fp32
-JPEG_ARGS=(--arch "$ARCH" --sizes "${SIZES[@]}" --batch "${BATCHES[@]}" --data "$DATA" --modes jpeg jpeg-sz
-    --reference amp --steps "$JPEG_STEPS" --warmup "$JPEG_WARMUP" --rounds "$JPEG_ROUNDS")
-run_step compare-jpeg 240 "$PY" bench/compare_training.py "${JPEG_ARGS[@]}"
-# The compiled trainer: each (mode, size) compiles in its first round's warm-up, so one reference suffices.
-run_step compare-synthetic-compile 300 "$PY" bench/compare_training.py "${SYNTHETIC_ARGS[@]}" --reference amp --compile
-run_step compare-jpeg-compile 300 "$PY" bench/compare_training.py "${JPEG_ARGS[@]}" --compile
+# The other image sizes, eager and compiled, as long as the budget lasts.
+run_step compare-sizes 200 "$PY" bench/compare_training.py --arch "$ARCH" --sizes "${SIZES[@]}" \
+    --batch "${BATCHES[@]}" --modes synthetic --variants eager compiled --reference amp \
+    --steps "$SYN_STEPS" --warmup "$SYN_WARMUP" --rounds "$SYN_ROUNDS"
 
 echo
 echo "=== gpu.sh done in $((SECONDS - STARTED)) s; log in $LOG"

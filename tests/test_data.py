@@ -9,14 +9,14 @@ import torch
 from PIL import Image
 
 from tests.trainer_runs import run, train_command
-from trainer import data, layout, schedule
+from trainer import data, layout, loaders, schedule
 from trainer.demo_data import make_demo_dataset
 from trainer.layout import DataError
 from trainer.prepare import prepare
 
 
 def _settings(tmp_path, rank=0, world=1):
-    return data.LoaderSettings(rank=rank, world=world, workers=0, seed=0, pin_memory=False,
+    return loaders.LoaderSettings(rank=rank, world=world, workers=0, seed=0, pin_memory=False,
                                cache_dir=tmp_path / "cache")
 
 
@@ -32,16 +32,16 @@ def test_rect_val_batches_sort_by_aspect_ratio_and_crop_to_multiples_of_8():
 def test_loaders_yield_uint8_batches_of_each_phase_shape(tiny_data, tmp_path):
     plan = schedule.load("cpu-tiny")
     folders = layout.check_layout(tiny_data, plan)
-    loaders = data.build_loaders(tiny_data, plan, folders, _settings(tmp_path))
-    assert len(loaders) == len(plan.data)
-    first = loaders[0]
+    built = loaders.build_loaders(tiny_data, plan, folders, _settings(tmp_path))
+    assert len(built) == len(plan.data)
+    first = built[0]
     images, labels = next(iter(first.train))
     assert images.dtype == torch.uint8 and images.shape == (32, 3, 48, 48)
     assert labels.dtype == torch.int64 and labels.max() < 10
-    assert loaders[1].train.dataset is first.train.dataset  # keep_dl: same data, new batch size
-    assert loaders[1].train.batch_size == 48
+    assert built[1].train.dataset is first.train.dataset  # keep_dl: same data, new batch size
+    assert built[1].train.batch_size == 48
 
-    rect = loaders[2]
+    rect = built[2]
     assert rect.phase.rect_val
     ratios = data.aspect_ratios(folders["-sz/160:validation"], tmp_path / "cache")
     _, expected = data.rect_val_batches(ratios, rect.phase.bs, rect.phase.sz)
@@ -58,7 +58,7 @@ def test_loaders_yield_uint8_batches_of_each_phase_shape(tiny_data, tmp_path):
 def test_validation_is_split_across_ranks_without_overlap(tiny_data, tmp_path):
     plan = schedule.load("cpu-tiny")
     folders = layout.check_layout(tiny_data, plan)
-    shards = [data.build_loaders(tiny_data, plan, folders, _settings(tmp_path, rank, 3))[2] for rank in range(3)]
+    shards = [loaders.build_loaders(tiny_data, plan, folders, _settings(tmp_path, rank, 3))[2] for rank in range(3)]
     indices = [i for shard in shards for batch in shard.val.batch_sampler for i in batch]
     assert sorted(indices) == list(range(100))
     assert {shard.val_steps for shard in shards} == {1}

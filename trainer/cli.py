@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from trainer import checkpoint, layout, schedule, train
+from trainer import checkpoint, layout, model, schedule, train
 
 USER_ERRORS = (schedule.ScheduleError, layout.DataError, checkpoint.CheckpointError, ValueError)
 
@@ -39,6 +39,11 @@ def _train_parser(sub) -> None:
                    help="default: on with bf16")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the training step (each image size compiles once; see BENCHMARKS.md)")
+    p.add_argument("--compile-mode", choices=model.COMPILE_MODES, default="default",
+                   help="torch.compile's mode with --compile: reduce-overhead replays the step as CUDA graphs")
+    p.add_argument("--decode", choices=("auto", "workers", "device"), default="auto",
+                   help="where JPEGs are decoded and cropped: in the loader workers, or a batch at a time on the "
+                        "training device (nvJPEG on a GPU); auto: device on a GPU, workers on a CPU")
     p.add_argument("--workers", type=int, help="loader worker processes per training process")
     p.add_argument("--threads", type=int, help="CPU threads per training process")
     p.add_argument("--print-freq", type=int, default=10, help="batches between console lines")

@@ -13,17 +13,15 @@ import logging
 import math
 import os
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
 from trainer.layout import DataError, ImageFolder
-from trainer.schedule import DataPhase, Schedule
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +68,15 @@ class TrainImages(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, epoch = key
         image, label = decode_or_substitute(self.folder, index)
-        rng = random.Random(f"{self.seed}:{epoch}:{index}")
-        top, left, h, w = random_resized_crop_box(rng, image.shape[1], image.shape[2], self.min_scale)
+        top, left, h, w, flip = self.augmentation(index, epoch, image.shape[1], image.shape[2])
         image = F.resized_crop(image, top, left, h, w, [self.size, self.size], antialias=True)
-        if rng.random() < 0.5:
-            image = image.flip(-1)
-        return image, label
+        return (image.flip(-1) if flip else image), label
+
+    def augmentation(self, index: int, epoch: int, height: int, width: int) -> tuple[int, int, int, int, bool]:
+        """The crop box (top, left, h, w) and the flip of image `index` in `epoch`: the same wherever it is decoded."""
+        rng = random.Random(f"{self.seed}:{epoch}:{index}")
+        box = random_resized_crop_box(rng, height, width, self.min_scale)
+        return (*box, rng.random() < 0.5)
 
 
 def decode_or_substitute(folder: ImageFolder, index: int) -> tuple[torch.Tensor, int]:
@@ -100,13 +101,16 @@ class ValImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = decode_or_substitute(self.folder, index)
-        crop_h, crop_w = self.crop_sizes[index]
-        height, width = image.shape[1:]
-        scale = self.resize_to / min(height, width)
-        # Crop the source region first, then resize only that region: same pixels, less work.
-        src_h, src_w = min(height, round(crop_h / scale)), min(width, round(crop_w / scale))
-        top, left = (height - src_h) // 2, (width - src_w) // 2
+        top, left, src_h, src_w, crop_h, crop_w = self.crop(index, image.shape[1], image.shape[2])
         return F.resized_crop(image, top, left, src_h, src_w, [crop_h, crop_w], antialias=True), label
+
+    def crop(self, index: int, height: int, width: int) -> tuple[int, int, int, int, int, int]:
+        """The source region (top, left, h, w) and the output size (h, w) of image `index`. Cropping the
+        source first, then resizing only that region, gives the same pixels for less work."""
+        crop_h, crop_w = self.crop_sizes[index]
+        scale = self.resize_to / min(height, width)
+        src_h, src_w = min(height, round(crop_h / scale)), min(width, round(crop_w / scale))
+        return (height - src_h) // 2, (width - src_w) // 2, src_h, src_w, crop_h, crop_w
 
 
 def aspect_ratios(folder: ImageFolder, cache_dir: Path) -> list[float]:
@@ -146,91 +150,3 @@ def rect_val_batches(ratios: list[float], batch_size: int, size: int
         for i in batch:
             crop_sizes[i] = crop
     return batches, crop_sizes
-
-
-class EpochSampler(Sampler):
-    """DistributedSampler's shuffled shard of indices, each paired with the epoch for the augmentation seed."""
-
-    def __init__(self, length: int, rank: int, world: int, seed: int):
-        self.inner = DistributedSampler(range(length), num_replicas=world, rank=rank, shuffle=True, seed=seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.inner.set_epoch(epoch)
-
-    def __iter__(self):
-        return ((index, self.epoch) for index in self.inner)
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-
-@dataclass
-class PhaseLoaders:
-    phase: DataPhase
-    train: DataLoader
-    val: DataLoader
-    val_steps: int  # batches every rank steps through, so per-batch all-reduces stay in lockstep
-    train_dir: Path
-    val_dir: Path
-
-
-@dataclass(frozen=True)
-class LoaderSettings:
-    rank: int
-    world: int
-    workers: int
-    seed: int
-    pin_memory: bool
-    cache_dir: Path
-
-
-def build_loaders(root: str | Path, schedule: Schedule, folders: dict[str, ImageFolder],
-                  settings: LoaderSettings) -> list[PhaseLoaders]:
-    """Every phase's loaders, built before the clock starts, as the seed did."""
-    built: list[PhaseLoaders] = []
-    for phase in schedule.data:
-        if phase.keep_dl:
-            built.append(_with_batch_size(built[-1], phase, settings))
-            continue
-        train_folder = folders[f"{phase.trndir}:train"]
-        val_folder = folders[f"{phase.trndir}:validation"]
-        train_set = TrainImages(train_folder, phase.sz, phase.min_scale, settings.seed)
-        val, val_steps = _val_loader(val_folder, phase, settings)
-        built.append(PhaseLoaders(phase, _train_loader(train_set, phase.bs, settings), val, val_steps,
-                                  train_folder.root, val_folder.root))
-    return built
-
-
-def _with_batch_size(previous: PhaseLoaders, phase: DataPhase, settings: LoaderSettings) -> PhaseLoaders:
-    return PhaseLoaders(phase, _train_loader(previous.train.dataset, phase.bs, settings), previous.val,
-                        previous.val_steps, previous.train_dir, previous.val_dir)
-
-
-def _train_loader(dataset: TrainImages, batch_size: int, settings: LoaderSettings) -> DataLoader:
-    sampler = EpochSampler(len(dataset), settings.rank, settings.world, settings.seed)
-    # Dropping the ragged last batch keeps BatchNorm away from tiny batches, unless it is the only batch.
-    drop_last = len(sampler) > batch_size
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                      **_worker_options(settings))
-
-
-def _val_loader(folder: ImageFolder, phase: DataPhase, settings: LoaderSettings) -> tuple[DataLoader, int]:
-    count = len(folder.samples)
-    if phase.rect_val:
-        batches, crop_sizes = rect_val_batches(aspect_ratios(folder, settings.cache_dir), phase.bs, phase.sz)
-    else:
-        batches = [list(range(i, min(i + phase.bs, count))) for i in range(0, count, phase.bs)]
-        crop_sizes = [(phase.sz, phase.sz)] * count
-    mine = batches[settings.rank::settings.world]
-    steps = math.ceil(len(batches) / settings.world)
-    loader = DataLoader(ValImages(folder, phase.sz, crop_sizes), batch_sampler=mine, **_worker_options(settings))
-    return loader, steps
-
-
-def _worker_options(settings: LoaderSettings) -> dict:
-    if settings.workers == 0:
-        return {"num_workers": 0, "pin_memory": settings.pin_memory}
-    return {"num_workers": settings.workers, "pin_memory": settings.pin_memory, "persistent_workers": True,
-            "prefetch_factor": 4}

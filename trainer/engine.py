@@ -12,7 +12,8 @@ from torch import nn
 
 from trainer import console, distributed
 from trainer.console import Meter, log
-from trainer.data import PhaseLoaders
+from trainer.gpu_decode import EncodedBatch, decode_batch
+from trainer.loaders import PhaseLoaders
 from trainer.model import set_lr
 from trainer.recorder import NodeHeartbeat, Recorder
 from trainer.schedule import Schedule
@@ -34,6 +35,7 @@ class Context:
     bf16: bool
     channels_last: bool
     print_freq: int
+    cuda_graphs: bool = False  # the compiled step replays CUDA graphs: each step is marked as a new one
     examples_seen: int = 0  # TensorBoard's step: cumulative global examples, as the seed logged
     lr: float = 0.0
     announced_lr: float = 0.0
@@ -45,18 +47,48 @@ class Context:
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(shape) * 255
         self.std = torch.tensor(IMAGENET_STD, device=device).view(shape) * 255
 
-    def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 batches are normalised here, on the device, not in the loader workers."""
+    def to_device(self, batch: tuple[torch.Tensor, torch.Tensor] | EncodedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader's batch as normalised images and labels on the device: uint8 images are normalised here,
+        not in the loader workers, and encoded ones are decoded here first."""
         device = self.world.device
+        images, labels = decode_batch(batch, device) if isinstance(batch, EncodedBatch) else batch
         images = images.to(device, non_blocking=True).float().sub_(self.mean).div_(self.std)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels.to(device, non_blocking=True)
 
+    def device_batches(self, loader) -> DeviceBatches:
+        return DeviceBatches(loader, self.to_device, self.world.device)
+
     def autocast(self):
         if not self.bf16:
             return contextlib.nullcontext()
         return torch.autocast(self.world.device.type, dtype=torch.bfloat16)
+
+
+class DeviceBatches:
+    """A loader's batches on the device. On a GPU each batch is copied (or decoded) and normalised on a side
+    stream, launched while the model still trains on the batch before it, so neither waits for the other."""
+
+    def __init__(self, loader, prepare, device: torch.device):
+        self.loader, self.prepare, self.device = loader, prepare, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        if self.device.type != "cuda":
+            yield from map(self.prepare, self.loader)
+            return
+        side = torch.cuda.Stream(self.device)
+        for batch in self.loader:
+            with torch.cuda.stream(side):
+                ready = self.prepare(batch)
+            main = torch.cuda.current_stream(self.device)
+            main.wait_stream(side)
+            for tensor in ready:
+                tensor.record_stream(main)  # made on `side`, freed only once `main` is done with it
+            yield ready
 
 
 @dataclass
@@ -72,18 +104,20 @@ class _Window:
     """Sums since the last print, all-reduced there: images, loss x images, correct@1, correct@5."""
 
     def __init__(self, device: torch.device) -> None:
-        self.sums = torch.zeros(4, dtype=torch.float64, device=device)
-        self.batches, self.data_seconds, self.start = 0, 0.0, time.perf_counter()
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss x images, correct@1, correct@5
+        self.images, self.batches, self.data_seconds, self.start = 0, 0, 0.0, time.perf_counter()
 
     def add(self, output: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
+        """Device work only: nothing comes back to the host (no sync) until the next print."""
         correct1, correct5 = _correct(output, labels)
-        count = torch.tensor(float(len(labels)), dtype=torch.float64, device=self.sums.device)
-        self.sums += torch.stack([count, loss.detach().double() * count, correct1.double(), correct5.double()])
+        self.sums += torch.stack([loss.detach().double() * len(labels), correct1.double(), correct5.double()])
+        self.images += len(labels)
         self.batches += 1
 
     def reduce(self, meters: dict[str, Meter]) -> tuple[int, float]:
         """All-reduce, fold into the meters, start a new window; returns global images and seconds."""
-        count, loss_sum, correct1, correct5 = distributed.all_reduce_sum(self.sums).tolist()
+        totals = torch.cat([self.sums.new_tensor([self.images]), self.sums])
+        count, loss_sum, correct1, correct5 = distributed.all_reduce_sum(totals).tolist()
         elapsed = time.perf_counter() - self.start
         if count:
             meters["loss"].update(loss_sum / count, int(count))
@@ -93,7 +127,7 @@ class _Window:
         meters["time"].update(elapsed / batches, batches)
         meters["data"].update(self.data_seconds / batches, batches)
         self.sums.zero_()
-        self.batches, self.data_seconds, self.start = 0, 0.0, time.perf_counter()
+        self.images, self.batches, self.data_seconds, self.start = 0, 0, 0.0, time.perf_counter()
         return int(count), elapsed
 
 
@@ -113,10 +147,11 @@ def train_one_epoch(ctx: Context, loaders: PhaseLoaders, epoch: int) -> EpochRes
     batches = len(loaders.train)
     meters, window = _new_meters(), _Window(ctx.world.device)
     epoch_start = last = time.perf_counter()
-    for batch, (images, labels) in enumerate(loaders.train):
+    for batch, (images, labels) in enumerate(ctx.device_batches(loaders.train)):
         window.data_seconds += time.perf_counter() - last
         _update_lr(ctx, epoch, batch, batches)
-        images, labels = ctx.to_device(images, labels)
+        if ctx.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with ctx.autocast():
             output = ctx.model(images)
             loss = nn.functional.cross_entropy(output, labels)
@@ -176,13 +211,13 @@ def evaluate(ctx: Context, loaders: PhaseLoaders, epoch: int) -> EpochResult:
     model.eval()
     meters, window = _new_meters(), _Window(ctx.world.device)
     start = last = time.perf_counter()
-    batches = iter(loaders.val)
+    batches = iter(ctx.device_batches(loaders.val))
     with torch.no_grad():
         for step in range(loaders.val_steps):
             batch = next(batches, None)
             window.data_seconds += time.perf_counter() - last
             if batch is not None:
-                images, labels = ctx.to_device(*batch)
+                images, labels = batch
                 with ctx.autocast():
                     output = model(images)
                     loss = nn.functional.cross_entropy(output.float(), labels)

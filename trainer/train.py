@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from trainer import checkpoint, console, data, distributed, layout, recipe, sync
+from trainer import checkpoint, console, distributed, layout, recipe, sync
 from trainer import schedule as schedules
 from trainer.console import log
 from trainer.engine import Context, evaluate, train_one_epoch
+from trainer.loaders import LoaderSettings, PhaseLoaders, build_loaders
 from trainer.model import MOMENTUM, build_model, build_optimizer, training_module
 from trainer.recorder import NodeHeartbeat, Recorder
 from trainer.records import (SUMMARY_FILE, Best, CheckpointRecord, EndRecord, Epoch, EpochRecord, RunSummary,
@@ -52,6 +53,8 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    compile_mode: str = "default"
+    decode: str = "auto"
     workers: int | None = None
     threads: int | None = None
     print_freq: int = 10
@@ -96,13 +99,14 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
     optimizer = build_optimizer(model)
     if state:
         state.restore(model, optimizer)
-    wrapped = training_module(model, world.size > 1, config.compile, len(plan.data))
+    wrapped = training_module(model, world.size > 1, config.compile, len(plan.data), config.compile_mode)
     if world.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    settings = data.LoaderSettings(world.rank, world.size, _workers(config, world), config.seed,
-                                   world.device.type == "cuda", config.cache_dir)
-    loaders = data.build_loaders(root, plan, folders, settings)
+    decode = _decode_where(config, world)
+    settings = LoaderSettings(world.rank, world.size, _workers(config, world), config.seed,
+                              world.device.type == "cuda", config.cache_dir, gpu_decode=decode == "device")
+    loaders = build_loaders(root, plan, folders, settings)
     end_epoch = min(plan.epochs, config.epochs or plan.epochs)
     target = config.target if config.target is not None else plan.target
     metric = config.target_metric or plan.target_metric
@@ -110,11 +114,11 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
                          target=target, target_metric=metric)
     run_config = {**asdict(config), "arch": arch, "run_name": run_name, "world_size": world.size,
                   "classes": len(classes), "epochs": end_epoch, "bf16": bf16, "channels_last": channels_last,
-                  "process_group": distributed.backend(), "pin_memory": settings.pin_memory}
+                  "process_group": distributed.backend(), "pin_memory": settings.pin_memory, "decode": decode}
     recorder = Recorder(logdir, run_name, _jsonable(run_config), world.is_master, config.heartbeat_seconds)
     heartbeat = NodeHeartbeat(logdir, world.node_rank, world.is_node_master, config.heartbeat_seconds)
     ctx = Context(wrapped, model, optimizer, plan, world, recorder, heartbeat, bf16, channels_last,
-                  config.print_freq)
+                  config.print_freq, cuda_graphs=config.compile and config.compile_mode == "reduce-overhead")
     start_epoch, elapsed = 0, 0.0
     if state:
         start_epoch, elapsed = state.epoch, state.elapsed_seconds
@@ -224,6 +228,14 @@ def _workers(config: TrainConfig, world: distributed.World) -> int:
     return max(1, min(cores_per_process - 1, 12))
 
 
+def _decode_where(config: TrainConfig, world: distributed.World) -> str:
+    """`workers` (decode and crop in the loader workers) or `device` (batched on the training device: nvJPEG on a
+    GPU, where the workers could not keep up; on a CPU the same code path with libjpeg)."""
+    if config.decode != "auto":
+        return config.decode
+    return "device" if world.device.type == "cuda" else "workers"
+
+
 def _precision(config: TrainConfig, world: distributed.World) -> tuple[bool, bool]:
     if config.precision == "auto":
         bf16 = world.device.type == "cuda" or torch.backends.mkldnn.is_available() and _cpu_has_bf16()
@@ -253,7 +265,7 @@ def _announce_start(plan, arch, world, classes, loaders, end_epoch, recorder, ru
     log.info(console.EPOCH_HEADER, extra=console.EVENT)
 
 
-def _enter_phase(ctx: Context, loaders: list[data.PhaseLoaders], index: int, current: int | None) -> int:
+def _enter_phase(ctx: Context, loaders: list[PhaseLoaders], index: int, current: int | None) -> int:
     if index == current:
         return index
     phase = loaders[index]
@@ -268,7 +280,7 @@ def _enter_phase(ctx: Context, loaders: list[data.PhaseLoaders], index: int, cur
     return index
 
 
-def _epoch_record(epoch: int, hours: float, train, val, ctx: Context, loaders: data.PhaseLoaders) -> Epoch:
+def _epoch_record(epoch: int, hours: float, train, val, ctx: Context, loaders: PhaseLoaders) -> Epoch:
     return Epoch(epoch=epoch, hours=round(hours, 6), top1=val.top1, top5=val.top5, val_loss=val.loss,
                  train_loss=train.loss, train_top1=train.top1, train_top5=train.top5, lr=ctx.lr, size=loaders.phase.sz,
                  global_batch=loaders.phase.bs * ctx.world.size, train_seconds=train.seconds,

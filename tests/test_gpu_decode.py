@@ -1,0 +1,92 @@
+"""The GPU's data path (`--decode device`) run on the CPU: libjpeg stands in for nvJPEG, everything else (what the
+workers hand over, the seeded crops, the batched decode and crop, odd and corrupt files) is the same code."""
+
+import json
+import logging
+
+import pytest
+import torch
+
+from tests.test_data import _odd_files
+from tests.trainer_runs import run, train_command
+from trainer import data, gpu_decode, layout, loaders, schedule
+from trainer.demo_data import make_demo_dataset
+
+CPU = torch.device("cpu")
+
+
+def _train_sets(root, size=48):
+    folder = layout.check_layout(root, schedule.load("cpu-tiny"))["-sz/160:train"]
+    return data.TrainImages(folder, size, 0.35, seed=3), gpu_decode.EncodedTrainImages(folder, size, 0.35, seed=3)
+
+
+def test_the_device_path_crops_exactly_what_the_worker_path_crops(tiny_data):
+    """Same (seed, epoch, index), same crop and flip: with the same decoder the pixels are identical, so a run
+    moved between the two paths, or resumed, sees the same images."""
+    on_workers, encoded = _train_sets(tiny_data)
+    keys = [(index, epoch) for epoch in (0, 5) for index in (0, 7, 100, 333)]
+    images, labels = gpu_decode.decode_batch(gpu_decode.collate([encoded[key] for key in keys]), CPU)
+    expected = [on_workers[key] for key in keys]
+    assert images.dtype == torch.uint8 and images.shape == (len(keys), 3, 48, 48)
+    assert labels.tolist() == [label for _, label in expected]
+    for image, (want, _) in zip(images, expected):
+        assert torch.equal(image, want)
+    assert not torch.equal(images[1], images[5]), "another epoch draws another crop"
+
+
+def test_workers_hand_over_file_bytes_and_a_plan_not_pixels(tiny_data):
+    _, encoded = _train_sets(tiny_data)
+    payload, label, plan, path = encoded[(0, 0)]
+    assert payload.dim() == 1 and bytes(payload[:2].tolist()) == b"\xff\xd8", "a JPEG's own bytes"
+    top, left, h, w, out_h, out_w, flip = plan
+    assert (out_h, out_w) == (48, 48) and h > 0 and w > 0 and flip in (0, 1)
+    batch = gpu_decode.collate([encoded[(i, 0)] for i in range(4)])
+    assert batch.encoded.dim() == 1 and batch.lengths.tolist() == [len(encoded[(i, 0)][0]) for i in range(4)]
+
+
+def test_validation_on_the_device_matches_the_workers_rect_crops(tiny_data, tmp_path):
+    plan = schedule.load("cpu-tiny")
+    folders = layout.check_layout(tiny_data, plan)
+    settings = [loaders.LoaderSettings(0, 1, 0, 0, False, tmp_path / "cache", gpu_decode=on_device)
+                for on_device in (False, True)]
+    rect = [loaders.build_loaders(tiny_data, plan, folders, s)[2].val for s in settings]
+    for (want, want_labels), batch in zip(rect[0], rect[1]):
+        images, labels = gpu_decode.decode_batch(batch, CPU)
+        assert torch.equal(images, want) and torch.equal(labels, want_labels)
+
+
+def test_odd_files_are_cropped_in_the_worker_and_corrupt_ones_substituted_with_a_warning(tmp_path, caplog):
+    """Grayscale, CMYK, PNG-named-.JPEG never reach nvJPEG; a truncated JPEG's header fails in the worker, which
+    names and substitutes it as the CPU path does; an image whose header reads goes to the decoder, garbage or not."""
+    root = make_demo_dataset(tmp_path / "odd", classes=2, train_per_class=8, val_per_class=2)
+    odd = _odd_files(root)
+    train = odd["truncated"].parent
+    good = sorted(train.glob("*.JPEG"))[0].read_bytes()
+    (train / "garbled.JPEG").write_bytes(good[:600] + bytes(len(good) - 600))  # header intact, scan data zeroed
+    folder = layout.check_layout(root, _full_size_schedule(tmp_path))[":train"]
+    encoded = gpu_decode.EncodedTrainImages(folder, 32, 0.35, seed=0)
+    names = [p for p, _ in folder.samples]
+    samples = [encoded[(i, 0)] for i in range(len(names))]
+    kinds = {names[i].rsplit("/", 1)[-1]: s[0].dim() for i, s in enumerate(samples)}
+    assert kinds["grayscale.JPEG"] == kinds["cmyk.JPEG"] == kinds["png-named.JPEG"] == 3, "cropped in the worker"
+    assert kinds["truncated.JPEG"] == 3 and kinds["garbled.JPEG"] == 1
+    with caplog.at_level(logging.WARNING):
+        images, labels = gpu_decode.decode_batch(gpu_decode.collate(samples), CPU)
+    assert images.shape == (len(names), 3, 32, 32)
+    assert f"skipping corrupt image {odd['truncated']}" in caplog.text
+
+
+def _full_size_schedule(tmp_path):
+    path = tmp_path / "full-size.toml"
+    path.write_text('arch = "resnet10"\n[[data]]\nep = 0\nsz = 32\nbs = 32\n[[lr]]\nep = [0, 1]\nlr = 0.05\n')
+    return schedule.load(str(path))
+
+
+@pytest.mark.slow
+def test_a_run_decoding_on_the_device_trains_and_says_so(tiny_data, tmp_path):
+    logdir = tmp_path / "run"
+    result = run(train_command(tiny_data, logdir, "--epochs", "1", "--decode", "device", "--workers", "1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    start = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[0])
+    assert start["config"]["decode"] == "device"
+    assert json.loads((logdir / "summary.json").read_text())["epochs"][0]["top5"] > 0

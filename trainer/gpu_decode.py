@@ -1,0 +1,157 @@
+"""JPEGs decoded and cropped on the GPU, a batch at a time: the data path that keeps up with a fast GPU.
+
+Loader workers read each file and parse only its header (for the image's size), then draw the crop and flip the
+CPU path (trainer.data) draws for the same (seed, epoch, index), so a run decoded either way, or resumed, sees the
+same crops. The training process decodes the whole batch with nvJPEG (torchvision.io.decode_jpeg on the device),
+crops and resizes each image there and stacks them. Images nvJPEG is not handed (anything but a baseline
+colour JPEG: PNGs named .JPEG, grayscale, CMYK, progressive, or an unreadable header) are decoded and cropped in
+the worker, as the CPU path does, and join the batch already cropped. On a CPU device the same code decodes with
+libjpeg-turbo, which is how the tests run this path without a GPU.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import NamedTuple
+
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+from torchvision.transforms.v2 import functional as F
+
+from trainer.data import TrainImages, ValImages
+
+log = logging.getLogger(__name__)
+
+CROPPED = (-1,) * 7  # the plan of a sample the worker has decoded and cropped itself
+
+
+class EncodedBatch(NamedTuple):
+    """What the loader hands the training process: the files' bytes end to end in one tensor (one shared-memory
+    block per batch, not one per image), each image's length there (0: cropped in the worker, in `cropped`) and
+    plan (top, left, h, w, out_h, out_w, flip)."""
+    encoded: torch.Tensor
+    lengths: torch.Tensor
+    cropped: list[torch.Tensor]
+    labels: torch.Tensor
+    plans: torch.Tensor
+    paths: list[str]
+
+    def payloads(self) -> list[torch.Tensor]:
+        """Per image, its file's bytes (1-D) or its cropped pixels (3-D), in batch order."""
+        cropped, start, out = iter(self.cropped), 0, []
+        for length in self.lengths.tolist():
+            out.append(self.encoded[start:start + length] if length else next(cropped))
+            start += length
+        return out
+
+
+def baseline_jpeg_size(payload: torch.Tensor) -> tuple[int, int] | None:
+    """(height, width) of a baseline colour JPEG, from its header; None for anything nvJPEG is not given."""
+    try:
+        with Image.open(io.BytesIO(payload.numpy().tobytes())) as image:
+            progressive = image.info.get("progressive") or image.info.get("progression")
+            if image.format != "JPEG" or image.mode != "RGB" or progressive:
+                return None
+            return image.size[1], image.size[0]
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+class EncodedTrainImages(TrainImages):
+    """TrainImages whose decoding and crop are left to the GPU."""
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, tuple[int, ...], str]:
+        index, epoch = key
+        path, label = self.folder.samples[index]
+        payload = _read(path)
+        size = baseline_jpeg_size(payload) if payload is not None else None
+        if size is None:
+            image, label = super().__getitem__(key)
+            return image, label, CROPPED, path
+        top, left, h, w, flip = self.augmentation(index, epoch, *size)
+        return payload, label, (top, left, h, w, self.size, self.size, int(flip)), path
+
+
+class EncodedValImages(ValImages):
+    """ValImages whose decoding, resize and centre crop are left to the GPU."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, tuple[int, ...], str]:
+        path, label = self.folder.samples[index]
+        payload = _read(path)
+        size = baseline_jpeg_size(payload) if payload is not None else None
+        if size is None:
+            image, label = super().__getitem__(index)
+            return image, label, CROPPED, path
+        return payload, label, (*self.crop(index, *size), 0), path
+
+
+def _read(path: str) -> torch.Tensor | None:
+    try:
+        return read_file(path)
+    except RuntimeError:
+        return None  # the CPU path names and substitutes it
+
+
+def collate(samples: list[tuple[torch.Tensor, int, tuple[int, ...], str]]) -> EncodedBatch:
+    payloads, labels, plans, paths = zip(*samples)
+    encoded = [p for p in payloads if p.dim() == 1]
+    return EncodedBatch(torch.cat(encoded) if encoded else torch.empty(0, dtype=torch.uint8),
+                        torch.tensor([len(p) if p.dim() == 1 else 0 for p in payloads]),
+                        [p for p in payloads if p.dim() == 3], torch.tensor(labels), torch.tensor(plans), list(paths))
+
+
+def decode_batch(batch: EncodedBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch as uint8 NCHW images on `device`, and its labels there (a substitute's label where an image
+    could not be decoded)."""
+    plans, payloads = batch.plans.tolist(), batch.payloads()
+    encoded = [i for i, payload in enumerate(payloads) if payload.dim() == 1]
+    out_h, out_w = _output_size(payloads, plans, encoded)
+    images = torch.empty((len(plans), 3, out_h, out_w), dtype=torch.uint8, device=device)
+    labels = batch.labels.clone()
+    failed = []
+    for i, image in zip(encoded, _decode([payloads[i] for i in encoded], device)):
+        if image is None:
+            log.warning("skipping corrupt image %s (neither nvJPEG nor libjpeg could decode it)", batch.paths[i])
+            failed.append(i)
+            continue
+        top, left, h, w, _, _, flip = plans[i]
+        crop = F.resized_crop(image, top, left, h, w, [out_h, out_w], antialias=True)
+        images[i] = crop.flip(-1) if flip else crop
+    for i, payload in enumerate(payloads):
+        if payload.dim() == 3:
+            images[i].copy_(payload, non_blocking=True)
+    good = [i for i in range(len(plans)) if i not in failed]
+    if not good:
+        raise RuntimeError(f"no image of a batch could be decoded (first: {batch.paths[0]})")
+    for i in failed:  # the CPU path stands the next readable image in; here, one of the batch's own
+        images[i], labels[i] = images[good[0]], labels[good[0]]
+    return images, labels.to(device, non_blocking=True)
+
+
+def _output_size(payloads: list[torch.Tensor], plans: list[list[int]], encoded: list[int]) -> tuple[int, int]:
+    if encoded:
+        return plans[encoded[0]][4], plans[encoded[0]][5]
+    return tuple(payloads[0].shape[1:])
+
+
+def _decode(payloads: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """One batched decode; if that fails, image by image, with libjpeg as the fallback for each."""
+    if not payloads:
+        return []
+    try:
+        return decode_jpeg(payloads, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return [_decode_one(payload, device) for payload in payloads]
+
+
+def _decode_one(payload: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    try:
+        return decode_jpeg(payload, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        pass
+    try:
+        return decode_image(payload, mode=ImageReadMode.RGB).to(device)
+    except RuntimeError:
+        return None
