@@ -28,14 +28,17 @@ def gpu_data(tmp_path_factory):
 
 
 @needs_cuda
-@pytest.mark.parametrize("options", [(), ("--compile",)], ids=["eager", "compiled"])
+@pytest.mark.parametrize("options", [(), ("--compile",), ("--decode", "device", "--compile", "--compile-mode",
+                                                           "reduce-overhead")],
+                         ids=["eager", "compiled", "nvjpeg-and-cuda-graphs"])
 def test_one_epoch_on_the_gpu(gpu_data, tmp_path, options):
     logdir = tmp_path / "run"
     result = run(train_command(gpu_data, logdir, "--device", "cuda", "--epochs", "1", "--workers", "2", *options))
     assert result.returncode == 0, result.stderr[-3000:]
     start = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[0])
     assert start["config"]["bf16"] and start["config"]["channels_last"]
-    assert start["config"]["compile"] is bool(options)
+    assert start["config"]["compile"] is ("--compile" in options)
+    assert start["config"]["decode"] == ("device" if "--decode" in options else "workers")
     assert start["config"]["pin_memory"] and start["config"]["process_group"] is None, "one process: no group"
     assert json.loads((logdir / "summary.json").read_text())["epochs"][0]["top5"] > 0
 

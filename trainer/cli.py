@@ -43,7 +43,8 @@ def _train_parser(sub) -> None:
                    help="torch.compile's mode with --compile: reduce-overhead replays the step as CUDA graphs")
     p.add_argument("--decode", choices=("auto", "workers", "device"), default="auto",
                    help="where JPEGs are decoded and cropped: in the loader workers, or a batch at a time on the "
-                        "training device (nvJPEG on a GPU); auto: device on a GPU, workers on a CPU")
+                        "training device (nvJPEG on a GPU; slower than the workers so far, see BENCHMARKS.md); "
+                        "auto: workers")
     p.add_argument("--workers", type=int, help="loader worker processes per training process")
     p.add_argument("--threads", type=int, help="CPU threads per training process")
     p.add_argument("--print-freq", type=int, default=10, help="batches between console lines")

@@ -65,13 +65,11 @@ class EncodedTrainImages(TrainImages):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, tuple[int, ...], str]:
         index, epoch = key
         path, label = self.folder.samples[index]
-        payload = _read(path)
-        size = baseline_jpeg_size(payload) if payload is not None else None
-        if size is None:
-            image, label = super().__getitem__(key)
-            return image, label, CROPPED, path
-        top, left, h, w, flip = self.augmentation(index, epoch, *size)
-        return payload, label, (top, left, h, w, self.size, self.size, int(flip)), path
+        jpeg = _for_the_device(path)
+        if jpeg is None:
+            return *super().__getitem__(key), CROPPED, path
+        top, left, h, w, flip = self.augmentation(index, epoch, *jpeg[1])
+        return jpeg[0], label, (top, left, h, w, self.size, self.size, int(flip)), path
 
 
 class EncodedValImages(ValImages):
@@ -79,19 +77,21 @@ class EncodedValImages(ValImages):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, tuple[int, ...], str]:
         path, label = self.folder.samples[index]
-        payload = _read(path)
-        size = baseline_jpeg_size(payload) if payload is not None else None
-        if size is None:
-            image, label = super().__getitem__(index)
-            return image, label, CROPPED, path
-        return payload, label, (*self.crop(index, *size), 0), path
+        jpeg = _for_the_device(path)
+        if jpeg is None:
+            return *super().__getitem__(index), CROPPED, path
+        return jpeg[0], label, (*self.crop(index, *jpeg[1]), 0), path
 
 
-def _read(path: str) -> torch.Tensor | None:
+def _for_the_device(path: str) -> tuple[torch.Tensor, tuple[int, int]] | None:
+    """The file's bytes and (height, width) when nvJPEG is to decode it; None: the worker decodes it (the CPU
+    path, which also names and substitutes an unreadable file)."""
     try:
-        return read_file(path)
+        payload = read_file(path)
     except RuntimeError:
-        return None  # the CPU path names and substitutes it
+        return None
+    size = baseline_jpeg_size(payload)
+    return (payload, size) if size else None
 
 
 def collate(samples: list[tuple[torch.Tensor, int, tuple[int, ...], str]]) -> EncodedBatch:
