@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# Training throughput and the CUDA paths on one GPU machine. On an H100 box the steps without --compile took
-# 433 s; the compiled ones add about a minute of compiling per image size: all of them outrun one 10-minute
-# call, so the budget skips what is left (listed at the end) and GPU_BENCH_STEPS picks steps.
+# Training throughput and the CUDA paths on one GPU machine, the most wanted figures first. On one H200 the steps
+# up to the short training run took 520 s (compiling about a minute per graph): the budget skips what is left
+# (listed at the end) and GPU_BENCH_STEPS picks steps.
 #
 #   bash bench/gpu.sh                    # from the repo root; everything it prints also goes to $OUT/gpu.log
-#   GPU_BENCH_TINY=1 bash bench/gpu.sh   # the same steps shrunk to run on a CPU in a minute or two
-#   GPU_BENCH_STEPS="versions compare-synthetic-compile" GPU_BENCH_SIZES="224" bash bench/gpu.sh  # some steps, sizes
+#   GPU_BENCH_TINY=1 bash bench/gpu.sh   # the same steps shrunk to run on a CPU
+#   GPU_BENCH_STEPS="versions compare-synthetic" bash bench/gpu.sh   # some steps; GPU_BENCH_SIZES: compare-sizes'
 #
-# Steps: versions; an ImageNet-like JPEG folder (bench/make_jpegs.py) and its -sz/160, -sz/352 copies
-# (`python3 -m trainer prepare`); tests/test_gpu.py; a short real `python3 -m trainer train --compile` through
-# every data path (a new image size each epoch); trainer vs torchvision-reference-style loop on synthetic
-# batches (bench/compare_training.py, reference --amp and fp32) and on the JPEGs (full-size and the seed's
-# resized copies), then both again with the trainer's --compile. Each step has a timeout and the whole script
-# a deadline (GPU_BENCH_BUDGET seconds, default 560), a failed step does not stop the
-# ones after it, and the failures are listed at the end (exit status 1 if any). Nothing is downloaded.
-# Needs python3 with torch, torchvision, pillow, numpy, tensorboard (pytest for the last step); the project
+# Steps: versions; an ImageNet-like JPEG folder (bench/make_jpegs.py); at 224 px the trainer's step eager,
+# compiled and as CUDA graphs against the torchvision-reference-style loop (--amp) on synthetic batches, then
+# from the JPEGs decoded by the loader workers and by the GPU (nvJPEG), compiled and graphs
+# (bench/compare_training.py, with MFU); tests/test_gpu.py; the seed's -sz/160, -sz/352 copies and a short real
+# `python3 -m trainer train --compile` through every data layout; the other sizes eager and compiled. Each step
+# has a timeout and the whole script a deadline (GPU_BENCH_BUDGET seconds, default 560), a failed step does not
+# stop the ones after it, and the failures are listed at the end (exit status 1 if any). Nothing is downloaded.
+# Needs python3 with torch, torchvision, pillow, numpy, tensorboard, pydantic (pytest for test-gpu); the project
 # need not be installed: PYTHONPATH is set to the repo root.
 set -euo pipefail
 
