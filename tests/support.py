@@ -5,7 +5,10 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
+
+from PIL import Image
 
 T = TypeVar("T")
 
@@ -27,3 +30,18 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def odd_files(root: Path) -> dict[str, Path]:
+    """What real downloaded folders hold besides plain RGB JPEGs; returns (file, what a warning must name)."""
+    train = sorted(p for p in (root / "train").iterdir() if p.is_dir())[0]
+    source = sorted(train.glob("*.JPEG"))[0]
+    with Image.open(source) as image:
+        image.convert("L").save(train / "grayscale.JPEG", "JPEG")
+        image.convert("CMYK").save(train / "cmyk.JPEG", "JPEG")
+        image.resize((1, 1)).save(train / "one-pixel.JPEG", "JPEG")
+        image.save(train / "png-named.JPEG", "PNG")
+    (train / "truncated.JPEG").write_bytes(source.read_bytes()[:300])
+    (train / "text.JPEG").write_text("not an image, named like one")
+    (train / "notes.txt").write_text("a note beside the images")
+    return {"truncated": train / "truncated.JPEG", "text": train / "text.JPEG", "notes": train / "notes.txt"}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
+from tests.support import odd_files
 from tests.trainer_runs import run, train_command
 from trainer import data, layout, loaders, schedule
 from trainer.demo_data import make_demo_dataset
@@ -127,28 +127,13 @@ def test_class_sets_that_differ_between_train_and_validation(data_copy):
         layout.check_layout(data_copy, schedule.load("cpu-tiny"))
 
 
-def _odd_files(root):
-    """What real downloaded folders hold besides plain RGB JPEGs; returns (file, what a warning must name)."""
-    train = sorted(p for p in (root / "train").iterdir() if p.is_dir())[0]
-    source = sorted(train.glob("*.JPEG"))[0]
-    with Image.open(source) as image:
-        image.convert("L").save(train / "grayscale.JPEG", "JPEG")
-        image.convert("CMYK").save(train / "cmyk.JPEG", "JPEG")
-        image.resize((1, 1)).save(train / "one-pixel.JPEG", "JPEG")
-        image.save(train / "png-named.JPEG", "PNG")
-    (train / "truncated.JPEG").write_bytes(source.read_bytes()[:300])
-    (train / "text.JPEG").write_text("not an image, named like one")
-    (train / "notes.txt").write_text("a note beside the images")
-    return {"truncated": train / "truncated.JPEG", "text": train / "text.JPEG", "notes": train / "notes.txt"}
-
-
 @pytest.mark.slow
 def test_odd_but_readable_files_train_and_unreadable_ones_are_named_and_skipped(tmp_path, caplog):
     """Grayscale, CMYK, 1x1 and PNG-named-.JPEG images train; a truncated JPEG and a text file named .JPEG are
     skipped with a warning naming each (by prepare, and by the trainer reading full-size images); a file not
     named like an image is left out with a warning at the check a run makes before it creates anything."""
     root = make_demo_dataset(tmp_path / "odd", classes=2, train_per_class=8, val_per_class=4)
-    odd = _odd_files(root)
+    odd = odd_files(root)
     with caplog.at_level(logging.WARNING):
         layout.check_source(root)
         report = prepare(root, [160], workers=1)

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from tests.test_data import _odd_files
+from tests.support import odd_files
 from tests.trainer_runs import run, train_command
 from trainer import data, gpu_decode, layout, loaders, schedule
 from trainer.demo_data import make_demo_dataset
@@ -59,7 +59,7 @@ def test_odd_files_are_cropped_in_the_worker_and_corrupt_ones_substituted_with_a
     """Grayscale, CMYK, PNG-named-.JPEG never reach nvJPEG; a truncated JPEG's header fails in the worker, which
     names and substitutes it as the CPU path does; an image whose header reads goes to the decoder, garbage or not."""
     root = make_demo_dataset(tmp_path / "odd", classes=2, train_per_class=8, val_per_class=2)
-    odd = _odd_files(root)
+    odd = odd_files(root)
     train = odd["truncated"].parent
     good = sorted(train.glob("*.JPEG"))[0].read_bytes()
     (train / "garbled.JPEG").write_bytes(good[:600] + bytes(len(good) - 600))  # header intact, scan data zeroed
