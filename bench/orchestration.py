@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.parameters import demo_dataset_root  # noqa: E402
+from tasks.backends.demo import demo_dataset_root  # noqa: E402
 from tasks.backends.local import default_home  # noqa: E402
 from tests.prefect_server import prefect_server  # noqa: E402
 

@@ -25,6 +25,7 @@ import httpx
 from pydantic import ValidationError
 
 from deployments.api_server import APIServerError, api_for_flows
+from tasks.backends import backend_class
 from tasks.backends.base import BackendError, InputError
 from tasks.parameters import BackendName, MachineCount, RunParameters, Switch
 
@@ -101,7 +102,7 @@ def _comma_separated(text: str) -> tuple[str, ...]:
 
 def _aws(args: argparse.Namespace) -> dict | None:
     given = {name: getattr(args, name) for name in AWS_OPTIONS if getattr(args, name) is not None}
-    return given if args.backend == "aws" else None
+    return given or None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -184,7 +185,7 @@ def _one_line(exc: Exception) -> str:
 
 def _flow_parameters(args: argparse.Namespace, dry_run: bool) -> dict:
     given = {name: getattr(args, name) for name in RunParameters.model_fields if name not in SET_OTHERWISE}
-    return {**given, "machines": args.machines or (16 if args.backend == "aws" else 2), "dry_run": dry_run,
+    return {**given, "machines": args.machines or backend_class(args.backend).default_machines, "dry_run": dry_run,
             "aws": _aws(args)}
 
 

@@ -20,7 +20,6 @@ from prefect.runtime import flow_run as current_run
 from tasks import stages
 from tasks.artifacts import close_outbox
 from tasks.backends import get_backend
-from tasks.backends.aws.options import AwsOptions
 from tasks.extra_loggers import extra_loggers_at_prefect_level
 from tasks.parameters import RunParameters, with_run_parameters
 
@@ -39,8 +38,7 @@ def _teardown_hook(flow, flow_run, state) -> None:  # noqa: ARG001 - a served ru
     """Runs on cancel and crash (also in a served run's runner process): find by tag, delete, verify. Retried
     like the teardown task: a hook has no task retries, and a call that failed once (a hung endpoint, a
     throttled burst) should not leave the run's resources to the scheduled cleanup."""
-    aws = flow_run.parameters.get("aws")
-    backend = get_backend(flow_run.parameters.get("backend", "local"), AwsOptions(**aws) if aws else None)
+    backend = get_backend(flow_run.parameters.get("backend", "local"), flow_run.parameters.get("aws"))
     logger = flow_run_logger(flow_run, flow)
     for attempt in range(1, HOOK_TEARDOWN_ATTEMPTS + 1):
         try:

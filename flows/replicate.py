@@ -14,7 +14,6 @@ from tasks.backends.aws.options import AwsOptions
 from tasks.backends.base import POOL_OWNER, ClusterSpec
 from tasks.extra_loggers import extra_loggers_at_prefect_level
 from tasks.parameters import BackendName, RunParameters
-from tasks.planning import ensure_demo_dataset
 
 
 @flow(name="imagenet18-replicate")
@@ -33,8 +32,8 @@ def replicate(replicas: int = 16, backend: BackendName = "local", dataset: str |
                            ", ".join(f"{r.id} (run {r.run_id})" for r in held))
         return [r.id for r in removed]
     params = RunParameters(backend=backend, dataset=dataset, instance_type=instance_type, aws=aws)
-    if backend == "local" and dataset is None:
-        ensure_demo_dataset()
+    if dataset is None:
+        store.ensure_default_dataset()
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=keep_hours)
     spec = ClusterSpec(POOL_OWNER, POOL_OWNER, replicas, params.resolved_instance_type, False, expires)
     made = store.replicate(spec, params.resolved_dataset, replicas, pool=True)

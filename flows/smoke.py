@@ -24,8 +24,8 @@ from tasks.backends.aws.clients import error_code
 from tasks.backends.aws.snapshots import BUILDER_USD_PER_HOUR, dataset_size_gb, make_snapshot
 from tasks.backends.base import ClusterSpec, InputError
 from tasks.backends.local import default_home
-from tasks.parameters import demo_dataset_root
-from tasks.planning import ensure_demo_dataset, load_schedule
+from tasks.backends.demo import demo_dataset_root, ensure_demo_dataset
+from tasks.planning import load_schedule
 from trainer.schedule import ScheduleError
 
 MACHINES = 2

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.backends import BACKENDS, backend_class
 from tasks.backends.aws.catalog import DEFAULT_INSTANCE_TYPE as AWS_DEFAULT_INSTANCE_TYPE
 from tasks.backends.aws.options import AwsOptions
-from tasks.backends.local import default_home
 
 MachineCount = Literal[1, 2, 4, 8, 16]
-BackendName = Literal["local", "aws"]
+BackendName = Literal[BACKENDS]
 Switch = Literal["auto", "on", "off"]  # auto: the plan decides; the CLI's --OPTION and --no-OPTION give on and off
-DEFAULT_INSTANCE_TYPE = {"local": "local", "aws": AWS_DEFAULT_INSTANCE_TYPE}
-DEFAULT_DATASET = {"aws": "imagenet18-backup"}  # the seed's snapshot description; locally, the demo dataset
 
 
 class PassedToTrainer:
@@ -62,19 +59,15 @@ class RunParameters(BaseModel):
 
     @property
     def resolved_instance_type(self) -> str:
-        return self.instance_type or DEFAULT_INSTANCE_TYPE[self.backend]
+        return self.instance_type or backend_class(self.backend).default_instance_type
 
     @property
     def resolved_dataset(self) -> str:
-        return self.dataset or DEFAULT_DATASET.get(self.backend) or str(demo_dataset_root())
+        return self.dataset or backend_class(self.backend).default_dataset()
 
     @property
     def resolved_schedule(self) -> str:
-        if self.schedule:
-            return self.schedule
-        if self.backend != "local":
-            return f"seed-{self.machines}"
-        return "auto" if self.dataset else "cpu-demo"
+        return self.schedule or backend_class(self.backend).default_schedule(self.machines, self.dataset is not None)
 
     def trainer_flags(self) -> list[str]:
         """The options marked TRAINER that are set, as the trainer's command-line flags."""
@@ -105,7 +98,3 @@ def with_run_parameters(function: Function) -> Function:
     function.__doc__ = f"{inspect.getdoc(function)}\n\nArgs:\n" + "".join(
         f"    {name}: {field.description}\n" for name, field in fields.items())
     return function
-
-
-def demo_dataset_root() -> Path:
-    return default_home() / "demo" / "imagenet18-demo"

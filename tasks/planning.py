@@ -4,22 +4,15 @@ starting a flow run (so bad input creates no run at all), and the flow's first t
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from tasks import compile_plan
 from tasks.backends import get_backend
 from tasks.backends.base import Backend, ClusterSpec, CostPlan, InputError
-from tasks.parameters import RunParameters, demo_dataset_root
+from tasks.parameters import RunParameters
 from trainer import recipe
 from trainer import schedule as schedules
-from trainer.demo_data import demo_dataset_ready, make_demo_dataset
-from trainer.layout import SPLITS, DataError, check_source
-from trainer.prepare import prepare
-
-log = logging.getLogger(__name__)
-IMAGENET_TRAIN_IMAGES = 1_281_167  # what the aws backend's snapshots are taken to hold: the seed's dataset
+from trainer.layout import DataError
 
 
 @dataclass(frozen=True)
@@ -44,15 +37,15 @@ class RunPlan:
 
 
 def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
-    if params.backend == "local" and params.dataset is None:
-        ensure_demo_dataset()
+    backend = backend_for(params)
+    if params.dataset is None:
+        backend.ensure_default_dataset()
     try:
         plan_schedule = load_schedule(params.resolved_schedule, params.resolved_dataset, params.machines)
     except (schedules.ScheduleError, DataError) as exc:
         raise InputError(str(exc)) from exc
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=params.max_hours)
     spec = ClusterSpec(run_id, run_name, params.machines, params.resolved_instance_type, params.spot, expires)
-    backend = backend_for(params)
     reads = tuple(dict.fromkeys(phase.trndir for phase in plan_schedule.data))
     backend.check(spec, params.resolved_dataset, reads)
     cost = backend.plan(spec, params.resolved_dataset, params.max_hours)
@@ -62,16 +55,10 @@ def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
     epochs = min(plan_schedule.epochs, params.epochs or plan_schedule.epochs)
     devices = backend.devices(spec)
     compiling = compile_plan.decide(params.compile, plan_schedule, epochs, devices.gpu_model,
-                                    devices.per_machine * params.machines, lambda: train_images(params))
+                                    devices.per_machine * params.machines,
+                                    lambda: backend.train_images(params.resolved_dataset))
     return RunPlan(params, spec, params.resolved_dataset, params.resolved_schedule, epochs, cost,
                    plan_schedule.reference_minutes, reads, compiling)
-
-
-def train_images(params: RunParameters) -> int:
-    """Images an epoch trains: a local dataset's, counted; on aws the seed's, ImageNet's."""
-    if params.backend == "local":
-        return len(check_source(params.resolved_dataset.removeprefix("file://"))[SPLITS[0]].samples)
-    return IMAGENET_TRAIN_IMAGES
 
 
 def backend_for(params: RunParameters) -> Backend:
@@ -85,11 +72,3 @@ def load_schedule(name: str, dataset: str, processes: int) -> schedules.Schedule
         return recipe.schedule_for(recipe.facts(dataset.removeprefix("file://")), processes)
     return schedules.load(name)
 
-
-def ensure_demo_dataset() -> None:
-    """The local default dataset is made on first use (about 20 s, no download) and reused after."""
-    root = demo_dataset_root()
-    if not demo_dataset_ready(root) or not Path(f"{root}-sz/160").is_dir():
-        log.info("making the demo dataset in %s (once; no download)", root)
-        make_demo_dataset(root)
-        prepare(root, sizes=[160])

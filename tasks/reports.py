@@ -8,8 +8,7 @@ import base64
 from prefect.artifacts import MarkdownArtifact, TableArtifact
 
 from tasks.artifacts import Progress, outbox
-from tasks.parameters import RunParameters
-from tasks.planning import RunPlan
+from tasks.planning import RunPlan, backend_for
 from trainer.records import Epoch
 
 PLAN_KEY, PROGRESS_KEY, EPOCHS_KEY, SUMMARY_KEY = ("imagenet18-plan", "imagenet18-progress", "imagenet18-epochs",
@@ -28,18 +27,12 @@ def plan_markdown(plan: RunPlan) -> str:
     before = (f"Before the machines start: about **{warmup.minutes:.1f} min**, {warmup.what}: "
               f"${warmup.usd:,.2f}.\n\n" if warmup else "")
     return (f"# Plan: {plan.spec.run_name}\n\n"
-            f"{_machines(p)}, "
+            f"{backend_for(p).describe(plan.spec)}, "
             f"schedule **{plan.schedule}** for {plan.epochs} epochs, dataset `{plan.dataset}`.\n\n"
             f"| resource | count | $/h each | $/h |\n|---|---|---|---|\n{rows}\n\n{before}"
             f"**${plan.cost.hourly_usd:,.2f}/h**; expected: {expected}; at most **${plan.cost.total_usd:,.2f}** "
             f"(machines end themselves after max_hours = {p.max_hours:g} h).\n\n"
             f"torch.{plan.compile}\n")
-
-
-def _machines(p: RunParameters) -> str:
-    if p.backend == "local":
-        return f"{p.machines} local machine(s): torchrun node processes on this machine"
-    return f"{p.machines} machine(s) of {p.resolved_instance_type} on {p.backend}{' (spot)' if p.spot else ''}"
 
 
 def publish_plan(plan: RunPlan) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
+import shlex
 import time
 from dataclasses import dataclass
 
@@ -11,7 +10,6 @@ import fsspec
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.backends.aws.options import AwsOptions
 from tasks.backends.base import Cluster, InputError, JobStatus, Resource
 from tasks.curves import curves_png  # matplotlib: half a second, imported while the command's API server starts
 from tasks.parameters import RunParameters
@@ -155,7 +153,7 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[Tr
 
 
 def _launch(backend, plan: RunPlan, cluster: Cluster, job: str, logger) -> None:
-    port = _free_port() if plan.params.backend == "local" else 29500
+    port = backend.rendezvous_port()
     commands = {m.index: trainer_command(plan, cluster, m.index, port) for m in cluster.machines}
     backend.launch(cluster, commands, job)
     logger.info("launched %s: %s", job, " ".join(commands[0]))
@@ -193,7 +191,6 @@ def _lost(exit_code: int) -> bool:
 
 def trainer_command(plan: RunPlan, cluster: Cluster, machine: int, port: int) -> list[str]:
     """torchrun on one machine: one node each, one process per GPU (one CPU process locally)."""
-    local = plan.params.backend == "local"
     command = [cluster.python, "-m", "torch.distributed.run", f"--nnodes={len(cluster.machines)}",
                f"--node_rank={machine}", f"--nproc_per_node={cluster.gpus_per_machine}",
                f"--master_addr={cluster.machines[0].address}", f"--master_port={port}",
@@ -202,20 +199,7 @@ def trainer_command(plan: RunPlan, cluster: Cluster, machine: int, port: int) ->
                "--heartbeat-seconds", "5", "--cache-dir", f"{cluster.node_storage}/cache"]
     if cluster.storage != cluster.node_storage:  # checkpoints where the orchestrator and new machines find them
         command += ["--checkpoint-dir", f"{cluster.storage}/checkpoints"]
-    command += plan.trainer_flags()
-    if local:
-        command += ["--threads", str(_threads_per_machine(len(cluster.machines)))]
-    return command
-
-
-def _threads_per_machine(machines: int) -> int:
-    return max(1, len(os.sched_getaffinity(0)) // machines)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return command + plan.trainer_flags() + backend_for(plan.params).node_flags(len(cluster.machines))
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -261,11 +245,8 @@ def evaluate(plan: RunPlan, cluster: Cluster, trained: Trained) -> dict:
 
 def tensorboard_command(plan: RunPlan, storage: str) -> str:
     """The command that serves this run's events: by its folder's name, which no other run shares."""
-    command = f"imagenet18 tensorboard --run {storage.rstrip('/').rsplit('/', 1)[-1]}"
-    if plan.params.backend == "aws":
-        aws = plan.params.aws or AwsOptions()
-        command += f" --backend aws --region {aws.region}" + (f" --bucket {aws.bucket}" if aws.bucket else "")
-    return command
+    return shlex.join(["imagenet18", "tensorboard", "--run", storage.rstrip("/").rsplit("/", 1)[-1],
+                       *backend_for(plan.params).tensorboard_options()])
 
 
 def _publish_report(result: dict, epochs: list[Epoch], logger) -> None:

@@ -24,8 +24,8 @@ from pathlib import Path, PurePosixPath
 
 import fsspec
 
-from tasks.backends.base import BackendError, InputError
-from tasks.backends.local import default_home
+from tasks.backends import get_backend
+from tasks.backends.base import BackendError, InputError, RemoteTensorBoard
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
@@ -207,63 +207,44 @@ def serve_folder(root: str, run: str | None, port: int | None, env: dict[str, st
 
 
 @contextmanager
-def serve_from_head(aws: dict | None, run: str | None, port: int | None, remote_port: int = DEFAULT_PORT,
-                    home: Path | None = None) -> Iterator[Session]:
-    """TensorBoard on machine 0 of the running AWS run that `run` names (the only one, without it), over the
-    run's EFS folder, and a port forward to it from 127.0.0.1:<port> here."""
-    from tasks.backends.aws import AwsBackend, AwsOptions
-    from tasks.backends.aws import tensorboard as remote
-
-    backend = AwsBackend(AwsOptions(**(aws or {})), home)
-    clients = backend.clients
-    clients.check_credentials()
-    heads = {head.folder: head for head in remote.heads(clients)}
-    head = heads[select_run(list(heads), run, f"{clients.region} with machine 0 running")]
-    session = Session(local_port(port), f"{head.logdir} on {head.instance_id}")
-    forward = remote.port_forward(clients, head, session.port, remote_port, backend.key_folder)
+def serve_from_head(running: tuple[str, dict[str, RemoteTensorBoard]], run: str | None, port: int | None,
+                    remote_port: int = DEFAULT_PORT) -> Iterator[Session]:
+    """TensorBoard on machine 0 of the running run that `run` names (the only one, without it), over the run's
+    folder there, and a port forward to it from 127.0.0.1:<port> here. `running`: a backend's running_heads()."""
+    where, heads = running
+    head = heads[select_run(list(heads), run, where)]
+    session = Session(local_port(port), head.logdir)
+    command, needs = head.forward(session.port, remote_port)
     with tempfile.TemporaryDirectory(prefix="imagenet18-tensorboard-") as scratch:
-        served = None
         try:
-            served = remote.start(clients, head, remote_port)
-            session.remote = lambda: remote.ended(clients, head, served)
-            if forward.needs:
-                session.manual_forward, session.ready_timeout = (forward.command, forward.needs), None
+            head.start(remote_port)
+            session.remote = head.ended
+            if needs:
+                session.manual_forward, session.ready_timeout = (command, needs), None
             else:
-                session.children.append(_start("the port forward", forward.command, Path(scratch)))
+                session.children.append(_start("the port forward", command, Path(scratch)))
             yield session
         finally:
             for child in session.children:
                 child.stop()
             try:
-                if served is not None:
-                    remote.stop(clients, head, served)
+                head.stop()
             except Exception as exc:  # noqa: BLE001 - the machine may be gone; don't hide why we stopped
-                log.warning("could not stop TensorBoard on %s: %s", head.instance_id, exc)
+                log.warning("could not stop TensorBoard (%s): %s", head.logdir, exc)
 
 
 def open_session(backend: str = "local", via: str = "bucket", logdir: str | None = None, run: str | None = None,
                  port: int | None = None, remote_port: int = DEFAULT_PORT, aws: dict | None = None,
                  home: Path | None = None) -> AbstractContextManager[Session]:
     """The session the command's options ask for (a context manager yielding a Session)."""
+    store = get_backend(backend, aws, home)
     if via == "head":
-        if backend != "aws":
-            raise InputError("--via head serves TensorBoard on an AWS run's machine 0: add --backend aws")
+        running = store.running_heads()
         if logdir:
-            raise InputError("--via head serves the run's EFS folder on machine 0; drop --logdir")
-        return serve_from_head(aws, run, port, remote_port, home)
-    if backend == "local":
-        root = logdir or str((home or default_home()) / "runs")
-        if logdir is None and not Path(root).is_dir():
-            raise InputError(f"no runs yet in {root}: `imagenet18 demo` makes one")
-        return serve_folder(root, run, port)
-    from tasks.backends.aws import AwsOptions
-    from tasks.backends.aws.clients import Clients
-    from tasks.backends.aws.storage import bucket_name
-
-    options = AwsOptions(**(aws or {}))
-    root = logdir or f"s3://{bucket_name(Clients(options.region), options.bucket)}/runs"
-    return serve_folder(root, run, port, {**os.environ, "AWS_REGION": options.region,
-                                           "AWS_DEFAULT_REGION": options.region})
+            raise InputError("--via head serves the run's folder on its machine 0; drop --logdir")
+        return serve_from_head(running, run, port, remote_port)
+    folder = store.runs_folder(logdir)
+    return serve_folder(folder.url, run, port, folder.env)
 
 
 def interrupt_on_termination() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tasks import planning, stages
-from tasks.backends.aws.backend import AwsBackend
+from tasks.backends.aws.backend import IMAGENET_TRAIN_IMAGES, AwsBackend
 from tasks.backends.base import Cluster, CostPlan, Machine
 from tasks.backends.local import LocalBackend, LocalGpus
 from tasks.compile_plan import MEASURED
@@ -30,6 +30,13 @@ class PricelessAws(AwsBackend):
         return CostPlan((), hours)
 
 
+class ImageNetSizedLocal(LocalBackend):
+    """The local backend, with a dataset that counts as ImageNet's training images."""
+
+    def train_images(self, dataset: str) -> int:
+        return IMAGENET_TRAIN_IMAGES
+
+
 @pytest.fixture
 def aws_plan(monkeypatch):
     monkeypatch.setattr(planning, "backend_for", lambda params: PricelessAws())
@@ -42,10 +49,8 @@ def aws_plan(monkeypatch):
 @pytest.fixture
 def workstation_plan(monkeypatch, tmp_path, tiny_data):
     """A local plan on this many H100s, whose dataset counts as ImageNet's training images."""
-    monkeypatch.setattr(planning, "train_images", lambda params: planning.IMAGENET_TRAIN_IMAGES)
-
     def plan(gpus: int, **options) -> planning.RunPlan:
-        backend = LocalBackend(tmp_path, LocalGpus(tuple(map(str, range(gpus))), H100))
+        backend = ImageNetSizedLocal(tmp_path, LocalGpus(tuple(map(str, range(gpus))), H100))
         monkeypatch.setattr(planning, "backend_for", lambda params: backend)
         return planning.plan_run(RunParameters(dataset=str(tiny_data), **options), "run-id", "run-name")
     return plan

@@ -60,3 +60,30 @@ def test_every_floor_is_read():
 def test_nothing_imports_from_a_floor_above_it():
     violations = [found for path in MODULES for found in _violations(path)]
     assert not violations, "\n".join(violations)
+
+
+REGISTRY = REPO / "tasks" / "backends" / "__init__.py"
+BACKEND_NAMES = ("local", "aws")
+
+
+def _name_checks(path: Path) -> list[str]:
+    """Comparisons (==, !=, in, not in, match-case) against a backend's name."""
+    def names(node: ast.AST) -> bool:
+        items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+        return any(isinstance(item, ast.Constant) and item.value in BACKEND_NAMES for item in items)
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Compare) and any(names(side) for side in (node.left, *node.comparators)):
+            found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.MatchValue) and names(node.value):
+            found.append(f"{path.relative_to(REPO)}:{node.lineno}: case {ast.unparse(node.value)}")
+    return found
+
+
+def test_only_the_registry_compares_backend_names():
+    """What differs per backend is a method of the backend (tasks/backends/base.py); the registry alone maps a name
+    to its backend, so a new backend is one class and one registry line, and no stage asks which one it has."""
+    checks = [found for path in MODULES if path != REGISTRY for found in _name_checks(path)]
+    assert not checks, "\n".join(checks)
+    assert _name_checks(REGISTRY), "the check reads the registry's own comparisons"

@@ -1,8 +1,11 @@
-"""Backends by name: where a run's replicas, machines and processes live."""
+"""Backends by name: where a run's replicas, machines and processes live. The one place that knows the names;
+everything else asks the backend (tasks/backends/base.py's contract)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tasks.backends.base import Backend, InputError
 
@@ -12,13 +15,23 @@ if TYPE_CHECKING:
 BACKENDS = ("local", "aws")
 
 
-def get_backend(name: str, aws: AwsOptions | None = None) -> Backend:
+def backend_class(name: str) -> type[Backend]:
     if name == "local":
         from tasks.backends.local import LocalBackend
 
-        return LocalBackend()
+        return LocalBackend
     if name == "aws":
         from tasks.backends.aws import AwsBackend
 
-        return AwsBackend(aws)
+        return AwsBackend
     raise InputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+
+
+def get_backend(name: str, aws: AwsOptions | Mapping[str, Any] | None = None, home: Path | None = None) -> Backend:
+    """The backend `name`, with the AWS options where it is aws, and imagenet18's home on this machine."""
+    backend = backend_class(name)
+    if name == "aws":
+        from tasks.backends.aws.options import AwsOptions
+
+        return backend(aws if isinstance(aws, AwsOptions) else AwsOptions(**(aws or {})), home)
+    return backend(home)

@@ -122,9 +122,70 @@ class JobStatus:
         return self.running == 0
 
 
+@dataclass(frozen=True)
+class RunsFolder:
+    """Where a backend's runs are stored (a folder or fsspec URL), and the environment a reader of it needs."""
+    url: str
+    env: dict[str, str] | None = None
+
+
+class RemoteTensorBoard(Protocol):
+    """TensorBoard on a running run's machine 0, over the run's folder there, reached through a port forward."""
+    logdir: str  # what it serves, as the user is told
+
+    def start(self, remote_port: int) -> None: ...
+
+    def ended(self) -> str | None:
+        """None while it serves; else how it ended."""
+
+    def stop(self) -> None: ...
+
+    def forward(self, local_port: int, remote_port: int) -> tuple[list[str], str | None]:
+        """The command that forwards 127.0.0.1:<local_port> here to it, and what to install first where this
+        machine lacks the command's tools (None where nothing is missing)."""
+
+
 class Backend(Protocol):
+    """A place that runs training. What differs between places is here, so that no stage, report or flow asks
+    which backend it has: backends register by name in tasks/backends/__init__.py."""
     name: str
     poll_seconds: float  # how often the train stage asks for status, logs and metrics
+    default_instance_type: str
+    default_machines: int  # the CLI's default
+
+    @classmethod
+    def default_dataset(cls) -> str:
+        """The dataset a run without one trains on."""
+
+    @classmethod
+    def default_schedule(cls, machines: int, dataset_given: bool) -> str:
+        """The schedule a run without one follows."""
+
+    def ensure_default_dataset(self) -> None:
+        """Make the default dataset where it is made on first use; a no-op where it must already exist."""
+
+    def train_images(self, dataset: str) -> int:
+        """Images an epoch of `dataset` trains, for the plan's estimates."""
+
+    def describe(self, spec: ClusterSpec) -> str:
+        """The run's machines in a few words, for its plan."""
+
+    def rendezvous_port(self) -> int:
+        """The port machine 0 offers torchrun's rendezvous on."""
+
+    def node_flags(self, machines: int) -> list[str]:
+        """Trainer flags each node process gets on this backend (for example its share of this machine's CPUs)."""
+
+    def tensorboard_options(self) -> list[str]:
+        """The `imagenet18 tensorboard` options that find this backend's runs (empty for the defaults)."""
+
+    def runs_folder(self, logdir: str | None = None) -> RunsFolder:
+        """Where this backend's runs are stored (`logdir` where the user gives one), for TensorBoard; InputError
+        when there are none yet."""
+
+    def running_heads(self) -> tuple[str, dict[str, RemoteTensorBoard]]:
+        """Machine 0 of every run that is up, by the run's folder name, and where they were looked for (for an
+        error that lists them); InputError where the backend's runs have no machine to serve from."""
 
     def check(self, spec: ClusterSpec, dataset: str, reads: Sequence[str] = ("",)) -> None:
         """Raise InputError for anything that would fail later; creates nothing. `reads` are the dataset's folders

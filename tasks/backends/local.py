@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,8 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tasks.backends.base import (POOL_OWNER, BackendError, Cluster, ClusterSpec, CostPlan, Devices, InputError,
-                                 JobStatus, LineItem, Machine, Resource)
-from trainer.layout import DataError, check_source
+                                 JobStatus, LineItem, Machine, Resource, RunsFolder)
+from tasks.backends.demo import demo_dataset_root, ensure_demo_dataset
+from tasks.backends.home import default_home
+from trainer.layout import SPLITS, DataError, check_source
 from trainer.prepare import PrepareReport, prepare, size_of
 from trainer.written import naming
 
@@ -41,13 +44,11 @@ STOP_GRACE_SECONDS = 10.0
 EXIT_CODE_WRAPPER = '"$@"; code=$?; echo $code > "$IMAGENET18_EXIT_FILE"; exit $code'
 
 
-def default_home() -> Path:
-    return Path(os.environ.get("IMAGENET18_HOME", Path.home() / ".imagenet18"))
-
-
 class LocalBackend:
     name = "local"
     poll_seconds = 0.5  # reading local files: polling often costs little and ends the stage sooner
+    default_instance_type = INSTANCE_TYPE
+    default_machines = 2
 
     def __init__(self, home: Path | None = None, gpus: LocalGpus | None = None):
         self.home = home or default_home()
@@ -57,6 +58,47 @@ class LocalBackend:
         self.runs = self.home / "runs"
         self._home_tag = str(self.home.resolve())
         self.gpus = gpus or LocalGpus.visible()
+
+    # -- defaults and what a run's stages and reports ask ---------------------------------------------
+    @classmethod
+    def default_dataset(cls) -> str:
+        return str(demo_dataset_root())
+
+    @classmethod
+    def default_schedule(cls, machines: int, dataset_given: bool) -> str:
+        return "auto" if dataset_given else "cpu-demo"
+
+    def ensure_default_dataset(self) -> None:
+        ensure_demo_dataset()
+
+    def train_images(self, dataset: str) -> int:
+        return len(check_source(Path(dataset.removeprefix("file://")))[SPLITS[0]].samples)
+
+    def describe(self, spec: ClusterSpec) -> str:
+        return f"{spec.machines} local machine(s): torchrun node processes on this machine"
+
+    def rendezvous_port(self) -> int:
+        """A free one: runs on this machine must not meet each other's rendezvous."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def node_flags(self, machines: int) -> list[str]:
+        """Each node process's share of this machine's CPUs, so that N nodes don't each start a thread per CPU."""
+        return ["--threads", str(max(1, len(os.sched_getaffinity(0)) // machines))]
+
+    def tensorboard_options(self) -> list[str]:
+        return []
+
+    def runs_folder(self, logdir: str | None = None) -> RunsFolder:
+        if logdir:
+            return RunsFolder(logdir)
+        if not self.runs.is_dir():
+            raise InputError(f"no runs yet in {self.runs}: `imagenet18 demo` makes one")
+        return RunsFolder(str(self.runs))
+
+    def running_heads(self) -> tuple[str, dict]:
+        raise InputError("--via head serves TensorBoard on an AWS run's machine 0: add --backend aws")
 
     # -- validate and plan ----------------------------------------------------------------------------
     def check(self, spec: ClusterSpec, dataset: str, reads: Sequence[str] = ("",)) -> None:

@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +41,18 @@ from tasks.backends.base import (
     JobStatus,
     LineItem,
     Machine,
+    RemoteTensorBoard,
     Resource,
+    RunsFolder,
     Warmup,
 )
 
 log = logging.getLogger(__name__)
 DATA_MOUNT = "/mnt/data"
 EFS_MOUNT = "/mnt/efs"
+DEFAULT_DATASET = "imagenet18-backup"  # the seed's snapshot description
+IMAGENET_TRAIN_IMAGES = 1_281_167  # what the snapshots are taken to hold: the seed's dataset
+RENDEZVOUS_PORT = 29500  # torchrun's default; the run's security group admits itself on every port
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,8 @@ class AwsBackend:
     name = "aws"
     poll_seconds = 2.0  # each poll reads the run's S3 prefix, and the SSM command of each machine still running
     agent_timeout_s = jobs.AGENT_TIMEOUT_S
+    default_instance_type = catalog.DEFAULT_INSTANCE_TYPE
+    default_machines = 16  # the seed's
 
     def __init__(self, options: AwsOptions | None = None, home: Path | None = None):
         from tasks.backends.local import default_home
@@ -88,6 +96,47 @@ class AwsBackend:
         self.options = options or AwsOptions()
         self.clients = Clients(self.options.region)
         self.key_folder = (home or default_home()) / "aws" / "keys"
+
+    # -- defaults and what a run's stages and reports ask ---------------------------------------------
+    @classmethod
+    def default_dataset(cls) -> str:
+        return DEFAULT_DATASET
+
+    @classmethod
+    def default_schedule(cls, machines: int, dataset_given: bool) -> str:
+        return f"seed-{machines}"
+
+    def ensure_default_dataset(self) -> None:
+        """Nothing to make: the default is a snapshot the user made (`imagenet18 snapshot`)."""
+
+    def train_images(self, dataset: str) -> int:
+        return IMAGENET_TRAIN_IMAGES
+
+    def describe(self, spec: ClusterSpec) -> str:
+        return f"{spec.machines} machine(s) of {spec.instance_type} on aws{' (spot)' if spec.spot else ''}"
+
+    def rendezvous_port(self) -> int:
+        return RENDEZVOUS_PORT
+
+    def node_flags(self, machines: int) -> list[str]:
+        return []
+
+    def tensorboard_options(self) -> list[str]:
+        return ["--backend", "aws", "--region", self.options.region] + (
+            ["--bucket", self.options.bucket] if self.options.bucket else [])
+
+    def runs_folder(self, logdir: str | None = None) -> RunsFolder:
+        region = {"AWS_REGION": self.options.region, "AWS_DEFAULT_REGION": self.options.region}
+        return RunsFolder(logdir or f"s3://{storage.bucket_name(self.clients, self.options.bucket)}/runs",
+                          {**os.environ, **region})
+
+    def running_heads(self) -> tuple[str, dict[str, RemoteTensorBoard]]:
+        from tasks.backends.aws import tensorboard as remote
+
+        self.clients.check_credentials()
+        served = {head.folder: remote.HeadTensorBoard(self.clients, head, self.key_folder)
+                  for head in remote.heads(self.clients)}
+        return f"{self.clients.region} with machine 0 running", served
 
     # -- validate and plan ----------------------------------------------------------------------------
     def check(self, spec: ClusterSpec, dataset: str, reads: Sequence[str] = ("",)) -> None:

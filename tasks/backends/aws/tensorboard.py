@@ -131,6 +131,29 @@ def port_forward(clients: Clients, head: Head, local_port: int, remote_port: int
     return Forward(command, None if all(shutil.which(tool) for tool in SSM_TOOLS) else INSTALL_SSM)
 
 
+class HeadTensorBoard:
+    """TensorBoard on one run's machine 0, as the backend contract's RemoteTensorBoard."""
+
+    def __init__(self, clients: Clients, head: Head, key_folder: Path):
+        self.clients, self.head, self.key_folder = clients, head, key_folder
+        self.logdir = f"{head.logdir} on {head.instance_id}"
+        self.served: Served | None = None
+
+    def start(self, remote_port: int) -> None:
+        self.served = start(self.clients, self.head, remote_port)
+
+    def ended(self) -> str | None:
+        return ended(self.clients, self.head, self.served) if self.served else None
+
+    def stop(self) -> None:
+        if self.served is not None:
+            stop(self.clients, self.head, self.served)
+
+    def forward(self, local_port: int, remote_port: int) -> tuple[list[str], str | None]:
+        forward = port_forward(self.clients, self.head, local_port, remote_port, self.key_folder)
+        return forward.command, forward.needs
+
+
 def _admits_ssh(clients: Clients, head: Head) -> bool:
     if not head.security_group_ids:
         return False
