@@ -219,6 +219,10 @@ class Backend(Protocol):
     def provision(self, spec: ClusterSpec, replicas: list[Resource], prepared: object | None = None) -> Cluster:
         """Machines, replica i attached to machine i, from what `prepare` returned (prepared here when None)."""
 
+    def cluster(self, run_id: str) -> Cluster:
+        """The run's cluster rebuilt from what its tags and records say, so a process that did not make it can
+        follow it (launch, status, stop, read_storage); BackendError when the run has no machine."""
+
     def launch(self, cluster: Cluster, commands: dict[int, list[str]], name: str) -> None:
         """Start `commands[i]` on machine i; its output goes to storage/logs/<name>-<i>.log."""
 

@@ -235,7 +235,7 @@ class LocalBackend:
     # -- machines -------------------------------------------------------------------------------------
     def prepare(self, spec: ClusterSpec) -> Path:
         """The run's folder: its logs, metrics, events and checkpoints, kept after teardown."""
-        storage = self.runs / f"{spec.run_name}-{spec.run_id[:8]}"
+        storage = self.runs / f"{spec.run_name}-{spec.run_id[:8]}"  # cluster() finds it by the id's part
         (storage / "logs").mkdir(parents=True, exist_ok=True)
         return storage
 
@@ -250,6 +250,20 @@ class LocalBackend:
             self._record(Resource("machine", machine.id, spec.run_id, spec.expires_at,
                                   {"index": index, "data_root": machine.data_root, **_owner()}))
             machines.append(machine)
+        return self._cluster(spec, machines, storage)
+
+    def cluster(self, run_id: str) -> Cluster:
+        """The run's cluster as its records say, for a process that did not make it."""
+        records = sorted((r for r in self.resources(run_id) if r.kind == "machine"), key=lambda r: r.details["index"])
+        folders = list(self.runs.glob(f"*-{run_id[:8]}"))
+        if not records or len(folders) != 1:
+            raise BackendError(f"run {run_id} has no machines here ({self.home})")
+        run_name = folders[0].name.removesuffix(f"-{run_id[:8]}")
+        spec = ClusterSpec(run_id, run_name, len(records), INSTANCE_TYPE, False, records[0].expires_at)
+        machines = [Machine(r.details["index"], r.id, "127.0.0.1", r.details["data_root"]) for r in records]
+        return self._cluster(spec, machines, folders[0])
+
+    def _cluster(self, spec: ClusterSpec, machines: list[Machine], storage: Path) -> Cluster:
         connect = f"tail -f {storage}/logs/train-0.log   (machine 0's console)"
         return Cluster(spec, tuple(machines), str(storage), self.gpus.per_machine(spec.machines) or 1, connect,
                        str(storage), sys.executable)

@@ -71,6 +71,11 @@ class ClusterParts:
                 f"{code_url(self.bucket, self.folder)}")
 
 
+def run_folder(spec: ClusterSpec) -> str:
+    """The run's folder in the bucket and on the file system."""
+    return f"runs/{spec.run_name}-{spec.run_id[:8]}"
+
+
 def code_url(bucket: str, folder: str) -> str:
     return f"s3://{bucket}/{folder}/code/imagenet18.tar.gz"
 
@@ -345,7 +350,7 @@ class AwsBackend:
         network in the replicas' zone, the results bucket with the code in it, the machines' role, the AMI's
         details and the file system. Its mount target is made by `provision`, beside the machines: it needs the
         subnet, and takes about a minute and a half on AWS, while the machines boot and retry the mount."""
-        folder = f"runs/{spec.run_name}-{spec.run_id[:8]}"
+        folder = run_folder(spec)
         bucket = storage.bucket_name(self.clients, self.options.bucket)
         with pools.pool(self.options.parallel_calls, 5) as pool:
             uploaded = pool.submit(storage.upload_project, self.clients, bucket, code_url(bucket, folder),
@@ -372,12 +377,31 @@ class AwsBackend:
                                   parts.network.security_group_id)
             spec, started = self._start_machines(spec, parts, replicas, boot)
             mounted.result()
+        return self._cluster(spec, dict(enumerate(started)), parts.bucket, parts.folder)
+
+    def cluster(self, run_id: str) -> Cluster:
+        """The run's cluster as its machines' tags say, for a process that did not make it: its pending and
+        running machines by index (a lost one is missing until a restart replaces it)."""
+        found = {int(tags.as_dict(i.get("Tags"))[tags.INDEX]): i
+                 for i in machines.instances(self.clients, run_id, ["pending", "running"])}
+        if not found:
+            raise BackendError(f"run {run_id} has no machine running in {self.options.region}")
+        head = found[min(found)]
+        head_tags = tags.as_dict(head.get("Tags"))
+        run_name = head_tags["Name"].partition(".")[2]  # "<index>.<run name>", as the machines are named
+        spec = ClusterSpec(run_id, run_name, max(found) + 1, head["InstanceType"],
+                           head.get("InstanceLifecycle") == "spot", tags.expires(head_tags))
+        return self._cluster(spec, found, storage.bucket_name(self.clients, self.options.bucket),
+                             run_folder(spec))
+
+    def _cluster(self, spec: ClusterSpec, started: dict[int, dict], bucket: str, folder: str) -> Cluster:
         data_root = f"{DATA_MOUNT}/{self.options.dataset_folder}"
         cluster_machines = tuple(Machine(i, instance["InstanceId"], instance["PrivateIpAddress"], data_root)
-                                 for i, instance in enumerate(started))
-        return Cluster(spec, cluster_machines, f"s3://{parts.bucket}/{parts.folder}",
-                       catalog.instance_type(spec.instance_type).gpus, self._connect(started[0], parts.network),
-                       node_storage=f"{EFS_MOUNT}/{parts.folder}", python=machines.MACHINE_PYTHON)
+                                 for i, instance in sorted(started.items()))
+        connect = self._connect(started[min(started)], network.key_path(self.key_folder, spec))
+        return Cluster(spec, cluster_machines, f"s3://{bucket}/{folder}",
+                       catalog.instance_type(spec.instance_type).gpus, connect,
+                       node_storage=f"{EFS_MOUNT}/{folder}", python=machines.MACHINE_PYTHON)
 
     def _replicas_now(self, spec: ClusterSpec, given: list[Resource]) -> list[Resource]:
         """The run's replicas as they are now, found by tag: a zone move replaced the ones the replicate stage
@@ -443,10 +467,10 @@ class AwsBackend:
             efs.ensure_mount_target(self.clients, fs_id, net.subnet_id, net.security_group_id)
             return net, moved.result()
 
-    def _connect(self, head: dict, net: network.Network) -> str:
+    def _connect(self, head: dict, key: Path) -> str:
         ssm = f"aws ssm start-session --region {self.options.region} --target {head['InstanceId']}"
         if self.options.ssh_cidr and head.get("PublicIpAddress"):
-            return f"{ssm}   or   ssh -i {net.key_path} ubuntu@{head['PublicIpAddress']}"
+            return f"{ssm}   or   ssh -i {key} ubuntu@{head['PublicIpAddress']}"
         return ssm
 
     def launch(self, cluster: Cluster, commands: dict[int, list[str]], name: str) -> None:
