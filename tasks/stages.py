@@ -10,7 +10,8 @@ import fsspec
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.backends.base import Cluster, InputError, JobStatus, Resource
+from tasks.backends import retry_may_pass
+from tasks.backends.base import Cluster, JobStatus, Resource
 from tasks.curves import curves_png  # matplotlib: half a second, imported while the command's API server starts
 from tasks.parameters import RunParameters
 from tasks.planning import RunPlan, backend_for, plan_run
@@ -23,9 +24,9 @@ TRAIN_JOB = "train"
 LOG_TAIL_BYTES = 65536  # where a failed trainer's error line and last traceback are
 
 
-def _not_bad_input(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's retry_condition_fn signature
-    """Retry what may pass a second time; bad input fails the same way every time."""
-    return not isinstance(state.data, InputError)
+def _may_pass(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's retry_condition_fn signature
+    """Retry what may pass a second time; bad input and refused permissions fail the same way every time."""
+    return retry_may_pass(state.data)
 
 
 class TrainingError(RuntimeError):
@@ -61,7 +62,7 @@ def validate_and_plan(params: RunParameters, run_id: str, run_name: str) -> RunP
 
 
 # Safe to retry: copies already made are kept, so a retry goes on where the last try stopped.
-@task(name="prepare-dataset", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_bad_input,
+@task(name="prepare-dataset", retries=2, retry_delay_seconds=5, retry_condition_fn=_may_pass,
       cache_policy=NO_CACHE)
 def prepare_dataset(plan: RunPlan) -> None:
     """The resized copies (-sz/<px>) the schedule reads, made where the dataset lacks them, on all cores; a
@@ -72,7 +73,7 @@ def prepare_dataset(plan: RunPlan) -> None:
 
 
 # Safe to retry: replicas that exist are found by tag and reused.
-@task(name="replicate-dataset", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_bad_input,
+@task(name="replicate-dataset", retries=2, retry_delay_seconds=5, retry_condition_fn=_may_pass,
       cache_policy=NO_CACHE)
 def replicate_dataset(plan: RunPlan) -> list[Resource]:
     replicas = backend_for(plan.params).replicate(plan.spec, plan.dataset, plan.spec.machines)
@@ -81,7 +82,7 @@ def replicate_dataset(plan: RunPlan) -> list[Resource]:
 
 
 # Safe to retry: what the run's tags show exists is reused.
-@task(name="prepare-cluster", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_bad_input,
+@task(name="prepare-cluster", retries=2, retry_delay_seconds=5, retry_condition_fn=_may_pass,
       cache_policy=NO_CACHE)
 def prepare_cluster(plan: RunPlan) -> object:
     """What the machines need besides their replicas (network, storage, roles, code), made while they are."""
@@ -91,7 +92,7 @@ def prepare_cluster(plan: RunPlan) -> object:
 
 
 # Safe to retry: provisioning creates only what the run's tags do not already show.
-@task(name="provision-cluster", retries=2, retry_delay_seconds=5, retry_condition_fn=_not_bad_input,
+@task(name="provision-cluster", retries=2, retry_delay_seconds=5, retry_condition_fn=_may_pass,
       cache_policy=NO_CACHE)
 def provision_cluster(plan: RunPlan, replicas: list[Resource], prepared: object) -> Cluster:
     cluster = backend_for(plan.params).provision(plan.spec, replicas, prepared)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 from prefect import get_client
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
 from prefect.states import Cancelling
@@ -75,6 +75,8 @@ WHERE = {
     "evaluate": "writing the curves (curves.png) beside the run's logs",
     "teardown": "deleting (local: replicas; AWS: terminating machines)",
 }
+# The stages with retries whose AWS fault is one call a try (replicate's is 9 of 16 parallel calls).
+REFUSED_ONCE = {"prepare": "prepare-cluster", "provision": "provision-cluster"}
 WRITE_DOCS_ENV = "IMAGENET18_WRITE_FAULT_MATRIX"
 DOCS = REPO / "docs" / "fault-matrix.md"
 COUNTED = (3, 5, 6)  # the table's columns of counts: when killed, left by the run, after cleanup
@@ -230,7 +232,17 @@ def _die_by_exception(scenario: Scenario) -> tuple[uuid.UUID, None]:
     assert state.is_failed(), state.message
     assert re.search(r"injected|UnauthorizedOperation|AccessDenied|Access Denied|may not", str(state.message)), \
         state.message
+    if scenario.backend == "aws" and scenario.stage in REFUSED_ONCE:
+        assert _run_count(state.state_details.flow_run_id, REFUSED_ONCE[scenario.stage]) == 1, \
+            "a refused permission fails its stage at once: a retry would be refused again"
     return state.state_details.flow_run_id, None
+
+
+def _run_count(flow_run_id: uuid.UUID, task_name: str) -> int:
+    with get_client(sync_client=True) as client:
+        [task_run] = [run for run in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[flow_run_id]))) if run.name.rsplit("-", 1)[0] == task_name]
+    return task_run.run_count
 
 
 def _die_by_cancel(scenario: Scenario, gate_file: Path) -> tuple[uuid.UUID, int]:

@@ -27,6 +27,12 @@ def backend_class(name: str) -> type[Backend]:
     raise InputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
 
 
+def retry_may_pass(error: BaseException) -> bool:
+    """Whether a stage's retry may pass where `error` failed it: not for bad input, nor for a refusal that any
+    backend knows to be lasting."""
+    return not isinstance(error, InputError) and all(backend_class(name).retry_may_pass(error) for name in BACKENDS)
+
+
 def get_backend(name: str, aws: AwsOptions | Mapping[str, Any] | None = None, home: Path | None = None) -> Backend:
     """The backend `name`, with the AWS options where it is aws, and imagenet18's home on this machine."""
     backend = backend_class(name)

@@ -161,6 +161,10 @@ class Backend(Protocol):
     def default_schedule(cls, machines: int, dataset_given: bool) -> str:
         """The schedule a run without one follows."""
 
+    @staticmethod
+    def retry_may_pass(error: BaseException) -> bool:
+        """False for this backend's errors that a stage's retry would meet again (a permission refused)."""
+
     def ensure_default_dataset(self) -> None:
         """Make the default dataset where it is made on first use; a no-op where it must already exist."""
 

@@ -68,6 +68,10 @@ class LocalBackend:
     def default_schedule(cls, machines: int, dataset_given: bool) -> str:
         return "auto" if dataset_given else "cpu-demo"
 
+    @staticmethod
+    def retry_may_pass(error: BaseException) -> bool:
+        return True  # a full disk or a killed process may be gone on the next try
+
     def ensure_default_dataset(self) -> None:
         ensure_demo_dataset()
 

@@ -26,7 +26,7 @@ from tasks.backends.aws import (
     tags,
     volumes,
 )
-from tasks.backends.aws.clients import Clients, error_code
+from tasks.backends.aws.clients import REFUSALS, Clients, error_code
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.options import AwsOptions
 from tasks.backends.aws.teardown import teardown
@@ -106,6 +106,10 @@ class AwsBackend:
     @classmethod
     def default_dataset(cls) -> str:
         return DEFAULT_DATASET
+
+    @staticmethod
+    def retry_may_pass(error: BaseException) -> bool:
+        return error_code(error) not in REFUSALS
 
     @classmethod
     def default_schedule(cls, machines: int, dataset_given: bool) -> str:

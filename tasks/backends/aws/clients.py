@@ -21,6 +21,11 @@ RETRIES = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeou
 # Error codes that are answers, not trouble: a dry run's success, "not there" while looking something up.
 EXPECTED_ANSWERS = {"DryRunOperation", "NoSuchKey", "InvalidRange", "404", "NoSuchEntity", "ParameterNotFound",
                     "InvalidPlacementGroup.Duplicate", "EntityAlreadyExists", "ParameterAlreadyExists"}
+# Refusals a retry minutes later gets again: permissions, credentials, an account not opted in, quotas. A stage
+# that meets one fails at once with it, rather than after its retries.
+REFUSALS = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "AuthFailure", "InvalidClientTokenId",
+            "UnrecognizedClientException", "OptInRequired", "Blocked", "VcpuLimitExceeded", "InstanceLimitExceeded",
+            "MaxSpotInstanceCountExceeded", "VolumeLimitExceeded", "VpcLimitExceeded", "AddressLimitExceeded"}
 NO_RETRIES = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=10, read_timeout=60)
 
 
