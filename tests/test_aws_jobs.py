@@ -72,3 +72,26 @@ def test_machines_whose_agents_never_come_online_fail_the_launch_clearly(aws, sn
         backend.launch(cluster, {0: [cluster.python, "-c", "pass"]}, "job")
     assert aws.played() == [], "nothing was sent"
     backend.teardown("run-no-agent")
+
+
+def test_a_poll_reads_ssm_once_however_many_machines_and_a_throttled_poll_is_asked_again(aws, snapshot, tmp_path):
+    """SSM throttles its reads per account: a poll that asked once per machine every 2 s would be throttled with a
+    handful of machines. The commands are found through AWS alone, so a new process following the run finds them."""
+    backend, cluster = provisioned(aws, tmp_path, "run-poll", 3)
+    ids = [m.id for m in cluster.machines]
+    jobs.wait_for_agents(backend.clients, ids)
+    for machine in cluster.machines:
+        jobs.send(backend.clients, machine.id, "sleep 600", jobs.job_comment("train", machine.index), 1.0)
+    aws.add_fault("ssm", "*", "ThrottlingException", probability=0.0, label="counted")  # counts, never fires
+    follower = AwsBackend(options(), home=tmp_path)
+    assert follower.status(cluster, "train").running == 3
+    assert [(r["seen"], r["fired"]) for r in aws.fault_counts("counted")] == [(1, 0)], "one SSM call for 3 machines"
+
+    aws.add_fault("ssm", "ListCommands", "ThrottlingException", times=1)
+    assert follower.status(cluster, "train").running == 3, "a throttled poll does not fail the run"
+    aws.interrupt(ids[2])
+    for machine in cluster.machines[:2]:
+        jobs.send(backend.clients, machine.id, "exit 4", jobs.job_comment("train", machine.index), 1.0)
+    status = finished(backend, cluster, "train", timeout_s=60)
+    assert status.failed == {0: 4, 1: 4, 2: jobs.LOST}, "the latest command of each machine counts"
+    backend.teardown("run-poll")

@@ -12,6 +12,7 @@ from botocore.exceptions import ClientError
 from tasks.backends.aws import catalog, machines
 from tasks.backends.base import ClusterSpec
 from tests.awssim import gpus
+from tests.awssim.throttle import TokenBucket
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
 from tests.processes import alive
 from tests.support import wait_for
@@ -190,6 +191,33 @@ def test_standard_retries_recover_from_throttling(aws):
     for answer in (ec2.describe_instances(), ssm.list_commands(), efs.describe_file_systems()):
         assert answer["ResponseMetadata"]["RetryAttempts"] == 1
     assert [r["fired"] for r in aws.fault_counts()] == [1, 1, 1]
+
+
+def test_ssm_reads_are_throttled_past_their_rate_and_refilled_with_time():
+    now = [0.0]
+    bucket = TokenBucket(burst=3, rate_per_s=2.0, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    now[0] += 0.5
+    assert [bucket.take() for _ in range(2)] == [True, False], "one token a half second"
+    now[0] += 60
+    assert sum(bucket.take() for _ in range(10)) == 3, "never more than the burst"
+
+
+def test_list_commands_filters_and_pages_as_aws_does(aws):
+    ec2, ssm = aws.client("ec2"), aws.client("ssm", retries=NO_RETRIES)
+    instance = launch(ec2)
+    wait_for(lambda: agents_online(ssm, instance), seconds=20)
+    sent = [ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[instance], Comment=f"c{n}",
+                             Parameters={"commands": ["true"]})["Command"]["CommandId"] for n in range(3)]
+    first = ssm.list_commands(MaxResults=2)
+    assert len(first["Commands"]) == 2 and first["NextToken"]
+    rest = ssm.list_commands(MaxResults=2, NextToken=first["NextToken"])
+    assert "NextToken" not in rest
+    assert sorted(c["CommandId"] for c in first["Commands"] + rest["Commands"]) == sorted(sent)
+    later = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert ssm.list_commands(Filters=[{"key": "InvokedAfter", "value": later}])["Commands"] == []
+    assert ssm.list_commands(Filters=[{"key": "DocumentName", "value": "AWS-RunPowerShellScript"}])["Commands"] == []
+    assert error_code(ssm.list_commands, Filters=[{"key": "Comment", "value": "c1"}]) == "InvalidFilterKey"
 
 
 def test_s3fs_reaches_the_simulator_through_the_environment(aws):

@@ -18,6 +18,7 @@ from .placement import PlacementGroups
 from .player import Player
 from .quotas import Quotas
 from .storage import ContentStore
+from .throttle import SsmThrottle
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -34,9 +35,9 @@ class ControlError(Exception):
 
 class Control:
     def __init__(self, root: Path, faults: Faults, placement: PlacementGroups, player: Player,
-                 store: ContentStore, quotas: Quotas) -> None:
+                 store: ContentStore, quotas: Quotas, throttle: SsmThrottle) -> None:
         self.root, self.faults, self.placement, self.player, self.store = root, faults, placement, player, store
-        self.quotas = quotas
+        self.quotas, self.throttle = quotas, throttle
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/_awssim/faults"): lambda body: self.faults.add(body["rules"], body.get("seed")),
             ("DELETE", "/_awssim/faults"): lambda body: self.faults.clear(body.get("label")),
@@ -83,6 +84,7 @@ class Control:
             moto_api_backend.reset()
             self.placement.clear()
             self.quotas.reset()
+            self.throttle.reset()
             self.store.wipe()
             for folder in ("commands", "instances"):
                 shutil.rmtree(self.root / folder, ignore_errors=True)

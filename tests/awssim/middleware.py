@@ -1,6 +1,7 @@
 """The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (placement
 groups, instance-type and default-VPC checks, the machines' SSM agents, EC2's vCPU quotas, the machines' S3
-permissions, EBS volume initialization), and hooks that keep disk contents and the player in step with each call."""
+permissions, EBS volume initialization, ListCommands' filters and pages, SSM's throttling of Run Command's
+reads), and hooks that keep disk contents and the player in step with each call."""
 
 import io
 import json
@@ -9,7 +10,7 @@ import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from . import access, agent, backends, catalogue, network
+from . import access, agent, backends, catalogue, command_list, network
 from .calls import AwsCall, identify, signing_scope
 from .control import Control
 from .errors import Response, error_response
@@ -18,6 +19,7 @@ from .placement import ACTIONS as PLACEMENT_ACTIONS
 from .placement import PlacementGroups
 from .player import Player
 from .quotas import Quotas
+from .throttle import SsmThrottle
 
 READ_ONLY_PREFIXES = ("Describe", "Get", "List")
 # A round trip to a real AWS endpoint, added to every AWS call (0 by default): benchmarks of parallel calls
@@ -28,9 +30,9 @@ WATCHED_SERVICES = ("ec2", "efs", "ssm")  # whose writes can change disks, insta
 
 class AwsSimApp:
     def __init__(self, moto: WSGIApplication, faults: Faults, placement: PlacementGroups, player: Player,
-                 quotas: Quotas, control: Control) -> None:
+                 quotas: Quotas, throttle: SsmThrottle, control: Control) -> None:
         self.moto, self.faults, self.placement, self.player, self.control = moto, faults, placement, player, control
-        self.quotas = quotas
+        self.quotas, self.throttle = quotas, throttle
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
         if environ.get("PATH_INFO", "").startswith("/_awssim/"):
@@ -47,6 +49,8 @@ class AwsSimApp:
         if rule is not None:
             self.faults.hold(rule)
             return error_response(call.service, rule.code, rule.message, rule.status).send(start_response)
+        if self.throttle.refuses(call):
+            return error_response("ssm", "ThrottlingException", "Rate exceeded").send(start_response)
         answer = self._instead_of_moto(call)
         if answer is not None:
             return answer.send(start_response)
@@ -74,6 +78,8 @@ class AwsSimApp:
             return self.player.initializations.create_error(call)
         if call.service == "ec2" and call.action == "DescribeVolumeStatus":
             return self.player.initializations.describe_status(call)
+        if call.service == "ssm" and call.action == "ListCommands":
+            return command_list.refusal(call)
         if call.service == "ssm" and call.action in agent.ACTIONS:
             return agent.handle(call, self.player)
         if call.service == "s3":
@@ -95,6 +101,8 @@ class AwsSimApp:
             answer = json.loads(body)
             answer["Command"].update(Status="Pending", StatusDetails="Pending")
             body = json.dumps(answer).encode()
+        if call.service == "ssm" and call.action == "ListCommands":
+            body = command_list.answer(call, body)
         return body
 
 

@@ -32,6 +32,7 @@ from .placement import PlacementGroups
 from .player import Player
 from .quotas import Quotas
 from .storage import ContentStore
+from .throttle import SsmThrottle
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout holding tests/awssim: /opt/imagenet18 on a machine
 DUMMY_AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -50,9 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     add_images()
     fix_send_command_targets()
     faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()
-    player = Player(root, REPO, store)
-    app = AwsSimApp(DomainDispatcherApplication(create_backend_app), faults, placement, player, quotas,
-                    Control(root, faults, placement, player, store, quotas))
+    player, throttle = Player(root, REPO, store), SsmThrottle()
+    app = AwsSimApp(DomainDispatcherApplication(create_backend_app), faults, placement, player, quotas, throttle,
+                    Control(root, faults, placement, player, store, quotas, throttle))
     server = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=MotoRequestHandler)
     endpoint = f"http://127.0.0.1:{server.server_port}"
     # Played commands inherit this environment: they reach the simulator, never real AWS.

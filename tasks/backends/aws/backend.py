@@ -491,10 +491,11 @@ class AwsBackend:
 
     def stop(self, cluster: Cluster, name: str) -> None:
         alive = {i["InstanceId"] for i in machines.instances(self.clients, cluster.spec.run_id, ["running"])}
+        since = dt.datetime.now(dt.timezone.utc)
         sent = {m.id: jobs.send(self.clients, m.id, jobs.stop_script(cluster, m.index, name),
                                 f"imagenet18 stop {name} {m.index}", 1.0)
                 for m in cluster.machines if m.id in alive}
-        jobs.wait_for_commands(self.clients, sent)
+        jobs.wait_for_commands(self.clients, sent, since)
 
     def status(self, cluster: Cluster, name: str) -> JobStatus:
         return jobs.status(self.clients, cluster, name)

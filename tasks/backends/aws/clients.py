@@ -26,7 +26,7 @@ EXPECTED_ANSWERS = {"DryRunOperation", "NoSuchKey", "InvalidRange", "404", "NoSu
 REFUSALS = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "AuthFailure", "InvalidClientTokenId",
             "UnrecognizedClientException", "OptInRequired", "Blocked", "VcpuLimitExceeded", "InstanceLimitExceeded",
             "MaxSpotInstanceCountExceeded", "VolumeLimitExceeded", "VpcLimitExceeded", "AddressLimitExceeded"}
-NO_RETRIES = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=10, read_timeout=60)
+NO_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=10, read_timeout=60)
 
 
 class Clients:

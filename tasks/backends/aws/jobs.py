@@ -1,18 +1,26 @@
 """Jobs on the machines: started through SSM RunCommand, followed through the run's s3:// prefix (machine 0
-mirrors the EFS run folder there; every machine uploads its own log and exit code when its command ends)."""
+mirrors the EFS run folder there; every machine uploads its own log and exit code when its command ends).
+
+SSM throttles its reads per account (ThrottlingException), so a poll reads the run's commands with one listing,
+however many machines: never one call per machine every few seconds."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import signal
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from string import Template
 
 from tasks.backends.aws import machines as machine_ops
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.waiting import until
-from tasks.backends.base import BackendError, Cluster, JobStatus
+from tasks.backends.base import BackendError, Cluster, JobStatus, Machine
+
+log = logging.getLogger(__name__)
 
 MIRROR_SECONDS = 10
 FORWARDED_SETTINGS = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY")  # not secrets: they may be in the script
@@ -25,6 +33,10 @@ DELIVERY_TIMEOUT_S = 600
 AGENT_TIMEOUT_S = 600.0  # from a machine running to its SSM agent online; a few minutes on the Deep Learning AMI
 STILL_RUNNING = ("Pending", "InProgress", "Delayed", "Cancelling")
 STDERR_TAIL_LINES = 3
+# ListCommands' InvokedAfter compares with SSM's clock; this much earlier covers a skewed local one.
+CLOCK_MARGIN = timedelta(minutes=5)
+# SSM's answers that a poll shrugs off: the next poll, seconds later, reads the commands again.
+POLL_AGAIN = ("ThrottlingException", "InternalServerError")
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -55,21 +67,13 @@ def stop_script(cluster: Cluster, index: int, name: str) -> str:
                                node_storage=shlex.quote(cluster.node_storage))
 
 
-def wait_for_commands(clients: Clients, sent: dict[str, str], timeout: float = 120.0) -> None:
-    """Until each (instance -> command id) has ended on its machine, however it ended."""
+def wait_for_commands(clients: Clients, sent: dict[str, str], since: datetime, timeout: float = 120.0) -> None:
+    """Until each (instance -> command id), sent after `since`, has ended on its machine, however it ended."""
     ssm = clients.client("ssm")
 
     def ended() -> bool:
-        for instance_id, command_id in sent.items():
-            try:
-                invocation = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
-            except Exception as exc:  # noqa: BLE001 - not registered yet
-                if error_code(exc) == "InvocationDoesNotExist":
-                    return False
-                raise
-            if invocation["Status"] in STILL_RUNNING:
-                return False
-        return True
+        statuses = {c["CommandId"]: c["Status"] for c in commands_since(ssm, since)}
+        return all(statuses.get(command_id) not in (None, *STILL_RUNNING) for command_id in sent.values())
 
     until("the stop commands", ended, timeout=timeout)
 
@@ -106,15 +110,39 @@ def job_comment(name: str, index: int) -> str:
     return f"imagenet18 {name} {index}"
 
 
-def command_end(clients: Clients, instance_id: str, comment: str) -> tuple[int, str] | None:
-    """How the latest SSM command with this comment ended on the machine: its exit code (LOST where it never ran
-    to one: not delivered, cancelled, timed out) and a line saying why; None while it runs."""
-    ssm = clients.client("ssm")
-    sent = [c for page in ssm.get_paginator("list_commands").paginate(InstanceId=instance_id)
-            for c in page["Commands"] if c.get("Comment") == comment]
-    if not sent or (latest := max(sent, key=lambda c: c["RequestedDateTime"]))["Status"] in STILL_RUNNING:
-        return None
-    invocation = ssm.get_command_invocation(CommandId=latest["CommandId"], InstanceId=instance_id)
+def commands_since(ssm, since: datetime) -> list[dict]:
+    """The account's AWS-RunShellScript commands requested since `since`, in one paged listing."""
+    after = (since - CLOCK_MARGIN).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    filters = [{"key": "InvokedAfter", "value": after}, {"key": "DocumentName", "value": "AWS-RunShellScript"}]
+    return [c for page in ssm.get_paginator("list_commands").paginate(Filters=filters) for c in page["Commands"]]
+
+
+def command_ends(clients: Clients, machines: Iterable[Machine], name: str,
+                 since: datetime) -> dict[int, tuple[int, str]]:
+    """How the latest SSM command of job `name` ended on each machine where it has ended: its exit code (LOST where
+    it never ran to one: not delivered, cancelled, timed out) and a line saying why. Machines whose command runs,
+    or is not listed yet, are left out; so are all of them when SSM throttles the poll."""
+    ssm = clients.client("ssm", retries=False)  # a throttled poll is asked again at the next one, not retried now
+    try:
+        latest: dict[tuple[str, str], dict] = {}
+        for command in commands_since(ssm, since):
+            for instance_id in command.get("InstanceIds", []):
+                key = (instance_id, command.get("Comment", ""))
+                if key not in latest or command["RequestedDateTime"] > latest[key]["RequestedDateTime"]:
+                    latest[key] = command
+        return {machine.index: _how_it_ended(ssm, command["CommandId"], machine.id) for machine in machines
+                if (command := latest.get((machine.id, job_comment(name, machine.index))))
+                and command["Status"] not in STILL_RUNNING}
+    except Exception as exc:  # noqa: BLE001
+        if error_code(exc) not in POLL_AGAIN:
+            raise
+        log.warning("SSM answered %s while reading the machines' commands; the next poll reads them again",
+                    error_code(exc))
+        return {}
+
+
+def _how_it_ended(ssm, command_id: str, instance_id: str) -> tuple[int, str]:
+    invocation = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
     code = invocation["ResponseCode"]
     if invocation["Status"] not in ("Success", "Failed") or code < 0:
         code = LOST
@@ -133,18 +161,20 @@ def status(clients: Clients, cluster: Cluster, name: str) -> JobStatus:
         for item in page.get("Contents", []):
             index = int(item["Key"].rsplit("-", 1)[1])
             codes[index] = int(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read().strip() or LOST)
-    alive = {i["InstanceId"] for i in machine_ops.instances(clients, cluster.spec.run_id, ["pending", "running"])}
+    alive = {i["InstanceId"]: i for i in machine_ops.instances(clients, cluster.spec.run_id, ["pending", "running"])}
+    unknown = [m for m in cluster.machines if codes.get(m.index) is None and m.id in alive]
+    # the job's commands were sent to its machines after they launched
+    ended = command_ends(clients, unknown, name, min(alive[m.id]["LaunchTime"] for m in unknown)) if unknown else {}
     running = succeeded = 0
     failed: dict[int, int] = {}
     causes: dict[int, str] = {}
     for machine in cluster.machines:
         code = codes.get(machine.index)
         if code is None and machine.id in alive:
-            ended = command_end(clients, machine.id, job_comment(name, machine.index))
-            if ended is None:
+            if machine.index not in ended:
                 running += 1
                 continue
-            code, causes[machine.index] = ended
+            code, causes[machine.index] = ended[machine.index]
         if code == 0:
             succeeded += 1
         else:
