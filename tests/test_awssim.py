@@ -9,8 +9,9 @@ import fsspec
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.backends.aws import catalog, machines
-from tasks.backends.base import ClusterSpec
+from tasks.backends.aws import catalog, jobs, machines
+from tasks.backends.aws.clients import Clients
+from tasks.backends.base import ClusterSpec, Machine
 from tests.awssim import gpus
 from tests.awssim.throttle import TokenBucket
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
@@ -303,6 +304,24 @@ def test_ssm_agents_register_late_and_run_commands_as_the_agent_does(aws):
     assert (ended["bash"]["Status"], ended["bash"]["ResponseCode"]) == ("Failed", 3)
     assert ended["bash"]["StandardErrorContent"].startswith("bash 5")
     assert [c["Status"] for c in ssm.list_commands(InstanceId=instance)["Commands"]] == ["Failed", "Failed"]
+
+
+def test_a_command_past_its_execution_timeout_is_killed_and_times_out_as_the_agent_reports_it(aws):
+    ec2, ssm = aws.client("ec2"), aws.client("ssm")
+    instance = launch(ec2)
+    wait_for(lambda: agents_online(ssm, instance), seconds=20)
+    since = dt.datetime.now(dt.timezone.utc)
+    command = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[instance],
+                               Comment=jobs.job_comment("train", 0),
+                               Parameters={"commands": ["echo $$", "sleep 600"], "executionTimeout": ["1"]})
+    wait_for(lambda: aws.played()[0]["exit_code"] is not None, seconds=30)
+    invocation = ssm.get_command_invocation(CommandId=command["Command"]["CommandId"], InstanceId=instance)
+    assert (invocation["Status"], invocation["StatusDetails"]) == ("TimedOut", "ExecutionTimedOut")
+    assert not alive(int(invocation["StandardOutputContent"])), "the agent killed it"
+    assert ssm.list_commands()["Commands"][0]["Status"] == "TimedOut"
+    ended = jobs.command_ends(Clients(aws.region), [Machine(0, instance, "", "")], "train", since)
+    assert ended == {0: (jobs.EXECUTION_TIMED_OUT, f"its SSM command on {instance} ended ExecutionTimedOut (code -1)")}, \
+        "the job fails, not as a lost machine a restart would mend, and its failure line says why"
 
 
 def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):

@@ -30,6 +30,7 @@ AGENT_DELAY_S = float(os.environ.get("AWSSIM_AGENT_DELAY_S", "1"))
 ALIVE = ("pending", "running")
 # SSM keeps this much of an invocation's output for GetCommandInvocation.
 STDOUT_LIMIT, STDERR_LIMIT = 24000, 8000
+DEFAULT_EXECUTION_TIMEOUT_S = 3600.0  # AWS-RunShellScript's executionTimeout when none is sent
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Played:
     exit_code: int | None = None
     swept: bool = False  # its machine's processes were killed
     cold_data: bool = False  # it started on a machine whose dataset volume was still fetching blocks from S3
+    timeout_s: float = DEFAULT_EXECUTION_TIMEOUT_S  # its executionTimeout: the agent kills it past that
 
     def record(self) -> dict[str, Any]:
         return {
@@ -108,6 +110,7 @@ class Player:
             instances = {i.id: i for _, _, ec2 in backends.ec2_all() for i in backends.instances(ec2)}
             self._watch_machines(instances)
             self._kill_where_gone(instances)
+            self._time_out()
             self._reap()
             self.store.sync()
             self._launch_new(instances)
@@ -194,16 +197,30 @@ class Player:
             except (OSError, ProcessLookupError):
                 continue
 
+    def _time_out(self) -> None:
+        """As the agent ends a command still running past its executionTimeout: its process group killed, the
+        invocation TimedOut with StatusDetails ExecutionTimedOut."""
+        for played in self._played:
+            if played.exit_code is None and played.process is not None and played.process.poll() is None \
+                    and time.time() - played.started > played.timeout_s:
+                try:
+                    os.killpg(played.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                played.process.wait(timeout=5)
+                self._finish(played, -1, "ExecutionTimedOut", "TimedOut")
+
     def _reap(self) -> None:
         for played in self._played:
             if played.exit_code is None and played.process is not None and played.process.poll() is not None:
                 code = played.process.returncode
                 self._finish(played, code if code >= 0 else 128 - code)  # as a shell reports a signal
 
-    def _finish(self, played: Played, exit_code: int, details: str | None = None) -> None:
+    def _finish(self, played: Played, exit_code: int, details: str | None = None,
+                status: str | None = None) -> None:
         played.exit_code = exit_code
         (played.dir / "exit_code").write_text(f"{exit_code}\n")
-        status = "Success" if exit_code == 0 else "Failed"
+        status = status or ("Success" if exit_code == 0 else "Failed")
         played.invocation.update(
             Status=status,
             StatusDetails=details or status,
@@ -236,7 +253,8 @@ class Player:
         invocation.update(Status="InProgress", StatusDetails="InProgress", ResponseCode=-1,
                           ExecutionStartDateTime=_now(), ExecutionEndDateTime="", ExecutionElapsedTime="")
         instance = instances.get(instance_id)
-        played = Played(command.command_id, instance_id, folder, None, command, invocation)
+        played = Played(command.command_id, instance_id, folder, None, command, invocation,
+                        timeout_s=float(command.parameters.get("executionTimeout", [DEFAULT_EXECUTION_TIMEOUT_S])[0]))
         self._played.append(played)
         if instance is None or instance.state not in ALIVE:
             (folder / "stdout").touch()
@@ -269,7 +287,9 @@ class Player:
         done = [p for p in mine if p.exit_code is not None]
         command.completed_count = len(done)
         command.error_count = sum(p.exit_code != 0 for p in done)
-        command.status = "InProgress" if len(done) < len(mine) else ("Failed" if command.error_count else "Success")
+        ended = {p.invocation["Status"] for p in done}
+        command.status = "InProgress" if len(done) < len(mine) else next(
+            (status for status in ("Failed", "TimedOut") if status in ended), "Success")
         command.status_details = command.status
 
     def _rewrite(self, instance: Any, instances: dict[str, Any], account: str, region: str) -> Rewrite:

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 MIRROR_SECONDS = 10
 FORWARDED_SETTINGS = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY")  # not secrets: they may be in the script
 LOST = -signal.SIGKILL  # the machine went away without an exit code (spot interruption, termination)
+# A command the agent ended at its executionTimeout (the run's max_hours) ran out of time: not a lost machine, which
+# a restart mends, since a restart would run out of it again. timeout(1)'s exit code.
+EXECUTION_TIMED_OUT = 124
 # AWS-RunShellScript's executionTimeout parameter allows at most 172800 s; SendCommand refuses a larger one.
 MAX_COMMAND_HOURS = 48
 # SendCommand's TimeoutSeconds: a command that has not started on its machine by then never runs, and ends as
@@ -120,8 +123,9 @@ def commands_since(ssm, since: datetime) -> list[dict]:
 def command_ends(clients: Clients, machines: Iterable[Machine], name: str,
                  since: datetime) -> dict[int, tuple[int, str]]:
     """How the latest SSM command of job `name` ended on each machine where it has ended: its exit code (LOST where
-    it never ran to one: not delivered, cancelled, timed out) and a line saying why. Machines whose command runs,
-    or is not listed yet, are left out; so are all of them when SSM throttles the poll."""
+    it never ran to one: not delivered, cancelled; EXECUTION_TIMED_OUT past its executionTimeout) and a line
+    saying why. Machines whose command runs, or is not listed yet, are left out; so are all of them when SSM
+    throttles the poll."""
     ssm = clients.client("ssm", retries=False)  # a throttled poll is asked again at the next one, not retried now
     try:
         latest: dict[tuple[str, str], dict] = {}
@@ -144,7 +148,9 @@ def command_ends(clients: Clients, machines: Iterable[Machine], name: str,
 def _how_it_ended(ssm, command_id: str, instance_id: str) -> tuple[int, str]:
     invocation = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
     code = invocation["ResponseCode"]
-    if invocation["Status"] not in ("Success", "Failed") or code < 0:
+    if invocation["StatusDetails"] == "ExecutionTimedOut":
+        code = EXECUTION_TIMED_OUT
+    elif invocation["Status"] not in ("Success", "Failed") or code < 0:
         code = LOST
     said = (invocation.get("StandardErrorContent") or "").strip().splitlines()[-STDERR_TAIL_LINES:]
     return code, (f"its SSM command on {instance_id} ended {invocation['StatusDetails']} (code "
