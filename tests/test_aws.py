@@ -11,7 +11,7 @@ import fsspec
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.backends.aws import AwsBackend, jobs, machines, tags
+from tasks.backends.aws import AwsBackend, jobs, machines, quotas, tags
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
@@ -185,6 +185,18 @@ def second_snapshot(aws, tiny_data):
     aws.make_snapshot(tiny_data.parent, description=DATASET)
 
 
+def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
+    """EC2 counts spot P5 machines against "All P5 Spot Instance Requests", the other spot P machines against
+    L-7212CCBC, and every on-demand P machine against "Running On-Demand P instances"."""
+    aws.set_quotas({"L-C4BD4855": 191})
+    clients = Clients("us-east-1")
+    quotas.check(clients, "p5.48xlarge", 2, spot=False)
+    quotas.check(clients, "p4d.24xlarge", 2, spot=True)
+    with pytest.raises(InputError, match=r'1 x p5.48xlarge need 192 vCPUs of the quota "All P5 Spot Instance '
+                                         r'Requests" \(L-C4BD4855\) in us-east-1, which is 191'):
+        quotas.check(clients, "p5.48xlarge", 1, spot=True)
+
+
 @pytest.mark.parametrize("change,message", [
     ({"options": {"region": "moon-1"}}, "unknown AWS region 'moon-1'"),
     ({"options": {"availability_zone": "us-east-1z"}}, "unknown availability zone 'us-east-1z'"),
@@ -211,8 +223,8 @@ def second_snapshot(aws, tiny_data):
                                     r'instances" \(L-417A185B\) in us-east-1, which is 0 for this account .*'
                                     r"request-service-quota-increase --region us-east-1 --service-code ec2 "
                                     r"--quota-code L-417A185B --desired-value 1536"),
-    ({"spot": True, "quotas": {"L-7212CCBC": 1535}}, r'1536 vCPUs of the quota "All P Spot Instance Requests" '
-                                                     r"\(L-7212CCBC\) in us-east-1, which is 1535"),
+    ({"spot": True, "quotas": {"L-7212CCBC": 1535}}, r'1536 vCPUs of the quota "All P4, P3 and P2 Spot Instance '
+                                                     r'Requests" \(L-7212CCBC\) in us-east-1, which is 1535'),
     ({"setup": lambda aws, _: delete_default_vpc(aws)}, "this account has no default subnet in us-east-1a"),
 ])
 def test_bad_input_is_refused_before_anything_exists(aws, snapshot, tiny_data, tmp_path, monkeypatch, change,

@@ -390,6 +390,10 @@ def test_ec2_quotas_are_answered_by_service_quotas_and_enforced_at_the_launch_no
     assert error_code(launch, ec2) == "VcpuLimitExceeded"
     assert error_code(launch, ec2, InstanceMarketOptions={"MarketType": "spot"}) == "MaxSpotInstanceCountExceeded"
     launch(ec2, "p4d.24xlarge")  # another quota
+    aws.set_quotas({"L-C4BD4855": 0})
+    assert error_code(launch, ec2, "p5.48xlarge", InstanceMarketOptions={"MarketType": "spot"}) == (
+        "MaxSpotInstanceCountExceeded"), "spot P5 machines count against a quota of their own"
+    launch(ec2, "p4d.24xlarge", InstanceMarketOptions={"MarketType": "spot"})
 
 
 def test_the_project_python_fails_as_torch_does_on_a_gpu_its_build_has_no_kernels_for(aws):

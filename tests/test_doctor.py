@@ -34,7 +34,7 @@ def test_a_ready_account_passes_every_check(aws, capsys):
     assert code == 0, out
     assert list(rows) == ["region", "credentials", "instance type", "zones", "spot prices",
                           "quota L-417A185B (on-demand)", "quota L-DB2E81BA (on-demand)", "quota L-7212CCBC (spot)",
-                          "quota L-3819A6DF (spot)", "AMI", "network", "launch (dry run)"]
+                          "quota L-C4BD4855 (spot)", "quota L-3819A6DF (spot)", "AMI", "network", "launch (dry run)"]
     assert {status for _, status in rows.values()} == {"ok"}, out
     assert rows["credentials"][0] == "account 123456789012"
     assert rows["instance type"][0] == "8 x A100 40 GB, compute capability 8.0: torch 2.14.1+cu130 runs it"

@@ -17,13 +17,14 @@ from .player import ALIVE
 NAMES = {
     "L-417A185B": "Running On-Demand P instances",
     "L-DB2E81BA": "Running On-Demand G and VT instances",
-    "L-7212CCBC": "All P Spot Instance Requests",
+    "L-7212CCBC": "All P4, P3 and P2 Spot Instance Requests",
+    "L-C4BD4855": "All P5 Spot Instance Requests",
     "L-3819A6DF": "All G and VT Spot Instance Requests",
 }
 CONFIGURED_VCPUS = 2048.0  # room for the tests' largest run: 16 x p4d.24xlarge (96 vCPUs each)
-# (family prefix, spot) -> quota code. P5 Spot Instances count against a quota of their own, not simulated.
+# (family prefix, spot) -> quota code. Spot P5 machines count against a quota of their own.
 CODES = {("p", False): "L-417A185B", ("g", False): "L-DB2E81BA", ("vt", False): "L-DB2E81BA",
-         ("p", True): "L-7212CCBC", ("g", True): "L-3819A6DF", ("vt", True): "L-3819A6DF"}
+         ("p", True): "L-7212CCBC", ("p5", True): "L-C4BD4855", ("g", True): "L-3819A6DF", ("vt", True): "L-3819A6DF"}
 
 
 class Quotas:
@@ -74,9 +75,8 @@ class Quotas:
 
 
 def _code(instance_type: str, spot: bool) -> str | None:
-    if spot and instance_type.startswith("p5"):
-        return None
-    family = "vt" if instance_type.startswith("vt") else instance_type[:1]
+    family = "vt" if instance_type.startswith("vt") else "p5" if spot and instance_type.startswith("p5") \
+        else instance_type[:1]
     return CODES.get((family, spot))
 
 

@@ -22,13 +22,15 @@ class Quota:
     name: str
 
 
-# (catalog family, spot) -> the quota EC2 counts the machines against. P5 Spot Instances have a quota of their
-# own ("All P5 Spot Instance Requests") whose code is not listed here, so spot p5 machines go unchecked.
+# (catalog family, spot) -> the quota EC2 counts the machines against. On-demand, every P machine counts against one
+# quota; spot P5 machines (p5, p5e, p5en) against one of their own, the other P machines against L-7212CCBC, whose
+# name was "All P Spot Instance Requests" before P5 got its own (using-spot-limits.html lists both names).
 QUOTAS = {
     ("P", False): Quota("L-417A185B", "Running On-Demand P instances"),
     ("P5", False): Quota("L-417A185B", "Running On-Demand P instances"),
     ("G", False): Quota("L-DB2E81BA", "Running On-Demand G and VT instances"),
-    ("P", True): Quota("L-7212CCBC", "All P Spot Instance Requests"),
+    ("P", True): Quota("L-7212CCBC", "All P4, P3 and P2 Spot Instance Requests"),
+    ("P5", True): Quota("L-C4BD4855", "All P5 Spot Instance Requests"),
     ("G", True): Quota("L-3819A6DF", "All G and VT Spot Instance Requests"),
 }
 
