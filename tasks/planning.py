@@ -71,4 +71,3 @@ def load_schedule(name: str, dataset: str, processes: int) -> schedules.Schedule
     if name == recipe.AUTO:
         return recipe.schedule_for(recipe.facts(dataset.removeprefix("file://")), processes)
     return schedules.load(name)
-

@@ -1,4 +1,4 @@
-"""Small helpers every kind of test uses: waiting for a condition, a free port."""
+"""Small helpers every kind of test uses: waiting for a condition, a free port, odd image files, an epoch's numbers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from typing import TypeVar
 from PIL import Image
 
 T = TypeVar("T")
+# One epoch's numbers as the trainer records them (trainer/records.py's Epoch), every field set.
+EPOCH_NUMBERS = {"epoch": 3, "hours": 0.012345, "top1": 41.5, "top5": 88.25, "val_loss": 1.75, "train_loss": 1.9,
+                 "train_top1": 38.0, "train_top5": 85.5, "lr": 0.4, "size": 128, "global_batch": 512,
+                 "train_seconds": 30.5, "eval_seconds": 2.25, "images_per_second": 4200.0, "examples_seen": 51200}
 
 
 def wait_for(predicate: Callable[[], T], seconds: float = 30.0, what: str = "the condition", every: float = 0.1) -> T:

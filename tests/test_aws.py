@@ -16,7 +16,7 @@ from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
 from tasks.backends.base import InputError
-from tests.awssim.images import UBUNTU_2204
+from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
 from tests.aws_runs import AMI, BUCKET, DATASET, cluster_spec, delete_default_vpc, options, users_subnet
 from tests.leftovers import aws_leftovers, aws_leftovers_by_run
 
@@ -212,6 +212,8 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
     ({"dataset": "snap-0123456789abcdef0"}, "dataset snapshot snap-0123456789abcdef0 not found"),
     ({"setup": second_snapshot}, f"'{DATASET}' matches 2 snapshots"),
     ({"options": {"ami": "ami-00000000"}}, "AMI ami-00000000 not found"),
+    ({"options": {"ami": UBUNTU_2404.image_id}}, r"AMI ami-\w+ \(Deep Learning Base OSS Nvidia Driver GPU AMI \(Ubuntu "
+     r"24.04\) \d+\) is Ubuntu 24.04: the machines' boot installs Python 3.11 from Ubuntu 22.04's archive"),
     ({"options": {"volume_type": "io1", "iops": 70000}}, "io1 volumes allow at most 64,000 IOPS"),
     ({"hours": 72}, "max_hours=72 is over the 48 h that SSM lets a job's command run on AWS"),
     ({"fault": "VcpuLimitExceeded"}, "over this account's limit"),

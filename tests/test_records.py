@@ -12,14 +12,12 @@ import pytest
 import torch
 
 from tasks.relay import MetricsRelay
+from tests.support import EPOCH_NUMBERS
 from trainer import checkpoint
 from trainer.model import build_model, build_optimizer
 from trainer.records import (Best, CheckpointRecord, EndRecord, Epoch, EpochRecord, HeartbeatRecord, RecordError,
                              RunSummary, StartRecord, TargetRecord, WandbRecord, read_record)
 
-EPOCH_NUMBERS = {"epoch": 3, "hours": 0.012345, "top1": 41.5, "top5": 88.25, "val_loss": 1.75, "train_loss": 1.9,
-                 "train_top1": 38.0, "train_top5": 85.5, "lr": 0.4, "size": 128, "global_batch": 512,
-                 "train_seconds": 30.5, "eval_seconds": 2.25, "images_per_second": 4200.0, "examples_seen": 51200}
 RECORDS = [
     StartRecord(config={"schedule": "cpu-tiny", "world_size": 2}, train_images=640),
     HeartbeatRecord(epoch=1, batch=5, batches=20),

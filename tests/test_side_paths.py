@@ -18,8 +18,7 @@ from tasks.backends.base import Cluster, Machine
 from tasks.relay import MetricsRelay, Relay
 from tests.disks import fill, small_disk
 from tests.aws_runs import BUCKET, cluster_spec, options
-from tests.support import free_port, wait_for
-from tests.test_records import EPOCH_NUMBERS
+from tests.support import EPOCH_NUMBERS, free_port, wait_for
 from trainer.recorder import JsonLines, TensorBoardEvents
 from trainer.records import EpochRecord
 from trainer.side_path import LONGEST_PAUSE

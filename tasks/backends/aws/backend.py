@@ -164,6 +164,7 @@ class AwsBackend:
         volumes.check_snapshot_holds(self.snapshot(dataset), reads)
         volumes.check_volume_settings(self.options.volume_type, self.options.iops)
         image = machines.resolve_ami(self.clients, self.options.ami)
+        machines.check_image_release(image)
         for instance_type in dict.fromkeys((spec.instance_type, *self.options.other_instance_types)):
             quotas.check(self.clients, instance_type, spec.machines, spec.spot)
         if self.options.subnet_id:

@@ -4,6 +4,7 @@ dataset volume and EFS and installs the project; volume i is attached to machine
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -16,7 +17,9 @@ from tasks.backends.aws.waiting import waiter_config
 from tasks.backends.base import BackendError, ClusterSpec, InputError, Resource
 
 # The Deep Learning Base AMI (NVIDIA driver, CUDA, EFA) through its public SSM parameter.
-DEFAULT_AMI_PARAMETER = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+SUPPORTED_UBUNTU = "22.04"
+DEFAULT_AMI_PARAMETER = ("/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-"
+                         f"{SUPPORTED_UBUNTU}/latest/ami-id")
 DATA_DEVICE = "/dev/sdf"
 MACHINE_PYTHON = "/opt/imagenet18/.venv/bin/python"  # user-data installs the project there
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
@@ -50,6 +53,20 @@ def resolve_ami(clients: Clients, ami: str | None) -> dict:
     if not images:
         raise InputError(f"AMI {ami} not found in {clients.region}")
     return images[0]
+
+
+def check_image_release(image: dict) -> None:
+    """The machines' boot installs Python 3.11 from Ubuntu 22.04's archive (user_data.sh), which other releases
+    lack: an image whose name or description says it is another system is refused. One that says nothing (an image
+    of the user's own) is left to its boot, which reports what it misses."""
+    said = f"{image.get('Name', '')} {image.get('Description', '')}"
+    release = re.search(r"\bUbuntu[ -]?(\d\d\.\d\d)", said, re.IGNORECASE)
+    other = re.search(r"\b(Amazon Linux|AL2023|Red Hat|RHEL|Rocky|Debian|SUSE|Windows)\b", said, re.IGNORECASE)
+    if (release and release.group(1) != SUPPORTED_UBUNTU) or (other and not release):
+        system = f"Ubuntu {release.group(1)}" if release else other.group(1)
+        raise InputError(f"AMI {image['ImageId']} ({image.get('Name') or 'unnamed'}) is {system}: the machines' boot "
+                         f"installs Python 3.11 from Ubuntu {SUPPORTED_UBUNTU}'s archive, which it lacks; use a Deep "
+                         f"Learning Base AMI for Ubuntu {SUPPORTED_UBUNTU} (the default, without aws.ami)")
 
 
 def user_data(spec: ClusterSpec, volume_ids: list[str], boot: BootConfig) -> str:
