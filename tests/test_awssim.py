@@ -320,7 +320,8 @@ def test_a_command_past_its_execution_timeout_is_killed_and_times_out_as_the_age
     assert not alive(int(invocation["StandardOutputContent"])), "the agent killed it"
     assert ssm.list_commands()["Commands"][0]["Status"] == "TimedOut"
     ended = jobs.command_ends(Clients(aws.region), [Machine(0, instance, "", "")], "train", since)
-    assert ended == {0: (jobs.EXECUTION_TIMED_OUT, f"its SSM command on {instance} ended ExecutionTimedOut (code -1)")}, \
+    cause = f"its SSM command on {instance} ended ExecutionTimedOut (code -1)"
+    assert ended == {0: (jobs.EXECUTION_TIMED_OUT, cause)}, \
         "the job fails, not as a lost machine a restart would mend, and its failure line says why"
 
 
