@@ -100,9 +100,8 @@ def _comma_separated(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-def _aws(args: argparse.Namespace) -> dict | None:
-    given = {name: getattr(args, name) for name in AWS_OPTIONS if getattr(args, name) is not None}
-    return given or None
+def _aws(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name) for name in AWS_OPTIONS if getattr(args, name) is not None}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -186,7 +185,7 @@ def _one_line(exc: Exception) -> str:
 def _flow_parameters(args: argparse.Namespace, dry_run: bool) -> dict:
     given = {name: getattr(args, name) for name in RunParameters.model_fields if name not in SET_OTHERWISE}
     return {**given, "machines": args.machines or backend_class(args.backend).default_machines, "dry_run": dry_run,
-            "aws": _aws(args)}
+            "aws": _aws(args) or None}
 
 
 def _run(args: argparse.Namespace) -> int:
