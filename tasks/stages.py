@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import fsspec
@@ -154,8 +155,8 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[Tr
 
 
 def _launch(backend, plan: RunPlan, cluster: Cluster, job: str, logger) -> None:
-    port = backend.rendezvous_port()
-    commands = {m.index: trainer_command(plan, cluster, m.index, port) for m in cluster.machines}
+    port, flags = backend.rendezvous_port(), backend.node_flags(len(cluster.machines))
+    commands = {m.index: trainer_command(plan, cluster, m.index, port, flags) for m in cluster.machines}
     backend.launch(cluster, commands, job)
     logger.info("launched %s: %s", job, " ".join(commands[0]))
 
@@ -190,8 +191,10 @@ def _lost(exit_code: int) -> bool:
     return exit_code < 0 or exit_code >= 128
 
 
-def trainer_command(plan: RunPlan, cluster: Cluster, machine: int, port: int) -> list[str]:
-    """torchrun on one machine: one node each, one process per GPU (one CPU process locally)."""
+def trainer_command(plan: RunPlan, cluster: Cluster, machine: int, port: int, node_flags: Sequence[str] = ()
+                    ) -> list[str]:
+    """torchrun on one machine: one node each, one process per GPU (one CPU process locally); `node_flags` are
+    the backend's for each node (backend.node_flags)."""
     command = [cluster.python, "-m", "torch.distributed.run", f"--nnodes={len(cluster.machines)}",
                f"--node_rank={machine}", f"--nproc_per_node={cluster.gpus_per_machine}",
                f"--master_addr={cluster.machines[0].address}", f"--master_port={port}",
@@ -200,7 +203,7 @@ def trainer_command(plan: RunPlan, cluster: Cluster, machine: int, port: int) ->
                "--heartbeat-seconds", "5", "--cache-dir", f"{cluster.node_storage}/cache"]
     if cluster.storage != cluster.node_storage:  # checkpoints where the orchestrator and new machines find them
         command += ["--checkpoint-dir", f"{cluster.storage}/checkpoints"]
-    return command + plan.trainer_flags() + backend_for(plan.params).node_flags(len(cluster.machines))
+    return command + plan.trainer_flags() + list(node_flags)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
