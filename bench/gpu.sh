@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Training throughput and the CUDA paths on one GPU machine, the most wanted figures first. On one H200 the steps
-# up to the short training run took 520 s (compiling about a minute per graph): the budget skips what is left
+# up to the short training run took 450-520 s (compiling about a minute per graph): the budget skips what is left
 # (listed at the end) and GPU_BENCH_STEPS picks steps.
 #
 #   bash bench/gpu.sh                    # from the repo root; everything it prints also goes to $OUT/gpu.log
@@ -8,9 +8,9 @@
 #   GPU_BENCH_STEPS="versions compare-synthetic" bash bench/gpu.sh   # some steps; GPU_BENCH_SIZES: compare-sizes'
 #
 # Steps: versions; an ImageNet-like JPEG folder (bench/make_jpegs.py); at 224 px the trainer's step eager,
-# compiled and as CUDA graphs against the torchvision-reference-style loop (--amp) on synthetic batches, then
-# from the JPEGs decoded by the loader workers and by the GPU (nvJPEG), compiled and graphs
-# (bench/compare_training.py, with MFU); tests/test_gpu.py; the seed's -sz/160, -sz/352 copies and a short real
+# where a batch's time goes on the GPU decode path (bench/decode_split.py); compiled and as CUDA graphs against
+# the torchvision-reference-style loop (--amp) on synthetic batches, then from the JPEGs decoded by the loader
+# workers and by the GPU (nvJPEG), compiled (bench/compare_training.py, with MFU); tests/test_gpu.py; the seed's -sz/160, -sz/352 copies and a short real
 # `python3 -m trainer train --compile` through every data layout; the other sizes eager and compiled. Each step
 # has a timeout and the whole script a deadline (GPU_BENCH_BUDGET seconds, default 560), a failed step does not
 # stop the ones after it, and the failures are listed at the end (exit status 1 if any). Nothing is downloaded.
@@ -124,13 +124,17 @@ EOF
 run_step jpeg-folder 150 "$PY" bench/make_jpegs.py "$DATA" --classes "$CLASSES" \
     --train-per-class "$TRAIN_PER_CLASS" --val-per-class "$VAL_PER_CLASS"
 
+# nvJPEG's decode and the crops of a batch, timed apart: host time to issue, and time until the GPU is done.
+run_step decode-split 90 "$PY" bench/decode_split.py "$DATA" --batch "$MAIN_BATCH" --size "$MAIN_SIZE"
+
 # The step at 224 px on synthetic batches: eager, compiled, compiled as CUDA graphs, the reference beside them.
 run_step compare-synthetic 240 "$PY" bench/compare_training.py --arch "$ARCH" --sizes "$MAIN_SIZE" --batch "$MAIN_BATCH" \
     --modes synthetic --variants eager compiled graphs --reference amp \
     --steps "$SYN_STEPS" --warmup "$SYN_WARMUP" --rounds "$SYN_ROUNDS"
-# From full-size JPEGs: decoded in the loader workers against a batch at a time on the GPU (nvJPEG).
+# From full-size JPEGs: decoded in the loader workers against a batch at a time on the GPU (nvJPEG). Compiled
+# only: from JPEGs the graphs variant measured alike on 2026-12-04 (the data, not the step, bounds both).
 run_step compare-jpeg 200 "$PY" bench/compare_training.py --arch "$ARCH" --sizes "$MAIN_SIZE" --batch "$MAIN_BATCH" \
-    --data "$DATA" --modes jpeg jpeg-device --variants compiled graphs --reference amp \
+    --data "$DATA" --modes jpeg jpeg-device --variants compiled --reference amp \
     --steps "$JPEG_STEPS" --warmup "$JPEG_WARMUP" --rounds "$JPEG_ROUNDS"
 if "$PY" -c "import pytest" 2>/dev/null; then
     run_step test-gpu 150 "$PY" -m pytest -q --noconftest tests/test_gpu.py -p no:cacheprovider
@@ -159,7 +163,7 @@ SCHEDULE=$WORK/gpu-check.toml
 } >"$SCHEDULE"
 RUN=$WORK/train-run
 rm -rf "$RUN"
-run_step trainer-train 150 "$PY" -m trainer train "$DATA" --schedule "$SCHEDULE" --logdir "$RUN" \
+run_step trainer-train 240 "$PY" -m trainer train "$DATA" --schedule "$SCHEDULE" --logdir "$RUN" \
     --cache-dir "$WORK/cache" --print-freq 10 --heartbeat-seconds 5 "${TRAIN_OPTIONS[@]}"
 if [[ -f $RUN/summary.json ]]; then
     mkdir -p "$OUT/train-run"

@@ -3,7 +3,7 @@
 Loader workers read each file and parse only its header (for the image's size), then draw the crop and flip the
 CPU path (trainer.data) draws for the same (seed, epoch, index), so a run decoded either way, or resumed, sees the
 same crops. The training process decodes the whole batch with nvJPEG (torchvision.io.decode_jpeg on the device),
-crops and resizes each image there and stacks them. Images nvJPEG is not handed (anything but a baseline
+then crops and resizes it there (resized_crops). Images nvJPEG is not handed (anything but a baseline
 colour JPEG: PNGs named .JPEG, grayscale, CMYK, progressive, or an unreadable header) are decoded and cropped in
 the worker, as the CPU path does, and join the batch already cropped. On a CPU device the same code decodes with
 libjpeg-turbo, which is how the tests run this path without a GPU.
@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
-from torchvision.transforms.v2 import functional as F
+from torchvision.ops import roi_align
 
 from trainer.data import TrainImages, ValImages
 
@@ -107,27 +107,46 @@ def decode_batch(batch: EncodedBatch, device: torch.device) -> tuple[torch.Tenso
     could not be decoded)."""
     plans, payloads = batch.plans.tolist(), batch.payloads()
     encoded = [i for i, payload in enumerate(payloads) if payload.dim() == 1]
-    out_h, out_w = _output_size(payloads, plans, encoded)
-    images = torch.empty((len(plans), 3, out_h, out_w), dtype=torch.uint8, device=device)
-    labels = batch.labels.clone()
-    failed = []
-    for i, image in zip(encoded, _decode([payloads[i] for i in encoded], device)):
-        if image is None:
-            log.warning("skipping corrupt image %s (neither nvJPEG nor libjpeg could decode it)", batch.paths[i])
-            failed.append(i)
-            continue
-        top, left, h, w, _, _, flip = plans[i]
-        crop = F.resized_crop(image, top, left, h, w, [out_h, out_w], antialias=True)
-        images[i] = crop.flip(-1) if flip else crop
-    for i, payload in enumerate(payloads):
-        if payload.dim() == 3:
-            images[i].copy_(payload, non_blocking=True)
-    good = [i for i in range(len(plans)) if i not in failed]
-    if not good:
+    size = _output_size(payloads, plans, encoded)
+    images = dict(zip(encoded, _decode([payloads[i] for i in encoded], device)))
+    images.update((i, payload.to(device)) for i, payload in enumerate(payloads) if payload.dim() == 3)
+    failed = [i for i, image in images.items() if image is None]
+    kept = [i for i in range(len(plans)) if i not in failed]
+    if not kept:
         raise RuntimeError(f"no image of a batch could be decoded (first: {batch.paths[0]})")
+    labels = batch.labels.clone()
     for i in failed:  # the CPU path stands the next readable image in; here, one of the batch's own
-        images[i], labels[i] = images[good[0]], labels[good[0]]
-    return images, labels.to(device, non_blocking=True)
+        log.warning("skipping corrupt image %s (neither nvJPEG nor libjpeg could decode it)", batch.paths[i])
+        images[i], plans[i], labels[i] = images[kept[0]], plans[kept[0]], labels[kept[0]]
+    ordered = [images[i] for i in range(len(plans))]
+    return resized_crops(ordered, plans, size), labels.to(device, non_blocking=True)
+
+
+def resized_crops(images: list[torch.Tensor], plans: list[list[int]], size: tuple[int, int]) -> torch.Tensor:
+    """Each uint8 CHW image's crop (plan: top, left, h, w, _, _, flip; CROPPED: the image as it is) resized to
+    `size` and flipped where its plan says, as one uint8 NCHW batch on the images' device. One roi_align launch
+    per image and a few for the batch (torchvision's resized_crop took about seven per image, and launching them
+    bounded the GPU path): each output pixel averages ceil(crop/size) x ceil(crop/size) bilinear samples over
+    its area when shrinking and is one bilinear sample when enlarging, pixel centres placed as resize places
+    them, so the crops match the loader workers' within resampling, and an image already of `size` is kept
+    exactly."""
+    device = images[0].device
+    rows = [[0.0, 0.0, 0.0, image.shape[2], image.shape[1], 0.0] if plan[0] < 0 else
+            [0.0, left, top, left + w, top + h, float(flip)]
+            for image, plan in zip(images, plans) for top, left, h, w, _, _, flip in [plan]]
+    boxes_and_flips = torch.tensor(rows)
+    if device.type == "cuda":  # a copy from pageable memory would wait for the stream
+        boxes_and_flips = boxes_and_flips.pin_memory()
+    boxes_and_flips = boxes_and_flips.to(device, non_blocking=True)
+    boxes, flips = boxes_and_flips[:, :5].contiguous(), boxes_and_flips[:, 5].bool().view(-1, 1, 1, 1)
+    flat = torch.cat([image.reshape(-1) for image in images]).float()
+    crops, start = [], 0
+    for k, image in enumerate(images):
+        pixels = flat[start:start + image.numel()].view(1, *image.shape)
+        start += image.numel()
+        crops.append(roi_align(pixels, boxes[k:k + 1], list(size), sampling_ratio=-1, aligned=True))
+    out = torch.cat(crops).round_().clamp_(0, 255).to(torch.uint8)
+    return torch.where(flips, out.flip(-1), out)
 
 
 def _output_size(payloads: list[torch.Tensor], plans: list[list[int]], encoded: list[int]) -> tuple[int, int]:
