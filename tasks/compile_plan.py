@@ -1,19 +1,21 @@
 """Whether torch.compile pays for a run: the training minutes it saves, phase by phase of the schedule, against the
-minutes of compiling, from the rates measured on one H100 (BENCHMARKS.md, "One H100, compiled", 2026-11-27:
-ResNet-50, batch 256, bf16 autocast, channels_last, synthetic batches, torch 2.11, 16 CPU cores).
+minutes of compiling, from the rates measured on one GPU of a model (BENCHMARKS.md: ResNet-50, bf16 autocast,
+channels_last, synthetic batches, torch 2.11, 16 CPU cores).
 
-- img/s of one GPU, eager against compiled with static shapes: 7,607 / 11,090 at 128 px, 3,841 / 5,249 at 224 px.
-  Between and beyond those sizes the time per image is taken as linear in its pixels (a cost per image plus one
-  per pixel): at 288 px that gives 2,595 img/s eager, where 2,357 were measured on 2026-11-26 (BENCHMARKS.md, "One
-  H100: the trainer against ..."), so the estimate errs towards eager there. Compiled, 288 px is not measured.
-- Compiling: each (image size, batch) of a schedule is a graph of its own (trainer/model.py), compiled once; the
-  224 px one took about 69 s with its timing rounds, so 1.2 min a graph. Every process compiles at the same time,
-  so a run's wall time pays it once per graph, however many GPUs it has.
-- The saving must be half again the compiling (MARGIN): the 128 px eager rate varied by a quarter between days
-  (7,607 and 9,729 img/s), and neither 288 px compiled nor compiling under DDP is measured.
-Only H100s are measured: on other GPU models `auto` leaves compiling off. On CPUs compiling made the step slower
-(BENCHMARKS.md, "Training step, synthetic batches"), so `auto` is off there too.
-"""
+- H100 ("One H100, compiled", 2026-11-27; batch 256), img/s eager against compiled with static shapes: 7,607 /
+  11,090 at 128 px, 3,841 / 5,249 at 224 px. A graph took about 69 s to compile with its timing rounds: 1.2 min.
+- H200 ("One H200", 2026-12-04; the fused step): 9,614 / 9,960 at 128 px (batch 256), 4,657 / 6,601 at 224 px
+  (batch 256), 2,839 / 4,042 at 288 px (batch 192). A real run's first step at 128, 224 and 288 px took 42-48 s
+  with its compile: 0.8 min a graph.
+- Between and beyond the measured sizes the time per image is taken as linear in its pixels (a cost per image
+  plus one per pixel), segment by segment. On the H100 that gives 2,595 img/s eager at 288 px where 2,357 were
+  measured on 2026-11-26, so the estimate errs towards eager there.
+- Each (image size, batch) of a schedule is a graph of its own (trainer/model.py), compiled once. Every process
+  compiles at the same time, so a run's wall time pays it once per graph, however many GPUs it has.
+- The saving must be half again the compiling (MARGIN): the H100's 128 px eager rate varied by a quarter between
+  days (7,607 and 9,729 img/s), and compiling under DDP is not measured.
+On other GPU models `auto` leaves compiling off. On CPUs compiling made the step slower (BENCHMARKS.md, "Training
+step, synthetic batches"), so `auto` is off there too."""
 
 from __future__ import annotations
 
@@ -23,24 +25,28 @@ from dataclasses import dataclass
 from tasks.parameters import Switch
 from trainer.schedule import Schedule
 
-COMPILE_MINUTES_PER_GRAPH = 1.2
 MARGIN = 1.5
 
 
 @dataclass(frozen=True)
 class Rates:
-    """One GPU's img/s at two measured image sizes, eager and compiled."""
-    sizes: tuple[int, int]
-    eager: tuple[float, float]
-    compiled: tuple[float, float]
+    """One GPU's img/s at measured image sizes (ascending), eager and compiled, and its minutes to compile a graph."""
+    sizes: tuple[int, ...]
+    eager: tuple[float, ...]
+    compiled: tuple[float, ...]
+    compile_minutes_per_graph: float
 
     def images_per_second(self, size: int, compiled: bool) -> float:
-        (small, large), (fast, slow) = self.sizes, self.compiled if compiled else self.eager
+        rates = self.compiled if compiled else self.eager
+        right = min(max(1, sum(measured < size for measured in self.sizes)), len(self.sizes) - 1)
+        (small, large), (fast, slow) = self.sizes[right - 1:right + 1], rates[right - 1:right + 1]
         share = (size ** 2 - small ** 2) / (large ** 2 - small ** 2)
         return 1 / (1 / fast + (1 / slow - 1 / fast) * share)
 
 
-MEASURED = {"H100": Rates((128, 224), eager=(7607, 3841), compiled=(11090, 5249))}
+MEASURED = {"H100": Rates((128, 224), eager=(7607, 3841), compiled=(11090, 5249), compile_minutes_per_graph=1.2),
+            "H200": Rates((128, 224, 288), eager=(9614, 4657, 2839), compiled=(9960, 6601, 4042),
+                          compile_minutes_per_graph=0.8)}
 
 
 def rates_for(gpu_model: str) -> Rates | None:
@@ -54,6 +60,7 @@ class Estimate:
     eager_minutes: float
     compiled_minutes: float
     graphs: int
+    minutes_per_graph: float
 
     @property
     def saving_minutes(self) -> float:
@@ -61,7 +68,7 @@ class Estimate:
 
     @property
     def compile_minutes(self) -> float:
-        return self.graphs * COMPILE_MINUTES_PER_GRAPH
+        return self.graphs * self.minutes_per_graph
 
     @property
     def pays(self) -> bool:
@@ -86,7 +93,7 @@ def estimate(schedule: Schedule, epochs: int, images_per_epoch: int, gpus: int, 
         eager += images / rates.images_per_second(phase.sz, compiled=False) / 60
         compiled += images / rates.images_per_second(phase.sz, compiled=True) / 60
         graphs.add((phase.sz, phase.bs))
-    return Estimate(eager, compiled, len(graphs))
+    return Estimate(eager, compiled, len(graphs), rates.compile_minutes_per_graph)
 
 
 @dataclass(frozen=True)

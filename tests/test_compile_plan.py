@@ -17,7 +17,8 @@ from tasks.compile_plan import MEASURED
 from tasks.parameters import RunParameters
 
 IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
-H100 = "NVIDIA H100 80GB HBM3"  # as the driver names it on the lent machine (BENCHMARKS.md)
+H100 = "NVIDIA H100 80GB HBM3"  # as the driver names them on the lent machines (BENCHMARKS.md)
+H200 = "NVIDIA H200"
 
 
 class PricelessAws(AwsBackend):
@@ -48,9 +49,9 @@ def aws_plan(monkeypatch):
 
 @pytest.fixture
 def workstation_plan(monkeypatch, tmp_path, tiny_data):
-    """A local plan on this many H100s, whose dataset counts as ImageNet's training images."""
-    def plan(gpus: int, **options) -> planning.RunPlan:
-        backend = ImageNetSizedLocal(tmp_path, LocalGpus(tuple(map(str, range(gpus))), H100))
+    """A local plan on this many GPUs (H100s unless told), whose dataset counts as ImageNet's training images."""
+    def plan(gpus: int, gpu: str = H100, **options) -> planning.RunPlan:
+        backend = ImageNetSizedLocal(tmp_path, LocalGpus(tuple(map(str, range(gpus))), gpu))
         monkeypatch.setattr(planning, "backend_for", lambda params: backend)
         return planning.plan_run(RunParameters(dataset=str(tiny_data), **options), "run-id", "run-name")
     return plan
@@ -117,6 +118,18 @@ def test_the_rate_model_gives_the_measured_rates_and_errs_towards_eager_at_288_p
     assert [round(h100.images_per_second(size, compiled)) for compiled in (False, True) for size in (128, 224)] == \
         [7607, 3841, 11090, 5249]
     assert 2357 < h100.images_per_second(288, compiled=False) < 1.15 * 2357  # measured 2026-11-26 (BENCHMARKS.md)
+
+
+def test_the_rate_model_gives_each_measured_size_its_own_rate_and_keeps_between_its_neighbours():
+    h200 = MEASURED["H200"]
+    assert [round(h200.images_per_second(size, compiled)) for compiled in (False, True) for size in (128, 224, 288)] \
+        == [9614, 4657, 2839, 9960, 6601, 4042]
+    assert 6601 > h200.images_per_second(256, compiled=True) > 4042 > h200.images_per_second(320, compiled=True)
+
+
+def test_an_h200_workstation_compiles_the_one_machine_schedule_at_its_own_compile_time(workstation_plan):
+    plan = workstation_plan(1, machines=1, schedule="seed-1", gpu=H200)
+    assert str(plan.compile) == "compile: on (saves ~23.9 of ~106.5 min of training for ~2.4 min compiling 3 graph(s))"
 
 
 
