@@ -62,6 +62,14 @@ class AwsSim:
                 "run": run, "label": label}
         self._control("POST", "faults", {"rules": [rule], "seed": seed})
 
+    def deny_pass_role(self, label: str = "") -> None:
+        """These credentials may not pass a role to EC2 (iam:PassRole): every RunInstances naming an instance
+        profile, dry run or not, is refused as EC2 refuses it (moto checks no PassRole)."""
+        self.add_fault("ec2", "RunInstances", "UnauthorizedOperation", status=403, label=label,
+                       match={"IamInstanceProfile.Name": "[^\0]+"},
+                       message="You are not authorized to perform this operation. Encoded authorization failure "
+                               "message: injected-by-awssim-iam-PassRole")
+
     def clear_faults(self, label: str | None = None) -> None:
         """Every rule, or only those added with `label`."""
         self._control("DELETE", "faults", None if label is None else {"label": label})
