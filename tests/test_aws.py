@@ -287,6 +287,33 @@ def test_a_users_subnet_without_a_way_out_or_dns_is_refused_before_anything_exis
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
+def test_credentials_that_may_not_pass_the_role_are_refused_at_the_launchs_dry_run(aws, snapshot, tmp_path):
+    """The pre-flight cannot name the run's instance profile, which does not exist yet; authorize_launch makes it
+    and dry-runs the launch with it, so a refused iam:PassRole is met there, not at the launch."""
+    aws.deny_pass_role()
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-no-passrole", 2, "g5.xlarge")
+    backend.check(spec, DATASET)
+    with pytest.raises(InputError, match=r"may not pass the machines' role imagenet18-run-no-passrole to EC2 "
+                                         r"\(iam:PassRole\)"):
+        backend.authorize_launch(spec)
+    assert [rule["fired"] for rule in aws.fault_counts()] == [1], "the pre-flight's dry run named no profile"
+    backend.teardown(spec.run_id)
+    assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
+
+
+def test_the_identity_authorize_launch_made_is_the_one_prepare_uses(aws, snapshot, tmp_path):
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-authorized", 2, "g5.xlarge")
+    backend.authorize_launch(spec)
+    backend.authorize_launch(spec)  # a retried stage
+    assert backend.prepare(spec).profile == "imagenet18-run-authorized"
+    assert aws.client("iam").get_instance_profile(InstanceProfileName="imagenet18-run-authorized")[
+        "InstanceProfile"]["Roles"][0]["RoleName"] == "imagenet18-run-authorized"
+    backend.teardown(spec.run_id)
+    assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
+
+
 def test_more_machines_than_replicas_is_refused_before_any_machine(aws, snapshot, tmp_path):
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-short", 2)

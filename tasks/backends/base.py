@@ -215,6 +215,11 @@ class Backend(Protocol):
         """Delete the run's own replicas and give back those it claimed. For POOL_OWNER, the pool's: those a
         run holds are deleted when it gives them back."""
 
+    def authorize_launch(self, spec: ClusterSpec) -> None:
+        """What `check` cannot ask before the run has its own identity: make it (free, removed by teardown, found
+        by `prepare`) and ask whether the machines may be launched with it. InputError when not; the flow asks
+        before the replicas, so a refusal costs nothing. A no-op where machines need no identity."""
+
     def prepare(self, spec: ClusterSpec) -> object:
         """What the machines need besides their replicas (locally the run's folder; on AWS its network, file
         system, role and code too), reused where it exists, so safe to retry; the flow makes it while the

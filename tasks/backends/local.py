@@ -237,6 +237,9 @@ class LocalBackend:
         return removed
 
     # -- machines -------------------------------------------------------------------------------------
+    def authorize_launch(self, spec: ClusterSpec) -> None:
+        """Nothing to ask: the machines are this machine's processes."""
+
     def prepare(self, spec: ClusterSpec) -> Path:
         """The run's folder: its logs, metrics, events and checkpoints, kept after teardown."""
         storage = self.runs / f"{spec.run_name}-{spec.run_id[:8]}"  # cluster() finds it by the id's part

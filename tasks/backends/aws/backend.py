@@ -8,13 +8,17 @@ import datetime as dt
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import botocore.exceptions
+
 from tasks.backends.aws import (
     catalog,
     efs,
+    iam,
     inventory,
     jobs,
     machines,
@@ -27,7 +31,6 @@ from tasks.backends.aws import (
     volumes,
 )
 from tasks.backends.aws.clients import REFUSALS, Clients, error_code
-from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.options import AwsOptions
 from tasks.backends.aws.teardown import teardown
 from tasks.backends.base import (
@@ -53,6 +56,8 @@ EFS_MOUNT = "/mnt/efs"
 DEFAULT_DATASET = "imagenet18-backup"  # the seed's snapshot description
 IMAGENET_TRAIN_IMAGES = 1_281_167  # what the snapshots are taken to hold: the seed's dataset
 RENDEZVOUS_PORT = 29500  # torchrun's default; the run's security group admits itself on every port
+PROFILE_PROPAGATION_S = 60.0  # how long a new instance profile may stay unknown to EC2
+PROFILE_PROPAGATION_POLL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -236,27 +241,57 @@ class AwsBackend:
                              f"`aws ec2 create-default-vpc --region {self.options.region}`")
         return found["Subnets"][0]["SubnetId"]
 
-    def dry_run_instances(self, spec: ClusterSpec, image: dict, subnet_id: str) -> None:
+    def dry_run_instances(self, spec: ClusterSpec, image: dict, subnet_id: str, profile: str | None = None) -> None:
         """EC2's own dry run of the launch, as the launch will ask for it: all machines at once, in the subnet,
         market, disks and tags the launch uses, so it checks these permissions before anything exists. The
-        instance profile and the placement group are the run's own, made after the pre-flight, so it cannot
-        name them."""
+        placement group is the run's own, made later, so it cannot name it; the instance profile it names once
+        `authorize_launch` has made it (`profile`), and so checks that the role may be passed to EC2."""
         request = machines.launch_options(spec, image, tags.tag_list(spec.run_id, spec.expires_at))
-        try:  # retried as other calls are: a dry run asks for no capacity, so only throttling is worth retrying
-            self.clients.ec2.run_instances(
-                **request, MinCount=spec.machines, MaxCount=spec.machines, SubnetId=subnet_id, DryRun=True)
-        except Exception as exc:  # noqa: BLE001
-            code = error_code(exc)
-            if code == "DryRunOperation":
-                return
-            if code in machines.LIMIT_ERRORS:
-                raise InputError(f"{spec.machines} x {spec.instance_type} is over this account's limit ({code}): "
-                                 "ask AWS for a quota increase or run fewer machines") from None
-            if code == "UnauthorizedOperation":
-                raise InputError("these AWS credentials may not start instances as the run does (ec2:RunInstances, "
-                                 "ec2:CreateTags on launch)") from None
+        if profile:
+            request["IamInstanceProfile"] = {"Name": profile}
+        deadline = time.monotonic() + PROFILE_PROPAGATION_S
+        while True:
+            try:  # retried as other calls are: a dry run asks for no capacity, so only throttling is worth retrying
+                self.clients.ec2.run_instances(
+                    **request, MinCount=spec.machines, MaxCount=spec.machines, SubnetId=subnet_id, DryRun=True)
+            except Exception as exc:  # noqa: BLE001
+                code = error_code(exc)
+                if code == "DryRunOperation":
+                    return
+                if profile and machines.profile_propagating(exc) and time.monotonic() < deadline:
+                    time.sleep(PROFILE_PROPAGATION_POLL_S)
+                    continue
+                if code in machines.LIMIT_ERRORS:
+                    raise InputError(f"{spec.machines} x {spec.instance_type} is over this account's limit ({code}): "
+                                     "ask AWS for a quota increase or run fewer machines") from None
+                if code == "UnauthorizedOperation" and profile:
+                    raise InputError(f"these AWS credentials may not pass the machines' role {profile} to EC2 "
+                                     f"(iam:PassRole): allow iam:PassRole on arn:aws:iam::*:role/{iam.ROLE_PREFIX}* "
+                                     "for them") from None
+                if code == "UnauthorizedOperation":
+                    raise InputError("these AWS credentials may not start instances as the run does (ec2:RunInstances, "
+                                     "ec2:CreateTags on launch)") from None
+                raise
+            raise InputError("EC2 accepted a dry run as a real launch; refusing to go on")
+
+    def authorize_launch(self, spec: ClusterSpec) -> None:
+        """The run's role and instance profile (free; `prepare` finds them, teardown removes them), then the
+        launch's dry run naming them: credentials that may not make the role or pass it to EC2 are refused here,
+        before any replica is paid for, not at the launch after them."""
+        bucket = storage.bucket_name(self.clients, self.options.bucket)
+        try:
+            profile = iam.ensure_instance_profile(self.clients, spec, bucket, run_folder(spec),
+                                                  secrets.path(spec.run_id), parallel=self.options.parallel_calls)
+        except botocore.exceptions.ClientError as exc:
+            action = exc.operation_name
+            if error_code(exc) in REFUSALS and action in self.clients.client("iam").meta.service_model.operation_names:
+                raise InputError(f"these AWS credentials may not make the machines' role {iam.role_name(spec.run_id)} "
+                                 f"(iam:{action} was refused): allow iam:{action} on the roles and instance profiles "
+                                 f"named {iam.ROLE_PREFIX}* for them") from None
             raise
-        raise InputError("EC2 accepted a dry run as a real launch; refusing to go on")
+        image = machines.resolve_ami(self.clients, self.options.ami)
+        zone = self.zone(spec.instance_type)
+        self.dry_run_instances(spec, image, self.options.subnet_id or self.default_subnet(zone), profile)
 
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan:
         return self.cost_plan(spec, self.snapshot(dataset)["VolumeSize"], hours)
@@ -360,7 +395,7 @@ class AwsBackend:
         with pools.pool(self.options.parallel_calls, 5) as pool:
             uploaded = pool.submit(storage.upload_project, self.clients, bucket, code_url(bucket, folder),
                                    self.options.parallel_calls)
-            profile = pool.submit(ensure_instance_profile, self.clients, spec, bucket, folder,
+            profile = pool.submit(iam.ensure_instance_profile, self.clients, spec, bucket, folder,
                                   secrets.path(spec.run_id), parallel=self.options.parallel_calls)
             image = pool.submit(machines.resolve_ami, self.clients, self.options.ami)
             file_system = pool.submit(efs.ensure_file_system, self.clients, spec)

@@ -14,10 +14,11 @@ SSM_MANAGED_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 EC2_TRUST = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
 INLINE_POLICY = "imagenet18-run-storage"
+ROLE_PREFIX = "imagenet18-"  # every run's role and instance profile
 
 
 def role_name(run_id: str) -> str:
-    return f"imagenet18-{run_id}"[:64]
+    return f"{ROLE_PREFIX}{run_id}"[:64]
 
 
 def ensure_instance_profile(clients: Clients, spec: ClusterSpec, bucket: str, prefix: str,

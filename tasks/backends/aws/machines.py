@@ -154,9 +154,8 @@ def _run_all(clients: Clients, spec: ClusterSpec, network: Network, image: dict,
             code = error_code(exc)
             if code in CAPACITY_ERRORS:
                 raise CapacityError(code, spec.instance_type, network.zone) from exc
-            # A new instance profile takes seconds to be usable by EC2; throttling is retried here since
-            # this client has botocore's retries off.
-            retriable = (code == "InvalidParameterValue" and "iamInstanceProfile" in str(exc)) or code in (
+            # throttling is retried here since this client has botocore's retries off
+            retriable = profile_propagating(exc) or code in (
                 "RequestLimitExceeded", "Throttling", "ThrottlingException")
             if not retriable or attempt >= 8:
                 raise
@@ -170,6 +169,12 @@ def _run_all(clients: Clients, spec: ClusterSpec, network: Network, image: dict,
     with pools.pool(parallel, len(indices)) as pool:
         list(pool.map(name, indices))
     return by_index
+
+
+def profile_propagating(exc: BaseException) -> bool:
+    """EC2 does not know a new instance profile yet: it takes seconds to be usable ("Invalid IAM Instance Profile
+    name"), so a launch naming it is asked again."""
+    return error_code(exc) == "InvalidParameterValue" and "iamInstanceProfile" in str(exc)
 
 
 class CapacityError(BackendError):
