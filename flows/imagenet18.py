@@ -1,5 +1,5 @@
-"""Flow `imagenet18`: validate and plan -> prepare the dataset's resized copies, then replicate it, while the
-cluster is prepared -> provision -> train -> evaluate, then teardown.
+"""Flow `imagenet18`: validate and plan -> authorize the launch -> prepare the dataset's resized copies, then
+replicate it, while the cluster is prepared -> provision -> train -> evaluate, then teardown.
 
 Teardown runs whatever happens: in `finally` for failures, and from the on_cancellation / on_crashed hooks
 for cancels and crashes. It finds resources by the run's tag, never from this process's memory, so it also
@@ -75,6 +75,7 @@ def _plan_and_train(params: RunParameters, run_id: str, run_name: str) -> dict:
                 "total_usd": plan.cost.total_usd, "compile": str(plan.compile)}
     started: list[PrefectFuture] = []
     try:
+        stages.authorize_launch(plan)  # a refused permission fails here, before the replicas are paid for
         started = [stages.prepare_cluster.submit(plan)]
         stages.prepare_dataset(plan)
         started.insert(0, stages.replicate_dataset.submit(plan))

@@ -62,6 +62,15 @@ def validate_and_plan(params: RunParameters, run_id: str, run_name: str) -> RunP
     return plan
 
 
+# Safe to retry: the identity that exists is reused.
+@task(name="authorize-launch", retries=2, retry_delay_seconds=5, retry_condition_fn=_may_pass,
+      cache_policy=NO_CACHE)
+def authorize_launch(plan: RunPlan) -> None:
+    """Before anything that costs: whether the machines may be launched as the run's own identity."""
+    backend_for(plan.params).authorize_launch(plan.spec)
+    get_run_logger().info("launch authorized: the machines may start with the run's identity")
+
+
 # Safe to retry: copies already made are kept, so a retry goes on where the last try stopped.
 @task(name="prepare-dataset", retries=2, retry_delay_seconds=5, retry_condition_fn=_may_pass,
       cache_policy=NO_CACHE)

@@ -1,11 +1,14 @@
-"""AWS faults the simulator injects: capacity, throttling on a third of all calls, and two runs side by side."""
+"""AWS faults the simulator injects: capacity, throttling on a third of all calls, refused permissions, and two
+runs side by side."""
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from botocore.exceptions import ClientError
 
 from deployments.cli import _aws, parser
+from flows.imagenet18 import imagenet18
 from tasks.backends.aws import AwsBackend, AwsOptions, machines
 from tasks.backends.base import BackendError, InputError
 from tests.leftovers import aws_leftovers
@@ -83,6 +86,25 @@ def test_a_refused_role_leaves_no_instance_profile_behind(aws, tmp_path):
     assert "instance profile" in aws_leftovers(aws, "run-no-role"), "made before the role was refused"
     backend.teardown("run-no-role")
     assert aws_leftovers(aws, "run-no-role", tmp_path) == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("refuse,message", [
+    (lambda aws: aws.deny_pass_role(), r"may not pass the machines' role imagenet18-\S+ to EC2 \(iam:PassRole\)"),
+    (lambda aws: aws.add_fault("iam", "CreateRole", "AccessDenied", status=403),
+     r"may not make the machines' role imagenet18-\S+ \(iam:CreateRole was refused\)"),
+], ids=["PassRole", "CreateRole"])
+def test_a_refused_machine_identity_fails_the_run_before_any_replica_and_leaves_nothing(prefect_api, aws, snapshot,
+                                                                                        refuse, message):
+    """The pre-flight passes (its dry run cannot name the run's profile, not made yet); the flow's
+    authorize-launch stage meets the refusal before a replica volume is paid for, and teardown removes the role."""
+    refuse(aws)
+    aws.add_fault("ec2", "CreateVolume", "Unused", probability=0.0, label="volumes")  # counts, never fires
+    state = imagenet18(machines=2, backend="aws", instance_type="g5.xlarge", dataset=DATASET, schedule="cpu-tiny",
+                       epochs=1, max_hours=1.0, aws=options(), return_state=True)
+    assert state.is_failed() and re.search(message, state.message), state.message
+    assert [rule["seen"] for rule in aws.fault_counts("volumes")] == [0], "no replica volume was asked for"
+    assert aws_leftovers(aws, str(state.state_details.flow_run_id)) == {}
 
 
 @pytest.mark.slow
