@@ -302,6 +302,26 @@ def test_credentials_that_may_not_pass_the_role_are_refused_at_the_launchs_dry_r
     assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
 
 
+PROPAGATING = "Value (imagenet18-x) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"
+
+
+def test_a_new_profile_ec2_does_not_know_yet_is_waited_for_a_while_only(aws, snapshot, tmp_path, monkeypatch):
+    aws.add_fault("ec2", "RunInstances", "InvalidParameterValue", message=PROPAGATING, times=2,
+                  match={"IamInstanceProfile.Name": ".+", "DryRun": "true"})
+    monkeypatch.setattr("tasks.backends.aws.backend.PROFILE_PROPAGATION_POLL_S", 0.1)
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-propagating", 2, "g5.xlarge")
+    backend.authorize_launch(spec)
+    assert [rule["fired"] for rule in aws.fault_counts()] == [2], "asked again until EC2 knew the profile"
+    aws.add_fault("ec2", "RunInstances", "InvalidParameterValue", message=PROPAGATING,
+                  match={"IamInstanceProfile.Name": ".+", "DryRun": "true"})
+    monkeypatch.setattr("tasks.backends.aws.backend.PROFILE_PROPAGATION_S", 1.0)
+    with pytest.raises(ClientError, match="Invalid IAM Instance Profile name"):
+        backend.authorize_launch(spec)
+    backend.teardown(spec.run_id)
+    assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
+
+
 def test_the_identity_authorize_launch_made_is_the_one_prepare_uses(aws, snapshot, tmp_path):
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-authorized", 2, "g5.xlarge")
