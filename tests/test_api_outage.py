@@ -63,8 +63,8 @@ def test_a_prefect_server_that_stops_mid_training_and_comes_back_loses_nothing(t
     assert state == "COMPLETED"
     assert {state for _, state in task_runs} == {"COMPLETED"}
     assert sorted(name.rsplit("-", 1)[0] for name, _ in task_runs) == [
-        "evaluate", "prepare-cluster", "prepare-dataset", "provision-cluster", "replicate-dataset", "teardown", "train",
-        "validate-and-plan"], "each stage once"
+        "authorize-launch", "evaluate", "prepare-cluster", "prepare-dataset", "provision-cluster", "replicate-dataset",
+        "teardown", "train", "validate-and-plan"], "each stage once"
     assert {"imagenet18-plan", "imagenet18-progress", "imagenet18-epochs", "imagenet18-summary"} <= artifacts.keys()
     assert float(artifacts["imagenet18-progress"]) == 100.0
     assert not with_environment(*machines) and not with_environment("IMAGENET18_RUN", flow_run_id), \

@@ -34,8 +34,8 @@ from tests.support import wait_for
 from trainer.demo_data import make_demo_dataset
 from trainer.prepare import resized_root
 
-STAGES = {"validate-and-plan", "prepare-dataset", "replicate-dataset", "prepare-cluster", "provision-cluster", "train",
-          "evaluate", "teardown"}
+STAGES = {"validate-and-plan", "authorize-launch", "prepare-dataset", "replicate-dataset", "prepare-cluster",
+          "provision-cluster", "train", "evaluate", "teardown"}
 
 
 def _assert_nothing_left(home):

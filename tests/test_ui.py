@@ -35,8 +35,8 @@ expect = playwright_api.expect
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = Path(os.environ.get("IMAGENET18_SCREENSHOTS") or REPO / "tests" / "output")
-STAGES = ("validate-and-plan", "prepare-dataset", "replicate-dataset", "prepare-cluster", "provision-cluster", "train",
-          "evaluate", "teardown")
+STAGES = ("validate-and-plan", "authorize-launch", "prepare-dataset", "replicate-dataset", "prepare-cluster",
+          "provision-cluster", "train", "evaluate", "teardown")
 ARTIFACTS = ("imagenet18-plan", "imagenet18-progress", "imagenet18-epochs", "imagenet18-summary")
 WAIT_MS = 60_000
 EPOCHS = 4  # of cpu-tiny's 8: rows for the table, and epochs left to train after the first one's line
