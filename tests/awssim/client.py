@@ -5,11 +5,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,19 @@ class AwsSim:
     endpoint: str
     root: Path
     region: str = "us-east-1"
+    _clients: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _making: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def client(self, service: str, retries: dict[str, Any] | None = None) -> Any:
-        """A boto3 client of this simulator with dummy keys, whatever the environment says."""
-        return boto3.session.Session(
-            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=self.region
-        ).client(service, endpoint_url=self.endpoint, config=Config(retries=retries or {"mode": "standard"}))
+        """A boto3 client of this simulator with dummy keys, whatever the environment says. Made once per service
+        and retry mode (botocore takes a fifth of a second of CPU to make one) and shared: clients are thread-safe."""
+        key = json.dumps([service, retries], sort_keys=True)
+        with self._making:
+            if key not in self._clients:
+                self._clients[key] = boto3.session.Session(
+                    aws_access_key_id="testing", aws_secret_access_key="testing", region_name=self.region
+                ).client(service, endpoint_url=self.endpoint, config=Config(retries=retries or {"mode": "standard"}))
+            return self._clients[key]
 
     def _control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         request = urllib.request.Request(

@@ -9,6 +9,8 @@ import threading
 
 import boto3
 import botocore.exceptions
+import botocore.loaders
+import botocore.session
 from botocore.config import Config
 
 from tasks.backends.base import InputError
@@ -27,12 +29,16 @@ REFUSALS = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "A
             "UnrecognizedClientException", "OptInRequired", "Blocked", "VcpuLimitExceeded", "InstanceLimitExceeded",
             "MaxSpotInstanceCountExceeded", "VolumeLimitExceeded", "VpcLimitExceeded", "AddressLimitExceeded"}
 NO_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=10, read_timeout=60)
+# botocore reads its service models (megabytes of JSON) once per session; the sessions of a process share them.
+_MODELS = botocore.loaders.create_loader()
 
 
 class Clients:
     def __init__(self, region: str):
         self.region = region
-        self.session = boto3.session.Session(region_name=region)
+        models_shared = botocore.session.Session()
+        models_shared.register_component("data_loader", _MODELS)
+        self.session = boto3.session.Session(region_name=region, botocore_session=models_shared)
         self._made: dict[tuple[str, bool], object] = {}
         self._making = threading.Lock()
 
