@@ -23,6 +23,7 @@ HOLD_LIMIT_SECONDS = 300.0
 # A function each stage of a local run calls, where a gate makes the stage fail.
 STAGE_GATES = {
     "validate": "tasks.backends.local:LocalBackend.check",
+    "authorize": "tasks.backends.local:LocalBackend.authorize_launch",
     "replicate": "tasks.backends.local:LocalBackend._replica",
     "prepare": "tasks.backends.local:LocalBackend.prepare",  # while the replicas are made
     "provision": "tasks.backends.local:Machine",

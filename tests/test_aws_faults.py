@@ -90,14 +90,16 @@ def test_a_refused_role_leaves_no_instance_profile_behind(aws, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("refuse,message", [
-    (lambda aws: aws.deny_pass_role(), r"may not pass the machines' role imagenet18-\S+ to EC2 \(iam:PassRole\)"),
-    (lambda aws: aws.add_fault("iam", "CreateRole", "AccessDenied", status=403),
-     r"may not make the machines' role imagenet18-\S+ \(iam:CreateRole was refused\)"),
+    (lambda aws: aws.deny_pass_role(), r"may not pass the machines' role imagenet18-\S+ to EC2 \(iam:PassRole\).* "
+                                       r"AWS said: .*Encoded authorization failure message: injected-by-awssim"),
+    (lambda aws: aws.add_fault("iam", "CreateRole", "AccessDenied", status=403, message="not this user, not today"),
+     r"may not make the machines' role imagenet18-\S+ \(iam:CreateRole was refused\).* AWS said: .*not this user"),
 ], ids=["PassRole", "CreateRole"])
 def test_a_refused_machine_identity_fails_the_run_before_any_replica_and_leaves_nothing(prefect_api, aws, snapshot,
                                                                                         refuse, message):
     """The pre-flight passes (its dry run cannot name the run's profile, not made yet); the flow's
-    authorize-launch stage meets the refusal before a replica volume is paid for, and teardown removes the role."""
+    authorize-launch stage meets the refusal before a replica volume is paid for, and teardown removes the role.
+    The error keeps AWS's own words: they name the policy that refused (EC2's encoded, for sts to decode)."""
     refuse(aws)
     aws.add_fault("ec2", "CreateVolume", "Unused", probability=0.0, label="volumes")  # counts, never fires
     state = imagenet18(machines=2, backend="aws", instance_type="g5.xlarge", dataset=DATASET, schedule="cpu-tiny",

@@ -47,9 +47,11 @@ from tests.aws_runs import DATASET, options
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = ("validate", "replicate", "prepare", "provision", "train", "evaluate", "teardown")
+STAGES = ("validate", "authorize", "replicate", "prepare", "provision", "train", "evaluate", "teardown")
 DEATHS = ("exception", "cancel", "sigterm", "sigkill")
 BACKENDS = ("local", "aws")
+# Stages met before anything of the run exists: a local run has nothing to authorize.
+MAKES_NOTHING_BEFORE = {("local", "validate"), ("local", "authorize"), ("aws", "validate")}
 MANY = ("validate", "replicate", "prepare", "provision")  # met with 16 machines: part-way through 16 creations
 
 # Where each stage fails on the local backend: (function, calls let through first).
@@ -58,6 +60,9 @@ LOCAL_GATES = {stage: (target, {"replicate": 7, "provision": 8}.get(stage, 0))  
 # ... and on AWS: (service, action, error code, request params matched, calls let through first).
 AWS_FAULTS = {
     "validate": ("ec2", "RunInstances", "UnauthorizedOperation", {"DryRun": "true"}, 0),
+    # the launch's dry run naming the run's instance profile: iam:PassRole refused
+    "authorize": ("ec2", "RunInstances", "UnauthorizedOperation",
+                  {"DryRun": "true", "IamInstanceProfile.Name": "[^\0]+"}, 0),  # a parameter left out reads "\0"
     "replicate": ("ec2", "CreateVolume", "UnauthorizedOperation", {}, 7),
     "prepare": ("ec2", "CreateVpc", "UnauthorizedOperation", {}, 0),
     "provision": ("ec2", "RunInstances", "UnauthorizedOperation", {"Placement.GroupName": "imagenet18-.+"}, 0),
@@ -68,6 +73,7 @@ AWS_FAULTS = {
 }
 WHERE = {
     "validate": "the pre-flight checks",
+    "authorize": "the launch's dry run naming the run's role, once it is made (local: there is nothing to ask)",
     "replicate": "volume/replica 8 of 16",
     "prepare": "making the run's network (local: its folder), while the replicas are made",
     "provision": "the one launch request for the 16 machines (local: machine 9 of 16)",
@@ -94,7 +100,7 @@ class Outcome:
 
     @property
     def removed_by(self) -> str:
-        if self.at_death == 0 or (self.at_death is None and self.stage == "validate"):
+        if self.at_death == 0 or (self.at_death is None and (self.backend, self.stage) in MAKES_NOTHING_BEFORE):
             return "nothing was created"
         if self.after_run:
             return "the cleanup flow"
@@ -311,10 +317,10 @@ def test_a_run_that_dies_leaves_nothing(scenario, backend, stage, death, served_
                                                tmp_path)
     run_id = str(flow_run_id)
     if at_death is not None:  # killed once its fault fired (each _die_by_* waits for that)
-        assert (at_death > 0) == (stage != "validate"), \
+        assert (at_death > 0) == ((backend, stage) not in MAKES_NOTHING_BEFORE), \
             f"at death in {stage} the world held {at_death} of the run's resources"
     after_run = scenario.count(run_id)
-    if death == "sigkill" and stage != "validate":
+    if death == "sigkill" and (backend, stage) not in MAKES_NOTHING_BEFORE:
         assert after_run, "SIGKILL lets nothing run: what the run made is still there"
         assert scenario.unseen_by_cleanup(run_id) == [], "the cleanup flow's inventory lists all the world holds"
     elif not (death == "exception" and stage == "teardown"):  # a teardown that keeps failing leaves it to cleanup

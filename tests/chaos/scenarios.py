@@ -14,8 +14,9 @@ from tests.faultgates import STAGE_GATES
 
 BACKENDS = ("local", "aws")
 KINDS = ("error", "transient", "hang", "lost", "hung", "kill")
-RETRIED_STAGES = ("replicate", "prepare", "provision")  # their tasks retry: a fault that passes is survived
-KILL_STAGES = ("replicate", "prepare", "provision", "train", "evaluate", "teardown")
+# Their tasks retry: a fault that passes is survived.
+RETRIED_STAGES = ("authorize", "replicate", "prepare", "provision")
+KILL_STAGES = ("authorize", "replicate", "prepare", "provision", "train", "evaluate", "teardown")
 TRAINING = "machine 1"  # what lost and hung machines strike, after the first epoch
 FLOW_PROCESS = "flow process"  # what a kill in training strikes
 
@@ -38,8 +39,9 @@ CURVES_KEY = r".*-{run8}/curves\.png"
 AWS_ERRORS = {
     "validate": (AwsPoint("ec2", "DescribeInstances", "UnauthorizedOperation", times=1),),  # "has the run anything?"
     "replicate": (AwsPoint("ec2", "CreateVolume", "VolumeLimitExceeded"),),
-    "prepare": (AwsPoint("ec2", "CreateVpc", "VpcLimitExceeded"), AwsPoint("iam", "CreateRole", "AccessDenied"),
-                AwsPoint("iam", "CreateInstanceProfile", "AccessDenied"),
+    "authorize": (AwsPoint("iam", "CreateRole", "AccessDenied"),
+                  AwsPoint("iam", "CreateInstanceProfile", "AccessDenied")),
+    "prepare": (AwsPoint("ec2", "CreateVpc", "VpcLimitExceeded"),
                 AwsPoint("efs", "CreateFileSystem", "FileSystemLimitExceeded"),
                 AwsPoint("ec2", "CreateSecurityGroup", "UnauthorizedOperation")),
     "provision": (AwsPoint("ec2", "RunInstances", "UnauthorizedOperation"),
@@ -54,13 +56,14 @@ AWS_ERRORS = {
 # Calls that hang, then answer with a server error once: botocore's retries or the stage's own mend it.
 AWS_HANGS = {
     "replicate": (AwsPoint("ec2", "CreateVolume", "ServiceUnavailable", times=1),),
+    "authorize": (AwsPoint("iam", "CreateRole", "ServiceFailure", times=1),),
     "prepare": (AwsPoint("ec2", "CreateVpc", "ServiceUnavailable", times=1),
-                AwsPoint("iam", "CreateRole", "ServiceFailure", times=1),
                 AwsPoint("efs", "CreateFileSystem", "InternalServerError", times=1)),
     "provision": (AwsPoint("ec2", "RunInstances", "InternalError", times=1),),
 }
 # Calls that hang until the run's flow process is killed.
 AWS_HOLDS = {
+    "authorize": (AwsPoint("iam", "CreateInstanceProfile", "ServiceUnavailable"),),  # once the role is made
     "replicate": (AwsPoint("ec2", "CreateVolume", "ServiceUnavailable"),),
     "prepare": (AwsPoint("efs", "CreateFileSystem", "InternalServerError"),
                 AwsPoint("ec2", "CreateSecurityGroup", "ServiceUnavailable")),

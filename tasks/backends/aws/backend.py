@@ -267,10 +267,10 @@ class AwsBackend:
                 if code == "UnauthorizedOperation" and profile:
                     raise InputError(f"these AWS credentials may not pass the machines' role {profile} to EC2 "
                                      f"(iam:PassRole): allow iam:PassRole on arn:aws:iam::*:role/{iam.ROLE_PREFIX}* "
-                                     "for them") from None
+                                     f"for them. AWS said: {exc}") from None
                 if code == "UnauthorizedOperation":
                     raise InputError("these AWS credentials may not start instances as the run does (ec2:RunInstances, "
-                                     "ec2:CreateTags on launch)") from None
+                                     f"ec2:CreateTags on launch). AWS said: {exc}") from None
                 raise
             raise InputError("EC2 accepted a dry run as a real launch; refusing to go on")
 
@@ -287,7 +287,7 @@ class AwsBackend:
             if error_code(exc) in REFUSALS and action in self.clients.client("iam").meta.service_model.operation_names:
                 raise InputError(f"these AWS credentials may not make the machines' role {iam.role_name(spec.run_id)} "
                                  f"(iam:{action} was refused): allow iam:{action} on the roles and instance profiles "
-                                 f"named {iam.ROLE_PREFIX}* for them") from None
+                                 f"named {iam.ROLE_PREFIX}* for them. AWS said: {exc}") from None
             raise
         image = machines.resolve_ami(self.clients, self.options.ami)
         zone = self.zone(spec.instance_type)
