@@ -22,6 +22,11 @@ ERROR_LINE = re.compile(r"Traceback \(most recent call last\)|\b\w*(Error|Except
 TRACEBACK_FRAME = re.compile(r"^(\[rank\d+\]:\s?)?(\s|Traceback)")
 RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?")
 LAUNCHER_FAILURE = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
+# torchrun's agents meet at an exit barrier in node 0's store once their workers end; node 0's agent may exit (and
+# close the store) while another agent still reads the barrier's last key, which that agent logs as an error with a
+# traceback, each line under the same log prefix. The workers had ended: their exit codes say how the job went.
+EXIT_BARRIER = re.compile(r"^(\[rank\d+\]:\s?)?(?P<prefix>[EW]\d{4} [\d:.]+ \d+ \S+:\d+\] )"
+                          r"Error waiting on exit barrier")
 
 
 def trainer_error(log: str) -> str | None:
@@ -103,6 +108,7 @@ class MachineLogs:
         self.job = job
         self.offsets = dict.fromkeys(range(machines), 0)
         self.in_traceback = dict.fromkeys(range(machines), False)
+        self.exit_barrier: dict[int, str | None] = dict.fromkeys(range(machines))  # that record's log prefix
 
     def poll(self, backend: Backend, cluster: Cluster, logger: logging.Logger) -> None:
         for index in self.offsets:
@@ -110,12 +116,26 @@ class MachineLogs:
             lines, size = _complete_lines(chunk)
             self.offsets[index] += size
             for line in lines:
+                if self._after_the_exit_barrier(index, line, logger):
+                    continue
                 if line.startswith(WARNING_PREFIX):
                     logger.warning("machine %d | %s", index, line)
                 elif self._is_error(index, line):
                     logger.error("machine %d | %s", index, line)
                 elif index == 0 and line.strip():
                     logger.info("machine 0 | %s", line)
+
+    def _after_the_exit_barrier(self, index: int, line: str, logger: logging.Logger) -> bool:
+        """torchrun's exit-barrier record (see EXIT_BARRIER): one warning line for the whole record."""
+        prefix = self.exit_barrier[index]
+        if prefix is not None and RANK_PREFIX.sub("", line).startswith(prefix):
+            return True
+        found = EXIT_BARRIER.match(line)
+        self.exit_barrier[index] = found["prefix"] if found else None
+        if found:
+            logger.warning("machine %d | torchrun: the exit barrier's store closed as this agent left it (node 0's "
+                           "agent had gone); the workers had ended, their exit codes say how the job went", index)
+        return bool(found)
 
     def _is_error(self, index: int, line: str) -> bool:
         """Error lines, and a traceback's frames up to and including its exception line."""
