@@ -44,6 +44,9 @@ class RunParameters(BaseModel):
         None, description="the metric the target is of (default: the schedule's)")
     epochs: Annotated[int | None, TRAINER] = Field(None, ge=1, description="stop after this many epochs "
                                                    "(default: the schedule's)")
+    seed: Annotated[int | None, TRAINER] = Field(None, ge=0, description="the trainer's random seed: the weights' "
+                                                 "start and the data's order (default 0); runs with other seeds show "
+                                                 "the spread of the results")
     compile: Switch = Field("auto", description="torch.compile the training step: on one H100 1.4x the img/s at "
                             "224 px after about a minute of compiling per image size and batch, slower on CPUs "
                             "(BENCHMARKS.md); auto: on where the plan estimates that the training minutes it saves "

@@ -65,7 +65,7 @@ def test_each_option_is_a_cli_option_that_reaches_the_model(name):
 
 
 def test_the_options_marked_for_the_trainer_reach_its_command_line():
-    params = RunParameters(target=50.0, target_metric="top1", epochs=3)
+    params = RunParameters(target=50.0, target_metric="top1", epochs=3, seed=5)
     marked = {name for name, field in FIELDS.items() if TRAINER in field.metadata}
     trainer_args = trainer_cli.parser().parse_args(["train", "/data", *params.trainer_flags()])
     assert {name: getattr(trainer_args, name) for name in marked} == {name: getattr(params, name) for name in marked}
