@@ -1,4 +1,5 @@
-"""A failed node's cause in one line, from its log as torchrun leaves it."""
+"""A failed node's cause in one line, from its log as torchrun leaves it; and what of the machines' logs reaches
+the flow's log at which level."""
 
 import datetime as dt
 import logging
