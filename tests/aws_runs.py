@@ -31,6 +31,10 @@ def delete_default_vpc(aws) -> None:
     [vpc] = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]:
         ec2.delete_subnet(SubnetId=subnet["SubnetId"])
+    for gateway in ec2.describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [vpc["VpcId"]]}])[
+            "InternetGateways"]:
+        ec2.detach_internet_gateway(InternetGatewayId=gateway["InternetGatewayId"], VpcId=vpc["VpcId"])
+        ec2.delete_internet_gateway(InternetGatewayId=gateway["InternetGatewayId"])
     ec2.delete_vpc(VpcId=vpc["VpcId"])
 
 
@@ -57,6 +61,13 @@ def users_subnet(aws, way_out: bool = True, public: bool = True, dns_hostnames: 
     ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": public})
     ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": dns_hostnames})
     return subnet
+
+
+def agents_online(ssm, *instance_ids: str) -> bool:
+    """Whether SSM lists the agent of each machine, Online."""
+    found = ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": list(instance_ids)}])
+    return sorted(i["InstanceId"] for i in found["InstanceInformationList"] if i["PingStatus"] == "Online") == sorted(
+        instance_ids)
 
 
 def finished(backend: AwsBackend, cluster, job: str, timeout_s: float = 120.0) -> JobStatus:

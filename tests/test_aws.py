@@ -17,8 +17,18 @@ from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
 from tasks.backends.base import InputError
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
-from tests.aws_runs import AMI, BUCKET, DATASET, cluster_spec, delete_default_vpc, options, users_subnet
+from tests.aws_runs import (
+    AMI,
+    BUCKET,
+    DATASET,
+    agents_online,
+    cluster_spec,
+    delete_default_vpc,
+    options,
+    users_subnet,
+)
 from tests.leftovers import aws_leftovers, aws_leftovers_by_run
+from tests.support import wait_for
 
 def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapshot, tmp_path):
     ec2 = aws.client("ec2")
@@ -27,7 +37,8 @@ def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapsho
     spec = cluster_spec("run-16", 16, spot=True)
     backend.check(spec, DATASET)
     plan = backend.plan(spec, DATASET, 2.0)
-    assert [item.count for item in plan.items] == [16, 16, 16, 1] and plan.total_usd > 0
+    assert [item.count for item in plan.items] == [16, 16, 16, 1, 16] and plan.total_usd > 0
+    assert "EFA on all 4 network cards" in plan.items[0].what and "Elastic IP" in plan.items[-1].what
 
     replicas = backend.replicate(spec, DATASET, 16)
     assert [r.details["name"] for r in replicas] == [f"imagenet_1a_{i:02d}" for i in range(16)]
@@ -68,13 +79,19 @@ def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapsho
     [launch] = aws.launches()
     assert sorted(launch["instances"]) == sorted(m.id for m in cluster.machines), "one request for all 16"
     assert [(i["NetworkCardIndex"], i["InterfaceType"], i.get("AssociatePublicIpAddress")) for i in
-            launch["interfaces"]] == [("0", "efa", "true")], "EFA; a public address allows only one interface"
+            launch["interfaces"]] == [("0", "efa", None)] + [(str(card), "efa-only", None) for card in (1, 2, 3)], \
+        "an EFA on every card; EC2 gives no public address at launch to a machine with more than one interface"
+    held = ec2.describe_addresses(Filters=tags.run_filter("run-16"))["Addresses"]
+    public = sorted(i.get("PublicIpAddress", "none") for i in instances.values())
+    assert sorted(a["PublicIp"] for a in held) == public, "each machine reaches out through an Elastic IP of the run"
+    wait_for(lambda: agents_online(aws.client("ssm"), *instances), seconds=60,
+             what="each machine's SSM agent, which registers through its Elastic IP")
     assert any(pair["GroupId"] == group["GroupId"] for p in group["IpPermissionsEgress"]
                for pair in p["UserIdGroupPairs"]), "EFA's traffic to the group itself"
 
     removed = backend.teardown("run-16")
-    assert {r.kind for r in removed} >= {"machine", "replica", "file-system", "placement-group", "security-group",
-                                         "key-pair", "instance-profile", "vpc"}
+    assert {r.kind for r in removed} >= {"machine", "address", "replica", "file-system", "placement-group",
+                                         "security-group", "key-pair", "instance-profile", "vpc"}
     assert backend.resources("run-16") == [] and aws_leftovers(aws, "run-16") == {}
     assert not key.exists()
     assert backend.teardown("run-16") == [], "a second teardown is safe and finds nothing"
@@ -185,6 +202,12 @@ def second_snapshot(aws, tiny_data):
     aws.make_snapshot(tiny_data.parent, description=DATASET)
 
 
+def hold_two_addresses(aws, tiny_data):
+    """Elastic IPs of the account's own (not the run's), which count against the same quota."""
+    for _ in range(2):
+        aws.client("ec2").allocate_address(Domain="vpc")
+
+
 def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
     """EC2 counts spot P5 machines against "All P5 Spot Instance Requests", the other spot P machines against
     L-7212CCBC, and every on-demand P machine against "Running On-Demand P instances"."""
@@ -228,6 +251,9 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
     ({"spot": True, "quotas": {"L-7212CCBC": 1535}}, r'1536 vCPUs of the quota "All P4, P3 and P2 Spot Instance '
                                                      r'Requests" \(L-7212CCBC\) in us-east-1, which is 1535'),
     ({"setup": lambda aws, _: delete_default_vpc(aws)}, "this account has no default subnet in us-east-1a"),
+    ({"quotas": {"L-0263D0A3": 17}, "setup": hold_two_addresses},
+     r'16 machines need 16 Elastic IPs \(one each, with an interface on every EFA card\); the quota "EC2-VPC '
+     r'Elastic IPs" \(L-0263D0A3\) in us-east-1 is 17, with 2 held: .* --quota-code L-0263D0A3 --desired-value 18`'),
 ])
 def test_bad_input_is_refused_before_anything_exists(aws, snapshot, tiny_data, tmp_path, monkeypatch, change,
                                                      message):

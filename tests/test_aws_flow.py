@@ -68,7 +68,8 @@ def test_plan_on_aws_prices_the_run_and_creates_nothing(prefect_api, aws, tiny_d
     assert priced, result.stdout
     assert float(priced[2].replace(",", "")) > hourly, "machines, disks and EFS are all priced"
     plan = _plan_artifact(priced[1])
-    assert "p4d.24xlarge (8 x A100 40 GB, EFA on 1 of 4 network cards), on-demand" in plan
+    assert "p4d.24xlarge (8 x A100 40 GB, EFA on all 4 network cards), on-demand" in plan
+    assert "| public IPv4 address (an Elastic IP: the machine has an interface on each card) | 16 | $0.01 |" in plan
     assert re.search(r"Before the machines start: about \*\*[\d.]+ min\*\*, 16 dataset replica\(s\) fetching the 1 GiB "
                      r"snapshot at 300 MiB/s .*: \$\d+\.\d\d", plan), plan
     assert f"| 16 | ${catalog.instance_type('p4d.24xlarge').on_demand_usd:,.2f} |" in plan

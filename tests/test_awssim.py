@@ -15,6 +15,7 @@ from tasks.backends.base import ClusterSpec, Machine
 from tests.awssim import gpus
 from tests.awssim.throttle import TokenBucket
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
+from tests.aws_runs import agents_online
 from tests.processes import alive
 from tests.support import wait_for
 
@@ -37,12 +38,6 @@ def error_code(call, *args, **kwargs) -> str:
         call(*args, **kwargs)
     return raised.value.response["Error"]["Code"]
 
-
-
-def agents_online(ssm, *instance_ids) -> bool:
-    found = ssm.describe_instance_information(Filters=[{"Key": "InstanceIds", "Values": list(instance_ids)}])
-    return sorted(i["InstanceId"] for i in found["InstanceInformationList"] if i["PingStatus"] == "Online") == sorted(
-        instance_ids)
 
 
 def test_placement_groups(aws):
@@ -104,6 +99,68 @@ def test_a_launchs_network_interfaces_are_checked_as_ec2_checks_them_and_recorde
     assert launched["group"] == "pg-1" and launched["instances"] == [instance]
     assert [(i["NetworkCardIndex"], i["DeviceIndex"], i["InterfaceType"]) for i in launched["interfaces"]] == [
         ("0", "0", "efa")]
+
+
+def test_a_machine_has_an_interface_on_each_card_which_goes_with_it_unless_the_launch_said_otherwise(aws):
+    """EC2 makes each interface a launch asks for, one per network card; gives the machine no public address
+    (it has more than one interface), even in a subnet that maps them; deletes at termination those marked
+    DeleteOnTermination, and refuses to delete a subnet an interface is left in."""
+    ec2 = aws.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.60.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.60.0.0/20", AvailabilityZone="us-east-1a")["Subnet"][
+        "SubnetId"]
+    ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": True})
+    ec2.create_placement_group(GroupName="pg-cards", Strategy="cluster")
+    cards = [{"NetworkCardIndex": card, "DeviceIndex": 0, "InterfaceType": "efa" if card == 0 else "efa-only",
+              "SubnetId": subnet, "DeleteOnTermination": card != 3} for card in range(4)]
+    instance = launch(ec2, "p4d.24xlarge", NetworkInterfaces=cards,
+                      Placement={"GroupName": "pg-cards", "AvailabilityZone": "us-east-1a"})
+    in_subnet = [{"Name": "subnet-id", "Values": [subnet]}]
+    assert len(ec2.describe_network_interfaces(Filters=in_subnet)["NetworkInterfaces"]) == 4
+    [described] = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"]
+    assert "PublicIpAddress" not in described
+
+    ec2.terminate_instances(InstanceIds=[instance])
+    [left] = ec2.describe_network_interfaces(Filters=in_subnet)["NetworkInterfaces"]
+    assert left["Status"] == "available", "card 3's interface, which the launch asked to keep"
+    assert error_code(ec2.delete_subnet, SubnetId=subnet) == "DependencyViolation"
+    ec2.delete_network_interface(NetworkInterfaceId=left["NetworkInterfaceId"])
+    ec2.delete_subnet(SubnetId=subnet)
+
+
+def test_a_machine_reaches_out_through_a_public_address_and_elastic_ips_behave_as_on_ec2(aws):
+    """A machine's SSM agent registers through its way out: in a subnet whose route out is an internet gateway, a
+    machine without a public address never registers, and does once an Elastic IP is on its interface. EC2
+    refuses to release an address still associated outside the default VPC, frees it when its machine goes,
+    and allocates no more than the account's quota."""
+    ec2, ssm = aws.client("ec2"), aws.client("ssm")
+    vpc = ec2.create_vpc(CidrBlock="10.50.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.50.0.0/20", AvailabilityZone="us-east-1a")["Subnet"]
+    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+    table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+    ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
+    ec2.associate_route_table(RouteTableId=table, SubnetId=subnet["SubnetId"])
+    cut_off, in_default_vpc = launch(ec2, SubnetId=subnet["SubnetId"]), launch(ec2)
+    wait_for(lambda: agents_online(ssm, in_default_vpc), seconds=20)  # registered a second after it ran
+    assert not agents_online(ssm, cut_off)
+
+    address = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    [instance] = ec2.describe_instances(InstanceIds=[cut_off])["Reservations"][0]["Instances"]
+    ec2.associate_address(AllocationId=address, NetworkInterfaceId=instance["NetworkInterfaces"][0][
+        "NetworkInterfaceId"])
+    wait_for(lambda: agents_online(ssm, cut_off), seconds=20)
+    assert error_code(ec2.release_address, AllocationId=address) == "InvalidIPAddress.InUse"
+    ec2.terminate_instances(InstanceIds=[cut_off])
+    [freed] = ec2.describe_addresses(AllocationIds=[address])["Addresses"]
+    assert "AssociationId" not in freed, "the address left with its machine's interface"
+    ec2.release_address(AllocationId=address)
+
+    quotas = aws.client("service-quotas")
+    assert quotas.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode="L-0263D0A3")["Quota"]["Value"] == 5
+    aws.set_quotas({"L-0263D0A3": 1})
+    ec2.allocate_address(Domain="vpc")
+    assert error_code(ec2.allocate_address, Domain="vpc") == "AddressLimitExceeded"
 
 
 def test_a_volume_from_a_snapshot_is_initialized_at_the_rate_asked_and_reports_its_progress(aws, tmp_path):

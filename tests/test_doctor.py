@@ -34,7 +34,8 @@ def test_a_ready_account_passes_every_check(aws, capsys):
     assert code == 0, out
     assert list(rows) == ["region", "credentials", "instance type", "zones", "spot prices",
                           "quota L-417A185B (on-demand)", "quota L-DB2E81BA (on-demand)", "quota L-7212CCBC (spot)",
-                          "quota L-C4BD4855 (spot)", "quota L-3819A6DF (spot)", "AMI", "network", "launch (dry run)"]
+                          "quota L-C4BD4855 (spot)", "quota L-3819A6DF (spot)", "AMI", "network", "Elastic IPs",
+                          "launch (dry run)"]
     assert {status for _, status in rows.values()} == {"ok"}, out
     assert rows["credentials"][0] == "account 123456789012"
     assert rows["instance type"][0] == "8 x A100 40 GB, compute capability 8.0: torch 2.14.1+cu130 runs it"
@@ -43,7 +44,20 @@ def test_a_ready_account_passes_every_check(aws, capsys):
                                                        "p4d.24xlarge need 1536")
     assert rows["AMI"][0].startswith(f"{AMI}: ")
     assert rows["network"][0].startswith("default VPC's subnet subnet-")
+    assert rows["Elastic IPs"][0] == ("EC2-VPC Elastic IPs: 64, 16 x p4d.24xlarge need one each (an interface on "
+                                      "each EFA card)")
     assert "what to do" not in out
+
+
+def test_too_few_elastic_ips_fail_with_the_request_to_make_and_a_type_with_one_interface_needs_none(aws, capsys):
+    aws.set_quotas({"L-0263D0A3": 5})
+    code, rows, out = doctor(aws, capsys)
+    assert code == 1 and rows["Elastic IPs"] == (
+        "16 machines need 16 Elastic IPs (one each, with an interface on every EFA card)", "fail"), out
+    assert "--quota-code L-0263D0A3 --desired-value 16`" in out
+    code, rows, out = doctor(aws, capsys, "--instance-type", "g5.xlarge")
+    assert code == 0 and rows["Elastic IPs"] == (
+        "none needed: each machine gets its address at launch, or reaches out through a NAT", "ok"), out
 
 
 def test_a_zero_quota_fails_with_the_request_to_make(aws, capsys):

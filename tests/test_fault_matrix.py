@@ -407,11 +407,12 @@ deletes what it left by tag.
 
 Resources are counted by asking the world, not the backend (tests/leftovers.py): locally the run's processes
 (found in /proc by the run's id, whatever their home), replica folders and files, registry records and claims;
-on AWS every simulated service by the run's tag (instances, spot requests, volumes, snapshots, network pieces,
-security groups, key pairs, placement groups, EFS, IAM roles and instance profiles, SSM parameters), the
-commands still running on its machines and its key file. Counted when the run was killed, when its flow run
-ended, and after the cleanup flow. Processes are counted one by one, so a row's counts vary by a few from run to
-run (the test holds each row to its state and to whether anything was there); these are one full run's.
+on AWS every simulated service by the run's tag (instances, spot requests, Elastic IPs, volumes, snapshots,
+network pieces, security groups, key pairs, placement groups, EFS, IAM roles and instance profiles, SSM
+parameters), the commands still running on its machines and its key file. Counted when the run was killed, when
+its flow run ended, and after the cleanup flow. Processes are counted one by one, so a row's counts vary by a few
+from run to run (the test holds each row to its state and to whether anything was there); these are one full
+run's.
 
 | backend | stage | death | when killed | final state | left by the run | after cleanup | removed by |
 | --- | --- | --- | --- | --- | --- | --- | --- |

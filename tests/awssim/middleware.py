@@ -1,5 +1,6 @@
 """The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (placement
-groups, instance-type and default-VPC checks, the machines' SSM agents, EC2's vCPU quotas, the machines' S3
+groups, instance-type and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas, the
+refusals to release an associated address and to delete a subnet with interfaces in it, the machines' S3
 permissions, EBS volume initialization, ListCommands' filters and pages, SSM's throttling of Run Command's
 reads), and hooks that keep disk contents and the player in step with each call."""
 
@@ -74,6 +75,12 @@ class AwsSimApp:
             if refusal is not None:
                 return error_response("ec2", *refusal)
             return self.placement.launch_error(call)
+        if call.service == "ec2" and call.action in ("AllocateAddress", "ReleaseAddress", "DeleteSubnet"):
+            ec2 = backends.ec2(call.account, call.region)
+            refusal = (self.quotas.allocate_error(ec2) if call.action == "AllocateAddress"
+                       else network.release_address_error(call, ec2) if call.action == "ReleaseAddress"
+                       else network.delete_subnet_error(call, ec2))
+            return None if refusal is None else error_response("ec2", *refusal)
         if call.service == "ec2" and call.action == "CreateVolume":
             return self.player.initializations.create_error(call)
         if call.service == "ec2" and call.action == "DescribeVolumeStatus":

@@ -1,5 +1,10 @@
 """Where moto 5.2.5 answers differently from AWS in a way our backend depends on, corrected in place."""
 
+from typing import Any
+
+from moto.ec2.models import EC2Backend
+from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+from moto.ec2.models.instances import Instance
 from moto.ssm.models import Command
 
 
@@ -12,3 +17,67 @@ def fix_send_command_targets() -> None:
         return targets_to_instances(self) if self.targets else []
 
     Command._get_instance_ids_from_targets = named_targets_only
+
+
+def fix_default_vpc_way_out() -> None:
+    """moto's default VPC has no internet gateway; AWS's has one, and a 0.0.0.0/0 route to it in its main route
+    table, so a machine with a public address in a default subnet reaches out
+    (https://docs.aws.amazon.com/vpc/latest/userguide/default-vpc-components.html)."""
+    make_default_vpc = EC2Backend.create_default_vpc
+
+    def with_gateway(self: EC2Backend) -> Any:
+        vpc = make_default_vpc(self)
+        gateway = self.create_internet_gateway()
+        self.attach_internet_gateway(gateway.id, vpc.id)
+        [main] = [t for t in self.route_tables.values() if t.vpc_id == vpc.id and t.main_association_id]
+        self.create_route(main.id, "0.0.0.0/0", gateway_id=gateway.id)
+        return vpc
+
+    EC2Backend.create_default_vpc = with_gateway
+
+
+def fix_launch_interfaces() -> None:
+    """A launch's network interfaces as EC2 makes them, where moto differs: moto keeps one interface per device
+    index, so of an interface on each network card (all at device index 0) all but one are lost to the machine;
+    it gives a public address to a machine launched with several interfaces, which EC2 does not
+    (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_InstanceNetworkInterfaceSpecification.html); and
+    it keeps the primary interface a launch made when its machine terminates. On EC2 each interface the launch
+    made with DeleteOnTermination goes with its machine (the primary always), and an Elastic IP on it is
+    disassociated, free for another; one without stays, still in its subnet."""
+    prep_nics, terminate, delete_interface = Instance.prep_nics, Instance.terminate, NetworkInterface.delete
+
+    def one_per_card(self: Instance, nic_spec: list[dict[str, Any]], *args: Any, **kwargs: Any) -> None:
+        on_other_cards = [n for n in nic_spec if int(n.get("NetworkCardIndex", 0)) > 0]
+        prep_nics(self, [n for n in nic_spec if n not in on_other_cards], *args, **kwargs)
+        self.card_interfaces = []
+        for spec in on_other_cards:
+            interface = self.ec2_backend.create_network_interface(
+                self.ec2_backend.get_subnet(spec["SubnetId"]), None, group_ids=spec.get("Groups") or [],
+                delete_on_termination=spec.get("DeleteOnTermination") is True, device_index=int(spec["DeviceIndex"]))
+            interface.instance, interface.status = self, "in-use"
+            interface.interface_type = spec.get("InterfaceType", "interface")
+            self.card_interfaces.append(interface)
+        if len(nic_spec) > 1:
+            for interface in self.nics.values():
+                interface.public_ip, interface.public_ip_auto_assign = None, False
+
+    def taking_its_interfaces(self: Instance) -> Any:
+        primary = self.nics.get(0)
+        if primary is not None:
+            primary.delete_on_termination = True
+        for interface in getattr(self, "card_interfaces", []):
+            if interface.delete_on_termination:
+                interface.delete()
+            else:
+                interface.instance, interface.status = None, "available"
+        return terminate(self)
+
+    def disassociating(self: NetworkInterface) -> None:
+        for address in self.ec2_backend.addresses:
+            if address.eni is self:
+                address.eni = address.instance = address.association_id = None
+        delete_interface(self)
+
+    Instance.prep_nics = one_per_card
+    Instance.terminate = taking_its_interfaces
+    NetworkInterface.delete = disassociating

@@ -51,3 +51,42 @@ def _interfaces_error(interfaces: list[dict[str, str]], instance_type: str) -> t
     if primary and primary[0].get("InterfaceType") == "efa-only":
         return "InvalidParameterCombination", "An EFA-only network interface cannot be the primary network interface."
     return None
+
+
+def reaches_out(instance: Any, ec2_backend: Any) -> bool:
+    """Whether the machine has a way to the internet, which its SSM agent needs to register (SSM's endpoint) and
+    its boot to install the project (PyPI): a 0.0.0.0/0 route in its subnet's route table (the VPC's main
+    table for a subnet without one) through a NAT or transit gateway or an interface, or through an internet
+    gateway with a public address on the machine's primary interface."""
+    primary = instance.nics.get(0)
+    if primary is None:
+        return False
+    subnet = primary.subnet
+    tables = list(ec2_backend.route_tables.values())
+    own = [t for t in tables if any(a.get("SubnetId") == subnet.id for a in t.associations)]
+    main = [t for t in tables if t.vpc_id == subnet.vpc_id and t.main_association_id]
+    routes = [r for t in own or main for r in t.routes if r.destination_cidr_block == "0.0.0.0/0"]
+    if any(r.nat_gateway or r.transit_gateway or r.interface for r in routes):
+        return True
+    return bool(primary.public_ip) and any(r.gateway is not None and r.gateway.id.startswith("igw-") for r in routes)
+
+
+def release_address_error(call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:
+    """EC2 refuses to release an Elastic IP still associated in a VPC other than the default one (moto lets it
+    go): https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_ReleaseAddress.html"""
+    wanted = call.params.get("AllocationId")
+    for address in ec2_backend.addresses:
+        if address.allocation_id == wanted and address.eni is not None:
+            vpc = ec2_backend.get_vpc(address.eni.subnet.vpc_id)
+            if not vpc.is_default:
+                return "InvalidIPAddress.InUse", f"Address {address.public_ip} is in use."
+    return None
+
+
+def delete_subnet_error(call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:
+    """EC2 refuses to delete a subnet that still holds a network interface (one a machine left behind, say);
+    moto deletes it."""
+    subnet_id = call.params.get("SubnetId")
+    if any(interface.subnet.id == subnet_id for interface in list(ec2_backend.enis.values())):
+        return "DependencyViolation", f"The subnet '{subnet_id}' has dependencies and cannot be deleted."
+    return None

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import access, backends, gpus, images
+from . import access, backends, gpus, images, network
 from .backends import RUN_TAG
 from .initialization import Initializations
 from .rewrite import Rewrite
@@ -63,7 +63,8 @@ class Machine:
     instance_id: str
     user_data: UserData
     shutdown_at: float | None  # time.time() when its user-data timer fires
-    agent_online_at: float  # time.time() when its SSM agent registers
+    agent_online_at: float  # time.time() from when its SSM agent registers, once the machine reaches out
+    registered: bool = False
 
     def record(self) -> dict[str, Any]:
         return {"instance_id": self.instance_id, "user_data_check": self.user_data.check,
@@ -160,15 +161,22 @@ class Player:
                     instance.stop()
 
     def agents(self) -> dict[str, str]:
-        """The PingStatus of each machine whose SSM agent has registered: Online while the machine runs,
-        ConnectionLost while it is stopped or on its way out; a terminated machine's agent is gone."""
+        """The PingStatus of each machine whose SSM agent has registered (it registers through the machine's way
+        out, once it has one): Online while the machine runs and reaches out, ConnectionLost while it is stopped,
+        on its way out or cut off; a terminated machine's agent is gone."""
         with self._lock:
-            instances = {i.id: i for _, _, ec2 in backends.ec2_all() for i in backends.instances(ec2)}
+            instances = {i.id: (i, ec2) for _, _, ec2 in backends.ec2_all() for i in backends.instances(ec2)}
             now = time.time()
-            return {instance_id: "Online" if instances[instance_id].state == "running" else "ConnectionLost"
-                    for instance_id, machine in self._machines.items()
-                    if now >= machine.agent_online_at and instance_id in instances
-                    and instances[instance_id].state != "terminated"}
+            pings = {}
+            for instance_id, machine in self._machines.items():
+                instance, ec2 = instances.get(instance_id, (None, None))
+                if instance is None or instance.state == "terminated" or now < machine.agent_online_at:
+                    continue
+                out = network.reaches_out(instance, ec2)
+                machine.registered = machine.registered or out
+                if machine.registered:
+                    pings[instance_id] = "Online" if instance.state == "running" and out else "ConnectionLost"
+            return pings
 
     # Processes.
 

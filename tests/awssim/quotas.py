@@ -1,8 +1,8 @@
-"""EC2's GPU vCPU quotas, which moto lacks: Service Quotas answers them (moto knows only VPC quotas), and EC2
-refuses a launch past them, as AWS does (a dry run checks permissions only, not quotas:
-https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_RunInstances.html). Each test may set the account's
-values; a reset gives the values of an account whose owner has asked for GPU quotas. A new account's are 0,
-which GetAWSDefaultServiceQuota answers."""
+"""EC2's GPU vCPU quotas and its Elastic IP quota, which moto lacks: Service Quotas answers them (moto knows only
+VPC quotas), and EC2 refuses a launch or an address past them, as AWS does (a dry run checks permissions only,
+not quotas: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_RunInstances.html). Each test may set the
+account's values; a reset gives the values of an account whose owner has asked for GPU quotas and addresses. A
+new account's, which GetAWSDefaultServiceQuota answers, are 0 vCPUs and 5 Elastic IPs."""
 
 import json
 from typing import Any
@@ -20,8 +20,12 @@ NAMES = {
     "L-7212CCBC": "All P4, P3 and P2 Spot Instance Requests",
     "L-C4BD4855": "All P5 Spot Instance Requests",
     "L-3819A6DF": "All G and VT Spot Instance Requests",
+    "L-0263D0A3": "EC2-VPC Elastic IPs",
 }
 CONFIGURED_VCPUS = 2048.0  # room for the tests' largest run: 16 x p4d.24xlarge (96 vCPUs each)
+ELASTIC_IPS = "L-0263D0A3"
+CONFIGURED_ELASTIC_IPS = 64.0  # two test workers' runs of 16 multi-card machines each, twice over
+AWS_DEFAULTS = {ELASTIC_IPS: 5.0}  # the vCPU quotas' are 0
 # (family prefix, spot) -> quota code. Spot P5 machines count against a quota of their own.
 CODES = {("p", False): "L-417A185B", ("g", False): "L-DB2E81BA", ("vt", False): "L-DB2E81BA",
          ("p", True): "L-7212CCBC", ("p5", True): "L-C4BD4855", ("g", True): "L-3819A6DF", ("vt", True): "L-3819A6DF"}
@@ -33,7 +37,7 @@ class Quotas:
         self.reset()
 
     def reset(self) -> None:
-        self.values = dict.fromkeys(NAMES, CONFIGURED_VCPUS)
+        self.values = {**dict.fromkeys(NAMES, CONFIGURED_VCPUS), ELASTIC_IPS: CONFIGURED_ELASTIC_IPS}
 
     def set(self, values: dict[str, float]) -> None:
         unknown = set(values) - set(NAMES)
@@ -51,7 +55,7 @@ class Quotas:
         if code not in NAMES:
             return error_response("service-quotas", "NoSuchResourceException", f"The request failed because the "
                                   f"specified quota {code} does not exist.")
-        value = self.values[code] if call.action == "GetServiceQuota" else 0.0
+        value = self.values[code] if call.action == "GetServiceQuota" else AWS_DEFAULTS.get(code, 0.0)
         return _json({"Quota": _quota(call, code, value)})
 
     def launch_error(self, call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:
@@ -72,6 +76,13 @@ class Quotas:
             f"You have requested more vCPU capacity than your current vCPU limit of {limit:g} allows for the "
             "instance bucket that the specified instance type belongs to. Please visit "
             "http://aws.amazon.com/contact-us/ec2-request to request an adjustment to this limit.")
+
+
+    def allocate_error(self, ec2_backend: Any) -> tuple[str, str] | None:
+        """(code, message) EC2 answers an AllocateAddress past the account's Elastic IP quota."""
+        if len(ec2_backend.addresses) < self.values[ELASTIC_IPS]:
+            return None
+        return "AddressLimitExceeded", "The maximum number of addresses has been reached."
 
 
 def _code(instance_type: str, spot: bool) -> str | None:

@@ -27,7 +27,7 @@ from .control import Control
 from .faults import Faults
 from .images import add_images
 from .middleware import AwsSimApp
-from .moto_fixes import fix_send_command_targets
+from .moto_fixes import fix_default_vpc_way_out, fix_launch_interfaces, fix_send_command_targets
 from .placement import PlacementGroups
 from .player import Player
 from .quotas import Quotas
@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     extend_catalogue()
     add_images()
     fix_send_command_targets()
+    fix_default_vpc_way_out()
+    fix_launch_interfaces()
     faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()
     player, throttle = Player(root, REPO, store), SsmThrottle()
     app = AwsSimApp(DomainDispatcherApplication(create_backend_app), faults, placement, player, quotas, throttle,

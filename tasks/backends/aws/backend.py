@@ -16,6 +16,7 @@ from pathlib import Path
 import botocore.exceptions
 
 from tasks.backends.aws import (
+    addresses,
     catalog,
     efs,
     iam,
@@ -170,10 +171,14 @@ class AwsBackend:
         volumes.check_volume_settings(self.options.volume_type, self.options.iops)
         image = machines.resolve_ami(self.clients, self.options.ami)
         machines.check_image_release(image)
-        for instance_type in dict.fromkeys((spec.instance_type, *self.options.other_instance_types)):
+        allowed = tuple(dict.fromkeys((spec.instance_type, *self.options.other_instance_types)))
+        for instance_type in allowed:
             quotas.check(self.clients, instance_type, spec.machines, spec.spot)
         if self.options.subnet_id:
             self.check_subnet(zone)
+        public = self.public_addresses()
+        if any(machines.needs_elastic_ips(instance_type, public) for instance_type in allowed):
+            addresses.check_quota(self.clients, spec.machines)
         self.dry_run_instances(spec, image, self.options.subnet_id or self.default_subnet(zone))
         if self.resources(spec.run_id):
             raise InputError(f"run {spec.run_id} already has AWS resources; use another run id, or "
@@ -307,8 +312,11 @@ class AwsBackend:
         size = volumes.volume_size_gb(o.volume_type, o.iops, snapshot_gb)
         hourly = self._spot_price(spec.instance_type) if spec.spot else kind.on_demand_usd
         market = "spot" if spec.spot else "on-demand"
-        cards = machines.efa_cards(spec.instance_type, self._public_addresses())
-        efa = f", EFA on {cards} of {kind.efa_interfaces} network cards" if cards else ", no EFA: NCCL over TCP"
+        cards = machines.efa_cards(spec.instance_type)
+        efa = f", EFA on all {cards} network cards" if cards > 1 else ", EFA" if cards else ", no EFA: NCCL over TCP"
+        public = self.public_addresses()
+        elastic = " (an Elastic IP: the machine has an interface on each card)" if machines.needs_elastic_ips(
+            spec.instance_type, public) else ""
         replica_hourly = catalog.volume_hourly_usd(o.volume_type, size, o.iops, o.throughput_mbps)
         warmup_s = self.volume_settings.warmup_seconds(snapshot_gb)
         return CostPlan((
@@ -318,12 +326,13 @@ class AwsBackend:
             LineItem(f"dataset replica, {o.volume_type} {size} GiB at {o.iops} IOPS", spec.machines, replica_hourly),
             LineItem(f"EFS, about {catalog.EFS_EXPECTED_GB} GB", 1,
                      catalog.EFS_GB_MONTH * catalog.EFS_EXPECTED_GB / catalog.HOURS_PER_MONTH),
+            *([LineItem(f"public IPv4 address{elastic}", spec.machines, addresses.HOURLY_USD)] if public else []),
         ), hours, Warmup(
             f"{spec.machines} dataset replica(s) fetching the {snapshot_gb} GiB snapshot at {o.initialization_mibps} "
             "MiB/s (the replicas' time; EBS's fee for the rate is not included)",
             warmup_s / 60, spec.machines * replica_hourly * warmup_s / 3600))
 
-    def _public_addresses(self) -> bool:
+    def public_addresses(self) -> bool:
         """Whether the machines will reach out through public addresses: on the run's own network they do."""
         if not self.options.subnet_id:
             return True

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import botocore.exceptions
 
-from tasks.backends.aws import catalog, machines, quotas
+from tasks.backends.aws import addresses, catalog, machines, quotas
 from tasks.backends.aws.backend import AwsBackend
 from tasks.backends.aws.clients import error_code
 from tasks.backends.aws.options import AwsOptions
@@ -19,6 +19,7 @@ from tasks.backends.base import ClusterSpec, InputError
 
 OK, WARN, FAIL, NOT_CHECKED = "ok", "warn", "fail", "-"
 DOCTOR_RUN = "doctor"  # the run id the dry run's tags carry; nothing is made with it
+ELASTIC_IPS = "Elastic IPs"
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class _Doctor:
     def run(self) -> list[Check]:
         if not self._check("region", self._region) or not self._check("credentials", self._credentials):
             self._not_checked("instance type", "zones", "spot prices", *self._quota_names(), "AMI", "network",
-                              "launch (dry run)", why="needs the region and credentials above")
+                              ELASTIC_IPS, "launch (dry run)", why="needs the region and credentials above")
             return self.checks
         self._check("instance type", self._instance_type)
         known = self.instance_type in catalog.INSTANCE_TYPES
@@ -68,6 +69,10 @@ class _Doctor:
         subnet = zone and self._check("network", lambda: self._network(zone))
         if not zone:
             self._not_checked("network", why="needs a zone offering the type")
+        if known:
+            self._check(ELASTIC_IPS, self._elastic_ips)
+        else:
+            self._not_checked(ELASTIC_IPS, why=f"{self.instance_type} is not in the catalogue")
         if image and subnet:
             self._check("launch (dry run)", lambda: self._dry_run(image, subnet))
         else:
@@ -155,6 +160,16 @@ class _Doctor:
         except InputError as exc:
             return _Found(result, FAIL, str(exc))
         return _Found(result)
+
+    def _elastic_ips(self) -> _Found:
+        if not machines.needs_elastic_ips(self.instance_type, self.backend.public_addresses()):
+            return _Found("none needed: each machine gets its address at launch, or reaches out through a NAT")
+        value = addresses.check_quota(self.clients, self.machines)
+        if value is None:
+            return _Found("not readable", WARN, "these credentials may not read Service Quotas: EC2 alone refuses "
+                          "an Elastic IP over the quota, after the run's replicas and network are made")
+        return _Found(f"{addresses.QUOTA.name}: {value:g}, {self.machines} x {self.instance_type} need one each "
+                      "(an interface on each EFA card)")
 
     def _image(self) -> _Found:
         image = machines.resolve_ami(self.clients, self.backend.options.ami)

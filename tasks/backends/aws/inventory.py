@@ -8,7 +8,7 @@ from tasks.backends.aws.clients import Clients
 from tasks.backends.base import Resource
 
 # The order teardown deletes in: what holds a dependency goes before what it depends on.
-TEARDOWN_ORDER = ("machine", "spot-request", "replica", "volume", "file-system", "placement-group",
+TEARDOWN_ORDER = ("machine", "spot-request", "address", "replica", "volume", "file-system", "placement-group",
                   "security-group", "key-pair", "instance-profile", "parameter", "route-table", "subnet",
                   "internet-gateway", "vpc")
 
@@ -24,6 +24,7 @@ def _ec2_resources(clients: Clients, run_id: str | None) -> list[Resource]:
          "SpotInstanceRequestId"),
         ("volume", [v for v in ec2.describe_volumes(Filters=where)["Volumes"] if v["VolumeId"] not in replica_ids],
          "VolumeId"),
+        ("address", ec2.describe_addresses(Filters=where)["Addresses"], "AllocationId"),
         ("placement-group", ec2.describe_placement_groups(Filters=where)["PlacementGroups"], "GroupName"),
         ("security-group", ec2.describe_security_groups(Filters=where)["SecurityGroups"], "GroupId"),
         ("key-pair", ec2.describe_key_pairs(Filters=where)["KeyPairs"], "KeyName"),

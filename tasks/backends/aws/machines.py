@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from importlib import resources
 from string import Template
 
-from tasks.backends.aws import catalog, pools, tags
+from tasks.backends.aws import addresses, catalog, pools, tags
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.network import Network
 from tasks.backends.aws.waiting import waiter_config
@@ -100,6 +100,8 @@ def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: d
     launched = _run_all(clients, spec, network, image, profile, missing, [volume_ids[i] for i in missing], boot,
                         parallel) if missing else {}
     started = [existing.get(str(i)) or launched[i] for i in range(len(volume_ids))]
+    if needs_elastic_ips(spec.instance_type, network.public_addresses):  # as soon as can be: the boot waits for it
+        addresses.attach(clients, spec, started, parallel)
     ids = [i["InstanceId"] for i in started]
     ec2 = clients.ec2
     # The volumes are read while the machines boot, and the machines (running by then, so with their
@@ -194,27 +196,32 @@ def launch_request(spec: ClusterSpec, network: Network, image: dict, profile: st
     }
 
 
-def efa_cards(instance_type: str, public_addresses: bool) -> int:
-    """The network cards that get an EFA interface (see `placement_in`)."""
+def efa_cards(instance_type: str) -> int:
+    """The network cards that get an EFA interface (see `placement_in`): every one the type has."""
     kind = catalog.INSTANCE_TYPES.get(instance_type)  # the snapshot builder's CPU type is not in the catalogue
-    efa = kind.efa_interfaces if kind else 0
-    return min(efa, 1) if public_addresses else efa
+    return kind.efa_interfaces if kind else 0
+
+
+def needs_elastic_ips(instance_type: str, public_addresses: bool) -> bool:
+    """Whether machines of this type, reaching out through public addresses, need Elastic IPs for them: EC2
+    gives none at launch to a machine with more than one interface."""
+    return public_addresses and efa_cards(instance_type) > 1
 
 
 def placement_in(network: Network, instance_type: str) -> dict:
     """The subnet and security group, given as the machine's network interfaces where its type has EFA.
 
     Card 0 carries an EFA with ENA (IP traffic and an EFA device), each further card an EFA-only interface at
-    device index 0 (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa-acc-inst-types.html). EC2 gives a
-    public address only to a launch with one interface, so where the machines reach out through one (the
-    run's own network) they get card 0's EFA alone."""
-    cards = efa_cards(instance_type, network.public_addresses)
+    device index 0 (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/efa-acc-inst-types.html). With one
+    interface the launch asks for the public address; with more it cannot, and `run_machines` gives each
+    machine an Elastic IP instead (see `addresses`)."""
+    cards = efa_cards(instance_type)
     if not cards:
         return {"SubnetId": network.subnet_id, "SecurityGroupIds": [network.security_group_id]}
     interfaces = [{"NetworkCardIndex": card, "DeviceIndex": 0, "InterfaceType": "efa" if card == 0 else "efa-only",
                    "SubnetId": network.subnet_id, "Groups": [network.security_group_id], "DeleteOnTermination": True}
                   for card in range(cards)]
-    if network.public_addresses:
+    if network.public_addresses and cards == 1:
         interfaces[0]["AssociatePublicIpAddress"] = True
     return {"NetworkInterfaces": interfaces}
 

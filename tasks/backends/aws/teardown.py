@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tasks.backends.aws import efs, iam, inventory, secrets, volumes
+from tasks.backends.aws import addresses, efs, iam, inventory, secrets, volumes
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.network import key_path
 from tasks.backends.aws.waiting import until, waiter_config
@@ -66,6 +66,9 @@ def _delete(clients: Clients, kind: str, batch: list[Resource]) -> None:
             iam.delete_instance_profile(clients, resource.run_id)
     elif kind == "parameter":
         secrets.delete(clients, ids)
+    elif kind == "address":
+        for address_id in ids:
+            _tolerate(lambda a=address_id: addresses.release(clients, a))
     else:
         for resource in batch:
             until(f"{kind} {resource.id} deleted", lambda r=resource: _tolerate(lambda: _delete_network(ec2, r)))

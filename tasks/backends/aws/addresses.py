@@ -1,0 +1,65 @@
+"""Elastic IP addresses for machines with an interface on each of their network cards (one per EFA card) that
+reach out through a public address (the run's own network). EC2 gives a public address at launch only to a
+machine launched with one network interface (RunInstances' AssociatePublicIpAddress), so each of these gets an
+Elastic IP on its primary interface just after the launch, tagged with the run: teardown releases it.
+https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_InstanceNetworkInterfaceSpecification.html"""
+
+from __future__ import annotations
+
+from tasks.backends.aws import pools, quotas, tags
+from tasks.backends.aws.clients import Clients
+from tasks.backends.base import ClusterSpec, InputError
+
+QUOTA = quotas.Quota("L-0263D0A3", "EC2-VPC Elastic IPs")  # 5 on an account that never asked for more
+HOURLY_USD = 0.005  # AWS's price of a public IPv4 address, an Elastic IP or one given at launch
+
+
+def check_quota(clients: Clients, machines: int) -> float | None:
+    """Refuse a run whose machines need more Elastic IPs than the account's quota leaves free; the quota, None
+    when these credentials may not read it."""
+    value = quotas.quota_value(clients, QUOTA)
+    held = len(clients.ec2.describe_addresses()["Addresses"])
+    if value is not None and held + machines > value:
+        raise InputError(
+            f"{machines} machines need {machines} Elastic IPs (one each, with an interface on every EFA card); the "
+            f"quota \"{QUOTA.name}\" ({QUOTA.code}) in {clients.region} is {value:g}, with {held:g} held: "
+            f"ask AWS for more (`aws service-quotas request-service-quota-increase --region {clients.region} "
+            f"--service-code ec2 --quota-code {QUOTA.code} --desired-value {held + machines:g}`), run fewer "
+            "machines, or give aws.subnet_id (a private subnet whose route out is a NAT gateway)")
+    return value
+
+
+def attach(clients: Clients, spec: ClusterSpec, instances: list[dict], parallel: int) -> None:
+    """An Elastic IP of the run on the primary interface of each of `instances` that has none: first those the
+    run holds free (a retry, or machines replaced), then new ones."""
+    ec2 = clients.ec2
+    held = ec2.describe_addresses(Filters=tags.run_filter(spec.run_id))["Addresses"]
+    served = {a.get("NetworkInterfaceId") for a in held if a.get("AssociationId")}
+    free = [a["AllocationId"] for a in held if not a.get("AssociationId")]
+    wanting = [primary_interface(i) for i in instances]
+    wanting = [interface for interface in wanting if interface not in served]
+    run_tags = tags.tag_list(spec.run_id, spec.expires_at, f"imagenet18-{spec.run_id}")
+
+    def one(interface: str, allocation: str | None) -> None:
+        if allocation is None:
+            allocation = ec2.allocate_address(Domain="vpc", TagSpecifications=tags.tag_specs(
+                "elastic-ip", run_tags))["AllocationId"]
+        ec2.associate_address(AllocationId=allocation, NetworkInterfaceId=interface)
+
+    with pools.pool(parallel, len(wanting)) as pool:
+        list(pool.map(one, wanting, free[:len(wanting)] + [None] * (len(wanting) - len(free))))
+
+
+def primary_interface(instance: dict) -> str:
+    """The id of the machine's interface at network card 0, device 0: the one public traffic goes through."""
+    for interface in instance["NetworkInterfaces"]:
+        attachment = interface["Attachment"]
+        if attachment.get("NetworkCardIndex", 0) == 0 and attachment["DeviceIndex"] == 0:
+            return interface["NetworkInterfaceId"]
+    raise ValueError(f"machine {instance['InstanceId']} has no primary network interface")
+
+
+def release(clients: Clients, allocation_id: str) -> None:
+    """After its machine: EC2 refuses to release an address still associated in a VPC other than the default
+    one (InvalidIPAddress.InUse), and disassociates it when the machine's interface goes with the machine."""
+    clients.ec2.release_address(AllocationId=allocation_id)
