@@ -15,6 +15,8 @@ from tests.aws_runs import DATASET
 from trainer.demo_data import make_demo_dataset
 from trainer.prepare import prepare
 
+REPO = Path(__file__).resolve().parent.parent
+
 TINY = {"classes": 10, "train_per_class": 120, "val_per_class": 10}
 
 # A suite started in the background by a non-interactive shell (`bash .ci/run &`) inherits SIGINT ignored, and
@@ -85,6 +87,20 @@ def aws(aws_sim) -> AwsSim:
     """The session's simulator, reset: no AWS resources, faults, played processes or disk contents."""
     aws_sim.reset()
     return aws_sim
+
+
+@pytest.fixture
+def operator(aws, monkeypatch) -> str:
+    """The flow's credentials become an IAM user's whose only policy is docs/aws-policy.json, the one the docs
+    tell users to grant; the simulator refuses what it does not allow, as AWS does. Returns the user's ARN."""
+    iam = aws.client("iam")
+    user = iam.create_user(UserName="imagenet18-operator")["User"]
+    iam.put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
+                        PolicyDocument=(REPO / "docs" / "aws-policy.json").read_text())
+    key = iam.create_access_key(UserName="imagenet18-operator")["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    return user["Arn"]
 
 
 @pytest.fixture

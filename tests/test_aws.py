@@ -2,12 +2,12 @@
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import stat
 import threading
 import time
 
-import fsspec
 import pytest
 from botocore.exceptions import ClientError
 
@@ -30,7 +30,7 @@ from tests.aws_runs import (
 from tests.leftovers import aws_leftovers, aws_leftovers_by_run
 from tests.support import wait_for
 
-def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapshot, tmp_path):
+def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapshot, tmp_path, operator):
     ec2 = aws.client("ec2")
     bystander = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]  # not ours: never touched
     backend = AwsBackend(options(ssh_cidr="203.0.113.0/24"), home=tmp_path)
@@ -371,12 +371,17 @@ def test_more_machines_than_replicas_is_refused_before_any_machine(aws, snapshot
 
 
 @pytest.mark.slow
-def test_a_dataset_snapshot_is_made_from_an_s3_url_and_the_builder_leaves_nothing(aws, tmp_path):
-    aws.client("s3").create_bucket(Bucket="datasets")
-    fs = fsspec.filesystem("s3")
+def test_a_dataset_snapshot_is_made_from_an_s3_url_and_the_builder_leaves_nothing(aws, tmp_path, operator):
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="datasets")
     for folder in ("imagenet", "imagenet-sz/160"):
         for split in ("train", "validation"):
-            fs.pipe(f"datasets/{folder}/{split}/n01440764/a.JPEG", f"{folder} {split}".encode())
+            s3.put_object(Bucket="datasets", Key=f"{folder}/{split}/n01440764/a.JPEG",
+                          Body=f"{folder} {split}".encode())
+    aws.client("iam").put_user_policy(UserName="imagenet18-operator", PolicyName="dataset", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [  # as docs/aws.md tells users to add for their dataset's bucket
+            {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"],
+             "Resource": ["arn:aws:s3:::datasets", "arn:aws:s3:::datasets/*"]}]}))
     backend = AwsBackend(options(dataset_folder="imagenet"), home=tmp_path)
     snapshot_id = make_snapshot(backend, "s3://datasets/imagenet", "test-dataset", sizes=[160], poll_seconds=0.5)
 

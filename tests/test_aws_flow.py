@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
 
 
-def test_two_machine_aws_run_completes_end_to_end_and_leaves_nothing(prefect_api, aws, tiny_data):
+def test_two_machine_aws_run_completes_end_to_end_and_leaves_nothing(prefect_api, aws, tiny_data, operator):
     aws.make_snapshot(tiny_data.parent, description=DATASET)
     state = imagenet18(machines=2, backend="aws", instance_type="g5.xlarge", dataset=DATASET,
                        schedule="cpu-tiny", epochs=1, max_hours=1.0, aws=options(), return_state=True)

@@ -1,12 +1,15 @@
 """The AWS simulator through real boto3: what our wrapper adds to moto, and the machine player."""
 
 import datetime as dt
+import json
 import re
 import threading
 from pathlib import Path
 
+import boto3
 import fsspec
 import pytest
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tasks.backends.aws import catalog, jobs, machines
@@ -99,6 +102,40 @@ def test_a_launchs_network_interfaces_are_checked_as_ec2_checks_them_and_recorde
     assert launched["group"] == "pg-1" and launched["instances"] == [instance]
     assert [(i["NetworkCardIndex"], i["DeviceIndex"], i["InterfaceType"]) for i in launched["interfaces"]] == [
         ("0", "0", "efa")]
+
+
+def test_an_iam_users_calls_are_held_to_its_policies_as_aws_holds_them(aws):
+    """moto allows any call; a user's keys here get what its policies allow and no more: EC2 answers
+    UnauthorizedOperation (a dry run too), JSON services AccessDeniedException, IAM AccessDenied; tags given at
+    creation need ec2:CreateTags, and a launch naming an instance profile needs iam:PassRole of its role."""
+    iam = aws.client("iam")
+    iam.create_user(UserName="narrow")
+    iam.put_user_policy(UserName="narrow", PolicyName="p", PolicyDocument=json.dumps({"Version": "2012-10-17",
+                                                                                     "Statement": [
+        {"Effect": "Allow", "Action": ["ec2:Describe*", "ec2:RunInstances", "iam:CreateRole"], "Resource": "*"},
+        {"Effect": "Allow", "Action": "iam:PassRole", "Resource": "arn:aws:iam::*:role/passable",
+         "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}}]}))
+    key = iam.create_access_key(UserName="narrow")["AccessKey"]
+    session = boto3.session.Session(aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key[
+        "SecretAccessKey"], region_name="us-east-1")
+    ec2, ssm, users_iam = (session.client(name, endpoint_url=aws.endpoint, config=Config(retries=NO_RETRIES))
+                           for name in ("ec2", "ssm", "iam"))
+    for role in ("passable", "kept"):
+        iam.create_role(RoleName=role, AssumeRolePolicyDocument="{}")
+        iam.create_instance_profile(InstanceProfileName=role)
+        iam.add_role_to_instance_profile(InstanceProfileName=role, RoleName=role)
+
+    ec2.describe_instances()
+    assert error_code(ec2.create_volume, AvailabilityZone="us-east-1a", Size=1) == "UnauthorizedOperation"
+    assert error_code(ec2.create_volume, AvailabilityZone="us-east-1a", Size=1, DryRun=True) == (
+        "UnauthorizedOperation")
+    tagged = [{"ResourceType": "instance", "Tags": [RUN]}]
+    assert error_code(launch, ec2, TagSpecifications=tagged) == "UnauthorizedOperation", "no ec2:CreateTags"
+    assert error_code(launch, ec2, IamInstanceProfile={"Name": "kept"}) == "UnauthorizedOperation", "no PassRole"
+    launch(ec2, IamInstanceProfile={"Name": "passable"})
+    assert error_code(ssm.describe_parameters) == "AccessDeniedException"
+    assert error_code(users_iam.delete_role, RoleName="kept") == "AccessDenied"
+    users_iam.create_role(RoleName="made", AssumeRolePolicyDocument="{}")
 
 
 def test_a_machine_has_an_interface_on_each_card_which_goes_with_it_unless_the_launch_said_otherwise(aws):

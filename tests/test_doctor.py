@@ -29,7 +29,7 @@ def doctor(aws, capsys, *args: str) -> tuple[int, dict[str, tuple[str, str]], st
     return code, rows, out
 
 
-def test_a_ready_account_passes_every_check(aws, capsys):
+def test_a_ready_account_passes_every_check(aws, capsys, operator):
     code, rows, out = doctor(aws, capsys)
     assert code == 0, out
     assert list(rows) == ["region", "credentials", "instance type", "zones", "spot prices",

@@ -1,12 +1,13 @@
-"""The machines' S3 calls under their role's policies, as AWS evaluates them. moto checks no IAM policy, so a
-machine here could read and write anything; on AWS its instance profile's role allows only what the run needs.
+"""Calls under IAM policies, as AWS evaluates them, where moto checks none: the machines' S3 calls under their
+role's policies, and every call signed by an IAM user's keys under that user's policies (a test gives the flow
+such a user to prove a policy enough). On AWS a machine's role allows only what the run needs.
 
 A played process gets the credentials of its instance's role (`machine_credentials`), as a real machine gets
 them from its instance metadata. An S3 call signed with them is refused (403 AccessDenied) unless a statement
 of the role's policies allows it; and since S3 hides whether a key exists from a caller who may not list the
 bucket, a HEAD or GET of a missing key is refused too unless s3:ListBucket is allowed with no s3:prefix
 condition (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html, "Permissions").
-Calls signed with other credentials (the user's) are moto's to answer, as before."""
+Calls signed with other credentials (the simulator's own test keys) are moto's to answer, as before."""
 
 import dataclasses
 import json
@@ -17,15 +18,20 @@ from moto.iam.models import iam_backends
 from moto.s3.models import s3_backends
 from moto.sts.models import sts_backends
 
-from .calls import AwsCall
+from .calls import AwsCall, service_model
 from .errors import Response, error_response
 
 PARTITION = "aws"
+IAM_PREFIX = {"efs": "elasticfilesystem", "service-quotas": "servicequotas"}  # where it is not botocore's name
+NEEDS_NO_PERMISSION = {("sts", "GetCallerIdentity")}
 # S3 operations whose IAM action is not s3:<operation>.
 ACTION_BY_OPERATION = {
     "HeadObject": "s3:GetObject", "ListObjectsV2": "s3:ListBucket", "ListObjects": "s3:ListBucket",
     "HeadBucket": "s3:ListBucket", "CreateMultipartUpload": "s3:PutObject", "UploadPart": "s3:PutObject",
     "CompleteMultipartUpload": "s3:PutObject", "CopyObject": "s3:PutObject", "DeleteObjects": "s3:DeleteObject",
+    "PutBucketEncryption": "s3:PutEncryptionConfiguration", "GetBucketEncryption": "s3:GetEncryptionConfiguration",
+    "PutPublicAccessBlock": "s3:PutBucketPublicAccessBlock", "GetPublicAccessBlock": "s3:GetBucketPublicAccessBlock",
+    "PutBucketLifecycleConfiguration": "s3:PutLifecycleConfiguration",
 }
 
 
@@ -58,6 +64,68 @@ def s3_refusal(call: AwsCall) -> Response | None:
             statements, "s3:ListBucket", f"arn:aws:s3:::{bucket}", {}):
         return _denied(call)
     return None
+
+
+def user_refusal(call: AwsCall) -> Response | None:
+    """Where an IAM user's keys signed the call (the credentials a user gives the flow): refused as AWS refuses
+    what the user's policies do not allow, including what the call implies: ec2:CreateTags for EC2 tags given at
+    creation, iam:PassRole of the instance profile's role for a launch that names one
+    (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/supported-iam-actions-tagging.html,
+    https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_use_passrole.html). Resources are ARNs for S3 and
+    for IAM roles and instance profiles, "*" for the rest. None lets the call through."""
+    user = _signing_user(call)
+    if user is None or (call.service, call.action) in NEEDS_NO_PERMISSION:
+        return None
+    statements = _statements(list(user.policies.values()) + _managed_documents(user))
+    for action, resource, context in _needed(call):
+        if not allowed(statements, action, resource, context):
+            message = f"User: {user.arn} is not authorized to perform: {action} on resource: {resource}"
+            if call.service == "ec2":
+                return error_response("ec2", "UnauthorizedOperation", message, 403)
+            code = "AccessDeniedException" if service_model(call.service).protocol.endswith("json") \
+                else "AccessDenied"
+            return error_response(call.service, code, message, 403)
+    return None
+
+
+def _needed(call: AwsCall) -> list[tuple[str, str, dict[str, str]]]:
+    """(action, resource, condition keys) the call is authorized by, each of which must be allowed."""
+    if call.service == "s3":
+        action = ACTION_BY_OPERATION.get(call.action, f"s3:{call.action}")
+        bucket, key = call.params.get("Bucket", ""), call.params.get("Key")
+        return [(action, f"arn:aws:s3:::{bucket}" + (f"/{key}" if key and action != "s3:ListBucket" else ""), {})]
+    needed = [(f"{IAM_PREFIX.get(call.service, call.service)}:{call.action}", _iam_resource(call), {})]
+    if call.service == "ec2" and any(k.startswith("TagSpecification.") for k in call.params):
+        needed.append(("ec2:CreateTags", "*", {}))
+    profile = call.params.get("IamInstanceProfile.Name")
+    if call.action == "RunInstances" and profile:
+        for role in _profile_roles(call, profile):
+            needed.append(("iam:PassRole", role, {"iam:PassedToService": "ec2.amazonaws.com"}))
+    return needed
+
+
+def _iam_resource(call: AwsCall) -> str:
+    if call.service != "iam":
+        return "*"
+    if "InstanceProfileName" in call.params:
+        return f"arn:aws:iam::{call.account}:instance-profile/{call.params['InstanceProfileName']}"
+    if "RoleName" in call.params:
+        return f"arn:aws:iam::{call.account}:role/{call.params['RoleName']}"
+    return "*"
+
+
+def _profile_roles(call: AwsCall, profile: str) -> list[str]:
+    iam = iam_backends[call.account][PARTITION]
+    found = next((p for p in list(iam.instance_profiles.values()) if p.name == profile), None)
+    return [role.arn for role in found.roles] if found else []
+
+
+def _signing_user(call: AwsCall) -> Any:
+    iam = iam_backends[call.account][PARTITION]
+    access_key = iam.access_keys.get(call.access_key)
+    if access_key is None or getattr(access_key, "role_arn", None) or not getattr(access_key, "user_name", None):
+        return None
+    return iam.users.get(access_key.user_name)
 
 
 def allowed(statements: list[dict[str, Any]], action: str, resource: str, context: dict[str, str]) -> bool:
@@ -98,14 +166,20 @@ def _role_statements(call: AwsCall) -> list[dict[str, Any]] | None:
     """The statements of the role whose temporary credentials signed the call; None when no role's did."""
     iam = iam_backends[call.account][PARTITION]
     access_key = iam.access_keys.get(call.access_key)
-    if access_key is None or not access_key.role_arn:
+    if access_key is None or not getattr(access_key, "role_arn", None):
         return None
     role = next((r for r in list(iam.roles.values()) if r.arn == access_key.role_arn), None)
     if role is None:  # deleted since: its sessions may do nothing
         return []
-    documents = list(role.policies.values()) + [
-        version.document for policy in list(role.managed_policies.values()) for version in policy.versions
-        if version.version_id == policy.default_version_id]
+    return _statements(list(role.policies.values()) + _managed_documents(role))
+
+
+def _managed_documents(identity: Any) -> list[Any]:
+    return [version.document for policy in list(identity.managed_policies.values()) for version in policy.versions
+            if version.version_id == policy.default_version_id]
+
+
+def _statements(documents: list[Any]) -> list[dict[str, Any]]:
     statements = []
     for document in documents:
         found = (json.loads(document) if isinstance(document, str) else document).get("Statement", [])

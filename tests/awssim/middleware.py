@@ -1,8 +1,8 @@
-"""The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (placement
-groups, instance-type and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas, the
-refusals to release an associated address and to delete a subnet with interfaces in it, the machines' S3
-permissions, EBS volume initialization, ListCommands' filters and pages, SSM's throttling of Run Command's
-reads), and hooks that keep disk contents and the player in step with each call."""
+"""The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (IAM
+policies, placement groups, instance-type and default-VPC checks, the machines' SSM agents, EC2's vCPU and
+Elastic IP quotas, the refusals to release an associated address and to delete a subnet with interfaces in it,
+EBS volume initialization, ListCommands' filters and pages, SSM's throttling of Run Command's reads), and hooks
+that keep disk contents and the player in step with each call."""
 
 import io
 import json
@@ -66,6 +66,9 @@ class AwsSimApp:
         return [body]
 
     def _instead_of_moto(self, call: AwsCall) -> Response | None:
+        refusal = access.user_refusal(call)
+        if refusal is not None:
+            return refusal
         if call.service == "ec2" and call.action in PLACEMENT_ACTIONS:
             return self.placement.handle(call)
         if call.service == "ec2" and call.action == "RunInstances":
