@@ -54,7 +54,7 @@ def test_an_account_the_doctor_finds_not_ready_is_refused_with_its_table(aws, ti
 
 
 @pytest.mark.slow
-def test_a_smoke_run_trains_tears_down_and_reports(prefect_api, aws, tiny_data):
+def test_a_smoke_run_trains_tears_down_and_reports(prefect_api, aws, tiny_data, operator):
     plan = smoke_plan(tiny_data)
     report = run_smoke(plan)
     assert report.passed, report.markdown
