@@ -8,10 +8,11 @@ import pytest
 from tasks import stages
 from tasks.backends.aws import AwsBackend, jobs
 from tasks.backends.base import BackendError
-from tests.awssim.images import UBUNTU_2404
+from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
 from tests.leftovers import aws_leftovers
 from tests.aws_runs import DATASET, cluster_spec, finished, options
 
+MOTOS_UBUNTU = "ami-03cf127a"  # one of moto's images: nothing known of its insides, no EFA software
 AGENT_DELAY_S = 8.0  # longer than provisioning takes here, so a job sent at once would be refused
 
 
@@ -33,6 +34,36 @@ def test_a_job_waits_for_the_agents_runs_under_sh_and_reports_each_exit_code(aws
     assert backend.read_storage(cluster, "logs/job-0.log") == b"trained\n"
     backend.teardown("run-jobs")
     assert aws_leftovers(aws, "run-jobs") == {}
+
+
+PRINT_NETWORK = ("import os; print('library path:', os.environ.get('LD_LIBRARY_PATH', '')); "
+                 "print('libfabric provider:', os.environ.get('FI_PROVIDER'))")
+
+
+@pytest.mark.parametrize("instance_type,ami,lines", [
+    ("p4d.24xlarge", UBUNTU_2204.image_id, [
+        "network: 4 EFA device(s), NCCL's plugin from {amazon}/ofi-nccl/lib/x86_64-linux-gnu",
+        "library path: {amazon}/efa/lib:{amazon}/ofi-nccl/lib/x86_64-linux-gnu", "libfabric provider: efa"]),
+    ("p4d.24xlarge", MOTOS_UBUNTU, [
+        "warning: this machine has EFA devices but no AWS OFI NCCL plugin (looked under {amazon} and "
+        "/opt/aws-ofi-nccl): NCCL reaches the other machines over TCP, several times slower",
+        "library path: ", "libfabric provider: None"]),
+    ("g5.xlarge", UBUNTU_2204.image_id, ["library path: ", "libfabric provider: None"]),
+])
+def test_a_job_reaches_the_machines_efa_devices_through_the_images_nccl_plugin(aws, snapshot, tmp_path,
+                                                                              instance_type, ami, lines):
+    """On the Deep Learning AMI the OFI plugin is off the library path, where NCCL would not find it and would
+    use TCP: the job puts it there on a machine with EFA devices, warns where there is none, and leaves a
+    machine without EFA as it is."""
+    backend = AwsBackend(options(ami=ami), home=tmp_path)
+    spec = cluster_spec("run-efa-job", 1, instance_type)
+    cluster = backend.provision(spec, backend.replicate(spec, DATASET, 1))
+    backend.launch(cluster, {0: [cluster.python, "-c", PRINT_NETWORK]}, "job")
+    assert finished(backend, cluster, "job").succeeded == 1
+    amazon = aws.root / "instances" / cluster.machines[0].id / "opt-amazon"
+    assert backend.read_storage(cluster, "logs/job-0.log").decode().splitlines() == [
+        line.format(amazon=amazon) for line in lines]
+    backend.teardown("run-efa-job")
 
 
 def test_a_script_that_fails_before_its_exit_code_fails_its_machine_with_the_cause(aws, snapshot, tmp_path):

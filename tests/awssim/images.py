@@ -5,7 +5,8 @@ The Python facts are from AWS's release notes of the DLAMIs (python_location: /u
 https://docs.aws.amazon.com/dlami/latest/devguide/aws-deep-learning-ami-gpubasesinglecuda-ul2204-2026-01-02.html,
 /usr/bin/python3.12 on 24.04) and Ubuntu's archive (jammy-updates/universe has python3.11 and python3.11-venv,
 3.11.0~rc1-1~22.04.1; noble has no python3.11). Packages the notes do not list, such as nfs-common, are taken to
-be absent: a script that needs one installs it."""
+be absent: a script that needs one installs it. Their EFA software (libfabric under /opt/amazon/efa, AWS's OFI
+NCCL plugin) is installed, off the library path."""
 
 from dataclasses import dataclass
 
@@ -14,6 +15,9 @@ from moto.ec2.models.amis import AMIS
 from moto.ssm.models import ParameterDict, Parameter
 
 PARAMETER_PREFIX = "/aws/service/deeplearning/ami/x86_64/"
+# The DLAMIs' OFI NCCL plugin (their notes list ofi_nccl_version, not where): /opt/amazon/ofi-nccl/lib in older
+# EFA installers, this multiarch folder in newer ones (SageMaker HyperPod's EFA checks list libnccl-net.so there).
+OFI_NCCL = "/opt/amazon/ofi-nccl/lib/x86_64-linux-gnu"
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class ImageFacts:
     python3: str  # /usr/bin/python3's version
     installed: frozenset[str]  # Debian packages a script may use as they are
     archive: dict[str, str]  # what `apt-get install` finds: package -> version (a Python's for an interpreter)
+    ofi_nccl: str | None = None  # the folder of AWS's OFI NCCL plugin (libnccl-net.so), off the library path
 
 
 UBUNTU_2204 = ImageFacts(
@@ -31,12 +36,12 @@ UBUNTU_2204 = ImageFacts(
     PARAMETER_PREFIX + "base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id", "3.10.12",
     frozenset({"python3", "python3.10", "awscli", "cloud-init"}),
     {"python3.11": "3.11.0rc1", "python3.11-venv": "3.11.0rc1", "python3.10-venv": "3.10.12",
-     "python3-venv": "3.10.12", "nfs-common": "1:2.6.1-1ubuntu1.2"})
+     "python3-venv": "3.10.12", "nfs-common": "1:2.6.1-1ubuntu1.2"}, OFI_NCCL)
 UBUNTU_2404 = ImageFacts(
     "ami-0d1a2404ba5e00001", "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04) 20261120",
     PARAMETER_PREFIX + "base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id", "3.12.3",
     frozenset({"python3", "python3.12", "awscli", "cloud-init"}),
-    {"python3.12-venv": "3.12.3", "python3-venv": "3.12.3", "nfs-common": "1:2.6.4-3ubuntu5.1"})
+    {"python3.12-venv": "3.12.3", "python3-venv": "3.12.3", "nfs-common": "1:2.6.4-3ubuntu5.1"}, OFI_NCCL)
 IMAGES = {image.image_id: image for image in (UBUNTU_2204, UBUNTU_2404)}
 
 

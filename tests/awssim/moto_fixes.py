@@ -38,7 +38,8 @@ def fix_default_vpc_way_out() -> None:
 
 def fix_launch_interfaces() -> None:
     """A launch's network interfaces as EC2 makes them, where moto differs: moto keeps one interface per device
-    index, so of an interface on each network card (all at device index 0) all but one are lost to the machine;
+    index, so of an interface on each network card (all at device index 0) all but one are lost to the machine,
+    and forgets each one's type (an EFA's);
     it gives a public address to a machine launched with several interfaces, which EC2 does not
     (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_InstanceNetworkInterfaceSpecification.html); and
     it keeps the primary interface a launch made when its machine terminates. On EC2 each interface the launch
@@ -49,6 +50,9 @@ def fix_launch_interfaces() -> None:
     def one_per_card(self: Instance, nic_spec: list[dict[str, Any]], *args: Any, **kwargs: Any) -> None:
         on_other_cards = [n for n in nic_spec if int(n.get("NetworkCardIndex", 0)) > 0]
         prep_nics(self, [n for n in nic_spec if n not in on_other_cards], *args, **kwargs)
+        for spec in nic_spec:
+            if spec not in on_other_cards and spec.get("InterfaceType") and int(spec["DeviceIndex"]) in self.nics:
+                self.nics[int(spec["DeviceIndex"])].interface_type = spec["InterfaceType"]
         self.card_interfaces = []
         for spec in on_other_cards:
             interface = self.ec2_backend.create_network_interface(

@@ -90,3 +90,9 @@ def delete_subnet_error(call: AwsCall, ec2_backend: Any) -> tuple[str, str] | No
     if any(interface.subnet.id == subnet_id for interface in list(ec2_backend.enis.values())):
         return "DependencyViolation", f"The subnet '{subnet_id}' has dependencies and cannot be deleted."
     return None
+
+
+def efa_devices(instance: Any) -> int:
+    """The EFA devices the machine's OS sees: one per EFA interface it was launched with."""
+    interfaces = [*instance.nics.values(), *getattr(instance, "card_interfaces", [])]
+    return sum(interface.interface_type in EFA_TYPES for interface in interfaces)

@@ -313,11 +313,28 @@ class Player:
             "/opt/imagenet18": str(self.repo),
             "/mnt/data": str(self._data_volume(instance) or scratch / "mnt-data"),
             "/mnt/efs": str(self._efs(run, account, region) or scratch / "mnt-efs"),
+            **self._efa(instance, scratch),
         }
         for path in paths.values():
             Path(path).mkdir(parents=True, exist_ok=True)
         ips = [i.private_ip for i in instances.values() if i.private_ip]
         return Rewrite(paths, ips, self._ports[port_key])
+
+    @staticmethod
+    def _efa(instance: Any, scratch: Path) -> dict[str, str]:
+        """The machine's EFA devices (/sys/class/infiniband) and its image's EFA software (/opt/amazon), as files
+        that say they are there."""
+        devices, software = scratch / "sys-class-infiniband", scratch / "opt-amazon"
+        devices.mkdir(parents=True, exist_ok=True)
+        for number in range(network.efa_devices(instance)):
+            (devices / f"rdmap{number}s0").touch()
+        image = images.facts(instance.image_id)
+        if image and image.ofi_nccl:
+            plugin = software / image.ofi_nccl.removeprefix("/opt/amazon/")
+            plugin.mkdir(parents=True, exist_ok=True)
+            (plugin / "libnccl-net.so").touch()
+            (software / "efa" / "lib").mkdir(parents=True, exist_ok=True)
+        return {"/sys/class/infiniband": str(devices), "/opt/amazon": str(software)}
 
     def _data_volume(self, instance: Any) -> Path | None:
         volume_id = self._data_volume_id(instance)

@@ -9,9 +9,29 @@ py=${python}
 mkdir -p "$$run/logs" "$$run/exit" "$$run/pids"
 rm -f "$$run/exit/${job}-${index}"
 cd /opt/imagenet18
+log="$$run/logs/${job}-${index}.log"
+: >"$$log"
+# NCCL reaches the machine's EFA devices only through AWS's OFI plugin, which the Deep Learning AMI keeps off the
+# library path (a job SSM runs reads no login profile): where there are EFA devices, the plugin and libfabric go
+# on the path, or the log warns that NCCL will use TCP.
+if [ -n "$$(ls /sys/class/infiniband 2>/dev/null)" ]; then
+  plugin=
+  for dir in /opt/amazon/ofi-nccl/lib/x86_64-linux-gnu /opt/amazon/ofi-nccl/lib /opt/amazon/aws-ofi-nccl/lib \
+             /opt/aws-ofi-nccl/lib; do
+    if [ -e "$$dir/libnccl-net.so" ] || [ -e "$$dir/libnccl-net-ofi.so" ]; then plugin=$$dir; break; fi
+  done
+  if [ -n "$$plugin" ]; then
+    export LD_LIBRARY_PATH="/opt/amazon/efa/lib:$$plugin$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}" FI_PROVIDER=efa
+    if [ ! -e "$$plugin/libnccl-net.so" ]; then export NCCL_NET_PLUGIN=ofi; fi
+    echo "network: $$(ls /sys/class/infiniband | wc -l) EFA device(s), NCCL's plugin from $$plugin" >>"$$log"
+  else
+    echo "warning: this machine has EFA devices but no AWS OFI NCCL plugin (looked under /opt/amazon and" \
+         "/opt/aws-ofi-nccl): NCCL reaches the other machines over TCP, several times slower" >>"$$log"
+  fi
+fi
 ${secrets}
 ${follow}
-${command} >"$$run/logs/${job}-${index}.log" 2>&1 &
+${command} >>"$$log" 2>&1 &
 echo $$! >"$$run/pids/${job}-${index}"  # what `stop` signals
 wait $$!
 code=$$?
