@@ -165,6 +165,23 @@ def test_a_machine_has_an_interface_on_each_card_which_goes_with_it_unless_the_l
     ec2.delete_subnet(SubnetId=subnet)
 
 
+def test_a_machine_is_pending_a_while_and_ec2_puts_no_elastic_ip_on_it_meanwhile(aws):
+    aws.set_pending(30)
+    ec2 = aws.client("ec2")
+    machine = launch(ec2)
+    [instance] = ec2.describe_instances(InstanceIds=[machine])["Reservations"][0]["Instances"]
+    assert instance["State"]["Name"] == "pending"
+    address = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    interface = instance["NetworkInterfaces"][0]["NetworkInterfaceId"]
+    assert error_code(ec2.associate_address, AllocationId=address, NetworkInterfaceId=interface) == (
+        "IncorrectInstanceState")
+    assert error_code(ec2.associate_address, AllocationId=address, InstanceId=machine) == "InvalidInstanceID"
+    aws.set_pending(0)
+    running = launch(ec2)
+    ec2.get_waiter("instance_running").wait(InstanceIds=[running], WaiterConfig={"Delay": 1})
+    ec2.associate_address(AllocationId=address, InstanceId=running)
+
+
 def test_a_machine_reaches_out_through_a_public_address_and_elastic_ips_behave_as_on_ec2(aws):
     """A machine's SSM agent registers through its way out: in a subnet whose route out is an internet gateway, a
     machine without a public address never registers, and does once an Elastic IP is on its interface. EC2

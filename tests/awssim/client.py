@@ -101,6 +101,10 @@ class AwsSim:
         its machine's dataset volume was still fetching blocks from its snapshot), stdout and stderr paths."""
         return self._control("GET", "played")
 
+    def set_pending(self, seconds: float) -> None:
+        """Machines launched from now on stay pending this long (until the next reset)."""
+        self._control("POST", "pending", {"pending_s": seconds})
+
     def set_agent_delay(self, seconds: float) -> None:
         """The SSM agent of each machine launched from now on registers this long after it runs (until `reset`,
         which restores AWSSIM_AGENT_DELAY_S, 1 s by default); SendCommand refuses the machine until then."""

@@ -49,6 +49,7 @@ class Control:
             ("GET", "/_awssim/machines"): lambda body: self.player.machines(),
             ("GET", "/_awssim/launches"): lambda body: self.placement.launches(),
             ("POST", "/_awssim/agent"): lambda body: setattr(self.player, "agent_delay_s", float(body["delay_s"])),
+            ("POST", "/_awssim/pending"): lambda body: setattr(self.player, "pending_s", float(body["pending_s"])),
             ("POST", "/_awssim/seed"): lambda body: self.seed(body["snapshot_id"], Path(body["from_dir"])),
         }
 

@@ -1,8 +1,8 @@
 """The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (IAM
 policies, placement groups, instance-type and default-VPC checks, the machines' SSM agents, EC2's vCPU and
-Elastic IP quotas, the refusals to release an associated address and to delete a subnet with interfaces in it,
-EBS volume initialization, ListCommands' filters and pages, SSM's throttling of Run Command's reads), and hooks
-that keep disk contents and the player in step with each call."""
+Elastic IP quotas, its refusals of an address on a pending machine, of an associated address's release and of a
+subnet's deletion with interfaces in it, EBS volume initialization, ListCommands' filters and pages, SSM's
+throttling of Run Command's reads), and hooks that keep disk contents and the player in step with each call."""
 
 import io
 import json
@@ -27,6 +27,8 @@ READ_ONLY_PREFIXES = ("Describe", "Get", "List")
 # against moto, whose answers are otherwise instant, set it.
 LATENCY_SECONDS = float(os.environ.get("AWSSIM_LATENCY_S", "0"))
 WATCHED_SERVICES = ("ec2", "efs", "ssm")  # whose writes can change disks, instances or commands
+NETWORK_REFUSALS = {"AssociateAddress": network.associate_address_error,
+                    "ReleaseAddress": network.release_address_error, "DeleteSubnet": network.delete_subnet_error}
 
 
 class AwsSimApp:
@@ -78,11 +80,11 @@ class AwsSimApp:
             if refusal is not None:
                 return error_response("ec2", *refusal)
             return self.placement.launch_error(call)
-        if call.service == "ec2" and call.action in ("AllocateAddress", "ReleaseAddress", "DeleteSubnet"):
-            ec2 = backends.ec2(call.account, call.region)
-            refusal = (self.quotas.allocate_error(ec2) if call.action == "AllocateAddress"
-                       else network.release_address_error(call, ec2) if call.action == "ReleaseAddress"
-                       else network.delete_subnet_error(call, ec2))
+        if call.service == "ec2" and call.action == "AllocateAddress":
+            refusal = self.quotas.allocate_error(backends.ec2(call.account, call.region))
+            return None if refusal is None else error_response("ec2", *refusal)
+        if call.service == "ec2" and call.action in NETWORK_REFUSALS:
+            refusal = NETWORK_REFUSALS[call.action](call, backends.ec2(call.account, call.region))
             return None if refusal is None else error_response("ec2", *refusal)
         if call.service == "ec2" and call.action == "CreateVolume":
             return self.player.initializations.create_error(call)

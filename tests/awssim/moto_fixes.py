@@ -1,10 +1,12 @@
 """Where moto 5.2.5 answers differently from AWS in a way our backend depends on, corrected in place."""
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from moto.ec2.models import EC2Backend
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
-from moto.ec2.models.instances import Instance
+from moto.ec2.models.instances import Instance, InstanceState
 from moto.ssm.models import Command
 
 
@@ -85,3 +87,18 @@ def fix_launch_interfaces() -> None:
     Instance.prep_nics = one_per_card
     Instance.terminate = taking_its_interfaces
     NetworkInterface.delete = disassociating
+
+
+def fix_instances_start_pending(pending_s: Callable[[], float]) -> None:
+    """moto's machines run the moment they are launched; EC2's are pending first (tens of seconds), and some
+    calls refuse a pending machine (an Elastic IP on its interface). Each machine is pending for `pending_s()`
+    after its launch: the player starts it (`Player.tick`)."""
+    make = Instance.__init__
+
+    def pending_first(self: Instance, *args: Any, **kwargs: Any) -> None:
+        make(self, *args, **kwargs)
+        if self._state.name == "running":
+            self._state = InstanceState("pending", 0)
+            self.running_at = time.time() + pending_s()
+
+    Instance.__init__ = pending_first

@@ -4,6 +4,7 @@ from typing import Any
 
 from moto.ec2.models.instance_types import INSTANCE_TYPES
 
+from . import backends
 from .calls import AwsCall
 
 EFA_TYPES = ("efa", "efa-only")
@@ -96,3 +97,20 @@ def efa_devices(instance: Any) -> int:
     """The EFA devices the machine's OS sees: one per EFA interface it was launched with."""
     interfaces = [*instance.nics.values(), *getattr(instance, "card_interfaces", [])]
     return sum(interface.interface_type in EFA_TYPES for interface in interfaces)
+
+
+def associate_address_error(call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:
+    """EC2 refuses an Elastic IP on a machine (or its interface) still pending; moto's machines never are."""
+    instance_id, interface_id = call.params.get("InstanceId"), call.params.get("NetworkInterfaceId")
+    if interface_id:
+        interface = ec2_backend.enis.get(interface_id)
+        instance = interface.instance if interface else None
+        if instance is not None and instance.state == "pending":
+            return "IncorrectInstanceState", (f"The pending-instance-creation instance to which '{interface_id}' is "
+                                              "attached is not in a valid state for this operation.")
+    elif instance_id:
+        instance = next((i for i in backends.instances(ec2_backend) if i.id == instance_id), None)
+        if instance is not None and instance.state == "pending":
+            return "InvalidInstanceID", (f"The pending instance '{instance_id}' is not in a valid state for this "
+                                         "operation.")
+    return None

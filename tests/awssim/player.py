@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from moto.ec2.models.instances import InstanceState
+
 from . import access, backends, gpus, images, network
 from .backends import RUN_TAG
 from .initialization import Initializations
@@ -26,6 +28,7 @@ INSTANCE_ENV = "IMAGENET18_SIM_INSTANCE"  # every process a machine's commands s
 MACHINE_VENV = "/opt/imagenet18/.venv"  # user-data installs the project, torch with it, there
 # How long after a machine runs its SSM agent registers (a minute or so on AWS): SendCommand refuses it until then.
 AGENT_DELAY_S = float(os.environ.get("AWSSIM_AGENT_DELAY_S", "1"))
+PENDING_S = float(os.environ.get("AWSSIM_PENDING_S", "0.5"))  # from a machine's launch until it runs
 
 ALIVE = ("pending", "running")
 # SSM keeps this much of an invocation's output for GetCommandInvocation.
@@ -92,6 +95,7 @@ class Player:
         self._machines: dict[str, Machine] = {}
         self._ports: dict[str, int] = {}  # run tag (or instance id) -> torchrun master port
         self.agent_delay_s = AGENT_DELAY_S  # for machines seen from now on
+        self.pending_s = PENDING_S  # for machines launched from now on
         self.initializations = Initializations()
 
     def start(self) -> None:
@@ -138,12 +142,15 @@ class Player:
             self._machines.clear()
             self._ports.clear()
             self.agent_delay_s = AGENT_DELAY_S
+            self.pending_s = PENDING_S
             self.initializations.clear()
 
     # Machines: user-data and its shutdown timer.
 
     def _watch_machines(self, instances: dict[str, Any]) -> None:
         for instance_id, instance in instances.items():
+            if instance.state == "pending" and time.time() >= getattr(instance, "running_at", 0):
+                instance._state = InstanceState("running", 16)  # what EC2 does once the machine has started
             if instance_id not in self._machines and instance.state in ALIVE:
                 user_data = inspect(str(instance.user_data) if instance.user_data else None,
                                     self.root / "instances" / instance_id / "user-data",

@@ -27,7 +27,12 @@ from .control import Control
 from .faults import Faults
 from .images import add_images
 from .middleware import AwsSimApp
-from .moto_fixes import fix_default_vpc_way_out, fix_launch_interfaces, fix_send_command_targets
+from .moto_fixes import (
+    fix_default_vpc_way_out,
+    fix_instances_start_pending,
+    fix_launch_interfaces,
+    fix_send_command_targets,
+)
 from .placement import PlacementGroups
 from .player import Player
 from .quotas import Quotas
@@ -54,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     fix_launch_interfaces()
     faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()
     player, throttle = Player(root, REPO, store), SsmThrottle()
+    fix_instances_start_pending(lambda: player.pending_s)
     app = AwsSimApp(DomainDispatcherApplication(create_backend_app), faults, placement, player, quotas, throttle,
                     Control(root, faults, placement, player, store, quotas, throttle))
     server = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=MotoRequestHandler)

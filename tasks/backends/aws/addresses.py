@@ -1,7 +1,8 @@
 """Elastic IP addresses for machines with an interface on each of their network cards (one per EFA card) that
 reach out through a public address (the run's own network). EC2 gives a public address at launch only to a
 machine launched with one network interface (RunInstances' AssociatePublicIpAddress), so each of these gets an
-Elastic IP on its primary interface just after the launch, tagged with the run: teardown releases it.
+Elastic IP on its primary interface once it runs (EC2 refuses one on a pending machine), tagged with the run:
+teardown releases it.
 https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_InstanceNetworkInterfaceSpecification.html"""
 
 from __future__ import annotations

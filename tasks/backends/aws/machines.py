@@ -100,8 +100,6 @@ def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: d
     launched = _run_all(clients, spec, network, image, profile, missing, [volume_ids[i] for i in missing], boot,
                         parallel) if missing else {}
     started = [existing.get(str(i)) or launched[i] for i in range(len(volume_ids))]
-    if needs_elastic_ips(spec.instance_type, network.public_addresses):  # as soon as can be: the boot waits for it
-        addresses.attach(clients, spec, started, parallel)
     ids = [i["InstanceId"] for i in started]
     ec2 = clients.ec2
     # The volumes are read while the machines boot, and the machines (running by then, so with their
@@ -109,6 +107,9 @@ def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: d
     with pools.pool(parallel, 2) as pool:
         volumes = pool.submit(ec2.describe_volumes, VolumeIds=volume_ids)
         ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig=waiter_config())
+        if needs_elastic_ips(spec.instance_type, network.public_addresses):
+            # EC2 refuses one on a pending machine's interface; the boot waits for its way out meanwhile.
+            addresses.attach(clients, spec, started, parallel)
         by_id = {v["VolumeId"]: v for v in volumes.result()["Volumes"]}
         attach_all(clients, [by_id[v] for v in volume_ids], ids, parallel)
         described = pool.submit(describe, clients, ids)

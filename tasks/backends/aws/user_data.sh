@@ -7,9 +7,9 @@ set -euxo pipefail
 # terminates it, even if the orchestrator that started it is gone.
 shutdown -h +${shutdown_minutes} "imagenet18: the run's max_hours is over"
 
-# The way out: a machine with an interface on each network card gets its public address (an Elastic IP) just
-# after its launch, which may be after this script starts.
-for _ in $$(seq 1 60); do curl -sfo /dev/null --max-time 5 https://pypi.org/simple/ && break; sleep 5; done
+# The way out: a machine with an interface on each network card gets its public address (an Elastic IP) once it
+# runs, which may be after this script starts.
+for _ in $$(seq 1 60); do curl -sfI -o /dev/null --max-time 5 https://pypi.org/ && break; sleep 5; done
 
 # The Python the lock is for (the Deep Learning Base AMI's python3 is 3.10 on Ubuntu 22.04, which the project's
 # Requires-Python excludes; Ubuntu 22.04's archive has 3.11), its venv module (Ubuntu ships ensurepip apart) and
