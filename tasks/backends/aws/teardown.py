@@ -19,7 +19,8 @@ GONE = ("InvalidInstanceID.NotFound", "InvalidVolume.NotFound", "InvalidGroup.No
         "InvalidInternetGatewayID.NotFound", "InvalidVpcID.NotFound", "FileSystemNotFound",
         "InvalidSpotInstanceRequestID.NotFound", "ParameterNotFound")
 # Deletions AWS refuses for a while after what they depend on went (ENIs of EFS mount targets, say).
-STILL_IN_USE = ("DependencyViolation", "InvalidPlacementGroup.InUse", "VolumeInUse", "FileSystemInUse")
+STILL_IN_USE = ("DependencyViolation", "InvalidPlacementGroup.InUse", "VolumeInUse", "FileSystemInUse",
+                "InvalidIPAddress.InUse")
 
 
 def teardown(clients: Clients, run_id: str, key_folder: Path) -> list[Resource]:
@@ -66,9 +67,10 @@ def _delete(clients: Clients, kind: str, batch: list[Resource]) -> None:
             iam.delete_instance_profile(clients, resource.run_id)
     elif kind == "parameter":
         secrets.delete(clients, ids)
-    elif kind == "address":
+    elif kind == "address":  # free once its machine's interface has gone with the machine
         for address_id in ids:
-            _tolerate(lambda a=address_id: addresses.release(clients, a))
+            until(f"address {address_id} released", lambda a=address_id: _tolerate(
+                lambda: addresses.release(clients, a)))
     else:
         for resource in batch:
             until(f"{kind} {resource.id} deleted", lambda r=resource: _tolerate(lambda: _delete_network(ec2, r)))
