@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.backends.aws import permissions
 from tests.awssim import AwsSim, client_environment
 from tests.awssim import start as start_aws_sim
 from tests.aws_runs import DATASET
@@ -91,12 +92,13 @@ def aws(aws_sim) -> AwsSim:
 
 @pytest.fixture
 def operator(aws, monkeypatch) -> str:
-    """The flow's credentials become an IAM user's whose only policy is docs/aws-policy.json, the one the docs
-    tell users to grant; the simulator refuses what it does not allow, as AWS does. Returns the user's ARN."""
+    """The flow's credentials become an IAM user's whose only policy is tasks/backends/aws/user_policy.json, the
+    one the docs tell users to grant; the simulator refuses what it does not allow, as AWS does. Returns the
+    user's ARN."""
     iam = aws.client("iam")
     user = iam.create_user(UserName="imagenet18-operator")["User"]
     iam.put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
-                        PolicyDocument=(REPO / "docs" / "aws-policy.json").read_text())
+                        PolicyDocument=permissions.POLICY.read_text())
     key = iam.create_access_key(UserName="imagenet18-operator")["AccessKey"]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])

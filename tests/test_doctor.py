@@ -1,11 +1,13 @@
 """`imagenet18 doctor --backend aws` against the simulator: one table, a nonzero exit with what to do when a
 check fails, and nothing created, asked of the world (tests/leftovers.py) before and after."""
 
+import json
 import re
 
 import pytest
 
 from deployments import cli
+from tasks.backends.aws import permissions
 from tests.leftovers import aws_names, aws_resources
 from tests.aws_runs import AMI, delete_default_vpc, users_subnet
 
@@ -32,12 +34,13 @@ def doctor(aws, capsys, *args: str) -> tuple[int, dict[str, tuple[str, str]], st
 def test_a_ready_account_passes_every_check(aws, capsys, operator):
     code, rows, out = doctor(aws, capsys)
     assert code == 0, out
-    assert list(rows) == ["region", "credentials", "instance type", "zones", "spot prices",
+    assert list(rows) == ["region", "credentials", "permissions", "instance type", "zones", "spot prices",
                           "quota L-417A185B (on-demand)", "quota L-DB2E81BA (on-demand)", "quota L-7212CCBC (spot)",
                           "quota L-C4BD4855 (spot)", "quota L-3819A6DF (spot)", "AMI", "network", "Elastic IPs",
                           "launch (dry run)"]
     assert {status for _, status in rows.values()} == {"ok"}, out
     assert rows["credentials"][0] == "account 123456789012"
+    assert rows["permissions"][0] == "IAM allows every action of tasks/backends/aws/user_policy.json"
     assert rows["instance type"][0] == "8 x A100 40 GB, compute capability 8.0: torch 2.14.1+cu130 runs it"
     assert rows["zones"][0].startswith("p4d.24xlarge in us-east-1a, ") and "the run's zone: us-east-1a" in out
     assert rows["quota L-417A185B (on-demand)"][0] == ("Running On-Demand P instances: 2048 vCPUs, 16 x "
@@ -58,6 +61,23 @@ def test_too_few_elastic_ips_fail_with_the_request_to_make_and_a_type_with_one_i
     code, rows, out = doctor(aws, capsys, "--instance-type", "g5.xlarge")
     assert code == 0 and rows["Elastic IPs"] == (
         "none needed: each machine gets its address at launch, or reaches out through a NAT", "ok"), out
+
+
+def test_credentials_missing_some_of_the_policy_fail_with_what_they_may_not_do(aws, capsys, operator):
+    iam = aws.client("iam")
+    policy = json.loads(permissions.POLICY.read_text())
+    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != "PassTheRunsRoleToItsMachines"]
+    policy["Statement"][0]["Action"].remove("ec2:AllocateAddress")
+    iam.put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18", PolicyDocument=json.dumps(policy))
+    code, rows, out = doctor(aws, capsys)
+    assert code == 1 and rows["permissions"] == (
+        "these credentials may not ec2:AllocateAddress, iam:PassRole", "fail"), out
+    assert "attach tasks/backends/aws/user_policy.json to their user or role" in out
+
+
+def test_credentials_that_may_not_ask_the_policy_simulator_are_warned_of(aws, capsys):
+    code, rows, out = doctor(aws, capsys)  # the simulator's own test keys: no IAM user of the account
+    assert rows["permissions"] == ("not checked: IAM answered NoSuchEntity", "warn"), out
 
 
 def test_a_zero_quota_fails_with_the_request_to_make(aws, capsys):

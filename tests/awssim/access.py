@@ -1,6 +1,7 @@
 """Calls under IAM policies, as AWS evaluates them, where moto checks none: the machines' S3 calls under their
 role's policies, and every call signed by an IAM user's keys under that user's policies (a test gives the flow
-such a user to prove a policy enough). On AWS a machine's role allows only what the run needs.
+such a user to prove a policy enough); and IAM's policy simulator, which answers from the same evaluation. On
+AWS a machine's role allows only what the run needs.
 
 A played process gets the credentials of its instance's role (`machine_credentials`), as a real machine gets
 them from its instance metadata. An S3 call signed with them is refused (403 AccessDenied) unless a statement
@@ -13,6 +14,7 @@ import dataclasses
 import json
 import re
 from typing import Any
+from xml.sax.saxutils import escape
 
 from moto.iam.models import iam_backends
 from moto.s3.models import s3_backends
@@ -201,3 +203,31 @@ def _denied(call: AwsCall) -> Response:
     if call.action.startswith("Head"):  # an answer to HEAD has no body: one sent would be read as the next answer
         return dataclasses.replace(answer, body=b"")
     return answer
+
+
+def simulate_principal_policy(call: AwsCall) -> Response:
+    """IAM's policy simulator (moto has none) for a user or role of the account: each action on each resource,
+    "allowed" where its policies allow it, else an explicit or implicit deny."""
+    iam = iam_backends[call.account][PARTITION]
+    source = call.params.get("PolicySourceArn", "")
+    identity = next((i for i in [*list(iam.users.values()), *list(iam.roles.values())] if i.arn == source), None)
+    if identity is None:
+        return error_response("iam", "NoSuchEntity", f"The principal {source} cannot be found.", 404)
+    statements = _statements(list(identity.policies.values()) + _managed_documents(identity))
+    context, number = {}, 1
+    while (key := call.params.get(f"ContextEntries.member.{number}.ContextKeyName")) is not None:
+        values = call.list_param(f"ContextEntries.member.{number}.ContextKeyValues.member")
+        context[key] = values[0] if values else ""
+        number += 1
+    members = []
+    for action in call.list_param("ActionNames.member"):
+        for resource in call.list_param("ResourceArns.member") or ["*"]:
+            effects = {s.get("Effect") for s in statements if _applies(s, action, resource, context)}
+            decision = "explicitDeny" if "Deny" in effects else "allowed" if "Allow" in effects else "implicitDeny"
+            members.append(f"<member><EvalActionName>{escape(action)}</EvalActionName><EvalResourceName>"
+                           f"{escape(resource)}</EvalResourceName><EvalDecision>{decision}</EvalDecision></member>")
+    body = ('<SimulatePrincipalPolicyResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">'
+            f'<SimulatePrincipalPolicyResult><IsTruncated>false</IsTruncated><EvaluationResults>{"".join(members)}'
+            '</EvaluationResults></SimulatePrincipalPolicyResult><ResponseMetadata><RequestId>awssim</RequestId>'
+            '</ResponseMetadata></SimulatePrincipalPolicyResponse>')
+    return Response(200, [("Content-Type", "text/xml")], body.encode())

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import botocore.exceptions
 
-from tasks.backends.aws import addresses, catalog, machines, quotas
+from tasks.backends.aws import addresses, catalog, machines, permissions, quotas
 from tasks.backends.aws.backend import AwsBackend
 from tasks.backends.aws.clients import error_code
 from tasks.backends.aws.options import AwsOptions
@@ -53,9 +53,10 @@ class _Doctor:
 
     def run(self) -> list[Check]:
         if not self._check("region", self._region) or not self._check("credentials", self._credentials):
-            self._not_checked("instance type", "zones", "spot prices", *self._quota_names(), "AMI", "network",
-                              ELASTIC_IPS, "launch (dry run)", why="needs the region and credentials above")
+            self._not_checked("permissions", "instance type", "zones", "spot prices", *self._quota_names(), "AMI",
+                              "network", ELASTIC_IPS, "launch (dry run)", why="needs the region and credentials above")
             return self.checks
+        self._check("permissions", self._permissions)
         self._check("instance type", self._instance_type)
         known = self.instance_type in catalog.INSTANCE_TYPES
         zone = known and self._check("zones", self._zones)
@@ -104,6 +105,19 @@ class _Doctor:
         # what they may do is what the dry run asks. Only the account is shown, never a key.
         account = self.clients.check_credentials()
         return _Found(f"account {account}", value=account)
+
+    def _permissions(self) -> _Found:
+        try:
+            refused = permissions.missing(self.clients)
+        except botocore.exceptions.ClientError as exc:
+            return _Found(f"not checked: IAM answered {error_code(exc)}", WARN,
+                          "IAM's policy simulator would not say what these credentials may do (they need "
+                          "iam:SimulatePrincipalPolicy on themselves); a run's pre-flight still refuses what EC2 "
+                          f"refuses of the launch. AWS said: {exc}")
+        if refused:
+            raise InputError(f"these credentials may not {', '.join(refused)}: attach "
+                             "tasks/backends/aws/user_policy.json to their user or role (docs/aws.md, permissions)")
+        return _Found("IAM allows every action of tasks/backends/aws/user_policy.json")
 
     def _instance_type(self) -> _Found:
         try:

@@ -1,0 +1,51 @@
+"""What a user's credentials need to make a run (user_policy.json, the policy the docs tell users to attach),
+asked of IAM's policy simulator before anything is made: each action the policy names, on a resource like a
+run's, under the policy's conditions. An action named with a wildcard (ec2:Describe*) names no single action and
+is left out; the checks that read the account need some of them anyway.
+https://docs.aws.amazon.com/IAM/latest/APIReference/API_SimulatePrincipalPolicy.html"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+
+from tasks.backends.aws.clients import Clients
+
+POLICY = resources.files("tasks.backends.aws").joinpath("user_policy.json")
+EXAMPLE_NAME = "doctor"  # stands for a run's id where the policy's resources have a wildcard
+
+
+def principal(caller_arn: str) -> str:
+    """The ARN the simulator evaluates: the role's, for credentials of a session of an assumed role."""
+    session = re.fullmatch(r"arn:([\w-]+):sts::(\d+):assumed-role/([^/]+)/.+", caller_arn)
+    return f"arn:{session[1]}:iam::{session[2]}:role/{session[3]}" if session else caller_arn
+
+
+def missing(clients: Clients) -> list[str]:
+    """The policy's actions these credentials may not take on any of their statement's resources."""
+    identity = clients.client("sts").get_caller_identity()
+    iam = clients.client("iam")
+    refused: set[str] = set()
+    for statement in json.loads(POLICY.read_text())["Statement"]:
+        actions = [action for action in _listed(statement["Action"]) if "*" not in action]
+        context = [{"ContextKeyName": key, "ContextKeyValues": _listed(values), "ContextKeyType": "string"}
+                   for tests in statement.get("Condition", {}).values() for key, values in tests.items()]
+        pages = iam.get_paginator("simulate_principal_policy").paginate(
+            PolicySourceArn=principal(identity["Arn"]), ActionNames=actions, ContextEntries=context,
+            ResourceArns=[_example(resource, identity["Account"]) for resource in _listed(statement["Resource"])])
+        results = [result for page in pages for result in page["EvaluationResults"]]
+        allowed = {r["EvalActionName"] for r in results if r["EvalDecision"] == "allowed"}
+        refused |= set(actions) - allowed
+    return sorted(refused)
+
+
+def _example(resource: str, account: str) -> str:
+    """A resource the policy's pattern matches, as a run's would: the account's, named for no run."""
+    if resource == "*":
+        return resource
+    return re.sub(r"^(arn:[\w-]+:[\w-]+:[\w-]*):\*:", rf"\1:{account}:", resource).replace("*", EXAMPLE_NAME)
+
+
+def _listed(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
