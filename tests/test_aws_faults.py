@@ -1,5 +1,5 @@
-"""AWS faults the simulator injects: capacity, throttling on a third of all calls, refused permissions, and two
-runs side by side."""
+"""AWS faults the simulator injects: capacity, throttling on a third of all calls, refused permissions, Elastic
+IPs refused part-way, and two runs side by side."""
 
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +9,7 @@ from botocore.exceptions import ClientError
 
 from deployments.cli import _aws, parser
 from flows.imagenet18 import imagenet18
-from tasks.backends.aws import AwsBackend, AwsOptions, machines
+from tasks.backends.aws import AwsBackend, AwsOptions, machines, tags
 from tasks.backends.base import BackendError, InputError
 from tests.leftovers import aws_leftovers
 from tests.aws_runs import DATASET, cluster_spec, finished, no_capacity_in, options, run_zones
@@ -45,6 +45,21 @@ def test_no_capacity_and_no_other_type_allowed_fails_cleanly(aws, snapshot, tmp_
     assert running_types(aws, "run-no-capacity") == [], "no machine is left running"
     backend.teardown("run-no-capacity")
     assert aws_leftovers(aws, "run-no-capacity") == {}
+
+
+def test_elastic_ips_refused_part_way_fail_the_provision_and_teardown_releases_those_held(aws, snapshot, tmp_path):
+    """Another run took the last addresses after the pre-flight: the provision fails with EC2's refusal (no retry
+    makes addresses), and teardown takes the machines and the address already held."""
+    aws.add_fault("ec2", "AllocateAddress", "AddressLimitExceeded", after=1,
+                  message="The maximum number of addresses has been reached.")
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-no-addresses", 2)
+    with pytest.raises(ClientError, match="AddressLimitExceeded") as refused:
+        backend.provision(spec, backend.replicate(spec, DATASET, 2))
+    assert not backend.retry_may_pass(refused.value)
+    assert len(aws.client("ec2").describe_addresses(Filters=tags.run_filter("run-no-addresses"))["Addresses"]) == 1
+    backend.teardown("run-no-addresses")
+    assert aws_leftovers(aws, "run-no-addresses") == {}
 
 
 @pytest.mark.slow
