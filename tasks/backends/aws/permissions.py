@@ -17,7 +17,9 @@ EXAMPLE_NAME = "doctor"  # stands for a run's id where the policy's resources ha
 
 
 def principal(caller_arn: str) -> str:
-    """The ARN the simulator evaluates: the role's, for credentials of a session of an assumed role."""
+    """The ARN the simulator evaluates: the role's, for credentials of a session of an assumed role. A session's
+    ARN does not carry its role's path, so a role with one (IAM Identity Center's) is not found: the doctor's row
+    then warns that it could not check."""
     session = re.fullmatch(r"arn:([\w-]+):sts::(\d+):assumed-role/([^/]+)/.+", caller_arn)
     return f"arn:{session[1]}:iam::{session[2]}:role/{session[3]}" if session else caller_arn
 
