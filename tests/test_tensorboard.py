@@ -286,6 +286,13 @@ def test_aws_runs_are_served_from_the_results_bucket(aws, tmp_path):
             pass
 
 
+def running(ec2, launched: dict) -> str:
+    """The id of the machine a launch made, once it runs (a run's machines are running when it is watched)."""
+    instance_id = launched["Instances"][0]["InstanceId"]
+    ec2.get_waiter("instance_running").wait(InstanceIds=[instance_id], WaiterConfig={"Delay": 1})
+    return instance_id
+
+
 @pytest.fixture
 def machines(aws) -> dict[str, str]:
     """A run on the simulator: its EFS with TensorBoard events in the run's folder, its machine 0 ("head") and 1
@@ -295,9 +302,8 @@ def machines(aws) -> dict[str, str]:
     def machine(run_id: str, index: int, name: str) -> str:
         machine_tags = [{"Key": tags.RUN, "Value": run_id}, {"Key": tags.INDEX, "Value": str(index)},
                         {"Key": "Name", "Value": f"{index}.{name}"}]
-        return ec2.run_instances(ImageId=IMAGE, InstanceType="g5.xlarge", MinCount=1, MaxCount=1,
-                                 TagSpecifications=[{"ResourceType": "instance", "Tags": machine_tags}]
-                                 )["Instances"][0]["InstanceId"]
+        return running(ec2, ec2.run_instances(ImageId=IMAGE, InstanceType="g5.xlarge", MinCount=1, MaxCount=1,
+                                              TagSpecifications=[{"ResourceType": "instance", "Tags": machine_tags}]))
 
     file_system = efs.create_file_system(CreationToken=HEAD_RUN_ID, Tags=[{"Key": tags.RUN, "Value": HEAD_RUN_ID}])
     write_events(aws.root / "efs" / file_system["FileSystemId"] / "runs" / HEAD_FOLDER)
@@ -390,11 +396,11 @@ def test_a_run_that_admits_ssh_is_forwarded_through_an_ssh_tunnel(aws, tmp_path)
     ec2 = aws.client("ec2")
     keys = tmp_path / "aws" / "keys"
     group = ec2.create_security_group(GroupName="ssh-run", Description="test")["GroupId"]
-    instance = ec2.run_instances(
+    instance = running(ec2, ec2.run_instances(
         ImageId=IMAGE, InstanceType="g5.xlarge", MinCount=1, MaxCount=1, SecurityGroupIds=[group],
         TagSpecifications=[{"ResourceType": "instance", "Tags": [
             {"Key": tags.RUN, "Value": HEAD_RUN_ID}, {"Key": tags.INDEX, "Value": "0"},
-            {"Key": "Name", "Value": "0.sshrun"}]}])["Instances"][0]["InstanceId"]
+            {"Key": "Name", "Value": "0.sshrun"}]}]))
     clients = Clients("us-east-1")
     [head] = remote.heads(clients)
     assert (head.instance_id, head.folder) == (instance, "sshrun-5eed0000") and head.public_ip
