@@ -2,9 +2,11 @@
 the machines'."""
 
 import io
+import platform
 import re
 import tarfile
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -57,3 +59,23 @@ def test_the_readme_ci_and_the_machines_install_from_the_lock():
     with tarfile.open(fileobj=io.BytesIO(project_archive())) as archive:
         shipped = archive.extractfile("requirements.lock").read().decode()
     assert shipped == (ROOT / "requirements.lock").read_text(), "the machines get the lock with the code"
+
+
+# The Pythons the locks are installed with: the machines' (Ubuntu 22.04's python3.11, user-data), Debian 12's,
+# and this one. A dependency some of them need and another does not (a marker on python_full_version) is locked.
+PYTHONS = ("3.11.0rc1", "3.11.2", platform.python_version())
+
+
+def test_each_lock_holds_every_dependency_of_what_it_locks_on_each_python_3_11():
+    """pip installs a hashed lock only if it names every dependency the interpreter's markers ask for
+    ("In --require-hashes mode, all requirements must have their versions pinned"). Read from each locked
+    package's metadata, as installed here (the test lock holds the runtime one)."""
+    for lock in ("requirements.lock", "requirements-test.lock"):
+        locked = pins(lock)
+        for python in PYTHONS:
+            environment = {"python_full_version": python, "python_version": "3.11", "extra": ""}
+            lacking = sorted({f"{requirement.name} (for {name})" for name in locked
+                              for requirement in map(Requirement, metadata.distribution(name).requires or [])
+                              if (requirement.marker is None or requirement.marker.evaluate(environment))
+                              and canonicalize_name(requirement.name) not in locked})
+            assert not lacking, f"{lock} lacks on Python {python}: {', '.join(lacking)}; run .ci/lock"
