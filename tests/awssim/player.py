@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 import traceback
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -86,9 +85,8 @@ def _now() -> str:
 
 class Player:
     def __init__(self, root: Path, repo: Path, store: ContentStore, interval_s: float = 0.2) -> None:
+        # repo: what the machines install, the project's source as user-data unpacks it into /opt/imagenet18.
         self.root, self.repo, self.store, self.interval_s = root, repo, store, interval_s
-        # What the machines install: the project's source, as user-data unpacks it into /opt/imagenet18.
-        self.requires_python = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["requires-python"]
         self._lock = threading.RLock()
         self._seen: set[str] = set()  # command ids
         self._played: list[Played] = []
@@ -154,7 +152,7 @@ class Player:
             if instance_id not in self._machines and instance.state in ALIVE:
                 user_data = inspect(str(instance.user_data) if instance.user_data else None,
                                     self.root / "instances" / instance_id / "user-data",
-                                    images.facts(instance.image_id), self.requires_python)
+                                    images.facts(instance.image_id), self.repo)
                 delay = user_data.shutdown_after_s
                 shutdown_at = None if delay is None else time.time() + delay
                 self._machines[instance_id] = Machine(instance_id, user_data, shutdown_at,

@@ -1,16 +1,21 @@
 """Instance user-data: not run (it mounts disks and installs the project on a real machine), only checked with
 `-n` by the shell its #! line names, read line by line against its image's facts for what would stop its boot on
 a real machine (a package apt cannot find, a tool whose package is missing, an interpreter outside the project's
-Requires-Python), and searched for a shutdown timer, which the player honours."""
+Requires-Python, a hashed lock that lacks a dependency the machine's Python needs), and searched for a shutdown
+timer, which the player honours."""
 
 import base64
 import gzip
 import re
 import subprocess
+import tomllib
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
+from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from .images import ImageFacts
@@ -35,7 +40,7 @@ def decode(encoded: str) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def inspect(encoded: str | None, save_as: Path, image: ImageFacts | None, requires_python: str) -> UserData:
+def inspect(encoded: str | None, save_as: Path, image: ImageFacts | None, project: Path) -> UserData:
     """Save the decoded script, check its syntax and, on an image with known facts, its boot; find its shutdown
     timer."""
     if not encoded:
@@ -47,7 +52,7 @@ def inspect(encoded: str | None, save_as: Path, image: ImageFacts | None, requir
     if not shell:
         return UserData("skipped: not a shell script", None)
     result = subprocess.run([shell[1], "-n", str(save_as)], capture_output=True, text=True)
-    failure = boot_failure(text, image, requires_python) if image else None
+    failure = boot_failure(text, image, project) if image else None
     check = result.stderr.strip() if result.returncode else f"boot failed: {failure}" if failure else "ok"
     return UserData(check, shutdown_timer_s(text))
 
@@ -55,12 +60,16 @@ def inspect(encoded: str | None, save_as: Path, image: ImageFacts | None, requir
 APT_INSTALL = re.compile(r"\bapt(?:-get)?\b[^\n;&|]*?\binstall\b([^\n;&|]*)")
 VENV = re.compile(r"(?<![\w/.-])(?:/usr/bin/)?(python3(?:\.\d+)?)\s+-m\s+venv\b")
 NFS_MOUNT = re.compile(r"\bmount\b[^\n]*\s-t\s+nfs4?\b|\bmount\.nfs4?\b")
+HASHED_INSTALL = re.compile(r"\bpip install\b[^\n]*--require-hashes -r (\S+)")
+LOCK_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", re.M)
 
 
-def boot_failure(script: str, image: ImageFacts, requires_python: str) -> str | None:
+def boot_failure(script: str, image: ImageFacts, project: Path) -> str | None:
     """What stops the script first on a machine of `image` (each step needs what the steps before it installed),
-    in the words the machine's log would have; None when nothing does."""
-    packages = set(image.installed)
+    in the words the machine's log would have; None when nothing does. `project`: the source user-data
+    installs."""
+    requires_python = tomllib.loads((project / "pyproject.toml").read_text())["project"]["requires-python"]
+    packages, venv_python = set(image.installed), None
     for line in script.splitlines():
         line = line.split("#", 1)[0] if not line.startswith("#!") else ""
         for install in APT_INSTALL.finditer(line):
@@ -75,7 +84,26 @@ def boot_failure(script: str, image: ImageFacts, requires_python: str) -> str | 
             failure = _venv_failure(python, image, packages, requires_python)
             if failure:
                 return failure
+            venv_python = _version(python, image)
+        hashed = HASHED_INSTALL.search(line)
+        if hashed and venv_python:
+            lacking = lock_gaps((project / hashed[1].removeprefix("/opt/imagenet18/")).read_text(), venv_python)
+            if lacking:
+                return ("ERROR: In --require-hashes mode, all requirements must have their versions pinned with ==. "
+                        f"These do not: {', '.join(lacking)}")
     return None
+
+
+def lock_gaps(lock: str, python: str) -> list[str]:
+    """The dependencies that the packages a hashed lock pins need on Python `python` (a full version, as markers
+    read it) and the lock lacks, each with what asks for it: pip then refuses the whole install. Read from the
+    packages' metadata as installed here."""
+    locked = {canonicalize_name(name) for name in LOCK_PIN.findall(lock)}
+    environment = {"python_full_version": python, "python_version": ".".join(python.split(".")[:2]), "extra": ""}
+    return sorted({f"{requirement} (from {name})" for name in locked
+                   for requirement in map(Requirement, metadata.distribution(name).requires or [])
+                   if (requirement.marker is None or requirement.marker.evaluate(environment))
+                   and canonicalize_name(requirement.name) not in locked})
 
 
 def _venv_failure(python: str, image: ImageFacts, packages: set[str], requires_python: str) -> str | None:
@@ -86,12 +114,17 @@ def _venv_failure(python: str, image: ImageFacts, packages: set[str], requires_p
     if not venv_packages & packages:
         return ("The virtual environment was not created successfully because ensurepip is not available. On "
                 f"Debian/Ubuntu systems, you need to install the python{minor}-venv package")
-    version = image.python3 if image.python3.startswith(f"{minor}.") else image.archive[python]
     # pip compares Requires-Python with the interpreter's major.minor.micro alone (3.11.0rc1 counts as 3.11.0).
-    release = ".".join(map(str, Version(version).release[:3]))
+    release = ".".join(map(str, Version(_version(python, image)).release[:3]))
     if release not in SpecifierSet(requires_python):
         return f"ERROR: Package 'imagenet18' requires a different Python: {release} not in '{requires_python}'"
     return None
+
+
+def _version(python: str, image: ImageFacts) -> str:
+    """The full version of an interpreter of the image (python3's own, or one its archive installs)."""
+    minor = ".".join(image.python3.split(".")[:2]) if python == "python3" else python.removeprefix("python")
+    return image.python3 if image.python3.startswith(f"{minor}.") else image.archive[python]
 
 
 def shutdown_timer_s(script: str) -> float | None:
