@@ -132,8 +132,13 @@ def _signing_user(call: AwsCall) -> Any:
 
 def allowed(statements: list[dict[str, Any]], action: str, resource: str, context: dict[str, str]) -> bool:
     """IAM's answer within one identity: some statement allows, and none denies."""
+    return decision(statements, action, resource, context) == "allowed"
+
+
+def decision(statements: list[dict[str, Any]], action: str, resource: str, context: dict[str, str]) -> str:
+    """As IAM's policy simulator names it: a statement that denies wins, else one that allows, else none does."""
     effects = {s.get("Effect") for s in statements if _applies(s, action, resource, context)}
-    return "Allow" in effects and "Deny" not in effects
+    return "explicitDeny" if "Deny" in effects else "allowed" if "Allow" in effects else "implicitDeny"
 
 
 def _applies(statement: dict[str, Any], action: str, resource: str, context: dict[str, str]) -> bool:
@@ -222,10 +227,9 @@ def simulate_principal_policy(call: AwsCall) -> Response:
     members = []
     for action in call.list_param("ActionNames.member"):
         for resource in call.list_param("ResourceArns.member") or ["*"]:
-            effects = {s.get("Effect") for s in statements if _applies(s, action, resource, context)}
-            decision = "explicitDeny" if "Deny" in effects else "allowed" if "Allow" in effects else "implicitDeny"
             members.append(f"<member><EvalActionName>{escape(action)}</EvalActionName><EvalResourceName>"
-                           f"{escape(resource)}</EvalResourceName><EvalDecision>{decision}</EvalDecision></member>")
+                           f"{escape(resource)}</EvalResourceName><EvalDecision>"
+                           f"{decision(statements, action, resource, context)}</EvalDecision></member>")
     body = ('<SimulatePrincipalPolicyResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/">'
             f'<SimulatePrincipalPolicyResult><IsTruncated>false</IsTruncated><EvaluationResults>{"".join(members)}'
             '</EvaluationResults></SimulatePrincipalPolicyResult><ResponseMetadata><RequestId>awssim</RequestId>'
