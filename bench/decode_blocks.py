@@ -1,6 +1,10 @@
-"""Does torchvision's decode_jpeg on the GPU wait for the GPU work queued before it? About 0.9 s of matrix
-products are queued, then a batch is decoded (on the same stream, then on a side stream); if the call returns
-only after the products are done, the decode cannot overlap the training step, whatever stream it is given.
+"""Does torchvision's decode_jpeg on the GPU wait for the GPU work queued before it, and for which? About 0.9 s of
+matrix products are queued, then a batch is decoded on a side stream. A decode that returns only once the products
+are done cannot overlap the training step. The products go first on PyTorch's default stream (CUDA's legacy default
+stream, which every blocking stream waits for), then on a stream made by torch (non-blocking: it neither waits for
+the legacy stream nor is waited for by it). If only the first decode waits, the wait comes through the legacy stream,
+and a training loop on a stream of its own (trainer.engine.Context.own_stream) lets the decode overlap the step; if
+both wait, the decoder synchronises the whole device, whatever stream the step is on.
 
     python bench/decode_blocks.py DATA [--batch 256]   # DATA/train/<class>/*.JPEG; needs a CUDA GPU
 """
@@ -20,25 +24,37 @@ def main() -> None:
     parser.add_argument("data", type=Path)
     parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("decode_blocks: skipped, it needs a CUDA GPU")
+        return
     files = [read_file(str(path)) for path in sorted((args.data / "train").glob("*/*.JPEG"))[:args.batch]]
     matrix = torch.randn(8192, 8192, device="cuda")
-    for _ in range(2):
-        decode_jpeg(files, mode=ImageReadMode.RGB, device="cuda")
     side = torch.cuda.Stream()
-    for where in ("same stream", "side stream"):
-        torch.cuda.synchronize()
-        _queue_products(matrix)
-        start = time.perf_counter()
-        with torch.cuda.stream(side if where == "side stream" else torch.cuda.current_stream()):
+    with torch.cuda.stream(side):
+        for _ in range(2):
             decode_jpeg(files, mode=ImageReadMode.RGB, device="cuda")
-        issued = time.perf_counter() - start
-        torch.cuda.synchronize()
-        print(f"{where}: decode issued in {issued * 1e3:.1f} ms, all done {(time.perf_counter() - start) * 1e3:.1f} ms")
     torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.cuda.stream(side):
+        decode_jpeg(files, mode=ImageReadMode.RGB, device="cuda")
+    torch.cuda.synchronize()
+    print(f"the decode alone: {(time.perf_counter() - start) * 1e3:.1f} ms")
     start = time.perf_counter()
     _queue_products(matrix)
     torch.cuda.synchronize()
     print(f"the matrix products alone: {(time.perf_counter() - start) * 1e3:.1f} ms")
+    for where, stream in (("the default stream", torch.cuda.default_stream()), ("a stream of their own",
+                                                                                 torch.cuda.Stream())):
+        torch.cuda.synchronize()
+        with torch.cuda.stream(stream):
+            _queue_products(matrix)
+        start = time.perf_counter()
+        with torch.cuda.stream(side):
+            decode_jpeg(files, mode=ImageReadMode.RGB, device="cuda")
+        returned = time.perf_counter() - start
+        torch.cuda.synchronize()
+        print(f"products on {where}, decode on a side stream: the decode returned after {returned * 1e3:.1f} ms, "
+              f"all done after {(time.perf_counter() - start) * 1e3:.1f} ms")
 
 
 def _queue_products(matrix: torch.Tensor) -> None:

@@ -126,6 +126,7 @@ run_step jpeg-folder 150 "$PY" bench/make_jpegs.py "$DATA" --classes "$CLASSES" 
 
 # nvJPEG's decode and the crops of a batch, timed apart: host time to issue, and time until the GPU is done.
 run_step decode-split 90 "$PY" bench/decode_split.py "$DATA" --batch "$MAIN_BATCH" --size "$MAIN_SIZE"
+run_step decode-blocks 60 "$PY" bench/decode_blocks.py "$DATA" --batch "$MAIN_BATCH"
 
 # The step at 224 px on synthetic batches: eager, compiled, compiled as CUDA graphs, the reference beside them.
 run_step compare-synthetic 240 "$PY" bench/compare_training.py --arch "$ARCH" --sizes "$MAIN_SIZE" --batch "$MAIN_BATCH" \

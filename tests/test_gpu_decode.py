@@ -3,13 +3,15 @@ workers hand over, the seeded crops, the batched decode and crop, odd and corrup
 
 import json
 import logging
+import threading
+import time
 
 import pytest
 import torch
 
 from tests.support import odd_files
 from tests.trainer_runs import run, train_command
-from trainer import data, gpu_decode, layout, loaders, schedule
+from trainer import data, engine, gpu_decode, layout, loaders, schedule
 from trainer.demo_data import make_demo_dataset
 
 CPU = torch.device("cpu")
@@ -108,3 +110,67 @@ def test_a_run_decoding_on_the_device_trains_and_says_so(tiny_data, tmp_path):
     start = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[0])
     assert start["config"]["decode"] == "device"
     assert json.loads((logdir / "summary.json").read_text())["epochs"][0]["top5"] > 0
+
+
+def test_a_thread_decodes_the_batches_ahead_and_hands_them_over_in_order(tiny_data, tmp_path):
+    """The training loop gets the batches the inline decode gives, in the loader's order, while a thread of their
+    own decodes the next ones (nvJPEG's decode waits for the GPU's queue: inline it would wait for the step)."""
+    plan = schedule.load("cpu-tiny")
+    folders = layout.check_layout(tiny_data, plan)
+    settings = loaders.LoaderSettings(0, 1, 0, 0, False, tmp_path / "cache", gpu_decode=True)
+    val = loaders.build_loaders(tiny_data, plan, folders, settings)[0].val
+    inline = [gpu_decode.decode_batch(batch, CPU) for batch in val]
+    threads = []
+
+    def decode(batch):
+        threads.append(threading.current_thread().name)
+        return gpu_decode.decode_batch(batch, CPU)
+
+    handed = list(engine.DeviceBatches(val, decode, CPU))
+    assert len(handed) == len(inline) > engine.DeviceBatches.AHEAD
+    for (images, labels), (want, want_labels) in zip(handed, inline):
+        assert torch.equal(images, want) and torch.equal(labels, want_labels)
+    assert set(threads) == {"decode-ahead"}
+
+
+def _encoded(count: int) -> list[gpu_decode.EncodedBatch]:
+    return [gpu_decode.EncodedBatch(torch.empty(0, dtype=torch.uint8), torch.zeros(1, dtype=torch.long), [],
+                                    torch.tensor([i]), torch.zeros(1, 7, dtype=torch.long), [f"{i}.JPEG"])
+            for i in range(count)]
+
+
+def _until(condition, seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_the_thread_decodes_while_the_loop_trains_and_stops_with_the_loop():
+    prepared = []
+
+    def prepare(batch):
+        prepared.append(batch.labels.item())
+        return batch.labels, batch.labels
+
+    batches = iter(engine.DeviceBatches(_encoded(20), prepare, CPU))
+    assert next(batches)[1].item() == 0
+    ahead = engine.DeviceBatches.AHEAD
+    assert _until(lambda: len(prepared) >= 1 + ahead), "decoded ahead while the loop holds the first batch"
+    batches.close()  # validation stops after its fixed steps
+    assert not any(t.name == "decode-ahead" for t in threading.enumerate())
+    assert len(prepared) <= 2 + ahead, "bounded: at most AHEAD waiting and one in hand"
+
+
+def test_a_decode_error_reaches_the_training_loop_after_the_batches_before_it():
+    def prepare(batch):
+        if batch.labels.item() == 2:
+            raise RuntimeError("nvJPEG failed on 2.JPEG")
+        return batch.labels, batch.labels
+
+    handed = []
+    with pytest.raises(RuntimeError, match="nvJPEG failed on 2.JPEG"):
+        for images, labels in engine.DeviceBatches(_encoded(5), prepare, CPU):
+            handed.append(labels.item())
+    assert handed == [0, 1]
+    assert _until(lambda: not any(t.name == "decode-ahead" for t in threading.enumerate()))

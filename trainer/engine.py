@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +49,7 @@ class Context:
         device = self.world.device
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(shape) * 255
         self.std = torch.tensor(IMAGENET_STD, device=device).view(shape) * 255
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def to_device(self, batch: tuple[torch.Tensor, torch.Tensor] | EncodedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """A loader's batch as normalised images and labels on the device: uint8 images are normalised here,
@@ -56,6 +60,22 @@ class Context:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels.to(device, non_blocking=True)
+
+    @contextlib.contextmanager
+    def own_stream(self):
+        """On a GPU, the loops' work goes to a stream of the run's own, not to CUDA's legacy default stream (where
+        PyTorch puts it by default): work queued on the legacy stream is waited for by every blocking stream, and
+        nvJPEG's decode waited for the step queued there (bench/decode_blocks.py measures whether it also waits for
+        a stream of its own). Work queued before is waited for on entry; work queued after, on the default stream,
+        waits for the loop's."""
+        if self.world.device.type != "cuda":
+            yield
+            return
+        default = torch.cuda.current_stream(self.world.device)
+        self.stream.wait_stream(default)
+        with torch.cuda.stream(self.stream):
+            yield
+        default.wait_stream(self.stream)
 
     def device_batches(self, loader) -> DeviceBatches:
         return DeviceBatches(loader, self.to_device, self.world.device)
@@ -68,7 +88,13 @@ class Context:
 
 class DeviceBatches:
     """A loader's batches on the device. On a GPU each batch is copied (or decoded) and normalised on a side
-    stream, launched while the model still trains on the batch before it, so neither waits for the other."""
+    stream, launched while the model still trains on the batch before it, so neither waits for the other.
+
+    Encoded batches (trainer.gpu_decode) are decoded by a thread of their own, up to AHEAD batches ahead: nvJPEG's
+    batched decode returns only once the GPU work queued before it is done (bench/decode_blocks.py), so decoded
+    inline, the next batch's decode and the step it would overlap ran one after the other."""
+
+    AHEAD = 2
 
     def __init__(self, loader, prepare, device: torch.device):
         self.loader, self.prepare, self.device = loader, prepare, device
@@ -77,18 +103,76 @@ class DeviceBatches:
         return len(self.loader)
 
     def __iter__(self):
-        if self.device.type != "cuda":
-            yield from map(self.prepare, self.loader)
+        batches = iter(self.loader)
+        first = next(batches, None)
+        if first is None:
             return
-        side = torch.cuda.Stream(self.device)
-        for batch in self.loader:
+        batches = itertools.chain([first], batches)
+        if isinstance(first, EncodedBatch):
+            yield from self._prepared_by_a_thread(batches)
+        elif self.device.type == "cuda":
+            side = torch.cuda.Stream(self.device)
+            for batch in batches:
+                with torch.cuda.stream(side):
+                    ready = self.prepare(batch)
+                yield self._on_the_current_stream(ready, side.record_event())
+        else:
+            yield from map(self.prepare, batches)
+
+    def _prepared_by_a_thread(self, batches):
+        ready: queue.Queue = queue.Queue(maxsize=self.AHEAD)
+        stop = threading.Event()
+
+        def offer(item) -> bool:
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def prepare_all() -> None:
+            try:
+                with self._side_stream() as side:
+                    for batch in batches:
+                        tensors = self.prepare(batch)
+                        if not offer((tensors, side and side.record_event(), None)):
+                            return
+            except BaseException as error:  # raised again in the training loop's thread
+                offer((None, None, error))
+                return
+            offer(None)
+
+        thread = threading.Thread(target=prepare_all, name="decode-ahead", daemon=True)
+        thread.start()
+        try:
+            while (item := ready.get()) is not None:
+                tensors, done, error = item
+                if error is not None:
+                    raise error
+                yield self._on_the_current_stream(tensors, done) if done is not None else tensors
+        finally:
+            stop.set()  # a consumer that stops early (validation's fixed steps) ends the thread too
+            thread.join()
+
+    @contextlib.contextmanager
+    def _side_stream(self):
+        """A stream of the thread's own on a GPU (None on a CPU); the thread's device is the loop's."""
+        if self.device.type != "cuda":
+            yield None
+            return
+        with torch.cuda.device(self.device):
+            side = torch.cuda.Stream(self.device)
             with torch.cuda.stream(side):
-                ready = self.prepare(batch)
-            main = torch.cuda.current_stream(self.device)
-            main.wait_stream(side)
-            for tensor in ready:
-                tensor.record_stream(main)  # made on `side`, freed only once `main` is done with it
-            yield ready
+                yield side
+
+    def _on_the_current_stream(self, tensors: tuple[torch.Tensor, ...], done: torch.cuda.Event):
+        main = torch.cuda.current_stream(self.device)
+        main.wait_event(done)
+        for tensor in tensors:
+            tensor.record_stream(main)  # made on a side stream, freed only once `main` is done with it
+        return tensors
 
 
 @dataclass
@@ -147,24 +231,25 @@ def train_one_epoch(ctx: Context, loaders: PhaseLoaders, epoch: int) -> EpochRes
     batches = len(loaders.train)
     meters, window = _new_meters(), _Window(ctx.world.device)
     epoch_start = last = time.perf_counter()
-    for batch, (images, labels) in enumerate(ctx.device_batches(loaders.train)):
-        window.data_seconds += time.perf_counter() - last
-        _update_lr(ctx, epoch, batch, batches)
-        if ctx.cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        with ctx.autocast():
-            output = ctx.model(images)
-            loss = nn.functional.cross_entropy(output, labels)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        ctx.optimizer.step()
-        window.add(output.detach(), labels, loss)
-        done = batch + 1
-        if done % ctx.print_freq == 0 or done == batches:
-            _report_train(ctx, meters, window, epoch, done, batches)
-        ctx.recorder.heartbeat(epoch=epoch, batch=done, batches=batches)
-        ctx.node_heartbeat.beat(epoch=epoch, batch=done, batches=batches)
-        last = time.perf_counter()
+    with ctx.own_stream():
+        for batch, (images, labels) in enumerate(ctx.device_batches(loaders.train)):
+            window.data_seconds += time.perf_counter() - last
+            _update_lr(ctx, epoch, batch, batches)
+            if ctx.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            with ctx.autocast():
+                output = ctx.model(images)
+                loss = nn.functional.cross_entropy(output, labels)
+            ctx.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            ctx.optimizer.step()
+            window.add(output.detach(), labels, loss)
+            done = batch + 1
+            if done % ctx.print_freq == 0 or done == batches:
+                _report_train(ctx, meters, window, epoch, done, batches)
+            ctx.recorder.heartbeat(epoch=epoch, batch=done, batches=batches)
+            ctx.node_heartbeat.beat(epoch=epoch, batch=done, batches=batches)
+            last = time.perf_counter()
     return EpochResult(meters["loss"].avg, meters["top1"].avg, meters["top5"].avg,
                        time.perf_counter() - epoch_start, meters["loss"].count)
 
@@ -212,7 +297,7 @@ def evaluate(ctx: Context, loaders: PhaseLoaders, epoch: int) -> EpochResult:
     meters, window = _new_meters(), _Window(ctx.world.device)
     start = last = time.perf_counter()
     batches = iter(ctx.device_batches(loaders.val))
-    with torch.no_grad():
+    with ctx.own_stream(), torch.no_grad():
         for step in range(loaders.val_steps):
             batch = next(batches, None)
             window.data_seconds += time.perf_counter() - last
