@@ -1,4 +1,5 @@
-"""Where a batch's time goes on the GPU data path (`--decode device`): nvJPEG's batched decode, then the crops,
+"""Where a batch's time goes on the GPU data path (`--decode device`): the batched decode (torchvision's nvJPEG call,
+and nvImageCodec where it is installed), then the crops,
 torchvision's resized_crop image by image (how trainer.gpu_decode cropped until 2026-12-04) against
 trainer.gpu_decode.resized_crops (roi_align, one launch per image), and the whole decode_batch. Each figure is
 given twice: the host's time to issue the work (what the training process spends while the GPU still runs the
@@ -39,9 +40,11 @@ def main() -> None:
     print(f"{'work':44} {'host ms':>8} {'done ms':>8} {'img/s (done)':>13}")
     decoded = {}
 
-    def decode(batch):
-        payloads = batch.payloads()
-        decoded[id(batch)] = gpu_decode._decode([p for p in payloads if p.dim() == 1], device)
+    def decode(decoder):
+        def work(batch):
+            payloads = batch.payloads()
+            decoded[id(batch)] = gpu_decode.decode_jpegs([p for p in payloads if p.dim() == 1], device, decoder)
+        return work
 
     def plans(batch):
         return [plan for plan, payload in zip(batch.plans.tolist(), batch.payloads()) if payload.dim() == 1]
@@ -55,10 +58,12 @@ def main() -> None:
     def crop_batched(batch):
         gpu_decode.resized_crops(decoded[id(batch)], plans(batch), (args.size, args.size))
 
-    works = {"nvJPEG batched decode (decode_jpeg)": decode,
-             "crops: resized_crop per image (before)": crop_each,
-             "crops: resized_crops, roi_align (now)": crop_batched,
-             "decode_batch: decode + crops (now)": lambda batch: gpu_decode.decode_batch(batch, device)}
+    chosen = gpu_decode.decoder_for(device)
+    decoders = ["nvImageCodec", "nvJPEG"] if chosen == "nvImageCodec" else [chosen]  # the crops crop the last's
+    works = {f"{decoder} batched decode": decode(decoder) for decoder in decoders}
+    works.update({"crops: resized_crop per image (before)": crop_each,
+                  "crops: resized_crops, roi_align (now)": crop_batched,
+                  f"decode_batch: {chosen} decode + crops": lambda batch: gpu_decode.decode_batch(batch, device)})
     for name, work in works.items():
         issued, done = [], []
         for batch in batches:

@@ -7,10 +7,12 @@
 #   GPU_BENCH_TINY=1 bash bench/gpu.sh   # the same steps shrunk to run on a CPU
 #   GPU_BENCH_STEPS="versions compare-synthetic" bash bench/gpu.sh   # some steps; GPU_BENCH_SIZES: compare-sizes'
 #
-# Steps: versions; an ImageNet-like JPEG folder (bench/make_jpegs.py); at 224 px the trainer's step eager,
-# where a batch's time goes on the GPU decode path (bench/decode_split.py); compiled and as CUDA graphs against
-# the torchvision-reference-style loop (--amp) on synthetic batches, then from the JPEGs decoded by the loader
-# workers and by the GPU (nvJPEG), compiled (bench/compare_training.py, with MFU); tests/test_gpu.py; the seed's -sz/160, -sz/352 copies and a short real
+# Steps: versions; an ImageNet-like JPEG folder (bench/make_jpegs.py); nvImageCodec unpacked where its wheels
+# were carried in bench/wheels/; where a batch's time goes on the GPU decode path (bench/decode_split.py) and what
+# each decoder waits for (bench/decode_blocks.py); at 224 px the trainer's step eager, compiled and as CUDA graphs
+# against the torchvision-reference-style loop (--amp) on synthetic batches, then from the JPEGs decoded by the
+# loader workers, by the GPU with torchvision's nvJPEG call and with nvImageCodec, compiled
+# (bench/compare_training.py, with MFU); tests/test_gpu.py; the seed's -sz/160, -sz/352 copies and a short real
 # `python3 -m trainer train --compile` through every data layout; the other sizes eager and compiled. Each step
 # has a timeout and the whole script a deadline (GPU_BENCH_BUDGET seconds, default 560), a failed step does not
 # stop the ones after it, and the failures are listed at the end (exit status 1 if any). Nothing is downloaded.
@@ -124,21 +126,42 @@ EOF
 run_step jpeg-folder 150 "$PY" bench/make_jpegs.py "$DATA" --classes "$CLASSES" \
     --train-per-class "$TRAIN_PER_CLASS" --val-per-class "$VAL_PER_CLASS"
 
-# nvJPEG's decode and the crops of a batch, timed apart: host time to issue, and time until the GPU is done.
-run_step decode-split 90 "$PY" bench/decode_split.py "$DATA" --batch "$MAIN_BATCH" --size "$MAIN_SIZE"
-run_step decode-blocks 60 "$PY" bench/decode_blocks.py "$DATA" --batch "$MAIN_BATCH"
+# nvImageCodec, where its wheels were carried to the machine (the machine has no network; bench/nvimgcodec-wheels.txt
+# says how to fetch them into bench/wheels/, about 29 MB, not in git): unpacked beside the repo, and put on
+# PYTHONPATH where a step says.
+WITH_NVIMGCODEC=$PYTHONPATH
+if compgen -G "bench/wheels/*.whl" >/dev/null; then
+    run_step nvimgcodec 60 bash -c 'for wheel in bench/wheels/*.whl; do "$0" -m zipfile -e "$wheel" "$1"; done' \
+        "$PY" "$WORK/nvimgcodec"
+    [[ -d $WORK/nvimgcodec/nvidia/nvimgcodec ]] && WITH_NVIMGCODEC=$WORK/nvimgcodec:$PYTHONPATH
+else
+    echo "=== nvimgcodec: no wheels in bench/wheels; the GPU decode path is measured with torchvision's nvJPEG only"
+fi
+
+# The decoders and the crops of a batch, timed apart: host time to issue, and time until the GPU is done; then
+# whether each decoder waits for work queued before it.
+run_step decode-split 90 env PYTHONPATH="$WITH_NVIMGCODEC" "$PY" bench/decode_split.py "$DATA" \
+    --batch "$MAIN_BATCH" --size "$MAIN_SIZE"
+run_step decode-blocks 60 env PYTHONPATH="$WITH_NVIMGCODEC" "$PY" bench/decode_blocks.py "$DATA" --batch "$MAIN_BATCH"
 
 # The step at 224 px on synthetic batches: eager, compiled, compiled as CUDA graphs, the reference beside them.
 run_step compare-synthetic 240 "$PY" bench/compare_training.py --arch "$ARCH" --sizes "$MAIN_SIZE" --batch "$MAIN_BATCH" \
     --modes synthetic --variants eager compiled graphs --reference amp \
     --steps "$SYN_STEPS" --warmup "$SYN_WARMUP" --rounds "$SYN_ROUNDS"
-# From full-size JPEGs: decoded in the loader workers against a batch at a time on the GPU (nvJPEG). Compiled
-# only: from JPEGs the graphs variant measured alike on 2026-12-04 (the data, not the step, bounds both).
+# From full-size JPEGs: decoded in the loader workers against a batch at a time on the GPU (torchvision's nvJPEG
+# call), then on the GPU by nvImageCodec where it was carried. Compiled only: from JPEGs the graphs variant
+# measured alike on 2026-12-04 (the data, not the step, bounds both).
 run_step compare-jpeg 200 "$PY" bench/compare_training.py --arch "$ARCH" --sizes "$MAIN_SIZE" --batch "$MAIN_BATCH" \
     --data "$DATA" --modes jpeg jpeg-device --variants compiled --reference amp \
     --steps "$JPEG_STEPS" --warmup "$JPEG_WARMUP" --rounds "$JPEG_ROUNDS"
+if [[ $WITH_NVIMGCODEC != "$PYTHONPATH" ]]; then
+    run_step compare-nvimgcodec 150 env PYTHONPATH="$WITH_NVIMGCODEC" "$PY" bench/compare_training.py \
+        --arch "$ARCH" --sizes "$MAIN_SIZE" --batch "$MAIN_BATCH" --data "$DATA" --modes jpeg-device \
+        --variants compiled --reference amp --steps "$JPEG_STEPS" --warmup "$JPEG_WARMUP" --rounds "$JPEG_ROUNDS"
+fi
 if "$PY" -c "import pytest" 2>/dev/null; then
-    run_step test-gpu 150 "$PY" -m pytest -q --noconftest tests/test_gpu.py -p no:cacheprovider
+    run_step test-gpu 150 env PYTHONPATH="$WITH_NVIMGCODEC" "$PY" -m pytest -q --noconftest tests/test_gpu.py \
+        -p no:cacheprovider
 else
     echo "=== test-gpu: skipped, pytest is not installed"
     FAILED+=("test-gpu (skipped: no pytest)")

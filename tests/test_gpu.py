@@ -5,6 +5,7 @@ Self-sufficient, so a GPU machine with only the trainer's dependencies can run i
 conftest (which needs the AWS simulator's packages): `python3 -m pytest --noconftest tests/test_gpu.py`.
 """
 
+import importlib.util
 import json
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from tests.trainer_runs import run, train_command
+from trainer import gpu_decode
 from trainer.demo_data import make_demo_dataset
 from trainer.prepare import prepare
 
@@ -39,6 +41,8 @@ def test_one_epoch_on_the_gpu(gpu_data, tmp_path, options):
     assert start["config"]["bf16"] and start["config"]["channels_last"]
     assert start["config"]["compile"] is ("--compile" in options)
     assert start["config"]["decode"] == ("device" if "--decode" in options else "workers")
+    if "--decode" in options:
+        assert start["config"]["decoder"] == ("nvImageCodec" if _has_nvimgcodec() else "nvJPEG")
     assert start["config"]["pin_memory"] and start["config"]["process_group"] is None, "one process: no group"
     assert json.loads((logdir / "summary.json").read_text())["epochs"][0]["top5"] > 0
 
@@ -61,3 +65,29 @@ def test_the_local_backend_sees_the_gpus_torch_sees():
     gpus = LocalGpus.visible()
     assert len(gpus.devices) == torch.cuda.device_count()
     assert gpus.describe(1) == f"{torch.cuda.device_count()} GPU(s) each, one process per GPU"
+
+
+def _has_nvimgcodec() -> bool:
+    try:
+        return importlib.util.find_spec("nvidia.nvimgcodec") is not None
+    except ModuleNotFoundError:  # no nvidia package at all
+        return False
+
+
+@pytest.mark.skipif(not _has_nvimgcodec(), reason="needs nvImageCodec: pip install nvidia-nvimgcodec-cu13[nvjpeg]")
+@needs_cuda
+def test_nvimagecodec_decodes_as_nvjpeg_does_and_a_bad_image_fails_alone(gpu_data):
+    from torchvision.io import read_file
+
+    paths = sorted((gpu_data / "train").glob("*/*.JPEG"))[:32]
+    payloads = [read_file(str(path)) for path in paths]
+    device = torch.device("cuda")
+    assert gpu_decode.decoder_for(device) == "nvImageCodec"
+    by_nvimgcodec = gpu_decode.decode_jpegs(payloads, device, "nvImageCodec")
+    by_nvjpeg = gpu_decode.decode_jpegs(payloads, device, "nvJPEG")
+    for a, b in zip(by_nvimgcodec, by_nvjpeg):
+        assert a.shape == b.shape and a.dtype == torch.uint8 and a.device.type == "cuda"
+        assert (a.float() - b.float()).abs().mean().item() < 2, "the same pixels, up to the IDCT's rounding"
+    garbage = torch.frombuffer(bytearray(payloads[0][:600].tolist() + [0] * 4000), dtype=torch.uint8)
+    decoded = gpu_decode.decode_jpegs([garbage, payloads[1]], device, "nvImageCodec")
+    assert len(decoded) == 2 and torch.equal(decoded[1], by_nvimgcodec[1])

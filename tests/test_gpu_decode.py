@@ -108,7 +108,7 @@ def test_a_run_decoding_on_the_device_trains_and_says_so(tiny_data, tmp_path):
     result = run(train_command(tiny_data, logdir, "--epochs", "1", "--decode", "device", "--workers", "1"))
     assert result.returncode == 0, result.stderr[-3000:]
     start = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[0])
-    assert start["config"]["decode"] == "device"
+    assert (start["config"]["decode"], start["config"]["decoder"]) == ("device", "libjpeg")
     assert json.loads((logdir / "summary.json").read_text())["epochs"][0]["top5"] > 0
 
 

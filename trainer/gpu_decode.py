@@ -7,12 +7,19 @@ then crops and resizes it there (resized_crops). Images nvJPEG is not handed (an
 colour JPEG: PNGs named .JPEG, grayscale, CMYK, progressive, or an unreadable header) are decoded and cropped in
 the worker, as the CPU path does, and join the batch already cropped. On a CPU device the same code decodes with
 libjpeg-turbo, which is how the tests run this path without a GPU.
+
+Two GPU decoders: torchvision's nvJPEG call, which returns only once the GPU has decoded (and, measured on an H200,
+once the work queued before it was done too), and nvImageCodec (`pip install nvidia-nvimgcodec-cu13[nvjpeg]`), whose
+decode returns once it has queued the GPU's work, ordered on the caller's stream by events, into images allocated
+stream-ordered. nvImageCodec is used where it is installed.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import threading
 from typing import NamedTuple
 
 import torch
@@ -108,7 +115,7 @@ def decode_batch(batch: EncodedBatch, device: torch.device) -> tuple[torch.Tenso
     plans, payloads = batch.plans.tolist(), batch.payloads()
     encoded = [i for i, payload in enumerate(payloads) if payload.dim() == 1]
     size = _output_size(payloads, plans, encoded)
-    images = dict(zip(encoded, _decode([payloads[i] for i in encoded], device)))
+    images = dict(zip(encoded, decode_jpegs([payloads[i] for i in encoded], device)))
     images.update((i, payload.to(device)) for i, payload in enumerate(payloads) if payload.dim() == 3)
     failed = [i for i, image in images.items() if image is None]
     kept = [i for i in range(len(plans)) if i not in failed]
@@ -155,14 +162,63 @@ def _output_size(payloads: list[torch.Tensor], plans: list[list[int]], encoded: 
     return tuple(payloads[0].shape[1:])
 
 
-def _decode(payloads: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    """One batched decode; if that fails, image by image, with libjpeg as the fallback for each."""
+def decoder_for(device: torch.device) -> str:
+    """The decoder of `--decode device` there: nvImageCodec on a GPU where it is installed, else torchvision's
+    nvJPEG call; libjpeg (torchvision's libjpeg-turbo) on a CPU."""
+    if device.type != "cuda":
+        return "libjpeg"
+    return "nvImageCodec" if _nvimgcodec(_index(device)) else "nvJPEG"
+
+
+def decode_jpegs(payloads: list[torch.Tensor], device: torch.device,
+                 decoder: str | None = None) -> list[torch.Tensor | None]:
+    """JPEGs' bytes as uint8 CHW images on `device`, decoded in one batch by `decoder` (decoder_for's by default);
+    an image the batch left undecoded is tried alone, with libjpeg last; None: nothing could decode it."""
     if not payloads:
         return []
+    decoder = decoder or decoder_for(device)
+    if decoder == "nvImageCodec":
+        images = _decode_with_nvimgcodec(payloads, device)
+    else:
+        try:
+            images = decode_jpeg(payloads, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            images = [None] * len(payloads)
+    return [image if image is not None else _decode_one(payload, device) for image, payload in zip(images, payloads)]
+
+
+_NVIMGCODEC_CALLS = threading.Lock()  # one decode at a time per process: the decoder's state is not shared safely
+
+
+@functools.cache
+def _nvimgcodec(device_index: int):
+    """(the module, a decoder for that GPU), or None where nvImageCodec is not installed or cannot start."""
     try:
-        return decode_jpeg(payloads, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:
-        return [_decode_one(payload, device) for payload in payloads]
+        from nvidia import nvimgcodec
+    except ImportError:
+        return None
+    try:
+        return nvimgcodec, nvimgcodec.Decoder(device_id=device_index)
+    except RuntimeError as error:
+        log.warning("nvImageCodec is installed but could not start (%s): decoding with torchvision's nvJPEG", error)
+        return None
+
+
+def _decode_with_nvimgcodec(payloads: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """Queued on the current stream. EXIF orientation is not applied, as the workers' decode does not: the crops
+    were drawn on the stored size."""
+    nvimgcodec, decoder = _nvimgcodec(_index(device))
+    params = nvimgcodec.DecodeParams(apply_exif_orientation=False)
+    stream = torch.cuda.current_stream(device)
+    with _NVIMGCODEC_CALLS:
+        images = decoder.decode([payload.numpy() for payload in payloads], params=params,
+                                cuda_stream=stream.cuda_stream)
+    # HWC as decoded; the DLPack capsule keeps the image's memory alive while the tensor lives
+    return [None if image is None else torch.from_dlpack(image).permute(2, 0, 1) for image in images]
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def _decode_one(payload: torch.Tensor, device: torch.device) -> torch.Tensor | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from trainer import checkpoint, console, distributed, layout, recipe, sync
+from trainer import checkpoint, console, distributed, gpu_decode, layout, recipe, sync
 from trainer import schedule as schedules
 from trainer.console import log
 from trainer.engine import Context, evaluate, train_one_epoch
@@ -114,7 +114,8 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
                          target=target, target_metric=metric)
     run_config = {**asdict(config), "arch": arch, "run_name": run_name, "world_size": world.size,
                   "classes": len(classes), "epochs": end_epoch, "bf16": bf16, "channels_last": channels_last,
-                  "process_group": distributed.backend(), "pin_memory": settings.pin_memory, "decode": decode}
+                  "process_group": distributed.backend(), "pin_memory": settings.pin_memory, "decode": decode,
+                  "decoder": gpu_decode.decoder_for(world.device) if decode == "device" else "libjpeg"}
     recorder = Recorder(logdir, run_name, _jsonable(run_config), world.is_master, config.heartbeat_seconds)
     heartbeat = NodeHeartbeat(logdir, world.node_rank, world.is_node_master, config.heartbeat_seconds)
     ctx = Context(wrapped, model, optimizer, plan, world, recorder, heartbeat, bf16, channels_last,
