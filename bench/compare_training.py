@@ -17,7 +17,9 @@ resized copies the seed's schedules read at that size (DATA-sz/160 up to 128 px,
 them with `python -m trainer prepare DATA`).
 
 Trainer variants (`--variants`): `eager`; `compiled` (`--compile`); `graphs` (`--compile --compile-mode
-reduce-overhead`: the compiled step replayed as CUDA graphs). MFU is the model's training FLOPs (3x the forward's,
+reduce-overhead`: the compiled step replayed as CUDA graphs); `autotune` (torch.compile's max-autotune: Triton
+kernels chosen by timing each against cuDNN and cuBLAS, as CUDA graphs; not a trainer option until it measures
+faster). MFU is the model's training FLOPs (3x the forward's,
 counted by torch's FlopCounterMode at each size) per second against the GPU's dense bf16 peak.
 
 Each (mode, size) runs `--rounds` rounds, trainer and reference(s) alternating, and reports medians. A timed
@@ -52,7 +54,8 @@ from trainer.model import build_model, build_optimizer, training_module
 from trainer.recorder import NodeHeartbeat, Recorder
 
 MODES = ("synthetic", "jpeg", "jpeg-device", "jpeg-sz")
-VARIANTS = {"eager": (False, "default"), "compiled": (True, "default"), "graphs": (True, "reduce-overhead")}
+VARIANTS = {"eager": (False, "default"), "compiled": (True, "default"), "graphs": (True, "reduce-overhead"),
+            "autotune": (True, "max-autotune")}
 # Dense bf16 tensor-core peaks (TFLOP/s) from NVIDIA's data sheets, by the name torch reports.
 PEAK_TFLOPS = {"H100 80GB HBM3": 989.4, "H200": 989.4, "H100 PCIe": 756.0, "A100": 312.0}
 SYNTHETIC_CLASSES = 1000

@@ -7,15 +7,16 @@
 #   GPU_BENCH_TINY=1 bash bench/gpu.sh   # the same steps shrunk to run on a CPU
 #   GPU_BENCH_STEPS="versions compare-synthetic" bash bench/gpu.sh   # some steps; GPU_BENCH_SIZES: compare-sizes'
 #
-# Steps: versions; an ImageNet-like JPEG folder (bench/make_jpegs.py); nvImageCodec unpacked where its wheels
-# were carried in bench/wheels/; where a batch's time goes on the GPU decode path (bench/decode_split.py) and what
-# each decoder waits for (bench/decode_blocks.py); at 224 px the trainer's step eager, compiled and as CUDA graphs
+# Steps: versions; an ImageNet-like JPEG folder (bench/make_jpegs.py); nvImageCodec unpacked where its wheels were
+# carried in bench/wheels/; where a batch's time goes on the GPU decode path (bench/decode_split.py) and what each
+# decoder waits for (bench/decode_blocks.py); at 224 px the trainer's step eager, compiled and as CUDA graphs
 # against the torchvision-reference-style loop (--amp) on synthetic batches, then from the JPEGs decoded by the
 # loader workers, by the GPU with torchvision's nvJPEG call and with nvImageCodec, compiled
 # (bench/compare_training.py, with MFU); tests/test_gpu.py; the seed's -sz/160, -sz/352 copies and a short real
-# `python3 -m trainer train --compile` through every data layout; the other sizes eager and compiled. Each step
-# has a timeout and the whole script a deadline (GPU_BENCH_BUDGET seconds, default 560), a failed step does not
-# stop the ones after it, and the failures are listed at the end (exit status 1 if any). Nothing is downloaded.
+# `python3 -m trainer train --compile` through every data layout; the other sizes eager and compiled; max-autotune
+# at 224 px. Each step has a timeout and the whole script a deadline (GPU_BENCH_BUDGET seconds, default 560), a
+# failed step does not stop the ones after it, and the failures are listed at the end (exit status 1 if any).
+# Nothing is downloaded.
 # Needs python3 with torch, torchvision, pillow, numpy, tensorboard, pydantic (pytest for test-gpu); the project
 # need not be installed: PYTHONPATH is set to the repo root.
 set -euo pipefail
@@ -207,6 +208,11 @@ fi
 # The other image sizes, eager and compiled, as long as the budget lasts.
 run_step compare-sizes 200 "$PY" bench/compare_training.py --arch "$ARCH" --sizes "${SIZES[@]}" \
     --batch "${BATCHES[@]}" --modes synthetic --variants eager compiled --reference amp \
+    --steps "$SYN_STEPS" --warmup "$SYN_WARMUP" --rounds "$SYN_ROUNDS"
+# torch.compile's max-autotune at 224 px (Triton kernels timed against cuDNN's, then CUDA graphs): minutes of
+# autotuning, so last, and only where the budget is left.
+run_step compare-autotune 300 "$PY" bench/compare_training.py --arch "$ARCH" --sizes "$MAIN_SIZE" \
+    --batch "$MAIN_BATCH" --modes synthetic --variants graphs autotune --reference amp \
     --steps "$SYN_STEPS" --warmup "$SYN_WARMUP" --rounds "$SYN_ROUNDS"
 
 echo
