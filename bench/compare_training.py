@@ -33,6 +33,7 @@ window the training process spent waiting for batches (high: the loader limits; 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import itertools
@@ -80,7 +81,9 @@ def bench_schedule(arch: str, size: int, batch: int, trndir: str) -> schedules.S
 
 class TimedBatches:
     """Stands in for the trainer's DataLoader inside train_one_epoch: yields `warmup + steps` batches of
-    `source` (its epochs advanced if it runs out) and times the last `steps` of them, CUDA synchronised."""
+    `source` (its epochs advanced if it runs out). `around` times the last `steps` of the device batches the loop
+    takes, CUDA synchronised, and how long the loop waited for them: there, not here, because with `--decode
+    device` a thread makes each device batch up to DeviceBatches.AHEAD batches before the loop takes it."""
 
     def __init__(self, source, sampler, warmup: int, steps: int, device: torch.device):
         self.source, self.sampler, self.warmup, self.steps, self.device = source, sampler, warmup, steps, device
@@ -92,26 +95,32 @@ class TimedBatches:
 
     def __iter__(self):
         batches = iter(self.source)
-        start = 0.0
         try:
-            for index in range(self.warmup + self.steps):
-                if index == self.warmup:
-                    _sync(self.device)
-                    start = time.perf_counter()
-                fetch = time.perf_counter()
+            for _ in range(len(self)):
                 batch = next(batches, None)
                 if batch is None:  # a new epoch of the real loader
                     self.sampler.set_epoch(self.sampler.epoch + 1)
                     batches = iter(self.source)
                     batch = next(batches)
-                if index >= self.warmup:
-                    self.waited += time.perf_counter() - fetch
-                    self.images += len(batch[1])
                 yield batch
-            _sync(self.device)
-            self.seconds = time.perf_counter() - start
         finally:
             reference_loop.shutdown_workers(batches)
+
+    def around(self, device_batches):
+        with contextlib.closing(iter(device_batches)) as batches:
+            start = 0.0
+            for index in range(len(self)):
+                if index == self.warmup:
+                    _sync(self.device)
+                    start = time.perf_counter()
+                fetch = time.perf_counter()
+                images, labels = next(batches)
+                if index >= self.warmup:
+                    self.waited += time.perf_counter() - fetch
+                    self.images += len(labels)
+                yield images, labels
+            _sync(self.device)
+            self.seconds = time.perf_counter() - start
 
     @property
     def rate(self) -> float:
@@ -123,6 +132,16 @@ class _NoEpochs:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+
+@dataclasses.dataclass
+class _TimedContext(engine.Context):
+    """The engine's Context, its training loop's device batches timed by `timed` where the loop takes them."""
+    timed: TimedBatches | None = None
+
+    def device_batches(self, loader):
+        batches = super().device_batches(loader)
+        return self.timed.around(batches) if loader is self.timed else batches
 
 
 class TrainerSide:
@@ -139,13 +158,13 @@ class TrainerSide:
         recorder = Recorder(logdir, "bench", {}, enabled=True)
         heartbeat = NodeHeartbeat(logdir, 0, True, 30.0)
         compile, mode = VARIANTS[variant]
-        self.ctx = engine.Context(training_module(model, False, compile, len(plan.data), mode), model, optimizer,
-                                  plan, world, recorder, heartbeat, bf16, channels_last, print_freq=10,
-                                  cuda_graphs=mode == "reduce-overhead")
+        self.ctx = _TimedContext(training_module(model, False, compile, len(plan.data), mode), model, optimizer,
+                                 plan, world, recorder, heartbeat, bf16, channels_last, print_freq=10,
+                                 cuda_graphs=mode in ("reduce-overhead", "max-autotune"))
         self.epoch = 0
 
     def run(self, phase: loaders.PhaseLoaders, source, sampler, warmup: int, steps: int) -> TimedBatches:
-        timed = TimedBatches(source, sampler, warmup, steps, self.world.device)
+        timed = self.ctx.timed = TimedBatches(source, sampler, warmup, steps, self.world.device)
         engine.train_one_epoch(self.ctx, dataclasses.replace(phase, train=timed), self.epoch)
         self.epoch += 1
         return timed

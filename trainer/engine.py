@@ -49,7 +49,12 @@ class Context:
         device = self.world.device
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(shape) * 255
         self.std = torch.tensor(IMAGENET_STD, device=device).view(shape) * 255
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        # Made once per run: torch hands out streams from a pool of 32 per priority in turn, so streams made anew
+        # each epoch would come round to those of CUDA graphs or NCCL. The side stream (copies, decodes) has the
+        # high priority its pool gives nothing else here.
+        cuda = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if cuda else None
+        self.side_stream = torch.cuda.Stream(device, priority=-1) if cuda else None
 
     def to_device(self, batch: tuple[torch.Tensor, torch.Tensor] | EncodedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """A loader's batch as normalised images and labels on the device: uint8 images are normalised here,
@@ -73,12 +78,14 @@ class Context:
             return
         default = torch.cuda.current_stream(self.world.device)
         self.stream.wait_stream(default)
-        with torch.cuda.stream(self.stream):
-            yield
-        default.wait_stream(self.stream)
+        try:
+            with torch.cuda.stream(self.stream):
+                yield
+        finally:
+            default.wait_stream(self.stream)
 
     def device_batches(self, loader) -> DeviceBatches:
-        return DeviceBatches(loader, self.to_device, self.world.device)
+        return DeviceBatches(loader, self.to_device, self.world.device, self.side_stream)
 
     def autocast(self):
         if not self.bf16:
@@ -96,8 +103,9 @@ class DeviceBatches:
 
     AHEAD = 2
 
-    def __init__(self, loader, prepare, device: torch.device):
+    def __init__(self, loader, prepare, device: torch.device, side: torch.cuda.Stream | None = None):
         self.loader, self.prepare, self.device = loader, prepare, device
+        self.side = side or (torch.cuda.Stream(device) if device.type == "cuda" else None)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -110,12 +118,11 @@ class DeviceBatches:
         batches = itertools.chain([first], batches)
         if isinstance(first, EncodedBatch):
             yield from self._prepared_by_a_thread(batches)
-        elif self.device.type == "cuda":
-            side = torch.cuda.Stream(self.device)
+        elif self.side is not None:
             for batch in batches:
-                with torch.cuda.stream(side):
+                with torch.cuda.stream(self.side):
                     ready = self.prepare(batch)
-                yield self._on_the_current_stream(ready, side.record_event())
+                yield self._on_the_current_stream(ready, self.side.record_event())
         else:
             yield from map(self.prepare, batches)
 
@@ -134,10 +141,10 @@ class DeviceBatches:
 
         def prepare_all() -> None:
             try:
-                with self._side_stream() as side:
+                with self._on_the_side_stream():
                     for batch in batches:
                         tensors = self.prepare(batch)
-                        if not offer((tensors, side and side.record_event(), None)):
+                        if not offer((tensors, self.side and self.side.record_event(), None)):
                             return
             except BaseException as error:  # raised again in the training loop's thread
                 offer((None, None, error))
@@ -157,15 +164,13 @@ class DeviceBatches:
             thread.join()
 
     @contextlib.contextmanager
-    def _side_stream(self):
-        """A stream of the thread's own on a GPU (None on a CPU); the thread's device is the loop's."""
-        if self.device.type != "cuda":
-            yield None
+    def _on_the_side_stream(self):
+        """In the thread: its device the loop's, its stream the side stream (on a GPU)."""
+        if self.side is None:
+            yield
             return
-        with torch.cuda.device(self.device):
-            side = torch.cuda.Stream(self.device)
-            with torch.cuda.stream(side):
-                yield side
+        with torch.cuda.device(self.device), torch.cuda.stream(self.side):
+            yield
 
     def _on_the_current_stream(self, tensors: tuple[torch.Tensor, ...], done: torch.cuda.Event):
         main = torch.cuda.current_stream(self.device)
@@ -231,8 +236,8 @@ def train_one_epoch(ctx: Context, loaders: PhaseLoaders, epoch: int) -> EpochRes
     batches = len(loaders.train)
     meters, window = _new_meters(), _Window(ctx.world.device)
     epoch_start = last = time.perf_counter()
-    with ctx.own_stream():
-        for batch, (images, labels) in enumerate(ctx.device_batches(loaders.train)):
+    with ctx.own_stream(), contextlib.closing(iter(ctx.device_batches(loaders.train))) as device_batches:
+        for batch, (images, labels) in enumerate(device_batches):
             window.data_seconds += time.perf_counter() - last
             _update_lr(ctx, epoch, batch, batches)
             if ctx.cuda_graphs:
@@ -296,8 +301,7 @@ def evaluate(ctx: Context, loaders: PhaseLoaders, epoch: int) -> EpochResult:
     model.eval()
     meters, window = _new_meters(), _Window(ctx.world.device)
     start = last = time.perf_counter()
-    batches = iter(ctx.device_batches(loaders.val))
-    with ctx.own_stream(), torch.no_grad():
+    with ctx.own_stream(), torch.no_grad(), contextlib.closing(iter(ctx.device_batches(loaders.val))) as batches:
         for step in range(loaders.val_steps):
             batch = next(batches, None)
             window.data_seconds += time.perf_counter() - last

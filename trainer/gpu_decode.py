@@ -177,13 +177,13 @@ def decode_jpegs(payloads: list[torch.Tensor], device: torch.device,
     if not payloads:
         return []
     decoder = decoder or decoder_for(device)
-    if decoder == "nvImageCodec":
-        images = _decode_with_nvimgcodec(payloads, device)
-    else:
-        try:
+    try:
+        if decoder == "nvImageCodec":
+            images = _decode_with_nvimgcodec(payloads, device)
+        else:
             images = decode_jpeg(payloads, mode=ImageReadMode.RGB, device=device)
-        except RuntimeError:
-            images = [None] * len(payloads)
+    except RuntimeError:
+        images = [None] * len(payloads)
     return [image if image is not None else _decode_one(payload, device) for image, payload in zip(images, payloads)]
 
 
@@ -205,16 +205,16 @@ def _nvimgcodec(device_index: int):
 
 
 def _decode_with_nvimgcodec(payloads: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    """Queued on the current stream. EXIF orientation is not applied, as the workers' decode does not: the crops
-    were drawn on the stored size."""
+    """Queued on the current stream, as planar RGB (CHW, as the crops read it). EXIF orientation is not applied,
+    as the workers' decode does not: the crops were drawn on the stored size."""
     nvimgcodec, decoder = _nvimgcodec(_index(device))
-    params = nvimgcodec.DecodeParams(apply_exif_orientation=False)
+    params = nvimgcodec.DecodeParams(apply_exif_orientation=False, sample_format=nvimgcodec.SampleFormat.P_RGB)
     stream = torch.cuda.current_stream(device)
     with _NVIMGCODEC_CALLS:
         images = decoder.decode([payload.numpy() for payload in payloads], params=params,
                                 cuda_stream=stream.cuda_stream)
-    # HWC as decoded; the DLPack capsule keeps the image's memory alive while the tensor lives
-    return [None if image is None else torch.from_dlpack(image).permute(2, 0, 1) for image in images]
+    # the DLPack capsule keeps an image's memory alive while its tensor lives
+    return [None if image is None else torch.from_dlpack(image) for image in images]
 
 
 def _index(device: torch.device) -> int:
