@@ -39,10 +39,10 @@ def delete_default_vpc(aws) -> None:
 
 
 def users_subnet(aws, way_out: bool = True, public: bool = True, dns_hostnames: bool = True,
-                 through_nat: bool = False) -> str:
+                 through_nat: bool = False, target_gone: bool = False) -> str:
     """A subnet in us-east-1a of a VPC of the user's own, by default as the machines need it: a route out through
     an internet gateway (or, through_nat, a NAT gateway in another subnet), public addresses on launch, both DNS
-    attributes on."""
+    attributes on. target_gone: the route stays, its gateway detached (its NAT gateway deleted)."""
     ec2 = aws.client("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.0.0/20", AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
@@ -58,6 +58,10 @@ def users_subnet(aws, way_out: bool = True, public: bool = True, dns_hostnames: 
         else:
             ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
         ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
+        if target_gone and through_nat:
+            ec2.delete_nat_gateway(NatGatewayId=nat)
+        elif target_gone:
+            ec2.detach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
     ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": public})
     ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": dns_hostnames})
     return subnet

@@ -301,6 +301,8 @@ def test_behind_a_nat_each_machine_gets_an_efa_interface_on_each_network_card(aw
 @pytest.mark.parametrize("subnet,message", [
     ({"way_out": False}, r"subnet subnet-\w+ has no way out to the internet"),
     ({"public": False}, r"subnet subnet-\w+ has no way out to the internet"),
+    ({"target_gone": True}, r"subnet subnet-\w+ has no way out to the internet"),
+    ({"public": False, "through_nat": True, "target_gone": True}, r"subnet subnet-\w+ has no way out to the internet"),
     ({"dns_hostnames": False}, r"enableDnsHostnames is off in vpc-\w+, the VPC of subnet subnet-\w+: the machines "
                                r"mount EFS by its DNS name; turn it on: `aws ec2 modify-vpc-attribute --vpc-id "
                                r"vpc-\w+ --enable-dns-hostnames`"),

@@ -217,6 +217,32 @@ def test_a_machine_reaches_out_through_a_public_address_and_elastic_ips_behave_a
     assert error_code(ec2.allocate_address, Domain="vpc") == "AddressLimitExceeded"
 
 
+def test_a_route_to_a_detached_gateway_is_a_blackhole_and_no_way_out(aws):
+    """EC2 marks a route whose internet gateway is not attached to the VPC blackhole, and nothing passes it."""
+    ec2, ssm = aws.client("ec2"), aws.client("ssm")
+    vpc = ec2.create_vpc(CidrBlock="10.60.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.60.0.0/20", AvailabilityZone="us-east-1a")["Subnet"]
+    ec2.modify_subnet_attribute(SubnetId=subnet["SubnetId"], MapPublicIpOnLaunch={"Value": True})
+    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+    table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+    ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
+    ec2.associate_route_table(RouteTableId=table, SubnetId=subnet["SubnetId"])
+    ec2.detach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+
+    def route_out():
+        [routes] = [t["Routes"] for t in ec2.describe_route_tables(RouteTableIds=[table])["RouteTables"]]
+        return next(r for r in routes if r["DestinationCidrBlock"] == "0.0.0.0/0")["State"]
+
+    assert route_out() == "blackhole"
+    cut_off, in_default_vpc = launch(ec2, SubnetId=subnet["SubnetId"]), launch(ec2)
+    wait_for(lambda: agents_online(ssm, in_default_vpc), seconds=20)
+    assert not agents_online(ssm, cut_off), "its public address leads nowhere"
+    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+    assert route_out() == "active"
+    wait_for(lambda: agents_online(ssm, cut_off), seconds=20)
+
+
 def test_a_volume_from_a_snapshot_is_initialized_at_the_rate_asked_and_reports_its_progress(aws, tmp_path):
     (tmp_path / "data").mkdir()
     snapshot = aws.make_snapshot(tmp_path / "data")

@@ -7,6 +7,7 @@ from typing import Any
 from moto.ec2.models import EC2Backend
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
 from moto.ec2.models.instances import Instance, InstanceState
+from moto.ec2.models.route_tables import Route
 from moto.ssm.models import Command
 
 
@@ -36,6 +37,21 @@ def fix_default_vpc_way_out() -> None:
         return vpc
 
     EC2Backend.create_default_vpc = with_gateway
+
+
+def fix_route_state() -> None:
+    """moto calls every route active; EC2 calls a route blackhole when its target is not there, such as an
+    internet gateway not attached to the route table's VPC or a NAT gateway deleted
+    (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_Route.html)."""
+
+    def state(self: Route) -> str:
+        gateway, nat = self.gateway, self.nat_gateway
+        detached = gateway is not None and gateway.id.startswith("igw-") and (
+            gateway.vpc is None or gateway.vpc.id != self.route_table.vpc_id)
+        gone = nat is not None and nat.state in ("deleting", "deleted", "failed")
+        return "blackhole" if detached or gone else "active"
+
+    Route.state = property(state)
 
 
 def fix_launch_interfaces() -> None:

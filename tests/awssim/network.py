@@ -57,8 +57,8 @@ def _interfaces_error(interfaces: list[dict[str, str]], instance_type: str) -> t
 def reaches_out(instance: Any, ec2_backend: Any) -> bool:
     """Whether the machine has a way to the internet, which its SSM agent needs to register (SSM's endpoint) and
     its boot to install the project (PyPI): a 0.0.0.0/0 route in its subnet's route table (the VPC's main
-    table for a subnet without one) through a NAT or transit gateway or an interface, or through an internet
-    gateway with a public address on the machine's primary interface."""
+    table for a subnet without one), active (its target there), through a NAT or transit gateway or an interface,
+    or through an internet gateway with a public address on the machine's primary interface."""
     primary = instance.nics.get(0)
     if primary is None:
         return False
@@ -66,7 +66,8 @@ def reaches_out(instance: Any, ec2_backend: Any) -> bool:
     tables = list(ec2_backend.route_tables.values())
     own = [t for t in tables if any(a.get("SubnetId") == subnet.id for a in t.associations)]
     main = [t for t in tables if t.vpc_id == subnet.vpc_id and t.main_association_id]
-    routes = [r for t in own or main for r in t.routes if r.destination_cidr_block == "0.0.0.0/0"]
+    routes = [r for t in own or main for r in t.routes
+              if r.destination_cidr_block == "0.0.0.0/0" and r.state == "active"]
     if any(r.nat_gateway or r.transit_gateway or r.interface for r in routes):
         return True
     return bool(primary.public_ip) and any(r.gateway is not None and r.gateway.id.startswith("igw-") for r in routes)
