@@ -44,6 +44,7 @@ from tests.prefect_server import background
 from tests.support import wait_for as _wait_for
 from tests.processes import command_line, with_environment
 from tests.aws_runs import DATASET, options
+from tests.awssim.faults import PRESENT
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -62,7 +63,7 @@ AWS_FAULTS = {
     "validate": ("ec2", "RunInstances", "UnauthorizedOperation", {"DryRun": "true"}, 0),
     # the launch's dry run naming the run's instance profile: iam:PassRole refused
     "authorize": ("ec2", "RunInstances", "UnauthorizedOperation",
-                  {"DryRun": "true", "IamInstanceProfile.Name": "[^\0]+"}, 0),  # a parameter left out reads "\0"
+                  {"DryRun": "true", "IamInstanceProfile.Name": PRESENT}, 0),
     "replicate": ("ec2", "CreateVolume", "UnauthorizedOperation", {}, 7),
     "prepare": ("ec2", "CreateVpc", "UnauthorizedOperation", {}, 0),
     "provision": ("ec2", "RunInstances", "UnauthorizedOperation", {"Placement.GroupName": "imagenet18-.+"}, 0),

@@ -17,6 +17,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from .faults import PRESENT
+
 REPO = Path(__file__).resolve().parents[2]
 READY = "awssim ready "
 
@@ -74,7 +76,7 @@ class AwsSim:
         """These credentials may not pass a role to EC2 (iam:PassRole): every RunInstances naming an instance
         profile, dry run or not, is refused as EC2 refuses it (moto checks no PassRole)."""
         self.add_fault("ec2", "RunInstances", "UnauthorizedOperation", status=403, label=label,
-                       match={"IamInstanceProfile.Name": "[^\0]+"},
+                       match={"IamInstanceProfile.Name": PRESENT},
                        message="You are not authorized to perform this operation. Encoded authorization failure "
                                "message: injected-by-awssim-iam-PassRole")
 

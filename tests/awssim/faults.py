@@ -10,6 +10,9 @@ from typing import Any
 
 from .calls import AwsCall
 
+ABSENT = "\0"  # what a request parameter left out reads as, to a rule's `match`
+PRESENT = "[^\0]+"  # a `match` pattern: the parameter is given, whatever its value
+
 
 @dataclass
 class FaultRule:
@@ -33,7 +36,7 @@ class FaultRule:
         return (
             self.service == call.service
             and self.action in ("*", call.action)
-            and all(re.fullmatch(str(pattern), call.params.get(key, "\0")) for key, pattern in self.match.items())
+            and all(re.fullmatch(str(pattern), call.params.get(key, ABSENT)) for key, pattern in self.match.items())
         )
 
     def as_dict(self) -> dict[str, Any]:
