@@ -11,7 +11,7 @@ import torch
 
 from tests.support import odd_files
 from tests.trainer_runs import run, train_command
-from trainer import data, engine, gpu_decode, layout, loaders, schedule
+from trainer import checkpoint, data, engine, gpu_decode, layout, loaders, schedule
 from trainer.demo_data import make_demo_dataset
 
 CPU = torch.device("cpu")
@@ -103,14 +103,24 @@ def _full_size_schedule(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_decoding_on_the_device_trains_and_says_so(tiny_data, tmp_path):
-    logdir = tmp_path / "run"
-    result = run(train_command(tiny_data, logdir, "--epochs", "1", "--decode", "device", "--workers", "1"))
+def test_a_run_decoding_on_the_device_trains_says_so_and_resumes_exactly(tiny_data, tmp_path):
+    """Two epochs straight, against one epoch then a resume for the second: the same crops in the same order
+    (the decode thread hands batches over in the loader's order), so the same weights."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    options = ("--decode", "device", "--workers", "1")
+    result = run(train_command(tiny_data, straight, "--epochs", "2", *options))
     assert result.returncode == 0, result.stderr[-3000:]
-    start = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[0])
+    start = json.loads((straight / "metrics.jsonl").read_text().splitlines()[0])
     assert (start["config"]["decode"], start["config"]["decoder"]) == ("device", "libjpeg")
-    assert json.loads((logdir / "summary.json").read_text())["epochs"][0]["top5"] > 0
-
+    assert json.loads((straight / "summary.json").read_text())["epochs"][0]["top5"] > 0
+    for epochs in ("1", "2"):
+        result = run(train_command(tiny_data, resumed, "--epochs", epochs, *options, "--auto-resume"))
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Resuming from {resumed / 'checkpoints'} at epoch 1" in result.stdout
+    weights, reference = (checkpoint.CheckpointState.load(str(logdir / "checkpoints")).model
+                          for logdir in (resumed, straight))
+    for name, tensor in weights.items():
+        assert torch.allclose(tensor.float(), reference[name].float(), atol=1e-4), name
 
 def test_a_thread_decodes_the_batches_ahead_and_hands_them_over_in_order(tiny_data, tmp_path):
     """The training loop gets the batches the inline decode gives, in the loader's order, while a thread of their
