@@ -136,8 +136,11 @@ def test_a_thread_decodes_the_batches_ahead_and_hands_them_over_in_order(tiny_da
         threads.append(threading.current_thread().name)
         return gpu_decode.decode_batch(batch, CPU)
 
-    handed = list(engine.DeviceBatches(val, decode, CPU))
-    assert len(handed) == len(inline) > engine.DeviceBatches.AHEAD
+    batches = iter(engine.DeviceBatches(val, decode, CPU))
+    handed = [next(batches)]
+    assert _until(lambda: len(threads) > engine.DeviceBatches.AHEAD + 1), "the next ones wait, decoded, in order"
+    handed += list(batches)
+    assert len(handed) == len(inline) > engine.DeviceBatches.AHEAD + 1
     for (images, labels), (want, want_labels) in zip(handed, inline):
         assert torch.equal(images, want) and torch.equal(labels, want_labels)
     assert set(threads) == {"decode-ahead"}
