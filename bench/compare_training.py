@@ -149,23 +149,25 @@ class TrainerSide:
 
     def __init__(self, arch: str, num_classes: int, world: distributed.World, bf16: bool, channels_last: bool,
                  plan: schedules.Schedule, logdir: Path, variant: str = "eager"):
-        self.world = world
+        self.world, self.stream = world, engine.training_stream(world.device)  # as trainer.train.run's
         torch.manual_seed(0)
-        model = build_model(arch, num_classes).to(world.device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(model)
-        recorder = Recorder(logdir, "bench", {}, enabled=True)
-        heartbeat = NodeHeartbeat(logdir, 0, True, 30.0)
-        compile, mode = VARIANTS[variant]
-        self.ctx = _TimedContext(training_module(model, False, compile, len(plan.data), mode), model, optimizer,
-                                 plan, world, recorder, heartbeat, bf16, channels_last, print_freq=10,
-                                 cuda_graphs=mode in ("reduce-overhead", "max-autotune"))
+        with torch.cuda.stream(self.stream):
+            model = build_model(arch, num_classes).to(world.device)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            optimizer = build_optimizer(model)
+            recorder = Recorder(logdir, "bench", {}, enabled=True)
+            heartbeat = NodeHeartbeat(logdir, 0, True, 30.0)
+            compile, mode = VARIANTS[variant]
+            self.ctx = _TimedContext(training_module(model, False, compile, len(plan.data), mode), model,
+                                     optimizer, plan, world, recorder, heartbeat, bf16, channels_last, print_freq=10,
+                                     cuda_graphs=mode in ("reduce-overhead", "max-autotune"))
         self.epoch = 0
 
     def run(self, phase: loaders.PhaseLoaders, source, sampler, warmup: int, steps: int) -> TimedBatches:
         timed = self.ctx.timed = TimedBatches(source, sampler, warmup, steps, self.world.device)
-        engine.train_one_epoch(self.ctx, dataclasses.replace(phase, train=timed), self.epoch)
+        with torch.cuda.stream(self.stream):
+            engine.train_one_epoch(self.ctx, dataclasses.replace(phase, train=timed), self.epoch)
         self.epoch += 1
         return timed
 

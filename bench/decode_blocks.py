@@ -4,7 +4,7 @@ nvImageCodec. A decode that returns only once the products are done cannot overl
 go first on PyTorch's default stream (CUDA's legacy default stream, which every blocking stream waits for), then on
 a stream made by torch (non-blocking: it neither waits for the legacy stream nor is waited for by it). If only the
 first decode waits, the wait comes through the legacy stream, and a training loop on a stream of its own
-(trainer.engine.Context.own_stream) lets the decode overlap the step; if both wait, the decoder synchronises the
+(trainer.engine.training_stream) lets the decode overlap the step; if both wait, the decoder synchronises the
 whole device, whatever stream the step is on.
 
     python bench/decode_blocks.py DATA [--batch 256]   # DATA/train/<class>/*.JPEG; needs a CUDA GPU

@@ -52,9 +52,7 @@ class Context:
         # Made once per run: torch hands out streams from a pool of 32 per priority in turn, so streams made anew
         # each epoch would come round to those of CUDA graphs or NCCL. The side stream (copies, decodes) has the
         # high priority its pool gives nothing else here.
-        cuda = device.type == "cuda"
-        self.stream = torch.cuda.Stream(device) if cuda else None
-        self.side_stream = torch.cuda.Stream(device, priority=-1) if cuda else None
+        self.side_stream = torch.cuda.Stream(device, priority=-1) if device.type == "cuda" else None
 
     def to_device(self, batch: tuple[torch.Tensor, torch.Tensor] | EncodedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """A loader's batch as normalised images and labels on the device: uint8 images are normalised here,
@@ -66,24 +64,6 @@ class Context:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels.to(device, non_blocking=True)
 
-    @contextlib.contextmanager
-    def own_stream(self):
-        """On a GPU, the loops' work goes to a stream of the run's own, not to CUDA's legacy default stream (where
-        PyTorch puts it by default): work queued on the legacy stream is waited for by every blocking stream, and
-        nvJPEG's decode waited for the step queued there (bench/decode_blocks.py measures whether it also waits for
-        a stream of its own). Work queued before is waited for on entry; work queued after, on the default stream,
-        waits for the loop's."""
-        if self.world.device.type != "cuda":
-            yield
-            return
-        default = torch.cuda.current_stream(self.world.device)
-        self.stream.wait_stream(default)
-        try:
-            with torch.cuda.stream(self.stream):
-                yield
-        finally:
-            default.wait_stream(self.stream)
-
     def device_batches(self, loader) -> DeviceBatches:
         return DeviceBatches(loader, self.to_device, self.world.device, self.side_stream)
 
@@ -91,6 +71,20 @@ class Context:
         if not self.bf16:
             return contextlib.nullcontext()
         return torch.autocast(self.world.device.type, dtype=torch.bfloat16)
+
+
+def training_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """On a GPU, the stream a training process queues its work on (None on a CPU, where torch.cuda.stream(None)
+    changes nothing): one of its own, not CUDA's legacy default stream, where PyTorch puts work by default, which
+    every blocking stream waits for, and which nvJPEG's decode was seen waiting for (bench/decode_blocks.py measures
+    whether it also waits for a stream of its own). The model, DDP and the loops are all made and run on it: DDP
+    keeps gradient accumulators made on the stream current when it was built, and autograd wants them on the
+    loop's. It waits for the work queued before it."""
+    if device.type != "cuda":
+        return None
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    return stream
 
 
 class DeviceBatches:
@@ -236,7 +230,7 @@ def train_one_epoch(ctx: Context, loaders: PhaseLoaders, epoch: int) -> EpochRes
     batches = len(loaders.train)
     meters, window = _new_meters(), _Window(ctx.world.device)
     epoch_start = last = time.perf_counter()
-    with ctx.own_stream(), contextlib.closing(iter(ctx.device_batches(loaders.train))) as device_batches:
+    with contextlib.closing(iter(ctx.device_batches(loaders.train))) as device_batches:
         for batch, (images, labels) in enumerate(device_batches):
             window.data_seconds += time.perf_counter() - last
             _update_lr(ctx, epoch, batch, batches)
@@ -301,7 +295,7 @@ def evaluate(ctx: Context, loaders: PhaseLoaders, epoch: int) -> EpochResult:
     model.eval()
     meters, window = _new_meters(), _Window(ctx.world.device)
     start = last = time.perf_counter()
-    with ctx.own_stream(), torch.no_grad(), contextlib.closing(iter(ctx.device_batches(loaders.val))) as batches:
+    with torch.no_grad(), contextlib.closing(iter(ctx.device_batches(loaders.val))) as batches:
         for step in range(loaders.val_steps):
             batch = next(batches, None)
             window.data_seconds += time.perf_counter() - last

@@ -23,7 +23,7 @@ import torch
 from trainer import checkpoint, console, distributed, gpu_decode, layout, recipe, sync
 from trainer import schedule as schedules
 from trainer.console import log
-from trainer.engine import Context, evaluate, train_one_epoch
+from trainer.engine import Context, evaluate, train_one_epoch, training_stream
 from trainer.loaders import LoaderSettings, PhaseLoaders, build_loaders
 from trainer.model import MOMENTUM, build_model, build_optimizer, training_module
 from trainer.recorder import NodeHeartbeat, Recorder
@@ -71,7 +71,8 @@ def run(config: TrainConfig) -> RunSummary:
     """Train to the end of the schedule (or --epochs, or the target with --stop-at-target)."""
     world = distributed.init(config.device)
     try:
-        return _run(config, world)
+        with torch.cuda.stream(training_stream(world.device)):
+            return _run(config, world)
     finally:
         distributed.shutdown()
 
