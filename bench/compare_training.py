@@ -19,8 +19,8 @@ them with `python -m trainer prepare DATA`).
 Trainer variants (`--variants`): `eager`; `compiled` (`--compile`); `graphs` (`--compile --compile-mode
 reduce-overhead`: the compiled step replayed as CUDA graphs); `autotune` (torch.compile's max-autotune: Triton
 kernels chosen by timing each against cuDNN and cuBLAS, as CUDA graphs; not a trainer option until it measures
-faster). MFU is the model's training FLOPs (3x the forward's,
-counted by torch's FlopCounterMode at each size) per second against the GPU's dense bf16 peak.
+faster). MFU is the model's training FLOPs (3x the forward's, counted by torch's FlopCounterMode at each size) per
+second against the GPU's dense bf16 peak.
 
 Each (mode, size) runs `--rounds` rounds, trainer and reference(s) alternating, and reports medians. A timed
 window starts after `--warmup` batches; with loader workers, warm-up and window are rounded up to whole
@@ -83,7 +83,7 @@ class TimedBatches:
     """Stands in for the trainer's DataLoader inside train_one_epoch: yields `warmup + steps` batches of
     `source` (its epochs advanced if it runs out). `around` times the last `steps` of the device batches the loop
     takes, CUDA synchronised, and how long the loop waited for them: there, not here, because with `--decode
-    device` a thread makes each device batch up to DeviceBatches.AHEAD batches before the loop takes it."""
+    device` a thread makes each device batch up to DeviceBatches.AHEAD + 1 batches before the loop takes it."""
 
     def __init__(self, source, sampler, warmup: int, steps: int, device: torch.device):
         self.source, self.sampler, self.warmup, self.steps, self.device = source, sampler, warmup, steps, device

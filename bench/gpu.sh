@@ -9,14 +9,13 @@
 #
 # Steps: versions; an ImageNet-like JPEG folder (bench/make_jpegs.py); nvImageCodec unpacked where its wheels were
 # carried in bench/wheels/; where a batch's time goes on the GPU decode path (bench/decode_split.py) and what each
-# decoder waits for (bench/decode_blocks.py); at 224 px the trainer's step eager, compiled and as CUDA graphs
-# against the torchvision-reference-style loop (--amp) on synthetic batches, then from the JPEGs decoded by the
-# loader workers, by the GPU with torchvision's nvJPEG call and with nvImageCodec, compiled
-# (bench/compare_training.py, with MFU); tests/test_gpu.py; the seed's -sz/160, -sz/352 copies and a short real
-# `python3 -m trainer train --compile` through every data layout; the other sizes eager and compiled; max-autotune
-# at 224 px. Each step has a timeout and the whole script a deadline (GPU_BENCH_BUDGET seconds, default 560), a
-# failed step does not stop the ones after it, and the failures are listed at the end (exit status 1 if any).
-# Nothing is downloaded.
+# decoder waits for (bench/decode_blocks.py); tests/test_gpu.py; at 224 px the trainer's step eager, compiled and as
+# CUDA graphs against the torchvision-reference-style loop (--amp) on synthetic batches, then from the JPEGs decoded
+# by the loader workers, by the GPU with torchvision's nvJPEG call and with nvImageCodec, compiled
+# (bench/compare_training.py, with MFU); the seed's -sz/160, -sz/352 copies and a short real `python3 -m trainer
+# train --compile` through every data layout; the other sizes eager and compiled; max-autotune at 224 px. Each step
+# has a timeout and the whole script a deadline (GPU_BENCH_BUDGET seconds, default 560), a failed step does not stop
+# the ones after it, and the failures are listed at the end (exit status 1 if any). Nothing is downloaded.
 # Needs python3 with torch, torchvision, pillow, numpy, tensorboard, pydantic (pytest for test-gpu); the project
 # need not be installed: PYTHONPATH is set to the repo root.
 set -euo pipefail
@@ -132,13 +131,13 @@ run_step jpeg-folder 150 "$PY" bench/make_jpegs.py "$DATA" --classes "$CLASSES" 
 # PYTHONPATH where a step says.
 WITH_NVIMGCODEC=$PYTHONPATH
 if compgen -G "bench/wheels/*.whl" >/dev/null; then
-    run_step nvimgcodec 60 bash -c 'for wheel in bench/wheels/*.whl; do "$0" -m zipfile -e "$wheel" "$1"; done' \
+    run_step nvimgcodec 60 bash -c 'for wheel in bench/wheels/*.whl; do "$0" -m zipfile -e "$wheel" "$1" || exit; done' \
         "$PY" "$WORK/nvimgcodec"
     # only where it decodes there (trainer.gpu_decode falls back to nvJPEG quietly); its import also reports the
     # JPEG 2000 and TIFF extensions it lacks as [ERROR] lines: harmless
     if [[ ! -d $WORK/nvimgcodec/nvidia/nvimgcodec ]]; then
-        :
-    elif env PYTHONPATH="$WORK/nvimgcodec:$PYTHONPATH" "$PY" -c "import sys, torch; from trainer import gpu_decode; \
+        echo "=== nvimgcodec: not unpacked; the GPU decode path is measured with torchvision's nvJPEG only"
+    elif timeout 60 env PYTHONPATH="$WORK/nvimgcodec:$PYTHONPATH" "$PY" -c "import sys, torch; from trainer import gpu_decode; \
             sys.exit(not torch.cuda.is_available() or gpu_decode.decoder_for(torch.device('cuda')) != 'nvImageCodec')"
     then
         WITH_NVIMGCODEC=$WORK/nvimgcodec:$PYTHONPATH

@@ -32,7 +32,7 @@ def gpu_data(tmp_path_factory):
 @needs_cuda
 @pytest.mark.parametrize("options", [(), ("--compile",), ("--decode", "device", "--compile", "--compile-mode",
                                                            "reduce-overhead")],
-                         ids=["eager", "compiled", "nvjpeg-and-cuda-graphs"])
+                         ids=["eager", "compiled", "device-decode-and-cuda-graphs"])
 def test_one_epoch_on_the_gpu(gpu_data, tmp_path, options):
     logdir = tmp_path / "run"
     result = run(train_command(gpu_data, logdir, "--device", "cuda", "--epochs", "1", "--workers", "2", *options))

@@ -186,4 +186,3 @@ def test_a_decode_error_reaches_the_training_loop_after_the_batches_before_it():
         for images, labels in engine.DeviceBatches(_encoded(5), prepare, CPU):
             handed.append(labels.item())
     assert handed == [0, 1]
-    assert _until(lambda: not any(t.name == "decode-ahead" for t in threading.enumerate()))

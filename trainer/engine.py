@@ -53,6 +53,8 @@ class Context:
         # each epoch would come round to those of CUDA graphs or NCCL. The side stream (copies, decodes) has the
         # high priority its pool gives nothing else here.
         self.side_stream = torch.cuda.Stream(device, priority=-1) if device.type == "cuda" else None
+        if self.side_stream is not None:  # it normalises with mean and std, queued on the current stream
+            self.side_stream.wait_stream(torch.cuda.current_stream(device))
 
     def to_device(self, batch: tuple[torch.Tensor, torch.Tensor] | EncodedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """A loader's batch as normalised images and labels on the device: uint8 images are normalised here,
@@ -91,15 +93,18 @@ class DeviceBatches:
     """A loader's batches on the device. On a GPU each batch is copied (or decoded) and normalised on a side
     stream, launched while the model still trains on the batch before it, so neither waits for the other.
 
-    Encoded batches (trainer.gpu_decode) are decoded by a thread of their own, up to AHEAD batches ahead: nvJPEG's
-    batched decode returns only once the GPU work queued before it is done (bench/decode_blocks.py), so decoded
-    inline, the next batch's decode and the step it would overlap ran one after the other."""
+    Encoded batches (trainer.gpu_decode) are decoded by a thread of their own: AHEAD decoded batches wait while it
+    decodes one more. nvJPEG's batched decode returns only once the GPU work queued before it is done
+    (bench/decode_blocks.py), so decoded inline, the next batch's decode and the step it would overlap ran one after
+    the other."""
 
     AHEAD = 2
 
     def __init__(self, loader, prepare, device: torch.device, side: torch.cuda.Stream | None = None):
-        self.loader, self.prepare, self.device = loader, prepare, device
-        self.side = side or (torch.cuda.Stream(device) if device.type == "cuda" else None)
+        """`side`: the stream batches are prepared on, on a GPU (the run's: Context.side_stream); None on a CPU."""
+        if device.type == "cuda" and side is None:
+            raise ValueError("batches on a GPU need a side stream to be prepared on")
+        self.loader, self.prepare, self.device, self.side = loader, prepare, device, side
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -1,18 +1,17 @@
 """JPEGs decoded and cropped on the GPU, a batch at a time: the data path that keeps up with a fast GPU.
 
-Loader workers read each file and parse only its header (for the image's size), then draw the crop and flip the
-CPU path (trainer.data) draws for the same (seed, epoch, index), so a run decoded either way, or resumed, sees the
-same crops. The training process decodes the whole batch with nvJPEG (torchvision.io.decode_jpeg on the device),
-then crops and resizes it there (resized_crops). Images nvJPEG is not handed (anything but a baseline
-colour JPEG: PNGs named .JPEG, grayscale, CMYK, progressive, or an unreadable header) are decoded and cropped in
-the worker, as the CPU path does, and join the batch already cropped. On a CPU device the same code decodes with
-libjpeg-turbo, which is how the tests run this path without a GPU.
+Loader workers read each file and parse only its header (for the image's size), then draw the crop and flip the CPU
+path (trainer.data) draws for the same (seed, epoch, index), so a run decoded either way, or resumed, sees the same
+crops. The training process decodes the whole batch with the GPU's decoder (below), then crops and resizes it there
+(resized_crops). Images the GPU's decoder is not handed (anything but a baseline colour JPEG: PNGs named .JPEG,
+grayscale, CMYK, progressive, or an unreadable header) are decoded and cropped in the worker, as the CPU path does,
+and join the batch already cropped. On a CPU device the same code decodes with libjpeg-turbo, which is how the tests
+run this path without a GPU.
 
 Two GPU decoders: torchvision's nvJPEG call, which returns only once the GPU has decoded (and, measured on an H200,
-once the work queued before it was done too), and nvImageCodec (`pip install nvidia-nvimgcodec-cu13[nvjpeg]`), whose
-decode returns once it has queued the GPU's work, ordered on the caller's stream by events, into images allocated
-stream-ordered. nvImageCodec is used where it is installed.
-"""
+once the work queued before it was done too), and nvImageCodec (bench/nvimgcodec-wheels.txt), whose decode returns
+once it has queued the GPU's work, ordered on the caller's stream by events, into images allocated stream-ordered,
+as its source reads (bench/decode_blocks.py is to confirm it on a GPU). nvImageCodec is used where it is installed."""
 
 from __future__ import annotations
 
