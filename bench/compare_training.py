@@ -51,7 +51,7 @@ import torch.utils.flop_counter
 
 from trainer import distributed, engine, layout, loaders, train
 from trainer import schedule as schedules
-from trainer.model import build_model, build_optimizer, training_module
+from trainer.model import build_model, build_optimizer, replays_cuda_graphs, training_module
 from trainer.recorder import NodeHeartbeat, Recorder
 
 MODES = ("synthetic", "jpeg", "jpeg-device", "jpeg-sz")
@@ -161,7 +161,7 @@ class TrainerSide:
             compile, mode = VARIANTS[variant]
             self.ctx = _TimedContext(training_module(model, False, compile, len(plan.data), mode), model,
                                      optimizer, plan, world, recorder, heartbeat, bf16, channels_last, print_freq=10,
-                                     cuda_graphs=mode in ("reduce-overhead", "max-autotune"))
+                                     cuda_graphs=compile and replays_cuda_graphs(mode))
         self.epoch = 0
 
     def run(self, phase: loaders.PhaseLoaders, source, sampler, warmup: int, steps: int) -> TimedBatches:

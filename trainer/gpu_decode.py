@@ -191,23 +191,24 @@ _NVIMGCODEC_CALLS = threading.Lock()  # one decode at a time per process: the de
 
 @functools.cache
 def _nvimgcodec(device_index: int):
-    """(the module, a decoder for that GPU), or None where nvImageCodec is not installed or cannot start."""
+    """(a decoder for that GPU, its decode parameters), or None where nvImageCodec is not installed or cannot
+    start. Planar RGB (CHW, as the crops read it); EXIF orientation not applied, as the workers' decode does not: the
+    crops were drawn on the stored size."""
     try:
         from nvidia import nvimgcodec
     except ImportError:
         return None
     try:
-        return nvimgcodec, nvimgcodec.Decoder(device_id=device_index)
+        params = nvimgcodec.DecodeParams(apply_exif_orientation=False, sample_format=nvimgcodec.SampleFormat.P_RGB)
+        return nvimgcodec.Decoder(device_id=device_index), params
     except RuntimeError as error:
         log.warning("nvImageCodec is installed but could not start (%s): decoding with torchvision's nvJPEG", error)
         return None
 
 
 def _decode_with_nvimgcodec(payloads: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    """Queued on the current stream, as planar RGB (CHW, as the crops read it). EXIF orientation is not applied,
-    as the workers' decode does not: the crops were drawn on the stored size."""
-    nvimgcodec, decoder = _nvimgcodec(_index(device))
-    params = nvimgcodec.DecodeParams(apply_exif_orientation=False, sample_format=nvimgcodec.SampleFormat.P_RGB)
+    """Queued on the current stream."""
+    decoder, params = _nvimgcodec(_index(device))
     stream = torch.cuda.current_stream(device)
     with _NVIMGCODEC_CALLS:
         images = decoder.decode([payload.numpy() for payload in payloads], params=params,

@@ -53,6 +53,11 @@ def build_optimizer(model: nn.Module, bn_weight_decay: bool = False) -> torch.op
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")  # reduce-overhead: CUDA graphs
 
 
+def replays_cuda_graphs(mode: str) -> bool:
+    """Whether torch.compile's `mode` replays the step as CUDA graphs (the loop then marks each step begun)."""
+    return mode in ("reduce-overhead", "max-autotune")
+
+
 def training_module(model: nn.Module, distributed: bool, compile: bool, phases: int,
                     mode: str = "default") -> nn.Module:
     """What the training loop calls: `model` under DDP when distributed, torch.compile'd when asked (the

@@ -25,7 +25,7 @@ from trainer import schedule as schedules
 from trainer.console import log
 from trainer.engine import Context, evaluate, train_one_epoch, training_stream
 from trainer.loaders import LoaderSettings, PhaseLoaders, build_loaders
-from trainer.model import MOMENTUM, build_model, build_optimizer, training_module
+from trainer.model import MOMENTUM, build_model, build_optimizer, replays_cuda_graphs, training_module
 from trainer.recorder import NodeHeartbeat, Recorder
 from trainer.records import (SUMMARY_FILE, Best, CheckpointRecord, EndRecord, Epoch, EpochRecord, RunSummary,
                              StartRecord, TargetRecord)
@@ -120,7 +120,7 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
     recorder = Recorder(logdir, run_name, _jsonable(run_config), world.is_master, config.heartbeat_seconds)
     heartbeat = NodeHeartbeat(logdir, world.node_rank, world.is_node_master, config.heartbeat_seconds)
     ctx = Context(wrapped, model, optimizer, plan, world, recorder, heartbeat, bf16, channels_last,
-                  config.print_freq, cuda_graphs=config.compile and config.compile_mode == "reduce-overhead")
+                  config.print_freq, cuda_graphs=config.compile and replays_cuda_graphs(config.compile_mode))
     start_epoch, elapsed = 0, 0.0
     if state:
         start_epoch, elapsed = state.epoch, state.elapsed_seconds
