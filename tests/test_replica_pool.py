@@ -88,6 +88,23 @@ def test_two_aws_runs_at_once_never_claim_the_same_pool_volume(aws, snapshot, tm
     backend.delete_replicas(POOL_OWNER)
 
 
+@pytest.mark.parametrize("asked, claims", [
+    ({"iops": 8000}, True),  # the pool's disks are faster than asked: the pool pays for them anyway
+    ({"iops": 20_000}, False),
+    ({"volume_type": "gp3", "iops": 3000, "throughput_mbps": 125}, False),
+], ids=["slower-asked", "faster-asked", "other-type"])
+def test_an_aws_run_claims_only_pool_volumes_as_fast_as_it_asks(aws, snapshot, tmp_path, asked, claims):
+    pool = AwsBackend(options(), home=tmp_path).replicate(pool_spec(1), DATASET, 1, pool=True)
+    backend = AwsBackend(options(**asked), home=tmp_path)
+    [replica] = backend.replicate(cluster_spec("run-picky", 1), DATASET, 1)
+    assert claimed([replica]) == ([pool[0].id] if claims else [])
+    [volume] = aws.client("ec2").describe_volumes(VolumeIds=[replica.id])["Volumes"]
+    assert volume["VolumeType"] == asked.get("volume_type", "io2") and volume["Iops"] >= asked["iops"]
+    backend.teardown("run-picky")
+    assert aws_leftovers(aws) == {"volume": [pool[0].id]}
+    backend.delete_replicas(POOL_OWNER)
+
+
 def test_deleting_the_pool_while_a_run_holds_a_volume_deletes_it_when_the_run_ends(aws, snapshot, tmp_path):
     backend = AwsBackend(options(), home=tmp_path)
     pool = backend.replicate(pool_spec(2), DATASET, 2, pool=True)

@@ -380,7 +380,7 @@ class AwsBackend:
             zone = self.zone(spec.instance_type)
             held = existing.result()
             held |= volumes.claim(self.clients, spec, claimable.result(), snapshot.result(), zone,
-                                  [i for i in range(count) if i not in held])
+                                  [i for i in range(count) if i not in held], self.volume_settings)
             return volumes.replicate(self.clients, spec, snapshot.result(), zone, count, self.volume_settings,
                                      o.parallel_calls, held)
 

@@ -161,12 +161,14 @@ def pool_volumes(clients: Clients) -> list[dict]:
 
 
 def claim(clients: Clients, spec: ClusterSpec, pool: list[dict], snapshot: dict, zone: str,
-          indices: list[int]) -> dict[int, dict]:
-    """Pool replicas (`pool_volumes`) of the snapshot in `zone` for the run's machines at `indices`. An SSM
-    parameter per volume, which AWS creates only where none exists, is the lock two runs cannot both win; the
-    volume is then tagged as the run's, keeping its place and time in the pool for when the run gives it back."""
+          indices: list[int], settings: VolumeSettings) -> dict[int, dict]:
+    """Pool replicas (`pool_volumes`) of the snapshot in `zone`, as fast as `settings` ask or faster, for the
+    run's machines at `indices`. An SSM parameter per volume, which AWS creates only where none exists, is the
+    lock two runs cannot both win; the volume is then tagged as the run's, keeping its place and time in the pool
+    for when the run gives it back."""
     claimed: dict[int, dict] = {}
-    for volume in (v for v in pool if v["SnapshotId"] == snapshot["SnapshotId"] and v["AvailabilityZone"] == zone):
+    for volume in (v for v in pool if v["SnapshotId"] == snapshot["SnapshotId"] and v["AvailabilityZone"] == zone
+                   and _serves(v, settings)):
         if len(claimed) == len(indices):
             break
         if not _lock(clients, spec, volume["VolumeId"]):
@@ -177,6 +179,13 @@ def claim(clients: Clients, spec: ClusterSpec, pool: list[dict], snapshot: dict,
         clients.ec2.create_tags(Resources=[volume["VolumeId"]], Tags=run_tags)
         claimed[index] = {**volume, "Tags": [*volume["Tags"], *run_tags]}  # the later key wins in as_dict
     return claimed
+
+
+def _serves(volume: dict, settings: VolumeSettings) -> bool:
+    """Whether a pool replica is the run's volume type with at least its IOPS (and gp3 throughput): a run asking
+    for faster disks than the pool was made with makes its own rather than train on slower ones."""
+    return (volume["VolumeType"] == settings.volume_type and volume.get("Iops", 0) >= settings.iops
+            and (settings.volume_type != "gp3" or volume.get("Throughput", 0) >= settings.throughput_mbps))
 
 
 def _lock(clients: Clients, spec: ClusterSpec, volume_id: str) -> bool:
