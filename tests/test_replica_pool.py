@@ -88,6 +88,22 @@ def test_two_aws_runs_at_once_never_claim_the_same_pool_volume(aws, snapshot, tm
     backend.delete_replicas(POOL_OWNER)
 
 
+def test_an_aws_plan_prices_only_the_replicas_the_pool_cannot_serve(aws, snapshot, tmp_path):
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-planned", 4)
+    alone = backend.plan(spec, DATASET, 2.0)
+    backend.replicate(pool_spec(3), DATASET, 3, pool=True)
+    served = backend.plan(spec, DATASET, 2.0)
+    [made] = [item for item in alone.items if "replica" in item.what]
+    assert [(item.what.split(",")[0], item.count, item.hourly_usd) for item in served.items
+            if "replica" in item.what] == [("dataset replica", 1, made.hourly_usd),
+                                           ("dataset replica from the pool (`imagenet18 replicate`)", 3, 0.0)]
+    assert served.total_usd == pytest.approx(alone.total_usd - 3 * made.hourly_usd * 2.0 - alone.warmup.usd * 3 / 4)
+    assert "1 dataset replica(s)" in served.warmup.what
+    assert backend.plan(cluster_spec("run-small", 2), DATASET, 2.0).warmup is None, "the pool serves all: no wait"
+    backend.delete_replicas(POOL_OWNER)
+
+
 @pytest.mark.parametrize("asked, claims", [
     ({"iops": 8000}, True),  # the pool's disks are faster than asked: the pool pays for them anyway
     ({"iops": 20_000}, False),

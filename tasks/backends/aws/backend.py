@@ -299,14 +299,18 @@ class AwsBackend:
         self.dry_run_instances(spec, image, self.options.subnet_id or self.default_subnet(zone), profile)
 
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan:
-        return self.cost_plan(spec, self.snapshot(dataset)["VolumeSize"], hours)
+        snapshot = self.snapshot(dataset)
+        servable = volumes.servable(volumes.pool_volumes(self.clients), snapshot, self.zone(spec.instance_type),
+                                    self.volume_settings)
+        return self.cost_plan(spec, snapshot["VolumeSize"], hours, from_pool=min(len(servable), spec.machines))
 
     def devices(self, spec: ClusterSpec) -> Devices:
         kind = catalog.instance_type(spec.instance_type)
         return Devices(kind.gpu, kind.gpus)
 
-    def cost_plan(self, spec: ClusterSpec, snapshot_gb: int, hours: float) -> CostPlan:
-        """The run's machines, disks and file system for `hours`, its replicas made from a snapshot this big."""
+    def cost_plan(self, spec: ClusterSpec, snapshot_gb: int, hours: float, from_pool: int = 0) -> CostPlan:
+        """The run's machines, disks and file system for `hours`, its replicas made from a snapshot this big but
+        `from_pool` of them, which the pool has made, warmed and pays for."""
         kind = catalog.instance_type(spec.instance_type)
         o = self.options
         size = volumes.volume_size_gb(o.volume_type, o.iops, snapshot_gb)
@@ -319,18 +323,22 @@ class AwsBackend:
             spec.instance_type, public) else ""
         replica_hourly = catalog.volume_hourly_usd(o.volume_type, size, o.iops, o.throughput_mbps)
         warmup_s = self.volume_settings.warmup_seconds(snapshot_gb)
+        made = spec.machines - from_pool
         return CostPlan((
             LineItem(f"{spec.instance_type} ({kind.gpus} x {kind.gpu}{efa}), {market}", spec.machines, hourly),
             LineItem(f"root disk, gp3 {catalog.ROOT_VOLUME_GB} GiB", spec.machines,
                      catalog.volume_hourly_usd("gp3", catalog.ROOT_VOLUME_GB, 3000, 125)),
-            LineItem(f"dataset replica, {o.volume_type} {size} GiB at {o.iops} IOPS", spec.machines, replica_hourly),
+            *([LineItem(f"dataset replica, {o.volume_type} {size} GiB at {o.iops} IOPS", made, replica_hourly)]
+              if made else []),
+            *([LineItem("dataset replica from the pool (`imagenet18 replicate`), paid for by the pool", from_pool,
+                        0.0)] if from_pool else []),
             LineItem(f"EFS, about {catalog.EFS_EXPECTED_GB} GB", 1,
                      catalog.EFS_GB_MONTH * catalog.EFS_EXPECTED_GB / catalog.HOURS_PER_MONTH),
             *([LineItem(f"public IPv4 address{elastic}", spec.machines, addresses.HOURLY_USD)] if public else []),
         ), hours, Warmup(
-            f"{spec.machines} dataset replica(s) fetching the {snapshot_gb} GiB snapshot at {o.initialization_mibps} "
+            f"{made} dataset replica(s) fetching the {snapshot_gb} GiB snapshot at {o.initialization_mibps} "
             "MiB/s (the replicas' time; EBS's fee for the rate is not included)",
-            warmup_s / 60, spec.machines * replica_hourly * warmup_s / 3600))
+            warmup_s / 60, made * replica_hourly * warmup_s / 3600) if made else None)
 
     def public_addresses(self) -> bool:
         """Whether the machines will reach out through public addresses: on the run's own network they do."""

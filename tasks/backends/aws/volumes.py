@@ -167,8 +167,7 @@ def claim(clients: Clients, spec: ClusterSpec, pool: list[dict], snapshot: dict,
     lock two runs cannot both win; the volume is then tagged as the run's, keeping its place and time in the pool
     for when the run gives it back."""
     claimed: dict[int, dict] = {}
-    for volume in (v for v in pool if v["SnapshotId"] == snapshot["SnapshotId"] and v["AvailabilityZone"] == zone
-                   and _serves(v, settings)):
+    for volume in servable(pool, snapshot, zone, settings):
         if len(claimed) == len(indices):
             break
         if not _lock(clients, spec, volume["VolumeId"]):
@@ -179,6 +178,12 @@ def claim(clients: Clients, spec: ClusterSpec, pool: list[dict], snapshot: dict,
         clients.ec2.create_tags(Resources=[volume["VolumeId"]], Tags=run_tags)
         claimed[index] = {**volume, "Tags": [*volume["Tags"], *run_tags]}  # the later key wins in as_dict
     return claimed
+
+
+def servable(pool: list[dict], snapshot: dict, zone: str, settings: VolumeSettings) -> list[dict]:
+    """The pool replicas (`pool_volumes`) a run of `snapshot` in `zone` with these settings would claim."""
+    return [v for v in pool if v["SnapshotId"] == snapshot["SnapshotId"] and v["AvailabilityZone"] == zone
+            and _serves(v, settings)]
 
 
 def _serves(volume: dict, settings: VolumeSettings) -> bool:
