@@ -161,7 +161,8 @@ class Output:
     def __init__(self, process: subprocess.Popen):
         self.lines: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, args=(process,), daemon=True).start()
+        self._reader = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._reader.start()
 
     def _read(self, process: subprocess.Popen) -> None:
         for line in process.stdout:
@@ -177,6 +178,11 @@ class Output:
             self.lines.append(line)
             if line.startswith(start):
                 return line
+
+    def rest(self) -> list[str]:
+        """The lines not read yet, once the command has ended."""
+        self._reader.join(timeout=10)
+        return [self._queue.get() for _ in range(self._queue.qsize())]
 
 
 @contextmanager
@@ -354,6 +360,7 @@ def test_machine_0_serves_the_runs_efs_folder_through_an_ssm_port_forward(aws, m
         [forwarded] = [json.loads(line) for line in (tmp_path / "aws.log").read_text().splitlines()]
         assert ["aws", *forwarded] == forward_command(head, port, remote_port)
         started = interrupt(process)
+        assert not [line for line in output.rest() if "could not stop TensorBoard" in line]
     assert started and not any(alive(pid) for pid in started), "the port forward is stopped"
     assert len(ssm_scripts(aws, head)) == 2 and addresses_on(remote_port) == set(), "and TensorBoard on machine 0"
     assert ssm_scripts(aws, machines["second"]) == [], "nothing went to the run's other machines"

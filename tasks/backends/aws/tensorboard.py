@@ -9,6 +9,7 @@ import shlex
 import shutil
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tasks.backends.aws import jobs, machines, tags
@@ -111,9 +112,10 @@ def ended(clients: Clients, head: Head, served: Served) -> str | None:
 
 def stop(clients: Clients, head: Head, served: Served) -> None:
     """Stop TensorBoard on the head machine, and wait until SSM says the stop ran."""
+    since = datetime.now(UTC)
     command_id = jobs.send(clients, head.instance_id, stop_script(served.pid_file),
                            f"imagenet18 tensorboard stop {head.folder}", 1.0)
-    jobs.wait_for_commands(clients, {head.instance_id: command_id}, timeout=120.0)
+    jobs.wait_for_commands(clients, {head.instance_id: command_id}, since, timeout=120.0)
 
 
 def port_forward(clients: Clients, head: Head, local_port: int, remote_port: int, key_folder: Path) -> Forward:
