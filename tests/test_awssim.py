@@ -358,6 +358,22 @@ def test_list_commands_filters_and_pages_as_aws_does(aws):
     assert error_code(ssm.list_commands, Filters=[{"key": "Comment", "value": "c1"}]) == "InvalidFilterKey"
 
 
+def test_calls_past_a_maximum_of_the_api_model_are_refused_as_aws_refuses_them(aws):
+    ssm, iam, efs = (aws.client(name, retries=NO_RETRIES) for name in ("ssm", "iam", "efs"))
+    names = [f"/limits/p{n}" for n in range(11)]
+    for name in names:
+        ssm.put_parameter(Name=name, Value="v", Type="String")
+    assert error_code(ssm.delete_parameters, Names=names) == "ValidationException", "at most 10 names"
+    assert len(ssm.delete_parameters(Names=names[:10])["DeletedParameters"]) == 10
+    assert error_code(iam.create_role, RoleName="r" * 65, AssumeRolePolicyDocument="{}") == "ValidationError"
+    assert error_code(iam.create_role, RoleName="r", AssumeRolePolicyDocument="{}",
+                      Tags=[{"Key": f"k{n}", "Value": "v"} for n in range(51)]) == "ValidationError"
+    iam.create_role(RoleName="r" * 64, AssumeRolePolicyDocument="{}")
+    assert error_code(ssm.list_commands, MaxResults=51) == "ValidationException"
+    assert error_code(efs.create_file_system, CreationToken="t" * 65) == "BadRequest"
+    efs.create_file_system(CreationToken="t" * 64)
+
+
 def test_s3fs_reaches_the_simulator_through_the_environment(aws):
     aws.client("s3").create_bucket(Bucket="runs")
     with fsspec.open("s3://runs/a/metrics.jsonl", "w") as f:

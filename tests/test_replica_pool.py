@@ -72,6 +72,16 @@ def test_an_aws_run_skips_a_pool_volume_another_run_has_locked(aws, snapshot, tm
     backend.delete_replicas(POOL_OWNER)
 
 
+def test_a_run_that_died_holding_more_claims_than_one_ssm_call_deletes_is_torn_down_in_one_go(aws, tmp_path):
+    backend, spec = AwsBackend(options(), home=tmp_path), cluster_spec("run-claimer", 11)
+    for index in range(11):  # locks taken on a pool of 11 (the default 16 machines would take 16) before it died
+        backend.clients.client("ssm").put_parameter(
+            Name=f"/imagenet18/claims/vol-{index:017x}", Value=spec.run_id, Type="String",
+            Tags=tags.tag_list(spec.run_id, spec.expires_at))
+    assert len(backend.teardown(spec.run_id)) == 11
+    assert aws_leftovers(aws) == {}
+
+
 @pytest.mark.slow
 def test_two_aws_runs_at_once_never_claim_the_same_pool_volume(aws, snapshot, tmp_path):
     backend = AwsBackend(options(), home=tmp_path)

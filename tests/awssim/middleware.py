@@ -1,9 +1,9 @@
 """The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (IAM
-policies and their simulator, placement groups, instance-type and default-VPC checks, the machines' SSM agents,
-EC2's vCPU and Elastic IP quotas, its refusals of an address on a pending machine, of an associated address's
-release and of a subnet's deletion with interfaces in it, EBS volume initialization, ListCommands' filters and
-pages, SSM's throttling of Run Command's reads), and hooks that keep disk contents and the player in step with
-each call."""
+policies and their simulator, the API models' maximums, placement groups, instance-type and default-VPC
+checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas, its refusals of an address on a pending
+machine, of an associated address's release and of a subnet's deletion with interfaces in it, EBS volume
+initialization, ListCommands' filters and pages, SSM's throttling of Run Command's reads), and hooks that keep
+disk contents and the player in step with each call."""
 
 import io
 import json
@@ -12,7 +12,7 @@ import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from . import access, agent, backends, catalogue, command_list, network
+from . import access, agent, backends, catalogue, command_list, limits, network
 from .calls import AwsCall, identify, signing_scope
 from .control import Control
 from .errors import Response, error_response
@@ -72,6 +72,8 @@ class AwsSimApp:
         refusal = access.user_refusal(call)
         if refusal is not None:
             return refusal
+        if (beyond := limits.refusal(call)) is not None:
+            return error_response(call.service, *beyond)
         if call.service == "iam" and call.action == "SimulatePrincipalPolicy":
             return access.simulate_principal_policy(call)
         if call.service == "ec2" and call.action in PLACEMENT_ACTIONS:

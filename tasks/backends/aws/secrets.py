@@ -11,6 +11,7 @@ from tasks.backends.base import ClusterSpec, Resource
 
 ROOT = "/imagenet18"
 FORWARDED = ("WANDB_API_KEY",)
+DELETE_AT_ONCE = 10  # DeleteParameters takes at most 10 names (API_DeleteParameters)
 
 
 def path(run_id: str) -> str:
@@ -52,5 +53,6 @@ def parameters(clients: Clients, run_id: str | None) -> list[Resource]:
 
 
 def delete(clients: Clients, names: list[str]) -> None:
-    if names:
-        clients.client("ssm").delete_parameters(Names=names)
+    ssm = clients.client("ssm")
+    for start in range(0, len(names), DELETE_AT_ONCE):
+        ssm.delete_parameters(Names=names[start:start + DELETE_AT_ONCE])
