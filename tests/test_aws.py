@@ -330,6 +330,45 @@ def test_credentials_that_may_not_pass_the_role_are_refused_at_the_launchs_dry_r
     assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
 
 
+@pytest.mark.parametrize("fault, times", [
+    ("InvalidGroup.NotFound", 3),  # EC2 does not know the new group yet (eventual consistency): asked again
+    ("UnauthorizedOperation", 1),  # the attempt stops after making the group; the stage's retry finds it bare
+], ids=["not-known-yet", "attempt-stopped"])
+def test_the_security_group_gets_its_rules_however_its_first_attempt_went(aws, tmp_path, fault, times):
+    aws.add_fault("ec2", "AuthorizeSecurityGroupIngress", fault, times=times)
+    backend = AwsBackend(options(ssh_cidr="203.0.113.0/24"), home=tmp_path)
+    spec = cluster_spec("run-rules", 2, "g5.xlarge")
+    try:
+        backend.prepare(spec)
+    except ClientError:
+        assert fault == "UnauthorizedOperation"
+        backend.prepare(spec)
+    assert [rule["fired"] for rule in aws.fault_counts()] == [times]
+    [group] = aws.client("ec2").describe_security_groups(Filters=tags.run_filter(spec.run_id))["SecurityGroups"]
+    itself = [{"GroupId": group["GroupId"], "UserId": group["OwnerId"]}]
+    for direction in ("IpPermissions", "IpPermissionsEgress"):
+        assert [p["UserIdGroupPairs"] for p in group[direction] if p["IpProtocol"] == "-1"
+                and p["UserIdGroupPairs"]] == [itself], f"all traffic within the group ({direction})"
+    assert [r["CidrIp"] for p in group["IpPermissions"] for r in p.get("IpRanges", [])] == ["203.0.113.0/24"]
+    backend.teardown(spec.run_id)
+    assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
+
+
+def test_machines_ec2_does_not_know_yet_are_named_once_it_does_and_never_launched_twice(aws, snapshot, tmp_path):
+    aws.add_fault("ec2", "CreateTags", "InvalidInstanceID.NotFound", times=2, match={"ResourceId.1": "i-.+"})
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-named", 2, "g5.xlarge")
+    cluster = backend.provision(spec, backend.replicate(spec, DATASET, 2))
+    assert [rule["fired"] for rule in aws.fault_counts()] == [2]
+    assert len(aws.launches()) == 1, "one launch request"
+    instances = [i for r in aws.client("ec2").describe_instances(Filters=tags.run_filter(spec.run_id))[
+        "Reservations"] for i in r["Instances"]]
+    assert sorted((tags.as_dict(i["Tags"])["Name"], i["State"]["Name"]) for i in instances) == [
+        (f"{m.index}.test-run-named", "running") for m in cluster.machines]
+    backend.teardown(spec.run_id)
+    assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
+
+
 PROPAGATING = "Value (imagenet18-x) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"
 
 

@@ -13,7 +13,7 @@ from string import Template
 from tasks.backends.aws import addresses, catalog, pools, tags
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.network import Network
-from tasks.backends.aws.waiting import waiter_config
+from tasks.backends.aws.waiting import once_known, waiter_config
 from tasks.backends.base import BackendError, ClusterSpec, InputError, Resource
 
 # The Deep Learning Base AMI (NVIDIA driver, CUDA, EFA) through its public SSM parameter.
@@ -166,8 +166,10 @@ def _run_all(clients: Clients, spec: ClusterSpec, network: Network, image: dict,
     by_index = {indices[i["AmiLaunchIndex"]]: i for i in launched}
 
     def name(index: int) -> None:
-        clients.ec2.create_tags(Resources=[by_index[index]["InstanceId"]], Tags=[
-            {"Key": "Name", "Value": f"{index}.{spec.run_name}"}, {"Key": tags.INDEX, "Value": str(index)}])
+        instance_id = by_index[index]["InstanceId"]
+        once_known(f"machine {instance_id}", lambda: clients.ec2.create_tags(Resources=[instance_id], Tags=[
+            {"Key": "Name", "Value": f"{index}.{spec.run_name}"}, {"Key": tags.INDEX, "Value": str(index)}]),
+            "InvalidInstanceID.NotFound")
 
     with pools.pool(parallel, len(indices)) as pool:
         list(pool.map(name, indices))

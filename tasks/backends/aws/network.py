@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tasks.backends.aws import pools, tags
 from tasks.backends.aws.clients import Clients, error_code
+from tasks.backends.aws.waiting import once_known
 from tasks.backends.base import ClusterSpec, InputError
 
 VPC_CIDR = "10.18.0.0/16"
@@ -179,21 +180,31 @@ def _free_cidr(subnets: list[dict]) -> str:
 
 def _ensure_security_group(ec2, spec: ClusterSpec, vpc_id: str, ssh_cidr: str | None, run_tags: list[dict],
                            found: list[dict]) -> str:
-    """The run's security group (`found`: the run's, looked up earlier), made if missing."""
-    if found:
-        return found[0]["GroupId"]
-    group_id = ec2.create_security_group(
+    """The run's security group (`found`: the run's, looked up earlier), made if missing, with its rules: those
+    of a group found are added again (AWS answers a rule it has with InvalidPermission.Duplicate), since an
+    attempt that stopped after making the group left it without them."""
+    group_id = found[0]["GroupId"] if found else ec2.create_security_group(
         GroupName=resource_name(spec), VpcId=vpc_id, TagSpecifications=tags.tag_specs("security-group", run_tags),
         Description="imagenet18 run: all traffic within the group (NCCL, EFS), ssh only from the caller")["GroupId"]
     rules = [{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group_id}]}]
     if ssh_cidr:
         rules.append({"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
                       "IpRanges": [{"CidrIp": ssh_cidr, "Description": "ssh from the caller"}]})
-    ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=rules)
     # EFA's traffic needs a rule to the group itself besides the default one to 0.0.0.0/0
     # (https://docs.aws.amazon.com/pcs/latest/userguide/working-with_networking_efa_create-sg.html).
-    ec2.authorize_security_group_egress(GroupId=group_id, IpPermissions=rules[:1])
+    for authorize, rule in [*((ec2.authorize_security_group_ingress, r) for r in rules),
+                            (ec2.authorize_security_group_egress, rules[0])]:
+        once_known(f"security group {group_id}", lambda a=authorize, r=rule: _tolerate_duplicate(a, group_id, r),
+                   "InvalidGroup.NotFound")
     return group_id
+
+
+def _tolerate_duplicate(authorize, group_id: str, rule: dict) -> None:
+    try:
+        authorize(GroupId=group_id, IpPermissions=[rule])
+    except Exception as exc:  # noqa: BLE001
+        if error_code(exc) != "InvalidPermission.Duplicate":
+            raise
 
 
 def key_path(key_folder: Path, spec_or_run_id: ClusterSpec | str) -> Path:
