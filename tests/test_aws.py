@@ -369,6 +369,28 @@ def test_machines_ec2_does_not_know_yet_are_named_once_it_does_and_never_launche
     assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
 
 
+@pytest.mark.parametrize("service, action, name, code", [
+    ("iam", "ListRoleTags", "RoleName", "NoSuchEntity"),
+    ("iam", "GetInstanceProfile", "InstanceProfileName", "NoSuchEntity"),
+    ("ssm", "ListTagsForResource", "ResourceId", "InvalidResourceId"),
+])
+def test_a_teardown_passes_over_what_another_deletes_while_it_lists(aws, tmp_path, service, action, name, code):
+    backend = AwsBackend(options(), home=tmp_path)
+    specs = [cluster_spec(run_id, 1, "g5.xlarge") for run_id in ("run-other", "run-mine")]
+    for spec in specs:
+        ensure_instance_profile(backend.clients, spec, BUCKET, spec.run_id, f"/imagenet18/{spec.run_id}")
+        backend.clients.client("ssm").put_parameter(
+            Name=f"/imagenet18/claims/vol-{spec.run_id}", Value=spec.run_id, Type="String",
+            Tags=tags.tag_list(spec.run_id, spec.expires_at))
+    # Another teardown deletes run-other's between our listing and our reading its tags.
+    aws.add_fault(service, action, code, match={name: ".*run-other"})
+    assert {r.kind for r in backend.teardown("run-mine")} == {"instance-profile", "parameter"}
+    aws.clear_faults()
+    assert aws_leftovers(aws, "run-mine", tmp_path) == {}
+    backend.teardown("run-other")
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
 PROPAGATING = "Value (imagenet18-x) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"
 
 

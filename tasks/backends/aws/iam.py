@@ -109,7 +109,12 @@ def run_identities(clients: Clients, run_id: str | None) -> list[dict]:
 def _keep_ours(found: dict[str, dict], name: str, tags_of: Callable[[str], list[dict]], run_id: str | None) -> None:
     if not name.startswith("imagenet18-") or name in found:
         return
-    named_tags = tags.as_dict(tags_of(name))
+    try:
+        named_tags = tags.as_dict(tags_of(name))
+    except Exception as exc:  # noqa: BLE001 - deleted since the listing (another run's teardown, say)
+        if error_code(exc) == "NoSuchEntity":
+            return
+        raise
     if tags.RUN in named_tags and run_id in (None, named_tags[tags.RUN]):
         found[name] = {"RoleName": name, "Tags": named_tags}
 

@@ -44,8 +44,13 @@ def parameters(clients: Clients, run_id: str | None) -> list[Resource]:
     for page in ssm.get_paginator("describe_parameters").paginate(
             ParameterFilters=[{"Key": "Path", "Option": "Recursive", "Values": [ROOT]}]):
         for parameter in page["Parameters"]:
-            parameter_tags = tags.as_dict(ssm.list_tags_for_resource(
-                ResourceType="Parameter", ResourceId=parameter["Name"])["TagList"])
+            try:
+                parameter_tags = tags.as_dict(ssm.list_tags_for_resource(
+                    ResourceType="Parameter", ResourceId=parameter["Name"])["TagList"])
+            except Exception as exc:  # noqa: BLE001 - deleted since the listing (another run's teardown, say)
+                if error_code(exc) == "InvalidResourceId":
+                    continue
+                raise
             owner = parameter_tags.get(tags.RUN)
             if owner and run_id in (None, owner):
                 found.append(Resource("parameter", parameter["Name"], owner, tags.expires(parameter_tags)))
