@@ -459,6 +459,30 @@ def test_ssm_agents_register_late_and_run_commands_as_the_agent_does(aws):
     assert [c["Status"] for c in ssm.list_commands(InstanceId=instance)["Commands"]] == ["Failed", "Failed"]
 
 
+def test_a_command_has_the_agents_environment_and_every_machine_of_a_launch_its_role(aws):
+    """SSM's agent passes a command none of its own environment (no HOME, no region for the SDKs), and every
+    machine a launch request makes gets the request's instance profile (moto gives it to the first only)."""
+    ec2, iam, ssm = aws.client("ec2"), aws.client("iam"), aws.client("ssm")
+    iam.create_role(RoleName="machines", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17"}))
+    iam.create_instance_profile(InstanceProfileName="machines")
+    iam.add_role_to_instance_profile(InstanceProfileName="machines", RoleName="machines")
+    instances = [i["InstanceId"] for i in ec2.run_instances(
+        ImageId=IMAGE, InstanceType="g5.xlarge", MinCount=2, MaxCount=2,
+        IamInstanceProfile={"Name": "machines"})["Instances"]]
+    wait_for(lambda: all(agents_online(ssm, i) for i in instances), seconds=20)
+    command = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=instances,
+                               Parameters={"commands": ["env"]})["Command"]["CommandId"]
+    wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()))
+    for instance in instances:
+        output = ssm.get_command_invocation(CommandId=command, InstanceId=instance)["StandardOutputContent"]
+        environment = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+        assert "HOME" not in environment and "AWS_DEFAULT_REGION" not in environment and \
+            "AWS_REGION" not in environment
+        assert environment["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
+        assert (environment["AWS_SSM_INSTANCE_ID"], environment["AWS_SSM_REGION_NAME"]) == (instance, "us-east-1")
+        assert environment["AWS_ACCESS_KEY_ID"] != "testing" and environment["AWS_SESSION_TOKEN"], "the role's"
+
+
 def test_a_command_past_its_execution_timeout_is_killed_and_times_out_as_the_agent_reports_it(aws):
     ec2, ssm = aws.client("ec2"), aws.client("ssm")
     instance = launch(ec2)

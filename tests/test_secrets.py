@@ -58,7 +58,7 @@ def test_no_secret_is_written_anywhere(prefect_api, aws, tiny_data, canaries):
     instances = {played["instance_id"] for played in aws.played()}
     assert len(instances) == 2, "both machines ran commands"
     sent = sorted(aws.root.glob("commands/*/*/script.sh"))
-    assert sum('export WANDB_API_KEY="$(' in path.read_text() for path in sent) == 2, "the key reached each machine"
+    assert sum('export WANDB_API_KEY="$value"' in path.read_text() for path in sent) == 2, "read on each machine"
 
     command_lines = [" ".join(line) for instance in instances for line in machine_commands[instance]]
     assert any("trainer train" in line for line in command_lines), "the trainer's own command lines were seen"
@@ -80,14 +80,19 @@ def test_no_secret_is_written_anywhere(prefect_api, aws, tiny_data, canaries):
         for canary in canaries:
             assert canary not in content, f"a secret is in {path}"
 
-    s3, keys = boto3.client("s3"), []
+    s3, keys, machine_logs = boto3.client("s3"), [], []
     for bucket in s3.list_buckets()["Buckets"]:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"]):
             for item in page.get("Contents", []):
                 keys.append(item["Key"])
                 body = s3.get_object(Bucket=bucket["Name"], Key=item["Key"])["Body"].read()
                 assert not any(canary in body for canary in canaries), f"a secret is in s3://{item['Key']}"
+                if "/logs/train-" in item["Key"]:
+                    machine_logs.append(body.decode())
     assert any(key.endswith(".wandb") for key in keys), "wandb ran (offline) on the machines; its files are kept"
+    assert len(machine_logs) == 2 and not any("could not read WANDB_API_KEY" in log for log in machine_logs), \
+        "each machine read the key"
+    assert not any("HOME are defined" in log for log in machine_logs), "wandb finds a home (SSM's agent sets none)"
     for command in boto3.client("ssm").list_commands()["Commands"]:
         assert not any(canary.decode() in str(command["Parameters"]) for canary in canaries)
 

@@ -8,6 +8,7 @@ from moto.ec2.models import EC2Backend
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
 from moto.ec2.models.instances import Instance, InstanceState
 from moto.ec2.models.route_tables import Route
+from moto.ec2.responses.instances import InstanceResponse
 from moto.ssm.models import Command
 
 
@@ -37,6 +38,24 @@ def fix_default_vpc_way_out() -> None:
         return vpc
 
     EC2Backend.create_default_vpc = with_gateway
+
+
+def fix_profile_on_every_machine() -> None:
+    """moto gives a launch's instance profile to its first machine only; EC2 gives it to every machine the
+    request launches (each gets the role's credentials from its instance metadata)."""
+    launch = InstanceResponse.run_instances
+
+    def every_machine(self: InstanceResponse) -> Any:
+        answer = launch(self)
+        [first, *others] = answer.result.instances
+        association = self.ec2_backend.iam_instance_profile_associations.get(first.id)
+        if association is not None:
+            for instance in others:
+                self.ec2_backend.associate_iam_instance_profile(
+                    instance_id=instance.id, iam_instance_profile_arn=association.iam_instance_profile.arn)
+        return answer
+
+    InstanceResponse.run_instances = every_machine
 
 
 def fix_route_state() -> None:

@@ -35,6 +35,23 @@ STDOUT_LIMIT, STDERR_LIMIT = 24000, 8000
 DEFAULT_EXECUTION_TIMEOUT_S = 3600.0  # AWS-RunShellScript's executionTimeout when none is sent
 
 
+# The PATH SSM's agent gives a command (https://github.com/aws/amazon-ssm-agent/issues/427).
+AGENT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
+
+
+def agent_environment(instance: Any, command_id: str, region: str) -> dict[str, str]:
+    """The environment SSM's agent gives a command: it passes on none of its own, so no HOME and no region for
+    the SDKs (aws/amazon-ssm-agent#427, a maintainer's listing). Added, what stands in for the machine's world
+    here: the simulator's endpoint for AWS's, the role's keys for those its instance metadata serves (none
+    without a role; metadata is off, as a real machine's has none to give then), empty AWS config files for
+    root's, and the marker that finds the machine's processes."""
+    return {"PATH": AGENT_PATH, "LANG": "en_US.UTF-8", "AWS_SSM_INSTANCE_ID": instance.id,
+            "AWS_SSM_REGION_NAME": region, "SSM_COMMAND_ID": command_id, INSTANCE_ENV: instance.id,
+            "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"], "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            **access.machine_credentials(instance)}
+
+
 @dataclass
 class Played:
     command_id: str
@@ -290,7 +307,7 @@ class Player:
         with open(folder / "stdout", "wb") as out, open(folder / "stderr", "wb") as err:
             played.process = subprocess.Popen(
                 ["sh", "-c", str(script_file)], cwd=folder, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                env={**os.environ, INSTANCE_ENV: instance_id, **access.machine_credentials(instance)},
+                env=agent_environment(instance, command.command_id, region),
                 start_new_session=True,
             )
 

@@ -31,6 +31,7 @@ from .moto_fixes import (
     fix_default_vpc_way_out,
     fix_instances_start_pending,
     fix_launch_interfaces,
+    fix_profile_on_every_machine,
     fix_route_state,
     fix_send_command_targets,
 )
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     fix_default_vpc_way_out()
     fix_launch_interfaces()
     fix_route_state()
+    fix_profile_on_every_machine()
     faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()
     player, throttle = Player(root, REPO, store), SsmThrottle()
     fix_instances_start_pending(lambda: player.pending_s)

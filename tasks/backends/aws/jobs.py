@@ -51,8 +51,12 @@ def launch_script(cluster: Cluster, index: int, command: list[str], name: str, r
                   secret_parameters: dict[str, str]) -> str:
     settings = [f"export {name_}={shlex.quote(os.environ[name_])}" for name_ in FORWARDED_SETTINGS
                 if os.environ.get(name_)]
-    secrets = "\n".join(settings + [  # read on the machine, so no secret is in the command that SSM records
-        f'export {variable}="$($py -m tasks.backends.aws.parameter {shlex.quote(parameter)})"'
+    # Read on the machine, so no secret is in the command that SSM records; one that cannot be read is said in
+    # the job's log, and the trainer runs without it (wandb is optional).
+    secrets = "\n".join(settings + [
+        f'if value="$($py -m tasks.backends.aws.parameter {shlex.quote(parameter)} 2>>"$log")"; then '
+        f'export {variable}="$value"; else echo "warning: could not read {variable} from SSM parameter '
+        f'{parameter} (above), so the trainer runs without it" >>"$log"; fi'
         for variable, parameter in secret_parameters.items()])
     follow = (f'$py -m trainer mirror "$run" {shlex.quote(cluster.storage)} --every {MIRROR_SECONDS} '
               f'--until-exits {len(cluster.machines)} --exit-pattern "{name}-*" >"$run/logs/mirror.log" 2>&1 &'

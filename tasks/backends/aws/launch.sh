@@ -2,7 +2,10 @@
 # imagenet18 job ${job} on machine ${index} of run ${run_id} (sent through SSM RunCommand). POSIX sh: the agent
 # writes the commands to a file and runs it with `sh` (dash on Ubuntu), and the kernel honours the line above.
 set -u
+# SSM's agent gives a command almost no environment: no region for the SDKs, no HOME (wandb's core and caches
+# want one).
 export AWS_DEFAULT_REGION=${region}
+[ -n "$${HOME:-}" ] || export HOME="$$(getent passwd "$$(id -u)" | cut -d: -f6)"
 if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null; fi  # user-data has finished
 run=${node_storage}
 py=${python}
