@@ -83,14 +83,17 @@ def test_a_script_that_fails_before_its_exit_code_fails_its_machine_with_the_cau
 
 def test_a_machine_whose_boot_failed_fails_its_job_with_the_cause(aws, snapshot, tmp_path):
     """Ubuntu 24.04's archive has no Python 3.11: user-data stops before the project's venv exists, as it would on
-    a real machine, and the job finds no python there."""
+    a real machine; the job says so with the end of the machine's boot log, which nothing else reads."""
     backend, cluster = provisioned(aws, tmp_path, "run-no-python", 1, ami=UBUNTU_2404.image_id)
     machine = cluster.machines[0]
     [booted] = [m for m in aws.machines() if m["instance_id"] == machine.id]
     assert booted["user_data_check"] == "boot failed: E: Unable to locate package python3.11"
     backend.launch(cluster, {0: [cluster.python, "-c", "print('trained')"]}, "train")
     status = finished(backend, cluster, "train", timeout_s=60)
-    assert status.failed == {0: 127} and "not found" in status.causes[0], status
+    assert status.failed == {0: 3}, status
+    assert status.causes[0] == (f"its SSM command on {machine.id} ended Failed (code 3): E: Unable to locate "
+                                "package python3.11 / error: this machine's first boot (its user data) failed; "
+                                "above, the end of its cloud-init output log")
     backend.teardown("run-no-python")
 
 

@@ -35,6 +35,21 @@ STDOUT_LIMIT, STDERR_LIMIT = 24000, 8000
 DEFAULT_EXECUTION_TIMEOUT_S = 3600.0  # AWS-RunShellScript's executionTimeout when none is sent
 
 
+def _boot_record(scratch: Path, user_data: UserData) -> dict[str, str]:
+    """cloud-init's account of the machine's first boot, as files for its paths: `cloud-init status` (1 and
+    "status: error" where the user data would have failed on the image) and its output log, which ends with the
+    user data's last words and cloud-init's own lines."""
+    failed = user_data.boot_failed
+    log, status = scratch / "cloud-init-output.log", scratch / "cloud-init"
+    said = [user_data.check.removeprefix("boot failed: "), "2026-12-05 00:00:00,000 - cc_scripts_user.py[WARNING]: "
+            "Failed to run module scripts-user (scripts in /var/lib/cloud/instance/scripts)"] if failed else []
+    log.write_text("\n".join([*said, "Cloud-init v. 24.4.1-0ubuntu0~22.04.1 finished at Sat, 05 Dec 2026 00:00:00 "
+                                    "+0000. Datasource DataSourceEc2Local.  Up 95.00 seconds"]) + "\n")
+    status.write_text(f"#!/bin/sh\necho 'status: {'error' if failed else 'done'}'\nexit {int(failed)}\n")
+    status.chmod(0o755)
+    return {"/usr/bin/cloud-init": str(status), "/var/log/cloud-init-output.log": str(log)}
+
+
 # The PATH SSM's agent gives a command (https://github.com/aws/amazon-ssm-agent/issues/427).
 AGENT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
 
@@ -339,6 +354,7 @@ class Player:
         }
         for path in paths.values():
             Path(path).mkdir(parents=True, exist_ok=True)
+        paths.update(_boot_record(scratch, self._machines[instance.id].user_data))
         ips = [i.private_ip for i in instances.values() if i.private_ip]
         return Rewrite(paths, ips, self._ports[port_key])
 

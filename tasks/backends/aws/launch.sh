@@ -6,7 +6,15 @@ set -u
 # want one).
 export AWS_DEFAULT_REGION=${region}
 [ -n "$${HOME:-}" ] || export HOME="$$(getent passwd "$$(id -u)" | cut -d: -f6)"
-if command -v cloud-init >/dev/null; then cloud-init status --wait >/dev/null; fi  # user-data has finished
+# The machine's first boot (its user data mounts the disks and installs the project) has ended, and well: a
+# failed one is said here, where the flow reads it, since nothing else reads the machine's log of it. cloud-init
+# answers 1 for an error (2, from 23.4, for a recoverable one, which leaves the machine usable).
+/usr/bin/cloud-init status --wait >/dev/null
+if [ $$? -eq 1 ]; then
+  grep -v -e '^Cloud-init v\. ' -e '\[WARNING\]' /var/log/cloud-init-output.log | tail -n 2 >&2
+  echo "error: this machine's first boot (its user data) failed; above, the end of its cloud-init output log" >&2
+  exit 3
+fi
 run=${node_storage}
 py=${python}
 mkdir -p "$$run/logs" "$$run/exit" "$$run/pids"
