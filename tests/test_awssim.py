@@ -520,7 +520,8 @@ def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):
 def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_project(aws):
     """user-data read against its AMI's facts: the project's install needs an interpreter inside its Requires-Python,
     with its venv module, and the EFS mount needs nfs-common; what the AMI lacks must be installed first, from what
-    its archive has. A machine whose boot failed has no venv: a job's python is not found there."""
+    its archive has. A machine whose boot failed has no venv: a job's python is not found there; one whose Python
+    has no C headers fails torch.compile's first GPU kernel."""
     ec2, ssm = aws.client("ec2"), aws.client("ssm")
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
     spec = ClusterSpec("run-boot", "boot", 1, "g5.xlarge", False, expires)
@@ -533,6 +534,7 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
          "requires a different Python: 3.10.12 not in '>=3.11,<3.12'"),
         (UBUNTU_2204, {" nfs-common": ""}, "mount.nfs4 helper program (nfs-common is not installed)"),
         (UBUNTU_2404, {}, "E: Unable to locate package python3.11"),
+        (UBUNTU_2204, {" python3.11-dev": ""}, "ok"),  # boots, but its Python has no C headers
     ]
     launched = []
     for image, changes, _ in cases:
@@ -554,6 +556,16 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
     assert (ran[booted]["Status"], ran[booted]["StandardOutputContent"]) == ("Success", "42\n")
     assert (ran[failed]["Status"], ran[failed]["ResponseCode"]) == ("Failed", 127)
     assert "not found" in ran[failed]["StandardErrorContent"]
+    # torch.compile on a GPU: Triton builds its launchers against Python.h, which only python3.11-dev brings.
+    headless = launched[-1]
+    wait_for(lambda: agents_online(ssm, headless), seconds=20)
+    command = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[booted, headless], Parameters={
+        "commands": ["/opt/imagenet18/.venv/bin/python -c 'print(42)' --compile"]})["Command"]["CommandId"]
+    wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()))
+    ran = {i: ssm.get_command_invocation(CommandId=command, InstanceId=i) for i in (booted, headless)}
+    assert (ran[booted]["Status"], ran[booted]["StandardOutputContent"]) == ("Success", "42\n")
+    assert (ran[headless]["Status"], ran[headless]["ResponseCode"]) == ("Failed", 1)
+    assert "fatal error: Python.h: No such file or directory" in ran[headless]["StandardErrorContent"]
 
 
 def test_ec2_quotas_are_answered_by_service_quotas_and_enforced_at_the_launch_not_in_a_dry_run(aws):

@@ -3,10 +3,11 @@
 
 The Python facts are from AWS's release notes of the DLAMIs (python_location: /usr/bin/python3.10 on 22.04, e.g.
 https://docs.aws.amazon.com/dlami/latest/devguide/aws-deep-learning-ami-gpubasesinglecuda-ul2204-2026-01-02.html,
-/usr/bin/python3.12 on 24.04) and Ubuntu's archive (jammy-updates/universe has python3.11 and python3.11-venv,
-3.11.0~rc1-1~22.04.1; noble has no python3.11). Packages the notes do not list, such as nfs-common, are taken to
-be absent: a script that needs one installs it. Their EFA software (libfabric under /opt/amazon/efa, AWS's OFI
-NCCL plugin) is installed, off the library path."""
+/usr/bin/python3.12 on 24.04) and Ubuntu's archive (jammy-updates/universe has python3.11, python3.11-venv and
+python3.11-dev, 3.11.0~rc1-1~22.04.1; noble has no python3.11). Packages the notes do not list, such as
+nfs-common and the Pythons' C headers (python3.X-dev), are taken to be absent: a script that needs one installs
+it. Their EFA software (libfabric under /opt/amazon/efa, AWS's OFI NCCL plugin) is installed, off the library
+path."""
 
 from dataclasses import dataclass
 
@@ -35,13 +36,15 @@ UBUNTU_2204 = ImageFacts(
     "ami-0d1a2204ba5e00001", "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) 20261120",
     PARAMETER_PREFIX + "base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id", "3.10.12",
     frozenset({"python3", "python3.10", "awscli", "cloud-init"}),
-    {"python3.11": "3.11.0rc1", "python3.11-venv": "3.11.0rc1", "python3.10-venv": "3.10.12",
-     "python3-venv": "3.10.12", "nfs-common": "1:2.6.1-1ubuntu1.2"}, OFI_NCCL)
+    {"python3.11": "3.11.0rc1", "python3.11-venv": "3.11.0rc1", "python3.11-dev": "3.11.0rc1",
+     "python3.10-venv": "3.10.12", "python3.10-dev": "3.10.12", "python3-venv": "3.10.12",
+     "nfs-common": "1:2.6.1-1ubuntu1.2"}, OFI_NCCL)
 UBUNTU_2404 = ImageFacts(
     "ami-0d1a2404ba5e00001", "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04) 20261120",
     PARAMETER_PREFIX + "base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id", "3.12.3",
     frozenset({"python3", "python3.12", "awscli", "cloud-init"}),
-    {"python3.12-venv": "3.12.3", "python3-venv": "3.12.3", "nfs-common": "1:2.6.4-3ubuntu5.1"}, OFI_NCCL)
+    {"python3.12-venv": "3.12.3", "python3.12-dev": "3.12.3", "python3-venv": "3.12.3",
+     "nfs-common": "1:2.6.4-3ubuntu5.1"}, OFI_NCCL)
 IMAGES = {image.image_id: image for image in (UBUNTU_2204, UBUNTU_2404)}
 
 

@@ -2,6 +2,7 @@
 one per target instance, kills them when their instance stops or terminates, and reports back into moto."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,6 +31,11 @@ AGENT_DELAY_S = float(os.environ.get("AWSSIM_AGENT_DELAY_S", "1"))
 PENDING_S = float(os.environ.get("AWSSIM_PENDING_S", "0.5"))  # from a machine's launch until it runs
 
 ALIVE = ("pending", "running")
+COMPILED = re.compile(r"(?<!\S)--compile(?!\S)")  # the trainer's flag: torch.compile, Triton's kernels on a GPU
+NO_HEADERS_ERROR = ("/tmp/tmp0c2u5r1x/cuda_utils.c:5:10: fatal error: Python.h: No such file or directory\n"
+                    "compilation terminated.\ntorch._inductor.exc.InductorError: CalledProcessError: Command "
+                    "'['/usr/bin/gcc', '/tmp/tmp0c2u5r1x/cuda_utils.c', '-O3', '-shared', '-fPIC', ...]' returned "
+                    "non-zero exit status 1.\n")
 # SSM keeps this much of an invocation's output for GetCommandInvocation.
 STDOUT_LIMIT, STDERR_LIMIT = 24000, 8000
 DEFAULT_EXECUTION_TIMEOUT_S = 3600.0  # AWS-RunShellScript's executionTimeout when none is sent
@@ -310,6 +316,13 @@ class Player:
             # The project's python, torch with it, stops at its first CUDA kernel: before it writes anything else.
             (folder / "stdout").touch()
             (folder / "stderr").write_text(error)
+            self._finish(played, 1)
+            return
+        if (MACHINE_VENV in script and COMPILED.search(script) and gpus.gpu(instance.instance_type)
+                and self._machines[instance_id].user_data.python_headers is False):
+            # torch.compile's first GPU kernel: Triton builds its launcher, a C file including Python.h, with gcc.
+            (folder / "stdout").touch()
+            (folder / "stderr").write_text(NO_HEADERS_ERROR)
             self._finish(played, 1)
             return
         # As the agent runs AWS-RunShellScript: the commands, one a line, in an executable file that `sh -c` runs

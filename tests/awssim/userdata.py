@@ -27,6 +27,9 @@ SYSTEMD_UNITS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3
 class UserData:
     check: str  # "ok", "none", "skipped: <why>", bash -n's complaint, or "boot failed: <what a machine says>"
     shutdown_after_s: float | None  # seconds after launch; None when no timer was found
+    # Whether the venv's Python has its C headers (python3.X-dev), which Triton's build of its GPU launchers
+    # needs; None where no venv of a known image was made.
+    python_headers: bool | None = None
 
     @property
     def boot_failed(self) -> bool:
@@ -52,9 +55,9 @@ def inspect(encoded: str | None, save_as: Path, image: ImageFacts | None, projec
     if not shell:
         return UserData("skipped: not a shell script", None)
     result = subprocess.run([shell[1], "-n", str(save_as)], capture_output=True, text=True)
-    failure = boot_failure(text, image, project) if image else None
+    failure, headers = boot(text, image, project) if image else (None, None)
     check = result.stderr.strip() if result.returncode else f"boot failed: {failure}" if failure else "ok"
-    return UserData(check, shutdown_timer_s(text))
+    return UserData(check, shutdown_timer_s(text), headers)
 
 
 APT_INSTALL = re.compile(r"\bapt(?:-get)?\b[^\n;&|]*?\binstall\b([^\n;&|]*)")
@@ -64,12 +67,23 @@ HASHED_INSTALL = re.compile(r"\bpip install\b[^\n]*--require-hashes -r (\S+)")
 LOCK_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", re.M)
 
 
-def boot_failure(script: str, image: ImageFacts, project: Path) -> str | None:
+def boot(script: str, image: ImageFacts, project: Path) -> tuple[str | None, bool | None]:
     """What stops the script first on a machine of `image` (each step needs what the steps before it installed),
-    in the words the machine's log would have; None when nothing does. `project`: the source user-data
-    installs."""
+    in the words the machine's log would have (None when nothing does), and whether the Python of the venv it
+    makes has its C headers (None: no venv). `project`: the source user-data installs."""
     requires_python = tomllib.loads((project / "pyproject.toml").read_text())["project"]["requires-python"]
-    packages, venv_python = set(image.installed), None
+    packages, venvs = set(image.installed), []
+    failure = _first_failure(script, image, project, requires_python, packages, venvs)
+    if not venvs:
+        return failure, None
+    return failure, f"python{'.'.join(venvs[-1].split('.')[:2])}-dev" in packages
+
+
+def _first_failure(script: str, image: ImageFacts, project: Path, requires_python: str, packages: set[str],
+                   venvs: list[str]) -> str | None:
+    """The first step that fails, adding what each step installs to `packages` and each venv's Python's
+    version to `venvs`."""
+    venv_python = None
     for line in script.splitlines():
         line = line.split("#", 1)[0] if not line.startswith("#!") else ""
         for install in APT_INSTALL.finditer(line):
@@ -85,6 +99,7 @@ def boot_failure(script: str, image: ImageFacts, project: Path) -> str | None:
             if failure:
                 return failure
             venv_python = _version(python, image)
+            venvs.append(venv_python)
         hashed = HASHED_INSTALL.search(line)
         if hashed and venv_python:
             lacking = lock_gaps((project / hashed[1].removeprefix("/opt/imagenet18/")).read_text(), venv_python)

@@ -12,11 +12,12 @@ shutdown -h +${shutdown_minutes} "imagenet18: the run's max_hours is over"
 for _ in $$(seq 1 60); do curl -sfI -o /dev/null --max-time 5 https://pypi.org/ && break; sleep 5; done
 
 # The Python the lock is for (the Deep Learning Base AMI's python3 is 3.10 on Ubuntu 22.04, which the project's
-# Requires-Python excludes; Ubuntu 22.04's archive has 3.11), its venv module (Ubuntu ships ensurepip apart) and
-# the NFS client for EFS. At first boot apt's lock may be held a while (unattended upgrades): apt waits for it.
+# Requires-Python excludes; Ubuntu 22.04's archive has 3.11), its venv module (Ubuntu ships ensurepip apart), its
+# C headers (torch.compile's Triton builds its GPU launchers against Python.h) and the NFS client for EFS. At
+# first boot apt's lock may be held a while (unattended upgrades): apt waits for it.
 export DEBIAN_FRONTEND=noninteractive
 apt-get -q -o DPkg::Lock::Timeout=600 update
-apt-get -q -y -o DPkg::Lock::Timeout=600 install python3.11 python3.11-venv nfs-common
+apt-get -q -y -o DPkg::Lock::Timeout=600 install python3.11 python3.11-venv python3.11-dev nfs-common
 
 # This machine's place in its launch request (IMDSv2), which picks its dataset volume from the request's list.
 token=$$(curl -sf -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
