@@ -16,6 +16,7 @@ from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
 from tasks.backends.base import InputError
+from tests.awssim.faults import PRESENT
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
 from tests.aws_runs import (
     AMI,
@@ -389,6 +390,16 @@ def test_a_teardown_passes_over_what_another_deletes_while_it_lists(aws, tmp_pat
     assert aws_leftovers(aws, "run-mine", tmp_path) == {}
     backend.teardown("run-other")
     assert aws_leftovers(aws, home=tmp_path) == {}
+
+
+def test_replicas_ec2_does_not_know_yet_are_waited_for_not_failed(aws, snapshot, tmp_path):
+    aws.add_fault("ec2", "DescribeVolumes", "InvalidVolume.NotFound", times=1, match={"VolumeId.1": PRESENT})
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-unknown-volumes", 2, "g5.xlarge")
+    assert len(backend.replicate(spec, DATASET, 2)) == 2
+    assert [rule["fired"] for rule in aws.fault_counts()] == [1], "the wait after the volumes were made"
+    backend.teardown(spec.run_id)
+    assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
 
 
 PROPAGATING = "Value (imagenet18-x) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"

@@ -97,4 +97,9 @@ def _log_error_answer(response=None, attempts: int = 0, operation=None, caught_e
 
 
 def error_code(exc: BaseException) -> str:
-    return exc.response.get("Error", {}).get("Code", "") if isinstance(exc, botocore.exceptions.ClientError) else ""
+    """AWS's error code: of an answer, or of the answer that stopped a waiter."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return exc.response.get("Error", {}).get("Code", "")
+    if isinstance(exc, botocore.exceptions.WaiterError):
+        return (exc.last_response or {}).get("Error", {}).get("Code", "")
+    return ""

@@ -12,7 +12,7 @@ import uuid
 
 import fsspec
 
-from tasks.backends.aws import machines, network, secrets, storage, tags
+from tasks.backends.aws import machines, network, secrets, storage, tags, volumes
 from tasks.backends.aws.backend import AwsBackend
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.waiting import waiter_config
@@ -60,7 +60,7 @@ def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: l
     volume = ec2.create_volume(
         AvailabilityZone=zone, Size=size_gb, VolumeType="gp3", Iops=6000, Throughput=500, Encrypted=True,
         TagSpecifications=tags.tag_specs("volume", tags.tag_list(spec.run_id, spec.expires_at, f"{name}-builder")))
-    ec2.get_waiter("volume_available").wait(VolumeIds=[volume["VolumeId"]], WaiterConfig=waiter_config())
+    volumes.wait_available(clients, [volume["VolumeId"]])
     folder = f"snapshots/{spec.run_id}"
     bucket = storage.bucket_name(clients, options.bucket)
     storage.upload_project(clients, bucket, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz")
