@@ -22,7 +22,8 @@ RETRIES = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeou
 # Capacity errors have a better answer than waiting (another zone or type), so the caller sees them at once.
 # Error codes that are answers, not trouble: a dry run's success, "not there" while looking something up.
 EXPECTED_ANSWERS = {"DryRunOperation", "NoSuchKey", "InvalidRange", "404", "NoSuchEntity", "ParameterNotFound",
-                    "InvalidPlacementGroup.Duplicate", "EntityAlreadyExists", "ParameterAlreadyExists"}
+                    "InvalidPlacementGroup.Duplicate", "InvalidPermission.Duplicate", "EntityAlreadyExists",
+                    "ParameterAlreadyExists", "InvalidResourceId"}
 # Refusals a retry minutes later gets again: permissions, credentials, an account not opted in, quotas. A stage
 # that meets one fails at once with it, rather than after its retries.
 REFUSALS = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "AuthFailure", "InvalidClientTokenId",
