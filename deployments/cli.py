@@ -78,7 +78,8 @@ def _option_type(annotation: object) -> object:
 
 def _aws_options(parser: argparse.ArgumentParser) -> None:
     aws = parser.add_argument_group("aws backend")
-    aws.add_argument("--region", help="default: AWS_REGION, else us-east-1")
+    aws.add_argument("--region", help="default: AWS_REGION, else boto3's (AWS_DEFAULT_REGION, the AWS config "
+                                      "file's region), else us-east-1")
     aws.add_argument("--zone", dest="availability_zone", help="default: the first zone offering the type")
     aws.add_argument("--other-instance-types", type=_comma_separated, metavar="TYPE,...",
                      help="when AWS has no capacity for the type, run every machine as the next of these")

@@ -9,6 +9,8 @@ from prefect.exceptions import ParameterTypeError
 
 from deployments import cli
 from flows.imagenet18 import imagenet18
+from tasks.backends.aws.options import AwsOptions
+from tasks.backends.base import InputError
 from tasks.parameters import TRAINER, RunParameters, Switch
 from trainer import cli as trainer_cli
 
@@ -86,3 +88,27 @@ def test_compile_is_a_choice_of_three_in_prefects_form():
         imagenet18.validate_parameters({"compile": "sometimes"})
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["run", "--compile", "--no-compile"])
+
+
+def test_an_aws_runs_region_is_the_one_boto3_would_use_unless_aws_region_says(tmp_path, monkeypatch):
+    """`aws configure` writes the region to ~/.aws/config: a run goes there, not to us-east-1."""
+    config = tmp_path / "config"
+    config.write_text("[default]\nregion = eu-west-1\n[profile tokyo]\nregion = ap-northeast-1\n")
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    assert AwsOptions().region == "eu-west-1"
+    monkeypatch.setenv("AWS_PROFILE", "tokyo")
+    assert AwsOptions().region == "ap-northeast-1"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")
+    assert AwsOptions().region == "us-west-2"
+    monkeypatch.setenv("AWS_REGION", "us-east-2")
+    assert AwsOptions().region == "us-east-2"
+    config.write_text("")
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    with pytest.raises(InputError, match="AWS_PROFILE names a profile"):
+        AwsOptions()
+    monkeypatch.delenv("AWS_PROFILE")
+    assert AwsOptions().region == "us-east-1"

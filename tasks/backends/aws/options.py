@@ -5,17 +5,28 @@ from __future__ import annotations
 
 import os
 
+import botocore.exceptions
+import botocore.session
 from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.backends.base import InputError
 
 
 def _default_region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    """AWS_REGION, else the region boto3 itself would use (AWS_DEFAULT_REGION, else the profile's in the AWS
+    config file, where `aws configure` writes it), else us-east-1."""
+    try:
+        configured = botocore.session.Session().get_config_variable("region")
+    except botocore.exceptions.ProfileNotFound as exc:
+        raise InputError(f"{exc}: AWS_PROFILE names a profile the AWS config and credentials files lack") from None
+    return os.environ.get("AWS_REGION") or configured or "us-east-1"
 
 
 class AwsOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    region: str = Field(default_factory=_default_region, description="default: AWS_REGION, else us-east-1")
+    region: str = Field(default_factory=_default_region, description="default: AWS_REGION, else boto3's "
+                        "(AWS_DEFAULT_REGION, the AWS config file's), else us-east-1")
     availability_zone: str | None = Field(None, description="default: the first zone offering the type")
     other_instance_types: tuple[str, ...] = Field(
         (), description="on InsufficientInstanceCapacity, run every machine as the next of these instead")
