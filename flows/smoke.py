@@ -76,7 +76,7 @@ def plan_smoke(aws: dict, instance_type: str | None, on_demand: bool, budget_usd
     backend.clients.check_region()
     backend.clients.check_credentials()
     try:
-        kind = catalog.runnable_instance_type(instance_type) if instance_type else catalog.cheapest_runnable()
+        kind = catalog.runnable_instance_type(instance_type) if instance_type else _cheapest_offered(backend)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     spot, market = _market(backend, kind, on_demand)
@@ -105,6 +105,19 @@ def plan_smoke(aws: dict, instance_type: str | None, on_demand: bool, budget_usd
                          "lower --max-hours")
     return SmokePlan(options, kind, spot, market, run.hourly_usd, estimate, budget_usd, max_hours, schedule, epochs,
                      dataset_root, name, checks)
+
+
+def _cheapest_offered(backend: AwsBackend) -> catalog.InstanceType:
+    """The cheapest type the machines' torch build runs that the run's region (and zone, if given) offers."""
+    for kind in catalog.runnable_by_price():
+        try:
+            backend.zone(kind.name)
+        except InputError:
+            continue
+        return kind
+    where = backend.options.availability_zone or backend.options.region
+    raise InputError(f"none of the types the machines' torch build runs is offered in {where}: "
+                     f"{', '.join(t.name for t in catalog.runnable_by_price())}")
 
 
 def _market(backend: AwsBackend, kind: catalog.InstanceType, on_demand: bool) -> tuple[bool, str]:

@@ -29,6 +29,11 @@ def test_the_cheapest_type_the_build_runs_on_spot_where_the_quota_allows(aws, ti
     assert plan.market == "on-demand (the spot quota, 7 vCPUs, does not hold 2 x g6.xlarge)"
 
 
+def test_the_cheapest_type_the_region_offers(aws, tiny_data):
+    plan = smoke_plan(tiny_data, aws={**AWS, "region": "eu-west-1"})  # no G6 there
+    assert plan.kind.name == "g5.xlarge"
+
+
 @pytest.mark.parametrize("change,message", [
     ({"budget_usd": 0.2}, r"^the smoke run costs up to \$\d+\.\d\d \(2 x g6.xlarge spot for 0.5 h at \$[\d.]+/h, and "
                           r"the dataset builder's 0.5 h\), over the budget of \$0.20; raise --budget-usd"),

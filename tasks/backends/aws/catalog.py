@@ -75,9 +75,9 @@ def runnable_instance_type(name: str) -> InstanceType:
     return kind
 
 
-def cheapest_runnable() -> InstanceType:
-    """The type with the lowest hourly price that the machines' torch build runs: what a smoke test uses."""
-    return min((t for t in INSTANCE_TYPES.values() if runs_the_build(t)), key=lambda t: t.on_demand_usd)
+def runnable_by_price() -> list[InstanceType]:
+    """The types the machines' torch build runs, cheapest first: a smoke test takes the first its region offers."""
+    return sorted((t for t in INSTANCE_TYPES.values() if runs_the_build(t)), key=lambda t: t.on_demand_usd)
 
 
 def volume_hourly_usd(volume_type: str, size_gb: int, iops: int, throughput_mbps: int) -> float:
