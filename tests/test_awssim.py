@@ -43,6 +43,15 @@ def error_code(call, *args, **kwargs) -> str:
 
 
 
+def run_everywhere(aws, ssm, instances: list[str], command: str) -> dict[str, dict]:
+    """One shell command on each instance, once their agents are online: instance -> its invocation, ended."""
+    wait_for(lambda: all(agents_online(ssm, i) for i in instances), seconds=20)
+    sent = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=instances,
+                            Parameters={"commands": [command]})["Command"]["CommandId"]
+    wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()))
+    return {i: ssm.get_command_invocation(CommandId=sent, InstanceId=i) for i in instances}
+
+
 def test_placement_groups(aws):
     ec2 = aws.client("ec2")
     tags = [{"ResourceType": "placement-group", "Tags": [RUN]}]
@@ -469,12 +478,8 @@ def test_a_command_has_the_agents_environment_and_every_machine_of_a_launch_its_
     instances = [i["InstanceId"] for i in ec2.run_instances(
         ImageId=IMAGE, InstanceType="g5.xlarge", MinCount=2, MaxCount=2,
         IamInstanceProfile={"Name": "machines"})["Instances"]]
-    wait_for(lambda: all(agents_online(ssm, i) for i in instances), seconds=20)
-    command = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=instances,
-                               Parameters={"commands": ["env"]})["Command"]["CommandId"]
-    wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()))
-    for instance in instances:
-        output = ssm.get_command_invocation(CommandId=command, InstanceId=instance)["StandardOutputContent"]
+    for instance, invocation in run_everywhere(aws, ssm, instances, "env").items():
+        output = invocation["StandardOutputContent"]
         environment = dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
         assert "HOME" not in environment and "AWS_DEFAULT_REGION" not in environment and \
             "AWS_REGION" not in environment
@@ -548,21 +553,13 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
         assert all(old in shipped for old in changes), changes
         assert checks[instance].endswith(failure), checks[instance]
     booted, failed = launched[0], launched[1]
-    wait_for(lambda: agents_online(ssm, booted, failed), seconds=20)
-    command = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[booted, failed], Parameters={
-        "commands": ["/opt/imagenet18/.venv/bin/python -c 'print(42)'"]})["Command"]["CommandId"]
-    wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()))
-    ran = {i: ssm.get_command_invocation(CommandId=command, InstanceId=i) for i in (booted, failed)}
+    ran = run_everywhere(aws, ssm, [booted, failed], "/opt/imagenet18/.venv/bin/python -c 'print(42)'")
     assert (ran[booted]["Status"], ran[booted]["StandardOutputContent"]) == ("Success", "42\n")
     assert (ran[failed]["Status"], ran[failed]["ResponseCode"]) == ("Failed", 127)
     assert "not found" in ran[failed]["StandardErrorContent"]
     # torch.compile on a GPU: Triton builds its launchers against Python.h, which only python3.11-dev brings.
     headless = launched[-1]
-    wait_for(lambda: agents_online(ssm, headless), seconds=20)
-    command = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[booted, headless], Parameters={
-        "commands": ["/opt/imagenet18/.venv/bin/python -c 'print(42)' --compile"]})["Command"]["CommandId"]
-    wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()))
-    ran = {i: ssm.get_command_invocation(CommandId=command, InstanceId=i) for i in (booted, headless)}
+    ran = run_everywhere(aws, ssm, [booted, headless], "/opt/imagenet18/.venv/bin/python -c 'print(42)' --compile")
     assert (ran[booted]["Status"], ran[booted]["StandardOutputContent"]) == ("Success", "42\n")
     assert (ran[headless]["Status"], ran[headless]["ResponseCode"]) == ("Failed", 1)
     assert "fatal error: Python.h: No such file or directory" in ran[headless]["StandardErrorContent"]
