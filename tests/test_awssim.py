@@ -612,3 +612,18 @@ def test_the_simulators_gpus_agree_with_the_catalogue_and_torchs_rule():
     assert gpus.no_kernel_error("p3.16xlarge", "sm_80 compute_70") is None, "PTX runs on newer GPUs"
     assert gpus.no_kernel_error("p5.48xlarge", "sm_80 sm_86") is not None, "no kernels across a major version"
     assert gpus.no_kernel_error("p3.16xlarge", "") is None, "a CPU-only build: nothing to check against"
+
+
+def test_an_account_has_the_regions_a_new_aws_account_has_and_none_of_its_opt_in_ones(aws):
+    ec2 = aws.client("ec2", retries=NO_RETRIES)
+    enabled = {r["RegionName"]: r["OptInStatus"] for r in ec2.describe_regions()["Regions"]}
+    assert len(enabled) == 17 and set(enabled.values()) == {"opt-in-not-required"}, "those before March 2019"
+    every = {r["RegionName"]: r["OptInStatus"] for r in ec2.describe_regions(AllRegions=True)["Regions"]}
+    assert every["af-south-1"] == every["eu-south-1"] == "not-opted-in" and len(every) > len(enabled)
+    assert not any(name.startswith(("us-gov-", "cn-")) for name in every), "other partitions' regions are unseen"
+    assert [r["OptInStatus"] for r in ec2.describe_regions(RegionNames=["ap-east-1"])["Regions"]] == ["not-opted-in"]
+    cape_town = {name: aws.client(name, retries=NO_RETRIES, region="af-south-1") for name in ("ec2", "ssm", "efs")}
+    assert error_code(cape_town["ec2"].describe_volumes) == "AuthFailure"
+    assert error_code(cape_town["ssm"].describe_parameters) == "UnrecognizedClientException"
+    assert error_code(cape_town["efs"].describe_file_systems) == "UnrecognizedClientException"
+    assert aws.client("ec2", region="eu-north-1").describe_volumes()["Volumes"] == []

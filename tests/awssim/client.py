@@ -31,14 +31,15 @@ class AwsSim:
     _clients: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
     _making: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
-    def client(self, service: str, retries: dict[str, Any] | None = None) -> Any:
-        """A boto3 client of this simulator with dummy keys, whatever the environment says. Made once per service
-        and retry mode (botocore takes a fifth of a second of CPU to make one) and shared: clients are thread-safe."""
-        key = json.dumps([service, retries], sort_keys=True)
+    def client(self, service: str, retries: dict[str, Any] | None = None, region: str | None = None) -> Any:
+        """A boto3 client of this simulator with dummy keys, whatever the environment says, in `region` (default:
+        the simulator's). Made once per service, retry mode and region (botocore takes a fifth of a second of CPU
+        to make one) and shared: clients are thread-safe."""
+        key = json.dumps([service, retries, region or self.region], sort_keys=True)
         with self._making:
             if key not in self._clients:
                 self._clients[key] = boto3.session.Session(
-                    aws_access_key_id="testing", aws_secret_access_key="testing", region_name=self.region
+                    aws_access_key_id="testing", aws_secret_access_key="testing", region_name=region or self.region
                 ).client(service, endpoint_url=self.endpoint, config=Config(retries=retries or {"mode": "standard"}))
             return self._clients[key]
 

@@ -1,9 +1,9 @@
 """The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (IAM
-policies and their simulator, the API models' maximums, placement groups, instance-type and default-VPC
-checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas, its refusals of an address on a pending
-machine, of an associated address's release and of a subnet's deletion with interfaces in it, EBS volume
-initialization, ListCommands' filters and pages, SSM's throttling of Run Command's reads), and hooks that keep
-disk contents and the player in step with each call."""
+policies and their simulator, the API models' maximums, the regions an account has not enabled, placement
+groups, instance-type and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas, its
+refusals of an address on a pending machine, of an associated address's release and of a subnet's deletion with
+interfaces in it, EBS volume initialization, ListCommands' filters and pages, SSM's throttling of Run Command's
+reads), and hooks that keep disk contents and the player in step with each call."""
 
 import io
 import json
@@ -12,7 +12,7 @@ import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from . import access, agent, backends, catalogue, command_list, limits, network
+from . import access, agent, backends, catalogue, command_list, limits, network, regions
 from .calls import AwsCall, identify, signing_scope
 from .control import Control
 from .errors import Response, error_response
@@ -69,6 +69,9 @@ class AwsSimApp:
         return [body]
 
     def _instead_of_moto(self, call: AwsCall) -> Response | None:
+        if (disabled := regions.refusal(call)) is not None:
+            code, message, status = disabled
+            return error_response(call.service, code, message, status)
         refusal = access.user_refusal(call)
         if refusal is not None:
             return refusal

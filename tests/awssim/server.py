@@ -38,6 +38,7 @@ from .moto_fixes import (
 from .placement import PlacementGroups
 from .player import Player
 from .quotas import Quotas
+from .regions import fix_describe_regions
 from .storage import ContentStore
 from .throttle import SsmThrottle
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     fix_launch_interfaces()
     fix_route_state()
     fix_profile_on_every_machine()
+    fix_describe_regions()
     faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()
     player, throttle = Player(root, REPO, store), SsmThrottle()
     fix_instances_start_pending(lambda: player.pending_s)
