@@ -57,8 +57,9 @@ def local_leftovers(home: Path, run_id: str | None = None) -> dict[str, list[str
 
 
 def aws_resources(aws: AwsSim, run_id: str | None = None, home: Path | None = None) -> list[Found]:
-    """Everything tagged with the run (with every run's tag, when run_id is None)."""
-    found = [*aws_machines_and_storage(aws, run_id), *_iam(aws, run_id), *_parameters(aws, run_id)]
+    """Everything tagged with the run (with every run's tag, when run_id is None), in every region."""
+    found = [*aws_machines_and_storage(aws, run_id), *_iam(aws, run_id)]
+    found += [thing for region in regions(aws) for thing in _parameters(aws, run_id, region)]
     if home is not None:
         found += [Found("key file", str(path), run_id or path.stem)
                   for path in (home / "aws" / "keys").glob(f"*{run_id or ''}.pem")]
@@ -66,9 +67,16 @@ def aws_resources(aws: AwsSim, run_id: str | None = None, home: Path | None = No
 
 
 def aws_machines_and_storage(aws: AwsSim, run_id: str | None = None) -> list[Found]:
-    """EC2, EFS and the machines' processes: what can be listed by tag without naming any run's resource (IAM and
-    SSM are asked for each role's and parameter's tags by its name, which carries the run's id)."""
-    return [*_ec2(aws, run_id), *_file_systems(aws, run_id), *_machine_processes(aws, run_id)]
+    """EC2, EFS and the machines' processes in every region: what can be listed by tag without naming any run's
+    resource (IAM and SSM are asked for each role's and parameter's tags by its name, which carries the run's id)."""
+    return [thing for region in regions(aws) for listing in (_ec2, _file_systems, _machine_processes)
+            for thing in listing(aws, run_id, region)]
+
+
+def regions(aws: AwsSim) -> list[str]:
+    """The simulator's default region, and every other that holds anything tagged with a run (asking all of an
+    account's regions each time would take seconds)."""
+    return sorted({aws.region, *aws.tagged_regions()})
 
 
 def aws_names(aws: AwsSim) -> list[str]:
@@ -92,8 +100,8 @@ def _tag(item: dict) -> str:
     return next(t["Value"] for t in item.get("Tags", []) if t["Key"] == RUN_TAG)
 
 
-def _ec2(aws: AwsSim, run_id: str | None) -> Iterator[Found]:
-    ec2, where = aws.client("ec2"), _ec2_filter(run_id)
+def _ec2(aws: AwsSim, run_id: str | None, region: str) -> Iterator[Found]:
+    ec2, where = aws.client("ec2", region=region), _ec2_filter(run_id)
     live = [{"Name": "instance-state-name", "Values": ["pending", "running", "shutting-down", "stopping", "stopped"]}]
     listings = (
         ("instance", [i for r in ec2.describe_instances(Filters=where + live)["Reservations"] for i in r["Instances"]],
@@ -116,8 +124,8 @@ def _ec2(aws: AwsSim, run_id: str | None) -> Iterator[Found]:
         yield from (Found(kind, item[key], _tag(item)) for item in items)
 
 
-def _file_systems(aws: AwsSim, run_id: str | None) -> Iterator[Found]:
-    for system in aws.client("efs").describe_file_systems()["FileSystems"]:
+def _file_systems(aws: AwsSim, run_id: str | None, region: str) -> Iterator[Found]:
+    for system in aws.client("efs", region=region).describe_file_systems()["FileSystems"]:
         owner = _owner(system.get("Tags", []), run_id)
         if owner:
             yield Found("file system", system["FileSystemId"], owner)
@@ -143,8 +151,8 @@ def _iam(aws: AwsSim, run_id: str | None) -> Iterator[Found]:
             yield Found("instance profile", name, owner)
 
 
-def _parameters(aws: AwsSim, run_id: str | None) -> Iterator[Found]:
-    ssm = aws.client("ssm")
+def _parameters(aws: AwsSim, run_id: str | None, region: str) -> Iterator[Found]:
+    ssm = aws.client("ssm", region=region)
     for parameter in (p for page in ssm.get_paginator("describe_parameters").paginate() for p in page["Parameters"]):
         name = parameter["Name"]
         owner = _owner(ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=name)["TagList"], run_id)
@@ -152,10 +160,10 @@ def _parameters(aws: AwsSim, run_id: str | None) -> Iterator[Found]:
             yield Found("ssm parameter", name, owner)
 
 
-def _machine_processes(aws: AwsSim, run_id: str | None) -> Iterator[Found]:
+def _machine_processes(aws: AwsSim, run_id: str | None, region: str) -> Iterator[Found]:
     """Processes the player runs for the run's machines, in any state (a command still running on a machine
     that is gone would be one left behind)."""
-    ec2 = aws.client("ec2")
+    ec2 = aws.client("ec2", region=region)
     machines = {i["InstanceId"]: _tag(i) for r in ec2.describe_instances(Filters=_ec2_filter(run_id))["Reservations"]
                 for i in r["Instances"]}
     for pid, environ in environments(INSTANCE_ENV):

@@ -166,6 +166,29 @@ def test_sweep_removes_expired_and_finished_runs_only(aws, snapshot, tmp_path):
     backend.teardown("run-live")
 
 
+@pytest.mark.slow
+def test_sweep_looks_in_every_region_the_account_has_enabled(aws, tiny_data, tmp_path, operator, caplog):
+    """The cleanup's region is the default one; a run made with another leaves its disks and machines there. A
+    region the user may not use (an organization's policy denies it) is passed over with a warning."""
+    no_ireland = {"Effect": "Deny", "Action": "*", "Resource": "*",
+                  "Condition": {"StringEquals": {"aws:RequestedRegion": "eu-west-1"}}}
+    aws.client("iam").put_user_policy(UserName="imagenet18-operator", PolicyName="no-ireland",
+                                      PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [no_ireland]}))
+    aws.make_snapshot(tiny_data.parent, description=DATASET, region="us-west-2")
+    west = AwsBackend(options(region="us-west-2"), home=tmp_path)
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+    for spec in (dataclasses.replace(cluster_spec("run-west-expired", 1), expires_at=past),
+                 cluster_spec("run-west-live", 1)):
+        west.provision(spec, west.replicate(spec, DATASET, 1))
+    removed = AwsBackend(options(), home=tmp_path).sweep(finished=lambda run_id: False)
+    assert {r.run_id for r in removed} == {"run-west-expired"}
+    assert {"machine", "replica", "file-system", "vpc", "instance-profile"} <= {r.kind for r in removed}
+    assert set(aws_leftovers_by_run(aws)) == {"run-west-live"}
+    assert "did not look for leftovers in eu-west-1: AWS refused it (UnauthorizedOperation)" in caplog.text
+    west.teardown("run-west-live")
+    assert aws_leftovers_by_run(aws) == {}
+
+
 def test_replicas_have_a_delete_path(aws, snapshot, tmp_path):
     backend = AwsBackend(options(volume_type="gp3", iops=3000), home=tmp_path)
     spec = cluster_spec("pool", 4)

@@ -74,13 +74,14 @@ def user_refusal(call: AwsCall) -> Response | None:
     creation, iam:PassRole of the instance profile's role for a launch that names one
     (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/supported-iam-actions-tagging.html,
     https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_use_passrole.html). Resources are ARNs for S3 and
-    for IAM roles and instance profiles, "*" for the rest. None lets the call through."""
+    for IAM roles and instance profiles, "*" for the rest; every call has the global condition key
+    aws:RequestedRegion (where an organization's policy denies regions). None lets the call through."""
     user = _signing_user(call)
     if user is None or (call.service, call.action) in NEEDS_NO_PERMISSION:
         return None
     statements = _statements(list(user.policies.values()) + _managed_documents(user))
     for action, resource, context in _needed(call):
-        if not allowed(statements, action, resource, context):
+        if not allowed(statements, action, resource, {"aws:RequestedRegion": call.region, **context}):
             message = f"User: {user.arn} is not authorized to perform: {action} on resource: {resource}"
             if call.service == "ec2":
                 return error_response("ec2", "UnauthorizedOperation", message, 403)

@@ -71,3 +71,14 @@ def _run_tag(call: AwsCall, resource_id: str) -> str | None:
 def efs_tags(account: str, region: str, file_system_id: str) -> dict[str, str]:
     listed = efs(account, region).tagging_service.list_tags_for_resource(file_system_id)["Tags"]
     return {tag["Key"]: tag["Value"] for tag in listed}
+
+
+def tagged_regions() -> list[str]:
+    """The regions where an EC2 resource, an EFS file system or an SSM parameter carries a run's tag (or carried
+    one: moto keeps the tags of some resources after they go), in any account."""
+    found = {region for _, region, backend in ec2_all() if any(RUN_TAG in tags for tags in list(backend.tags.values()))}
+    found |= {region for account, region, backend in efs_all()
+              if any(RUN_TAG in efs_tags(account, region, system) for system in list(backend.file_systems_by_id))}
+    found |= {region for _, region, backend in ssm_all()
+              if any(RUN_TAG in tags for tags in list(backend._resource_tags.get("Parameter", {}).values()))}
+    return sorted(found)

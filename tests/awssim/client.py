@@ -123,12 +123,18 @@ class AwsSim:
         NetworkInterface.N parameters it asked for: DeviceIndex, NetworkCardIndex, InterfaceType, ...)."""
         return self._control("GET", "launches")
 
-    def make_snapshot(self, from_dir: Path, description: str = "", tags: dict[str, str] | None = None) -> str:
+    def tagged_regions(self) -> list[str]:
+        """The regions where anything carries (or carried) a run's tag."""
+        return self._control("GET", "tagged-regions")
+
+    def make_snapshot(self, from_dir: Path, description: str = "", tags: dict[str, str] | None = None,
+                      region: str | None = None) -> str:
         """An EBS snapshot holding the files of from_dir (hard-linked where possible: don't edit them in place),
-        made through EC2 like any other; its scratch volume is deleted. Returns the snapshot id."""
-        ec2 = self.client("ec2")
+        made through EC2 like any other, in `region` (default: the simulator's); its scratch volume is deleted.
+        Returns the snapshot id."""
+        ec2 = self.client("ec2", region=region)
         size_gib = max(1, -(-sum(f.stat().st_size for f in Path(from_dir).rglob("*") if f.is_file()) // 2**30))
-        volume_id = ec2.create_volume(AvailabilityZone=f"{self.region}a", Size=size_gib)["VolumeId"]
+        volume_id = ec2.create_volume(AvailabilityZone=f"{region or self.region}a", Size=size_gib)["VolumeId"]
         tag_specs = [{"ResourceType": "snapshot", "Tags": [{"Key": k, "Value": v} for k, v in (tags or {}).items()]}]
         snapshot_id = ec2.create_snapshot(VolumeId=volume_id, Description=description,
                                           TagSpecifications=tag_specs if tags else [])["SnapshotId"]

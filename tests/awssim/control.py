@@ -1,5 +1,5 @@
 """Control endpoints under /_awssim/ on the simulator's port: faults, spot interruption, quotas, reset, played
-commands, the SSM agents' registration delay."""
+commands, the SSM agents' registration delay, the regions that hold anything tagged with a run."""
 
 import json
 import shutil
@@ -48,6 +48,7 @@ class Control:
             ("GET", "/_awssim/played"): lambda body: self.player.played(),
             ("GET", "/_awssim/machines"): lambda body: self.player.machines(),
             ("GET", "/_awssim/launches"): lambda body: self.placement.launches(),
+            ("GET", "/_awssim/tagged-regions"): lambda body: backends.tagged_regions(),
             ("POST", "/_awssim/agent"): lambda body: setattr(self.player, "agent_delay_s", float(body["delay_s"])),
             ("POST", "/_awssim/pending"): lambda body: setattr(self.player, "pending_s", float(body["pending_s"])),
             ("POST", "/_awssim/seed"): lambda body: self.seed(body["snapshot_id"], Path(body["from_dir"])),

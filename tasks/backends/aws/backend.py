@@ -564,13 +564,36 @@ class AwsBackend:
         return teardown(self.clients, run_id, self.key_folder)
 
     def sweep(self, finished: Callable[[str], bool]) -> list[Resource]:
+        """In every region enabled for the account, not this backend's alone: a run or a replica pool made with
+        another region leaves its disks and machines there."""
         if self.clients.session.get_credentials() is None:
-            raise BackendError(f"no AWS credentials here, so nothing in {self.options.region} was looked at")
+            raise BackendError("no AWS credentials here, so no region was looked in")
         removed = []
-        by_run: dict[str, list[Resource]] = {}
-        for resource in self.resources():
-            by_run.setdefault(resource.run_id, []).append(resource)
-        for run_id, found in sorted(by_run.items()):
-            if finished(run_id) or any(r.expired for r in found):
-                removed += self.teardown(run_id)
+        for clients, found in self._leftovers_everywhere():
+            by_run: dict[str, list[Resource]] = {}
+            for resource in found:
+                by_run.setdefault(resource.run_id, []).append(resource)
+            for run_id, resources in sorted(by_run.items()):
+                if finished(run_id) or any(r.expired for r in resources):
+                    removed += teardown(clients, run_id, self.key_folder)
         return removed
+
+    def _leftovers_everywhere(self) -> list[tuple[Clients, list[Resource]]]:
+        """What carries our tag in each enabled region, looked in at once; this region's last, with the global
+        IAM identities, so that a run's machines elsewhere go before its instance profile. A region that refuses
+        us (an organization's policy may deny some) is skipped with a warning."""
+        home = self.clients.region
+
+        def look(region: str) -> tuple[Clients, list[Resource]]:
+            clients = self.clients if region == home else Clients(region)
+            try:
+                return clients, inventory.find(clients, identities=region == home)
+            except botocore.exceptions.ClientError as exc:
+                if region == home or error_code(exc) not in REFUSALS:
+                    raise
+                log.warning("did not look for leftovers in %s: AWS refused it (%s)", region, error_code(exc))
+                return clients, []
+
+        regions = self.clients.enabled_regions()
+        with pools.pool(self.options.parallel_calls, len(regions)) as pool:
+            return [*pool.map(look, regions[1:]), look(home)]

@@ -1,5 +1,5 @@
 """boto3 clients for one region, with bounded retries, and the checks that need no resource: credentials,
-region, zone. Endpoints come from boto3's own configuration (AWS_ENDPOINT_URL points tests at the simulator)."""
+regions, zone. Endpoints come from boto3's own configuration (AWS_ENDPOINT_URL points tests at the simulator)."""
 
 from __future__ import annotations
 
@@ -71,6 +71,12 @@ class Clients:
             return self.client("sts").get_caller_identity()["Account"]
         except botocore.exceptions.ClientError as exc:
             raise InputError(f"AWS refused the credentials: {exc}") from None
+
+    def enabled_regions(self) -> list[str]:
+        """The regions enabled for the account (DescribeRegions lists no other unless asked for all), this one
+        first."""
+        found = sorted(region["RegionName"] for region in self.ec2.describe_regions()["Regions"])
+        return [self.region, *(region for region in found if region != self.region)]
 
     @functools.cached_property
     def zones(self) -> list[str]:

@@ -40,13 +40,15 @@ def _ec2_resources(clients: Clients, run_id: str | None) -> list[Resource]:
     return found
 
 
-def find(clients: Clients, run_id: str | None = None) -> list[Resource]:
+def find(clients: Clients, run_id: str | None = None, identities: bool = True) -> list[Resource]:
+    """The run's resources in the clients' region (every run's, when run_id is None) and, with `identities`, its
+    IAM roles and instance profiles, which are global: the same from every region."""
     found = _ec2_resources(clients, run_id)
     for system in efs.file_systems(clients, run_id):
         system_tags = tags.as_dict(system.get("Tags"))
         found.append(Resource("file-system", system["FileSystemId"], system_tags[tags.RUN],
                               tags.expires(system_tags)))
-    for identity in iam.run_identities(clients, run_id):  # a role, its instance profile, or both
+    for identity in iam.run_identities(clients, run_id) if identities else ():  # a role, its profile, or both
         found.append(Resource("instance-profile", identity["RoleName"], identity["Tags"][tags.RUN],
                               tags.expires(identity["Tags"])))
     found += secrets.parameters(clients, run_id)

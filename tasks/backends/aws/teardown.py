@@ -40,7 +40,7 @@ def teardown(clients: Clients, run_id: str, key_folder: Path) -> list[Resource]:
     if left:
         raise BackendError(f"teardown of run {run_id} left {', '.join(f'{r.kind} {r.id}' for r in left)}; "
                            "run `imagenet18 cleanup` again")
-    log.info("run %s: removed %d resource(s)", run_id, len(removed))
+    log.info("run %s: removed %d resource(s) in %s", run_id, len(removed), clients.region)
     return removed
 
 
