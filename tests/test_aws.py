@@ -232,6 +232,12 @@ def hold_two_addresses(aws, tiny_data):
         aws.client("ec2").allocate_address(Domain="vpc")
 
 
+def hold_an_io2_volume(aws, tiny_data):
+    """A volume of the account's own (not the run's): EBS counts the IOPS of every io2 volume in the region."""
+    aws.client("ec2").create_volume(AvailabilityZone="us-east-1a", Size=100, VolumeType="io2", Iops=50_000)
+    aws.client("ec2").create_volume(AvailabilityZone="us-east-1a", Size=100, VolumeType="gp3")
+
+
 def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
     """EC2 counts spot P5 machines against "All P5 Spot Instance Requests", the other spot P machines against
     L-7212CCBC, and every on-demand P machine against "Running On-Demand P instances"."""
@@ -275,6 +281,14 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
     ({"spot": True, "quotas": {"L-7212CCBC": 1535}}, r'1536 vCPUs of the quota "All P4, P3 and P2 Spot Instance '
                                                      r'Requests" \(L-7212CCBC\) in us-east-1, which is 1535'),
     ({"setup": lambda aws, _: delete_default_vpc(aws)}, "this account has no default subnet in us-east-1a"),
+    ({"quotas": {"L-8D977E7E": 200_000}, "setup": hold_an_io2_volume},
+     r'16 io2 dataset replica\(s\) of \d+ GiB at 11500 IOPS need 184000 of the quota "IOPS for Provisioned IOPS SSD '
+     r'\(io2\) volumes" \(L-8D977E7E\) in us-east-1, which is 200000 with 50000 in use by the account\'s volumes: .* '
+     r"--service-code ebs --quota-code L-8D977E7E --desired-value 234000`\), or run fewer machines, or choose "
+     r"aws.volume_type gp3"),
+    ({"options": {"volume_type": "gp3", "iops": 3000}, "quotas": {"L-7A658B76": 0.01}},
+     r'16 gp3 dataset replica\(s\) of 1 GiB need 0.02 of the quota "Storage for General Purpose SSD \(gp3\) volumes, '
+     r'in TiB" \(L-7A658B76\) in us-east-1, which is 0.01 with 0 in use'),
     ({"quotas": {"L-0263D0A3": 17}, "setup": hold_two_addresses},
      r'16 machines need 16 Elastic IPs \(one each, with an interface on every EFA card\); the quota "EC2-VPC '
      r'Elastic IPs" \(L-0263D0A3\) in us-east-1 is 17, with 2 held: .* --quota-code L-0263D0A3 --desired-value 18`'),

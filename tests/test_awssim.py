@@ -627,3 +627,21 @@ def test_an_account_has_the_regions_a_new_aws_account_has_and_none_of_its_opt_in
     assert error_code(cape_town["ssm"].describe_parameters) == "UnrecognizedClientException"
     assert error_code(cape_town["efs"].describe_file_systems) == "UnrecognizedClientException"
     assert aws.client("ec2", region="eu-north-1").describe_volumes()["Volumes"] == []
+
+
+def test_ebs_counts_every_volume_of_a_type_against_its_iops_and_storage_quotas(aws):
+    """EBS's quotas are per region and volume type: the IOPS of all io1 or io2 volumes, the size of all of each
+    type. A new account may provision 100,000 io2 IOPS."""
+    quotas = aws.client("service-quotas", retries=NO_RETRIES)
+    assert quotas.get_aws_default_service_quota(ServiceCode="ebs", QuotaCode="L-8D977E7E")["Quota"]["Value"] == 100_000
+    aws.set_quotas({"L-8D977E7E": 100_000, "L-7A658B76": 1})
+    assert quotas.get_service_quota(ServiceCode="ebs", QuotaCode="L-8D977E7E")["Quota"]["Value"] == 100_000
+    ec2 = aws.client("ec2", retries=NO_RETRIES)
+    for _ in range(8):
+        ec2.create_volume(AvailabilityZone="us-east-1a", Size=20, VolumeType="io2", Iops=11_500)
+    assert error_code(ec2.create_volume, AvailabilityZone="us-east-1a", Size=20, VolumeType="io2",
+                      Iops=11_500) == "MaxIOPSLimitExceeded", "the ninth of the seed's replicas: 103,500 IOPS"
+    ec2.create_volume(AvailabilityZone="us-east-1a", Size=20, VolumeType="io1", Iops=11_500)
+    ec2.create_volume(AvailabilityZone="us-east-1a", Size=600, VolumeType="gp3")
+    assert error_code(ec2.create_volume, AvailabilityZone="us-east-1a", Size=600,
+                      VolumeType="gp3") == "VolumeLimitExceeded", "1,200 GiB of gp3 is past 1 TiB"

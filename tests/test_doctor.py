@@ -36,8 +36,8 @@ def test_a_ready_account_passes_every_check(aws, capsys, operator):
     assert code == 0, out
     assert list(rows) == ["region", "credentials", "permissions", "instance type", "zones", "spot prices",
                           "quota L-417A185B (on-demand)", "quota L-DB2E81BA (on-demand)", "quota L-7212CCBC (spot)",
-                          "quota L-C4BD4855 (spot)", "quota L-3819A6DF (spot)", "AMI", "network", "Elastic IPs",
-                          "launch (dry run)"]
+                          "quota L-C4BD4855 (spot)", "quota L-3819A6DF (spot)", "replicas' IOPS", "AMI", "network",
+                          "Elastic IPs", "launch (dry run)"]
     assert {status for _, status in rows.values()} == {"ok"}, out
     assert rows["credentials"][0] == "account 123456789012"
     assert rows["permissions"][0] == "IAM allows every action of tasks/backends/aws/user_policy.json"
@@ -45,6 +45,8 @@ def test_a_ready_account_passes_every_check(aws, capsys, operator):
     assert rows["zones"][0].startswith("p4d.24xlarge in us-east-1a, ") and "the run's zone: us-east-1a" in out
     assert rows["quota L-417A185B (on-demand)"][0] == ("Running On-Demand P instances: 2048 vCPUs, 16 x "
                                                        "p4d.24xlarge need 1536")
+    assert rows["replicas' IOPS"][0] == ("IOPS for Provisioned IOPS SSD (io2) volumes: 500000, 16 replicas at 11500 "
+                                         "need 184000")
     assert rows["AMI"][0].startswith(f"{AMI}: ")
     assert rows["network"][0].startswith("default VPC's subnet subnet-")
     assert rows["Elastic IPs"][0] == ("EC2-VPC Elastic IPs: 64, 16 x p4d.24xlarge need one each (an interface on "
@@ -61,6 +63,18 @@ def test_too_few_elastic_ips_fail_with_the_request_to_make_and_a_type_with_one_i
     code, rows, out = doctor(aws, capsys, "--instance-type", "g5.xlarge")
     assert code == 0 and rows["Elastic IPs"] == (
         "none needed: each machine gets its address at launch, or reaches out through a NAT", "ok"), out
+
+
+def test_a_new_accounts_io2_iops_quota_fails_the_seeds_sixteen_replicas_and_gp3_has_none(aws, capsys):
+    aws.set_quotas({"L-8D977E7E": 100_000})
+    code, rows, out = doctor(aws, capsys)
+    assert code == 1 and rows["replicas' IOPS"] == (
+        "16 io2 dataset replica(s) at 11500 IOPS need 184000 of the quota \"IOPS for Provisioned IOPS SSD "
+        "(io2) volumes\" (L-8D977E7E) in us-east-1, which is 100000 with 0 in use by the account's volumes",
+        "fail"), out
+    assert "--service-code ebs --quota-code L-8D977E7E --desired-value 184000`" in out
+    code, rows, out = doctor(aws, capsys, "--volume-type", "gp3", "--iops", "3000")
+    assert code == 0 and rows["replicas' IOPS"] == ("gp3 volumes have no IOPS quota", "ok"), out
 
 
 def test_credentials_missing_some_of_the_policy_fail_with_what_they_may_not_do(aws, capsys, operator):

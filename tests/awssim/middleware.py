@@ -1,9 +1,10 @@
 """The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (IAM
 policies and their simulator, the API models' maximums, the regions an account has not enabled, placement
-groups, instance-type and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas, its
-refusals of an address on a pending machine, of an associated address's release and of a subnet's deletion with
-interfaces in it, EBS volume initialization, ListCommands' filters and pages, SSM's throttling of Run Command's
-reads), and hooks that keep disk contents and the player in step with each call."""
+groups, instance-type and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas and
+EBS's IOPS and storage quotas, its refusals of an address on a pending machine, of an associated address's
+release and of a subnet's deletion with interfaces in it, EBS volume initialization, ListCommands' filters and
+pages, SSM's throttling of Run Command's reads), and hooks that keep disk contents and the player in step with
+each call."""
 
 import io
 import json
@@ -95,7 +96,8 @@ class AwsSimApp:
             refusal = NETWORK_REFUSALS[call.action](call, backends.ec2(call.account, call.region))
             return None if refusal is None else error_response("ec2", *refusal)
         if call.service == "ec2" and call.action == "CreateVolume":
-            return self.player.initializations.create_error(call)
+            refusal = self.quotas.create_volume_error(call, backends.ec2(call.account, call.region))
+            return error_response("ec2", *refusal) if refusal else self.player.initializations.create_error(call)
         if call.service == "ec2" and call.action == "DescribeVolumeStatus":
             return self.player.initializations.describe_status(call)
         if call.service == "ssm" and call.action == "ListCommands":

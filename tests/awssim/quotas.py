@@ -1,8 +1,11 @@
-"""EC2's GPU vCPU quotas and its Elastic IP quota, which moto lacks: Service Quotas answers them (moto knows only
-VPC quotas), and EC2 refuses a launch or an address past them, as AWS does (a dry run checks permissions only,
-not quotas: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_RunInstances.html). Each test may set the
-account's values; a reset gives the values of an account whose owner has asked for GPU quotas and addresses. A
-new account's, which GetAWSDefaultServiceQuota answers, are 0 vCPUs and 5 Elastic IPs."""
+"""EC2's GPU vCPU quotas, its Elastic IP quota and EBS's IOPS and storage quotas, which moto lacks: Service Quotas
+answers them (moto knows only VPC quotas), and EC2 refuses a launch, an address or a volume past them, as AWS does
+(a dry run checks permissions only, not quotas: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/
+API_RunInstances.html; EBS counts the IOPS and size of every volume of a type in the region:
+https://docs.aws.amazon.com/ebs/latest/userguide/ebs-resource-quotas.html). Each test may set the account's
+values; a reset gives the values of an account whose owner has asked for GPU quotas, addresses and io2 IOPS. A new
+account's, which GetAWSDefaultServiceQuota answers, are 0 vCPUs, 5 Elastic IPs, 100,000 io2 IOPS, 300,000 io1
+IOPS, 20 TiB of io2, 50 TiB each of io1 and gp3."""
 
 import json
 from typing import Any
@@ -22,10 +25,24 @@ NAMES = {
     "L-3819A6DF": "All G and VT Spot Instance Requests",
     "L-0263D0A3": "EC2-VPC Elastic IPs",
 }
+EBS_NAMES = {
+    "L-8D977E7E": "IOPS for Provisioned IOPS SSD (io2) volumes",
+    "L-B3A130E6": "IOPS for Provisioned IOPS SSD (io1) volumes",
+    "L-09BD8365": "Storage for Provisioned IOPS SSD (io2) volumes, in TiB",
+    "L-FD252861": "Storage for Provisioned IOPS SSD (io1) volumes, in TiB",
+    "L-7A658B76": "Storage for General Purpose SSD (gp3) volumes, in TiB",
+}
+SERVICES = {"ec2": ("Amazon Elastic Compute Cloud (Amazon EC2)", NAMES),
+            "ebs": ("Amazon Elastic Block Store (Amazon EBS)", EBS_NAMES)}
+IOPS_CODES = {"io2": "L-8D977E7E", "io1": "L-B3A130E6"}
+STORAGE_CODES = {"io2": "L-09BD8365", "io1": "L-FD252861", "gp3": "L-7A658B76"}
+EBS_DEFAULTS = {"L-8D977E7E": 100_000.0, "L-B3A130E6": 300_000.0, "L-09BD8365": 20.0, "L-FD252861": 50.0,
+                "L-7A658B76": 50.0}
+CONFIGURED_IO2_IOPS = 500_000.0  # two runs of the seed's 16 replicas at 11,500 IOPS, with room
 CONFIGURED_VCPUS = 2048.0  # room for the tests' largest run: 16 x p4d.24xlarge (96 vCPUs each)
 ELASTIC_IPS = "L-0263D0A3"
 CONFIGURED_ELASTIC_IPS = 64.0  # two test workers' runs of 16 multi-card machines each, twice over
-AWS_DEFAULTS = {ELASTIC_IPS: 5.0}  # the vCPU quotas' are 0
+AWS_DEFAULTS = {ELASTIC_IPS: 5.0, **EBS_DEFAULTS}  # the vCPU quotas' are 0
 # (family prefix, spot) -> quota code. Spot P5 machines count against a quota of their own.
 CODES = {("p", False): "L-417A185B", ("g", False): "L-DB2E81BA", ("vt", False): "L-DB2E81BA",
          ("p", True): "L-7212CCBC", ("p5", True): "L-C4BD4855", ("g", True): "L-3819A6DF", ("vt", True): "L-3819A6DF"}
@@ -37,26 +54,28 @@ class Quotas:
         self.reset()
 
     def reset(self) -> None:
-        self.values = {**dict.fromkeys(NAMES, CONFIGURED_VCPUS), ELASTIC_IPS: CONFIGURED_ELASTIC_IPS}
+        self.values = {**dict.fromkeys(NAMES, CONFIGURED_VCPUS), ELASTIC_IPS: CONFIGURED_ELASTIC_IPS, **EBS_DEFAULTS,
+                       IOPS_CODES["io2"]: CONFIGURED_IO2_IOPS}
 
     def set(self, values: dict[str, float]) -> None:
-        unknown = set(values) - set(NAMES)
+        unknown = set(values) - set(self.values)
         if unknown:
-            raise KeyError(f"no simulated EC2 quota {', '.join(sorted(unknown))}")
+            raise KeyError(f"no simulated EC2 or EBS quota {', '.join(sorted(unknown))}")
         self.values.update(values)
 
     def handle(self, call: AwsCall) -> Response | None:
-        """The answer to an EC2 quota's GetServiceQuota or GetAWSDefaultServiceQuota; None for other calls."""
+        """The answer to an EC2 or EBS quota's GetServiceQuota or GetAWSDefaultServiceQuota; None for other calls."""
         if call.action not in ("GetServiceQuota", "GetAWSDefaultServiceQuota"):
             return None
-        if call.params.get("ServiceCode") != "ec2":
+        service = call.params.get("ServiceCode", "")
+        if service not in SERVICES:
             return None
         code = call.params.get("QuotaCode", "")
-        if code not in NAMES:
+        if code not in SERVICES[service][1]:
             return error_response("service-quotas", "NoSuchResourceException", f"The request failed because the "
                                   f"specified quota {code} does not exist.")
         value = self.values[code] if call.action == "GetServiceQuota" else AWS_DEFAULTS.get(code, 0.0)
-        return _json({"Quota": _quota(call, code, value)})
+        return _json({"Quota": _quota(call, service, code, value)})
 
     def launch_error(self, call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:
         """(code, message) EC2 answers a launch whose vCPUs, with those of the account's running machines
@@ -78,6 +97,23 @@ class Quotas:
             "http://aws.amazon.com/contact-us/ec2-request to request an adjustment to this limit.")
 
 
+    def create_volume_error(self, call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:
+        """(code, message) EC2 answers a CreateVolume whose IOPS or size, with those of the region's volumes of
+        its type, pass the type's quota (error codes: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/
+        errors-overview.html)."""
+        kind = call.params.get("VolumeType", "gp2")
+        held = [v for v in list(ec2_backend.volumes.values()) if v.volume_type == kind]
+        iops_code = IOPS_CODES.get(kind)
+        if iops_code and sum(v.iops or 0 for v in held) + int(call.params.get("Iops", "0")) > self.values[iops_code]:
+            return "MaxIOPSLimitExceeded", "You've reached the limit on your IOPS usage for that region."
+        storage_code = STORAGE_CODES.get(kind)
+        snapshot = ec2_backend.snapshots.get(call.params.get("SnapshotId", ""))
+        size = int(call.params.get("Size") or (snapshot.volume.size if snapshot else 0))
+        size_tib = (sum(v.size for v in held) + size) / 1024
+        if storage_code and size_tib > self.values[storage_code]:
+            return "VolumeLimitExceeded", f"You've reached the limit on your {kind} volume storage."
+        return None
+
     def allocate_error(self, ec2_backend: Any) -> tuple[str, str] | None:
         """(code, message) EC2 answers an AllocateAddress past the account's Elastic IP quota."""
         if len(ec2_backend.addresses) < self.values[ELASTIC_IPS]:
@@ -95,10 +131,11 @@ def _vcpus(instance_type: str) -> int:
     return INSTANCE_TYPES[instance_type]["VCpuInfo"]["DefaultVCpus"] if instance_type in INSTANCE_TYPES else 0
 
 
-def _quota(call: AwsCall, code: str, value: float) -> dict[str, Any]:
-    return {"ServiceCode": "ec2", "ServiceName": "Amazon Elastic Compute Cloud (Amazon EC2)",
-            "QuotaArn": f"arn:aws:servicequotas:{call.region}:{call.account}:ec2/{code}", "QuotaCode": code,
-            "QuotaName": NAMES[code], "Value": value, "Unit": "None", "Adjustable": True, "GlobalQuota": False}
+def _quota(call: AwsCall, service: str, code: str, value: float) -> dict[str, Any]:
+    service_name, names = SERVICES[service]
+    return {"ServiceCode": service, "ServiceName": service_name,
+            "QuotaArn": f"arn:aws:servicequotas:{call.region}:{call.account}:{service}/{code}", "QuotaCode": code,
+            "QuotaName": names[code], "Value": value, "Unit": "None", "Adjustable": True, "GlobalQuota": False}
 
 
 def _json(body: dict[str, Any]) -> Response:

@@ -29,6 +29,7 @@ from tasks.backends.aws import (
     secrets,
     storage,
     tags,
+    volume_quotas,
     volumes,
 )
 from tasks.backends.aws.clients import REFUSALS, Clients, error_code
@@ -167,8 +168,10 @@ class AwsBackend:
             if zone not in self.clients.zones_offering(other):
                 raise InputError(f"{other} (in aws.other_instance_types) is not offered in {zone}, the run's zone")
         self._check_other_zones(spec.instance_type, zone)
-        volumes.check_snapshot_holds(self.snapshot(dataset), reads)
+        snapshot = self.snapshot(dataset)
+        volumes.check_snapshot_holds(snapshot, reads)
         volumes.check_volume_settings(self.options.volume_type, self.options.iops)
+        self._check_volume_quotas(spec, snapshot)
         image = machines.resolve_ami(self.clients, self.options.ami)
         machines.check_image_release(image)
         allowed = tuple(dict.fromkeys((spec.instance_type, *self.options.other_instance_types)))
@@ -183,6 +186,19 @@ class AwsBackend:
         if self.resources(spec.run_id):
             raise InputError(f"run {spec.run_id} already has AWS resources; use another run id, or "
                              "`imagenet18 cleanup` to remove them")
+
+    def _check_volume_quotas(self, spec: ClusterSpec, snapshot: dict) -> None:
+        """The replicas the run makes (those the pool cannot serve) against the region's EBS quotas."""
+        o = self.options
+        volume_quotas.check(self.clients, o.volume_type, o.iops,
+                            volumes.volume_size_gb(o.volume_type, o.iops, snapshot["VolumeSize"]),
+                            spec.machines - self._from_pool(spec, snapshot))
+
+    def _from_pool(self, spec: ClusterSpec, snapshot: dict) -> int:
+        """How many of the run's replicas the pool would serve."""
+        servable = volumes.servable(volumes.pool_volumes(self.clients), snapshot, self.zone(spec.instance_type),
+                                    self.volume_settings)
+        return min(len(servable), spec.machines)
 
     @functools.cache
     def zone(self, instance_type: str) -> str:
@@ -300,9 +316,7 @@ class AwsBackend:
 
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan:
         snapshot = self.snapshot(dataset)
-        servable = volumes.servable(volumes.pool_volumes(self.clients), snapshot, self.zone(spec.instance_type),
-                                    self.volume_settings)
-        return self.cost_plan(spec, snapshot["VolumeSize"], hours, from_pool=min(len(servable), spec.machines))
+        return self.cost_plan(spec, snapshot["VolumeSize"], hours, from_pool=self._from_pool(spec, snapshot))
 
     def devices(self, spec: ClusterSpec) -> Devices:
         kind = catalog.instance_type(spec.instance_type)

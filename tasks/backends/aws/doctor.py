@@ -1,7 +1,8 @@
 """`imagenet18 doctor --backend aws`: what a first run on this account needs, checked one at a time before
 anything is made: the region, the credentials, the instance type against the machines' torch build, where it
-is offered and its spot prices, the account's GPU vCPU quotas, the AMI, the network and EC2's dry run of the
-launch. Every call reads or dry-runs; nothing is created, so nothing needs a teardown."""
+is offered and its spot prices, the account's GPU vCPU quotas, its EBS IOPS quota for io1 or io2 replicas, the
+AMI, the network and EC2's dry run of the launch. Every call reads or dry-runs; nothing is created, so nothing
+needs a teardown."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import botocore.exceptions
 
-from tasks.backends.aws import addresses, catalog, machines, permissions, quotas
+from tasks.backends.aws import addresses, catalog, machines, permissions, quotas, volume_quotas
 from tasks.backends.aws.backend import AwsBackend
 from tasks.backends.aws.clients import error_code
 from tasks.backends.aws.options import AwsOptions
@@ -20,6 +21,7 @@ from tasks.backends.base import ClusterSpec, InputError
 OK, WARN, FAIL, NOT_CHECKED = "ok", "warn", "fail", "-"
 DOCTOR_RUN = "doctor"  # the run id the dry run's tags carry; nothing is made with it
 ELASTIC_IPS = "Elastic IPs"
+REPLICA_IOPS = "replicas' IOPS"
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,9 @@ class _Doctor:
 
     def run(self) -> list[Check]:
         if not self._check("region", self._region) or not self._check("credentials", self._credentials):
-            self._not_checked("permissions", "instance type", "zones", "spot prices", *self._quota_names(), "AMI",
-                              "network", ELASTIC_IPS, "launch (dry run)", why="needs the region and credentials above")
+            self._not_checked("permissions", "instance type", "zones", "spot prices", *self._quota_names(),
+                              REPLICA_IOPS, "AMI", "network", ELASTIC_IPS, "launch (dry run)",
+                              why="needs the region and credentials above")
             return self.checks
         self._check("permissions", self._permissions)
         self._check("instance type", self._instance_type)
@@ -66,6 +69,7 @@ class _Doctor:
             self._not_checked("zones", "spot prices", why=f"{self.instance_type} is not in the catalogue")
         for quota, spot in self._quotas():
             self._check(self._quota_name(quota, spot), lambda q=quota, s=spot: self._quota(q, s))
+        self._check(REPLICA_IOPS, self._replica_iops)
         image = self._check("AMI", self._image)
         subnet = zone and self._check("network", lambda: self._network(zone))
         if not zone:
@@ -174,6 +178,20 @@ class _Doctor:
         except InputError as exc:
             return _Found(result, FAIL, str(exc))
         return _Found(result)
+
+    def _replica_iops(self) -> _Found:
+        """The run's replicas, all made (a pool's would need fewer), against the region's IOPS quota for their
+        type; their storage is checked at the run's pre-flight, which knows the dataset's size."""
+        o = self.backend.options
+        quota = volume_quotas.IOPS.get(o.volume_type)
+        if quota is None:
+            return _Found(f"{o.volume_type} volumes have no IOPS quota")
+        volume_quotas.check(self.clients, o.volume_type, o.iops, 0, self.machines)
+        value = quotas.quota_value(self.clients, quota)
+        if value is None:
+            return _Found(f"{quota.name}: not readable", WARN, "these credentials may not read Service Quotas: EC2 "
+                          "alone refuses a replica over the quota, part-way through the run's replicas")
+        return _Found(f"{quota.name}: {value:g}, {self.machines} replicas at {o.iops} need {self.machines * o.iops}")
 
     def _elastic_ips(self) -> _Found:
         if not machines.needs_elastic_ips(self.instance_type, self.backend.public_addresses()):

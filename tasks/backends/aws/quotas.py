@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 class Quota:
     code: str
     name: str
+    service: str = "ec2"  # Service Quotas' code for the service
 
 
 # (catalog family, spot) -> the quota EC2 counts the machines against. On-demand, every P machine counts against one
@@ -60,11 +61,11 @@ def quota_value(clients: Clients, quota: Quota) -> float | None:
     service_quotas = clients.client("service-quotas")
     try:
         try:
-            return service_quotas.get_service_quota(ServiceCode="ec2", QuotaCode=quota.code)["Quota"]["Value"]
+            return service_quotas.get_service_quota(ServiceCode=quota.service, QuotaCode=quota.code)["Quota"]["Value"]
         except Exception as exc:  # noqa: BLE001
             if error_code(exc) != "NoSuchResourceException":
                 raise
-            return service_quotas.get_aws_default_service_quota(ServiceCode="ec2",
+            return service_quotas.get_aws_default_service_quota(ServiceCode=quota.service,
                                                                 QuotaCode=quota.code)["Quota"]["Value"]
     except Exception as exc:  # noqa: BLE001
         if error_code(exc) != "AccessDeniedException":
