@@ -199,6 +199,17 @@ def test_replicas_have_a_delete_path(aws, snapshot, tmp_path):
     assert aws_leftovers(aws, "pool") == {}
 
 
+def test_a_replica_pool_past_the_accounts_iops_quota_is_refused_before_any_is_made(aws, snapshot, tmp_path):
+    aws.set_quotas({"L-8D977E7E": 100_000})
+    backend = AwsBackend(options(), home=tmp_path)
+    with pytest.raises(InputError, match=r"16 io2 dataset replica\(s\) of 12 GiB at 11500 IOPS need 184000 of the "
+                                         r'quota "IOPS for Provisioned IOPS SSD \(io2\) volumes"'):
+        backend.replicate(cluster_spec("replicas", 16), DATASET, 16, pool=True)
+    assert aws_leftovers(aws) == {}
+    assert len(backend.replicate(cluster_spec("replicas", 8), DATASET, 8, pool=True)) == 8, "92,000 IOPS: within"
+    backend.delete_replicas("replicas")
+
+
 @pytest.mark.slow
 def test_replicas_are_returned_initialized_at_the_rate_asked(aws, snapshot, tmp_path):
     """EBS fetches a new volume's blocks from S3 on first read until it is initialized: the replicate stage
@@ -284,7 +295,8 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
     ({"quotas": {"L-8D977E7E": 200_000}, "setup": hold_an_io2_volume},
      r'16 io2 dataset replica\(s\) of \d+ GiB at 11500 IOPS need 184000 of the quota "IOPS for Provisioned IOPS SSD '
      r'\(io2\) volumes" \(L-8D977E7E\) in us-east-1, which is 200000 with 50000 in use by the account\'s volumes: .* '
-     r"--service-code ebs --quota-code L-8D977E7E --desired-value 234000`\), or run fewer machines, or choose "
+     r"--service-code ebs --quota-code L-8D977E7E --desired-value 234000`\), or ask for fewer replicas \(a run makes "
+     r"one a machine\), or choose "
      r"aws.volume_type gp3"),
     ({"options": {"volume_type": "gp3", "iops": 3000}, "quotas": {"L-7A658B76": 0.01}},
      r'16 gp3 dataset replica\(s\) of 1 GiB need 0.02 of the quota "Storage for General Purpose SSD \(gp3\) volumes, '

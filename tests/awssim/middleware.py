@@ -6,9 +6,11 @@ release and of a subnet's deletion with interfaces in it, EBS volume initializat
 pages, SSM's throttling of Run Command's reads), and hooks that keep disk contents and the player in step with
 each call."""
 
+import contextlib
 import io
 import json
 import os
+import threading
 import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
@@ -28,6 +30,7 @@ READ_ONLY_PREFIXES = ("Describe", "Get", "List")
 # A round trip to a real AWS endpoint, added to every AWS call (0 by default): benchmarks of parallel calls
 # against moto, whose answers are otherwise instant, set it.
 LATENCY_SECONDS = float(os.environ.get("AWSSIM_LATENCY_S", "0"))
+COUNTED_BY_QUOTAS = {("ec2", "CreateVolume"), ("ec2", "RunInstances"), ("ec2", "AllocateAddress")}
 WATCHED_SERVICES = ("ec2", "efs", "ssm")  # whose writes can change disks, instances or commands
 NETWORK_REFUSALS = {"AssociateAddress": network.associate_address_error,
                     "ReleaseAddress": network.release_address_error, "DeleteSubnet": network.delete_subnet_error}
@@ -38,6 +41,7 @@ class AwsSimApp:
                  quotas: Quotas, throttle: SsmThrottle, control: Control) -> None:
         self.moto, self.faults, self.placement, self.player, self.control = moto, faults, placement, player, control
         self.quotas, self.throttle = quotas, throttle
+        self.creating = threading.Lock()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
         if environ.get("PATH_INFO", "").startswith("/_awssim/"):
@@ -56,12 +60,14 @@ class AwsSimApp:
             return error_response(call.service, rule.code, rule.message, rule.status).send(start_response)
         if self.throttle.refuses(call):
             return error_response("ssm", "ThrottlingException", "Rate exceeded").send(start_response)
-        answer = self._instead_of_moto(call)
-        if answer is not None:
-            return answer.send(start_response)
-        if streamed:
-            return self.moto(environ, start_response)
-        status, headers, body = _forward(self.moto, environ)
+        # A quota counts what exists: its check and the creation it allows go together, as on AWS.
+        with self.creating if (call.service, call.action) in COUNTED_BY_QUOTAS else contextlib.nullcontext():
+            answer = self._instead_of_moto(call)
+            if answer is not None:
+                return answer.send(start_response)
+            if streamed:
+                return self.moto(environ, start_response)
+            status, headers, body = _forward(self.moto, environ)
         if status.startswith("2"):
             body = self._after(call, body)
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]

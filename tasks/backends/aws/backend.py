@@ -403,6 +403,10 @@ class AwsBackend:
             held = existing.result()
             held |= volumes.claim(self.clients, spec, claimable.result(), snapshot.result(), zone,
                                   [i for i in range(count) if i not in held], self.volume_settings)
+            # Again here: a replica pool has no pre-flight, and a run's retry may come long after its own.
+            volume_quotas.check(self.clients, o.volume_type, o.iops,
+                                volumes.volume_size_gb(o.volume_type, o.iops, snapshot.result()["VolumeSize"]),
+                                count - len(held))
             return volumes.replicate(self.clients, spec, snapshot.result(), zone, count, self.volume_settings,
                                      o.parallel_calls, held)
 

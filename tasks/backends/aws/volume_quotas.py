@@ -50,8 +50,8 @@ def _refuse_past(clients: Clients, quota: Quota, used: float, needed: float, wan
         f"{wanted} need {_figure(needed)} of the quota \"{quota.name}\" ({quota.code}) in {clients.region}, which "
         f"is {_figure(value)} with {_figure(used)} in use by the account's volumes: ask AWS for more (`aws "
         f"service-quotas request-service-quota-increase --region {clients.region} --service-code {quota.service} "
-        f"--quota-code {quota.code} --desired-value {math.ceil(used + needed)}`), or run fewer machines, or choose "
-        f"{instead}")
+        f"--quota-code {quota.code} --desired-value {math.ceil(used + needed)}`), or ask for fewer replicas (a run "
+        f"makes one a machine), or choose {instead}")
 
 
 def _figure(amount: float) -> str:
