@@ -189,6 +189,19 @@ def test_sweep_looks_in_every_region_the_account_has_enabled(aws, tiny_data, tmp
     assert aws_leftovers_by_run(aws) == {}
 
 
+def test_credentials_that_may_not_list_regions_still_sweep_their_own(aws, tmp_path, operator, caplog):
+    no_regions = {"Effect": "Deny", "Action": "ec2:DescribeRegions", "Resource": "*"}
+    aws.client("iam").put_user_policy(UserName="imagenet18-operator", PolicyName="no-regions",
+                                      PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [no_regions]}))
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+    aws.client("ec2").create_volume(AvailabilityZone="us-east-1a", Size=1, TagSpecifications=tags.tag_specs(
+        "volume", tags.tag_list("run-gone", past)))
+    removed = AwsBackend(options(), home=tmp_path).sweep(finished=lambda run_id: False)
+    assert [(r.kind, r.run_id) for r in removed] == [("volume", "run-gone")]
+    assert aws_leftovers(aws) == {}
+    assert "could not list the account's regions (AWS answered UnauthorizedOperation): only us-east-1" in caplog.text
+
+
 def test_replicas_have_a_delete_path(aws, snapshot, tmp_path):
     backend = AwsBackend(options(volume_type="gp3", iops=3000), home=tmp_path)
     spec = cluster_spec("pool", 4)

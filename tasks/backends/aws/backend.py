@@ -612,6 +612,13 @@ class AwsBackend:
                 log.warning("did not look for leftovers in %s: AWS refused it (%s)", region, error_code(exc))
                 return clients, []
 
-        regions = self.clients.enabled_regions()
+        try:
+            regions = self.clients.enabled_regions()
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) not in REFUSALS:
+                raise
+            log.warning("could not list the account's regions (AWS answered %s): only %s was looked in",
+                        error_code(exc), home)
+            regions = [home]
         with pools.pool(self.options.parallel_calls, len(regions)) as pool:
             return [*pool.map(look, regions[1:]), look(home)]
