@@ -645,3 +645,30 @@ def test_ebs_counts_every_volume_of_a_type_against_its_iops_and_storage_quotas(a
     ec2.create_volume(AvailabilityZone="us-east-1a", Size=600, VolumeType="gp3")
     assert error_code(ec2.create_volume, AvailabilityZone="us-east-1a", Size=600,
                       VolumeType="gp3") == "VolumeLimitExceeded", "1,200 GiB of gp3 is past 1 TiB"
+
+
+def test_a_users_calls_need_what_they_do_in_other_services_and_their_tags_on_creation(aws, operator):
+    """A mount target is a network interface EFS makes and deletes as the caller, and tags given at creation are a
+    tagging call (EFS's TagResource, SSM's AddTagsToResource): each needs the caller's permission."""
+    subnet = aws.client("ec2").describe_subnets()["Subnets"][0]["SubnetId"]
+    allowed = ["elasticfilesystem:*", "ec2:Describe*", "ssm:PutParameter"]
+
+    def allow(actions: list[str]) -> None:
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+        aws.client("iam").put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
+                                          PolicyDocument=json.dumps(policy))
+
+    allow(allowed)
+    efs, ssm = (boto3.session.Session().client(name, config=Config(retries=NO_RETRIES)) for name in ("efs", "ssm"))
+    system = efs.create_file_system(CreationToken="t", Tags=[{"Key": "k", "Value": "v"}])["FileSystemId"]
+    assert error_code(efs.create_mount_target, FileSystemId=system, SubnetId=subnet) == "AccessDeniedException"
+    assert error_code(ssm.put_parameter, Name="/p", Value="v", Type="String",
+                      Tags=[{"Key": "k", "Value": "v"}]) == "AccessDeniedException"
+    ssm.put_parameter(Name="/p", Value="v", Type="String")
+    allow([*allowed, "ec2:CreateNetworkInterface"])
+    target = efs.create_mount_target(FileSystemId=system, SubnetId=subnet)["MountTargetId"]
+    assert error_code(efs.delete_mount_target, MountTargetId=target) == "AccessDeniedException"
+    allow(["elasticfilesystem:CreateFileSystem"])
+    assert error_code(efs.create_file_system, CreationToken="u", Tags=[{"Key": "k", "Value": "v"}]) == (
+        "AccessDeniedException"), "no elasticfilesystem:TagResource"
+    efs.create_file_system(CreationToken="w")

@@ -37,6 +37,20 @@ ACTION_BY_OPERATION = {
 }
 
 
+# What a call does on the caller's behalf in another service, which the caller must be allowed too: EFS makes
+# and deletes a mount target's network interface (the EFS API reference, "Permissions" of each operation).
+IMPLIED = {
+    ("efs", "CreateMountTarget"): ("ec2:DescribeSubnets", "ec2:DescribeNetworkInterfaces",
+                                   "ec2:CreateNetworkInterface"),
+    ("efs", "DeleteMountTarget"): ("ec2:DeleteNetworkInterface",),
+}
+# Tags given when a resource is made are a tagging call too (EFS's CreateFileSystem reference, "Permissions"; for
+# PutParameter, AWS's refusals quoted in github.com/pepperize/cdk-ssm-parameters-cross-region/issues/442 and
+# github.com/aws-amplify/amplify-studio/issues/1094).
+TAGGED_ON_CREATION = {("efs", "CreateFileSystem"): "elasticfilesystem:TagResource",
+                      ("ssm", "PutParameter"): "ssm:AddTagsToResource"}
+
+
 def machine_credentials(instance: Any) -> dict[str, str]:
     """The environment that gives a played process its instance's role; none without an instance profile."""
     association = instance.ec2_backend.iam_instance_profile_associations.get(instance.id)
@@ -71,7 +85,8 @@ def s3_refusal(call: AwsCall) -> Response | None:
 def user_refusal(call: AwsCall) -> Response | None:
     """Where an IAM user's keys signed the call (the credentials a user gives the flow): refused as AWS refuses
     what the user's policies do not allow, including what the call implies: ec2:CreateTags for EC2 tags given at
-    creation, iam:PassRole of the instance profile's role for a launch that names one
+    creation (elasticfilesystem:TagResource for EFS's), the EC2 actions on a mount target's network interface
+    (IMPLIED), iam:PassRole of the instance profile's role for a launch that names one
     (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/supported-iam-actions-tagging.html,
     https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_use_passrole.html). Resources are ARNs for S3 and
     for IAM roles and instance profiles, "*" for the rest; every call has the global condition key
@@ -98,8 +113,12 @@ def _needed(call: AwsCall) -> list[tuple[str, str, dict[str, str]]]:
         bucket, key = call.params.get("Bucket", ""), call.params.get("Key")
         return [(action, f"arn:aws:s3:::{bucket}" + (f"/{key}" if key and action != "s3:ListBucket" else ""), {})]
     needed = [(f"{IAM_PREFIX.get(call.service, call.service)}:{call.action}", _iam_resource(call), {})]
+    needed += [(action, "*", {}) for action in IMPLIED.get((call.service, call.action), ())]
     if call.service == "ec2" and any(k.startswith("TagSpecification.") for k in call.params):
         needed.append(("ec2:CreateTags", "*", {}))
+    tagging = TAGGED_ON_CREATION.get((call.service, call.action))
+    if tagging and any(k.startswith("Tags.") for k in call.params):
+        needed.append((tagging, "*", {}))
     profile = call.params.get("IamInstanceProfile.Name")
     if call.action == "RunInstances" and profile:
         for role in _profile_roles(call, profile):
