@@ -11,7 +11,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.backends.aws import AwsBackend, jobs, machines, quotas, tags
+from tasks.backends.aws import AwsBackend, jobs, machines, permissions, quotas, tags
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
@@ -462,6 +462,31 @@ def test_replicas_ec2_does_not_know_yet_are_waited_for_not_failed(aws, snapshot,
     assert [rule["fired"] for rule in aws.fault_counts()] == [1], "the wait after the volumes were made"
     backend.teardown(spec.run_id)
     assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
+
+
+def test_a_spot_run_makes_spots_service_linked_role_once_and_is_refused_before_replicas_without_leave(
+        aws, snapshot, tmp_path, operator):
+    """A spot launch through the API needs EC2 Spot's service-linked role, which a new account lacks; EC2 would
+    make it at the launch, as the caller, after the run's replicas. authorize_launch makes it first."""
+    iam = aws.client("iam")
+    policy = json.loads(permissions.POLICY.read_text())
+    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != "SpotsServiceLinkedRole"]
+    iam.put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18", PolicyDocument=json.dumps(policy))
+    backend = AwsBackend(options(), home=tmp_path)
+    spot = cluster_spec("run-spot-role", 2, "g5.xlarge", spot=True)
+    with pytest.raises(InputError, match=r"may not make EC2 Spot's service-linked role, .* allow "
+                                         r"iam:CreateServiceLinkedRole for spot.amazonaws.com"):
+        backend.authorize_launch(spot)
+    backend.authorize_launch(cluster_spec("run-on-demand", 2, "g5.xlarge"))  # on demand needs no such role
+    iam.put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
+                        PolicyDocument=permissions.POLICY.read_text())
+    backend.authorize_launch(spot)
+    backend.authorize_launch(spot)  # a retried stage: the role is there
+    [role] = [r for r in iam.list_roles()["Roles"] if r["Path"] == "/aws-service-role/spot.amazonaws.com/"]
+    assert role["RoleName"] == "AWSServiceRoleForEC2Spot"
+    for run_id in ("run-spot-role", "run-on-demand"):
+        backend.teardown(run_id)
+    assert aws_leftovers(aws, home=tmp_path) == {}
 
 
 PROPAGATING = "Value (imagenet18-x) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"

@@ -672,3 +672,21 @@ def test_a_users_calls_need_what_they_do_in_other_services_and_their_tags_on_cre
     assert error_code(efs.create_file_system, CreationToken="u", Tags=[{"Key": "k", "Value": "v"}]) == (
         "AccessDeniedException"), "no elasticfilesystem:TagResource"
     efs.create_file_system(CreationToken="w")
+
+
+def test_a_spot_launch_makes_spots_service_linked_role_as_the_caller_once(aws, operator):
+    """EC2 makes EC2 Spot's service-linked role at an account's first spot launch, as the caller: one who may not
+    create it is refused with AuthFailure.ServiceLinkedRoleCreationNotPermitted; once made, it serves every caller."""
+    iam = aws.client("iam")
+    users_ec2 = boto3.session.Session().client("ec2", config=Config(retries=NO_RETRIES))  # the operator's keys
+    spot = {"InstanceMarketOptions": {"MarketType": "spot"}}
+    launch_allowed = {"Effect": "Allow", "Action": ["ec2:RunInstances", "ec2:Describe*"], "Resource": "*"}
+    iam.put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
+                        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [launch_allowed]}))
+    assert error_code(launch, users_ec2, **spot) == "AuthFailure.ServiceLinkedRoleCreationNotPermitted"
+    launch(users_ec2)  # on demand
+    launch(aws.client("ec2"), **spot)  # an administrator's
+    [role] = [r for r in iam.list_roles()["Roles"] if r["Path"] == "/aws-service-role/spot.amazonaws.com/"]
+    assert role["RoleName"] == "AWSServiceRoleForEC2Spot"
+    launch(users_ec2, **spot)
+    assert error_code(iam.create_service_linked_role, AWSServiceName="spot.amazonaws.com") == "InvalidInput"

@@ -26,6 +26,8 @@ from .errors import Response, error_response
 PARTITION = "aws"
 IAM_PREFIX = {"efs": "elasticfilesystem", "service-quotas": "servicequotas"}  # where it is not botocore's name
 NEEDS_NO_PERMISSION = {("sts", "GetCallerIdentity")}
+SPOT_SERVICE = "spot.amazonaws.com"
+SERVICE_LINKED_ROLES = {SPOT_SERVICE: "AWSServiceRoleForEC2Spot"}  # service -> its role's name, where known
 # S3 operations whose IAM action is not s3:<operation>.
 ACTION_BY_OPERATION = {
     "HeadObject": "s3:GetObject", "ListObjectsV2": "s3:ListBucket", "ListObjects": "s3:ListBucket",
@@ -94,7 +96,7 @@ def user_refusal(call: AwsCall) -> Response | None:
     user = _signing_user(call)
     if user is None or (call.service, call.action) in NEEDS_NO_PERMISSION:
         return None
-    statements = _statements(list(user.policies.values()) + _managed_documents(user))
+    statements = _user_statements(user)
     for action, resource, context in _needed(call):
         if not allowed(statements, action, resource, {"aws:RequestedRegion": call.region, **context}):
             message = f"User: {user.arn} is not authorized to perform: {action} on resource: {resource}"
@@ -106,13 +108,44 @@ def user_refusal(call: AwsCall) -> Response | None:
     return None
 
 
+def spot_role_refusal(call: AwsCall) -> Response | None:
+    """A spot launch needs EC2 Spot's service-linked role, which EC2 makes the first time as the caller: one whose
+    policies do not allow iam:CreateServiceLinkedRole for spot.amazonaws.com is refused
+    (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/service-linked-roles-spot-instance-requests.html; the
+    refusal as quoted in github.com/kubernetes/kops/issues/16475 and CloudSnorkel/cdk-github-runners/issues/182).
+    None lets the launch through, the role made if it was missing."""
+    if call.params.get("InstanceMarketOptions.MarketType") != "spot" or call.params.get("DryRun") == "true":
+        return None
+    iam = iam_backends[call.account][PARTITION]
+    if any(role.path == f"/aws-service-role/{SPOT_SERVICE}/" for role in list(iam.roles.values())):
+        return None
+    user = _signing_user(call)
+    if user is not None and not allowed(_user_statements(user), "iam:CreateServiceLinkedRole",
+                                        _service_linked_role_arn(call.account, SPOT_SERVICE),
+                                        {"iam:AWSServiceName": SPOT_SERVICE}):
+        return error_response("ec2", "AuthFailure.ServiceLinkedRoleCreationNotPermitted", "The provided credentials "
+                              "do not have permission to create the service-linked role for EC2 Spot Instances.", 403)
+    iam.create_service_linked_role(SPOT_SERVICE, "", "")
+    return None
+
+
+def _service_linked_role_arn(account: str, service: str) -> str:
+    name = SERVICE_LINKED_ROLES.get(service, f"AWSServiceRoleFor{service.split('.')[0].capitalize()}")
+    return f"arn:aws:iam::{account}:role/aws-service-role/{service}/{name}"
+
+
+def _user_statements(user: Any) -> list[dict[str, Any]]:
+    return _statements(list(user.policies.values()) + _managed_documents(user))
+
+
 def _needed(call: AwsCall) -> list[tuple[str, str, dict[str, str]]]:
     """(action, resource, condition keys) the call is authorized by, each of which must be allowed."""
     if call.service == "s3":
         action = ACTION_BY_OPERATION.get(call.action, f"s3:{call.action}")
         bucket, key = call.params.get("Bucket", ""), call.params.get("Key")
         return [(action, f"arn:aws:s3:::{bucket}" + (f"/{key}" if key and action != "s3:ListBucket" else ""), {})]
-    needed = [(f"{IAM_PREFIX.get(call.service, call.service)}:{call.action}", _iam_resource(call), {})]
+    context = {"iam:AWSServiceName": call.params["AWSServiceName"]} if "AWSServiceName" in call.params else {}
+    needed = [(f"{IAM_PREFIX.get(call.service, call.service)}:{call.action}", _iam_resource(call), context)]
     needed += [(action, "*", {}) for action in IMPLIED.get((call.service, call.action), ())]
     if call.service == "ec2" and any(k.startswith("TagSpecification.") for k in call.params):
         needed.append(("ec2:CreateTags", "*", {}))
@@ -129,6 +162,8 @@ def _needed(call: AwsCall) -> list[tuple[str, str, dict[str, str]]]:
 def _iam_resource(call: AwsCall) -> str:
     if call.service != "iam":
         return "*"
+    if call.action == "CreateServiceLinkedRole":
+        return _service_linked_role_arn(call.account, call.params.get("AWSServiceName", ""))
     if "InstanceProfileName" in call.params:
         return f"arn:aws:iam::{call.account}:instance-profile/{call.params['InstanceProfileName']}"
     if "RoleName" in call.params:

@@ -94,7 +94,7 @@ class AwsSimApp:
                        or self.quotas.launch_error(call, ec2))
             if refusal is not None:
                 return error_response("ec2", *refusal)
-            return self.placement.launch_error(call)
+            return access.spot_role_refusal(call) or self.placement.launch_error(call)
         if call.service == "ec2" and call.action == "AllocateAddress":
             refusal = self.quotas.allocate_error(backends.ec2(call.account, call.region))
             return None if refusal is None else error_response("ec2", *refusal)

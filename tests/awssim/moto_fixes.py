@@ -9,6 +9,8 @@ from moto.ec2.models.elastic_network_interfaces import NetworkInterface
 from moto.ec2.models.instances import Instance, InstanceState
 from moto.ec2.models.route_tables import Route
 from moto.ec2.responses.instances import InstanceResponse
+from moto.iam.exceptions import EntityAlreadyExists, InvalidInput
+from moto.iam.models import SERVICE_NAME_CONVERSION, IAMBackend
 from moto.ssm.models import Command
 
 
@@ -137,3 +139,23 @@ def fix_instances_start_pending(pending_s: Callable[[], float]) -> None:
             self.running_at = time.time() + pending_s()
 
     Instance.__init__ = pending_first
+
+
+def fix_spot_role() -> None:
+    """moto names spot.amazonaws.com's service-linked role AWSServiceRoleForspot, and answers a second
+    CreateServiceLinkedRole with EntityAlreadyExists; AWS names it AWSServiceRoleForEC2Spot
+    (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/service-linked-roles-spot-instance-requests.html) and
+    answers InvalidInput, "Service role name AWSServiceRoleForEC2Spot has been taken in this account, please try
+    a different suffix." (https://docs.aws.amazon.com/batch/latest/userguide/spot-fleet-roles-cli.html)."""
+    SERVICE_NAME_CONVERSION["spot"] = "EC2Spot"
+    create = IAMBackend.create_service_linked_role
+
+    def taken_is_invalid_input(self: IAMBackend, service_name: str, description: str, suffix: str) -> Any:
+        try:
+            return create(self, service_name, description, suffix)
+        except EntityAlreadyExists:
+            name = next(r.name for r in self.roles.values() if r.path == f"/aws-service-role/{service_name}/")
+            raise InvalidInput(f"Service role name {name} has been taken in this account, please try a different "
+                               "suffix.") from None
+
+    IAMBackend.create_service_linked_role = taken_is_invalid_input

@@ -34,6 +34,7 @@ from .moto_fixes import (
     fix_profile_on_every_machine,
     fix_route_state,
     fix_send_command_targets,
+    fix_spot_role,
 )
 from .placement import PlacementGroups
 from .player import Player
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     fix_route_state()
     fix_profile_on_every_machine()
     fix_describe_regions()
+    fix_spot_role()
     faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()
     player, throttle = Player(root, REPO, store), SsmThrottle()
     fix_instances_start_pending(lambda: player.pending_s)

@@ -310,9 +310,23 @@ class AwsBackend:
                                  f"(iam:{action} was refused): allow iam:{action} on the roles and instance profiles "
                                  f"named {iam.ROLE_PREFIX}* for them. AWS said: {exc}") from None
             raise
+        if spec.spot:
+            self._ensure_spot_role()
         image = machines.resolve_ami(self.clients, self.options.ami)
         zone = self.zone(spec.instance_type)
         self.dry_run_instances(spec, image, self.options.subnet_id or self.default_subnet(zone), profile)
+
+    def _ensure_spot_role(self) -> None:
+        try:
+            iam.ensure_spot_role(self.clients)
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) not in REFUSALS:
+                raise
+            raise InputError(
+                "these AWS credentials may not make EC2 Spot's service-linked role, which a spot launch needs once per "
+                f"account: allow iam:CreateServiceLinkedRole for {iam.SPOT_SERVICE} (as tasks/backends/aws/"
+                "user_policy.json does), have an administrator run `aws iam create-service-linked-role "
+                f"--aws-service-name {iam.SPOT_SERVICE}`, or run on-demand. AWS said: {exc}") from None
 
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan:
         snapshot = self.snapshot(dataset)

@@ -28,7 +28,8 @@ EXPECTED_ANSWERS = {"DryRunOperation", "NoSuchKey", "InvalidRange", "404", "NoSu
 # that meets one fails at once with it, rather than after its retries.
 REFUSALS = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "AuthFailure", "InvalidClientTokenId",
             "UnrecognizedClientException", "OptInRequired", "Blocked", "VcpuLimitExceeded", "InstanceLimitExceeded",
-            "MaxSpotInstanceCountExceeded", "VolumeLimitExceeded", "VpcLimitExceeded", "AddressLimitExceeded"}
+            "MaxSpotInstanceCountExceeded", "VolumeLimitExceeded", "VpcLimitExceeded", "AddressLimitExceeded",
+            "MaxIOPSLimitExceeded", "AuthFailure.ServiceLinkedRoleCreationNotPermitted"}
 NO_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=10, read_timeout=60)
 # botocore reads its service models (megabytes of JSON) once per session; the sessions of a process share them.
 _MODELS = botocore.loaders.create_loader()

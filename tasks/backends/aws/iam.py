@@ -15,6 +15,7 @@ EC2_TRUST = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
 INLINE_POLICY = "imagenet18-run-storage"
 ROLE_PREFIX = "imagenet18-"  # every run's role and instance profile
+SPOT_SERVICE = "spot.amazonaws.com"
 
 
 def role_name(run_id: str) -> str:
@@ -43,6 +44,17 @@ def ensure_instance_profile(clients: Clients, spec: ClusterSpec, bucket: str, pr
         managed.result()
         inline.result()
     return name
+
+
+def ensure_spot_role(clients: Clients) -> None:
+    """EC2 Spot's service-linked role, which must exist before a spot launch through the API
+    (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/service-linked-roles-spot-instance-requests.html): made
+    once per account, as EC2's console would, and kept (it is the account's, not a run's)."""
+    try:
+        clients.client("iam").create_service_linked_role(AWSServiceName=SPOT_SERVICE)
+    except Exception as exc:  # noqa: BLE001 - "has been taken in this account": it exists
+        if error_code(exc) != "InvalidInput" or "has been taken" not in str(exc):
+            raise
 
 
 def _ensure_profile(iam, name: str, iam_tags: list[dict]) -> dict:
