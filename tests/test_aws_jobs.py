@@ -66,6 +66,33 @@ def test_a_job_reaches_the_machines_efa_devices_through_the_images_nccl_plugin(a
     backend.teardown("run-efa-job")
 
 
+READ_PARAMETERS = """
+import boto3
+for name in ("/imagenet18/run-own/WANDB_API_KEY", "/imagenet18/run-other/WANDB_API_KEY", "/team/database"):
+    try:
+        print(name, boto3.client("ssm").get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"])
+    except Exception as exc:
+        print(name, exc.response["Error"]["Code"])
+"""
+
+
+def test_a_machine_reads_its_own_runs_parameters_and_no_others(aws, snapshot, tmp_path):
+    """The machines' role has AmazonSSMManagedInstanceCore, which allows ssm:GetParameter on every parameter of
+    the account: another run's wandb key, a team's database password. The run's own policy denies all but its
+    own."""
+    ssm = aws.client("ssm")
+    for name, value in (("/imagenet18/run-own/WANDB_API_KEY", "mine"), ("/imagenet18/run-other/WANDB_API_KEY",
+                                                                          "theirs"), ("/team/database", "hunter2")):
+        ssm.put_parameter(Name=name, Value=value, Type="SecureString")
+    backend, cluster = provisioned(aws, tmp_path, "run-own", 1)
+    backend.launch(cluster, {0: [cluster.python, "-c", READ_PARAMETERS]}, "job")
+    assert finished(backend, cluster, "job").succeeded == 1
+    assert backend.read_storage(cluster, "logs/job-0.log").decode().splitlines() == [
+        "/imagenet18/run-own/WANDB_API_KEY mine", "/imagenet18/run-other/WANDB_API_KEY AccessDeniedException",
+        "/team/database AccessDeniedException"]
+    backend.teardown("run-own")
+
+
 def test_a_script_that_fails_before_its_exit_code_fails_its_machine_with_the_cause(aws, snapshot, tmp_path):
     backend, cluster = provisioned(aws, tmp_path, "run-broken", 1)
     machine = cluster.machines[0]

@@ -84,6 +84,21 @@ def s3_refusal(call: AwsCall) -> Response | None:
     return None
 
 
+def role_refusal(call: AwsCall) -> Response | None:
+    """Where a machine's role signed a call to a service other than S3 (s3_refusal's): refused as AWS refuses
+    what the role's policies, its managed ones included, do not allow. None lets the call through."""
+    statements = _role_statements(call)
+    if statements is None or call.service == "s3":
+        return None
+    for action, resource, context in _needed(call):
+        if not allowed(statements, action, resource, {"aws:RequestedRegion": call.region, **context}):
+            code = "AccessDeniedException" if service_model(call.service).protocol.endswith("json") else \
+                "UnauthorizedOperation" if call.service == "ec2" else "AccessDenied"
+            return error_response(call.service, code, f"the role's policies do not allow {action} on {resource}",
+                                  403)
+    return None
+
+
 def user_refusal(call: AwsCall) -> Response | None:
     """Where an IAM user's keys signed the call (the credentials a user gives the flow): refused as AWS refuses
     what the user's policies do not allow, including what the call implies: ec2:CreateTags for EC2 tags given at
@@ -145,7 +160,7 @@ def _needed(call: AwsCall) -> list[tuple[str, str, dict[str, str]]]:
         bucket, key = call.params.get("Bucket", ""), call.params.get("Key")
         return [(action, f"arn:aws:s3:::{bucket}" + (f"/{key}" if key and action != "s3:ListBucket" else ""), {})]
     context = {"iam:AWSServiceName": call.params["AWSServiceName"]} if "AWSServiceName" in call.params else {}
-    needed = [(f"{IAM_PREFIX.get(call.service, call.service)}:{call.action}", _iam_resource(call), context)]
+    needed = [(f"{IAM_PREFIX.get(call.service, call.service)}:{call.action}", _resource(call), context)]
     needed += [(action, "*", {}) for action in IMPLIED.get((call.service, call.action), ())]
     if call.service == "ec2" and any(k.startswith("TagSpecification.") for k in call.params):
         needed.append(("ec2:CreateTags", "*", {}))
@@ -159,7 +174,10 @@ def _needed(call: AwsCall) -> list[tuple[str, str, dict[str, str]]]:
     return needed
 
 
-def _iam_resource(call: AwsCall) -> str:
+def _resource(call: AwsCall) -> str:
+    if call.service == "ssm" and "Name" in call.params:  # a parameter's: "parameter" + its name, "/" between
+        name = call.params["Name"]
+        return f"arn:aws:ssm:{call.region}:{call.account}:parameter{'' if name.startswith('/') else '/'}{name}"
     if call.service != "iam":
         return "*"
     if call.action == "CreateServiceLinkedRole":
@@ -197,9 +215,12 @@ def decision(statements: list[dict[str, Any]], action: str, resource: str, conte
 
 
 def _applies(statement: dict[str, Any], action: str, resource: str, context: dict[str, str]) -> bool:
+    if "NotResource" in statement:  # every resource but those named
+        on_resource = not any(_glob(pattern, resource) for pattern in _listed(statement["NotResource"]))
+    else:
+        on_resource = any(_glob(pattern, resource) for pattern in _listed(statement.get("Resource")))
     return (any(_glob(pattern, action, case=False) for pattern in _listed(statement.get("Action")))
-            and any(_glob(pattern, resource) for pattern in _listed(statement.get("Resource")))
-            and _conditions_hold(statement.get("Condition", {}), context))
+            and on_resource and _conditions_hold(statement.get("Condition", {}), context))
 
 
 def _conditions_hold(condition: dict[str, dict[str, Any]], context: dict[str, str]) -> bool:

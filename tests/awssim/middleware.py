@@ -79,7 +79,7 @@ class AwsSimApp:
         if (disabled := regions.refusal(call)) is not None:
             code, message, status = disabled
             return error_response(call.service, code, message, status)
-        refusal = access.user_refusal(call)
+        refusal = access.user_refusal(call) or access.role_refusal(call)
         if refusal is not None:
             return refusal
         if (beyond := limits.refusal(call)) is not None:

@@ -70,7 +70,11 @@ def _storage_policy(region: str, account: str, bucket: str, prefix: str, paramet
         {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}",
          "Condition": {"StringLike": {"s3:prefix": f"{prefix}/*"}}},
         {"Effect": "Allow", "Action": "ssm:GetParameter",
-         "Resource": f"arn:aws:ssm:{region}:{account}:parameter{parameter_path}/*"}]}
+         "Resource": f"arn:aws:ssm:{region}:{account}:parameter{parameter_path}/*"},
+        # AmazonSSMManagedInstanceCore, which the agent needs, allows reading every parameter of the account:
+        # another run's secrets, anything else kept there. Only the run's own are readable.
+        {"Effect": "Deny", "Action": ["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"],
+         "NotResource": f"arn:aws:ssm:{region}:{account}:parameter{parameter_path}/*"}]}
     for url in readable:
         source_bucket, _, source_prefix = url.removeprefix("s3://").partition("/")
         policy["Statement"] += [
