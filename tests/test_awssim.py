@@ -690,3 +690,21 @@ def test_a_spot_launch_makes_spots_service_linked_role_as_the_caller_once(aws, o
     assert role["RoleName"] == "AWSServiceRoleForEC2Spot"
     launch(users_ec2, **spot)
     assert error_code(iam.create_service_linked_role, AWSServiceName="spot.amazonaws.com") == "InvalidInput"
+
+
+def test_a_volume_is_attached_only_as_ec2_attaches_it(aws):
+    """Available, in the machine's zone, to a running (or stopped) machine; moto attached anything."""
+    ec2 = aws.client("ec2", retries=NO_RETRIES)
+    aws.set_pending(3.0)
+    machine = launch(ec2, Placement={"AvailabilityZone": "us-east-1a"})
+    here, there = (ec2.create_volume(AvailabilityZone=zone, Size=1)["VolumeId"] for zone in ("us-east-1a",
+                                                                                            "us-east-1b"))
+    assert error_code(ec2.attach_volume, VolumeId=here, InstanceId=machine, Device="/dev/sdf") == (
+        "IncorrectInstanceState"), "still pending"
+    wait_for(lambda: state(ec2, machine) == "running", seconds=20)
+    assert error_code(ec2.attach_volume, VolumeId=there, InstanceId=machine, Device="/dev/sdf") == (
+        "InvalidVolume.ZoneMismatch")
+    ec2.attach_volume(VolumeId=here, InstanceId=machine, Device="/dev/sdf")
+    other = launch(ec2, Placement={"AvailabilityZone": "us-east-1a"})
+    wait_for(lambda: state(ec2, other) == "running", seconds=20)
+    assert error_code(ec2.attach_volume, VolumeId=here, InstanceId=other, Device="/dev/sdf") == "VolumeInUse"

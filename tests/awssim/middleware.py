@@ -2,9 +2,9 @@
 policies and their simulator, the API models' maximums, the regions an account has not enabled, placement
 groups, instance-type and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas and
 EBS's IOPS and storage quotas, its refusals of an address on a pending machine, of an associated address's
-release and of a subnet's deletion with interfaces in it, EBS volume initialization, ListCommands' filters and
-pages, SSM's throttling of Run Command's reads), and hooks that keep disk contents and the player in step with
-each call."""
+release, of a subnet's deletion with interfaces in it and of a volume's attachment that EC2 would not make, EBS
+volume initialization, ListCommands' filters and pages, SSM's throttling of Run Command's reads), and hooks
+that keep disk contents and the player in step with each call."""
 
 import contextlib
 import io
@@ -15,7 +15,7 @@ import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from . import access, agent, backends, catalogue, command_list, limits, network, regions
+from . import access, agent, attach, backends, catalogue, command_list, limits, network, regions
 from .calls import AwsCall, identify, signing_scope
 from .control import Control
 from .errors import Response, error_response
@@ -32,8 +32,8 @@ READ_ONLY_PREFIXES = ("Describe", "Get", "List")
 LATENCY_SECONDS = float(os.environ.get("AWSSIM_LATENCY_S", "0"))
 COUNTED_BY_QUOTAS = {("ec2", "CreateVolume"), ("ec2", "RunInstances"), ("ec2", "AllocateAddress")}
 WATCHED_SERVICES = ("ec2", "efs", "ssm")  # whose writes can change disks, instances or commands
-NETWORK_REFUSALS = {"AssociateAddress": network.associate_address_error,
-                    "ReleaseAddress": network.release_address_error, "DeleteSubnet": network.delete_subnet_error}
+EC2_REFUSALS = {"AssociateAddress": network.associate_address_error, "ReleaseAddress": network.release_address_error,
+                "DeleteSubnet": network.delete_subnet_error, "AttachVolume": attach.attach_volume_error}
 
 
 class AwsSimApp:
@@ -98,8 +98,8 @@ class AwsSimApp:
         if call.service == "ec2" and call.action == "AllocateAddress":
             refusal = self.quotas.allocate_error(backends.ec2(call.account, call.region))
             return None if refusal is None else error_response("ec2", *refusal)
-        if call.service == "ec2" and call.action in NETWORK_REFUSALS:
-            refusal = NETWORK_REFUSALS[call.action](call, backends.ec2(call.account, call.region))
+        if call.service == "ec2" and call.action in EC2_REFUSALS:
+            refusal = EC2_REFUSALS[call.action](call, backends.ec2(call.account, call.region))
             return None if refusal is None else error_response("ec2", *refusal)
         if call.service == "ec2" and call.action == "CreateVolume":
             refusal = self.quotas.create_volume_error(call, backends.ec2(call.account, call.region))

@@ -1,0 +1,27 @@
+"""EC2's refusals of AttachVolume, which moto attaches whatever it is given: the volume must be available (not
+attached, not being made or deleted), in the instance's zone, and the instance running or stopped
+(https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_AttachVolume.html; the answers' wording as AWS gives
+it, quoted in github.com/cloudfoundry/bosh-init/issues/20 and gist.github.com/arubis/d7e4fd88155bf7161bd7)."""
+
+from typing import Any
+
+from . import backends
+from .calls import AwsCall
+
+ATTACHABLE_STATES = ("running", "stopped")
+
+
+def attach_volume_error(call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:
+    volume = ec2_backend.volumes.get(call.params.get("VolumeId", ""))
+    instance_id = call.params.get("InstanceId", "")
+    instance = next((i for i in backends.instances(ec2_backend) if i.id == instance_id), None)
+    if volume is None or instance is None:
+        return None  # moto's own NotFound answers
+    if volume.attachment is not None:
+        return "VolumeInUse", f"{volume.id} is already attached to an instance"
+    if volume.zone.name != instance.placement.zone:
+        return "InvalidVolume.ZoneMismatch", (f"The volume '{volume.id}' is not in the same availability zone as "
+                                              f"instance '{instance.id}'")
+    if instance.state not in ATTACHABLE_STATES:
+        return "IncorrectInstanceState", f"Instance '{instance.id}' is not 'running'."
+    return None
