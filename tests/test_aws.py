@@ -15,7 +15,7 @@ from tasks.backends.aws import AwsBackend, jobs, machines, permissions, quotas, 
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
-from tasks.backends.base import InputError
+from tasks.backends.base import BackendError, InputError
 from tests.awssim.faults import PRESENT
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
 from tests.aws_runs import (
@@ -169,7 +169,8 @@ def test_sweep_removes_expired_and_finished_runs_only(aws, snapshot, tmp_path):
 @pytest.mark.slow
 def test_sweep_looks_in_every_region_the_account_has_enabled(aws, tiny_data, tmp_path, operator, caplog):
     """The cleanup's region is the default one; a run made with another leaves its disks and machines there. A
-    region the user may not use (an organization's policy denies it) is passed over with a warning."""
+    region the user may not use (an organization's policy denies it) is passed over with a warning; one that
+    fails otherwise fails the sweep, after the others are swept."""
     no_ireland = {"Effect": "Deny", "Action": "*", "Resource": "*",
                   "Condition": {"StringEquals": {"aws:RequestedRegion": "eu-west-1"}}}
     aws.client("iam").put_user_policy(UserName="imagenet18-operator", PolicyName="no-ireland",
@@ -180,11 +181,19 @@ def test_sweep_looks_in_every_region_the_account_has_enabled(aws, tiny_data, tmp
     for spec in (dataclasses.replace(cluster_spec("run-west-expired", 1), expires_at=past),
                  cluster_spec("run-west-live", 1)):
         west.provision(spec, west.replicate(spec, DATASET, 1))
-    removed = AwsBackend(options(), home=tmp_path).sweep(finished=lambda run_id: False)
+    sweeper = AwsBackend(options(), home=tmp_path)
+    aws.add_fault("ec2", "DescribeVolumes", "UnsupportedOperation", status=400, region="ap-south-1", times=1)
+    with pytest.raises(BackendError, match=r"^the other regions were swept, but not ap-south-1 "
+                                           r"\(UnsupportedOperation\): the next cleanup looks again$"):
+        sweeper.sweep(finished=lambda run_id: False)
+    assert set(aws_leftovers_by_run(aws)) == {"run-west-live"}, "one region's trouble stops no other's sweep"
+    assert "did not look for leftovers in eu-west-1: AWS refused it (UnauthorizedOperation)" in caplog.text
+    west.provision(dataclasses.replace(cluster_spec("run-west-expired", 1), expires_at=past),
+                   west.replicate(cluster_spec("run-west-expired", 1), DATASET, 1))
+    removed = sweeper.sweep(finished=lambda run_id: False)
     assert {r.run_id for r in removed} == {"run-west-expired"}
     assert {"machine", "replica", "file-system", "vpc", "instance-profile"} <= {r.kind for r in removed}
     assert set(aws_leftovers_by_run(aws)) == {"run-west-live"}
-    assert "did not look for leftovers in eu-west-1: AWS refused it (UnauthorizedOperation)" in caplog.text
     west.teardown("run-west-live")
     assert aws_leftovers_by_run(aws) == {}
 
@@ -484,6 +493,8 @@ def test_a_spot_run_makes_spots_service_linked_role_once_and_is_refused_before_r
     backend.authorize_launch(spot)  # a retried stage: the role is there
     [role] = [r for r in iam.list_roles()["Roles"] if r["Path"] == "/aws-service-role/spot.amazonaws.com/"]
     assert role["RoleName"] == "AWSServiceRoleForEC2Spot"
+    iam.put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18", PolicyDocument=json.dumps(policy))
+    backend.authorize_launch(spot)  # the role an administrator (or an earlier run) made serves without the right
     for run_id in ("run-spot-role", "run-on-demand"):
         backend.teardown(run_id)
     assert aws_leftovers(aws, home=tmp_path) == {}

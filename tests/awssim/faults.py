@@ -27,6 +27,7 @@ class FaultRule:
     after: int = 0  # let the first N matching calls through
     hold_s: float = 0.0  # keep each failing call waiting this long (or until the rule is cleared) first
     run: str | None = None  # only calls of this run (see `Faults`)
+    region: str | None = None  # only calls signed for this region
     label: str = ""  # who added it: clearing a label clears only its rules
     seen: int = 0  # matching calls so far
     fired: int = 0
@@ -36,6 +37,7 @@ class FaultRule:
         return (
             self.service == call.service
             and self.action in ("*", call.action)
+            and self.region in (None, call.region)
             and all(re.fullmatch(str(pattern), call.params.get(key, ABSENT)) for key, pattern in self.match.items())
         )
 

@@ -601,29 +601,36 @@ class AwsBackend:
         if self.clients.session.get_credentials() is None:
             raise BackendError("no AWS credentials here, so no region was looked in")
         removed = []
-        for clients, found in self._leftovers_everywhere():
+        unseen: dict[str, str] = {}
+        for clients, found in self._leftovers_everywhere(unseen):
             by_run: dict[str, list[Resource]] = {}
             for resource in found:
                 by_run.setdefault(resource.run_id, []).append(resource)
             for run_id, resources in sorted(by_run.items()):
                 if finished(run_id) or any(r.expired for r in resources):
                     removed += teardown(clients, run_id, self.key_folder)
+        if unseen:
+            raise BackendError("the other regions were swept, but not " + "; ".join(
+                f"{region} ({why})" for region, why in sorted(unseen.items())) + ": the next cleanup looks again")
         return removed
 
-    def _leftovers_everywhere(self) -> list[tuple[Clients, list[Resource]]]:
-        """What carries our tag in each enabled region, looked in at once; this region's last, with the global
-        IAM identities, so that a run's machines elsewhere go before its instance profile. A region that refuses
-        us (an organization's policy may deny some) is skipped with a warning."""
+    def _leftovers_everywhere(self, unseen: dict[str, str]) -> list[tuple[Clients, list[Resource]]]:
+        """What carries our tag in each enabled region, looked in at once; this region's with the global IAM
+        identities (a run's teardown in its own region removes its identities too, after its machines). A region
+        that refuses us (an organization's policy may deny some) is passed over with a warning; one that fails
+        otherwise goes into `unseen` (region -> why), and the others are swept all the same."""
         home = self.clients.region
 
         def look(region: str) -> tuple[Clients, list[Resource]]:
             clients = self.clients if region == home else Clients(region)
             try:
                 return clients, inventory.find(clients, identities=region == home)
-            except botocore.exceptions.ClientError as exc:
-                if region == home or error_code(exc) not in REFUSALS:
-                    raise
-                log.warning("did not look for leftovers in %s: AWS refused it (%s)", region, error_code(exc))
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                if error_code(exc) in REFUSALS and region != home:
+                    log.warning("did not look for leftovers in %s: AWS refused it (%s)", region, error_code(exc))
+                else:
+                    log.warning("could not look for leftovers in %s: %s", region, exc)
+                    unseen[region] = error_code(exc) or type(exc).__name__
                 return clients, []
 
         try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import botocore.exceptions
 
-from tasks.backends.aws import addresses, catalog, machines, permissions, quotas, volume_quotas
+from tasks.backends.aws import addresses, catalog, iam, machines, permissions, quotas, volume_quotas
 from tasks.backends.aws.backend import AwsBackend
 from tasks.backends.aws.clients import error_code
 from tasks.backends.aws.options import AwsOptions
@@ -118,6 +118,8 @@ class _Doctor:
                           "IAM's policy simulator would not say what these credentials may do (they need "
                           "iam:SimulatePrincipalPolicy on themselves); a run's pre-flight still refuses what EC2 "
                           f"refuses of the launch. AWS said: {exc}")
+        if "iam:CreateServiceLinkedRole" in refused and iam.spot_role_exists(self.clients):
+            refused.remove("iam:CreateServiceLinkedRole")  # only needed to make EC2 Spot's role, which is there
         if refused:
             raise InputError(f"these credentials may not {', '.join(refused)}: attach "
                              "tasks/backends/aws/user_policy.json to their user or role (docs/aws.md, permissions)")

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 
 from tasks.backends.aws import pools, tags
-from tasks.backends.aws.clients import Clients, error_code
+from tasks.backends.aws.clients import REFUSALS, Clients, error_code
 from tasks.backends.base import ClusterSpec
 
 SSM_MANAGED_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
@@ -49,12 +49,19 @@ def ensure_instance_profile(clients: Clients, spec: ClusterSpec, bucket: str, pr
 def ensure_spot_role(clients: Clients) -> None:
     """EC2 Spot's service-linked role, which must exist before a spot launch through the API
     (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/service-linked-roles-spot-instance-requests.html): made
-    once per account, as EC2's console would, and kept (it is the account's, not a run's)."""
+    once per account, as EC2's console would, and kept (it is the account's, not a run's). Credentials that may
+    not make it are refused only where it does not exist yet (IAM checks the permission first)."""
     try:
         clients.client("iam").create_service_linked_role(AWSServiceName=SPOT_SERVICE)
-    except Exception as exc:  # noqa: BLE001 - "has been taken in this account": it exists
-        if error_code(exc) != "InvalidInput" or "has been taken" not in str(exc):
+    except Exception as exc:  # noqa: BLE001
+        taken = error_code(exc) == "InvalidInput" and "has been taken" in str(exc)
+        if not taken and not (error_code(exc) in REFUSALS and spot_role_exists(clients)):
             raise
+
+
+def spot_role_exists(clients: Clients) -> bool:
+    pages = clients.client("iam").get_paginator("list_roles").paginate(PathPrefix=f"/aws-service-role/{SPOT_SERVICE}/")
+    return any(page["Roles"] for page in pages)
 
 
 def _ensure_profile(iam, name: str, iam_tags: list[dict]) -> dict:
