@@ -266,7 +266,8 @@ def hold_two_addresses(aws, tiny_data):
 
 
 def hold_an_io2_volume(aws, tiny_data):
-    """A volume of the account's own (not the run's): EBS counts the IOPS of every io2 volume in the region."""
+    """Volumes of the account's own (not the run's): EBS counts the IOPS of every io2 volume in the region, and
+    only of io2 volumes (the gp3 one is not counted)."""
     aws.client("ec2").create_volume(AvailabilityZone="us-east-1a", Size=100, VolumeType="io2", Iops=50_000)
     aws.client("ec2").create_volume(AvailabilityZone="us-east-1a", Size=100, VolumeType="gp3")
 
@@ -285,6 +286,7 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
 
 @pytest.mark.parametrize("change,message", [
     ({"options": {"region": "moon-1"}}, "unknown AWS region 'moon-1'"),
+    ({"options": {"region": "af-south-1"}}, r"^af-south-1 is an opt-in region this account has not enabled: "),
     ({"options": {"availability_zone": "us-east-1z"}}, "unknown availability zone 'us-east-1z'"),
     ({"instance_type": "p9.mega"}, "unknown instance type 'p9.mega'"),
     ({"options": {"availability_zone": "us-east-1f"}}, "p4d.24xlarge is not offered in us-east-1f"),
@@ -321,8 +323,8 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
      r"one a machine\), or choose "
      r"aws.volume_type gp3"),
     ({"options": {"volume_type": "gp3", "iops": 3000}, "quotas": {"L-7A658B76": 0.01}},
-     r'16 gp3 dataset replica\(s\) of 1 GiB need 0.02 of the quota "Storage for General Purpose SSD \(gp3\) volumes, '
-     r'in TiB" \(L-7A658B76\) in us-east-1, which is 0.01 with 0 in use'),
+     r'16 gp3 dataset replica\(s\) of 1 GiB need 0.0156 of the quota "Storage for General Purpose SSD \(gp3\) '
+     r'volumes, in TiB" \(L-7A658B76\) in us-east-1, which is 0.01 with 0 in use'),
     ({"quotas": {"L-0263D0A3": 17}, "setup": hold_two_addresses},
      r'16 machines need 16 Elastic IPs \(one each, with an interface on every EFA card\); the quota "EC2-VPC '
      r'Elastic IPs" \(L-0263D0A3\) in us-east-1 is 17, with 2 held: .* --quota-code L-0263D0A3 --desired-value 18`'),

@@ -45,8 +45,8 @@ def test_a_ready_account_passes_every_check(aws, capsys, operator):
     assert rows["zones"][0].startswith("p4d.24xlarge in us-east-1a, ") and "the run's zone: us-east-1a" in out
     assert rows["quota L-417A185B (on-demand)"][0] == ("Running On-Demand P instances: 2048 vCPUs, 16 x "
                                                        "p4d.24xlarge need 1536")
-    assert rows["replicas' IOPS"][0] == ("IOPS for Provisioned IOPS SSD (io2) volumes: 500000, 16 replicas at 11500 "
-                                         "need 184000")
+    assert rows["replicas' IOPS"][0] == ("IOPS for Provisioned IOPS SSD (io2) volumes: 500000, 0 in use, 16 replicas "
+                                         "at 11500 need 184000")
     assert rows["AMI"][0].startswith(f"{AMI}: ")
     assert rows["network"][0].startswith("default VPC's subnet subnet-")
     assert rows["Elastic IPs"][0] == ("EC2-VPC Elastic IPs: 64, 16 x p4d.24xlarge need one each (an interface on "

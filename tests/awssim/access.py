@@ -88,7 +88,7 @@ def role_refusal(call: AwsCall) -> Response | None:
     """Where a machine's role signed a call to a service other than S3 (s3_refusal's): refused as AWS refuses
     what the role's policies, its managed ones included, do not allow. None lets the call through."""
     statements = _role_statements(call)
-    if statements is None or call.service == "s3":
+    if statements is None or call.service == "s3" or (call.service, call.action) in NEEDS_NO_PERMISSION:
         return None
     for action, resource, context in _needed(call):
         if not allowed(statements, action, resource, {"aws:RequestedRegion": call.region, **context}):
@@ -144,6 +144,11 @@ def spot_role_refusal(call: AwsCall) -> Response | None:
     return None
 
 
+def _parameter_arn(call: AwsCall, name: str) -> str:
+    """"parameter" + the parameter's name, with a "/" between where the name has none."""
+    return f"arn:aws:ssm:{call.region}:{call.account}:parameter{'' if name.startswith('/') else '/'}{name}"
+
+
 def _service_linked_role_arn(account: str, service: str) -> str:
     name = SERVICE_LINKED_ROLES.get(service, f"AWSServiceRoleFor{service.split('.')[0].capitalize()}")
     return f"arn:aws:iam::{account}:role/aws-service-role/{service}/{name}"
@@ -160,7 +165,9 @@ def _needed(call: AwsCall) -> list[tuple[str, str, dict[str, str]]]:
         bucket, key = call.params.get("Bucket", ""), call.params.get("Key")
         return [(action, f"arn:aws:s3:::{bucket}" + (f"/{key}" if key and action != "s3:ListBucket" else ""), {})]
     context = {"iam:AWSServiceName": call.params["AWSServiceName"]} if "AWSServiceName" in call.params else {}
-    needed = [(f"{IAM_PREFIX.get(call.service, call.service)}:{call.action}", _resource(call), context)]
+    action = f"{IAM_PREFIX.get(call.service, call.service)}:{call.action}"
+    names = call.list_param("Names") if call.service == "ssm" else []  # GetParameters: each parameter's
+    needed = [(action, _parameter_arn(call, name), context) for name in names] or [(action, _resource(call), context)]
     needed += [(action, "*", {}) for action in IMPLIED.get((call.service, call.action), ())]
     if call.service == "ec2" and any(k.startswith("TagSpecification.") for k in call.params):
         needed.append(("ec2:CreateTags", "*", {}))
@@ -175,9 +182,8 @@ def _needed(call: AwsCall) -> list[tuple[str, str, dict[str, str]]]:
 
 
 def _resource(call: AwsCall) -> str:
-    if call.service == "ssm" and "Name" in call.params:  # a parameter's: "parameter" + its name, "/" between
-        name = call.params["Name"]
-        return f"arn:aws:ssm:{call.region}:{call.account}:parameter{'' if name.startswith('/') else '/'}{name}"
+    if call.service == "ssm" and "Name" in call.params:
+        return _parameter_arn(call, call.params["Name"])
     if call.service != "iam":
         return "*"
     if call.action == "CreateServiceLinkedRole":

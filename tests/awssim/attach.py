@@ -1,5 +1,5 @@
 """EC2's refusals of AttachVolume, which moto attaches whatever it is given: the volume must be available (not
-attached, not being made or deleted), in the instance's zone, and the instance running or stopped
+attached to a machine), in the instance's zone, and the instance running or stopped
 (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_AttachVolume.html; the answers' wording as AWS gives
 it, quoted in github.com/cloudfoundry/bosh-init/issues/20 and gist.github.com/arubis/d7e4fd88155bf7161bd7)."""
 

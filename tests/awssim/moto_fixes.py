@@ -13,6 +13,8 @@ from moto.iam.exceptions import EntityAlreadyExists, InvalidInput
 from moto.iam.models import SERVICE_NAME_CONVERSION, IAMBackend
 from moto.ssm.models import Command
 
+from .access import SERVICE_LINKED_ROLES, SPOT_SERVICE
+
 
 def fix_send_command_targets() -> None:
     """moto adds every instance of the region to a command sent with InstanceIds and no Targets (its empty
@@ -147,7 +149,7 @@ def fix_spot_role() -> None:
     (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/service-linked-roles-spot-instance-requests.html) and
     answers InvalidInput, "Service role name AWSServiceRoleForEC2Spot has been taken in this account, please try
     a different suffix." (https://docs.aws.amazon.com/batch/latest/userguide/spot-fleet-roles-cli.html)."""
-    SERVICE_NAME_CONVERSION["spot"] = "EC2Spot"
+    SERVICE_NAME_CONVERSION["spot"] = SERVICE_LINKED_ROLES[SPOT_SERVICE].removeprefix("AWSServiceRoleFor")
     create = IAMBackend.create_service_linked_role
 
     def taken_is_invalid_input(self: IAMBackend, service_name: str, description: str, suffix: str) -> Any:

@@ -171,7 +171,7 @@ class AwsBackend:
         snapshot = self.snapshot(dataset)
         volumes.check_snapshot_holds(snapshot, reads)
         volumes.check_volume_settings(self.options.volume_type, self.options.iops)
-        self._check_volume_quotas(spec, snapshot)
+        self._check_volume_quotas(snapshot, spec.machines - self._from_pool(spec, snapshot))  # the pool's are made
         image = machines.resolve_ami(self.clients, self.options.ami)
         machines.check_image_release(image)
         allowed = tuple(dict.fromkeys((spec.instance_type, *self.options.other_instance_types)))
@@ -187,12 +187,11 @@ class AwsBackend:
             raise InputError(f"run {spec.run_id} already has AWS resources; use another run id, or "
                              "`imagenet18 cleanup` to remove them")
 
-    def _check_volume_quotas(self, spec: ClusterSpec, snapshot: dict) -> None:
-        """The replicas the run makes (those the pool cannot serve) against the region's EBS quotas."""
+    def _check_volume_quotas(self, snapshot: dict, count: int) -> None:
+        """`count` new replicas of the snapshot against the region's EBS quotas."""
         o = self.options
         volume_quotas.check(self.clients, o.volume_type, o.iops,
-                            volumes.volume_size_gb(o.volume_type, o.iops, snapshot["VolumeSize"]),
-                            spec.machines - self._from_pool(spec, snapshot))
+                            volumes.volume_size_gb(o.volume_type, o.iops, snapshot["VolumeSize"]), count)
 
     def _from_pool(self, spec: ClusterSpec, snapshot: dict) -> int:
         """How many of the run's replicas the pool would serve."""
@@ -418,9 +417,7 @@ class AwsBackend:
             held |= volumes.claim(self.clients, spec, claimable.result(), snapshot.result(), zone,
                                   [i for i in range(count) if i not in held], self.volume_settings)
             # Again here: a replica pool has no pre-flight, and a run's retry may come long after its own.
-            volume_quotas.check(self.clients, o.volume_type, o.iops,
-                                volumes.volume_size_gb(o.volume_type, o.iops, snapshot.result()["VolumeSize"]),
-                                count - len(held))
+            self._check_volume_quotas(snapshot.result(), count - len(held))
             return volumes.replicate(self.clients, spec, snapshot.result(), zone, count, self.volume_settings,
                                      o.parallel_calls, held)
 

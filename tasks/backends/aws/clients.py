@@ -30,6 +30,7 @@ REFUSALS = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "A
             "UnrecognizedClientException", "OptInRequired", "Blocked", "VcpuLimitExceeded", "InstanceLimitExceeded",
             "MaxSpotInstanceCountExceeded", "VolumeLimitExceeded", "VpcLimitExceeded", "AddressLimitExceeded",
             "MaxIOPSLimitExceeded", "AuthFailure.ServiceLinkedRoleCreationNotPermitted"}
+ALWAYS_ENABLED = "us-east-1"  # a region every AWS account has (the opt-in ones came after it)
 NO_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=10, read_timeout=60)
 # botocore reads its service models (megabytes of JSON) once per session; the sessions of a process share them.
 _MODELS = botocore.loaders.create_loader()
@@ -69,9 +70,26 @@ class Clients:
             raise InputError("no AWS credentials: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
                              "or run on a machine with an instance role")
         try:
-            return self.client("sts").get_caller_identity()["Account"]
+            account = self.client("sts").get_caller_identity()["Account"]
         except botocore.exceptions.ClientError as exc:
             raise InputError(f"AWS refused the credentials: {exc}") from None
+        self._check_enabled()
+        return account
+
+    def _check_enabled(self) -> None:
+        """An opt-in region the account has not enabled answers every call as if the credentials were unknown
+        (AuthFailure): said plainly instead, asked of us-east-1, which every account has enabled."""
+        ec2 = self.session.client("ec2", region_name=ALWAYS_ENABLED, config=RETRIES)
+        try:
+            found = ec2.describe_regions(RegionNames=[self.region])["Regions"]
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) in REFUSALS:
+                return  # not allowed to ask: the region's own calls will say
+            raise
+        if found and found[0].get("OptInStatus") == "not-opted-in":
+            raise InputError(f"{self.region} is an opt-in region this account has not enabled: enable it (the AWS "
+                             f"console's account page, or `aws account enable-region --region-name {self.region}`) "
+                             "or choose another region")
 
     def enabled_regions(self) -> list[str]:
         """The regions enabled for the account (DescribeRegions lists no other unless asked for all), this one

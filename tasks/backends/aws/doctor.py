@@ -188,12 +188,12 @@ class _Doctor:
         quota = volume_quotas.IOPS.get(o.volume_type)
         if quota is None:
             return _Found(f"{o.volume_type} volumes have no IOPS quota")
-        volume_quotas.check(self.clients, o.volume_type, o.iops, 0, self.machines)
-        value = quotas.quota_value(self.clients, quota)
+        value, used = volume_quotas.check_iops(self.clients, o.volume_type, o.iops, self.machines)
         if value is None:
             return _Found(f"{quota.name}: not readable", WARN, "these credentials may not read Service Quotas: EC2 "
                           "alone refuses a replica over the quota, part-way through the run's replicas")
-        return _Found(f"{quota.name}: {value:g}, {self.machines} replicas at {o.iops} need {self.machines * o.iops}")
+        return _Found(f"{quota.name}: {value:g}, {used:g} in use, {self.machines} replicas at {o.iops} need "
+                      f"{self.machines * o.iops}")
 
     def _elastic_ips(self) -> _Found:
         if not machines.needs_elastic_ips(self.instance_type, self.backend.public_addresses()):

@@ -70,6 +70,6 @@ def quota_value(clients: Clients, quota: Quota) -> float | None:
     except Exception as exc:  # noqa: BLE001
         if error_code(exc) != "AccessDeniedException":
             raise
-        log.warning("these credentials may not read the quota \"%s\" (%s): it is checked at the launch only",
-                    quota.name, quota.code)
+        log.warning("these credentials may not read the quota \"%s\" (%s): AWS alone checks it, when the run makes "
+                    "what it counts", quota.name, quota.code)
         return None

@@ -21,19 +21,29 @@ GIB_PER_TIB = 1024
 
 
 def check(clients: Clients, volume_type: str, iops: int, size_gib: int, count: int) -> None:
-    """Refuse `count` new volumes of this type, IOPS and size (0: not known yet) where, with the region's volumes
-    of the type, they would pass a quota. Quotas these credentials may not read are left to EC2 (a warning says
-    so)."""
+    """Refuse `count` new volumes of this type, IOPS and size where, with the region's volumes of the type, they
+    would pass a quota. Quotas these credentials may not read are left to EC2 (a warning says so)."""
     if count <= 0:
         return
     held = _volumes_of_type(clients, volume_type)
-    wanted = (f"{count} {volume_type} dataset replica(s)" + (f" of {size_gib} GiB" if size_gib else "") +
-              (f" at {iops} IOPS" if volume_type in IOPS else ""))
+    wanted = f"{count} {volume_type} dataset replica(s) of {size_gib} GiB"
     if volume_type in IOPS:
-        _refuse_past(clients, IOPS[volume_type], sum(v.get("Iops", 0) for v in held), count * iops, wanted,
-                     "aws.volume_type gp3 (it has no IOPS quota) or a lower aws.iops")
+        check_iops(clients, volume_type, iops, count, held, wanted)
     _refuse_past(clients, STORAGE_TIB[volume_type], sum(v["Size"] for v in held) / GIB_PER_TIB,
                  count * size_gib / GIB_PER_TIB, wanted, "another aws.volume_type")
+
+
+def check_iops(clients: Clients, volume_type: str, iops: int, count: int, held: list[dict] | None = None,
+               wanted: str | None = None) -> tuple[float | None, float]:
+    """Refuse `count` new io1/io2 volumes of `iops` each past the region's IOPS quota for the type, the
+    account's volumes of the type (`held`, else listed) counted; returns the quota (None: not readable) and the
+    IOPS in use."""
+    held = _volumes_of_type(clients, volume_type) if held is None else held
+    used = sum(v.get("Iops", 0) for v in held)
+    value = _refuse_past(clients, IOPS[volume_type], used, count * iops,
+                         f"{wanted or f'{count} {volume_type} dataset replica(s)'} at {iops} IOPS",
+                         "aws.volume_type gp3 (it has no IOPS quota) or a lower aws.iops")
+    return value, used
 
 
 def _volumes_of_type(clients: Clients, volume_type: str) -> list[dict]:
@@ -42,10 +52,12 @@ def _volumes_of_type(clients: Clients, volume_type: str) -> list[dict]:
     return [volume for page in pages for volume in page["Volumes"]]
 
 
-def _refuse_past(clients: Clients, quota: Quota, used: float, needed: float, wanted: str, instead: str) -> None:
+def _refuse_past(clients: Clients, quota: Quota, used: float, needed: float, wanted: str,
+                 instead: str) -> float | None:
+    """The quota's value (None: not readable), where `needed` more fits beside `used`; else InputError."""
     value = quota_value(clients, quota)
     if value is None or used + needed <= value:
-        return
+        return value
     raise InputError(
         f"{wanted} need {_figure(needed)} of the quota \"{quota.name}\" ({quota.code}) in {clients.region}, which "
         f"is {_figure(value)} with {_figure(used)} in use by the account's volumes: ask AWS for more (`aws "
@@ -55,5 +67,5 @@ def _refuse_past(clients: Clients, quota: Quota, used: float, needed: float, wan
 
 
 def _figure(amount: float) -> str:
-    """IOPS whole, TiB to two decimals."""
-    return f"{round(amount, 2):.10g}"
+    """IOPS whole, TiB to three significant figures (16 GiB: 0.0156)."""
+    return f"{amount:.10g}" if amount == int(amount) else f"{amount:.3g}"
