@@ -76,10 +76,12 @@ class Clients:
         self._check_enabled()
         return account
 
+    @functools.cache  # once per region's clients
     def _check_enabled(self) -> None:
         """An opt-in region the account has not enabled answers every call as if the credentials were unknown
         (AuthFailure): said plainly instead, asked of us-east-1, which every account has enabled."""
-        ec2 = self.session.client("ec2", region_name=ALWAYS_ENABLED, config=RETRIES)
+        ec2 = self.ec2 if self.region == ALWAYS_ENABLED else self.session.client(
+            "ec2", region_name=ALWAYS_ENABLED, config=RETRIES)
         try:
             found = ec2.describe_regions(RegionNames=[self.region])["Regions"]
         except botocore.exceptions.ClientError as exc:
