@@ -397,6 +397,7 @@ def test_player_runs_commands_against_the_machine_disks(aws, tmp_path):
     ec2, ssm, efs = aws.client("ec2"), aws.client("ssm"), aws.client("efs")
     tags = [{"ResourceType": "instance", "Tags": [RUN]}]
     instances = [launch(ec2, TagSpecifications=tags, Placement={"AvailabilityZone": "us-east-1a"}) for _ in range(2)]
+    wait_for(lambda: all(state(ec2, instance) == "running" for instance in instances))  # EC2 attaches to no other
     for instance in instances:
         volume = ec2.create_volume(AvailabilityZone="us-east-1a", SnapshotId=snapshot)["VolumeId"]
         ec2.attach_volume(VolumeId=volume, InstanceId=instance, Device="/dev/sdf")
