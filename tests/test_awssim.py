@@ -17,14 +17,14 @@ from tasks.backends.aws.clients import Clients
 from tasks.backends.base import ClusterSpec, Machine
 from tests.awssim import gpus
 from tests.awssim.throttle import TokenBucket
-from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
+from tests.awssim.images import UBUNTU_2204, UBUNTU_2404, UNDESCRIBED
 from tests.aws_runs import agents_online
 from tests.processes import alive
 from tests.support import wait_for
 
 RUN = {"Key": "imagenet18:run", "Value": "run-1"}
 NO_RETRIES = {"total_max_attempts": 1}
-IMAGE = "ami-03cf127a"  # one of moto's; DescribeImages takes a second here
+IMAGE = UNDESCRIBED
 
 
 def launch(ec2, instance_type="g5.xlarge", image=IMAGE, **kwargs):

@@ -25,12 +25,13 @@ from tasks.backends.aws import tags
 from tasks.backends.aws import tensorboard as remote
 from tasks.backends.aws.clients import Clients
 from tasks.backends.base import InputError
+from tests.awssim.images import UNDESCRIBED
 from tests.processes import alive
 from tests.support import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 TAG = "losses/train_loss"  # one of the seed's tags
-IMAGE = "ami-03cf127a"  # one of moto's
+IMAGE = UNDESCRIBED
 HEAD_RUN_ID = "5eed0000-1111-2222-3333-444455556666"
 HEAD_FOLDER = "headrun-5eed0000"
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -17,6 +17,7 @@ from types import FrameType
 
 # AWS-managed IAM policies (AmazonSSMManagedInstanceCore) exist on AWS; moto loads them only when asked.
 os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")  # images.add_images adds the images tests launch
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
