@@ -80,13 +80,15 @@ def regions(aws: AwsSim) -> list[str]:
 
 
 def aws_names(aws: AwsSim) -> list[str]:
-    """The names of every IAM role and instance profile and SSM parameter, listed without asking after any one of
-    them (a run's id is in the names of its own)."""
-    iam, ssm = aws.client("iam"), aws.client("ssm")
+    """The names of every IAM role and instance profile, and of every SSM parameter in each region `regions` looks
+    in, listed without asking after any one of them (a run's id is in the names of its own)."""
+    iam = aws.client("iam")
     roles = [r["RoleName"] for page in iam.get_paginator("list_roles").paginate() for r in page["Roles"]]
     profiles = [p["InstanceProfileName"] for page in iam.get_paginator("list_instance_profiles").paginate()
                 for p in page["InstanceProfiles"]]
-    parameters = [p["Name"] for page in ssm.get_paginator("describe_parameters").paginate() for p in page["Parameters"]]
+    parameters = [p["Name"] for region in regions(aws)
+                  for page in aws.client("ssm", region=region).get_paginator("describe_parameters").paginate()
+                  for p in page["Parameters"]]
     return roles + profiles + parameters
 
 
