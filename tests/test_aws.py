@@ -233,6 +233,26 @@ def test_a_replica_pool_past_the_accounts_iops_quota_is_refused_before_any_is_ma
 
 
 @pytest.mark.slow
+def test_a_lost_machine_is_replaced_with_its_replica_while_it_is_still_shutting_down(aws, snapshot, tmp_path):
+    """A spot interruption's machine shuts down for a while, its replica detaching meanwhile; the restart's new
+    machine waits for that replica rather than fail on it (EC2 refuses a volume that is detaching)."""
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-replaced", 2, "g5.xlarge", spot=True)
+    replicas = backend.replicate(spec, DATASET, 2)
+    first = backend.provision(spec, replicas)
+    lost = first.machines[1].id
+    aws.set_shutting_down(6.0)
+    aws.interrupt(lost)
+    again = backend.provision(spec, replicas)
+    assert again.machines[0] == first.machines[0] and again.machines[1].id != lost
+    ec2 = aws.client("ec2")
+    [volume] = ec2.describe_volumes(VolumeIds=[replicas[1].id])["Volumes"]
+    assert [(a["InstanceId"], a["State"]) for a in volume["Attachments"]] == [(again.machines[1].id, "attached")]
+    backend.teardown("run-replaced")
+    assert aws_leftovers(aws, "run-replaced", tmp_path) == {}
+
+
+@pytest.mark.slow
 def test_replicas_are_returned_initialized_at_the_rate_asked(aws, snapshot, tmp_path):
     """EBS fetches a new volume's blocks from S3 on first read until it is initialized: the replicate stage
     returns only once every replica is, so no training reads cold."""

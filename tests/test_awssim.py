@@ -36,6 +36,12 @@ def state(ec2, instance_id) -> str:
     return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
 
 
+def terminate(ec2, *instance_ids: str) -> None:
+    """Terminated, not only shutting down: what depends on the machines goes with them."""
+    ec2.terminate_instances(InstanceIds=list(instance_ids))
+    ec2.get_waiter("instance_terminated").wait(InstanceIds=list(instance_ids), WaiterConfig={"Delay": 0.2})
+
+
 def error_code(call, *args, **kwargs) -> str:
     with pytest.raises(ClientError) as raised:
         call(*args, **kwargs)
@@ -68,7 +74,7 @@ def test_placement_groups(aws):
 
     instance = launch(ec2, "p3.16xlarge", Placement={"GroupName": "pg-1", "AvailabilityZone": "us-east-1a"})
     assert error_code(ec2.delete_placement_group, GroupName="pg-1") == "InvalidPlacementGroup.InUse"
-    ec2.terminate_instances(InstanceIds=[instance])
+    terminate(ec2, instance)
     ec2.delete_placement_group(GroupName="pg-1")
     assert [g["GroupName"] for g in ec2.describe_placement_groups()["PlacementGroups"]] == ["other"]
 
@@ -166,7 +172,7 @@ def test_a_machine_has_an_interface_on_each_card_which_goes_with_it_unless_the_l
     [described] = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"]
     assert "PublicIpAddress" not in described
 
-    ec2.terminate_instances(InstanceIds=[instance])
+    terminate(ec2, instance)
     [left] = ec2.describe_network_interfaces(Filters=in_subnet)["NetworkInterfaces"]
     assert left["Status"] == "available", "card 3's interface, which the launch asked to keep"
     assert error_code(ec2.delete_subnet, SubnetId=subnet) == "DependencyViolation"
@@ -214,7 +220,7 @@ def test_a_machine_reaches_out_through_a_public_address_and_elastic_ips_behave_a
         "NetworkInterfaceId"])
     wait_for(lambda: agents_online(ssm, cut_off), seconds=20)
     assert error_code(ec2.release_address, AllocationId=address) == "InvalidIPAddress.InUse"
-    ec2.terminate_instances(InstanceIds=[cut_off])
+    terminate(ec2, cut_off)
     [freed] = ec2.describe_addresses(AllocationIds=[address])["Addresses"]
     assert "AssociationId" not in freed, "the address left with its machine's interface"
     ec2.release_address(AllocationId=address)
@@ -709,3 +715,51 @@ def test_a_volume_is_attached_only_as_ec2_attaches_it(aws):
     other = launch(ec2, Placement={"AvailabilityZone": "us-east-1a"})
     wait_for(lambda: state(ec2, other) == "running", seconds=20)
     assert error_code(ec2.attach_volume, VolumeId=here, InstanceId=other, Device="/dev/sdf") == "VolumeInUse"
+
+
+def test_a_terminated_machine_shuts_down_first_and_keeps_its_volumes_until_it_is_gone(aws):
+    """EC2's machine is shutting-down (for minutes, on a big one) before it is terminated, its volumes detaching
+    meanwhile and no other machine's; moto terminated it at once. A spot interruption's reason stays."""
+    ec2 = aws.client("ec2", retries=NO_RETRIES)
+    machine, spare = (launch(ec2, Placement={"AvailabilityZone": "us-east-1a"}) for _ in range(2))
+    wait_for(lambda: {state(ec2, machine), state(ec2, spare)} == {"running"}, seconds=20)
+    data = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+    ec2.attach_volume(VolumeId=data, InstanceId=machine, Device="/dev/sdf")
+    aws.set_shutting_down(4.0)
+    aws.interrupt(machine)
+    [changed] = ec2.terminate_instances(InstanceIds=[machine])["TerminatingInstances"]
+    assert changed["PreviousState"]["Name"] == changed["CurrentState"]["Name"] == "shutting-down"
+    [volume] = ec2.describe_volumes(VolumeIds=[data])["Volumes"]
+    assert volume["State"] == "in-use" and [a["State"] for a in volume["Attachments"]] == ["detaching"]
+    assert error_code(ec2.attach_volume, VolumeId=data, InstanceId=spare, Device="/dev/sdf") == "VolumeInUse"
+    wait_for(lambda: state(ec2, machine) == "terminated", seconds=20)
+    [volume] = ec2.describe_volumes(VolumeIds=[data])["Volumes"]
+    assert volume["State"] == "available" and not volume["Attachments"]
+    [described] = ec2.describe_instances(InstanceIds=[machine])["Reservations"][0]["Instances"]
+    assert described["StateReason"]["Code"] == "Server.SpotInstanceTermination"
+    ec2.attach_volume(VolumeId=data, InstanceId=spare, Device="/dev/sdf")
+
+
+def test_a_security_group_or_vpc_something_depends_on_is_not_deleted(aws):
+    """As EC2 refuses: a group an interface has or another group's rule names, a VPC with its internet gateway
+    or a group of its own; moto deleted them all."""
+    ec2 = aws.client("ec2", retries=NO_RETRIES)
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.0.0/24")["Subnet"]["SubnetId"]
+    used, naming = (ec2.create_security_group(GroupName=name, Description=name, VpcId=vpc)["GroupId"]
+                    for name in ("used", "naming"))
+    ec2.authorize_security_group_ingress(GroupId=naming, IpPermissions=[
+        {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": used}, {"GroupId": naming}]}])
+    interface = ec2.create_network_interface(SubnetId=subnet, Groups=[used])["NetworkInterface"]["NetworkInterfaceId"]
+    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+    assert error_code(ec2.delete_security_group, GroupId=used) == "DependencyViolation", "an interface has it"
+    ec2.delete_network_interface(NetworkInterfaceId=interface)
+    assert error_code(ec2.delete_security_group, GroupId=used) == "DependencyViolation", "a rule of another names it"
+    ec2.delete_subnet(SubnetId=subnet)
+    assert error_code(ec2.delete_vpc, VpcId=vpc) == "DependencyViolation", "its groups and gateway"
+    ec2.delete_security_group(GroupId=naming)  # its rule naming itself does not hold it
+    ec2.delete_security_group(GroupId=used)
+    assert error_code(ec2.delete_vpc, VpcId=vpc) == "DependencyViolation", "its gateway"
+    ec2.detach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+    ec2.delete_vpc(VpcId=vpc)

@@ -110,6 +110,11 @@ class AwsSim:
         """Machines launched from now on stay pending this long (until the next reset)."""
         self._control("POST", "pending", {"pending_s": seconds})
 
+    def set_shutting_down(self, seconds: float) -> None:
+        """Machines terminated from now on are shutting-down this long, their volumes detaching (until the next
+        reset, which restores AWSSIM_SHUTTING_DOWN_S, half a second by default)."""
+        self._control("POST", "shutting-down", {"shutting_down_s": seconds})
+
     def set_agent_delay(self, seconds: float) -> None:
         """The SSM agent of each machine launched from now on registers this long after it runs (until `reset`,
         which restores AWSSIM_AGENT_DELAY_S, 1 s by default); SendCommand refuses the machine until then."""

@@ -1,10 +1,10 @@
-"""The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (IAM
-policies and their simulator, the API models' maximums, the regions an account has not enabled, placement
-groups, instance-type and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas and
-EBS's IOPS and storage quotas, its refusals of an address on a pending machine, of an associated address's
-release, of a subnet's deletion with interfaces in it and of a volume's attachment that EC2 would not make, EBS
-volume initialization, ListCommands' filters and pages, SSM's throttling of Run Command's reads), and hooks
-that keep disk contents and the player in step with each call."""
+"""The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (IAM policies and
+their simulator, the API models' maximums, the regions an account has not enabled, placement groups, instance-type
+and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas and EBS's IOPS and storage
+quotas, its refusals of an address on a pending machine, of an associated address's release, of a subnet's, a
+security group's or a VPC's deletion while something depends on it and of a volume's attachment that EC2 would not
+make, EBS volume initialization, ListCommands' filters and pages, SSM's throttling of Run Command's reads), and
+hooks that keep disk contents and the player in step with each call."""
 
 import contextlib
 import io
@@ -33,7 +33,8 @@ LATENCY_SECONDS = float(os.environ.get("AWSSIM_LATENCY_S", "0"))
 COUNTED_BY_QUOTAS = {("ec2", "CreateVolume"), ("ec2", "RunInstances"), ("ec2", "AllocateAddress")}
 WATCHED_SERVICES = ("ec2", "efs", "ssm")  # whose writes can change disks, instances or commands
 EC2_REFUSALS = {"AssociateAddress": network.associate_address_error, "ReleaseAddress": network.release_address_error,
-                "DeleteSubnet": network.delete_subnet_error, "AttachVolume": attach.attach_volume_error}
+                "DeleteSubnet": network.delete_subnet_error, "DeleteSecurityGroup": network.delete_security_group_error,
+                "DeleteVpc": network.delete_vpc_error, "AttachVolume": attach.attach_volume_error}
 
 
 class AwsSimApp:

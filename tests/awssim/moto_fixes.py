@@ -1,12 +1,13 @@
 """Where moto 5.2.5 answers differently from AWS in a way our backend depends on, corrected in place."""
 
+import copy
 import time
 from collections.abc import Callable
 from typing import Any
 
 from moto.ec2.models import EC2Backend
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
-from moto.ec2.models.instances import Instance, InstanceState
+from moto.ec2.models.instances import Instance, InstanceState, StateReason
 from moto.ec2.models.route_tables import Route
 from moto.ec2.responses.instances import InstanceResponse
 from moto.iam.exceptions import EntityAlreadyExists, InvalidInput
@@ -141,6 +142,35 @@ def fix_instances_start_pending(pending_s: Callable[[], float]) -> None:
             self.running_at = time.time() + pending_s()
 
     Instance.__init__ = pending_first
+
+
+def fix_termination_takes_time(shutting_down_s: Callable[[], float]) -> None:
+    """moto terminates a machine the moment it is told to; EC2's shuts down first (for minutes, on a big machine),
+    and its volumes are detaching until it is terminated: another machine cannot have them meanwhile
+    (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-instance-lifecycle.html). Each machine is
+    shutting-down for `shutting_down_s()`; the player then terminates it (`Instance.finish_termination`).
+    Terminating a machine that is on its way already changes nothing, as on EC2."""
+    terminate = Instance.terminate  # moto's, as fixed above: interfaces and volumes go, the machine is terminated
+
+    def shutting_down_first(self: Instance) -> InstanceState:
+        previous = copy.copy(self._state)
+        if self._state.name not in ("shutting-down", "terminated"):
+            self._state = InstanceState("shutting-down", 32)
+            self.terminated_at = time.time() + shutting_down_s()
+            self.state_reason = StateReason("Client.UserInitiatedShutdown: User initiated shutdown",
+                                            "Client.UserInitiatedShutdown")
+            for volume in list(self.ec2_backend.volumes.values()):
+                if volume.attachment is not None and volume.attachment.instance is self:
+                    volume.attachment.status = "detaching"
+        return previous
+
+    def finish_termination(self: Instance) -> None:
+        reason = self.state_reason  # the shutdown's (a spot interruption's), which moto would overwrite
+        terminate(self)
+        self.state_reason = reason
+
+    Instance.terminate = shutting_down_first
+    Instance.finish_termination = finish_termination
 
 
 def fix_spot_role() -> None:

@@ -29,6 +29,7 @@ MACHINE_VENV = "/opt/imagenet18/.venv"  # user-data installs the project, torch 
 # How long after a machine runs its SSM agent registers (a minute or so on AWS): SendCommand refuses it until then.
 AGENT_DELAY_S = float(os.environ.get("AWSSIM_AGENT_DELAY_S", "1"))
 PENDING_S = float(os.environ.get("AWSSIM_PENDING_S", "0.5"))  # from a machine's launch until it runs
+SHUTTING_DOWN_S = float(os.environ.get("AWSSIM_SHUTTING_DOWN_S", "0.5"))  # from its termination until it is gone
 
 ALIVE = ("pending", "running")
 COMPILED = re.compile(r"(?<!\S)--compile(?!\S)")  # the trainer's flag: torch.compile, Triton's kernels on a GPU
@@ -132,6 +133,7 @@ class Player:
         self._ports: dict[str, int] = {}  # run tag (or instance id) -> torchrun master port
         self.agent_delay_s = AGENT_DELAY_S  # for machines seen from now on
         self.pending_s = PENDING_S  # for machines launched from now on
+        self.shutting_down_s = SHUTTING_DOWN_S  # for machines terminated from now on
         self.initializations = Initializations()
 
     def start(self) -> None:
@@ -179,6 +181,7 @@ class Player:
             self._ports.clear()
             self.agent_delay_s = AGENT_DELAY_S
             self.pending_s = PENDING_S
+            self.shutting_down_s = SHUTTING_DOWN_S
             self.initializations.clear()
 
     # Machines: user-data and its shutdown timer.
@@ -187,6 +190,8 @@ class Player:
         for instance_id, instance in instances.items():
             if instance.state == "pending" and time.time() >= getattr(instance, "running_at", 0):
                 instance._state = InstanceState("running", 16)  # what EC2 does once the machine has started
+            if instance.state == "shutting-down" and time.time() >= getattr(instance, "terminated_at", 0):
+                instance.finish_termination()
             if instance_id not in self._machines and instance.state in ALIVE:
                 user_data = inspect(str(instance.user_data) if instance.user_data else None,
                                     self.root / "instances" / instance_id / "user-data",

@@ -36,6 +36,7 @@ from .moto_fixes import (
     fix_route_state,
     fix_send_command_targets,
     fix_spot_role,
+    fix_termination_takes_time,
 )
 from .placement import PlacementGroups
 from .player import Player
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()
     player, throttle = Player(root, REPO, store), SsmThrottle()
     fix_instances_start_pending(lambda: player.pending_s)
+    fix_termination_takes_time(lambda: player.shutting_down_s)
     app = AwsSimApp(DomainDispatcherApplication(create_backend_app), faults, placement, player, quotas, throttle,
                     Control(root, faults, placement, player, store, quotas, throttle))
     server = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=MotoRequestHandler)

@@ -119,7 +119,8 @@ def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: d
 
 def attach_all(clients: Clients, volumes: list[dict], instance_ids: list[str], parallel: int) -> None:
     """Volume i (as read before the machines ran) to machine i, all at once; one that is already there is left;
-    a stale attachment (to a machine this run replaced) is detached first, as the seed did. Returns when each
+    a stale attachment (to a machine this run replaced) is detached first, as the seed did, and one detaching
+    (from a lost machine still shutting down, for minutes) waited for: EC2 attaches neither. Returns when each
     attach is asked for."""
     ec2 = clients.ec2
 
@@ -132,6 +133,7 @@ def attach_all(clients: Clients, volumes: list[dict], instance_ids: list[str], p
             return
         for stale in attachments:
             ec2.detach_volume(VolumeId=volume_id, InstanceId=stale["InstanceId"], Force=True)
+        if volume.get("Attachments"):
             ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=waiter_config())
         ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=DATA_DEVICE)
 
