@@ -234,8 +234,8 @@ def test_a_replica_pool_past_the_accounts_iops_quota_is_refused_before_any_is_ma
 
 @pytest.mark.slow
 def test_a_lost_machine_is_replaced_with_its_replica_while_it_is_still_shutting_down(aws, snapshot, tmp_path):
-    """A spot interruption's machine shuts down for a while, its replica detaching meanwhile; the restart's new
-    machine waits for that replica rather than fail on it (EC2 refuses a volume that is detaching)."""
+    """A spot interruption's machine shuts down for a while, its replica attached meanwhile; the restart's new
+    machine waits for that replica rather than fail on it (EC2 refuses to detach it, or attach it elsewhere)."""
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-replaced", 2, "g5.xlarge", spot=True)
     replicas = backend.replicate(spec, DATASET, 2)

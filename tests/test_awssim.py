@@ -718,8 +718,9 @@ def test_a_volume_is_attached_only_as_ec2_attaches_it(aws):
 
 
 def test_a_terminated_machine_shuts_down_first_and_keeps_its_volumes_until_it_is_gone(aws):
-    """EC2's machine is shutting-down (for minutes, on a big one) before it is terminated, its volumes detaching
-    meanwhile and no other machine's; moto terminated it at once. A spot interruption's reason stays."""
+    """EC2's machine is shutting-down (for minutes, on a big one) before it is terminated, its volumes attached
+    meanwhile (neither detached nor another machine's); moto terminated it at once. A spot interruption's reason
+    stays."""
     ec2 = aws.client("ec2", retries=NO_RETRIES)
     machine, spare = (launch(ec2, Placement={"AvailabilityZone": "us-east-1a"}) for _ in range(2))
     wait_for(lambda: {state(ec2, machine), state(ec2, spare)} == {"running"}, seconds=20)
@@ -730,8 +731,9 @@ def test_a_terminated_machine_shuts_down_first_and_keeps_its_volumes_until_it_is
     [changed] = ec2.terminate_instances(InstanceIds=[machine])["TerminatingInstances"]
     assert changed["PreviousState"]["Name"] == changed["CurrentState"]["Name"] == "shutting-down"
     [volume] = ec2.describe_volumes(VolumeIds=[data])["Volumes"]
-    assert volume["State"] == "in-use" and [a["State"] for a in volume["Attachments"]] == ["detaching"]
+    assert volume["State"] == "in-use" and [a["State"] for a in volume["Attachments"]] == ["attached"]
     assert error_code(ec2.attach_volume, VolumeId=data, InstanceId=spare, Device="/dev/sdf") == "VolumeInUse"
+    assert error_code(ec2.detach_volume, VolumeId=data, InstanceId=machine, Force=True) == "IncorrectInstanceState"
     wait_for(lambda: state(ec2, machine) == "terminated", seconds=20)
     [volume] = ec2.describe_volumes(VolumeIds=[data])["Volumes"]
     assert volume["State"] == "available" and not volume["Attachments"]

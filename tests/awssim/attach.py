@@ -1,7 +1,8 @@
 """EC2's refusals of AttachVolume, which moto attaches whatever it is given: the volume must be available (not
 attached to a machine), in the instance's zone, and the instance running or stopped
 (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_AttachVolume.html; the answers' wording as AWS gives
-it, quoted in github.com/cloudfoundry/bosh-init/issues/20 and gist.github.com/arubis/d7e4fd88155bf7161bd7)."""
+it, quoted in github.com/cloudfoundry/bosh-init/issues/20 and gist.github.com/arubis/d7e4fd88155bf7161bd7); and of
+DetachVolume from a machine shutting down (quoted in github.com/hashicorp/terraform/issues/18965)."""
 
 from typing import Any
 
@@ -25,3 +26,12 @@ def attach_volume_error(call: AwsCall, ec2_backend: Any) -> tuple[str, str] | No
     if instance.state not in ATTACHABLE_STATES:
         return "IncorrectInstanceState", f"Instance '{instance.id}' is not 'running'."
     return None
+
+
+def detach_volume_error(call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:
+    volume = ec2_backend.volumes.get(call.params.get("VolumeId", ""))
+    if volume is None or volume.attachment is None or volume.attachment.instance.state != "shutting-down":
+        return None
+    return "IncorrectInstanceState", (f"Unable to detach volume '{volume.id}' from instance "
+                                      f"'{volume.attachment.instance.id}'. The instance is not in a state in which "
+                                      "volumes can be detached.")

@@ -34,7 +34,8 @@ COUNTED_BY_QUOTAS = {("ec2", "CreateVolume"), ("ec2", "RunInstances"), ("ec2", "
 WATCHED_SERVICES = ("ec2", "efs", "ssm")  # whose writes can change disks, instances or commands
 EC2_REFUSALS = {"AssociateAddress": network.associate_address_error, "ReleaseAddress": network.release_address_error,
                 "DeleteSubnet": network.delete_subnet_error, "DeleteSecurityGroup": network.delete_security_group_error,
-                "DeleteVpc": network.delete_vpc_error, "AttachVolume": attach.attach_volume_error}
+                "DeleteVpc": network.delete_vpc_error, "AttachVolume": attach.attach_volume_error,
+                "DetachVolume": attach.detach_volume_error}
 
 
 class AwsSimApp:

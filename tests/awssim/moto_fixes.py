@@ -146,10 +146,11 @@ def fix_instances_start_pending(pending_s: Callable[[], float]) -> None:
 
 def fix_termination_takes_time(shutting_down_s: Callable[[], float]) -> None:
     """moto terminates a machine the moment it is told to; EC2's shuts down first (for minutes, on a big machine),
-    and its volumes are detaching until it is terminated: another machine cannot have them meanwhile
-    (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-instance-lifecycle.html). Each machine is
-    shutting-down for `shutting_down_s()`; the player then terminates it (`Instance.finish_termination`).
-    Terminating a machine that is on its way already changes nothing, as on EC2."""
+    and its volumes stay attached until it is terminated: another machine cannot have them meanwhile, nor can they
+    be detached (attach.detach_volume_error)
+    (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-instance-lifecycle.html). Each machine is shutting-down
+    for `shutting_down_s()`; the player then terminates it (`Instance.finish_termination`). Terminating a machine
+    that is on its way already changes nothing, as on EC2."""
     terminate = Instance.terminate  # moto's, as fixed above: interfaces and volumes go, the machine is terminated
 
     def shutting_down_first(self: Instance) -> InstanceState:
@@ -159,9 +160,6 @@ def fix_termination_takes_time(shutting_down_s: Callable[[], float]) -> None:
             self.terminated_at = time.time() + shutting_down_s()
             self.state_reason = StateReason("Client.UserInitiatedShutdown: User initiated shutdown",
                                             "Client.UserInitiatedShutdown")
-            for volume in list(self.ec2_backend.volumes.values()):
-                if volume.attachment is not None and volume.attachment.instance is self:
-                    volume.attachment.status = "detaching"
         return previous
 
     def finish_termination(self: Instance) -> None:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from importlib import resources
 from string import Template
 
+import botocore.exceptions
+
 from tasks.backends.aws import addresses, catalog, pools, tags
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.network import Network
@@ -119,9 +121,9 @@ def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: d
 
 def attach_all(clients: Clients, volumes: list[dict], instance_ids: list[str], parallel: int) -> None:
     """Volume i (as read before the machines ran) to machine i, all at once; one that is already there is left;
-    a stale attachment (to a machine this run replaced) is detached first, as the seed did, and one detaching
-    (from a lost machine still shutting down, for minutes) waited for: EC2 attaches neither. Returns when each
-    attach is asked for."""
+    a stale attachment (to a machine this run replaced) is detached first, as the seed did; a lost machine's is
+    waited for while the machine shuts down (minutes: EC2 neither detaches nor attaches the volume meanwhile).
+    Returns when each attach is asked for."""
     ec2 = clients.ec2
 
     def one(volume: dict, instance_id: str) -> None:
@@ -132,7 +134,11 @@ def attach_all(clients: Clients, volumes: list[dict], instance_ids: list[str], p
         if any(a["InstanceId"] == instance_id for a in attachments):
             return
         for stale in attachments:
-            ec2.detach_volume(VolumeId=volume_id, InstanceId=stale["InstanceId"], Force=True)
+            try:
+                ec2.detach_volume(VolumeId=volume_id, InstanceId=stale["InstanceId"], Force=True)
+            except botocore.exceptions.ClientError as exc:
+                if error_code(exc) != "IncorrectInstanceState":  # its machine is shutting down, the volume with it
+                    raise
         if volume.get("Attachments"):
             ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=waiter_config())
         ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=DATA_DEVICE)
