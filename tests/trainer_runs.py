@@ -36,5 +36,5 @@ def run_two_nodes(data: Path, logdir: Path, *options: str, timeout: float = 300,
     return outputs
 
 
-def run(command: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+def run(command: list[str], timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=trainer_env(**env))
