@@ -765,3 +765,5 @@ def test_a_security_group_or_vpc_something_depends_on_is_not_deleted(aws):
     assert error_code(ec2.delete_vpc, VpcId=vpc) == "DependencyViolation", "its gateway"
     ec2.detach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
     ec2.delete_vpc(VpcId=vpc)
+    ec2.create_security_group(GroupName="by-name", Description="the default VPC's")
+    ec2.delete_security_group(GroupName="by-name")

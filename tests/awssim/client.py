@@ -111,7 +111,7 @@ class AwsSim:
         self._control("POST", "pending", {"pending_s": seconds})
 
     def set_shutting_down(self, seconds: float) -> None:
-        """Machines terminated from now on are shutting-down this long, their volumes detaching (until the next
+        """Machines terminated from now on are shutting-down this long, their volumes still attached (until the next
         reset, which restores AWSSIM_SHUTTING_DOWN_S, half a second by default)."""
         self._control("POST", "shutting-down", {"shutting_down_s": seconds})
 

@@ -48,6 +48,8 @@ UBUNTU_2404 = ImageFacts(
 IMAGES = {image.image_id: image for image in (UBUNTU_2204, UBUNTU_2404)}
 # Canonical's plain Ubuntu 22.04 server image: one whose insides nobody describes here (no facts, no EFA software).
 UNDESCRIBED = "ami-0c1a2204ca5e00001"
+AMAZON, CANONICAL = "898082745236", "099720109477"  # the images' owners' accounts
+OWNERS = {**{image_id: AMAZON for image_id in IMAGES}, UNDESCRIBED: CANONICAL}
 NAMES = {**{image.image_id: image.name for image in IMAGES.values()},
          UNDESCRIBED: "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20261120"}
 
@@ -66,10 +68,11 @@ def add_images() -> None:
         def with_images(self: AmiBackend) -> None:
             load_images(self)
             for image_id, name in NAMES.items():
+                owner = OWNERS[image_id]
                 self.amis[image_id] = Ami(
-                    self, image_id, name=name, description=name, owner_id="898082745236", owner_alias="amazon",
-                    public=True, virtualization_type="hvm", architecture="x86_64", image_location=f"amazon/{name}",
-                    hypervisor="xen", root_device_type="ebs")
+                    self, image_id, name=name, description=name, owner_id=owner,
+                    owner_alias="amazon" if owner == AMAZON else None, public=True, virtualization_type="hvm",
+                    architecture="x86_64", image_location=f"{owner}/{name}", hypervisor="xen", root_device_type="ebs")
 
         with_images.adds_images = True  # type: ignore[attr-defined]
         AmiBackend._load_amis = with_images

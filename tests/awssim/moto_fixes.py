@@ -164,8 +164,10 @@ def fix_termination_takes_time(shutting_down_s: Callable[[], float]) -> None:
 
     def finish_termination(self: Instance) -> None:
         reason = self.state_reason  # the shutdown's (a spot interruption's), which moto would overwrite
-        terminate(self)
-        self.state_reason = reason
+        try:
+            terminate(self)
+        finally:  # terminated even if moto failed on the way (its server log says how): never tried again
+            self._state, self.state_reason = InstanceState("terminated", 48), reason
 
     Instance.terminate = shutting_down_first
     Instance.finish_termination = finish_termination

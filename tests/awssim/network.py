@@ -96,12 +96,16 @@ def delete_subnet_error(call: AwsCall, ec2_backend: Any) -> tuple[str, str] | No
 
 def delete_security_group_error(call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:
     """EC2 refuses to delete a security group that a network interface still has (a machine's still shutting down,
-    an EFS mount target's) or that another group's rule names; moto deletes it
-    (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DeleteSecurityGroup.html)."""
+    an EFS mount target's) or that another group's rule in its VPC names; moto deletes it
+    (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DeleteSecurityGroup.html). A group named by its
+    name (the default VPC's) is left to moto."""
     group_id = call.params.get("GroupId")
+    vpc_id = next((vpc for vpc, groups in list(ec2_backend.groups.items()) if group_id in groups), None)
+    if group_id is None or vpc_id is None:
+        return None
     used = any(group_id in {group.id for group in interface.group_set} for interface in list(ec2_backend.enis.values()))
-    named = any(rule.source_group.get("GroupId") == group_id for groups in list(ec2_backend.groups.values())
-                for group in list(groups.values()) if group.id != group_id
+    named = any(rule.source_group.get("GroupId") == group_id
+                for group in list(ec2_backend.groups[vpc_id].values()) if group.id != group_id
                 for rule in group.ingress_rules + group.egress_rules)
     if used or named:
         return "DependencyViolation", f"resource {group_id} has a dependent object"
@@ -114,7 +118,7 @@ def delete_vpc_error(call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:
     (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DeleteVpc.html)."""
     vpc_id = call.params.get("VpcId")
     gateways = [g for g in list(ec2_backend.internet_gateways.values()) if g.vpc is not None and g.vpc.id == vpc_id]
-    groups = [g for g in list(ec2_backend.groups.get(vpc_id, {}).values()) if g.name != "default"]
+    groups = [g for g in list(ec2_backend.groups.get(vpc_id, {}).values()) if not g.is_default]
     if gateways or groups:
         return "DependencyViolation", f"The vpc '{vpc_id}' has dependencies and cannot be deleted."
     return None

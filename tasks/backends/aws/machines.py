@@ -137,7 +137,10 @@ def attach_all(clients: Clients, volumes: list[dict], instance_ids: list[str], p
             try:
                 ec2.detach_volume(VolumeId=volume_id, InstanceId=stale["InstanceId"], Force=True)
             except botocore.exceptions.ClientError as exc:
-                if error_code(exc) != "IncorrectInstanceState":  # its machine is shutting down, the volume with it
+                if error_code(exc) != "IncorrectInstanceState":
+                    raise
+                [machine] = describe(clients, [stale["InstanceId"]])
+                if machine["State"]["Name"] not in ("shutting-down", "terminated"):  # going, with the volume
                     raise
         if volume.get("Attachments"):
             ec2.get_waiter("volume_available").wait(VolumeIds=[volume_id], WaiterConfig=waiter_config())
