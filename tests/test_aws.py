@@ -233,23 +233,38 @@ def test_a_replica_pool_past_the_accounts_iops_quota_is_refused_before_any_is_ma
 
 
 @pytest.mark.slow
-def test_a_lost_machine_is_replaced_with_its_replica_while_it_is_still_shutting_down(aws, snapshot, tmp_path):
+@pytest.mark.parametrize("instance_type", ["g5.xlarge", "p4d.24xlarge"])
+def test_a_lost_machine_is_replaced_with_its_replica_while_it_is_still_shutting_down(aws, snapshot, tmp_path,
+                                                                                     instance_type):
     """A spot interruption's machine shuts down for a while, its replica attached meanwhile; the restart's new
-    machine waits for that replica rather than fail on it (EC2 refuses to detach it, or attach it elsewhere)."""
+    machine waits for that replica rather than fail on it (EC2 refuses to detach it, or attach it elsewhere). A
+    machine with an interface on each EFA card reaches out through an Elastic IP: the replacement takes the lost
+    machine's, which it keeps while it shuts down, so a run within the account's quota stays within it."""
     backend = AwsBackend(options(), home=tmp_path)
-    spec = cluster_spec("run-replaced", 2, "g5.xlarge", spot=True)
+    spec = cluster_spec("run-replaced", 2, instance_type, spot=True)
+    aws.set_quotas({"L-0263D0A3": 2})
     replicas = backend.replicate(spec, DATASET, 2)
     first = backend.provision(spec, replicas)
+    ec2 = aws.client("ec2")
+    addressed = instance_type == "p4d.24xlarge"
+    before = public_ips(ec2, first) if addressed else []
     lost = first.machines[1].id
     aws.set_shutting_down(6.0)
     aws.interrupt(lost)
     again = backend.provision(spec, replicas)
     assert again.machines[0] == first.machines[0] and again.machines[1].id != lost
-    ec2 = aws.client("ec2")
     [volume] = ec2.describe_volumes(VolumeIds=[replicas[1].id])["Volumes"]
     assert [(a["InstanceId"], a["State"]) for a in volume["Attachments"]] == [(again.machines[1].id, "attached")]
+    if addressed:
+        held = ec2.describe_addresses(Filters=tags.run_filter("run-replaced"))["Addresses"]
+        assert sorted(a["PublicIp"] for a in held) == before == public_ips(ec2, again)
     backend.teardown("run-replaced")
     assert aws_leftovers(aws, "run-replaced", tmp_path) == {}
+
+
+def public_ips(ec2, cluster) -> list[str]:
+    reservations = ec2.describe_instances(InstanceIds=[m.id for m in cluster.machines])["Reservations"]
+    return sorted(i["PublicIpAddress"] for r in reservations for i in r["Instances"])
 
 
 @pytest.mark.slow

@@ -220,7 +220,19 @@ def test_a_machine_reaches_out_through_a_public_address_and_elastic_ips_behave_a
         "NetworkInterfaceId"])
     wait_for(lambda: agents_online(ssm, cut_off), seconds=20)
     assert error_code(ec2.release_address, AllocationId=address) == "InvalidIPAddress.InUse"
-    terminate(ec2, cut_off)
+
+    other = launch(ec2, SubnetId=subnet["SubnetId"])
+    ec2.get_waiter("instance_running").wait(InstanceIds=[other], WaiterConfig={"Delay": 1})
+    [instance] = ec2.describe_instances(InstanceIds=[other])["Reservations"][0]["Instances"]
+    other_interface = instance["NetworkInterfaces"][0]["NetworkInterfaceId"]
+    assert error_code(ec2.associate_address, AllocationId=address, NetworkInterfaceId=other_interface,
+                      AllowReassociation=False) == "Resource.AlreadyAssociated"
+    ec2.associate_address(AllocationId=address, NetworkInterfaceId=other_interface)
+    [moved] = ec2.describe_addresses(AllocationIds=[address])["Addresses"]
+    assert moved["NetworkInterfaceId"] == other_interface, "EC2 moves an associated address unless told not to"
+    [left] = ec2.describe_instances(InstanceIds=[cut_off])["Reservations"][0]["Instances"]
+    assert "PublicIpAddress" not in left
+    terminate(ec2, cut_off, other)
     [freed] = ec2.describe_addresses(AllocationIds=[address])["Addresses"]
     assert "AssociationId" not in freed, "the address left with its machine's interface"
     ec2.release_address(AllocationId=address)

@@ -129,6 +129,25 @@ def fix_launch_interfaces() -> None:
     NetworkInterface.delete = disassociating
 
 
+def fix_address_reassociation() -> None:
+    """EC2 moves an Elastic IP already associated elsewhere to the machine or interface named, unless told not to
+    (AllowReassociation false: network.associate_address_error), and the interface it leaves has no public
+    address any more (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_AssociateAddress.html). moto
+    refuses to move it unless AllowReassociation is true, and leaves the address on the old interface too."""
+    associate = EC2Backend.associate_address
+
+    def reassociating(self: EC2Backend, instance: Any = None, eni: Any = None, address: str | None = None,
+                      allocation_id: str | None = None, reassociate: bool = False) -> Any:
+        before = {a.allocation_id: a.eni for a in self.addresses}
+        moved = associate(self, instance, eni, address, allocation_id, True)
+        left = before.get(moved.allocation_id)
+        if left is not None and left is not moved.eni:
+            left.public_ip = None
+        return moved
+
+    EC2Backend.associate_address = reassociating
+
+
 def fix_instances_start_pending(pending_s: Callable[[], float]) -> None:
     """moto's machines run the moment they are launched; EC2's are pending first (tens of seconds), and some
     calls refuse a pending machine (an Elastic IP on its interface). Each machine is pending for `pending_s()`

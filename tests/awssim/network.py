@@ -131,8 +131,16 @@ def efa_devices(instance: Any) -> int:
 
 
 def associate_address_error(call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:
-    """EC2 refuses an Elastic IP on a machine (or its interface) still pending; moto's machines never are."""
+    """EC2 refuses an Elastic IP on a machine (or its interface) still pending; moto's machines never are. It
+    refuses to move one associated elsewhere only when told not to (AllowReassociation false), which moto cannot
+    tell from the parameter's absence (moto_fixes.fix_address_reassociation)."""
     instance_id, interface_id = call.params.get("InstanceId"), call.params.get("NetworkInterfaceId")
+    if call.params.get("AllowReassociation") == "false":
+        address = next((a for a in ec2_backend.addresses if a.allocation_id == call.params.get("AllocationId")), None)
+        if address is not None and address.eni is not None:
+            on = address.eni.id if interface_id else getattr(address.eni.instance, "id", None)
+            if on != (interface_id or instance_id):
+                return "Resource.AlreadyAssociated", f"Resource {address.public_ip} is already associated."
     if interface_id:
         interface = ec2_backend.enis.get(interface_id)
         instance = interface.instance if interface else None

@@ -29,6 +29,7 @@ from .faults import Faults
 from .images import add_images
 from .middleware import AwsSimApp
 from .moto_fixes import (
+    fix_address_reassociation,
     fix_default_vpc_way_out,
     fix_instances_start_pending,
     fix_launch_interfaces,
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     fix_default_vpc_way_out()
     fix_launch_interfaces()
     fix_route_state()
+    fix_address_reassociation()
     fix_profile_on_every_machine()
     fix_describe_regions()
     fix_spot_role()

@@ -32,23 +32,38 @@ def check_quota(clients: Clients, machines: int) -> float | None:
 
 def attach(clients: Clients, spec: ClusterSpec, instances: list[dict], parallel: int) -> None:
     """An Elastic IP of the run on the primary interface of each of `instances` that has none: first those the
-    run holds free (a retry, or machines replaced), then new ones."""
+    run holds free (a retry) or on a machine it has let go (a replaced one, which keeps its address while it shuts
+    down: minutes), then new ones. Allocating instead would hold one more address per replaced machine, past the
+    quota the run was checked against."""
     ec2 = clients.ec2
     held = ec2.describe_addresses(Filters=tags.run_filter(spec.run_id))["Addresses"]
     served = {a.get("NetworkInterfaceId") for a in held if a.get("AssociationId")}
-    free = [a["AllocationId"] for a in held if not a.get("AssociationId")]
     wanting = [primary_interface(i) for i in instances]
     wanting = [interface for interface in wanting if interface not in served]
+    reusable = [a["AllocationId"] for a in held if not a.get("AssociationId")]
+    if len(reusable) < len(wanting):
+        reusable += _on_machines_let_go(clients, spec.run_id, held)
     run_tags = tags.tag_list(spec.run_id, spec.expires_at, f"imagenet18-{spec.run_id}")
 
     def one(interface: str, allocation: str | None) -> None:
         if allocation is None:
             allocation = ec2.allocate_address(Domain="vpc", TagSpecifications=tags.tag_specs(
                 "elastic-ip", run_tags))["AllocationId"]
-        ec2.associate_address(AllocationId=allocation, NetworkInterfaceId=interface)
+        # An address still on a machine let go moves in this one call (EC2 disassociates it there first).
+        ec2.associate_address(AllocationId=allocation, NetworkInterfaceId=interface, AllowReassociation=True)
 
     with pools.pool(parallel, len(wanting)) as pool:
-        list(pool.map(one, wanting, free[:len(wanting)] + [None] * (len(wanting) - len(free))))
+        list(pool.map(one, wanting, reusable[:len(wanting)] + [None] * (len(wanting) - len(reusable))))
+
+
+def _on_machines_let_go(clients: Clients, run_id: str, held: list[dict]) -> list[str]:
+    """The run's addresses still on an interface of one of its machines that is on its way out or stopped."""
+    filters = tags.run_filter(run_id) + [{"Name": "instance-state-name",
+                                          "Values": ["shutting-down", "stopping", "stopped"]}]
+    pages = clients.ec2.get_paginator("describe_instances").paginate(Filters=filters)
+    interfaces = {n["NetworkInterfaceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]
+                  for n in i.get("NetworkInterfaces", [])}
+    return [a["AllocationId"] for a in held if a.get("AssociationId") and a.get("NetworkInterfaceId") in interfaces]
 
 
 def primary_interface(instance: dict) -> str:
