@@ -155,3 +155,20 @@ def test_a_poll_reads_ssm_once_however_many_machines_and_a_throttled_poll_is_ask
     status = finished(backend, cluster, "train", timeout_s=60)
     assert status.failed == {0: 4, 1: 4, 2: jobs.LOST}, "the latest command of each machine counts"
     backend.teardown("run-poll")
+
+
+def test_a_job_whose_sendcommand_answer_was_lost_runs_once(aws, snapshot, tmp_path):
+    """SendCommand takes no idempotency token: when SSM started the command and its answer was lost (a 5xx, a
+    dropped connection), sending it again would start a second job beside the first. The send finds the one SSM
+    has; one SSM refused (throttled) is simply sent again."""
+    backend, cluster = provisioned(aws, tmp_path, "run-once", 2)
+    jobs.wait_for_agents(backend.clients, [m.id for m in cluster.machines])
+    aws.add_fault("ssm", "SendCommand", "InternalServerError", status=500, times=1, carried_out=True, label="sends")
+    aws.add_fault("ssm", "SendCommand", "ThrottlingException", status=400, times=1, label="sends")
+    backend.launch(cluster, {m.index: [cluster.python, "-c", "print('trained')"] for m in cluster.machines}, "job")
+    assert [r["fired"] for r in aws.fault_counts("sends")] == [1, 1]
+    status = finished(backend, cluster, "job")
+    assert status.succeeded == 2
+    assert sorted(p["instance_id"] for p in aws.played()) == sorted(m.id for m in cluster.machines), \
+        "one command on each machine"
+    backend.teardown("run-once")

@@ -63,16 +63,17 @@ class AwsSim:
                   status: int | None = None, probability: float = 1.0, times: int | None = None,
                   match: dict[str, str] | None = None, after: int = 0, hold_s: float = 0.0,
                   seed: int | None = None, run: str | None = None, region: str | None = None,
-                  label: str = "") -> None:
+                  label: str = "", carried_out: bool = False) -> None:
         """Make `action` of `service` fail with `code`: with `probability`, at most `times` times, after letting
         the first `after` matching calls through; `match` maps flat request params (e.g. InstanceType) to regular
         expressions they must match; `run` keeps to the calls of one run (a parameter holds its id, or names an
         EC2 resource or file system tagged with it), `region` to the calls signed for one region. With `hold_s`,
-        each failing call first hangs that long, or until its rule is cleared (`clear_faults`, `reset`). `label`
-        names the rules `clear_faults` may clear."""
+        each failing call first hangs that long, or until its rule is cleared (`clear_faults`, `reset`). With
+        `carried_out`, the call is done and only its answer is the error: a 5xx or a dropped connection after AWS
+        acted, which leaves the caller unable to tell. `label` names the rules `clear_faults` may clear."""
         rule = {"service": service, "action": action, "code": code, "message": message, "status": status,
                 "probability": probability, "times": times, "match": match or {}, "after": after, "hold_s": hold_s,
-                "run": run, "region": region, "label": label}
+                "run": run, "region": region, "label": label, "carried_out": carried_out}
         self._control("POST", "faults", {"rules": [rule], "seed": seed})
 
     def deny_pass_role(self, label: str = "") -> None:

@@ -1,5 +1,6 @@
 """Fault rules: make chosen API calls fail with a given error code, by probability, count, request params and
-run; optionally hold a call first, as an endpoint that hangs does, until the rules are cleared."""
+run; optionally hold a call first, as an endpoint that hangs does, until the rules are cleared, or carry the call
+out and lose only its answer."""
 
 import random
 import re
@@ -26,6 +27,7 @@ class FaultRule:
     match: dict[str, str] = field(default_factory=dict)  # flat request params -> regular expressions they match
     after: int = 0  # let the first N matching calls through
     hold_s: float = 0.0  # keep each failing call waiting this long (or until the rule is cleared) first
+    carried_out: bool = False  # the call is carried out and only its answer is the error (a 5xx after AWS acted)
     run: str | None = None  # only calls of this run (see `Faults`)
     region: str | None = None  # only calls signed for this region
     label: str = ""  # who added it: clearing a label clears only its rules

@@ -57,7 +57,7 @@ class AwsSimApp:
             return self.moto(environ, start_response)
         time.sleep(LATENCY_SECONDS)
         rule = self.faults.pick(call)
-        if rule is not None:
+        if rule is not None and not rule.carried_out:
             self.faults.hold(rule)
             return error_response(call.service, rule.code, rule.message, rule.status).send(start_response)
         if self.throttle.refuses(call):
@@ -72,6 +72,8 @@ class AwsSimApp:
             status, headers, body = _forward(self.moto, environ)
         if status.startswith("2"):
             body = self._after(call, body)
+            if rule is not None:  # done, and the answer lost
+                return error_response(call.service, rule.code, rule.message, rule.status).send(start_response)
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
             headers.append(("Content-Length", str(len(body))))
         start_response(status, headers)

@@ -10,10 +10,14 @@ import logging
 import os
 import shlex
 import signal
+import time
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from string import Template
+
+import botocore.exceptions
 
 from tasks.backends.aws import machines as machine_ops
 from tasks.backends.aws.clients import Clients, error_code
@@ -40,6 +44,8 @@ STDERR_TAIL_LINES = 3
 CLOCK_MARGIN = timedelta(minutes=5)
 # SSM's answers that a poll shrugs off: the next poll, seconds later, reads the commands again.
 POLL_AGAIN = ("ThrottlingException", "InternalServerError")
+THROTTLED = ("ThrottlingException", "RequestLimitExceeded")
+SEND_ATTEMPTS = 8
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -106,11 +112,50 @@ def wait_for_agents(clients: Clients, instance_ids: list[str], timeout: float = 
 
 
 def send(clients: Clients, instance_id: str, script: str, comment: str, timeout_hours: float) -> str:
-    result = clients.client("ssm").send_command(
-        InstanceIds=[instance_id], DocumentName="AWS-RunShellScript", Comment=comment[:100],
-        TimeoutSeconds=DELIVERY_TIMEOUT_S,
-        Parameters={"commands": [script], "executionTimeout": [str(max(3600, int(timeout_hours * 3600)))]})
-    return result["Command"]["CommandId"]
+    """Run `script` on the machine through SSM's agent; returns the command's id.
+
+    SendCommand takes no idempotency token, so botocore must not retry it: a call whose answer was lost (a
+    dropped connection, a 5xx) may have started the command, and its copy would start a second job beside the
+    first. A try that may have been carried out is looked for among the machine's commands (by a token at the end
+    of its script) before another is sent."""
+    ssm = clients.client("ssm", retries=False)
+    token = f"# imagenet18 send {uuid.uuid4().hex}"
+    script = f"{script.rstrip()}\n{token}\n"
+    since, attempt = datetime.now(UTC), 0
+    while True:
+        attempt += 1
+        try:
+            return ssm.send_command(
+                InstanceIds=[instance_id], DocumentName="AWS-RunShellScript", Comment=comment[:100],
+                TimeoutSeconds=DELIVERY_TIMEOUT_S,
+                Parameters={"commands": [script], "executionTimeout": [str(max(3600, int(timeout_hours * 3600)))]},
+            )["Command"]["CommandId"]
+        except Exception as exc:  # noqa: BLE001
+            lost = _answer_lost(exc)
+            if attempt == SEND_ATTEMPTS or not (lost or error_code(exc) in THROTTLED
+                                                or isinstance(exc, botocore.exceptions.EndpointConnectionError)):
+                raise
+            log.warning("SSM's SendCommand to %s: %s; %s", instance_id, exc,
+                        "looking for the command before sending it again" if lost else "sending it again")
+        time.sleep(min(2 ** attempt * 0.25, 10))
+        if lost and (sent := _sent_with(clients, instance_id, token, since)) is not None:
+            return sent
+
+
+def _answer_lost(exc: BaseException) -> bool:
+    """Whether a failed call may have been carried out: its answer was a server error, or never came."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
+    return isinstance(exc, (botocore.exceptions.ConnectionClosedError, botocore.exceptions.ReadTimeoutError))
+
+
+def _sent_with(clients: Clients, instance_id: str, token: str, since: datetime) -> str | None:
+    """The id of the machine's command whose script ends with `token`, if SSM has it."""
+    after = (since - CLOCK_MARGIN).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pages = clients.client("ssm").get_paginator("list_commands").paginate(
+        InstanceId=instance_id, Filters=[{"key": "InvokedAfter", "value": after}])
+    return next((c["CommandId"] for page in pages for c in page["Commands"]
+                 if c.get("Parameters", {}).get("commands", [""])[0].rstrip().endswith(token)), None)
 
 
 def job_comment(name: str, index: int) -> str:
