@@ -11,7 +11,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.backends.aws import AwsBackend, jobs, machines, permissions, quotas, tags
+from tasks.backends.aws import AwsBackend, efs, jobs, machines, permissions, quotas, tags
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
@@ -498,6 +498,20 @@ def test_a_teardown_passes_over_what_another_deletes_while_it_lists(aws, tmp_pat
     assert aws_leftovers(aws, "run-mine", tmp_path) == {}
     backend.teardown("run-other")
     assert aws_leftovers(aws, home=tmp_path) == {}
+
+
+def test_a_teardown_passes_over_a_mount_target_another_deleted_since_it_listed_them(aws, tmp_path):
+    """Two teardowns of one run (the flow's and the cleanup flow's) may both list the file system's mount target;
+    the second to delete it is answered MountTargetNotFound."""
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-two-teardowns", 1, "g5.xlarge")
+    fs_id = efs.ensure_file_system(backend.clients, spec)
+    subnet = aws.client("ec2").describe_subnets()["Subnets"][0]
+    group = aws.client("ec2").describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]
+    efs.ensure_mount_target(backend.clients, fs_id, subnet["SubnetId"], group["GroupId"])
+    aws.add_fault("efs", "DeleteMountTarget", "MountTargetNotFound", status=404, times=1, carried_out=True)
+    assert {r.kind for r in backend.teardown(spec.run_id)} == {"file-system"}
+    assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
 
 
 def test_replicas_ec2_does_not_know_yet_are_waited_for_not_failed(aws, snapshot, tmp_path):

@@ -3,8 +3,10 @@ only from the run's security group. Found by the run's tag before it is created.
 
 from __future__ import annotations
 
+import botocore.exceptions
+
 from tasks.backends.aws import tags
-from tasks.backends.aws.clients import Clients
+from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.waiting import until
 from tasks.backends.base import ClusterSpec
 
@@ -50,10 +52,17 @@ def _state(efs, fs_id: str) -> str:
 
 
 def delete_file_system(clients: Clients, fs_id: str) -> None:
-    """Mount targets first (EFS refuses otherwise), then the file system; waits until both are gone."""
+    """Mount targets first (EFS refuses otherwise), then the file system; waits until both are gone. A target
+    another teardown deleted since the listing (the cleanup flow's, say) is passed over."""
     efs = clients.client("efs")
     for target in efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"]:
-        efs.delete_mount_target(MountTargetId=target["MountTargetId"])
+        if target["LifeCycleState"] in ("deleting", "deleted"):
+            continue
+        try:
+            efs.delete_mount_target(MountTargetId=target["MountTargetId"])
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "MountTargetNotFound":
+                raise
     until(f"EFS {fs_id} mount targets deleted",
           lambda: not efs.describe_mount_targets(FileSystemId=fs_id)["MountTargets"])
     efs.delete_file_system(FileSystemId=fs_id)
