@@ -49,9 +49,8 @@ IMAGES = {image.image_id: image for image in (UBUNTU_2204, UBUNTU_2404)}
 # Canonical's plain Ubuntu 22.04 server image: one whose insides nobody describes here (no facts, no EFA software).
 UNDESCRIBED = "ami-0c1a2204ca5e00001"
 AMAZON, CANONICAL = "898082745236", "099720109477"  # the images' owners' accounts
-OWNERS = {**{image_id: AMAZON for image_id in IMAGES}, UNDESCRIBED: CANONICAL}
-NAMES = {**{image.image_id: image.name for image in IMAGES.values()},
-         UNDESCRIBED: "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20261120"}
+LISTED = {**{image.image_id: (AMAZON, image.name) for image in IMAGES.values()},  # image id -> (owner, name)
+          UNDESCRIBED: (CANONICAL, "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20261120")}
 
 
 def facts(image_id: str) -> ImageFacts | None:
@@ -67,8 +66,7 @@ def add_images() -> None:
     if not getattr(load_images, "adds_images", False):
         def with_images(self: AmiBackend) -> None:
             load_images(self)
-            for image_id, name in NAMES.items():
-                owner = OWNERS[image_id]
+            for image_id, (owner, name) in LISTED.items():
                 self.amis[image_id] = Ami(
                     self, image_id, name=name, description=name, owner_id=owner,
                     owner_alias="amazon" if owner == AMAZON else None, public=True, virtualization_type="hvm",
