@@ -524,30 +524,63 @@ def test_replicas_ec2_does_not_know_yet_are_waited_for_not_failed(aws, snapshot,
     assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
 
 
+def grant_operator(aws, without: str | None = None) -> None:
+    """The operator's policy: user_policy.json, less its statement `without`."""
+    policy = json.loads(permissions.POLICY.read_text())
+    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != without]
+    aws.client("iam").put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
+                                      PolicyDocument=json.dumps(policy))
+
+
+def service_linked_roles(aws, service: str) -> list[str]:
+    return [r["RoleName"] for r in aws.client("iam").list_roles()["Roles"]
+            if r["Path"] == f"/aws-service-role/{service}/"]
+
+
 def test_a_spot_run_makes_spots_service_linked_role_once_and_is_refused_before_replicas_without_leave(
         aws, snapshot, tmp_path, operator):
     """A spot launch through the API needs EC2 Spot's service-linked role, which a new account lacks; EC2 would
     make it at the launch, as the caller, after the run's replicas. authorize_launch makes it first."""
-    iam = aws.client("iam")
-    policy = json.loads(permissions.POLICY.read_text())
-    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != "SpotsServiceLinkedRole"]
-    iam.put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18", PolicyDocument=json.dumps(policy))
+    grant_operator(aws, without="SpotsServiceLinkedRole")
     backend = AwsBackend(options(), home=tmp_path)
     spot = cluster_spec("run-spot-role", 2, "g5.xlarge", spot=True)
     with pytest.raises(InputError, match=r"may not make EC2 Spot's service-linked role, .* allow "
                                          r"iam:CreateServiceLinkedRole for spot.amazonaws.com"):
         backend.authorize_launch(spot)
     backend.authorize_launch(cluster_spec("run-on-demand", 2, "g5.xlarge"))  # on demand needs no such role
-    iam.put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
-                        PolicyDocument=permissions.POLICY.read_text())
+    grant_operator(aws)
     backend.authorize_launch(spot)
     backend.authorize_launch(spot)  # a retried stage: the role is there
-    [role] = [r for r in iam.list_roles()["Roles"] if r["Path"] == "/aws-service-role/spot.amazonaws.com/"]
-    assert role["RoleName"] == "AWSServiceRoleForEC2Spot"
-    iam.put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18", PolicyDocument=json.dumps(policy))
+    assert service_linked_roles(aws, "spot.amazonaws.com") == ["AWSServiceRoleForEC2Spot"]
+    grant_operator(aws, without="SpotsServiceLinkedRole")
     backend.authorize_launch(spot)  # the role an administrator (or an earlier run) made serves without the right
     for run_id in ("run-spot-role", "run-on-demand"):
         backend.teardown(run_id)
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
+def test_a_run_makes_efss_service_linked_role_once_and_is_refused_before_replicas_without_leave(
+        aws, tmp_path, operator):
+    """A mount target needs EFS's service-linked role, which a new account lacks; EFS makes it at the account's
+    first mount target, as the caller, after the run's replicas and machines. authorize_launch makes it first."""
+    grant_operator(aws, without="FileSystemsServiceLinkedRole")
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-efs-role", 2, "g5.xlarge")
+    with pytest.raises(InputError, match=r"may not make EFS's service-linked role, .* allow "
+                                         r"iam:CreateServiceLinkedRole for elasticfilesystem.amazonaws.com"):
+        backend.authorize_launch(spec)
+    fs_id = efs.ensure_file_system(backend.clients, spec)
+    subnet = aws.client("ec2").describe_subnets()["Subnets"][0]["SubnetId"]
+    group = aws.client("ec2").describe_security_groups(GroupNames=["default"])["SecurityGroups"][0]["GroupId"]
+    with pytest.raises(ClientError, match="AccessDeniedException"):  # where a run without the check failed
+        efs.ensure_mount_target(backend.clients, fs_id, subnet, group)
+    grant_operator(aws)
+    backend.authorize_launch(spec)
+    backend.authorize_launch(spec)  # a retried stage: the role is there
+    assert service_linked_roles(aws, "elasticfilesystem.amazonaws.com") == ["AWSServiceRoleForAmazonElasticFileSystem"]
+    grant_operator(aws, without="FileSystemsServiceLinkedRole")
+    efs.ensure_mount_target(backend.clients, fs_id, subnet, group)  # the role serves without the right
+    backend.teardown(spec.run_id)
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 

@@ -89,14 +89,17 @@ def test_credentials_missing_some_of_the_policy_fail_with_what_they_may_not_do(a
     assert "attach tasks/backends/aws/user_policy.json to their user or role" in out
 
 
-def test_credentials_that_may_not_make_spots_role_pass_where_it_exists(aws, capsys, operator):
+@pytest.mark.parametrize("sid, service", [("SpotsServiceLinkedRole", "spot.amazonaws.com"),
+                                          ("FileSystemsServiceLinkedRole", "elasticfilesystem.amazonaws.com")])
+def test_credentials_that_may_not_make_a_service_linked_role_pass_where_it_exists(aws, capsys, operator, sid,
+                                                                                   service):
     policy = json.loads(permissions.POLICY.read_text())
-    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != "SpotsServiceLinkedRole"]
+    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != sid]
     aws.client("iam").put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
                                       PolicyDocument=json.dumps(policy))
     code, rows, out = doctor(aws, capsys)
     assert code == 1 and rows["permissions"] == ("these credentials may not iam:CreateServiceLinkedRole", "fail"), out
-    aws.client("iam").create_service_linked_role(AWSServiceName="spot.amazonaws.com")  # an administrator's
+    aws.client("iam").create_service_linked_role(AWSServiceName=service)  # an administrator's
     code, rows, out = doctor(aws, capsys)
     assert code == 0 and rows["permissions"][1] == "ok", out
 

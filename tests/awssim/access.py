@@ -26,8 +26,9 @@ from .errors import Response, error_response
 PARTITION = "aws"
 IAM_PREFIX = {"efs": "elasticfilesystem", "service-quotas": "servicequotas"}  # where it is not botocore's name
 NEEDS_NO_PERMISSION = {("sts", "GetCallerIdentity")}
-SPOT_SERVICE = "spot.amazonaws.com"
-SERVICE_LINKED_ROLES = {SPOT_SERVICE: "AWSServiceRoleForEC2Spot"}  # service -> its role's name, where known
+SPOT_SERVICE, EFS_SERVICE = "spot.amazonaws.com", "elasticfilesystem.amazonaws.com"
+SERVICE_LINKED_ROLES = {  # service -> its role's name, where known
+    SPOT_SERVICE: "AWSServiceRoleForEC2Spot", EFS_SERVICE: "AWSServiceRoleForAmazonElasticFileSystem"}
 # S3 operations whose IAM action is not s3:<operation>.
 ACTION_BY_OPERATION = {
     "HeadObject": "s3:GetObject", "ListObjectsV2": "s3:ListBucket", "ListObjects": "s3:ListBucket",
@@ -131,17 +132,35 @@ def spot_role_refusal(call: AwsCall) -> Response | None:
     None lets the launch through, the role made if it was missing."""
     if call.params.get("InstanceMarketOptions.MarketType") != "spot" or call.params.get("DryRun") == "true":
         return None
-    iam = iam_backends[call.account][PARTITION]
-    if any(role.path == f"/aws-service-role/{SPOT_SERVICE}/" for role in list(iam.roles.values())):
+    if _service_makes_its_role(call, SPOT_SERVICE):
         return None
+    return error_response("ec2", "AuthFailure.ServiceLinkedRoleCreationNotPermitted", "The provided credentials "
+                          "do not have permission to create the service-linked role for EC2 Spot Instances.", 403)
+
+
+def file_system_role_refusal(call: AwsCall) -> Response | None:
+    """A mount target needs EFS's service-linked role, which EFS makes the first time as the caller, who must be
+    allowed iam:CreateServiceLinkedRole for elasticfilesystem.amazonaws.com
+    (https://docs.aws.amazon.com/efs/latest/ug/using-service-linked-roles.html; EFS's refusal as a user met it on
+    their own account, aws-samples/eks-workshop-v2#1106). None lets the call through, the role made if missing."""
+    if _service_makes_its_role(call, EFS_SERVICE):
+        return None
+    return error_response("efs", "AccessDeniedException",
+                          "User is not authorized to perform that action on the specified resource", 403)
+
+
+def _service_makes_its_role(call: AwsCall, service: str) -> bool:
+    """Whether the service's role exists or the caller may have the service make it (then it is made)."""
+    iam = iam_backends[call.account][PARTITION]
+    if any(role.path == f"/aws-service-role/{service}/" for role in list(iam.roles.values())):
+        return True
     user = _signing_user(call)
     if user is not None and not allowed(_user_statements(user), "iam:CreateServiceLinkedRole",
-                                        _service_linked_role_arn(call.account, SPOT_SERVICE),
-                                        {"iam:AWSServiceName": SPOT_SERVICE}):
-        return error_response("ec2", "AuthFailure.ServiceLinkedRoleCreationNotPermitted", "The provided credentials "
-                              "do not have permission to create the service-linked role for EC2 Spot Instances.", 403)
-    iam.create_service_linked_role(SPOT_SERVICE, "", "")
-    return None
+                                        _service_linked_role_arn(call.account, service),
+                                        {"iam:AWSServiceName": service}):
+        return False
+    iam.create_service_linked_role(service, "", "")
+    return True
 
 
 def _parameter_arn(call: AwsCall, name: str) -> str:

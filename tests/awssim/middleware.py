@@ -110,6 +110,8 @@ class AwsSimApp:
             return error_response("ec2", *refusal) if refusal else self.player.initializations.create_error(call)
         if call.service == "ec2" and call.action == "DescribeVolumeStatus":
             return self.player.initializations.describe_status(call)
+        if call.service == "efs" and call.action == "CreateMountTarget":
+            return access.file_system_role_refusal(call)
         if call.service == "ssm" and call.action == "ListCommands":
             return command_list.refusal(call)
         if call.service == "ssm" and call.action in agent.ACTIONS:

@@ -14,7 +14,7 @@ from moto.iam.exceptions import EntityAlreadyExists, InvalidInput
 from moto.iam.models import SERVICE_NAME_CONVERSION, IAMBackend
 from moto.ssm.models import Command
 
-from .access import SERVICE_LINKED_ROLES, SPOT_SERVICE
+from .access import SERVICE_LINKED_ROLES
 
 
 def fix_send_command_targets() -> None:
@@ -192,13 +192,16 @@ def fix_termination_takes_time(shutting_down_s: Callable[[], float]) -> None:
     Instance.finish_termination = finish_termination
 
 
-def fix_spot_role() -> None:
-    """moto names spot.amazonaws.com's service-linked role AWSServiceRoleForspot, and answers a second
-    CreateServiceLinkedRole with EntityAlreadyExists; AWS names it AWSServiceRoleForEC2Spot
-    (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/service-linked-roles-spot-instance-requests.html) and
-    answers InvalidInput, "Service role name AWSServiceRoleForEC2Spot has been taken in this account, please try
-    a different suffix." (https://docs.aws.amazon.com/batch/latest/userguide/spot-fleet-roles-cli.html)."""
-    SERVICE_NAME_CONVERSION["spot"] = SERVICE_LINKED_ROLES[SPOT_SERVICE].removeprefix("AWSServiceRoleFor")
+def fix_service_linked_roles() -> None:
+    """moto names spot.amazonaws.com's service-linked role AWSServiceRoleForspot (elasticfilesystem's
+    AWSServiceRoleForelasticfilesystem), and answers a second CreateServiceLinkedRole with EntityAlreadyExists; AWS
+    names them AWSServiceRoleForEC2Spot and AWSServiceRoleForAmazonElasticFileSystem
+    (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/service-linked-roles-spot-instance-requests.html,
+    https://docs.aws.amazon.com/efs/latest/ug/using-service-linked-roles.html) and answers InvalidInput, "Service
+    role name AWSServiceRoleForEC2Spot has been taken in this account, please try a different suffix."
+    (https://docs.aws.amazon.com/batch/latest/userguide/spot-fleet-roles-cli.html)."""
+    for service, role in SERVICE_LINKED_ROLES.items():
+        SERVICE_NAME_CONVERSION[service.split(".")[0]] = role.removeprefix("AWSServiceRoleFor")
     create = IAMBackend.create_service_linked_role
 
     def taken_is_invalid_input(self: IAMBackend, service_name: str, description: str, suffix: str) -> Any:

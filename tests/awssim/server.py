@@ -36,7 +36,7 @@ from .moto_fixes import (
     fix_profile_on_every_machine,
     fix_route_state,
     fix_send_command_targets,
-    fix_spot_role,
+    fix_service_linked_roles,
     fix_termination_takes_time,
 )
 from .placement import PlacementGroups
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     fix_address_reassociation()
     fix_profile_on_every_machine()
     fix_describe_regions()
-    fix_spot_role()
+    fix_service_linked_roles()
     faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()
     player, throttle = Player(root, REPO, store), SsmThrottle()
     fix_instances_start_pending(lambda: player.pending_s)

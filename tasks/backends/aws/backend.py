@@ -295,9 +295,10 @@ class AwsBackend:
             raise InputError("EC2 accepted a dry run as a real launch; refusing to go on")
 
     def authorize_launch(self, spec: ClusterSpec) -> None:
-        """The run's role and instance profile (free; `prepare` finds them, teardown removes them), then the
-        launch's dry run naming them: credentials that may not make the role or pass it to EC2 are refused here,
-        before any replica is paid for, not at the launch after them."""
+        """The run's role and instance profile (free; `prepare` finds them, teardown removes them), the account's
+        service-linked roles the run needs (EFS's; EC2 Spot's for a spot run), then the launch's dry run naming the
+        profile: credentials that may not make the roles or pass one to EC2 are refused here, before any replica is
+        paid for, not at the launch or the mount target after them."""
         bucket = storage.bucket_name(self.clients, self.options.bucket)
         try:
             profile = iam.ensure_instance_profile(self.clients, spec, bucket, run_folder(spec),
@@ -309,23 +310,24 @@ class AwsBackend:
                                  f"(iam:{action} was refused): allow iam:{action} on the roles and instance profiles "
                                  f"named {iam.ROLE_PREFIX}* for them. AWS said: {exc}") from None
             raise
+        self._ensure_service_linked_role(iam.EFS_SERVICE, "EFS", "the run's file system needs")
         if spec.spot:
-            self._ensure_spot_role()
+            self._ensure_service_linked_role(iam.SPOT_SERVICE, "EC2 Spot", "a spot launch needs", ", or run on-demand")
         image = machines.resolve_ami(self.clients, self.options.ami)
         zone = self.zone(spec.instance_type)
         self.dry_run_instances(spec, image, self.options.subnet_id or self.default_subnet(zone), profile)
 
-    def _ensure_spot_role(self) -> None:
+    def _ensure_service_linked_role(self, service: str, owner: str, needed_by: str, otherwise: str = "") -> None:
         try:
-            iam.ensure_spot_role(self.clients)
+            iam.ensure_service_linked_role(self.clients, service)
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) not in REFUSALS:
                 raise
             raise InputError(
-                "these AWS credentials may not make EC2 Spot's service-linked role, which a spot launch needs once per "
-                f"account: allow iam:CreateServiceLinkedRole for {iam.SPOT_SERVICE} (as tasks/backends/aws/"
-                "user_policy.json does), have an administrator run `aws iam create-service-linked-role "
-                f"--aws-service-name {iam.SPOT_SERVICE}`, or run on-demand. AWS said: {exc}") from None
+                f"these AWS credentials may not make {owner}'s service-linked role, which {needed_by} once per "
+                f"account: allow iam:CreateServiceLinkedRole for {service} (as tasks/backends/aws/user_policy.json "
+                f"does), have an administrator run `aws iam create-service-linked-role --aws-service-name {service}`"
+                f"{otherwise}. AWS said: {exc}") from None
 
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan:
         snapshot = self.snapshot(dataset)

@@ -112,14 +112,15 @@ class _Doctor:
 
     def _permissions(self) -> _Found:
         try:
-            refused = permissions.missing(self.clients)
+            # Making a service-linked role is needed only where the account lacks it.
+            present = frozenset(sid for sid, service in permissions.SERVICE_LINKED_ROLE_STATEMENTS.items()
+                                if iam.service_linked_role_exists(self.clients, service))
+            refused = permissions.missing(self.clients, skipping=present)
         except botocore.exceptions.ClientError as exc:
             return _Found(f"not checked: IAM answered {error_code(exc)}", WARN,
                           "IAM's policy simulator would not say what these credentials may do (they need "
                           "iam:SimulatePrincipalPolicy on themselves); a run's pre-flight still refuses what EC2 "
                           f"refuses of the launch. AWS said: {exc}")
-        if "iam:CreateServiceLinkedRole" in refused and iam.spot_role_exists(self.clients):
-            refused.remove("iam:CreateServiceLinkedRole")  # only needed to make EC2 Spot's role, which is there
         if refused:
             raise InputError(f"these credentials may not {', '.join(refused)}: attach "
                              "tasks/backends/aws/user_policy.json to their user or role (docs/aws.md, permissions)")

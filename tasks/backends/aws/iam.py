@@ -16,6 +16,7 @@ EC2_TRUST = {"Version": "2012-10-17", "Statement": [
 INLINE_POLICY = "imagenet18-run-storage"
 ROLE_PREFIX = "imagenet18-"  # every run's role and instance profile
 SPOT_SERVICE = "spot.amazonaws.com"
+EFS_SERVICE = "elasticfilesystem.amazonaws.com"  # makes its role at a first mount target
 
 
 def role_name(run_id: str) -> str:
@@ -46,21 +47,23 @@ def ensure_instance_profile(clients: Clients, spec: ClusterSpec, bucket: str, pr
     return name
 
 
-def ensure_spot_role(clients: Clients) -> None:
-    """EC2 Spot's service-linked role, which must exist before a spot launch through the API
-    (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/service-linked-roles-spot-instance-requests.html): made
-    once per account, as EC2's console would, and kept (it is the account's, not a run's). Credentials that may
-    not make it are refused only where it does not exist yet (IAM checks the permission first)."""
+def ensure_service_linked_role(clients: Clients, service: str) -> None:
+    """The account's service-linked role of `service` (EC2 Spot's, EFS's), which the service makes itself the first
+    time it needs it, as the caller: made once per account before anything is paid for, as the console would, and
+    kept (it is the account's, not a run's). Credentials that may not make it are refused only where it does not
+    exist yet (IAM checks the permission first).
+    https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/service-linked-roles-spot-instance-requests.html,
+    https://docs.aws.amazon.com/efs/latest/ug/using-service-linked-roles.html"""
     try:
-        clients.client("iam").create_service_linked_role(AWSServiceName=SPOT_SERVICE)
+        clients.client("iam").create_service_linked_role(AWSServiceName=service)
     except Exception as exc:  # noqa: BLE001
         taken = error_code(exc) == "InvalidInput" and "has been taken" in str(exc)
-        if not taken and not (error_code(exc) in REFUSALS and spot_role_exists(clients)):
+        if not taken and not (error_code(exc) in REFUSALS and service_linked_role_exists(clients, service)):
             raise
 
 
-def spot_role_exists(clients: Clients) -> bool:
-    pages = clients.client("iam").get_paginator("list_roles").paginate(PathPrefix=f"/aws-service-role/{SPOT_SERVICE}/")
+def service_linked_role_exists(clients: Clients, service: str) -> bool:
+    pages = clients.client("iam").get_paginator("list_roles").paginate(PathPrefix=f"/aws-service-role/{service}/")
     return any(page["Roles"] for page in pages)
 
 

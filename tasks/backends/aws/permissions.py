@@ -10,9 +10,13 @@ import json
 import re
 from importlib import resources
 
+from tasks.backends.aws import iam
 from tasks.backends.aws.clients import Clients
 
 POLICY = resources.files("tasks.backends.aws").joinpath("user_policy.json")
+# The policy's statements that only let a service make its service-linked role: needed where the account lacks it.
+SERVICE_LINKED_ROLE_STATEMENTS = {"SpotsServiceLinkedRole": iam.SPOT_SERVICE,
+                                  "FileSystemsServiceLinkedRole": iam.EFS_SERVICE}
 EXAMPLE_NAME = "doctor"  # stands for a run's id where the policy's resources have a wildcard
 
 
@@ -24,12 +28,15 @@ def principal(caller_arn: str) -> str:
     return f"arn:{session[1]}:iam::{session[2]}:role/{session[3]}" if session else caller_arn
 
 
-def missing(clients: Clients) -> list[str]:
-    """The policy's actions these credentials may not take on any of their statement's resources."""
+def missing(clients: Clients, skipping: frozenset[str] = frozenset()) -> list[str]:
+    """The policy's actions these credentials may not take on any of their statement's resources; the statements
+    whose Sid is in `skipping` are not asked."""
     identity = clients.client("sts").get_caller_identity()
     iam = clients.client("iam")
     refused: set[str] = set()
     for statement in json.loads(POLICY.read_text())["Statement"]:
+        if statement.get("Sid") in skipping:
+            continue
         actions = [action for action in _listed(statement["Action"]) if "*" not in action]
         context = [{"ContextKeyName": key, "ContextKeyValues": _listed(values), "ContextKeyType": "string"}
                    for tests in statement.get("Condition", {}).values() for key, values in tests.items()]
