@@ -664,6 +664,24 @@ def test_a_snapshot_needs_the_dataset_to_exist(aws, tmp_path):
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
+def test_a_snapshot_builder_past_the_accounts_standard_vcpu_quota_is_refused_before_anything_exists(aws, tmp_path):
+    """A new account's quota of on-demand Standard vCPUs may be under the builder's 16 (AWS's default is 5): EC2
+    would refuse its launch after its volume, network and upload were made."""
+    aws.client("s3").create_bucket(Bucket="datasets")
+    for folder in ("imagenet", "imagenet-sz/160"):
+        aws.client("s3").put_object(Bucket="datasets", Key=f"{folder}/train/n01440764/a.JPEG", Body=b"jpeg")
+    aws.set_quotas({"L-1216C47A": 8})
+    with pytest.raises(InputError, match=r'^the snapshot builder \(c6i.4xlarge\) needs 16 vCPUs of the quota '
+                                         r'"Running On-Demand Standard \(A, C, D, H, I, M, R, T, Z\) instances" '
+                                         r"\(L-1216C47A\) in us-east-1, which is 8 for this account \(a new "
+                                         r"account's is 5\): .* --quota-code L-1216C47A --desired-value 16`$"):
+        make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160])
+    assert aws_leftovers(aws, home=tmp_path) == {}
+    with pytest.raises(ClientError, match="VcpuLimitExceeded"):  # what EC2 would have answered the launch
+        aws.client("ec2").run_instances(ImageId=UBUNTU_2204.image_id, InstanceType="c6i.4xlarge", MinCount=1,
+                                        MaxCount=1)
+
+
 MACHINE_S3_CHECKS = """
 import boto3, botocore
 from trainer import checkpoint

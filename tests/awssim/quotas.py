@@ -1,11 +1,11 @@
-"""EC2's GPU vCPU quotas, its Elastic IP quota and EBS's IOPS and storage quotas, which moto lacks: Service Quotas
-answers them (moto knows only VPC quotas), and EC2 refuses a launch, an address or a volume past them, as AWS does
-(a dry run checks permissions only, not quotas: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/
-API_RunInstances.html; EBS counts the IOPS and size of every volume of a type in the region:
+"""EC2's GPU and Standard vCPU quotas, its Elastic IP quota and EBS's IOPS and storage quotas, which moto lacks:
+Service Quotas answers them (moto knows only VPC quotas), and EC2 refuses a launch, an address or a volume past
+them, as AWS does (a dry run checks permissions only, not quotas: https://docs.aws.amazon.com/AWSEC2/latest/
+APIReference/API_RunInstances.html; EBS counts the IOPS and size of every volume of a type in the region:
 https://docs.aws.amazon.com/ebs/latest/userguide/ebs-resource-quotas.html). Each test may set the account's
 values; a reset gives the values of an account whose owner has asked for GPU quotas, addresses and io2 IOPS. A new
-account's, which GetAWSDefaultServiceQuota answers, are 0 vCPUs, 5 Elastic IPs, 100,000 io2 IOPS, 300,000 io1
-IOPS, 20 TiB of io2, 50 TiB each of io1 and gp3."""
+account's, which GetAWSDefaultServiceQuota answers, are 0 GPU vCPUs, 5 Standard vCPUs, 5 Elastic IPs, 100,000 io2
+IOPS, 300,000 io1 IOPS, 20 TiB of io2, 50 TiB each of io1 and gp3."""
 
 import json
 from typing import Any
@@ -24,6 +24,7 @@ NAMES = {
     "L-C4BD4855": "All P5 Spot Instance Requests",
     "L-3819A6DF": "All G and VT Spot Instance Requests",
     "L-0263D0A3": "EC2-VPC Elastic IPs",
+    "L-1216C47A": "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances",
 }
 EBS_NAMES = {
     "L-8D977E7E": "IOPS for Provisioned IOPS SSD (io2) volumes",
@@ -42,10 +43,12 @@ CONFIGURED_IO2_IOPS = 500_000.0  # two runs of the seed's 16 replicas at 11,500 
 CONFIGURED_VCPUS = 2048.0  # room for the tests' largest run: 16 x p4d.24xlarge (96 vCPUs each)
 ELASTIC_IPS = "L-0263D0A3"
 CONFIGURED_ELASTIC_IPS = 64.0  # two test workers' runs of 16 multi-card machines each, twice over
-AWS_DEFAULTS = {ELASTIC_IPS: 5.0, **EBS_DEFAULTS}  # the vCPU quotas' are 0
+STANDARD = "L-1216C47A"
+AWS_DEFAULTS = {ELASTIC_IPS: 5.0, STANDARD: 5.0, **EBS_DEFAULTS}  # the GPU vCPU quotas' are 0
 # (family prefix, spot) -> quota code. Spot P5 machines count against a quota of their own.
 CODES = {("p", False): "L-417A185B", ("g", False): "L-DB2E81BA", ("vt", False): "L-DB2E81BA",
-         ("p", True): "L-7212CCBC", ("p5", True): "L-C4BD4855", ("g", True): "L-3819A6DF", ("vt", True): "L-3819A6DF"}
+         ("p", True): "L-7212CCBC", ("p5", True): "L-C4BD4855", ("g", True): "L-3819A6DF", ("vt", True): "L-3819A6DF",
+         **{(family, False): STANDARD for family in "acdhimrtz"}}
 
 
 class Quotas:

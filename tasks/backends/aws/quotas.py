@@ -1,6 +1,7 @@
-"""The account's vCPU quotas for GPU machines, read from Service Quotas before anything is made. EC2 counts a
-launch's vCPUs against them (a new account has 0 for P and G), and its dry run of a launch checks permissions,
-not quotas, so without this a run learns of the quota only after its network, file system and replicas exist.
+"""The account's vCPU quotas for GPU machines and for the snapshot builder's, read from Service Quotas before
+anything is made. EC2 counts a launch's vCPUs against them (a new account has 0 for P and G, and its Standard
+quota may be under the builder's 16), and its dry run of a launch checks permissions, not quotas, so without this
+a run learns of the quota only after its network, file system and replicas exist.
 https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-on-demand-instances.html (On-Demand quotas) and
 https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/using-spot-limits.html (Spot quotas)."""
 
@@ -21,6 +22,7 @@ class Quota:
     code: str
     name: str
     service: str = "ec2"  # Service Quotas' code for the service
+    new_account: float = 0  # AWS's default value (GetAWSDefaultServiceQuota)
 
 
 # (catalog family, spot) -> the quota EC2 counts the machines against. On-demand, every P machine counts against one
@@ -34,6 +36,8 @@ QUOTAS = {
     ("P5", True): Quota("L-C4BD4855", "All P5 Spot Instance Requests"),
     ("G", True): Quota("L-3819A6DF", "All G and VT Spot Instance Requests"),
 }
+# On-demand machines of the general-purpose, compute, memory and storage families: the snapshot builder's.
+STANDARD = Quota("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", new_account=5)
 
 
 def check(clients: Clients, instance_type: str, machines: int, spot: bool) -> None:
@@ -44,15 +48,20 @@ def check(clients: Clients, instance_type: str, machines: int, spot: bool) -> No
         log.info("no vCPU quota of %s %s machines is checked before the launch", "spot" if spot else "on-demand",
                  instance_type)
         return
+    check_vcpus(clients, quota, f"{machines} x {instance_type} need", machines * kind.vcpus, "run fewer machines")
+
+
+def check_vcpus(clients: Clients, quota: Quota, needing: str, need: int, otherwise: str = "") -> None:
+    """Refuse machines that need more vCPUs than the account's `quota` allows. `needing`: who needs them, with
+    the verb ("2 x p4d.24xlarge need"); `otherwise`: what else would do."""
     value = quota_value(clients, quota)
-    need = machines * kind.vcpus
     if value is not None and need > value:
         raise InputError(
-            f"{machines} x {instance_type} need {need} vCPUs of the quota \"{quota.name}\" ({quota.code}) in "
-            f"{clients.region}, which is {value:g} for this account (a new account's is 0): ask AWS for more in "
-            f"the Service Quotas console, or with `aws service-quotas request-service-quota-increase --region "
-            f"{clients.region} --service-code ec2 --quota-code {quota.code} --desired-value {need}`, or run fewer "
-            "machines")
+            f"{needing} {need} vCPUs of the quota \"{quota.name}\" ({quota.code}) in {clients.region}, which "
+            f"is {value:g} for this account (a new account's is {quota.new_account:g}): ask AWS for more in the "
+            f"Service Quotas console, or with `aws service-quotas request-service-quota-increase --region "
+            f"{clients.region} --service-code ec2 --quota-code {quota.code} --desired-value {need}`"
+            + (f", or {otherwise}" if otherwise else ""))
 
 
 def quota_value(clients: Clients, quota: Quota) -> float | None:

@@ -12,7 +12,7 @@ import uuid
 
 import fsspec
 
-from tasks.backends.aws import machines, network, secrets, storage, tags, volumes
+from tasks.backends.aws import machines, network, quotas, secrets, storage, tags, volumes
 from tasks.backends.aws.backend import AwsBackend
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.waiting import waiter_config
@@ -20,6 +20,7 @@ from tasks.backends.base import BackendError, Cluster, ClusterSpec, InputError, 
 
 log = logging.getLogger(__name__)
 BUILDER_TYPE = "c6i.4xlarge"  # 12.5 Gb/s to S3, no GPU needed
+BUILDER_VCPUS = 16
 BUILDER_USD_PER_HOUR = 0.68  # its us-east-1 on-demand list price, for plans that include a build
 COPY_JOB = "copy"
 HEADROOM = 1.2
@@ -43,6 +44,8 @@ def make_snapshot(backend: AwsBackend, url: str, name: str, sizes: list[int], ma
     if not url.startswith("s3://"):
         raise InputError(f"the builder machine reads the dataset from s3://, not {url}")
     size_gb = dataset_size_gb(url, sizes)
+    quotas.check_vcpus(backend.clients, quotas.STANDARD, f"the snapshot builder ({BUILDER_TYPE}) needs",
+                       BUILDER_VCPUS)
     run_id = f"snapshot-{uuid.uuid4().hex[:12]}"
     spec = ClusterSpec(run_id, "snapshot-builder", 1, BUILDER_TYPE, False,
                        dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=max_hours))
