@@ -300,6 +300,14 @@ def hold_two_addresses(aws, tiny_data):
         aws.client("ec2").allocate_address(Domain="vpc")
 
 
+def hold_another_network(aws, tiny_data):
+    """A VPC with its internet gateway of the account's own, beside the default VPC's."""
+    ec2 = aws.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+
+
 def hold_an_io2_volume(aws, tiny_data):
     """Volumes of the account's own (not the run's): EBS counts the IOPS of every io2 volume in the region, and
     only of io2 volumes (the gp3 one is not counted)."""
@@ -360,6 +368,13 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
     ({"options": {"volume_type": "gp3", "iops": 3000}, "quotas": {"L-7A658B76": 0.01}},
      r'16 gp3 dataset replica\(s\) of 1 GiB need 0.0156 of the quota "Storage for General Purpose SSD \(gp3\) '
      r'volumes, in TiB" \(L-7A658B76\) in us-east-1, which is 0.01 with 0 in use'),
+    ({"quotas": {"L-F678F1CE": 2}, "setup": hold_another_network},
+     r'the run makes its own VPC and internet gateway; the quota "VPCs per Region" \(L-F678F1CE\) in us-east-1 is 2 '
+     r"\(a new account's is 5\), with 2 held: .* --service-code vpc --quota-code L-F678F1CE --desired-value 3`\), or "
+     r"give aws.subnet_id"),
+    ({"quotas": {"L-A4707A72": 2}, "setup": hold_another_network},
+     r'the quota "Internet gateways per Region" \(L-A4707A72\) in us-east-1 is 2 \(a new account.s is 5\), with 2 '
+     r"held"),
     ({"quotas": {"L-0263D0A3": 17}, "setup": hold_two_addresses},
      r'16 machines need 16 Elastic IPs \(one each, with an interface on every EFA card\); the quota "EC2-VPC '
      r'Elastic IPs" \(L-0263D0A3\) in us-east-1 is 17, with 2 held: .* --quota-code L-0263D0A3 --desired-value 18`'),

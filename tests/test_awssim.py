@@ -239,6 +239,10 @@ def test_a_machine_reaches_out_through_a_public_address_and_elastic_ips_behave_a
 
     quotas = aws.client("service-quotas")
     assert quotas.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode="L-0263D0A3")["Quota"]["Value"] == 5
+    assert quotas.get_aws_default_service_quota(ServiceCode="vpc", QuotaCode="L-F678F1CE")["Quota"]["Value"] == 5
+    aws.set_quotas({"L-F678F1CE": 2, "L-A4707A72": 2})  # the default VPC and this one hold them
+    assert error_code(ec2.create_vpc, CidrBlock="10.51.0.0/16") == "VpcLimitExceeded"
+    assert error_code(ec2.create_internet_gateway) == "InternetGatewayLimitExceeded"
     aws.set_quotas({"L-0263D0A3": 1})
     ec2.allocate_address(Domain="vpc")
     assert error_code(ec2.allocate_address, Domain="vpc") == "AddressLimitExceeded"

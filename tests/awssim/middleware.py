@@ -30,7 +30,8 @@ READ_ONLY_PREFIXES = ("Describe", "Get", "List")
 # A round trip to a real AWS endpoint, added to every AWS call (0 by default): benchmarks of parallel calls
 # against moto, whose answers are otherwise instant, set it.
 LATENCY_SECONDS = float(os.environ.get("AWSSIM_LATENCY_S", "0"))
-COUNTED_BY_QUOTAS = {("ec2", "CreateVolume"), ("ec2", "RunInstances"), ("ec2", "AllocateAddress")}
+COUNTED_BY_QUOTAS = {("ec2", "CreateVolume"), ("ec2", "RunInstances"), ("ec2", "AllocateAddress"), ("ec2", "CreateVpc"),
+                     ("ec2", "CreateInternetGateway")}
 WATCHED_SERVICES = ("ec2", "efs", "ssm")  # whose writes can change disks, instances or commands
 EC2_REFUSALS = {"AssociateAddress": network.associate_address_error, "ReleaseAddress": network.release_address_error,
                 "DeleteSubnet": network.delete_subnet_error, "DeleteSecurityGroup": network.delete_security_group_error,
@@ -101,6 +102,9 @@ class AwsSimApp:
             return access.spot_role_refusal(call) or self.placement.launch_error(call)
         if call.service == "ec2" and call.action == "AllocateAddress":
             refusal = self.quotas.allocate_error(backends.ec2(call.account, call.region))
+            return None if refusal is None else error_response("ec2", *refusal)
+        if call.service == "ec2" and call.action in ("CreateVpc", "CreateInternetGateway"):
+            refusal = self.quotas.network_error(call, backends.ec2(call.account, call.region))
             return None if refusal is None else error_response("ec2", *refusal)
         if call.service == "ec2" and call.action in EC2_REFUSALS:
             refusal = EC2_REFUSALS[call.action](call, backends.ec2(call.account, call.region))

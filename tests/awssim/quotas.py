@@ -1,11 +1,12 @@
-"""EC2's GPU and Standard vCPU quotas, its Elastic IP quota and EBS's IOPS and storage quotas, which moto lacks:
-Service Quotas answers them (moto knows only VPC quotas), and EC2 refuses a launch, an address or a volume past
-them, as AWS does (a dry run checks permissions only, not quotas: https://docs.aws.amazon.com/AWSEC2/latest/
-APIReference/API_RunInstances.html; EBS counts the IOPS and size of every volume of a type in the region:
+"""EC2's GPU and Standard vCPU quotas, its Elastic IP quota, the VPC and internet gateway quotas and EBS's IOPS
+and storage quotas, which moto lacks: Service Quotas answers them (moto knows only VPC quotas, and enforces none),
+and EC2 refuses a launch, an address, a network or a volume past them, as AWS does (a dry run checks permissions
+only, not quotas: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_RunInstances.html; EBS counts the
+IOPS and size of every volume of a type in the region:
 https://docs.aws.amazon.com/ebs/latest/userguide/ebs-resource-quotas.html). Each test may set the account's
 values; a reset gives the values of an account whose owner has asked for GPU quotas, addresses and io2 IOPS. A new
-account's, which GetAWSDefaultServiceQuota answers, are 0 GPU vCPUs, 5 Standard vCPUs, 5 Elastic IPs, 100,000 io2
-IOPS, 300,000 io1 IOPS, 20 TiB of io2, 50 TiB each of io1 and gp3."""
+account's, which GetAWSDefaultServiceQuota answers, are 0 GPU vCPUs, 5 Standard vCPUs, 5 Elastic IPs, 5 VPCs and
+5 internet gateways, 100,000 io2 IOPS, 300,000 io1 IOPS, 20 TiB of io2, 50 TiB each of io1 and gp3."""
 
 import json
 from typing import Any
@@ -33,8 +34,11 @@ EBS_NAMES = {
     "L-FD252861": "Storage for Provisioned IOPS SSD (io1) volumes, in TiB",
     "L-7A658B76": "Storage for General Purpose SSD (gp3) volumes, in TiB",
 }
+VPCS, GATEWAYS = "L-F678F1CE", "L-A4707A72"
+VPC_NAMES = {VPCS: "VPCs per Region", GATEWAYS: "Internet gateways per Region"}
 SERVICES = {"ec2": ("Amazon Elastic Compute Cloud (Amazon EC2)", NAMES),
-            "ebs": ("Amazon Elastic Block Store (Amazon EBS)", EBS_NAMES)}
+            "ebs": ("Amazon Elastic Block Store (Amazon EBS)", EBS_NAMES),
+            "vpc": ("Amazon Virtual Private Cloud (Amazon VPC)", VPC_NAMES)}
 IOPS_CODES = {"io2": "L-8D977E7E", "io1": "L-B3A130E6"}
 STORAGE_CODES = {"io2": "L-09BD8365", "io1": "L-FD252861", "gp3": "L-7A658B76"}
 EBS_DEFAULTS = {"L-8D977E7E": 100_000.0, "L-B3A130E6": 300_000.0, "L-09BD8365": 20.0, "L-FD252861": 50.0,
@@ -44,7 +48,8 @@ CONFIGURED_VCPUS = 2048.0  # room for the tests' largest run: 16 x p4d.24xlarge 
 ELASTIC_IPS = "L-0263D0A3"
 CONFIGURED_ELASTIC_IPS = 64.0  # two test workers' runs of 16 multi-card machines each, twice over
 STANDARD = "L-1216C47A"
-AWS_DEFAULTS = {ELASTIC_IPS: 5.0, STANDARD: 5.0, **EBS_DEFAULTS}  # the GPU vCPU quotas' are 0
+CONFIGURED_NETWORKS = 16.0  # room for the tests' runs, builders and users' networks in one region
+AWS_DEFAULTS = {ELASTIC_IPS: 5.0, STANDARD: 5.0, VPCS: 5.0, GATEWAYS: 5.0, **EBS_DEFAULTS}  # GPU vCPUs': 0
 # (family prefix, spot) -> quota code. Spot P5 machines count against a quota of their own.
 CODES = {("p", False): "L-417A185B", ("g", False): "L-DB2E81BA", ("vt", False): "L-DB2E81BA",
          ("p", True): "L-7212CCBC", ("p5", True): "L-C4BD4855", ("g", True): "L-3819A6DF", ("vt", True): "L-3819A6DF",
@@ -58,7 +63,7 @@ class Quotas:
 
     def reset(self) -> None:
         self.values = {**dict.fromkeys(NAMES, CONFIGURED_VCPUS), ELASTIC_IPS: CONFIGURED_ELASTIC_IPS, **EBS_DEFAULTS,
-                       IOPS_CODES["io2"]: CONFIGURED_IO2_IOPS}
+                       IOPS_CODES["io2"]: CONFIGURED_IO2_IOPS, **dict.fromkeys(VPC_NAMES, CONFIGURED_NETWORKS)}
 
     def set(self, values: dict[str, float]) -> None:
         unknown = set(values) - set(self.values)
@@ -115,6 +120,15 @@ class Quotas:
         size_tib = (sum(v.size for v in held) + size) / 1024
         if storage_code and size_tib > self.values[storage_code]:
             return "VolumeLimitExceeded", f"You've reached the limit on your {kind} volume storage."
+        return None
+
+    def network_error(self, call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:
+        """(code, message) EC2 answers a CreateVpc or CreateInternetGateway past the region's quota
+        (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html)."""
+        if call.action == "CreateVpc" and len(ec2_backend.vpcs) >= self.values[VPCS]:
+            return "VpcLimitExceeded", "The maximum number of VPCs has been reached."
+        if call.action == "CreateInternetGateway" and len(ec2_backend.internet_gateways) >= self.values[GATEWAYS]:
+            return "InternetGatewayLimitExceeded", "The maximum number of internet gateways has been reached."
         return None
 
     def allocate_error(self, ec2_backend: Any) -> tuple[str, str] | None:

@@ -24,6 +24,7 @@ from tasks.backends.aws import (
     jobs,
     machines,
     network,
+    network_quotas,
     pools,
     quotas,
     secrets,
@@ -179,6 +180,8 @@ class AwsBackend:
             quotas.check(self.clients, instance_type, spec.machines, spec.spot)
         if self.options.subnet_id:
             self.check_subnet(zone)
+        else:
+            network_quotas.check(self.clients, "the run")
         public = self.public_addresses()
         if any(machines.needs_elastic_ips(instance_type, public) for instance_type in allowed):
             addresses.check_quota(self.clients, spec.machines)

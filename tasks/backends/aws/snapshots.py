@@ -12,7 +12,7 @@ import uuid
 
 import fsspec
 
-from tasks.backends.aws import machines, network, quotas, secrets, storage, tags, volumes
+from tasks.backends.aws import machines, network, network_quotas, quotas, secrets, storage, tags, volumes
 from tasks.backends.aws.backend import AwsBackend
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.waiting import waiter_config
@@ -46,6 +46,8 @@ def make_snapshot(backend: AwsBackend, url: str, name: str, sizes: list[int], ma
     size_gb = dataset_size_gb(url, sizes)
     quotas.check_vcpus(backend.clients, quotas.STANDARD, f"the snapshot builder ({BUILDER_TYPE}) needs",
                        BUILDER_VCPUS)
+    if not backend.options.subnet_id:
+        network_quotas.check(backend.clients, "the snapshot builder")
     run_id = f"snapshot-{uuid.uuid4().hex[:12]}"
     spec = ClusterSpec(run_id, "snapshot-builder", 1, BUILDER_TYPE, False,
                        dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=max_hours))
