@@ -682,6 +682,7 @@ def test_a_users_calls_need_what_they_do_in_other_services_and_their_tags_on_cre
                                           PolicyDocument=json.dumps(policy))
 
     allow(allowed)
+    aws.client("iam").create_service_linked_role(AWSServiceName="elasticfilesystem.amazonaws.com")  # EFS's, there
     efs, ssm = (boto3.session.Session().client(name, config=Config(retries=NO_RETRIES)) for name in ("efs", "ssm"))
     system = efs.create_file_system(CreationToken="t", Tags=[{"Key": "k", "Value": "v"}])["FileSystemId"]
     assert error_code(efs.create_mount_target, FileSystemId=system, SubnetId=subnet) == "AccessDeniedException"
