@@ -192,6 +192,19 @@ def fix_termination_takes_time(shutting_down_s: Callable[[], float]) -> None:
     Instance.finish_termination = finish_termination
 
 
+def fix_managed_policies_in_aws_partition_only() -> None:
+    """moto loads AWS's 1,500-odd managed policies into the IAM of each of its six partitions, and makes them
+    again at every reset and at the first call after it: a third of the simulator's CPU through the suite (py-spy
+    of both simulators through a whole run). Every region the simulator answers for is in the aws partition, so
+    only its IAM gets them; GovCloud's and China's are never asked."""
+    load = IAMBackend._init_aws_policies
+
+    def in_aws_partition_only(self: IAMBackend) -> list[Any]:
+        return load(self) if self.partition == "aws" else []
+
+    IAMBackend._init_aws_policies = in_aws_partition_only
+
+
 def fix_service_linked_roles() -> None:
     """moto names spot.amazonaws.com's service-linked role AWSServiceRoleForspot (elasticfilesystem's
     AWSServiceRoleForelasticfilesystem), and answers a second CreateServiceLinkedRole with EntityAlreadyExists; AWS

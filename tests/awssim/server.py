@@ -33,6 +33,7 @@ from .moto_fixes import (
     fix_default_vpc_way_out,
     fix_instances_start_pending,
     fix_launch_interfaces,
+    fix_managed_policies_in_aws_partition_only,
     fix_profile_on_every_machine,
     fix_route_state,
     fix_send_command_targets,
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     fix_profile_on_every_machine()
     fix_describe_regions()
     fix_service_linked_roles()
+    fix_managed_policies_in_aws_partition_only()
     faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()
     player, throttle = Player(root, REPO, store), SsmThrottle()
     fix_instances_start_pending(lambda: player.pending_s)
