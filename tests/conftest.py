@@ -2,6 +2,7 @@
 API. A test that uses the simulator is marked `aws`, one that uses the session's Prefect API `server` (the tiers:
 docs/testing.md)."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -39,10 +40,11 @@ def pytest_configure(config: pytest.Config) -> None:
     worker, workers = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if worker is None or workers < 2:
         return
-    cores, index = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw"))
+    cores, index = sorted(os.sched_getaffinity(0)), int(worker.removeprefix("gw")) % workers  # a restarted gwN
     share = cores[index::workers] or [cores[index % len(cores)]]
     for thread in os.listdir("/proc/self/task"):  # the affinity is each thread's; new ones copy their creator's
-        os.sched_setaffinity(int(thread), share)
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(thread), share)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -13,6 +13,7 @@ Calls signed with other credentials (the simulator's own test keys) are moto's t
 import dataclasses
 import json
 import re
+import threading
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -27,6 +28,7 @@ PARTITION = "aws"
 IAM_PREFIX = {"efs": "elasticfilesystem", "service-quotas": "servicequotas"}  # where it is not botocore's name
 NEEDS_NO_PERMISSION = {("sts", "GetCallerIdentity")}
 SPOT_SERVICE, EFS_SERVICE = "spot.amazonaws.com", "elasticfilesystem.amazonaws.com"
+MAKING_ROLES = threading.Lock()
 SERVICE_LINKED_ROLES = {  # service -> its role's name, where known
     SPOT_SERVICE: "AWSServiceRoleForEC2Spot", EFS_SERVICE: "AWSServiceRoleForAmazonElasticFileSystem"}
 # S3 operations whose IAM action is not s3:<operation>.
@@ -150,17 +152,19 @@ def file_system_role_refusal(call: AwsCall) -> Response | None:
 
 
 def _service_makes_its_role(call: AwsCall, service: str) -> bool:
-    """Whether the service's role exists or the caller may have the service make it (then it is made)."""
+    """Whether the service's role exists or the caller may have the service make it (then it is made, once:
+    two runs' first mount targets may come at once)."""
     iam = iam_backends[call.account][PARTITION]
-    if any(role.path == f"/aws-service-role/{service}/" for role in list(iam.roles.values())):
+    with MAKING_ROLES:
+        if any(role.path == f"/aws-service-role/{service}/" for role in list(iam.roles.values())):
+            return True
+        user = _signing_user(call)
+        if user is not None and not allowed(_user_statements(user), "iam:CreateServiceLinkedRole",
+                                            _service_linked_role_arn(call.account, service),
+                                            {"iam:AWSServiceName": service}):
+            return False
+        iam.create_service_linked_role(service, "", "")
         return True
-    user = _signing_user(call)
-    if user is not None and not allowed(_user_statements(user), "iam:CreateServiceLinkedRole",
-                                        _service_linked_role_arn(call.account, service),
-                                        {"iam:AWSServiceName": service}):
-        return False
-    iam.create_service_linked_role(service, "", "")
-    return True
 
 
 def _parameter_arn(call: AwsCall, name: str) -> str:

@@ -116,14 +116,22 @@ def send(clients: Clients, instance_id: str, script: str, comment: str, timeout_
 
     SendCommand takes no idempotency token, so botocore must not retry it: a call whose answer was lost (a
     dropped connection, a 5xx) may have started the command, and its copy would start a second job beside the
-    first. A try that may have been carried out is looked for among the machine's commands (by a token at the end
-    of its script) before another is sent."""
+    first. Once a try may have been carried out, the account's commands are searched for it (by a token at the end
+    of its script) before each further try, and after the last."""
     ssm = clients.client("ssm", retries=False)
     token = f"# imagenet18 send {uuid.uuid4().hex}"
     script = f"{script.rstrip()}\n{token}\n"
-    since, attempt = datetime.now(UTC), 0
-    while True:
-        attempt += 1
+    since, maybe_sent = datetime.now(UTC), False
+    for attempt in range(1, SEND_ATTEMPTS + 1):
+        if attempt > 1:
+            time.sleep(min(2 ** attempt * 0.25, 10))
+        if maybe_sent:
+            try:
+                if (sent := _sent_with(clients, instance_id, token, since)) is not None:
+                    return sent
+            except Exception as exc:  # noqa: BLE001 - a throttled listing, say: never send before knowing
+                log.warning("could not look for the command sent to %s (%s); looking again", instance_id, exc)
+                continue
         try:
             return ssm.send_command(
                 InstanceIds=[instance_id], DocumentName="AWS-RunShellScript", Comment=comment[:100],
@@ -132,14 +140,16 @@ def send(clients: Clients, instance_id: str, script: str, comment: str, timeout_
             )["Command"]["CommandId"]
         except Exception as exc:  # noqa: BLE001
             lost = _answer_lost(exc)
-            if attempt == SEND_ATTEMPTS or not (lost or error_code(exc) in THROTTLED
-                                                or isinstance(exc, botocore.exceptions.EndpointConnectionError)):
+            maybe_sent = maybe_sent or lost
+            unsent = error_code(exc) in THROTTLED or isinstance(exc, botocore.exceptions.EndpointConnectionError)
+            if not (lost or unsent):
                 raise
             log.warning("SSM's SendCommand to %s: %s; %s", instance_id, exc,
-                        "looking for the command before sending it again" if lost else "sending it again")
-        time.sleep(min(2 ** attempt * 0.25, 10))
-        if lost and (sent := _sent_with(clients, instance_id, token, since)) is not None:
-            return sent
+                        "looking for the command before sending it again" if maybe_sent else "sending it again")
+    if maybe_sent and (sent := _sent_with(clients, instance_id, token, since)) is not None:
+        return sent
+    raise BackendError(f"SSM did not take the command for {instance_id} in {SEND_ATTEMPTS} tries"
+                       + ("; it may have started it all the same" if maybe_sent else ""))
 
 
 def _answer_lost(exc: BaseException) -> bool:
@@ -150,12 +160,11 @@ def _answer_lost(exc: BaseException) -> bool:
 
 
 def _sent_with(clients: Clients, instance_id: str, token: str, since: datetime) -> str | None:
-    """The id of the machine's command whose script ends with `token`, if SSM has it."""
-    after = (since - CLOCK_MARGIN).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    pages = clients.client("ssm").get_paginator("list_commands").paginate(
-        InstanceId=instance_id, Filters=[{"key": "InvokedAfter", "value": after}])
-    return next((c["CommandId"] for page in pages for c in page["Commands"]
-                 if c.get("Parameters", {}).get("commands", [""])[0].rstrip().endswith(token)), None)
+    """The id of the command to the machine whose script ends with `token`, if SSM lists it. Listed without
+    naming the machine: SSM lists a command by machine only once it has reached it (API_ListCommands)."""
+    return next((c["CommandId"] for c in commands_since(clients.client("ssm"), since)
+                 if instance_id in c.get("InstanceIds", [])
+                 and c.get("Parameters", {}).get("commands", [""])[0].rstrip().endswith(token)), None)
 
 
 def job_comment(name: str, index: int) -> str:

@@ -32,7 +32,7 @@ def missing(clients: Clients, skipping: frozenset[str] = frozenset()) -> list[st
     """The policy's actions these credentials may not take on any of their statement's resources; the statements
     whose Sid is in `skipping` are not asked."""
     identity = clients.client("sts").get_caller_identity()
-    iam = clients.client("iam")
+    iam_client = clients.client("iam")
     refused: set[str] = set()
     for statement in json.loads(POLICY.read_text())["Statement"]:
         if statement.get("Sid") in skipping:
@@ -40,7 +40,7 @@ def missing(clients: Clients, skipping: frozenset[str] = frozenset()) -> list[st
         actions = [action for action in _listed(statement["Action"]) if "*" not in action]
         context = [{"ContextKeyName": key, "ContextKeyValues": _listed(values), "ContextKeyType": "string"}
                    for tests in statement.get("Condition", {}).values() for key, values in tests.items()]
-        pages = iam.get_paginator("simulate_principal_policy").paginate(
+        pages = iam_client.get_paginator("simulate_principal_policy").paginate(
             PolicySourceArn=principal(identity["Arn"]), ActionNames=actions, ContextEntries=context,
             ResourceArns=[_example(resource, identity["Account"]) for resource in _listed(statement["Resource"])])
         results = [result for page in pages for result in page["EvaluationResults"]]
