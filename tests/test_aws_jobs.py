@@ -35,6 +35,25 @@ def test_a_job_waits_for_the_agents_runs_under_sh_and_reports_each_exit_code(aws
     assert aws_leftovers(aws, "run-jobs") == {}
 
 
+@pytest.mark.slow
+def test_agents_whose_first_ping_found_no_way_out_are_restarted_once_their_machines_have_one(aws, snapshot,
+                                                                                             tmp_path):
+    """A p4d machine reaches out through an Elastic IP, which EC2 puts on a machine only once it runs: its SSM
+    agent's first ping, as it boots, may find no way out, and the agent then hibernates for 5 minutes (longer after
+    a failed ping), with the machines paid for meanwhile. Their boot restarts it once they have a way out."""
+    aws.set_agent_delay(0)  # the first ping as the machine runs, before any address is on it
+    backend = AwsBackend(options(), home=tmp_path)
+    backend.agent_timeout_s = 60.0  # well inside the 5 minutes
+    spec = cluster_spec("run-hibernating", 2, "p4d.24xlarge")
+    cluster = backend.provision(spec, backend.replicate(spec, DATASET, 2))
+    backend.launch(cluster, {i: [cluster.python, "-c", "pass"] for i in range(2)}, "job")
+    assert finished(backend, cluster, "job").succeeded == 2
+    agents = {m["instance_id"]: (m["agent_hibernated"], m["agent_restarted"]) for m in aws.machines()}
+    assert [agents[m.id] for m in cluster.machines] == [(True, True)] * 2
+    backend.teardown("run-hibernating")
+    assert aws_leftovers(aws, "run-hibernating") == {}
+
+
 PRINT_NETWORK = ("import os; print('library path:', os.environ.get('LD_LIBRARY_PATH', '')); "
                  "print('libfabric provider:', os.environ.get('FI_PROVIDER'))")
 

@@ -16,6 +16,7 @@ from tasks.backends.aws import catalog, jobs, machines
 from tasks.backends.aws.clients import Clients
 from tasks.backends.base import ClusterSpec, Machine
 from tests.awssim import gpus
+from tests.awssim.hibernation import AgentLife
 from tests.awssim.throttle import TokenBucket
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404, UNDESCRIBED
 from tests.aws_runs import agents_online
@@ -25,6 +26,9 @@ from tests.support import wait_for
 RUN = {"Key": "imagenet18:run", "Value": "run-1"}
 NO_RETRIES = {"total_max_attempts": 1}
 IMAGE = UNDESCRIBED
+# A boot that restarts SSM's agent once its machine has a way out, as the runs' machines' boot does when the agent
+# hibernated: otherwise an agent whose first ping found no way out waits 5 minutes before the next.
+RESTARTS_AGENT = "#!/bin/bash\nsystemctl restart --no-block snap.amazon-ssm-agent.amazon-ssm-agent.service\n"
 
 
 def launch(ec2, instance_type="g5.xlarge", image=IMAGE, **kwargs):
@@ -47,6 +51,12 @@ def error_code(call, *args, **kwargs) -> str:
         call(*args, **kwargs)
     return raised.value.response["Error"]["Code"]
 
+
+
+def agent_states(aws, *instance_ids: str) -> list[str]:
+    """Where each machine's SSM agent is: starting, hibernating or registered."""
+    states = {m["instance_id"]: m["agent"] for m in aws.machines()}
+    return [states.get(i) for i in instance_ids]
 
 
 def run_everywhere(aws, ssm, instances: list[str], command: str) -> dict[str, dict]:
@@ -199,9 +209,10 @@ def test_a_machine_is_pending_a_while_and_ec2_puts_no_elastic_ip_on_it_meanwhile
 
 def test_a_machine_reaches_out_through_a_public_address_and_elastic_ips_behave_as_on_ec2(aws):
     """A machine's SSM agent registers through its way out: in a subnet whose route out is an internet gateway, a
-    machine without a public address never registers, and does once an Elastic IP is on its interface. EC2
-    refuses to release an address still associated outside the default VPC, frees it when its machine goes,
-    and allocates no more than the account's quota."""
+    machine without a public address never registers. Its agent's first ping found no way out, so it hibernates
+    (5 minutes before the next) and registers once an Elastic IP is on its interface only if its boot restarts it
+    then. EC2 refuses to release an address still associated outside the default VPC, frees it when its machine
+    goes, and allocates no more than the account's quota."""
     ec2, ssm = aws.client("ec2"), aws.client("ssm")
     vpc = ec2.create_vpc(CidrBlock="10.50.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.50.0.0/20", AvailabilityZone="us-east-1a")["Subnet"]
@@ -210,15 +221,21 @@ def test_a_machine_reaches_out_through_a_public_address_and_elastic_ips_behave_a
     table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
     ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
     ec2.associate_route_table(RouteTableId=table, SubnetId=subnet["SubnetId"])
-    cut_off, in_default_vpc = launch(ec2, SubnetId=subnet["SubnetId"]), launch(ec2)
+    cut_off, in_default_vpc = launch(ec2, SubnetId=subnet["SubnetId"], UserData=RESTARTS_AGENT), launch(ec2)
+    left_hibernating = launch(ec2, SubnetId=subnet["SubnetId"],
+                              UserData=RESTARTS_AGENT.replace("snap.amazon-ssm-agent.", ""))
     wait_for(lambda: agents_online(ssm, in_default_vpc), seconds=20)  # registered a second after it ran
+    wait_for(lambda: agent_states(aws, cut_off, left_hibernating) == ["hibernating"] * 2, seconds=20)
     assert not agents_online(ssm, cut_off)
 
-    address = ec2.allocate_address(Domain="vpc")["AllocationId"]
-    [instance] = ec2.describe_instances(InstanceIds=[cut_off])["Reservations"][0]["Instances"]
-    ec2.associate_address(AllocationId=address, NetworkInterfaceId=instance["NetworkInterfaces"][0][
-        "NetworkInterfaceId"])
+    address, second = (ec2.allocate_address(Domain="vpc")["AllocationId"] for _ in range(2))
+    for machine, allocation in ((cut_off, address), (left_hibernating, second)):
+        [instance] = ec2.describe_instances(InstanceIds=[machine])["Reservations"][0]["Instances"]
+        ec2.associate_address(AllocationId=allocation, NetworkInterfaceId=instance["NetworkInterfaces"][0][
+            "NetworkInterfaceId"])
     wait_for(lambda: agents_online(ssm, cut_off), seconds=20)
+    assert not agents_online(ssm, left_hibernating), "the deb's unit: not the snap's agent on Ubuntu"
+    assert agent_states(aws, left_hibernating) == ["hibernating"]
     assert error_code(ec2.release_address, AllocationId=address) == "InvalidIPAddress.InUse"
 
     other = launch(ec2, SubnetId=subnet["SubnetId"])
@@ -232,10 +249,11 @@ def test_a_machine_reaches_out_through_a_public_address_and_elastic_ips_behave_a
     assert moved["NetworkInterfaceId"] == other_interface, "EC2 moves an associated address unless told not to"
     [left] = ec2.describe_instances(InstanceIds=[cut_off])["Reservations"][0]["Instances"]
     assert "PublicIpAddress" not in left
-    terminate(ec2, cut_off, other)
+    terminate(ec2, cut_off, other, left_hibernating)
     [freed] = ec2.describe_addresses(AllocationIds=[address])["Addresses"]
     assert "AssociationId" not in freed, "the address left with its machine's interface"
     ec2.release_address(AllocationId=address)
+    ec2.release_address(AllocationId=second)
 
     quotas = aws.client("service-quotas")
     assert quotas.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode="L-0263D0A3")["Quota"]["Value"] == 5
@@ -246,6 +264,28 @@ def test_a_machine_reaches_out_through_a_public_address_and_elastic_ips_behave_a
     aws.set_quotas({"L-0263D0A3": 1})
     ec2.allocate_address(Domain="vpc")
     assert error_code(ec2.allocate_address, Domain="vpc") == "AddressLimitExceeded"
+
+
+def test_a_hibernating_agent_pings_as_amazon_ssm_agent_backs_off():
+    """Its first ping failed: 5 minutes of nothing, then three pings 5 minutes apart, three 10 minutes apart, ...
+    up to an hour apart; it registers at the first ping through a way out, or at once when its boot restarts it."""
+    agent = AgentLife(first_ping_at=0.0, hibernation_s=300)
+    pings = []
+    for second in range(40_000):
+        before = agent.next_ping_at
+        agent.advance(float(second), reaches_out=False, restarts_on_the_way_out=False)
+        if agent.next_ping_at != before and second:
+            pings.append(second)
+    assert (agent.state, pings[:10]) == ("hibernating", [300, 600, 900, 1200, 1800, 2400, 3000, 4200, 5400, 6600])
+    assert [b - a for a, b in zip(pings, pings[1:])][-3:] == [3600] * 3
+    agent.advance(40_000.0, reaches_out=True, restarts_on_the_way_out=False)
+    assert agent.state == "hibernating", "between two pings"
+    agent.advance(agent.next_ping_at, reaches_out=True, restarts_on_the_way_out=False)
+    assert (agent.state, agent.restarted) == ("registered", False)
+    restarted = AgentLife(first_ping_at=0.0)
+    restarted.advance(0.0, reaches_out=False, restarts_on_the_way_out=True)
+    restarted.advance(1.0, reaches_out=True, restarts_on_the_way_out=True)
+    assert (restarted.state, restarted.restarted) == ("registered", True)
 
 
 def test_a_route_to_a_detached_gateway_is_a_blackhole_and_no_way_out(aws):
@@ -266,7 +306,7 @@ def test_a_route_to_a_detached_gateway_is_a_blackhole_and_no_way_out(aws):
         return next(r for r in routes if r["DestinationCidrBlock"] == "0.0.0.0/0")["State"]
 
     assert route_out() == "blackhole"
-    cut_off, in_default_vpc = launch(ec2, SubnetId=subnet["SubnetId"]), launch(ec2)
+    cut_off, in_default_vpc = launch(ec2, SubnetId=subnet["SubnetId"], UserData=RESTARTS_AGENT), launch(ec2)
     wait_for(lambda: agents_online(ssm, in_default_vpc), seconds=20)
     assert not agents_online(ssm, cut_off), "its public address leads nowhere"
     ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)

@@ -123,7 +123,9 @@ class AwsSim:
 
     def machines(self) -> list[dict[str, Any]]:
         """Instances seen by the player: instance_id, user_data_check ("ok", bash -n's complaint, ...),
-        shutdown_after_s (the user-data shutdown timer it honours, or None)."""
+        shutdown_after_s (the user-data shutdown timer it honours, or None), agent (its SSM agent: starting,
+        hibernating or registered), agent_hibernated (its first ping found no way out), agent_restarted (its boot
+        restarted it while it hibernated)."""
         return self._control("GET", "machines")
 
     def launches(self) -> list[dict[str, Any]]:

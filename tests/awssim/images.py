@@ -46,6 +46,10 @@ UBUNTU_2404 = ImageFacts(
     {"python3.12-venv": "3.12.3", "python3.12-dev": "3.12.3", "python3-venv": "3.12.3",
      "nfs-common": "1:2.6.4-3ubuntu5.1"}, OFI_NCCL)
 IMAGES = {image.image_id: image for image in (UBUNTU_2204, UBUNTU_2404)}
+# SSM's agent on Ubuntu's images (these and Canonical's own) is a snap, so its systemd unit is the snap's
+# (https://docs.aws.amazon.com/systems-manager/latest/userguide/agent-install-ubuntu-64-snap.html); the deb's and
+# rpm's unit, amazon-ssm-agent.service, is not there.
+SSM_AGENT_UNIT = "snap.amazon-ssm-agent.amazon-ssm-agent.service"
 # Canonical's plain Ubuntu 22.04 server image: one whose insides nobody describes here (no facts, no EFA software).
 UNDESCRIBED = "ami-0c1a2204ca5e00001"
 AMAZON, CANONICAL = "898082745236", "099720109477"  # the images' owners' accounts

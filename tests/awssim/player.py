@@ -19,6 +19,7 @@ from moto.ec2.models.instances import InstanceState
 
 from . import access, backends, gpus, images, network
 from .backends import RUN_TAG
+from .hibernation import AgentLife
 from .initialization import Initializations
 from .rewrite import Rewrite
 from .storage import ContentStore
@@ -26,7 +27,8 @@ from .userdata import UserData, inspect
 
 INSTANCE_ENV = "IMAGENET18_SIM_INSTANCE"  # every process a machine's commands start inherits it
 MACHINE_VENV = "/opt/imagenet18/.venv"  # user-data installs the project, torch with it, there
-# How long after a machine runs its SSM agent registers (a minute or so on AWS): SendCommand refuses it until then.
+# How long after a machine runs its SSM agent first pings SSM (a minute or so on AWS): SendCommand refuses it until
+# the agent has registered.
 AGENT_DELAY_S = float(os.environ.get("AWSSIM_AGENT_DELAY_S", "1"))
 PENDING_S = float(os.environ.get("AWSSIM_PENDING_S", "0.5"))  # from a machine's launch until it runs
 SHUTTING_DOWN_S = float(os.environ.get("AWSSIM_SHUTTING_DOWN_S", "0.5"))  # from its termination until it is gone
@@ -104,12 +106,12 @@ class Machine:
     instance_id: str
     user_data: UserData
     shutdown_at: float | None  # time.time() when its user-data timer fires
-    agent_online_at: float  # time.time() from when its SSM agent registers, once the machine reaches out
-    registered: bool = False
+    agent: AgentLife
 
     def record(self) -> dict[str, Any]:
         return {"instance_id": self.instance_id, "user_data_check": self.user_data.check,
-                "shutdown_after_s": self.user_data.shutdown_after_s}
+                "shutdown_after_s": self.user_data.shutdown_after_s, "agent": self.agent.state,
+                "agent_hibernated": self.agent.hibernated, "agent_restarted": self.agent.restarted}
 
 
 def _free_port() -> int:
@@ -152,6 +154,7 @@ class Player:
         with self._lock:
             instances = {i.id: i for _, _, ec2 in backends.ec2_all() for i in backends.instances(ec2)}
             self._watch_machines(instances)
+            self._ping()
             self._kill_where_gone(instances)
             self._time_out()
             self._reap()
@@ -199,7 +202,7 @@ class Player:
                 delay = user_data.shutdown_after_s
                 shutdown_at = None if delay is None else time.time() + delay
                 self._machines[instance_id] = Machine(instance_id, user_data, shutdown_at,
-                                                      time.time() + self.agent_delay_s)
+                                                      AgentLife(time.time() + self.agent_delay_s))
             machine = self._machines.get(instance_id)
             if machine and machine.shutdown_at and time.time() >= machine.shutdown_at and instance.state in ALIVE:
                 machine.shutdown_at = None  # an OS shutdown ignores API termination protection
@@ -208,22 +211,29 @@ class Player:
                 else:
                     instance.stop()
 
+    def _ping(self) -> None:
+        """Each running machine's SSM agent, until it registers (through the machine's way out, once it has one)."""
+        now = time.time()
+        for _, _, ec2 in backends.ec2_all():
+            for instance in backends.instances(ec2):
+                machine = self._machines.get(instance.id)
+                if machine and not machine.agent.registered and instance.state == "running":
+                    machine.agent.advance(now, network.reaches_out(instance, ec2),
+                                          images.SSM_AGENT_UNIT in machine.user_data.restarted_units)
+
     def agents(self) -> dict[str, str]:
-        """The PingStatus of each machine whose SSM agent has registered (it registers through the machine's way
-        out, once it has one): Online while the machine runs and reaches out, ConnectionLost while it is stopped,
-        on its way out or cut off; a terminated machine's agent is gone."""
+        """The PingStatus of each machine whose SSM agent has registered: Online while the machine runs and
+        reaches out, ConnectionLost while it is stopped, on its way out or cut off; a terminated machine's agent
+        is gone."""
         with self._lock:
             instances = {i.id: (i, ec2) for _, _, ec2 in backends.ec2_all() for i in backends.instances(ec2)}
-            now = time.time()
             pings = {}
             for instance_id, machine in self._machines.items():
                 instance, ec2 = instances.get(instance_id, (None, None))
-                if instance is None or instance.state == "terminated" or now < machine.agent_online_at:
+                if instance is None or instance.state == "terminated" or not machine.agent.registered:
                     continue
                 out = network.reaches_out(instance, ec2)
-                machine.registered = machine.registered or out
-                if machine.registered:
-                    pings[instance_id] = "Online" if instance.state == "running" and out else "ConnectionLost"
+                pings[instance_id] = "Online" if instance.state == "running" and out else "ConnectionLost"
             return pings
 
     # Processes.

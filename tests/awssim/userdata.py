@@ -2,7 +2,7 @@
 `-n` by the shell its #! line names, read line by line against its image's facts for what would stop its boot on
 a real machine (a package apt cannot find, a tool whose package is missing, an interpreter outside the project's
 Requires-Python, a hashed lock that lacks a dependency the machine's Python needs), and searched for a shutdown
-timer, which the player honours."""
+timer, which the player honours, and for the services it restarts (SSM's agent, the player's concern)."""
 
 import base64
 import gzip
@@ -30,6 +30,7 @@ class UserData:
     # Whether the venv's Python has its C headers (python3.X-dev), which Triton's build of its GPU launchers
     # needs; None where no venv of a known image was made.
     python_headers: bool | None = None
+    restarted_units: frozenset[str] = frozenset()  # systemd units it restarts (a snap's service as its unit)
 
     @property
     def boot_failed(self) -> bool:
@@ -57,7 +58,7 @@ def inspect(encoded: str | None, save_as: Path, image: ImageFacts | None, projec
     result = subprocess.run([shell[1], "-n", str(save_as)], capture_output=True, text=True)
     failure, headers = boot(text, image, project) if image else (None, None)
     check = result.stderr.strip() if result.returncode else f"boot failed: {failure}" if failure else "ok"
-    return UserData(check, shutdown_timer_s(text), headers)
+    return UserData(check, shutdown_timer_s(text), headers, restarted_units(text))
 
 
 APT_INSTALL = re.compile(r"\bapt(?:-get)?\b[^\n;&|]*?\binstall\b([^\n;&|]*)")
@@ -140,6 +141,21 @@ def _version(python: str, image: ImageFacts) -> str:
     """The full version of an interpreter of the image (python3's own, or one its archive installs)."""
     minor = ".".join(image.python3.split(".")[:2]) if python == "python3" else python.removeprefix("python")
     return image.python3 if image.python3.startswith(f"{minor}.") else image.archive[python]
+
+
+SYSTEMCTL_RESTART = re.compile(r"\bsystemctl\s+(?:-[-\w=]+\s+)*(?:try-)?restart\s+([^\n;&|]*)")
+SNAP_RESTART = re.compile(r"\bsnap\s+restart\s+(?:-[-\w=]+\s+)*([\w-]+)")
+# systemctl appends .service to a name without one of these.
+UNIT_TYPES = {"service", "socket", "device", "mount", "automount", "swap", "target", "path", "timer", "slice", "scope"}
+
+
+def restarted_units(script: str) -> frozenset[str]:
+    """The systemd units `systemctl restart` or `snap restart` restarts anywhere in the script (comments aside);
+    a snap's service is named as its unit, snap.NAME.NAME.service."""
+    code = "\n".join(line.split("#", 1)[0] for line in script.splitlines() if not line.startswith("#!"))
+    named = [unit for words in SYSTEMCTL_RESTART.findall(code) for unit in words.split() if not unit.startswith("-")]
+    units = {unit if unit.rsplit(".", 1)[-1] in UNIT_TYPES else f"{unit}.service" for unit in named}
+    return frozenset(units | {f"snap.{name}.{name}.service" for name in SNAP_RESTART.findall(code)})
 
 
 def shutdown_timer_s(script: str) -> float | None:
