@@ -124,10 +124,11 @@ def _market(backend: AwsBackend, kind: catalog.InstanceType, on_demand: bool) ->
     """Spot when asked for and the account's spot quota for the type holds both machines."""
     if on_demand:
         return False, "on-demand (--on-demand)"
-    quota = quotas.QUOTAS.get((kind.family, True))
+    quota = quotas.quota_for(kind.name, True)
     value = quotas.quota_value(backend.clients, quota) if quota else None
-    if value is None or value < MACHINES * kind.vcpus:
-        held = "not readable" if value is None else f"{value:g} vCPUs"
+    _, used = quotas.in_use(backend.clients, quota) if value is not None else (0, 0)
+    if value is None or value - used < MACHINES * kind.vcpus:
+        held = "not readable" if value is None else f"{value:g} vCPUs" + (f", {used} in use" if used else "")
         return False, f"on-demand (the spot quota, {held}, does not hold {MACHINES} x {kind.name})"
     return True, "spot (the account's spot quota holds both)"
 

@@ -308,6 +308,23 @@ def hold_another_network(aws, tiny_data):
     ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
 
 
+def run_machines_of_the_accounts_own(aws, tiny_data):
+    """Two on-demand P machines, which count against the run's quota; a spot one, a G one and a stopped one, which
+    do not."""
+    ec2 = aws.client("ec2")
+
+    def run(instance_type, count=1, **market):
+        return [i["InstanceId"] for i in ec2.run_instances(ImageId=UBUNTU_2204.image_id, InstanceType=instance_type,
+                                                           MinCount=count, MaxCount=count, **market)["Instances"]]
+
+    run("p4d.24xlarge", 2)
+    run("p4d.24xlarge", InstanceMarketOptions={"MarketType": "spot"})
+    run("g5.xlarge")
+    stopped = run("p3.16xlarge")
+    ec2.get_waiter("instance_running").wait(InstanceIds=stopped, WaiterConfig={"Delay": 1})
+    ec2.stop_instances(InstanceIds=stopped)
+
+
 def hold_an_io2_volume(aws, tiny_data):
     """Volumes of the account's own (not the run's): EBS counts the IOPS of every io2 volume in the region, and
     only of io2 volumes (the gp3 one is not counted)."""
@@ -358,6 +375,9 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
                                     r"--quota-code L-417A185B --desired-value 1536"),
     ({"spot": True, "quotas": {"L-7212CCBC": 1535}}, r'1536 vCPUs of the quota "All P4, P3 and P2 Spot Instance '
                                                      r'Requests" \(L-7212CCBC\) in us-east-1, which is 1535'),
+    ({"quotas": {"L-417A185B": 1700}, "setup": run_machines_of_the_accounts_own},
+     r'16 x p4d.24xlarge need 1536 vCPUs of the quota "Running On-Demand P instances" \(L-417A185B\) in us-east-1, '
+     r"which is 1700 for this account, 192 of them held by 2 running machine\(s\) .* --desired-value 1728`"),
     ({"setup": lambda aws, _: delete_default_vpc(aws)}, "this account has no default subnet in us-east-1a"),
     ({"quotas": {"L-8D977E7E": 200_000}, "setup": hold_an_io2_volume},
      r'16 io2 dataset replica\(s\) of \d+ GiB at 11500 IOPS need 184000 of the quota "IOPS for Provisioned IOPS SSD '
@@ -394,11 +414,17 @@ def test_bad_input_is_refused_before_anything_exists(aws, snapshot, tiny_data, t
     backend = AwsBackend(options(**change.get("options", {})), home=tmp_path)
     spec = cluster_spec("run-bad", 16, change.get("instance_type", "p4d.24xlarge"), change.get("spot", False),
                         hours=change.get("hours", 2.0))
+    machines = instance_ids(aws)  # the account's own, if any
     with pytest.raises(InputError, match=message):
         backend.check(spec, change.get("dataset", DATASET))
     monkeypatch.undo()
     assert aws_leftovers(aws, home=tmp_path) == {}
-    assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
+    assert instance_ids(aws) == machines
+
+
+def instance_ids(aws) -> list[str]:
+    return sorted(i["InstanceId"] for r in aws.client("ec2").describe_instances()["Reservations"]
+                  for i in r["Instances"])
 
 
 def test_without_a_default_vpc_the_launch_is_dry_run_in_the_users_subnet(aws, snapshot, tmp_path):

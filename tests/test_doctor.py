@@ -43,7 +43,7 @@ def test_a_ready_account_passes_every_check(aws, capsys, operator):
     assert rows["permissions"][0] == "IAM allows every action of tasks/backends/aws/user_policy.json"
     assert rows["instance type"][0] == "8 x A100 40 GB, compute capability 8.0: torch 2.14.1+cu130 runs it"
     assert rows["zones"][0].startswith("p4d.24xlarge in us-east-1a, ") and "the run's zone: us-east-1a" in out
-    assert rows["quota L-417A185B (on-demand)"][0] == ("Running On-Demand P instances: 2048 vCPUs, 16 x "
+    assert rows["quota L-417A185B (on-demand)"][0] == ("Running On-Demand P instances: 2048 vCPUs, 0 in use, 16 x "
                                                        "p4d.24xlarge need 1536")
     assert rows["replicas' IOPS"][0] == ("IOPS for Provisioned IOPS SSD (io2) volumes: 500000, 0 in use, 16 replicas "
                                          "at 11500 need 184000")
@@ -114,7 +114,7 @@ def test_a_zero_quota_fails_with_the_request_to_make(aws, capsys):
     code, rows, out = doctor(aws, capsys, "--machines", "2")
     assert code == 1
     assert rows["quota L-417A185B (on-demand)"] == (
-        "Running On-Demand P instances: 0 vCPUs, 2 x p4d.24xlarge need 192", "fail")
+        "Running On-Demand P instances: 0 vCPUs, 0 in use, 2 x p4d.24xlarge need 192", "fail")
     assert rows["quota L-3819A6DF (spot)"] == ("All G and VT Spot Instance Requests: 0 vCPUs (not this run's)", "warn")
     assert ("- quota L-417A185B (on-demand): 2 x p4d.24xlarge need 192 vCPUs of the quota \"Running On-Demand P "
             "instances\" (L-417A185B) in us-east-1, which is 0 for this account (a new account's is 0): ask AWS for "
@@ -126,8 +126,8 @@ def test_spot_checks_the_spot_quota(aws, capsys):
     aws.set_quotas({"L-3819A6DF": 3})
     code, rows, out = doctor(aws, capsys, "--spot", "--instance-type", "g5.xlarge", "--machines", "1")
     assert code == 1
-    assert rows["quota L-3819A6DF (spot)"] == ("All G and VT Spot Instance Requests: 3 vCPUs, 1 x g5.xlarge need 4",
-                                               "fail")
+    assert rows["quota L-3819A6DF (spot)"] == (
+        "All G and VT Spot Instance Requests: 3 vCPUs, 0 in use, 1 x g5.xlarge need 4", "fail")
     assert rows["quota L-DB2E81BA (on-demand)"][1] == "ok", "the on-demand quota is not this run's"
     assert rows["launch (dry run)"] == ("EC2 would start 1 x g5.xlarge spot (permissions only)", "ok")
 

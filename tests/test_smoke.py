@@ -54,7 +54,7 @@ def test_an_account_the_doctor_finds_not_ready_is_refused_with_its_table(aws, ti
     with pytest.raises(NotReady) as refused:
         smoke_plan(tiny_data)
     assert str(refused.value).startswith("this account is not ready for a run")
-    assert "Running On-Demand G and VT instances: 0 vCPUs, 2 x g6.xlarge need 8" in refused.value.table
+    assert "Running On-Demand G and VT instances: 0 vCPUs, 0 in use, 2 x g6.xlarge need 8" in refused.value.table
     assert aws_resources(aws) == [] and aws.client("s3").list_buckets()["Buckets"] == []
 
 

@@ -15,17 +15,16 @@ class InstanceType:
     compute_capability: tuple[int, int]  # the GPU's CUDA architecture: (7, 0) is sm_70
     on_demand_usd: float
     vcpus: int  # what EC2 counts against the account's quota
-    family: str  # which quotas count it (quotas.QUOTAS)
     efa_interfaces: int  # EFA devices it takes, one per network card: EC2's EfaInfo.MaximumEfaInterfaces
 
 
 INSTANCE_TYPES = {t.name: t for t in (
-    InstanceType("p3.16xlarge", 8, "V100 16 GB", (7, 0), 24.48, 64, "P", 0),   # the seed's
-    InstanceType("p3dn.24xlarge", 8, "V100 32 GB", (7, 0), 31.212, 96, "P", 1),
-    InstanceType("p4d.24xlarge", 8, "A100 40 GB", (8, 0), 21.958, 96, "P", 4),
-    InstanceType("p5.48xlarge", 8, "H100 80 GB", (9, 0), 55.04, 192, "P5", 32),
-    InstanceType("g5.xlarge", 1, "A10G 24 GB", (8, 6), 1.006, 4, "G", 0),     # cheap trials
-    InstanceType("g6.xlarge", 1, "L4 24 GB", (8, 9), 0.805, 4, "G", 0),
+    InstanceType("p3.16xlarge", 8, "V100 16 GB", (7, 0), 24.48, 64, 0),   # the seed's
+    InstanceType("p3dn.24xlarge", 8, "V100 32 GB", (7, 0), 31.212, 96, 1),
+    InstanceType("p4d.24xlarge", 8, "A100 40 GB", (8, 0), 21.958, 96, 4),
+    InstanceType("p5.48xlarge", 8, "H100 80 GB", (9, 0), 55.04, 192, 32),
+    InstanceType("g5.xlarge", 1, "A10G 24 GB", (8, 6), 1.006, 4, 0),     # cheap trials
+    InstanceType("g6.xlarge", 1, "L4 24 GB", (8, 9), 0.805, 4, 0),
 )}
 # The default: of the 8-GPU types the torch build runs, the one with the lowest price per training image (an
 # H100 trains ResNet-50 about twice as fast as an A100 and costs 2.5 times as much) and the widest offering.

@@ -166,7 +166,7 @@ class _Doctor:
             return _Found(f"{quota.name}: not readable", WARN, "these credentials may not read Service Quotas "
                           "(servicequotas:GetServiceQuota): EC2 alone refuses a launch over the quota")
         kind = catalog.INSTANCE_TYPES.get(self.instance_type)
-        if kind is None or spot != self.spot or quotas.QUOTAS.get((kind.family, spot)) != quota:
+        if kind is None or quotas.quota_for(self.instance_type, self.spot) != quota or spot != self.spot:
             if value == 0:
                 return _Found(f"{quota.name}: 0 vCPUs (not this run's)", WARN,
                               f"a new account's: no machine it counts starts until AWS raises it (Service Quotas "
@@ -174,8 +174,8 @@ class _Doctor:
                               f"{self.clients.region} --service-code ec2 --quota-code {quota.code} "
                               "--desired-value N`)")
             return _Found(f"{quota.name}: {value:g} vCPUs (not this run's)")
-        need = self.machines * kind.vcpus
-        result = f"{quota.name}: {value:g} vCPUs, {self.machines} x {self.instance_type} need {need}"
+        need, (_, used) = self.machines * kind.vcpus, quotas.in_use(self.clients, quota)
+        result = f"{quota.name}: {value:g} vCPUs, {used} in use, {self.machines} x {self.instance_type} need {need}"
         try:
             quotas.check(self.clients, self.instance_type, self.machines, self.spot)
         except InputError as exc:

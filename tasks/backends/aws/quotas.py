@@ -1,13 +1,15 @@
 """The account's vCPU quotas for GPU machines and for the snapshot builder's, read from Service Quotas before
 anything is made. EC2 counts a launch's vCPUs against them (a new account has 0 for P and G, and its Standard
 quota may be under the builder's 16), and its dry run of a launch checks permissions, not quotas, so without this
-a run learns of the quota only after its network, file system and replicas exist.
+a run learns of the quota only after its network, file system and replicas exist. A quota counts every running
+machine of the account in the region that it covers, not only the run's: those are counted too.
 https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-on-demand-instances.html (On-Demand quotas) and
 https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/using-spot-limits.html (Spot quotas)."""
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from tasks.backends.aws import catalog
@@ -25,7 +27,7 @@ class Quota:
     new_account: float = 0  # AWS's default value (GetAWSDefaultServiceQuota)
 
 
-# (catalog family, spot) -> the quota EC2 counts the machines against. On-demand, every P machine counts against one
+# (bucket, spot) -> the quota EC2 counts the machines against. On-demand, every P machine counts against one
 # quota; spot P5 machines (p5, p5e, p5en) against one of their own, the other P machines against L-7212CCBC, whose
 # name was "All P Spot Instance Requests" before P5 got its own (using-spot-limits.html lists both names).
 QUOTAS = {
@@ -38,30 +40,69 @@ QUOTAS = {
 }
 # On-demand machines of the general-purpose, compute, memory and storage families: the snapshot builder's.
 STANDARD = Quota("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", new_account=5)
+# An instance type's bucket, from the letters its name starts with (dl, inf, trn, hpc, x, u-, f, mac have quotas of
+# their own, which no machine here uses).
+BUCKETS = {"p": "P", "g": "G", "gr": "G", "vt": "G",
+           **dict.fromkeys(("a", "c", "d", "h", "i", "im", "is", "m", "r", "t", "z"), "Standard")}
+
+
+def quota_for(instance_type: str, spot: bool) -> Quota | None:
+    """The vCPU quota EC2 counts a machine of `instance_type` against; None for a bucket not checked here."""
+    letters = re.match(r"[a-z]*", instance_type)[0]
+    bucket = "P5" if instance_type.startswith("p5") else BUCKETS.get(letters)
+    if bucket == "Standard":
+        return None if spot else STANDARD
+    return QUOTAS.get((bucket, spot))
 
 
 def check(clients: Clients, instance_type: str, machines: int, spot: bool) -> None:
-    """Refuse a run whose machines need more vCPUs than the account's quota for their type allows."""
-    kind = catalog.instance_type(instance_type)
-    quota = QUOTAS.get((kind.family, spot))
+    """Refuse a run whose machines need more vCPUs than the account's quota for their type leaves."""
+    quota = quota_for(instance_type, spot)
     if quota is None:
         log.info("no vCPU quota of %s %s machines is checked before the launch", "spot" if spot else "on-demand",
                  instance_type)
         return
-    check_vcpus(clients, quota, f"{machines} x {instance_type} need", machines * kind.vcpus, "run fewer machines")
+    check_vcpus(clients, quota, f"{machines} x {instance_type} need",
+                machines * catalog.instance_type(instance_type).vcpus, "run fewer machines")
 
 
 def check_vcpus(clients: Clients, quota: Quota, needing: str, need: int, otherwise: str = "") -> None:
-    """Refuse machines that need more vCPUs than the account's `quota` allows. `needing`: who needs them, with
-    the verb ("2 x p4d.24xlarge need"); `otherwise`: what else would do."""
+    """Refuse machines that need more vCPUs than the account's `quota` leaves beside its running machines.
+    `needing`: who needs them, with the verb ("2 x p4d.24xlarge need"); `otherwise`: what else would do."""
     value = quota_value(clients, quota)
-    if value is not None and need > value:
+    if value is None:
+        return
+    machines, used = in_use(clients, quota)
+    if need + used > value:
+        held = f", {used} of them held by {machines} running machine(s)" if machines else ""
         raise InputError(
             f"{needing} {need} vCPUs of the quota \"{quota.name}\" ({quota.code}) in {clients.region}, which "
-            f"is {value:g} for this account (a new account's is {quota.new_account:g}): ask AWS for more in the "
-            f"Service Quotas console, or with `aws service-quotas request-service-quota-increase --region "
-            f"{clients.region} --service-code ec2 --quota-code {quota.code} --desired-value {need}`"
+            f"is {value:g} for this account{held} (a new account's is {quota.new_account:g}): ask AWS for more "
+            f"in the Service Quotas console, or with `aws service-quotas request-service-quota-increase --region "
+            f"{clients.region} --service-code ec2 --quota-code {quota.code} --desired-value {need + used}`"
             + (f", or {otherwise}" if otherwise else ""))
+
+
+def in_use(clients: Clients, quota: Quota) -> tuple[int, int]:
+    """How many of the account's machines in the region `quota` counts (pending or running), and their vCPUs (each
+    type's default, as EC2 counts them whatever their CPU options)."""
+    pages = clients.ec2.get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
+    types = [i["InstanceType"] for page in pages for reservation in page["Reservations"]
+             for i in reservation["Instances"] if quota_for(i["InstanceType"], i.get("InstanceLifecycle") == "spot")
+             == quota]
+    vcpus = default_vcpus(clients, set(types))
+    return len(types), sum(vcpus[t] for t in types)
+
+
+def default_vcpus(clients: Clients, instance_types: set[str]) -> dict[str, int]:
+    """Each type's default vCPUs: the catalogue's, else EC2's."""
+    known = {t: catalog.INSTANCE_TYPES[t].vcpus for t in instance_types if t in catalog.INSTANCE_TYPES}
+    others = sorted(instance_types - set(known))
+    for start in range(0, len(others), 100):  # DescribeInstanceTypes takes at most 100
+        answer = clients.ec2.describe_instance_types(InstanceTypes=others[start:start + 100])
+        known.update((t["InstanceType"], t["VCpuInfo"]["DefaultVCpus"]) for t in answer["InstanceTypes"])
+    return known
 
 
 def quota_value(clients: Clients, quota: Quota) -> float | None:
