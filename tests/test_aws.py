@@ -12,6 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tasks.backends.aws import AwsBackend, efs, jobs, machines, permissions, quotas, tags
+from tasks.backends import retry_may_pass
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
@@ -262,6 +263,31 @@ def test_a_lost_machine_is_replaced_with_its_replica_while_it_is_still_shutting_
     assert aws_leftovers(aws, "run-replaced", tmp_path) == {}
 
 
+def test_a_launch_waits_while_aws_verifies_a_new_accounts_region_and_fails_for_good_past_the_wait(
+        aws, snapshot, tmp_path, monkeypatch):
+    """EC2 refuses a new account's launches until AWS has verified its access to the region ("normally resolved
+    within minutes"): the run's replicas exist by then, so the launch is asked again a while; past that wait the
+    stage fails at once (no retry of it meets anything else) and teardown leaves nothing."""
+    monkeypatch.setattr(machines, "VERIFICATION_POLL_S", 0.2)
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-verifying", 1, "g5.xlarge")
+    replicas = backend.replicate(spec, DATASET, 1)
+    aws.verify_account(launches=3, label="verifying")
+    cluster = backend.provision(spec, replicas)
+    assert [f["fired"] for f in aws.fault_counts("verifying")] == [3]
+    assert len(cluster.machines) == 1
+    backend.teardown("run-verifying")
+
+    monkeypatch.setattr(machines, "VERIFICATION_WAIT_S", 1.0)
+    aws.verify_account()
+    replicas = backend.replicate(spec, DATASET, 1)
+    with pytest.raises(ClientError, match="PendingVerification.*allow up to 4 hours") as refused:
+        backend.provision(spec, replicas)
+    assert not retry_may_pass(refused.value)
+    backend.teardown("run-verifying")
+    assert aws_leftovers(aws, "run-verifying", tmp_path) == {}
+
+
 def public_ips(ec2, cluster) -> list[str]:
     reservations = ec2.describe_instances(InstanceIds=[m.id for m in cluster.machines])["Reservations"]
     return sorted(i["PublicIpAddress"] for r in reservations for i in r["Instances"])
@@ -366,6 +392,9 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
     ({"hours": 72}, "max_hours=72 is over the 48 h that SSM lets a job's command run on AWS"),
     ({"fault": "VcpuLimitExceeded"}, "over this account's limit"),
     ({"fault": "UnauthorizedOperation"}, "may not start instances"),
+    ({"setup": lambda aws, _: aws.verify_account(dry_runs=True)},
+     r"AWS is still verifying this account's access to us-east-1, and refuses its launches until then "
+     r"\(PendingVerification\): usually minutes, up to 4 hours"),
     ({"spot": True, "fault": "UnauthorizedOperation", "fault_match": {"InstanceMarketOptions.MarketType": "spot"}},
      "may not start instances as the run does"),  # a policy that forbids spot: the dry run asks for spot too
     ({"no_credentials": True}, "no AWS credentials"),

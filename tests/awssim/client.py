@@ -17,10 +17,17 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from .faults import PRESENT
+from .faults import ABSENT, PRESENT
 
 REPO = Path(__file__).resolve().parents[2]
 READY = "awssim ready "
+# EC2's answer to a launch while AWS verifies a new account's access to the region.
+PENDING_VERIFICATION = (
+    "Your request for accessing resources in this region is being validated, and you will not be able to launch "
+    "additional resources in this region until the validation is complete. We will notify you by email once your "
+    "request has been validated. While normally resolved within minutes, please allow up to 4 hours for this "
+    "process to complete. If the issue still persists, please let us know by writing to aws-verification@amazon.com "
+    "for further assistance.")
 
 
 @dataclass
@@ -83,6 +90,14 @@ class AwsSim:
                        match={"IamInstanceProfile.Name": PRESENT},
                        message="You are not authorized to perform this operation. Encoded authorization failure "
                                "message: injected-by-awssim-iam-PassRole")
+
+    def verify_account(self, launches: int | None = None, dry_runs: bool = False, label: str = "") -> None:
+        """AWS is verifying the account's access to the region, as for a new account: its next `launches`
+        RunInstances (each one when None) are refused with PendingVerification, in EC2's words (users' reports of
+        it, e.g. openshift/installer#1709); dry runs too with `dry_runs` (whether EC2's dry run answers it is not
+        known)."""
+        self.add_fault("ec2", "RunInstances", "PendingVerification", status=400, times=launches, label=label,
+                       match={} if dry_runs else {"DryRun": ABSENT}, message=PENDING_VERIFICATION)
 
     def clear_faults(self, label: str | None = None) -> None:
         """Every rule, or only those added with `label`."""

@@ -287,6 +287,10 @@ class AwsBackend:
                 if code in machines.LIMIT_ERRORS:
                     raise InputError(f"{spec.machines} x {spec.instance_type} is over this account's limit ({code}): "
                                      "ask AWS for a quota increase or run fewer machines") from None
+                if code == "PendingVerification":
+                    raise InputError(f"AWS is still verifying this account's access to {self.clients.region}, and "
+                                     "refuses its launches until then (PendingVerification): usually minutes, up to "
+                                     f"4 hours; AWS emails when it is done. Run again then. AWS said: {exc}") from None
                 if code == "UnauthorizedOperation" and profile:
                     raise InputError(f"these AWS credentials may not pass the machines' role {profile} to EC2 "
                                      f"(iam:PassRole): allow iam:PassRole on arn:aws:iam::*:role/{iam.ROLE_PREFIX}* "

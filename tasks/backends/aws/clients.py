@@ -24,12 +24,12 @@ RETRIES = Config(retries={"mode": "standard", "max_attempts": 8}, connect_timeou
 EXPECTED_ANSWERS = {"DryRunOperation", "NoSuchKey", "InvalidRange", "404", "NoSuchEntity", "ParameterNotFound",
                     "InvalidPlacementGroup.Duplicate", "InvalidPermission.Duplicate", "EntityAlreadyExists",
                     "ParameterAlreadyExists", "InvalidResourceId"}
-# Refusals a retry minutes later gets again: permissions, credentials, an account not opted in, quotas. A stage
-# that meets one fails at once with it, rather than after its retries.
+# Refusals a retry minutes later gets again: permissions, credentials, an account not opted in or not verified
+# yet, quotas. A stage that meets one fails at once with it, rather than after its retries.
 REFUSALS = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "AuthFailure", "InvalidClientTokenId",
-            "UnrecognizedClientException", "OptInRequired", "Blocked", "VcpuLimitExceeded", "InstanceLimitExceeded",
-            "MaxSpotInstanceCountExceeded", "VolumeLimitExceeded", "VpcLimitExceeded", "AddressLimitExceeded",
-            "MaxIOPSLimitExceeded", "AuthFailure.ServiceLinkedRoleCreationNotPermitted"}
+            "UnrecognizedClientException", "OptInRequired", "Blocked", "PendingVerification", "VcpuLimitExceeded",
+            "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded", "VolumeLimitExceeded", "VpcLimitExceeded",
+            "AddressLimitExceeded", "MaxIOPSLimitExceeded", "AuthFailure.ServiceLinkedRoleCreationNotPermitted"}
 ALWAYS_ENABLED = "us-east-1"  # a region every AWS account has (the opt-in ones came after it)
 NO_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=10, read_timeout=60)
 # botocore reads its service models (megabytes of JSON) once per session; the sessions of a process share them.

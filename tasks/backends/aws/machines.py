@@ -4,6 +4,7 @@ dataset volume and EFS and installs the project; volume i is attached to machine
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -28,6 +29,13 @@ LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 CAPACITY_ERRORS = ("InsufficientInstanceCapacity", "InsufficientCapacity", "SpotMaxPriceTooLow",
                    "InsufficientFreeAddressesInSubnet")
 LIMIT_ERRORS = ("VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded")
+# EC2 refuses a new account's launches in a region (PendingVerification) until AWS has verified it: "normally
+# resolved within minutes, please allow up to 4 hours", it answers. The run's replicas exist by the launch, so it
+# asks again for a while before it gives up.
+VERIFICATION_WAIT_S = 15 * 60.0
+VERIFICATION_POLL_S = 30.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -158,9 +166,8 @@ def _run_all(clients: Clients, spec: ClusterSpec, network: Network, image: dict,
     The request's k-th machine (its AmiLaunchIndex) is machine indices[k], and is tagged so."""
     request = launch_request(spec, network, image, profile, len(indices), volume_ids, boot)
     ec2 = clients.client("ec2", retries=False)
-    attempt = 0
+    attempt, verifying_since = 0, None
     while True:
-        attempt += 1
         try:
             launched = ec2.run_instances(**request)["Instances"]
             break
@@ -168,7 +175,18 @@ def _run_all(clients: Clients, spec: ClusterSpec, network: Network, image: dict,
             code = error_code(exc)
             if code in CAPACITY_ERRORS:
                 raise CapacityError(code, spec.instance_type, network.zone) from exc
+            if code == "PendingVerification":
+                if verifying_since is None:
+                    verifying_since = time.monotonic()
+                    log.warning("AWS is verifying this account's access to %s (PendingVerification): the launch is "
+                                "asked again every %.0f s for up to %.0f min, the run's replicas paid meanwhile",
+                                clients.region, VERIFICATION_POLL_S, VERIFICATION_WAIT_S / 60)
+                if time.monotonic() - verifying_since >= VERIFICATION_WAIT_S:
+                    raise
+                time.sleep(VERIFICATION_POLL_S)
+                continue
             # throttling is retried here since this client has botocore's retries off
+            attempt += 1
             retriable = profile_propagating(exc) or code in (
                 "RequestLimitExceeded", "Throttling", "ThrottlingException")
             if not retriable or attempt >= 8:
