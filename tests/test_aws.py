@@ -456,6 +456,17 @@ def instance_ids(aws) -> list[str]:
                   for i in r["Instances"])
 
 
+def test_a_run_id_that_already_has_resources_is_refused_before_its_quotas_count_its_machines(aws, snapshot,
+                                                                                              tmp_path):
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-again", 2, "g5.xlarge")
+    backend.provision(spec, backend.replicate(spec, DATASET, 2))
+    aws.set_quotas({"L-DB2E81BA": 8})  # its own two machines fill it
+    with pytest.raises(InputError, match="^run run-again already has AWS resources; use another run id"):
+        backend.check(spec, DATASET)
+    backend.teardown("run-again")
+
+
 def test_without_a_default_vpc_the_launch_is_dry_run_in_the_users_subnet(aws, snapshot, tmp_path):
     delete_default_vpc(aws)
     subnet = users_subnet(aws)

@@ -1,10 +1,10 @@
-"""The instance catalogue against the torch build the machines install: a type is offered only where that
-build has kernels for its GPU."""
+"""The instance catalogue against the torch build the machines install (a type is offered only where that
+build has kernels for its GPU), and the vCPU quota each type counts against."""
 
 import pytest
 import torch
 
-from tasks.backends.aws import catalog
+from tasks.backends.aws import catalog, quotas
 
 
 @pytest.mark.skipif(not torch.version.cuda, reason="a CPU build of torch lists no CUDA architectures")
@@ -36,3 +36,24 @@ def test_each_types_efa_interfaces_are_what_ec2_says_it_takes(aws):
             if t["NetworkInfo"].get("EfaSupported") else 0 for t in found}
     assert {name: kind.efa_interfaces for name, kind in catalog.INSTANCE_TYPES.items()} == said
     assert said["p4d.24xlarge"] == 4 and said["p5.48xlarge"] == 32 and said["g5.xlarge"] == 0
+
+
+@pytest.mark.parametrize("instance_type,spot,code", [
+    *((t, False, "L-417A185B") for t in ("p3dn.24xlarge", "p4d.24xlarge", "p4de.24xlarge", "p5.48xlarge",
+                                         "p5en.48xlarge", "p6-b200.48xlarge")),
+    *((t, True, "L-7212CCBC") for t in ("p3.16xlarge", "p4d.24xlarge", "p6-b200.48xlarge")),
+    *((t, True, "L-C4BD4855") for t in ("p5.48xlarge", "p5e.48xlarge", "p5en.48xlarge")),
+    *((t, False, "L-DB2E81BA") for t in ("g5.xlarge", "g5g.xlarge", "g6.xlarge", "gr6.4xlarge", "vt1.3xlarge")),
+    *((t, True, "L-3819A6DF") for t in ("g5.xlarge", "vt1.3xlarge")),
+    *((t, False, "L-1216C47A") for t in ("c6i.4xlarge", "m7i-flex.large", "r7iz.large", "t3.micro", "a1.large",
+                                         "d3en.xlarge", "h1.2xlarge", "i4i.large", "im4gn.large", "is4gen.large",
+                                         "z1d.large", "c7gn.large")),
+    *((t, spot, None) for t in ("inf2.xlarge", "trn1.2xlarge", "dl1.24xlarge", "hpc7g.4xlarge", "x2idn.16xlarge",
+                                "u-6tb1.56xlarge", "f1.2xlarge", "mac1.metal") for spot in (False, True)),
+    ("c6i.4xlarge", True, None),  # the Standard spot quota: no spot machine here is standard
+])
+def test_each_instance_type_counts_against_its_buckets_quota(instance_type, spot, code):
+    """EC2's vCPU quota buckets: Standard (A, C, D, H, I, M, R, T, Z), G and VT, P, spot P5 apart; other families
+    (Inferentia, Trainium, DL, HPC, X, high memory, F, Mac) have quotas of their own, not checked here."""
+    quota = quotas.quota_for(instance_type, spot)
+    assert (quota.code if quota else None) == code

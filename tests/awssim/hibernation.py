@@ -1,8 +1,8 @@
 """An SSM agent's pings until it registers, as amazon-ssm-agent makes them: one as it starts with its machine and,
 if that one fails (the machine has no way out yet), hibernation: no ping for 5 minutes, then three 5 minutes apart,
-three 10 minutes apart, and so on, the interval doubling up to an hour (agent/hibernation/hibernation.go:
+three 10 minutes apart, and so on, the interval doubling up to an hour (3.3's agent/hibernation/hibernation.go:
 initialPingRate 5*60, backoffRate 3, multiplier 2, HibernationMaxBackoffIntervalMinutes 60 by default; its
-scheduler pings at once when scheduled, each span lasting three intervals). The
+scheduler pings at once when scheduled, each span lasting three intervals; older agents doubled sooner). The
 worker enters it when its first health ping (UpdateInstanceInformation) fails for any reason. A restart of the
 agent's service starts a new agent, which pings at once."""
 

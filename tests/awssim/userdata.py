@@ -152,7 +152,8 @@ UNIT_TYPES = {"service", "socket", "device", "mount", "automount", "swap", "targ
 def restarted_units(script: str) -> frozenset[str]:
     """The systemd units `systemctl restart` or `snap restart` restarts anywhere in the script (comments aside);
     a snap's service is named as its unit, snap.NAME.NAME.service."""
-    code = "\n".join(line.split("#", 1)[0] for line in script.splitlines() if not line.startswith("#!"))
+    lines = script.replace("\\\n", " ").splitlines()  # continued lines joined
+    code = "\n".join(re.sub(r"(^|\s)#.*", "", line) for line in lines if not line.startswith("#!"))  # comments out
     named = [unit for words in SYSTEMCTL_RESTART.findall(code) for unit in words.split() if not unit.startswith("-")]
     units = {unit if unit.rsplit(".", 1)[-1] in UNIT_TYPES else f"{unit}.service" for unit in named}
     return frozenset(units | {f"snap.{name}.{name}.service" for name in SNAP_RESTART.findall(code)})

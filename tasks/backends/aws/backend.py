@@ -175,6 +175,9 @@ class AwsBackend:
         self._check_volume_quotas(snapshot, spec.machines - self._from_pool(spec, snapshot))  # the pool's are made
         image = machines.resolve_ami(self.clients, self.options.ami)
         machines.check_image_release(image)
+        if self.resources(spec.run_id):  # before the quotas, which its machines would count against
+            raise InputError(f"run {spec.run_id} already has AWS resources; use another run id, or "
+                             "`imagenet18 cleanup` to remove them")
         allowed = tuple(dict.fromkeys((spec.instance_type, *self.options.other_instance_types)))
         for instance_type in allowed:
             quotas.check(self.clients, instance_type, spec.machines, spec.spot)
@@ -186,9 +189,6 @@ class AwsBackend:
         if any(machines.needs_elastic_ips(instance_type, public) for instance_type in allowed):
             addresses.check_quota(self.clients, spec.machines)
         self.dry_run_instances(spec, image, self.options.subnet_id or self.default_subnet(zone))
-        if self.resources(spec.run_id):
-            raise InputError(f"run {spec.run_id} already has AWS resources; use another run id, or "
-                             "`imagenet18 cleanup` to remove them")
 
     def _check_volume_quotas(self, snapshot: dict, count: int) -> None:
         """`count` new replicas of the snapshot against the region's EBS quotas."""

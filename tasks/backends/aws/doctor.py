@@ -174,13 +174,11 @@ class _Doctor:
                               f"{self.clients.region} --service-code ec2 --quota-code {quota.code} "
                               "--desired-value N`)")
             return _Found(f"{quota.name}: {value:g} vCPUs (not this run's)")
-        need, (_, used) = self.machines * kind.vcpus, quotas.in_use(self.clients, quota)
-        result = f"{quota.name}: {value:g} vCPUs, {used} in use, {self.machines} x {self.instance_type} need {need}"
-        try:
-            quotas.check(self.clients, self.instance_type, self.machines, self.spot)
-        except InputError as exc:
-            return _Found(result, FAIL, str(exc))
-        return _Found(result)
+        need, held, needing = self.machines * kind.vcpus, quotas.in_use(self.clients, quota), \
+            f"{self.machines} x {self.instance_type} need"
+        result = f"{quota.name}: {value:g} vCPUs, {held[1]} in use, {needing} {need}"
+        refused = quotas.refusal(self.clients.region, quota, value, held, needing, need, quotas.FEWER_MACHINES)
+        return _Found(result, FAIL, str(refused)) if refused else _Found(result)
 
     def _replica_iops(self) -> _Found:
         """The run's replicas, all made (a pool's would need fewer), against the region's IOPS quota for their

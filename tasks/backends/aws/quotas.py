@@ -38,8 +38,10 @@ QUOTAS = {
     ("P5", True): Quota("L-C4BD4855", "All P5 Spot Instance Requests"),
     ("G", True): Quota("L-3819A6DF", "All G and VT Spot Instance Requests"),
 }
+SPOT_QUOTAS = {quota for (_, spot), quota in QUOTAS.items() if spot}
 # On-demand machines of the general-purpose, compute, memory and storage families: the snapshot builder's.
 STANDARD = Quota("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", new_account=5)
+FEWER_MACHINES = "run fewer machines"
 # An instance type's bucket, from the letters its name starts with (dl, inf, trn, hpc, x, u-, f, mac have quotas of
 # their own, which no machine here uses).
 BUCKETS = {"p": "P", "g": "G", "gr": "G", "vt": "G",
@@ -63,34 +65,50 @@ def check(clients: Clients, instance_type: str, machines: int, spot: bool) -> No
                  instance_type)
         return
     check_vcpus(clients, quota, f"{machines} x {instance_type} need",
-                machines * catalog.instance_type(instance_type).vcpus, "run fewer machines")
+                machines * catalog.instance_type(instance_type).vcpus, FEWER_MACHINES)
 
 
 def check_vcpus(clients: Clients, quota: Quota, needing: str, need: int, otherwise: str = "") -> None:
-    """Refuse machines that need more vCPUs than the account's `quota` leaves beside its running machines.
+    """Refuse machines that need more vCPUs than the account's `quota` leaves beside what it holds.
     `needing`: who needs them, with the verb ("2 x p4d.24xlarge need"); `otherwise`: what else would do."""
     value = quota_value(clients, quota)
-    if value is None:
-        return
-    machines, used = in_use(clients, quota)
-    if need + used > value:
-        held = f", {used} of them held by {machines} running machine(s)" if machines else ""
-        raise InputError(
-            f"{needing} {need} vCPUs of the quota \"{quota.name}\" ({quota.code}) in {clients.region}, which "
-            f"is {value:g} for this account{held} (a new account's is {quota.new_account:g}): ask AWS for more "
-            f"in the Service Quotas console, or with `aws service-quotas request-service-quota-increase --region "
-            f"{clients.region} --service-code ec2 --quota-code {quota.code} --desired-value {need + used}`"
-            + (f", or {otherwise}" if otherwise else ""))
+    if value is not None and (refused := refusal(clients.region, quota, value, in_use(clients, quota), needing, need,
+                                                 otherwise)):
+        raise refused
+
+
+def refusal(region: str, quota: Quota, value: float, held: tuple[int, int], needing: str, need: int,
+            otherwise: str = "") -> InputError | None:
+    """The error for `need` vCPUs of a quota of `value` of which `held` (machines or requests, vCPUs) are taken;
+    None when they fit."""
+    holders, used = held
+    if need + used <= value:
+        return None
+    requests = " or open spot request(s)" if quota in SPOT_QUOTAS else ""
+    taken = f", {used} of them held by {holders} running machine(s){requests}" if holders else ""
+    return InputError(
+        f"{needing} {need} vCPUs of the quota \"{quota.name}\" ({quota.code}) in {region}, which is {value:g} for "
+        f"this account{taken} (a new account's is {quota.new_account:g}): ask AWS for more in the Service Quotas "
+        f"console, or with `aws service-quotas request-service-quota-increase --region {region} --service-code ec2 "
+        f"--quota-code {quota.code} --desired-value {need + used}`" + (f", or {otherwise}" if otherwise else ""))
 
 
 def in_use(clients: Clients, quota: Quota) -> tuple[int, int]:
-    """How many of the account's machines in the region `quota` counts (pending or running), and their vCPUs (each
-    type's default, as EC2 counts them whatever their CPU options)."""
-    pages = clients.ec2.get_paginator("describe_instances").paginate(
+    """What `quota` counts in the region: the account's pending and running machines of its bucket, and for a spot
+    quota its open spot requests too (using-spot-limits.html); how many, and their vCPUs (each type's default, as
+    EC2 counts them whatever their CPU options)."""
+    ec2 = clients.ec2
+    pages = ec2.get_paginator("describe_instances").paginate(
         Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
     types = [i["InstanceType"] for page in pages for reservation in page["Reservations"]
              for i in reservation["Instances"] if quota_for(i["InstanceType"], i.get("InstanceLifecycle") == "spot")
              == quota]
+    if quota in SPOT_QUOTAS:
+        requests = ec2.get_paginator("describe_spot_instance_requests").paginate(
+            Filters=[{"Name": "state", "Values": ["open"]}])
+        types += [r["LaunchSpecification"]["InstanceType"] for page in requests
+                  for r in page["SpotInstanceRequests"] if quota_for(r["LaunchSpecification"]["InstanceType"], True)
+                  == quota]
     vcpus = default_vcpus(clients, set(types))
     return len(types), sum(vcpus[t] for t in types)
 
@@ -99,9 +117,10 @@ def default_vcpus(clients: Clients, instance_types: set[str]) -> dict[str, int]:
     """Each type's default vCPUs: the catalogue's, else EC2's."""
     known = {t: catalog.INSTANCE_TYPES[t].vcpus for t in instance_types if t in catalog.INSTANCE_TYPES}
     others = sorted(instance_types - set(known))
-    for start in range(0, len(others), 100):  # DescribeInstanceTypes takes at most 100
-        answer = clients.ec2.describe_instance_types(InstanceTypes=others[start:start + 100])
-        known.update((t["InstanceType"], t["VCpuInfo"]["DefaultVCpus"]) for t in answer["InstanceTypes"])
+    for start in range(0, len(others), 100):  # DescribeInstanceTypes takes at most 100 names
+        pages = clients.ec2.get_paginator("describe_instance_types").paginate(InstanceTypes=others[start:start + 100])
+        known.update((t["InstanceType"], t["VCpuInfo"]["DefaultVCpus"]) for page in pages
+                     for t in page["InstanceTypes"])
     return known
 
 

@@ -10,15 +10,27 @@ shutdown -h +${shutdown_minutes} "imagenet18: the run's max_hours is over"
 # The way out: a machine with an interface on each network card gets its public address (an Elastic IP) once it
 # runs, which may be after this script starts.
 for _ in $$(seq 1 60); do curl -sfI -o /dev/null --max-time 5 https://pypi.org/ && break; sleep 5; done
-# SSM's agent pings SSM as it starts with the machine; when that ping finds no way out yet, the agent hibernates and
-# pings again only 5 minutes later, then less and less often (amazon-ssm-agent's hibernation), while the run waits
-# for it. Restarted, it pings at once; a hibernating agent has taken no command, so none is cut. A line of this
-# boot only: the image may keep its builder's log. On Ubuntu the agent is a snap.
-if awk -v booted="$$(uptime -s)" '$$1 " " $$2 >= booted && /Entering SSM Agent hibernate/ {found = 1}
-    END {exit !found}' /var/log/amazon/ssm/amazon-ssm-agent.log 2>/dev/null; then
-  systemctl restart --no-block snap.amazon-ssm-agent.amazon-ssm-agent.service \
-    || systemctl restart --no-block amazon-ssm-agent.service || echo "SSM's agent could not be restarted" >&2
-fi
+# SSM's agent pings SSM as it starts with the machine; when that ping (4 tries, minutes without a way out) fails,
+# the agent hibernates and pings again only 5 minutes later, then less and less often (amazon-ssm-agent 3.3's
+# hibernation), while the run waits for it. Restarted, it pings at once; a hibernating agent has taken no command,
+# so none is cut. Its last try may end after the way out came, so its log is watched a while, beside the boot. A
+# line of this boot only: the image may keep its builder's log. On Ubuntu the agent is a snap.
+restart_hibernating_agent() {
+  set +x
+  local log=$${1:-/var/log/amazon/ssm/amazon-ssm-agent.log} booted
+  booted=$$(uptime -s)
+  for _ in $$(seq 1 36); do
+    if [ -f "$$log" ] && awk -v booted="$$booted" \
+        '$$1 " " $$2 >= booted && /Entering SSM Agent hibernate/ {found = 1} END {exit !found}' "$$log"; then
+      echo "SSM's agent hibernated: restarting it"
+      systemctl restart --no-block snap.amazon-ssm-agent.amazon-ssm-agent.service \
+        || systemctl restart --no-block amazon-ssm-agent.service || echo "SSM's agent could not be restarted" >&2
+      return
+    fi
+    sleep 5
+  done
+}
+restart_hibernating_agent </dev/null >>/var/log/imagenet18-ssm-agent.log 2>&1 &  # not holding the boot's output
 
 # The Python the lock is for (the Deep Learning Base AMI's python3 is 3.10 on Ubuntu 22.04, which the project's
 # Requires-Python excludes; Ubuntu 22.04's archive has 3.11), its venv module (Ubuntu ships ensurepip apart), its
