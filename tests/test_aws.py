@@ -288,6 +288,20 @@ def test_a_launch_waits_while_aws_verifies_a_new_accounts_region_and_fails_for_g
     assert aws_leftovers(aws, "run-verifying", tmp_path) == {}
 
 
+@pytest.mark.slow
+def test_a_run_goes_on_while_ec2_does_not_know_its_new_resources_yet(aws, snapshot, tmp_path):
+    """EC2's API is eventually consistent: a call naming what was made moments ago may be answered that it does not
+    exist. With every such call answered so for a second and a half, a run on its own network with Elastic IPs
+    makes its replicas, network and machines, and tears them down."""
+    aws.set_consistency_window(1.5)
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-propagating", 2)
+    cluster = backend.provision(spec, backend.replicate(spec, DATASET, 2))
+    assert len(public_ips(aws.client("ec2"), cluster)) == 2, "each machine has its Elastic IP"
+    backend.teardown("run-propagating")
+    assert aws_leftovers(aws, "run-propagating", tmp_path) == {}
+
+
 def public_ips(ec2, cluster) -> list[str]:
     reservations = ec2.describe_instances(InstanceIds=[m.id for m in cluster.machines])["Reservations"]
     return sorted(i["PublicIpAddress"] for r in reservations for i in r["Instances"])

@@ -136,6 +136,11 @@ class AwsSim:
         which restores AWSSIM_AGENT_DELAY_S, 1 s by default); SendCommand refuses the machine until then."""
         self._control("POST", "agent", {"delay_s": seconds})
 
+    def set_consistency_window(self, seconds: float) -> None:
+        """EC2 answers NotFound to a call naming a resource made less than `seconds` ago (until `reset`; 0, the
+        default, is off)."""
+        self._control("POST", "consistency", {"window_s": seconds})
+
     def machines(self) -> list[dict[str, Any]]:
         """Instances seen by the player: instance_id, user_data_check ("ok", bash -n's complaint, ...),
         shutdown_after_s (the user-data shutdown timer it honours, or None), agent (its SSM agent: starting,

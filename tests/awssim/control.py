@@ -12,6 +12,7 @@ from moto.ec2.models.instances import StateReason
 from moto.moto_api._internal import moto_api_backend
 
 from . import backends
+from .consistency import Consistency
 from .errors import Response
 from .faults import Faults
 from .placement import PlacementGroups
@@ -35,9 +36,9 @@ class ControlError(Exception):
 
 class Control:
     def __init__(self, root: Path, faults: Faults, placement: PlacementGroups, player: Player,
-                 store: ContentStore, quotas: Quotas, throttle: SsmThrottle) -> None:
+                 store: ContentStore, quotas: Quotas, throttle: SsmThrottle, consistency: Consistency) -> None:
         self.root, self.faults, self.placement, self.player, self.store = root, faults, placement, player, store
-        self.quotas, self.throttle = quotas, throttle
+        self.quotas, self.throttle, self.consistency = quotas, throttle, consistency
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/_awssim/faults"): lambda body: self.faults.add(body["rules"], body.get("seed")),
             ("DELETE", "/_awssim/faults"): lambda body: self.faults.clear(body.get("label")),
@@ -53,6 +54,8 @@ class Control:
             ("POST", "/_awssim/pending"): lambda body: setattr(self.player, "pending_s", float(body["pending_s"])),
             ("POST", "/_awssim/shutting-down"): lambda body: setattr(self.player, "shutting_down_s",
                                                                      float(body["shutting_down_s"])),
+            ("POST", "/_awssim/consistency"): lambda body: setattr(self.consistency, "window_s",
+                                                                  float(body["window_s"])),
             ("POST", "/_awssim/seed"): lambda body: self.seed(body["snapshot_id"], Path(body["from_dir"])),
         }
 
@@ -89,6 +92,7 @@ class Control:
             self.placement.clear()
             self.quotas.reset()
             self.throttle.reset()
+            self.consistency.reset()
             self.store.wipe()
             for folder in ("commands", "instances"):
                 shutil.rmtree(self.root / folder, ignore_errors=True)

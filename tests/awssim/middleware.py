@@ -1,10 +1,10 @@
 """The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (IAM policies and
 their simulator, the API models' maximums, the regions an account has not enabled, placement groups, instance-type
 and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas and EBS's IOPS and storage
-quotas, its refusals of an address on a pending machine, of an associated address's release, of a subnet's, a
-security group's or a VPC's deletion while something depends on it and of a volume's attachment that EC2 would not
-make, EBS volume initialization, ListCommands' filters and pages, SSM's throttling of Run Command's reads), and
-hooks that keep disk contents and the player in step with each call."""
+quotas, EC2's eventual consistency, its refusals of an address on a pending machine, of an associated address's
+release, of a subnet's, a security group's or a VPC's deletion while something depends on it and of a volume's
+attachment that EC2 would not make, EBS volume initialization, ListCommands' filters and pages, SSM's throttling of
+Run Command's reads), and hooks that keep disk contents and the player in step with each call."""
 
 import contextlib
 import io
@@ -17,6 +17,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from . import access, agent, attach, backends, catalogue, command_list, limits, network, regions
 from .calls import AwsCall, identify, signing_scope
+from .consistency import Consistency
 from .control import Control
 from .errors import Response, error_response
 from .faults import Faults
@@ -41,9 +42,9 @@ EC2_REFUSALS = {"AssociateAddress": network.associate_address_error, "ReleaseAdd
 
 class AwsSimApp:
     def __init__(self, moto: WSGIApplication, faults: Faults, placement: PlacementGroups, player: Player,
-                 quotas: Quotas, throttle: SsmThrottle, control: Control) -> None:
+                 quotas: Quotas, throttle: SsmThrottle, consistency: Consistency, control: Control) -> None:
         self.moto, self.faults, self.placement, self.player, self.control = moto, faults, placement, player, control
-        self.quotas, self.throttle = quotas, throttle
+        self.quotas, self.throttle, self.consistency = quotas, throttle, consistency
         self.creating = threading.Lock()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
@@ -63,6 +64,8 @@ class AwsSimApp:
             return error_response(call.service, rule.code, rule.message, rule.status).send(start_response)
         if self.throttle.refuses(call):
             return error_response("ssm", "ThrottlingException", "Rate exceeded").send(start_response)
+        if (unknown := self.consistency.refusal(call)) is not None:
+            return unknown.send(start_response)
         # A quota counts what exists: its check and the creation it allows go together, as on AWS.
         with self.creating if (call.service, call.action) in COUNTED_BY_QUOTAS else contextlib.nullcontext():
             answer = self._instead_of_moto(call)
@@ -128,6 +131,7 @@ class AwsSimApp:
 
     def _after(self, call: AwsCall, body: bytes) -> bytes:
         """Hooks on moto's successful answer; returns the answer to send."""
+        self.consistency.record(call, body)
         if call.service == "ec2" and call.action == "RunInstances":
             self.placement.record_launch(call, body)
         if call.service == "ec2" and call.action == "CreateVolume":

@@ -24,6 +24,7 @@ from werkzeug.serving import make_server
 
 from . import backends
 from .catalogue import extend_catalogue
+from .consistency import Consistency
 from .control import Control
 from .faults import Faults
 from .images import add_images
@@ -75,8 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     player, throttle = Player(root, REPO, store), SsmThrottle()
     fix_instances_start_pending(lambda: player.pending_s)
     fix_termination_takes_time(lambda: player.shutting_down_s)
+    consistency = Consistency()
     app = AwsSimApp(DomainDispatcherApplication(create_backend_app), faults, placement, player, quotas, throttle,
-                    Control(root, faults, placement, player, store, quotas, throttle))
+                    consistency, Control(root, faults, placement, player, store, quotas, throttle, consistency))
     server = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=MotoRequestHandler)
     endpoint = f"http://127.0.0.1:{server.server_port}"
     # Played commands inherit this environment: they reach the simulator, never real AWS.

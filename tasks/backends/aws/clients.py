@@ -13,6 +13,7 @@ import botocore.loaders
 import botocore.session
 from botocore.config import Config
 
+from tasks.backends.aws import consistency
 from tasks.backends.base import InputError
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class Clients:
             if (service, retries) not in self._made:
                 client = self.session.client(service, config=RETRIES if retries else NO_RETRIES)
                 client.meta.events.register("needs-retry.*", _log_error_answer)
+                if service == "ec2":
+                    consistency.watch(client)
                 self._made[service, retries] = client
             return self._made[service, retries]
 

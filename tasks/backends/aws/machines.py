@@ -16,7 +16,7 @@ import botocore.exceptions
 from tasks.backends.aws import addresses, catalog, pools, tags
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.network import Network
-from tasks.backends.aws.waiting import once_known, waiter_config
+from tasks.backends.aws.waiting import waiter_config
 from tasks.backends.base import BackendError, ClusterSpec, InputError, Resource
 
 # The Deep Learning Base AMI (NVIDIA driver, CUDA, EFA) through its public SSM parameter.
@@ -196,9 +196,8 @@ def _run_all(clients: Clients, spec: ClusterSpec, network: Network, image: dict,
 
     def name(index: int) -> None:
         instance_id = by_index[index]["InstanceId"]
-        once_known(f"machine {instance_id}", lambda: clients.ec2.create_tags(Resources=[instance_id], Tags=[
-            {"Key": "Name", "Value": f"{index}.{spec.run_name}"}, {"Key": tags.INDEX, "Value": str(index)}]),
-            "InvalidInstanceID.NotFound")
+        clients.ec2.create_tags(Resources=[instance_id], Tags=[
+            {"Key": "Name", "Value": f"{index}.{spec.run_name}"}, {"Key": tags.INDEX, "Value": str(index)}])
 
     with pools.pool(parallel, len(indices)) as pool:
         list(pool.map(name, indices))

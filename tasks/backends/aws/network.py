@@ -12,7 +12,6 @@ from pathlib import Path
 
 from tasks.backends.aws import pools, tags
 from tasks.backends.aws.clients import Clients, error_code
-from tasks.backends.aws.waiting import once_known
 from tasks.backends.base import ClusterSpec, InputError
 
 VPC_CIDR = "10.18.0.0/16"
@@ -194,8 +193,7 @@ def _ensure_security_group(ec2, spec: ClusterSpec, vpc_id: str, ssh_cidr: str | 
     # (https://docs.aws.amazon.com/pcs/latest/userguide/working-with_networking_efa_create-sg.html).
     for authorize, rule in [*((ec2.authorize_security_group_ingress, r) for r in rules),
                             (ec2.authorize_security_group_egress, rules[0])]:
-        once_known(f"security group {group_id}", lambda a=authorize, r=rule: _tolerate_duplicate(a, group_id, r),
-                   "InvalidGroup.NotFound")
+        _tolerate_duplicate(authorize, group_id, rule)
     return group_id
 
 

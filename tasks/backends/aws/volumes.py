@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from tasks.backends.aws import pools, secrets, tags
 from tasks.backends.aws.clients import Clients, error_code
-from tasks.backends.aws.waiting import once_known, until, waiter_config
+from tasks.backends.aws.waiting import until, waiter_config
 from tasks.backends.base import POOL_OWNER, BackendError, ClusterSpec, InputError, Resource
 
 log = logging.getLogger(__name__)
@@ -131,10 +131,8 @@ def replicate(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, co
 
 
 def wait_available(clients: Clients, volume_ids: list[str]) -> None:
-    """Until new volumes are available; EC2 may not know one yet (InvalidVolume.NotFound), which stops boto3's
-    waiter, so the wait is made again."""
-    once_known(f"{len(volume_ids)} volume(s)", lambda: clients.ec2.get_waiter("volume_available").wait(
-        VolumeIds=volume_ids, WaiterConfig=waiter_config()), "InvalidVolume.NotFound")
+    """Until new volumes are available (EC2 may not know one yet: the client asks again, see consistency.py)."""
+    clients.ec2.get_waiter("volume_available").wait(VolumeIds=volume_ids, WaiterConfig=waiter_config())
 
 
 def wait_initialized(clients: Clients, volume_ids: list[str], timeout: float) -> None:

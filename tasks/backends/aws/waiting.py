@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from tasks.backends.aws.clients import error_code
 from tasks.backends.base import BackendError
 
 T = TypeVar("T")
@@ -23,25 +22,6 @@ def until(what: str, probe: Callable[[], T | None], timeout: float = 900.0, poll
         if time.monotonic() > deadline:
             raise BackendError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(poll)
-
-
-def once_known(what: str, call: Callable[[], T], not_found: str, timeout: float = 120.0) -> T:
-    """`call`, on a resource just made: EC2's API is eventually consistent, so a call naming a new resource may
-    answer `not_found` for a moment (https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html),
-    and is made again until `timeout`."""
-    outcome: list[T] = []
-
-    def attempt() -> bool:
-        try:
-            outcome.append(call())
-        except Exception as exc:  # noqa: BLE001
-            if error_code(exc) != not_found:
-                raise
-            return False
-        return True
-
-    until(what, attempt, timeout)
-    return outcome[0]
 
 
 def waiter_config(timeout: float = 900.0) -> dict:

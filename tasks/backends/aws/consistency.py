@@ -1,0 +1,74 @@
+"""EC2's eventual consistency: a call naming a resource made moments ago may be answered that the resource does
+not exist ("if you run a command to modify or describe the resource that you just created, its ID might not have
+propagated throughout the system", https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html).
+Each EC2 client records the ids its creations answer; a NotFound naming one made in the last few minutes is
+asked again, backing off, for up to about two minutes. A NotFound naming anything older is an answer (a teardown
+meets gone resources)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+# What each creating action makes: the keys of its answer that name the new resources.
+MADE = {"CreateVpc": ("VpcId",), "CreateSubnet": ("SubnetId",), "CreateInternetGateway": ("InternetGatewayId",),
+        "CreateRouteTable": ("RouteTableId",), "CreateSecurityGroup": ("GroupId",),
+        "AllocateAddress": ("AllocationId",), "CreateVolume": ("VolumeId",), "CreateSnapshot": ("SnapshotId",),
+        "RunInstances": ("InstanceId", "NetworkInterfaceId"), "CreateNetworkInterface": ("NetworkInterfaceId",)}
+NOT_FOUND = frozenset({"InvalidVpcID.NotFound", "InvalidSubnetID.NotFound", "InvalidInternetGatewayID.NotFound",
+                       "InvalidRouteTableID.NotFound", "InvalidGroup.NotFound", "InvalidAllocationID.NotFound",
+                       "InvalidVolume.NotFound", "InvalidSnapshot.NotFound", "InvalidInstanceID.NotFound",
+                       "InvalidNetworkInterfaceID.NotFound"})
+DELETING = ("Delete", "Release", "Terminate")
+YOUNG_S = 300.0  # how long after its creation a resource's NotFound is taken for propagation
+MAX_ATTEMPTS = 16  # 0.5, 1, 2, 4, 8, then 10 s apart: about two minutes
+
+_made: dict[str, float] = {}  # resource id -> time.monotonic() of its creation, for every client of the process
+_lock = threading.Lock()
+
+
+def watch(client: Any) -> None:
+    """Record what `client`'s creations make (and forget what its deletions delete) and ask again a call that
+    the propagation of a new resource failed."""
+    client.meta.events.register("after-call.ec2", _record)
+    client.meta.events.register("needs-retry.ec2", _delay)
+
+
+def _record(parsed: dict, model: Any, **_: Any) -> None:
+    keys = MADE.get(model.name)
+    if keys and "Error" not in parsed:
+        now = time.monotonic()
+        with _lock:
+            for old in [made for made, at in _made.items() if now - at >= YOUNG_S]:
+                del _made[old]
+            _made.update((made, now) for made in _values(parsed, keys))
+
+
+def _values(answer: Any, keys: tuple[str, ...]) -> list[str]:
+    if isinstance(answer, dict):
+        return [v for k, v in answer.items() if k in keys and isinstance(v, str)] + [
+            found for v in answer.values() for found in _values(v, keys)]
+    if isinstance(answer, list):
+        return [found for item in answer for found in _values(item, keys)]
+    return []
+
+
+def _delay(response: tuple | None = None, attempts: int = 0, request_dict: dict | None = None,
+           **_: Any) -> float | None:
+    """Seconds to wait before asking again, or None to let the answer stand (botocore's needs-retry, called after
+    every answer)."""
+    if response is None:
+        return None
+    body = (request_dict or {}).get("body", {})
+    named = [v for k, v in body.items() if not k.startswith("Filter.") and isinstance(v, str)]
+    code = response[1].get("Error", {}).get("Code")
+    with _lock:
+        if code is None and body.get("Action", "").startswith(DELETING):  # gone: a NotFound now is the answer
+            for value in named:
+                _made.pop(value, None)
+        if code not in NOT_FOUND or attempts >= MAX_ATTEMPTS:
+            return None
+        now = time.monotonic()
+        young = any(now - _made[value] < YOUNG_S for value in named if value in _made)
+    return min(0.25 * 2 ** attempts, 10.0) if young else None

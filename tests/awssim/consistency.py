@@ -1,0 +1,63 @@
+"""EC2's eventual consistency, which moto lacks: for a while after a resource is made, a call naming its id may be
+answered that it does not exist ("if you run a command to modify or describe the resource that you just created,
+its ID might not have propagated throughout the system, and you will get an error responding that the resource
+does not exist": https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html). Off until a test sets
+a window; then every EC2 call that names (other than in a filter) a resource made less than that long ago is
+answered so, the worst that AWS allows."""
+
+import re
+import threading
+import time
+
+from .calls import AwsCall
+from .errors import Response, error_response
+
+# The creating actions, and the tags of their answers that name what they made.
+MADE = {"CreateVpc": ("vpcId",), "CreateSubnet": ("subnetId",), "CreateInternetGateway": ("internetGatewayId",),
+        "CreateRouteTable": ("routeTableId",), "CreateSecurityGroup": ("groupId",),
+        "AllocateAddress": ("allocationId",), "CreateVolume": ("volumeId",), "CreateSnapshot": ("snapshotId",),
+        "RunInstances": ("instanceId", "networkInterfaceId"), "CreateNetworkInterface": ("networkInterfaceId",)}
+# EC2's answer for an id it does not know, by the id's prefix.
+NOT_FOUND = {"vpc": ("InvalidVpcID.NotFound", "The vpc ID '{}' does not exist"),
+             "subnet": ("InvalidSubnetID.NotFound", "The subnet ID '{}' does not exist"),
+             "igw": ("InvalidInternetGatewayID.NotFound", "The internetGateway ID '{}' does not exist"),
+             "rtb": ("InvalidRouteTableID.NotFound", "The routeTable ID '{}' does not exist"),
+             "sg": ("InvalidGroup.NotFound", "The security group '{}' does not exist"),
+             "eipalloc": ("InvalidAllocationID.NotFound", "The allocation ID '{}' does not exist"),
+             "vol": ("InvalidVolume.NotFound", "The volume '{}' does not exist."),
+             "snap": ("InvalidSnapshot.NotFound", "The snapshot '{}' does not exist."),
+             "i": ("InvalidInstanceID.NotFound", "The instance ID '{}' does not exist"),
+             "eni": ("InvalidNetworkInterfaceID.NotFound", "The networkInterface ID '{}' does not exist")}
+
+
+class Consistency:
+    def __init__(self) -> None:
+        self.window_s = 0.0
+        self._made: dict[str, float] = {}  # id -> time.time() of its creation, while a window is set
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.window_s = 0.0
+            self._made.clear()
+
+    def refusal(self, call: AwsCall) -> Response | None:
+        """NotFound for an EC2 call naming a resource made within the window; None otherwise."""
+        if call.service != "ec2" or not self.window_s:
+            return None
+        now = time.time()
+        with self._lock:
+            young = [value for key, value in call.params.items() if not key.startswith("Filter.")
+                     and now - self._made.get(value, -self.window_s) < self.window_s]
+        if not young:
+            return None
+        code, message = NOT_FOUND[young[0].split("-", 1)[0]]
+        return error_response("ec2", code, message.format(young[0]))
+
+    def record(self, call: AwsCall, body: bytes) -> None:
+        """The ids a creating call's answer names, made now."""
+        tags = MADE.get(call.action) if call.service == "ec2" and self.window_s else None
+        if tags:
+            made = [found for tag in tags for found in re.findall(rf"<{tag}>([^<]+)</{tag}>", body.decode())]
+            with self._lock:
+                self._made.update(dict.fromkeys(made, time.time()))
