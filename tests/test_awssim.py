@@ -362,6 +362,20 @@ def test_fault_fires_the_given_number_of_times_in_each_protocol(aws):
     assert aws.fault_counts() == []
 
 
+def test_a_carried_out_fault_fires_only_for_a_call_that_was_done(aws):
+    """Its call is done and only the answer lost: a call the simulator refuses instead (here past the Elastic IP
+    quota) was not done, so the rule is not spent on it."""
+    ec2 = aws.client("ec2", retries=NO_RETRIES)
+    aws.set_quotas({"L-0263D0A3": 0})
+    aws.add_fault("ec2", "AllocateAddress", "InternalError", status=500, times=1, carried_out=True, label="lost")
+    assert error_code(ec2.allocate_address, Domain="vpc") == "AddressLimitExceeded"
+    assert [r["fired"] for r in aws.fault_counts("lost")] == [0]
+    aws.set_quotas({"L-0263D0A3": 5})
+    assert error_code(ec2.allocate_address, Domain="vpc") == "InternalError"
+    assert [r["fired"] for r in aws.fault_counts("lost")] == [1]
+    assert len(ec2.describe_addresses()["Addresses"]) == 1, "done, its answer lost"
+
+
 def test_a_rule_for_a_run_strikes_only_its_calls_and_clearing_its_label_ends_only_its_rules(aws):
     ec2 = aws.client("ec2", retries=NO_RETRIES)
     tagged = [{"ResourceType": "instance", "Tags": [RUN]}]

@@ -104,9 +104,13 @@ def test_credentials_that_may_not_make_a_service_linked_role_pass_where_it_exist
     assert code == 0 and rows["permissions"][1] == "ok", out
 
 
-def test_credentials_that_may_not_ask_the_policy_simulator_are_warned_of(aws, capsys):
+def test_credentials_that_may_not_ask_iam_what_they_may_do_are_warned_of_with_the_refused_call(aws, capsys):
     code, rows, out = doctor(aws, capsys)  # the simulator's own test keys: no IAM user of the account
-    assert rows["permissions"] == ("not checked: IAM answered NoSuchEntity", "warn"), out
+    assert rows["permissions"] == ("not checked: IAM answered NoSuchEntity to iam:SimulatePrincipalPolicy",
+                                   "warn"), out
+    aws.add_fault("iam", "ListRoles", "AccessDenied", status=403, match={"PathPrefix": "/aws-service-role/.*"})
+    code, rows, out = doctor(aws, capsys)
+    assert rows["permissions"] == ("not checked: IAM answered AccessDenied to iam:ListRoles", "warn"), out
 
 
 def test_a_zero_quota_fails_with_the_request_to_make(aws, capsys):

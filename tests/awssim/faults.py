@@ -79,6 +79,12 @@ class Faults:
         with self._lock:
             return [rule.as_dict() for rule in self._rules]
 
+    def unfire(self, rule: FaultRule) -> None:
+        """Not counted: a rule whose call was `carried_out`, refused by the simulator instead (nothing was done, so
+        the rule's answer was not given)."""
+        with self._lock:
+            rule.fired -= 1
+
     def pick(self, call: AwsCall) -> FaultRule | None:
         """The first rule that fires for this call, counting it; None lets the call through."""
         with self._lock:

@@ -69,10 +69,10 @@ class AwsSimApp:
         # A quota counts what exists: its check and the creation it allows go together, as on AWS.
         with self.creating if (call.service, call.action) in COUNTED_BY_QUOTAS else contextlib.nullcontext():
             answer = self._instead_of_moto(call)
-            if answer is not None:
-                return answer.send(start_response)
-            if streamed:
-                return self.moto(environ, start_response)
+            if answer is not None or streamed:
+                if rule is not None:  # refused, or not watched: nothing of the rule's happened
+                    self.faults.unfire(rule)
+                return answer.send(start_response) if answer is not None else self.moto(environ, start_response)
             status, headers, body = _forward(self.moto, environ)
         if status.startswith("2"):
             body = self._after(call, body)
@@ -80,6 +80,8 @@ class AwsSimApp:
                 return error_response(call.service, rule.code, rule.message, rule.status).send(start_response)
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
             headers.append(("Content-Length", str(len(body))))
+        elif rule is not None:
+            self.faults.unfire(rule)
         start_response(status, headers)
         return [body]
 
