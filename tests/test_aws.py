@@ -302,6 +302,40 @@ def test_a_run_goes_on_while_ec2_does_not_know_its_new_resources_yet(aws, snapsh
     assert aws_leftovers(aws, "run-propagating", tmp_path) == {}
 
 
+def test_an_elastic_ip_whose_allocation_answer_was_lost_is_the_machines_not_one_more(aws, snapshot, tmp_path):
+    """AllocateAddress takes no idempotency token: asked again after a lost answer (a 5xx after EC2 allocated),
+    it would hold one more address than the machines need, past a quota that holds exactly them."""
+    aws.set_quotas({"L-0263D0A3": 2})
+    aws.add_fault("ec2", "AllocateAddress", "InternalError", status=500, times=1, carried_out=True, label="lost")
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-lost-address", 2)
+    cluster = backend.provision(spec, backend.replicate(spec, DATASET, 2))
+    assert [r["fired"] for r in aws.fault_counts("lost")] == [1]
+    ec2 = aws.client("ec2")
+    held = ec2.describe_addresses(Filters=tags.run_filter("run-lost-address"))["Addresses"]
+    assert sorted(a["PublicIp"] for a in held) == public_ips(ec2, cluster), "two addresses, one on each machine"
+    backend.teardown("run-lost-address")
+    assert aws_leftovers(aws, "run-lost-address", tmp_path) == {}
+
+
+def test_a_not_found_is_asked_again_only_for_what_this_process_made_moments_ago_and_still_holds(aws):
+    """NotFound for a resource just made is EC2's propagation, asked again (consistency.py); for anything else,
+    even in a call that also names a new resource, and for what was made and then deleted, it is the answer."""
+    ec2 = Clients("us-east-1").ec2
+    aws.add_fault("ec2", "*", "Unused", probability=0.0, label="counted")  # counts the calls, never fires
+    machine = ec2.run_instances(ImageId=UBUNTU_2204.image_id, InstanceType="g5.xlarge", MinCount=1,
+                                MaxCount=1)["Instances"][0]["InstanceId"]
+    ec2.get_waiter("instance_running").wait(InstanceIds=[machine], WaiterConfig={"Delay": 1})
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+    ec2.delete_volume(VolumeId=volume)
+    [counted] = aws.fault_counts("counted")
+    for call in (lambda: ec2.attach_volume(VolumeId="vol-0123456789abcdef0", InstanceId=machine, Device="/dev/sdf"),
+                 lambda: ec2.describe_volumes(VolumeIds=[volume])):
+        with pytest.raises(ClientError, match="InvalidVolume.NotFound"):
+            call()
+    assert aws.fault_counts("counted")[0]["seen"] - counted["seen"] == 2, "each asked once"
+
+
 def public_ips(ec2, cluster) -> list[str]:
     reservations = ec2.describe_instances(InstanceIds=[m.id for m in cluster.machines])["Reservations"]
     return sorted(i["PublicIpAddress"] for r in reservations for i in r["Instances"])

@@ -28,6 +28,8 @@ NOT_FOUND = {"vpc": ("InvalidVpcID.NotFound", "The vpc ID '{}' does not exist"),
              "snap": ("InvalidSnapshot.NotFound", "The snapshot '{}' does not exist."),
              "i": ("InvalidInstanceID.NotFound", "The instance ID '{}' does not exist"),
              "eni": ("InvalidNetworkInterfaceID.NotFound", "The networkInterface ID '{}' does not exist")}
+# A route's target (CreateRoute's GatewayId) is a gateway of any kind to EC2.
+GATEWAY_NOT_FOUND = ("InvalidGatewayID.NotFound", "The gateway ID '{}' does not exist")
 
 
 class Consistency:
@@ -47,12 +49,13 @@ class Consistency:
             return None
         now = time.time()
         with self._lock:
-            young = [value for key, value in call.params.items() if not key.startswith("Filter.")
+            young = [(key, value) for key, value in call.params.items() if not key.startswith("Filter.")
                      and now - self._made.get(value, -self.window_s) < self.window_s]
         if not young:
             return None
-        code, message = NOT_FOUND[young[0].split("-", 1)[0]]
-        return error_response("ec2", code, message.format(young[0]))
+        key, value = young[0]
+        code, message = GATEWAY_NOT_FOUND if key == "GatewayId" else NOT_FOUND[value.split("-", 1)[0]]
+        return error_response("ec2", code, message.format(value))
 
     def record(self, call: AwsCall, body: bytes) -> None:
         """The ids a creating call's answer names, made now."""

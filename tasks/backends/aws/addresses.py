@@ -7,7 +7,7 @@ https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_InstanceNetworkInterf
 
 from __future__ import annotations
 
-from tasks.backends.aws import pools, quotas, tags
+from tasks.backends.aws import once, pools, quotas, tags
 from tasks.backends.aws.clients import Clients
 from tasks.backends.base import ClusterSpec, InputError
 
@@ -43,17 +43,32 @@ def attach(clients: Clients, spec: ClusterSpec, instances: list[dict], parallel:
     reusable = [a["AllocationId"] for a in held if not a.get("AssociationId")]
     if len(reusable) < len(wanting):
         reusable += _on_machines_let_go(clients, spec.run_id, held)
-    run_tags = tags.tag_list(spec.run_id, spec.expires_at, f"imagenet18-{spec.run_id}")
+    known = {a["AllocationId"] for a in held}
+    allocations = reusable[:len(wanting)] + [_allocate(clients, spec, known) for _ in wanting[len(reusable):]]
 
-    def one(interface: str, allocation: str | None) -> None:
-        if allocation is None:
-            allocation = ec2.allocate_address(Domain="vpc", TagSpecifications=tags.tag_specs(
-                "elastic-ip", run_tags))["AllocationId"]
+    def one(interface: str, allocation: str) -> None:
         # An address still on a machine let go moves in this one call (EC2 disassociates it there first).
         ec2.associate_address(AllocationId=allocation, NetworkInterfaceId=interface, AllowReassociation=True)
 
     with pools.pool(parallel, len(wanting)) as pool:
-        list(pool.map(one, wanting, reusable[:len(wanting)] + [None] * (len(wanting) - len(reusable))))
+        list(pool.map(one, wanting, allocations))
+
+
+def _allocate(clients: Clients, spec: ClusterSpec, known: set[str]) -> str:
+    """A new address of the run, one at a time: AllocateAddress takes no idempotency token (once.py), and after a
+    lost answer the run's free address that none of `known` is, is the one it made."""
+    run_tags = tags.tag_list(spec.run_id, spec.expires_at, f"imagenet18-{spec.run_id}")
+    ec2 = clients.client("ec2", retries=False)
+
+    def made_unanswered() -> str | None:
+        held = clients.ec2.describe_addresses(Filters=tags.run_filter(spec.run_id))["Addresses"]
+        return next((a["AllocationId"] for a in held if a["AllocationId"] not in known and not a.get("AssociationId")),
+                    None)
+
+    allocation = once.make_once("an Elastic IP (EC2's AllocateAddress)", lambda: ec2.allocate_address(
+        Domain="vpc", TagSpecifications=tags.tag_specs("elastic-ip", run_tags))["AllocationId"], made_unanswered)
+    known.add(allocation)
+    return allocation
 
 
 def _on_machines_let_go(clients: Clients, run_id: str, held: list[dict]) -> list[str]:

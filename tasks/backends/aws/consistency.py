@@ -7,20 +7,27 @@ meets gone resources)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 # What each creating action makes: the keys of its answer that name the new resources.
 MADE = {"CreateVpc": ("VpcId",), "CreateSubnet": ("SubnetId",), "CreateInternetGateway": ("InternetGatewayId",),
         "CreateRouteTable": ("RouteTableId",), "CreateSecurityGroup": ("GroupId",),
         "AllocateAddress": ("AllocationId",), "CreateVolume": ("VolumeId",), "CreateSnapshot": ("SnapshotId",),
         "RunInstances": ("InstanceId", "NetworkInterfaceId"), "CreateNetworkInterface": ("NetworkInterfaceId",)}
+# What each deleting action deletes: a NotFound naming it after that is the answer. (A terminated machine stays
+# describable a while, so TerminateInstances is not one.)
+DELETED = {"DeleteVpc": "VpcId", "DeleteSubnet": "SubnetId", "DeleteInternetGateway": "InternetGatewayId",
+           "DeleteRouteTable": "RouteTableId", "DeleteSecurityGroup": "GroupId", "ReleaseAddress": "AllocationId",
+           "DeleteVolume": "VolumeId", "DeleteSnapshot": "SnapshotId", "DeleteNetworkInterface": "NetworkInterfaceId"}
 NOT_FOUND = frozenset({"InvalidVpcID.NotFound", "InvalidSubnetID.NotFound", "InvalidInternetGatewayID.NotFound",
-                       "InvalidRouteTableID.NotFound", "InvalidGroup.NotFound", "InvalidAllocationID.NotFound",
-                       "InvalidVolume.NotFound", "InvalidSnapshot.NotFound", "InvalidInstanceID.NotFound",
-                       "InvalidNetworkInterfaceID.NotFound"})
-DELETING = ("Delete", "Release", "Terminate")
+                       "InvalidGatewayID.NotFound", "InvalidRouteTableID.NotFound", "InvalidGroup.NotFound",
+                       "InvalidAllocationID.NotFound", "InvalidVolume.NotFound", "InvalidSnapshot.NotFound",
+                       "InvalidInstanceID.NotFound", "InvalidNetworkInterfaceID.NotFound"})
 YOUNG_S = 300.0  # how long after its creation a resource's NotFound is taken for propagation
 MAX_ATTEMPTS = 16  # 0.5, 1, 2, 4, 8, then 10 s apart: about two minutes
 
@@ -61,14 +68,19 @@ def _delay(response: tuple | None = None, attempts: int = 0, request_dict: dict 
     if response is None:
         return None
     body = (request_dict or {}).get("body", {})
-    named = [v for k, v in body.items() if not k.startswith("Filter.") and isinstance(v, str)]
-    code = response[1].get("Error", {}).get("Code")
+    error = response[1].get("Error", {})
     with _lock:
-        if code is None and body.get("Action", "").startswith(DELETING):  # gone: a NotFound now is the answer
-            for value in named:
-                _made.pop(value, None)
-        if code not in NOT_FOUND or attempts >= MAX_ATTEMPTS:
+        if not error and body.get("Action") in DELETED:  # gone: a NotFound naming it now is the answer
+            _made.pop(body.get(DELETED[body["Action"]]), None)
+        if error.get("Code") not in NOT_FOUND or attempts >= MAX_ATTEMPTS:
             return None
+        named = [v for k, v in body.items() if not k.startswith("Filter.") and isinstance(v, str)]
+        # EC2 names the id it does not know; where it does not, any young id the call names may be it.
+        unknown = [v for v in named if v in error.get("Message", "")] or named
         now = time.monotonic()
-        young = any(now - _made[value] < YOUNG_S for value in named if value in _made)
-    return min(0.25 * 2 ** attempts, 10.0) if young else None
+        young = [v for v in unknown if v in _made and now - _made[v] < YOUNG_S]
+    if not young:
+        return None
+    if attempts == 1:
+        log.info("EC2 does not know %s yet (%s): asking again", young[0], error["Code"])
+    return min(0.25 * 2 ** attempts, 10.0)

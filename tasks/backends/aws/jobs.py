@@ -10,16 +10,14 @@ import logging
 import os
 import shlex
 import signal
-import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from string import Template
 
-import botocore.exceptions
-
 from tasks.backends.aws import machines as machine_ops
+from tasks.backends.aws import once
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.waiting import until
 from tasks.backends.base import BackendError, Cluster, JobStatus, Machine
@@ -44,8 +42,6 @@ STDERR_TAIL_LINES = 3
 CLOCK_MARGIN = timedelta(minutes=5)
 # SSM's answers that a poll shrugs off: the next poll, seconds later, reads the commands again.
 POLL_AGAIN = ("ThrottlingException", "InternalServerError")
-THROTTLED = ("ThrottlingException", "RequestLimitExceeded")
-SEND_ATTEMPTS = 8
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -112,51 +108,20 @@ def wait_for_agents(clients: Clients, instance_ids: list[str], timeout: float = 
 
 
 def send(clients: Clients, instance_id: str, script: str, comment: str, timeout_hours: float) -> str:
-    """Run `script` on the machine through SSM's agent; returns the command's id.
-
-    SendCommand takes no idempotency token, so botocore must not retry it: a call whose answer was lost (a
-    dropped connection, a 5xx) may have started the command, and its copy would start a second job beside the
-    first. Once a try may have been carried out, the account's commands are searched for it (by a token at the end
-    of its script) before each further try, and after the last."""
+    """Run `script` on the machine through SSM's agent; returns the command's id. SendCommand takes no idempotency
+    token (once.py): a command that may have started is found by a token at the end of its script."""
     ssm = clients.client("ssm", retries=False)
     token = f"# imagenet18 send {uuid.uuid4().hex}"
     script = f"{script.rstrip()}\n{token}\n"
-    since, maybe_sent = datetime.now(UTC), False
-    for attempt in range(1, SEND_ATTEMPTS + 1):
-        if attempt > 1:
-            time.sleep(min(2 ** attempt * 0.25, 10))
-        if maybe_sent:
-            try:
-                if (sent := _sent_with(clients, instance_id, token, since)) is not None:
-                    return sent
-            except Exception as exc:  # noqa: BLE001 - a throttled listing, say: never send before knowing
-                log.warning("could not look for the command sent to %s (%s); looking again", instance_id, exc)
-                continue
-        try:
-            return ssm.send_command(
-                InstanceIds=[instance_id], DocumentName="AWS-RunShellScript", Comment=comment[:100],
-                TimeoutSeconds=DELIVERY_TIMEOUT_S,
-                Parameters={"commands": [script], "executionTimeout": [str(max(3600, int(timeout_hours * 3600)))]},
-            )["Command"]["CommandId"]
-        except Exception as exc:  # noqa: BLE001
-            lost = _answer_lost(exc)
-            maybe_sent = maybe_sent or lost
-            unsent = error_code(exc) in THROTTLED or isinstance(exc, botocore.exceptions.EndpointConnectionError)
-            if not (lost or unsent):
-                raise
-            log.warning("SSM's SendCommand to %s: %s; %s", instance_id, exc,
-                        "looking for the command before sending it again" if maybe_sent else "sending it again")
-    if maybe_sent and (sent := _sent_with(clients, instance_id, token, since)) is not None:
-        return sent
-    raise BackendError(f"SSM did not take the command for {instance_id} in {SEND_ATTEMPTS} tries"
-                       + ("; it may have started it all the same" if maybe_sent else ""))
-
-
-def _answer_lost(exc: BaseException) -> bool:
-    """Whether a failed call may have been carried out: its answer was a server error, or never came."""
-    if isinstance(exc, botocore.exceptions.ClientError):
-        return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500
-    return isinstance(exc, (botocore.exceptions.ConnectionClosedError, botocore.exceptions.ReadTimeoutError))
+    since = datetime.now(UTC)
+    return once.make_once(
+        f"the command for {instance_id} (SSM's SendCommand)",
+        lambda: ssm.send_command(
+            InstanceIds=[instance_id], DocumentName="AWS-RunShellScript", Comment=comment[:100],
+            TimeoutSeconds=DELIVERY_TIMEOUT_S,
+            Parameters={"commands": [script], "executionTimeout": [str(max(3600, int(timeout_hours * 3600)))]},
+        )["Command"]["CommandId"],
+        lambda: _sent_with(clients, instance_id, token, since))
 
 
 def _sent_with(clients: Clients, instance_id: str, token: str, since: datetime) -> str | None:

@@ -106,9 +106,9 @@ def in_use(clients: Clients, quota: Quota) -> tuple[int, int]:
     if quota in SPOT_QUOTAS:
         requests = ec2.get_paginator("describe_spot_instance_requests").paginate(
             Filters=[{"Name": "state", "Values": ["open"]}])
-        types += [r["LaunchSpecification"]["InstanceType"] for page in requests
-                  for r in page["SpotInstanceRequests"] if quota_for(r["LaunchSpecification"]["InstanceType"], True)
-                  == quota]
+        requested = [r.get("LaunchSpecification", {}).get("InstanceType") for page in requests
+                     for r in page["SpotInstanceRequests"]]
+        types += [t for t in requested if t and quota_for(t, True) == quota]
     vcpus = default_vcpus(clients, set(types))
     return len(types), sum(vcpus[t] for t in types)
 
