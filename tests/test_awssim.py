@@ -363,8 +363,9 @@ def test_fault_fires_the_given_number_of_times_in_each_protocol(aws):
 
 
 def test_a_carried_out_fault_fires_only_for_a_call_that_was_done(aws):
-    """Its call is done and only the answer lost: a call the simulator refuses instead (here past the Elastic IP
-    quota) was not done, so the rule is not spent on it."""
+    """Its call is done and only the answer lost: a call the simulator refuses instead (past the Elastic IP quota,
+    or naming what EC2 does not know yet) was not done, so the rule is not spent on it; one the simulator answers
+    itself (a placement group) is done, and its answer lost."""
     ec2 = aws.client("ec2", retries=NO_RETRIES)
     aws.set_quotas({"L-0263D0A3": 0})
     aws.add_fault("ec2", "AllocateAddress", "InternalError", status=500, times=1, carried_out=True, label="lost")
@@ -374,6 +375,16 @@ def test_a_carried_out_fault_fires_only_for_a_call_that_was_done(aws):
     assert error_code(ec2.allocate_address, Domain="vpc") == "InternalError"
     assert [r["fired"] for r in aws.fault_counts("lost")] == [1]
     assert len(ec2.describe_addresses()["Addresses"]) == 1, "done, its answer lost"
+
+    aws.add_fault("ec2", "CreatePlacementGroup", "InternalError", status=500, times=1, carried_out=True)
+    assert error_code(ec2.create_placement_group, GroupName="lost-answer", Strategy="cluster") == "InternalError"
+    assert [g["GroupName"] for g in ec2.describe_placement_groups()["PlacementGroups"]] == ["lost-answer"]
+
+    aws.set_consistency_window(3600)
+    vpc = ec2.create_vpc(CidrBlock="10.70.0.0/16")["Vpc"]["VpcId"]
+    aws.add_fault("ec2", "CreateSubnet", "InternalError", status=500, times=1, carried_out=True, label="young")
+    assert error_code(ec2.create_subnet, VpcId=vpc, CidrBlock="10.70.0.0/20") == "InvalidVpcID.NotFound"
+    assert [r["fired"] for r in aws.fault_counts("young")] == [0]
 
 
 def test_a_rule_for_a_run_strikes_only_its_calls_and_clearing_its_label_ends_only_its_rules(aws):

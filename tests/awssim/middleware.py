@@ -20,7 +20,7 @@ from .calls import AwsCall, identify, signing_scope
 from .consistency import Consistency
 from .control import Control
 from .errors import Response, error_response
-from .faults import Faults
+from .faults import FaultRule, Faults
 from .placement import ACTIONS as PLACEMENT_ACTIONS
 from .placement import PlacementGroups
 from .player import Player
@@ -62,17 +62,19 @@ class AwsSimApp:
         if rule is not None and not rule.carried_out:
             self.faults.hold(rule)
             return error_response(call.service, rule.code, rule.message, rule.status).send(start_response)
-        if self.throttle.refuses(call):
-            return error_response("ssm", "ThrottlingException", "Rate exceeded").send(start_response)
-        if (unknown := self.consistency.refusal(call)) is not None:
-            return unknown.send(start_response)
+        early = (error_response("ssm", "ThrottlingException", "Rate exceeded") if self.throttle.refuses(call)
+                 else self.consistency.refusal(call))
+        if early is not None:
+            return self._own_answer(call, early, rule).send(start_response)
         # A quota counts what exists: its check and the creation it allows go together, as on AWS.
         with self.creating if (call.service, call.action) in COUNTED_BY_QUOTAS else contextlib.nullcontext():
             answer = self._instead_of_moto(call)
-            if answer is not None or streamed:
-                if rule is not None:  # refused, or not watched: nothing of the rule's happened
+            if answer is not None:
+                return self._own_answer(call, answer, rule).send(start_response)
+            if streamed:
+                if rule is not None:  # not watched: the rule's answer is not given
                     self.faults.unfire(rule)
-                return answer.send(start_response) if answer is not None else self.moto(environ, start_response)
+                return self.moto(environ, start_response)
             status, headers, body = _forward(self.moto, environ)
         if status.startswith("2"):
             body = self._after(call, body)
@@ -84,6 +86,16 @@ class AwsSimApp:
             self.faults.unfire(rule)
         start_response(status, headers)
         return [body]
+
+    def _own_answer(self, call: AwsCall, answer: Response, carried_out: FaultRule | None) -> Response:
+        """The simulator's answer to a call, or where a carried_out rule fired on a call it did (a 2xx), the rule's
+        error; on a call it refused, the rule is not spent."""
+        if carried_out is None:
+            return answer
+        if answer.status < 300:
+            return error_response(call.service, carried_out.code, carried_out.message, carried_out.status)
+        self.faults.unfire(carried_out)
+        return answer
 
     def _instead_of_moto(self, call: AwsCall) -> Response | None:
         if (disabled := regions.refusal(call)) is not None:

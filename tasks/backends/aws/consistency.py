@@ -8,6 +8,7 @@ meets gone resources)."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import Any
@@ -28,6 +29,7 @@ NOT_FOUND = frozenset({"InvalidVpcID.NotFound", "InvalidSubnetID.NotFound", "Inv
                        "InvalidGatewayID.NotFound", "InvalidRouteTableID.NotFound", "InvalidGroup.NotFound",
                        "InvalidAllocationID.NotFound", "InvalidVolume.NotFound", "InvalidSnapshot.NotFound",
                        "InvalidInstanceID.NotFound", "InvalidNetworkInterfaceID.NotFound"})
+ID = re.compile(r"[a-z]+-[0-9a-f]{8,17}")  # what EC2's ids look like: vpc-0a1b2c3d4e5f60718
 YOUNG_S = 300.0  # how long after its creation a resource's NotFound is taken for propagation
 MAX_ATTEMPTS = 16  # 0.5, 1, 2, 4, 8, then 10 s apart: about two minutes
 
@@ -68,15 +70,15 @@ def _delay(response: tuple | None = None, attempts: int = 0, request_dict: dict 
     if response is None:
         return None
     body = (request_dict or {}).get("body", {})
-    error = response[1].get("Error", {})
+    error = response[1].get("Error") or {}
     with _lock:
         if not error and body.get("Action") in DELETED:  # gone: a NotFound naming it now is the answer
             _made.pop(body.get(DELETED[body["Action"]]), None)
         if error.get("Code") not in NOT_FOUND or attempts >= MAX_ATTEMPTS:
             return None
-        named = [v for k, v in body.items() if not k.startswith("Filter.") and isinstance(v, str)]
+        named = [v for k, v in body.items() if not k.startswith("Filter.") and isinstance(v, str) and ID.fullmatch(v)]
         # EC2 names the id it does not know; where it does not, any young id the call names may be it.
-        unknown = [v for v in named if v in error.get("Message", "")] or named
+        unknown = [v for v in named if v in (error.get("Message") or "")] or named  # a Message may be None
         now = time.monotonic()
         young = [v for v in unknown if v in _made and now - _made[v] < YOUNG_S]
     if not young:

@@ -118,7 +118,7 @@ class _Doctor:
             refused = permissions.missing(self.clients, skipping=present)
         except botocore.exceptions.ClientError as exc:
             return _Found(f"not checked: IAM answered {error_code(exc)} to iam:{exc.operation_name}", WARN,
-                          "IAM would not say what these credentials may do (they need iam:ListRoles and "
+                          "IAM would not say what these credentials may do (they need iam:ListRoles, and "
                           "iam:SimulatePrincipalPolicy on themselves); a run's pre-flight still refuses what EC2 "
                           f"refuses of the launch. AWS said: {exc}")
         if refused:

@@ -33,7 +33,7 @@ def make_once(what: str, make: Callable[[], T], find: Callable[[], T | None], at
                 if (found := find()) is not None:
                     return found
             except Exception as exc:  # noqa: BLE001 - a throttled listing, say: never make it again before knowing
-                log.warning("could not look for %s (%s); looking again", what, exc)
+                log.warning("could not look for %s: %s; looking again", what, exc)
                 continue
         try:
             return make()
