@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.backends.aws import permissions
+from tasks.backends.aws import consistency, permissions
 from tests.awssim import AwsSim, client_environment
 from tests.awssim import start as start_aws_sim
 from tests.aws_runs import DATASET
@@ -102,8 +102,10 @@ def aws_sim(tmp_path_factory) -> Iterator[AwsSim]:
 
 @pytest.fixture
 def aws(aws_sim) -> AwsSim:
-    """The session's simulator, reset: no AWS resources, faults, played processes or disk contents."""
+    """The session's simulator, reset: no AWS resources, faults, played processes or disk contents (nor, in this
+    process, resources awaited in EC2's listings)."""
     aws_sim.reset()
+    consistency.forget_all()
     return aws_sim
 
 

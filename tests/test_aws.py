@@ -302,6 +302,23 @@ def test_a_run_goes_on_while_ec2_does_not_know_its_new_resources_yet(aws, snapsh
     assert aws_leftovers(aws, "run-propagating", tmp_path) == {}
 
 
+def test_a_teardown_right_after_a_failed_provision_finds_what_ec2_does_not_list_yet(aws, snapshot, tmp_path):
+    """EC2's listings are eventually consistent too: a teardown just after a provision that failed moments after
+    allocating its Elastic IPs lists the run's resources before EC2 lists those addresses. It must not end there,
+    saying nothing is left, while the addresses stay held and paid for."""
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-unlisted", 2)
+    replicas = backend.replicate(spec, DATASET, 2)
+    parts = backend.prepare(spec, replicas[0].details["zone"])
+    aws.set_consistency_window(8)
+    aws.add_fault("ec2", "AssociateAddress", "UnauthorizedOperation", status=403, label="refused")
+    with pytest.raises(ClientError, match="UnauthorizedOperation"):
+        backend.provision(spec, replicas, parts)
+    backend.teardown("run-unlisted")
+    aws.set_consistency_window(0)
+    assert aws_leftovers(aws, "run-unlisted", tmp_path) == {}
+
+
 def test_an_elastic_ip_whose_allocation_answer_was_lost_is_the_machines_not_one_more(aws, snapshot, tmp_path):
     """AllocateAddress takes no idempotency token: asked again after a lost answer (a 5xx after EC2 allocated),
     it would hold one more address than the machines need, past a quota that holds exactly them."""

@@ -387,6 +387,33 @@ def test_a_carried_out_fault_fires_only_for_a_call_that_was_done(aws):
     assert [r["fired"] for r in aws.fault_counts("young")] == [0]
 
 
+def test_within_the_consistency_window_ec2_neither_knows_nor_lists_what_was_just_made(aws):
+    """AWS's eventual consistency at its worst: a resource made moments ago is NotFound by id and left out of
+    listings (a reservation with it alone too), while what was made before the window is listed as ever, even
+    where it refers to a new one."""
+    ec2 = aws.client("ec2", retries=NO_RETRIES)
+    old = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    old_group = ec2.create_security_group(GroupName="old", Description="old")["GroupId"]
+    aws.set_consistency_window(3600)
+    new = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    group = ec2.create_security_group(GroupName="new", Description="new")["GroupId"]
+    aws.set_consistency_window(0)
+    ec2.authorize_security_group_ingress(GroupId=old_group, IpPermissions=[
+        {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group}]}])
+    aws.set_consistency_window(3600)
+    machine = launch(ec2)
+    assert [a["AllocationId"] for a in ec2.describe_addresses()["Addresses"]] == [old]
+    assert error_code(ec2.describe_addresses, AllocationIds=[new]) == "InvalidAllocationID.NotFound"
+    [listed] = [g for g in ec2.describe_security_groups()["SecurityGroups"] if g["GroupName"] != "default"]
+    assert (listed["GroupId"], listed["IpPermissions"][0]["UserIdGroupPairs"][0]["GroupId"]) == (old_group, group)
+    assert machine not in [i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    assert all(r["Instances"] for r in ec2.describe_instances()["Reservations"])
+    aws.set_consistency_window(0)
+    assert sorted(a["AllocationId"] for a in ec2.describe_addresses()["Addresses"]) == sorted([old, new])
+    assert machine in [i["InstanceId"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    assert group in [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]]
+
+
 def test_a_rule_for_a_run_strikes_only_its_calls_and_clearing_its_label_ends_only_its_rules(aws):
     ec2 = aws.client("ec2", retries=NO_RETRIES)
     tagged = [{"ResourceType": "instance", "Tags": [RUN]}]

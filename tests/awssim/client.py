@@ -137,8 +137,8 @@ class AwsSim:
         self._control("POST", "agent", {"delay_s": seconds})
 
     def set_consistency_window(self, seconds: float) -> None:
-        """EC2 answers NotFound to a call naming a resource made less than `seconds` ago (until `reset`; 0, the
-        default, is off)."""
+        """EC2 answers NotFound to a call naming a resource made less than `seconds` ago, and leaves it out of its
+        listings (until `reset`; 0, the default, is off)."""
         self._control("POST", "consistency", {"window_s": seconds})
 
     def machines(self) -> list[dict[str, Any]]:

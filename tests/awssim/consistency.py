@@ -1,13 +1,16 @@
 """EC2's eventual consistency, which moto lacks: for a while after a resource is made, a call naming its id may be
 answered that it does not exist ("if you run a command to modify or describe the resource that you just created,
 its ID might not have propagated throughout the system, and you will get an error responding that the resource
-does not exist": https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html). Off until a test sets
-a window; then every EC2 call that names (other than in a filter) a resource made less than that long ago is
-answered so, the worst that AWS allows."""
+does not exist": https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html), and a listing
+may leave it out ("the result of an API command you run that affects your Amazon EC2 resources might not be
+immediately visible to all subsequent commands you run", the same page). Off until a test sets a window; then every
+EC2 call that names (other than in a filter) a resource made less than that long ago is answered so, and every
+listing leaves such a resource out: the worst that AWS allows."""
 
 import re
 import threading
 import time
+import xml.etree.ElementTree as ET
 
 from .calls import AwsCall
 from .errors import Response, error_response
@@ -28,6 +31,11 @@ NOT_FOUND = {"vpc": ("InvalidVpcID.NotFound", "The vpc ID '{}' does not exist"),
              "snap": ("InvalidSnapshot.NotFound", "The snapshot '{}' does not exist."),
              "i": ("InvalidInstanceID.NotFound", "The instance ID '{}' does not exist"),
              "eni": ("InvalidNetworkInterfaceID.NotFound", "The networkInterface ID '{}' does not exist")}
+# Each listing, and the tag of its items that names the resource an item is (not those it refers to).
+LISTED = {"DescribeVpcs": "vpcId", "DescribeSubnets": "subnetId", "DescribeInternetGateways": "internetGatewayId",
+          "DescribeRouteTables": "routeTableId", "DescribeSecurityGroups": "groupId",
+          "DescribeAddresses": "allocationId", "DescribeVolumes": "volumeId", "DescribeSnapshots": "snapshotId",
+          "DescribeInstances": "instanceId", "DescribeNetworkInterfaces": "networkInterfaceId"}
 # A route's target (CreateRoute's GatewayId) is a gateway of any kind to EC2.
 GATEWAY_NOT_FOUND = ("InvalidGatewayID.NotFound", "The gateway ID '{}' does not exist")
 
@@ -56,6 +64,30 @@ class Consistency:
         key, value = young[0]
         code, message = GATEWAY_NOT_FOUND if key == "GatewayId" else NOT_FOUND[value.split("-", 1)[0]]
         return error_response("ec2", code, message.format(value))
+
+    def listed(self, call: AwsCall, body: bytes) -> bytes:
+        """A listing's answer without the resources made within the window (and without a reservation left with
+        no machine)."""
+        own = LISTED.get(call.action) if call.service == "ec2" and self.window_s else None
+        now = time.time()
+        with self._lock:
+            young = {made for made, at in self._made.items() if now - at < self.window_s}
+        if not own or not young or not any(made.encode() in body for made in young):
+            return body
+        root = ET.fromstring(body)
+        ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        ET.register_namespace("", ns.strip("{}"))
+        listings = (root.findall(f"{ns}reservationSet/{ns}item/{ns}instancesSet") if call.action == "DescribeInstances"
+                    else list(root))  # only the items listed, not those an item refers to (a group's rules)
+        for listing in listings:
+            for item in listing.findall(f"{ns}item"):
+                if item.findtext(f"{ns}{own}") in young:
+                    listing.remove(item)
+        for reservations in root.findall(f"{ns}reservationSet"):
+            for reservation in reservations.findall(f"{ns}item"):
+                if not reservation.findall(f"{ns}instancesSet/{ns}item"):
+                    reservations.remove(reservation)
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
     def record(self, call: AwsCall, body: bytes) -> None:
         """The ids a creating call's answer names, made now."""

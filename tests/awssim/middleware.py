@@ -146,6 +146,7 @@ class AwsSimApp:
     def _after(self, call: AwsCall, body: bytes) -> bytes:
         """Hooks on moto's successful answer; returns the answer to send."""
         self.consistency.record(call, body)
+        body = self.consistency.listed(call, body)
         if call.service == "ec2" and call.action == "RunInstances":
             self.placement.record_launch(call, body)
         if call.service == "ec2" and call.action == "CreateVolume":

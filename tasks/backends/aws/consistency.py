@@ -3,7 +3,9 @@ not exist ("if you run a command to modify or describe the resource that you jus
 propagated throughout the system", https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html).
 Each EC2 client records the ids its creations answer; a NotFound naming one made in the last few minutes is
 asked again, backing off, for up to about two minutes. A NotFound naming anything older is an answer (a teardown
-meets gone resources)."""
+meets gone resources). Listings lag the same way ("the result of an API command ... might not be immediately
+visible to all subsequent commands", the same page): what a run made is awaited in its listings (`unlisted`),
+so that a teardown moments after a failed provision does not miss it."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import re
 import threading
 import time
 from typing import Any
+
+from tasks.backends.aws import tags
 
 log = logging.getLogger(__name__)
 
@@ -29,29 +33,65 @@ NOT_FOUND = frozenset({"InvalidVpcID.NotFound", "InvalidSubnetID.NotFound", "Inv
                        "InvalidGatewayID.NotFound", "InvalidRouteTableID.NotFound", "InvalidGroup.NotFound",
                        "InvalidAllocationID.NotFound", "InvalidVolume.NotFound", "InvalidSnapshot.NotFound",
                        "InvalidInstanceID.NotFound", "InvalidNetworkInterfaceID.NotFound"})
+# What of MADE a run's inventory lists (not its snapshots, nor the interfaces that go with its machines).
+LISTED = frozenset({"VpcId", "SubnetId", "InternetGatewayId", "RouteTableId", "GroupId", "AllocationId", "VolumeId",
+                    "InstanceId"})
+# Actions after which a resource is listed no more (a terminated machine is not among a run's live ones).
+UNLISTING = frozenset(DELETED) | {"TerminateInstances"}
 ID = re.compile(r"[a-z]+-[0-9a-f]{8,17}")  # what EC2's ids look like: vpc-0a1b2c3d4e5f60718
 YOUNG_S = 300.0  # how long after its creation a resource's NotFound is taken for propagation
 MAX_ATTEMPTS = 16  # 0.5, 1, 2, 4, 8, then 10 s apart: about two minutes
+LISTING_WAIT_S = 120.0  # how long after its creation a resource missing from a listing is awaited there
 
 _made: dict[str, float] = {}  # resource id -> time.monotonic() of its creation, for every client of the process
+_unlisted: dict[str, tuple[str, str, float]] = {}  # resource id -> (region, run id, time.monotonic() of creation)
 _lock = threading.Lock()
 
 
 def watch(client: Any) -> None:
     """Record what `client`'s creations make (and forget what its deletions delete) and ask again a call that
     the propagation of a new resource failed."""
+    client.meta.events.register("before-call.ec2", _note_run)
     client.meta.events.register("after-call.ec2", _record)
     client.meta.events.register("needs-retry.ec2", _delay)
 
 
-def _record(parsed: dict, model: Any, **_: Any) -> None:
+def unlisted(region: str, run_id: str | None, listed: set[str]) -> list[str]:
+    """What this process made for the run (for any run, when None) in `region` in the last LISTING_WAIT_S that is
+    not in `listed` and not deleted since: what EC2 does not list yet. What is in `listed` is awaited no more."""
+    now = time.monotonic()
+    with _lock:
+        for made in [made for made, (_, _, at) in _unlisted.items() if made in listed or now - at >= LISTING_WAIT_S]:
+            del _unlisted[made]
+        return sorted(made for made, (where, run, _) in _unlisted.items()
+                      if where == region and run_id in (None, run))
+
+
+def forget_all() -> None:
+    """Await nothing more: for a process whose account was emptied behind its back (the tests' simulator reset)."""
+    with _lock:
+        _unlisted.clear()
+
+
+def _note_run(params: dict, context: dict, **_: Any) -> None:
+    """The run a creating call tags what it makes with (its TagSpecification.N.Tag.M), for `_record`."""
+    body = params.get("body") or {}
+    context["imagenet18_run"] = next((body.get(key[:-len("Key")] + "Value") for key, value in body.items()
+                                      if key.endswith(".Key") and value == tags.RUN), None)
+
+
+def _record(parsed: dict, model: Any, context: dict, **_: Any) -> None:
     keys = MADE.get(model.name)
     if keys and "Error" not in parsed:
         now = time.monotonic()
+        run = context.get("imagenet18_run")
         with _lock:
             for old in [made for made, at in _made.items() if now - at >= YOUNG_S]:
                 del _made[old]
             _made.update((made, now) for made in _values(parsed, keys))
+            if run:
+                _unlisted.update((made, (context.get("client_region", ""), run, now))
+                                 for made in _values(parsed, tuple(LISTED.intersection(keys))))
 
 
 def _values(answer: Any, keys: tuple[str, ...]) -> list[str]:
@@ -74,6 +114,9 @@ def _delay(response: tuple | None = None, attempts: int = 0, request_dict: dict 
     with _lock:
         if not error and body.get("Action") in DELETED:  # gone: a NotFound naming it now is the answer
             _made.pop(body.get(DELETED[body["Action"]]), None)
+        if not error and body.get("Action") in UNLISTING:
+            for named in body.values():
+                _unlisted.pop(named, None)
         if error.get("Code") not in NOT_FOUND or attempts >= MAX_ATTEMPTS:
             return None
         named = [v for k, v in body.items() if not k.startswith("Filter.") and isinstance(v, str) and ID.fullmatch(v)]

@@ -3,10 +3,14 @@ and what the cleanup flow sweeps. Nothing without our tag is ever listed, so not
 
 from __future__ import annotations
 
-from tasks.backends.aws import efs, iam, machines, secrets, tags, volumes
+import logging
+import time
+
+from tasks.backends.aws import consistency, efs, iam, machines, secrets, tags, volumes
 from tasks.backends.aws.clients import Clients
 from tasks.backends.base import Resource
 
+log = logging.getLogger(__name__)
 # The order teardown deletes in: what holds a dependency goes before what it depends on.
 TEARDOWN_ORDER = ("machine", "spot-request", "address", "replica", "volume", "file-system", "placement-group",
                   "security-group", "key-pair", "instance-profile", "parameter", "route-table", "subnet",
@@ -42,7 +46,18 @@ def _ec2_resources(clients: Clients, run_id: str | None) -> list[Resource]:
 
 def find(clients: Clients, run_id: str | None = None, identities: bool = True) -> list[Resource]:
     """The run's resources in the clients' region (every run's, when run_id is None) and, with `identities`, its
-    IAM roles and instance profiles, which are global: the same from every region."""
+    IAM roles and instance profiles, which are global: the same from every region. Listed again, backing off, while
+    EC2 leaves out what this process made for the run moments ago (consistency.py)."""
+    found, attempt = _listed(clients, run_id, identities), 0
+    while awaited := consistency.unlisted(clients.region, run_id, {r.id for r in found}):
+        if attempt == 0:
+            log.info("EC2 does not list %s yet: listing again", ", ".join(awaited))
+        time.sleep(min(0.5 * 2 ** attempt, 10.0))
+        found, attempt = _listed(clients, run_id, identities), attempt + 1
+    return found
+
+
+def _listed(clients: Clients, run_id: str | None, identities: bool) -> list[Resource]:
     found = _ec2_resources(clients, run_id)
     for system in efs.file_systems(clients, run_id):
         system_tags = tags.as_dict(system.get("Tags"))
