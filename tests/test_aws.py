@@ -321,12 +321,16 @@ def test_a_teardown_right_after_a_failed_provision_finds_what_ec2_does_not_list_
 
 def test_an_elastic_ip_whose_allocation_answer_was_lost_is_the_machines_not_one_more(aws, snapshot, tmp_path):
     """AllocateAddress takes no idempotency token: asked again after a lost answer (a 5xx after EC2 allocated),
-    it would hold one more address than the machines need, past a quota that holds exactly them."""
+    it would hold one more address than the machines need, past a quota that holds exactly them; and EC2 lists the
+    address it made only seconds later."""
     aws.set_quotas({"L-0263D0A3": 2})
-    aws.add_fault("ec2", "AllocateAddress", "InternalError", status=500, times=1, carried_out=True, label="lost")
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-lost-address", 2)
-    cluster = backend.provision(spec, backend.replicate(spec, DATASET, 2))
+    replicas = backend.replicate(spec, DATASET, 2)
+    parts = backend.prepare(spec, replicas[0].details["zone"])
+    aws.set_consistency_window(3)
+    aws.add_fault("ec2", "AllocateAddress", "InternalError", status=500, times=1, carried_out=True, label="lost")
+    cluster = backend.provision(spec, replicas, parts)
     assert [r["fired"] for r in aws.fault_counts("lost")] == [1]
     ec2 = aws.client("ec2")
     held = ec2.describe_addresses(Filters=tags.run_filter("run-lost-address"))["Addresses"]

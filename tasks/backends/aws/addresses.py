@@ -7,12 +7,15 @@ https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_InstanceNetworkInterf
 
 from __future__ import annotations
 
+import uuid
+
 from tasks.backends.aws import once, pools, quotas, tags
 from tasks.backends.aws.clients import Clients
 from tasks.backends.base import ClusterSpec, InputError
 
 QUOTA = quotas.Quota("L-0263D0A3", "EC2-VPC Elastic IPs")  # 5 on an account that never asked for more
 HOURLY_USD = 0.005  # AWS's price of a public IPv4 address, an Elastic IP or one given at launch
+ALLOCATION = "imagenet18:allocation"  # a token of the AllocateAddress call that made the address
 
 
 def check_quota(clients: Clients, machines: int) -> float | None:
@@ -43,8 +46,7 @@ def attach(clients: Clients, spec: ClusterSpec, instances: list[dict], parallel:
     reusable = [a["AllocationId"] for a in held if not a.get("AssociationId")]
     if len(reusable) < len(wanting):
         reusable += _on_machines_let_go(clients, spec.run_id, held)
-    known = {a["AllocationId"] for a in held}
-    allocations = reusable[:len(wanting)] + [_allocate(clients, spec, known) for _ in wanting[len(reusable):]]
+    allocations = reusable[:len(wanting)] + [_allocate(clients, spec) for _ in wanting[len(reusable):]]
 
     def one(interface: str, allocation: str) -> None:
         # An address still on a machine let go moves in this one call (EC2 disassociates it there first).
@@ -54,21 +56,19 @@ def attach(clients: Clients, spec: ClusterSpec, instances: list[dict], parallel:
         list(pool.map(one, wanting, allocations))
 
 
-def _allocate(clients: Clients, spec: ClusterSpec, known: set[str]) -> str:
-    """A new address of the run, one at a time: AllocateAddress takes no idempotency token (once.py), and after a
-    lost answer the run's free address that none of `known` is, is the one it made."""
-    run_tags = tags.tag_list(spec.run_id, spec.expires_at, f"imagenet18-{spec.run_id}")
+def _allocate(clients: Clients, spec: ClusterSpec) -> str:
+    """A new address of the run: AllocateAddress takes no idempotency token (once.py), so the call tags the address
+    with a token of its own, and after a lost answer the address with that token is the one it made."""
+    token = uuid.uuid4().hex
+    run_tags = tags.tag_list(spec.run_id, spec.expires_at, f"imagenet18-{spec.run_id}", **{ALLOCATION: token})
     ec2 = clients.client("ec2", retries=False)
 
     def made_unanswered() -> str | None:
-        held = clients.ec2.describe_addresses(Filters=tags.run_filter(spec.run_id))["Addresses"]
-        return next((a["AllocationId"] for a in held if a["AllocationId"] not in known and not a.get("AssociationId")),
-                    None)
+        found = clients.ec2.describe_addresses(Filters=[{"Name": f"tag:{ALLOCATION}", "Values": [token]}])
+        return next((a["AllocationId"] for a in found["Addresses"]), None)
 
-    allocation = once.make_once("an Elastic IP (EC2's AllocateAddress)", lambda: ec2.allocate_address(
+    return once.make_once("an Elastic IP (EC2's AllocateAddress)", lambda: ec2.allocate_address(
         Domain="vpc", TagSpecifications=tags.tag_specs("elastic-ip", run_tags))["AllocationId"], made_unanswered)
-    known.add(allocation)
-    return allocation
 
 
 def _on_machines_let_go(clients: Clients, run_id: str, held: list[dict]) -> list[str]:
