@@ -5,13 +5,14 @@ import datetime as dt
 import json
 import os
 import stat
+import sys
 import threading
 import time
 
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.backends.aws import AwsBackend, efs, jobs, machines, permissions, quotas, tags
+from tasks.backends.aws import AwsBackend, efs, inventory, jobs, machines, permissions, quotas, tags
 from tasks.backends import retry_may_pass
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
@@ -337,6 +338,32 @@ def test_an_elastic_ip_whose_allocation_answer_was_lost_is_the_machines_not_one_
     assert sorted(a["PublicIp"] for a in held) == public_ips(ec2, cluster), "two addresses, one on each machine"
     backend.teardown("run-lost-address")
     assert aws_leftovers(aws, "run-lost-address", tmp_path) == {}
+
+
+def no_sleep_in(module):
+    """time.sleep, failing the test where `module`'s own code calls it (not botocore's, say)."""
+    real = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if sys._getframe(1).f_globals.get("__name__") == module.__name__:
+            pytest.fail(f"{module.__name__} waited {seconds} s")
+        real(seconds)
+    return sleep
+
+
+def test_a_listing_does_not_await_a_machine_aws_ended(aws, monkeypatch):
+    """A run's listing waits for what this process made for the run moments ago, but not for a machine AWS ended
+    (a spot interruption, a root volume it could not make), which is listed as terminated from then on, not among
+    the run's: else every teardown after such a failure would wait two minutes."""
+    clients = Clients("us-east-1")
+    run_tags = tags.tag_specs("instance", tags.tag_list("run-ended", dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)))
+    machine = clients.ec2.run_instances(ImageId=UBUNTU_2204.image_id, InstanceType="g5.xlarge", MinCount=1,
+                                        MaxCount=1, TagSpecifications=run_tags)["Instances"][0]["InstanceId"]
+    aws_itself = aws.client("ec2")  # this process is not told
+    aws_itself.terminate_instances(InstanceIds=[machine])
+    aws_itself.get_waiter("instance_terminated").wait(InstanceIds=[machine], WaiterConfig={"Delay": 1})
+    monkeypatch.setattr(time, "sleep", no_sleep_in(inventory))
+    assert inventory.find(clients, "run-ended", identities=False) == []
 
 
 def test_a_not_found_is_asked_again_only_for_what_this_process_made_moments_ago_and_still_holds(aws):

@@ -76,7 +76,6 @@ class Consistency:
             return body
         root = ET.fromstring(body)
         ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-        ET.register_namespace("", ns.strip("{}"))
         listings = (root.findall(f"{ns}reservationSet/{ns}item/{ns}instancesSet") if call.action == "DescribeInstances"
                     else list(root))  # only the items listed, not those an item refers to (a group's rules)
         for listing in listings:

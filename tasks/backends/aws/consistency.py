@@ -114,7 +114,7 @@ def _delay(response: tuple | None = None, attempts: int = 0, request_dict: dict 
     with _lock:
         if not error and body.get("Action") in DELETED:  # gone: a NotFound naming it now is the answer
             _made.pop(body.get(DELETED[body["Action"]]), None)
-        if not error and body.get("Action") in UNLISTING:
+        if body.get("Action") in UNLISTING and error.get("Code", "") in ("", *NOT_FOUND):  # gone, now or before
             for named in body.values():
                 _unlisted.pop(named, None)
         if error.get("Code") not in NOT_FOUND or attempts >= MAX_ATTEMPTS:

@@ -49,12 +49,23 @@ def find(clients: Clients, run_id: str | None = None, identities: bool = True) -
     IAM roles and instance profiles, which are global: the same from every region. Listed again, backing off, while
     EC2 leaves out what this process made for the run moments ago (consistency.py)."""
     found, attempt = _listed(clients, run_id, identities), 0
-    while awaited := consistency.unlisted(clients.region, run_id, {r.id for r in found}):
+    while awaited := _awaited(clients, run_id, found):
         if attempt == 0:
             log.info("EC2 does not list %s yet: listing again", ", ".join(awaited))
         time.sleep(min(0.5 * 2 ** attempt, 10.0))
         found, attempt = _listed(clients, run_id, identities), attempt + 1
     return found
+
+
+def _awaited(clients: Clients, run_id: str | None, found: list[Resource]) -> list[str]:
+    """What this process made for the run that EC2 does not list yet. A machine that AWS ended (a spot
+    interruption, a launch whose root volume could not be made) is listed as terminated, not among the run's."""
+    seen = {r.id for r in found}
+    awaited = consistency.unlisted(clients.region, run_id, seen)
+    if any(made.startswith("i-") for made in awaited):
+        seen |= {i["InstanceId"] for i in machines.instances(clients, run_id, ["terminated"])}
+        awaited = consistency.unlisted(clients.region, run_id, seen)
+    return awaited
 
 
 def _listed(clients: Clients, run_id: str | None, identities: bool) -> list[Resource]:
