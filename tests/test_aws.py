@@ -12,7 +12,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.backends.aws import AwsBackend, efs, inventory, jobs, machines, permissions, quotas, tags
+from tasks.backends.aws import AwsBackend, catalog, efs, inventory, jobs, machines, permissions, quotas, tags
 from tasks.backends import retry_may_pass
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
@@ -237,14 +237,17 @@ def test_a_replica_pool_past_the_accounts_iops_quota_is_refused_before_any_is_ma
 @pytest.mark.slow
 @pytest.mark.parametrize("instance_type", ["g5.xlarge", "p4d.24xlarge"])
 def test_a_lost_machine_is_replaced_with_its_replica_while_it_is_still_shutting_down(aws, snapshot, tmp_path,
-                                                                                     instance_type):
+                                                                                     monkeypatch, instance_type):
     """A spot interruption's machine shuts down for a while, its replica attached meanwhile; the restart's new
     machine waits for that replica rather than fail on it (EC2 refuses to detach it, or attach it elsewhere). A
     machine with an interface on each EFA card reaches out through an Elastic IP: the replacement takes the lost
-    machine's, which it keeps while it shuts down, so a run within the account's quota stays within it."""
+    machine's, which it keeps while it shuts down, so a run within the account's quota stays within it. EC2 counts
+    the lost machine against the vCPU quota until it is gone: a run at its quota launches the new one then."""
+    monkeypatch.setattr(machines, "RELEASE_POLL_S", 1.0)
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-replaced", 2, instance_type, spot=True)
-    aws.set_quotas({"L-0263D0A3": 2})
+    vcpu_quota = quotas.quota_for(instance_type, spot=True).code
+    aws.set_quotas({"L-0263D0A3": 2, vcpu_quota: 2 * catalog.instance_type(instance_type).vcpus})
     replicas = backend.replicate(spec, DATASET, 2)
     first = backend.provision(spec, replicas)
     ec2 = aws.client("ec2")
@@ -349,6 +352,23 @@ def no_sleep_in(module):
             pytest.fail(f"{module.__name__} waited {seconds} s")
         real(seconds)
     return sleep
+
+
+def test_a_launch_over_the_quota_its_running_machines_leave_fails_without_waiting(aws, snapshot, tmp_path,
+                                                                                  monkeypatch):
+    """A launch refused over the vCPU quota waits for machines let go only where the account's running machines
+    leave room for it: where they do not (another launch took the room since the pre-flight), it fails at once."""
+    aws.set_quotas({"L-DB2E81BA": 4})
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-quota-taken", 1, "g5.xlarge")
+    replicas = backend.replicate(spec, DATASET, 1)
+    aws.client("ec2").run_instances(ImageId=UBUNTU_2204.image_id, InstanceType="g5.xlarge", MinCount=1, MaxCount=1)
+    monkeypatch.setattr(time, "sleep", no_sleep_in(machines))
+    with pytest.raises(ClientError, match="VcpuLimitExceeded"):
+        backend.provision(spec, replicas)
+    monkeypatch.undo()
+    backend.teardown("run-quota-taken")
+    assert aws_leftovers(aws, "run-quota-taken", tmp_path) == {}
 
 
 def test_a_listing_does_not_await_a_machine_aws_ended(aws, monkeypatch):

@@ -688,7 +688,7 @@ def test_ec2_quotas_are_answered_by_service_quotas_and_enforced_at_the_launch_no
     assert quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-DB2E81BA")["Quota"]["Value"] == 4
     assert error_code(ec2.run_instances, ImageId=IMAGE, InstanceType="g5.xlarge", MinCount=2, MaxCount=2,
                       DryRun=True) == "DryRunOperation"
-    launch(ec2)  # 4 vCPUs of 4
+    first = launch(ec2)  # 4 vCPUs of 4
     assert error_code(launch, ec2) == "VcpuLimitExceeded"
     assert error_code(launch, ec2, InstanceMarketOptions={"MarketType": "spot"}) == "MaxSpotInstanceCountExceeded"
     launch(ec2, "p4d.24xlarge")  # another quota
@@ -696,6 +696,9 @@ def test_ec2_quotas_are_answered_by_service_quotas_and_enforced_at_the_launch_no
     assert error_code(launch, ec2, "p5.48xlarge", InstanceMarketOptions={"MarketType": "spot"}) == (
         "MaxSpotInstanceCountExceeded"), "spot P5 machines count against a quota of their own"
     launch(ec2, "p4d.24xlarge", InstanceMarketOptions={"MarketType": "spot"})
+    aws.set_shutting_down(3600)
+    ec2.terminate_instances(InstanceIds=[first])
+    assert error_code(launch, ec2) == "VcpuLimitExceeded", "a machine let go counts while it shuts down"
 
 
 def test_the_project_python_fails_as_torch_does_on_a_gpu_its_build_has_no_kernels_for(aws):

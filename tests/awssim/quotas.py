@@ -18,6 +18,8 @@ from .calls import AwsCall
 from .errors import Response, error_response
 from .player import ALIVE
 
+COUNTED = (*ALIVE, "stopping", "shutting-down")  # the machines a vCPU quota counts
+
 NAMES = {
     "L-417A185B": "Running On-Demand P instances",
     "L-DB2E81BA": "Running On-Demand G and VT instances",
@@ -87,13 +89,15 @@ class Quotas:
 
     def launch_error(self, call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:
         """(code, message) EC2 answers a launch whose vCPUs, with those of the account's running machines
-        counted by the same quota, are more than the quota."""
+        counted by the same quota, are more than the quota. A machine let go still counts while it shuts down
+        ("terminated instances count toward your instance limit for a while after they are terminated":
+        https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html)."""
         instance_type, spot = call.params.get("InstanceType", ""), "InstanceMarketOptions.MarketType" in call.params
         code = _code(instance_type, spot)
         if code is None or call.params.get("DryRun") == "true":
             return None
         running = sum(_vcpus(i.instance_type) for i in backends.instances(ec2_backend)
-                      if i.state in ALIVE and _code(i.instance_type, i.lifecycle == "spot") == code)
+                      if i.state in COUNTED and _code(i.instance_type, i.lifecycle == "spot") == code)
         limit = self.values[code]
         if running + int(call.params.get("MinCount", "1")) * _vcpus(instance_type) <= limit:
             return None

@@ -13,7 +13,7 @@ from string import Template
 
 import botocore.exceptions
 
-from tasks.backends.aws import addresses, catalog, pools, tags
+from tasks.backends.aws import addresses, catalog, pools, quotas, tags
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.network import Network
 from tasks.backends.aws.waiting import waiter_config
@@ -34,6 +34,12 @@ LIMIT_ERRORS = ("VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCo
 # asks again for a while before it gives up.
 VERIFICATION_WAIT_S = 15 * 60.0
 VERIFICATION_POLL_S = 30.0
+# EC2 counts a machine let go against its vCPU quota while it shuts down, and "for a while after" it is terminated
+# (https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html): a launch refused over the quota that
+# the account's pending and running machines leave room for is asked again (a replacement beside the machine it
+# replaces, a run just after another's teardown).
+RELEASE_WAIT_S = 10 * 60.0
+RELEASE_POLL_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +172,7 @@ def _run_all(clients: Clients, spec: ClusterSpec, network: Network, image: dict,
     The request's k-th machine (its AmiLaunchIndex) is machine indices[k], and is tagged so."""
     request = launch_request(spec, network, image, profile, len(indices), volume_ids, boot)
     ec2 = clients.client("ec2", retries=False)
-    attempt, verifying_since = 0, None
+    attempt, waiting_since = 0, {}
     while True:
         try:
             launched = ec2.run_instances(**request)["Instances"]
@@ -175,15 +181,15 @@ def _run_all(clients: Clients, spec: ClusterSpec, network: Network, image: dict,
             code = error_code(exc)
             if code in CAPACITY_ERRORS:
                 raise CapacityError(code, spec.instance_type, network.zone) from exc
-            if code == "PendingVerification":
-                if verifying_since is None:
-                    verifying_since = time.monotonic()
-                    log.warning("AWS is verifying this account's access to %s (PendingVerification): the launch is "
-                                "asked again every %.0f s for up to %.0f min, the run's replicas paid meanwhile",
-                                clients.region, VERIFICATION_POLL_S, VERIFICATION_WAIT_S / 60)
-                if time.monotonic() - verifying_since >= VERIFICATION_WAIT_S:
+            if (patience := _patience(clients, spec, code, len(indices))) is not None:
+                wait_s, poll_s, why = patience
+                if code not in waiting_since:
+                    waiting_since[code] = time.monotonic()
+                    log.warning("%s (%s): the launch is asked again every %.0f s for up to %.0f min, the run's "
+                                "replicas paid meanwhile", why, code, poll_s, wait_s / 60)
+                if time.monotonic() - waiting_since[code] >= wait_s:
                     raise
-                time.sleep(VERIFICATION_POLL_S)
+                time.sleep(poll_s)
                 continue
             # throttling is retried here since this client has botocore's retries off
             attempt += 1
@@ -202,6 +208,16 @@ def _run_all(clients: Clients, spec: ClusterSpec, network: Network, image: dict,
     with pools.pool(parallel, len(indices)) as pool:
         list(pool.map(name, indices))
     return by_index
+
+
+def _patience(clients: Clients, spec: ClusterSpec, code: str, machines: int) -> tuple[float, float, str] | None:
+    """For a launch refusal that time may lift: how long to ask again, how often, and why; None for any other."""
+    if code == "PendingVerification":
+        return VERIFICATION_WAIT_S, VERIFICATION_POLL_S, f"AWS is verifying this account's access to {clients.region}"
+    if code in LIMIT_ERRORS and quotas.fits_once_let_go(clients, spec.instance_type, machines, spec.spot):
+        return RELEASE_WAIT_S, RELEASE_POLL_S, ("EC2 still counts machines let go against the vCPU quota the "
+                                                "account's running machines leave room for")
+    return None
 
 
 def profile_propagating(exc: BaseException) -> bool:

@@ -68,6 +68,15 @@ def check(clients: Clients, instance_type: str, machines: int, spot: bool) -> No
                 machines * catalog.instance_type(instance_type).vcpus, FEWER_MACHINES)
 
 
+def fits_once_let_go(clients: Clients, instance_type: str, machines: int, spot: bool) -> bool:
+    """Whether the machines fit their vCPU quota beside the account's pending and running machines (and open spot
+    requests): a launch EC2 refused over it waits for machines let go, which it counts a while longer."""
+    quota = quota_for(instance_type, spot)
+    value = quota_value(clients, quota) if quota else None
+    need = machines * catalog.instance_type(instance_type).vcpus
+    return value is not None and need + in_use(clients, quota)[1] <= value
+
+
 def check_vcpus(clients: Clients, quota: Quota, needing: str, need: int, otherwise: str = "") -> None:
     """Refuse machines that need more vCPUs than the account's `quota` leaves beside what it holds.
     `needing`: who needs them, with the verb ("2 x p4d.24xlarge need"); `otherwise`: what else would do."""
