@@ -114,7 +114,8 @@ def _ec2(aws: AwsSim, run_id: str | None, region: str) -> Iterator[Found]:
         ("volume", ec2.describe_volumes(Filters=where)["Volumes"], "VolumeId"),
         ("snapshot", ec2.describe_snapshots(OwnerIds=["self"], Filters=where)["Snapshots"], "SnapshotId"),
         ("elastic ip", ec2.describe_addresses(Filters=where)["Addresses"], "AllocationId"),
-        ("placement group", ec2.describe_placement_groups(Filters=where)["PlacementGroups"], "GroupName"),
+        ("placement group", ec2.describe_placement_groups(  # one deleting was deleted: EC2 takes it from there
+            Filters=where + [{"Name": "state", "Values": ["pending", "available"]}])["PlacementGroups"], "GroupName"),
         ("security group", ec2.describe_security_groups(Filters=where)["SecurityGroups"], "GroupId"),
         ("key pair", ec2.describe_key_pairs(Filters=where)["KeyPairs"], "KeyName"),
         ("route table", ec2.describe_route_tables(Filters=where)["RouteTables"], "RouteTableId"),

@@ -306,6 +306,26 @@ def test_a_run_goes_on_while_ec2_does_not_know_its_new_resources_yet(aws, snapsh
     assert aws_leftovers(aws, "run-propagating", tmp_path) == {}
 
 
+def test_a_run_launches_into_its_placement_group_once_the_group_is_available(aws, snapshot, tmp_path):
+    """A new placement group is pending a while, and EC2 refuses a launch into it meanwhile
+    (InvalidPlacementGroup.Unknown); a teardown's group is deleting a while, its name still taken by it: a run
+    made again at once makes its group once the old one has gone."""
+    aws.set_placement_changing(10)
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-placed", 2)
+    replicas = backend.replicate(spec, DATASET, 2)
+    backend.provision(spec, replicas)
+    aws.set_placement_changing(4)
+    backend.teardown("run-placed")
+    assert aws_leftovers(aws, "run-placed", tmp_path) == {}
+    parts = backend.prepare(spec, replicas[0].details["zone"])  # again at once: the old group is still deleting
+    [group] = aws.client("ec2").describe_placement_groups(GroupNames=[parts.network.placement_group])[
+        "PlacementGroups"]
+    assert group["State"] == "available"
+    backend.teardown("run-placed")
+    assert aws_leftovers(aws, "run-placed", tmp_path) == {}
+
+
 def test_a_teardown_right_after_a_failed_provision_finds_what_ec2_does_not_list_yet(aws, snapshot, tmp_path):
     """EC2's listings are eventually consistent too: a teardown just after a provision that failed moments after
     allocating its Elastic IPs lists the run's resources before EC2 lists those addresses. It must not end there,

@@ -68,10 +68,17 @@ def run_everywhere(aws, ssm, instances: list[str], command: str) -> dict[str, di
     return {i: ssm.get_command_invocation(CommandId=sent, InstanceId=i) for i in instances}
 
 
+def available_group(ec2, name: str, **kwargs) -> dict:
+    """A new cluster placement group, once it is available."""
+    ec2.create_placement_group(GroupName=name, Strategy="cluster", **kwargs)
+    return wait_for(lambda: next((g for g in ec2.describe_placement_groups(GroupNames=[name])["PlacementGroups"]
+                                  if g["State"] == "available"), None), what=f"{name} available")
+
+
 def test_placement_groups(aws):
     ec2 = aws.client("ec2")
     tags = [{"ResourceType": "placement-group", "Tags": [RUN]}]
-    group = ec2.create_placement_group(GroupName="pg-1", Strategy="cluster", TagSpecifications=tags)["PlacementGroup"]
+    group = available_group(ec2, "pg-1", TagSpecifications=tags)
     assert group["GroupId"].startswith("pg-") and group["Tags"] == [RUN]
     assert error_code(ec2.create_placement_group, GroupName="pg-1", Strategy="cluster") == (
         "InvalidPlacementGroup.Duplicate"
@@ -86,7 +93,29 @@ def test_placement_groups(aws):
     assert error_code(ec2.delete_placement_group, GroupName="pg-1") == "InvalidPlacementGroup.InUse"
     terminate(ec2, instance)
     ec2.delete_placement_group(GroupName="pg-1")
-    assert [g["GroupName"] for g in ec2.describe_placement_groups()["PlacementGroups"]] == ["other"]
+    wait_for(lambda: [g["GroupName"] for g in ec2.describe_placement_groups()["PlacementGroups"]] == ["other"])
+
+
+def test_a_placement_group_is_pending_before_it_is_available_and_deleting_before_it_is_gone(aws):
+    """As on AWS (API_PlacementGroup's State): a launch into a group is refused until it is available, and its
+    name stays taken while it is deleting."""
+    ec2 = aws.client("ec2", retries=NO_RETRIES)
+    created = ec2.create_placement_group(GroupName="pg-new", Strategy="cluster")["PlacementGroup"]
+    assert created["State"] == "pending"
+    assert error_code(launch, ec2, "p4d.24xlarge", Placement={"GroupName": "pg-new"}) == (
+        "InvalidPlacementGroup.Unknown")
+    available_group(ec2, "pg-later")
+    wait_for(lambda: ec2.describe_placement_groups(GroupNames=["pg-new"])["PlacementGroups"][0]["State"] == (
+        "available"))
+    launch(ec2, "p4d.24xlarge", Placement={"GroupName": "pg-new"})
+    ec2.delete_placement_group(GroupName="pg-later")
+    assert ec2.describe_placement_groups(GroupNames=["pg-later"])["PlacementGroups"][0]["State"] == "deleting"
+    assert error_code(ec2.create_placement_group, GroupName="pg-later", Strategy="cluster") == (
+        "InvalidPlacementGroup.Duplicate")
+    assert error_code(launch, ec2, "p4d.24xlarge", Placement={"GroupName": "pg-later"}) == (
+        "InvalidPlacementGroup.Unknown")
+    wait_for(lambda: [g["GroupName"] for g in ec2.describe_placement_groups()["PlacementGroups"]] == ["pg-new"])
+    ec2.create_placement_group(GroupName="pg-later", Strategy="cluster")
 
 
 def test_instance_types(aws):
@@ -106,7 +135,7 @@ def test_instance_types(aws):
 def test_a_launchs_network_interfaces_are_checked_as_ec2_checks_them_and_recorded(aws):
     ec2 = aws.client("ec2")
     subnet = ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": ["us-east-1a"]}])["Subnets"][0]
-    ec2.create_placement_group(GroupName="pg-1", Strategy="cluster")
+    available_group(ec2, "pg-1")
 
     def card(index, kind="efa-only", **extra):
         return {"NetworkCardIndex": index, "DeviceIndex": 0, "InterfaceType": kind, "SubnetId": subnet["SubnetId"],
@@ -172,7 +201,7 @@ def test_a_machine_has_an_interface_on_each_card_which_goes_with_it_unless_the_l
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.60.0.0/20", AvailabilityZone="us-east-1a")["Subnet"][
         "SubnetId"]
     ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": True})
-    ec2.create_placement_group(GroupName="pg-cards", Strategy="cluster")
+    available_group(ec2, "pg-cards")
     cards = [{"NetworkCardIndex": card, "DeviceIndex": 0, "InterfaceType": "efa" if card == 0 else "efa-only",
               "SubnetId": subnet, "DeleteOnTermination": card != 3} for card in range(4)]
     instance = launch(ec2, "p4d.24xlarge", NetworkInterfaces=cards,

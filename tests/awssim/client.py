@@ -136,6 +136,11 @@ class AwsSim:
         which restores AWSSIM_AGENT_DELAY_S, 1 s by default); SendCommand refuses the machine until then."""
         self._control("POST", "agent", {"delay_s": seconds})
 
+    def set_placement_changing(self, seconds: float) -> None:
+        """Placement groups made from now on are pending this long, and deleted ones deleting (until `reset`, which
+        restores AWSSIM_PLACEMENT_CHANGING_S, 0.3 s by default)."""
+        self._control("POST", "placement", {"changing_s": seconds})
+
     def set_consistency_window(self, seconds: float) -> None:
         """EC2 answers NotFound to a call naming a resource made less than `seconds` ago, and leaves it out of its
         listings (until `reset`; 0, the default, is off)."""

@@ -1,9 +1,13 @@
 """EC2 placement groups, which moto 5.2.5 lacks: create, describe, delete, and their use by RunInstances, with a
-record of each launch into a group (its machines and the network interfaces it asked for, which moto drops)."""
+record of each launch into a group (its machines and the network interfaces it asked for, which moto drops). A new
+group is pending a while before it is available (its states: pending, available, deleting, deleted), and a launch
+into it meanwhile finds no such group; a deleted one is deleting a while, its name still taken."""
 
 import fnmatch
+import os
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
@@ -17,6 +21,8 @@ ACTIONS = frozenset({"CreatePlacementGroup", "DescribePlacementGroups", "DeleteP
 STRATEGIES = ("cluster", "spread", "partition")
 FILTERS = ("group-name", "group-id", "strategy", "state", "tag-key")  # and tag:KEY
 EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+# How long a group is pending after its creation, and deleting after its deletion.
+CHANGING_S = float(os.environ.get("AWSSIM_PLACEMENT_CHANGING_S", "0.3"))
 
 
 @dataclass
@@ -30,6 +36,14 @@ class PlacementGroup:
     spread_level: str | None = None
     members: set[str] = field(default_factory=set)  # instance ids launched into it
     launches: list[dict] = field(default_factory=list)  # per RunInstances into it: instances, interfaces
+    available_at: float = 0.0  # time.monotonic()
+    deleted_at: float | None = None  # from then on, deleted; deleting before, since DeletePlacementGroup
+
+    @property
+    def state(self) -> str:
+        if self.deleted_at is not None:
+            return "deleting" if time.monotonic() < self.deleted_at else "deleted"
+        return "pending" if time.monotonic() < self.available_at else "available"
 
     def filter_values(self, name: str) -> list[str]:
         """The values an EC2 filter (one of FILTERS or tag:KEY) sees on this group."""
@@ -39,7 +53,7 @@ class PlacementGroup:
             "group-name": [self.name],
             "group-id": [self.group_id],
             "strategy": [self.strategy],
-            "state": ["available"],
+            "state": [self.state],
             "tag-key": list(self.tags),
         }[name]
 
@@ -49,7 +63,7 @@ class PlacementGroup:
         extra += f"<spreadLevel>{escape(self.spread_level)}</spreadLevel>" if self.spread_level else ""
         return (
             f"<groupName>{escape(self.name)}</groupName><groupId>{self.group_id}</groupId>"
-            f"<groupArn>{escape(self.arn)}</groupArn><strategy>{self.strategy}</strategy><state>available</state>"
+            f"<groupArn>{escape(self.arn)}</groupArn><strategy>{self.strategy}</strategy><state>{self.state}</state>"
             f"{extra}<tagSet>{tags}</tagSet>"
         )
 
@@ -68,13 +82,19 @@ class PlacementGroups:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._groups: dict[tuple[str, str], dict[str, PlacementGroup]] = {}  # (account, region) -> name -> group
+        self.changing_s = CHANGING_S
 
     def clear(self) -> None:
         with self._lock:
             self._groups.clear()
+            self.changing_s = CHANGING_S
 
     def _of(self, call: AwsCall) -> dict[str, PlacementGroup]:
-        return self._groups.setdefault((call.account, call.region), {})
+        """The region's groups, less those deleted."""
+        groups = self._groups.setdefault((call.account, call.region), {})
+        for name in [name for name, group in groups.items() if group.state == "deleted"]:
+            del groups[name]
+        return groups
 
     def handle(self, call: AwsCall) -> Response:
         with self._lock:
@@ -104,6 +124,7 @@ class PlacementGroups:
             tags=_tags(call, "placement-group"),
             partition_count=call.params.get("PartitionCount"),
             spread_level=call.params.get("SpreadLevel"),
+            available_at=time.monotonic() + self.changing_s,
         )
         groups[name] = group
         return _ec2_response(call.action, f"<placementGroup>{group.xml()}</placementGroup>")
@@ -131,7 +152,7 @@ class PlacementGroups:
 
     def _delete(self, call: AwsCall, groups: dict[str, PlacementGroup]) -> Response:
         name = call.params.get("GroupName", "")
-        if name not in groups:
+        if name not in groups or groups[name].state == "deleting":
             return _unknown(name)
         ec2 = backends.ec2(call.account, call.region)
         live = [i for i in backends.instances(ec2) if i.id in groups[name].members and i.state != "terminated"]
@@ -139,17 +160,17 @@ class PlacementGroups:
             return error_response(
                 "ec2", "InvalidPlacementGroup.InUse", f"The placement group '{name}' is in use and may not be deleted."
             )
-        del groups[name]
+        groups[name].deleted_at = time.monotonic() + self.changing_s
         return _ec2_response(call.action, "<return>true</return>")
 
     def launch_error(self, call: AwsCall) -> Response | None:
-        """RunInstances into a placement group that doesn't exist fails as on AWS."""
+        """RunInstances into a placement group that is not available (none, pending, deleting) fails as on AWS."""
         name, group_id = call.params.get("Placement.GroupName"), call.params.get("Placement.GroupId")
         with self._lock:
-            groups = self._of(call)
-            if name is not None and name not in groups:
+            available = [g for g in self._of(call).values() if g.state == "available"]
+            if name is not None and name not in {g.name for g in available}:
                 return _unknown(name)
-            if group_id is not None and group_id not in {g.group_id for g in groups.values()}:
+            if group_id is not None and group_id not in {g.group_id for g in available}:
                 return _unknown(group_id)
         return None
 

@@ -29,7 +29,8 @@ def _ec2_resources(clients: Clients, run_id: str | None) -> list[Resource]:
         ("volume", [v for v in ec2.describe_volumes(Filters=where)["Volumes"] if v["VolumeId"] not in replica_ids],
          "VolumeId"),
         ("address", ec2.describe_addresses(Filters=where)["Addresses"], "AllocationId"),
-        ("placement-group", ec2.describe_placement_groups(Filters=where)["PlacementGroups"], "GroupName"),
+        ("placement-group", ec2.describe_placement_groups(  # not those deleting: they are on their way
+            Filters=where + [{"Name": "state", "Values": ["pending", "available"]}])["PlacementGroups"], "GroupName"),
         ("security-group", ec2.describe_security_groups(Filters=where)["SecurityGroups"], "GroupId"),
         ("key-pair", ec2.describe_key_pairs(Filters=where)["KeyPairs"], "KeyName"),
         ("route-table", ec2.describe_route_tables(Filters=where)["RouteTables"], "RouteTableId"),

@@ -12,10 +12,12 @@ from pathlib import Path
 
 from tasks.backends.aws import pools, tags
 from tasks.backends.aws.clients import Clients, error_code
+from tasks.backends.aws.waiting import until
 from tasks.backends.base import ClusterSpec, InputError
 
 VPC_CIDR = "10.18.0.0/16"
 SUBNET_PREFIX = 20  # 4,096 addresses per zone the run uses
+PLACEMENT_GROUP_WAIT_S = 300.0  # for a new placement group to be available (Terraform's AWS provider waits as long)
 
 
 @dataclass(frozen=True)
@@ -228,11 +230,35 @@ def _ensure_key_pair(ec2, spec: ClusterSpec, key_folder: Path, run_tags: list[di
 
 
 def _ensure_placement_group(ec2, spec: ClusterSpec, run_tags: list[dict]) -> str:
+    """The run's cluster placement group, available: a new one is pending a while, and a launch into it meanwhile
+    is refused (its states: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_PlacementGroup.html)."""
     name = resource_name(spec)
+
+    def available() -> bool:
+        state = _placement_group_state(ec2, name)
+        if state in (None, "deleting", "deleted"):  # an earlier try's, going: the name is free once it has gone
+            _create_placement_group(ec2, name, run_tags)  # (None, a new one EC2 does not know yet: Duplicate)
+        return state == "available"
+
+    _create_placement_group(ec2, name, run_tags)
+    until(f"placement group {name} available", available, timeout=PLACEMENT_GROUP_WAIT_S, poll=1.0)
+    return name
+
+
+def _create_placement_group(ec2, name: str, run_tags: list[dict]) -> None:
     try:
         ec2.create_placement_group(GroupName=name, Strategy="cluster",
                                    TagSpecifications=tags.tag_specs("placement-group", run_tags))
     except Exception as exc:  # noqa: BLE001 - only "it exists already" is fine
         if error_code(exc) != "InvalidPlacementGroup.Duplicate":
             raise
-    return name
+
+
+def _placement_group_state(ec2, name: str) -> str | None:
+    """The group's state; None while EC2 does not know it yet (a group made moments ago)."""
+    try:
+        return ec2.describe_placement_groups(GroupNames=[name])["PlacementGroups"][0]["State"]
+    except Exception as exc:  # noqa: BLE001
+        if error_code(exc) != "InvalidPlacementGroup.Unknown":
+            raise
+        return None
