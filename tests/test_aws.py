@@ -18,7 +18,7 @@ from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
 from tasks.backends.base import BackendError, InputError
-from tests.awssim.faults import PRESENT
+from tests.awssim.faults import ABSENT, PRESENT
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
 from tests.aws_runs import (
     AMI,
@@ -237,17 +237,14 @@ def test_a_replica_pool_past_the_accounts_iops_quota_is_refused_before_any_is_ma
 @pytest.mark.slow
 @pytest.mark.parametrize("instance_type", ["g5.xlarge", "p4d.24xlarge"])
 def test_a_lost_machine_is_replaced_with_its_replica_while_it_is_still_shutting_down(aws, snapshot, tmp_path,
-                                                                                     monkeypatch, instance_type):
+                                                                                     instance_type):
     """A spot interruption's machine shuts down for a while, its replica attached meanwhile; the restart's new
     machine waits for that replica rather than fail on it (EC2 refuses to detach it, or attach it elsewhere). A
     machine with an interface on each EFA card reaches out through an Elastic IP: the replacement takes the lost
-    machine's, which it keeps while it shuts down, so a run within the account's quota stays within it. EC2 counts
-    the lost machine against the vCPU quota until it is gone: a run at its quota launches the new one then."""
-    monkeypatch.setattr(machines, "RELEASE_POLL_S", 1.0)
+    machine's, which it keeps while it shuts down, so a run within the account's quota stays within it."""
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-replaced", 2, instance_type, spot=True)
-    vcpu_quota = quotas.quota_for(instance_type, spot=True).code
-    aws.set_quotas({"L-0263D0A3": 2, vcpu_quota: 2 * catalog.instance_type(instance_type).vcpus})
+    aws.set_quotas({"L-0263D0A3": 2})
     replicas = backend.replicate(spec, DATASET, 2)
     first = backend.provision(spec, replicas)
     ec2 = aws.client("ec2")
@@ -265,6 +262,28 @@ def test_a_lost_machine_is_replaced_with_its_replica_while_it_is_still_shutting_
         assert sorted(a["PublicIp"] for a in held) == before == public_ips(ec2, again)
     backend.teardown("run-replaced")
     assert aws_leftovers(aws, "run-replaced", tmp_path) == {}
+
+
+@pytest.mark.slow
+def test_a_replacement_at_the_quota_is_launched_once_ec2_no_longer_counts_the_machine_it_replaces(
+        aws, snapshot, tmp_path, monkeypatch, caplog):
+    """EC2 counts a machine let go against the vCPU quota while it shuts down (and a while after): a spot run at
+    its quota has its replacement refused meanwhile (MaxSpotInstanceCountExceeded), and launches it once the lost
+    machine is gone rather than fail."""
+    monkeypatch.setattr(machines, "RELEASE_POLL_S", 1.0)
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-at-quota", 2, "g5.xlarge", spot=True)
+    aws.set_quotas({quotas.quota_for("g5.xlarge", spot=True).code: 2 * catalog.instance_type("g5.xlarge").vcpus})
+    replicas = backend.replicate(spec, DATASET, 2)
+    first = backend.provision(spec, replicas)
+    aws.set_shutting_down(4.0)
+    aws.interrupt(first.machines[1].id)
+    again = backend.provision(spec, replicas)
+    assert again.machines[0] == first.machines[0] and again.machines[1].id != first.machines[1].id
+    assert any("still counts machines let go" in r.getMessage() and "MaxSpotInstanceCountExceeded" in r.getMessage()
+               for r in caplog.records), "the launch was refused while the lost machine shut down, and asked again"
+    backend.teardown("run-at-quota")
+    assert aws_leftovers(aws, "run-at-quota", tmp_path) == {}
 
 
 def test_a_launch_waits_while_aws_verifies_a_new_accounts_region_and_fails_for_good_past_the_wait(
@@ -315,9 +334,11 @@ def test_a_run_launches_into_its_placement_group_once_the_group_is_available(aws
     spec = cluster_spec("run-placed", 2)
     replicas = backend.replicate(spec, DATASET, 2)
     backend.provision(spec, replicas)
-    aws.set_placement_changing(4)
+    aws.set_placement_changing(8)
     backend.teardown("run-placed")
     assert aws_leftovers(aws, "run-placed", tmp_path) == {}
+    [deleting] = aws.client("ec2").describe_placement_groups(GroupNames=["imagenet18-run-placed"])["PlacementGroups"]
+    assert deleting["State"] == "deleting"
     parts = backend.prepare(spec, replicas[0].details["zone"])  # again at once: the old group is still deleting
     [group] = aws.client("ec2").describe_placement_groups(GroupNames=[parts.network.placement_group])[
         "PlacementGroups"]
@@ -374,21 +395,41 @@ def no_sleep_in(module):
     return sleep
 
 
-def test_a_launch_over_the_quota_its_running_machines_leave_fails_without_waiting(aws, snapshot, tmp_path,
-                                                                                  monkeypatch):
-    """A launch refused over the vCPU quota waits for machines let go only where the account's running machines
-    leave room for it: where they do not (another launch took the room since the pre-flight), it fails at once."""
-    aws.set_quotas({"L-DB2E81BA": 4})
+@pytest.mark.parametrize("why", ["running machines took the room", "a spot limit under the quota's value"])
+def test_a_launch_refused_over_its_quota_with_no_machine_let_go_fails_without_waiting(aws, snapshot, tmp_path,
+                                                                                     monkeypatch, why):
+    """A launch refused over the vCPU quota waits only for machines let go (shutting down, terminated moments ago)
+    where the account's running machines leave room: another launch took the room since the pre-flight, or EC2
+    enforces a spot limit under the quota's value (new accounts meet it), and nothing was let go: it fails at
+    once."""
+    spot = why != "running machines took the room"
+    aws.set_quotas({quotas.quota_for("g5.xlarge", spot).code: 4})
     backend = AwsBackend(options(), home=tmp_path)
-    spec = cluster_spec("run-quota-taken", 1, "g5.xlarge")
+    spec = cluster_spec("run-quota-taken", 1, "g5.xlarge", spot=spot)
     replicas = backend.replicate(spec, DATASET, 1)
-    aws.client("ec2").run_instances(ImageId=UBUNTU_2204.image_id, InstanceType="g5.xlarge", MinCount=1, MaxCount=1)
+    if spot:
+        aws.add_fault("ec2", "RunInstances", "MaxSpotInstanceCountExceeded", match={"DryRun": ABSENT})
+    else:
+        aws.client("ec2").run_instances(ImageId=UBUNTU_2204.image_id, InstanceType="g5.xlarge", MinCount=1,
+                                        MaxCount=1)
     monkeypatch.setattr(time, "sleep", no_sleep_in(machines))
-    with pytest.raises(ClientError, match="VcpuLimitExceeded"):
+    with pytest.raises(ClientError, match="VcpuLimitExceeded|MaxSpotInstanceCountExceeded"):
         backend.provision(spec, replicas)
     monkeypatch.undo()
     backend.teardown("run-quota-taken")
     assert aws_leftovers(aws, "run-quota-taken", tmp_path) == {}
+
+
+def test_machines_let_go_are_counted_for_a_type_the_catalogue_does_not_know(aws):
+    """The snapshot builder's c6i.4xlarge is no GPU type of the catalogue: its vCPUs come from EC2."""
+    aws.set_shutting_down(60)
+    ec2 = aws.client("ec2")
+    builder = ec2.run_instances(ImageId=UBUNTU_2204.image_id, InstanceType="c6i.4xlarge", MinCount=1,
+                                MaxCount=1)["Instances"][0]["InstanceId"]
+    ec2.terminate_instances(InstanceIds=[builder])
+    clients = Clients("us-east-1")
+    assert quotas.let_go(clients, quotas.STANDARD) == [builder]
+    assert quotas.fits_once_let_go(clients, "c6i.4xlarge", 1, spot=False)
 
 
 def test_a_listing_does_not_await_a_machine_aws_ended(aws, monkeypatch):

@@ -100,6 +100,7 @@ def test_a_placement_group_is_pending_before_it_is_available_and_deleting_before
     """As on AWS (API_PlacementGroup's State): a launch into a group is refused until it is available, and its
     name stays taken while it is deleting."""
     ec2 = aws.client("ec2", retries=NO_RETRIES)
+    aws.set_placement_changing(4)
     created = ec2.create_placement_group(GroupName="pg-new", Strategy="cluster")["PlacementGroup"]
     assert created["State"] == "pending"
     assert error_code(launch, ec2, "p4d.24xlarge", Placement={"GroupName": "pg-new"}) == (

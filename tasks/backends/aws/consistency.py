@@ -94,6 +94,11 @@ def _record(parsed: dict, model: Any, context: dict, **_: Any) -> None:
                                  for made in _values(parsed, tuple(LISTED.intersection(keys))))
 
 
+def _forget_unlisted(ids) -> None:
+    for made in ids:
+        _unlisted.pop(made, None)
+
+
 def _values(answer: Any, keys: tuple[str, ...]) -> list[str]:
     if isinstance(answer, dict):
         return [v for k, v in answer.items() if k in keys and isinstance(v, str)] + [
@@ -114,16 +119,17 @@ def _delay(response: tuple | None = None, attempts: int = 0, request_dict: dict 
     with _lock:
         if not error and body.get("Action") in DELETED:  # gone: a NotFound naming it now is the answer
             _made.pop(body.get(DELETED[body["Action"]]), None)
-        if body.get("Action") in UNLISTING and error.get("Code", "") in ("", *NOT_FOUND):  # gone, now or before
-            for named in body.values():
-                _unlisted.pop(named, None)
-        if error.get("Code") not in NOT_FOUND or attempts >= MAX_ATTEMPTS:
+        if not error and body.get("Action") in UNLISTING:
+            _forget_unlisted(body.values())
+        if error.get("Code") not in NOT_FOUND:
             return None
         named = [v for k, v in body.items() if not k.startswith("Filter.") and isinstance(v, str) and ID.fullmatch(v)]
         # EC2 names the id it does not know; where it does not, any young id the call names may be it.
         unknown = [v for v in named if v in (error.get("Message") or "")] or named  # a Message may be None
         now = time.monotonic()
-        young = [v for v in unknown if v in _made and now - _made[v] < YOUNG_S]
+        young = [v for v in unknown if v in _made and now - _made[v] < YOUNG_S] if attempts < MAX_ATTEMPTS else []
+        if not young and body.get("Action") in UNLISTING:  # gone before this deletion: not to be listed again
+            _forget_unlisted(unknown)
     if not young:
         return None
     if attempts == 1:

@@ -215,8 +215,8 @@ def _patience(clients: Clients, spec: ClusterSpec, code: str, machines: int) -> 
     if code == "PendingVerification":
         return VERIFICATION_WAIT_S, VERIFICATION_POLL_S, f"AWS is verifying this account's access to {clients.region}"
     if code in LIMIT_ERRORS and quotas.fits_once_let_go(clients, spec.instance_type, machines, spec.spot):
-        return RELEASE_WAIT_S, RELEASE_POLL_S, ("EC2 still counts machines let go against the vCPU quota the "
-                                                "account's running machines leave room for")
+        return RELEASE_WAIT_S, RELEASE_POLL_S, ("EC2 still counts machines let go moments ago against the quota "
+                                                "that the account's running machines leave room for")
     return None
 
 

@@ -255,10 +255,12 @@ def _create_placement_group(ec2, name: str, run_tags: list[dict]) -> None:
 
 
 def _placement_group_state(ec2, name: str) -> str | None:
-    """The group's state; None while EC2 does not know it yet (a group made moments ago)."""
+    """The group's state (the most alive, where EC2 lists a deleted one beside a new one); None while EC2 does
+    not know it yet (a group made moments ago)."""
     try:
-        return ec2.describe_placement_groups(GroupNames=[name])["PlacementGroups"][0]["State"]
+        states = {g["State"] for g in ec2.describe_placement_groups(GroupNames=[name])["PlacementGroups"]}
     except Exception as exc:  # noqa: BLE001
         if error_code(exc) != "InvalidPlacementGroup.Unknown":
             raise
         return None
+    return next((state for state in ("available", "pending", "deleting", "deleted") if state in states), None)

@@ -8,6 +8,7 @@ https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/using-spot-limits.html (Spot
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ SPOT_QUOTAS = {quota for (_, spot), quota in QUOTAS.items() if spot}
 # On-demand machines of the general-purpose, compute, memory and storage families: the snapshot builder's.
 STANDARD = Quota("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", new_account=5)
 FEWER_MACHINES = "run fewer machines"
+LET_GO_S = 600.0  # how long after its termination a machine may still be counted against its quota
 # An instance type's bucket, from the letters its name starts with (dl, inf, trn, hpc, x, u-, f, mac have quotas of
 # their own, which no machine here uses).
 BUCKETS = {"p": "P", "g": "G", "gr": "G", "vt": "G",
@@ -69,12 +71,33 @@ def check(clients: Clients, instance_type: str, machines: int, spot: bool) -> No
 
 
 def fits_once_let_go(clients: Clients, instance_type: str, machines: int, spot: bool) -> bool:
-    """Whether the machines fit their vCPU quota beside the account's pending and running machines (and open spot
-    requests): a launch EC2 refused over it waits for machines let go, which it counts a while longer."""
+    """Whether a launch EC2 refused over its quota may pass once machines let go are no longer counted: the
+    account has machines of the quota's bucket shutting down or stopping, or terminated within LET_GO_S, and its
+    pending and running ones (and open spot requests) leave room for the launch's vCPUs. A refusal with none let
+    go (a spot limit under the quota's value, say) will not lift by waiting."""
     quota = quota_for(instance_type, spot)
     value = quota_value(clients, quota) if quota else None
-    need = machines * catalog.instance_type(instance_type).vcpus
-    return value is not None and need + in_use(clients, quota)[1] <= value
+    if value is None or not let_go(clients, quota):
+        return False
+    need = machines * default_vcpus(clients, {instance_type})[instance_type]
+    return need + in_use(clients, quota)[1] <= value
+
+
+def let_go(clients: Clients, quota: Quota) -> list[str]:
+    """The account's machines counted by `quota` that are shutting down or stopping, or were terminated within
+    LET_GO_S (by the time in their StateTransitionReason, "User initiated (2026-12-06 01:23:45 GMT)")."""
+    pages = clients.ec2.get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "instance-state-name", "Values": ["shutting-down", "stopping", "terminated"]}])
+    now = dt.datetime.now(dt.timezone.utc)
+    return [i["InstanceId"] for page in pages for reservation in page["Reservations"] for i in reservation["Instances"]
+            if quota_for(i["InstanceType"], i.get("InstanceLifecycle") == "spot") == quota
+            and (i["State"]["Name"] != "terminated" or now - _transition_time(i) < dt.timedelta(seconds=LET_GO_S))]
+
+
+def _transition_time(instance: dict) -> dt.datetime:
+    found = re.search(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) GMT\)", instance.get("StateTransitionReason", ""))
+    return (dt.datetime.fromisoformat(found[1]).replace(tzinfo=dt.timezone.utc) if found
+            else dt.datetime.min.replace(tzinfo=dt.timezone.utc))
 
 
 def check_vcpus(clients: Clients, quota: Quota, needing: str, need: int, otherwise: str = "") -> None:
