@@ -49,8 +49,8 @@ _lock = threading.Lock()
 
 
 def watch(client: Any) -> None:
-    """Record what `client`'s creations make (and forget what its deletions delete) and ask again a call that
-    the propagation of a new resource failed."""
+    """Record what `client`'s creations make, and for which run (forget what its deletions delete), and ask again
+    a call that the propagation of a new resource failed."""
     client.meta.events.register("before-call.ec2", _note_run)
     client.meta.events.register("after-call.ec2", _record)
     client.meta.events.register("needs-retry.ec2", _delay)

@@ -35,9 +35,9 @@ LIMIT_ERRORS = ("VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCo
 VERIFICATION_WAIT_S = 15 * 60.0
 VERIFICATION_POLL_S = 30.0
 # EC2 counts a machine let go against its vCPU quota while it shuts down, and "for a while after" it is terminated
-# (https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html): a launch refused over the quota that
-# the account's pending and running machines leave room for is asked again (a replacement beside the machine it
-# replaces, a run just after another's teardown).
+# (https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html): a launch refused over the quota where
+# such machines were let go and the account's pending and running ones leave room is asked again (a replacement
+# beside the machine it replaces, a run just after another's teardown; quotas.fits_once_let_go).
 RELEASE_WAIT_S = 10 * 60.0
 RELEASE_POLL_S = 10.0
 

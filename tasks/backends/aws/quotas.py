@@ -2,7 +2,8 @@
 anything is made. EC2 counts a launch's vCPUs against them (a new account has 0 for P and G, and its Standard
 quota may be under the builder's 16), and its dry run of a launch checks permissions, not quotas, so without this
 a run learns of the quota only after its network, file system and replicas exist. A quota counts every running
-machine of the account in the region that it covers, not only the run's: those are counted too.
+machine of the account in the region that it covers, not only the run's: those are counted too (and EC2 counts
+machines let go a while longer: `fits_once_let_go`).
 https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-on-demand-instances.html (On-Demand quotas) and
 https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/using-spot-limits.html (Spot quotas)."""
 
