@@ -5,9 +5,11 @@ import datetime as dt
 import json
 import os
 import stat
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
@@ -32,6 +34,9 @@ from tests.aws_runs import (
 )
 from tests.leftovers import aws_leftovers, aws_leftovers_by_run
 from tests.support import wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+
 
 def test_sixteen_spot_machines_are_provisioned_safely_and_torn_down(aws, snapshot, tmp_path, operator):
     ec2 = aws.client("ec2")
@@ -363,6 +368,42 @@ def test_a_teardown_right_after_a_failed_provision_finds_what_ec2_does_not_list_
     backend.teardown("run-unlisted")
     aws.set_consistency_window(0)
     assert aws_leftovers(aws, "run-unlisted", tmp_path) == {}
+
+
+PROVISION = """import os, sys
+from pathlib import Path
+from tasks.backends.aws import AwsBackend
+from tests.aws_runs import DATASET, cluster_spec, options
+from tests.awssim.client import AwsSim
+backend, spec = AwsBackend(options(), home=Path(sys.argv[1])), cluster_spec(sys.argv[2], 2)
+replicas = backend.replicate(spec, DATASET, 2)
+parts = backend.prepare(spec, replicas[0].details["zone"])
+AwsSim(os.environ["AWS_ENDPOINT_URL"], Path(sys.argv[1])).set_consistency_window(float(sys.argv[3]))
+backend.provision(spec, replicas, parts)
+"""
+
+
+def test_a_teardown_in_another_process_awaits_what_the_killed_run_made_moments_before(aws, snapshot, tmp_path):
+    """A served run's cancel hook runs in its runner, after the runner killed the flow process: it made nothing
+    itself, so only the run's journal tells it what EC2 does not list yet (here the Elastic IPs of a provision
+    killed while it associates them). A teardown that trusted the listing would say nothing is left, the
+    addresses held."""
+    aws.add_fault("ec2", "AssociateAddress", "InternalError", status=500, hold_s=300, label="hung")
+    with open(tmp_path / "flow.log", "w") as log:
+        flow = subprocess.Popen([sys.executable, "-c", PROVISION, str(tmp_path), "run-killed", "10"], cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: aws.fault_counts("hung")[0]["fired"] or flow.poll() is not None, 120, "the association")
+        assert flow.poll() is None, (tmp_path / "flow.log").read_text()[-3000:]
+    finally:
+        flow.kill()
+        flow.wait()
+        aws.clear_faults()
+    removed = AwsBackend(options(), home=tmp_path).teardown("run-killed")
+    assert "address" in {r.kind for r in removed}
+    aws.set_consistency_window(0)
+    assert aws_leftovers(aws, "run-killed", tmp_path) == {}
+    assert not list((tmp_path / "aws" / "made").iterdir()), "the journal goes once nothing of the run is left"
 
 
 def test_an_elastic_ip_whose_allocation_answer_was_lost_is_the_machines_not_one_more(aws, snapshot, tmp_path):

@@ -107,8 +107,9 @@ class AwsBackend:
         from tasks.backends.local import default_home
 
         self.options = options or AwsOptions()
-        self.clients = Clients(self.options.region)
-        self.key_folder = (home or default_home()) / "aws" / "keys"
+        home = home or default_home()
+        self.clients = Clients(self.options.region, journal=home / "aws" / "made")
+        self.key_folder = home / "aws" / "keys"
 
     # -- defaults and what a run's stages and reports ask ---------------------------------------------
     @classmethod
@@ -628,7 +629,7 @@ class AwsBackend:
         home = self.clients.region
 
         def look(region: str) -> tuple[Clients, list[Resource]]:
-            clients = self.clients if region == home else Clients(region)
+            clients = self.clients if region == home else Clients(region, self.clients.journal)
             try:
                 return clients, inventory.find(clients, identities=region == home)
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from pathlib import Path
 
 import boto3
 import botocore.exceptions
@@ -38,8 +39,9 @@ _MODELS = botocore.loaders.create_loader()
 
 
 class Clients:
-    def __init__(self, region: str):
-        self.region = region
+    def __init__(self, region: str, journal: Path | None = None):
+        """`journal`: the folder of the runs' journals of what their EC2 calls made (consistency.py)."""
+        self.region, self.journal = region, journal
         models_shared = botocore.session.Session()
         models_shared.register_component("data_loader", _MODELS)
         self.session = boto3.session.Session(region_name=region, botocore_session=models_shared)
@@ -54,7 +56,7 @@ class Clients:
                 client = self.session.client(service, config=RETRIES if retries else NO_RETRIES)
                 client.meta.events.register("needs-retry.*", _log_error_answer)
                 if service == "ec2":
-                    consistency.watch(client)
+                    consistency.watch(client, self.journal)
                 self._made[service, retries] = client
             return self._made[service, retries]
 

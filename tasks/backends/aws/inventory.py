@@ -48,7 +48,8 @@ def _ec2_resources(clients: Clients, run_id: str | None) -> list[Resource]:
 def find(clients: Clients, run_id: str | None = None, identities: bool = True) -> list[Resource]:
     """The run's resources in the clients' region (every run's, when run_id is None) and, with `identities`, its
     IAM roles and instance profiles, which are global: the same from every region. Listed again, backing off, while
-    EC2 leaves out what this process made for the run moments ago (consistency.py)."""
+    EC2 leaves out what this process, or another that wrote the run's journal, made for the run moments ago
+    (consistency.py)."""
     found, attempt = _listed(clients, run_id, identities), 0
     while awaited := _awaited(clients, run_id, found):
         if attempt == 0:
@@ -62,10 +63,10 @@ def _awaited(clients: Clients, run_id: str | None, found: list[Resource]) -> lis
     """What this process made for the run that EC2 does not list yet. A machine that AWS ended (a spot
     interruption, a launch whose root volume could not be made) is listed as terminated, not among the run's."""
     seen = {r.id for r in found}
-    awaited = consistency.unlisted(clients.region, run_id, seen)
+    awaited = consistency.unlisted(clients.region, run_id, seen, clients.journal)
     if any(made.startswith("i-") for made in awaited):
         seen |= {i["InstanceId"] for i in machines.instances(clients, run_id, ["terminated"])}
-        awaited = consistency.unlisted(clients.region, run_id, seen)
+        awaited = consistency.unlisted(clients.region, run_id, seen, clients.journal)
     return awaited
 
 

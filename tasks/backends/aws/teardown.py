@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tasks.backends.aws import addresses, efs, iam, inventory, secrets, volumes
+from tasks.backends.aws import addresses, consistency, efs, iam, inventory, secrets, volumes
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.network import key_path
 from tasks.backends.aws.waiting import until, waiter_config
@@ -40,6 +40,8 @@ def teardown(clients: Clients, run_id: str, key_folder: Path) -> list[Resource]:
     if left:
         raise BackendError(f"teardown of run {run_id} left {', '.join(f'{r.kind} {r.id}' for r in left)}; "
                            "run `imagenet18 cleanup` again")
+    if clients.journal is not None:
+        consistency.settled(clients.journal, run_id)
     log.info("run %s: removed %d resource(s) in %s", run_id, len(removed), clients.region)
     return removed
 
