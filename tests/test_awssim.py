@@ -175,6 +175,7 @@ def test_an_iam_users_calls_are_held_to_its_policies_as_aws_holds_them(aws):
         "SecretAccessKey"], region_name="us-east-1")
     ec2, ssm, users_iam = (session.client(name, endpoint_url=aws.endpoint, config=Config(retries=NO_RETRIES))
                            for name in ("ec2", "ssm", "iam"))
+    aws.set_profile_propagation(0)  # the launches below name the profiles at once
     for role in ("passable", "kept"):
         iam.create_role(RoleName=role, AssumeRolePolicyDocument="{}")
         iam.create_instance_profile(InstanceProfileName=role)
@@ -444,6 +445,26 @@ def test_within_the_consistency_window_ec2_neither_knows_nor_lists_what_was_just
     assert group in [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]]
 
 
+def test_ec2_knows_an_instance_profile_only_a_while_after_iam_made_it_and_never_one_iam_lacks(aws):
+    """As EC2 answers (InvalidParameterValue, not moto's IAM NoSuchEntity): a launch naming a profile that does not
+    exist, or one made or given its role moments ago, is refused, its dry run too."""
+    ec2, iam = aws.client("ec2", retries=NO_RETRIES), aws.client("iam")
+    unknown = "Value (imagenet18-p) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"
+    for dry_run in (True, False):
+        with pytest.raises(ClientError, match=re.escape(unknown)) as refused:
+            launch(ec2, IamInstanceProfile={"Name": "imagenet18-p"}, DryRun=dry_run)
+        assert refused.value.response["Error"]["Code"] == "InvalidParameterValue"
+    aws.set_profile_propagation(3600)
+    iam.create_instance_profile(InstanceProfileName="imagenet18-p")
+    assert error_code(launch, ec2, IamInstanceProfile={"Name": "imagenet18-p"}) == "InvalidParameterValue"
+    aws.set_profile_propagation(0)
+    launch(ec2, IamInstanceProfile={"Name": "imagenet18-p"})
+    iam.create_role(RoleName="r", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))
+    aws.set_profile_propagation(3600)
+    iam.add_role_to_instance_profile(InstanceProfileName="imagenet18-p", RoleName="r")
+    assert error_code(launch, ec2, IamInstanceProfile={"Name": "imagenet18-p"}) == "InvalidParameterValue"
+
+
 def test_a_rule_for_a_run_strikes_only_its_calls_and_clearing_its_label_ends_only_its_rules(aws):
     ec2 = aws.client("ec2", retries=NO_RETRIES)
     tagged = [{"ResourceType": "instance", "Tags": [RUN]}]
@@ -617,6 +638,7 @@ def test_a_command_has_the_agents_environment_and_every_machine_of_a_launch_its_
     """SSM's agent passes a command none of its own environment (no HOME, no region for the SDKs), and every
     machine a launch request makes gets the request's instance profile (moto gives it to the first only)."""
     ec2, iam, ssm = aws.client("ec2"), aws.client("iam"), aws.client("ssm")
+    aws.set_profile_propagation(0)  # launched at once
     iam.create_role(RoleName="machines", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17"}))
     iam.create_instance_profile(InstanceProfileName="machines")
     iam.add_role_to_instance_profile(InstanceProfileName="machines", RoleName="machines")

@@ -146,6 +146,11 @@ class AwsSim:
         listings (until `reset`; 0, the default, is off)."""
         self._control("POST", "consistency", {"window_s": seconds})
 
+    def set_profile_propagation(self, seconds: float) -> None:
+        """EC2 refuses a launch naming an instance profile made or given its role less than `seconds` ago (until
+        `reset`, which restores AWSSIM_PROFILE_PROPAGATION_S, 0.3 s by default)."""
+        self._control("POST", "profile-propagation", {"propagation_s": seconds})
+
     def machines(self) -> list[dict[str, Any]]:
         """Instances seen by the player: instance_id, user_data_check ("ok", bash -n's complaint, ...),
         shutdown_after_s (the user-data shutdown timer it honours, or None), agent (its SSM agent: starting,

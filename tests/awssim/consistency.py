@@ -5,12 +5,21 @@ does not exist": https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consis
 may leave it out ("the result of an API command you run that affects your Amazon EC2 resources might not be
 immediately visible to all subsequent commands you run", the same page). Off until a test sets a window; then every
 EC2 call that names (other than in a filter) a resource made less than that long ago is answered so, and every
-listing leaves such a resource out: the worst that AWS allows."""
+listing leaves such a resource out: the worst that AWS allows.
 
+IAM's changes reach EC2 a while later too ("changes that I make are not always immediately visible",
+https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_general.html): a launch naming an instance profile
+made (or given its role) less than `profile_propagation_s` ago is refused as one naming no such profile, with
+EC2's InvalidParameterValue (moto answers IAM's NoSuchEntity for an unknown one). On by default, briefly, so that
+every launch meets it."""
+
+import os
 import re
 import threading
 import time
 import xml.etree.ElementTree as ET
+
+from moto.iam.models import iam_backends
 
 from .calls import AwsCall
 from .errors import Response, error_response
@@ -38,21 +47,33 @@ LISTED = {"DescribeVpcs": "vpcId", "DescribeSubnets": "subnetId", "DescribeInter
           "DescribeInstances": "instanceId", "DescribeNetworkInterfaces": "networkInterfaceId"}
 # A route's target (CreateRoute's GatewayId) is a gateway of any kind to EC2.
 GATEWAY_NOT_FOUND = ("InvalidGatewayID.NotFound", "The gateway ID '{}' does not exist")
+# The IAM calls after which EC2 does not know an instance profile as it is for a while.
+PROFILE_CHANGES = ("CreateInstanceProfile", "AddRoleToInstanceProfile")
+PROFILE_PROPAGATION_S = float(os.environ.get("AWSSIM_PROFILE_PROPAGATION_S", "0.3"))
 
 
 class Consistency:
     def __init__(self) -> None:
         self.window_s = 0.0
+        self.profile_propagation_s = PROFILE_PROPAGATION_S
         self._made: dict[str, float] = {}  # id -> time.time() of its creation, while a window is set
+        self._profiles_changed: dict[tuple[str, str], float] = {}  # (account, profile) -> time.time() of its change
         self._lock = threading.Lock()
 
     def reset(self) -> None:
         with self._lock:
             self.window_s = 0.0
+            self.profile_propagation_s = PROFILE_PROPAGATION_S
             self._made.clear()
+            self._profiles_changed.clear()
 
     def refusal(self, call: AwsCall) -> Response | None:
-        """NotFound for an EC2 call naming a resource made within the window; None otherwise."""
+        """NotFound for an EC2 call naming a resource made within the window, InvalidParameterValue for a launch
+        naming an instance profile EC2 does not know (yet); None otherwise."""
+        if call.service == "ec2" and call.action == "RunInstances" and "IamInstanceProfile.Name" in call.params:
+            unknown = self._unknown_profile(call, call.params["IamInstanceProfile.Name"])
+            if unknown is not None:
+                return unknown
         if call.service != "ec2" or not self.window_s:
             return None
         now = time.time()
@@ -88,8 +109,20 @@ class Consistency:
                     reservations.remove(reservation)
         return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
+    def _unknown_profile(self, call: AwsCall, name: str) -> Response | None:
+        changed = self._profiles_changed.get((call.account, name))
+        exists = any(profile.name == name for profile in list(iam_backends[call.account]["aws"].instance_profiles
+                                                             .values()))
+        if exists and (changed is None or time.time() - changed >= self.profile_propagation_s):
+            return None
+        return error_response("ec2", "InvalidParameterValue", f"Value ({name}) for parameter iamInstanceProfile.name "
+                              "is invalid. Invalid IAM Instance Profile name")
+
     def record(self, call: AwsCall, body: bytes) -> None:
-        """The ids a creating call's answer names, made now."""
+        """The ids a creating call's answer names, made now; the instance profile an IAM call changed, now."""
+        if call.service == "iam" and call.action in PROFILE_CHANGES:
+            with self._lock:
+                self._profiles_changed[call.account, call.params["InstanceProfileName"]] = time.time()
         tags = MADE.get(call.action) if call.service == "ec2" and self.window_s else None
         if tags:
             made = [found for tag in tags for found in re.findall(rf"<{tag}>([^<]+)</{tag}>", body.decode())]

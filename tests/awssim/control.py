@@ -58,6 +58,8 @@ class Control:
                                                                 float(body["changing_s"])),
             ("POST", "/_awssim/consistency"): lambda body: setattr(self.consistency, "window_s",
                                                                   float(body["window_s"])),
+            ("POST", "/_awssim/profile-propagation"): lambda body: setattr(
+                self.consistency, "profile_propagation_s", float(body["propagation_s"])),
             ("POST", "/_awssim/seed"): lambda body: self.seed(body["snapshot_id"], Path(body["from_dir"])),
         }
 

@@ -60,7 +60,7 @@ DEFAULT_DATASET = "imagenet18-backup"  # the seed's snapshot description
 IMAGENET_TRAIN_IMAGES = 1_281_167  # what the snapshots are taken to hold: the seed's dataset
 RENDEZVOUS_PORT = 29500  # torchrun's default; the run's security group admits itself on every port
 PROFILE_PROPAGATION_S = 60.0  # how long a new instance profile may stay unknown to EC2
-PROFILE_PROPAGATION_POLL_S = 2.0
+PROFILE_PROPAGATION_POLL_S = 1.0  # a dry run costs nothing
 
 
 @dataclass(frozen=True)
@@ -273,7 +273,7 @@ class AwsBackend:
         request = machines.launch_options(spec, image, tags.tag_list(spec.run_id, spec.expires_at))
         if profile:
             request["IamInstanceProfile"] = {"Name": profile}
-        deadline = time.monotonic() + PROFILE_PROPAGATION_S
+        deadline, waited = time.monotonic() + PROFILE_PROPAGATION_S, False
         while True:
             try:  # retried as other calls are: a dry run asks for no capacity, so only throttling is worth retrying
                 self.clients.ec2.run_instances(
@@ -283,6 +283,9 @@ class AwsBackend:
                 if code == "DryRunOperation":
                     return
                 if profile and machines.profile_propagating(exc) and time.monotonic() < deadline:
+                    if not waited:
+                        log.info("EC2 does not know the new instance profile %s yet: asking again", profile)
+                    waited = True
                     time.sleep(PROFILE_PROPAGATION_POLL_S)
                     continue
                 if code in machines.LIMIT_ERRORS:
