@@ -370,6 +370,25 @@ def test_a_teardown_right_after_a_failed_provision_finds_what_ec2_does_not_list_
     assert aws_leftovers(aws, "run-unlisted", tmp_path) == {}
 
 
+def test_a_kind_teardown_cannot_delete_keeps_only_what_needs_it_gone(aws, snapshot, tmp_path):
+    """A refused ReleaseAddress (a policy without it, an AuthFailure while EC2 settles) fails the teardown, but not
+    before the replicas, the file system and the rest that does not wait on the addresses are deleted: only the
+    addresses, and the gateway and VPC they hold, are left to the next teardown."""
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-refused", 2)
+    replicas = backend.replicate(spec, DATASET, 2)
+    backend.provision(spec, replicas, backend.prepare(spec, replicas[0].details["zone"]))
+    aws.add_fault("ec2", "ReleaseAddress", "UnauthorizedOperation", status=403, label="refused")
+    with pytest.raises(ClientError, match="UnauthorizedOperation"):
+        backend.teardown("run-refused")
+    left = aws_leftovers(aws, "run-refused", tmp_path)
+    assert sorted(left) == ["elastic ip", "internet gateway", "key file", "vpc"], left
+    assert len(left["elastic ip"]) == 2
+    aws.clear_faults()
+    backend.teardown("run-refused")
+    assert aws_leftovers(aws, "run-refused", tmp_path) == {}
+
+
 PROVISION = """import os, sys
 from pathlib import Path
 from tasks.backends.aws import AwsBackend

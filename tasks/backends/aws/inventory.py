@@ -11,10 +11,20 @@ from tasks.backends.aws.clients import Clients
 from tasks.backends.base import Resource
 
 log = logging.getLogger(__name__)
-# The order teardown deletes in: what holds a dependency goes before what it depends on.
-TEARDOWN_ORDER = ("machine", "spot-request", "address", "replica", "volume", "file-system", "placement-group",
+# The order teardown deletes in: what holds a dependency goes before what it depends on, and once the machines are
+# gone, what costs most (the replicas) first.
+TEARDOWN_ORDER = ("machine", "spot-request", "replica", "volume", "address", "file-system", "placement-group",
                   "security-group", "key-pair", "instance-profile", "parameter", "route-table", "subnet",
                   "internet-gateway", "vpc")
+# What must be gone before a kind can be deleted (AWS refuses it, or holds it "in use", while one remains): a kind
+# not named here needs nothing else gone.
+NEEDS_GONE = {
+    "replica": {"machine"}, "volume": {"machine"}, "address": {"machine"}, "placement-group": {"machine"},
+    "security-group": {"machine", "file-system"},  # the machines' interfaces, the EFS mount targets'
+    "route-table": {"machine", "file-system"}, "subnet": {"machine", "file-system"},
+    "internet-gateway": {"machine", "address"},  # not detached while the VPC has a mapped public address
+    "vpc": {"machine", "file-system", "address", "security-group", "route-table", "subnet", "internet-gateway"},
+}
 
 
 def _ec2_resources(clients: Clients, run_id: str | None) -> list[Resource]:

@@ -24,17 +24,32 @@ STILL_IN_USE = ("DependencyViolation", "InvalidPlacementGroup.InUse", "VolumeInU
 
 
 def teardown(clients: Clients, run_id: str, key_folder: Path) -> list[Resource]:
+    """A kind that fails to go does not keep the others: what does not need it gone is still deleted (the replicas
+    when an address is refused, say), then its error is raised."""
     removed: list[Resource] = []
     left = inventory.find(clients, run_id)
     # More passes only when something new appeared meanwhile (a provisioning step still running elsewhere).
     for _ in range(PASSES):
         if not left:
             break
+        failed: dict[str, Exception] = {}
         for kind in inventory.TEARDOWN_ORDER:
             batch = [r for r in left if r.kind == kind]
-            if batch:
+            if not batch:
+                continue
+            if blocking := inventory.NEEDS_GONE.get(kind, set()) & set(failed):
+                log.warning("run %s: %s not deleted, as the %s could not be", run_id, kind, " and ".join(blocking))
+                failed[kind] = failed[min(blocking)]
+                continue
+            try:
                 _delete(clients, kind, batch)
+            except Exception as exc:  # noqa: BLE001 - raised once the rest is deleted
+                log.warning("run %s: could not delete its %s (%s); deleting the rest", run_id, kind, exc)
+                failed[kind] = exc
+            else:
                 removed += batch
+        if failed:
+            raise next(iter(failed.values()))
         left = inventory.find(clients, run_id)
     key_path(key_folder, run_id).unlink(missing_ok=True)
     if left:
