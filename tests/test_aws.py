@@ -706,6 +706,24 @@ def test_a_run_id_that_already_has_resources_is_refused_before_its_quotas_count_
     backend.teardown("run-again")
 
 
+def test_temporary_credentials_that_the_run_would_outlast_are_refused_before_anything(aws, snapshot, tmp_path,
+                                                                                    monkeypatch, caplog):
+    """A session token in the environment (`aws configure export-credentials`, aws-vault) is not renewed by boto3:
+    when it expires every call is refused, the teardown's too, and what the run made stays, paid for. A run it
+    would not outlast is refused; where its expiry is not said, the check warns."""
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "a-session-token")
+    in_an_hour = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    monkeypatch.setenv("AWS_CREDENTIAL_EXPIRATION", in_an_hour.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    with pytest.raises(InputError, match="these AWS credentials expire at .* before the run and its teardown"):
+        AwsBackend(options(), home=tmp_path).check(cluster_spec("run-expiring", 2, hours=2.0), DATASET)
+    AwsBackend(options(), home=tmp_path).check(cluster_spec("run-short", 2, hours=0.25), DATASET)
+    monkeypatch.delenv("AWS_CREDENTIAL_EXPIRATION")
+    with caplog.at_level("WARNING", logger="tasks.backends.aws.clients"):
+        AwsBackend(options(), home=tmp_path).check(cluster_spec("run-unsaid", 2, hours=0.25), DATASET)
+    assert "when they expire is not known" in caplog.text
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
 def test_without_a_default_vpc_the_launch_is_dry_run_in_the_users_subnet(aws, snapshot, tmp_path):
     delete_default_vpc(aws)
     subnet = users_subnet(aws)

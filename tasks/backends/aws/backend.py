@@ -59,6 +59,7 @@ EFS_MOUNT = "/mnt/efs"
 DEFAULT_DATASET = "imagenet18-backup"  # the seed's snapshot description
 IMAGENET_TRAIN_IMAGES = 1_281_167  # what the snapshots are taken to hold: the seed's dataset
 RENDEZVOUS_PORT = 29500  # torchrun's default; the run's security group admits itself on every port
+TEARDOWN_TIME = dt.timedelta(minutes=30)  # what a teardown after the run's max hours may take, at worst
 PROFILE_PROPAGATION_S = 60.0  # how long a new instance profile may stay unknown to EC2
 PROFILE_PROPAGATION_POLL_S = 1.0  # a dry run costs nothing
 
@@ -163,6 +164,7 @@ class AwsBackend:
                              f"job's command run on AWS; ask for at most {jobs.MAX_COMMAND_HOURS}")
         self.clients.check_region()
         self.clients.check_credentials()
+        self.clients.check_credentials_outlast(spec.expires_at + TEARDOWN_TIME)
         _check_instance_type(spec.instance_type)
         zone = self.zone(spec.instance_type)
         for other in self.options.other_instance_types:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 import boto3
@@ -33,6 +35,9 @@ REFUSALS = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "A
             "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded", "VolumeLimitExceeded", "VpcLimitExceeded",
             "AddressLimitExceeded", "MaxIOPSLimitExceeded", "AuthFailure.ServiceLinkedRoleCreationNotPermitted"}
 ALWAYS_ENABLED = "us-east-1"  # a region every AWS account has (the opt-in ones came after it)
+# Where boto3 finds credentials it cannot renew: temporary ones from there end at their expiry.
+FIXED_SOURCES = ("env", "shared-credentials-file", "config-file")
+EXPIRY_VARIABLE = "AWS_CREDENTIAL_EXPIRATION"  # what botocore reads an environment's credentials' expiry from
 NO_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=10, read_timeout=60)
 # botocore reads its service models (megabytes of JSON) once per session; the sessions of a process share them.
 _MODELS = botocore.loaders.create_loader()
@@ -81,6 +86,26 @@ class Clients:
         self._check_enabled()
         return account
 
+    def check_credentials_outlast(self, until: datetime) -> None:
+        """Temporary credentials that boto3 cannot renew (a session token in the environment or a profile's file:
+        `aws configure export-credentials`, aws-vault) stop every call once they expire, the run's teardown's too:
+        refused where they expire before `until`; a warning where when they expire is not said."""
+        credentials = self.session.get_credentials()
+        if credentials is None or credentials.method not in FIXED_SOURCES:
+            return  # renewed by boto3 as they near their end (a role's, SSO's, an instance's), or none
+        if not credentials.get_frozen_credentials().token:
+            return  # an IAM user's keys, which do not expire
+        expiry = _expiry(os.environ.get(EXPIRY_VARIABLE)) if credentials.method == "env" else None
+        if expiry is None:
+            log.warning("these AWS credentials are temporary (a session token), boto3 cannot renew them and when "
+                        "they expire is not known (%s): if it is before the run ends, its teardown cannot delete what "
+                        "it made, and `imagenet18 cleanup` with new credentials must", EXPIRY_VARIABLE)
+        elif expiry < until:
+            raise InputError(f"these AWS credentials expire at {expiry:%Y-%m-%d %H:%M} UTC, before the run and its "
+                             f"teardown would end ({until:%Y-%m-%d %H:%M} UTC), which could then not delete what "
+                             "it made: use credentials boto3 renews (AWS_PROFILE naming an SSO or role profile, or "
+                             "an instance role), new ones that last, or a shorter --max-hours")
+
     @functools.cache  # once per region's clients
     def _check_enabled(self) -> None:
         """An opt-in region the account has not enabled answers every call as if the credentials were unknown
@@ -127,6 +152,13 @@ def _log_error_answer(response=None, attempts: int = 0, operation=None, caught_e
         type(caught_exception).__name__ if caught_exception else None)
     if code and code not in EXPECTED_ANSWERS and not code.endswith("NotFound"):
         log.warning("AWS %s answered %s (attempt %d)", operation.name if operation else "?", code, attempts)
+
+
+def _expiry(value: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value).astimezone(timezone.utc) if value else None
+    except ValueError:
+        return None
 
 
 def error_code(exc: BaseException) -> str:
