@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.backends.aws import AwsBackend, catalog, efs, inventory, jobs, machines, permissions, quotas, tags
+from tasks.backends.aws import (AwsBackend, catalog, efs, inventory, jobs, journal, machines, permissions, quotas,
+                                tags)
 from tasks.backends import retry_may_pass
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
@@ -372,17 +373,17 @@ def test_a_teardown_right_after_a_failed_provision_finds_what_ec2_does_not_list_
 
 def test_a_kind_teardown_cannot_delete_keeps_only_what_needs_it_gone(aws, snapshot, tmp_path):
     """A refused ReleaseAddress (a policy without it, an AuthFailure while EC2 settles) fails the teardown, but not
-    before the replicas, the file system and the rest that does not wait on the addresses are deleted: only the
-    addresses, and the gateway and VPC they hold, are left to the next teardown."""
+    before the replicas, the file system, the network and the rest that does not wait on the addresses are deleted
+    (an Elastic IP without its machine holds no VPC): only the addresses are left to the next teardown."""
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-refused", 2)
     replicas = backend.replicate(spec, DATASET, 2)
     backend.provision(spec, replicas, backend.prepare(spec, replicas[0].details["zone"]))
     aws.add_fault("ec2", "ReleaseAddress", "UnauthorizedOperation", status=403, label="refused")
-    with pytest.raises(ClientError, match="UnauthorizedOperation"):
+    with pytest.raises(BackendError, match="could not delete its address .*UnauthorizedOperation"):
         backend.teardown("run-refused")
     left = aws_leftovers(aws, "run-refused", tmp_path)
-    assert sorted(left) == ["elastic ip", "internet gateway", "key file", "vpc"], left
+    assert sorted(left) == ["elastic ip", "key file"], left
     assert len(left["elastic ip"]) == 2
     aws.clear_faults()
     backend.teardown("run-refused")
@@ -444,6 +445,28 @@ def test_an_elastic_ip_whose_allocation_answer_was_lost_is_the_machines_not_one_
     backend.teardown("run-lost-address")
     aws.set_consistency_window(0)  # the check sees all there is, as EC2 lists it once it has caught up
     assert aws_leftovers(aws, "run-lost-address", tmp_path) == {}
+
+
+def test_a_journal_that_cannot_be_written_or_read_fails_no_aws_call(aws, snapshot, tmp_path, caplog):
+    """The journal is an aid to a teardown elsewhere: a home where it cannot be written (a full disk, a file where
+    its folder goes) costs a warning, not the AWS call it follows, which has made what it made; a line cut short
+    (a process killed as it wrote) is passed over."""
+    (tmp_path / "aws").mkdir()
+    (tmp_path / "aws" / "made").write_text("not a folder")
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-unjournaled", 2)
+    with caplog.at_level("WARNING", logger="tasks.backends.aws.journal"):
+        replicas = backend.replicate(spec, DATASET, 2)
+    assert len(replicas) == 2 and "could not write the journal of run run-unjournaled" in caplog.text
+    backend.teardown("run-unjournaled")
+    assert aws_leftovers(aws, "run-unjournaled", tmp_path) == {}
+    folder = tmp_path / "journals"
+    journal.made(folder, "run-torn", "us-east-1", ["vol-0123456789abcdef0"])
+    with open(folder / "run-torn.jsonl", "r+") as file:
+        entry = json.loads(file.read())
+        file.seek(0)
+        file.write(json.dumps({**entry, "by": "another-host/1"}) + "\n" + '{"made": "vol-0a1b')
+    assert [made for made, _, _ in journal.others_made(folder, "run-torn", 60)] == ["vol-0123456789abcdef0"]
 
 
 def no_sleep_in(module):
@@ -717,6 +740,9 @@ def test_temporary_credentials_that_the_run_would_outlast_are_refused_before_any
     with pytest.raises(InputError, match="these AWS credentials expire at .* before the run and its teardown"):
         AwsBackend(options(), home=tmp_path).check(cluster_spec("run-expiring", 2, hours=2.0), DATASET)
     AwsBackend(options(), home=tmp_path).check(cluster_spec("run-short", 2, hours=0.25), DATASET)
+    monkeypatch.setenv("AWS_CREDENTIAL_EXPIRATION", "2026-01-01 00:00:00 UTC")  # botocore reads this form too
+    with pytest.raises(InputError, match="these AWS credentials have expired"):
+        AwsBackend(options(), home=tmp_path).check(cluster_spec("run-expired", 2, hours=0.25), DATASET)
     monkeypatch.delenv("AWS_CREDENTIAL_EXPIRATION")
     with caplog.at_level("WARNING", logger="tasks.backends.aws.clients"):
         AwsBackend(options(), home=tmp_path).check(cluster_spec("run-unsaid", 2, hours=0.25), DATASET)

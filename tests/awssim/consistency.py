@@ -11,7 +11,7 @@ IAM's changes reach EC2 a while later too ("changes that I make are not always i
 https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_general.html): a launch naming an instance profile
 made (or given its role) less than `profile_propagation_s` ago is refused as one naming no such profile, with
 EC2's InvalidParameterValue (moto answers IAM's NoSuchEntity for an unknown one). On by default, briefly, so that
-every launch meets it."""
+every run's first dry run of its launch naming the profile meets it."""
 
 import os
 import re

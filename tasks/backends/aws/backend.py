@@ -109,7 +109,7 @@ class AwsBackend:
 
         self.options = options or AwsOptions()
         home = home or default_home()
-        self.clients = Clients(self.options.region, journal=home / "aws" / "made")
+        self.clients = Clients(self.options.region, journals=home / "aws" / "made")
         self.key_folder = home / "aws" / "keys"
 
     # -- defaults and what a run's stages and reports ask ---------------------------------------------
@@ -634,7 +634,7 @@ class AwsBackend:
         home = self.clients.region
 
         def look(region: str) -> tuple[Clients, list[Resource]]:
-            clients = self.clients if region == home else Clients(region, self.clients.journal)
+            clients = self.clients if region == home else Clients(region, self.clients.journals)
             try:
                 return clients, inventory.find(clients, identities=region == home)
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:

@@ -14,6 +14,8 @@ import boto3
 import botocore.exceptions
 import botocore.loaders
 import botocore.session
+import botocore.utils
+from botocore.credentials import RefreshableCredentials
 from botocore.config import Config
 
 from tasks.backends.aws import consistency
@@ -35,8 +37,6 @@ REFUSALS = {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "A
             "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded", "VolumeLimitExceeded", "VpcLimitExceeded",
             "AddressLimitExceeded", "MaxIOPSLimitExceeded", "AuthFailure.ServiceLinkedRoleCreationNotPermitted"}
 ALWAYS_ENABLED = "us-east-1"  # a region every AWS account has (the opt-in ones came after it)
-# Where boto3 finds credentials it cannot renew: temporary ones from there end at their expiry.
-FIXED_SOURCES = ("env", "shared-credentials-file", "config-file")
 EXPIRY_VARIABLE = "AWS_CREDENTIAL_EXPIRATION"  # what botocore reads an environment's credentials' expiry from
 NO_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=10, read_timeout=60)
 # botocore reads its service models (megabytes of JSON) once per session; the sessions of a process share them.
@@ -44,9 +44,9 @@ _MODELS = botocore.loaders.create_loader()
 
 
 class Clients:
-    def __init__(self, region: str, journal: Path | None = None):
-        """`journal`: the folder of the runs' journals of what their EC2 calls made (consistency.py)."""
-        self.region, self.journal = region, journal
+    def __init__(self, region: str, journals: Path | None = None):
+        """`journals`: the folder of the runs' journals of what their EC2 calls made (journal.py)."""
+        self.region, self.journals = region, journals
         models_shared = botocore.session.Session()
         models_shared.register_component("data_loader", _MODELS)
         self.session = boto3.session.Session(region_name=region, botocore_session=models_shared)
@@ -61,7 +61,7 @@ class Clients:
                 client = self.session.client(service, config=RETRIES if retries else NO_RETRIES)
                 client.meta.events.register("needs-retry.*", _log_error_answer)
                 if service == "ec2":
-                    consistency.watch(client, self.journal)
+                    consistency.watch(client, self.journals)
                 self._made[service, retries] = client
             return self._made[service, retries]
 
@@ -83,19 +83,22 @@ class Clients:
             account = self.client("sts").get_caller_identity()["Account"]
         except botocore.exceptions.ClientError as exc:
             raise InputError(f"AWS refused the credentials: {exc}") from None
+        except RuntimeError as exc:  # botocore's, for credentials past AWS_CREDENTIAL_EXPIRATION
+            raise InputError(f"these AWS credentials have expired ({exc}): renew them") from None
         self._check_enabled()
         return account
 
     def check_credentials_outlast(self, until: datetime) -> None:
         """Temporary credentials that boto3 cannot renew (a session token in the environment or a profile's file:
-        `aws configure export-credentials`, aws-vault) stop every call once they expire, the run's teardown's too:
-        refused where they expire before `until`; a warning where when they expire is not said."""
+        `aws configure export-credentials`, aws-vault; a credential_process that gives no expiry) stop every call
+        once they expire, the run's teardown's too: refused where they expire before `until`; a warning where when
+        they expire is not said."""
         credentials = self.session.get_credentials()
-        if credentials is None or credentials.method not in FIXED_SOURCES:
-            return  # renewed by boto3 as they near their end (a role's, SSO's, an instance's), or none
-        if not credentials.get_frozen_credentials().token:
-            return  # an IAM user's keys, which do not expire
-        expiry = _expiry(os.environ.get(EXPIRY_VARIABLE)) if credentials.method == "env" else None
+        renewed = isinstance(credentials, RefreshableCredentials) and credentials.method != "env"
+        if credentials is None or renewed or not credentials.get_frozen_credentials().token:
+            return  # none; renewed as they near their end (a role's, SSO's, an instance's); an IAM user's keys
+        said = os.environ.get(EXPIRY_VARIABLE) if credentials.method == "env" else None
+        expiry = _expiry(said)
         if expiry is None:
             log.warning("these AWS credentials are temporary (a session token), boto3 cannot renew them and when "
                         "they expire is not known (%s): if it is before the run ends, its teardown cannot delete what "
@@ -155,9 +158,10 @@ def _log_error_answer(response=None, attempts: int = 0, operation=None, caught_e
 
 
 def _expiry(value: str | None) -> datetime | None:
+    """As botocore reads AWS_CREDENTIAL_EXPIRATION (ISO 8601, RFC 1123, ...); None where it is not a time."""
     try:
-        return datetime.fromisoformat(value).astimezone(timezone.utc) if value else None
-    except ValueError:
+        return botocore.utils.parse_timestamp(value).astimezone(timezone.utc) if value else None
+    except (ValueError, TypeError, OverflowError):
         return None
 
 

@@ -7,21 +7,19 @@ meets gone resources). Listings lag the same way ("the result of an API command 
 visible to all subsequent commands", the same page): what a run made is awaited in its listings (`unlisted`),
 so that a teardown moments after a failed provision does not miss it. Another process may tear the run down (a
 served run's cancel hook runs in its runner, after the flow process was killed): what each process makes for a run,
-and deletes, is written to the run's journal in the home's folder (`journal`), which the others read."""
+and deletes, is written to the run's journal in the home (journal.py), which the others read."""
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 import re
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from tasks.backends.aws import tags
+from tasks.backends.aws import journal, tags
 
 log = logging.getLogger(__name__)
 
@@ -51,120 +49,88 @@ LISTING_WAIT_S = 120.0  # how long after its creation a resource missing from a 
 
 _made: dict[str, float] = {}  # resource id -> time.monotonic() of its creation, for every client of the process
 
-# resource id -> (region, run id, time.monotonic() of creation, the journals' folder or None)
-_unlisted: dict[str, tuple[str, str, float, Path | None]] = {}
-_journals_read: set[Path] = set()
+_unlisted: dict[str, tuple[str, str, float]] = {}  # resource id -> (region, run id, time.monotonic() of creation)
+# resource id -> (journals' folder, run id, time.monotonic() of creation): what to write "gone" for when deleted
+_journaled: dict[str, tuple[Path, str, float]] = {}
+_journals_read: set[tuple[Path, str]] = set()
 _lock = threading.Lock()
 
 
-def watch(client: Any, journal: Path | None = None) -> None:
+def watch(client: Any, journals: Path | None = None) -> None:
     """Record what `client`'s creations make, and for which run (forget what its deletions delete), also in the
-    run's journal in the folder `journal` (none where None), and ask again a call that the propagation of a new
+    run's journal in the folder `journals` (none where None), and ask again a call that the propagation of a new
     resource failed."""
-    client.meta.events.register("before-call.ec2", functools.partial(_note_run, journal=journal))
+    client.meta.events.register("before-call.ec2", functools.partial(_note_run, journals=journals))
     client.meta.events.register("after-call.ec2", _record)
     client.meta.events.register("needs-retry.ec2", _delay)
 
 
-def unlisted(region: str, run_id: str | None, listed: set[str], journal: Path | None = None) -> list[str]:
-    """What this process, or another whose journal of the run is in the folder `journal`, made for the run (for
+def unlisted(region: str, run_id: str | None, listed: set[str], journals: Path | None = None) -> list[str]:
+    """What this process, or another that wrote the run's journal in the folder `journals`, made for the run (for
     any run this process made something for, when None) in `region` in the last LISTING_WAIT_S that is not in
     `listed` and not deleted since: what EC2 does not list yet. What is in `listed` is awaited no more."""
     now = time.monotonic()
     with _lock:
-        if journal is not None and run_id is not None:
-            _read_journal(_journal_file(journal, run_id), run_id)
-        for made in [made for made, (_, _, at, _) in _unlisted.items()
-                     if made in listed or now - at >= LISTING_WAIT_S]:
+        if journals is not None and run_id is not None and (journals, run_id) not in _journals_read:
+            _journals_read.add((journals, run_id))  # once: what is made later is this process's or found by tag
+            for made, where, age in journal.others_made(journals, run_id, LISTING_WAIT_S):
+                _unlisted.setdefault(made, (where, run_id, now - age))
+                _journaled.setdefault(made, (journals, run_id, now - age))
+        for made in [made for made, (_, _, at) in _unlisted.items() if made in listed or now - at >= LISTING_WAIT_S]:
             del _unlisted[made]
-        return sorted(made for made, (where, run, _, _) in _unlisted.items()
+        return sorted(made for made, (where, run, _) in _unlisted.items()
                       if where == region and run_id in (None, run))
 
 
-def settled(journal: Path, run_id: str) -> None:
+def settled(journals: Path, run_id: str) -> None:
     """The run's journal is needed no more: nothing of the run is left."""
     with _lock:
-        _journal_file(journal, run_id).unlink(missing_ok=True)
+        journal.remove(journals, run_id)
 
 
 def forget_all() -> None:
     """Await nothing more: for a process whose account was emptied behind its back (the tests' simulator reset)."""
     with _lock:
         _unlisted.clear()
+        _journaled.clear()
         _journals_read.clear()
 
 
-def _note_run(params: dict, context: dict, journal: Path | None, **_: Any) -> None:
+def _note_run(params: dict, context: dict, journals: Path | None, **_: Any) -> None:
     """The run a creating call tags what it makes with (its TagSpecification.N.Tag.M), for `_record`."""
     body = params.get("body") or {}
     context["imagenet18_run"] = next((body.get(key[:-len("Key")] + "Value") for key, value in body.items()
                                       if key.endswith(".Key") and value == tags.RUN), None)
-    context["imagenet18_journal"] = journal
+    context["imagenet18_journals"] = journals
 
 
 def _record(parsed: dict, model: Any, context: dict, **_: Any) -> None:
     keys = MADE.get(model.name)
     if keys and "Error" not in parsed:
         now = time.monotonic()
-        run, journal, region = context.get("imagenet18_run"), context.get("imagenet18_journal"), \
-            context.get("client_region", "")
+        run, journals = context.get("imagenet18_run"), context.get("imagenet18_journals")
+        region = context.get("client_region", "")
         with _lock:
             for old in [made for made, at in _made.items() if now - at >= YOUNG_S]:
                 del _made[old]
             _made.update((made, now) for made in _values(parsed, keys))
             listed = _values(parsed, tuple(LISTED.intersection(keys)))
             if run and listed:
-                _unlisted.update((made, (region, run, now, journal)) for made in listed)
-                if journal is not None:
-                    _prune(journal)
-                    _write(journal, run, [{"made": made, "region": region, "at": time.time(), "pid": os.getpid()}
-                                          for made in listed])
+                _unlisted.update((made, (region, run, now)) for made in listed)
+                if journals is not None:
+                    _journaled.update((made, (journals, run, now)) for made in listed)
+                    journal.prune(journals, LISTING_WAIT_S)
+                    journal.made(journals, run, region, listed)
 
 
 def _forget_unlisted(ids) -> None:
+    now = time.monotonic()
     for made in ids:
-        forgotten = _unlisted.pop(made, None)
-        if forgotten and forgotten[3] is not None:
-            _write(forgotten[3], forgotten[1], [{"gone": made}])
-
-
-def _journal_file(journal: Path, run_id: str) -> Path:
-    return journal / f"{run_id}.jsonl"
-
-
-def _write(journal: Path, run_id: str, entries: list[dict]) -> None:
-    """Appended in one write, so that processes writing one journal at once do not interleave their lines."""
-    journal.mkdir(parents=True, exist_ok=True)
-    with open(_journal_file(journal, run_id), "a") as file:
-        file.write("".join(json.dumps(entry) + "\n" for entry in entries))
-
-
-def _read_journal(path: Path, run_id: str) -> None:
-    """What other processes made for the run in the last LISTING_WAIT_S and did not delete, awaited here too. Read
-    once a process: what is made for the run later is made by this one (a teardown's process) or found by tag."""
-    if path in _journals_read:
-        return
-    _journals_read.add(path)
-    try:
-        entries = [json.loads(line) for line in path.read_text().splitlines()]
-    except FileNotFoundError:
-        return
-    gone = {entry["gone"] for entry in entries if "gone" in entry}
-    now, wall = time.monotonic(), time.time()
-    for entry in entries:
-        if "made" in entry and entry["made"] not in gone and entry["pid"] != os.getpid() \
-                and wall - entry["at"] < LISTING_WAIT_S:
-            _unlisted.setdefault(entry["made"], (entry["region"], run_id, now - (wall - entry["at"]), path.parent))
-
-
-def _prune(journal: Path) -> None:
-    """Journals whose every entry is past waiting for (their runs' teardowns remove the others)."""
-    for path in journal.glob("*.jsonl") if journal.is_dir() else ():
-        try:
-            if time.time() - path.stat().st_mtime >= LISTING_WAIT_S:
-                path.unlink()
-        except FileNotFoundError:
-            pass  # another process pruned it
+        _unlisted.pop(made, None)
+        if (entry := _journaled.pop(made, None)) and now - entry[2] < LISTING_WAIT_S:
+            journal.gone(entry[0], entry[1], [made])
+    for old in [made for made, (_, _, at) in _journaled.items() if now - at >= LISTING_WAIT_S]:
+        del _journaled[old]
 
 
 def _values(answer: Any, keys: tuple[str, ...]) -> list[str]:

@@ -22,8 +22,8 @@ NEEDS_GONE = {
     "replica": {"machine"}, "volume": {"machine"}, "address": {"machine"}, "placement-group": {"machine"},
     "security-group": {"machine", "file-system"},  # the machines' interfaces, the EFS mount targets'
     "route-table": {"machine", "file-system"}, "subnet": {"machine", "file-system"},
-    "internet-gateway": {"machine", "address"},  # not detached while the VPC has a mapped public address
-    "vpc": {"machine", "file-system", "address", "security-group", "route-table", "subnet", "internet-gateway"},
+    "internet-gateway": {"machine"},  # not detached while a machine in the VPC has a public address
+    "vpc": {"machine", "file-system", "security-group", "route-table", "subnet", "internet-gateway"},
 }
 
 
@@ -70,13 +70,14 @@ def find(clients: Clients, run_id: str | None = None, identities: bool = True) -
 
 
 def _awaited(clients: Clients, run_id: str | None, found: list[Resource]) -> list[str]:
-    """What this process made for the run that EC2 does not list yet. A machine that AWS ended (a spot
-    interruption, a launch whose root volume could not be made) is listed as terminated, not among the run's."""
+    """What this process, or another that wrote the run's journal, made for the run that EC2 does not list yet. A
+    machine that AWS ended (a spot interruption, a launch whose root volume could not be made) is listed as
+    terminated, not among the run's."""
     seen = {r.id for r in found}
-    awaited = consistency.unlisted(clients.region, run_id, seen, clients.journal)
+    awaited = consistency.unlisted(clients.region, run_id, seen, clients.journals)
     if any(made.startswith("i-") for made in awaited):
         seen |= {i["InstanceId"] for i in machines.instances(clients, run_id, ["terminated"])}
-        awaited = consistency.unlisted(clients.region, run_id, seen, clients.journal)
+        awaited = consistency.unlisted(clients.region, run_id, seen, clients.journals)
     return awaited
 
 

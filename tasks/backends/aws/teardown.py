@@ -49,14 +49,16 @@ def teardown(clients: Clients, run_id: str, key_folder: Path) -> list[Resource]:
             else:
                 removed += batch
         if failed:
-            raise next(iter(failed.values()))
+            refusal = next(iter(failed.values()))
+            raise BackendError(f"teardown of run {run_id} could not delete its {', '.join(failed)} ({refusal}); run "
+                               "`imagenet18 cleanup` again once that is mended") from refusal
         left = inventory.find(clients, run_id)
     key_path(key_folder, run_id).unlink(missing_ok=True)
     if left:
         raise BackendError(f"teardown of run {run_id} left {', '.join(f'{r.kind} {r.id}' for r in left)}; "
                            "run `imagenet18 cleanup` again")
-    if clients.journal is not None:
-        consistency.settled(clients.journal, run_id)
+    if clients.journals is not None:
+        consistency.settled(clients.journals, run_id)
     log.info("run %s: removed %d resource(s) in %s", run_id, len(removed), clients.region)
     return removed
 
