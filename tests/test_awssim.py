@@ -465,6 +465,20 @@ def test_ec2_knows_an_instance_profile_only_a_while_after_iam_made_it_and_never_
     assert error_code(launch, ec2, IamInstanceProfile={"Name": "imagenet18-p"}) == "InvalidParameterValue"
 
 
+def test_ec2_ends_the_machines_of_a_launch_it_accepted_as_they_start_with_the_reason_asked(aws):
+    ec2 = aws.client("ec2", retries=NO_RETRIES)
+    aws.end_launches("p4d.24xlarge", 1)
+    ended, other_type, after = launch(ec2, "p4d.24xlarge"), launch(ec2, "g5.xlarge"), launch(ec2, "p4d.24xlarge")
+    wait_for(lambda: state(ec2, ended) == "terminated" and state(ec2, after) == "running", seconds=10)
+    [reason] = [i["StateReason"] for r in ec2.describe_instances(InstanceIds=[ended])["Reservations"]
+                for i in r["Instances"]]
+    assert reason == {"Code": "Server.InsufficientInstanceCapacity", "Message": "Server.InsufficientInstanceCapacity: "
+                      "There was insufficient capacity available to satisfy the launch request."}
+    assert state(ec2, other_type) == "running", "only machines of the type asked, and as many as asked"
+    with pytest.raises(RuntimeError, match="no launch ends with 'Client.Nonsense'"):
+        aws.end_launches("p4d.24xlarge", 1, "Client.Nonsense")
+
+
 def test_a_rule_for_a_run_strikes_only_its_calls_and_clearing_its_label_ends_only_its_rules(aws):
     ec2 = aws.client("ec2", retries=NO_RETRIES)
     tagged = [{"ResourceType": "instance", "Tags": [RUN]}]

@@ -112,6 +112,12 @@ class AwsSim:
         """Spot interruption: the instance terminates (Server.SpotInstanceTermination), its processes die."""
         self._control("POST", "interrupt", {"instance_id": instance_id})
 
+    def end_launches(self, instance_type: str, machines: int,
+                     code: str = "Server.InsufficientInstanceCapacity") -> None:
+        """The next `machines` machines of `instance_type` launched end as they start, as EC2 ends those of a launch
+        it accepted but could not place (or start: Client.InternalError), with that state reason (until `reset`)."""
+        self._control("POST", "launch-ends", {"instance_type": instance_type, "machines": machines, "code": code})
+
     def set_quotas(self, values: dict[str, float]) -> None:
         """This account's EC2 vCPU quotas by code (L-417A185B: Running On-Demand P instances, ...) until the next
         reset, which gives each 2048."""

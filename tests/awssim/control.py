@@ -45,6 +45,8 @@ class Control:
             ("GET", "/_awssim/faults"): lambda body: self.faults.report(),
             ("POST", "/_awssim/quotas"): lambda body: self.quotas.set(body["values"]),
             ("POST", "/_awssim/interrupt"): lambda body: self.interrupt(body["instance_id"]),
+            ("POST", "/_awssim/launch-ends"): lambda body: self.player.end_launches(
+                body["instance_type"], int(body["machines"]), body["code"]),
             ("POST", "/_awssim/reset"): lambda body: self.reset(),
             ("GET", "/_awssim/played"): lambda body: self.player.played(),
             ("GET", "/_awssim/machines"): lambda body: self.player.machines(),

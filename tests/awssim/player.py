@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from moto.ec2.models.instances import InstanceState
+from moto.ec2.models.instances import InstanceState, StateReason
 
 from . import access, backends, gpus, images, network
 from .backends import RUN_TAG
@@ -31,6 +31,10 @@ MACHINE_VENV = "/opt/imagenet18/.venv"  # user-data installs the project, torch 
 # the agent has registered.
 AGENT_DELAY_S = float(os.environ.get("AWSSIM_AGENT_DELAY_S", "1"))
 PENDING_S = float(os.environ.get("AWSSIM_PENDING_S", "0.5"))  # from a machine's launch until it runs
+# How EC2 ends a machine it launched but could not start (API_StateReason): the reason's code and message.
+LAUNCH_ENDS = {"Server.InsufficientInstanceCapacity": "There was insufficient capacity available to satisfy the launch "
+                                                      "request.",
+               "Client.InternalError": "Client error on launch"}
 SHUTTING_DOWN_S = float(os.environ.get("AWSSIM_SHUTTING_DOWN_S", "0.5"))  # from its termination until it is gone
 
 ALIVE = ("pending", "running")
@@ -136,6 +140,7 @@ class Player:
         self.agent_delay_s = AGENT_DELAY_S  # for machines seen from now on
         self.pending_s = PENDING_S  # for machines launched from now on
         self.shutting_down_s = SHUTTING_DOWN_S  # for machines terminated from now on
+        self.launch_ends: list[tuple[str, str]] = []  # (instance type, state reason code) of machines to end
         self.initializations = Initializations()
 
     def start(self) -> None:
@@ -185,12 +190,21 @@ class Player:
             self.agent_delay_s = AGENT_DELAY_S
             self.pending_s = PENDING_S
             self.shutting_down_s = SHUTTING_DOWN_S
+            self.launch_ends.clear()
             self.initializations.clear()
+
+    def end_launches(self, instance_type: str, machines: int, code: str) -> None:
+        if code not in LAUNCH_ENDS:
+            raise ValueError(f"no launch ends with {code!r}: one of {', '.join(LAUNCH_ENDS)}")
+        with self._lock:
+            self.launch_ends += [(instance_type, code)] * machines
 
     # Machines: user-data and its shutdown timer.
 
     def _watch_machines(self, instances: dict[str, Any]) -> None:
         for instance_id, instance in instances.items():
+            if instance.state == "pending" and instance_id not in self._machines and self._ends(instance):
+                continue
             if instance.state == "pending" and time.time() >= getattr(instance, "running_at", 0):
                 instance._state = InstanceState("running", 16)  # what EC2 does once the machine has started
             if instance.state == "shutting-down" and time.time() >= getattr(instance, "terminated_at", 0):
@@ -210,6 +224,16 @@ class Player:
                     instance.terminate()
                 else:
                     instance.stop()
+
+    def _ends(self, instance: Any) -> bool:
+        """Whether EC2 ends this new machine as it launches (`end_launches`): it is shut down, with the reason."""
+        code = next((code for kind, code in self.launch_ends if kind == instance.instance_type), None)
+        if code is None:
+            return False
+        self.launch_ends.remove((instance.instance_type, code))
+        instance.terminate()
+        instance.state_reason = StateReason(f"{code}: {LAUNCH_ENDS[code]}", code)
+        return True
 
     def _ping(self) -> None:
         """Each running machine's SSM agent, until it registers (through the machine's way out, once it has one)."""

@@ -28,6 +28,8 @@ MACHINE_PYTHON = "/opt/imagenet18/.venv/bin/python"  # user-data installs the pr
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 CAPACITY_ERRORS = ("InsufficientInstanceCapacity", "InsufficientCapacity", "SpotMaxPriceTooLow",
                    "InsufficientFreeAddressesInSubnet")
+# The state reason of machines EC2 ends as they start, for lack of capacity, after it accepted their launch.
+ENDED_FOR_CAPACITY = "Server.InsufficientInstanceCapacity"
 LIMIT_ERRORS = ("VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded")
 # EC2 refuses a new account's launches in a region (PendingVerification) until AWS has verified it: "normally
 # resolved within minutes, please allow up to 4 hours", it answers. The run's replicas exist by the launch, so it
@@ -122,7 +124,7 @@ def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: d
     # addresses) while the volumes attach.
     with pools.pool(parallel, 2) as pool:
         volumes = pool.submit(ec2.describe_volumes, VolumeIds=volume_ids)
-        ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig=waiter_config())
+        _wait_running(clients, spec, network, ids)
         if needs_elastic_ips(spec.instance_type, network.public_addresses):
             # EC2 refuses one on a pending machine's interface; the boot waits for its way out meanwhile.
             addresses.attach(clients, spec, started, parallel)
@@ -131,6 +133,26 @@ def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: d
         described = pool.submit(describe, clients, ids)
         ec2.get_waiter("volume_in_use").wait(VolumeIds=volume_ids, WaiterConfig=waiter_config())
         return described.result()
+
+
+def _wait_running(clients: Clients, spec: ClusterSpec, network: Network, ids: list[str]) -> None:
+    """Until the machines run. EC2 may end those of a launch it accepted as they start (API_StateReason): for lack
+    of capacity, which is a CapacityError as a refused launch's would be, or otherwise, said with EC2's reason."""
+    try:
+        clients.ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig=waiter_config())
+    except botocore.exceptions.WaiterError as exc:
+        ended = {i["InstanceId"]: i.get("StateReason", {}) for i in describe(clients, ids)
+                 if i["State"]["Name"] in ("shutting-down", "terminated")}
+        if any(reason.get("Code") == ENDED_FOR_CAPACITY for reason in ended.values()):
+            raise CapacityError(ENDED_FOR_CAPACITY, spec.instance_type, network.zone) from exc
+        if not ended:
+            raise
+        said = "; ".join(sorted({reason.get("Message") or reason.get("Code", "?") for reason in ended.values()}))
+        hint = ("; often the KMS key of the machines' encrypted disks cannot be used: the account's default EBS key "
+                "(`aws ec2 get-ebs-default-kms-key-id`) disabled, deleted, or one these credentials may not use"
+                if "Client.InternalError" in said else "")
+        raise BackendError(f"EC2 ended machine(s) {', '.join(sorted(ended))} of run {spec.run_id} as they launched "
+                           f"({said}){hint}") from exc
 
 
 def attach_all(clients: Clients, volumes: list[dict], instance_ids: list[str], parallel: int) -> None:
