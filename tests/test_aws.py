@@ -175,6 +175,23 @@ def test_sweep_removes_expired_and_finished_runs_only(aws, snapshot, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_whose_teardown_fails_stops_no_other_runs_sweep(aws, snapshot, tmp_path):
+    backend = AwsBackend(options(), home=tmp_path)
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+    for run_id in ("run-a-stuck", "run-b-expired"):
+        spec = dataclasses.replace(cluster_spec(run_id, 1), expires_at=past)
+        backend.provision(spec, backend.replicate(spec, DATASET, 1))
+    aws.add_fault("ec2", "TerminateInstances", "UnauthorizedOperation", status=403, run="run-a-stuck")
+    with pytest.raises(BackendError, match=r"^the other runs were swept, but not run-a-stuck \(teardown of run "
+                                           r"run-a-stuck could not delete its machine.*UnauthorizedOperation"):
+        backend.sweep(finished=lambda run_id: False)
+    assert set(aws_leftovers_by_run(aws)) == {"run-a-stuck"}
+    aws.clear_faults()
+    assert {r.run_id for r in backend.sweep(finished=lambda run_id: False)} == {"run-a-stuck"}
+    assert aws_leftovers_by_run(aws) == {}
+
+
+@pytest.mark.slow
 def test_sweep_looks_in_every_region_the_account_has_enabled(aws, tiny_data, tmp_path, operator, caplog):
     """The cleanup's region is the default one; a run made with another leaves its disks and machines there. A
     region the user may not use (an organization's policy denies it) is passed over with a warning; one that

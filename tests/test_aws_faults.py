@@ -37,8 +37,9 @@ def test_no_capacity_moves_every_machine_to_the_next_allowed_type(aws, snapshot,
 
 def test_machines_ec2_ends_as_they_start_for_capacity_move_the_run_to_the_next_allowed_type(aws, snapshot, tmp_path):
     """EC2 may accept a launch, then end its machines as they start for lack of capacity (their state reason
-    Server.InsufficientInstanceCapacity): as for a launch it refused, the run moves on to the next allowed type."""
-    aws.end_launches("p4d.24xlarge", 2)
+    Server.InsufficientInstanceCapacity): as for a launch it refused, the run moves on to the next allowed type,
+    every machine of it (the one that started goes)."""
+    aws.end_launches("p4d.24xlarge", 1)
     backend = AwsBackend(options(other_instance_types=("p5.48xlarge",)), home=tmp_path)
     spec = cluster_spec("run-ended", 2)
     cluster = backend.provision(spec, backend.replicate(spec, DATASET, 2))
@@ -52,8 +53,8 @@ def test_machines_ec2_ends_as_they_start_for_another_reason_fail_the_provision_s
     aws.end_launches("p4d.24xlarge", 1, "Client.InternalError")
     backend = AwsBackend(options(other_instance_types=("p5.48xlarge",)), home=tmp_path)
     spec = cluster_spec("run-ended-otherwise", 2)
-    with pytest.raises(BackendError, match=r"EC2 ended machine\(s\) i-\w+ of run run-ended-otherwise as they "
-                                           r"launched \(Client.InternalError: Client error on launch\); often the KMS"):
+    with pytest.raises(BackendError, match=r"machine\(s\) i-\w+ of run run-ended-otherwise ended before they all "
+                                           r"ran \(Client.InternalError: Client error on launch\); often the KMS"):
         backend.provision(spec, backend.replicate(spec, DATASET, 2))
     backend.teardown("run-ended-otherwise")
     assert aws_leftovers(aws, "run-ended-otherwise") == {}

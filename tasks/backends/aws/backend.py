@@ -614,13 +614,21 @@ class AwsBackend:
             raise BackendError("no AWS credentials here, so no region was looked in")
         removed = []
         unseen: dict[str, str] = {}
+        unswept: dict[str, str] = {}  # run id -> why its teardown failed
         for clients, found in self._leftovers_everywhere(unseen):
             by_run: dict[str, list[Resource]] = {}
             for resource in found:
                 by_run.setdefault(resource.run_id, []).append(resource)
             for run_id, resources in sorted(by_run.items()):
                 if finished(run_id) or any(r.expired for r in resources):
-                    removed += teardown(clients, run_id, self.key_folder)
+                    try:
+                        removed += teardown(clients, run_id, self.key_folder)
+                    except Exception as exc:  # noqa: BLE001 - one run's trouble stops no other's sweep
+                        log.warning("could not tear down run %s in %s: %s", run_id, clients.region, exc)
+                        unswept[run_id] = str(exc)
+        if unswept:
+            raise BackendError("the other runs were swept, but not " + "; ".join(
+                f"{run_id} ({why})" for run_id, why in sorted(unswept.items())) + ": the next cleanup tries again")
         if unseen:
             raise BackendError("the other regions were swept, but not " + "; ".join(
                 f"{region} ({why})" for region, why in sorted(unseen.items())) + ": the next cleanup looks again")

@@ -141,7 +141,8 @@ def _wait_running(clients: Clients, spec: ClusterSpec, network: Network, ids: li
     try:
         clients.ec2.get_waiter("instance_running").wait(InstanceIds=ids, WaiterConfig=waiter_config())
     except botocore.exceptions.WaiterError as exc:
-        ended = {i["InstanceId"]: i.get("StateReason", {}) for i in describe(clients, ids)
+        seen = [i for r in (exc.last_response or {}).get("Reservations", []) for i in r["Instances"]]
+        ended = {i["InstanceId"]: i.get("StateReason", {}) for i in seen or describe(clients, ids)
                  if i["State"]["Name"] in ("shutting-down", "terminated")}
         if any(reason.get("Code") == ENDED_FOR_CAPACITY for reason in ended.values()):
             raise CapacityError(ENDED_FOR_CAPACITY, spec.instance_type, network.zone) from exc
@@ -151,7 +152,7 @@ def _wait_running(clients: Clients, spec: ClusterSpec, network: Network, ids: li
         hint = ("; often the KMS key of the machines' encrypted disks cannot be used: the account's default EBS key "
                 "(`aws ec2 get-ebs-default-kms-key-id`) disabled, deleted, or one these credentials may not use"
                 if "Client.InternalError" in said else "")
-        raise BackendError(f"EC2 ended machine(s) {', '.join(sorted(ended))} of run {spec.run_id} as they launched "
+        raise BackendError(f"machine(s) {', '.join(sorted(ended))} of run {spec.run_id} ended before they all ran "
                            f"({said}){hint}") from exc
 
 
