@@ -4,6 +4,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -532,6 +533,29 @@ def test_machines_let_go_are_counted_for_a_type_the_catalogue_does_not_know(aws)
     clients = Clients("us-east-1")
     assert quotas.let_go(clients, quotas.STANDARD) == [builder]
     assert quotas.fits_once_let_go(clients, "c6i.4xlarge", 1, spot=False)
+
+
+def test_machines_terminated_moments_ago_are_let_go_by_their_transition_time_or_else_their_launch(aws,
+                                                                                                 monkeypatch):
+    """EC2 counts a terminated machine against its quota a while: one terminated by a call says when in its
+    StateTransitionReason ("User initiated (... GMT)"); one EC2 ended as it started says nothing there, and was let
+    go at its launch. A machine terminated long ago is let go no more."""
+    ec2 = aws.client("ec2")
+    aws.set_shutting_down(0)
+    aws.end_launches("g5.xlarge", 1)
+    ended = ec2.run_instances(ImageId=UBUNTU_2204.image_id, InstanceType="g5.xlarge", MinCount=1,
+                              MaxCount=1)["Instances"][0]["InstanceId"]
+    terminated = ec2.run_instances(ImageId=UBUNTU_2204.image_id, InstanceType="g5.xlarge", MinCount=1,
+                                   MaxCount=1)["Instances"][0]["InstanceId"]
+    ec2.terminate_instances(InstanceIds=[terminated])
+    ec2.get_waiter("instance_terminated").wait(InstanceIds=[ended, terminated], WaiterConfig={"Delay": 1})
+    [reason] = [i["StateTransitionReason"] for r in ec2.describe_instances(InstanceIds=[terminated])["Reservations"]
+                for i in r["Instances"]]
+    assert re.fullmatch(r"User initiated \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d GMT\)", reason), reason
+    quota = quotas.quota_for("g5.xlarge", False)
+    assert sorted(quotas.let_go(Clients("us-east-1"), quota)) == sorted([ended, terminated])
+    monkeypatch.setattr(quotas, "LET_GO_S", 0.0)
+    assert quotas.let_go(Clients("us-east-1"), quota) == []
 
 
 def test_a_listing_does_not_await_a_machine_aws_ended(aws, monkeypatch):

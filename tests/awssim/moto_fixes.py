@@ -2,6 +2,7 @@
 
 import copy
 import time
+from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import Any
 
@@ -179,14 +180,17 @@ def fix_termination_takes_time(shutting_down_s: Callable[[], float]) -> None:
             self.terminated_at = time.time() + shutting_down_s()
             self.state_reason = StateReason("Client.UserInitiatedShutdown: User initiated shutdown",
                                             "Client.UserInitiatedShutdown")
+            # EC2's StateTransitionReason names the time of the call in GMT (moto writes UTC, when it terminates)
+            self._reason = f"User initiated ({datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} GMT)"
         return previous
 
     def finish_termination(self: Instance) -> None:
-        reason = self.state_reason  # the shutdown's (a spot interruption's), which moto would overwrite
+        # the shutdown's reasons (a spot interruption's), which moto would overwrite
+        reason, transition = self.state_reason, self._reason
         try:
             terminate(self)
         finally:  # terminated even if moto failed on the way (its server log says how): never tried again
-            self._state, self.state_reason = InstanceState("terminated", 48), reason
+            self._state, self.state_reason, self._reason = InstanceState("terminated", 48), reason, transition
 
     Instance.terminate = shutting_down_first
     Instance.finish_termination = finish_termination

@@ -233,6 +233,7 @@ class Player:
         self.launch_ends.remove((instance.instance_type, code))
         instance.terminate()
         instance.state_reason = StateReason(f"{code}: {LAUNCH_ENDS[code]}", code)
+        instance._reason = ""  # no one's call ended it ("This might be an empty string": API_Instance)
         return True
 
     def _ping(self) -> None:

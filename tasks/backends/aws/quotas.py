@@ -86,7 +86,8 @@ def fits_once_let_go(clients: Clients, instance_type: str, machines: int, spot: 
 
 def let_go(clients: Clients, quota: Quota) -> list[str]:
     """The account's machines counted by `quota` that are shutting down or stopping, or were terminated within
-    LET_GO_S (by the time in their StateTransitionReason, "User initiated (2026-12-06 01:23:45 GMT)")."""
+    LET_GO_S (by the time in their StateTransitionReason, "User initiated (2026-12-06 01:23:45 GMT)", or where it
+    names none, as for a machine EC2 ended as it started, their launch)."""
     pages = clients.ec2.get_paginator("describe_instances").paginate(
         Filters=[{"Name": "instance-state-name", "Values": ["shutting-down", "stopping", "terminated"]}])
     now = dt.datetime.now(dt.timezone.utc)
@@ -97,8 +98,7 @@ def let_go(clients: Clients, quota: Quota) -> list[str]:
 
 def _transition_time(instance: dict) -> dt.datetime:
     found = re.search(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) GMT\)", instance.get("StateTransitionReason", ""))
-    return (dt.datetime.fromisoformat(found[1]).replace(tzinfo=dt.timezone.utc) if found
-            else dt.datetime.min.replace(tzinfo=dt.timezone.utc))
+    return dt.datetime.fromisoformat(found[1]).replace(tzinfo=dt.timezone.utc) if found else instance["LaunchTime"]
 
 
 def check_vcpus(clients: Clients, quota: Quota, needing: str, need: int, otherwise: str = "") -> None:
