@@ -96,7 +96,8 @@ def test_a_spot_interruption_without_restarts_fails_the_run_at_once_and_leaves_n
         _interrupt_machine_1_after_an_epoch(aws)
         state = running.result(timeout=300)
     assert state.is_failed()
-    assert re.search(r"training failed on machine\(s\) \{(0: -?\d+, )?1: -9\}", state.message), state.message
+    assert re.search(r"training failed on machine\(s\) \{(0: -?\d+, )?1: -9\}: .*; machine 1: i-\w+ is "
+                     r"(shutting-down|terminated) \(Server.SpotInstanceTermination: ", state.message), state.message
     run_id = str(state.state_details.flow_run_id)
     assert AwsBackend(options()).resources(run_id) == [] and aws_leftovers(aws, run_id) == {}
 

@@ -2,6 +2,7 @@
 their machines run, and run each script from a file with `sh` (dash); the job's status reads SSM's account of a
 command that ended before its script could upload an exit code."""
 
+import re
 
 import pytest
 
@@ -124,6 +125,30 @@ def test_a_script_that_fails_before_its_exit_code_fails_its_machine_with_the_cau
     assert stages._failure(backend, cluster, "train", status, [], 10.0).startswith(status.causes[0]), \
         "the train stage fails with SSM's account when the machine's log has none"
     backend.teardown("run-broken")
+
+
+def test_a_machine_interrupted_as_a_poll_reads_it_is_lost_with_ec2s_reason(aws, snapshot, tmp_path):
+    """A spot interruption between the poll's look at the machines and its read of their commands: the command
+    ended with its machine (Failed, 137, as a shell reports a kill), yet the machine is gone, so it is lost, with
+    EC2's reason, as one gone before the poll is. The interruption is timed by botocore's own after-call event."""
+    backend, cluster = provisioned(aws, tmp_path, "run-interrupted", 1)
+    machine = cluster.machines[0]
+    backend.launch(cluster, {0: [cluster.python, "-c", "import time; time.sleep(600)"]}, "train")
+    assert backend.status(cluster, "train").running == 1
+    interrupted = []
+
+    def interrupt_once(**_) -> None:
+        if not interrupted:
+            interrupted.append(machine.id)
+            aws.interrupt(machine.id)
+
+    backend.clients.ec2.meta.events.register("after-call.ec2.DescribeInstances", interrupt_once)
+    status = backend.status(cluster, "train")
+    assert interrupted and [p["exit_code"] for p in aws.played()] == [137], "its command ended as it was polled"
+    assert status.failed == {0: jobs.LOST}, status
+    assert re.fullmatch(rf"{machine.id} is (shutting-down|terminated) \(Server.SpotInstanceTermination: Spot "
+                        r"instance termination\)", status.causes[0]), status.causes
+    backend.teardown("run-interrupted")
 
 
 def test_a_machine_whose_boot_failed_fails_its_job_with_the_cause(aws, snapshot, tmp_path):

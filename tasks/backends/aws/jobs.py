@@ -36,6 +36,7 @@ MAX_COMMAND_HOURS = 48
 # "Delivery Timed Out" (an agent that went away), so a node that never starts is noticed in minutes.
 DELIVERY_TIMEOUT_S = 600
 AGENT_TIMEOUT_S = 600.0  # from a machine running to its SSM agent online; a few minutes on the Deep Learning AMI
+ALL_STATES = [*machine_ops.LIVE_STATES, "terminated"]
 STILL_RUNNING = ("Pending", "InProgress", "Delayed", "Cancelling")
 STDERR_TAIL_LINES = 3
 # ListCommands' InvokedAfter compares with SSM's clock; this much earlier covers a skewed local one.
@@ -182,7 +183,8 @@ def _how_it_ended(ssm, command_id: str, instance_id: str) -> tuple[int, str]:
 
 def status(clients: Clients, cluster: Cluster, name: str) -> JobStatus:
     """From the exit codes the machines upload; for a machine without one, from its SSM command, which says when
-    the script ended before it could upload one (a shell error, a command never delivered)."""
+    the script ended before it could upload one (a shell error, a command never delivered). A machine gone without
+    one (a spot interruption) is lost, with EC2's reason."""
     bucket, prefix = split_url(cluster.storage)
     s3 = clients.client("s3")
     codes = {}
@@ -190,25 +192,47 @@ def status(clients: Clients, cluster: Cluster, name: str) -> JobStatus:
         for item in page.get("Contents", []):
             index = int(item["Key"].rsplit("-", 1)[1])
             codes[index] = int(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read().strip() or LOST)
-    alive = {i["InstanceId"]: i for i in machine_ops.instances(clients, cluster.spec.run_id, ["pending", "running"])}
-    unknown = [m for m in cluster.machines if codes.get(m.index) is None and m.id in alive]
+    seen = _machines_as_they_are(clients, cluster)
+    unknown = [m for m in cluster.machines if codes.get(m.index) is None and _alive(seen.get(m.id))]
     # the job's commands were sent to its machines after they launched
-    ended = command_ends(clients, unknown, name, min(alive[m.id]["LaunchTime"] for m in unknown)) if unknown else {}
+    ended = command_ends(clients, unknown, name, min(seen[m.id]["LaunchTime"] for m in unknown)) if unknown else {}
+    if ended:
+        # A machine may have gone between the two looks (a spot interruption): its command ended with it, and the
+        # agent may even have said Failed (137) as the machine shut down; it is lost all the same.
+        seen = _machines_as_they_are(clients, cluster)
     running = succeeded = 0
     failed: dict[int, int] = {}
     causes: dict[int, str] = {}
     for machine in cluster.machines:
-        code = codes.get(machine.index)
-        if code is None and machine.id in alive:
+        code, instance = codes.get(machine.index), seen.get(machine.id)
+        if code is None and _alive(instance):
             if machine.index not in ended:
                 running += 1
                 continue
             code, causes[machine.index] = ended[machine.index]
+        elif code is None:
+            code, causes[machine.index] = LOST, _gone(machine.id, instance)
         if code == 0:
             succeeded += 1
         else:
-            failed[machine.index] = LOST if code is None else code
+            failed[machine.index] = code
     return JobStatus(running, succeeded, failed, causes)
+
+
+def _machines_as_they_are(clients: Clients, cluster: Cluster) -> dict[str, dict]:
+    """The run's machines in any state (terminated ones are listed for about an hour), by id."""
+    return {i["InstanceId"]: i for i in machine_ops.instances(clients, cluster.spec.run_id, ALL_STATES)}
+
+
+def _alive(instance: dict | None) -> bool:
+    return instance is not None and instance["State"]["Name"] in ("pending", "running")
+
+
+def _gone(instance_id: str, instance: dict | None) -> str:
+    if instance is None:
+        return f"{instance_id} is gone"
+    reason = instance.get("StateReason", {}).get("Message")
+    return f"{instance_id} is {instance['State']['Name']}" + (f" ({reason})" if reason else "")
 
 
 def read(clients: Clients, url: str, offset: int = 0) -> bytes:
