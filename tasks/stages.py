@@ -23,6 +23,10 @@ from trainer.records import SUMMARY_FILE, Epoch, RunSummary, WandbRecord
 
 TRAIN_JOB = "train"
 LOG_TAIL_BYTES = 65536  # where a failed trainer's error line and last traceback are
+# A node that fails while others run may be the echo of a machine going away that its backend does not list as gone
+# yet (its processes die as it shuts down; EC2 says shutting-down a moment later): the others' peers see the
+# connection close and fail first. Such a failure is judged once every node has ended, one is lost, or this passes.
+ECHO_GRACE_S = 60.0
 
 
 def _may_pass(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's retry_condition_fn signature
@@ -125,6 +129,7 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[Tr
     deadline = time.monotonic() + plan.params.max_hours * 3600
     _launch(backend, plan, cluster, job, logger)
     watch, relay = ProgressWatch(plan.params.hang_minutes * 60), Relay(job, len(cluster.machines), metrics, logger)
+    failed_since = None
     while True:
         status = backend.status(cluster, job)
         # a run that ended, or is about to fail, has its logs read now whatever the relay's pause: now or never
@@ -135,7 +140,12 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[Tr
         hung = watch.hung(beats) if beats else []  # no beats read: nothing to judge by
         if status.failed or hung:
             lost = {index: code for index, code in status.failed.items() if _lost(code)}
-            if len(lost) < len(status.failed) or len(restarts) >= plan.params.restarts:
+            failed_since = failed_since or time.monotonic()
+            if not lost and not hung and not status.done and time.monotonic() - failed_since < ECHO_GRACE_S:
+                time.sleep(backend.poll_seconds)
+                continue
+            # with a machine lost, the others' failures are its echo, which the restart mends as well
+            if (status.failed and not lost) or len(restarts) >= plan.params.restarts:
                 raise TrainingError(_failure(backend, cluster, job, status, hung, plan.params.hang_minutes))
             began = time.monotonic()
             logger.warning("machine(s) %s lost (exit codes %s) and %s making no progress for %.0f min; replacing "
@@ -146,7 +156,7 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[Tr
             cluster = backend.provision(cluster.spec, replicas)
             job = f"{TRAIN_JOB}.r{len(restarts) + 1}"
             _launch(backend, plan, cluster, job, logger)
-            watch = ProgressWatch(plan.params.hang_minutes * 60)
+            watch, failed_since = ProgressWatch(plan.params.hang_minutes * 60), None
             relay = Relay(job, len(cluster.machines), metrics, logger)
             restarts.append({"job": job, "lost": {str(i): code for i, code in lost.items()}, "hung": hung,
                              "after_epoch": metrics.epochs[-1].epoch if metrics.epochs else None,
