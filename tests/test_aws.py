@@ -1087,6 +1087,22 @@ def test_a_snapshot_builder_past_the_accounts_standard_vcpu_quota_is_refused_bef
                                         MaxCount=1)
 
 
+def test_a_snapshot_builder_whose_role_may_not_be_passed_is_refused_before_its_volume_is_made(aws, tmp_path):
+    """The builder's launch is dry-run naming its new instance profile, as a run's is, before its volume is paid
+    for: credentials without iam:PassRole are refused with what to allow, and the wait for EC2 to know the new
+    profile is the dry run's, not the launch's few retries."""
+    aws.client("s3").create_bucket(Bucket="datasets")
+    for folder in ("imagenet", "imagenet-sz/160"):
+        aws.client("s3").put_object(Bucket="datasets", Key=f"{folder}/train/n01440764/a.JPEG", Body=b"jpeg")
+    aws.deny_pass_role()
+    aws.add_fault("ec2", "CreateVolume", "Unused", probability=0.0, label="volumes")  # counts the calls
+    with pytest.raises(InputError, match=r"^these AWS credentials may not pass the machines' role imagenet18-snapshot-"
+                                         r"\w+ to EC2 \(iam:PassRole\)"):
+        make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160])
+    assert [rule["seen"] for rule in aws.fault_counts("volumes")] == [0], "no volume was made"
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
 MACHINE_S3_CHECKS = """
 import boto3, botocore
 from trainer import checkpoint

@@ -62,21 +62,24 @@ def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: l
     clients, options = backend.clients, backend.options
     ec2 = clients.ec2
     zone = backend.zone(BUILDER_TYPE)
+    folder = f"snapshots/{spec.run_id}"
+    bucket = storage.bucket_name(clients, options.bucket)
+    profile = ensure_instance_profile(clients, spec, bucket, folder, secrets.path(spec.run_id),
+                                      readable=(url.rstrip("/"),))
+    image = machines.resolve_ami(clients, options.ami)
+    # before the volume is paid for: EC2 knows the new profile (IAM's changes take a while to reach it), and these
+    # credentials may launch the builder and pass it the role
+    backend.dry_run_instances(spec, image, options.subnet_id or backend.default_subnet(zone), profile)
     volume = ec2.create_volume(
         AvailabilityZone=zone, Size=size_gb, VolumeType="gp3", Iops=6000, Throughput=500, Encrypted=True,
         TagSpecifications=tags.tag_specs("volume", tags.tag_list(spec.run_id, spec.expires_at, f"{name}-builder")))
     volumes.wait_available(clients, [volume["VolumeId"]])
-    folder = f"snapshots/{spec.run_id}"
-    bucket = storage.bucket_name(clients, options.bucket)
     storage.upload_project(clients, bucket, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz")
     net = network.ensure_network(clients, spec, zone, options.subnet_id, options.ssh_cidr, backend.key_folder,
                                  options.parallel_calls)
-    profile = ensure_instance_profile(clients, spec, bucket, folder, secrets.path(spec.run_id),
-                                      readable=(url.rstrip("/"),))
     boot = machines.BootConfig(None, options.region, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz",
                                max_hours=spec.hours_left,
                                format_volume=True)
-    image = machines.resolve_ami(clients, options.ami)
     [builder] = machines.run_machines(clients, spec, net, image, profile, [volume["VolumeId"]], boot, 1)
     cluster = Cluster(spec, (Machine(0, builder["InstanceId"], builder["PrivateIpAddress"], "/mnt/data"),),
                       f"s3://{bucket}/{folder}", 0, "", BUILD_LOGS, machines.MACHINE_PYTHON)
