@@ -58,6 +58,8 @@ class AwsSimApp:
         if call is None:
             return self.moto(environ, start_response)
         time.sleep(LATENCY_SECONDS)
+        if call.service == "ec2":
+            self.player.encryption.vanish()
         rule = self.faults.pick(call)
         if rule is not None and not rule.carried_out:
             self.faults.hold(rule)
@@ -151,6 +153,7 @@ class AwsSimApp:
             self.placement.record_launch(call, body)
         if call.service == "ec2" and call.action == "CreateVolume":
             self.player.initializations.record_create(call, body)
+            self.player.encryption.record_create(call, body)
         if call.service in WATCHED_SERVICES and not call.action.startswith(READ_ONLY_PREFIXES):
             self.player.tick()  # new disks get their contents, new commands start, dead machines' processes die
         if call.service == "ssm" and call.action == "SendCommand":

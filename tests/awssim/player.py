@@ -20,6 +20,7 @@ from moto.ec2.models.instances import InstanceState, StateReason
 from . import access, backends, gpus, images, network
 from .backends import RUN_TAG
 from .hibernation import AgentLife
+from .encryption import Encryption
 from .initialization import Initializations
 from .rewrite import Rewrite
 from .storage import ContentStore
@@ -142,6 +143,7 @@ class Player:
         self.shutting_down_s = SHUTTING_DOWN_S  # for machines terminated from now on
         self.launch_ends: list[tuple[str, str]] = []  # (instance type, state reason code) of machines to end
         self.initializations = Initializations()
+        self.encryption = Encryption()
 
     def start(self) -> None:
         threading.Thread(target=gpus.arch_flags, name="awssim-arch-flags", daemon=True).start()  # seconds: early
@@ -192,6 +194,7 @@ class Player:
             self.shutting_down_s = SHUTTING_DOWN_S
             self.launch_ends.clear()
             self.initializations.clear()
+            self.encryption.reset()
 
     def end_launches(self, instance_type: str, machines: int, code: str) -> None:
         if code not in LAUNCH_ENDS:

@@ -88,6 +88,15 @@ def settled(journals: Path, run_id: str) -> None:
         journal.remove(journals, run_id)
 
 
+def vanished(ids: list[str]) -> None:
+    """EC2 deleted these itself (EBS deletes a volume it cannot encrypt): awaited in listings no more, and a NotFound
+    naming one is an answer."""
+    with _lock:
+        _forget_unlisted(ids)
+        for made in ids:
+            _made.pop(made, None)
+
+
 def forget_all() -> None:
     """Await nothing more: for a process whose account was emptied behind its back (the tests' simulator reset)."""
     with _lock:

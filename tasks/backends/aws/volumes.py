@@ -8,7 +8,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tasks.backends.aws import pools, secrets, tags
+from tasks.backends.aws import consistency, pools, secrets, tags
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.waiting import until, waiter_config
 from tasks.backends.base import POOL_OWNER, BackendError, ClusterSpec, InputError, Resource
@@ -24,6 +24,10 @@ IOPS_PER_GB = {"io1": 50, "io2": 1000, "gp3": 500}
 MAX_IOPS = {"io1": 64_000, "io2": 256_000, "gp3": 16_000}
 MIN_SIZE_GB = {"io1": 4, "io2": 4, "gp3": 1}
 GP3_BASELINE_IOPS = 3000  # whatever the size
+BROKEN_STATES = ("error", "deleting", "deleted")
+VOLUME_POLL_S = 2.0
+# What EBS needs its users allowed on a KMS key to encrypt with it (Requirements for Amazon EBS encryption).
+KMS_ACTIONS = "kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext and kms:ReEncrypt*"
 INITIALIZED = 100  # DescribeVolumeStatus's initialization progress, in percent, once every block is on the volume
 
 
@@ -130,9 +134,37 @@ def replicate(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, co
     return made
 
 
-def wait_available(clients: Clients, volume_ids: list[str]) -> None:
-    """Until new volumes are available (EC2 may not know one yet: the client asks again, see consistency.py)."""
-    clients.ec2.get_waiter("volume_available").wait(VolumeIds=volume_ids, WaiterConfig=waiter_config())
+def wait_available(clients: Clients, volume_ids: list[str], timeout: float = 900.0) -> None:
+    """Until new volumes are available. They are looked for in a listing, which may leave a new one out for a while
+    but answers no NotFound (that a call naming it would be asked again, for minutes: consistency.py): a volume
+    listed and then missing twice over is gone. EBS deletes a volume it cannot encrypt moments after accepting it:
+    "AWS authenticates the KMS key asynchronously" (CreateVolume's KmsKeyId)."""
+    seen: dict[str, dict] = {}
+    missing_before: set[str] = set()
+
+    def available() -> bool:
+        pages = clients.ec2.get_paginator("describe_volumes").paginate(
+            Filters=[{"Name": "volume-id", "Values": volume_ids}])
+        listed = {v["VolumeId"]: v for page in pages for v in page["Volumes"]}
+        missing = set(seen) - set(listed)
+        if gone := sorted(missing & missing_before):
+            consistency.vanished(gone)
+            raise InputError(_vanished(gone, {seen[i].get("KmsKeyId", "") for i in gone} - {""}))
+        missing_before.clear()
+        missing_before.update(missing)
+        if broken := sorted(f"{i} ({v['State']})" for i, v in listed.items() if v["State"] in BROKEN_STATES):
+            raise BackendError(f"volume(s) {', '.join(broken)} will never be available")
+        seen.update(listed)
+        return len(listed) == len(volume_ids) and all(v["State"] == "available" for v in listed.values())
+
+    until(f"{len(volume_ids)} volume(s) available", available, timeout, poll=VOLUME_POLL_S)
+
+
+def _vanished(volume_ids: list[str], keys: set[str]) -> str:
+    key = ", ".join(sorted(keys)) or "the account's default for EBS: `aws ec2 get-ebs-default-kms-key-id`"
+    return (f"EBS deleted volume(s) {', '.join(volume_ids)} moments after accepting them, as it does with a volume it "
+            f"cannot encrypt: their KMS key ({key}) is disabled or pending deletion, or these credentials may not "
+            f"use it; they need {KMS_ACTIONS} on it, from its key policy or theirs")
 
 
 def wait_initialized(clients: Clients, volume_ids: list[str], timeout: float) -> None:
