@@ -140,8 +140,14 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[Tr
         hung = watch.hung(beats) if beats else []  # no beats read: nothing to judge by
         if status.failed or hung:
             lost = {index: code for index, code in status.failed.items() if _lost(code)}
-            failed_since = failed_since or time.monotonic()
-            if not lost and not hung and not status.done and time.monotonic() - failed_since < ECHO_GRACE_S:
+            waiting = not lost and not hung and not status.done
+            if failed_since is None:
+                failed_since = time.monotonic()
+                if waiting:
+                    logger.warning("machine(s) %s failed (exit codes %s) while the others run: waiting up to %.0f s "
+                                   "for them to end, or for a machine lost that explains it", sorted(status.failed),
+                                   status.failed, ECHO_GRACE_S)
+            if waiting and time.monotonic() - failed_since < ECHO_GRACE_S:
                 time.sleep(backend.poll_seconds)
                 continue
             # with a machine lost, the others' failures are its echo, which the restart mends as well
@@ -188,16 +194,25 @@ def _failure(backend, cluster: Cluster, job: str, status: JobStatus, hung: list[
         return f"machine(s) {hung} made no progress for {hang_minutes:g} min (no new heartbeat) and no restart is left"
     lost = sorted(index for index, code in failed.items() if _lost(code))
     if lost:
-        said = "".join(f"; machine {index}: {cause}" for index, cause in sorted(status.causes.items()))
+        # the others' own errors too: an echo of the loss, or an error of theirs that a restart would not mend
+        causes = {index: status.causes.get(index)
+                  or (None if index in lost else _trainer_error(backend, cluster, job, index))
+                  for index in sorted(failed)}
+        said = "".join(f"; machine {index}: {cause.removeprefix('error: ')}"
+                       for index, cause in causes.items() if cause)
         return (f"training failed on machine(s) {failed}: machine(s) {lost} lost (ended by a signal, or gone) and "
                 f"no restart is left{said}")
-    causes = {index: trainer_error(backend.read_storage(cluster, _log(job, index))[-LOG_TAIL_BYTES:]
-                                   .decode(errors="replace")) or status.causes.get(index) for index in sorted(failed)}
+    causes = {index: _trainer_error(backend, cluster, job, index) or status.causes.get(index)
+              for index in sorted(failed)}
     own = [(i, cause) for i, cause in causes.items() if cause and cause.startswith("error: ")]
     found = [(i, cause) for i, cause in causes.items() if cause]
     index, cause = (own or found or [(min(failed), None)])[0]
     cause = (cause or f"the trainer exited with code {failed[index]}").removeprefix("error: ")
     return f"{cause} (machine {index}; its whole log: {cluster.storage}/{_log(job, index)})"
+
+
+def _trainer_error(backend, cluster: Cluster, job: str, machine: int) -> str | None:
+    return trainer_error(backend.read_storage(cluster, _log(job, machine))[-LOG_TAIL_BYTES:].decode(errors="replace"))
 
 
 def _log(job: str, machine: int) -> str:

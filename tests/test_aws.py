@@ -22,7 +22,7 @@ from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
 from tasks.backends.base import BackendError, InputError
-from tests.awssim.faults import ABSENT, PRESENT
+from tests.awssim.faults import ABSENT
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
 from tests.aws_runs import (
     AMI,
@@ -1105,7 +1105,9 @@ def test_a_snapshot_builder_past_the_accounts_standard_vcpu_quota_is_refused_bef
 def test_a_snapshot_builder_whose_role_may_not_be_passed_is_refused_before_its_volume_is_made(aws, tmp_path):
     """The builder's launch is dry-run naming its new instance profile, as a run's is, before its volume is paid
     for: credentials without iam:PassRole are refused with what to allow, and the wait for EC2 to know the new
-    profile is the dry run's, not the launch's few retries."""
+    profile is the dry run's, not the launch's few retries. It is dry-run in the builder's own network, which
+    needs no default VPC."""
+    delete_default_vpc(aws)
     aws.client("s3").create_bucket(Bucket="datasets")
     for folder in ("imagenet", "imagenet-sz/160"):
         aws.client("s3").put_object(Bucket="datasets", Key=f"{folder}/train/n01440764/a.JPEG", Body=b"jpeg")

@@ -46,7 +46,7 @@ def test_deployment_run_with_the_local_defaults_completes(served):
     assert not list(Path(served["IMAGENET18_HOME"], "local", "replicas").glob("*/*")), "replicas are gone"
     assert_backend_lines_in_run_log(flow_run_id)
     home = Path(served["IMAGENET18_HOME"]).parent
-    assert_no_traceback(home / "serve.log", home / "server.log")
+    assert_no_traceback(home / "serve.log", server_log=home / "server.log")
 
 
 def test_three_machines_is_refused_and_creates_no_run(served):

@@ -74,7 +74,7 @@ def test_the_deployments_are_in_the_work_pool_and_cleanup_keeps_its_schedule(wor
 def test_the_documented_run_completes_with_no_traceback_in_any_log(work_pool):
     state = final_state(work_pool["flow_run_id"], 600)
     assert state.is_completed(), state.message
-    assert_no_traceback(*work_pool["logs"])
+    assert_no_traceback(work_pool["logs"][0], server_log=work_pool["logs"][1])
 
 
 def test_the_backends_info_lines_reach_the_run_log(work_pool):

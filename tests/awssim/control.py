@@ -84,10 +84,8 @@ class Control:
         instance = backends.find_instance(instance_id)
         if instance is None:
             raise ControlError(404, f"no instance {instance_id}")
-        instance.terminate()
-        instance.state_reason = StateReason(
-            "Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination"
-        )
+        instance.terminate(reason=StateReason("Server.SpotInstanceTermination: Spot instance termination",
+                                              "Server.SpotInstanceTermination"))
         self.player.tick()
 
     def reset(self) -> None:

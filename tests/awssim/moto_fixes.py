@@ -10,6 +10,7 @@ from moto.ec2.models import EC2Backend
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
 from moto.ec2.models.instances import Instance, InstanceState, StateReason
 from moto.ec2.models.route_tables import Route
+from moto.ec2.models.subnets import SubnetBackend
 from moto.ec2.responses.instances import InstanceResponse
 from moto.iam.exceptions import EntityAlreadyExists, InvalidInput
 from moto.iam.models import SERVICE_NAME_CONVERSION, IAMBackend
@@ -62,6 +63,22 @@ def fix_profile_on_every_machine() -> None:
         return answer
 
     InstanceResponse.run_instances = every_machine
+
+
+def fix_default_subnets_only_in_the_default_vpc() -> None:
+    """moto makes the first subnet of each zone, in any VPC, the zone's default one (DefaultForAz) and maps public
+    addresses on launch there. On EC2 only the default VPC's subnets are default, and a subnet one makes maps none
+    until told to (https://docs.aws.amazon.com/vpc/latest/userguide/default-subnet.html): in an account without a
+    default VPC, one made by a run is found by no lookup of the default subnet."""
+    create_subnet = SubnetBackend.create_subnet
+
+    def default_in_the_default_vpc(self: SubnetBackend, vpc_id: str, *args: Any, **kwargs: Any) -> Any:
+        subnet = create_subnet(self, vpc_id, *args, **kwargs)
+        if not self.get_vpc(vpc_id).is_default:
+            subnet.default_for_az = subnet.map_public_ip_on_launch = False
+        return subnet
+
+    SubnetBackend.create_subnet = default_in_the_default_vpc
 
 
 def fix_route_state() -> None:
@@ -173,13 +190,14 @@ def fix_termination_takes_time(shutting_down_s: Callable[[], float]) -> None:
     that is on its way already changes nothing, as on EC2."""
     terminate = Instance.terminate  # moto's, as fixed above: interfaces and volumes go, the machine is terminated
 
-    def shutting_down_first(self: Instance) -> InstanceState:
+    def shutting_down_first(self: Instance, reason: StateReason | None = None) -> InstanceState:
+        """`reason`: EC2's, where EC2 ended it (a spot interruption), set with the state, as a describe sees them."""
         previous = copy.copy(self._state)
         if self._state.name not in ("shutting-down", "terminated"):
-            self._state = InstanceState("shutting-down", 32)
+            self.state_reason = reason or StateReason("Client.UserInitiatedShutdown: User initiated shutdown",
+                                                      "Client.UserInitiatedShutdown")
             self.terminated_at = time.time() + shutting_down_s()
-            self.state_reason = StateReason("Client.UserInitiatedShutdown: User initiated shutdown",
-                                            "Client.UserInitiatedShutdown")
+            self._state = InstanceState("shutting-down", 32)
             # EC2's StateTransitionReason names the time of the call in GMT (moto writes UTC, when it terminates)
             self._reason = f"User initiated ({datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S} GMT)"
         return previous

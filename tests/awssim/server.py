@@ -31,6 +31,7 @@ from .images import add_images
 from .middleware import AwsSimApp
 from .moto_fixes import (
     fix_address_reassociation,
+    fix_default_subnets_only_in_the_default_vpc,
     fix_default_vpc_way_out,
     fix_instances_start_pending,
     fix_launch_interfaces,
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     add_images()
     fix_send_command_targets()
     fix_default_vpc_way_out()
+    fix_default_subnets_only_in_the_default_vpc()
     fix_launch_interfaces()
     fix_route_state()
     fix_address_reassociation()

@@ -67,16 +67,16 @@ def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: l
     profile = ensure_instance_profile(clients, spec, bucket, folder, secrets.path(spec.run_id),
                                       readable=(url.rstrip("/"),))
     image = machines.resolve_ami(clients, options.ami)
+    net = network.ensure_network(clients, spec, zone, options.subnet_id, options.ssh_cidr, backend.key_folder,
+                                 options.parallel_calls)
     # before the volume is paid for: EC2 knows the new profile (IAM's changes take a while to reach it), and these
     # credentials may launch the builder and pass it the role
-    backend.dry_run_instances(spec, image, options.subnet_id or backend.default_subnet(zone), profile)
+    backend.dry_run_instances(spec, image, net.subnet_id, profile)
     volume = ec2.create_volume(
         AvailabilityZone=zone, Size=size_gb, VolumeType="gp3", Iops=6000, Throughput=500, Encrypted=True,
         TagSpecifications=tags.tag_specs("volume", tags.tag_list(spec.run_id, spec.expires_at, f"{name}-builder")))
     volumes.wait_available(clients, [volume["VolumeId"]])
     storage.upload_project(clients, bucket, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz")
-    net = network.ensure_network(clients, spec, zone, options.subnet_id, options.ssh_cidr, backend.key_folder,
-                                 options.parallel_calls)
     boot = machines.BootConfig(None, options.region, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz",
                                max_hours=spec.hours_left,
                                format_volume=True)
