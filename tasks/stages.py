@@ -212,7 +212,12 @@ def _failure(backend, cluster: Cluster, job: str, status: JobStatus, hung: list[
 
 
 def _trainer_error(backend, cluster: Cluster, job: str, machine: int) -> str | None:
-    return trainer_error(backend.read_storage(cluster, _log(job, machine))[-LOG_TAIL_BYTES:].decode(errors="replace"))
+    """The trainer's own error in the machine's log, if it can be read: the failure is said either way."""
+    try:
+        log = backend.read_storage(cluster, _log(job, machine))
+    except Exception:  # noqa: BLE001 - storage that cannot be read now (a throttled S3) only loses the detail
+        return None
+    return trainer_error(log[-LOG_TAIL_BYTES:].decode(errors="replace"))
 
 
 def _log(job: str, machine: int) -> str:

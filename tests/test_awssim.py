@@ -119,6 +119,21 @@ def test_a_placement_group_is_pending_before_it_is_available_and_deleting_before
     ec2.create_placement_group(GroupName="pg-later", Strategy="cluster")
 
 
+def test_a_new_volume_is_creating_and_one_ebs_cannot_encrypt_then_goes(aws):
+    """EC2 answers CreateVolume with the volume creating; with the KMS key unusable, an encrypted volume is gone
+    moments later, never available, while an unencrypted one stays."""
+    ec2 = aws.client("ec2")
+    assert ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["State"] == "creating"
+    aws.set_ebs_key_usable(False)
+    doomed = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True)["VolumeId"]
+    kept = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+    [volume] = ec2.describe_volumes(VolumeIds=[doomed])["Volumes"]
+    assert volume["State"] == "creating" and volume["Encrypted"] and volume["KmsKeyId"].startswith("arn:aws:kms:")
+    wait_for(lambda: not ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [doomed]}])["Volumes"], 10,
+             "the volume to go")
+    assert [v["State"] for v in ec2.describe_volumes(VolumeIds=[kept])["Volumes"]] == ["available"]
+
+
 def test_instance_types(aws):
     ec2 = aws.client("ec2")
     wanted = ["p3.16xlarge", "p3dn.24xlarge", "p4d.24xlarge", "p5.48xlarge", "g5.xlarge", "g6.xlarge"]

@@ -52,4 +52,6 @@ class Encryption:
             for volume_id, _ in gone:
                 del self._doomed[volume_id]
         for volume_id, (account, region, _) in gone:
-            backends.ec2(account, region).volumes.pop(volume_id, None)
+            ec2 = backends.ec2(account, region)
+            ec2.volumes.pop(volume_id, None)
+            ec2.tags.pop(volume_id, None)

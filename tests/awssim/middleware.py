@@ -154,6 +154,7 @@ class AwsSimApp:
         if call.service == "ec2" and call.action == "CreateVolume":
             self.player.initializations.record_create(call, body)
             self.player.encryption.record_create(call, body)
+            body = body.replace(b"<status>available</status>", b"<status>creating</status>", 1)  # as EC2 answers
         if call.service in WATCHED_SERVICES and not call.action.startswith(READ_ONLY_PREFIXES):
             self.player.tick()  # new disks get their contents, new commands start, dead machines' processes die
         if call.service == "ssm" and call.action == "SendCommand":

@@ -67,18 +67,23 @@ def fix_profile_on_every_machine() -> None:
 
 def fix_default_subnets_only_in_the_default_vpc() -> None:
     """moto makes the first subnet of each zone, in any VPC, the zone's default one (DefaultForAz) and maps public
-    addresses on launch there. On EC2 only the default VPC's subnets are default, and a subnet one makes maps none
-    until told to (https://docs.aws.amazon.com/vpc/latest/userguide/default-subnet.html): in an account without a
-    default VPC, one made by a run is found by no lookup of the default subnet."""
-    create_subnet = SubnetBackend.create_subnet
+    addresses on launch there. On EC2 only the default subnets of the default VPC are so, and a subnet one makes
+    maps none until told to (https://docs.aws.amazon.com/vpc/latest/userguide/default-subnet.html): in an account
+    without a default VPC, one made by a run is found by no lookup of the default subnet."""
+    create_subnet, create_default_subnet = SubnetBackend.create_subnet, SubnetBackend.create_default_subnet
 
-    def default_in_the_default_vpc(self: SubnetBackend, vpc_id: str, *args: Any, **kwargs: Any) -> Any:
-        subnet = create_subnet(self, vpc_id, *args, **kwargs)
-        if not self.get_vpc(vpc_id).is_default:
-            subnet.default_for_az = subnet.map_public_ip_on_launch = False
+    def never_default(self: SubnetBackend, *args: Any, **kwargs: Any) -> Any:
+        subnet = create_subnet(self, *args, **kwargs)
+        subnet.default_for_az = subnet.map_public_ip_on_launch = False
         return subnet
 
-    SubnetBackend.create_subnet = default_in_the_default_vpc
+    def default(self: SubnetBackend, availability_zone: str) -> Any:
+        subnet = create_default_subnet(self, availability_zone)
+        subnet.default_for_az = subnet.map_public_ip_on_launch = True
+        return subnet
+
+    SubnetBackend.create_subnet = never_default
+    SubnetBackend.create_default_subnet = default
 
 
 def fix_route_state() -> None:

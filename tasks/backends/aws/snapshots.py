@@ -75,7 +75,7 @@ def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: l
     volume = ec2.create_volume(
         AvailabilityZone=zone, Size=size_gb, VolumeType="gp3", Iops=6000, Throughput=500, Encrypted=True,
         TagSpecifications=tags.tag_specs("volume", tags.tag_list(spec.run_id, spec.expires_at, f"{name}-builder")))
-    volumes.wait_available(clients, [volume["VolumeId"]])
+    volumes.wait_available(clients, [volume])
     storage.upload_project(clients, bucket, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz")
     boot = machines.BootConfig(None, options.region, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz",
                                max_hours=spec.hours_left,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ MIN_SIZE_GB = {"io1": 4, "io2": 4, "gp3": 1}
 GP3_BASELINE_IOPS = 3000  # whatever the size
 BROKEN_STATES = ("error", "deleting", "deleted")
 VOLUME_POLL_S = 2.0
+VANISHED_AFTER_S = 10.0  # missing from listings that long after being in one: gone, not a listing's lag
+FILTER_VALUES = 200  # the most values an EC2 filter takes
 # What EBS needs its users allowed on a KMS key to encrypt with it (Requirements for Amazon EBS encryption).
 KMS_ACTIONS = "kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext and kms:ReEncrypt*"
 INITIALIZED = 100  # DescribeVolumeStatus's initialization progress, in percent, once every block is on the volume
@@ -122,49 +125,63 @@ def replicate(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, co
     if existing is None:
         existing = run_volumes(clients, spec.run_id)
 
-    def one(index: int) -> Resource:
-        volume = existing.get(index) or _create_replica(clients, spec, snapshot, zone, index, settings)
-        return _as_resource(volume, spec.run_id)
+    def one(index: int) -> dict:
+        return existing.get(index) or _create_replica(clients, spec, snapshot, zone, index, settings)
 
     with pools.pool(parallel, count) as pool:
         made = list(pool.map(one, range(count)))
-    ids = [r.id for r in made]
-    wait_available(clients, ids)
+    wait_available(clients, made)
+    ids = [v["VolumeId"] for v in made]
     wait_initialized(clients, ids, 2 * settings.warmup_seconds(snapshot["VolumeSize"]) + 300)
-    return made
+    return [_as_resource(volume, spec.run_id) for volume in made]
 
 
-def wait_available(clients: Clients, volume_ids: list[str], timeout: float = 900.0) -> None:
-    """Until new volumes are available. They are looked for in a listing, which may leave a new one out for a while
-    but answers no NotFound (that a call naming it would be asked again, for minutes: consistency.py): a volume
-    listed and then missing twice over is gone. EBS deletes a volume it cannot encrypt moments after accepting it:
-    "AWS authenticates the KMS key asynchronously" (CreateVolume's KmsKeyId)."""
-    seen: dict[str, dict] = {}
-    missing_before: set[str] = set()
+def wait_available(clients: Clients, volumes: list[dict]) -> None:
+    """Until the volumes (CreateVolume's answers, or as described) are available. They are looked for in a listing,
+    which may leave a new one out for a while but answers no NotFound (that a call naming one would be asked again,
+    for minutes: consistency.py). One missing from it for VANISHED_AFTER_S after being listed, or never listed in
+    consistency.LISTING_WAIT_S, is gone. EBS deletes a volume it cannot encrypt moments after accepting it ("AWS
+    authenticates the KMS key asynchronously": CreateVolume's KmsKeyId)."""
+    ids = [v["VolumeId"] for v in volumes]
+    last = {v["VolumeId"]: v for v in volumes}  # each volume as last answered
+    listed_once: set[str] = set()
+    missing_since: dict[str, float] = {}
+    began = time.monotonic()
 
     def available() -> bool:
-        pages = clients.ec2.get_paginator("describe_volumes").paginate(
-            Filters=[{"Name": "volume-id", "Values": volume_ids}])
-        listed = {v["VolumeId"]: v for page in pages for v in page["Volumes"]}
-        missing = set(seen) - set(listed)
-        if gone := sorted(missing & missing_before):
+        listed = {}
+        for chunk in [ids[i:i + FILTER_VALUES] for i in range(0, len(ids), FILTER_VALUES)]:
+            pages = clients.ec2.get_paginator("describe_volumes").paginate(
+                Filters=[{"Name": "volume-id", "Values": chunk}])
+            listed.update((v["VolumeId"], v) for page in pages for v in page["Volumes"])
+        now = time.monotonic()
+        for volume_id in ids:
+            if volume_id in listed:
+                listed_once.add(volume_id)
+                missing_since.pop(volume_id, None)
+            else:
+                missing_since.setdefault(volume_id, now)
+        if gone := sorted(i for i, since in missing_since.items() if now - since >= VANISHED_AFTER_S
+                          and (i in listed_once or now - began >= consistency.LISTING_WAIT_S)):
             consistency.vanished(gone)
-            raise InputError(_vanished(gone, {seen[i].get("KmsKeyId", "") for i in gone} - {""}))
-        missing_before.clear()
-        missing_before.update(missing)
+            _raise_gone(gone, last)
+        last.update(listed)
         if broken := sorted(f"{i} ({v['State']})" for i, v in listed.items() if v["State"] in BROKEN_STATES):
             raise BackendError(f"volume(s) {', '.join(broken)} will never be available")
-        seen.update(listed)
-        return len(listed) == len(volume_ids) and all(v["State"] == "available" for v in listed.values())
+        return len(listed) == len(ids) and all(v["State"] == "available" for v in listed.values())
 
-    until(f"{len(volume_ids)} volume(s) available", available, timeout, poll=VOLUME_POLL_S)
+    until(f"{len(ids)} volume(s) available", available, poll=VOLUME_POLL_S)
 
 
-def _vanished(volume_ids: list[str], keys: set[str]) -> str:
-    key = ", ".join(sorted(keys)) or "the account's default for EBS: `aws ec2 get-ebs-default-kms-key-id`"
-    return (f"EBS deleted volume(s) {', '.join(volume_ids)} moments after accepting them, as it does with a volume it "
-            f"cannot encrypt: their KMS key ({key}) is disabled or pending deletion, or these credentials may not "
-            f"use it; they need {KMS_ACTIONS} on it, from its key policy or theirs")
+def _raise_gone(gone: list[str], last: dict[str, dict]) -> None:
+    if all(last[i].get("State") == "creating" and last[i].get("Encrypted") for i in gone):
+        keys = ", ".join(sorted({last[i].get("KmsKeyId", "") for i in gone} - {""})) \
+            or "the account's default for EBS: `aws ec2 get-ebs-default-kms-key-id`"
+        raise InputError(f"EBS deleted volume(s) {', '.join(gone)} moments after accepting them, as it does with a "
+                         f"volume it cannot encrypt: their KMS key ({keys}) is disabled or pending deletion, or these "
+                         f"credentials may not use it; they need {KMS_ACTIONS} on it, from its key policy or theirs")
+    said = ", ".join(f"{i} (last {last[i].get('State', 'not listed')})" for i in gone)
+    raise BackendError(f"volume(s) {said} went away while the run waited for them: deleted by someone else?")
 
 
 def wait_initialized(clients: Clients, volume_ids: list[str], timeout: float) -> None:
