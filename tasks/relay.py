@@ -21,6 +21,10 @@ ERROR_LINE = re.compile(r"Traceback \(most recent call last\)|\b\w*(Error|Except
                         r"\bSignal \d+|exitcode\s*:\s*-?[1-9]")
 TRACEBACK_FRAME = re.compile(r"^(\[rank\d+\]:\s?)?(\s|Traceback)")
 RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?")
+# The lines after a C++ message of torch's (c10's "[W1206 09:05:20.05 TCPStore.cpp:138] ..."): its stack, which the
+# message's own line says enough about, never an error of its own.
+CPP_STACK = re.compile(r"^(Exception raised from \S+ at \S+ \(most recent call first\):|frame #\d+: |"
+                       r"<omitting python frames>$)")
 LAUNCHER_FAILURE = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
 # torchrun's agents meet at an exit barrier in node 0's store once their workers end; node 0's agent may exit (and
 # close the store) while another agent still reads the barrier's last key, which that agent logs as an error with a
@@ -116,7 +120,7 @@ class MachineLogs:
             lines, size = _complete_lines(chunk)
             self.offsets[index] += size
             for line in lines:
-                if self._after_the_exit_barrier(index, line, logger):
+                if self._after_the_exit_barrier(index, line, logger) or CPP_STACK.match(RANK_PREFIX.sub("", line)):
                     continue
                 if line.startswith(WARNING_PREFIX):
                     logger.warning("machine %d | %s", index, line)

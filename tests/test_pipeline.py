@@ -91,7 +91,10 @@ def _assert_machine_logs_arrived_while_training(flow_run_id, storage: str) -> No
                   if r["type"] == "epoch"}
     first_epoch_line = next(at for line, at in relayed.items() if line.startswith("~~0\t"))
     assert first_epoch_line.timestamp() < epoch_ends[2], "machine 0's lines reach the flow's log as it trains"
-    assert not any(log.message.startswith("machine 1 | ") for log in logs), "only errors of the other machines"
+    # torchrun's exit barrier may meet node 0's store closed as its agent leaves: one warning, the run unharmed
+    others = [log.message for log in logs if log.message.startswith("machine 1 | ")
+              and "exit barrier's store closed" not in log.message]
+    assert not others, "only errors of the other machines"
 
 
 def _assert_artifacts_show_the_run(flow_run_id, result: dict) -> None:
