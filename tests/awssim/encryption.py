@@ -5,7 +5,6 @@ says `failed`, with the key's state as its cause). With the key made unusable (`
 disabled, pending deletion, or one these credentials may not use), an encrypted volume's CreateVolume is answered,
 the volume is described `creating`, and VANISH_S later EC2 knows it no more; it was never available."""
 
-import re
 import threading
 import time
 
@@ -13,6 +12,7 @@ from moto.ec2.models.elastic_block_store import Volume
 
 from . import backends
 from .calls import AwsCall
+from .initialization import created_volume
 
 VANISH_S = 1.0
 
@@ -36,7 +36,7 @@ class Encryption:
             self._doomed.clear()
 
     def record_create(self, call: AwsCall, response_body: bytes) -> None:
-        volume_id = re.search(r"<volumeId>(vol-[0-9a-f]+)</volumeId>", response_body.decode())[1]
+        volume_id = created_volume(response_body)
         volume = backends.ec2(call.account, call.region).volumes[volume_id]
         if self.usable or not volume.encrypted:
             return

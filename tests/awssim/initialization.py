@@ -18,6 +18,11 @@ RATES_MIBPS = range(100, 301)
 EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 
 
+def created_volume(create_volume_answer: bytes) -> str:
+    """The id of the volume a CreateVolume answer names."""
+    return re.search(r"<volumeId>(vol-[0-9a-f]+)</volumeId>", create_volume_answer.decode())[1]
+
+
 @dataclass
 class Initialization:
     started: float
@@ -68,7 +73,7 @@ class Initializations:
     def record_create(self, call: AwsCall, response_body: bytes) -> None:
         if not call.params.get("SnapshotId"):
             return
-        volume_id = re.search(r"<volumeId>(vol-[0-9a-f]+)</volumeId>", response_body.decode())[1]
+        volume_id = created_volume(response_body)
         snapshot = backends.ec2(call.account, call.region).snapshots[call.params["SnapshotId"]]
         rate = call.params.get("VolumeInitializationRate")
         with self._lock:  # the blocks to fetch: the snapshot's, not the volume's own (larger) size
