@@ -21,6 +21,8 @@ from trainer.prepare import prepare
 REPO = Path(__file__).resolve().parent.parent
 
 TINY = {"classes": 10, "train_per_class": 120, "val_per_class": 10}
+# Two training steps of cpu-tiny's global batch (64) on 2 machines: for runs that need only get through training.
+TWO_STEPS = {"classes": 10, "train_per_class": 13, "val_per_class": 2}
 
 # A suite started in the background by a non-interactive shell (`bash .ci/run &`) inherits SIGINT ignored, and
 # so would every command a test starts: the Ctrl-C tests could not stop them. A handler, unlike SIG_IGN, is not
@@ -57,8 +59,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """10 classes, 120 + 10 images each, and the -sz/160 copy the cpu-tiny schedule reads. Read-only."""
-    root = tmp_path_factory.mktemp("data") / "demo"
-    make_demo_dataset(root, **TINY)
+    return _demo_dataset(tmp_path_factory.mktemp("data") / "demo", TINY)
+
+
+@pytest.fixture(scope="session")
+def two_step_data(tmp_path_factory) -> Path:
+    """As tiny_data, with 13 + 2 images a class: an epoch of two steps on 2 machines. Read-only."""
+    return _demo_dataset(tmp_path_factory.mktemp("two-step-data") / "demo", TWO_STEPS)
+
+
+def _demo_dataset(root: Path, sizes: dict[str, int]) -> Path:
+    make_demo_dataset(root, **sizes)
     prepare(root, sizes=[160])
     return root
 

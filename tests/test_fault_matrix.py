@@ -112,15 +112,15 @@ class Outcome:
 class Scenario:
     """One backend's run, armed to fail (or hang, then fail) in one stage, and how to count what it left."""
 
-    def __init__(self, backend: str, stage: str, home: Path, tiny_data: Path, aws, scratch: Path):
+    def __init__(self, backend: str, stage: str, home: Path, dataset: Path, aws, scratch: Path):
         self.backend, self.stage, self.home, self.aws = backend, stage, home, aws
         machines = 16 if stage in MANY else 2
         if backend == "local":
-            self.parameters = {"machines": machines, "dataset": str(tiny_data), "schedule": "cpu-tiny", "epochs": 1}
+            self.parameters = {"machines": machines, "dataset": str(dataset), "schedule": "cpu-tiny", "epochs": 1}
             target, after = LOCAL_GATES[stage]
             self.gate = Gate(target, after, hold=False, hit=str(scratch / "hit"), release=str(scratch / "release"))
         else:
-            aws.make_snapshot(tiny_data.parent, description=DATASET)
+            aws.make_snapshot(dataset.parent, description=DATASET)
             self.parameters = {"machines": machines, "backend": "aws", "instance_type": "g5.xlarge",
                                "dataset": DATASET, "schedule": "cpu-tiny", "epochs": 1, "max_hours": 1.0,
                                "aws": options().model_dump(mode="json")}
@@ -171,11 +171,11 @@ class Scenario:
 
 
 @pytest.fixture
-def scenario(request, prefect_api, tiny_data, aws_sim, tmp_path) -> Scenario:
+def scenario(request, prefect_api, two_step_data, aws_sim, tmp_path) -> Scenario:
     backend, stage = request.node.callspec.params["backend"], request.node.callspec.params["stage"]
     if backend == "aws":
         aws_sim.reset()
-    return Scenario(backend, stage, prefect_api, tiny_data, aws_sim, tmp_path)
+    return Scenario(backend, stage, prefect_api, two_step_data, aws_sim, tmp_path)
 
 
 @pytest.fixture(scope="module", autouse=True)
