@@ -1,5 +1,5 @@
-"""What the AWS tests share: the options and cluster specs they run with, an account's network as a user may have it,
-a capacity fault in a zone, and waiting for a job."""
+"""What the AWS tests share: the options and cluster specs they run with, an account's network and KMS keys as a user
+may have them, a capacity fault in a zone, and waiting for a job."""
 
 from __future__ import annotations
 
@@ -23,6 +23,19 @@ def cluster_spec(run_id: str, machines: int, instance_type: str = "p4d.24xlarge"
                  hours: float = 2.0) -> ClusterSpec:
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours)
     return ClusterSpec(run_id, f"test-{run_id}", machines, instance_type, spot, expires)
+
+
+def customer_managed_key(aws, state: str = "Enabled", ebs_default: bool = False) -> str:
+    """A customer managed KMS key in `state` (Enabled, Disabled or PendingDeletion), the account's default for EBS
+    if asked; returns its ARN."""
+    kms, key = aws.client("kms"), aws.client("kms").create_key()["KeyMetadata"]
+    if ebs_default:
+        aws.client("ec2").modify_ebs_default_kms_key_id(KmsKeyId=key["Arn"])
+    if state == "Disabled":
+        kms.disable_key(KeyId=key["KeyId"])
+    elif state == "PendingDeletion":
+        kms.schedule_key_deletion(KeyId=key["KeyId"], PendingWindowInDays=7)
+    return key["Arn"]
 
 
 def delete_default_vpc(aws) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.backends.aws import (AwsBackend, catalog, efs, inventory, jobs, journal, machines, permissions, quotas,
-                                tags)
+from tasks.backends.aws import (AwsBackend, catalog, consistency, efs, inventory, jobs, journal, machines,
+                                permissions, quotas, tags, volumes)
 from tasks.backends import retry_may_pass
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
@@ -30,6 +30,7 @@ from tests.aws_runs import (
     DATASET,
     agents_online,
     cluster_spec,
+    customer_managed_key,
     delete_default_vpc,
     options,
     users_subnet,
@@ -256,6 +257,15 @@ def test_a_replica_pool_past_the_accounts_iops_quota_is_refused_before_any_is_ma
     assert aws_leftovers(aws) == {}
     assert len(backend.replicate(cluster_spec("replicas", 8), DATASET, 8, pool=True)) == 8, "92,000 IOPS: within"
     backend.delete_replicas("replicas")
+
+
+def test_a_replica_pool_whose_disks_key_ebs_cannot_use_is_refused_before_any_is_made(aws, snapshot, tmp_path):
+    customer_managed_key(aws, "Disabled", ebs_default=True)
+    backend = AwsBackend(options(), home=tmp_path)
+    with pytest.raises(InputError, match=r"^EBS cannot encrypt the disks \(the account's default key for EBS\) with "
+                                         r"KMS key arn:aws:kms:\S+: the key is Disabled"):
+        backend.replicate(cluster_spec("replicas", 2), DATASET, 2, pool=True)
+    assert aws_leftovers(aws) == {}
 
 
 @pytest.mark.slow
@@ -654,6 +664,15 @@ def run_machines_of_the_accounts_own(aws, tiny_data):
     ec2.stop_instances(InstanceIds=stopped)
 
 
+def encrypted_dataset_under_a_disabled_key(aws, tiny_data):
+    """The account's own snapshot `encrypted-dataset`, encrypted with a customer managed key since disabled."""
+    ec2, key = aws.client("ec2"), customer_managed_key(aws)
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True, KmsKeyId=key)["VolumeId"]
+    ec2.create_snapshot(VolumeId=volume, Description="encrypted-dataset")
+    ec2.delete_volume(VolumeId=volume)
+    aws.client("kms").disable_key(KeyId=key.rsplit("/", 1)[1])
+
+
 def hold_an_io2_volume(aws, tiny_data):
     """Volumes of the account's own (not the run's): EBS counts the IOPS of every io2 volume in the region, and
     only of io2 volumes (the gp3 one is not counted)."""
@@ -727,6 +746,16 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
     ({"quotas": {"L-A4707A72": 2}, "setup": hold_another_network},
      r'the quota "Internet gateways per Region" \(L-A4707A72\) in us-east-1 is 2 \(a new account.s is 5\), with 2 '
      r"held"),
+    ({"setup": lambda aws, _: customer_managed_key(aws, "Disabled", ebs_default=True)},
+     r"^EBS cannot encrypt the disks \(the account's default key for EBS\) with KMS key arn:aws:kms:us-east-1:\d+:"
+     r"key/[\w-]+: the key is Disabled; enable it \(`aws kms enable-key`\), or make another key the default "
+     r"\(`aws ec2 modify-ebs-default-kms-key-id`\)$"),
+    ({"setup": lambda aws, _: customer_managed_key(aws, "PendingDeletion", ebs_default=True)},
+     r"with KMS key arn:aws:kms:\S+: the key is PendingDeletion; cancel its deletion and enable it"),
+    ({"setup": encrypted_dataset_under_a_disabled_key, "dataset": "encrypted-dataset"},
+     r"^EBS cannot encrypt the dataset replicas \(snapshot snap-\w+ is encrypted with it\) with KMS key "
+     r"arn:aws:kms:\S+: the key is Disabled; enable it \(`aws kms enable-key`\), or copy the snapshot under "
+     r"another key \(`aws ec2 copy-snapshot --kms-key-id`\)$"),
     ({"quotas": {"L-0263D0A3": 17}, "setup": hold_two_addresses},
      r'16 machines need 16 Elastic IPs \(one each, with an interface on every EFA card\); the quota "EC2-VPC '
      r'Elastic IPs" \(L-0263D0A3\) in us-east-1 is 17, with 2 held: .* --quota-code L-0263D0A3 --desired-value 18`'),
@@ -932,7 +961,7 @@ def test_replicas_ebs_cannot_encrypt_fail_the_replication_naming_their_kms_key(a
     """EBS accepts an encrypted volume whose KMS key it cannot use (disabled, or not these credentials' to use)
     and deletes it moments later: the replication fails then, with the key and what to allow on it, rather than
     after minutes of asking EC2 for volumes taken for not propagated yet; the teardown awaits them no more."""
-    aws.set_ebs_key_usable(False)
+    customer_managed_key(aws, "Disabled", ebs_default=True)  # since the pre-flight: replicate asks nothing of KMS
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-unusable-key", 2, "g5.xlarge")
     with pytest.raises(InputError, match=r"^EBS deleted volume\(s\) vol-\w+, vol-\w+ moments after accepting them, as "
@@ -942,6 +971,72 @@ def test_replicas_ebs_cannot_encrypt_fail_the_replication_naming_their_kms_key(a
         backend.replicate(spec, DATASET, 2)
     assert backend.teardown(spec.run_id) == []
     assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
+
+
+def test_a_replica_the_run_already_had_that_goes_fails_its_retry_in_seconds(aws, snapshot, tmp_path, monkeypatch):
+    """A retried replication reuses the run's replicas, found in a listing: one deleted by someone else since is
+    gone once listings miss it for volumes.VANISHED_AFTER_S, not awaited as a new volume EC2 may not list yet
+    would be (consistency.LISTING_WAIT_S, an hour here)."""
+    monkeypatch.setattr(consistency, "LISTING_WAIT_S", 3600.0)
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-replica-gone", 2, "g5.xlarge")
+    gone = backend.replicate(spec, DATASET, 2)[0].id
+    had = volumes.run_volumes(backend.clients, spec.run_id)
+    aws.client("ec2").delete_volume(VolumeId=gone)
+    outcome = []
+
+    def retry() -> None:
+        with pytest.raises(BackendError) as raised:
+            volumes.replicate(backend.clients, spec, backend.snapshot(DATASET), backend.zone(spec.instance_type), 2,
+                              backend.volume_settings, 1, had)
+        outcome.append(str(raised.value))
+
+    thread = threading.Thread(target=retry, daemon=True)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "the retry still awaits the replica that went"
+    assert outcome == [f"volume(s) {gone} (last available) went away while the run waited for them: deleted by "
+                       "someone else?"]
+    backend.teardown(spec.run_id)
+    assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
+
+
+def test_a_disk_key_these_credentials_may_not_describe_is_refused_before_anything_exists(aws, snapshot, tmp_path,
+                                                                                        operator):
+    """The AWS managed default key needs nothing of the user's policies; a customer managed one they may not
+    even describe is one EBS will not use for them."""
+    grant_operator(aws, without="TheDisksEncryptionKeys")
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-key", 2, "g5.xlarge")
+    backend.check(spec, DATASET)
+    customer_managed_key(aws, ebs_default=True)
+    with pytest.raises(InputError, match=r"^EBS cannot encrypt the disks \(the account's default key for EBS\) with "
+                                         r"KMS key arn:aws:kms:\S+: these credentials may not use it; they need "
+                                         r"kms:CreateGrant, .*kms:ReEncrypt\* on it, from its key policy or theirs, "
+                                         r"or make another key the default"):
+        backend.check(spec, DATASET)
+    grant_operator(aws)
+    backend.check(spec, DATASET)
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
+def test_the_documented_policy_lets_ebs_encrypt_replicas_with_a_customer_managed_key(aws, snapshot, tmp_path,
+                                                                                     operator):
+    """EBS uses the key as the caller, through EC2 (user_policy.json's EbsEncryptsWithACustomerManagedKey):
+    without that statement the replicas are accepted, then deleted, which no pre-flight can foresee."""
+    customer_managed_key(aws, ebs_default=True)
+    backend = AwsBackend(options(), home=tmp_path)
+    allowed = cluster_spec("run-key-allowed", 2, "g5.xlarge")
+    backend.check(allowed, DATASET)
+    assert len(backend.replicate(allowed, DATASET, 2)) == 2
+    backend.teardown(allowed.run_id)
+    grant_operator(aws, without="EbsEncryptsWithACustomerManagedKey")
+    refused = cluster_spec("run-key-refused", 2, "g5.xlarge")
+    backend.check(refused, DATASET)
+    with pytest.raises(InputError, match=r"^EBS deleted volume\(s\) vol-\w+, vol-\w+ moments after accepting them"):
+        backend.replicate(refused, DATASET, 2)
+    backend.teardown(refused.run_id)
+    assert aws_leftovers(aws, home=tmp_path) == {}
 
 
 def grant_operator(aws, without: str | None = None) -> None:
@@ -1084,12 +1179,28 @@ def test_a_snapshot_needs_the_dataset_to_exist(aws, tmp_path):
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
-def test_a_snapshot_builder_past_the_accounts_standard_vcpu_quota_is_refused_before_anything_exists(aws, tmp_path):
-    """A new account's quota of on-demand Standard vCPUs may be under the builder's 16 (AWS's default is 5): EC2
-    would refuse its launch after its volume, network and upload were made."""
+def dataset_in_s3(aws) -> None:
+    """s3://datasets/imagenet, with its -sz/160 copy: a builder's source."""
     aws.client("s3").create_bucket(Bucket="datasets")
     for folder in ("imagenet", "imagenet-sz/160"):
         aws.client("s3").put_object(Bucket="datasets", Key=f"{folder}/train/n01440764/a.JPEG", Body=b"jpeg")
+
+
+def test_a_snapshot_builder_whose_disks_key_ebs_cannot_use_is_refused_before_anything_exists(aws, tmp_path):
+    """The builder's volume and root disk take the account's default EBS key: one pending deletion would have EBS
+    delete the volume after the builder's role and network were made."""
+    dataset_in_s3(aws)
+    customer_managed_key(aws, "PendingDeletion", ebs_default=True)
+    with pytest.raises(InputError, match=r"^EBS cannot encrypt the disks \(the account's default key for EBS\) with "
+                                         r"KMS key arn:aws:kms:\S+: the key is PendingDeletion"):
+        make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160])
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
+def test_a_snapshot_builder_past_the_accounts_standard_vcpu_quota_is_refused_before_anything_exists(aws, tmp_path):
+    """A new account's quota of on-demand Standard vCPUs may be under the builder's 16 (AWS's default is 5): EC2
+    would refuse its launch after its volume, network and upload were made."""
+    dataset_in_s3(aws)
     aws.set_quotas({"L-1216C47A": 8})
     with pytest.raises(InputError, match=r'^the snapshot builder \(c6i.4xlarge\) needs 16 vCPUs of the quota '
                                          r'"Running On-Demand Standard \(A, C, D, H, I, M, R, T, Z\) instances" '
@@ -1108,9 +1219,7 @@ def test_a_snapshot_builder_whose_role_may_not_be_passed_is_refused_before_its_v
     profile is the dry run's, not the launch's few retries. It is dry-run in the builder's own network, which
     needs no default VPC."""
     delete_default_vpc(aws)
-    aws.client("s3").create_bucket(Bucket="datasets")
-    for folder in ("imagenet", "imagenet-sz/160"):
-        aws.client("s3").put_object(Bucket="datasets", Key=f"{folder}/train/n01440764/a.JPEG", Body=b"jpeg")
+    dataset_in_s3(aws)
     aws.deny_pass_role()
     aws.add_fault("ec2", "CreateVolume", "Unused", probability=0.0, label="volumes")  # counts the calls
     with pytest.raises(InputError, match=r"^these AWS credentials may not pass the machines' role imagenet18-snapshot-"

@@ -4,6 +4,7 @@ import datetime as dt
 import json
 import re
 import threading
+import time
 from pathlib import Path
 
 import boto3
@@ -16,6 +17,7 @@ from tasks.backends.aws import catalog, jobs, machines
 from tasks.backends.aws.clients import Clients
 from tasks.backends.base import ClusterSpec, Machine
 from tests.awssim import gpus
+from tests.awssim.encryption import VANISH_S
 from tests.awssim.hibernation import AgentLife
 from tests.awssim.throttle import TokenBucket
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404, UNDESCRIBED
@@ -119,19 +121,74 @@ def test_a_placement_group_is_pending_before_it_is_available_and_deleting_before
     ec2.create_placement_group(GroupName="pg-later", Strategy="cluster")
 
 
-def test_a_new_volume_is_creating_and_one_ebs_cannot_encrypt_then_goes(aws):
-    """EC2 answers CreateVolume with the volume creating; with the KMS key unusable, an encrypted volume is gone
-    moments later, never available, while an unencrypted one stays."""
-    ec2 = aws.client("ec2")
+def test_ebs_encrypts_with_the_default_key_or_an_owned_snapshots_and_drops_a_volume_whose_key_is_disabled(aws):
+    """EC2 answers CreateVolume with the volume creating. An encrypted volume takes the account's default EBS key
+    (AWS managed, `alias/aws/ebs`, until another is set), or the key of the encrypted snapshot it is made from; one
+    whose customer managed key is disabled is gone moments later, never available."""
+    ec2, kms = aws.client("ec2"), aws.client("kms")
     assert ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["State"] == "creating"
-    aws.set_ebs_key_usable(False)
-    doomed = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True)["VolumeId"]
+    assert ec2.get_ebs_default_kms_key_id()["KmsKeyId"] == "alias/aws/ebs"
+    managed = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True)
+    assert ec2.get_ebs_default_kms_key_id()["KmsKeyId"] == "alias/aws/ebs", "the alias, even once the key exists"
+    assert kms.describe_key(KeyId=managed["KmsKeyId"])["KeyMetadata"]["KeyManager"] == "AWS"
+    snapshot = ec2.create_snapshot(VolumeId=managed["VolumeId"])
+    assert snapshot["Encrypted"] and snapshot["KmsKeyId"] == managed["KmsKeyId"]
+
+    made = kms.create_key()["KeyMetadata"]
+    key = made["Arn"]
+    ec2.modify_ebs_default_kms_key_id(KmsKeyId=key)
+    assert ec2.get_ebs_default_kms_key_id()["KmsKeyId"] == key
+    kms.disable_key(KeyId=made["KeyId"])
+    doomed = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True)
+    from_snapshot = ec2.create_volume(AvailabilityZone="us-east-1a", SnapshotId=snapshot["SnapshotId"],
+                                      Encrypted=True)
     kept = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
-    [volume] = ec2.describe_volumes(VolumeIds=[doomed])["Volumes"]
-    assert volume["State"] == "creating" and volume["Encrypted"] and volume["KmsKeyId"].startswith("arn:aws:kms:")
-    wait_for(lambda: not ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [doomed]}])["Volumes"], 10,
-             "the volume to go")
-    assert [v["State"] for v in ec2.describe_volumes(VolumeIds=[kept])["Volumes"]] == ["available"]
+    assert (doomed["State"], doomed["Encrypted"], doomed["KmsKeyId"]) == ("creating", True, key)
+    assert from_snapshot["KmsKeyId"] == managed["KmsKeyId"], "an owned snapshot's key, not the default"
+    wait_for(lambda: not ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [doomed["VolumeId"]]}])[
+        "Volumes"], 10, "the volume to go")
+    assert [v["State"] for v in ec2.describe_volumes(VolumeIds=[kept, from_snapshot["VolumeId"]])["Volumes"]] == [
+        "available", "available"]
+
+
+def test_ebs_drops_a_users_volume_whose_customer_managed_key_the_user_may_not_use(aws):
+    """An IAM user's encrypted volume under a customer managed key needs EBS's KMS actions on it through EC2; the
+    AWS managed key needs none of the user's policies."""
+    iam, kms = aws.client("iam"), aws.client("kms")
+    iam.create_user(UserName="key-user")
+    ec2_only = {"Effect": "Allow", "Action": ["ec2:CreateVolume", "ec2:DescribeVolumes"], "Resource": "*"}
+    iam.put_user_policy(UserName="key-user", PolicyName="p", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [ec2_only]}))
+    keys = iam.create_access_key(UserName="key-user")["AccessKey"]
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=aws.endpoint,
+                       aws_access_key_id=keys["AccessKeyId"], aws_secret_access_key=keys["SecretAccessKey"])
+
+    def stays() -> bool:
+        volume_id = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True)["VolumeId"]
+        time.sleep(2 * VANISH_S)
+        return bool(ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume_id]}])["Volumes"])
+
+    assert stays(), "the AWS managed key"
+    aws.client("ec2").modify_ebs_default_kms_key_id(KmsKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
+    assert not stays(), "a customer managed key the user's policies say nothing of"
+    through_ec2 = {"Effect": "Allow", "Action": ["kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey",
+                                                 "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncrypt*"],
+                   "Resource": "*", "Condition": {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}}}
+    iam.put_user_policy(UserName="key-user", PolicyName="p", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [ec2_only, through_ec2]}))
+    assert stays(), "allowed EBS's KMS actions through EC2"
+
+
+def test_a_machine_whose_encrypted_root_disk_has_a_disabled_key_ends_as_it_launches(aws):
+    ec2, kms = aws.client("ec2"), aws.client("kms")
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    ec2.modify_ebs_default_kms_key_id(KmsKeyId=key)
+    kms.disable_key(KeyId=key)
+    disk = [{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 8, "Encrypted": True, "DeleteOnTermination": True}}]
+    instance_id = launch(ec2, BlockDeviceMappings=disk)
+    wait_for(lambda: state(ec2, instance_id) in ("shutting-down", "terminated"), 10, "the machine to end")
+    [ended] = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
+    assert ended["StateReason"]["Code"] == "Client.InternalError"
 
 
 def test_instance_types(aws):

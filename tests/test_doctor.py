@@ -9,7 +9,7 @@ import pytest
 from deployments import cli
 from tasks.backends.aws import permissions
 from tests.leftovers import aws_names, aws_resources
-from tests.aws_runs import AMI, delete_default_vpc, users_subnet
+from tests.aws_runs import AMI, customer_managed_key, delete_default_vpc, users_subnet
 
 SECRET_KEY = "testing"  # the simulator's dummy secret key (tests/awssim/client.py): never printed
 
@@ -36,8 +36,8 @@ def test_a_ready_account_passes_every_check(aws, capsys, operator):
     assert code == 0, out
     assert list(rows) == ["region", "credentials", "permissions", "instance type", "zones", "spot prices",
                           "quota L-417A185B (on-demand)", "quota L-DB2E81BA (on-demand)", "quota L-7212CCBC (spot)",
-                          "quota L-C4BD4855 (spot)", "quota L-3819A6DF (spot)", "replicas' IOPS", "AMI", "network",
-                          "Elastic IPs", "launch (dry run)"]
+                          "quota L-C4BD4855 (spot)", "quota L-3819A6DF (spot)", "replicas' IOPS",
+                          "EBS encryption key", "AMI", "network", "Elastic IPs", "launch (dry run)"]
     assert {status for _, status in rows.values()} == {"ok"}, out
     assert rows["credentials"][0] == "account 123456789012"
     assert rows["permissions"][0] == "IAM allows every action of tasks/backends/aws/user_policy.json"
@@ -47,11 +47,20 @@ def test_a_ready_account_passes_every_check(aws, capsys, operator):
                                                        "p4d.24xlarge need 1536")
     assert rows["replicas' IOPS"][0] == ("IOPS for Provisioned IOPS SSD (io2) volumes: 500000, 0 in use, 16 replicas "
                                          "at 11500 need 184000")
+    assert rows["EBS encryption key"][0] == "the account's default for EBS: alias/aws/ebs (AWS managed), usable"
     assert rows["AMI"][0].startswith(f"{AMI}: ")
     assert rows["network"][0].startswith("default VPC's subnet subnet-")
     assert rows["Elastic IPs"][0] == ("EC2-VPC Elastic IPs: 64, 16 x p4d.24xlarge need one each (an interface on "
                                       "each EFA card)")
     assert "what to do" not in out
+
+
+def test_a_default_ebs_key_that_is_disabled_fails_with_how_to_mend_it(aws, capsys):
+    key = customer_managed_key(aws, "Disabled", ebs_default=True)
+    code, rows, out = doctor(aws, capsys)
+    assert code == 1 and rows["EBS encryption key"] == (f"EBS cannot encrypt the disks (the account's default key for "
+                                                        f"EBS) with KMS key {key}", "fail"), out
+    assert "the key is Disabled; enable it (`aws kms enable-key`), or make another key the default" in out
 
 
 def test_too_few_elastic_ips_fail_with_the_request_to_make_and_a_type_with_one_interface_needs_none(aws, capsys):

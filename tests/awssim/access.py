@@ -126,6 +126,17 @@ def user_refusal(call: AwsCall) -> Response | None:
     return None
 
 
+def user_allows(call: AwsCall, actions: tuple[str, ...], resource: str, context: dict[str, str]) -> bool:
+    """Whether the call's signer, where an IAM user, is allowed every one of `actions` on `resource` (what a call
+    does as its caller in another service); moto answers for other signers, which are allowed."""
+    user = _signing_user(call)
+    if user is None:
+        return True
+    statements = _user_statements(user)
+    return all(allowed(statements, action, resource, {"aws:RequestedRegion": call.region, **context})
+               for action in actions)
+
+
 def spot_role_refusal(call: AwsCall) -> Response | None:
     """A spot launch needs EC2 Spot's service-linked role, which EC2 makes the first time as the caller: one whose
     policies do not allow iam:CreateServiceLinkedRole for spot.amazonaws.com is refused

@@ -123,12 +123,6 @@ class AwsSim:
         reset, which gives each 2048."""
         self._control("POST", "quotas", {"values": values})
 
-    def set_ebs_key_usable(self, usable: bool) -> None:
-        """Whether EBS can use the KMS key of encrypted volumes: when not, each one made from now on is described
-        `creating` and is then gone, as EBS deletes a volume whose key is disabled or not these credentials' to use
-        (until `reset`)."""
-        self._control("POST", "ebs-key", {"usable": usable})
-
     def played(self) -> list[dict[str, Any]]:
         """Commands run: command_id, instance_id, exit_code (None while running), cold_data (it started while
         its machine's dataset volume was still fetching blocks from its snapshot), stdout and stderr paths."""

@@ -62,7 +62,6 @@ class Control:
                                                                   float(body["window_s"])),
             ("POST", "/_awssim/profile-propagation"): lambda body: setattr(
                 self.consistency, "profile_propagation_s", float(body["propagation_s"])),
-            ("POST", "/_awssim/ebs-key"): lambda body: setattr(self.player.encryption, "usable", bool(body["usable"])),
             ("POST", "/_awssim/seed"): lambda body: self.seed(body["snapshot_id"], Path(body["from_dir"])),
         }
 

@@ -1,44 +1,114 @@
-"""The KMS key that encrypts EBS volumes, which moto never uses. EBS uses it after answering ("Amazon Web Services
-authenticates the KMS key asynchronously. Therefore, if you specify an identifier that is not valid, the action can
-appear to complete, but eventually fails": CreateVolume's KmsKeyId, API reference; EBS's createVolume event then
-says `failed`, with the key's state as its cause). With the key made unusable (`AwsSim.set_ebs_key_usable(False)`:
-disabled, pending deletion, or one these credentials may not use), an encrypted volume's CreateVolume is answered,
-the volume is described `creating`, and VANISH_S later EC2 knows it no more; it was never available."""
+"""The KMS keys that encrypt EBS volumes, which moto names but never uses.
+
+Which key: a volume made encrypted without a KmsKeyId is encrypted by the account's default key for EBS (the AWS
+managed `alias/aws/ebs` unless ModifyEbsDefaultKmsKeyId set another), except one made from an encrypted snapshot
+the account owns, which keeps the snapshot's key ("An encrypted snapshot that you own is restored to a volume that
+is encrypted to the same KMS key", the EBS user guide's encryption outcomes); a snapshot keeps its volume's key.
+GetEbsDefaultKmsKeyId answers `alias/aws/ebs` until another key is set, even once the key exists.
+
+When EBS cannot use the key, it says so only after answering ("Amazon Web Services authenticates the KMS key
+asynchronously. Therefore, if you specify an identifier that is not valid, the action can appear to complete, but
+eventually fails": CreateVolume's KmsKeyId). It cannot use a customer managed key that is not Enabled (disabled,
+pending deletion), nor one the caller may not use: an IAM user's call whose policies do not allow EBS's KMS
+actions on it through EC2 (the AWS managed key's policy lets every caller in the account use it through EBS). Such
+a volume is described `creating`, and VANISH_S later EC2 knows it no more. A machine whose encrypted disk has a key
+that is not Enabled ends as it launches, with Client.InternalError (the EC2 troubleshooting guide's "instance
+terminates immediately")."""
 
 import threading
 import time
+import uuid
+from typing import Any
 
-from moto.ec2.models.elastic_block_store import Volume
+from moto.ec2.models.elastic_block_store import EBSBackend, Snapshot, Volume
+from moto.kms.models import kms_backends
 
-from . import backends
+from . import access, backends
 from .calls import AwsCall
-from .initialization import created_volume
+from .errors import Response, xml_response
+from .initialization import EC2_NS, created_volume
 
 VANISH_S = 1.0
+AWS_MANAGED_ALIAS = "alias/aws/ebs"
+# What EBS does with the key as the caller, through EC2 (the EBS user guide, "Permissions for IAM users").
+EBS_KMS_ACTIONS = ("kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKeyWithoutPlaintext",
+                   "kms:ReEncryptFrom", "kms:ReEncryptTo")
 
 
-def fix_volumes_creating() -> None:
-    """A volume marked `creating` is described so (moto's are available at once)."""
+def fix_ebs_encryption() -> None:
+    """Volumes `creating` where marked so (moto's are available at once); the default key is AWS managed; volumes
+    and snapshots keep their snapshot's and volume's keys."""
     status = Volume.status
-
     Volume.status = property(lambda self: "creating" if getattr(self, "creating", False) else status.fget(self))
+
+    make_default = EBSBackend._create_default_encryption_key
+
+    def create_default_encryption_key(self: Any) -> str:
+        arn = make_default(self)
+        kms_backends[self.account_id][self.region_name].describe_key(arn).key_manager = "AWS"
+        return arn
+
+    EBSBackend._create_default_encryption_key = create_default_encryption_key
+
+    create_volume = EBSBackend.create_volume
+
+    def create_volume_keeping_snapshot_key(self: Any, *args: Any, **kwargs: Any) -> Any:
+        snapshot = self.snapshots.get(kwargs.get("snapshot_id") or "")
+        if snapshot is not None and snapshot.encrypted and snapshot.owner_id == self.account_id \
+                and not kwargs.get("kms_key_id"):
+            kwargs.update(encrypted=True, kms_key_id=snapshot.kms_key_id)
+        return create_volume(self, *args, **kwargs)
+
+    EBSBackend.create_volume = create_volume_keeping_snapshot_key
+
+    snapshot_init = Snapshot.__init__
+
+    def snapshot_keeping_volume_key(self: Any, *args: Any, **kwargs: Any) -> None:
+        snapshot_init(self, *args, **kwargs)
+        if self.volume is not None and self.volume.encrypted and not self.kms_key_id:
+            self.kms_key_id = self.volume.kms_key_id
+
+    Snapshot.__init__ = snapshot_keeping_volume_key
+
+
+def default_key_answer(call: AwsCall) -> Response:
+    """GetEbsDefaultKmsKeyId, which moto lacks."""
+    ec2 = backends.ec2(call.account, call.region)
+    key = ec2.default_kms_key_id
+    if not key or _key(call.account, call.region, key).key_manager == "AWS":
+        key = AWS_MANAGED_ALIAS
+    return xml_response(f'<GetEbsDefaultKmsKeyIdResponse xmlns="{EC2_NS}"><requestId>{uuid.uuid4()}</requestId>'
+                        f"<kmsKeyId>{key}</kmsKeyId></GetEbsDefaultKmsKeyIdResponse>")
+
+
+def _key(account: str, region: str, key_id: str) -> Any:
+    return kms_backends[account][region].describe_key(key_id)
+
+
+def usable(account: str, region: str, key_id: str, call: AwsCall | None = None) -> bool:
+    """Whether EBS can encrypt with the key for this call's caller (any caller where no call is given)."""
+    key = _key(account, region, key_id)
+    if key.key_manager == "AWS":
+        return True
+    if key.key_state != "Enabled":
+        return False
+    return call is None or access.user_allows(call, EBS_KMS_ACTIONS, key.arn,
+                                              {"kms:ViaService": f"ec2.{region}.amazonaws.com"})
 
 
 class Encryption:
     def __init__(self) -> None:
-        self.usable = True
         self._lock = threading.Lock()
         self._doomed: dict[str, tuple[str, str, float]] = {}  # volume id -> (account, region, when it goes)
 
     def reset(self) -> None:
         with self._lock:
-            self.usable = True
             self._doomed.clear()
 
     def record_create(self, call: AwsCall, response_body: bytes) -> None:
         volume_id = created_volume(response_body)
         volume = backends.ec2(call.account, call.region).volumes[volume_id]
-        if self.usable or not volume.encrypted:
+        if not volume.encrypted or usable(call.account, call.region, volume.kms_key_id, call):
             return
         volume.creating = True
         with self._lock:
@@ -55,3 +125,11 @@ class Encryption:
             ec2 = backends.ec2(account, region)
             ec2.volumes.pop(volume_id, None)
             ec2.tags.pop(volume_id, None)
+
+
+def launch_fails(instance: Any) -> bool:
+    """Whether a new machine has an encrypted disk whose key EBS cannot use."""
+    ec2 = instance.ec2_backend
+    return any(volume.encrypted and not usable(ec2.account_id, ec2.region_name, volume.kms_key_id)
+               for volume in list(ec2.volumes.values())
+               if volume.attachment is not None and volume.attachment.instance.id == instance.id)

@@ -3,8 +3,9 @@ their simulator, the API models' maximums, the regions an account has not enable
 and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas and EBS's IOPS and storage
 quotas, EC2's eventual consistency, its refusals of an address on a pending machine, of an associated address's
 release, of a subnet's, a security group's or a VPC's deletion while something depends on it and of a volume's
-attachment that EC2 would not make, EBS volume initialization, ListCommands' filters and pages, SSM's throttling of
-Run Command's reads), and hooks that keep disk contents and the player in step with each call."""
+attachment that EC2 would not make, EBS volume initialization and encryption keys, ListCommands' filters and
+pages, SSM's throttling of Run Command's reads), and hooks that keep disk contents and the player in step with each
+call."""
 
 import contextlib
 import io
@@ -15,7 +16,7 @@ import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from . import access, agent, attach, backends, catalogue, command_list, limits, network, regions
+from . import access, agent, attach, backends, catalogue, command_list, encryption, limits, network, regions
 from .calls import AwsCall, identify, signing_scope
 from .consistency import Consistency
 from .control import Control
@@ -133,6 +134,8 @@ class AwsSimApp:
             return error_response("ec2", *refusal) if refusal else self.player.initializations.create_error(call)
         if call.service == "ec2" and call.action == "DescribeVolumeStatus":
             return self.player.initializations.describe_status(call)
+        if call.service == "ec2" and call.action == "GetEbsDefaultKmsKeyId":
+            return encryption.default_key_answer(call)
         if call.service == "efs" and call.action == "CreateMountTarget":
             return access.file_system_role_refusal(call)
         if call.service == "ssm" and call.action == "ListCommands":

@@ -17,7 +17,7 @@ from typing import Any
 
 from moto.ec2.models.instances import InstanceState, StateReason
 
-from . import access, backends, gpus, images, network
+from . import access, backends, encryption, gpus, images, network
 from .backends import RUN_TAG
 from .hibernation import AgentLife
 from .encryption import Encryption
@@ -229,11 +229,15 @@ class Player:
                     instance.stop()
 
     def _ends(self, instance: Any) -> bool:
-        """Whether EC2 ends this new machine as it launches (`end_launches`): it is shut down, with the reason."""
+        """Whether EC2 ends this new machine as it launches (`end_launches`, or a disk EBS cannot encrypt): it is
+        shut down, with the reason."""
         code = next((code for kind, code in self.launch_ends if kind == instance.instance_type), None)
-        if code is None:
+        if code is not None:
+            self.launch_ends.remove((instance.instance_type, code))
+        elif encryption.launch_fails(instance):
+            code = "Client.InternalError"
+        else:
             return False
-        self.launch_ends.remove((instance.instance_type, code))
         instance.terminate()
         instance.state_reason = StateReason(f"{code}: {LAUNCH_ENDS[code]}", code)
         instance._reason = ""  # no one's call ended it ("This might be an empty string": API_Instance)

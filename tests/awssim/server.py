@@ -45,7 +45,7 @@ from .moto_fixes import (
 from .placement import PlacementGroups
 from .player import Player
 from .quotas import Quotas
-from .encryption import fix_volumes_creating
+from .encryption import fix_ebs_encryption
 from .regions import fix_describe_regions
 from .storage import ContentStore
 from .throttle import SsmThrottle
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     fix_address_reassociation()
     fix_profile_on_every_machine()
     fix_describe_regions()
-    fix_volumes_creating()
+    fix_ebs_encryption()
     fix_service_linked_roles()
     fix_managed_policies_in_aws_partition_only()
     faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()

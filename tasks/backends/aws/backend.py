@@ -19,6 +19,7 @@ from tasks.backends.aws import (
     addresses,
     catalog,
     efs,
+    encryption,
     iam,
     inventory,
     jobs,
@@ -163,7 +164,7 @@ class AwsBackend:
             raise InputError(f"max_hours={spec.hours_left:.4g} is over the {jobs.MAX_COMMAND_HOURS} h that SSM lets a "
                              f"job's command run on AWS; ask for at most {jobs.MAX_COMMAND_HOURS}")
         self.clients.check_region()
-        self.clients.check_credentials()
+        account = self.clients.check_credentials()
         self.clients.check_credentials_outlast(spec.expires_at + TEARDOWN_TIME)
         _check_instance_type(spec.instance_type)
         zone = self.zone(spec.instance_type)
@@ -175,6 +176,7 @@ class AwsBackend:
         snapshot = self.snapshot(dataset)
         volumes.check_snapshot_holds(snapshot, reads)
         volumes.check_volume_settings(self.options.volume_type, self.options.iops)
+        encryption.check_keys(self.clients, account, snapshot)
         self._check_volume_quotas(snapshot, spec.machines - self._from_pool(spec, snapshot))  # the pool's are made
         image = machines.resolve_ami(self.clients, self.options.ami)
         machines.check_image_release(image)
@@ -428,6 +430,8 @@ class AwsBackend:
             claimable = calls.submit(lambda: [] if pool else volumes.pool_volumes(self.clients))
             calls.submit(lambda: self.clients.zones)
             zone = self.zone(spec.instance_type)
+            if pool:  # a run's pre-flight checked its keys; a pool has none
+                encryption.check_keys(self.clients, self.clients.check_credentials(), snapshot.result())
             held = existing.result()
             held |= volumes.claim(self.clients, spec, claimable.result(), snapshot.result(), zone,
                                   [i for i in range(count) if i not in held], self.volume_settings)

@@ -1,8 +1,8 @@
 """`imagenet18 doctor --backend aws`: what a first run on this account needs, checked one at a time before
 anything is made: the region, the credentials, the instance type against the machines' torch build, where it
-is offered and its spot prices, the account's GPU vCPU quotas, its EBS IOPS quota for io1 or io2 replicas, the
-AMI, the network and EC2's dry run of the launch. Every call reads or dry-runs; nothing is created, so nothing
-needs a teardown."""
+is offered and its spot prices, the account's GPU vCPU quotas, its EBS IOPS quota for io1 or io2 replicas, its
+default EBS encryption key, the AMI, the network and EC2's dry run of the launch. Every call reads or dry-runs;
+nothing is created, so nothing needs a teardown."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import botocore.exceptions
 
-from tasks.backends.aws import addresses, catalog, iam, machines, permissions, quotas, volume_quotas
+from tasks.backends.aws import addresses, catalog, encryption, iam, machines, permissions, quotas, volume_quotas
 from tasks.backends.aws.backend import AwsBackend
 from tasks.backends.aws.clients import error_code
 from tasks.backends.aws.options import AwsOptions
@@ -22,6 +22,7 @@ OK, WARN, FAIL, NOT_CHECKED = "ok", "warn", "fail", "-"
 DOCTOR_RUN = "doctor"  # the run id the dry run's tags carry; nothing is made with it
 ELASTIC_IPS = "Elastic IPs"
 REPLICA_IOPS = "replicas' IOPS"
+EBS_KEY = "EBS encryption key"
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,9 @@ class _Doctor:
         self.checks: list[Check] = []
 
     def run(self) -> list[Check]:
-        if not self._check("region", self._region) or not self._check("credentials", self._credentials):
+        if not self._check("region", self._region) or not (account := self._check("credentials", self._credentials)):
             self._not_checked("permissions", "instance type", "zones", "spot prices", *self._quota_names(),
-                              REPLICA_IOPS, "AMI", "network", ELASTIC_IPS, "launch (dry run)",
+                              REPLICA_IOPS, EBS_KEY, "AMI", "network", ELASTIC_IPS, "launch (dry run)",
                               why="needs the region and credentials above")
             return self.checks
         self._check("permissions", self._permissions)
@@ -70,6 +71,7 @@ class _Doctor:
         for quota, spot in self._quotas():
             self._check(self._quota_name(quota, spot), lambda q=quota, s=spot: self._quota(q, s))
         self._check(REPLICA_IOPS, self._replica_iops)
+        self._check(EBS_KEY, lambda: self._ebs_key(account))
         image = self._check("AMI", self._image)
         subnet = zone and self._check("network", lambda: self._network(zone))
         if not zone:
@@ -203,6 +205,13 @@ class _Doctor:
                           "an Elastic IP over the quota, after the run's replicas and network are made")
         return _Found(f"{addresses.QUOTA.name}: {value:g}, {self.machines} x {self.instance_type} need one each "
                       "(an interface on each EFA card)")
+
+    def _ebs_key(self, account: str) -> _Found:
+        """The account's default key, which every new disk but a replica of an encrypted snapshot takes; a run's
+        pre-flight checks its snapshot's key too."""
+        key = encryption.check_keys(self.clients, account)
+        managed = " (AWS managed)" if key == encryption.AWS_MANAGED_DEFAULT else ""
+        return _Found(f"the account's default for EBS: {key}{managed}, usable")
 
     def _image(self) -> _Found:
         image = machines.resolve_ami(self.clients, self.backend.options.ami)

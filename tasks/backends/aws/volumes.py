@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from tasks.backends.aws import consistency, pools, secrets, tags
 from tasks.backends.aws.clients import Clients, error_code
+from tasks.backends.aws.encryption import KMS_ACTIONS
 from tasks.backends.aws.waiting import until, waiter_config
 from tasks.backends.base import POOL_OWNER, BackendError, ClusterSpec, InputError, Resource
 
@@ -29,8 +30,6 @@ BROKEN_STATES = ("error", "deleting", "deleted")
 VOLUME_POLL_S = 2.0
 VANISHED_AFTER_S = 10.0  # missing from listings that long after being in one: gone, not a listing's lag
 FILTER_VALUES = 200  # the most values an EC2 filter takes
-# What EBS needs its users allowed on a KMS key to encrypt with it (Requirements for Amazon EBS encryption).
-KMS_ACTIONS = "kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext and kms:ReEncrypt*"
 INITIALIZED = 100  # DescribeVolumeStatus's initialization progress, in percent, once every block is on the volume
 
 
@@ -130,21 +129,22 @@ def replicate(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, co
 
     with pools.pool(parallel, count) as pool:
         made = list(pool.map(one, range(count)))
-    wait_available(clients, made)
+    wait_available(clients, made, listed=[v["VolumeId"] for v in existing.values()])
     ids = [v["VolumeId"] for v in made]
     wait_initialized(clients, ids, 2 * settings.warmup_seconds(snapshot["VolumeSize"]) + 300)
     return [_as_resource(volume, spec.run_id) for volume in made]
 
 
-def wait_available(clients: Clients, volumes: list[dict]) -> None:
+def wait_available(clients: Clients, volumes: list[dict], listed: Sequence[str] = ()) -> None:
     """Until the volumes (CreateVolume's answers, or as described) are available. They are looked for in a listing,
     which may leave a new one out for a while but answers no NotFound (that a call naming one would be asked again,
-    for minutes: consistency.py). One missing from it for VANISHED_AFTER_S after being listed, or never listed in
+    for minutes: consistency.py). One missing from it for VANISHED_AFTER_S after being listed (here, or before:
+    `listed`, such as a retry's own replicas and claimed pool replicas), or never listed in
     consistency.LISTING_WAIT_S, is gone. EBS deletes a volume it cannot encrypt moments after accepting it ("AWS
     authenticates the KMS key asynchronously": CreateVolume's KmsKeyId)."""
     ids = [v["VolumeId"] for v in volumes]
     last = {v["VolumeId"]: v for v in volumes}  # each volume as last answered
-    listed_once: set[str] = set()
+    listed_once = set(listed)
     missing_since: dict[str, float] = {}
     began = time.monotonic()
 
