@@ -259,13 +259,21 @@ def test_a_replica_pool_past_the_accounts_iops_quota_is_refused_before_any_is_ma
     backend.delete_replicas("replicas")
 
 
-def test_a_replica_pool_whose_disks_key_ebs_cannot_use_is_refused_before_any_is_made(aws, snapshot, tmp_path):
+def test_a_replica_pool_whose_replicas_key_ebs_cannot_use_is_refused_before_any_is_made(aws, snapshot, tmp_path):
+    """A pool makes replicas alone: of an encrypted snapshot of the account's, they take its key, whatever the
+    default."""
+    ec2 = aws.client("ec2")
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True)  # the AWS managed key
+    ec2.create_snapshot(VolumeId=volume["VolumeId"], Description="built-dataset")
+    ec2.delete_volume(VolumeId=volume["VolumeId"])
     customer_managed_key(aws, "Disabled", ebs_default=True)
     backend = AwsBackend(options(), home=tmp_path)
-    with pytest.raises(InputError, match=r"^EBS cannot encrypt the disks \(the account's default key for EBS\) with "
-                                         r"KMS key arn:aws:kms:\S+: the key is Disabled"):
+    with pytest.raises(InputError, match=r"^EBS cannot encrypt the dataset replicas \(the account's default key for "
+                                         r"EBS\) with KMS key arn:aws:kms:\S+: the key is Disabled"):
         backend.replicate(cluster_spec("replicas", 2), DATASET, 2, pool=True)
     assert aws_leftovers(aws) == {}
+    assert len(backend.replicate(cluster_spec("replicas", 2), "built-dataset", 2, pool=True)) == 2
+    backend.delete_replicas("replicas")
 
 
 @pytest.mark.slow
@@ -754,8 +762,8 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
      r"with KMS key arn:aws:kms:\S+: the key is PendingDeletion; cancel its deletion and enable it"),
     ({"setup": encrypted_dataset_under_a_disabled_key, "dataset": "encrypted-dataset"},
      r"^EBS cannot encrypt the dataset replicas \(snapshot snap-\w+ is encrypted with it\) with KMS key "
-     r"arn:aws:kms:\S+: the key is Disabled; enable it \(`aws kms enable-key`\), or copy the snapshot under "
-     r"another key \(`aws ec2 copy-snapshot --kms-key-id`\)$"),
+     r"arn:aws:kms:\S+: the key is Disabled; enable it \(`aws kms enable-key`\), or make the dataset's snapshot "
+     r"anew \(`imagenet18 snapshot`\), whose disks take the account's default key$"),
     ({"quotas": {"L-0263D0A3": 17}, "setup": hold_two_addresses},
      r'16 machines need 16 Elastic IPs \(one each, with an interface on every EFA card\); the quota "EC2-VPC '
      r'Elastic IPs" \(L-0263D0A3\) in us-east-1 is 17, with 2 held: .* --quota-code L-0263D0A3 --desired-value 18`'),
@@ -1001,22 +1009,29 @@ def test_a_replica_the_run_already_had_that_goes_fails_its_retry_in_seconds(aws,
     assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
 
 
-def test_a_disk_key_these_credentials_may_not_describe_is_refused_before_anything_exists(aws, snapshot, tmp_path,
-                                                                                        operator):
-    """The AWS managed default key needs nothing of the user's policies; a customer managed one they may not
-    even describe is one EBS will not use for them."""
+def test_a_disk_key_these_credentials_may_not_describe_is_warned_of_not_refused(aws, tmp_path, operator, caplog):
+    """KMS may not describe to these credentials a key EBS uses for them all the same: the AWS managed key, named
+    by its ARN in a snapshot the builder made (and here chosen as the default by its ARN too). The pre-flight says
+    what it could not ask, and goes on; with user_policy.json it asks."""
+    ec2 = aws.client("ec2")
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True)  # the AWS managed key
+    ec2.create_snapshot(VolumeId=volume["VolumeId"], Description="built-dataset")
+    ec2.delete_volume(VolumeId=volume["VolumeId"])
+    ec2.modify_ebs_default_kms_key_id(KmsKeyId=volume["KmsKeyId"])
     grant_operator(aws, without="TheDisksEncryptionKeys")
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-key", 2, "g5.xlarge")
-    backend.check(spec, DATASET)
-    customer_managed_key(aws, ebs_default=True)
-    with pytest.raises(InputError, match=r"^EBS cannot encrypt the disks \(the account's default key for EBS\) with "
-                                         r"KMS key arn:aws:kms:\S+: these credentials may not use it; they need "
-                                         r"kms:CreateGrant, .*kms:ReEncrypt\* on it, from its key policy or theirs, "
-                                         r"or make another key the default"):
-        backend.check(spec, DATASET)
+    backend.check(spec, "built-dataset")
+    said = [r.getMessage() for r in caplog.records if "KMS key" in r.getMessage()]
+    assert said == [f"these credentials may not describe KMS key {volume['KmsKeyId']} (kms:DescribeKey), the key "
+                    "of the machines' root disks (the account's default key for EBS), so it was not checked: with a "
+                    "customer managed key they may not use, EBS deletes the run's volumes as they are made; they "
+                    "need kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext and "
+                    "kms:ReEncrypt* on it"]
+    caplog.clear()
     grant_operator(aws)
-    backend.check(spec, DATASET)
+    backend.check(spec, "built-dataset")
+    assert not [r for r in caplog.records if "KMS key" in r.getMessage()]
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 

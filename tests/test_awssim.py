@@ -133,6 +133,8 @@ def test_ebs_encrypts_with_the_default_key_or_an_owned_snapshots_and_drops_a_vol
     assert kms.describe_key(KeyId=managed["KmsKeyId"])["KeyMetadata"]["KeyManager"] == "AWS"
     snapshot = ec2.create_snapshot(VolumeId=managed["VolumeId"])
     assert snapshot["Encrypted"] and snapshot["KmsKeyId"] == managed["KmsKeyId"]
+    ec2.modify_ebs_default_kms_key_id(KmsKeyId=managed["KmsKeyId"])
+    assert ec2.get_ebs_default_kms_key_id()["KmsKeyId"] == managed["KmsKeyId"], "a key chosen: by its ARN"
 
     made = kms.create_key()["KeyMetadata"]
     key = made["Arn"]

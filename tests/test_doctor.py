@@ -47,7 +47,7 @@ def test_a_ready_account_passes_every_check(aws, capsys, operator):
                                                        "p4d.24xlarge need 1536")
     assert rows["replicas' IOPS"][0] == ("IOPS for Provisioned IOPS SSD (io2) volumes: 500000, 0 in use, 16 replicas "
                                          "at 11500 need 184000")
-    assert rows["EBS encryption key"][0] == "the account's default for EBS: alias/aws/ebs (AWS managed), usable"
+    assert rows["EBS encryption key"][0] == "the account's default for EBS: alias/aws/ebs (AWS managed)"
     assert rows["AMI"][0].startswith(f"{AMI}: ")
     assert rows["network"][0].startswith("default VPC's subnet subnet-")
     assert rows["Elastic IPs"][0] == ("EC2-VPC Elastic IPs: 64, 16 x p4d.24xlarge need one each (an interface on "

@@ -20,7 +20,7 @@ import time
 import uuid
 from typing import Any
 
-from moto.ec2.models.elastic_block_store import EBSBackend, Snapshot, Volume
+from moto.ec2.models.elastic_block_store import EBSBackend, Volume
 from moto.kms.models import kms_backends
 
 from . import access, backends
@@ -36,8 +36,8 @@ EBS_KMS_ACTIONS = ("kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey", "kms:Gen
 
 
 def fix_ebs_encryption() -> None:
-    """Volumes `creating` where marked so (moto's are available at once); the default key is AWS managed; volumes
-    and snapshots keep their snapshot's and volume's keys."""
+    """Volumes `creating` where marked so (moto's are available at once); the default key is AWS managed until
+    another is chosen; volumes and snapshots keep their owned snapshot's and their volume's keys."""
     status = Volume.status
     Volume.status = property(lambda self: "creating" if getattr(self, "creating", False) else status.fget(self))
 
@@ -54,40 +54,47 @@ def fix_ebs_encryption() -> None:
 
     def create_volume_keeping_snapshot_key(self: Any, *args: Any, **kwargs: Any) -> Any:
         snapshot = self.snapshots.get(kwargs.get("snapshot_id") or "")
-        if snapshot is not None and snapshot.encrypted and snapshot.owner_id == self.account_id \
-                and not kwargs.get("kms_key_id"):
-            kwargs.update(encrypted=True, kms_key_id=snapshot.kms_key_id)
+        if snapshot is not None and snapshot.encrypted and not kwargs.get("kms_key_id"):
+            owned = snapshot.owner_id == self.account_id
+            kwargs.update(encrypted=True, kms_key_id=snapshot.kms_key_id if owned else None)  # else: the default
         return create_volume(self, *args, **kwargs)
 
     EBSBackend.create_volume = create_volume_keeping_snapshot_key
 
-    snapshot_init = Snapshot.__init__
+    create_snapshot = EBSBackend.create_snapshot
 
-    def snapshot_keeping_volume_key(self: Any, *args: Any, **kwargs: Any) -> None:
-        snapshot_init(self, *args, **kwargs)
-        if self.volume is not None and self.volume.encrypted and not self.kms_key_id:
-            self.kms_key_id = self.volume.kms_key_id
+    def create_snapshot_keeping_volume_key(self: Any, volume_id: str, *args: Any, **kwargs: Any) -> Any:
+        snapshot = create_snapshot(self, volume_id, *args, **kwargs)
+        if snapshot.encrypted and not snapshot.kms_key_id:
+            snapshot.kms_key_id = self.get_volume(volume_id).kms_key_id
+        return snapshot
 
-    Snapshot.__init__ = snapshot_keeping_volume_key
+    EBSBackend.create_snapshot = create_snapshot_keeping_volume_key
+
+    modify_default = EBSBackend.modify_ebs_default_kms_key_id
+
+    def modify_default_key(self: Any, kms_key_id: str) -> str:
+        self.default_key_chosen = bool(kms_key_id)
+        return modify_default(self, kms_key_id)
+
+    EBSBackend.modify_ebs_default_kms_key_id = modify_default_key
 
 
 def default_key_answer(call: AwsCall) -> Response:
     """GetEbsDefaultKmsKeyId, which moto lacks."""
     ec2 = backends.ec2(call.account, call.region)
-    key = ec2.default_kms_key_id
-    if not key or _key(call.account, call.region, key).key_manager == "AWS":
-        key = AWS_MANAGED_ALIAS
+    key = ec2.default_kms_key_id if getattr(ec2, "default_key_chosen", False) else AWS_MANAGED_ALIAS
     return xml_response(f'<GetEbsDefaultKmsKeyIdResponse xmlns="{EC2_NS}"><requestId>{uuid.uuid4()}</requestId>'
                         f"<kmsKeyId>{key}</kmsKeyId></GetEbsDefaultKmsKeyIdResponse>")
 
 
-def _key(account: str, region: str, key_id: str) -> Any:
-    return kms_backends[account][region].describe_key(key_id)
-
-
-def usable(account: str, region: str, key_id: str, call: AwsCall | None = None) -> bool:
-    """Whether EBS can encrypt with the key for this call's caller (any caller where no call is given)."""
-    key = _key(account, region, key_id)
+def usable(account: str, region: str, key_id: str | None, call: AwsCall | None = None) -> bool:
+    """Whether EBS can encrypt with the key for this call's caller (any caller where no call is given); it cannot
+    with one KMS does not know here."""
+    try:
+        key = kms_backends[account][region].describe_key(key_id or "")
+    except Exception:  # noqa: BLE001 - moto's NotFound, or a KeyError for an id it never saw
+        return False
     if key.key_manager == "AWS":
         return True
     if key.key_state != "Enabled":

@@ -176,7 +176,7 @@ class AwsBackend:
         snapshot = self.snapshot(dataset)
         volumes.check_snapshot_holds(snapshot, reads)
         volumes.check_volume_settings(self.options.volume_type, self.options.iops)
-        encryption.check_keys(self.clients, account, snapshot)
+        self.check_disk_keys(account, snapshot)
         self._check_volume_quotas(snapshot, spec.machines - self._from_pool(spec, snapshot))  # the pool's are made
         image = machines.resolve_ami(self.clients, self.options.ami)
         machines.check_image_release(image)
@@ -194,6 +194,11 @@ class AwsBackend:
         if any(machines.needs_elastic_ips(instance_type, public) for instance_type in allowed):
             addresses.check_quota(self.clients, spec.machines)
         self.dry_run_instances(spec, image, self.options.subnet_id or self.default_subnet(zone))
+
+    def check_disk_keys(self, account: str, snapshot: dict | None = None, root_disks: bool = True) -> None:
+        """encryption.check_keys, with what it could not ask said as a warning."""
+        for unchecked in encryption.check_keys(self.clients, account, snapshot, root_disks).unchecked:
+            log.warning("%s", unchecked)
 
     def _check_volume_quotas(self, snapshot: dict, count: int) -> None:
         """`count` new replicas of the snapshot against the region's EBS quotas."""
@@ -431,7 +436,7 @@ class AwsBackend:
             calls.submit(lambda: self.clients.zones)
             zone = self.zone(spec.instance_type)
             if pool:  # a run's pre-flight checked its keys; a pool has none
-                encryption.check_keys(self.clients, self.clients.check_credentials(), snapshot.result())
+                self.check_disk_keys(self.clients.check_credentials(), snapshot.result(), root_disks=False)
             held = existing.result()
             held |= volumes.claim(self.clients, spec, claimable.result(), snapshot.result(), zone,
                                   [i for i in range(count) if i not in held], self.volume_settings)

@@ -209,9 +209,11 @@ class _Doctor:
     def _ebs_key(self, account: str) -> _Found:
         """The account's default key, which every new disk but a replica of an encrypted snapshot takes; a run's
         pre-flight checks its snapshot's key too."""
-        key = encryption.check_keys(self.clients, account)
-        managed = " (AWS managed)" if key == encryption.AWS_MANAGED_DEFAULT else ""
-        return _Found(f"the account's default for EBS: {key}{managed}, usable")
+        checked = encryption.check_keys(self.clients, account)
+        if checked.unchecked:
+            return _Found(f"{checked.default or 'the default key'}: not checked", WARN, "; ".join(checked.unchecked))
+        kind = "AWS managed" if encryption.aws_managed(checked.default) else "customer managed, Enabled"
+        return _Found(f"the account's default for EBS: {checked.default} ({kind})")
 
     def _image(self) -> _Found:
         image = machines.resolve_ami(self.clients, self.backend.options.ami)

@@ -5,50 +5,84 @@ account's default key for EBS; a dataset replica takes its snapshot's key where 
 snapshot, else that default too (the EBS user guide's encryption outcomes). EBS accepts a key it cannot use and
 then deletes the volume, or ends the machine as it launches (Client.InternalError): a run would learn it only after
 its role, network and file system were made. The AWS managed key (`alias/aws/ebs`, the default until someone sets
-another) is always usable; a customer managed key must be Enabled, and these credentials must be let use it. This
-checks what can be asked without using the key (kms:DescribeKey): its state, and that it may be described."""
+another) is always usable. Any other is described (kms:DescribeKey): a customer managed key must be Enabled.
+Whether these credentials may use it EBS alone finds out; where they may not even read the default key or
+describe a key, the check says what it could not ask rather than refuse a run that may well work (the AWS managed
+key, named by its ARN in a snapshot the builder made, is one they need not describe). An AMI of the account's own
+whose snapshot is encrypted keeps its key for the root disks; the AMIs the project uses are AWS's."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+import botocore.exceptions
 
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.base import InputError
 
-AWS_MANAGED_DEFAULT = "alias/aws/ebs"
+AWS_MANAGED_ALIAS = "alias/aws/ebs"
 # What EBS does with a customer managed key as its caller (the EBS user guide, "Permissions for IAM users").
 KMS_ACTIONS = "kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext and kms:ReEncrypt*"
 MENDS = {"Disabled": "enable it (`aws kms enable-key`)",
-         "PendingDeletion": "cancel its deletion and enable it (`aws kms cancel-key-deletion`, `aws kms enable-key`)"}
+         "PendingDeletion": "cancel its deletion and enable it (`aws kms cancel-key-deletion`, `aws kms enable-key`)",
+         "PendingImport": "import its key material (`aws kms import-key-material`)"}
+OTHER_DEFAULT = "or make another key the default (`aws ec2 modify-ebs-default-kms-key-id`)"
+NEW_SNAPSHOT = "or make the dataset's snapshot anew (`imagenet18 snapshot`), whose disks take the account's default key"
 
 
-def check_keys(clients: Clients, account: str, snapshot: dict | None = None) -> str:
-    """The account's default EBS key, and where it differs the key of the dataset's snapshot; returns the default."""
-    default = clients.ec2.get_ebs_default_kms_key_id()["KmsKeyId"]
+@dataclass(frozen=True)
+class Checked:
+    default: str | None  # the account's default key for EBS; None where these credentials may not read it
+    unchecked: tuple[str, ...] = ()  # what could not be asked, and what that leaves to EBS
+
+
+def check_keys(clients: Clients, account: str, snapshot: dict | None = None, root_disks: bool = True) -> Checked:
+    """The account's default EBS key (unless only replicas of an owned encrypted snapshot are made: a pool,
+    `root_disks=False`) and such a snapshot's own key. InputError for one EBS cannot use."""
     own_key = snapshot.get("KmsKeyId") if snapshot and snapshot.get("Encrypted") \
         and snapshot.get("OwnerId") == account else None
-    disks = "disks" if own_key is None else "machines' root disks"
-    _check(clients, default, f"the {disks} (the account's default key for EBS)",
-           "or make another key the default (`aws ec2 modify-ebs-default-kms-key-id`)")
+    default, unchecked = None, []
+    if root_disks or own_key is None:
+        try:
+            default = clients.ec2.get_ebs_default_kms_key_id()["KmsKeyId"]
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "UnauthorizedOperation":
+                raise
+            unchecked.append("these credentials may not read the account's default EBS encryption key "
+                             "(ec2:GetEbsDefaultKmsKeyId, in tasks/backends/aws/user_policy.json), so it was not "
+                             "checked: one EBS cannot use would end the run's disks as they are made")
+        else:
+            disks = "dataset replicas" if not root_disks else "machines' root disks" if own_key else "disks"
+            unchecked += _check(clients, default, f"the {disks} (the account's default key for EBS)", OTHER_DEFAULT)
     if own_key is not None and own_key != default:
-        _check(clients, own_key, f"the dataset replicas (snapshot {snapshot['SnapshotId']} is encrypted with it)",
-               "or copy the snapshot under another key (`aws ec2 copy-snapshot --kms-key-id`)")
-    return default
+        unchecked += _check(clients, own_key, f"the dataset replicas (snapshot {snapshot['SnapshotId']} is "
+                                              "encrypted with it)", NEW_SNAPSHOT)
+    return Checked(default, tuple(unchecked))
 
 
-def _check(clients: Clients, key: str, encrypts: str, otherwise: str) -> None:
-    if key == AWS_MANAGED_DEFAULT:
-        return
+def aws_managed(key: str) -> bool:
+    return key == AWS_MANAGED_ALIAS or key.endswith(f":{AWS_MANAGED_ALIAS}")
+
+
+def _check(clients: Clients, key: str, encrypts: str, otherwise: str) -> list[str]:
+    """Nothing where EBS can use the key, what could not be asked where KMS would not say; InputError otherwise."""
+    if aws_managed(key):
+        return []
     said = f"EBS cannot encrypt {encrypts} with KMS key {key}"
     try:
         metadata = clients.client("kms").describe_key(KeyId=key)["KeyMetadata"]
-    except Exception as exc:  # noqa: BLE001 - the two answers that say the key cannot be used; others propagate
+    except botocore.exceptions.ClientError as exc:
         if error_code(exc) == "NotFoundException":
             raise InputError(f"{said}: KMS knows no such key; {otherwise.removeprefix('or ')}") from None
-        if error_code(exc) == "AccessDeniedException":
-            raise InputError(f"{said}: these credentials may not use it; they need {KMS_ACTIONS} on it, from its key "
-                             f"policy or theirs, {otherwise}") from None
-        raise
-    if metadata.get("KeyManager") == "AWS" or metadata["KeyState"] == "Enabled":
-        return
-    state = metadata["KeyState"]
-    raise InputError(f"{said}: the key is {state}; {MENDS.get(state, 'wait until KMS says it is Enabled')}, "
-                     f"{otherwise}")
+        if error_code(exc) != "AccessDeniedException":
+            raise
+        return [f"these credentials may not describe KMS key {key} (kms:DescribeKey), the key of {encrypts}, so it "
+                "was not checked: with a customer managed key they may not use, EBS deletes the run's volumes as "
+                f"they are made; they need {KMS_ACTIONS} on it"]
+    if metadata.get("KeyManager") == "AWS":
+        return []
+    if metadata["KeyState"] != "Enabled":
+        state = metadata["KeyState"]
+        raise InputError(f"{said}: the key is {state}; {MENDS.get(state, 'wait until KMS says it is Enabled')}, "
+                         f"{otherwise}")
+    return []

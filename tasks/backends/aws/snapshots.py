@@ -12,8 +12,7 @@ import uuid
 
 import fsspec
 
-from tasks.backends.aws import (encryption, machines, network, network_quotas, quotas, secrets, storage, tags,
-                                volumes)
+from tasks.backends.aws import machines, network, network_quotas, quotas, secrets, storage, tags, volumes
 from tasks.backends.aws.backend import AwsBackend
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.waiting import waiter_config
@@ -45,7 +44,7 @@ def make_snapshot(backend: AwsBackend, url: str, name: str, sizes: list[int], ma
     if not url.startswith("s3://"):
         raise InputError(f"the builder machine reads the dataset from s3://, not {url}")
     size_gb = dataset_size_gb(url, sizes)
-    encryption.check_keys(backend.clients, backend.clients.check_credentials())
+    backend.check_disk_keys(backend.clients.check_credentials())
     quotas.check_vcpus(backend.clients, quotas.STANDARD, f"the snapshot builder ({BUILDER_TYPE}) needs",
                        BUILDER_VCPUS)
     if not backend.options.subnet_id:

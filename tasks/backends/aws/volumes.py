@@ -129,22 +129,22 @@ def replicate(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, co
 
     with pools.pool(parallel, count) as pool:
         made = list(pool.map(one, range(count)))
-    wait_available(clients, made, listed=[v["VolumeId"] for v in existing.values()])
+    wait_available(clients, made, seen_before=[v["VolumeId"] for v in existing.values()])
     ids = [v["VolumeId"] for v in made]
     wait_initialized(clients, ids, 2 * settings.warmup_seconds(snapshot["VolumeSize"]) + 300)
     return [_as_resource(volume, spec.run_id) for volume in made]
 
 
-def wait_available(clients: Clients, volumes: list[dict], listed: Sequence[str] = ()) -> None:
+def wait_available(clients: Clients, volumes: list[dict], seen_before: Sequence[str] = ()) -> None:
     """Until the volumes (CreateVolume's answers, or as described) are available. They are looked for in a listing,
     which may leave a new one out for a while but answers no NotFound (that a call naming one would be asked again,
     for minutes: consistency.py). One missing from it for VANISHED_AFTER_S after being listed (here, or before:
-    `listed`, such as a retry's own replicas and claimed pool replicas), or never listed in
+    `seen_before`, such as a retry's own replicas and claimed pool replicas), or never listed in
     consistency.LISTING_WAIT_S, is gone. EBS deletes a volume it cannot encrypt moments after accepting it ("AWS
     authenticates the KMS key asynchronously": CreateVolume's KmsKeyId)."""
     ids = [v["VolumeId"] for v in volumes]
     last = {v["VolumeId"]: v for v in volumes}  # each volume as last answered
-    listed_once = set(listed)
+    listed_once = set(seen_before)
     missing_since: dict[str, float] = {}
     began = time.monotonic()
 
