@@ -25,11 +25,11 @@ ONLY = {int(index) for index in os.environ.get("CHAOS_ONLY", "").split(",") if i
 
 
 @pytest.mark.slow
-def test_runs_with_faults_drawn_at_random_end_as_their_fault_says_and_leave_nothing(prefect_api, aws, two_step_data,
+def test_runs_with_faults_drawn_at_random_end_as_their_fault_says_and_leave_nothing(prefect_api, aws, tiny_data,
                                                                                    tmp_path):
     print(f"chaos seed {SEED}; to draw these runs again:\n{rerun_commands(SEED, RUNS, PARALLEL)}")
-    aws.make_snapshot(two_step_data.parent, description=DATASET)
-    world = World(prefect_api, str(two_step_data), DATASET, options().model_dump(mode="json"), aws, tmp_path,
+    aws.make_snapshot(tiny_data.parent, description=DATASET)
+    world = World(prefect_api, str(tiny_data), DATASET, options().model_dump(mode="json"), aws, tmp_path,
                   Census(aws, prefect_api))
     scenarios = [s for s in draw(SEED, RUNS) if not ONLY or s.index in ONLY]
     began = time.monotonic()
