@@ -763,7 +763,8 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
     ({"setup": encrypted_dataset_under_a_disabled_key, "dataset": "encrypted-dataset"},
      r"^EBS cannot encrypt the dataset replicas \(snapshot snap-\w+ is encrypted with it\) with KMS key "
      r"arn:aws:kms:\S+: the key is Disabled; enable it \(`aws kms enable-key`\), or make the dataset's snapshot "
-     r"anew \(`imagenet18 snapshot`\), whose disks take the account's default key$"),
+     r"anew \(`imagenet18 snapshot --from ...`, then delete this one\), whose disks take the account's default "
+     r"key$"),
     ({"quotas": {"L-0263D0A3": 17}, "setup": hold_two_addresses},
      r'16 machines need 16 Elastic IPs \(one each, with an interface on every EFA card\); the quota "EC2-VPC '
      r'Elastic IPs" \(L-0263D0A3\) in us-east-1 is 17, with 2 held: .* --quota-code L-0263D0A3 --desired-value 18`'),
@@ -1011,27 +1012,38 @@ def test_a_replica_the_run_already_had_that_goes_fails_its_retry_in_seconds(aws,
 
 def test_a_disk_key_these_credentials_may_not_describe_is_warned_of_not_refused(aws, tmp_path, operator, caplog):
     """KMS may not describe to these credentials a key EBS uses for them all the same: the AWS managed key, named
-    by its ARN in a snapshot the builder made (and here chosen as the default by its ARN too). The pre-flight says
-    what it could not ask, and goes on; with user_policy.json it asks."""
+    by its ARN in every snapshot the builder makes; nor may an older policy read the default key. The pre-flight
+    says what it could not ask, and goes on; with user_policy.json it asks."""
     ec2 = aws.client("ec2")
     volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True)  # the AWS managed key
-    ec2.create_snapshot(VolumeId=volume["VolumeId"], Description="built-dataset")
+    snapshot = ec2.create_snapshot(VolumeId=volume["VolumeId"], Description="built-dataset")["SnapshotId"]
     ec2.delete_volume(VolumeId=volume["VolumeId"])
-    ec2.modify_ebs_default_kms_key_id(KmsKeyId=volume["KmsKeyId"])
-    grant_operator(aws, without="TheDisksEncryptionKeys")
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-key", 2, "g5.xlarge")
-    backend.check(spec, "built-dataset")
-    said = [r.getMessage() for r in caplog.records if "KMS key" in r.getMessage()]
-    assert said == [f"these credentials may not describe KMS key {volume['KmsKeyId']} (kms:DescribeKey), the key "
-                    "of the machines' root disks (the account's default key for EBS), so it was not checked: with a "
-                    "customer managed key they may not use, EBS deletes the run's volumes as they are made; they "
-                    "need kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext and "
-                    "kms:ReEncrypt* on it"]
-    caplog.clear()
-    grant_operator(aws)
-    backend.check(spec, "built-dataset")
-    assert not [r for r in caplog.records if "KMS key" in r.getMessage()]
+
+    def warned(policy_without: str) -> list[str]:
+        policy = json.loads(permissions.POLICY.read_text())
+        for statement in policy["Statement"]:
+            statement["Action"] = [a for a in statement["Action"] if a != policy_without] \
+                if isinstance(statement["Action"], list) else statement["Action"]
+        policy["Statement"] = [s for s in policy["Statement"] if s["Action"] != policy_without]
+        aws.client("iam").put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
+                                          PolicyDocument=json.dumps(policy))
+        caplog.clear()
+        backend.check(spec, "built-dataset")
+        return [r.getMessage() for r in caplog.records if "KMS key" in r.getMessage() or "EBS encryption" in
+                r.getMessage()]
+
+    assert warned("kms:DescribeKey") == [
+        f"these credentials may not describe KMS key {volume['KmsKeyId']} (kms:DescribeKey), the key of the dataset "
+        f"replicas (snapshot {snapshot} is encrypted with it), so it was not checked: with a customer managed key "
+        "they may not use, EBS deletes the run's volumes as they are made; they need kms:CreateGrant, kms:Decrypt, "
+        "kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext and kms:ReEncrypt* on it"]
+    assert warned("ec2:GetEbsDefaultKmsKeyId") == [
+        "these credentials may not read the account's default EBS encryption key (ec2:GetEbsDefaultKmsKeyId, in "
+        "tasks/backends/aws/user_policy.json), so it was not checked: one EBS cannot use would end the run's disks "
+        "as they are made"]
+    assert warned("none") == []
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 

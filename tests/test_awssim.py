@@ -145,10 +145,12 @@ def test_ebs_encrypts_with_the_default_key_or_an_owned_snapshots_and_drops_a_vol
     from_snapshot = ec2.create_volume(AvailabilityZone="us-east-1a", SnapshotId=snapshot["SnapshotId"],
                                       Encrypted=True)
     kept = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+    unknown = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True,  # accepted, as EC2 does
+                                KmsKeyId=key.replace(made["KeyId"], "00000000-0000-0000-0000-000000000000"))
     assert (doomed["State"], doomed["Encrypted"], doomed["KmsKeyId"]) == ("creating", True, key)
     assert from_snapshot["KmsKeyId"] == managed["KmsKeyId"], "an owned snapshot's key, not the default"
-    wait_for(lambda: not ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [doomed["VolumeId"]]}])[
-        "Volumes"], 10, "the volume to go")
+    wait_for(lambda: not ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [
+        doomed["VolumeId"], unknown["VolumeId"]]}])["Volumes"], 10, "the volumes to go")
     assert [v["State"] for v in ec2.describe_volumes(VolumeIds=[kept, from_snapshot["VolumeId"]])["Volumes"]] == [
         "available", "available"]
 

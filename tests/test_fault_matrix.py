@@ -171,11 +171,14 @@ class Scenario:
 
 
 @pytest.fixture
-def scenario(request, prefect_api, two_step_data, aws_sim, tmp_path) -> Scenario:
+def scenario(request, prefect_api, aws_sim, tmp_path) -> Scenario:
+    """Runs that die in training train on the tiny set, long enough to be killed while the trainers run; the rest
+    only get through training, on two steps."""
     backend, stage = request.node.callspec.params["backend"], request.node.callspec.params["stage"]
     if backend == "aws":
         aws_sim.reset()
-    return Scenario(backend, stage, prefect_api, two_step_data, aws_sim, tmp_path)
+    dataset = request.getfixturevalue("tiny_data" if stage == "train" else "two_step_data")
+    return Scenario(backend, stage, prefect_api, dataset, aws_sim, tmp_path)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -36,8 +36,8 @@ EBS_KMS_ACTIONS = ("kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey", "kms:Gen
 
 
 def fix_ebs_encryption() -> None:
-    """Volumes `creating` where marked so (moto's are available at once); the default key is AWS managed until
-    another is chosen; volumes and snapshots keep their owned snapshot's and their volume's keys."""
+    """Volumes `creating` where marked so (moto's are available at once); the default key is AWS managed; a volume
+    keeps its owned snapshot's key (another account's: the default), CreateSnapshot its volume's."""
     status = Volume.status
     Volume.status = property(lambda self: "creating" if getattr(self, "creating", False) else status.fget(self))
 
@@ -74,8 +74,9 @@ def fix_ebs_encryption() -> None:
     modify_default = EBSBackend.modify_ebs_default_kms_key_id
 
     def modify_default_key(self: Any, kms_key_id: str) -> str:
+        arn = modify_default(self, kms_key_id)
         self.default_key_chosen = bool(kms_key_id)
-        return modify_default(self, kms_key_id)
+        return arn
 
     EBSBackend.modify_ebs_default_kms_key_id = modify_default_key
 

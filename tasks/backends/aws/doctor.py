@@ -212,7 +212,7 @@ class _Doctor:
         checked = encryption.check_keys(self.clients, account)
         if checked.unchecked:
             return _Found(f"{checked.default or 'the default key'}: not checked", WARN, "; ".join(checked.unchecked))
-        kind = "AWS managed" if encryption.aws_managed(checked.default) else "customer managed, Enabled"
+        kind = "AWS managed" if encryption.aws_managed(checked.default) else "Enabled"
         return _Found(f"the account's default for EBS: {checked.default} ({kind})")
 
     def _image(self) -> _Found:

@@ -27,7 +27,8 @@ MENDS = {"Disabled": "enable it (`aws kms enable-key`)",
          "PendingDeletion": "cancel its deletion and enable it (`aws kms cancel-key-deletion`, `aws kms enable-key`)",
          "PendingImport": "import its key material (`aws kms import-key-material`)"}
 OTHER_DEFAULT = "or make another key the default (`aws ec2 modify-ebs-default-kms-key-id`)"
-NEW_SNAPSHOT = "or make the dataset's snapshot anew (`imagenet18 snapshot`), whose disks take the account's default key"
+NEW_SNAPSHOT = ("or make the dataset's snapshot anew (`imagenet18 snapshot --from ...`, then delete this one), whose "
+                "disks take the account's default key")
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ def check_keys(clients: Clients, account: str, snapshot: dict | None = None, roo
                              "(ec2:GetEbsDefaultKmsKeyId, in tasks/backends/aws/user_policy.json), so it was not "
                              "checked: one EBS cannot use would end the run's disks as they are made")
         else:
-            disks = "dataset replicas" if not root_disks else "machines' root disks" if own_key else "disks"
+            disks = "dataset replicas" if not root_disks else "machines' root disks" if own_key not in (None, default) \
+                else "disks"
             unchecked += _check(clients, default, f"the {disks} (the account's default key for EBS)", OTHER_DEFAULT)
     if own_key is not None and own_key != default:
         unchecked += _check(clients, own_key, f"the dataset replicas (snapshot {snapshot['SnapshotId']} is "
