@@ -1,5 +1,6 @@
 """The machines' boot script's own logic, run by bash here where it can run off a machine: the watch that restarts
-an SSM agent that hibernated at boot (the simulator only reads the script; see tests/awssim/userdata.py)."""
+an SSM agent that hibernated at boot, and apt-get asked again while another apt holds its locks (the simulator only
+reads the script; see tests/awssim/userdata.py)."""
 
 import datetime as dt
 import os
@@ -14,12 +15,21 @@ from tasks.backends.base import ClusterSpec
 SNAP_UNIT = "snap.amazon-ssm-agent.amazon-ssm-agent.service"
 
 
-def watch_function() -> str:
+def shipped_function(name: str) -> str:
     spec = ClusterSpec("run-boot", "boot", 1, "p4d.24xlarge", False,
                        dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
     shipped = machines.user_data(spec, ["vol-0123456789abcdef0"],
                                  machines.BootConfig("fs-0123", "us-east-1", "s3://bucket/code.tar.gz", 1.0))
-    return re.search(r"^restart_hibernating_agent\(\) \{\n.*?^\}\n", shipped, re.M | re.S)[0]
+    return re.search(rf"^{name}\(\) \{{\n.*?^\}}\n", shipped, re.M | re.S)[0]
+
+
+def fake_commands(folder, commands: dict[str, str]) -> dict[str, str]:
+    """An environment whose PATH finds these shell scripts first."""
+    folder.mkdir()
+    for name, body in commands.items():
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"}
 
 
 def agent_line(when: dt.datetime, message: str) -> str:
@@ -38,16 +48,33 @@ HIBERNATED = "Entering SSM Agent hibernate - RequestError: send request failed c
     (None, []),  # no agent log at all
 ])
 def test_an_agent_that_hibernated_this_boot_is_restarted_once(tmp_path, log, restarted):
-    bin_dir, calls = tmp_path / "bin", tmp_path / "systemctl-calls"
-    bin_dir.mkdir()
-    for name, body in {"systemctl": f'echo "$*" >> {calls}', "sleep": "exit 0"}.items():
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
+    calls = tmp_path / "systemctl-calls"
+    env = fake_commands(tmp_path / "bin", {"systemctl": f'echo "$*" >> {calls}', "sleep": "exit 0"})
     agent_log = tmp_path / "amazon-ssm-agent.log"
     if log is not None:
         agent_log.write_text("".join(log))
-    done = subprocess.run(["bash", "-c", f"set -euo pipefail\n{watch_function()}restart_hibernating_agent {agent_log}"],
-                          env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, capture_output=True,
-                          text=True, timeout=60)
+    watch = shipped_function("restart_hibernating_agent")
+    done = subprocess.run(["bash", "-c", f"set -euo pipefail\n{watch}restart_hibernating_agent {agent_log}"],
+                          env=env, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (0, "")
     assert (calls.read_text().splitlines() if calls.exists() else []) == restarted
+
+
+LISTS_LOCKED = "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1093 (apt-get)"
+
+
+@pytest.mark.parametrize("locked_for,returncode,calls", [(0, 0, 1), (2, 0, 3), (60, 1, 60)])
+def test_apt_get_is_asked_again_while_another_apt_holds_the_package_lists(tmp_path, locked_for, returncode, calls):
+    """`apt-get update` fails at once while the image's first-boot apt-daily holds /var/lib/apt/lists/lock: asked
+    again every 10 s, for up to 60 tries."""
+    tries, slept = tmp_path / "apt-get-tries", tmp_path / "slept"
+    env = fake_commands(tmp_path / "bin", {
+        "apt-get": f'echo "$*" >> {tries}\n'
+                   f'[ "$(wc -l < {tries})" -gt {locked_for} ] || {{ echo "{LISTS_LOCKED}" >&2; exit 100; }}',
+        "sleep": f'echo "$1" >> {slept}'})
+    done = subprocess.run(["bash", "-c", f"set -euo pipefail\n{shipped_function('retrying')}"
+                                         "retrying apt-get -q -o DPkg::Lock::Timeout=600 update"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == returncode, done.stderr
+    assert tries.read_text().splitlines() == ["-q -o DPkg::Lock::Timeout=600 update"] * calls
+    assert (slept.read_text().split() if slept.exists() else []) == ["10"] * (calls - 1)

@@ -1,8 +1,9 @@
 """Instance user-data: not run (it mounts disks and installs the project on a real machine), only checked with
 `-n` by the shell its #! line names, read line by line against its image's facts for what would stop its boot on
 a real machine (a package apt cannot find, a tool whose package is missing, an interpreter outside the project's
-Requires-Python, a hashed lock that lacks a dependency the machine's Python needs), and searched for a shutdown
-timer, which the player honours, and for the services it restarts (SSM's agent, the player's concern)."""
+Requires-Python, a hashed lock that lacks a dependency the machine's Python needs, an `apt-get update` tried once
+while the image's own first-boot apt-daily holds the package lists' lock), and searched for a shutdown timer,
+which the player honours, and for the services it restarts (SSM's agent, the player's concern)."""
 
 import base64
 import gzip
@@ -62,6 +63,11 @@ def inspect(encoded: str | None, save_as: Path, image: ImageFacts | None, projec
 
 
 APT_INSTALL = re.compile(r"\bapt(?:-get)?\b[^\n;&|]*?\binstall\b([^\n;&|]*)")
+# A package-list update run as the line's command, once: not in a loop, nor under a function that runs it again.
+APT_UPDATE = re.compile(r"^\s*(?:sudo\s+)?apt(?:-get)?\s[^\n;&|]*\bupdate\b")
+LOOP_STARTS, LOOP_ENDS = re.compile(r"^\s*(?:for|while|until)\b(?!.*\bdone\b)"), re.compile(r"^\s*done\b")
+# What apt-get update answers while another apt holds the package lists (the process: apt-daily's).
+LISTS_LOCKED = "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1093 (apt-get)"
 VENV = re.compile(r"(?<![\w/.-])(?:/usr/bin/)?(python3(?:\.\d+)?)\s+-m\s+venv\b")
 NFS_MOUNT = re.compile(r"\bmount\b[^\n]*\s-t\s+nfs4?\b|\bmount\.nfs4?\b")
 HASHED_INSTALL = re.compile(r"\bpip install\b[^\n]*--require-hashes -r (\S+)")
@@ -84,9 +90,12 @@ def _first_failure(script: str, image: ImageFacts, project: Path, requires_pytho
                    venvs: list[str]) -> str | None:
     """The first step that fails, adding what each step installs to `packages` and each venv's Python's
     version to `venvs`."""
-    venv_python = None
+    venv_python, loops = None, 0
     for line in script.splitlines():
         line = line.split("#", 1)[0] if not line.startswith("#!") else ""
+        loops += bool(LOOP_STARTS.match(line)) - bool(LOOP_ENDS.match(line))
+        if APT_UPDATE.match(line) and not loops:
+            return LISTS_LOCKED
         for install in APT_INSTALL.finditer(line):
             for package in (word for word in install[1].split() if not word.startswith("-")):
                 if package not in image.archive and package not in packages:

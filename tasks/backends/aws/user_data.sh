@@ -35,10 +35,21 @@ restart_hibernating_agent </dev/null >>/var/log/imagenet18-ssm-agent.log 2>&1 & 
 # The Python the lock is for (the Deep Learning Base AMI's python3 is 3.10 on Ubuntu 22.04, which the project's
 # Requires-Python excludes; Ubuntu 22.04's archive has 3.11), its venv module (Ubuntu ships ensurepip apart), its
 # C headers (torch.compile's Triton builds its GPU launchers against Python.h) and the NFS client for EFS. At
-# first boot apt's lock may be held a while (unattended upgrades): apt waits for it.
+# first boot the image's own apt jobs may hold apt's locks a while (apt-daily's timer is Persistent, and a new
+# machine's last run is the image's). apt-get waits for dpkg's (DPkg::Lock::Timeout), but `update` fails at once on
+# the package lists' (/var/lib/apt/lists/lock), as other boot scripts' users found: each apt-get is asked again
+# every 10 s for up to 10 minutes.
+retrying() {
+  local attempt
+  for attempt in $$(seq 1 60); do
+    "$$@" && return
+    [ "$$attempt" -lt 60 ] && sleep 10
+  done
+  return 1
+}
 export DEBIAN_FRONTEND=noninteractive
-apt-get -q -o DPkg::Lock::Timeout=600 update
-apt-get -q -y -o DPkg::Lock::Timeout=600 install python3.11 python3.11-venv python3.11-dev nfs-common
+retrying apt-get -q -o DPkg::Lock::Timeout=600 update
+retrying apt-get -q -y -o DPkg::Lock::Timeout=600 install python3.11 python3.11-venv python3.11-dev nfs-common
 
 # This machine's place in its launch request (IMDSv2), which picks its dataset volume from the request's list.
 token=$$(curl -sf -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
