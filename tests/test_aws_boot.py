@@ -61,20 +61,27 @@ def test_an_agent_that_hibernated_this_boot_is_restarted_once(tmp_path, log, res
 
 
 LISTS_LOCKED = "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1093 (apt-get)"
+NOT_FOUND = "E: Unable to locate package python3.99"
 
 
-@pytest.mark.parametrize("locked_for,returncode,calls", [(0, 0, 1), (2, 0, 3), (60, 1, 60)])
-def test_apt_get_is_asked_again_while_another_apt_holds_the_package_lists(tmp_path, locked_for, returncode, calls):
+@pytest.mark.parametrize("locked_for,failure,returncode,calls", [
+    (0, None, 0, 1), (2, None, 0, 3), (60, None, 100, 60), (0, NOT_FOUND, 100, 1)])
+def test_apt_get_is_asked_again_while_another_apt_holds_a_lock(tmp_path, locked_for, failure, returncode, calls):
     """`apt-get update` fails at once while the image's first-boot apt-daily holds /var/lib/apt/lists/lock: asked
-    again every 10 s, for up to 60 tries."""
+    again every 10 s, 60 times at most; any other failure stops the boot at once. Either way apt's own words are
+    the last line of the boot's log (traced as the boot is: set -x)."""
     tries, slept = tmp_path / "apt-get-tries", tmp_path / "slept"
     env = fake_commands(tmp_path / "bin", {
         "apt-get": f'echo "$*" >> {tries}\n'
-                   f'[ "$(wc -l < {tries})" -gt {locked_for} ] || {{ echo "{LISTS_LOCKED}" >&2; exit 100; }}',
+                   f'[ -z "{failure or ""}" ] || {{ echo "{failure}" >&2; exit 100; }}\n'
+                   f'[ "$(wc -l < {tries})" -gt {locked_for} ] || {{ echo "{LISTS_LOCKED}" >&2; exit 100; }}\n'
+                   'echo "Reading package lists... Done"',
         "sleep": f'echo "$1" >> {slept}'})
-    done = subprocess.run(["bash", "-c", f"set -euo pipefail\n{shipped_function('retrying')}"
+    done = subprocess.run(["bash", "-c", f"set -euxo pipefail\n{shipped_function('retrying')}"
                                          "retrying apt-get -q -o DPkg::Lock::Timeout=600 update"],
-                          env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == returncode, done.stderr
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert done.returncode == returncode, done.stdout
     assert tries.read_text().splitlines() == ["-q -o DPkg::Lock::Timeout=600 update"] * calls
-    assert (slept.read_text().split() if slept.exists() else []) == ["10"] * (calls - 1)
+    assert (slept.read_text().split() if slept.exists() else []) == ["10"] * (calls - 1 if not failure else 0)
+    last = "Reading package lists... Done" if returncode == 0 else failure or LISTS_LOCKED
+    assert done.stdout.splitlines()[-1] == last

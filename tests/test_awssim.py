@@ -799,6 +799,8 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
         (UBUNTU_2404, {}, "E: Unable to locate package python3.11"),
         (UBUNTU_2204, {"retrying apt-get -q -o DPkg::Lock::Timeout=600 update": "apt-get -q update"},
          "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1093 (apt-get)"),  # apt-daily's
+        (UBUNTU_2204, {"retrying apt-get -q -o DPkg::Lock::Timeout=600 update":
+                       "for _ in 1 2 3; do\n  apt-get -q update && break\n  sleep 10\ndone"}, "ok"),  # asked again
         (UBUNTU_2204, {" python3.11-dev": ""}, "ok"),  # boots, but its Python has no C headers
     ]
     launched = []

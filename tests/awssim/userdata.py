@@ -63,8 +63,9 @@ def inspect(encoded: str | None, save_as: Path, image: ImageFacts | None, projec
 
 
 APT_INSTALL = re.compile(r"\bapt(?:-get)?\b[^\n;&|]*?\binstall\b([^\n;&|]*)")
-# A package-list update run as the line's command, once: not in a loop, nor under a function that runs it again.
-APT_UPDATE = re.compile(r"^\s*(?:sudo\s+)?apt(?:-get)?\s[^\n;&|]*\bupdate\b")
+# A package-list update that is its line's own command (not run by another, which may ask again), outside a loop:
+# run once.
+APT_UPDATE = re.compile(r"^\s*(?:sudo\s+)?apt(?:-get)?\s[^\n;&|]*(?<![\w-])update(?![\w-])")
 LOOP_STARTS, LOOP_ENDS = re.compile(r"^\s*(?:for|while|until)\b(?!.*\bdone\b)"), re.compile(r"^\s*done\b")
 # What apt-get update answers while another apt holds the package lists (the process: apt-daily's).
 LISTS_LOCKED = "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1093 (apt-get)"
@@ -93,7 +94,7 @@ def _first_failure(script: str, image: ImageFacts, project: Path, requires_pytho
     venv_python, loops = None, 0
     for line in script.splitlines():
         line = line.split("#", 1)[0] if not line.startswith("#!") else ""
-        loops += bool(LOOP_STARTS.match(line)) - bool(LOOP_ENDS.match(line))
+        loops = max(0, loops + bool(LOOP_STARTS.match(line)) - bool(LOOP_ENDS.match(line)))
         if APT_UPDATE.match(line) and not loops:
             return LISTS_LOCKED
         for install in APT_INSTALL.finditer(line):

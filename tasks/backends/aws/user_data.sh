@@ -35,17 +35,22 @@ restart_hibernating_agent </dev/null >>/var/log/imagenet18-ssm-agent.log 2>&1 & 
 # The Python the lock is for (the Deep Learning Base AMI's python3 is 3.10 on Ubuntu 22.04, which the project's
 # Requires-Python excludes; Ubuntu 22.04's archive has 3.11), its venv module (Ubuntu ships ensurepip apart), its
 # C headers (torch.compile's Triton builds its GPU launchers against Python.h) and the NFS client for EFS. At
-# first boot the image's own apt jobs may hold apt's locks a while (apt-daily's timer is Persistent, and a new
-# machine's last run is the image's). apt-get waits for dpkg's (DPkg::Lock::Timeout), but `update` fails at once on
-# the package lists' (/var/lib/apt/lists/lock), as other boot scripts' users found: each apt-get is asked again
-# every 10 s for up to 10 minutes.
+# first boot the image's own apt jobs may hold apt's locks a while (apt-daily's timer is Persistent). apt-get waits
+# for dpkg's (DPkg::Lock::Timeout), but `update` fails at once on the package lists' (/var/lib/apt/lists/lock), as
+# other boot scripts' users found: an apt-get that fails on a lock is asked again every 10 s, 60 times at most. Any
+# other failure stops the boot at once, apt's own words the last lines of its log (which a job's failure quotes).
 retrying() {
-  local attempt
-  for attempt in $$(seq 1 60); do
-    "$$@" && return
-    [ "$$attempt" -lt 60 ] && sleep 10
+  local - output status
+  set +x
+  for _ in $$(seq 1 59); do
+    status=0
+    output=$$("$$@" 2>&1) || status=$$?
+    echo "$$output"
+    [ "$$status" -ne 0 ] || return 0
+    grep -q "Could not get lock" <<<"$$output" || return "$$status"
+    sleep 10
   done
-  return 1
+  "$$@"
 }
 export DEBIAN_FRONTEND=noninteractive
 retrying apt-get -q -o DPkg::Lock::Timeout=600 update
