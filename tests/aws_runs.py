@@ -38,6 +38,17 @@ def customer_managed_key(aws, state: str = "Enabled", ebs_default: bool = False)
     return key["Arn"]
 
 
+def owned_encrypted_snapshot(aws, description: str, key: str | None = None) -> dict:
+    """A snapshot of the account's own, encrypted with `key` (default: the account's default EBS key), as the
+    snapshot builder's are; its volume is deleted. Returns the snapshot as CreateSnapshot answered."""
+    ec2 = aws.client("ec2")
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True,
+                               **({"KmsKeyId": key} if key else {}))["VolumeId"]
+    snapshot = ec2.create_snapshot(VolumeId=volume, Description=description)
+    ec2.delete_volume(VolumeId=volume)
+    return snapshot
+
+
 def delete_default_vpc(aws) -> None:
     """An account without a default VPC: some never had one, some owners delete it."""
     ec2 = aws.client("ec2")

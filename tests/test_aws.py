@@ -33,6 +33,7 @@ from tests.aws_runs import (
     customer_managed_key,
     delete_default_vpc,
     options,
+    owned_encrypted_snapshot,
     users_subnet,
 )
 from tests.leftovers import aws_leftovers, aws_leftovers_by_run
@@ -262,10 +263,7 @@ def test_a_replica_pool_past_the_accounts_iops_quota_is_refused_before_any_is_ma
 def test_a_replica_pool_whose_replicas_key_ebs_cannot_use_is_refused_before_any_is_made(aws, snapshot, tmp_path):
     """A pool makes replicas alone: of an encrypted snapshot of the account's, they take its key, whatever the
     default."""
-    ec2 = aws.client("ec2")
-    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True)  # the AWS managed key
-    ec2.create_snapshot(VolumeId=volume["VolumeId"], Description="built-dataset")
-    ec2.delete_volume(VolumeId=volume["VolumeId"])
+    owned_encrypted_snapshot(aws, "built-dataset")  # the AWS managed key
     customer_managed_key(aws, "Disabled", ebs_default=True)
     backend = AwsBackend(options(), home=tmp_path)
     with pytest.raises(InputError, match=r"^EBS cannot encrypt the dataset replicas \(the account's default key for "
@@ -674,10 +672,8 @@ def run_machines_of_the_accounts_own(aws, tiny_data):
 
 def encrypted_dataset_under_a_disabled_key(aws, tiny_data):
     """The account's own snapshot `encrypted-dataset`, encrypted with a customer managed key since disabled."""
-    ec2, key = aws.client("ec2"), customer_managed_key(aws)
-    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True, KmsKeyId=key)["VolumeId"]
-    ec2.create_snapshot(VolumeId=volume, Description="encrypted-dataset")
-    ec2.delete_volume(VolumeId=volume)
+    key = customer_managed_key(aws)
+    owned_encrypted_snapshot(aws, "encrypted-dataset", key)
     aws.client("kms").disable_key(KeyId=key.rsplit("/", 1)[1])
 
 
@@ -1014,36 +1010,27 @@ def test_a_disk_key_these_credentials_may_not_describe_is_warned_of_not_refused(
     """KMS may not describe to these credentials a key EBS uses for them all the same: the AWS managed key, named
     by its ARN in every snapshot the builder makes; nor may an older policy read the default key. The pre-flight
     says what it could not ask, and goes on; with user_policy.json it asks."""
-    ec2 = aws.client("ec2")
-    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True)  # the AWS managed key
-    snapshot = ec2.create_snapshot(VolumeId=volume["VolumeId"], Description="built-dataset")["SnapshotId"]
-    ec2.delete_volume(VolumeId=volume["VolumeId"])
+    snapshot = owned_encrypted_snapshot(aws, "built-dataset")  # the AWS managed key, by its ARN
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-key", 2, "g5.xlarge")
 
-    def warned(policy_without: str) -> list[str]:
-        policy = json.loads(permissions.POLICY.read_text())
-        for statement in policy["Statement"]:
-            statement["Action"] = [a for a in statement["Action"] if a != policy_without] \
-                if isinstance(statement["Action"], list) else statement["Action"]
-        policy["Statement"] = [s for s in policy["Statement"] if s["Action"] != policy_without]
-        aws.client("iam").put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
-                                          PolicyDocument=json.dumps(policy))
+    def warned(policy_without: str | None) -> list[str]:
+        grant_operator(aws, without_action=policy_without)
         caplog.clear()
         backend.check(spec, "built-dataset")
         return [r.getMessage() for r in caplog.records if "KMS key" in r.getMessage() or "EBS encryption" in
                 r.getMessage()]
 
     assert warned("kms:DescribeKey") == [
-        f"these credentials may not describe KMS key {volume['KmsKeyId']} (kms:DescribeKey), the key of the dataset "
-        f"replicas (snapshot {snapshot} is encrypted with it), so it was not checked: with a customer managed key "
-        "they may not use, EBS deletes the run's volumes as they are made; they need kms:CreateGrant, kms:Decrypt, "
-        "kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext and kms:ReEncrypt* on it"]
+        f"these credentials may not describe KMS key {snapshot['KmsKeyId']} (kms:DescribeKey), the key of the "
+        f"dataset replicas (snapshot {snapshot['SnapshotId']} is encrypted with it), so it was not checked: with a "
+        "customer managed key they may not use, EBS deletes the run's volumes as they are made; they need "
+        "kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext and kms:ReEncrypt* on it"]
     assert warned("ec2:GetEbsDefaultKmsKeyId") == [
         "these credentials may not read the account's default EBS encryption key (ec2:GetEbsDefaultKmsKeyId, in "
         "tasks/backends/aws/user_policy.json), so it was not checked: one EBS cannot use would end the run's disks "
         "as they are made"]
-    assert warned("none") == []
+    assert warned(None) == []
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
@@ -1066,10 +1053,14 @@ def test_the_documented_policy_lets_ebs_encrypt_replicas_with_a_customer_managed
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
-def grant_operator(aws, without: str | None = None) -> None:
-    """The operator's policy: user_policy.json, less its statement `without`."""
+def grant_operator(aws, without: str | None = None, without_action: str | None = None) -> None:
+    """The operator's policy: user_policy.json, less its statement `without` and the action `without_action`
+    wherever it is named."""
     policy = json.loads(permissions.POLICY.read_text())
-    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != without]
+    for statement in policy["Statement"]:
+        named = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+        statement["Action"] = [action for action in named if action != without_action]
+    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != without and s["Action"]]
     aws.client("iam").put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
                                       PolicyDocument=json.dumps(policy))
 

@@ -1,10 +1,11 @@
 """The KMS keys that encrypt EBS volumes, which moto names but never uses.
 
 Which key: a volume made encrypted without a KmsKeyId is encrypted by the account's default key for EBS (the AWS
-managed `alias/aws/ebs` unless ModifyEbsDefaultKmsKeyId set another), except one made from an encrypted snapshot
+managed `alias/aws/ebs` unless ModifyEbsDefaultKmsKeyId chose another), except one made from an encrypted snapshot
 the account owns, which keeps the snapshot's key ("An encrypted snapshot that you own is restored to a volume that
-is encrypted to the same KMS key", the EBS user guide's encryption outcomes); a snapshot keeps its volume's key.
-GetEbsDefaultKmsKeyId answers `alias/aws/ebs` until another key is set, even once the key exists.
+is encrypted to the same KMS key", the EBS user guide's encryption outcomes); another account's encrypted snapshot
+gives the default. CreateSnapshot keeps its volume's key. GetEbsDefaultKmsKeyId answers `alias/aws/ebs`, even once
+the key exists, until a key is chosen, then that key's ARN.
 
 When EBS cannot use the key, it says so only after answering ("Amazon Web Services authenticates the KMS key
 asynchronously. Therefore, if you specify an identifier that is not valid, the action can appear to complete, but
