@@ -118,14 +118,24 @@ class _Doctor:
             present = frozenset(sid for sid, service in permissions.SERVICE_LINKED_ROLE_STATEMENTS.items()
                                 if iam.service_linked_role_exists(self.clients, service))
             refused = permissions.missing(self.clients, skipping=present)
+            optional = {permissions.KEY_CHECKS: "a run cannot check its disks' KMS keys, and says so as it starts"}
+            if encryption.default_is_aws_managed(self.clients):
+                optional[permissions.CUSTOMER_MANAGED_KEYS] = (
+                    "EBS encrypts with the account's default key, AWS managed, without them; a dataset snapshot "
+                    "encrypted with a customer managed key would need them")
         except botocore.exceptions.ClientError as exc:
             return _Found(f"not checked: IAM answered {error_code(exc)} to iam:{exc.operation_name}", WARN,
                           "IAM would not say what these credentials may do (they need iam:ListRoles, and "
                           "iam:SimulatePrincipalPolicy on themselves); a run's pre-flight still refuses what EC2 "
                           f"refuses of the launch. AWS said: {exc}")
-        if refused:
-            raise InputError(f"these credentials may not {', '.join(refused)}: attach "
+        actions = sorted({action for refused_actions in refused.values() for action in refused_actions})
+        if set(refused) - set(optional):
+            raise InputError(f"these credentials may not {', '.join(actions)}: attach "
                              "tasks/backends/aws/user_policy.json to their user or role (docs/aws.md, permissions)")
+        if refused:
+            return _Found(f"these credentials may not {', '.join(actions)}, which a run can do without", WARN,
+                          "; ".join(f"without {', '.join(refused[sid])}, {optional[sid]}" for sid in refused) +
+                          ": attach tasks/backends/aws/user_policy.json to their user or role for all of it")
         return _Found("IAM allows every action of tasks/backends/aws/user_policy.json")
 
     def _instance_type(self) -> _Found:

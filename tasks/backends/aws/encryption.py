@@ -62,6 +62,19 @@ def check_keys(clients: Clients, account: str, snapshot: dict | None = None, roo
     return Checked(default, tuple(unchecked))
 
 
+def default_is_aws_managed(clients: Clients) -> bool:
+    """Whether the account's default EBS key is known to be the AWS managed key, which EBS uses without a grant of
+    the caller's; False where these credentials may not read or describe it."""
+    try:
+        key = clients.ec2.get_ebs_default_kms_key_id()["KmsKeyId"]
+        return aws_managed(key) or \
+            clients.client("kms").describe_key(KeyId=key)["KeyMetadata"].get("KeyManager") == "AWS"
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) not in ("UnauthorizedOperation", "AccessDeniedException", "NotFoundException"):
+            raise
+        return False
+
+
 def aws_managed(key: str) -> bool:
     return key == AWS_MANAGED_ALIAS or key.endswith(f":{AWS_MANAGED_ALIAS}")
 

@@ -17,6 +17,10 @@ POLICY = resources.files("tasks.backends.aws").joinpath("user_policy.json")
 # The policy's statements that only let a service make its service-linked role: needed where the account lacks it.
 SERVICE_LINKED_ROLE_STATEMENTS = {"SpotsServiceLinkedRole": iam.SPOT_SERVICE,
                                   "FileSystemsServiceLinkedRole": iam.EFS_SERVICE}
+# The statements a run can go without: the key checks (without them a run says what it could not check) and EBS's use
+# of a customer managed key, which only a disk that takes one needs (not the AWS managed key's).
+KEY_CHECKS = "TheDisksEncryptionKeys"
+CUSTOMER_MANAGED_KEYS = "EbsEncryptsWithACustomerManagedKey"
 EXAMPLE_NAME = "doctor"  # stands for a run's id where the policy's resources have a wildcard
 
 
@@ -28,12 +32,12 @@ def principal(caller_arn: str) -> str:
     return f"arn:{session[1]}:iam::{session[2]}:role/{session[3]}" if session else caller_arn
 
 
-def missing(clients: Clients, skipping: frozenset[str] = frozenset()) -> list[str]:
-    """The policy's actions these credentials may not take on any of their statement's resources; the statements
-    whose Sid is in `skipping` are not asked."""
+def missing(clients: Clients, skipping: frozenset[str] = frozenset()) -> dict[str, list[str]]:
+    """The policy's statements of which these credentials may not take some action on any of the statement's
+    resources, by Sid, with those actions; the statements whose Sid is in `skipping` are not asked."""
     identity = clients.client("sts").get_caller_identity()
     iam_client = clients.client("iam")
-    refused: set[str] = set()
+    refused: dict[str, list[str]] = {}
     for statement in json.loads(POLICY.read_text())["Statement"]:
         if statement.get("Sid") in skipping:
             continue
@@ -45,8 +49,9 @@ def missing(clients: Clients, skipping: frozenset[str] = frozenset()) -> list[st
             ResourceArns=[_example(resource, identity["Account"]) for resource in _listed(statement["Resource"])])
         results = [result for page in pages for result in page["EvaluationResults"]]
         allowed = {r["EvalActionName"] for r in results if r["EvalDecision"] == "allowed"}
-        refused |= set(actions) - allowed
-    return sorted(refused)
+        if set(actions) - allowed:
+            refused[statement["Sid"]] = sorted(set(actions) - allowed)
+    return refused
 
 
 def _example(resource: str, account: str) -> str:
