@@ -22,6 +22,7 @@ from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
 from tasks.backends.base import BackendError, InputError
+from tests.awssim import prices as simulated_prices
 from tests.awssim.faults import ABSENT
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
 from tests.aws_runs import (
@@ -1063,6 +1064,32 @@ def grant_operator(aws, without: str | None = None, without_action: str | None =
     policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != without and s["Action"]]
     aws.client("iam").put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
                                       PolicyDocument=json.dumps(policy))
+
+
+def test_the_plan_prices_machines_on_demand_in_the_runs_region_and_says_when_it_cannot(aws, tmp_path, operator,
+                                                                                       caplog):
+    """Prices differ by region: a budget held to us-east-1's price where the run's region charges more lets a run
+    spend past it. The Price List API says the region's price; credentials that may not ask it get the
+    catalogue's us-east-1 price, and a warning that says so."""
+    spec = cluster_spec("run-priced", 2)
+
+    def machines_hourly(region: str) -> float:
+        caplog.clear()
+        return AwsBackend(options(region=region), home=tmp_path).cost_plan(spec, 100, 2.0).items[0].hourly_usd
+
+    on_demand = simulated_prices.US_EAST_1["p4d.24xlarge"]
+    assert machines_hourly("us-east-1") == pytest.approx(on_demand) == catalog.instance_type(spec.instance_type)\
+        .on_demand_usd
+    assert machines_hourly("eu-west-1") == pytest.approx(on_demand * simulated_prices.REGION_FACTORS["eu-west-1"])
+    assert "price" not in caplog.text
+    assert machines_hourly("ca-central-1") == pytest.approx(on_demand)  # a region the simulator has no prices of
+    assert ("AWS's price list has no on-demand Linux price of p4d.24xlarge in ca-central-1: the cost plan takes "
+            "its us-east-1 price, $21.96/h") in caplog.text
+    grant_operator(aws, without_action="pricing:GetProducts")
+    assert machines_hourly("eu-west-1") == pytest.approx(on_demand)
+    assert ("AWS's price list answered AccessDeniedException (pricing:GetProducts, in tasks/backends/aws/"
+            "user_policy.json): the cost plan takes p4d.24xlarge's us-east-1 price, $21.96/h, which may be under "
+            "eu-west-1's") in caplog.text
 
 
 def service_linked_roles(aws, service: str) -> list[str]:

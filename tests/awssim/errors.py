@@ -42,6 +42,11 @@ def xml_response(body: str, status: int = 200) -> Response:
     return Response(status, [("Content-Type", "text/xml")], f'<?xml version="1.0" encoding="UTF-8"?>\n{body}'.encode())
 
 
+def json_response(body: dict) -> Response:
+    """A JSON service's answer (Service Quotas', the Price List's)."""
+    return Response(200, [("Content-Type", "application/x-amz-json-1.1")], json.dumps(body).encode())
+
+
 def error_response(service: str, code: str, message: str, status: int | None = None) -> Response:
     status = status or default_status(service, code)
     request_id = str(uuid.uuid4())

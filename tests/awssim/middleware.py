@@ -4,8 +4,8 @@ and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quot
 quotas, EC2's eventual consistency, its refusals of an address on a pending machine, of an associated address's
 release, of a subnet's, a security group's or a VPC's deletion while something depends on it and of a volume's
 attachment that EC2 would not make, EBS volume initialization and encryption keys, ListCommands' filters and
-pages, SSM's throttling of Run Command's reads), and hooks that keep disk contents and the player in step with each
-call."""
+pages, the Price List API, SSM's throttling of Run Command's reads), and hooks that keep disk contents and the
+player in step with each call."""
 
 import contextlib
 import io
@@ -16,7 +16,7 @@ import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from . import access, agent, attach, backends, catalogue, command_list, encryption, limits, network, regions
+from . import access, agent, attach, backends, catalogue, command_list, encryption, limits, network, prices, regions
 from .calls import AwsCall, identify, signing_scope
 from .consistency import Consistency
 from .control import Control
@@ -146,6 +146,8 @@ class AwsSimApp:
             return access.s3_refusal(call)
         if call.service == "service-quotas":
             return self.quotas.handle(call)
+        if call.service == "pricing":
+            return prices.answer(call)
         return None
 
     def _after(self, call: AwsCall, body: bytes) -> bytes:

@@ -8,14 +8,13 @@ values; a reset gives the values of an account whose owner has asked for GPU quo
 account's, which GetAWSDefaultServiceQuota answers, are 0 GPU vCPUs, 5 Standard vCPUs, 5 Elastic IPs, 5 VPCs and
 5 internet gateways, 100,000 io2 IOPS, 300,000 io1 IOPS, 20 TiB of io2, 50 TiB each of io1 and gp3."""
 
-import json
 from typing import Any
 
 from moto.ec2.models.instance_types import INSTANCE_TYPES
 
 from . import backends
 from .calls import AwsCall
-from .errors import Response, error_response
+from .errors import Response, error_response, json_response
 from .player import ALIVE
 
 COUNTED = (*ALIVE, "stopping", "shutting-down")  # the machines a vCPU quota counts
@@ -85,7 +84,7 @@ class Quotas:
             return error_response("service-quotas", "NoSuchResourceException", f"The request failed because the "
                                   f"specified quota {code} does not exist.")
         value = self.values[code] if call.action == "GetServiceQuota" else AWS_DEFAULTS.get(code, 0.0)
-        return _json({"Quota": _quota(call, service, code, value)})
+        return json_response({"Quota": _quota(call, service, code, value)})
 
     def launch_error(self, call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:
         """(code, message) EC2 answers a launch whose vCPUs, with those of the account's running machines
@@ -159,5 +158,3 @@ def _quota(call: AwsCall, service: str, code: str, value: float) -> dict[str, An
             "QuotaName": names[code], "Value": value, "Unit": "None", "Adjustable": True, "GlobalQuota": False}
 
 
-def _json(body: dict[str, Any]) -> Response:
-    return Response(200, [("Content-Type", "application/x-amz-json-1.1")], json.dumps(body).encode())

@@ -27,6 +27,7 @@ from tasks.backends.aws import (
     network,
     network_quotas,
     pools,
+    prices,
     quotas,
     secrets,
     storage,
@@ -363,7 +364,8 @@ class AwsBackend:
         kind = catalog.instance_type(spec.instance_type)
         o = self.options
         size = volumes.volume_size_gb(o.volume_type, o.iops, snapshot_gb)
-        hourly = self._spot_price(spec.instance_type) if spec.spot else kind.on_demand_usd
+        hourly = self._spot_price(spec.instance_type) if spec.spot else prices.on_demand_usd(self.clients,
+                                                                                             spec.instance_type)
         market = "spot" if spec.spot else "on-demand"
         cards = machines.efa_cards(spec.instance_type)
         efa = f", EFA on all {cards} network cards" if cards > 1 else ", EFA" if cards else ", no EFA: NCCL over TCP"
@@ -399,7 +401,7 @@ class AwsBackend:
     def _spot_price(self, instance_type: str) -> float:
         """The zone's latest spot price; the on-demand price (spot's ceiling) when the API has none."""
         zone = self.zone(instance_type)
-        return self.spot_prices(instance_type, zone).get(zone, catalog.instance_type(instance_type).on_demand_usd)
+        return self.spot_prices(instance_type, zone).get(zone) or prices.on_demand_usd(self.clients, instance_type)
 
     def spot_prices(self, instance_type: str, zone: str | None = None) -> dict[str, float]:
         """zone -> the latest Linux spot price of the type, in `zone` or (None) every zone with one. A history

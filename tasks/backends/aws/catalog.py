@@ -1,6 +1,7 @@
 """The GPU instance types a run can use, with what the cost plan needs. Prices are us-east-1 on-demand list
-prices in USD/hour (AWS price list, 2025); spot prices come from the region's spot price history when the
-API answers, else the on-demand price is the plan's upper bound."""
+prices in USD/hour (AWS price list, 2025): the smoke test's cheapest-first order, and the plan's price where the
+region's (prices.py) cannot be asked; spot prices come from the region's spot price history when the API
+answers, else the on-demand price is the plan's upper bound."""
 
 from __future__ import annotations
 

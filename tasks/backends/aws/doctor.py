@@ -12,7 +12,17 @@ from dataclasses import dataclass
 
 import botocore.exceptions
 
-from tasks.backends.aws import addresses, catalog, encryption, iam, machines, permissions, quotas, volume_quotas
+from tasks.backends.aws import (
+    addresses,
+    catalog,
+    encryption,
+    iam,
+    machines,
+    permissions,
+    prices,
+    quotas,
+    volume_quotas,
+)
 from tasks.backends.aws.backend import AwsBackend
 from tasks.backends.aws.clients import error_code
 from tasks.backends.aws.options import AwsOptions
@@ -152,10 +162,10 @@ class _Doctor:
         return _Found(f"{self.instance_type} in {offering}; the run's zone: {zone}", value=zone)
 
     def _spot_prices(self) -> _Found:
-        prices = self.backend.spot_prices(self.instance_type)
-        on_demand = f"on-demand ${catalog.instance_type(self.instance_type).on_demand_usd:,.2f}/h"
-        if prices:
-            return _Found(", ".join(f"{zone} ${price:,.4f}/h" for zone, price in prices.items()) + f" ({on_demand})")
+        spot = self.backend.spot_prices(self.instance_type)
+        on_demand = f"on-demand ${prices.on_demand_usd(self.clients, self.instance_type):,.2f}/h"
+        if spot:
+            return _Found(", ".join(f"{zone} ${price:,.4f}/h" for zone, price in spot.items()) + f" ({on_demand})")
         return _Found(f"none listed ({on_demand})", WARN if self.spot else OK,
                       "no spot price history for the type here: a spot run is priced at the on-demand price")
 
