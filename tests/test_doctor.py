@@ -113,21 +113,25 @@ def test_credentials_that_may_not_make_a_service_linked_role_pass_where_it_exist
     assert code == 0 and rows["permissions"][1] == "ok", out
 
 
-def test_credentials_without_the_kms_statements_are_warned_of_with_the_aws_managed_key_and_fail_with_another(
+def test_credentials_without_the_kms_and_prices_statements_are_warned_of_and_fail_with_a_customer_managed_key(
         aws, capsys, operator):
-    """Credentials granted the policy before it named KMS: EBS uses the AWS managed key without a grant of theirs,
-    a customer managed default key only with one."""
+    """Credentials granted the policy before it named KMS and the Price List: EBS uses the AWS managed key without
+    a grant of theirs, a customer managed default key only with one; a plan without the region's prices takes
+    us-east-1's."""
     policy = json.loads(permissions.POLICY.read_text())
-    policy["Statement"] = [s for s in policy["Statement"]
-                           if s["Sid"] not in (permissions.KEY_CHECKS, permissions.CUSTOMER_MANAGED_KEYS)]
+    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] not in (
+        permissions.KEY_CHECKS, permissions.CUSTOMER_MANAGED_KEYS, permissions.PRICES)]
     aws.client("iam").put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
                                       PolicyDocument=json.dumps(policy))
-    refused = "kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext"
+    refused = "kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext, pricing:GetProducts"
     code, rows, out = doctor(aws, capsys)
     assert code == 0 and rows["permissions"] == (
         f"these credentials may not {refused}, which a run can do without", "warn"), out
     assert ("without kms:DescribeKey, a run cannot check its disks' KMS keys, and says so as it starts; without "
-            f"{refused}, EBS encrypts with the account's default key, AWS managed, without them") in out
+            "kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext, EBS encrypts with the "
+            "account's default key, AWS managed, without them; a dataset snapshot encrypted with a customer managed "
+            "key would need them; without pricing:GetProducts, the cost plan takes the machines' us-east-1 price, and "
+            "says so") in out
     customer_managed_key(aws, ebs_default=True)
     code, rows, out = doctor(aws, capsys)
     assert code == 1 and rows["permissions"] == (f"these credentials may not {refused}", "fail"), out

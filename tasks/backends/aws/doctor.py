@@ -128,7 +128,8 @@ class _Doctor:
             present = frozenset(sid for sid, service in permissions.SERVICE_LINKED_ROLE_STATEMENTS.items()
                                 if iam.service_linked_role_exists(self.clients, service))
             refused = permissions.missing(self.clients, skipping=present)
-            optional = {permissions.KEY_CHECKS: "a run cannot check its disks' KMS keys, and says so as it starts"}
+            optional = {permissions.KEY_CHECKS: "a run cannot check its disks' KMS keys, and says so as it starts",
+                        permissions.PRICES: "the cost plan takes the machines' us-east-1 price, and says so"}
             if encryption.default_is_aws_managed(self.clients):
                 optional[permissions.CUSTOMER_MANAGED_KEYS] = (
                     "EBS encrypts with the account's default key, AWS managed, without them; a dataset snapshot "
