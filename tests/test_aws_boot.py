@@ -1,6 +1,6 @@
 """The machines' boot script's own logic, run by bash here where it can run off a machine: the watch that restarts
-an SSM agent that hibernated at boot, and apt-get asked again while another apt holds its locks (the simulator only
-reads the script; see tests/awssim/userdata.py)."""
+an SSM agent that hibernated at boot, apt-get asked again while another apt holds its locks and the project's
+install asked again after a download cut off (the simulator only reads the script; see tests/awssim/userdata.py)."""
 
 import datetime as dt
 import os
@@ -15,12 +15,16 @@ from tasks.backends.base import ClusterSpec
 SNAP_UNIT = "snap.amazon-ssm-agent.amazon-ssm-agent.service"
 
 
-def shipped_function(name: str) -> str:
+def shipped_user_data() -> str:
+    """The user-data a machine gets, as a string."""
     spec = ClusterSpec("run-boot", "boot", 1, "p4d.24xlarge", False,
                        dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
-    shipped = machines.user_data(spec, ["vol-0123456789abcdef0"],
-                                 machines.BootConfig("fs-0123", "us-east-1", "s3://bucket/code.tar.gz", 1.0))
-    return re.search(rf"^{name}\(\) \{{\n.*?^\}}\n", shipped, re.M | re.S)[0]
+    return machines.user_data(spec, ["vol-0123456789abcdef0"],
+                              machines.BootConfig("fs-0123", "us-east-1", "s3://bucket/code.tar.gz", 1.0))
+
+
+def shipped_function(name: str) -> str:
+    return re.search(rf"^{name}\(\) \{{\n.*?^\}}\n", shipped_user_data(), re.M | re.S)[0]
 
 
 def fake_commands(folder, commands: dict[str, str]) -> dict[str, str]:
@@ -62,26 +66,33 @@ def test_an_agent_that_hibernated_this_boot_is_restarted_once(tmp_path, log, res
 
 LISTS_LOCKED = "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1093 (apt-get)"
 NOT_FOUND = "E: Unable to locate package python3.99"
+HASHES_DIFFER = "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE."
+UPDATE, INSTALL = 'retrying 60 "$locked" apt-get -q -o', 'retrying 3 "" /opt/imagenet18/.venv/bin/pip install'
 
 
-@pytest.mark.parametrize("locked_for,failure,returncode,calls", [
-    (0, None, 0, 1), (2, None, 0, 3), (60, None, 100, 60), (0, NOT_FOUND, 100, 1)])
-def test_apt_get_is_asked_again_while_another_apt_holds_a_lock(tmp_path, locked_for, failure, returncode, calls):
+@pytest.mark.parametrize("shipped_start,command,failing,failure,returncode,calls", [
+    (UPDATE, "apt-get", 0, LISTS_LOCKED, 0, 1), (UPDATE, "apt-get", 2, LISTS_LOCKED, 0, 3),
+    (UPDATE, "apt-get", 60, LISTS_LOCKED, 100, 60), (UPDATE, "apt-get", 1, NOT_FOUND, 100, 1),
+    (INSTALL, "pip", 2, HASHES_DIFFER, 0, 3), (INSTALL, "pip", 3, HASHES_DIFFER, 100, 3)])
+def test_the_boots_commands_are_asked_again_while_they_fail_as_they_may_in_a_while_no_longer(
+        tmp_path, shipped_start, command, failing, failure, returncode, calls):
     """`apt-get update` fails at once while the image's first-boot apt-daily holds /var/lib/apt/lists/lock: asked
-    again every 10 s, 60 times at most; any other failure stops the boot at once. Either way apt's own words are
-    the last line of the boot's log (traced as the boot is: set -x)."""
-    tries, slept = tmp_path / "apt-get-tries", tmp_path / "slept"
+    again every 10 s, 60 times at most; any other failure of apt stops the boot at once. The project's install,
+    gigabytes of wheels, fails where a download is cut off midway: asked again, 3 times in all. Either way the
+    command's own words are the last line of the boot's log (traced as the boot is: set -x)."""
+    tries, slept = tmp_path / "tries", tmp_path / "slept"
     env = fake_commands(tmp_path / "bin", {
-        "apt-get": f'echo "$*" >> {tries}\n'
-                   f'[ -z "{failure or ""}" ] || {{ echo "{failure}" >&2; exit 100; }}\n'
-                   f'[ "$(wc -l < {tries})" -gt {locked_for} ] || {{ echo "{LISTS_LOCKED}" >&2; exit 100; }}\n'
-                   'echo "Reading package lists... Done"',
+        command: f'echo "$*" >> {tries}\n'
+                 f'[ "$(wc -l < {tries})" -gt {failing} ] || {{ echo "{failure}" >&2; exit 100; }}\n'
+                 'echo "Done"',
         "sleep": f'echo "$1" >> {slept}'})
-    done = subprocess.run(["bash", "-c", f"set -euxo pipefail\n{shipped_function('retrying')}"
-                                         "retrying apt-get -q -o DPkg::Lock::Timeout=600 update"],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    shipped = shipped_user_data().splitlines()
+    [words] = [line for line in shipped if line.startswith("locked=")]
+    [line] = [line.replace("/opt/imagenet18/.venv/bin/", "") for line in shipped if line.startswith(shipped_start)]
+    script = f"set -euxo pipefail\n{words}\n{shipped_function('retrying')}{line}"
+    done = subprocess.run(["bash", "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=60)
     assert done.returncode == returncode, done.stdout
-    assert tries.read_text().splitlines() == ["-q -o DPkg::Lock::Timeout=600 update"] * calls
-    assert (slept.read_text().split() if slept.exists() else []) == ["10"] * (calls - 1 if not failure else 0)
-    last = "Reading package lists... Done" if returncode == 0 else failure or LISTS_LOCKED
-    assert done.stdout.splitlines()[-1] == last
+    assert tries.read_text().splitlines() == [line.split(f"{command} ", 1)[1]] * calls
+    assert (slept.read_text().split() if slept.exists() else []) == ["10"] * (calls - 1)
+    assert done.stdout.splitlines()[-1] == ("Done" if returncode == 0 else failure)

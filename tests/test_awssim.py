@@ -782,7 +782,8 @@ def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):
 def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_project(aws):
     """user-data read against its AMI's facts: the project's install needs an interpreter inside its Requires-Python,
     with its venv module, and the EFS mount needs nfs-common; what the AMI lacks must be installed first, from what
-    its archive has, asking again while the image's first-boot apt-daily holds the package lists. A machine whose
+    its archive has, asking again while the image's first-boot apt-daily holds the package lists; the project's
+    install asks again after a download cut off. A machine whose
     boot failed has no venv: a job's python is not found there; one whose Python has no C headers fails
     torch.compile's first GPU kernel."""
     ec2, ssm = aws.client("ec2"), aws.client("ssm")
@@ -797,10 +798,12 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
          "requires a different Python: 3.10.12 not in '>=3.11,<3.12'"),
         (UBUNTU_2204, {" nfs-common": ""}, "mount.nfs4 helper program (nfs-common is not installed)"),
         (UBUNTU_2404, {}, "E: Unable to locate package python3.11"),
-        (UBUNTU_2204, {"retrying apt-get -q -o DPkg::Lock::Timeout=600 update": "apt-get -q update"},
+        (UBUNTU_2204, {'retrying 60 "$locked" apt-get -q -o DPkg::Lock::Timeout=600 update': "apt-get -q update"},
          "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1093 (apt-get)"),  # apt-daily's
-        (UBUNTU_2204, {"retrying apt-get -q -o DPkg::Lock::Timeout=600 update":
+        (UBUNTU_2204, {'retrying 60 "$locked" apt-get -q -o DPkg::Lock::Timeout=600 update':
                        "for _ in 1 2 3; do\n  apt-get -q update && break\n  sleep 10\ndone"}, "ok"),  # asked again
+        (UBUNTU_2204, {'retrying 3 "" /opt': "/opt"},  # tried once: the torch wheel's download is cut off
+         "Got        e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
         (UBUNTU_2204, {" python3.11-dev": ""}, "ok"),  # boots, but its Python has no C headers
     ]
     launched = []

@@ -2,8 +2,9 @@
 `-n` by the shell its #! line names, read line by line against its image's facts for what would stop its boot on
 a real machine (a package apt cannot find, a tool whose package is missing, an interpreter outside the project's
 Requires-Python, a hashed lock that lacks a dependency the machine's Python needs, an `apt-get update` tried once
-while the image's own first-boot apt-daily holds the package lists' lock), and searched for a shutdown timer,
-which the player honours, and for the services it restarts (SSM's agent, the player's concern)."""
+while the image's own first-boot apt-daily holds the package lists' lock, a hashed install tried once while the
+network cuts a download short), and searched for a shutdown timer, which the player honours, and for the services
+it restarts (SSM's agent, the player's concern)."""
 
 import base64
 import gzip
@@ -72,6 +73,14 @@ LISTS_LOCKED = "E: Could not get lock /var/lib/apt/lists/lock. It is held by pro
 VENV = re.compile(r"(?<![\w/.-])(?:/usr/bin/)?(python3(?:\.\d+)?)\s+-m\s+venv\b")
 NFS_MOUNT = re.compile(r"\bmount\b[^\n]*\s-t\s+nfs4?\b|\bmount\.nfs4?\b")
 HASHED_INSTALL = re.compile(r"\bpip install\b[^\n]*--require-hashes -r (\S+)")
+# A hashed install that is its line's own command, outside a loop: tried once, it fails where a download is cut off
+# midway (pip's hash check finds it, and pip does not ask again), which machines that each download gigabytes meet;
+# here the largest wheel's always is.
+INSTALL_ONCE = re.compile(r"^\s*(?:sudo\s+)?\S*\bpip3?(?:\.\d+)?\s+install\b[^\n]*--require-hashes")
+HASHES_DIFFER = ("ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE. If you have updated the "
+                 "package versions, please update the hashes. Otherwise, examine the package contents carefully; "
+                 "someone may have tampered with them.\n    {pin}:\n        Expected sha256 {expected}\n"
+                 "             Got        e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
 LOCK_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", re.M)
 
 
@@ -113,10 +122,14 @@ def _first_failure(script: str, image: ImageFacts, project: Path, requires_pytho
             venvs.append(venv_python)
         hashed = HASHED_INSTALL.search(line)
         if hashed and venv_python:
-            lacking = lock_gaps((project / hashed[1].removeprefix("/opt/imagenet18/")).read_text(), venv_python)
+            lock = (project / hashed[1].removeprefix("/opt/imagenet18/")).read_text()
+            lacking = lock_gaps(lock, venv_python)
             if lacking:
                 return ("ERROR: In --require-hashes mode, all requirements must have their versions pinned with ==. "
                         f"These do not: {', '.join(lacking)}")
+            if INSTALL_ONCE.match(line) and not loops:
+                pin, expected = re.search(r"^(torch==\S+) \\\n\s+--hash=sha256:(\w+)", lock, re.M).groups()
+                return HASHES_DIFFER.format(pin=pin, expected=expected)
     return None
 
 

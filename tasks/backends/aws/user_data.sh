@@ -32,29 +32,33 @@ restart_hibernating_agent() {
 }
 restart_hibernating_agent </dev/null >>/var/log/imagenet18-ssm-agent.log 2>&1 &  # not holding the boot's output
 
+# `retrying TRIES WORDS COMMAND...` asks COMMAND again every 10 s, TRIES times at most, while it fails with
+# WORDS (an extended regular expression; "" for any failure) in its output; any other failure stops the boot at
+# once. Either way the command's own words are the last lines of the boot's log (which a job's failure quotes).
+retrying() {
+  local - tries=$$1 words=$$2 output status
+  shift 2
+  set +x
+  for _ in $$(seq 2 "$$tries"); do
+    status=0
+    output=$$("$$@" 2>&1) || status=$$?
+    echo "$$output"
+    [ "$$status" -ne 0 ] || return 0
+    grep -Eq "$$words" <<<"$$output" || return "$$status"
+    sleep 10
+  done
+  "$$@"
+}
 # The Python the lock is for (the Deep Learning Base AMI's python3 is 3.10 on Ubuntu 22.04, which the project's
 # Requires-Python excludes; Ubuntu 22.04's archive has 3.11), its venv module (Ubuntu ships ensurepip apart), its
 # C headers (torch.compile's Triton builds its GPU launchers against Python.h) and the NFS client for EFS. At
 # first boot the image's own apt jobs may hold apt's locks a while (apt-daily's timer is Persistent). apt-get waits
 # for dpkg's (DPkg::Lock::Timeout), but `update` fails at once on the package lists' (/var/lib/apt/lists/lock), as
-# other boot scripts' users found: an apt-get that fails on a lock is asked again every 10 s, 60 times at most. Any
-# other failure stops the boot at once, apt's own words the last lines of its log (which a job's failure quotes).
-retrying() {
-  local - output status
-  set +x
-  for _ in $$(seq 1 59); do
-    status=0
-    output=$$("$$@" 2>&1) || status=$$?
-    echo "$$output"
-    [ "$$status" -ne 0 ] || return 0
-    grep -q "Could not get lock" <<<"$$output" || return "$$status"
-    sleep 10
-  done
-  "$$@"
-}
+# other boot scripts' users found: an apt-get that fails on a lock is asked again, for up to 10 minutes.
 export DEBIAN_FRONTEND=noninteractive
-retrying apt-get -q -o DPkg::Lock::Timeout=600 update
-retrying apt-get -q -y -o DPkg::Lock::Timeout=600 install python3.11 python3.11-venv python3.11-dev nfs-common
+locked="Could not get lock"
+retrying 60 "$$locked" apt-get -q -o DPkg::Lock::Timeout=600 update
+retrying 60 "$$locked" apt-get -q -y -o DPkg::Lock::Timeout=600 install python3.11 python3.11-venv python3.11-dev nfs-common
 
 # This machine's place in its launch request (IMDSv2), which picks its dataset volume from the request's list.
 token=$$(curl -sf -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
@@ -73,5 +77,7 @@ ${mount_efs}
 mkdir -p /opt/imagenet18
 aws s3 cp "${code_url}" - | tar -xz -C /opt/imagenet18
 python3.11 -m venv /opt/imagenet18/.venv
-/opt/imagenet18/.venv/bin/pip install --quiet --require-hashes -r /opt/imagenet18/requirements.lock
+# Gigabytes of wheels (torch's CUDA libraries): a download cut off midway fails pip's hash check, which pip does
+# not retry (pypa/pip#11153), and every machine of the run downloads them. Asked again twice, for what is missing.
+retrying 3 "" /opt/imagenet18/.venv/bin/pip install --quiet --require-hashes -r /opt/imagenet18/requirements.lock
 /opt/imagenet18/.venv/bin/pip install --quiet --no-deps --no-build-isolation /opt/imagenet18
