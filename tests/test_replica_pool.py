@@ -5,6 +5,8 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,6 +16,7 @@ from tasks.backends.base import POOL_OWNER, ClusterSpec
 from tasks.backends.local import LocalBackend
 from tests.leftovers import aws_leftovers, aws_leftovers_by_run, local_leftovers
 from tests.aws_runs import DATASET, cluster_spec, no_capacity_in, options, run_zones
+from tests.support import wait_for
 from trainer.demo_data import make_demo_dataset
 from trainer.prepare import prepare
 
@@ -70,6 +73,31 @@ def test_an_aws_run_skips_a_pool_volume_another_run_has_locked(aws, snapshot, tm
         backend.teardown(run_id)
     assert aws_leftovers(aws) == {"volume": sorted(r.id for r in pool)}
     backend.delete_replicas(POOL_OWNER)
+
+
+@pytest.mark.slow
+def test_deleting_the_pool_leaves_a_run_the_replica_it_is_claiming_and_deletes_it_when_given_back(aws, snapshot,
+                                                                                                  tmp_path):
+    """`imagenet18 replicate --delete` while a run claims a pool replica (it has locked it, and tags it as its own a
+    moment later): the run keeps it, and its teardown deletes it rather than give it back to a pool that is gone."""
+    deleter, run = AwsBackend(options(), home=tmp_path), AwsBackend(options(), home=tmp_path)
+    pool = deleter.replicate(pool_spec(2), DATASET, 2, pool=True)
+    spec, tagging = cluster_spec("run-claiming", 1), threading.Event()
+
+    def held_until_tagging(**_) -> None:  # botocore takes what a before-call handler returns as the call's answer
+        tagging.wait(60)
+
+    run.clients.ec2.meta.events.register("before-call.ec2.CreateTags", held_until_tagging)
+    with ThreadPoolExecutor(2) as threads:
+        claiming = threads.submit(run.replicate, spec, DATASET, 1)
+        wait_for(lambda: aws_leftovers_by_run(aws).get(spec.run_id), seconds=30)  # its lock: a claim parameter
+        deleting = threads.submit(deleter.delete_replicas, POOL_OWNER)
+        time.sleep(1)
+        tagging.set()
+        assert [r.id for r in deleting.result()] == [pool[1].id]
+        assert claimed(claiming.result()) == [pool[0].id]
+    run.teardown(spec.run_id)
+    assert aws_leftovers(aws) == {}, "given back to a deleted pool: deleted"
 
 
 def test_a_run_that_died_holding_more_claims_than_one_ssm_call_deletes_is_torn_down_in_one_go(aws, tmp_path):

@@ -448,12 +448,12 @@ class AwsBackend:
                                      o.parallel_calls, held)
 
     def delete_replicas(self, run_id: str) -> list[Resource]:
+        if run_id == POOL_OWNER:
+            return volumes.delete_pool(self.clients)
         found = volumes.replicas(self.clients, run_id)
         for claimed in (r for r in found if "pool_index" in r.details):
             volumes.give_back(self.clients, claimed)
         volumes.delete(self.clients, [r.id for r in found if "pool_index" not in r.details])
-        if run_id == POOL_OWNER:
-            volumes.retire_claimed(self.clients)
         return found
 
     # -- machines -------------------------------------------------------------------------------------

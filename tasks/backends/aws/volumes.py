@@ -28,6 +28,7 @@ MIN_SIZE_GB = {"io1": 4, "io2": 4, "gp3": 1}
 GP3_BASELINE_IOPS = 3000  # whatever the size
 BROKEN_STATES = ("error", "deleting", "deleted")
 VOLUME_POLL_S = 2.0
+CLAIM_TAGGED_S = 30.0  # a run tags a pool replica as its own as soon as it has locked it
 VANISHED_AFTER_S = 10.0  # missing from listings that long after being in one: gone, not a listing's lag
 FILTER_VALUES = 200  # the most values an EC2 filter takes
 INITIALIZED = 100  # DescribeVolumeStatus's initialization progress, in percent, once every block is on the volume
@@ -224,7 +225,7 @@ def claim(clients: Clients, spec: ClusterSpec, pool: list[dict], snapshot: dict,
     for volume in servable(pool, snapshot, zone, settings):
         if len(claimed) == len(indices):
             break
-        if not _lock(clients, spec, volume["VolumeId"]):
+        if not _lock(clients, spec.run_id, spec.expires_at, volume["VolumeId"]):
             continue
         index, pool_tags = indices[len(claimed)], tags.as_dict(volume.get("Tags"))
         run_tags = tags.tag_list(spec.run_id, spec.expires_at, **{
@@ -247,10 +248,10 @@ def _serves(volume: dict, settings: VolumeSettings) -> bool:
             and (settings.volume_type != "gp3" or volume.get("Throughput", 0) >= settings.throughput_mbps))
 
 
-def _lock(clients: Clients, spec: ClusterSpec, volume_id: str) -> bool:
+def _lock(clients: Clients, owner: str, expires_at: dt.datetime, volume_id: str) -> bool:
     try:
-        clients.client("ssm").put_parameter(Name=_claim_name(volume_id), Value=spec.run_id, Type="String",
-                                            Tags=tags.tag_list(spec.run_id, spec.expires_at))
+        clients.client("ssm").put_parameter(Name=_claim_name(volume_id), Value=owner, Type="String",
+                                            Tags=tags.tag_list(owner, expires_at))
     except Exception as exc:  # noqa: BLE001
         if error_code(exc) == "ParameterAlreadyExists":
             return False
@@ -273,6 +274,27 @@ def give_back(clients: Clients, replica: Resource) -> None:
             **{tags.INDEX: str(replica.details["pool_index"])}))
         clients.ec2.delete_tags(Resources=[replica.id], Tags=[{"Key": POOL_INDEX}, {"Key": POOL_EXPIRES}])
     secrets.delete(clients, [_claim_name(replica.id)])
+
+
+def delete_pool(clients: Clients) -> list[Resource]:
+    """The pool's replicas, deleted but those runs hold, which are marked to be deleted when their runs give them
+    back. Each is locked first, as a run claims one (`claim`): one a run claims meanwhile is the run's, and marked
+    once the run has tagged it as its own."""
+    lost, deleted = [], []
+    for replica in replicas(clients, POOL_OWNER):
+        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)  # the cleanup's, if this stops here
+        (deleted if _lock(clients, POOL_OWNER, expires, replica.id) else lost).append(replica)
+    delete(clients, [r.id for r in deleted])
+    secrets.delete(clients, [_claim_name(r.id) for r in deleted])
+    try:
+        if lost:
+            until("runs to tag the pool replicas they claimed", lambda: not (
+                {r.id for r in lost} & {r.id for r in replicas(clients, POOL_OWNER)}), CLAIM_TAGGED_S)
+    except BackendError:
+        log.warning("pool replica(s) %s were claimed by a run that has not tagged them as its own: they stay in the "
+                    "pool until it expires, when the cleanup deletes them", ", ".join(r.id for r in lost))
+    retire_claimed(clients)
+    return deleted
 
 
 def retire_claimed(clients: Clients) -> list[Resource]:
