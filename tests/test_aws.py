@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, WaiterError
 
 from tasks.backends.aws import (AwsBackend, catalog, consistency, efs, inventory, jobs, journal, machines,
                                 permissions, quotas, tags, volumes)
@@ -365,6 +365,21 @@ def test_a_run_goes_on_while_ec2_does_not_know_its_new_resources_yet(aws, snapsh
     backend.teardown("run-propagating")
     aws.set_consistency_window(0)  # the check sees all there is, as EC2 lists it once it has caught up
     assert aws_leftovers(aws, "run-propagating", tmp_path) == {}
+
+
+def test_a_teardown_waits_for_machines_ec2_still_describes_as_they_were_before_it_terminated_them(aws, tmp_path):
+    """EC2 may describe a machine as it was before a change of state for a moment: machines torn down while still
+    pending (a run cancelled as it launches, a launch EC2 had no capacity for) are described pending just after
+    their TerminateInstances, which botocore's InstanceTerminated waiter takes for a failure."""
+    aws.set_pending(3600)
+    spec = cluster_spec("run-pending", 2, "g5.xlarge")
+    aws.client("ec2").run_instances(ImageId=AMI, InstanceType=spec.instance_type, MinCount=2, MaxCount=2,
+                                    TagSpecifications=tags.tag_specs("instance", tags.tag_list(spec.run_id,
+                                                                                              spec.expires_at)))
+    aws.set_consistency_window(3)
+    AwsBackend(options(), home=tmp_path).teardown(spec.run_id)
+    aws.set_consistency_window(0)
+    assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
 
 
 def test_a_run_launches_into_its_placement_group_once_the_group_is_available(aws, snapshot, tmp_path):
@@ -1229,6 +1244,20 @@ def dataset_in_s3(aws) -> None:
     aws.client("s3").create_bucket(Bucket="datasets")
     for folder in ("imagenet", "imagenet-sz/160"):
         aws.client("s3").put_object(Bucket="datasets", Key=f"{folder}/train/n01440764/a.JPEG", Body=b"jpeg")
+
+
+def test_a_snapshot_build_stopped_before_its_snapshot_completes_leaves_no_snapshot(aws, tmp_path):
+    """A snapshot is pending for hours after CreateSnapshot; a build that fails or is stopped meanwhile must leave
+    no half-made snapshot, which the dataset's name would find beside the next build's. Every look at whether it
+    has completed is refused here."""
+    dataset_in_s3(aws)
+    aws.add_fault("ec2", "DescribeSnapshots", "UnauthorizedOperation", status=403, match={"SnapshotId.1": "snap-.*"})
+    with pytest.raises(WaiterError):
+        make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160],
+                      poll_seconds=0.5)
+    assert [s["SnapshotId"] for s in aws.client("ec2").describe_snapshots(OwnerIds=["self"])["Snapshots"]
+            if s["Description"] == "x"] == []
+    assert aws_leftovers(aws, home=tmp_path) == {}
 
 
 def test_a_snapshot_builder_whose_disks_key_ebs_cannot_use_is_refused_before_anything_exists(aws, tmp_path):

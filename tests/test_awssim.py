@@ -494,6 +494,21 @@ def test_a_carried_out_fault_fires_only_for_a_call_that_was_done(aws):
     assert [r["fired"] for r in aws.fault_counts("young")] == [0]
 
 
+def test_within_the_consistency_window_ec2_describes_a_machine_as_it_was_before_it_was_told_to_terminate(aws):
+    ec2 = aws.client("ec2", retries=NO_RETRIES)
+    aws.set_pending(3600)
+    machine = launch(ec2)
+
+    def described() -> str:
+        return ec2.describe_instances(InstanceIds=[machine])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+    aws.set_consistency_window(2)
+    assert ec2.terminate_instances(InstanceIds=[machine])["TerminatingInstances"][0]["PreviousState"]["Name"] == \
+        "pending"
+    assert described() == "pending"
+    wait_for(lambda: described() in ("shutting-down", "terminated"), seconds=10)
+
+
 def test_within_the_consistency_window_ec2_neither_knows_nor_lists_what_was_just_made(aws):
     """AWS's eventual consistency at its worst: a resource made moments ago is NotFound by id and left out of
     listings (a reservation with it alone too), while what was made before the window is listed as ever, even

@@ -5,7 +5,8 @@ does not exist": https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consis
 may leave it out ("the result of an API command you run that affects your Amazon EC2 resources might not be
 immediately visible to all subsequent commands you run", the same page). Off until a test sets a window; then every
 EC2 call that names (other than in a filter) a resource made less than that long ago is answered so, and every
-listing leaves such a resource out: the worst that AWS allows.
+listing leaves such a resource out, and describes a machine told to change state within the window as it was
+before (a machine terminated while pending is described pending): the worst that AWS allows.
 
 IAM's changes reach EC2 a while later too ("changes that I make are not always immediately visible",
 https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_general.html): a launch naming an instance profile
@@ -45,6 +46,8 @@ LISTED = {"DescribeVpcs": "vpcId", "DescribeSubnets": "subnetId", "DescribeInter
           "DescribeRouteTables": "routeTableId", "DescribeSecurityGroups": "groupId",
           "DescribeAddresses": "allocationId", "DescribeVolumes": "volumeId", "DescribeSnapshots": "snapshotId",
           "DescribeInstances": "instanceId", "DescribeNetworkInterfaces": "networkInterfaceId"}
+# The calls that change machines' states, whose answers say each one's state before.
+STATE_CHANGES = ("TerminateInstances", "StopInstances", "StartInstances")
 # A route's target (CreateRoute's GatewayId) is a gateway of any kind to EC2.
 GATEWAY_NOT_FOUND = ("InvalidGatewayID.NotFound", "The gateway ID '{}' does not exist")
 # The IAM calls after which EC2 does not know an instance profile as it is for a while.
@@ -57,6 +60,8 @@ class Consistency:
         self.window_s = 0.0
         self.profile_propagation_s = PROFILE_PROPAGATION_S
         self._made: dict[str, float] = {}  # id -> time.time() of its creation, while a window is set
+        # machine id -> (its instanceState element before its last state change, time.time() of the change)
+        self._before: dict[str, tuple[ET.Element, float]] = {}
         self._profiles_changed: dict[tuple[str, str], float] = {}  # (account, profile) -> time.time() of its change
         self._lock = threading.Lock()
 
@@ -65,6 +70,7 @@ class Consistency:
             self.window_s = 0.0
             self.profile_propagation_s = PROFILE_PROPAGATION_S
             self._made.clear()
+            self._before.clear()
             self._profiles_changed.clear()
 
     def refusal(self, call: AwsCall) -> Response | None:
@@ -88,15 +94,20 @@ class Consistency:
 
     def listed(self, call: AwsCall, body: bytes) -> bytes:
         """A listing's answer without the resources made within the window (and without a reservation left with
-        no machine)."""
+        no machine), its machines told to change state within the window as they were before."""
         own = LISTED.get(call.action) if call.service == "ec2" and self.window_s else None
         now = time.time()
         with self._lock:
             young = {made for made, at in self._made.items() if now - at < self.window_s}
-        if not own or not young or not any(made.encode() in body for made in young):
+            before = {machine: state for machine, (state, at) in self._before.items() if now - at < self.window_s}
+        if not own or not (young | before.keys()) or not any(i.encode() in body for i in young | before.keys()):
             return body
         root = ET.fromstring(body)
-        ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        ns = _namespace(root)
+        for machine in root.iter(f"{ns}item") if call.action == "DescribeInstances" else ():
+            state = machine.find(f"{ns}instanceState")
+            if machine.findtext(f"{ns}instanceId") in before and state is not None:
+                state[:] = list(before[machine.findtext(f"{ns}instanceId")])
         listings = (root.findall(f"{ns}reservationSet/{ns}item/{ns}instancesSet") if call.action == "DescribeInstances"
                     else list(root))  # only the items listed, not those an item refers to (a group's rules)
         for listing in listings:
@@ -123,8 +134,20 @@ class Consistency:
         if call.service == "iam" and call.action in PROFILE_CHANGES:
             with self._lock:
                 self._profiles_changed[call.account, call.params["InstanceProfileName"]] = time.time()
+        if call.service == "ec2" and self.window_s and call.action in STATE_CHANGES:
+            root = ET.fromstring(body)
+            ns = _namespace(root)
+            with self._lock:
+                for change in root.iter(f"{ns}item"):
+                    if change.find(f"{ns}previousState") is not None:
+                        self._before[change.findtext(f"{ns}instanceId")] = (change.find(f"{ns}previousState"),
+                                                                            time.time())
         tags = MADE.get(call.action) if call.service == "ec2" and self.window_s else None
         if tags:
             made = [found for tag in tags for found in re.findall(rf"<{tag}>([^<]+)</{tag}>", body.decode())]
             with self._lock:
                 self._made.update(dict.fromkeys(made, time.time()))
+
+
+def _namespace(root: ET.Element) -> str:
+    return root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""

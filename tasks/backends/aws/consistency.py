@@ -37,7 +37,8 @@ NOT_FOUND = frozenset({"InvalidVpcID.NotFound", "InvalidSubnetID.NotFound", "Inv
                        "InvalidGatewayID.NotFound", "InvalidRouteTableID.NotFound", "InvalidGroup.NotFound",
                        "InvalidAllocationID.NotFound", "InvalidVolume.NotFound", "InvalidSnapshot.NotFound",
                        "InvalidInstanceID.NotFound", "InvalidNetworkInterfaceID.NotFound"})
-# What of MADE a run's inventory lists (not its snapshots, nor the interfaces that go with its machines).
+# What of MADE a run's inventory lists, and awaits there: not a snapshot build's snapshot (untagged once it is
+# complete, the dataset's), nor the interfaces that go with the machines.
 LISTED = frozenset({"VpcId", "SubnetId", "InternetGatewayId", "RouteTableId", "GroupId", "AllocationId", "VolumeId",
                     "InstanceId"})
 # Actions after which a resource is listed no more (a terminated machine is not among a run's live ones).

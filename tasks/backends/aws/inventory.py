@@ -13,9 +13,9 @@ from tasks.backends.base import Resource
 log = logging.getLogger(__name__)
 # The order teardown deletes in: what holds a dependency goes before what it depends on, and once the machines are
 # gone, what costs most (the replicas) first.
-TEARDOWN_ORDER = ("machine", "spot-request", "replica", "volume", "address", "file-system", "placement-group",
-                  "security-group", "key-pair", "instance-profile", "parameter", "route-table", "subnet",
-                  "internet-gateway", "vpc")
+TEARDOWN_ORDER = ("machine", "spot-request", "replica", "volume", "snapshot", "address", "file-system",
+                  "placement-group", "security-group", "key-pair", "instance-profile", "parameter", "route-table",
+                  "subnet", "internet-gateway", "vpc")
 # What must be gone before a kind can be deleted (AWS refuses it, or holds it "in use", while one remains): a kind
 # not named here needs nothing else gone.
 NEEDS_GONE = {
@@ -38,6 +38,7 @@ def _ec2_resources(clients: Clients, run_id: str | None) -> list[Resource]:
          "SpotInstanceRequestId"),
         ("volume", [v for v in ec2.describe_volumes(Filters=where)["Volumes"] if v["VolumeId"] not in replica_ids],
          "VolumeId"),
+        ("snapshot", ec2.describe_snapshots(OwnerIds=["self"], Filters=where)["Snapshots"], "SnapshotId"),
         ("address", ec2.describe_addresses(Filters=where)["Addresses"], "AllocationId"),
         ("placement-group", ec2.describe_placement_groups(  # not those deleting: they are on their way
             Filters=where + [{"Name": "state", "Values": ["pending", "available"]}])["PlacementGroups"], "GroupName"),

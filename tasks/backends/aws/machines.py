@@ -16,7 +16,7 @@ import botocore.exceptions
 from tasks.backends.aws import addresses, catalog, pools, quotas, tags
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.network import Network
-from tasks.backends.aws.waiting import waiter_config
+from tasks.backends.aws.waiting import until, waiter_config
 from tasks.backends.base import BackendError, ClusterSpec, InputError, Resource
 
 # The Deep Learning Base AMI (NVIDIA driver, CUDA, EFA) through its public SSM parameter.
@@ -320,7 +320,19 @@ def terminate(clients: Clients, run_id: str) -> None:
     ids = [i["InstanceId"] for i in instances(clients, run_id)]
     if ids:
         clients.ec2.terminate_instances(InstanceIds=ids)
-        clients.ec2.get_waiter("instance_terminated").wait(InstanceIds=ids, WaiterConfig=waiter_config())
+        wait_terminated(clients, ids)
+
+
+def wait_terminated(clients: Clients, ids: list[str]) -> None:
+    """Until EC2 describes every one of these machines terminated. Not botocore's InstanceTerminated waiter, which
+    gives up at once on a machine described pending or stopping: EC2 may describe a machine as it was before it
+    was told to terminate for a moment, and one terminated while pending was pending."""
+    def terminated() -> bool:
+        pages = clients.ec2.get_paginator("describe_instances").paginate(InstanceIds=ids)
+        return all(i["State"]["Name"] == "terminated" for page in pages for reservation in page["Reservations"]
+                   for i in reservation["Instances"])
+
+    until(f"machine(s) {', '.join(ids)} to terminate", terminated)
 
 
 def instances(clients: Clients, run_id: str | None, states: list[str] = LIVE_STATES) -> list[dict]:

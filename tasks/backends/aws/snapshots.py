@@ -96,12 +96,14 @@ def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: l
     # A snapshot holds what is on the volume, not what the builder's OS still caches: a clean stop writes it all.
     ec2.stop_instances(InstanceIds=[builder["InstanceId"]])
     ec2.get_waiter("instance_stopped").wait(InstanceIds=[builder["InstanceId"]], WaiterConfig=waiter_config())
-    snapshot = ec2.create_snapshot(
-        VolumeId=volume["VolumeId"], Description=name, TagSpecifications=tags.tag_specs("snapshot", [
-            {"Key": "Name", "Value": name}, {"Key": tags.DATASET_SOURCE, "Value": url},
-            {"Key": tags.DATASET_FOLDER, "Value": options.dataset_folder},
-            {"Key": tags.DATASET_SIZES, "Value": " ".join(map(str, sorted(sizes)))}]))
+    # The builder run's until it is completed (hours, for a big dataset), so that a build that fails or is stopped
+    # meanwhile leaves no snapshot behind: its teardown, or the cleanup's, deletes it. Then it is the dataset's.
+    dataset_tags = {tags.DATASET_SOURCE: url, tags.DATASET_FOLDER: options.dataset_folder,
+                    tags.DATASET_SIZES: " ".join(map(str, sorted(sizes)))}
+    snapshot = ec2.create_snapshot(VolumeId=volume["VolumeId"], Description=name, TagSpecifications=tags.tag_specs(
+        "snapshot", tags.tag_list(spec.run_id, spec.expires_at, name, **dataset_tags)))
     ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snapshot["SnapshotId"]],
                                               WaiterConfig=waiter_config(6 * 3600))
+    ec2.delete_tags(Resources=[snapshot["SnapshotId"]], Tags=[{"Key": tags.RUN}, {"Key": tags.EXPIRES}])
     log.info("snapshot %s (%s, %d GiB) made from %s", snapshot["SnapshotId"], name, size_gb, url)
     return snapshot["SnapshotId"]

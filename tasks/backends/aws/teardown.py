@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tasks.backends.aws import addresses, consistency, efs, iam, inventory, secrets, volumes
+from tasks.backends.aws import addresses, consistency, efs, iam, inventory, machines, secrets, volumes
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.network import key_path
-from tasks.backends.aws.waiting import until, waiter_config
+from tasks.backends.aws.waiting import until
 from tasks.backends.base import BackendError, Resource
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,7 @@ PASSES = 3
 GONE = ("InvalidInstanceID.NotFound", "InvalidVolume.NotFound", "InvalidGroup.NotFound", "InvalidKeyPair.NotFound",
         "InvalidPlacementGroup.Unknown", "InvalidRouteTableID.NotFound", "InvalidSubnetID.NotFound",
         "InvalidInternetGatewayID.NotFound", "InvalidVpcID.NotFound", "FileSystemNotFound",
-        "InvalidSpotInstanceRequestID.NotFound", "ParameterNotFound")
+        "InvalidSpotInstanceRequestID.NotFound", "ParameterNotFound", "InvalidSnapshot.NotFound")
 # Deletions AWS refuses for a while after what they depend on went (ENIs of EFS mount targets, say).
 STILL_IN_USE = ("DependencyViolation", "InvalidPlacementGroup.InUse", "VolumeInUse", "FileSystemInUse",
                 "InvalidIPAddress.InUse")
@@ -68,7 +68,7 @@ def _delete(clients: Clients, kind: str, batch: list[Resource]) -> None:
     ids = [r.id for r in batch]
     if kind == "machine":
         _tolerate(lambda: ec2.terminate_instances(InstanceIds=ids))
-        ec2.get_waiter("instance_terminated").wait(InstanceIds=ids, WaiterConfig=waiter_config())
+        machines.wait_terminated(clients, ids)
     elif kind == "spot-request":
         _tolerate(lambda: ec2.cancel_spot_instance_requests(SpotInstanceRequestIds=ids))
     elif kind in ("replica", "volume"):
@@ -78,6 +78,9 @@ def _delete(clients: Clients, kind: str, batch: list[Resource]) -> None:
             else:
                 until(f"volume {volume.id} deleted",
                       lambda v=volume.id: _tolerate(lambda: volumes.delete(clients, [v])))
+    elif kind == "snapshot":  # one a snapshot build made, and did not hand on
+        for snapshot_id in ids:
+            _tolerate(lambda s=snapshot_id: ec2.delete_snapshot(SnapshotId=s))
     elif kind == "file-system":
         for fs_id in ids:
             _tolerate(lambda f=fs_id: efs.delete_file_system(clients, f))
