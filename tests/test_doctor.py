@@ -63,6 +63,16 @@ def test_a_default_ebs_key_that_is_disabled_fails_with_how_to_mend_it(aws, capsy
     assert "the key is Disabled; enable it (`aws kms enable-key`), or make another key the default" in out
 
 
+def test_a_default_ebs_key_these_credentials_may_not_read_is_warned_of(aws, capsys, operator):
+    policy = json.loads(permissions.POLICY.read_text())
+    policy["Statement"][0]["Action"].remove("ec2:GetEbsDefaultKmsKeyId")
+    aws.client("iam").put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
+                                      PolicyDocument=json.dumps(policy))
+    code, rows, out = doctor(aws, capsys)
+    assert rows["EBS encryption key"] == ("the default key: not checked", "warn"), out
+    assert "these credentials may not read the account's default EBS encryption key" in out
+
+
 def test_too_few_elastic_ips_fail_with_the_request_to_make_and_a_type_with_one_interface_needs_none(aws, capsys):
     aws.set_quotas({"L-0263D0A3": 5})
     code, rows, out = doctor(aws, capsys)
