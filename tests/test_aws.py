@@ -1214,6 +1214,7 @@ def test_a_dataset_snapshot_is_made_from_an_s3_url_and_the_builder_leaves_nothin
             {"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"],
              "Resource": ["arn:aws:s3:::datasets", "arn:aws:s3:::datasets/*"]}]}))
     backend = AwsBackend(options(dataset_folder="imagenet"), home=tmp_path)
+    aws.set_snapshot_pending(3)
     snapshot_id = make_snapshot(backend, "s3://datasets/imagenet", "test-dataset", sizes=[160], poll_seconds=0.5)
 
     [snapshot] = aws.client("ec2").describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
@@ -1251,6 +1252,7 @@ def test_a_snapshot_build_stopped_before_its_snapshot_completes_leaves_no_snapsh
     no half-made snapshot, which the dataset's name would find beside the next build's. Every look at whether it
     has completed is refused here."""
     dataset_in_s3(aws)
+    aws.set_snapshot_pending(3600)
     aws.add_fault("ec2", "DescribeSnapshots", "UnauthorizedOperation", status=403, match={"SnapshotId.1": "snap-.*"})
     with pytest.raises(WaiterError):
         make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160],
@@ -1258,6 +1260,17 @@ def test_a_snapshot_build_stopped_before_its_snapshot_completes_leaves_no_snapsh
     assert [s["SnapshotId"] for s in aws.client("ec2").describe_snapshots(OwnerIds=["self"])["Snapshots"]
             if s["Description"] == "x"] == []
     assert aws_leftovers(aws, home=tmp_path) == {}
+
+
+def test_a_teardown_leaves_completed_snapshots_whatever_their_tags(aws, tmp_path):
+    """Only a build's own snapshot that has not completed is the build run's: a completed one is the dataset's, even
+    with the run's tag still on it, and one another service copied a run's tags onto (a backup) is not ours."""
+    ec2, spec = aws.client("ec2"), cluster_spec("run-tagged-snapshots", 1)
+    built, copied = (owned_encrypted_snapshot(aws, description)["SnapshotId"] for description in ("built", "copied"))
+    ec2.create_tags(Resources=[built, copied], Tags=tags.tag_list(spec.run_id, spec.expires_at))
+    ec2.create_tags(Resources=[built], Tags=[{"Key": tags.DATASET_SOURCE, "Value": "s3://datasets/imagenet"}])
+    assert AwsBackend(options(), home=tmp_path).teardown(spec.run_id) == []
+    assert {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]} >= {built, copied}
 
 
 def test_a_snapshot_builder_whose_disks_key_ebs_cannot_use_is_refused_before_anything_exists(aws, tmp_path):

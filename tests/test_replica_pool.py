@@ -100,6 +100,22 @@ def test_deleting_the_pool_leaves_a_run_the_replica_it_is_claiming_and_deletes_i
     assert aws_leftovers(aws) == {}, "given back to a deleted pool: deleted"
 
 
+def test_deleting_the_pool_deletes_a_replica_a_run_is_giving_back_once_its_lock_is_gone(aws, snapshot, tmp_path):
+    """A run gives a replica back by tagging it the pool's again, then deleting its lock: in between, the replica
+    is the pool's but locked."""
+    backend = AwsBackend(options(), home=tmp_path)
+    [replica] = backend.replicate(pool_spec(1), DATASET, 1, pool=True)
+    ssm, giving_back, lock = aws.client("ssm"), cluster_spec("run-giving-back", 1), f"/imagenet18/claims/{replica.id}"
+    ssm.put_parameter(Name=lock, Value=giving_back.run_id, Type="String",
+                      Tags=tags.tag_list(giving_back.run_id, giving_back.expires_at))
+    with ThreadPoolExecutor(1) as threads:
+        deleting = threads.submit(backend.delete_replicas, POOL_OWNER)
+        time.sleep(1)
+        ssm.delete_parameter(Name=lock)
+        assert [r.id for r in deleting.result()] == [replica.id]
+    assert aws_leftovers(aws) == {}
+
+
 def test_a_run_that_died_holding_more_claims_than_one_ssm_call_deletes_is_torn_down_in_one_go(aws, tmp_path):
     backend, spec = AwsBackend(options(), home=tmp_path), cluster_spec("run-claimer", 11)
     for index in range(11):  # locks taken on a pool of 11 (the default 16 machines would take 16) before it died

@@ -137,6 +137,11 @@ class AwsSim:
         reset, which restores AWSSIM_SHUTTING_DOWN_S, half a second by default)."""
         self._control("POST", "shutting-down", {"shutting_down_s": seconds})
 
+    def set_snapshot_pending(self, seconds: float) -> None:
+        """Snapshots made from now on are pending this long before they are completed (until the next reset,
+        which makes them completed at once)."""
+        self._control("POST", "snapshot-pending", {"pending_s": seconds})
+
     def set_agent_delay(self, seconds: float) -> None:
         """The SSM agent of each machine launched from now on registers this long after it runs (until `reset`,
         which restores AWSSIM_AGENT_DELAY_S, 1 s by default); SendCommand refuses the machine until then."""

@@ -56,6 +56,8 @@ class Control:
             ("POST", "/_awssim/pending"): lambda body: setattr(self.player, "pending_s", float(body["pending_s"])),
             ("POST", "/_awssim/shutting-down"): lambda body: setattr(self.player, "shutting_down_s",
                                                                      float(body["shutting_down_s"])),
+            ("POST", "/_awssim/snapshot-pending"): lambda body: setattr(self.player, "snapshot_pending_s",
+                                                                        float(body["pending_s"])),
             ("POST", "/_awssim/placement"): lambda body: setattr(self.placement, "changing_s",
                                                                 float(body["changing_s"])),
             ("POST", "/_awssim/consistency"): lambda body: setattr(self.consistency, "window_s",

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from moto.ec2.models import EC2Backend
+from moto.ec2.models.elastic_block_store import EBSBackend, Snapshot
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
 from moto.ec2.models.instances import Instance, InstanceState, StateReason
 from moto.ec2.models.route_tables import Route
@@ -253,3 +254,20 @@ def fix_service_linked_roles() -> None:
                                "suffix.") from None
 
     IAMBackend.create_service_linked_role = taken_is_invalid_input
+
+
+def fix_snapshots_take_time(pending_s: Callable[[], float]) -> None:
+    """moto's snapshots are completed the moment they are made; EBS's are pending until every block is copied to
+    S3 ("Snapshot creation is asynchronous; the snapshot remains in the pending state until [it] is complete",
+    which takes hours for a big volume: https://docs.aws.amazon.com/ebs/latest/userguide/ebs-creating-snapshot.html).
+    Each snapshot is pending for `pending_s()` after it is made."""
+    Snapshot.status = property(lambda self: "pending" if time.time() < getattr(self, "completes_at", 0.0)
+                               else self._status, lambda self, value: setattr(self, "_status", value))
+    create = EBSBackend.create_snapshot
+
+    def create_pending(self: Any, *args: Any, **kwargs: Any) -> Any:
+        snapshot = create(self, *args, **kwargs)
+        snapshot.completes_at = time.time() + pending_s()
+        return snapshot
+
+    EBSBackend.create_snapshot = create_pending

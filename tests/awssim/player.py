@@ -141,6 +141,7 @@ class Player:
         self.agent_delay_s = AGENT_DELAY_S  # for machines seen from now on
         self.pending_s = PENDING_S  # for machines launched from now on
         self.shutting_down_s = SHUTTING_DOWN_S  # for machines terminated from now on
+        self.snapshot_pending_s = 0.0  # for snapshots made from now on
         self.launch_ends: list[tuple[str, str]] = []  # (instance type, state reason code) of machines to end
         self.initializations = Initializations()
         self.encryption = Encryption()
@@ -192,6 +193,7 @@ class Player:
             self.agent_delay_s = AGENT_DELAY_S
             self.pending_s = PENDING_S
             self.shutting_down_s = SHUTTING_DOWN_S
+            self.snapshot_pending_s = 0.0
             self.launch_ends.clear()
             self.initializations.clear()
             self.encryption.reset()

@@ -40,6 +40,7 @@ from .moto_fixes import (
     fix_route_state,
     fix_send_command_targets,
     fix_service_linked_roles,
+    fix_snapshots_take_time,
     fix_termination_takes_time,
 )
 from .placement import PlacementGroups
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     player, throttle = Player(root, REPO, store), SsmThrottle()
     fix_instances_start_pending(lambda: player.pending_s)
     fix_termination_takes_time(lambda: player.shutting_down_s)
+    fix_snapshots_take_time(lambda: player.snapshot_pending_s)
     consistency = Consistency()
     app = AwsSimApp(DomainDispatcherApplication(create_backend_app), faults, placement, player, quotas, throttle,
                     consistency, Control(root, faults, placement, player, store, quotas, throttle, consistency))

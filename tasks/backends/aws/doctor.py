@@ -123,17 +123,17 @@ class _Doctor:
         return _Found(f"account {account}", value=account)
 
     def _permissions(self) -> _Found:
+        optional = {permissions.KEY_CHECKS: "a run cannot check its disks' KMS keys, and says so as it starts",
+                    permissions.PRICES: "the cost plan takes the machines' us-east-1 price, and says so"}
+        if encryption.default_is_aws_managed(self.clients):
+            optional[permissions.CUSTOMER_MANAGED_KEYS] = (
+                "EBS encrypts with the account's default key, AWS managed, without them; a dataset snapshot "
+                "encrypted with a customer managed key would need them")
         try:
             # Making a service-linked role is needed only where the account lacks it.
             present = frozenset(sid for sid, service in permissions.SERVICE_LINKED_ROLE_STATEMENTS.items()
                                 if iam.service_linked_role_exists(self.clients, service))
             refused = permissions.missing(self.clients, skipping=present)
-            optional = {permissions.KEY_CHECKS: "a run cannot check its disks' KMS keys, and says so as it starts",
-                        permissions.PRICES: "the cost plan takes the machines' us-east-1 price, and says so"}
-            if encryption.default_is_aws_managed(self.clients):
-                optional[permissions.CUSTOMER_MANAGED_KEYS] = (
-                    "EBS encrypts with the account's default key, AWS managed, without them; a dataset snapshot "
-                    "encrypted with a customer managed key would need them")
         except botocore.exceptions.ClientError as exc:
             return _Found(f"not checked: IAM answered {error_code(exc)} to iam:{exc.operation_name}", WARN,
                           "IAM would not say what these credentials may do (they need iam:ListRoles, and "

@@ -26,6 +26,11 @@ NEEDS_GONE = {
     "vpc": {"machine", "file-system", "security-group", "route-table", "subnet", "internet-gateway"},
 }
 
+# A snapshot build's snapshot while it is the build's: until it completes (then it is the dataset's, and untagged).
+# Only the builder's own (tagged with where the dataset came from), never one a backup service copied tags onto.
+UNFINISHED_BUILDS = [{"Name": "status", "Values": ["pending", "error"]},
+                     {"Name": "tag-key", "Values": [tags.DATASET_SOURCE]}]
+
 
 def _ec2_resources(clients: Clients, run_id: str | None) -> list[Resource]:
     ec2, where = clients.ec2, tags.run_filter(run_id)
@@ -38,7 +43,8 @@ def _ec2_resources(clients: Clients, run_id: str | None) -> list[Resource]:
          "SpotInstanceRequestId"),
         ("volume", [v for v in ec2.describe_volumes(Filters=where)["Volumes"] if v["VolumeId"] not in replica_ids],
          "VolumeId"),
-        ("snapshot", ec2.describe_snapshots(OwnerIds=["self"], Filters=where)["Snapshots"], "SnapshotId"),
+        ("snapshot", ec2.describe_snapshots(OwnerIds=["self"], Filters=where + UNFINISHED_BUILDS)["Snapshots"],
+         "SnapshotId"),
         ("address", ec2.describe_addresses(Filters=where)["Addresses"], "AllocationId"),
         ("placement-group", ec2.describe_placement_groups(  # not those deleting: they are on their way
             Filters=where + [{"Name": "state", "Values": ["pending", "available"]}])["PlacementGroups"], "GroupName"),

@@ -33,8 +33,9 @@ def on_demand_usd(clients: Clients, instance_type: str) -> float:
         pages = pricing.get_paginator("get_products").paginate(ServiceCode="AmazonEC2", Filters=filters,
                                                                 FormatVersion="aws_v1")
         hourly = [price for page in pages for product in page["PriceList"] for price in _hourly(json.loads(product))]
-    except (botocore.exceptions.ClientError, botocore.exceptions.EndpointConnectionError) as exc:
-        said = f"answered {error_code(exc)}" if isinstance(exc, botocore.exceptions.ClientError) else "is unreachable"
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        said = f"answered {error_code(exc)}" if isinstance(exc, botocore.exceptions.ClientError) else \
+            f"could not be asked ({exc})"
         log.warning("AWS's price list %s (pricing:GetProducts, in tasks/backends/aws/user_policy.json): the cost "
                     "plan takes %s's us-east-1 price, $%.2f/h, which may be under %s's", said, instance_type,
                     fallback, region)

@@ -97,13 +97,14 @@ def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: l
     ec2.stop_instances(InstanceIds=[builder["InstanceId"]])
     ec2.get_waiter("instance_stopped").wait(InstanceIds=[builder["InstanceId"]], WaiterConfig=waiter_config())
     # The builder run's until it is completed (hours, for a big dataset), so that a build that fails or is stopped
-    # meanwhile leaves no snapshot behind: its teardown, or the cleanup's, deletes it. Then it is the dataset's.
+    # meanwhile leaves no snapshot behind: its teardown, or the cleanup's once the build's max hours are over,
+    # deletes it. Then it is the dataset's.
     dataset_tags = {tags.DATASET_SOURCE: url, tags.DATASET_FOLDER: options.dataset_folder,
                     tags.DATASET_SIZES: " ".join(map(str, sorted(sizes)))}
     snapshot = ec2.create_snapshot(VolumeId=volume["VolumeId"], Description=name, TagSpecifications=tags.tag_specs(
         "snapshot", tags.tag_list(spec.run_id, spec.expires_at, name, **dataset_tags)))
     ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snapshot["SnapshotId"]],
-                                              WaiterConfig=waiter_config(6 * 3600))
+                                              WaiterConfig=waiter_config(max(60.0, spec.hours_left * 3600)))
     ec2.delete_tags(Resources=[snapshot["SnapshotId"]], Tags=[{"Key": tags.RUN}, {"Key": tags.EXPIRES}])
     log.info("snapshot %s (%s, %d GiB) made from %s", snapshot["SnapshotId"], name, size_gb, url)
     return snapshot["SnapshotId"]

@@ -54,7 +54,7 @@ retrying() {
 # C headers (torch.compile's Triton builds its GPU launchers against Python.h) and the NFS client for EFS. At
 # first boot the image's own apt jobs may hold apt's locks a while (apt-daily's timer is Persistent). apt-get waits
 # for dpkg's (DPkg::Lock::Timeout), but `update` fails at once on the package lists' (/var/lib/apt/lists/lock), as
-# other boot scripts' users found: an apt-get that fails on a lock is asked again, for up to 10 minutes.
+# other boot scripts' users found: an apt-get that fails on a lock is asked again every 10 s, 60 times at most.
 export DEBIAN_FRONTEND=noninteractive
 locked="Could not get lock"
 retrying 60 "$$locked" apt-get -q -o DPkg::Lock::Timeout=600 update
@@ -78,6 +78,8 @@ mkdir -p /opt/imagenet18
 aws s3 cp "${code_url}" - | tar -xz -C /opt/imagenet18
 python3.11 -m venv /opt/imagenet18/.venv
 # Gigabytes of wheels (torch's CUDA libraries): a download cut off midway fails pip's hash check, which pip does
-# not retry (pypa/pip#11153), and every machine of the run downloads them. Asked again twice, for what is missing.
-retrying 3 "" /opt/imagenet18/.venv/bin/pip install --quiet --require-hashes -r /opt/imagenet18/requirements.lock
+# not retry (pypa/pip#11153), and every machine of the run downloads them. Asked again twice, for what is missing,
+# after a hash mismatch or a broken connection (not, say, a full disk).
+cut_off="DO NOT MATCH THE HASHES|[Cc]onnection|[Tt]imed out|IncompleteRead"
+retrying 3 "$$cut_off" /opt/imagenet18/.venv/bin/pip install --quiet --require-hashes -r /opt/imagenet18/requirements.lock
 /opt/imagenet18/.venv/bin/pip install --quiet --no-deps --no-build-isolation /opt/imagenet18

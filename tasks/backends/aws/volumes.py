@@ -28,7 +28,7 @@ MIN_SIZE_GB = {"io1": 4, "io2": 4, "gp3": 1}
 GP3_BASELINE_IOPS = 3000  # whatever the size
 BROKEN_STATES = ("error", "deleting", "deleted")
 VOLUME_POLL_S = 2.0
-CLAIM_TAGGED_S = 30.0  # a run tags a pool replica as its own as soon as it has locked it
+CLAIM_SETTLED_S = 30.0  # a run tags a pool replica as its own as soon as it has locked it, or unlocks it once back
 VANISHED_AFTER_S = 10.0  # missing from listings that long after being in one: gone, not a listing's lag
 FILTER_VALUES = 200  # the most values an EC2 filter takes
 INITIALIZED = 100  # DescribeVolumeStatus's initialization progress, in percent, once every block is on the volume
@@ -279,20 +279,25 @@ def give_back(clients: Clients, replica: Resource) -> None:
 def delete_pool(clients: Clients) -> list[Resource]:
     """The pool's replicas, deleted but those runs hold, which are marked to be deleted when their runs give them
     back. Each is locked first, as a run claims one (`claim`): one a run claims meanwhile is the run's, and marked
-    once the run has tagged it as its own."""
-    lost, deleted = [], []
-    for replica in replicas(clients, POOL_OWNER):
-        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)  # the cleanup's, if this stops here
-        (deleted if _lock(clients, POOL_OWNER, expires, replica.id) else lost).append(replica)
-    delete(clients, [r.id for r in deleted])
-    secrets.delete(clients, [_claim_name(r.id) for r in deleted])
-    try:
-        if lost:
-            until("runs to tag the pool replicas they claimed", lambda: not (
-                {r.id for r in lost} & {r.id for r in replicas(clients, POOL_OWNER)}), CLAIM_TAGGED_S)
-    except BackendError:
-        log.warning("pool replica(s) %s were claimed by a run that has not tagged them as its own: they stay in the "
-                    "pool until it expires, when the cleanup deletes them", ", ".join(r.id for r in lost))
+    once the run has tagged it as its own; one a run is giving back is locked again once its lock is gone."""
+    deleted: list[Resource] = []
+    deadline = time.monotonic() + CLAIM_SETTLED_S
+    while True:
+        locked, lost = [], []
+        for replica in replicas(clients, POOL_OWNER):
+            (locked if _lock(clients, POOL_OWNER, replica.expires_at, replica.id) else lost).append(replica)
+        try:
+            delete(clients, [r.id for r in locked])
+            deleted += locked
+        finally:
+            secrets.delete(clients, [_claim_name(r.id) for r in locked])
+        if not lost:
+            break
+        if time.monotonic() > deadline:
+            log.warning("pool replica(s) %s stay claimed by a run that has not tagged them as its own: they stay "
+                        "until the pool expires, when the cleanup deletes them", ", ".join(r.id for r in lost))
+            break
+        time.sleep(VOLUME_POLL_S)
     retire_claimed(clients)
     return deleted
 
