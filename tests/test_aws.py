@@ -1266,7 +1266,9 @@ def test_a_teardown_leaves_completed_snapshots_whatever_their_tags(aws, tmp_path
     """Only a build's own snapshot that has not completed is the build run's: a completed one is the dataset's, even
     with the run's tag still on it, and one another service copied a run's tags onto (a backup) is not ours."""
     ec2, spec = aws.client("ec2"), cluster_spec("run-tagged-snapshots", 1)
-    built, copied = (owned_encrypted_snapshot(aws, description)["SnapshotId"] for description in ("built", "copied"))
+    built = owned_encrypted_snapshot(aws, "built")["SnapshotId"]
+    aws.set_snapshot_pending(3600)  # a backup still being made
+    copied = owned_encrypted_snapshot(aws, "copied")["SnapshotId"]
     ec2.create_tags(Resources=[built, copied], Tags=tags.tag_list(spec.run_id, spec.expires_at))
     ec2.create_tags(Resources=[built], Tags=[{"Key": tags.DATASET_SOURCE, "Value": "s3://datasets/imagenet"}])
     assert AwsBackend(options(), home=tmp_path).teardown(spec.run_id) == []

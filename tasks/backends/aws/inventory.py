@@ -27,9 +27,7 @@ NEEDS_GONE = {
 }
 
 # A snapshot build's snapshot while it is the build's: until it completes (then it is the dataset's, and untagged).
-# Only the builder's own (tagged with where the dataset came from), never one a backup service copied tags onto.
-UNFINISHED_BUILDS = [{"Name": "status", "Values": ["pending", "error"]},
-                     {"Name": "tag-key", "Values": [tags.DATASET_SOURCE]}]
+UNFINISHED = [{"Name": "status", "Values": ["pending", "error"]}]
 
 
 def _ec2_resources(clients: Clients, run_id: str | None) -> list[Resource]:
@@ -43,8 +41,10 @@ def _ec2_resources(clients: Clients, run_id: str | None) -> list[Resource]:
          "SpotInstanceRequestId"),
         ("volume", [v for v in ec2.describe_volumes(Filters=where)["Volumes"] if v["VolumeId"] not in replica_ids],
          "VolumeId"),
-        ("snapshot", ec2.describe_snapshots(OwnerIds=["self"], Filters=where + UNFINISHED_BUILDS)["Snapshots"],
-         "SnapshotId"),
+        # Only the builder's own (tagged with where the dataset came from), never one a backup service copied a
+        # run's tags onto. Not a second tag-key filter: with no run given, `where` is one already.
+        ("snapshot", [s for s in ec2.describe_snapshots(OwnerIds=["self"], Filters=where + UNFINISHED)["Snapshots"]
+                      if tags.DATASET_SOURCE in tags.as_dict(s.get("Tags"))], "SnapshotId"),
         ("address", ec2.describe_addresses(Filters=where)["Addresses"], "AllocationId"),
         ("placement-group", ec2.describe_placement_groups(  # not those deleting: they are on their way
             Filters=where + [{"Name": "state", "Values": ["pending", "available"]}])["PlacementGroups"], "GroupName"),
