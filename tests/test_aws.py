@@ -1008,8 +1008,8 @@ def test_a_replica_the_run_already_had_that_goes_fails_its_retry_in_seconds(aws,
 
     def retry() -> None:
         with pytest.raises(BackendError) as raised:
-            volumes.replicate(backend.clients, spec, backend.snapshot(DATASET), backend.zone(spec.instance_type), 2,
-                              backend.volume_settings, 1, had)
+            volumes.replicate(backend.clients, spec, backend.snapshot(DATASET), backend.zone(spec.instance_type),
+                              range(2), backend.volume_settings, 1, had)
         outcome.append(str(raised.value))
 
     thread = threading.Thread(target=retry, daemon=True)

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tasks.backends.aws import AwsBackend, tags
+from tasks.backends.aws import AwsBackend, consistency, tags
 from tasks.backends.base import POOL_OWNER, ClusterSpec
 from tasks.backends.local import LocalBackend
 from tests.leftovers import aws_leftovers, aws_leftovers_by_run, local_leftovers
@@ -21,9 +21,9 @@ from trainer.demo_data import make_demo_dataset
 from trainer.prepare import prepare
 
 
-def pool_spec(count: int, instance_type: str = "p4d.24xlarge") -> ClusterSpec:
+def pool_spec(count: int, instance_type: str = "p4d.24xlarge", hours: float = 24) -> ClusterSpec:
     return ClusterSpec(POOL_OWNER, POOL_OWNER, count, instance_type, False,
-                       dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=24))
+                       dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours))
 
 
 def claimed(replicas) -> list[str]:
@@ -203,6 +203,45 @@ def test_a_run_moved_to_another_zone_gives_its_pool_volumes_back(aws, snapshot, 
     backend.delete_replicas(POOL_OWNER)
 
 
+def test_a_pool_of_another_dataset_goes_beside_the_first_and_a_pool_made_again_is_topped_up(aws, snapshot,
+                                                                                           tiny_data, tmp_path):
+    backend, ec2 = AwsBackend(options(), home=tmp_path), aws.client("ec2")
+    first = backend.replicate(pool_spec(2), DATASET, 2, pool=True)
+    other = aws.make_snapshot(tiny_data.parent, description="other-dataset")
+    second = backend.replicate(pool_spec(2), "other-dataset", 2, pool=True)
+    assert [r.details["index"] for r in second] == [2, 3] and not {r.id for r in first} & {r.id for r in second}
+    assert {v["SnapshotId"] for v in ec2.describe_volumes(VolumeIds=[r.id for r in second])["Volumes"]} == {other}
+    assert claimed(backend.replicate(cluster_spec("run-other", 2), "other-dataset", 2)) == [r.id for r in second]
+    assert consistency.unlisted(aws.region, POOL_OWNER, {r.id for r in first}) == [], \
+        "the run's now: not awaited in the pool's listings"
+    journal = (tmp_path / "aws" / "made" / f"{POOL_OWNER}.jsonl").read_text()
+    assert all(json.dumps({"gone": r.id}) in journal for r in second), "nor by the processes that read its journal"
+
+    again = backend.replicate(pool_spec(3, hours=48), DATASET, 3, pool=True)
+    assert [r.id for r in again[:2]] == [r.id for r in first] and [r.details["index"] for r in again] == [0, 1, 4]
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=47)
+    assert all(r.expires_at > later for r in again), "kept for as long as asked this time"
+    assert all(r.expires_at > later for r in backend.resources(POOL_OWNER) if r.id in {r.id for r in again})
+    backend.teardown("run-other")
+    backend.delete_replicas(POOL_OWNER)
+    assert aws_leftovers(aws) == {}
+
+
+def test_the_cleanup_deletes_each_pool_replica_on_its_own_expiry(aws, snapshot, tmp_path):
+    backend = AwsBackend(options(), home=tmp_path)
+    [expired] = backend.replicate(pool_spec(1, hours=-1), DATASET, 1, pool=True)
+    [kept] = backend.replicate(pool_spec(1, hours=24), DATASET, 1, pool=True)
+    backend.clients.client("ssm").put_parameter(  # left by a deletion of the expired replica that died there
+        Name=f"/imagenet18/claims/{expired.id}", Value=POOL_OWNER, Type="String",
+        Tags=tags.tag_list(POOL_OWNER, expired.expires_at))
+    removed = backend.sweep(finished=lambda run_id: False)
+    assert sorted(r.kind for r in removed) == ["parameter", "replica"] and expired.id in [r.id for r in removed]
+    assert aws_leftovers(aws) == {"volume": [kept.id]}
+    assert claimed(backend.replicate(cluster_spec("run-after", 1), DATASET, 1)) == [kept.id]
+    backend.teardown("run-after")
+    backend.delete_replicas(POOL_OWNER)
+
+
 # -- local ---------------------------------------------------------------------------------------------------
 def local_spec(run_id: str, machines: int) -> ClusterSpec:
     return dataclasses.replace(cluster_spec(run_id, machines), instance_type="local")
@@ -261,3 +300,40 @@ def test_pool_replicas_made_before_the_resized_copies_get_them_when_a_run_claims
         assert sorted(os.listdir(f"{replica.details['data_root']}-sz/160/train")) == sorted(os.listdir(root / "train"))
     backend.teardown("run-reads-160")
     assert [r.id for r in backend.resources(POOL_OWNER)] == [r.id for r in pool]
+
+
+def test_a_local_pool_of_another_dataset_goes_beside_the_first_and_a_pool_made_again_is_topped_up(
+        tiny_data, data_copy, tmp_path):
+    backend = LocalBackend(tmp_path / "home")
+    first = backend.replicate(dataclasses.replace(pool_spec(2), instance_type="local"), str(tiny_data), 2, pool=True)
+    second = backend.replicate(dataclasses.replace(pool_spec(2), instance_type="local"), str(data_copy), 2, pool=True)
+    assert [r.details["index"] for r in second] == [2, 3] and not {r.id for r in first} & {r.id for r in second}
+    assert all(r.details["dataset"] == str(data_copy) and os.path.isdir(r.details["data_root"]) for r in second)
+    assert claimed(backend.replicate(local_spec("run-other", 2), str(data_copy), 2)) == [r.id for r in second]
+
+    again = backend.replicate(dataclasses.replace(pool_spec(3, hours=48), instance_type="local"), str(tiny_data), 3,
+                              pool=True)
+    assert [r.id for r in again[:2]] == [r.id for r in first] and [r.details["index"] for r in again] == [0, 1, 4]
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=47)
+    assert all(r.expires_at > later for r in backend.resources(POOL_OWNER) if r.id in {r.id for r in again})
+    backend.teardown("run-other")
+    backend.delete_replicas(POOL_OWNER)
+    assert local_leftovers(tmp_path / "home") == {}
+
+
+def test_the_local_cleanup_deletes_each_pool_replica_on_its_own_expiry(tiny_data, tmp_path):
+    backend = LocalBackend(tmp_path)
+    [expired] = backend.replicate(dataclasses.replace(pool_spec(1, hours=-1), instance_type="local"), str(tiny_data),
+                                  1, pool=True)
+    [kept] = backend.replicate(dataclasses.replace(pool_spec(1), instance_type="local"), str(tiny_data), 1, pool=True)
+    (tmp_path / "local" / "claims").mkdir(exist_ok=True)
+    (tmp_path / "local" / "claims" / "replicas_replica-00.json").write_text(json.dumps(  # a deletion died there
+        {"kind": "claim", "id": expired.id, "run_id": POOL_OWNER, "expires_at": expired.expires_at.isoformat(),
+         "details": {}}))
+    removed = backend.sweep(finished=lambda run_id: False)
+    assert sorted((r.kind, r.id) for r in removed) == [("claim", expired.id), ("replica", expired.id)]
+    assert not os.path.exists(expired.details["path"]) and os.path.isdir(kept.details["data_root"])
+    assert claimed(backend.replicate(local_spec("run-after", 1), str(tiny_data), 1)) == [kept.id]
+    backend.teardown("run-after")
+    backend.delete_replicas(POOL_OWNER)
+    assert local_leftovers(tmp_path) == {}

@@ -153,16 +153,19 @@ class LocalBackend:
     # -- replicas -------------------------------------------------------------------------------------
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
         root = Path(dataset.removeprefix("file://")).resolve()
-        held = {r.details["index"]: r for r in self.resources(spec.run_id) if r.kind == "replica"}
-        if not pool:
+        if pool:
+            reused = self._keep_pool(spec, root, count)
+            new = self._unused_pool_indices(count - len(reused))
+        else:
+            held = {r.details["index"]: r for r in self.resources(spec.run_id) if r.kind == "replica"}
             held |= self._claim_pool(spec, root, [i for i in range(count) if i not in held])
-        claimed = [r for r in held.values() if "pool_index" in r.details]
-        for replica in claimed:  # made ahead, perhaps before the copies this run's schedule reads
+            reused = [r for r in held.values() if "pool_index" in r.details]
+            new = [i for i in range(count) if i not in held or "pool_index" not in held[i].details]
+        for replica in reused:  # made ahead, perhaps before the copies this run's schedule reads
             _fill(root, Path(replica.details["path"]))
         with ThreadPoolExecutor(max_workers=min(count, 8)) as workers:
-            made = list(workers.map(lambda i: self._replica(spec, root, i, pool),
-                                    [i for i in range(count) if i not in held or "pool_index" not in held[i].details]))
-        return sorted([*made, *claimed], key=lambda r: r.details["index"])
+            made = list(workers.map(lambda i: self._replica(spec, root, i, pool), new))
+        return sorted([*made, *reused], key=lambda r: r.details["index"])
 
     def _replica(self, spec: ClusterSpec, root: Path, index: int, pool: bool) -> Resource:
         target = self.replica_root / spec.run_id / f"{index:02d}"
@@ -173,16 +176,46 @@ class LocalBackend:
         _fill(root, target)
         return resource
 
+    def _pool_of(self, root: Path) -> list[Resource]:
+        """The pool's unexpired replicas of the dataset, in their order in the pool."""
+        return sorted((r for r in self.resources(POOL_OWNER)
+                       if r.kind == "replica" and r.details.get("dataset") == str(root) and not r.expired),
+                      key=lambda r: r.details["index"])
+
+    def _keep_pool(self, spec: ClusterSpec, root: Path, count: int) -> list[Resource]:
+        """Up to `count` of the pool's replicas of the dataset, each kept until the pool's new expiry where its own
+        is sooner. Each is locked meanwhile, as a run claims one: one a run is claiming is the run's."""
+        kept = []
+        for replica in self._pool_of(root):
+            if len(kept) == count:
+                break
+            if not self._lock(replica.id, POOL_OWNER, replica.expires_at):
+                continue
+            try:
+                if (self.registry / POOL_OWNER / _file_name(replica.id)).exists():  # not deleted meanwhile
+                    kept.append(dataclasses.replace(replica, expires_at=max(replica.expires_at, spec.expires_at)))
+                    self._record(kept[-1])
+            finally:
+                self._unlock(replica.id)
+        return kept
+
+    def _unused_pool_indices(self, count: int) -> list[int]:
+        """`count` places in the pool after those its replicas (the ones runs hold included) and folders take: a
+        pool may hold replicas of several datasets, each in the folder of its place."""
+        used = [r.details.get("pool_index", r.details["index"]) for r in self.resources()
+                if r.kind == "replica" and (r.run_id == POOL_OWNER or "pool_index" in r.details)]
+        used += [int(f.name) for f in (self.replica_root / POOL_OWNER).glob("*") if f.name.isdigit()]
+        start = max(used, default=-1) + 1
+        return list(range(start, start + count))
+
     def _claim_pool(self, spec: ClusterSpec, root: Path, indices: list[int]) -> dict[int, Resource]:
         """Pool replicas of this dataset for the run's machines at `indices`. The claim file, created only where
         none exists, is the lock two runs cannot both win; then the replica's record moves to the run."""
         claimed: dict[int, Resource] = {}
-        candidates = [r for r in self.resources(POOL_OWNER)
-                      if r.kind == "replica" and r.details.get("dataset") == str(root) and not r.expired]
-        for replica in candidates:
+        for replica in self._pool_of(root):
             if len(claimed) == len(indices):
                 break
-            if not self._lock(replica, spec):
+            if not self._lock(replica.id, spec.run_id, spec.expires_at):
                 continue
             index = indices[len(claimed)]
             claimed[index] = Resource("replica", replica.id, spec.run_id, spec.expires_at,
@@ -192,11 +225,11 @@ class LocalBackend:
             self._forget(replica)
         return claimed
 
-    def _lock(self, replica: Resource, spec: ClusterSpec) -> bool:
-        claim = Resource("claim", replica.id, spec.run_id, spec.expires_at)
-        path = self.claims / _file_name(replica.id)
+    def _lock(self, replica_id: str, owner: str, expires_at: dt.datetime) -> bool:
+        claim = Resource("claim", replica_id, owner, expires_at)
+        path = self.claims / _file_name(replica_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        written = _write_record(path.with_name(f"{path.name}.{spec.run_id}"), claim)
+        written = _write_record(path.with_name(f"{path.name}.{owner}"), claim)
         try:
             os.link(written, path)  # fails when the replica is claimed: one winner, and never a half-written claim
             return True
@@ -204,6 +237,9 @@ class LocalBackend:
             return False
         finally:
             written.unlink()
+
+    def _unlock(self, replica_id: str) -> None:
+        (self.claims / _file_name(replica_id)).unlink(missing_ok=True)
 
     def _give_back(self, claimed: Resource) -> None:
         """The replica's record back in the pool (deleted instead once the pool's time is up), then the claim."""
@@ -216,9 +252,11 @@ class LocalBackend:
             self._record(Resource("replica", claimed.id, POOL_OWNER, pool_expires,
                                   {**details, "index": claimed.details["pool_index"]}))
         self._forget(claimed)
-        (self.claims / _file_name(claimed.id)).unlink(missing_ok=True)
+        self._unlock(claimed.id)
 
     def delete_replicas(self, run_id: str) -> list[Resource]:
+        if run_id == POOL_OWNER:
+            return self._delete_pool(expired_only=False)
         removed = []
         for resource in self.resources(run_id):
             if resource.kind != "replica":
@@ -229,11 +267,41 @@ class LocalBackend:
                 _remove_tree(resource.details["path"])
                 self._forget(resource)
             removed.append(resource)
-        if run_id == POOL_OWNER:
+        return removed
+
+    def _delete_pool(self, expired_only: bool) -> list[Resource]:
+        """The pool's replicas (`expired_only`: those whose time is up), but those runs hold, which are marked to
+        be deleted when their runs give them back. Each is locked first, as a run claims one: one a run is
+        claiming is the run's."""
+        removed = []
+        for replica in self.resources(POOL_OWNER):
+            if replica.kind != "replica" or (expired_only and not replica.expired):
+                continue
+            if not self._lock(replica.id, POOL_OWNER, replica.expires_at):
+                continue
+            try:
+                _remove_tree(replica.details["path"])
+                self._forget(replica)
+            finally:
+                self._unlock(replica.id)
+            removed.append(replica)
+        if not expired_only:
+            now = dt.datetime.now(dt.timezone.utc).isoformat()
             for held in self.resources():
                 if held.kind == "replica" and "pool_index" in held.details:  # deleted when its run gives it back
-                    self._record(dataclasses.replace(held, details={
-                        **held.details, "pool_expires": dt.datetime.now(dt.timezone.utc).isoformat()}))
+                    self._record(dataclasses.replace(held, details={**held.details, "pool_expires": now}))
+        return removed
+
+    def _sweep_pool(self) -> list[Resource]:
+        """The pool's expired replicas, each on its own expiry (`imagenet18 replicate` may have added some with a
+        later one), after its expired claims: one lasts as long as its replica was to, so an expired one was left
+        by a process that died holding it, and would keep the replica from ever being deleted."""
+        stale = [r for r in self.resources(POOL_OWNER) if r.kind == "claim" and r.expired]
+        for claim in stale:
+            self._forget(claim)
+        removed = stale + self._delete_pool(expired_only=True)
+        if not self.resources(POOL_OWNER):  # its folder too, with what a try that died half-way left there
+            removed += self.teardown(POOL_OWNER)
         return removed
 
     # -- machines -------------------------------------------------------------------------------------
@@ -363,6 +431,9 @@ class LocalBackend:
         """Tear down runs that finished, expired, or whose orchestrating process is gone (SIGKILL, lost host)."""
         removed = []
         for run_id in sorted({r.run_id for r in self.resources()} | _run_folders(self.replica_root)):
+            if run_id == POOL_OWNER:  # made ahead of runs, each replica with its own expiry
+                removed.extend(self._sweep_pool())
+                continue
             resources = self.resources(run_id)
             orphaned = any("owner_pid" in r.details and not _alive(r.details["owner_pid"], r.details["owner_start"])
                            for r in resources)

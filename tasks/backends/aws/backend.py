@@ -427,24 +427,30 @@ class AwsBackend:
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
         o = self.options
         # The lookups go at once: the snapshot, the run's volumes (a retry reuses them), the pool's replicas (a
-        # run claims those of its snapshot and zone before it makes any), the region's zones
+        # run claims those of its snapshot and zone before it makes any; a pool keeps them), the region's zones
         # beside the zones offering the type (which keeps only the region's available ones). `zone()` waits for
         # that zones lookup rather than repeating it: Python 3.11's cached_property computes under a lock
         # (3.12 dropped it; pyproject pins 3.11).
         with pools.pool(o.parallel_calls, 4) as calls:
             snapshot = calls.submit(self.snapshot, dataset)
-            existing = calls.submit(volumes.run_volumes, self.clients, spec.run_id)
-            claimable = calls.submit(lambda: [] if pool else volumes.pool_volumes(self.clients))
+            existing = calls.submit(lambda: {} if pool else volumes.run_volumes(self.clients, spec.run_id))
+            # A pool's own replicas still creating are a failed try's, which this one goes on with.
+            in_pool = calls.submit(volumes.pool_volumes, self.clients, ("creating", "available") if pool else
+                                   ("available",))
             calls.submit(lambda: self.clients.zones)
             zone = self.zone(spec.instance_type)
+            servable = volumes.servable(in_pool.result(), snapshot.result(), zone, self.volume_settings)
             if pool:  # a run's pre-flight checked its keys; a pool has none
                 self.check_disk_keys(self.clients.check_credentials(), snapshot.result(), root_disks=False)
-            held = existing.result()
-            held |= volumes.claim(self.clients, spec, claimable.result(), snapshot.result(), zone,
-                                  [i for i in range(count) if i not in held], self.volume_settings)
+                held = volumes.keep(self.clients, servable, spec.expires_at, count)
+                indices = [*held, *volumes.unused_pool_indices(self.clients, count - len(held))]
+            else:
+                held = existing.result()
+                held |= volumes.claim(self.clients, spec, servable, [i for i in range(count) if i not in held])
+                indices = list(range(count))
             # Again here: a replica pool has no pre-flight, and a run's retry may come long after its own.
             self._check_volume_quotas(snapshot.result(), count - len(held))
-            return volumes.replicate(self.clients, spec, snapshot.result(), zone, count, self.volume_settings,
+            return volumes.replicate(self.clients, spec, snapshot.result(), zone, indices, self.volume_settings,
                                      o.parallel_calls, held)
 
     def delete_replicas(self, run_id: str) -> list[Resource]:
@@ -631,12 +637,14 @@ class AwsBackend:
             for resource in found:
                 by_run.setdefault(resource.run_id, []).append(resource)
             for run_id, resources in sorted(by_run.items()):
-                if finished(run_id) or any(r.expired for r in resources):
-                    try:
+                try:
+                    if run_id == POOL_OWNER:  # made ahead of runs, each replica with its own expiry
+                        removed += volumes.sweep_pool(clients, resources)
+                    elif finished(run_id) or any(r.expired for r in resources):
                         removed += teardown(clients, run_id, self.key_folder)
-                    except Exception as exc:  # noqa: BLE001 - one run's trouble stops no other's sweep
-                        log.warning("could not tear down run %s in %s: %s", run_id, clients.region, exc)
-                        unswept[run_id] = str(exc)
+                except Exception as exc:  # noqa: BLE001 - one run's trouble stops no other's sweep
+                    log.warning("could not tear down run %s in %s: %s", run_id, clients.region, exc)
+                    unswept[run_id] = str(exc)
         if unswept:
             raise BackendError("the other runs were swept, but not " + "; ".join(
                 f"{run_id} ({why})" for run_id, why in sorted(unswept.items())) + ": the next cleanup tries again")

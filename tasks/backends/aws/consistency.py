@@ -98,6 +98,17 @@ def vanished(ids: list[str]) -> None:
             _made.pop(made, None)
 
 
+def moved(journals: Path | None, run_id: str, ids: list[str]) -> None:
+    """These carry another run's tag now (pool replicas a run claimed): awaited in the run's listings no more, by
+    this process nor, through its journal in the folder `journals`, by the others."""
+    with _lock:
+        for made in ids:
+            _unlisted.pop(made, None)
+            _journaled.pop(made, None)
+    if journals is not None:
+        journal.gone(journals, run_id, ids)
+
+
 def forget_all() -> None:
     """Await nothing more: for a process whose account was emptied behind its back (the tests' simulator reset)."""
     with _lock:

@@ -118,18 +118,19 @@ def run_volumes(clients: Clients, run_id: str) -> dict[int, dict]:
     )["Volumes"]}
 
 
-def replicate(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, count: int, settings: VolumeSettings,
-              parallel: int, existing: dict[int, dict] | None = None) -> list[Resource]:
-    """All `count` volumes at once; the ones this run already has (`existing`, looked up when not given) are
-    reused; returns when all are available and initialized, so no block is fetched from S3 once training runs."""
+def replicate(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, indices: Sequence[int],
+              settings: VolumeSettings, parallel: int, existing: dict[int, dict] | None = None) -> list[Resource]:
+    """A volume for each of `indices` (a run's machines, or places in the pool), all at once; the ones held already
+    (`existing`, the run's own looked up when not given) are reused; returns when all are available and
+    initialized, so no block is fetched from S3 once training runs."""
     if existing is None:
         existing = run_volumes(clients, spec.run_id)
 
     def one(index: int) -> dict:
         return existing.get(index) or _create_replica(clients, spec, snapshot, zone, index, settings)
 
-    with pools.pool(parallel, count) as pool:
-        made = list(pool.map(one, range(count)))
+    with pools.pool(parallel, len(indices)) as pool:
+        made = list(pool.map(one, indices))
     wait_available(clients, made, seen_before=[v["VolumeId"] for v in existing.values()])
     ids = [v["VolumeId"] for v in made]
     wait_initialized(clients, ids, 2 * settings.warmup_seconds(snapshot["VolumeSize"]) + 300)
@@ -207,22 +208,57 @@ def _create_replica(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: s
                                      TagSpecifications=tags.tag_specs("volume", run_tags), **performance)
 
 
-def pool_volumes(clients: Clients) -> list[dict]:
-    """The pool's replicas that a run could claim now, in their order in the pool."""
+def pool_volumes(clients: Clients, states: Sequence[str] = ("available",)) -> list[dict]:
+    """The pool's unexpired replicas in `states` (by default those a run could claim now), in their order in the
+    pool."""
     found = clients.ec2.describe_volumes(Filters=tags.run_filter(POOL_OWNER) + [
-        {"Name": f"tag:{KIND}", "Values": [REPLICA]}, {"Name": "status", "Values": ["available"]}])["Volumes"]
+        {"Name": f"tag:{KIND}", "Values": [REPLICA]}, {"Name": "status", "Values": list(states)}])["Volumes"]
     return sorted((v for v in found if not _as_resource(v, POOL_OWNER).expired),
                   key=lambda v: _as_resource(v, POOL_OWNER).details["index"])
 
 
-def claim(clients: Clients, spec: ClusterSpec, pool: list[dict], snapshot: dict, zone: str,
-          indices: list[int], settings: VolumeSettings) -> dict[int, dict]:
-    """Pool replicas (`pool_volumes`) of the snapshot in `zone`, as fast as `settings` ask or faster, for the
-    run's machines at `indices`. An SSM parameter per volume, which AWS creates only where none exists, is the
-    lock two runs cannot both win; the volume is then tagged as the run's, keeping its place and time in the pool
-    for when the run gives it back."""
+def unused_pool_indices(clients: Clients, count: int) -> list[int]:
+    """`count` places in the pool after those its replicas hold, the ones runs hold included: a pool may hold
+    replicas of several datasets and zones, each replica named after its place."""
+    held = replicas(clients, None)
+    used = [r.details["pool_index"] if "pool_index" in r.details else r.details["index"]
+            for r in held if r.run_id == POOL_OWNER or "pool_index" in r.details]
+    start = max(used, default=-1) + 1
+    return list(range(start, start + count))
+
+
+def keep(clients: Clients, pool: list[dict], expires_at: dt.datetime, count: int) -> dict[int, dict]:
+    """Up to `count` of the pool replicas `pool` (`servable`), by their place in the pool, each kept until
+    `expires_at` where its own expiry is sooner. Each is locked meanwhile, as a run claims one (`claim`): one a run
+    is claiming is the run's, and one deleted meanwhile is passed over."""
+    kept: dict[int, dict] = {}
+    for volume in pool:
+        if len(kept) == count:
+            break
+        replica = _as_resource(volume, POOL_OWNER)
+        if not _lock(clients, POOL_OWNER, replica.expires_at, replica.id):
+            continue
+        try:
+            if expires_at > replica.expires_at:
+                later = [{"Key": tags.EXPIRES, "Value": tags.stamp(expires_at)}]
+                clients.ec2.create_tags(Resources=[replica.id], Tags=later)
+                volume = {**volume, "Tags": [*volume["Tags"], *later]}  # the later key wins in as_dict
+        except Exception as exc:  # noqa: BLE001
+            if error_code(exc) != "InvalidVolume.NotFound":
+                raise
+            continue
+        finally:
+            secrets.delete(clients, [_claim_name(replica.id)])
+        kept[replica.details["index"]] = volume
+    return kept
+
+
+def claim(clients: Clients, spec: ClusterSpec, pool: list[dict], indices: list[int]) -> dict[int, dict]:
+    """Pool replicas (`servable`) for the run's machines at `indices`. An SSM parameter per volume, which AWS
+    creates only where none exists, is the lock two runs cannot both win; the volume is then tagged as the run's,
+    keeping its place and time in the pool for when the run gives it back."""
     claimed: dict[int, dict] = {}
-    for volume in servable(pool, snapshot, zone, settings):
+    for volume in pool:
         if len(claimed) == len(indices):
             break
         if not _lock(clients, spec.run_id, spec.expires_at, volume["VolumeId"]):
@@ -231,6 +267,7 @@ def claim(clients: Clients, spec: ClusterSpec, pool: list[dict], snapshot: dict,
         run_tags = tags.tag_list(spec.run_id, spec.expires_at, **{
             tags.INDEX: str(index), POOL_INDEX: pool_tags[tags.INDEX], POOL_EXPIRES: pool_tags[tags.EXPIRES]})
         clients.ec2.create_tags(Resources=[volume["VolumeId"]], Tags=run_tags)
+        consistency.moved(clients.journals, POOL_OWNER, [volume["VolumeId"]])
         claimed[index] = {**volume, "Tags": [*volume["Tags"], *run_tags]}  # the later key wins in as_dict
     return claimed
 
@@ -276,15 +313,18 @@ def give_back(clients: Clients, replica: Resource) -> None:
     secrets.delete(clients, [_claim_name(replica.id)])
 
 
-def delete_pool(clients: Clients) -> list[Resource]:
-    """The pool's replicas, deleted but those runs hold, which are marked to be deleted when their runs give them
-    back. Each is locked first, as a run claims one (`claim`): one a run claims meanwhile is the run's, and marked
-    once the run has tagged it as its own; one a run is giving back is locked again once its lock is gone."""
+def delete_pool(clients: Clients, expired_only: bool = False) -> list[Resource]:
+    """The pool's replicas (`expired_only`: those whose time is up), deleted but those runs hold, which are marked
+    to be deleted when their runs give them back (a run gives back an expired one deleted already). Each is locked
+    first, as a run claims one (`claim`): one a run claims meanwhile is the run's, and marked once the run has
+    tagged it as its own; one a run is giving back is locked again once its lock is gone."""
     deleted: list[Resource] = []
     deadline = time.monotonic() + CLAIM_SETTLED_S
     while True:
         locked, lost = [], []
         for replica in replicas(clients, POOL_OWNER):
+            if expired_only and not replica.expired:
+                continue
             (locked if _lock(clients, POOL_OWNER, replica.expires_at, replica.id) else lost).append(replica)
         try:
             delete(clients, [r.id for r in locked])
@@ -294,12 +334,23 @@ def delete_pool(clients: Clients) -> list[Resource]:
         if not lost:
             break
         if time.monotonic() > deadline:
-            log.warning("pool replica(s) %s stay claimed by a run that has not tagged them as its own: they stay "
-                        "until the pool expires, when the cleanup deletes them", ", ".join(r.id for r in lost))
+            log.warning("pool replica(s) %s stay locked, by a run claiming them or a deletion elsewhere: the "
+                        "scheduled cleanup deletes them once they have expired and are free",
+                        ", ".join(r.id for r in lost))
             break
         time.sleep(VOLUME_POLL_S)
-    retire_claimed(clients)
+    if not expired_only:
+        retire_claimed(clients)
     return deleted
+
+
+def sweep_pool(clients: Clients, pool: list[Resource]) -> list[Resource]:
+    """The pool's expired replicas, each on its own expiry (`imagenet18 replicate` may have added some with a later
+    one), after its expired locks: one lasts as long as its replica was to, so an expired one was left by a
+    process that died holding it, and would keep the replica from ever being deleted. `pool`: its resources."""
+    stale = [r for r in pool if r.kind == "parameter" and r.expired]
+    secrets.delete(clients, [r.id for r in stale])
+    return stale + delete_pool(clients, expired_only=True)
 
 
 def retire_claimed(clients: Clients) -> list[Resource]:
@@ -323,7 +374,7 @@ def move(clients: Clients, spec: ClusterSpec, replicas: list[Resource], zone: st
         if "pool_index" in replica.details:
             give_back(clients, replica)
     delete(clients, [r.id for r in replicas if "pool_index" not in r.details])
-    return replicate(clients, spec, snapshot, zone, len(replicas), settings, parallel)
+    return replicate(clients, spec, snapshot, zone, range(len(replicas)), settings, parallel)
 
 
 def replicas(clients: Clients, run_id: str | None) -> list[Resource]:
