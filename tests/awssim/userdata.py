@@ -73,10 +73,11 @@ LISTS_LOCKED = "E: Could not get lock /var/lib/apt/lists/lock. It is held by pro
 VENV = re.compile(r"(?<![\w/.-])(?:/usr/bin/)?(python3(?:\.\d+)?)\s+-m\s+venv\b")
 NFS_MOUNT = re.compile(r"\bmount\b[^\n]*\s-t\s+nfs4?\b|\bmount\.nfs4?\b")
 HASHED_INSTALL = re.compile(r"\bpip install\b[^\n]*--require-hashes -r (\S+)")
-# A hashed install that is its line's own command, outside a loop: tried once, it fails where a download is cut off
-# midway (pip's hash check finds it, and pip does not ask again), which machines that each download gigabytes meet;
-# here the largest wheel's always is.
-INSTALL_ONCE = re.compile(r"^\s*(?:sudo\s+)?\S*\bpip3?(?:\.\d+)?\s+install\b[^\n]*--require-hashes")
+# A hashed install that is its line's own command (or `retrying 1`'s), outside a loop: tried once, it fails where a
+# download is cut off midway (pip's hash check finds it, and pip does not ask again), which machines that each
+# download gigabytes meet; here the largest wheel's always is.
+INSTALL_ONCE = re.compile(r"^\s*(?:retrying\s+1\s+(?:\"[^\"]*\"|'[^']*'|\S+)\s+)?(?:sudo\s+)?\S*\bpip3?(?:\.\d+)?\s+"
+                          r"install\b[^\n]*--require-hashes")
 HASHES_DIFFER = ("ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE. If you have updated the "
                  "package versions, please update the hashes. Otherwise, examine the package contents carefully; "
                  "someone may have tampered with them.\n    {pin}:\n        Expected sha256 {expected}\n"
