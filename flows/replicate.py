@@ -37,6 +37,6 @@ def replicate(replicas: int = 16, backend: BackendName = "local", dataset: str |
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=keep_hours)
     spec = ClusterSpec(POOL_OWNER, POOL_OWNER, replicas, params.resolved_instance_type, False, expires)
     made = store.replicate(spec, params.resolved_dataset, replicas, pool=True)
-    logger.info("%d replica(s) ready until %s: %s", len(made), expires.isoformat(timespec="minutes"),
+    logger.info("%d replica(s) ready until %s at least: %s", len(made), expires.isoformat(timespec="minutes"),
                 ", ".join(r.id for r in made))
     return [r.id for r in made]

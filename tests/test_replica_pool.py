@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tasks.backends.aws import AwsBackend, consistency, tags
+from tasks.backends.aws import AwsBackend, consistency, tags, volumes
 from tasks.backends.base import POOL_OWNER, ClusterSpec
 from tasks.backends.local import LocalBackend
 from tests.leftovers import aws_leftovers, aws_leftovers_by_run, local_leftovers
@@ -240,6 +240,73 @@ def test_the_cleanup_deletes_each_pool_replica_on_its_own_expiry(aws, snapshot, 
     assert claimed(backend.replicate(cluster_spec("run-after", 1), DATASET, 1)) == [kept.id]
     backend.teardown("run-after")
     backend.delete_replicas(POOL_OWNER)
+    assert aws_leftovers(aws) == {}
+
+
+def test_a_run_passes_over_a_pool_replica_deleted_since_it_was_listed(aws, snapshot, tmp_path):
+    backend, spec = AwsBackend(options(), home=tmp_path), cluster_spec("run-late", 2)
+    pool = backend.replicate(pool_spec(2), DATASET, 2, pool=True)
+    listed = volumes.pool_volumes(backend.clients)
+    aws.client("ec2").delete_volume(VolumeId=pool[0].id)  # as `replicate --delete` does once it has locked it
+    assert [v["VolumeId"] for v in volumes.claim(backend.clients, spec, listed, [0, 1]).values()] == [pool[1].id]
+    assert aws_leftovers_by_run(aws).get(spec.run_id) == {
+        "ssm parameter": [f"/imagenet18/claims/{pool[1].id}"], "volume": [pool[1].id]}, "no lock is left on the other"
+    backend.teardown(spec.run_id)
+    backend.delete_replicas(POOL_OWNER)
+    assert aws_leftovers(aws) == {}
+
+
+def test_pool_replicas_listed_before_another_kept_them_longer_keep_the_longer_expiry(aws, snapshot, tmp_path):
+    backend, spec = AwsBackend(options(), home=tmp_path), cluster_spec("run-stale", 1)
+    [replica] = backend.replicate(pool_spec(1), DATASET, 1, pool=True)
+    listed = volumes.pool_volumes(backend.clients)
+    backend.replicate(pool_spec(1, hours=48), DATASET, 1, pool=True)
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=47)
+    sooner = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=30)
+    [kept] = volumes.keep(backend.clients, listed, sooner, 1).values()
+    assert tags.expires(tags.as_dict(kept["Tags"])) > later, "kept as long as the longer asked"
+    volumes.claim(backend.clients, spec, listed, [0])
+    [held] = [r for r in backend.resources(spec.run_id) if r.kind == "replica"]
+    assert dt.datetime.fromisoformat(held.details["pool_expires"]) > later, "given back for as long"
+    backend.teardown(spec.run_id)
+    assert [r.expires_at > later for r in backend.resources(POOL_OWNER) if r.kind == "replica"] == [True]
+    backend.delete_replicas(POOL_OWNER)
+
+
+def test_deleting_the_pool_marks_the_replicas_runs_hold_though_one_goes_meanwhile(aws, snapshot, tmp_path):
+    """A run gives back a replica whose pool expired by deleting it: it may go between the listing of the replicas
+    runs hold and their marking."""
+    backend = AwsBackend(options(), home=tmp_path)
+    pool = backend.replicate(pool_spec(2), DATASET, 2, pool=True)
+    held = backend.replicate(cluster_spec("run-holding-two", 2), DATASET, 2)
+    assert claimed(held) == [r.id for r in pool]
+
+    def gone_first(params, **_) -> None:  # as the run's teardown, giving it back expired, deletes it
+        if params.get("Tags", [{}])[0].get("Key") == volumes.POOL_EXPIRES and params["Resources"] == [pool[0].id]:
+            backend.clients.ec2.delete_volume(VolumeId=pool[0].id)
+
+    backend.clients.ec2.meta.events.register("before-parameter-build.ec2.CreateTags", gone_first)
+    assert backend.delete_replicas(POOL_OWNER) == []
+    [marked] = [r for r in backend.resources("run-holding-two") if r.kind == "replica"]
+    assert marked.id == pool[1].id and dt.datetime.fromisoformat(marked.details["pool_expires"]) <= \
+        dt.datetime.now(dt.timezone.utc)
+    backend.teardown("run-holding-two")
+    assert aws_leftovers(aws) == {}
+
+
+def test_the_cleanup_leaves_an_expired_pool_replica_kept_longer_since_it_was_listed(aws, snapshot, tmp_path):
+    """`imagenet18 replicate` keeps a replica longer (under its lock) moments before the cleanup locks it."""
+    backend = AwsBackend(options(), home=tmp_path)
+    [replica] = backend.replicate(pool_spec(1, hours=-1), DATASET, 1, pool=True)
+    longer = tags.tag_list(POOL_OWNER, dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=24))[1:]
+
+    def kept_first(**_) -> None:
+        aws.client("ec2").create_tags(Resources=[replica.id], Tags=longer)
+
+    backend.clients.client("ssm").meta.events.register_first("before-parameter-build.ssm.PutParameter", kept_first)
+    assert backend.sweep(finished=lambda run_id: False) == []
+    assert aws_leftovers(aws) == {"volume": [replica.id]}
+    backend.delete_replicas(POOL_OWNER)
 
 
 # -- local ---------------------------------------------------------------------------------------------------
@@ -335,5 +402,18 @@ def test_the_local_cleanup_deletes_each_pool_replica_on_its_own_expiry(tiny_data
     assert not os.path.exists(expired.details["path"]) and os.path.isdir(kept.details["data_root"])
     assert claimed(backend.replicate(local_spec("run-after", 1), str(tiny_data), 1)) == [kept.id]
     backend.teardown("run-after")
+    backend.delete_replicas(POOL_OWNER)
+    assert local_leftovers(tmp_path) == {}
+
+
+def test_the_local_cleanup_leaves_the_runs_their_pool_replicas(tiny_data, tmp_path):
+    backend = LocalBackend(tmp_path)
+    pool = backend.replicate(dataclasses.replace(pool_spec(1), instance_type="local"), str(tiny_data), 1, pool=True)
+    before = pool_as_it_is(backend)
+    held = backend.replicate(local_spec("run-holding", 1), str(tiny_data), 1)
+    assert claimed(held) == [pool[0].id]
+    assert backend.sweep(finished=lambda run_id: False) == []
+    backend.teardown("run-holding")
+    assert pool_as_it_is(backend) == before, "back in the pool until its own expiry"
     backend.delete_replicas(POOL_OWNER)
     assert local_leftovers(tmp_path) == {}

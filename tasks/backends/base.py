@@ -13,6 +13,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 POOL_OWNER = "replicas"  # the run id pool replicas (made ahead of runs by `imagenet18 replicate`) are tagged with
+POOL_LOCK_S = 3600.0  # a bound on how long the pool's own upkeep holds a replica's lock (a deletion awaits it)
+
+
+def pool_lock_expiry() -> dt.datetime:
+    """When a lock the pool's own upkeep takes (keeping or deleting a replica) is stale: held for moments, one older
+    than that was left by a process that died holding it, and would keep the replica from ever being deleted."""
+    return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=POOL_LOCK_S)
 
 
 class BackendError(RuntimeError):

@@ -21,12 +21,13 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tasks.backends.base import (POOL_OWNER, BackendError, Cluster, ClusterSpec, CostPlan, Devices, InputError,
-                                 JobStatus, LineItem, Machine, Resource, RunsFolder)
+                                 JobStatus, LineItem, Machine, Resource, RunsFolder, pool_lock_expiry)
 from tasks.backends.demo import demo_dataset_root, ensure_demo_dataset
 from tasks.backends.home import default_home
 from trainer.layout import SPLITS, DataError, check_source
@@ -186,18 +187,28 @@ class LocalBackend:
         """Up to `count` of the pool's replicas of the dataset, each kept until the pool's new expiry where its own
         is sooner. Each is locked meanwhile, as a run claims one: one a run is claiming is the run's."""
         kept = []
-        for replica in self._pool_of(root):
+        for listed in self._pool_of(root):
             if len(kept) == count:
                 break
-            if not self._lock(replica.id, POOL_OWNER, replica.expires_at):
+            if not self._lock(listed.id, POOL_OWNER, pool_lock_expiry()):
                 continue
             try:
-                if (self.registry / POOL_OWNER / _file_name(replica.id)).exists():  # not deleted meanwhile
+                replica = self._in_pool_now(listed.id)
+                if replica is not None and not replica.expired and replica.details["index"] not in \
+                        {r.details["index"] for r in kept}:  # two pool makers at once may take one place
                     kept.append(dataclasses.replace(replica, expires_at=max(replica.expires_at, spec.expires_at)))
                     self._record(kept[-1])
             finally:
-                self._unlock(replica.id)
+                self._unlock(listed.id)
         return kept
+
+    def _in_pool_now(self, replica_id: str) -> Resource | None:
+        """A pool replica's record as it is now that it is locked, or None where the pool's no more (deleted, or a
+        run's) since it was listed."""
+        try:
+            return _load(self.registry / POOL_OWNER / _file_name(replica_id))
+        except FileNotFoundError:
+            return None
 
     def _unused_pool_indices(self, count: int) -> list[int]:
         """`count` places in the pool after those its replicas (the ones runs hold included) and folders take: a
@@ -212,10 +223,13 @@ class LocalBackend:
         """Pool replicas of this dataset for the run's machines at `indices`. The claim file, created only where
         none exists, is the lock two runs cannot both win; then the replica's record moves to the run."""
         claimed: dict[int, Resource] = {}
-        for replica in self._pool_of(root):
+        for listed in self._pool_of(root):
             if len(claimed) == len(indices):
                 break
-            if not self._lock(replica.id, spec.run_id, spec.expires_at):
+            if not self._lock(listed.id, spec.run_id, spec.expires_at):
+                continue
+            if (replica := self._in_pool_now(listed.id)) is None or replica.expired:
+                self._unlock(listed.id)
                 continue
             index = indices[len(claimed)]
             claimed[index] = Resource("replica", replica.id, spec.run_id, spec.expires_at,
@@ -229,7 +243,7 @@ class LocalBackend:
         claim = Resource("claim", replica_id, owner, expires_at)
         path = self.claims / _file_name(replica_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        written = _write_record(path.with_name(f"{path.name}.{owner}"), claim)
+        written = _write_record(path.with_name(f"{path.name}.{uuid.uuid4().hex}"), claim)  # each locker its own
         try:
             os.link(written, path)  # fails when the replica is claimed: one winner, and never a half-written claim
             return True
@@ -274,34 +288,36 @@ class LocalBackend:
         be deleted when their runs give them back. Each is locked first, as a run claims one: one a run is
         claiming is the run's."""
         removed = []
-        for replica in self.resources(POOL_OWNER):
-            if replica.kind != "replica" or (expired_only and not replica.expired):
+        for listed in self.resources(POOL_OWNER):
+            if listed.kind != "replica" or (expired_only and not listed.expired):
                 continue
-            if not self._lock(replica.id, POOL_OWNER, replica.expires_at):
+            if not self._lock(listed.id, POOL_OWNER, pool_lock_expiry()):
                 continue
-            try:
+            try:  # as it is now that it is locked: another process may have kept it longer, or deleted it
+                if (replica := self._in_pool_now(listed.id)) is None or (expired_only and not replica.expired):
+                    continue
                 _remove_tree(replica.details["path"])
                 self._forget(replica)
             finally:
-                self._unlock(replica.id)
+                self._unlock(listed.id)
             removed.append(replica)
         if not expired_only:
             now = dt.datetime.now(dt.timezone.utc).isoformat()
             for held in self.resources():
-                if held.kind == "replica" and "pool_index" in held.details:  # deleted when its run gives it back
+                record = self.registry / held.run_id / _file_name(held.id)
+                if held.kind == "replica" and "pool_index" in held.details and record.exists():  # not given back
                     self._record(dataclasses.replace(held, details={**held.details, "pool_expires": now}))
         return removed
 
     def _sweep_pool(self) -> list[Resource]:
         """The pool's expired replicas, each on its own expiry (`imagenet18 replicate` may have added some with a
-        later one), after its expired claims: one lasts as long as its replica was to, so an expired one was left
-        by a process that died holding it, and would keep the replica from ever being deleted."""
+        later one), after its stale claims (`pool_lock_expiry`); those runs hold stay theirs."""
         stale = [r for r in self.resources(POOL_OWNER) if r.kind == "claim" and r.expired]
         for claim in stale:
             self._forget(claim)
         removed = stale + self._delete_pool(expired_only=True)
-        if not self.resources(POOL_OWNER):  # its folder too, with what a try that died half-way left there
-            removed += self.teardown(POOL_OWNER)
+        self._remove_strays(POOL_OWNER)  # what a try that died half-way left
+        _remove_if_empty(self.replica_root / POOL_OWNER)
         return removed
 
     # -- machines -------------------------------------------------------------------------------------
@@ -416,16 +432,23 @@ class LocalBackend:
         for resource in self.resources(run_id):
             self._forget(resource)
             removed.append(resource)
-        held = {r.details["path"] for r in self.resources() if r.kind == "replica"}  # a pool's, claimed by runs
-        strays = [f for f in (self.replica_root / run_id).glob("*") if str(f) not in held]  # half-made ones too
-        for folder in strays:
-            shutil.rmtree(folder, ignore_errors=True)
+        strays = self._remove_strays(run_id)
         _remove_if_empty(self.replica_root / run_id)
         shutil.rmtree(self.registry / run_id, ignore_errors=True)
         left = self.resources(run_id)
         if left or any(folder.exists() for folder in strays):
             raise RuntimeError(f"teardown of run {run_id} left {[r.id for r in left]}; run `imagenet18 cleanup`")
         return removed
+
+    def _remove_strays(self, run_id: str) -> list[Path]:
+        """The run's replica folders no record names (half-made ones too); a pool's, claimed by runs, stay. Listed
+        before the records: a replica is recorded before its folder is made."""
+        folders = list((self.replica_root / run_id).glob("*"))
+        held = {r.details["path"] for r in self.resources() if r.kind == "replica"}
+        strays = [f for f in folders if str(f) not in held]
+        for folder in strays:
+            shutil.rmtree(folder, ignore_errors=True)
+        return strays
 
     def sweep(self, finished: Callable[[str], bool]) -> list[Resource]:
         """Tear down runs that finished, expired, or whose orchestrating process is gone (SIGKILL, lost host)."""

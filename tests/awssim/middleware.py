@@ -16,7 +16,8 @@ import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from . import access, agent, attach, backends, catalogue, command_list, encryption, limits, network, prices, regions
+from . import (access, agent, attach, backends, catalogue, command_list, encryption, limits, network, prices, regions,
+               tagging)
 from .calls import AwsCall, identify, signing_scope
 from .consistency import Consistency
 from .control import Control
@@ -38,7 +39,8 @@ WATCHED_SERVICES = ("ec2", "efs", "ssm")  # whose writes can change disks, insta
 EC2_REFUSALS = {"AssociateAddress": network.associate_address_error, "ReleaseAddress": network.release_address_error,
                 "DeleteSubnet": network.delete_subnet_error, "DeleteSecurityGroup": network.delete_security_group_error,
                 "DeleteVpc": network.delete_vpc_error, "AttachVolume": attach.attach_volume_error,
-                "DetachVolume": attach.detach_volume_error}
+                "DetachVolume": attach.detach_volume_error, "CreateTags": tagging.tagging_error,
+                "DeleteTags": tagging.tagging_error}
 
 
 class AwsSimApp:

@@ -637,11 +637,11 @@ class AwsBackend:
             for resource in found:
                 by_run.setdefault(resource.run_id, []).append(resource)
             for run_id, resources in sorted(by_run.items()):
+                pool = run_id == POOL_OWNER  # made ahead of runs, each replica with its own expiry
+                if not pool and not finished(run_id) and not any(r.expired for r in resources):
+                    continue
                 try:
-                    if run_id == POOL_OWNER:  # made ahead of runs, each replica with its own expiry
-                        removed += volumes.sweep_pool(clients, resources)
-                    elif finished(run_id) or any(r.expired for r in resources):
-                        removed += teardown(clients, run_id, self.key_folder)
+                    removed += volumes.sweep_pool(clients) if pool else teardown(clients, run_id, self.key_folder)
                 except Exception as exc:  # noqa: BLE001 - one run's trouble stops no other's sweep
                     log.warning("could not tear down run %s in %s: %s", run_id, clients.region, exc)
                     unswept[run_id] = str(exc)

@@ -13,7 +13,7 @@ from tasks.backends.aws import consistency, pools, secrets, tags
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.encryption import KMS_ACTIONS
 from tasks.backends.aws.waiting import until, waiter_config
-from tasks.backends.base import POOL_OWNER, BackendError, ClusterSpec, InputError, Resource
+from tasks.backends.base import POOL_OWNER, BackendError, ClusterSpec, InputError, Resource, pool_lock_expiry
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,8 @@ def wait_available(clients: Clients, volumes: list[dict], seen_before: Sequence[
         last.update(listed)
         if broken := sorted(f"{i} ({v['State']})" for i, v in listed.items() if v["State"] in BROKEN_STATES):
             raise BackendError(f"volume(s) {', '.join(broken)} will never be available")
-        return len(listed) == len(ids) and all(v["State"] == "available" for v in listed.values())
+        # One in use is past available: a retry's own replica attached already, a kept pool replica a run claimed.
+        return len(listed) == len(ids) and all(v["State"] in ("available", "in-use") for v in listed.values())
 
     until(f"{len(ids)} volume(s) available", available, poll=VOLUME_POLL_S)
 
@@ -232,25 +233,33 @@ def keep(clients: Clients, pool: list[dict], expires_at: dt.datetime, count: int
     `expires_at` where its own expiry is sooner. Each is locked meanwhile, as a run claims one (`claim`): one a run
     is claiming is the run's, and one deleted meanwhile is passed over."""
     kept: dict[int, dict] = {}
-    for volume in pool:
+    for listed in pool:
         if len(kept) == count:
             break
-        replica = _as_resource(volume, POOL_OWNER)
-        if not _lock(clients, POOL_OWNER, replica.expires_at, replica.id):
+        if not _lock(clients, POOL_OWNER, pool_lock_expiry(), listed["VolumeId"]):
             continue
         try:
-            if expires_at > replica.expires_at:
+            volume = _in_pool_now(clients, listed["VolumeId"])
+            if (volume is None or volume["State"] not in ("creating", "available")
+                    or _as_resource(volume, POOL_OWNER).expired
+                    or _as_resource(volume, POOL_OWNER).details["index"] in kept):  # two pool makers at once
+                continue
+            if expires_at > _as_resource(volume, POOL_OWNER).expires_at:
                 later = [{"Key": tags.EXPIRES, "Value": tags.stamp(expires_at)}]
-                clients.ec2.create_tags(Resources=[replica.id], Tags=later)
+                clients.ec2.create_tags(Resources=[volume["VolumeId"]], Tags=later)
                 volume = {**volume, "Tags": [*volume["Tags"], *later]}  # the later key wins in as_dict
-        except Exception as exc:  # noqa: BLE001
-            if error_code(exc) != "InvalidVolume.NotFound":
-                raise
-            continue
         finally:
-            secrets.delete(clients, [_claim_name(replica.id)])
-        kept[replica.details["index"]] = volume
+            secrets.delete(clients, [_claim_name(listed["VolumeId"])])
+        kept[_as_resource(volume, POOL_OWNER).details["index"]] = volume
     return kept
+
+
+def _in_pool_now(clients: Clients, volume_id: str) -> dict | None:
+    """A pool replica as it is now that it is locked, or None where it is the pool's no more since it was listed
+    (deleted, or a run's); with its tags as they are now (another process may have kept it longer meanwhile)."""
+    found = clients.ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume_id]}])["Volumes"]
+    return next((v for v in found if v["State"] not in BROKEN_STATES
+                 and tags.as_dict(v.get("Tags")).get(tags.RUN) == POOL_OWNER), None)
 
 
 def claim(clients: Clients, spec: ClusterSpec, pool: list[dict], indices: list[int]) -> dict[int, dict]:
@@ -258,10 +267,14 @@ def claim(clients: Clients, spec: ClusterSpec, pool: list[dict], indices: list[i
     creates only where none exists, is the lock two runs cannot both win; the volume is then tagged as the run's,
     keeping its place and time in the pool for when the run gives it back."""
     claimed: dict[int, dict] = {}
-    for volume in pool:
+    for listed in pool:
         if len(claimed) == len(indices):
             break
-        if not _lock(clients, spec.run_id, spec.expires_at, volume["VolumeId"]):
+        if not _lock(clients, spec.run_id, spec.expires_at, listed["VolumeId"]):
+            continue
+        volume = _in_pool_now(clients, listed["VolumeId"])
+        if volume is None or volume["State"] != "available" or _as_resource(volume, POOL_OWNER).expired:
+            secrets.delete(clients, [_claim_name(listed["VolumeId"])])
             continue
         index, pool_tags = indices[len(claimed)], tags.as_dict(volume.get("Tags"))
         run_tags = tags.tag_list(spec.run_id, spec.expires_at, **{
@@ -325,10 +338,13 @@ def delete_pool(clients: Clients, expired_only: bool = False) -> list[Resource]:
         for replica in replicas(clients, POOL_OWNER):
             if expired_only and not replica.expired:
                 continue
-            (locked if _lock(clients, POOL_OWNER, replica.expires_at, replica.id) else lost).append(replica)
+            (locked if _lock(clients, POOL_OWNER, pool_lock_expiry(), replica.id) else lost).append(replica)
         try:
-            delete(clients, [r.id for r in locked])
-            deleted += locked
+            # As they are now that they are locked: another process may have kept one longer, or deleted it.
+            now = {v["VolumeId"]: _as_resource(v, POOL_OWNER) for r in locked if (v := _in_pool_now(clients, r.id))}
+            doomed = [now[r.id] for r in locked if r.id in now and (not expired_only or now[r.id].expired)]
+            delete(clients, [r.id for r in doomed])
+            deleted += doomed
         finally:
             secrets.delete(clients, [_claim_name(r.id) for r in locked])
         if not lost:
@@ -344,11 +360,10 @@ def delete_pool(clients: Clients, expired_only: bool = False) -> list[Resource]:
     return deleted
 
 
-def sweep_pool(clients: Clients, pool: list[Resource]) -> list[Resource]:
+def sweep_pool(clients: Clients) -> list[Resource]:
     """The pool's expired replicas, each on its own expiry (`imagenet18 replicate` may have added some with a later
-    one), after its expired locks: one lasts as long as its replica was to, so an expired one was left by a
-    process that died holding it, and would keep the replica from ever being deleted. `pool`: its resources."""
-    stale = [r for r in pool if r.kind == "parameter" and r.expired]
+    one), after its stale locks (`pool_lock_expiry`), which would keep a replica from ever being deleted."""
+    stale = [r for r in secrets.parameters(clients, POOL_OWNER) if r.expired]
     secrets.delete(clients, [r.id for r in stale])
     return stale + delete_pool(clients, expired_only=True)
 
@@ -356,9 +371,13 @@ def sweep_pool(clients: Clients, pool: list[Resource]) -> list[Resource]:
 def retire_claimed(clients: Clients) -> list[Resource]:
     """The pool replicas runs hold now, marked to be deleted, not kept, when their runs give them back."""
     held = [r for r in replicas(clients, None) if "pool_index" in r.details]
-    if held:
-        now = tags.stamp(dt.datetime.now(dt.timezone.utc))
-        clients.ec2.create_tags(Resources=[r.id for r in held], Tags=[{"Key": POOL_EXPIRES, "Value": now}])
+    now = tags.stamp(dt.datetime.now(dt.timezone.utc))
+    for replica in held:  # one at a time: a run may delete its own (given back expired) meanwhile
+        try:
+            clients.ec2.create_tags(Resources=[replica.id], Tags=[{"Key": POOL_EXPIRES, "Value": now}])
+        except Exception as exc:  # noqa: BLE001
+            if error_code(exc) != "InvalidVolume.NotFound":
+                raise
     return held
 
 
