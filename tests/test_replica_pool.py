@@ -271,6 +271,7 @@ def test_pool_replicas_listed_before_another_kept_them_longer_keep_the_longer_ex
     backend.teardown(spec.run_id)
     assert [r.expires_at > later for r in backend.resources(POOL_OWNER) if r.kind == "replica"] == [True]
     backend.delete_replicas(POOL_OWNER)
+    assert aws_leftovers(aws) == {}
 
 
 def test_deleting_the_pool_marks_the_replicas_runs_hold_though_one_goes_meanwhile(aws, snapshot, tmp_path):
@@ -307,6 +308,43 @@ def test_the_cleanup_leaves_an_expired_pool_replica_kept_longer_since_it_was_lis
     assert backend.sweep(finished=lambda run_id: False) == []
     assert aws_leftovers(aws) == {"volume": [replica.id]}
     backend.delete_replicas(POOL_OWNER)
+    assert aws_leftovers(aws) == {}
+
+
+def test_a_replica_given_back_after_the_pool_was_deleted_since_the_teardown_listed_it_is_deleted(aws, snapshot,
+                                                                                                 tmp_path):
+    """A teardown lists the run's resources, then ends its machines (minutes on AWS), then gives its pool replicas
+    back: `replicate --delete` in between marks them to be deleted."""
+    run, deleter = AwsBackend(options(), home=tmp_path), AwsBackend(options(), home=tmp_path)
+    pool = deleter.replicate(pool_spec(1), DATASET, 1, pool=True)
+    assert claimed(run.replicate(cluster_spec("run-slow-teardown", 1), DATASET, 1)) == [pool[0].id]
+    deleted = []
+
+    def pool_deleted_after_the_listing(**_) -> None:  # the run's listing asks SSM for its parameters last
+        if not deleted:
+            deleted.append(deleter.delete_replicas(POOL_OWNER))
+
+    run.clients.client("ssm").meta.events.register("after-call.ssm.DescribeParameters", pool_deleted_after_the_listing)
+    run.teardown("run-slow-teardown")
+    assert deleted == [[]], "the run held the pool's only replica"
+    assert aws_leftovers(aws) == {}
+
+
+def test_a_replica_given_back_while_the_pool_is_deleted_is_deleted(aws, snapshot, tmp_path):
+    """`replicate --delete` lists the pool's replicas, then locks them: a run giving its replica back in between
+    puts it where that listing cannot see it."""
+    run, deleter = AwsBackend(options(), home=tmp_path), AwsBackend(options(), home=tmp_path)
+    pool = deleter.replicate(pool_spec(2), DATASET, 2, pool=True)
+    assert claimed(run.replicate(cluster_spec("run-ending", 1), DATASET, 1)) == [pool[0].id]
+    ended = []
+
+    def run_ends_first(**_) -> None:  # the deleter's first lock: the pool's replicas are listed
+        if not ended:
+            ended.append(run.teardown("run-ending"))
+
+    deleter.clients.client("ssm").meta.events.register("before-parameter-build.ssm.PutParameter", run_ends_first)
+    assert [r.id for r in deleter.delete_replicas(POOL_OWNER)] == [pool[1].id]
+    assert ended and aws_leftovers(aws) == {}
 
 
 # -- local ---------------------------------------------------------------------------------------------------

@@ -255,8 +255,13 @@ class LocalBackend:
     def _unlock(self, replica_id: str) -> None:
         (self.claims / _file_name(replica_id)).unlink(missing_ok=True)
 
-    def _give_back(self, claimed: Resource) -> None:
-        """The replica's record back in the pool (deleted instead once the pool's time is up), then the claim."""
+    def _give_back(self, listed: Resource) -> None:
+        """The replica's record back in the pool (deleted instead once the pool's time is up, as it is now: the pool
+        may have been deleted since the run's teardown listed it), then the claim."""
+        try:
+            claimed = _load(self.registry / listed.run_id / _file_name(listed.id))
+        except FileNotFoundError:
+            claimed = listed
         pool_expires = dt.datetime.fromisoformat(claimed.details["pool_expires"])
         if pool_expires <= dt.datetime.now(dt.timezone.utc):
             _remove_tree(claimed.details["path"])
@@ -288,6 +293,8 @@ class LocalBackend:
         be deleted when their runs give them back. Each is locked first, as a run claims one: one a run is
         claiming is the run's."""
         removed = []
+        if not expired_only:  # first too: one a run holds now may be given back before the pool's are listed
+            self._retire_claimed()
         for listed in self.resources(POOL_OWNER):
             if listed.kind != "replica" or (expired_only and not listed.expired):
                 continue
@@ -301,13 +308,17 @@ class LocalBackend:
             finally:
                 self._unlock(listed.id)
             removed.append(replica)
-        if not expired_only:
-            now = dt.datetime.now(dt.timezone.utc).isoformat()
-            for held in self.resources():
-                record = self.registry / held.run_id / _file_name(held.id)
-                if held.kind == "replica" and "pool_index" in held.details and record.exists():  # not given back
-                    self._record(dataclasses.replace(held, details={**held.details, "pool_expires": now}))
+        if not expired_only:  # and last: one a run claimed meanwhile
+            self._retire_claimed()
         return removed
+
+    def _retire_claimed(self) -> None:
+        """The pool replicas runs hold now, marked to be deleted, not kept, when their runs give them back."""
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        for held in self.resources():
+            record = self.registry / held.run_id / _file_name(held.id)
+            if held.kind == "replica" and "pool_index" in held.details and record.exists():  # not given back
+                self._record(dataclasses.replace(held, details={**held.details, "pool_expires": now}))
 
     def _sweep_pool(self) -> list[Resource]:
         """The pool's expired replicas, each on its own expiry (`imagenet18 replicate` may have added some with a
@@ -316,8 +327,10 @@ class LocalBackend:
         for claim in stale:
             self._forget(claim)
         removed = stale + self._delete_pool(expired_only=True)
-        self._remove_strays(POOL_OWNER)  # what a try that died half-way left
-        _remove_if_empty(self.replica_root / POOL_OWNER)
+        if not any(r.kind == "replica" for r in self.resources(POOL_OWNER)):  # nothing a run could be claiming
+            self._remove_strays(POOL_OWNER)  # what a try that died half-way left
+            _remove_if_empty(self.replica_root / POOL_OWNER)
+            _remove_if_empty(self.registry / POOL_OWNER)
         return removed
 
     # -- machines -------------------------------------------------------------------------------------

@@ -638,7 +638,7 @@ class AwsBackend:
                 by_run.setdefault(resource.run_id, []).append(resource)
             for run_id, resources in sorted(by_run.items()):
                 pool = run_id == POOL_OWNER  # made ahead of runs, each replica with its own expiry
-                if not pool and not finished(run_id) and not any(r.expired for r in resources):
+                if not pool and not any(r.expired for r in resources) and not finished(run_id):
                     continue
                 try:
                     removed += volumes.sweep_pool(clients) if pool else teardown(clients, run_id, self.key_folder)

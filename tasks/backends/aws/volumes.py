@@ -314,15 +314,19 @@ def _claim_name(volume_id: str) -> str:
 
 
 def give_back(clients: Clients, replica: Resource) -> None:
-    """A claimed replica back in the pool, as it was there (deleted instead once the pool's time is up), then
-    its lock. Its run's machines must be gone."""
-    if dt.datetime.fromisoformat(replica.details["pool_expires"]) <= dt.datetime.now(dt.timezone.utc):
-        delete(clients, [replica.id])
-    else:
-        clients.ec2.create_tags(Resources=[replica.id], Tags=tags.tag_list(
-            POOL_OWNER, dt.datetime.fromisoformat(replica.details["pool_expires"]),
-            **{tags.INDEX: str(replica.details["pool_index"])}))
-        clients.ec2.delete_tags(Resources=[replica.id], Tags=[{"Key": POOL_INDEX}, {"Key": POOL_EXPIRES}])
+    """A claimed replica back in the pool, as it was there (deleted instead once the pool's time is up, as it is
+    now: the pool may have been deleted since the run's teardown listed it), then its lock. Its run's machines must
+    be gone."""
+    found = clients.ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [replica.id]}])["Volumes"]
+    if found:
+        pool_expires = dt.datetime.fromisoformat(tags.as_dict(found[0].get("Tags")).get(
+            POOL_EXPIRES, replica.details["pool_expires"]))
+        if pool_expires <= dt.datetime.now(dt.timezone.utc):
+            delete(clients, [replica.id])
+        else:
+            clients.ec2.create_tags(Resources=[replica.id], Tags=tags.tag_list(
+                POOL_OWNER, pool_expires, **{tags.INDEX: str(replica.details["pool_index"])}))
+            clients.ec2.delete_tags(Resources=[replica.id], Tags=[{"Key": POOL_INDEX}, {"Key": POOL_EXPIRES}])
     secrets.delete(clients, [_claim_name(replica.id)])
 
 
@@ -332,14 +336,16 @@ def delete_pool(clients: Clients, expired_only: bool = False) -> list[Resource]:
     first, as a run claims one (`claim`): one a run claims meanwhile is the run's, and marked once the run has
     tagged it as its own; one a run is giving back is locked again once its lock is gone."""
     deleted: list[Resource] = []
+    if not expired_only:  # first too: one a run holds now may be given back before the pool's are listed
+        retire_claimed(clients)
     deadline = time.monotonic() + CLAIM_SETTLED_S
     while True:
         locked, lost = [], []
-        for replica in replicas(clients, POOL_OWNER):
-            if expired_only and not replica.expired:
-                continue
-            (locked if _lock(clients, POOL_OWNER, pool_lock_expiry(), replica.id) else lost).append(replica)
         try:
+            for replica in replicas(clients, POOL_OWNER):
+                if expired_only and not replica.expired:
+                    continue
+                (locked if _lock(clients, POOL_OWNER, pool_lock_expiry(), replica.id) else lost).append(replica)
             # As they are now that they are locked: another process may have kept one longer, or deleted it.
             now = {v["VolumeId"]: _as_resource(v, POOL_OWNER) for r in locked if (v := _in_pool_now(clients, r.id))}
             doomed = [now[r.id] for r in locked if r.id in now and (not expired_only or now[r.id].expired)]
@@ -355,7 +361,7 @@ def delete_pool(clients: Clients, expired_only: bool = False) -> list[Resource]:
                         ", ".join(r.id for r in lost))
             break
         time.sleep(VOLUME_POLL_S)
-    if not expired_only:
+    if not expired_only:  # and last: one a run claimed meanwhile
         retire_claimed(clients)
     return deleted
 
