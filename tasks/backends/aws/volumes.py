@@ -151,11 +151,7 @@ def wait_available(clients: Clients, volumes: list[dict], seen_before: Sequence[
     began = time.monotonic()
 
     def available() -> bool:
-        listed = {}
-        for chunk in [ids[i:i + FILTER_VALUES] for i in range(0, len(ids), FILTER_VALUES)]:
-            pages = clients.ec2.get_paginator("describe_volumes").paginate(
-                Filters=[{"Name": "volume-id", "Values": chunk}])
-            listed.update((v["VolumeId"], v) for page in pages for v in page["Volumes"])
+        listed = _as_listed(clients, ids)
         now = time.monotonic()
         for volume_id in ids:
             if volume_id in listed:
@@ -174,6 +170,15 @@ def wait_available(clients: Clients, volumes: list[dict], seen_before: Sequence[
         return len(listed) == len(ids) and all(v["State"] in ("available", "in-use") for v in listed.values())
 
     until(f"{len(ids)} volume(s) available", available, poll=VOLUME_POLL_S)
+
+
+def _as_listed(clients: Clients, volume_ids: Sequence[str]) -> dict[str, dict]:
+    """The volumes as a listing by id describes them now: one gone (or not listed yet) is left out, not a NotFound."""
+    listed: dict[str, dict] = {}
+    for chunk in [volume_ids[i:i + FILTER_VALUES] for i in range(0, len(volume_ids), FILTER_VALUES)]:
+        pages = clients.ec2.get_paginator("describe_volumes").paginate(Filters=[{"Name": "volume-id", "Values": chunk}])
+        listed.update((v["VolumeId"], v) for page in pages for v in page["Volumes"])
+    return listed
 
 
 def _raise_gone(gone: list[str], last: dict[str, dict]) -> None:
@@ -239,27 +244,26 @@ def keep(clients: Clients, pool: list[dict], expires_at: dt.datetime, count: int
         if not _lock(clients, POOL_OWNER, pool_lock_expiry(), listed["VolumeId"]):
             continue
         try:
-            volume = _in_pool_now(clients, listed["VolumeId"])
-            if (volume is None or volume["State"] not in ("creating", "available")
-                    or _as_resource(volume, POOL_OWNER).expired
-                    or _as_resource(volume, POOL_OWNER).details["index"] in kept):  # two pool makers at once
+            volume = _in_pool_now(clients, [listed["VolumeId"]]).get(listed["VolumeId"])
+            replica = volume and _as_resource(volume, POOL_OWNER)
+            if (not replica or volume["State"] not in ("creating", "available") or replica.expired
+                    or replica.details["index"] in kept):  # two pool makers at once
                 continue
-            if expires_at > _as_resource(volume, POOL_OWNER).expires_at:
+            if expires_at > replica.expires_at:
                 later = [{"Key": tags.EXPIRES, "Value": tags.stamp(expires_at)}]
-                clients.ec2.create_tags(Resources=[volume["VolumeId"]], Tags=later)
+                clients.ec2.create_tags(Resources=[replica.id], Tags=later)
                 volume = {**volume, "Tags": [*volume["Tags"], *later]}  # the later key wins in as_dict
         finally:
             secrets.delete(clients, [_claim_name(listed["VolumeId"])])
-        kept[_as_resource(volume, POOL_OWNER).details["index"]] = volume
+        kept[replica.details["index"]] = volume
     return kept
 
 
-def _in_pool_now(clients: Clients, volume_id: str) -> dict | None:
-    """A pool replica as it is now that it is locked, or None where it is the pool's no more since it was listed
-    (deleted, or a run's); with its tags as they are now (another process may have kept it longer meanwhile)."""
-    found = clients.ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume_id]}])["Volumes"]
-    return next((v for v in found if v["State"] not in BROKEN_STATES
-                 and tags.as_dict(v.get("Tags")).get(tags.RUN) == POOL_OWNER), None)
+def _in_pool_now(clients: Clients, volume_ids: Sequence[str]) -> dict[str, dict]:
+    """Those of the pool replicas that are the pool's still, now that they are locked (not deleted, nor a run's,
+    since they were listed); with their tags as they are now (another process may have kept one longer)."""
+    return {i: v for i, v in _as_listed(clients, volume_ids).items()
+            if v["State"] not in BROKEN_STATES and tags.as_dict(v.get("Tags")).get(tags.RUN) == POOL_OWNER}
 
 
 def claim(clients: Clients, spec: ClusterSpec, pool: list[dict], indices: list[int]) -> dict[int, dict]:
@@ -272,7 +276,7 @@ def claim(clients: Clients, spec: ClusterSpec, pool: list[dict], indices: list[i
             break
         if not _lock(clients, spec.run_id, spec.expires_at, listed["VolumeId"]):
             continue
-        volume = _in_pool_now(clients, listed["VolumeId"])
+        volume = _in_pool_now(clients, [listed["VolumeId"]]).get(listed["VolumeId"])
         if volume is None or volume["State"] != "available" or _as_resource(volume, POOL_OWNER).expired:
             secrets.delete(clients, [_claim_name(listed["VolumeId"])])
             continue
@@ -317,9 +321,8 @@ def give_back(clients: Clients, replica: Resource) -> None:
     """A claimed replica back in the pool, as it was there (deleted instead once the pool's time is up, as it is
     now: the pool may have been deleted since the run's teardown listed it), then its lock. Its run's machines must
     be gone."""
-    found = clients.ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [replica.id]}])["Volumes"]
-    if found:
-        pool_expires = dt.datetime.fromisoformat(tags.as_dict(found[0].get("Tags")).get(
+    if found := _as_listed(clients, [replica.id]).get(replica.id):
+        pool_expires = dt.datetime.fromisoformat(tags.as_dict(found.get("Tags")).get(
             POOL_EXPIRES, replica.details["pool_expires"]))
         if pool_expires <= dt.datetime.now(dt.timezone.utc):
             delete(clients, [replica.id])
@@ -347,7 +350,7 @@ def delete_pool(clients: Clients, expired_only: bool = False) -> list[Resource]:
                     continue
                 (locked if _lock(clients, POOL_OWNER, pool_lock_expiry(), replica.id) else lost).append(replica)
             # As they are now that they are locked: another process may have kept one longer, or deleted it.
-            now = {v["VolumeId"]: _as_resource(v, POOL_OWNER) for r in locked if (v := _in_pool_now(clients, r.id))}
+            now = {i: _as_resource(v, POOL_OWNER) for i, v in _in_pool_now(clients, [r.id for r in locked]).items()}
             doomed = [now[r.id] for r in locked if r.id in now and (not expired_only or now[r.id].expired)]
             delete(clients, [r.id for r in doomed])
             deleted += doomed
