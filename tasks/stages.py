@@ -237,6 +237,7 @@ def trainer_command(plan: RunPlan, cluster: Cluster, machine: int, port: int, no
     command = [cluster.python, "-m", "torch.distributed.run", f"--nnodes={len(cluster.machines)}",
                f"--node_rank={machine}", f"--nproc_per_node={cluster.gpus_per_machine}",
                f"--master_addr={cluster.machines[0].address}", f"--master_port={port}",
+               f"--log-dir={cluster.node_storage}/torchrun",  # its per-attempt folders, else left in /tmp
                "-m", "trainer", "train", cluster.machines[machine].data_root, "--schedule", plan.schedule,
                "--logdir", cluster.node_storage, "--run-name", plan.spec.run_name, "--auto-resume",
                "--heartbeat-seconds", "5", "--cache-dir", f"{cluster.node_storage}/cache"]

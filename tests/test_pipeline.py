@@ -64,7 +64,8 @@ def _artifacts(flow_run_id) -> dict:
 
 
 @pytest.mark.slow
-def test_two_machine_local_run_completes_and_leaves_nothing(prefect_api, tiny_data):
+def test_two_machine_local_run_completes_and_leaves_nothing(prefect_api, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the machines' temporary folder, which nothing may be left in
     state = imagenet18(machines=2, dataset=str(tiny_data), schedule="cpu-tiny", epochs=3, target=1.0,
                        return_state=True)  # 1% top-1 (cpu-tiny's metric) of 10 classes: reached at once
     assert state.is_completed(), state.message
@@ -79,6 +80,7 @@ def test_two_machine_local_run_completes_and_leaves_nothing(prefect_api, tiny_da
         "the time to target is the trainer's, to the last digit"
     assert STAGES <= _task_runs(state.state_details.flow_run_id, lambda runs: STAGES <= runs.keys()).keys()
     _assert_nothing_left(prefect_api)
+    assert not list(tmp_path.glob("torchelastic_*")), "torchrun's folders are kept with the run's, not in /tmp"
     _assert_machine_logs_arrived_while_training(state.state_details.flow_run_id, result["storage"])
     _assert_artifacts_show_the_run(state.state_details.flow_run_id, result)
 
