@@ -22,7 +22,8 @@ def train_command(data: Path, logdir: Path, *options: str) -> list[str]:
 def node_command(node: int, nodes: int, port: int, data: Path, logdir: Path, *options: str) -> list[str]:
     """One torchrun node of a multi-node run on 127.0.0.1 (one process each, gloo)."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--node_rank={node}",
-                "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", "-m"]
+                "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+                f"--log-dir={logdir.parent / 'torchrun'}", "-m"]
     return torchrun + train_command(data, logdir, "--threads", "1", *options)[2:]
 
 
