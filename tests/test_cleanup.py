@@ -1,18 +1,22 @@
 """The cleanup flow's judgement: of flow runs left Running or Cancelling by a flow process that is gone, and of
 which processes on this host are a local run's."""
 
+import datetime as dt
 import os
 import signal
 import subprocess
 import time
 import uuid
 
+import pytest
 from prefect import get_client
 from prefect.states import Cancelling, Running
 
 from flows.cleanup import cleanup
 from flows.imagenet18 import imagenet18
+from tasks.backends.base import BackendError, ClusterSpec
 from tasks.backends.local import LocalBackend
+from tests.leftovers import local_leftovers
 from tests.processes import with_environment
 
 
@@ -70,3 +74,25 @@ def test_the_local_sweep_stops_only_its_own_homes_expired_processes(prefect_api,
         for process in [own, *others]:
             process.kill()
             process.wait()
+
+
+def test_a_local_run_whose_teardown_fails_stops_no_other_runs_sweep(tiny_data, tmp_path, monkeypatch):
+    backend = LocalBackend(tmp_path)
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+    for run_id in ("run-a-stuck", "run-b-expired"):
+        backend.replicate(ClusterSpec(run_id, f"test-{run_id}", 1, "local", False, past), str(tiny_data), 1)
+    delete_replicas = LocalBackend.delete_replicas
+
+    def stuck(self, run_id):
+        if run_id == "run-a-stuck":
+            raise RuntimeError("its replica could not be removed")
+        return delete_replicas(self, run_id)
+
+    monkeypatch.setattr(LocalBackend, "delete_replicas", stuck)
+    with pytest.raises(BackendError, match=r"^the other runs were swept, but not run-a-stuck \(its replica could "
+                                           r"not be removed\): the next cleanup tries again$"):
+        backend.sweep(finished=lambda run_id: False)
+    assert {r.run_id for r in backend.resources()} == {"run-a-stuck"}
+    monkeypatch.undo()
+    assert {r.run_id for r in backend.sweep(finished=lambda run_id: False)} == {"run-a-stuck"}
+    assert local_leftovers(tmp_path) == {}

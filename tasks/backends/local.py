@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import itertools
 import json
 import os
@@ -30,6 +31,7 @@ from tasks.backends.base import (POOL_OWNER, BackendError, Cluster, ClusterSpec,
                                  JobStatus, LineItem, Machine, Resource, RunsFolder, pool_lock_expiry)
 from tasks.backends.demo import demo_dataset_root, ensure_demo_dataset
 from tasks.backends.home import default_home
+from tasks.backends.sweeps import Sweep
 from trainer.layout import SPLITS, DataError, check_source
 from trainer.prepare import PrepareReport, prepare, size_of
 from trainer.written import naming
@@ -465,17 +467,17 @@ class LocalBackend:
 
     def sweep(self, finished: Callable[[str], bool]) -> list[Resource]:
         """Tear down runs that finished, expired, or whose orchestrating process is gone (SIGKILL, lost host)."""
-        removed = []
+        sweep = Sweep()
         for run_id in sorted({r.run_id for r in self.resources()} | _run_folders(self.replica_root)):
             if run_id == POOL_OWNER:  # made ahead of runs, each replica with its own expiry
-                removed.extend(self._sweep_pool())
+                sweep.tear_down(run_id, self._sweep_pool)
                 continue
             resources = self.resources(run_id)
             orphaned = any("owner_pid" in r.details and not _alive(r.details["owner_pid"], r.details["owner_start"])
                            for r in resources)
             if orphaned or finished(run_id) or any(r.expired for r in resources) or not resources:
-                removed.extend(self.teardown(run_id))
-        return removed
+                sweep.tear_down(run_id, functools.partial(self.teardown, run_id))
+        return sweep.removed()
 
     def processes(self, run_id: str | None = None) -> list[dict]:
         """This home's job processes (the given run's, when one is given), found by the tags in their environment."""

@@ -54,6 +54,7 @@ from tasks.backends.base import (
     RunsFolder,
     Warmup,
 )
+from tasks.backends.sweeps import Sweep
 
 log = logging.getLogger(__name__)
 DATA_MOUNT = "/mnt/data"
@@ -629,9 +630,8 @@ class AwsBackend:
         another region leaves its disks and machines there."""
         if self.clients.session.get_credentials() is None:
             raise BackendError("no AWS credentials here, so no region was looked in")
-        removed = []
+        sweep = Sweep()
         unseen: dict[str, str] = {}
-        unswept: dict[str, str] = {}  # run id -> why its teardown failed
         for clients, found in self._leftovers_everywhere(unseen):
             by_run: dict[str, list[Resource]] = {}
             for resource in found:
@@ -640,14 +640,9 @@ class AwsBackend:
                 pool = run_id == POOL_OWNER  # made ahead of runs, each replica with its own expiry
                 if not pool and not any(r.expired for r in resources) and not finished(run_id):
                     continue
-                try:
-                    removed += volumes.sweep_pool(clients) if pool else teardown(clients, run_id, self.key_folder)
-                except Exception as exc:  # noqa: BLE001 - one run's trouble stops no other's sweep
-                    log.warning("could not tear down run %s in %s: %s", run_id, clients.region, exc)
-                    unswept[run_id] = str(exc)
-        if unswept:
-            raise BackendError("the other runs were swept, but not " + "; ".join(
-                f"{run_id} ({why})" for run_id, why in sorted(unswept.items())) + ": the next cleanup tries again")
+                sweep.tear_down(run_id, functools.partial(volumes.sweep_pool, clients) if pool else
+                                functools.partial(teardown, clients, run_id, self.key_folder), f" in {clients.region}")
+        removed = sweep.removed()
         if unseen:
             raise BackendError("the other regions were swept, but not " + "; ".join(
                 f"{region} ({why})" for region, why in sorted(unseen.items())) + ": the next cleanup looks again")

@@ -1,0 +1,32 @@
+"""A cleanup's sweep over many runs, where one run's trouble stops no other run's teardown."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from tasks.backends.base import BackendError, Resource
+
+log = logging.getLogger(__name__)
+
+
+class Sweep:
+    """Tears down runs one after another, noting those that fail; `removed()` then fails naming them, so the
+    cleanup's run shows it, and the next cleanup tries them again."""
+
+    def __init__(self) -> None:
+        self._removed: list[Resource] = []
+        self._failed: dict[str, str] = {}  # run id -> why its teardown failed
+
+    def tear_down(self, run_id: str, tear_down: Callable[[], list[Resource]], where: str = "") -> None:
+        try:
+            self._removed += tear_down()
+        except Exception as exc:  # noqa: BLE001 - one run's trouble stops no other's sweep
+            log.warning("could not tear down run %s%s: %s", run_id, where, exc)
+            self._failed[run_id] = str(exc)
+
+    def removed(self) -> list[Resource]:
+        if self._failed:
+            raise BackendError("the other runs were swept, but not " + "; ".join(
+                f"{run_id} ({why})" for run_id, why in sorted(self._failed.items())) + ": the next cleanup tries again")
+        return self._removed
