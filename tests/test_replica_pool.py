@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -424,6 +425,45 @@ def test_a_local_pool_of_another_dataset_goes_beside_the_first_and_a_pool_made_a
     backend.teardown("run-other")
     backend.delete_replicas(POOL_OWNER)
     assert local_leftovers(tmp_path / "home") == {}
+
+
+def test_two_local_pool_makers_at_once_take_places_of_their_own(tiny_data, data_copy, tmp_path, monkeypatch):
+    """Two `imagenet18 replicate` of two datasets at once: each replica its own place and folder, holding its own
+    dataset's files (the second waits for the first)."""
+    backend = LocalBackend(tmp_path)
+    first_linking, second_done = threading.Event(), threading.Event()
+    make_replica = LocalBackend._replica
+
+    def first_slowed(self, spec, root, index, pool):
+        if root == tiny_data.resolve():
+            first_linking.set()
+            second_done.wait(timeout=3)  # the second maker's chance to take the same places
+        return make_replica(self, spec, root, index, pool)
+
+    def make(dataset):
+        return backend.replicate(dataclasses.replace(pool_spec(2), instance_type="local"), str(dataset), 2, pool=True)
+
+    def make_second():
+        first_linking.wait(timeout=30)
+        try:
+            return make(data_copy)
+        finally:
+            second_done.set()
+
+    monkeypatch.setattr(LocalBackend, "_replica", first_slowed)
+    with ThreadPoolExecutor(max_workers=2) as makers:
+        first, second = makers.submit(make, tiny_data), makers.submit(make_second)
+        made = first.result() + second.result()
+    replicas = {r.id: r for r in backend.resources(POOL_OWNER)}
+    assert sorted(r.details["index"] for r in replicas.values()) == [0, 1, 2, 3] and set(replicas) == {
+        r.id for r in made}
+    a_file = next((tiny_data / "train").glob("*/*"))
+    for replica in replicas.values():
+        linked = Path(replica.details["data_root"]) / a_file.relative_to(tiny_data)
+        dataset_file = Path(replica.details["dataset"]) / a_file.relative_to(tiny_data)
+        assert os.stat(linked).st_ino == os.stat(dataset_file).st_ino, "its own dataset's files"
+    backend.delete_replicas(POOL_OWNER)
+    assert local_leftovers(tmp_path) == {}
 
 
 def test_the_local_cleanup_deletes_each_pool_replica_on_its_own_expiry(tiny_data, tmp_path):

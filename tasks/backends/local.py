@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import fcntl
 import functools
 import itertools
 import json
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -157,6 +158,12 @@ class LocalBackend:
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
         root = Path(dataset.removeprefix("file://")).resolve()
         if pool:
+            with self._pool_making():
+                return self._make(spec, root, count, pool)
+        return self._make(spec, root, count, pool)
+
+    def _make(self, spec: ClusterSpec, root: Path, count: int, pool: bool) -> list[Resource]:
+        if pool:
             reused = self._keep_pool(spec, root, count)
             new = self._unused_pool_indices(count - len(reused))
         else:
@@ -178,6 +185,16 @@ class LocalBackend:
         self._record(resource)
         _fill(root, target)
         return resource
+
+    @contextlib.contextmanager
+    def _pool_making(self) -> Iterator[None]:
+        """One `imagenet18 replicate` at a time makes pool replicas here: two would take the same free places, and
+        link two datasets into one folder. The second waits for the first."""
+        lock = self.home / "local" / "pool-making.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+            yield
 
     def _pool_of(self, root: Path) -> list[Resource]:
         """The pool's unexpired replicas of the dataset, in their order in the pool."""
