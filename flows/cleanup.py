@@ -22,7 +22,7 @@ from prefect.states import Cancelled, Crashed
 
 from tasks.backends import BACKENDS, get_backend
 from tasks.backends.aws.options import AwsOptions
-from tasks.backends.base import BackendError
+from tasks.backends.base import BackendError, SweepIncomplete
 from tasks.extra_loggers import extra_loggers_at_prefect_level
 
 RUN_FLOWS = ["imagenet18", "imagenet18-snapshot"]  # the flows whose runs create machines and disks
@@ -92,13 +92,19 @@ def cleanup(backends: list[str] | None = None, aws: AwsOptions | None = None,
         logger.warning("flow run %s (%s) was %s with no sign of life since %s: marked it finished", run.name,
                        run.id, run.state_name, alive_at.isoformat(timespec="seconds"))
     removed: dict[str, list[str]] = {}
+    incomplete: dict[str, str] = {}
     for name in backends or BACKENDS:
         try:
             swept = get_backend(name, aws).sweep(run_is_finished)
-        except BackendError as exc:
+        except SweepIncomplete as exc:
+            logger.warning("%s: %s", name, exc)
+            swept, incomplete[name] = exc.removed, str(exc)
+        except BackendError as exc:  # a backend this place cannot use (no AWS credentials, say)
             logger.info("skipping backend %s: %s", name, exc)
             continue
         removed[name] = [r.id for r in swept]
         logger.info("%s: removed %d resource(s)%s", name, len(swept),
                     ": " + ", ".join(removed[name]) if swept else "")
+    if incomplete:
+        raise BackendError("; ".join(f"{name}: {why}" for name, why in incomplete.items()))  # the run fails
     return removed

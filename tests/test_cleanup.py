@@ -76,7 +76,9 @@ def test_the_local_sweep_stops_only_its_own_homes_expired_processes(prefect_api,
             process.wait()
 
 
-def test_a_local_run_whose_teardown_fails_stops_no_other_runs_sweep(tiny_data, tmp_path, monkeypatch):
+def test_a_local_run_whose_teardown_fails_stops_no_other_runs_sweep_and_fails_the_cleanup(prefect_api, tiny_data,
+                                                                                          tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGENET18_HOME", str(tmp_path))
     backend = LocalBackend(tmp_path)
     past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
     for run_id in ("run-a-stuck", "run-b-expired"):
@@ -89,10 +91,11 @@ def test_a_local_run_whose_teardown_fails_stops_no_other_runs_sweep(tiny_data, t
         return delete_replicas(self, run_id)
 
     monkeypatch.setattr(LocalBackend, "delete_replicas", stuck)
-    with pytest.raises(BackendError, match=r"^the other runs were swept, but not run-a-stuck \(its replica could "
-                                           r"not be removed\): the next cleanup tries again$"):
-        backend.sweep(finished=lambda run_id: False)
+    with pytest.raises(BackendError, match=r"^local: the other runs were swept, but not run-a-stuck \(its replica "
+                                           r"could not be removed\): the next cleanup tries again$"):
+        cleanup(backends=["local"])
     assert {r.run_id for r in backend.resources()} == {"run-a-stuck"}
     monkeypatch.undo()
-    assert {r.run_id for r in backend.sweep(finished=lambda run_id: False)} == {"run-a-stuck"}
+    monkeypatch.setenv("IMAGENET18_HOME", str(tmp_path))
+    assert cleanup(backends=["local"]) == {"local": ["run-a-stuck/replica-00"]}
     assert local_leftovers(tmp_path) == {}

@@ -26,6 +26,15 @@ class BackendError(RuntimeError):
     """Something a backend cannot do; the message says what and, where it can, how to fix it."""
 
 
+class SweepIncomplete(BackendError):
+    """A cleanup's sweep that removed what it could (`removed`) but not everything; the next cleanup tries the rest
+    again."""
+
+    def __init__(self, message: str, removed: Sequence[Resource]):
+        super().__init__(message)
+        self.removed = list(removed)
+
+
 class InputError(ValueError):
     """Bad input found before anything was created or spent."""
 

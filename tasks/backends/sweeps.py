@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from tasks.backends.base import BackendError, Resource
+from tasks.backends.base import Resource, SweepIncomplete
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class Sweep:
 
     def removed(self) -> list[Resource]:
         if self._failed:
-            raise BackendError("the other runs were swept, but not " + "; ".join(
-                f"{run_id} ({why})" for run_id, why in sorted(self._failed.items())) + ": the next cleanup tries again")
+            raise SweepIncomplete("the other runs were swept, but not " + "; ".join(
+                f"{run_id} ({why})" for run_id, why in sorted(self._failed.items())) + ": the next cleanup tries again",
+                self._removed)
         return self._removed

@@ -52,6 +52,7 @@ from tasks.backends.base import (
     RemoteTensorBoard,
     Resource,
     RunsFolder,
+    SweepIncomplete,
     Warmup,
 )
 from tasks.backends.sweeps import Sweep
@@ -644,8 +645,9 @@ class AwsBackend:
                                 functools.partial(teardown, clients, run_id, self.key_folder), f" in {clients.region}")
         removed = sweep.removed()
         if unseen:
-            raise BackendError("the other regions were swept, but not " + "; ".join(
-                f"{region} ({why})" for region, why in sorted(unseen.items())) + ": the next cleanup looks again")
+            raise SweepIncomplete("the other regions were swept, but not " + "; ".join(
+                f"{region} ({why})" for region, why in sorted(unseen.items())) + ": the next cleanup looks again",
+                removed)
         return removed
 
     def _leftovers_everywhere(self, unseen: dict[str, str]) -> list[tuple[Clients, list[Resource]]]:
