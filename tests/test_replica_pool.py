@@ -4,6 +4,7 @@ needs of them, makes only the rest, and gives them back when it ends; two runs n
 import dataclasses
 import datetime as dt
 import json
+import logging
 import os
 import threading
 import time
@@ -14,6 +15,7 @@ import pytest
 
 from tasks.backends.aws import AwsBackend, consistency, tags, volumes
 from tasks.backends.base import POOL_OWNER, ClusterSpec
+from tasks.backends import local
 from tasks.backends.local import LocalBackend
 from tests.leftovers import aws_leftovers, aws_leftovers_by_run, local_leftovers
 from tests.aws_runs import DATASET, cluster_spec, no_capacity_in, options, run_zones
@@ -427,9 +429,11 @@ def test_a_local_pool_of_another_dataset_goes_beside_the_first_and_a_pool_made_a
     assert local_leftovers(tmp_path / "home") == {}
 
 
-def test_two_local_pool_makers_at_once_take_places_of_their_own(tiny_data, data_copy, tmp_path, monkeypatch):
+def test_two_local_pool_makers_at_once_take_places_of_their_own(tiny_data, data_copy, tmp_path, monkeypatch,
+                                                                 caplog):
     """Two `imagenet18 replicate` of two datasets at once: each replica its own place and folder, holding its own
     dataset's files (the second waits for the first)."""
+    caplog.set_level(logging.INFO, logger="tasks.backends.local")
     backend = LocalBackend(tmp_path)
     first_linking, second_done = threading.Event(), threading.Event()
     make_replica = LocalBackend._replica
@@ -454,6 +458,8 @@ def test_two_local_pool_makers_at_once_take_places_of_their_own(tiny_data, data_
     with ThreadPoolExecutor(max_workers=2) as makers:
         first, second = makers.submit(make, tiny_data), makers.submit(make_second)
         made = first.result() + second.result()
+    assert "waiting for the replica pool: another process here is making, deleting or claiming from it" in \
+        caplog.messages
     replicas = {r.id: r for r in backend.resources(POOL_OWNER)}
     assert sorted(r.details["index"] for r in replicas.values()) == [0, 1, 2, 3] and set(replicas) == {
         r.id for r in made}
@@ -464,6 +470,75 @@ def test_two_local_pool_makers_at_once_take_places_of_their_own(tiny_data, data_
         assert os.stat(linked).st_ino == os.stat(dataset_file).st_ino, "its own dataset's files"
     backend.delete_replicas(POOL_OWNER)
     assert local_leftovers(tmp_path) == {}
+
+
+def pool_linking_paused(monkeypatch, backend: LocalBackend, until: threading.Event, events: list[str]
+                        ) -> threading.Event:
+    """The first pool replica's folder, once recorded, linked only when `until` is set (or after 3 s); each folder
+    linked is noted in `events`. Returns the event set as it pauses."""
+    linking, fill = threading.Event(), local._fill
+
+    def paused_fill(root, replica):
+        if replica.parent == backend.replica_root / POOL_OWNER and not linking.is_set():
+            linking.set()
+            until.wait(timeout=3)
+        fill(root, replica)
+        events.append("filled")
+
+    monkeypatch.setattr(local, "_fill", paused_fill)
+    return linking
+
+
+def test_a_local_run_claims_pool_replicas_only_once_they_are_made(tiny_data, tmp_path, monkeypatch):
+    """A run started while `imagenet18 replicate` links the pool waits for it, rather than claim a replica whose
+    folder is half made (and link into it beside the maker)."""
+    backend = LocalBackend(tmp_path)
+    run_done, events = threading.Event(), []
+    linking = pool_linking_paused(monkeypatch, backend, run_done, events)  # the run's chance to claim one half made
+    claim_pool = LocalBackend._claim_pool
+
+    def noted_claim(self, *args):
+        claimed = claim_pool(self, *args)
+        events.append("claimed")
+        return claimed
+
+    def run():
+        linking.wait(timeout=30)
+        try:
+            return backend.replicate(local_spec("run-early", 2), str(tiny_data), 2)
+        finally:
+            run_done.set()
+
+    monkeypatch.setattr(LocalBackend, "_claim_pool", noted_claim)
+    with ThreadPoolExecutor(max_workers=2) as both:
+        made = both.submit(backend.replicate, dataclasses.replace(pool_spec(2), instance_type="local"),
+                           str(tiny_data), 2, pool=True)
+        replicas = both.submit(run).result()
+    assert claimed(replicas) == [r.id for r in made.result()]
+    assert events[:3] == ["filled", "filled", "claimed"], "the pool made before the run claims from it"
+    backend.teardown("run-early")
+    backend.delete_replicas(POOL_OWNER)
+    assert local_leftovers(tmp_path) == {}
+
+
+def test_deleting_the_local_pool_while_it_is_made_waits_and_deletes_all_of_it(tiny_data, tmp_path, monkeypatch):
+    backend = LocalBackend(tmp_path)
+    deleted = threading.Event()
+    linking = pool_linking_paused(monkeypatch, backend, deleted, [])  # the deletion's chance to find it half made
+
+    def delete():
+        linking.wait(timeout=30)
+        try:
+            return backend.delete_replicas(POOL_OWNER)
+        finally:
+            deleted.set()
+
+    with ThreadPoolExecutor(max_workers=2) as both:
+        made = both.submit(backend.replicate, dataclasses.replace(pool_spec(2), instance_type="local"),
+                           str(tiny_data), 2, pool=True)
+        removed = both.submit(delete).result()
+    assert sorted(r.id for r in removed) == sorted(r.id for r in made.result())
+    assert local_leftovers(tmp_path) == {}, "no folder linked after its replica was deleted"
 
 
 def test_the_local_cleanup_deletes_each_pool_replica_on_its_own_expiry(tiny_data, tmp_path):

@@ -16,6 +16,7 @@ import fcntl
 import functools
 import itertools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -36,6 +37,8 @@ from tasks.backends.sweeps import Sweep
 from trainer.layout import SPLITS, DataError, check_source
 from trainer.prepare import PrepareReport, prepare, size_of
 from trainer.written import naming
+
+log = logging.getLogger(__name__)
 
 RUN_ENV = "IMAGENET18_RUN"
 HOME_ENV = "IMAGENET18_LOCAL_HOME"
@@ -158,7 +161,7 @@ class LocalBackend:
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
         root = Path(dataset.removeprefix("file://")).resolve()
         if pool:
-            with self._pool_making():
+            with self._pool_lock():
                 return self._make(spec, root, count, pool)
         return self._make(spec, root, count, pool)
 
@@ -168,7 +171,8 @@ class LocalBackend:
             new = self._unused_pool_indices(count - len(reused))
         else:
             held = {r.details["index"]: r for r in self.resources(spec.run_id) if r.kind == "replica"}
-            held |= self._claim_pool(spec, root, [i for i in range(count) if i not in held])
+            with self._pool_lock(shared=True):
+                held |= self._claim_pool(spec, root, [i for i in range(count) if i not in held])
             reused = [r for r in held.values() if "pool_index" in r.details]
             new = [i for i in range(count) if i not in held or "pool_index" not in held[i].details]
         for replica in reused:  # made ahead, perhaps before the copies this run's schedule reads
@@ -187,13 +191,19 @@ class LocalBackend:
         return resource
 
     @contextlib.contextmanager
-    def _pool_making(self) -> Iterator[None]:
-        """One `imagenet18 replicate` at a time makes pool replicas here: two would take the same free places, and
-        link two datasets into one folder. The second waits for the first."""
-        lock = self.home / "local" / "pool-making.lock"
+    def _pool_lock(self, shared: bool = False) -> Iterator[None]:
+        """Making, deleting or sweeping the pool, one at a time (exclusive): two makers would take the same free
+        places, and link two datasets into one folder. Runs claim replicas side by side (shared), but only once no
+        replica is half made. Each waits for the others."""
+        lock = self.home / "local" / "pool.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "a") as file:
-            fcntl.flock(file, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        with open(lock, "a") as file:  # the lock goes when the file closes, or the process dies
+            try:
+                fcntl.flock(file, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for the replica pool: another process here is making, deleting or claiming from it")
+                fcntl.flock(file, mode)
             yield
 
     def _pool_of(self, root: Path) -> list[Resource]:
@@ -294,7 +304,8 @@ class LocalBackend:
 
     def delete_replicas(self, run_id: str) -> list[Resource]:
         if run_id == POOL_OWNER:
-            return self._delete_pool(expired_only=False)
+            with self._pool_lock():
+                return self._delete_pool(expired_only=False)
         removed = []
         for resource in self.resources(run_id):
             if resource.kind != "replica":
@@ -342,14 +353,15 @@ class LocalBackend:
     def _sweep_pool(self) -> list[Resource]:
         """The pool's expired replicas, each on its own expiry (`imagenet18 replicate` may have added some with a
         later one), after its stale claims (`pool_lock_expiry`); those runs hold stay theirs."""
-        stale = [r for r in self.resources(POOL_OWNER) if r.kind == "claim" and r.expired]
-        for claim in stale:
-            self._forget(claim)
-        removed = stale + self._delete_pool(expired_only=True)
-        if not any(r.kind == "replica" for r in self.resources(POOL_OWNER)):  # nothing a run could be claiming
-            self._remove_strays(POOL_OWNER)  # what a try that died half-way left
-            _remove_if_empty(self.replica_root / POOL_OWNER)
-            _remove_if_empty(self.registry / POOL_OWNER)
+        with self._pool_lock():
+            stale = [r for r in self.resources(POOL_OWNER) if r.kind == "claim" and r.expired]
+            for claim in stale:
+                self._forget(claim)
+            removed = stale + self._delete_pool(expired_only=True)
+            if not any(r.kind == "replica" for r in self.resources(POOL_OWNER)):  # nothing a run could be claiming
+                self._remove_strays(POOL_OWNER)  # what a try that died half-way left
+                _remove_if_empty(self.replica_root / POOL_OWNER)
+                _remove_if_empty(self.registry / POOL_OWNER)
         return removed
 
     # -- machines -------------------------------------------------------------------------------------
