@@ -54,7 +54,8 @@ def time_trainer(machines: int, schedule: str, data: Path) -> tuple[float, float
     with tempfile.TemporaryDirectory() as logdir:
         port = 29400 + os.getpid() % 500
         commands = [[sys.executable, "-m", "torch.distributed.run", f"--nnodes={machines}", f"--node_rank={i}",
-                     "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "trainer",
+                     "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+                     f"--log-dir={logdir}/torchrun", "-m", "trainer",
                      "train", str(data), "--schedule", schedule, "--logdir", logdir, "--threads", str(threads)]
                     for i in range(machines)]
         start = time.perf_counter()
