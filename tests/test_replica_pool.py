@@ -521,6 +521,36 @@ def test_a_local_run_claims_pool_replicas_only_once_they_are_made(tiny_data, tmp
     assert local_leftovers(tmp_path) == {}
 
 
+def test_a_local_run_does_without_a_pool_being_made_past_its_patience(tiny_data, tmp_path, monkeypatch):
+    """Nor does its teardown wait long to give a replica back: it deletes it (links, quickly made again)."""
+    backend = LocalBackend(tmp_path)
+    pool = backend.replicate(dataclasses.replace(pool_spec(1), instance_type="local"), str(tiny_data), 1, pool=True)
+    held = backend.replicate(local_spec("run-holding", 1), str(tiny_data), 1)
+    monkeypatch.setattr(local, "POOL_PATIENCE_S", 0.5)
+    run_done = threading.Event()
+    linking = pool_linking_paused(monkeypatch, backend, run_done, [])
+
+    def run():
+        linking.wait(timeout=30)
+        try:
+            backend.teardown("run-holding")
+            return backend.replicate(local_spec("run-impatient", 1), str(tiny_data), 1)
+        finally:
+            run_done.set()
+
+    with ThreadPoolExecutor(max_workers=2) as both:
+        made = both.submit(backend.replicate, dataclasses.replace(pool_spec(1), instance_type="local"),
+                           str(tiny_data), 1, pool=True)
+        replicas = both.submit(run).result()
+    assert claimed(held) == [pool[0].id] and claimed(replicas) == []
+    assert os.path.isdir(replicas[0].details["data_root"]), "its own replica, made meanwhile"
+    assert [r.id for r in backend.resources(POOL_OWNER)] == [r.id for r in made.result()], \
+        "the replica held was deleted rather than given back while the pool was being made"
+    backend.teardown("run-impatient")
+    backend.delete_replicas(POOL_OWNER)
+    assert local_leftovers(tmp_path) == {}
+
+
 def test_deleting_the_local_pool_while_it_is_made_waits_and_deletes_all_of_it(tiny_data, tmp_path, monkeypatch):
     backend = LocalBackend(tmp_path)
     deleted = threading.Event()

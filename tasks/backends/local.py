@@ -47,6 +47,7 @@ EXPIRES_ENV = "IMAGENET18_EXPIRES"
 EXIT_FILE_ENV = "IMAGENET18_EXIT_FILE"
 INSTANCE_TYPE = "local"
 STOP_GRACE_SECONDS = 10.0
+POOL_PATIENCE_S = 30.0  # how long a run waits on the replica pool's other users before doing without it
 # Runs the command, then leaves its exit code where status() reads it, even after the flow process is gone.
 EXIT_CODE_WRAPPER = '"$@"; code=$?; echo $code > "$IMAGENET18_EXIT_FILE"; exit $code'
 
@@ -171,8 +172,11 @@ class LocalBackend:
             new = self._unused_pool_indices(count - len(reused))
         else:
             held = {r.details["index"]: r for r in self.resources(spec.run_id) if r.kind == "replica"}
-            with self._pool_lock(shared=True):
-                held |= self._claim_pool(spec, root, [i for i in range(count) if i not in held])
+            with self._pool_lock(shared=True, patience_s=POOL_PATIENCE_S) as free:
+                if free:
+                    held |= self._claim_pool(spec, root, [i for i in range(count) if i not in held])
+                else:
+                    log.info("the replica pool here is still being made or deleted: this run makes its own replicas")
             reused = [r for r in held.values() if "pool_index" in r.details]
             new = [i for i in range(count) if i not in held or "pool_index" not in held[i].details]
         for replica in reused:  # made ahead, perhaps before the copies this run's schedule reads
@@ -191,20 +195,26 @@ class LocalBackend:
         return resource
 
     @contextlib.contextmanager
-    def _pool_lock(self, shared: bool = False) -> Iterator[None]:
+    def _pool_lock(self, shared: bool = False, patience_s: float | None = None) -> Iterator[bool]:
         """Making, deleting or sweeping the pool, one at a time (exclusive): two makers would take the same free
-        places, and link two datasets into one folder. Runs claim replicas side by side (shared), but only once no
-        replica is half made. Each waits for the others."""
+        places, and link two datasets into one folder. Runs claim and give back replicas side by side (shared),
+        but only while no replica is half made or being deleted. Waits for the others (at most `patience_s`, where
+        given); yields whether it holds the lock."""
         lock = self.home / "local" / "pool.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        deadline = None if patience_s is None else time.monotonic() + patience_s
         with open(lock, "a") as file:  # the lock goes when the file closes, or the process dies
             try:
                 fcntl.flock(file, mode | fcntl.LOCK_NB)
             except BlockingIOError:
                 log.info("waiting for the replica pool: another process here is making, deleting or claiming from it")
-                fcntl.flock(file, mode)
-            yield
+                if deadline is None:
+                    fcntl.flock(file, mode)
+                elif not _flock_by(file, mode, deadline):  # polled: a thread blocked in flock ignores a cancel
+                    yield False
+                    return
+            yield True
 
     def _pool_of(self, root: Path) -> list[Resource]:
         """The pool's unexpired replicas of the dataset, in their order in the pool."""
@@ -285,22 +295,27 @@ class LocalBackend:
         (self.claims / _file_name(replica_id)).unlink(missing_ok=True)
 
     def _give_back(self, listed: Resource) -> None:
-        """The replica's record back in the pool (deleted instead once the pool's time is up, as it is now: the pool
-        may have been deleted since the run's teardown listed it), then the claim."""
-        try:
-            claimed = _load(self.registry / listed.run_id / _file_name(listed.id))
-        except FileNotFoundError:
-            claimed = listed
-        pool_expires = dt.datetime.fromisoformat(claimed.details["pool_expires"])
-        if pool_expires <= dt.datetime.now(dt.timezone.utc):
-            _remove_tree(claimed.details["path"])
-        else:
-            details = {key: value for key, value in claimed.details.items()
-                       if key not in ("pool_index", "pool_expires", "owner_pid", "owner_start")}
-            self._record(Resource("replica", claimed.id, POOL_OWNER, pool_expires,
-                                  {**details, "index": claimed.details["pool_index"]}))
-        self._forget(claimed)
-        self._unlock(claimed.id)
+        """The replica's record back in the pool, then the claim. Deleted instead once the pool's time is up, as it
+        is now (the pool may have been deleted since the run's teardown listed it), or while the pool is still
+        being made or deleted after `POOL_PATIENCE_S` (locally a replica is links, quickly made again)."""
+        with self._pool_lock(shared=True, patience_s=POOL_PATIENCE_S) as free:
+            try:
+                claimed = _load(self.registry / listed.run_id / _file_name(listed.id))
+            except FileNotFoundError:
+                claimed = listed
+            pool_expires = dt.datetime.fromisoformat(claimed.details["pool_expires"])
+            if not free:
+                log.info("the replica pool here is still being made or deleted: replica %s deleted rather than "
+                         "given back", claimed.id)
+            if pool_expires <= dt.datetime.now(dt.timezone.utc) or not free:
+                _remove_tree(claimed.details["path"])
+            else:
+                details = {key: value for key, value in claimed.details.items()
+                           if key not in ("pool_index", "pool_expires", "owner_pid", "owner_start")}
+                self._record(Resource("replica", claimed.id, POOL_OWNER, pool_expires,
+                                      {**details, "index": claimed.details["pool_index"]}))
+            self._forget(claimed)
+            self._unlock(claimed.id)
 
     def delete_replicas(self, run_id: str) -> list[Resource]:
         if run_id == POOL_OWNER:
@@ -697,3 +712,14 @@ def _link_tree(source: Path, destination: Path) -> None:
         raise BackendError(f"the dataset replica {destination} could not be made: {exc.args[0][0][2]} "
                            f"({len(exc.args[0])} file(s) not copied)") from exc
     os.replace(tmp, destination)
+
+
+def _flock_by(file, mode: int, deadline: float) -> bool:
+    """The lock, asked for until `deadline`; whether it was had."""
+    while time.monotonic() < deadline:
+        try:
+            fcntl.flock(file, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            time.sleep(0.2)
+    return False
