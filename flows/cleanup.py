@@ -22,7 +22,7 @@ from prefect.states import Cancelled, Crashed
 
 from tasks.backends import BACKENDS, get_backend
 from tasks.backends.aws.options import AwsOptions
-from tasks.backends.base import BackendError, SweepIncomplete
+from tasks.backends.base import BackendError, Resource, SweepIncomplete
 from tasks.extra_loggers import extra_loggers_at_prefect_level
 
 RUN_FLOWS = ["imagenet18", "imagenet18-snapshot"]  # the flows whose runs create machines and disks
@@ -93,6 +93,7 @@ def cleanup(backends: list[str] | None = None, aws: AwsOptions | None = None,
                        run.id, run.state_name, alive_at.isoformat(timespec="seconds"))
     removed: dict[str, list[str]] = {}
     incomplete: dict[str, str] = {}
+    swept_everywhere: list[Resource] = []
     for name in backends or BACKENDS:
         try:
             swept = get_backend(name, aws).sweep(run_is_finished)
@@ -103,8 +104,10 @@ def cleanup(backends: list[str] | None = None, aws: AwsOptions | None = None,
             logger.info("skipping backend %s: %s", name, exc)
             continue
         removed[name] = [r.id for r in swept]
+        swept_everywhere += swept
         logger.info("%s: removed %d resource(s)%s", name, len(swept),
                     ": " + ", ".join(removed[name]) if swept else "")
     if incomplete:
-        raise BackendError("; ".join(f"{name}: {why}" for name, why in incomplete.items()))  # the run fails
+        raise SweepIncomplete("; ".join(f"{name}: {why}" for name, why in incomplete.items()),  # the run fails
+                              swept_everywhere)
     return removed

@@ -14,7 +14,7 @@ from prefect.states import Cancelling, Running
 
 from flows.cleanup import cleanup
 from flows.imagenet18 import imagenet18
-from tasks.backends.base import BackendError, ClusterSpec
+from tasks.backends.base import ClusterSpec, SweepIncomplete
 from tasks.backends.local import LocalBackend
 from tests.leftovers import local_leftovers
 from tests.processes import with_environment
@@ -35,16 +35,16 @@ def _state(flow_run_id):
 
 def test_a_run_stuck_cancelling_is_marked_cancelled_once_it_shows_no_sign_of_life(prefect_api):
     stuck = _stuck_run(Running(), Cancelling())
-    cleanup()
+    cleanup(backends=["local"])
     assert _state(stuck).is_cancelling(), "started a moment ago: within the default 10 minutes"
-    cleanup(stale_after_minutes=0)
+    cleanup(backends=["local"], stale_after_minutes=0)
     state = _state(stuck)
     assert state.is_cancelled() and "no sign of life" in state.message
 
 
 def test_a_running_run_with_no_sign_of_life_is_marked_crashed(prefect_api):
     stuck = _stuck_run(Running())
-    cleanup(stale_after_minutes=0)
+    cleanup(backends=["local"], stale_after_minutes=0)
     state = _state(stuck)
     assert state.is_crashed() and "marked by imagenet18-cleanup" in state.message
 
@@ -91,9 +91,10 @@ def test_a_local_run_whose_teardown_fails_stops_no_other_runs_sweep_and_fails_th
         return delete_replicas(self, run_id)
 
     monkeypatch.setattr(LocalBackend, "delete_replicas", stuck)
-    with pytest.raises(BackendError, match=r"^local: the other runs were swept, but not run-a-stuck \(its replica "
-                                           r"could not be removed\): the next cleanup tries again$"):
+    with pytest.raises(SweepIncomplete, match=r"^local: the other runs were swept, but not run-a-stuck \(its replica "
+                                              r"could not be removed\): the next cleanup tries again$") as failed:
         cleanup(backends=["local"])
+    assert [r.run_id for r in failed.value.removed] == ["run-b-expired"], "what it did remove, for its caller"
     assert {r.run_id for r in backend.resources()} == {"run-a-stuck"}
     monkeypatch.undo()
     monkeypatch.setenv("IMAGENET18_HOME", str(tmp_path))

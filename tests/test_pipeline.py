@@ -300,7 +300,7 @@ def test_replicas_made_ahead_serve_a_run_and_have_a_delete_path(prefect_api, tin
     assert len(made) == 3
     paths = [r.details["path"] for r in LocalBackend(prefect_api).resources("replicas")]
     assert len(paths) == 3 and all(os.path.isdir(p) for p in paths)
-    cleanup()  # pool replicas wait for their expiry, not for their maker
+    cleanup(backends=["local"])  # pool replicas wait for their expiry, not for their maker
     assert len(LocalBackend(prefect_api).resources("replicas")) == 3
 
     state = imagenet18(machines=2, dataset=str(tiny_data), schedule="cpu-tiny", epochs=1, return_state=True)
@@ -330,7 +330,7 @@ def test_cleanup_removes_what_a_sigkilled_run_left(prefect_api, tiny_data):
     flow_process.send_signal(signal.SIGKILL)
     flow_process.wait()
     assert {"process", "replica", "record"} <= set(local_leftovers(prefect_api)), "SIGKILL ran no teardown"
-    removed = cleanup()
+    removed = cleanup(backends=["local"])
     assert any("replica" in r for r in removed["local"])
     _assert_nothing_left(prefect_api)
 

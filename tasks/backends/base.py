@@ -30,7 +30,7 @@ class SweepIncomplete(BackendError):
     """A cleanup's sweep that removed what it could (`removed`) but not everything; the next cleanup tries the rest
     again."""
 
-    def __init__(self, message: str, removed: Sequence[Resource]):
+    def __init__(self, message: str, removed: Sequence[Resource] = ()):  # a default: unpickled from the message
         super().__init__(message)
         self.removed = list(removed)
 

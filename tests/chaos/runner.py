@@ -28,6 +28,7 @@ from prefect.settings import PREFECT_API_URL
 from flows.cleanup import cleanup
 from flows.imagenet18 import imagenet18
 from tasks.backends.aws import tags
+from tasks.backends.base import SweepIncomplete
 from tests.awssim import AwsSim
 from tests.chaos.census import Census
 from tests.chaos.scenarios import FLOW_PROCESS, TRAINING, Scenario
@@ -212,8 +213,11 @@ class ChaosRun:
             time.sleep(max(0.0, self.killed_at + STALE_MINUTES * 60 + 5 - time.monotonic()))
         with self.world.cleanup_lock:
             self.live_at_sweep = self.world.live.copy()
-            removed = cleanup(stale_after_minutes=STALE_MINUTES)
-        self.swept = [resource_id for ids in removed.values() for resource_id in ids]
+            try:
+                removed = [r for ids in cleanup(stale_after_minutes=STALE_MINUTES).values() for r in ids]
+            except SweepIncomplete as exc:  # another run's teardown failing as its fault says: swept next time
+                removed = [r.id for r in exc.removed]
+        self.swept = removed
 
     def _settle(self) -> None:
         deadline = time.monotonic() + SETTLE_SECONDS
