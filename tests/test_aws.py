@@ -186,8 +186,11 @@ def test_a_run_whose_teardown_fails_stops_no_other_runs_sweep(aws, snapshot, tmp
         spec = dataclasses.replace(cluster_spec(run_id, 1), expires_at=past)
         backend.provision(spec, backend.replicate(spec, DATASET, 1))
     aws.add_fault("ec2", "TerminateInstances", "UnauthorizedOperation", status=403, run="run-a-stuck")
+    aws.add_fault("ec2", "DescribeVolumes", "UnsupportedOperation", status=400, region="ap-south-1", times=1)
     with pytest.raises(BackendError, match=r"^the other runs were swept, but not run-a-stuck \(teardown of run "
-                                           r"run-a-stuck could not delete its machine.*UnauthorizedOperation"):
+                                           r"run-a-stuck could not delete its machine.*UnauthorizedOperation.*; and "
+                                           r"the other regions were swept, but not ap-south-1 "
+                                           r"\(UnsupportedOperation\): the next cleanup looks again$"):
         backend.sweep(finished=lambda run_id: False)
     assert set(aws_leftovers_by_run(aws)) == {"run-a-stuck"}
     aws.clear_faults()

@@ -643,11 +643,15 @@ class AwsBackend:
                     continue
                 sweep.tear_down(run_id, functools.partial(volumes.sweep_pool, clients) if pool else
                                 functools.partial(teardown, clients, run_id, self.key_folder), f" in {clients.region}")
-        removed = sweep.removed()
+        try:
+            removed, failures = sweep.removed(), []
+        except SweepIncomplete as exc:
+            removed, failures = exc.removed, [str(exc)]
         if unseen:
-            raise SweepIncomplete("the other regions were swept, but not " + "; ".join(
-                f"{region} ({why})" for region, why in sorted(unseen.items())) + ": the next cleanup looks again",
-                removed)
+            failures.append("the other regions were swept, but not " + "; ".join(
+                f"{region} ({why})" for region, why in sorted(unseen.items())) + ": the next cleanup looks again")
+        if failures:
+            raise SweepIncomplete("; and ".join(failures), removed)
         return removed
 
     def _leftovers_everywhere(self, unseen: dict[str, str]) -> list[tuple[Clients, list[Resource]]]:
