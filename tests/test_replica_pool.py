@@ -551,6 +551,34 @@ def test_a_local_run_does_without_a_pool_being_made_past_its_patience(tiny_data,
     assert local_leftovers(tmp_path) == {}
 
 
+def test_the_local_cleanup_leaves_a_pool_being_made_past_its_patience_to_the_next(tiny_data, tmp_path, monkeypatch,
+                                                                                  caplog):
+    caplog.set_level(logging.INFO, logger="tasks.backends.local")
+    backend = LocalBackend(tmp_path)
+    [expired] = backend.replicate(dataclasses.replace(pool_spec(1, hours=-1), instance_type="local"), str(tiny_data),
+                                  1, pool=True)
+    monkeypatch.setattr(local, "POOL_PATIENCE_S", 0.5)
+    swept = threading.Event()
+    linking = pool_linking_paused(monkeypatch, backend, swept, [])
+
+    def sweep():
+        linking.wait(timeout=30)
+        try:
+            return backend.sweep(finished=lambda run_id: False)
+        finally:
+            swept.set()
+
+    with ThreadPoolExecutor(max_workers=2) as both:
+        made = both.submit(backend.replicate, dataclasses.replace(pool_spec(1), instance_type="local"),
+                           str(tiny_data), 1, pool=True)
+        assert both.submit(sweep).result() == []
+    assert "the replica pool here is still being made: the next cleanup sweeps it" in caplog.messages
+    assert {r.id for r in backend.sweep(finished=lambda run_id: False)} == {expired.id}
+    assert [r.id for r in backend.resources(POOL_OWNER)] == [r.id for r in made.result()]
+    backend.delete_replicas(POOL_OWNER)
+    assert local_leftovers(tmp_path) == {}
+
+
 def test_deleting_the_local_pool_while_it_is_made_waits_and_deletes_all_of_it(tiny_data, tmp_path, monkeypatch):
     backend = LocalBackend(tmp_path)
     deleted = threading.Event()

@@ -367,8 +367,12 @@ class LocalBackend:
 
     def _sweep_pool(self) -> list[Resource]:
         """The pool's expired replicas, each on its own expiry (`imagenet18 replicate` may have added some with a
-        later one), after its stale claims (`pool_lock_expiry`); those runs hold stay theirs."""
-        with self._pool_lock():
+        later one), after its stale claims (`pool_lock_expiry`); those runs hold stay theirs. A pool still being
+        made after `POOL_PATIENCE_S` is left to the next cleanup."""
+        with self._pool_lock(patience_s=POOL_PATIENCE_S) as free:
+            if not free:
+                log.info("the replica pool here is still being made: the next cleanup sweeps it")
+                return []
             stale = [r for r in self.resources(POOL_OWNER) if r.kind == "claim" and r.expired]
             for claim in stale:
                 self._forget(claim)
