@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tasks.backends.aws import AwsBackend, consistency, tags, volumes
-from tasks.backends.base import POOL_OWNER, ClusterSpec
+from tasks.backends.base import POOL_OWNER, ClusterSpec, Resource
 from tasks.backends import local
 from tasks.backends.local import LocalBackend
 from tests.leftovers import aws_leftovers, aws_leftovers_by_run, local_leftovers
@@ -472,49 +472,51 @@ def test_two_local_pool_makers_at_once_take_places_of_their_own(tiny_data, data_
     assert local_leftovers(tmp_path) == {}
 
 
-def pool_linking_paused(monkeypatch, backend: LocalBackend, until: threading.Event, events: list[str]
-                        ) -> threading.Event:
-    """The first pool replica's folder, once recorded, linked only when `until` is set (or after 3 s); each folder
-    linked is noted in `events`. Returns the event set as it pauses."""
-    linking, fill = threading.Event(), local._fill
+def while_a_pool_is_made(monkeypatch, backend: LocalBackend, dataset: Path, count: int, action,
+                         events: list[str] | None = None) -> tuple[list[Resource], object]:
+    """`action()` while `imagenet18 replicate` makes a pool of `count` replicas: the first replica's folder, once
+    recorded, is linked only when `action` has ended (or after 3 s); each folder linked is noted in `events`.
+    Returns the pool made and what `action` returned."""
+    linking, acted, fill = threading.Event(), threading.Event(), local._fill
+    events = [] if events is None else events
 
     def paused_fill(root, replica):
         if replica.parent == backend.replica_root / POOL_OWNER and not linking.is_set():
             linking.set()
-            until.wait(timeout=3)
+            acted.wait(timeout=3)
         fill(root, replica)
         events.append("filled")
 
+    def act():
+        linking.wait(timeout=30)
+        try:
+            return action()
+        finally:
+            acted.set()
+
     monkeypatch.setattr(local, "_fill", paused_fill)
-    return linking
+    with ThreadPoolExecutor(max_workers=2) as both:
+        made = both.submit(backend.replicate, dataclasses.replace(pool_spec(count), instance_type="local"),
+                           str(dataset), count, pool=True)
+        result = both.submit(act).result()
+    return made.result(), result
 
 
 def test_a_local_run_claims_pool_replicas_only_once_they_are_made(tiny_data, tmp_path, monkeypatch):
     """A run started while `imagenet18 replicate` links the pool waits for it, rather than claim a replica whose
     folder is half made (and link into it beside the maker)."""
     backend = LocalBackend(tmp_path)
-    run_done, events = threading.Event(), []
-    linking = pool_linking_paused(monkeypatch, backend, run_done, events)  # the run's chance to claim one half made
-    claim_pool = LocalBackend._claim_pool
+    events, claim_pool = [], LocalBackend._claim_pool
 
     def noted_claim(self, *args):
         claimed = claim_pool(self, *args)
         events.append("claimed")
         return claimed
 
-    def run():
-        linking.wait(timeout=30)
-        try:
-            return backend.replicate(local_spec("run-early", 2), str(tiny_data), 2)
-        finally:
-            run_done.set()
-
     monkeypatch.setattr(LocalBackend, "_claim_pool", noted_claim)
-    with ThreadPoolExecutor(max_workers=2) as both:
-        made = both.submit(backend.replicate, dataclasses.replace(pool_spec(2), instance_type="local"),
-                           str(tiny_data), 2, pool=True)
-        replicas = both.submit(run).result()
-    assert claimed(replicas) == [r.id for r in made.result()]
+    made, replicas = while_a_pool_is_made(monkeypatch, backend, tiny_data, 2, events=events, action=lambda: (
+        backend.replicate(local_spec("run-early", 2), str(tiny_data), 2)))  # its chance to claim one half made
+    assert claimed(replicas) == [r.id for r in made]
     assert events[:3] == ["filled", "filled", "claimed"], "the pool made before the run claims from it"
     backend.teardown("run-early")
     backend.delete_replicas(POOL_OWNER)
@@ -527,24 +529,15 @@ def test_a_local_run_does_without_a_pool_being_made_past_its_patience(tiny_data,
     pool = backend.replicate(dataclasses.replace(pool_spec(1), instance_type="local"), str(tiny_data), 1, pool=True)
     held = backend.replicate(local_spec("run-holding", 1), str(tiny_data), 1)
     monkeypatch.setattr(local, "POOL_PATIENCE_S", 0.5)
-    run_done = threading.Event()
-    linking = pool_linking_paused(monkeypatch, backend, run_done, [])
 
     def run():
-        linking.wait(timeout=30)
-        try:
-            backend.teardown("run-holding")
-            return backend.replicate(local_spec("run-impatient", 1), str(tiny_data), 1)
-        finally:
-            run_done.set()
+        backend.teardown("run-holding")
+        return backend.replicate(local_spec("run-impatient", 1), str(tiny_data), 1)
 
-    with ThreadPoolExecutor(max_workers=2) as both:
-        made = both.submit(backend.replicate, dataclasses.replace(pool_spec(1), instance_type="local"),
-                           str(tiny_data), 1, pool=True)
-        replicas = both.submit(run).result()
+    made, replicas = while_a_pool_is_made(monkeypatch, backend, tiny_data, 1, run)
     assert claimed(held) == [pool[0].id] and claimed(replicas) == []
     assert os.path.isdir(replicas[0].details["data_root"]), "its own replica, made meanwhile"
-    assert [r.id for r in backend.resources(POOL_OWNER)] == [r.id for r in made.result()], \
+    assert [r.id for r in backend.resources(POOL_OWNER)] == [r.id for r in made], \
         "the replica held was deleted rather than given back while the pool was being made"
     backend.teardown("run-impatient")
     backend.delete_replicas(POOL_OWNER)
@@ -558,44 +551,21 @@ def test_the_local_cleanup_leaves_a_pool_being_made_past_its_patience_to_the_nex
     [expired] = backend.replicate(dataclasses.replace(pool_spec(1, hours=-1), instance_type="local"), str(tiny_data),
                                   1, pool=True)
     monkeypatch.setattr(local, "POOL_PATIENCE_S", 0.5)
-    swept = threading.Event()
-    linking = pool_linking_paused(monkeypatch, backend, swept, [])
-
-    def sweep():
-        linking.wait(timeout=30)
-        try:
-            return backend.sweep(finished=lambda run_id: False)
-        finally:
-            swept.set()
-
-    with ThreadPoolExecutor(max_workers=2) as both:
-        made = both.submit(backend.replicate, dataclasses.replace(pool_spec(1), instance_type="local"),
-                           str(tiny_data), 1, pool=True)
-        assert both.submit(sweep).result() == []
+    made, swept = while_a_pool_is_made(monkeypatch, backend, tiny_data, 1,
+                                       lambda: backend.sweep(finished=lambda run_id: False))
+    assert swept == []
     assert "the replica pool here is still being made: the next cleanup sweeps it" in caplog.messages
     assert {r.id for r in backend.sweep(finished=lambda run_id: False)} == {expired.id}
-    assert [r.id for r in backend.resources(POOL_OWNER)] == [r.id for r in made.result()]
+    assert [r.id for r in backend.resources(POOL_OWNER)] == [r.id for r in made]
     backend.delete_replicas(POOL_OWNER)
     assert local_leftovers(tmp_path) == {}
 
 
 def test_deleting_the_local_pool_while_it_is_made_waits_and_deletes_all_of_it(tiny_data, tmp_path, monkeypatch):
     backend = LocalBackend(tmp_path)
-    deleted = threading.Event()
-    linking = pool_linking_paused(monkeypatch, backend, deleted, [])  # the deletion's chance to find it half made
-
-    def delete():
-        linking.wait(timeout=30)
-        try:
-            return backend.delete_replicas(POOL_OWNER)
-        finally:
-            deleted.set()
-
-    with ThreadPoolExecutor(max_workers=2) as both:
-        made = both.submit(backend.replicate, dataclasses.replace(pool_spec(2), instance_type="local"),
-                           str(tiny_data), 2, pool=True)
-        removed = both.submit(delete).result()
-    assert sorted(r.id for r in removed) == sorted(r.id for r in made.result())
+    made, removed = while_a_pool_is_made(monkeypatch, backend, tiny_data, 2,
+                                         lambda: backend.delete_replicas(POOL_OWNER))  # may find it half made
+    assert sorted(r.id for r in removed) == sorted(r.id for r in made)
     assert local_leftovers(tmp_path) == {}, "no folder linked after its replica was deleted"
 
 

@@ -161,10 +161,8 @@ class LocalBackend:
     # -- replicas -------------------------------------------------------------------------------------
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
         root = Path(dataset.removeprefix("file://")).resolve()
-        if pool:
-            with self._pool_lock():
-                return self._make(spec, root, count, pool)
-        return self._make(spec, root, count, pool)
+        with self._pool_lock() if pool else contextlib.nullcontext():
+            return self._make(spec, root, count, pool)
 
     def _make(self, spec: ClusterSpec, root: Path, count: int, pool: bool) -> list[Resource]:
         if pool:

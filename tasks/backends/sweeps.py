@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tasks.backends.base import Resource, SweepIncomplete
 
@@ -25,9 +25,13 @@ class Sweep:
             log.warning("could not tear down run %s%s: %s", run_id, where, exc)
             self._failed[run_id] = str(exc)
 
-    def removed(self) -> list[Resource]:
+    def removed(self, also: Sequence[str] = ()) -> list[Resource]:
+        """What was removed; raises SweepIncomplete, carrying it, where a run failed or `also` names another trouble
+        (a region not looked in, say)."""
+        failures = list(also)
         if self._failed:
-            raise SweepIncomplete("the other runs were swept, but not " + "; ".join(
-                f"{run_id} ({why})" for run_id, why in sorted(self._failed.items())) + ": the next cleanup tries again",
-                self._removed)
+            failures.insert(0, "the other runs were swept, but not " + "; ".join(
+                f"{run_id} ({why})" for run_id, why in sorted(self._failed.items())) + ": the next cleanup tries again")
+        if failures:
+            raise SweepIncomplete("; and ".join(failures), self._removed)
         return self._removed

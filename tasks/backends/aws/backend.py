@@ -52,7 +52,6 @@ from tasks.backends.base import (
     RemoteTensorBoard,
     Resource,
     RunsFolder,
-    SweepIncomplete,
     Warmup,
 )
 from tasks.backends.sweeps import Sweep
@@ -643,16 +642,9 @@ class AwsBackend:
                     continue
                 sweep.tear_down(run_id, functools.partial(volumes.sweep_pool, clients) if pool else
                                 functools.partial(teardown, clients, run_id, self.key_folder), f" in {clients.region}")
-        try:
-            removed, failures = sweep.removed(), []
-        except SweepIncomplete as exc:
-            removed, failures = exc.removed, [str(exc)]
-        if unseen:
-            failures.append("the other regions were swept, but not " + "; ".join(
-                f"{region} ({why})" for region, why in sorted(unseen.items())) + ": the next cleanup looks again")
-        if failures:
-            raise SweepIncomplete("; and ".join(failures), removed)
-        return removed
+        not_looked_in = "; ".join(f"{region} ({why})" for region, why in sorted(unseen.items()))
+        return sweep.removed(also=[f"the other regions were swept, but not {not_looked_in}: the next cleanup looks "
+                                   "again"] if unseen else [])
 
     def _leftovers_everywhere(self, unseen: dict[str, str]) -> list[tuple[Clients, list[Resource]]]:
         """What carries our tag in each enabled region, looked in at once; this region's with the global IAM
