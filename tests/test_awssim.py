@@ -821,6 +821,15 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
          "Got        e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
         (UBUNTU_2204, {'retrying 3 "$cut_off" /opt': 'retrying 1 "$cut_off" /opt'},  # tried once all the same
          "Got        e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+        (UBUNTU_2204, {'retrying 3 "$cut_off" /opt': 'retrying 3 "$locked" /opt'},  # asked again on other words
+         "Got        e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+        (UBUNTU_2204, {'retrying 60 "$locked" apt-get -q -o DPkg::Lock::Timeout=600 update':
+                       'retrying 60 "[Tt]imed out" apt-get -q -o DPkg::Lock::Timeout=600 update'},  # not on a lock
+         "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1093 (apt-get)"),
+        (UBUNTU_2204, {'retrying 60 "$locked" apt-get -q -o DPkg::Lock::Timeout=600 update':
+                       'retrying 60 "$cut_off" apt-get -q -o DPkg::Lock::Timeout=600 update'},  # set further down
+         "cut_off: unbound variable"),
+        (UBUNTU_2204, {"retrying() {": "retrying_once() {"}, "retrying: command not found"),
         (UBUNTU_2204, {" python3.11-dev": ""}, "ok"),  # boots, but its Python has no C headers
     ]
     launched = []

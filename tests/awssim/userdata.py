@@ -1,10 +1,10 @@
-"""Instance user-data: not run (it mounts disks and installs the project on a real machine), only checked with
-`-n` by the shell its #! line names, read line by line against its image's facts for what would stop its boot on
-a real machine (a package apt cannot find, a tool whose package is missing, an interpreter outside the project's
-Requires-Python, a hashed lock that lacks a dependency the machine's Python needs, an `apt-get update` tried once
-while the image's own first-boot apt-daily holds the package lists' lock, a hashed install tried once while the
-network cuts a download short), and searched for a shutdown timer, which the player honours, and for the services
-it restarts (SSM's agent, the player's concern)."""
+"""Instance user-data: not run (it mounts disks and installs the project on a real machine), only checked with `-n` by
+the shell its #! line names, read line by line against its image's facts for what would stop its boot on a real
+machine (a package apt cannot find, a tool whose package is missing, an interpreter outside the project's
+Requires-Python, a hashed lock that lacks a dependency the machine's Python needs, an `apt-get update` not asked again
+on the words it fails with while the image's own first-boot apt-daily holds the package lists' lock, a hashed install
+not asked again on a download the network cuts short, an unset variable under `set -u`), and searched for a shutdown
+timer, which the player honours, and for the services it restarts (SSM's agent, the player's concern)."""
 
 import base64
 import gzip
@@ -64,20 +64,24 @@ def inspect(encoded: str | None, save_as: Path, image: ImageFacts | None, projec
 
 
 APT_INSTALL = re.compile(r"\bapt(?:-get)?\b[^\n;&|]*?\binstall\b([^\n;&|]*)")
-# A package-list update that is its line's own command (not run by another, which may ask again), outside a loop:
-# run once.
+# A package-list update that is its line's own command (or `retrying`'s), outside a loop.
 APT_UPDATE = re.compile(r"^\s*(?:sudo\s+)?apt(?:-get)?\s[^\n;&|]*(?<![\w-])update(?![\w-])")
+# `retrying TRIES WORDS COMMAND...` (the function the shipped script defines) asks COMMAND again, TRIES times in
+# all, while its output matches WORDS, an extended regular expression ("" for any failure).
+RETRYING = re.compile(r"^\s*retrying\s+(\d+)\s+(\"[^\"]*\"|'[^']*'|\S+)\s+(.*)$")
+NO_UNSET = re.compile(r"^\s*set\s+-[a-zA-Z]*u", re.M)  # bash's -u: an unset variable's expansion ends the script
+DEFINES_RETRYING = re.compile(r"^\s*(?:function\s+)?retrying\s*\(\)", re.M)
+ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_]\w*)=(\"[^\"$`]*\"|'[^']*'|[^\s\"'$`;&|]*)\s*$")
 LOOP_STARTS, LOOP_ENDS = re.compile(r"^\s*(?:for|while|until)\b(?!.*\bdone\b)"), re.compile(r"^\s*done\b")
 # What apt-get update answers while another apt holds the package lists (the process: apt-daily's).
 LISTS_LOCKED = "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1093 (apt-get)"
 VENV = re.compile(r"(?<![\w/.-])(?:/usr/bin/)?(python3(?:\.\d+)?)\s+-m\s+venv\b")
 NFS_MOUNT = re.compile(r"\bmount\b[^\n]*\s-t\s+nfs4?\b|\bmount\.nfs4?\b")
 HASHED_INSTALL = re.compile(r"\bpip install\b[^\n]*--require-hashes -r (\S+)")
-# A hashed install that is its line's own command (or `retrying 1`'s), outside a loop: tried once, it fails where a
-# download is cut off midway (pip's hash check finds it, and pip does not ask again), which machines that each
-# download gigabytes meet; here the largest wheel's always is.
-INSTALL_ONCE = re.compile(r"^\s*(?:retrying\s+1\s+(?:\"[^\"]*\"|'[^']*'|\S+)\s+)?(?:sudo\s+)?\S*\bpip3?(?:\.\d+)?\s+"
-                          r"install\b[^\n]*--require-hashes")
+# A hashed install that is its line's own command (or `retrying`'s), outside a loop: unless asked again, it fails
+# where a download is cut off midway (pip's hash check finds it, and pip does not ask again), which machines that
+# each download gigabytes meet; here the largest wheel's always is.
+HASHED_INSTALL_COMMAND = re.compile(r"^\s*(?:sudo\s+)?\S*\bpip3?(?:\.\d+)?\s+install\b[^\n]*--require-hashes")
 HASHES_DIFFER = ("ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE. If you have updated the "
                  "package versions, please update the hashes. Otherwise, examine the package contents carefully; "
                  "someone may have tampered with them.\n    {pin}:\n        Expected sha256 {expected}\n"
@@ -101,11 +105,20 @@ def _first_failure(script: str, image: ImageFacts, project: Path, requires_pytho
                    venvs: list[str]) -> str | None:
     """The first step that fails, adding what each step installs to `packages` and each venv's Python's
     version to `venvs`."""
-    venv_python, loops = None, 0
+    venv_python, loops, variables = None, 0, {}
     for line in script.splitlines():
         line = line.split("#", 1)[0] if not line.startswith("#!") else ""
         loops = max(0, loops + bool(LOOP_STARTS.match(line)) - bool(LOOP_ENDS.match(line)))
-        if APT_UPDATE.match(line) and not loops:
+        if assignment := ASSIGNMENT.match(line):
+            variables[assignment[1]] = assignment[2].strip("\"'")
+        retried = RETRYING.match(line)
+        if retried and not DEFINES_RETRYING.search(script):
+            return "retrying: command not found"
+        unset = retried and _variable(retried[2])
+        if unset and unset not in variables and NO_UNSET.search(script):
+            return f"{unset}: unbound variable"
+        command = retried[3] if retried else line
+        if APT_UPDATE.match(command) and not _asked_again(LISTS_LOCKED, loops, retried, variables):
             return LISTS_LOCKED
         for install in APT_INSTALL.finditer(line):
             for package in (word for word in install[1].split() if not word.startswith("-")):
@@ -128,10 +141,28 @@ def _first_failure(script: str, image: ImageFacts, project: Path, requires_pytho
             if lacking:
                 return ("ERROR: In --require-hashes mode, all requirements must have their versions pinned with ==. "
                         f"These do not: {', '.join(lacking)}")
-            if INSTALL_ONCE.match(line) and not loops:
-                pin, expected = re.search(r"^(torch==\S+) \\\n\s+--hash=sha256:(\w+)", lock, re.M).groups()
-                return HASHES_DIFFER.format(pin=pin, expected=expected)
+            pin, expected = re.search(r"^(torch==\S+) \\\n\s+--hash=sha256:(\w+)", lock, re.M).groups()
+            cut_off = HASHES_DIFFER.format(pin=pin, expected=expected)
+            if HASHED_INSTALL_COMMAND.match(command) and not _asked_again(cut_off, loops, retried, variables):
+                return cut_off
     return None
+
+
+def _asked_again(failure: str, loops: int, retried: re.Match | None, variables: dict[str, str]) -> bool:
+    """Whether a command that fails with these words is asked again: inside a loop, or by `retrying` with two
+    tries or more and WORDS that match them (WORDS as the shell expands it: a quoted or bare word, or a variable
+    set earlier in the script; unset, it is empty and matches any failure)."""
+    if loops or not retried:
+        return bool(loops)
+    variable = _variable(retried[2])
+    words = variables.get(variable, "") if variable else retried[2].strip("\"'")
+    return int(retried[1]) >= 2 and re.search(words, failure) is not None
+
+
+def _variable(word: str) -> str | None:
+    """The variable a shell word is the expansion of ("$name", ${name}, ...), if it is one."""
+    expansion = re.fullmatch(r"(\"?)\$\{?([A-Za-z_]\w*)\}?\1", word)
+    return expansion[2] if expansion else None
 
 
 def lock_gaps(lock: str, python: str) -> list[str]:
