@@ -502,11 +502,22 @@ def test_within_the_consistency_window_ec2_describes_a_machine_as_it_was_before_
     def described() -> str:
         return ec2.describe_instances(InstanceIds=[machine])["Reservations"][0]["Instances"][0]["State"]["Name"]
 
+    def listed(state_filter: str, *values: str) -> list[str]:
+        return [i["InstanceId"] for r in ec2.describe_instances(Filters=[
+            {"Name": "image-id", "Values": [IMAGE]}, {"Name": state_filter, "Values": list(values)}])["Reservations"]
+            for i in r["Instances"]]
+
     aws.set_consistency_window(2)
     assert ec2.terminate_instances(InstanceIds=[machine])["TerminatingInstances"][0]["PreviousState"]["Name"] == \
         "pending"
     assert described() == "pending"
+    # A filter on the state matches the state described, not the one EC2 has settled on.
+    assert listed("instance-state-name", "pending", "running") == [machine]
+    assert listed("instance-state-name", "shutting-down", "terminated") == []
+    assert listed("instance-state-code", "0") == [machine]  # pending's (moto filters no code)
     wait_for(lambda: described() in ("shutting-down", "terminated"), seconds=10)
+    assert listed("instance-state-name", "shutting-down", "terminated") == [machine]
+    assert listed("instance-state-name", "pending", "running") == []
 
 
 def test_within_the_consistency_window_ec2_neither_knows_nor_lists_what_was_just_made(aws):

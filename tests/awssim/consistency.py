@@ -6,7 +6,8 @@ may leave it out ("the result of an API command you run that affects your Amazon
 immediately visible to all subsequent commands you run", the same page). Off until a test sets a window; then every
 EC2 call that names (other than in a filter) a resource made less than that long ago is answered so, and every
 listing leaves such a resource out, and describes a machine told to change state within the window as it was
-before (a machine terminated while pending is described pending): the worst that AWS allows.
+before (a machine terminated while pending is described pending), a filter on machines' states matching the state
+described (moto's filters the state it has now): the worst that AWS allows.
 
 IAM's changes reach EC2 a while later too ("changes that I make are not always immediately visible",
 https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_general.html): a launch naming an instance profile
@@ -14,11 +15,13 @@ made (or given its role) less than `profile_propagation_s` ago is refused as one
 EC2's InvalidParameterValue (moto answers IAM's NoSuchEntity for an unknown one). On by default, briefly, so that
 every run's first dry run of its launch naming the profile meets it."""
 
+import io
 import os
 import re
 import threading
 import time
 import xml.etree.ElementTree as ET
+from urllib.parse import urlencode
 
 from moto.iam.models import iam_backends
 
@@ -48,6 +51,8 @@ LISTED = {"DescribeVpcs": "vpcId", "DescribeSubnets": "subnetId", "DescribeInter
           "DescribeInstances": "instanceId", "DescribeNetworkInterfaces": "networkInterfaceId"}
 # The calls that change machines' states, whose answers say each one's state before.
 STATE_CHANGES = ("TerminateInstances", "StopInstances", "StartInstances")
+# DescribeInstances' filters on a machine's state, and the element of its instanceState each one reads.
+STATE_FILTERS = {"instance-state-name": "name", "instance-state-code": "code"}
 # A route's target (CreateRoute's GatewayId) is a gateway of any kind to EC2.
 GATEWAY_NOT_FOUND = ("InvalidGatewayID.NotFound", "The gateway ID '{}' does not exist")
 # The IAM calls after which EC2 does not know an instance profile as it is for a while.
@@ -92,15 +97,38 @@ class Consistency:
         code, message = GATEWAY_NOT_FOUND if key == "GatewayId" else NOT_FOUND[value.split("-", 1)[0]]
         return error_response("ec2", code, message.format(value))
 
-    def listed(self, call: AwsCall, body: bytes) -> bytes:
+    def defer_state_filters(self, call: AwsCall, environ: dict) -> dict[str, set[str]]:
+        """Within a window, DescribeInstances' filters on machines' states, taken out of the request that moto
+        reads (`listed` applies them to the states it describes); {} otherwise."""
+        if call.service != "ec2" or call.action != "DescribeInstances" or not self.window_s:
+            return {}
+        filters: dict[str, tuple[str, list[str]]] = {}  # "Filter.N" -> (name, values)
+        for key, value in call.params.items():
+            if re.fullmatch(r"Filter\.\d+\.Name", key):
+                number = key.rsplit(".", 1)[0]
+                filters[number] = (value, call.list_param(f"{number}.Value"))
+        deferred = {name: set(values) for name, values in filters.values() if name in STATE_FILTERS}
+        if deferred:
+            kept = [(name, values) for name, values in filters.values() if name not in STATE_FILTERS]
+            params = {key: value for key, value in call.params.items() if not key.startswith("Filter.")}
+            for number, (name, values) in enumerate(kept, 1):
+                params[f"Filter.{number}.Name"] = name
+                params.update({f"Filter.{number}.Value.{i}": value for i, value in enumerate(values, 1)})
+            body = urlencode({"Action": call.action, **params}).encode()
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+        return deferred
+
+    def listed(self, call: AwsCall, body: bytes, state_filters: dict[str, set[str]]) -> bytes:
         """A listing's answer without the resources made within the window (and without a reservation left with
-        no machine), its machines told to change state within the window as they were before."""
+        no machine), its machines told to change state within the window as they were before, and only those
+        whose state described matches `state_filters` (the request's, deferred)."""
         own = LISTED.get(call.action) if call.service == "ec2" and self.window_s else None
         now = time.time()
         with self._lock:
             young = {made for made, at in self._made.items() if now - at < self.window_s}
             before = {machine: state for machine, (state, at) in self._before.items() if now - at < self.window_s}
-        if not own or not (young | before.keys()) or not any(i.encode() in body for i in young | before.keys()):
+        if not own or not state_filters and (not (young | before.keys())
+                                             or not any(i.encode() in body for i in young | before.keys())):
             return body
         root = ET.fromstring(body)
         ns = _namespace(root)
@@ -112,7 +140,10 @@ class Consistency:
                     else list(root))  # only the items listed, not those an item refers to (a group's rules)
         for listing in listings:
             for item in listing.findall(f"{ns}item"):
-                if item.findtext(f"{ns}{own}") in young:
+                described = {name: item.findtext(f"{ns}instanceState/{ns}{part}")
+                             for name, part in STATE_FILTERS.items()}
+                if item.findtext(f"{ns}{own}") in young or any(described[name] not in values
+                                                               for name, values in state_filters.items()):
                     listing.remove(item)
         for reservations in root.findall(f"{ns}reservationSet"):
             for reservation in reservations.findall(f"{ns}item"):

@@ -80,9 +80,10 @@ class AwsSimApp:
                 if rule is not None:  # not watched: the rule's answer is not given
                     self.faults.unfire(rule)
                 return self.moto(environ, start_response)
+            state_filters = self.consistency.defer_state_filters(call, environ)
             status, headers, body = _forward(self.moto, environ)
         if status.startswith("2"):
-            body = self._after(call, body)
+            body = self._after(call, body, state_filters)
             if rule is not None:  # done, and the answer lost
                 return error_response(call.service, rule.code, rule.message, rule.status).send(start_response)
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
@@ -152,10 +153,11 @@ class AwsSimApp:
             return prices.answer(call)
         return None
 
-    def _after(self, call: AwsCall, body: bytes) -> bytes:
-        """Hooks on moto's successful answer; returns the answer to send."""
+    def _after(self, call: AwsCall, body: bytes, state_filters: dict[str, set[str]]) -> bytes:
+        """Hooks on moto's successful answer (`state_filters`: those moto was not given); returns the answer to
+        send."""
         self.consistency.record(call, body)
-        body = self.consistency.listed(call, body)
+        body = self.consistency.listed(call, body, state_filters)
         if call.service == "ec2" and call.action == "RunInstances":
             self.placement.record_launch(call, body)
         if call.service == "ec2" and call.action == "CreateVolume":
