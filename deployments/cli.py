@@ -22,12 +22,12 @@ from types import UnionType
 from typing import Literal, Union, get_args, get_origin
 
 import httpx
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from deployments.api_server import APIServerError, api_for_flows
 from tasks.backends import backend_class
 from tasks.backends.base import BackendError, InputError
-from tasks.parameters import BackendName, MachineCount, RunParameters, Switch
+from tasks.parameters import BackendName, KeepHours, MachineCount, ReplicaCount, RunParameters, Switch
 
 MACHINE_COUNTS = get_args(MachineCount)
 SET_OTHERWISE = {"dry_run", "aws"}  # by the plan command, and by the aws backend's options
@@ -217,7 +217,16 @@ def _run(args: argparse.Namespace) -> int:
 
 def _replicate(args: argparse.Namespace) -> int:
     from flows.replicate import replicate
+    from tasks.backends import get_backend
 
+    for name, kind in (("replicas", ReplicaCount), ("keep_hours", KeepHours)):  # bad input: no flow run
+        try:
+            TypeAdapter(kind).validate_python(getattr(args, name))
+        except ValidationError as exc:
+            raise InputError(f"{name}: {exc.errors()[0]['msg']}") from None
+    if args.dataset and not args.delete:
+        get_backend(args.backend, _aws(args)).check_replicas(RunParameters(
+            backend=args.backend, dataset=args.dataset).resolved_dataset)
     ids = replicate(replicas=args.replicas, backend=args.backend, dataset=args.dataset,
                     keep_hours=args.keep_hours, delete=args.delete, instance_type=args.instance_type,
                     aws=_aws(args))

@@ -13,12 +13,12 @@ from tasks.backends import get_backend
 from tasks.backends.aws.options import AwsOptions
 from tasks.backends.base import POOL_OWNER, ClusterSpec
 from tasks.extra_loggers import extra_loggers_at_prefect_level
-from tasks.parameters import BackendName, RunParameters
+from tasks.parameters import BackendName, KeepHours, ReplicaCount, RunParameters
 
 
 @flow(name="imagenet18-replicate")
-def replicate(replicas: int = 16, backend: BackendName = "local", dataset: str | None = None,
-              keep_hours: float = 24.0, delete: bool = False, instance_type: str | None = None,
+def replicate(replicas: ReplicaCount = 16, backend: BackendName = "local", dataset: str | None = None,
+              keep_hours: KeepHours = 24.0, delete: bool = False, instance_type: str | None = None,
               aws: AwsOptions | None = None) -> list[str]:
     extra_loggers_at_prefect_level()
     logger = get_run_logger()

@@ -15,6 +15,10 @@ from tasks.backends.aws.catalog import DEFAULT_INSTANCE_TYPE as AWS_DEFAULT_INST
 from tasks.backends.aws.options import AwsOptions
 
 MachineCount = Literal[1, 2, 4, 8, 16]
+# A replica pool's size and life (flows/replicate.py).
+ReplicaCount = Annotated[int, Field(ge=1, le=64, description="replicas to keep ready for runs")]
+KeepHours = Annotated[float, Field(gt=0, le=720, description="the cleanup flow deletes the replicas after this, "
+                                   "those in use when their runs end")]
 BackendName = Literal[BACKENDS]
 Switch = Literal["auto", "on", "off"]  # auto: the plan decides; the CLI's --OPTION and --no-OPTION give on and off
 
@@ -66,7 +70,8 @@ class RunParameters(BaseModel):
 
     @property
     def resolved_dataset(self) -> str:
-        return self.dataset or backend_class(self.backend).default_dataset()
+        backend = backend_class(self.backend)
+        return backend.dataset_location(self.dataset or backend.default_dataset())
 
     @property
     def resolved_schedule(self) -> str:

@@ -244,13 +244,21 @@ def test_credentials_that_may_not_list_regions_still_sweep_their_own(aws, tmp_pa
 
 
 def test_replicas_have_a_delete_path(aws, snapshot, tmp_path):
-    backend = AwsBackend(options(volume_type="gp3", iops=3000), home=tmp_path)
+    backend = AwsBackend(options(volume_type="gp3", iops=3000, throughput_mbps=750), home=tmp_path)
     spec = cluster_spec("pool", 4)
     made = backend.replicate(spec, DATASET, 4)
     volume = aws.client("ec2").describe_volumes(VolumeIds=[made[0].id])["Volumes"][0]
     assert volume["VolumeType"] == "gp3" and volume["Iops"] == 3000 and volume["SnapshotId"] == snapshot
     assert sorted(r.id for r in backend.delete_replicas("pool")) == sorted(r.id for r in made)
     assert aws_leftovers(aws, "pool") == {}
+
+
+def test_a_replica_pool_of_disks_ebs_would_refuse_is_refused_before_any_is_made(aws, snapshot, tmp_path):
+    """A pool has no pre-flight: the flow's first CreateVolume would be EBS's refusal, after the lookups."""
+    backend = AwsBackend(options(volume_type="gp3", iops=3000), home=tmp_path)
+    with pytest.raises(InputError, match="aws.throughput_mbps=1000 needs aws.iops=4000 or more"):
+        backend.replicate(cluster_spec("replicas", 2), DATASET, 2, pool=True)
+    assert aws_leftovers(aws) == {}
 
 
 def test_a_replica_pool_past_the_accounts_iops_quota_is_refused_before_any_is_made(aws, snapshot, tmp_path):
@@ -734,6 +742,9 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
     ({"options": {"ami": UBUNTU_2404.image_id}}, r"AMI ami-\w+ \(Deep Learning Base OSS Nvidia Driver GPU AMI \(Ubuntu "
      r"24.04\) \d+\) is Ubuntu 24.04: the machines' boot installs Python 3.11 from Ubuntu 22.04's archive"),
     ({"options": {"volume_type": "io1", "iops": 70000}}, "io1 volumes allow at most 64,000 IOPS"),
+    ({"options": {"volume_type": "gp3", "iops": 3000}}, r"^gp3 volumes allow at most 0.25 MiB/s of throughput per "
+     r"IOPS: aws.throughput_mbps=1000 needs aws.iops=4000 or more, and aws.iops=3000 allows aws.throughput_mbps=750 "
+     r"at most$"),
     ({"hours": 72}, "max_hours=72 is over the 48 h that SSM lets a job's command run on AWS"),
     ({"fault": "VcpuLimitExceeded"}, "over this account's limit"),
     ({"fault": "UnauthorizedOperation"}, "may not start instances"),
@@ -759,7 +770,7 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
      r"--service-code ebs --quota-code L-8D977E7E --desired-value 234000`\), or ask for fewer replicas \(a run makes "
      r"one a machine\), or choose "
      r"aws.volume_type gp3"),
-    ({"options": {"volume_type": "gp3", "iops": 3000}, "quotas": {"L-7A658B76": 0.01}},
+    ({"options": {"volume_type": "gp3", "iops": 3000, "throughput_mbps": 750}, "quotas": {"L-7A658B76": 0.01}},
      r'16 gp3 dataset replica\(s\) of 1 GiB need 0.0156 of the quota "Storage for General Purpose SSD \(gp3\) '
      r'volumes, in TiB" \(L-7A658B76\) in us-east-1, which is 0.01 with 0 in use'),
     ({"quotas": {"L-F678F1CE": 2}, "setup": hold_another_network},

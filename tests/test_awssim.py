@@ -946,10 +946,37 @@ def test_ebs_counts_every_volume_of_a_type_against_its_iops_and_storage_quotas(a
         ec2.create_volume(AvailabilityZone="us-east-1a", Size=20, VolumeType="io2", Iops=11_500)
     assert error_code(ec2.create_volume, AvailabilityZone="us-east-1a", Size=20, VolumeType="io2",
                       Iops=11_500) == "MaxIOPSLimitExceeded", "the ninth of the seed's replicas: 103,500 IOPS"
-    ec2.create_volume(AvailabilityZone="us-east-1a", Size=20, VolumeType="io1", Iops=11_500)
+    ec2.create_volume(AvailabilityZone="us-east-1a", Size=230, VolumeType="io1", Iops=11_500)
     ec2.create_volume(AvailabilityZone="us-east-1a", Size=600, VolumeType="gp3")
     assert error_code(ec2.create_volume, AvailabilityZone="us-east-1a", Size=600,
                       VolumeType="gp3") == "VolumeLimitExceeded", "1,200 GiB of gp3 is past 1 TiB"
+
+
+@pytest.mark.parametrize("volume,refusal", [
+    ({"VolumeType": "io1", "Size": 20, "Iops": 11_500}, "Iops to volume size ratio of 575.000000 is too high; maximum "
+     "is 50"),
+    ({"VolumeType": "io2", "Size": 11, "Iops": 11_500}, "Iops to volume size ratio of 1045.454545 is too high; "
+     "maximum is 1000"),
+    ({"VolumeType": "gp3", "Size": 20, "Iops": 16_000}, "Iops to volume size ratio of 800.000000 is too high; maximum "
+     "is 500"),
+    ({"VolumeType": "gp3", "Size": 200, "Throughput": 1000}, "Throughput (MiBps) to iops ratio of 0.333333 is too "
+     "high; maximum is 0.250000 MiBps per iops"),  # 3,000 IOPS, gp3's own
+    ({"VolumeType": "gp3", "Size": 200, "Iops": 3_999, "Throughput": 1000}, "Throughput (MiBps) to iops ratio of "
+     "0.250063 is too high; maximum is 0.250000 MiBps per iops"),
+    ({"VolumeType": "io2", "Size": 12, "Iops": 11_500}, None),
+    ({"VolumeType": "gp3", "Size": 1}, None),  # 3,000 IOPS and 125 MiB/s whatever the size
+    ({"VolumeType": "gp3", "Size": 32, "Iops": 16_000, "Throughput": 1000}, None),
+    ({"VolumeType": "gp3", "Size": 8, "Iops": 4_000, "Throughput": 1000}, None),
+])
+def test_ebs_refuses_a_volume_whose_size_cannot_have_its_iops_or_whose_iops_its_throughput(aws, volume, refusal):
+    ec2 = aws.client("ec2", retries=NO_RETRIES)
+    if refusal is None:
+        ec2.create_volume(AvailabilityZone="us-east-1a", **volume)
+        return
+    with pytest.raises(ClientError) as refused:
+        ec2.create_volume(AvailabilityZone="us-east-1a", **volume)
+    assert (refused.value.response["Error"]["Code"], refused.value.response["Error"]["Message"]) == (
+        "InvalidParameterValue", refusal)
 
 
 def test_a_users_calls_need_what_they_do_in_other_services_and_their_tags_on_creation(aws, operator):

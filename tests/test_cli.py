@@ -29,6 +29,9 @@ IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
     (["run", "--backend", "aws", "--max-hours", "72"], "error: max_hours=72 is over the 48 h that SSM lets"),
     (["run", "--hang-minutes", "0"], "error: hang_minutes: Input should be greater than 0"),
     (["plan", "--budget-usd", "-1"], "error: budget_usd: Input should be greater than or equal to 0"),
+    (["replicate", "--replicas", "0"], "error: replicas: Input should be greater than or equal to 1"),
+    (["replicate", "--keep-hours", "0"], "error: keep_hours: Input should be greater than 0"),
+    (["replicate", "--dataset", "/nonexistent/imagenet"], "error: dataset /nonexistent/imagenet has no train/ folder"),
 ])
 def test_bad_input_is_one_line_and_creates_no_flow_run(tmp_path, tiny_data, args, message):
     env = {"IMAGENET18_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),

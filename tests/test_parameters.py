@@ -9,6 +9,7 @@ from prefect.exceptions import ParameterTypeError
 
 from deployments import cli
 from flows.imagenet18 import imagenet18
+from flows.replicate import replicate
 from tasks.backends.aws.options import AwsOptions
 from tasks.backends.base import InputError
 from tasks.parameters import TRAINER, RunParameters, Switch
@@ -112,3 +113,25 @@ def test_an_aws_runs_region_is_the_one_boto3_would_use_unless_aws_region_says(tm
         AwsOptions()
     monkeypatch.delenv("AWS_PROFILE")
     assert AwsOptions().region == "us-east-1"
+
+
+def test_a_local_dataset_is_named_by_its_real_absolute_path(tmp_path, monkeypatch):
+    """The user's `.`, `~/...` or a link to the folder: the resized copies and the replicas follow the folder
+    itself, so every stage is given the same real path; AWS names (snapshots) pass as they are."""
+    real = tmp_path / "datasets" / "flowers102"
+    real.mkdir(parents=True)
+    (tmp_path / "flowers").symlink_to(real)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(real)
+    for given in (".", "~/flowers", str(tmp_path / "flowers"), f"file://{tmp_path}/flowers"):
+        assert RunParameters(dataset=given).resolved_dataset == str(real), given
+    assert RunParameters(backend="aws", dataset="imagenet18-backup").resolved_dataset == "imagenet18-backup"
+
+
+@pytest.mark.parametrize("parameters,message", [
+    ({"replicas": 0}, "replicas: Input should be greater than or equal to 1"),
+    ({"keep_hours": 0}, "keep_hours: Input should be greater than 0"),
+])
+def test_prefect_validates_a_replica_pools_parameters(parameters, message):
+    with pytest.raises(ParameterTypeError, match=message):
+        replicate.validate_parameters(parameters)

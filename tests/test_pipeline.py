@@ -151,7 +151,8 @@ def test_a_trainer_failure_is_its_own_error_line_and_everything_is_torn_down(pre
 @pytest.mark.slow
 def test_a_full_size_dataset_gets_its_resized_copies_in_their_own_stage_once(prefect_api, tmp_path):
     """A dataset as downloaded (full-size JPEGs, no -sz folders): the prepare-dataset stage makes the copy the
-    schedule reads, with a progress artifact; a second run of the same folder makes none."""
+    schedule reads, with a progress artifact; a second run of the same folder, named through a link to it, makes
+    none (the copies are the folder's own, beside it, where its replicas look)."""
     root = make_demo_dataset(tmp_path / "downloaded", classes=4, train_per_class=24, val_per_class=6)
     assert not resized_root(root, 160).exists()
     first = imagenet18(machines=2, dataset=str(root), schedule="cpu-tiny", epochs=1, return_state=True)
@@ -166,7 +167,8 @@ def test_a_full_size_dataset_gets_its_resized_copies_in_their_own_stage_once(pre
                              r"gone\), 0 unreadable", line) for line in logs if line.startswith(f"dataset {root}:"))
     assert int(made[1]) + int(made[2]) == 120
 
-    second = imagenet18(machines=2, dataset=str(root), schedule="cpu-tiny", epochs=1, return_state=True)
+    (tmp_path / "link").symlink_to(root)
+    second = imagenet18(machines=2, dataset=str(tmp_path / "link"), schedule="cpu-tiny", epochs=1, return_state=True)
     assert second.is_completed(), second.message
     logs = [log.message for log in flow_run_logs(second.state_details.flow_run_id, until="already there")]
     assert f"dataset {root}: 0 resized, 0 copied, 120 already there, 0 removed (source gone), 0 unreadable" in logs

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tasks.backends.aws import AwsBackend, consistency, tags, volumes
-from tasks.backends.base import POOL_OWNER, ClusterSpec, Resource
+from tasks.backends.base import POOL_OWNER, ClusterSpec, InputError, Resource
 from tasks.backends import local
 from tasks.backends.local import LocalBackend
 from tests.leftovers import aws_leftovers, aws_leftovers_by_run, local_leftovers
@@ -370,6 +370,16 @@ def test_a_local_run_claims_pool_replicas_and_gives_them_back(tiny_data, tmp_pat
     assert all(os.path.isdir(r.details["data_root"]) for r in pool), "the pool's folders are untouched"
     assert not (tmp_path / "local" / "replicas" / "run-pooled").exists()
     assert list((tmp_path / "local" / "claims").glob("*")) == []
+
+
+def test_a_local_pool_of_a_folder_that_is_no_dataset_is_refused_before_any_replica(tmp_path):
+    """Made by the replicate flow (a deployment's run, which the CLI's own check does not see): a record written
+    first would hold its place in the pool until it expired."""
+    backend = LocalBackend(tmp_path)
+    with pytest.raises(InputError, match="dataset /nonexistent/imagenet has no train/ folder"):
+        backend.replicate(dataclasses.replace(pool_spec(2), instance_type="local"), "/nonexistent/imagenet", 2,
+                          pool=True)
+    assert local_leftovers(tmp_path) == {} and pool_as_it_is(backend) == []
 
 
 def test_a_local_run_skips_claimed_replicas_and_other_datasets(tiny_data, data_copy, tmp_path):

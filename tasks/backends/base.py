@@ -174,6 +174,10 @@ class Backend(Protocol):
         """The dataset a run without one trains on."""
 
     @classmethod
+    def dataset_location(cls, dataset: str) -> str:
+        """The dataset as this backend names it to every stage, from the user's words."""
+
+    @classmethod
     def default_schedule(cls, machines: int, dataset_given: bool) -> str:
         """The schedule a run without one follows."""
 
@@ -206,6 +210,10 @@ class Backend(Protocol):
     def running_heads(self) -> tuple[str, dict[str, RemoteTensorBoard]]:
         """Machine 0 of every run that is up, by the run's folder name, and where they were looked for (for an
         error that lists them); InputError where the backend's runs have no machine to serve from."""
+
+    def check_replicas(self, dataset: str) -> None:
+        """Raise InputError for replicas of `dataset` this backend cannot make (no such folder or snapshot, disk
+        settings the cloud refuses)."""
 
     def check(self, spec: ClusterSpec, dataset: str, reads: Sequence[str] = ("",)) -> None:
         """Raise InputError for anything that would fail later; creates nothing. `reads` are the dataset's folders

@@ -73,6 +73,14 @@ class LocalBackend:
         return str(demo_dataset_root())
 
     @classmethod
+    def dataset_location(cls, dataset: str) -> str:
+        """A folder as its absolute path, links resolved (`~/flowers`, `.`, a link to /mnt/ds/flowers102): the
+        resized copies are made beside the folder itself (ROOT-sz), where its replicas look for them."""
+        if "://" in dataset.removeprefix("file://"):
+            return dataset  # refused by check()
+        return str(Path(dataset.removeprefix("file://")).expanduser().resolve())
+
+    @classmethod
     def default_schedule(cls, machines: int, dataset_given: bool) -> str:
         return "auto" if dataset_given else "cpu-demo"
 
@@ -119,18 +127,21 @@ class LocalBackend:
                              f"{spec.instance_type!r}")
         if spec.spot:
             raise InputError("--spot needs a cloud backend: the local backend has no spot market")
+        self.check_replicas(dataset)
         root = Path(dataset.removeprefix("file://"))
-        if "://" in dataset.removeprefix("file://"):
-            raise InputError(f"the local backend replicates a local folder, not {dataset}")
-        try:
-            check_source(root)
-        except DataError as exc:
-            raise InputError(str(exc)) from None
         for trndir in filter(None, reads):
             _check_makeable(Path(f"{root}{trndir}"))
         if self.resources(spec.run_id):
             raise InputError(f"run {spec.run_id} already has resources here; use another run id, or "
                              f"`imagenet18 cleanup` to remove them")
+
+    def check_replicas(self, dataset: str) -> None:
+        if "://" in dataset.removeprefix("file://"):
+            raise InputError(f"the local backend replicates a local folder, not {dataset}")
+        try:
+            check_source(Path(dataset.removeprefix("file://")))
+        except DataError as exc:
+            raise InputError(str(exc)) from None
 
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan:
         return CostPlan((LineItem(f"torchrun node process on this machine ({self.gpus.describe(spec.machines)})",
@@ -160,6 +171,8 @@ class LocalBackend:
 
     # -- replicas -------------------------------------------------------------------------------------
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
+        if pool:  # a run's dataset was checked before anything was made
+            self.check_replicas(dataset)
         root = Path(dataset.removeprefix("file://")).resolve()
         with self._pool_lock() if pool else contextlib.nullcontext():
             return self._make(spec, root, count, pool)

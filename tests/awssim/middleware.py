@@ -1,11 +1,11 @@
 """The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (IAM policies and
 their simulator, the API models' maximums, the regions an account has not enabled, placement groups, instance-type
-and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas and EBS's IOPS and storage
-quotas, EC2's eventual consistency, its refusals of an address on a pending machine, of an associated address's
-release, of a subnet's, a security group's or a VPC's deletion while something depends on it and of a volume's
-attachment that EC2 would not make, EBS volume initialization and encryption keys, ListCommands' filters and
-pages, the Price List API, SSM's throttling of Run Command's reads), and hooks that keep disk contents and the
-player in step with each call."""
+and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas, EBS's IOPS and storage quotas and
+its volumes' performance rules, EC2's eventual consistency, its refusals of an address on a pending machine, of an
+associated address's release, of a subnet's, a security group's or a VPC's deletion while something depends on it and
+of a volume's attachment that EC2 would not make, EBS volume initialization and encryption keys, ListCommands'
+filters and pages, the Price List API, SSM's throttling of Run Command's reads), and hooks that keep disk contents
+and the player in step with each call."""
 
 import contextlib
 import io
@@ -17,7 +17,7 @@ from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from . import (access, agent, attach, backends, catalogue, command_list, encryption, limits, network, prices, regions,
-               tagging)
+               tagging, volume_performance)
 from .calls import AwsCall, identify, signing_scope
 from .consistency import Consistency
 from .control import Control
@@ -133,7 +133,8 @@ class AwsSimApp:
             refusal = EC2_REFUSALS[call.action](call, backends.ec2(call.account, call.region))
             return None if refusal is None else error_response("ec2", *refusal)
         if call.service == "ec2" and call.action == "CreateVolume":
-            refusal = self.quotas.create_volume_error(call, backends.ec2(call.account, call.region))
+            ec2 = backends.ec2(call.account, call.region)
+            refusal = volume_performance.create_volume_error(call, ec2) or self.quotas.create_volume_error(call, ec2)
             return error_response("ec2", *refusal) if refusal else self.player.initializations.create_error(call)
         if call.service == "ec2" and call.action == "DescribeVolumeStatus":
             return self.player.initializations.describe_status(call)

@@ -120,6 +120,10 @@ class AwsBackend:
     def default_dataset(cls) -> str:
         return DEFAULT_DATASET
 
+    @classmethod
+    def dataset_location(cls, dataset: str) -> str:
+        return dataset  # a snapshot's id or name
+
     @staticmethod
     def retry_may_pass(error: BaseException) -> bool:
         return error_code(error) not in REFUSALS
@@ -177,7 +181,7 @@ class AwsBackend:
         self._check_other_zones(spec.instance_type, zone)
         snapshot = self.snapshot(dataset)
         volumes.check_snapshot_holds(snapshot, reads)
-        volumes.check_volume_settings(self.options.volume_type, self.options.iops)
+        volumes.check_volume_settings(self.options.volume_type, self.options.iops, self.options.throughput_mbps)
         self.check_disk_keys(account, snapshot)
         self._check_volume_quotas(snapshot, spec.machines - self._from_pool(spec, snapshot))  # the pool's are made
         image = machines.resolve_ami(self.clients, self.options.ami)
@@ -249,6 +253,10 @@ class AwsBackend:
     def prepare_dataset(self, spec: ClusterSpec, dataset: str, reads: Sequence[str],
                         progress: Callable[[int, int], None] | None = None) -> None:
         """Nothing to make: the snapshot holds its resized copies (`check` refused one that lacks a folder)."""
+
+    def check_replicas(self, dataset: str) -> None:
+        volumes.check_volume_settings(self.options.volume_type, self.options.iops, self.options.throughput_mbps)
+        self.snapshot(dataset)
 
     def snapshot(self, dataset: str) -> dict:
         return volumes.find_snapshot(self.clients, dataset, self.options.snapshot_owner, self.options.parallel_calls)
@@ -427,6 +435,8 @@ class AwsBackend:
 
     def replicate(self, spec: ClusterSpec, dataset: str, count: int, pool: bool = False) -> list[Resource]:
         o = self.options
+        if pool:  # a run's pre-flight checked them
+            volumes.check_volume_settings(o.volume_type, o.iops, o.throughput_mbps)
         # The lookups go at once: the snapshot, the run's volumes (a retry reuses them), the pool's replicas (a
         # run claims those of its snapshot and zone before it makes any; a pool keeps them), the region's zones
         # beside the zones offering the type (which keeps only the region's available ones). `zone()` waits for

@@ -37,7 +37,7 @@ class AwsOptions(BaseModel):
     ami: str | None = Field(None, description="default: the latest Deep Learning Base AMI (Ubuntu 22.04)")
     volume_type: str = Field("io2", pattern="^(io1|io2|gp3)$")
     iops: int = Field(11_500, ge=3000, le=256_000, description="the seed's 11,500")
-    throughput_mbps: int = Field(1000, ge=125, le=1000, description="gp3 only")
+    throughput_mbps: int = Field(1000, ge=125, le=1000, description="gp3 only: at most 0.25 MiB/s per IOPS")
     initialization_mibps: int = Field(300, ge=100, le=300,
                                       description="the rate EBS initializes each replica at before training starts")
     bucket: str | None = Field(None, description="results bucket; default imagenet18-<account>-<region>")

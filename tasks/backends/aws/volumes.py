@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ IOPS_PER_GB = {"io1": 50, "io2": 1000, "gp3": 500}
 MAX_IOPS = {"io1": 64_000, "io2": 256_000, "gp3": 16_000}
 MIN_SIZE_GB = {"io1": 4, "io2": 4, "gp3": 1}
 GP3_BASELINE_IOPS = 3000  # whatever the size
+GP3_MIBPS_PER_IOPS = 0.25  # the throughput a gp3 volume may have beyond its 125 MiB/s baseline, per IOPS
 BROKEN_STATES = ("error", "deleting", "deleted")
 VOLUME_POLL_S = 2.0
 CLAIM_SETTLED_S = 30.0  # a run tags a pool replica as its own as soon as it has locked it, or unlocks it once back
@@ -95,9 +97,14 @@ def check_snapshot_holds(snapshot: dict, reads: Sequence[str]) -> None:
                          f"--from {source} --sizes {' '.join(map(str, sizes))}`")
 
 
-def check_volume_settings(volume_type: str, iops: int) -> None:
+def check_volume_settings(volume_type: str, iops: int, throughput_mbps: int) -> None:
     if iops > MAX_IOPS[volume_type]:
         raise InputError(f"{volume_type} volumes allow at most {MAX_IOPS[volume_type]:,} IOPS, not {iops:,}")
+    if volume_type == "gp3" and throughput_mbps > GP3_MIBPS_PER_IOPS * iops:
+        needed, allowed = math.ceil(throughput_mbps / GP3_MIBPS_PER_IOPS), int(GP3_MIBPS_PER_IOPS * iops)
+        raise InputError(f"gp3 volumes allow at most {GP3_MIBPS_PER_IOPS} MiB/s of throughput per IOPS: "
+                         f"aws.throughput_mbps={throughput_mbps} needs aws.iops={needed} or more, and "
+                         f"aws.iops={iops} allows aws.throughput_mbps={allowed} at most")
 
 
 def volume_size_gb(volume_type: str, iops: int, snapshot_gb: int) -> int:
