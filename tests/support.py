@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 from PIL import Image
 
 T = TypeVar("T")
@@ -37,7 +38,7 @@ def free_port() -> int:
 
 
 def odd_files(root: Path) -> dict[str, Path]:
-    """What real downloaded folders hold besides plain RGB JPEGs; returns (file, what a warning must name)."""
+    """What real downloaded folders hold besides plain RGB JPEGs; returns those a test names, by what they are."""
     train = sorted(p for p in (root / "train").iterdir() if p.is_dir())[0]
     source = sorted(train.glob("*.JPEG"))[0]
     with Image.open(source) as image:
@@ -45,7 +46,10 @@ def odd_files(root: Path) -> dict[str, Path]:
         image.convert("CMYK").save(train / "cmyk.JPEG", "JPEG")
         image.resize((1, 1)).save(train / "one-pixel.JPEG", "JPEG")
         image.save(train / "png-named.JPEG", "PNG")
+        # a 16-bit PNG, as scientific and medical folders hold: decoded as uint16
+        Image.fromarray(np.asarray(image.convert("L"), dtype=np.uint16) * 257).save(train / "sixteen-bit.png")
     (train / "truncated.JPEG").write_bytes(source.read_bytes()[:300])
     (train / "text.JPEG").write_text("not an image, named like one")
     (train / "notes.txt").write_text("a note beside the images")
-    return {"truncated": train / "truncated.JPEG", "text": train / "text.JPEG", "notes": train / "notes.txt"}
+    return {"truncated": train / "truncated.JPEG", "text": train / "text.JPEG", "notes": train / "notes.txt",
+            "sixteen_bit": train / "sixteen-bit.png", "grayscale": train / "grayscale.JPEG"}

@@ -4,8 +4,10 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.support import odd_files
 from tests.trainer_runs import run, train_command
@@ -129,11 +131,16 @@ def test_class_sets_that_differ_between_train_and_validation(data_copy):
 
 @pytest.mark.slow
 def test_odd_but_readable_files_train_and_unreadable_ones_are_named_and_skipped(tmp_path, caplog):
-    """Grayscale, CMYK, 1x1 and PNG-named-.JPEG images train; a truncated JPEG and a text file named .JPEG are
-    skipped with a warning naming each (by prepare, and by the trainer reading full-size images); a file not
-    named like an image is left out with a warning at the check a run makes before it creates anything."""
+    """Grayscale, CMYK, 1x1, 16-bit PNG and PNG-named-.JPEG images train; a truncated JPEG and a text file named
+    .JPEG are skipped with a warning naming each (by prepare, and by the trainer reading full-size images); a file
+    not named like an image is left out with a warning at the check a run makes before it creates anything."""
     root = make_demo_dataset(tmp_path / "odd", classes=2, train_per_class=8, val_per_class=4)
     odd = odd_files(root)
+    sixteen_bit = data.decode(str(odd["sixteen_bit"]))
+    with Image.open(odd["sixteen_bit"]) as png:
+        levels = torch.from_numpy(np.asarray(png, dtype=np.int64) // 257)
+    assert sixteen_bit.dtype == torch.uint8, "the network's normalisation is for 8 bits"
+    assert all(torch.equal(channel.long(), levels) for channel in sixteen_bit)
     with caplog.at_level(logging.WARNING):
         layout.check_source(root)
         report = prepare(root, [160], workers=1)

@@ -31,7 +31,13 @@ ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 
 def decode(path: str) -> torch.Tensor:
     """Decode to a uint8 CHW RGB tensor (JPEG, also grayscale/CMYK, and PNGs named .JPEG)."""
-    return decode_image(read_file(path), mode=ImageReadMode.RGB)
+    return decode_bytes(read_file(path))
+
+
+def decode_bytes(payload: torch.Tensor) -> torch.Tensor:
+    """An encoded image as a uint8 CHW RGB tensor: a 16-bit PNG (decoded as uint16) scaled to 8 bits, as the
+    network's normalisation and the batches it shares with 8-bit images need."""
+    return F.to_dtype(decode_image(payload, mode=ImageReadMode.RGB), torch.uint8, scale=True)
 
 
 def random_resized_crop_box(rng: random.Random, height: int, width: int,

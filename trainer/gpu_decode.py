@@ -23,10 +23,10 @@ from typing import NamedTuple
 
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.ops import roi_align
 
-from trainer.data import TrainImages, ValImages
+from trainer.data import TrainImages, ValImages, decode_bytes
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,6 @@ def _decode_one(payload: torch.Tensor, device: torch.device) -> torch.Tensor | N
     except RuntimeError:
         pass
     try:
-        return decode_image(payload, mode=ImageReadMode.RGB).to(device)
+        return decode_bytes(payload).to(device)
     except RuntimeError:
         return None
