@@ -75,7 +75,9 @@ class RunParameters(BaseModel):
 
     @property
     def resolved_schedule(self) -> str:
-        return self.schedule or backend_class(self.backend).default_schedule(self.machines, self.dataset is not None)
+        backend = backend_class(self.backend)
+        return backend.schedule_location(self.schedule or backend.default_schedule(self.machines,
+                                                                                    self.dataset is not None))
 
     def trainer_flags(self) -> list[str]:
         """The options marked TRAINER that are set, as the trainer's command-line flags."""

@@ -15,6 +15,7 @@ from tasks.backends.base import Cluster, Machine
 from tasks.planning import plan_run
 from tests.prefect_server import flow_run_logs
 from trainer import cli as trainer_cli
+from trainer import schedule
 
 IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
 
@@ -29,6 +30,8 @@ IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
     (["run", "--backend", "aws", "--max-hours", "72"], "error: max_hours=72 is over the 48 h that SSM lets"),
     (["run", "--hang-minutes", "0"], "error: hang_minutes: Input should be greater than 0"),
     (["plan", "--budget-usd", "-1"], "error: budget_usd: Input should be greater than or equal to 0"),
+    (["run", "--backend", "aws", "--schedule", "mine.toml"], "error: schedule file mine.toml: the machines install "
+     "this checkout, and read the schedules in its trainer/schedules/"),
     (["replicate", "--replicas", "0"], "error: replicas: Input should be greater than or equal to 1"),
     (["replicate", "--keep-hours", "0"], "error: keep_hours: Input should be greater than 0"),
     (["replicate", "--dataset", "/nonexistent/imagenet"], "error: dataset /nonexistent/imagenet has no train/ folder"),
@@ -87,10 +90,25 @@ def test_the_backends_own_logs_reach_the_flow_runs_log(prefect_api):
 def test_run_options_reach_the_trainer_command_each_machine_runs(tiny_data, flag):
     """On this machine's CPUs auto is off: the trainer gets --compile only when it is forced."""
     args = cli.parser().parse_args(["run", "--dataset", str(tiny_data), "--epochs", "3", *flag])
-    plan = plan_run(RunParameters(**cli._flow_parameters(args, dry_run=False)), "run-id", "run-name")
-    machines = (Machine(0, "local-0", "127.0.0.1", str(tiny_data)), Machine(1, "local-1", "127.0.0.1", str(tiny_data)))
-    cluster = Cluster(plan.spec, machines, "/runs/run-name", 1, "", "/runs/run-name", sys.executable)
-    command = stages.trainer_command(plan, cluster, 1, 29500)
+    command = _trainer_command(args, tiny_data)
     trainer_args = trainer_cli.parser().parse_args(command[command.index("trainer") + 1:])
     assert (trainer_args.compile, trainer_args.epochs, trainer_args.data) == (flag == ["--compile"], 3, str(tiny_data))
     assert "--node_rank=1" in command and "--nnodes=2" in command
+
+
+def _trainer_command(args, data) -> list[str]:
+    """What machine 1 of a two-machine run of the CLI's `args` runs."""
+    plan = plan_run(RunParameters(**cli._flow_parameters(args, dry_run=False)), "run-id", "run-name")
+    machines = (Machine(0, "local-0", "127.0.0.1", str(data)), Machine(1, "local-1", "127.0.0.1", str(data)))
+    cluster = Cluster(plan.spec, machines, "/runs/run-name", 1, "", "/runs/run-name", sys.executable)
+    return stages.trainer_command(plan, cluster, 1, 29500)
+
+
+def test_a_schedule_file_named_from_here_reaches_the_machines_as_its_absolute_path(tiny_data, tmp_path, monkeypatch):
+    """The trainer runs in each machine's own folder: `--schedule mine.toml` there would be another file."""
+    (tmp_path / "mine.toml").write_text((Path(schedule.__file__).parent / "schedules" / "cpu-tiny.toml").read_text())
+    monkeypatch.chdir(tmp_path)
+    args = cli.parser().parse_args(["run", "--dataset", str(tiny_data), "--schedule", "mine.toml"])
+    command = _trainer_command(args, tiny_data)
+    assert trainer_cli.parser().parse_args(command[command.index("trainer") + 1:]).schedule == str(
+        tmp_path / "mine.toml")

@@ -119,10 +119,16 @@ def builtin_names() -> list[str]:
     return sorted(p.name[:-len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
+def names_a_file(name_or_path: str | Path) -> bool:
+    """Whether `load` reads this as a TOML file's path rather than a built-in schedule's name."""
+    path = Path(name_or_path)
+    return path.suffix == ".toml" or path.exists()
+
+
 def load(name_or_path: str | Path) -> Schedule:
     """Load a built-in schedule by name (e.g. "seed-16", "cpu-demo") or a TOML file by path."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
+    if names_a_file(path):
         if not path.is_file():
             raise ScheduleError(f"schedule file {path} does not exist")
         text, name = path.read_text(), path.stem

@@ -181,6 +181,11 @@ class Backend(Protocol):
     def default_schedule(cls, machines: int, dataset_given: bool) -> str:
         """The schedule a run without one follows."""
 
+    @classmethod
+    def schedule_location(cls, schedule: str) -> str:
+        """The schedule as the machines' trainer finds it, from the user's words (a built-in's name, or a file);
+        InputError for a file the machines cannot read."""
+
     @staticmethod
     def retry_may_pass(error: BaseException) -> bool:
         """False for this backend's errors that a stage's retry would meet again (a permission refused)."""

@@ -36,6 +36,7 @@ from tasks.backends.home import default_home
 from tasks.backends.sweeps import Sweep
 from trainer.layout import SPLITS, DataError, check_source
 from trainer.prepare import PrepareReport, prepare, size_of
+from trainer.schedule import names_a_file
 from trainer.written import naming
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,11 @@ class LocalBackend:
     @classmethod
     def default_dataset(cls) -> str:
         return str(demo_dataset_root())
+
+    @classmethod
+    def schedule_location(cls, schedule: str) -> str:
+        """A file as its absolute path: the machines' processes start in their own folders."""
+        return str(Path(schedule).expanduser().resolve()) if names_a_file(schedule) else schedule
 
     @classmethod
     def dataset_location(cls, dataset: str) -> str:

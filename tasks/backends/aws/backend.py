@@ -55,6 +55,7 @@ from tasks.backends.base import (
     Warmup,
 )
 from tasks.backends.sweeps import Sweep
+from trainer.schedule import builtin_names, names_a_file
 
 log = logging.getLogger(__name__)
 DATA_MOUNT = "/mnt/data"
@@ -131,6 +132,14 @@ class AwsBackend:
     @classmethod
     def default_schedule(cls, machines: int, dataset_given: bool) -> str:
         return f"seed-{machines}"
+
+    @classmethod
+    def schedule_location(cls, schedule: str) -> str:
+        if names_a_file(schedule):
+            raise InputError(f"schedule file {schedule}: the machines install this checkout, and read the schedules "
+                             f"in its trainer/schedules/ ({', '.join(builtin_names())}); put it there and give its "
+                             "name")
+        return schedule
 
     def ensure_default_dataset(self) -> None:
         """Nothing to make: the default is a snapshot the user made (`imagenet18 snapshot`)."""
