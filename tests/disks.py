@@ -13,12 +13,14 @@ import pytest
 
 
 @contextmanager
-def small_disk(path: Path, megabytes: int) -> Iterator[Path]:
-    """A tmpfs of `megabytes` mounted at `path` (made here) while the context lasts; skips the test where this
-    process may not mount one (not root, no CAP_SYS_ADMIN). CI runs as root."""
+def small_disk(path: Path, megabytes: int, files: int | None = None) -> Iterator[Path]:
+    """A tmpfs of `megabytes` (and room for at most `files` files, links and folders, where given) mounted at
+    `path` (made here) while the context lasts; skips the test where this process may not mount one (not root, no
+    CAP_SYS_ADMIN). CI runs as root."""
     path.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
-                             capture_output=True, text=True)
+    options = f"size={megabytes}m" + (f",nr_inodes={files}" if files else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True,
+                             text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
     try:

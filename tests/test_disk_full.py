@@ -2,15 +2,19 @@
 records, heartbeats) waits for space and catches up; what a run needs (checkpoints, dataset replicas) stops it
 with an error that names the path, and teardown runs as always."""
 
+import datetime as dt
 import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from flows.imagenet18 import imagenet18
+from tasks.backends.base import ClusterSpec
+from tasks.backends.local import LocalBackend
 from tests.disks import fill, small_disk
 from tests.leftovers import local_leftovers
 from tests.support import wait_for
@@ -72,10 +76,28 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_names_it(tiny_dat
 
 def test_a_replica_on_a_full_disk_fails_the_run_naming_it_and_leaves_nothing(prefect_api, tiny_data, tmp_path,
                                                                               monkeypatch):
-    with small_disk(tmp_path / "disk", 8) as home:
+    """The dataset is on another disk: the replica's links are symbolic, a file each (tiny_data has 2,600)."""
+    with small_disk(tmp_path / "disk", 8, files=500) as home:
         monkeypatch.setenv("IMAGENET18_HOME", str(home))
         state = imagenet18(machines=1, dataset=str(tiny_data), schedule="cpu-tiny", epochs=1, return_state=True)
         assert state.is_failed()
         assert f"the dataset replica {home / 'local' / 'replicas'}/" in state.message
         assert "could not be made: [Errno 28] No space left on device" in state.message
+        assert local_leftovers(home) == {}
+
+
+def test_replicas_of_a_dataset_on_another_disk_take_no_space_of_their_own(tiny_data, tmp_path):
+    """Hard links cannot cross disks: the replicas are symbolic links, not copies (two copies of tiny_data's 2,600
+    images would not fit this disk; sixteen of a real dataset would fill most)."""
+    with small_disk(tmp_path / "disk", 8) as home:
+        backend = LocalBackend(home)
+        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+        replicas = backend.replicate(ClusterSpec("run-elsewhere", "elsewhere", 2, "local", False, expires),
+                                     str(tiny_data), 2)
+        images = sorted(Path(replicas[1].details["path"]).rglob("*.JPEG"))
+        assert len(images) == len([*tiny_data.rglob("*.JPEG"), *Path(f"{tiny_data}-sz").rglob("*.JPEG")])
+        assert all(image.is_symlink() for image in images)
+        assert images[0].read_bytes() == images[0].resolve().read_bytes() and images[0].resolve().is_relative_to(
+            tiny_data.parent)
+        backend.teardown("run-elsewhere")
         assert local_leftovers(home) == {}

@@ -1,10 +1,10 @@
 """The local backend: the whole DAG on one machine.
 
-Replicas are folders of hard links to the dataset, machines are torchrun node processes on 127.0.0.1, the
-run's shared storage is a folder. Tags work as on AWS: every replica and machine has a record (run id,
-expiry) in the registry, written *before* the thing it describes exists, and every process carries the run
-id and the backend's home in its environment, so teardown finds processes (and their children) by tag even
-when no record of them survived, and never touches another home's processes.
+Replicas are folders of links to the dataset (hard links where the filesystem allows), machines are torchrun node
+processes on 127.0.0.1, the run's shared storage is a folder. Tags work as on AWS: every replica and machine has
+a record (run id, expiry) in the registry, written *before* the thing it describes exists, and every process
+carries the run id and the backend's home in its environment, so teardown finds processes (and their children) by
+tag even when no record of them survived, and never touches another home's processes.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class LocalBackend:
     def plan(self, spec: ClusterSpec, dataset: str, hours: float) -> CostPlan:
         return CostPlan((LineItem(f"torchrun node process on this machine ({self.gpus.describe(spec.machines)})",
                                   spec.machines, 0.0),
-                         LineItem("dataset replica (hard links)", spec.machines, 0.0)), hours)
+                         LineItem("dataset replica (links)", spec.machines, 0.0)), hours)
 
     def devices(self, spec: ClusterSpec) -> Devices:
         share = self.gpus.per_machine(spec.machines)
@@ -717,12 +717,14 @@ def _fill(root: Path, replica: Path) -> None:
 
 
 def _link_tree(source: Path, destination: Path) -> None:
-    """Hard links where the filesystem allows them (no copy, no space), copies where it does not."""
+    """Hard links where the filesystem allows them, symbolic links where it does not (the dataset on another disk,
+    files of another user under fs.protected_hardlinks): never a copy, which would take the dataset's size again
+    for each machine."""
     def link(src: str, dst: str) -> None:
         try:
             os.link(src, dst)
         except OSError:
-            shutil.copy2(src, dst)
+            os.symlink(os.path.abspath(src), dst)
 
     tmp = destination.with_name(destination.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
