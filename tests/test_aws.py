@@ -642,13 +642,25 @@ def public_ips(ec2, cluster) -> list[str]:
 @pytest.mark.slow
 def test_replicas_are_returned_initialized_at_the_rate_asked(aws, snapshot, tmp_path):
     """EBS fetches a new volume's blocks from S3 on first read until it is initialized: the replicate stage
-    returns only once every replica is, so no training reads cold."""
+    returns only once every replica is, so no training reads cold; EBS reports no initialization at all for a while
+    after making a volume, which is not a finished one."""
+    aws.set_initialization_report_delay(12)
     backend = AwsBackend(options(initialization_mibps=100), home=tmp_path)
     made = backend.replicate(cluster_spec("run-warm", 2), DATASET, 2)
     statuses = aws.client("ec2").describe_volume_status(VolumeIds=[r.id for r in made])["VolumeStatuses"]
     assert [(s["InitializationStatusDetails"]["InitializationType"], s["InitializationStatusDetails"]["Progress"])
             for s in statuses] == [("provisioned-rate", 100)] * 2
     backend.teardown("run-warm")
+
+
+def test_replicas_ebs_reports_no_initialization_for_past_its_5_minutes_are_used_with_a_warning(aws, snapshot, tmp_path,
+                                                                                             monkeypatch, caplog):
+    monkeypatch.setattr(volumes, "INITIALIZATION_REPORT_S", 1.0)
+    aws.set_initialization_report_delay(3600)
+    backend = AwsBackend(options(), home=tmp_path)
+    made = backend.replicate(cluster_spec("run-unreported", 2), DATASET, 2)
+    assert f"EBS reports no initialization for {made[0].id}, {made[1].id} after 1 s" in caplog.text
+    backend.teardown("run-unreported")
 
 
 def test_a_failed_replication_part_way_leaves_nothing_after_teardown(aws, snapshot, tmp_path):

@@ -436,10 +436,12 @@ def test_a_volume_from_a_snapshot_is_initialized_at_the_rate_asked_and_reports_i
     assert error_code(volume, VolumeInitializationRate=400) == "InvalidParameterValue"
     assert error_code(ec2.create_volume, AvailabilityZone="us-east-1a", Size=8, VolumeInitializationRate=300) == (
         "InvalidParameterCombination")
+    aws.set_initialization_report_delay(2)
     fast, slow = volume(VolumeInitializationRate=300), volume()
     empty = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
+    assert initialization(fast) is None, "not reported yet: EBS takes up to 5 minutes"
     assert initialization(empty) is None, "an empty volume needs no initialization"
-    assert initialization(slow)["InitializationType"] == "default"
+    assert wait_for(lambda: initialization(slow), seconds=10)["InitializationType"] == "default"
     done = wait_for(lambda: (found := initialization(fast))["Progress"] == 100 and found, seconds=30)
     assert done["InitializationType"] == "provisioned-rate" and done["EstimatedTimeToCompleteInSeconds"] == 0
     assert initialization(slow)["Progress"] < 100, "EBS's default rate: still cold"

@@ -1,8 +1,12 @@
 """EBS volume initialization, which moto lacks: a volume made from a snapshot fetches each block from S3 on its
 first read until it is initialized, at the rate CreateVolume asked for (VolumeInitializationRate, 100 to 300
 MiB/s) or else at EBS's default rate, which AWS says fluctuates; here a slow one, so a volume nobody initialized
-is still cold when a job starts. DescribeVolumeStatus reports the progress, as on AWS."""
+is still cold when a job starts. DescribeVolumeStatus reports the progress, as on AWS, and as on AWS not at once:
+"it can take up to 5 minutes for the volume initialization information to be updated" (VolumeStatusItem,
+https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_VolumeStatusItem.html); here `report_delay_s`, briefly
+by default, so that every wait for initialization meets a volume with no progress reported yet."""
 
+import os
 import re
 import threading
 import time
@@ -14,6 +18,7 @@ from .calls import AwsCall
 from .errors import Response, error_response, xml_response
 
 DEFAULT_RATE_MIBPS = 1.0
+REPORT_DELAY_S = float(os.environ.get("AWSSIM_INITIALIZATION_REPORT_S", "1.0"))
 RATES_MIBPS = range(100, 301)
 EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 
@@ -46,10 +51,12 @@ class Initializations:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._volumes: dict[str, Initialization] = {}
+        self.report_delay_s = REPORT_DELAY_S
 
     def clear(self) -> None:
         with self._lock:
             self._volumes.clear()
+            self.report_delay_s = REPORT_DELAY_S
 
     def warm(self, volume_id: str) -> bool:
         """Whether every block of the volume is on it: one not made from a snapshot needs no initialization."""
@@ -94,6 +101,7 @@ class Initializations:
                 items.append(f"<item><volumeId>{volume_id}</volumeId><availabilityZone>{volumes[volume_id].availability_zone}"
                              "</availabilityZone><volumeStatus><status>ok</status><details><item><name>io-enabled"
                              "</name><status>passed</status></item></details></volumeStatus>"
-                             f"{found.xml(now) if found else ''}<eventsSet/><actionsSet/></item>")
+                             f"{found.xml(now) if found and now - found.started >= self.report_delay_s else ''}"
+                             "<eventsSet/><actionsSet/></item>")
         return xml_response(f'<DescribeVolumeStatusResponse xmlns="{EC2_NS}"><requestId>{uuid.uuid4()}</requestId>'
                             f'<volumeStatusSet>{"".join(items)}</volumeStatusSet></DescribeVolumeStatusResponse>')

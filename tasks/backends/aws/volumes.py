@@ -34,6 +34,7 @@ CLAIM_SETTLED_S = 30.0  # a run tags a pool replica as its own as soon as it has
 VANISHED_AFTER_S = 10.0  # missing from listings that long after being in one: gone, not a listing's lag
 FILTER_VALUES = 200  # the most values an EC2 filter takes
 INITIALIZED = 100  # DescribeVolumeStatus's initialization progress, in percent, once every block is on the volume
+INITIALIZATION_REPORT_S = 360.0  # EBS reports a new volume's initialization within 5 minutes of making it
 
 
 @dataclass(frozen=True)
@@ -200,13 +201,25 @@ def _raise_gone(gone: list[str], last: dict[str, dict]) -> None:
 
 
 def wait_initialized(clients: Clients, volume_ids: list[str], timeout: float) -> None:
-    """Until EBS reports each volume's initialization complete (an empty volume reports none: it needs none)."""
-    def warm() -> bool:
-        statuses = clients.ec2.describe_volume_status(VolumeIds=volume_ids)["VolumeStatuses"]
-        return all(s.get("InitializationStatusDetails", {}).get("Progress", INITIALIZED) >= INITIALIZED
-                   for s in statuses)
+    """Until EBS reports the initialization of each of these volumes (made from a snapshot) complete. EBS reports
+    none for a while after it made a volume ("up to 5 minutes", VolumeStatusItem's docs): one still reporting none
+    after INITIALIZATION_REPORT_S is taken as initialized, with a warning."""
+    since, warned = time.monotonic(), False
 
-    until(f"{len(volume_ids)} dataset replica(s) initialized", warm, timeout, poll=5.0)
+    def warm() -> bool:
+        nonlocal warned
+        statuses = clients.ec2.describe_volume_status(VolumeIds=volume_ids)["VolumeStatuses"]
+        unreported = [s["VolumeId"] for s in statuses if "InitializationStatusDetails" not in s]
+        if unreported and time.monotonic() - since < INITIALIZATION_REPORT_S:
+            return False
+        if unreported and not warned:
+            log.warning("EBS reports no initialization for %s after %.0f s: going on without waiting for them, whose "
+                        "first reads may fetch blocks from S3", ", ".join(unreported), INITIALIZATION_REPORT_S)
+            warned = True
+        return all(s["InitializationStatusDetails"]["Progress"] >= INITIALIZED for s in statuses
+                   if "InitializationStatusDetails" in s)
+
+    until(f"{len(volume_ids)} dataset replica(s) initialized", warm, timeout + INITIALIZATION_REPORT_S, poll=5.0)
 
 
 def _create_replica(clients: Clients, spec: ClusterSpec, snapshot: dict, zone: str, index: int,
