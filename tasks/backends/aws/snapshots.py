@@ -21,6 +21,7 @@ from tasks.backends.base import BackendError, Cluster, ClusterSpec, InputError, 
 log = logging.getLogger(__name__)
 BUILDER_TYPE = "c6i.4xlarge"  # 12.5 Gb/s to S3, no GPU needed
 BUILDER_VCPUS = 16
+BUILDER_IOPS, BUILDER_MIBPS = 6000, 500  # its disk's: a gp3 of at least 12 GiB (EBS allows 500 IOPS per GiB)
 BUILDER_USD_PER_HOUR = 0.68  # its us-east-1 on-demand list price, for plans that include a build
 COPY_JOB = "copy"
 HEADROOM = 1.2
@@ -74,7 +75,8 @@ def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: l
     # credentials may launch the builder and pass it the role
     backend.dry_run_instances(spec, image, net.subnet_id, profile)
     volume = ec2.create_volume(
-        AvailabilityZone=zone, Size=size_gb, VolumeType="gp3", Iops=6000, Throughput=500, Encrypted=True,
+        AvailabilityZone=zone, Size=volumes.volume_size_gb("gp3", BUILDER_IOPS, size_gb), VolumeType="gp3",
+        Iops=BUILDER_IOPS, Throughput=BUILDER_MIBPS, Encrypted=True,
         TagSpecifications=tags.tag_specs("volume", tags.tag_list(spec.run_id, spec.expires_at, f"{name}-builder")))
     volumes.wait_available(clients, [volume])
     storage.upload_project(clients, bucket, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz")
