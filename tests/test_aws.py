@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError, WaiterError
 
-from tasks.backends.aws import (AwsBackend, catalog, consistency, efs, inventory, jobs, journal, machines,
-                                permissions, quotas, tags, volumes)
+from tasks.backends.aws import (AwsBackend, catalog, consistency, efs, iam, inventory, jobs, journal,
+                                machines, permissions, quotas, tags, volumes)
 from tasks.backends import retry_may_pass
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
@@ -916,6 +916,23 @@ def test_credentials_that_may_not_pass_the_role_are_refused_at_the_launchs_dry_r
                                          r"\(iam:PassRole\)"):
         backend.authorize_launch(spec)
     assert [rule["fired"] for rule in aws.fault_counts()] == [1], "the pre-flight's dry run named no profile"
+    backend.teardown(spec.run_id)
+    assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
+
+
+def test_the_machines_role_and_profile_are_made_while_iam_does_not_know_them_yet(aws, snapshot, tmp_path):
+    """IAM answers NoSuchEntity to its own calls naming a role or profile it made moments ago: giving the new role
+    its policies and putting it in the new profile are asked again, not a failed stage."""
+    aws.set_iam_propagation(3)
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-new-role", 2, "g5.xlarge")
+    backend.authorize_launch(spec)
+    iam_client = aws.client("iam")
+    [role] = iam_client.get_instance_profile(InstanceProfileName=f"imagenet18-{spec.run_id}")["InstanceProfile"][
+        "Roles"]
+    assert [p["PolicyArn"] for p in iam_client.list_attached_role_policies(RoleName=role["RoleName"])[
+        "AttachedPolicies"]] == [iam.SSM_MANAGED_POLICY]
+    assert iam_client.list_role_policies(RoleName=role["RoleName"])["PolicyNames"] == [iam.INLINE_POLICY]
     backend.teardown(spec.run_id)
     assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
 

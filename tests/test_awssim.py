@@ -553,6 +553,7 @@ def test_ec2_knows_an_instance_profile_only_a_while_after_iam_made_it_and_never_
     """As EC2 answers (InvalidParameterValue, not moto's IAM NoSuchEntity): a launch naming a profile that does not
     exist, or one made or given its role moments ago, is refused, its dry run too."""
     ec2, iam = aws.client("ec2", retries=NO_RETRIES), aws.client("iam")
+    aws.set_iam_propagation(0)  # IAM's own (the next test's)
     unknown = "Value (imagenet18-p) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"
     for dry_run in (True, False):
         with pytest.raises(ClientError, match=re.escape(unknown)) as refused:
@@ -567,6 +568,30 @@ def test_ec2_knows_an_instance_profile_only_a_while_after_iam_made_it_and_never_
     aws.set_profile_propagation(3600)
     iam.add_role_to_instance_profile(InstanceProfileName="imagenet18-p", RoleName="r")
     assert error_code(launch, ec2, IamInstanceProfile={"Name": "imagenet18-p"}) == "InvalidParameterValue"
+
+
+def test_iam_knows_a_role_or_instance_profile_only_a_while_after_making_it(aws):
+    iam = aws.client("iam", retries=NO_RETRIES)
+    aws.set_iam_propagation(3600)
+    iam.create_role(RoleName="r", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))
+    iam.create_instance_profile(InstanceProfileName="p")
+    for call, parameters, message in [
+        (iam.attach_role_policy, {"RoleName": "r", "PolicyArn": "arn:aws:iam::aws:policy/ReadOnlyAccess"},
+         "The role with name r cannot be found."),
+        (iam.put_role_policy, {"RoleName": "r", "PolicyName": "x", "PolicyDocument": "{}"},
+         "The role with name r cannot be found."),
+        (iam.get_instance_profile, {"InstanceProfileName": "p"}, "Instance Profile p cannot be found."),
+        (iam.add_role_to_instance_profile, {"InstanceProfileName": "p", "RoleName": "r"},
+         "Instance Profile p cannot be found."),
+    ]:
+        with pytest.raises(ClientError) as unknown:
+            call(**parameters)
+        assert (unknown.value.response["Error"]["Code"], unknown.value.response["Error"]["Message"]) == (
+            "NoSuchEntity", message)
+    assert [r["RoleName"] for r in iam.list_roles()["Roles"]] == ["r"], "listed all the same"
+    aws.set_iam_propagation(0)
+    iam.add_role_to_instance_profile(InstanceProfileName="p", RoleName="r")
+    assert iam.get_instance_profile(InstanceProfileName="p")["InstanceProfile"]["Roles"][0]["RoleName"] == "r"
 
 
 def test_ec2_ends_the_machines_of_a_launch_it_accepted_as_they_start_with_the_reason_asked(aws):

@@ -137,6 +137,11 @@ class AwsSim:
         reset, which restores AWSSIM_SHUTTING_DOWN_S, half a second by default)."""
         self._control("POST", "shutting-down", {"shutting_down_s": seconds})
 
+    def set_iam_propagation(self, seconds: float) -> None:
+        """IAM answers NoSuchEntity to its calls using a role or instance profile made less than this long ago
+        (until the next reset, which restores the brief default)."""
+        self._control("POST", "iam-propagation", {"propagation_s": seconds})
+
     def set_initialization_report_delay(self, seconds: float) -> None:
         """DescribeVolumeStatus reports no initialization for a volume made from a snapshot for this long after its
         creation (until the next reset, which restores the brief default)."""

@@ -13,7 +13,10 @@ IAM's changes reach EC2 a while later too ("changes that I make are not always i
 https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_general.html): a launch naming an instance profile
 made (or given its role) less than `profile_propagation_s` ago is refused as one naming no such profile, with
 EC2's InvalidParameterValue (moto answers IAM's NoSuchEntity for an unknown one). On by default, briefly, so that
-every run's first dry run of its launch naming the profile meets it."""
+every run's first dry run of its launch naming the profile meets it. IAM's own calls likewise: one naming a role or
+instance profile made less than `iam_propagation_s` ago, to give it a policy or a role, or to read it, is answered
+NoSuchEntity, as adding a new role to a profile is ("NoSuchEntity: The role with name X cannot be found.",
+hashicorp/terraform-provider-aws#6079); on by default, briefly, so that every run meets it."""
 
 import io
 import os
@@ -58,6 +61,13 @@ GATEWAY_NOT_FOUND = ("InvalidGatewayID.NotFound", "The gateway ID '{}' does not 
 # The IAM calls after which EC2 does not know an instance profile as it is for a while.
 PROFILE_CHANGES = ("CreateInstanceProfile", "AddRoleToInstanceProfile")
 PROFILE_PROPAGATION_S = float(os.environ.get("AWSSIM_PROFILE_PROPAGATION_S", "0.3"))
+# IAM's calls that make a role or an instance profile (and the parameter naming it), the calls that use one, and
+# IAM's answer to a use of one it does not know yet.
+IAM_MADE = {"CreateRole": "RoleName", "CreateInstanceProfile": "InstanceProfileName"}
+IAM_USES = ("AttachRolePolicy", "PutRolePolicy", "AddRoleToInstanceProfile", "GetInstanceProfile", "GetRole")
+IAM_UNKNOWN = {"RoleName": "The role with name {} cannot be found.",
+               "InstanceProfileName": "Instance Profile {} cannot be found."}
+IAM_PROPAGATION_S = float(os.environ.get("AWSSIM_IAM_PROPAGATION_S", "0.3"))
 
 
 class Consistency:
@@ -68,6 +78,8 @@ class Consistency:
         # machine id -> (its instanceState element before its last state change, time.time() of the change)
         self._before: dict[str, tuple[ET.Element, float]] = {}
         self._profiles_changed: dict[tuple[str, str], float] = {}  # (account, profile) -> time.time() of its change
+        self.iam_propagation_s = IAM_PROPAGATION_S
+        self._iam_made: dict[tuple[str, str, str], float] = {}  # (account, parameter, name) -> time.time() made
         self._lock = threading.Lock()
 
     def reset(self) -> None:
@@ -77,10 +89,15 @@ class Consistency:
             self._made.clear()
             self._before.clear()
             self._profiles_changed.clear()
+            self.iam_propagation_s = IAM_PROPAGATION_S
+            self._iam_made.clear()
 
     def refusal(self, call: AwsCall) -> Response | None:
         """NotFound for an EC2 call naming a resource made within the window, InvalidParameterValue for a launch
-        naming an instance profile EC2 does not know (yet); None otherwise."""
+        naming an instance profile EC2 does not know (yet), NoSuchEntity for an IAM call using a role or profile
+        IAM does not know yet; None otherwise."""
+        if call.service == "iam" and call.action in IAM_USES:
+            return self._unknown_to_iam(call)
         if call.service == "ec2" and call.action == "RunInstances" and "IamInstanceProfile.Name" in call.params:
             unknown = self._unknown_profile(call, call.params["IamInstanceProfile.Name"])
             if unknown is not None:
@@ -160,11 +177,26 @@ class Consistency:
         return error_response("ec2", "InvalidParameterValue", f"Value ({name}) for parameter iamInstanceProfile.name "
                               "is invalid. Invalid IAM Instance Profile name")
 
+    def _unknown_to_iam(self, call: AwsCall) -> Response | None:
+        now = time.time()
+        with self._lock:
+            young = [(parameter, name) for parameter, name in call.params.items() if parameter in IAM_UNKNOWN
+                     and now - self._iam_made.get((call.account, parameter, name), 0.0) < self.iam_propagation_s]
+        if not young:
+            return None
+        parameter, name = young[0]
+        return error_response("iam", "NoSuchEntity", IAM_UNKNOWN[parameter].format(name), status=404)
+
     def record(self, call: AwsCall, body: bytes) -> None:
-        """The ids a creating call's answer names, made now; the instance profile an IAM call changed, now."""
+        """The ids a creating call's answer names, made now; the instance profile an IAM call changed, now; the
+        role or profile an IAM call made, now."""
         if call.service == "iam" and call.action in PROFILE_CHANGES:
             with self._lock:
                 self._profiles_changed[call.account, call.params["InstanceProfileName"]] = time.time()
+        if call.service == "iam" and call.action in IAM_MADE:
+            parameter = IAM_MADE[call.action]
+            with self._lock:
+                self._iam_made[call.account, parameter, call.params[parameter]] = time.time()
         if call.service == "ec2" and self.window_s and call.action in STATE_CHANGES:
             root = ET.fromstring(body)
             ns = _namespace(root)

@@ -64,6 +64,8 @@ class Control:
                                                                   float(body["window_s"])),
             ("POST", "/_awssim/profile-propagation"): lambda body: setattr(
                 self.consistency, "profile_propagation_s", float(body["propagation_s"])),
+            ("POST", "/_awssim/iam-propagation"): lambda body: setattr(
+                self.consistency, "iam_propagation_s", float(body["propagation_s"])),
             ("POST", "/_awssim/initialization-report"): lambda body: setattr(
                 self.player.initializations, "report_delay_s", float(body["delay_s"])),
             ("POST", "/_awssim/seed"): lambda body: self.seed(body["snapshot_id"], Path(body["from_dir"])),

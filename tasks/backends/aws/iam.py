@@ -4,7 +4,9 @@ s3:// prefix and to read the run's SSM parameters (the wandb key), and nothing e
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from tasks.backends.aws import pools, tags
 from tasks.backends.aws.clients import REFUSALS, Clients, error_code
@@ -17,6 +19,9 @@ INLINE_POLICY = "imagenet18-run-storage"
 ROLE_PREFIX = "imagenet18-"  # every run's role and instance profile
 SPOT_SERVICE = "spot.amazonaws.com"
 EFS_SERVICE = "elasticfilesystem.amazonaws.com"  # makes its role at a first mount target
+IAM_PROPAGATION_S = 60.0  # how long a role or profile just made may be unknown to IAM's next calls
+
+T = TypeVar("T")
 
 
 def role_name(run_id: str) -> str:
@@ -35,13 +40,13 @@ def ensure_instance_profile(clients: Clients, spec: ClusterSpec, bucket: str, pr
         profile = pool.submit(_ensure_profile, iam, name, iam_tags)
         _ignore_exists(lambda: iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(EC2_TRUST),
                                                Tags=iam_tags, Description="imagenet18 run machines"))
-        managed = pool.submit(iam.attach_role_policy, RoleName=name, PolicyArn=SSM_MANAGED_POLICY)
-        inline = pool.submit(lambda: iam.put_role_policy(
+        managed = pool.submit(_once_known, lambda: iam.attach_role_policy(RoleName=name, PolicyArn=SSM_MANAGED_POLICY))
+        inline = pool.submit(lambda: _once_known(lambda: iam.put_role_policy(
             RoleName=name, PolicyName=INLINE_POLICY,
             PolicyDocument=json.dumps(_storage_policy(clients.region, account.result(), bucket, prefix,
-                                                      parameter_path, readable))))
+                                                      parameter_path, readable)))))
         if not any(role["RoleName"] == name for role in profile.result()["Roles"]):
-            iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+            _once_known(lambda: iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name))
         managed.result()
         inline.result()
     return name
@@ -67,9 +72,24 @@ def service_linked_role_exists(clients: Clients, service: str) -> bool:
     return any(page["Roles"] for page in pages)
 
 
+def _once_known(call: Callable[[], T]) -> T:
+    """`call`, naming a role or instance profile just made, asked again while IAM answers that it does not exist:
+    IAM is eventually consistent, its own calls too (troubleshoot_general.html, "Changes that I make are not always
+    immediately visible"; adding a new role to a profile meets "NoSuchEntity: The role with name X cannot be
+    found.", hashicorp/terraform-provider-aws#6079)."""
+    deadline = time.monotonic() + IAM_PROPAGATION_S
+    while True:
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001
+            if error_code(exc) != "NoSuchEntity" or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def _ensure_profile(iam, name: str, iam_tags: list[dict]) -> dict:
     _ignore_exists(lambda: iam.create_instance_profile(InstanceProfileName=name, Tags=iam_tags))
-    return iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
+    return _once_known(lambda: iam.get_instance_profile(InstanceProfileName=name))["InstanceProfile"]
 
 
 def _storage_policy(region: str, account: str, bucket: str, prefix: str, parameter_path: str,
