@@ -553,6 +553,7 @@ def test_a_launch_refused_over_its_quota_with_no_machine_let_go_fails_without_wa
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-quota-taken", 1, "g5.xlarge", spot=spot)
     replicas = backend.replicate(spec, DATASET, 1)
+    backend.authorize_launch(spec)  # as the flow does: EC2 knows the machines' profile by the launch
     if spot:
         aws.add_fault("ec2", "RunInstances", "MaxSpotInstanceCountExceeded", match={"DryRun": ABSENT})
     else:
