@@ -40,12 +40,14 @@ def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
     backend = backend_for(params)
     if params.dataset is None:
         backend.ensure_default_dataset()
-    try:
-        plan_schedule = load_schedule(params.resolved_schedule, params.resolved_dataset, params.machines)
-    except (schedules.ScheduleError, DataError) as exc:
-        raise InputError(str(exc)) from exc
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=params.max_hours)
     spec = ClusterSpec(run_id, run_name, params.machines, params.resolved_instance_type, params.spot, expires)
+    devices = backend.devices(spec)
+    try:  # the trainer's world: a process per GPU of each machine
+        plan_schedule = load_schedule(params.resolved_schedule, params.resolved_dataset,
+                                      params.machines * devices.per_machine)
+    except (schedules.ScheduleError, DataError) as exc:
+        raise InputError(str(exc)) from exc
     reads = tuple(dict.fromkeys(phase.trndir for phase in plan_schedule.data))
     backend.check(spec, params.resolved_dataset, reads)
     cost = backend.plan(spec, params.resolved_dataset, params.max_hours)
@@ -53,7 +55,6 @@ def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
         raise InputError(f"the plan costs up to ${cost.total_usd:,.2f} ({params.max_hours} h at "
                          f"${cost.hourly_usd:,.2f}/h), over the budget of ${params.budget_usd:,.2f}")
     epochs = min(plan_schedule.epochs, params.epochs or plan_schedule.epochs)
-    devices = backend.devices(spec)
     compiling = compile_plan.decide(params.compile, plan_schedule, epochs, devices.gpu_model,
                                     devices.per_machine * params.machines,
                                     lambda: backend.train_images(params.resolved_dataset))

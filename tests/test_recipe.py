@@ -8,6 +8,7 @@ from PIL import Image
 
 from tasks.parameters import RunParameters
 from tasks.backends.base import InputError
+from tasks.backends.local import LocalGpus
 from tasks.planning import plan_run
 from tests.trainer_runs import run, train_command
 from trainer import recipe
@@ -69,6 +70,18 @@ def test_a_local_run_of_a_users_folder_is_planned_with_the_auto_schedule(tmp_pat
     tiny = _dataset(tmp_path / "tiny", classes=2, train=4, validation=2)
     with pytest.raises(InputError, match="too few for the auto schedule"):
         plan_run(RunParameters(machines=2, dataset=str(tiny)), "run-id", "run-name")
+
+
+def test_the_auto_schedule_is_planned_for_a_process_per_gpu(tmp_path, monkeypatch):
+    """On an 8-GPU workstation `--machines 1` trains 8 processes: the plan derives the schedule the trainer will
+    (its batch and learning rate), and refuses a folder too small for them before anything is made."""
+    monkeypatch.setattr(LocalGpus, "visible", classmethod(lambda cls: LocalGpus(tuple("01234567"))))
+    root = _dataset(tmp_path / "mine", classes=2, train=20, validation=4)  # 40: 8 per process for 5, not 8
+    with pytest.raises(InputError, match=r"40 training images are too few for the auto schedule on 8 process"):
+        plan_run(RunParameters(machines=1, dataset=str(root)), "run-id", "run-name")
+    monkeypatch.setattr(LocalGpus, "visible", classmethod(lambda cls: LocalGpus(("0", "1"))))
+    assert plan_run(RunParameters(machines=1, dataset=str(root)), "run-id", "run-name").schedule == "auto", \
+        "enough for 2"
 
 
 def test_the_trainer_derives_the_same_schedule_and_trains_it(tmp_path):

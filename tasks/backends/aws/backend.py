@@ -373,6 +373,7 @@ class AwsBackend:
         return self.cost_plan(spec, snapshot["VolumeSize"], hours, from_pool=self._from_pool(spec, snapshot))
 
     def devices(self, spec: ClusterSpec) -> Devices:
+        _check_instance_type(spec.instance_type)  # asked before check(): the auto schedule's world needs it
         kind = catalog.instance_type(spec.instance_type)
         return Devices(kind.gpu, kind.gpus)
 
