@@ -3,9 +3,11 @@ needs of them, makes only the rest, and gives them back when it ends; two runs n
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -402,6 +404,29 @@ def test_a_local_run_skips_claimed_replicas_and_other_datasets(tiny_data, data_c
     for run_id in ("run-first", "run-second", "run-other-data", "run-third"):
         backend.teardown(run_id)
     assert local_leftovers(home) == {}, "deleted while held: gone once given back"
+
+
+def test_a_pool_replica_of_a_dataset_changed_since_is_not_claimed_and_is_made_again(data_copy, tmp_path, caplog):
+    """Its hard links are the files as they were: an image added (or replaced by another file, or removed) since
+    would not be trained on. A run makes its own replica instead; making the pool again replaces it."""
+    home = tmp_path / "home"
+    backend = LocalBackend(home)
+    make_pool = functools.partial(backend.replicate, dataclasses.replace(pool_spec(1), instance_type="local"),
+                                  str(data_copy), 1, pool=True)
+    [pooled] = make_pool()
+    added = data_copy / "train" / "circle" / "added.JPEG"
+    shutil.copy(next((data_copy / "train" / "circle").glob("*.JPEG")), added)
+    with caplog.at_level(logging.INFO):
+        [replica] = backend.replicate(local_spec("run-after-the-change", 1), str(data_copy), 1)
+    assert claimed([replica]) == [] and (Path(replica.details["data_root"]) / "train" / "circle" / "added.JPEG").exists()
+    assert f"pool replica {pooled.id} holds an older demo: not used" in caplog.text
+    backend.teardown("run-after-the-change")
+    [remade] = make_pool()
+    assert (Path(remade.details["data_root"]) / "train" / "circle" / "added.JPEG").exists()
+    assert [r.id for r in backend.replicate(local_spec("run-fresh", 1), str(data_copy), 1)] == [remade.id]
+    backend.teardown("run-fresh")
+    backend.delete_replicas(POOL_OWNER)
+    assert local_leftovers(home) == {}
 
 
 def test_pool_replicas_made_before_the_resized_copies_get_them_when_a_run_claims_them(tmp_path):

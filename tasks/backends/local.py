@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import fcntl
 import functools
+import hashlib
 import itertools
 import json
 import logging
@@ -196,20 +197,29 @@ class LocalBackend:
                     log.info("the replica pool here is still being made or deleted: this run makes its own replicas")
             reused = [r for r in held.values() if "pool_index" in r.details]
             new = [i for i in range(count) if i not in held or "pool_index" not in held[i].details]
-        for replica in reused:  # made ahead, perhaps before the copies this run's schedule reads
-            _fill(root, Path(replica.details["path"]))
+        reused = [self._filled(root, replica) for replica in reused]  # made ahead: perhaps before the copies read
         with ThreadPoolExecutor(max_workers=min(count, 8)) as workers:
             made = list(workers.map(lambda i: self._replica(spec, root, i, pool), new))
         return sorted([*made, *reused], key=lambda r: r.details["index"])
 
     def _replica(self, spec: ClusterSpec, root: Path, index: int, pool: bool) -> Resource:
         target = self.replica_root / spec.run_id / f"{index:02d}"
-        details = {"path": str(target), "data_root": str(target / root.name), "index": index, "dataset": str(root)}
+        details = {"path": str(target), "data_root": str(target / root.name), "index": index, "dataset": str(root),
+                   "states": {}}
         resource = Resource("replica", f"{spec.run_id}/replica-{index:02d}", spec.run_id, spec.expires_at,
                             details if pool else {**details, **_owner()})
         self._record(resource)
-        _fill(root, target)
-        return resource
+        return self._filled(root, resource)
+
+    def _filled(self, root: Path, replica: Resource) -> Resource:
+        """The replica with links to each of the dataset's folders it lacks, and the record of their states."""
+        linked = _fill(root, Path(replica.details["path"]))
+        if not linked:
+            return replica
+        filled = dataclasses.replace(replica, details={**replica.details,
+                                                       "states": {**replica.details.get("states", {}), **linked}})
+        self._record(filled)
+        return filled
 
     @contextlib.contextmanager
     def _pool_lock(self, shared: bool = False, patience_s: float | None = None) -> Iterator[bool]:
@@ -250,7 +260,10 @@ class LocalBackend:
                 continue
             try:
                 replica = self._in_pool_now(listed.id)
-                if replica is not None and not replica.expired and replica.details["index"] not in \
+                if replica is not None and _stale(root, replica):  # its place made again, with the dataset as it is
+                    _remove_tree(replica.details["path"])
+                    self._forget(replica)
+                elif replica is not None and not replica.expired and replica.details["index"] not in \
                         {r.details["index"] for r in kept}:  # two pool makers at once may take one place
                     kept.append(dataclasses.replace(replica, expires_at=max(replica.expires_at, spec.expires_at)))
                     self._record(kept[-1])
@@ -285,6 +298,11 @@ class LocalBackend:
             if not self._lock(listed.id, spec.run_id, spec.expires_at):
                 continue
             if (replica := self._in_pool_now(listed.id)) is None or replica.expired:
+                self._unlock(listed.id)
+                continue
+            if changed := _stale(root, replica):
+                log.info("pool replica %s holds an older %s: not used (`imagenet18 replicate` makes it again)",
+                         replica.id, ", ".join(changed))
                 self._unlock(listed.id)
                 continue
             index = indices[len(claimed)]
@@ -708,12 +726,35 @@ def _run_folders(folder: Path) -> set[str]:
     return {p.name for p in folder.glob("*") if p.is_dir()}
 
 
-def _fill(root: Path, replica: Path) -> None:
-    """The dataset and each of its resized copies in the replica folder, where they are not yet."""
+def _fill(root: Path, replica: Path) -> dict[str, str]:
+    """The dataset and each of its resized copies in the replica folder, where they are not yet; returns the state
+    of each folder linked now, by its path in the replica."""
+    linked = {}
     for source in [root, *sorted(Path(f"{root}-sz").glob("*"))]:
-        destination = replica / source.relative_to(root.parent)
-        if not destination.exists():
-            _link_tree(source, destination)
+        relative = str(source.relative_to(root.parent))
+        if not (replica / relative).exists():
+            linked[relative] = _folder_state(source)  # before linking: a change meanwhile makes the replica stale
+            _link_tree(source, replica / relative)
+    return linked
+
+
+def _folder_state(folder: Path) -> str:
+    """What hard links to a dataset folder's files go stale with: the modification times of the folder, its splits
+    and their class folders (a file added, removed or replaced by another changes its folder's; a file rewritten
+    in place is the same file, its links too)."""
+    folders = sorted(path for path in [folder, *folder.glob("*"), *folder.glob("*/*")] if path.is_dir())
+    listing = "\n".join(f"{path.relative_to(folder)} {path.stat().st_mtime_ns}" for path in folders)
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
+def _stale(root: Path, replica: Resource) -> list[str]:
+    """The folders of the replica whose dataset folder changed since it was linked (or is gone)."""
+    changed = []
+    for relative, state in replica.details.get("states", {}).items():
+        source = root.parent / relative
+        if not source.is_dir() or _folder_state(source) != state:
+            changed.append(relative)
+    return changed
 
 
 def _link_tree(source: Path, destination: Path) -> None:
