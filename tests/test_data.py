@@ -131,8 +131,8 @@ def test_class_sets_that_differ_between_train_and_validation(data_copy):
 
 @pytest.mark.slow
 def test_odd_but_readable_files_train_and_unreadable_ones_are_named_and_skipped(tmp_path, caplog):
-    """Grayscale, CMYK, 1x1, 16-bit PNG and PNG-named-.JPEG images train; a truncated JPEG and a text file named
-    .JPEG are skipped with a warning naming each (by prepare, and by the trainer reading full-size images); a file
+    """Grayscale, CMYK, 1x1, 16-bit PNG, PNG-named-.JPEG and Latin-1-named images train; a truncated JPEG and a
+    text file named .JPEG are skipped with a warning naming each (by prepare, and by the trainer reading full-size images); a file
     not named like an image is left out with a warning at the check a run makes before it creates anything."""
     root = make_demo_dataset(tmp_path / "odd", classes=2, train_per_class=8, val_per_class=4)
     odd = odd_files(root)
@@ -141,6 +141,7 @@ def test_odd_but_readable_files_train_and_unreadable_ones_are_named_and_skipped(
         levels = torch.from_numpy(np.asarray(png, dtype=np.int64) // 257)
     assert sixteen_bit.dtype == torch.uint8, "the network's normalisation is for 8 bits"
     assert all(torch.equal(channel.long(), levels) for channel in sixteen_bit)
+    assert data.decode(str(odd["latin1"])).shape[0] == 3
     with caplog.at_level(logging.WARNING):
         layout.check_source(root)
         report = prepare(root, [160], workers=1)
@@ -155,3 +156,4 @@ def test_odd_but_readable_files_train_and_unreadable_ones_are_named_and_skipped(
         assert result.returncode == 0, result.stderr[-3000:]
     assert f"skipping corrupt image {odd['truncated']}" in result.stderr + result.stdout
     assert f"skipping corrupt image {odd['text']}" in result.stderr + result.stdout
+    assert "caf" not in result.stderr + result.stdout, "the Latin-1 name is read, not skipped"

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
 from trainer.layout import DataError, ImageFolder
@@ -31,7 +31,15 @@ ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 
 def decode(path: str) -> torch.Tensor:
     """Decode to a uint8 CHW RGB tensor (JPEG, also grayscale/CMYK, and PNGs named .JPEG)."""
-    return decode_bytes(read_file(path))
+    return decode_bytes(read_bytes(path))
+
+
+def read_bytes(path: str) -> torch.Tensor:
+    """The file as a uint8 tensor. Not torchvision's read_file, which refuses a name that is not UTF-8 (a
+    Latin-1 "café.JPEG" from an old archive): Python reads any name the filesystem has."""
+    with open(path, "rb") as file:
+        data = bytearray(file.read())
+    return torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
 
 
 def decode_bytes(payload: torch.Tensor) -> torch.Tensor:
@@ -91,7 +99,7 @@ def decode_or_substitute(folder: ImageFolder, index: int) -> tuple[torch.Tensor,
         path, label = folder.samples[(index + offset) % len(folder.samples)]
         try:
             return decode(path), label
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:  # undecodable; unreadable (vanished, no permission)
             log.warning("skipping corrupt image %s (%s)", path, str(exc).splitlines()[0])
     raise DataError(f"no image in {folder.root} can be decoded")
 

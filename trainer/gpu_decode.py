@@ -23,10 +23,10 @@ from typing import NamedTuple
 
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 
-from trainer.data import TrainImages, ValImages, decode_bytes
+from trainer.data import TrainImages, ValImages, decode_bytes, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ def _for_the_device(path: str) -> tuple[torch.Tensor, tuple[int, int]] | None:
     """The file's bytes and (height, width) when nvJPEG is to decode it; None: the worker decodes it (the CPU
     path, which also names and substitutes an unreadable file)."""
     try:
-        payload = read_file(path)
-    except RuntimeError:
+        payload = read_bytes(path)
+    except OSError:
         return None
     size = baseline_jpeg_size(payload)
     return (payload, size) if size else None
