@@ -91,10 +91,12 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
     aws.add_argument("--ssh-cidr", help="allow ssh from this CIDR (default: SSM sessions only)")
     aws.add_argument("--volume-type", choices=("io1", "io2", "gp3"))
     aws.add_argument("--iops", type=int)
+    aws.add_argument("--throughput", dest="throughput_mbps", type=int, metavar="MIB_S",
+                     help="gp3 only: at most 0.25 MiB/s per IOPS (default 1000)")
 
 
 AWS_OPTIONS = ("region", "availability_zone", "other_instance_types", "other_availability_zones", "ami", "subnet_id",
-               "bucket", "ssh_cidr", "volume_type", "iops")
+               "bucket", "ssh_cidr", "volume_type", "iops", "throughput_mbps")
 
 
 def _comma_separated(text: str) -> tuple[str, ...]:

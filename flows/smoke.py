@@ -90,7 +90,7 @@ def plan_smoke(aws: dict, instance_type: str | None, on_demand: bool, budget_usd
         dataset_root = demo_dataset_root()
         ensure_demo_dataset()
     try:
-        load_schedule(schedule, str(dataset_root), MACHINES)
+        load_schedule(AwsBackend.schedule_location(schedule), str(dataset_root), MACHINES)
     except ScheduleError as exc:
         raise InputError(str(exc)) from None
     name = f"imagenet18-smoke-{uuid.uuid4().hex[:8]}"

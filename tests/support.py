@@ -50,9 +50,10 @@ def odd_files(root: Path) -> dict[str, Path]:
         # a 16-bit PNG, as scientific and medical folders hold: decoded as uint16
         Image.fromarray(np.asarray(image.convert("L"), dtype=np.uint16) * 257).save(train / "sixteen-bit.png")
         # a name that is not UTF-8 (Latin-1, from an old archive)
-        image.save(os.fsdecode(os.fsencode(train) + b"/caf\xe9.JPEG"), "JPEG")
+        latin1 = os.fsdecode(os.fsencode(train) + b"/caf\xe9.JPEG")
+        image.save(latin1, "JPEG")
     (train / "truncated.JPEG").write_bytes(source.read_bytes()[:300])
     (train / "text.JPEG").write_text("not an image, named like one")
     (train / "notes.txt").write_text("a note beside the images")
     return {"truncated": train / "truncated.JPEG", "text": train / "text.JPEG", "notes": train / "notes.txt",
-            "sixteen_bit": train / "sixteen-bit.png", "latin1": Path(os.fsdecode(os.fsencode(train) + b"/caf\xe9.JPEG"))}
+            "sixteen_bit": train / "sixteen-bit.png", "latin1": Path(latin1)}

@@ -757,7 +757,7 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
     ({"options": {"volume_type": "io1", "iops": 70000}}, "io1 volumes allow at most 64,000 IOPS"),
     ({"options": {"volume_type": "gp3", "iops": 3000}}, r"^gp3 volumes allow at most 0.25 MiB/s of throughput per "
      r"IOPS: aws.throughput_mbps=1000 needs aws.iops=4000 or more, and aws.iops=3000 allows aws.throughput_mbps=750 "
-     r"at most$"),
+     r"at most \(`--iops`, `--throughput`\)$"),
     ({"hours": 72}, "max_hours=72 is over the 48 h that SSM lets a job's command run on AWS"),
     ({"fault": "VcpuLimitExceeded"}, "over this account's limit"),
     ({"fault": "UnauthorizedOperation"}, "may not start instances"),

@@ -32,6 +32,7 @@ IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
     (["plan", "--budget-usd", "-1"], "error: budget_usd: Input should be greater than or equal to 0"),
     (["run", "--backend", "aws", "--schedule", "mine.toml"], "error: schedule file mine.toml: the machines install "
      "this checkout, and read the schedules in its trainer/schedules/"),
+    (["replicate", "--backend", "aws", "--dataset", "imagenet18-backup"], "error: no AWS credentials: set AWS_PROFILE"),
     (["replicate", "--replicas", "0"], "error: replicas: Input should be greater than or equal to 1"),
     (["replicate", "--keep-hours", "0"], "error: keep_hours: Input should be greater than 0"),
     (["replicate", "--dataset", "/nonexistent/imagenet"], "error: dataset /nonexistent/imagenet has no train/ folder"),
@@ -112,3 +113,10 @@ def test_a_schedule_file_named_from_here_reaches_the_machines_as_its_absolute_pa
     command = _trainer_command(args, tiny_data)
     assert trainer_cli.parser().parse_args(command[command.index("trainer") + 1:]).schedule == str(
         tmp_path / "mine.toml")
+
+
+def test_a_gp3_replicas_throughput_is_a_cli_option():
+    """gp3's free 3,000 IOPS allow 750 MiB/s: the refusal of the default 1,000 names `--throughput`."""
+    args = cli.parser().parse_args(["run", "--backend", "aws", "--volume-type", "gp3", "--iops", "3000",
+                                    "--throughput", "750"])
+    assert cli._aws(args) == {"volume_type": "gp3", "iops": 3000, "throughput_mbps": 750}

@@ -132,8 +132,9 @@ def test_class_sets_that_differ_between_train_and_validation(data_copy):
 @pytest.mark.slow
 def test_odd_but_readable_files_train_and_unreadable_ones_are_named_and_skipped(tmp_path, caplog):
     """Grayscale, CMYK, 1x1, 16-bit PNG, PNG-named-.JPEG and Latin-1-named images train; a truncated JPEG and a
-    text file named .JPEG are skipped with a warning naming each (by prepare, and by the trainer reading full-size images); a file
-    not named like an image is left out with a warning at the check a run makes before it creates anything."""
+    text file named .JPEG are skipped with a warning naming each (by prepare, and by the trainer reading full-size
+    images); a file not named like an image is left out with a warning at the check a run makes before it creates
+    anything."""
     root = make_demo_dataset(tmp_path / "odd", classes=2, train_per_class=8, val_per_class=4)
     odd = odd_files(root)
     sixteen_bit = data.decode(str(odd["sixteen_bit"]))

@@ -3,6 +3,7 @@ records, heartbeats) waits for space and catches up; what a run needs (checkpoin
 with an error that names the path, and teardown runs as always."""
 
 import datetime as dt
+import errno
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from flows.imagenet18 import imagenet18
-from tasks.backends.base import ClusterSpec
+from tasks.backends.base import BackendError, ClusterSpec
 from tasks.backends.local import LocalBackend
 from tests.disks import fill, small_disk
 from tests.leftovers import local_leftovers
@@ -101,3 +102,18 @@ def test_replicas_of_a_dataset_on_another_disk_take_no_space_of_their_own(tiny_d
             tiny_data.parent)
         backend.teardown("run-elsewhere")
         assert local_leftovers(home) == {}
+
+
+def test_a_replica_on_a_full_disk_is_not_made_of_symbolic_links_instead(tiny_data, tmp_path, monkeypatch):
+    """Only a link across disks (or to another user's readable file) becomes a symbolic link: a disk out of room
+    fails the replica, naming why, rather than hiding the next failure behind links."""
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "link", full)
+    backend = LocalBackend(tmp_path / "home")
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    with pytest.raises(BackendError, match="could not be made: .*No space left on device"):
+        backend.replicate(ClusterSpec("run-full", "full", 1, "local", False, expires), str(tiny_data), 1)
+    backend.teardown("run-full")
+    assert local_leftovers(tmp_path / "home") == {}

@@ -135,3 +135,16 @@ def test_a_local_dataset_is_named_by_its_real_absolute_path(tmp_path, monkeypatc
 def test_prefect_validates_a_replica_pools_parameters(parameters, message):
     with pytest.raises(ParameterTypeError, match=message):
         replicate.validate_parameters(parameters)
+
+
+def test_a_schedules_name_is_never_a_file_of_the_working_folder(tmp_path, monkeypatch):
+    """`auto` and the built-in names stay names whatever the folder the CLI runs in holds (an `auto/` folder, a
+    `seed-16` file); a .toml path, or an existing file of another name, is a file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "auto").mkdir()
+    (tmp_path / "seed-16").write_text("")
+    (tmp_path / "mine").write_text("")
+    assert RunParameters(dataset=str(tmp_path)).resolved_schedule == "auto"
+    assert RunParameters(backend="aws", machines=16).resolved_schedule == "seed-16"
+    assert RunParameters(schedule="mine").resolved_schedule == str(tmp_path / "mine")
+    assert RunParameters(schedule="elsewhere.toml").resolved_schedule == str(tmp_path / "elsewhere.toml")

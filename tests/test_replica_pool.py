@@ -418,7 +418,8 @@ def test_a_pool_replica_of_a_dataset_changed_since_is_not_claimed_and_is_made_ag
     shutil.copy(next((data_copy / "train" / "circle").glob("*.JPEG")), added)
     with caplog.at_level(logging.INFO):
         [replica] = backend.replicate(local_spec("run-after-the-change", 1), str(data_copy), 1)
-    assert claimed([replica]) == [] and (Path(replica.details["data_root"]) / "train" / "circle" / "added.JPEG").exists()
+    assert claimed([replica]) == []
+    assert (Path(replica.details["data_root"]) / "train" / "circle" / "added.JPEG").exists()
     assert f"pool replica {pooled.id} holds an older demo: not used" in caplog.text
     backend.teardown("run-after-the-change")
     [remade] = make_pool()

@@ -39,6 +39,7 @@ def test_the_cheapest_type_the_region_offers(aws, tiny_data):
                           r"the dataset builder's 0.5 h\), over the budget of \$0.20; raise --budget-usd"),
     ({"instance_type": "p3.16xlarge"}, "^p3.16xlarge has V100 GPUs"),
     ({"schedule": "seed-3"}, "unknown schedule 'seed-3'"),
+    ({"schedule": "mine.toml"}, "schedule file mine.toml: the machines install this checkout"),
     ({"max_hours": 5}, "--max-hours 5: a smoke run takes minutes"),
 ])
 def test_bad_input_is_refused_before_anything_is_made(aws, tiny_data, change, message):

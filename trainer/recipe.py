@@ -29,9 +29,8 @@ from pathlib import Path
 from PIL import Image
 
 from trainer.layout import SPLITS, DataError, check_source
-from trainer.schedule import DataPhase, LRPhase, Schedule
+from trainer.schedule import AUTO, DataPhase, LRPhase, Schedule
 
-AUTO = "auto"
 ARCH = "resnet18"
 MIN_SIZE, MAX_SIZE, FINAL_SIZE_AT = 32, 128, 64
 SAMPLES = 25_000

@@ -119,9 +119,15 @@ def builtin_names() -> list[str]:
     return sorted(p.name[:-len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
+AUTO = "auto"  # derived from the dataset (trainer/recipe.py)
+
+
 def names_a_file(name_or_path: str | Path) -> bool:
-    """Whether `load` reads this as a TOML file's path rather than a built-in schedule's name."""
+    """Whether `load` reads this as a TOML file's path rather than a schedule's name: a built-in's name (or auto)
+    is one, whatever the working folder holds."""
     path = Path(name_or_path)
+    if str(name_or_path) in (AUTO, *builtin_names()):
+        return False
     return path.suffix == ".toml" or path.exists()
 
 

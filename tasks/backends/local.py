@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import fcntl
 import functools
 import hashlib
@@ -764,7 +765,9 @@ def _link_tree(source: Path, destination: Path) -> None:
     def link(src: str, dst: str) -> None:
         try:
             os.link(src, dst)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK) or not os.access(src, os.R_OK):
+                raise  # no space, or a file this user cannot read: the replica fails naming it
             os.symlink(os.path.abspath(src), dst)
 
     tmp = destination.with_name(destination.name + ".partial")

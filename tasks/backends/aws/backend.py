@@ -265,6 +265,8 @@ class AwsBackend:
 
     def check_replicas(self, dataset: str) -> None:
         volumes.check_volume_settings(self.options.volume_type, self.options.iops, self.options.throughput_mbps)
+        self.clients.check_region()
+        self.clients.check_credentials()
         self.snapshot(dataset)
 
     def snapshot(self, dataset: str) -> dict:

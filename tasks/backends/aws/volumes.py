@@ -105,7 +105,7 @@ def check_volume_settings(volume_type: str, iops: int, throughput_mbps: int) -> 
         needed, allowed = math.ceil(throughput_mbps / GP3_MIBPS_PER_IOPS), int(GP3_MIBPS_PER_IOPS * iops)
         raise InputError(f"gp3 volumes allow at most {GP3_MIBPS_PER_IOPS} MiB/s of throughput per IOPS: "
                          f"aws.throughput_mbps={throughput_mbps} needs aws.iops={needed} or more, and "
-                         f"aws.iops={iops} allows aws.throughput_mbps={allowed} at most")
+                         f"aws.iops={iops} allows aws.throughput_mbps={allowed} at most (`--iops`, `--throughput`)")
 
 
 def volume_size_gb(volume_type: str, iops: int, snapshot_gb: int) -> int:
