@@ -868,6 +868,8 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
                        'retrying 60 "$cut_off" apt-get -q -o DPkg::Lock::Timeout=600 update'},  # set further down
          "cut_off: unbound variable"),
         (UBUNTU_2204, {"retrying() {": "retrying_once() {"}, "retrying: command not found"),
+        (UBUNTU_2204, {"restart_hibernating_agent </dev/null":  # used before its definition has run
+                       'retrying 2 "" true\nrestart_hibernating_agent </dev/null'}, "retrying: command not found"),
         (UBUNTU_2204, {" python3.11-dev": ""}, "ok"),  # boots, but its Python has no C headers
     ]
     launched = []

@@ -70,7 +70,7 @@ APT_UPDATE = re.compile(r"^\s*(?:sudo\s+)?apt(?:-get)?\s[^\n;&|]*(?<![\w-])updat
 # all, while its output matches WORDS, an extended regular expression ("" for any failure).
 RETRYING = re.compile(r"^\s*retrying\s+(\d+)\s+(\"[^\"]*\"|'[^']*'|\S+)\s+(.*)$")
 NO_UNSET = re.compile(r"^\s*set\s+-[a-zA-Z]*u", re.M)  # bash's -u: an unset variable's expansion ends the script
-DEFINES_RETRYING = re.compile(r"^\s*(?:function\s+)?retrying\s*\(\)", re.M)
+DEFINES_RETRYING = re.compile(r"^\s*(?:function\s+)?retrying\s*\(\)")
 ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_]\w*)=(\"[^\"$`]*\"|'[^']*'|[^\s\"'$`;&|]*)\s*$")
 LOOP_STARTS, LOOP_ENDS = re.compile(r"^\s*(?:for|while|until)\b(?!.*\bdone\b)"), re.compile(r"^\s*done\b")
 # What apt-get update answers while another apt holds the package lists (the process: apt-daily's).
@@ -105,14 +105,15 @@ def _first_failure(script: str, image: ImageFacts, project: Path, requires_pytho
                    venvs: list[str]) -> str | None:
     """The first step that fails, adding what each step installs to `packages` and each venv's Python's
     version to `venvs`."""
-    venv_python, loops, variables = None, 0, {}
+    venv_python, loops, variables, retrying_defined = None, 0, {}, False
     for line in script.splitlines():
         line = line.split("#", 1)[0] if not line.startswith("#!") else ""
         loops = max(0, loops + bool(LOOP_STARTS.match(line)) - bool(LOOP_ENDS.match(line)))
         if assignment := ASSIGNMENT.match(line):
             variables[assignment[1]] = assignment[2].strip("\"'")
+        retrying_defined = retrying_defined or bool(DEFINES_RETRYING.match(line))
         retried = RETRYING.match(line)
-        if retried and not DEFINES_RETRYING.search(script):
+        if retried and not retrying_defined:  # a function is a command once its definition has run
             return "retrying: command not found"
         unset = retried and _variable(retried[2])
         if unset and unset not in variables and NO_UNSET.search(script):
