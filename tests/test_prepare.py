@@ -2,6 +2,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -170,3 +171,14 @@ def test_progress_is_reported_up_to_every_image_to_make(dataset: Path) -> None:
     calls.clear()
     prepare(dataset, SIZES, workers=1, progress=lambda done, total: calls.append((done, total)))
     assert calls == [], "nothing to make, nothing to report"
+
+
+def test_a_16_bit_png_named_jpeg_is_copied_at_its_levels_not_clipped_white(dataset: Path) -> None:
+    """Pillow's convert() clips 16-bit levels to 255; the copy, a JPEG by its name, has each level / 257."""
+    levels = np.linspace(0, 65535, 200 * 300, dtype=np.uint16).reshape(200, 300)
+    Image.fromarray(levels).save(dataset / "train" / "dog" / "sixteen-bit.JPEG", "PNG")
+    prepare(dataset, [100], workers=1)
+    with Image.open(resized_root(dataset, 100) / "train/dog/sixteen-bit.JPEG") as copy:
+        assert copy.format == "JPEG"
+        copied = np.asarray(copy.convert("L"), dtype=float)
+    assert copied.min() < 10 and 120 < copied.mean() < 135, "the gradient's levels, 0 to 255, not all 255"

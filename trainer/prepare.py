@@ -231,6 +231,8 @@ def _save(image: Image.Image, path: Path, suffix: str) -> None:
     if suffix.lower() == ".png":
         image.save(path, "PNG")
         return
+    if image.mode.startswith("I"):  # 16 or 32 bits a pixel, which convert() clips to 8: scaled instead
+        image = image.convert("I").point(lambda value: value * (1 / 257)).convert("L")
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
     image.save(path, "JPEG", quality=JPEG_QUALITY)
