@@ -240,6 +240,7 @@ def test_an_iam_users_calls_are_held_to_its_policies_as_aws_holds_them(aws):
     UnauthorizedOperation (a dry run too), JSON services AccessDeniedException, IAM AccessDenied; tags given at
     creation need ec2:CreateTags, and a launch naming an instance profile needs iam:PassRole of its role."""
     iam = aws.client("iam")
+    aws.set_iam_propagation(0)  # IAM's own consistency is another test's
     iam.create_user(UserName="narrow")
     iam.put_user_policy(UserName="narrow", PolicyName="p", PolicyDocument=json.dumps({"Version": "2012-10-17",
                                                                                      "Statement": [
@@ -782,6 +783,7 @@ def test_a_command_has_the_agents_environment_and_every_machine_of_a_launch_its_
     machine a launch request makes gets the request's instance profile (moto gives it to the first only)."""
     ec2, iam, ssm = aws.client("ec2"), aws.client("iam"), aws.client("ssm")
     aws.set_profile_propagation(0)  # launched at once
+    aws.set_iam_propagation(0)
     iam.create_role(RoleName="machines", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17"}))
     iam.create_instance_profile(InstanceProfileName="machines")
     iam.add_role_to_instance_profile(InstanceProfileName="machines", RoleName="machines")
