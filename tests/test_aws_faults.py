@@ -128,6 +128,22 @@ def test_a_refused_role_leaves_no_instance_profile_behind(aws, tmp_path):
     assert aws_leftovers(aws, "run-no-role", tmp_path) == {}
 
 
+def test_a_role_and_profile_made_moments_ago_are_torn_down_though_iam_does_not_know_them_yet(aws, tmp_path):
+    """A run stopped as it makes its identity (interrupted, or its pool's other call failed) is torn down at
+    once: IAM lists the new role and profile, but answers NoSuchEntity to reading their tags and taking them
+    apart, which teardown must not take for "already gone"."""
+    aws.set_iam_propagation(4)
+    spec = cluster_spec("run-young-role", 2, "g5.xlarge")
+    iam_client = aws.client("iam")
+    iam_client.create_role(RoleName="imagenet18-run-young-role", AssumeRolePolicyDocument="{}",
+                           Tags=tags.tag_list(spec.run_id, spec.expires_at))
+    iam_client.create_instance_profile(InstanceProfileName="imagenet18-run-young-role",
+                                       Tags=tags.tag_list(spec.run_id, spec.expires_at))
+    AwsBackend(options(), home=tmp_path).teardown(spec.run_id)
+    aws.set_iam_propagation(0)  # the world as it is, to the check
+    assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("refuse,message", [
     (lambda aws: aws.deny_pass_role(), r"may not pass the machines' role imagenet18-\S+ to EC2 \(iam:PassRole\).* "

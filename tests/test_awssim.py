@@ -584,6 +584,9 @@ def test_iam_knows_a_role_or_instance_profile_only_a_while_after_making_it(aws):
         (iam.get_instance_profile, {"InstanceProfileName": "p"}, "Instance Profile p cannot be found."),
         (iam.add_role_to_instance_profile, {"InstanceProfileName": "p", "RoleName": "r"},
          "Instance Profile p cannot be found."),
+        (iam.list_role_tags, {"RoleName": "r"}, "The role with name r cannot be found."),
+        (iam.delete_role, {"RoleName": "r"}, "The role with name r cannot be found."),
+        (iam.delete_instance_profile, {"InstanceProfileName": "p"}, "Instance Profile p cannot be found."),
     ]:
         with pytest.raises(ClientError) as unknown:
             call(**parameters)

@@ -14,9 +14,10 @@ https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_general.html): a l
 made (or given its role) less than `profile_propagation_s` ago is refused as one naming no such profile, with
 EC2's InvalidParameterValue (moto answers IAM's NoSuchEntity for an unknown one). On by default, briefly, so that
 every run's first dry run of its launch naming the profile meets it. IAM's own calls likewise: one naming a role or
-instance profile made less than `iam_propagation_s` ago, to give it a policy or a role, or to read it, is answered
-NoSuchEntity, as adding a new role to a profile is ("NoSuchEntity: The role with name X cannot be found.",
-hashicorp/terraform-provider-aws#6079); on by default, briefly, so that every run meets it."""
+instance profile made less than `iam_propagation_s` ago (to give it a policy or a role, to read it or its tags, or to
+take it apart and delete it) is answered NoSuchEntity, as adding a new role to a profile is ("NoSuchEntity: The role
+with name X cannot be found.", hashicorp/terraform-provider-aws#6079), while IAM's listings show it (the worst for
+a teardown, which finds a run's role by listing); on by default, briefly, so that every run meets it."""
 
 import io
 import os
@@ -64,7 +65,9 @@ PROFILE_PROPAGATION_S = float(os.environ.get("AWSSIM_PROFILE_PROPAGATION_S", "0.
 # IAM's calls that make a role or an instance profile (and the parameter naming it), the calls that use one, and
 # IAM's answer to a use of one it does not know yet.
 IAM_MADE = {"CreateRole": "RoleName", "CreateInstanceProfile": "InstanceProfileName"}
-IAM_USES = ("AttachRolePolicy", "PutRolePolicy", "AddRoleToInstanceProfile", "GetInstanceProfile", "GetRole")
+IAM_USES = ("AttachRolePolicy", "PutRolePolicy", "AddRoleToInstanceProfile", "GetInstanceProfile", "GetRole",
+            "ListRoleTags", "ListAttachedRolePolicies", "ListRolePolicies", "DetachRolePolicy", "DeleteRolePolicy",
+            "RemoveRoleFromInstanceProfile", "DeleteInstanceProfile", "DeleteRole")
 IAM_UNKNOWN = {"RoleName": "The role with name {} cannot be found.",
                "InstanceProfileName": "Instance Profile {} cannot be found."}
 IAM_PROPAGATION_S = float(os.environ.get("AWSSIM_IAM_PROPAGATION_S", "0.3"))

@@ -3,6 +3,7 @@ s3:// prefix and to read the run's SSM parameters (the wandb key), and nothing e
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Callable
@@ -72,17 +73,18 @@ def service_linked_role_exists(clients: Clients, service: str) -> bool:
     return any(page["Roles"] for page in pages)
 
 
-def _once_known(call: Callable[[], T]) -> T:
-    """`call`, naming a role or instance profile just made, asked again while IAM answers that it does not exist:
-    IAM is eventually consistent, its own calls too (troubleshoot_general.html, "Changes that I make are not always
-    immediately visible"; adding a new role to a profile meets "NoSuchEntity: The role with name X cannot be
-    found.", hashicorp/terraform-provider-aws#6079)."""
-    deadline = time.monotonic() + IAM_PROPAGATION_S
+def _once_known(call: Callable[[], T], made_at: dt.datetime | None = None) -> T:
+    """`call`, naming a role or instance profile made at `made_at` (default: just now), asked again while IAM
+    answers that it does not exist, until IAM_PROPAGATION_S after: IAM is eventually consistent, its own calls too
+    (troubleshoot_general.html, "Changes that I make are not always immediately visible"; adding a new role to a
+    profile meets "NoSuchEntity: The role with name X cannot be found.", hashicorp/terraform-provider-aws#6079).
+    Past that, NoSuchEntity is raised: the role or profile is gone."""
+    deadline = (made_at.timestamp() if made_at else time.time()) + IAM_PROPAGATION_S
     while True:
         try:
             return call()
         except Exception as exc:  # noqa: BLE001
-            if error_code(exc) != "NoSuchEntity" or time.monotonic() > deadline:
+            if error_code(exc) != "NoSuchEntity" or time.time() > deadline:
                 raise
             time.sleep(1.0)
 
@@ -137,26 +139,30 @@ def delete_instance_profile(clients: Clients, run_id: str) -> None:
 
 def run_identities(clients: Clients, run_id: str | None) -> list[dict]:
     """Our roles and instance profiles tagged with a run (a run's pair shares one name), with their tags. The two
-    are made at once, so either may be there alone: the other refused, or the run killed between them."""
+    are made at once, so either may be there alone: the other refused, or the run killed between them. One made
+    moments ago is listed, but IAM may not know it yet to the call reading its tags: asked again meanwhile."""
     iam = clients.client("iam")
     found: dict[str, dict] = {}
     for page in iam.get_paginator("list_roles").paginate(PathPrefix="/"):
         for role in page["Roles"]:
-            _keep_ours(found, role["RoleName"], lambda name: iam.list_role_tags(RoleName=name)["Tags"], run_id)
+            _keep_ours(found, role["RoleName"], role["CreateDate"],
+                       lambda name: iam.list_role_tags(RoleName=name)["Tags"], run_id)
     for page in iam.get_paginator("list_instance_profiles").paginate(PathPrefix="/"):
         # A listing carries no tags: asked of each profile (https://boto3.amazonaws.com/v1/documentation/api/
         # 1.26.161/reference/services/iam/client/list_instance_profiles.html).
         for profile in page["InstanceProfiles"]:
-            _keep_ours(found, profile["InstanceProfileName"], lambda name: iam.get_instance_profile(
-                InstanceProfileName=name)["InstanceProfile"].get("Tags", []), run_id)
+            _keep_ours(found, profile["InstanceProfileName"], profile["CreateDate"],
+                       lambda name: iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"].get(
+                           "Tags", []), run_id)
     return list(found.values())
 
 
-def _keep_ours(found: dict[str, dict], name: str, tags_of: Callable[[str], list[dict]], run_id: str | None) -> None:
-    if not name.startswith("imagenet18-") or name in found:
+def _keep_ours(found: dict[str, dict], name: str, made_at: dt.datetime, tags_of: Callable[[str], list[dict]],
+               run_id: str | None) -> None:
+    if not name.startswith(ROLE_PREFIX) or name in found:
         return
     try:
-        named_tags = tags.as_dict(tags_of(name))
+        named_tags = tags.as_dict(_once_known(lambda: tags_of(name), made_at))
     except Exception as exc:  # noqa: BLE001 - deleted since the listing (another run's teardown, say)
         if error_code(exc) == "NoSuchEntity":
             return
