@@ -7,6 +7,8 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from trainer.schedule import ARCHITECTURES
+
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
 FC_INIT_STD = 0.01
@@ -17,21 +19,13 @@ def _resnet10(**kwargs) -> ResNet:
     return ResNet(BasicBlock, [1, 1, 1, 1], **kwargs)
 
 
-ARCHITECTURES = {
-    "resnet10": _resnet10,
-    "resnet18": resnet.resnet18,
-    "resnet34": resnet.resnet34,
-    "resnet50": resnet.resnet50,
-    "resnet101": resnet.resnet101,
-}
-
-
 def build_model(arch: str, num_classes: int, init_bn0: bool = True) -> nn.Module:
     """A randomly initialised ResNet (never downloads weights)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    builder = _resnet10 if arch == "resnet10" else getattr(resnet, arch)
     # zero_init_residual zeroes the gamma of each residual block's last BN: the seed's --init-bn0.
-    model = ARCHITECTURES[arch](num_classes=num_classes, zero_init_residual=init_bn0)
+    model = builder(num_classes=num_classes, zero_init_residual=init_bn0)
     nn.init.normal_(model.fc.weight, std=FC_INIT_STD)
     nn.init.zeros_(model.fc.bias)
     return model

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -45,6 +46,7 @@ from pathlib import Path
 
 DEFAULT_MIN_SCALE = 0.08
 SIZE_MULTIPLE = 8
+ARCHITECTURES = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101")  # trainer.model builds these
 
 
 class ScheduleError(ValueError):
@@ -172,6 +174,9 @@ def parse(raw: dict, name: str) -> Schedule:
                         gpus_per_machine=raw.get("gpus_per_machine"), data=data, lr=lr,
                         target=float(raw.get("target", 93.0)), target_metric=raw.get("target_metric", "top5"),
                         reference_minutes=raw.get("reference_minutes"))
+    if schedule.arch not in ARCHITECTURES:
+        raise ScheduleError(f"schedule {name}: unknown arch {schedule.arch!r}: choose one of "
+                            f"{', '.join(ARCHITECTURES)}")
     if schedule.target_metric not in ("top1", "top5") or not 0 < schedule.target <= 100:
         raise ScheduleError(f"schedule {name}: target must be a percentage in (0, 100] of 'top1' or 'top5'")
     if schedule.reference_minutes is not None and not (isinstance(schedule.reference_minutes, (int, float))
@@ -221,7 +226,7 @@ def _check_data_phase(phase: DataPhase, where: str) -> None:
         raise ScheduleError(f"{where}: 'bs' must be a positive integer, got {phase.bs!r}")
     if not 0 < phase.min_scale <= 1:
         raise ScheduleError(f"{where}: 'min_scale' must be in (0, 1], got {phase.min_scale!r}")
-    if phase.trndir and not phase.trndir.startswith("-sz/"):
+    if phase.trndir and not re.fullmatch(r"-sz/[1-9][0-9]*", phase.trndir):
         raise ScheduleError(f"{where}: 'trndir' must be \"\" (full size) or a '-sz/<pixels>' suffix, "
                             f"got {phase.trndir!r}")
 
