@@ -52,8 +52,15 @@ def odd_files(root: Path) -> dict[str, Path]:
         # a name that is not UTF-8 (Latin-1, from an old archive)
         latin1 = os.fsdecode(os.fsencode(train) + b"/caf\xe9.JPEG")
         image.save(latin1, "JPEG")
+        # an animated GIF named like a JPEG (scraped folders hold them): decoded as its frames
+        frames = [image.convert("P"), image.rotate(90).convert("P")]
+        frames[0].save(train / "animated.JPEG", "GIF", save_all=True, append_images=frames[1:])
+    for image_path in sorted(train.glob("*.JPEG")):  # macOS's metadata beside each image copied from a Mac
+        (train / f"._{image_path.name}").write_bytes(b"\x00\x05\x16\x07" + bytes(4092))
+    (train / ".DS_Store").write_bytes(bytes(64))
     (train / "truncated.JPEG").write_bytes(source.read_bytes()[:300])
     (train / "text.JPEG").write_text("not an image, named like one")
     (train / "notes.txt").write_text("a note beside the images")
     return {"truncated": train / "truncated.JPEG", "text": train / "text.JPEG", "notes": train / "notes.txt",
-            "sixteen_bit": train / "sixteen-bit.png", "latin1": Path(latin1)}
+            "sixteen_bit": train / "sixteen-bit.png", "latin1": Path(latin1), "animated": train / "animated.JPEG",
+            "apple_double": train / f"._{source.name}", "plain": source}

@@ -131,10 +131,10 @@ def test_class_sets_that_differ_between_train_and_validation(data_copy):
 
 @pytest.mark.slow
 def test_odd_but_readable_files_train_and_unreadable_ones_are_named_and_skipped(tmp_path, caplog):
-    """Grayscale, CMYK, 1x1, 16-bit PNG, PNG-named-.JPEG and Latin-1-named images train; a truncated JPEG and a
-    text file named .JPEG are skipped with a warning naming each (by prepare, and by the trainer reading full-size
-    images); a file not named like an image is left out with a warning at the check a run makes before it creates
-    anything."""
+    """Grayscale, CMYK, 1x1, 16-bit PNG, PNG-named-.JPEG, animated GIF and Latin-1-named images train, macOS's
+    `._` metadata files beside them are not images; a truncated JPEG and a text file named .JPEG are skipped with a
+    warning naming each (by prepare, and by the trainer reading full-size images); a file not named like an image
+    is left out with a warning at the check a run makes before it creates anything."""
     root = make_demo_dataset(tmp_path / "odd", classes=2, train_per_class=8, val_per_class=4)
     odd = odd_files(root)
     sixteen_bit = data.decode(str(odd["sixteen_bit"]))
@@ -143,9 +143,11 @@ def test_odd_but_readable_files_train_and_unreadable_ones_are_named_and_skipped(
     assert sixteen_bit.dtype == torch.uint8, "the network's normalisation is for 8 bits"
     assert all(torch.equal(channel.long(), levels) for channel in sixteen_bit)
     assert data.decode(str(odd["latin1"])).shape[0] == 3
+    assert data.decode(str(odd["animated"])).shape == data.decode(str(odd["sixteen_bit"])).shape, "its first frame"
     with caplog.at_level(logging.WARNING):
-        layout.check_source(root)
+        folders = layout.check_source(root)
         report = prepare(root, [160], workers=1)
+    assert str(odd["apple_double"]) not in {path for path, _ in folders["train"].samples}, "not an image"
     assert set(report.corrupt) == {odd["truncated"], odd["text"]}
     assert f"leaving out 1 file(s) that are not images (.jpeg, .jpg, .png): {odd['notes']}" in caplog.text
     assert str(odd["truncated"]) in caplog.text and str(odd["text"]) in caplog.text
@@ -158,3 +160,4 @@ def test_odd_but_readable_files_train_and_unreadable_ones_are_named_and_skipped(
     assert f"skipping corrupt image {odd['truncated']}" in result.stderr + result.stdout
     assert f"skipping corrupt image {odd['text']}" in result.stderr + result.stdout
     assert "caf" not in result.stderr + result.stdout, "the Latin-1 name is read, not skipped"
+    assert "._" not in result.stderr + result.stdout and "._" not in caplog.text, "macOS's metadata is not read"

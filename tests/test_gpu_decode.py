@@ -81,7 +81,7 @@ def test_odd_files_are_cropped_in_the_worker_and_corrupt_ones_substituted_with_a
     root = make_demo_dataset(tmp_path / "odd", classes=2, train_per_class=8, val_per_class=2)
     odd = odd_files(root)
     train = odd["truncated"].parent
-    good = sorted(train.glob("*.JPEG"))[0].read_bytes()
+    good = odd["plain"].read_bytes()
     (train / "garbled.JPEG").write_bytes(good[:600] + bytes(len(good) - 600))  # header intact, scan data zeroed
     folder = layout.check_layout(root, _full_size_schedule(tmp_path))[":train"]
     encoded = gpu_decode.EncodedTrainImages(folder, 32, 0.35, seed=0)

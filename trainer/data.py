@@ -44,8 +44,10 @@ def read_bytes(path: str) -> torch.Tensor:
 
 def decode_bytes(payload: torch.Tensor) -> torch.Tensor:
     """An encoded image as a uint8 CHW RGB tensor: a 16-bit PNG (decoded as uint16) scaled to 8 bits, as the
-    network's normalisation and the batches it shares with 8-bit images need."""
-    return F.to_dtype(decode_image(payload, mode=ImageReadMode.RGB), torch.uint8, scale=True)
+    network's normalisation and the batches it shares with 8-bit images need; an animated GIF (decoded as its
+    frames, NCHW) as its first frame, as Pillow shows it."""
+    image = decode_image(payload, mode=ImageReadMode.RGB)
+    return F.to_dtype(image[0] if image.ndim == 4 else image, torch.uint8, scale=True)
 
 
 def random_resized_crop_box(rng: random.Random, height: int, width: int,

@@ -27,6 +27,12 @@ class ImageFolder:
     samples: tuple[tuple[str, int], ...]  # (path, class index)
 
 
+def is_image_name(name: str) -> bool:
+    """An image by its name. Hidden files are not: macOS's AppleDouble `._x.jpg` beside each image copied from a
+    Mac (tar, exFAT, SMB) holds metadata, not an image."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
 def split_dir(root: str | Path, trndir: str, split: str) -> Path:
     """`ROOT` + `-sz/160` + `/train`: the seed's layout of resized copies beside the full-size set."""
     return Path(str(root).rstrip("/") + trndir) / split
@@ -40,8 +46,7 @@ def scan(folder: Path) -> ImageFolder:
         raise DataError(f"data folder {folder} has no class folders (expected {folder}/<class>/*.JPEG)")
     samples = []
     for index, name in enumerate(classes):
-        files = sorted(f.name for f in os.scandir(folder / name)
-                       if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS))
+        files = sorted(f.name for f in os.scandir(folder / name) if f.is_file() and is_image_name(f.name))
         if not files:
             raise DataError(f"class folder {folder / name} has no images (.JPEG, .jpg or .png)")
         samples.extend((str(folder / name / f), index) for f in files)
@@ -75,7 +80,8 @@ def check_source(root: str | Path) -> dict[str, ImageFolder]:
     folders = {split: scan(Path(root) / split) for split in SPLITS}
     _check_same_classes(list(folders.values()))
     others = sorted(str(entry) for folder in folders.values() for name in folder.classes
-                    for entry in (folder.root / name).iterdir() if not entry.name.lower().endswith(IMAGE_EXTENSIONS))
+                    for entry in (folder.root / name).iterdir()
+                    if not entry.name.startswith(".") and not is_image_name(entry.name))
     if others:
         log.warning("leaving out %d file(s) that are not images (%s): %s%s", len(others),
                     ", ".join(IMAGE_EXTENSIONS), ", ".join(others[:5]), ", ..." if len(others) > 5 else "")

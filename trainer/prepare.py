@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from trainer.layout import IMAGE_EXTENSIONS, SPLITS
+from trainer.layout import SPLITS, is_image_name
 from trainer.process_pool import process_pool
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def _class_dirs(root: Path) -> list[Path]:
         split_dir = root / split
         if not split_dir.is_dir():
             raise PrepareError(f"dataset root {root} has no {split}/ folder (expected {root}/{split}/<class>/*.JPEG)")
-        classes = sorted(p for p in split_dir.iterdir() if p.is_dir())
+        classes = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
             raise PrepareError(f"{split_dir} has no class folders (expected {split_dir}/<class>/*.JPEG)")
         class_dirs += classes
@@ -135,7 +135,7 @@ def _class_dirs(root: Path) -> list[Path]:
 
 
 def _is_image(path: Path) -> bool:
-    return path.name.lower().endswith(IMAGE_EXTENSIONS) and path.is_file()
+    return is_image_name(path.name) and path.is_file()
 
 
 def _remove_orphans(root: Path, out_root: Path) -> int:
