@@ -103,3 +103,18 @@ def test_a_wandb_service_that_dies_mid_run_leaves_the_run_going_offline(tiny_dat
     assert second["status"] == "offline" and second["reason"].startswith("wandb.log failed (")
     assert "warning: wandb.log failed (" in output
     assert len(list((logdir / "wandb").glob("offline-run-*/run-*.wandb"))) == 2, "both runs' files are kept"
+
+
+def test_runs_named_alike_in_different_folders_are_different_wandb_runs(tmp_path):
+    """Runs the flow starts in the same second share a name (its time to the second), not a folder: each is a wandb
+    run of its own, where a run resumed in its folder goes on in the same one."""
+    script = ("import sys; from pathlib import Path; from trainer.wandb_run import WandbRun\n"
+              "for folder in sys.argv[1:]:\n"
+              "    run = WandbRun(Path(folder), 'imagenet18-2x-local-20261207-032353', {}, report=lambda **_: None)\n"
+              "    print(run.run.id); run.finish()\n")
+    folders = [str(tmp_path / name) for name in ("a", "b", "a")]
+    result = subprocess.run([sys.executable, "-c", script, *folders], capture_output=True, text=True, timeout=300,
+                            env=trainer_env(WANDB_MODE="offline"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, other, resumed = result.stdout.split()
+    assert first != other and first == resumed

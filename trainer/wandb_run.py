@@ -7,6 +7,7 @@ service), is reported and the run goes on in an offline wandb run of the same id
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -28,7 +29,7 @@ class WandbRun:
         import wandb  # imported only when used: it costs seconds
 
         self.wandb, self.report = wandb, report
-        self.options = {"project": WANDB_PROJECT, "name": run_name, "id": re.sub(r"[^A-Za-z0-9_-]", "-", run_name)[:64],
+        self.options = {"project": WANDB_PROJECT, "name": run_name, "id": wandb_id(run_name, logdir),
                         "resume": "allow", "config": config, "dir": str(logdir)}
         self.run, self.fell_back = None, False
         try:
@@ -83,6 +84,13 @@ class WandbRun:
     def _stop(self, reason: str, why: str, failed_dir: str | None) -> None:
         log.warning("%s; wandb is off for the rest of this run (%s); what it wrote is in %s", reason, why, failed_dir)
         self.report(status="off", url=None, dir=failed_dir, reason=reason)
+
+
+def wandb_id(run_name: str, logdir: Path) -> str:
+    """The run's name and a hash of its folder: runs the flow starts in the same second share a name, not a folder
+    (which holds the run's id), and a run resumed in its folder goes on in the same wandb run."""
+    folder = hashlib.sha256(str(logdir.resolve()).encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '-', run_name)[:55]}-{folder}"
 
 
 def _bounded_waits() -> dict[str, float]:
