@@ -120,3 +120,15 @@ def test_a_gp3_replicas_throughput_is_a_cli_option():
     args = cli.parser().parse_args(["run", "--backend", "aws", "--volume-type", "gp3", "--iops", "3000",
                                     "--throughput", "750"])
     assert cli._aws(args) == {"volume_type": "gp3", "iops": 3000, "throughput_mbps": 750}
+
+
+@pytest.mark.parametrize("home, expected", [("rel", "work/rel"), ("~/x", "user/x")], ids=["relative", "tilde"])
+def test_a_home_named_relative_or_with_a_tilde_is_the_absolute_folder_it_names(tmp_path, monkeypatch, home, expected):
+    """The machines start in folders of their own (a local run's trainers in its run folder): a relative
+    IMAGENET18_HOME would name another place to each, and `~` none at all (a systemd unit, prefect.yaml's env)."""
+    from tasks.backends.local import LocalBackend
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("IMAGENET18_HOME", home)
+    assert LocalBackend().runs == tmp_path.resolve() / expected / "runs"

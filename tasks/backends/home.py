@@ -7,4 +7,6 @@ from pathlib import Path
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("IMAGENET18_HOME", Path.home() / ".imagenet18"))
+    """IMAGENET18_HOME (`~` expanded, made absolute: the machines start in folders of their own, where a relative
+    path would name another place) or ~/.imagenet18."""
+    return Path(os.environ.get("IMAGENET18_HOME", Path.home() / ".imagenet18")).expanduser().resolve()
