@@ -23,6 +23,7 @@ from tests.leftovers import aws_leftovers, aws_leftovers_by_run, local_leftovers
 from tests.aws_runs import DATASET, cluster_spec, no_capacity_in, options, run_zones
 from tests.support import wait_for
 from trainer.demo_data import make_demo_dataset
+from trainer.layout import check_source
 from trainer.prepare import prepare
 
 
@@ -444,6 +445,33 @@ def test_pool_replicas_made_before_the_resized_copies_get_them_when_a_run_claims
         assert sorted(os.listdir(f"{replica.details['data_root']}-sz/160/train")) == sorted(os.listdir(root / "train"))
     backend.teardown("run-reads-160")
     assert [r.id for r in backend.resources(POOL_OWNER)] == [r.id for r in pool]
+
+
+def test_replicas_leave_out_links_to_nothing_and_files_beside_the_resized_copies(tmp_path, caplog):
+    """A dataset made of links (splits picked from a larger set) may hold one to a file since removed, and the
+    resized copies' folder a note or macOS's .DS_Store: the replicas are made all the same, of what is there, the
+    run's check having named the broken link; a link by a relative path is followed from its own folder."""
+    root = make_demo_dataset(tmp_path / "linked", classes=2, train_per_class=4, val_per_class=2)
+    prepare(root, [160], workers=1)
+    class_dir = sorted((root / "train").iterdir())[0]
+    elsewhere = tmp_path / "picked" / "kept.JPEG"
+    elsewhere.parent.mkdir()
+    shutil.copy(sorted(class_dir.iterdir())[0], elsewhere)
+    (class_dir / "kept.JPEG").symlink_to(os.path.relpath(elsewhere, class_dir))
+    (class_dir / "gone.JPEG").symlink_to("removed-since.JPEG")
+    (tmp_path / "linked-sz" / "README.txt").write_text("copies at 160 px")
+    (tmp_path / "linked-sz" / ".DS_Store").write_bytes(bytes(64))
+    with caplog.at_level(logging.WARNING):
+        check_source(root)
+    assert f"leaving out 1 link(s) to nothing: {class_dir / 'gone.JPEG'}" in caplog.text
+    backend = LocalBackend(tmp_path / "home")
+    [replica] = backend.replicate(local_spec("run-links", 1), str(root), 1)
+    replica_class = Path(replica.details["data_root"]) / "train" / class_dir.name
+    assert (replica_class / "kept.JPEG").read_bytes() == elsewhere.read_bytes()
+    assert not os.path.lexists(replica_class / "gone.JPEG")
+    assert os.listdir(f"{replica.details['data_root']}-sz") == ["160"]
+    backend.teardown("run-links")
+    assert local_leftovers(tmp_path / "home") == {}
 
 
 def test_a_local_pool_of_another_dataset_goes_beside_the_first_and_a_pool_made_again_is_topped_up(

@@ -72,20 +72,31 @@ def check_layout(root: str | Path, schedule: Schedule) -> dict[str, ImageFolder]
 def check_source(root: str | Path) -> dict[str, ImageFolder]:
     """The full-size train/ and validation/ folders, scanned (names only, nothing decoded): every class folder
     has images, and both splits have the same classes. What a run checks before it creates anything. Files that
-    are not images by their name are left out, with a warning naming them."""
+    are not images by their name, and links to nothing, are left out with a warning naming them."""
     for split in SPLITS:
         if not (Path(root) / split).is_dir():
             raise DataError(f"dataset {root} has no {split}/ folder (expected ROOT/{{train,validation}}/"
                             "<class>/*.JPEG)")
     folders = {split: scan(Path(root) / split) for split in SPLITS}
     _check_same_classes(list(folders.values()))
-    others = sorted(str(entry) for folder in folders.values() for name in folder.classes
-                    for entry in (folder.root / name).iterdir()
-                    if not entry.name.startswith(".") and not is_image_name(entry.name))
-    if others:
-        log.warning("leaving out %d file(s) that are not images (%s): %s%s", len(others),
-                    ", ".join(IMAGE_EXTENSIONS), ", ".join(others[:5]), ", ..." if len(others) > 5 else "")
+    others, broken = [], []
+    for folder in folders.values():
+        for name in folder.classes:
+            for entry in os.scandir(folder.root / name):
+                if entry.is_symlink() and not os.path.exists(entry.path):
+                    broken.append(entry.path)
+                elif not entry.name.startswith(".") and not is_image_name(entry.name):
+                    others.append(entry.path)
+    _warn_left_out(f"file(s) that are not images ({', '.join(IMAGE_EXTENSIONS)})", others)
+    _warn_left_out("link(s) to nothing", broken)
     return folders
+
+
+def _warn_left_out(what: str, paths: list[str]) -> None:
+    if paths:
+        paths = sorted(paths)
+        log.warning("leaving out %d %s: %s%s", len(paths), what, ", ".join(paths[:5]),
+                    ", ..." if len(paths) > 5 else "")
 
 
 def _check_same_classes(folders: list[ImageFolder]) -> None:

@@ -731,7 +731,8 @@ def _fill(root: Path, replica: Path) -> dict[str, str]:
     """The dataset and each of its resized copies in the replica folder, where they are not yet; returns the state
     of each folder linked now, by its path in the replica."""
     linked = {}
-    for source in [root, *sorted(Path(f"{root}-sz").glob("*"))]:
+    copies = (p for p in Path(f"{root}-sz").glob("*") if p.is_dir() and not p.name.startswith("."))
+    for source in [root, *sorted(copies)]:  # the resized copies' folders, not a README or .DS_Store beside them
         relative = str(source.relative_to(root.parent))
         if not (replica / relative).exists():
             linked[relative] = _folder_state(source)  # before linking: a change meanwhile makes the replica stale
@@ -763,22 +764,29 @@ def _link_tree(source: Path, destination: Path) -> None:
     files of another user under fs.protected_hardlinks): never a copy, which would take the dataset's size again
     for each machine."""
     def link(src: str, dst: str) -> None:
+        src = os.path.realpath(src)  # a link of the dataset's own: Linux's link() links the link, relative or not
         try:
             os.link(src, dst)
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK) or not os.access(src, os.R_OK):
                 raise  # no space, or a file this user cannot read: the replica fails naming it
-            os.symlink(os.path.abspath(src), dst)
+            os.symlink(src, dst)
 
     tmp = destination.with_name(destination.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        shutil.copytree(source, tmp, copy_function=link)
+        shutil.copytree(source, tmp, copy_function=link, ignore=_broken_links)
     except shutil.Error as exc:  # one (source, destination, why) per file that failed, thousands on a full disk
         shutil.rmtree(tmp, ignore_errors=True)  # what it filled
         raise BackendError(f"the dataset replica {destination} could not be made: {exc.args[0][0][2]} "
                            f"({len(exc.args[0])} file(s) not copied)") from exc
     os.replace(tmp, destination)
+
+
+def _broken_links(folder: str, names: list[str]) -> list[str]:
+    """Links to nothing, which no stage reads (check_source warns of them). Not copytree's
+    ignore_dangling_symlinks, which looks a relative link's target up from the working folder."""
+    return [name for name in names if not os.path.exists(os.path.join(folder, name))]
 
 
 def _flock_by(file, mode: int, deadline: float) -> bool:
