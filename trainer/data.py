@@ -22,6 +22,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
 from trainer.layout import DataError, ImageFolder
+from trainer.prepare import DECODE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,8 @@ def aspect_ratios(folder: ImageFolder, cache_dir: Path) -> list[float]:
         try:
             with Image.open(path) as image:
                 ratios.append(round(image.size[0] / image.size[1], 5))
-        except OSError:
-            ratios.append(1.0)  # corrupt: decode_or_substitute warns when it is read
+        except DECODE_ERRORS:
+            ratios.append(1.0)  # corrupt, or past Pillow's pixel limit: decode_or_substitute warns if unreadable
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({"root": str(folder.root), "files": len(ratios), "ratios": ratios}))

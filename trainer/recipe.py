@@ -29,6 +29,7 @@ from pathlib import Path
 from PIL import Image
 
 from trainer.layout import SPLITS, DataError, check_source
+from trainer.prepare import DECODE_ERRORS
 from trainer.schedule import AUTO, DataPhase, LRPhase, Schedule
 
 ARCH = "resnet18"
@@ -66,8 +67,8 @@ def _short_side(path: str) -> int | None:
     try:
         with Image.open(path) as image:
             return min(image.size)
-    except (OSError, SyntaxError, ValueError):
-        return None  # unreadable: the loaders skip it with a warning
+    except DECODE_ERRORS:
+        return None  # unreadable (or past Pillow's pixel limit): the loaders skip what they cannot read, warning
 
 
 def schedule_for(data: DatasetFacts, world_size: int) -> Schedule:
