@@ -277,6 +277,24 @@ def test_a_dataset_that_cannot_train_is_refused_before_any_replica(prefect_api, 
     _assert_nothing_left(prefect_api)
 
 
+def test_a_class_without_a_readable_image_is_refused_where_the_schedule_reads_only_full_size(prefect_api, data_copy,
+                                                                                          tmp_path):
+    """No resized copy to make, so none to find the class empty: the prepare-dataset stage decodes each class
+    until one image does, rather than the trainer filling the class's places with the next class's images."""
+    _every_image_of_a_class_unreadable(data_copy)
+    full_size = tmp_path / "full-size.toml"
+    full_size.write_text('arch = "resnet10"\n[[data]]\nep = 0\nsz = 32\nbs = 32\n[[lr]]\nep = [0, 1]\nlr = 0.05\n')
+    state = imagenet18(machines=1, dataset=str(data_copy), schedule=str(full_size), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(InputError, match=r"class folder \S+/validation/\w+ has no image that can be read: the "
+                                         r"trainer would fill its places"):
+        state.result()
+    runs = _task_runs(state.state_details.flow_run_id,
+                      lambda runs: "prepare-dataset" in runs and runs["prepare-dataset"].state.is_final())
+    assert runs["prepare-dataset"].state.is_failed() and "replicate-dataset" not in runs
+    _assert_nothing_left(prefect_api)
+
+
 def test_a_copy_that_cannot_be_made_is_refused_before_anything_is_created(prefect_api, tmp_path):
     """The dataset on a read-only file system, without the -sz/160 copy the schedule reads."""
     source = make_demo_dataset(tmp_path / "source" / "data", classes=2, train_per_class=4, val_per_class=2)

@@ -134,6 +134,22 @@ def _class_dirs(root: Path) -> list[Path]:
     return class_dirs
 
 
+def unreadable_classes(root: Path) -> list[Path]:
+    """The class folders of the full-size dataset none of whose images decodes (each class's images are tried
+    until one does: mostly one decode a class)."""
+    return [class_dir for class_dir in _class_dirs(root)
+            if not any(_decodes(path) for path in sorted(class_dir.iterdir()) if _is_image(path))]
+
+
+def _decodes(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except DECODE_ERRORS:
+        return False
+
+
 def _is_image(path: Path) -> bool:
     return is_image_name(path.name) and path.is_file()
 

@@ -37,7 +37,7 @@ from tasks.backends.demo import demo_dataset_root, ensure_demo_dataset
 from tasks.backends.home import default_home
 from tasks.backends.sweeps import Sweep
 from trainer.layout import SPLITS, DataError, check_source
-from trainer.prepare import PrepareReport, prepare, size_of
+from trainer.prepare import PrepareReport, prepare, size_of, unreadable_classes
 from trainer.schedule import names_a_file
 from trainer.written import naming
 
@@ -164,11 +164,17 @@ class LocalBackend:
     def prepare_dataset(self, spec: ClusterSpec, dataset: str, reads: Sequence[str],
                         progress: Callable[[int, int], None] | None = None) -> PrepareReport | None:
         """The resized copies beside the dataset (ROOT-sz/<px>, the seed's layout), made on all cores; a copy that
-        cannot serve the schedule (a class whose every image was unreadable) is refused before any replica."""
+        cannot serve the schedule (a class whose every image was unreadable) is refused before any replica, as is
+        such a class of the full-size dataset when the schedule reads only that."""
+        root = Path(dataset.removeprefix("file://"))
         sizes = [size_of(trndir) for trndir in reads if trndir]
         if not sizes:
+            if unreadable := unreadable_classes(root):
+                raise InputError(f"class folder {unreadable[0]} has no image that can be read"
+                                 f"{f' (nor have {len(unreadable) - 1} more)' if len(unreadable) > 1 else ''}: the "
+                                 "trainer would fill its places with other classes' images")
             return None
-        report = prepare(Path(dataset.removeprefix("file://")), sizes, progress=progress)
+        report = prepare(root, sizes, progress=progress)
         for copy in report.output_roots.values():
             try:
                 check_source(copy)
