@@ -251,6 +251,12 @@ def _no_validation_classes(root):
     (root / "validation").mkdir()
 
 
+def _one_class(root):
+    for split in ("train", "validation"):
+        for extra in sorted((root / split).iterdir())[1:]:
+            shutil.rmtree(extra)
+
+
 def _every_image_of_a_class_unreadable(root):
     shutil.rmtree(Path(f"{root}-sz"))
     for image in next((root / "validation").iterdir()).iterdir():
@@ -262,9 +268,10 @@ def _every_image_of_a_class_unreadable(root):
      "validate-and-plan"),
     (_an_empty_class_folder, r"class folder \S+/train/zebra has no images", "validate-and-plan"),
     (_no_validation_classes, r"data folder \S+/validation has no class folders", "validate-and-plan"),
+    (_one_class, r"\S+/train has one class folder \(\w+\): a classifier needs at least 2", "validate-and-plan"),
     (_every_image_of_a_class_unreadable, r"class folder \S+-sz/160/validation/\w+ has no images .*: its images in the "
      r"full-size dataset cannot be read", "prepare-dataset"),
-], ids=["class-in-one-split", "empty-class", "no-classes", "class-unreadable"])
+], ids=["class-in-one-split", "empty-class", "no-classes", "one-class", "class-unreadable"])
 def test_a_dataset_that_cannot_train_is_refused_before_any_replica(prefect_api, data_copy, damage, message, stage):
     damage(data_copy)
     state = imagenet18(machines=2, dataset=str(data_copy), schedule="cpu-tiny", epochs=1, return_state=True)

@@ -106,6 +106,16 @@ def test_a_training_set_smaller_than_one_global_batch_trains_with_a_warning(tmp_
     assert "the training set (12 images) is smaller than one global batch (32)" in result.stdout + result.stderr
 
 
+def test_a_dataset_of_one_class_is_refused_by_the_trainer_too(tmp_path):
+    """One class trains to 100% from its first step: refused before the first batch, as the run's check does."""
+    root = _dataset(tmp_path / "one-class", classes=1, train=4, validation=2)
+    prepare(root, [160], workers=1)
+    result = run(train_command(root, tmp_path / "run", "--schedule", "cpu-tiny"))
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: ") and "has one class folder (" in result.stderr
+    assert result.stderr.strip().endswith("): a classifier needs at least 2")
+
+
 def test_fewer_than_two_images_per_process_is_one_error_line(tmp_path):
     root = _dataset(tmp_path / "one", classes=1, train=1, validation=1)
     prepare(root, [160], workers=1)

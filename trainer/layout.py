@@ -79,6 +79,7 @@ def check_source(root: str | Path) -> dict[str, ImageFolder]:
                             "<class>/*.JPEG)")
     folders = {split: scan(Path(root) / split) for split in SPLITS}
     _check_same_classes(list(folders.values()))
+    check_classes(folders[SPLITS[0]])
     others, broken = [], []
     for folder in folders.values():
         for name in folder.classes:
@@ -90,6 +91,12 @@ def check_source(root: str | Path) -> dict[str, ImageFolder]:
     _warn_left_out(f"file(s) that are not images ({', '.join(IMAGE_EXTENSIONS)})", others)
     _warn_left_out("link(s) to nothing", broken)
     return folders
+
+
+def check_classes(folder: ImageFolder) -> None:
+    """One class trains to a loss of 0 and 100% accuracy from its first step, whatever the images."""
+    if len(folder.classes) < 2:
+        raise DataError(f"{folder.root} has one class folder ({folder.classes[0]}): a classifier needs at least 2")
 
 
 def _warn_left_out(what: str, paths: list[str]) -> None:

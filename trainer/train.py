@@ -85,8 +85,10 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
     plan, root = _schedule_and_data(config, world)
     arch = config.arch or plan.arch
     folders = layout.check_layout(root, plan)
-    classes = list(folders[f"{plan.data[0].trndir}:train"].classes)
-    _check_enough_images(len(folders[f"{plan.data[0].trndir}:train"].samples), plan, world)
+    train_folder = folders[f"{plan.data[0].trndir}:train"]
+    classes = list(train_folder.classes)
+    _check_enough_images(len(train_folder.samples), plan, world)
+    layout.check_classes(train_folder)
     resume_from = _resume_location(config, logdir)
     state = checkpoint.CheckpointState.load(resume_from) if resume_from else None
     if state:
