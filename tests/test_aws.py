@@ -928,12 +928,29 @@ def test_the_machines_role_and_profile_are_made_while_iam_does_not_know_them_yet
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-new-role", 2, "g5.xlarge")
     backend.authorize_launch(spec)
+    aws.set_iam_propagation(0)  # the world as it is, to the checks
     iam_client = aws.client("iam")
     [role] = iam_client.get_instance_profile(InstanceProfileName=f"imagenet18-{spec.run_id}")["InstanceProfile"][
         "Roles"]
     assert [p["PolicyArn"] for p in iam_client.list_attached_role_policies(RoleName=role["RoleName"])[
         "AttachedPolicies"]] == [iam.SSM_MANAGED_POLICY]
     assert iam_client.list_role_policies(RoleName=role["RoleName"])["PolicyNames"] == [iam.INLINE_POLICY]
+    backend.teardown(spec.run_id)
+    assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
+
+
+def test_the_machines_profile_read_without_the_role_given_it_moments_ago_is_not_given_it_again(aws, snapshot,
+                                                                                                tmp_path):
+    """The authorize-launch stage gives the new profile its role; provisioning, moments later, makes sure of it
+    again, and IAM may read the profile as it was before (AWS then refuses a second role: LimitExceeded)."""
+    aws.set_iam_propagation(3)
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-role-twice", 2, "g5.xlarge")
+    backend.authorize_launch(spec)
+    backend.authorize_launch(spec)
+    aws.set_iam_propagation(0)
+    profile = aws.client("iam").get_instance_profile(InstanceProfileName=f"imagenet18-{spec.run_id}")
+    assert [role["RoleName"] for role in profile["InstanceProfile"]["Roles"]] == [f"imagenet18-{spec.run_id}"]
     backend.teardown(spec.run_id)
     assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
 

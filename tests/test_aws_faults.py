@@ -2,6 +2,7 @@
 IPs refused part-way, and two runs side by side."""
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -139,6 +140,23 @@ def test_a_role_and_profile_made_moments_ago_are_torn_down_though_iam_does_not_k
                            Tags=tags.tag_list(spec.run_id, spec.expires_at))
     iam_client.create_instance_profile(InstanceProfileName="imagenet18-run-young-role",
                                        Tags=tags.tag_list(spec.run_id, spec.expires_at))
+    AwsBackend(options(), home=tmp_path).teardown(spec.run_id)
+    aws.set_iam_propagation(0)  # the world as it is, to the check
+    assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
+
+
+def test_a_profile_given_its_role_moments_ago_is_torn_down_though_iam_reads_it_without(aws, tmp_path):
+    """IAM may read a profile as it was before its role was added: teardown cannot take that role out, and AWS
+    refuses to delete a profile holding one (DeleteConflict) until a read shows it."""
+    aws.set_iam_propagation(2)
+    spec = cluster_spec("run-role-just-added", 2, "g5.xlarge")
+    name = f"imagenet18-{spec.run_id}"
+    iam_client = aws.client("iam")
+    iam_client.create_role(RoleName=name, AssumeRolePolicyDocument="{}",
+                           Tags=tags.tag_list(spec.run_id, spec.expires_at))
+    iam_client.create_instance_profile(InstanceProfileName=name, Tags=tags.tag_list(spec.run_id, spec.expires_at))
+    time.sleep(2.1)  # both known to IAM by now
+    iam_client.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
     AwsBackend(options(), home=tmp_path).teardown(spec.run_id)
     aws.set_iam_propagation(0)  # the world as it is, to the check
     assert aws_leftovers(aws, spec.run_id, tmp_path) == {}

@@ -598,6 +598,23 @@ def test_iam_knows_a_role_or_instance_profile_only_a_while_after_making_it(aws):
     assert iam.get_instance_profile(InstanceProfileName="p")["InstanceProfile"]["Roles"][0]["RoleName"] == "r"
 
 
+def test_iam_reads_a_profile_without_the_role_given_it_moments_ago_and_refuses_giving_it_again(aws):
+    iam = aws.client("iam", retries=NO_RETRIES)
+    aws.set_iam_propagation(2)
+    iam.create_role(RoleName="r", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}))
+    iam.create_instance_profile(InstanceProfileName="p")
+    time.sleep(2)  # both known
+    iam.add_role_to_instance_profile(InstanceProfileName="p", RoleName="r")
+    assert iam.get_instance_profile(InstanceProfileName="p")["InstanceProfile"]["Roles"] == []
+    with pytest.raises(ClientError) as again:
+        iam.add_role_to_instance_profile(InstanceProfileName="p", RoleName="r")
+    assert (again.value.response["Error"]["Code"], again.value.response["Error"]["Message"]) == (
+        "LimitExceeded", "Cannot exceed quota for InstanceSessionsPerInstanceProfile: 1")
+    aws.set_iam_propagation(0)
+    assert [r["RoleName"] for r in iam.get_instance_profile(InstanceProfileName="p")["InstanceProfile"]["Roles"]] == [
+        "r"]
+
+
 def test_ec2_ends_the_machines_of_a_launch_it_accepted_as_they_start_with_the_reason_asked(aws):
     ec2 = aws.client("ec2", retries=NO_RETRIES)
     aws.end_launches("p4d.24xlarge", 1)

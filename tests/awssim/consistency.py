@@ -17,7 +17,8 @@ every run's first dry run of its launch naming the profile meets it. IAM's own c
 instance profile made less than `iam_propagation_s` ago (to give it a policy or a role, to read it or its tags, or to
 take it apart and delete it) is answered NoSuchEntity, as adding a new role to a profile is ("NoSuchEntity: The role
 with name X cannot be found.", hashicorp/terraform-provider-aws#6079), while IAM's listings show it (the worst for
-a teardown, which finds a run's role by listing); on by default, briefly, so that every run meets it."""
+a teardown, which finds a run's role by listing), and a profile given its role is read without it for as long;
+on by default, briefly, so that every run meets it."""
 
 import io
 import os
@@ -83,6 +84,7 @@ class Consistency:
         self._profiles_changed: dict[tuple[str, str], float] = {}  # (account, profile) -> time.time() of its change
         self.iam_propagation_s = IAM_PROPAGATION_S
         self._iam_made: dict[tuple[str, str, str], float] = {}  # (account, parameter, name) -> time.time() made
+        self._roles_added: dict[tuple[str, str], float] = {}  # (account, profile) -> time.time() a role was added
         self._lock = threading.Lock()
 
     def reset(self) -> None:
@@ -94,6 +96,7 @@ class Consistency:
             self._profiles_changed.clear()
             self.iam_propagation_s = IAM_PROPAGATION_S
             self._iam_made.clear()
+            self._roles_added.clear()
 
     def refusal(self, call: AwsCall) -> Response | None:
         """NotFound for an EC2 call naming a resource made within the window, InvalidParameterValue for a launch
@@ -171,6 +174,21 @@ class Consistency:
                     reservations.remove(reservation)
         return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
+    def read_before_roles_added(self, call: AwsCall, body: bytes) -> bytes:
+        """GetInstanceProfile's answer without the roles given to the profile less than `iam_propagation_s` ago:
+        a read IAM serves from before the change (adding the role again is then refused, LimitExceeded)."""
+        if call.service != "iam" or call.action != "GetInstanceProfile":
+            return body
+        with self._lock:
+            added = self._roles_added.get((call.account, call.params.get("InstanceProfileName", "")))
+        if added is None or time.time() - added >= self.iam_propagation_s:
+            return body
+        root = ET.fromstring(body)
+        ns = _namespace(root)
+        for roles in root.iter(f"{ns}Roles"):
+            roles[:] = []
+        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
     def _unknown_profile(self, call: AwsCall, name: str) -> Response | None:
         changed = self._profiles_changed.get((call.account, name))
         exists = any(profile.name == name for profile in list(iam_backends[call.account]["aws"].instance_profiles
@@ -196,6 +214,9 @@ class Consistency:
         if call.service == "iam" and call.action in PROFILE_CHANGES:
             with self._lock:
                 self._profiles_changed[call.account, call.params["InstanceProfileName"]] = time.time()
+        if call.service == "iam" and call.action == "AddRoleToInstanceProfile":
+            with self._lock:
+                self._roles_added[call.account, call.params["InstanceProfileName"]] = time.time()
         if call.service == "iam" and call.action in IAM_MADE:
             parameter = IAM_MADE[call.action]
             with self._lock:

@@ -159,6 +159,7 @@ class AwsSimApp:
         send."""
         self.consistency.record(call, body)
         body = self.consistency.listed(call, body, state_filters)
+        body = self.consistency.read_before_roles_added(call, body)
         if call.service == "ec2" and call.action == "RunInstances":
             self.placement.record_launch(call, body)
         if call.service == "ec2" and call.action == "CreateVolume":

@@ -47,7 +47,7 @@ def ensure_instance_profile(clients: Clients, spec: ClusterSpec, bucket: str, pr
             PolicyDocument=json.dumps(_storage_policy(clients.region, account.result(), bucket, prefix,
                                                       parameter_path, readable)))))
         if not any(role["RoleName"] == name for role in profile.result()["Roles"]):
-            _once_known(lambda: iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name))
+            _give_role(iam, name)
         managed.result()
         inline.result()
     return name
@@ -89,6 +89,23 @@ def _once_known(call: Callable[[], T], made_at: dt.datetime | None = None) -> T:
             time.sleep(1.0)
 
 
+def _give_role(iam, name: str) -> None:
+    """The run's role into its profile (both named `name`). A profile given it moments ago (an earlier attempt,
+    the authorize-launch stage) may be read without it, from before the change: adding it again is then refused,
+    LimitExceeded, a profile holding one role at most: read again until it shows the run's role."""
+    try:
+        _once_known(lambda: iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name))
+    except Exception as exc:  # noqa: BLE001
+        if error_code(exc) != "LimitExceeded":
+            raise
+        deadline = time.time() + IAM_PROPAGATION_S
+        while not (held := [r["RoleName"] for r in iam.get_instance_profile(InstanceProfileName=name)[
+                "InstanceProfile"]["Roles"]]) and time.time() < deadline:
+            time.sleep(1.0)
+        if name not in held:
+            raise
+
+
 def _ensure_profile(iam, name: str, iam_tags: list[dict]) -> dict:
     _ignore_exists(lambda: iam.create_instance_profile(InstanceProfileName=name, Tags=iam_tags))
     return _once_known(lambda: iam.get_instance_profile(InstanceProfileName=name))["InstanceProfile"]
@@ -120,9 +137,7 @@ def delete_instance_profile(clients: Clients, run_id: str) -> None:
     iam = clients.client("iam")
     name = role_name(run_id)
     try:
-        for role in iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]:
-            iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=role["RoleName"])
-        iam.delete_instance_profile(InstanceProfileName=name)
+        _delete_profile(iam, name)
     except Exception as exc:  # noqa: BLE001 - already gone is fine
         if error_code(exc) != "NoSuchEntity":
             raise
@@ -135,6 +150,22 @@ def delete_instance_profile(clients: Clients, run_id: str) -> None:
     except Exception as exc:  # noqa: BLE001
         if error_code(exc) != "NoSuchEntity":
             raise
+
+
+def _delete_profile(iam, name: str) -> None:
+    """Its role taken out, then the profile. One given its role moments ago may be read without it (see
+    _give_role): AWS then refuses to delete it, DeleteConflict, until a read shows the role to take out."""
+    deadline = time.time() + IAM_PROPAGATION_S
+    while True:
+        for role in iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]:
+            iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=role["RoleName"])
+        try:
+            iam.delete_instance_profile(InstanceProfileName=name)
+            return
+        except Exception as exc:  # noqa: BLE001
+            if error_code(exc) != "DeleteConflict" or time.time() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def run_identities(clients: Clients, run_id: str | None) -> list[dict]:
