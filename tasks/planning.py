@@ -46,6 +46,7 @@ def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
     try:  # the trainer's world: a process per GPU of each machine
         plan_schedule = load_schedule(params.resolved_schedule, params.resolved_dataset,
                                       params.machines * devices.per_machine)
+        schedules.check_epochs(plan_schedule, params.epochs)
     except (schedules.ScheduleError, DataError) as exc:
         raise InputError(str(exc)) from exc
     reads = tuple(dict.fromkeys(phase.trndir for phase in plan_schedule.data))
@@ -54,7 +55,7 @@ def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
     if params.budget_usd is not None and cost.total_usd > params.budget_usd:
         raise InputError(f"the plan costs up to ${cost.total_usd:,.2f} ({params.max_hours} h at "
                          f"${cost.hourly_usd:,.2f}/h), over the budget of ${params.budget_usd:,.2f}")
-    epochs = min(plan_schedule.epochs, params.epochs or plan_schedule.epochs)
+    epochs = params.epochs or plan_schedule.epochs
     compiling = compile_plan.decide(params.compile, plan_schedule, epochs, devices.gpu_model,
                                     devices.per_machine * params.machines,
                                     lambda: backend.train_images(params.resolved_dataset))

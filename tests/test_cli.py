@@ -30,6 +30,8 @@ IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
     (["run", "--backend", "aws", "--max-hours", "72"], "error: max_hours=72 is over the 48 h that SSM lets"),
     (["run", "--hang-minutes", "0"], "error: hang_minutes: Input should be greater than 0"),
     (["plan", "--budget-usd", "-1"], "error: budget_usd: Input should be greater than or equal to 0"),
+    (["run", "--schedule", "cpu-tiny", "--epochs", "9"], "error: epochs=9 is past the end of schedule cpu-tiny, "
+     "which trains 8 epochs: epochs stops a run early"),
     (["run", "--backend", "aws", "--schedule", "mine.toml"], "error: schedule file mine.toml: the machines install "
      "this checkout, and read the schedules in its trainer/schedules/"),
     (["replicate", "--backend", "aws", "--dataset", "imagenet18-backup"], "error: no AWS credentials: set AWS_PROFILE"),

@@ -116,6 +116,13 @@ def test_a_dataset_of_one_class_is_refused_by_the_trainer_too(tmp_path):
     assert result.stderr.strip().endswith("): a classifier needs at least 2")
 
 
+def test_epochs_past_the_schedules_end_are_refused_by_the_trainer_too(tiny_data, tmp_path):
+    result = run(train_command(tiny_data, tmp_path / "run", "--schedule", "cpu-tiny", "--epochs", "9"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: epochs=9 is past the end of schedule cpu-tiny, which trains 8 epochs: "
+                                     "epochs stops a run early, and a longer run needs a longer schedule")
+
+
 def test_fewer_than_two_images_per_process_is_one_error_line(tmp_path):
     root = _dataset(tmp_path / "one", classes=1, train=1, validation=1)
     prepare(root, [160], workers=1)

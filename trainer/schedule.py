@@ -153,6 +153,13 @@ def load(name_or_path: str | Path) -> Schedule:
     return parse(raw, name)
 
 
+def check_epochs(plan: Schedule, epochs: int | None) -> None:
+    """`epochs` (None: the schedule's) stops a run early; past the schedule's end its learning rate is undefined."""
+    if epochs is not None and epochs > plan.epochs:
+        raise ScheduleError(f"epochs={epochs} is past the end of schedule {plan.name}, which trains {plan.epochs} "
+                            "epochs: epochs stops a run early, and a longer run needs a longer schedule")
+
+
 def seed_schedule_name(machines: int) -> str:
     return f"seed-{machines}"
 

@@ -83,6 +83,7 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
     console.setup(logdir, world.is_master)
     _set_threads(config, world)
     plan, root = _schedule_and_data(config, world)
+    schedules.check_epochs(plan, config.epochs)
     arch = config.arch or plan.arch
     folders = layout.check_layout(root, plan)
     train_folder = folders[f"{plan.data[0].trndir}:train"]
@@ -110,7 +111,7 @@ def _run(config: TrainConfig, world: distributed.World) -> RunSummary:
     settings = LoaderSettings(world.rank, world.size, _workers(config, world), config.seed,
                               world.device.type == "cuda", config.cache_dir, gpu_decode=decode == "device")
     loaders = build_loaders(root, plan, folders, settings)
-    end_epoch = min(plan.epochs, config.epochs or plan.epochs)
+    end_epoch = config.epochs or plan.epochs
     target = config.target if config.target is not None else plan.target
     metric = config.target_metric or plan.target_metric
     summary = RunSummary(run_name=run_name, logdir=str(logdir), schedule=plan.name, arch=arch, world_size=world.size,
