@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.support import odd_files
 from tests.trainer_runs import run, train_command
-from trainer import data, layout, loaders, recipe, schedule
+from trainer import data, gpu_decode, layout, loaders, recipe, schedule
 from trainer.demo_data import make_demo_dataset
 from trainer.layout import DataError
 from trainer.prepare import prepare
@@ -165,7 +165,8 @@ def test_odd_but_readable_files_train_and_unreadable_ones_are_named_and_skipped(
 
 def test_an_image_past_pillows_pixel_limit_is_read_as_one_without_a_size_not_a_crash(tmp_path, monkeypatch):
     """Pillow refuses to open an image of over twice MAX_IMAGE_PIXELS (a decompression bomb, or a scan or
-    satellite tile): the auto recipe's size sample and rect_val's aspect ratios go on without its size."""
+    satellite tile): the auto recipe's size sample and rect_val's aspect ratios go on without its size, and
+    --decode device leaves it to the workers' decoder."""
     root = make_demo_dataset(tmp_path / "big", classes=2, train_per_class=4, val_per_class=2)
     huge = sorted((root / "train").iterdir())[0] / "huge.JPEG"
     Image.new("RGB", (2400, 1600)).save(huge)
@@ -174,3 +175,4 @@ def test_an_image_past_pillows_pixel_limit_is_read_as_one_without_a_size_not_a_c
     folder = layout.scan(root / "train")
     ratios = data.aspect_ratios(folder, tmp_path / "cache")
     assert ratios[[path for path, _ in folder.samples].index(str(huge))] == 1.0
+    assert gpu_decode.baseline_jpeg_size(data.read_bytes(str(huge))) is None, "decoded by the workers' path"

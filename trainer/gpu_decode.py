@@ -27,6 +27,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 
 from trainer.data import TrainImages, ValImages, decode_bytes, read_bytes
+from trainer.prepare import DECODE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def baseline_jpeg_size(payload: torch.Tensor) -> tuple[int, int] | None:
             if image.format != "JPEG" or image.mode != "RGB" or progressive:
                 return None
             return image.size[1], image.size[0]
-    except (OSError, SyntaxError, ValueError):
+    except DECODE_ERRORS:  # past Pillow's pixel limit too: the worker path decodes what it can
         return None
 
 
