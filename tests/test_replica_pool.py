@@ -450,7 +450,8 @@ def test_pool_replicas_made_before_the_resized_copies_get_them_when_a_run_claims
 def test_replicas_leave_out_links_to_nothing_and_files_beside_the_resized_copies(tmp_path, caplog):
     """A dataset made of links (splits picked from a larger set) may hold one to a file since removed, and the
     resized copies' folder a note or macOS's .DS_Store: the replicas are made all the same, of what is there, the
-    run's check having named the broken link; a link by a relative path is followed from its own folder."""
+    run's check having named the broken link; a link (by a relative path too) reads in a replica what it reads in
+    the dataset, now."""
     root = make_demo_dataset(tmp_path / "linked", classes=2, train_per_class=4, val_per_class=2)
     prepare(root, [160], workers=1)
     class_dir = sorted((root / "train").iterdir())[0]
@@ -468,6 +469,10 @@ def test_replicas_leave_out_links_to_nothing_and_files_beside_the_resized_copies
     [replica] = backend.replicate(local_spec("run-links", 1), str(root), 1)
     replica_class = Path(replica.details["data_root"]) / "train" / class_dir.name
     assert (replica_class / "kept.JPEG").read_bytes() == elsewhere.read_bytes()
+    replaced = elsewhere.with_name("new.JPEG")  # the linked file replaced since (a set synced again)
+    shutil.copy(sorted(class_dir.iterdir())[1], replaced)
+    os.replace(replaced, elsewhere)
+    assert (replica_class / "kept.JPEG").read_bytes() == elsewhere.read_bytes(), "what the dataset's link reads now"
     assert not os.path.lexists(replica_class / "gone.JPEG")
     assert os.listdir(f"{replica.details['data_root']}-sz") == ["160"]
     backend.teardown("run-links")

@@ -770,13 +770,15 @@ def _link_tree(source: Path, destination: Path) -> None:
     files of another user under fs.protected_hardlinks): never a copy, which would take the dataset's size again
     for each machine."""
     def link(src: str, dst: str) -> None:
-        src = os.path.realpath(src)  # a link of the dataset's own: Linux's link() links the link, relative or not
+        if os.path.islink(src):  # the dataset's own: linked to by path, so each replica reads what it names now
+            os.symlink(os.path.abspath(src), dst)  # (Linux's link() would link the link, a relative one naming nothing)
+            return
         try:
             os.link(src, dst)
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK) or not os.access(src, os.R_OK):
                 raise  # no space, or a file this user cannot read: the replica fails naming it
-            os.symlink(src, dst)
+            os.symlink(os.path.abspath(src), dst)
 
     tmp = destination.with_name(destination.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
