@@ -135,19 +135,19 @@ def _class_dirs(root: Path) -> list[Path]:
 
 
 def unreadable_classes(root: Path) -> list[Path]:
-    """The class folders of the full-size dataset none of whose images decodes (each class's images are tried
-    until one does: mostly one decode a class)."""
+    """The class folders of the full-size dataset none of whose images the trainer's decoder reads (each class's
+    images are tried until one is: mostly one decode a class)."""
+    from trainer.data import decode  # torch's: only where a run reads the full-size images
+
+    def decodes(path: Path) -> bool:
+        try:
+            decode(str(path))
+            return True
+        except (RuntimeError, OSError):  # as the trainer's loaders skip it
+            return False
+
     return [class_dir for class_dir in _class_dirs(root)
-            if not any(_decodes(path) for path in sorted(class_dir.iterdir()) if _is_image(path))]
-
-
-def _decodes(path: Path) -> bool:
-    try:
-        with Image.open(path) as image:
-            image.load()
-        return True
-    except DECODE_ERRORS:
-        return False
+            if not any(decodes(path) for path in sorted(class_dir.iterdir()) if _is_image(path))]
 
 
 def _is_image(path: Path) -> bool:
