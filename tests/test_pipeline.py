@@ -123,10 +123,14 @@ def _assert_artifacts_show_the_run(flow_run_id, result: dict) -> None:
 @pytest.mark.slow
 def test_a_trainer_failure_is_its_own_error_line_and_everything_is_torn_down(prefect_api, data_copy, capsys):
     """Valid for the planner, fatal for the trainer: every validation image of the resized copy is unreadable (it
-    is newer than its source, so the prepare stage keeps it). The CLI's last line and the flow run's message are
-    the trainer's own error line, not torchrun's ChildFailedError; the tracebacks reach the flow's log."""
-    for image in (data_copy.parent / "demo-sz/160/validation").glob("*/*"):
+    carries its source's modification time, so the prepare stage keeps it). The CLI's last line and the flow run's
+    message are the trainer's own error line, not torchrun's ChildFailedError; the tracebacks reach the flow's
+    log."""
+    copies = data_copy.parent / "demo-sz/160"
+    for image in (copies / "validation").glob("*/*"):
         image.write_bytes(b"not a JPEG")
+        source = (data_copy / image.relative_to(copies)).stat()
+        os.utime(image, ns=(source.st_atime_ns, source.st_mtime_ns))
     code = cli.main(["run", "--dataset", str(data_copy), "--schedule", "cpu-tiny", "--epochs", "1"])
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1

@@ -1,4 +1,5 @@
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -162,6 +163,21 @@ def test_a_changed_source_is_made_again_and_a_removed_one_loses_its_outputs(data
             assert image.size == (round(500 * size / 200), size)
         assert not (resized_root(dataset, size) / "train/dog/small.JPEG").exists()
         assert not (resized_root(dataset, size) / "validation/cat").exists(), "a class gone from ROOT goes"
+
+
+def test_a_source_replaced_by_an_older_file_is_made_again(dataset: Path) -> None:
+    """rsync -a, cp -p and tar x put a file in place with its own, older, modification time."""
+    prepare(dataset, SIZES, workers=1)
+    replaced = dataset / "train/cat/landscape.JPEG"
+    before = replaced.stat().st_mtime_ns
+    Image.linear_gradient("L").resize((500, 200)).convert("RGB").save(replaced, "JPEG")
+    os.utime(replaced, ns=(before, before - 86_400 * 10**9))  # a day older than the one it replaced
+    again = prepare(dataset, SIZES, workers=1)
+    assert (again.resized, again.copied) == (2, 0)
+    for size in SIZES:
+        with Image.open(resized_root(dataset, size) / "train/cat/landscape.JPEG") as image:
+            assert image.size == (round(500 * size / 200), size)
+    assert prepare(dataset, SIZES, workers=1).resized == 0, "made from it as it is now"
 
 
 def test_progress_is_reported_up_to_every_image_to_make(dataset: Path) -> None:

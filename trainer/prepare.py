@@ -2,8 +2,9 @@
 
 For each size S, ROOT/{train,validation}/<class>/<file> becomes ROOT-sz/S/{train,validation}/<class>/<file>
 with its short side S (aspect kept). Images already no bigger are copied unchanged. Outputs appear atomically;
-an output newer than its source is kept, so a second run makes nothing and an interrupted run resumes where it
-stopped. A source that changed since its output was made is made again, and outputs whose source is gone are
+an output carries its source's modification time and is kept while the source has it, so a second run makes
+nothing and an interrupted run resumes where it stopped. A source that changed since its output was made (an older
+file put in its place too) is made again, and outputs whose source is gone are
 removed, so the copies always mirror ROOT (the trainer refuses copies whose classes differ from ROOT's).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +53,9 @@ class PrepareReport:
 
 
 # One source image and the outputs (size, path) it still needs.
-Job = tuple[Path, tuple[tuple[int, Path], ...]]
+# source, (size, output) to make, the source's modification time: a copy is fresh when it carries it, so a source
+# replaced is made again whatever its time (rsync -a, cp -p and tar x put an older one in place).
+Job = tuple[Path, tuple[tuple[int, Path], ...], int]
 Progress = Callable[[int, int], None]  # (images done, images to do)
 
 
@@ -67,8 +71,9 @@ def size_of(trndir: str) -> int | None:
 
 def prepare(root: Path, sizes: Sequence[int] = (160, 352), workers: int | None = None,
             progress: Progress | None = None) -> PrepareReport:
-    """Bring the resized copies of `root` for each of `sizes` up to date: make what is missing or older than its
-    source, remove what has no source any more. `progress(done, to_do)` is called as images are made."""
+    """Bring the resized copies of `root` for each of `sizes` up to date: make what is missing or not made from
+    its source as it is (by its modification time), remove what has no source any more. `progress(done, to_do)`
+    is called as images are made."""
     root = Path(root)
     sizes = _check_sizes(sizes)
     workers = _check_workers(workers)
@@ -79,10 +84,10 @@ def prepare(root: Path, sizes: Sequence[int] = (160, 352), workers: int | None =
         for class_dir in class_dirs:
             (out_root / class_dir.relative_to(root)).mkdir(parents=True, exist_ok=True)
     jobs = []
-    for source, outputs, fresh in _sources(root, class_dirs, report.output_roots):
+    for source, outputs, fresh, changed in _sources(root, class_dirs, report.output_roots):
         report.skipped_existing += fresh
         if outputs:
-            jobs.append((source, outputs))
+            jobs.append((source, outputs, changed))
     if jobs:
         logger.info("preparing sizes %s of %d images in %s with %d workers", list(sizes), len(jobs), root,
                     min(workers, len(jobs)))
@@ -172,8 +177,9 @@ def _remove_orphans(root: Path, out_root: Path) -> int:
 
 
 def _sources(root: Path, class_dirs: list[Path], output_roots: dict[int, Path]
-             ) -> Iterable[tuple[Path, tuple[tuple[int, Path], ...], int]]:
-    """Each source image, the outputs it still needs (missing, or older than the source), and how many are fresh."""
+             ) -> Iterable[tuple[Path, tuple[tuple[int, Path], ...], int, int]]:
+    """Each source image, the outputs it still needs (missing, or not made from it as it is), how many are fresh,
+    and its modification time."""
     for class_dir in class_dirs:
         for source in sorted(class_dir.iterdir()):
             if not _is_image(source):
@@ -181,13 +187,13 @@ def _sources(root: Path, class_dirs: list[Path], output_roots: dict[int, Path]
             changed = source.stat().st_mtime_ns
             relative = source.relative_to(root)
             outputs = tuple((size, out_root / relative) for size, out_root in output_roots.items())
-            needed = tuple((size, out) for size, out in outputs if not _newer(out, changed))
-            yield source, needed, len(outputs) - len(needed)
+            needed = tuple((size, out) for size, out in outputs if not _made_from(out, changed))
+            yield source, needed, len(outputs) - len(needed), changed
 
 
-def _newer(path: Path, than_ns: int) -> bool:
+def _made_from(path: Path, source_ns: int) -> bool:
     try:
-        return path.stat().st_mtime_ns >= than_ns
+        return path.stat().st_mtime_ns == source_ns
     except FileNotFoundError:
         return False
 
@@ -203,7 +209,7 @@ def _run(jobs: list[Job], workers: int) -> Iterable[tuple[int, int, Path | None]
 
 def _prepare_one(job: Job) -> tuple[int, int, Path | None]:
     """Write one source's needed outputs; returns (resized, copied, the source if it cannot be read)."""
-    source, missing = job
+    source, missing, changed = job
     image = _decode(source)
     if image is None:
         for _, out in missing:  # made from what the source was before it broke
@@ -213,10 +219,10 @@ def _prepare_one(job: Job) -> tuple[int, int, Path | None]:
     with image:
         for size, out in missing:
             if min(image.size) <= size:
-                _atomic_write(out, lambda temp: shutil.copyfile(source, temp))
+                _atomic_write(out, lambda temp: shutil.copyfile(source, temp), changed)
                 copied += 1
             else:
-                _atomic_write(out, lambda temp: _save(_resize(image, size), temp, out.suffix))
+                _atomic_write(out, lambda temp: _save(_resize(image, size), temp, out.suffix), changed)
                 resized += 1
     return resized, copied, None
 
@@ -254,10 +260,12 @@ def _save(image: Image.Image, path: Path, suffix: str) -> None:
     image.save(path, "JPEG", quality=JPEG_QUALITY)
 
 
-def _atomic_write(out: Path, write: Callable[[Path], object]) -> None:
+def _atomic_write(out: Path, write: Callable[[Path], object], source_ns: int) -> None:
+    """`out` written whole, carrying its source's modification time."""
     temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         write(temp)
+        os.utime(temp, ns=(time.time_ns(), source_ns))
         os.replace(temp, out)
     finally:
         temp.unlink(missing_ok=True)
