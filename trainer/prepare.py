@@ -4,8 +4,8 @@ For each size S, ROOT/{train,validation}/<class>/<file> becomes ROOT-sz/S/{train
 with its short side S (aspect kept). Images already no bigger are copied unchanged. Outputs appear atomically;
 an output carries its source's modification time and is kept while the source has it, so a second run makes
 nothing and an interrupted run resumes where it stopped. A source that changed since its output was made (an older
-file put in its place too) is made again, and outputs whose source is gone are
-removed, so the copies always mirror ROOT (the trainer refuses copies whose classes differ from ROOT's).
+file put in its place too) is made again, and outputs whose source is gone are removed, so the copies always
+mirror ROOT (the trainer refuses copies whose classes differ from ROOT's).
 """
 
 from __future__ import annotations
@@ -52,9 +52,8 @@ class PrepareReport:
                 f"{self.removed} removed (source gone), {len(self.corrupt)} unreadable")
 
 
-# One source image and the outputs (size, path) it still needs.
-# source, (size, output) to make, the source's modification time: a copy is fresh when it carries it, so a source
-# replaced is made again whatever its time (rsync -a, cp -p and tar x put an older one in place).
+# One source image, the outputs (size, path) it still needs, and its modification time: a copy is fresh when it
+# carries it, so a source replaced is made again whatever its time (rsync -a, cp -p and tar x put an older one in).
 Job = tuple[Path, tuple[tuple[int, Path], ...], int]
 Progress = Callable[[int, int], None]  # (images done, images to do)
 

@@ -170,9 +170,9 @@ class LocalBackend:
         sizes = [size_of(trndir) for trndir in reads if trndir]
         if not sizes:
             if unreadable := unreadable_classes(root):
-                raise InputError(f"class folder {unreadable[0]} has no image that can be read"
-                                 f"{f' (nor have {len(unreadable) - 1} more)' if len(unreadable) > 1 else ''}: the "
-                                 "trainer would fill its places with other classes' images")
+                more = f" (nor have {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+                raise InputError(f"class folder {unreadable[0]} has no image that can be read{more}: the trainer "
+                                 "would fill its places with other classes' images")
             return None
         report = prepare(root, sizes, progress=progress)
         for copy in report.output_roots.values():
@@ -770,15 +770,16 @@ def _link_tree(source: Path, destination: Path) -> None:
     files of another user under fs.protected_hardlinks): never a copy, which would take the dataset's size again
     for each machine."""
     def link(src: str, dst: str) -> None:
-        if os.path.islink(src):  # the dataset's own: linked to by path, so each replica reads what it names now
-            os.symlink(os.path.abspath(src), dst)  # (Linux's link() would link the link, a relative one naming nothing)
-            return
-        try:
-            os.link(src, dst)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK) or not os.access(src, os.R_OK):
-                raise  # no space, or a file this user cannot read: the replica fails naming it
-            os.symlink(os.path.abspath(src), dst)
+        # The dataset's own links are linked to by path, so each replica reads what they name now (Linux's link()
+        # would link the link itself, a relative one then naming nothing).
+        if not os.path.islink(src):
+            try:
+                os.link(src, dst)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK) or not os.access(src, os.R_OK):
+                    raise  # no space, or a file this user cannot read: the replica fails naming it
+        os.symlink(os.path.abspath(src), dst)
 
     tmp = destination.with_name(destination.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
