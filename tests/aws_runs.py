@@ -38,6 +38,16 @@ def customer_managed_key(aws, state: str = "Enabled", ebs_default: bool = False)
     return key["Arn"]
 
 
+def bucket_under_key(aws, bucket: str, key: str | None) -> None:
+    """A bucket whose default encryption is SSE-KMS under `key` (None: the AWS managed key aws/s3), as a team's
+    bucket often is."""
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [
+        {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms",
+                                                **({"KMSMasterKeyID": key} if key else {})}}]})
+
+
 def owned_encrypted_snapshot(aws, description: str, key: str | None = None) -> dict:
     """A snapshot of the account's own, encrypted with `key` (default: the account's default EBS key), as the
     snapshot builder's are; its volume is deleted. Returns the snapshot as CreateSnapshot answered."""

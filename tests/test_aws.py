@@ -30,6 +30,7 @@ from tests.aws_runs import (
     BUCKET,
     DATASET,
     agents_online,
+    bucket_under_key,
     cluster_spec,
     customer_managed_key,
     delete_default_vpc,
@@ -804,6 +805,9 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
      r"arn:aws:kms:\S+: the key is Disabled; enable it \(`aws kms enable-key`\), or make the dataset's snapshot "
      r"anew \(`imagenet18 snapshot --from ...`, then delete this one\), whose disks take the account's default "
      r"key$"),
+    ({"setup": lambda aws, _: bucket_under_key(aws, BUCKET, customer_managed_key(aws, "Disabled"))},
+     r"^S3 cannot encrypt the run's results in bucket imagenet18-test-results with KMS key arn:aws:kms:\S+: the key "
+     r"is Disabled; enable it \(`aws kms enable-key`\), or name another --bucket$"),
     ({"quotas": {"L-0263D0A3": 17}, "setup": hold_two_addresses},
      r'16 machines need 16 Elastic IPs \(one each, with an interface on every EFA card\); the quota "EC2-VPC '
      r'Elastic IPs" \(L-0263D0A3\) in us-east-1 is 17, with 2 held: .* --quota-code L-0263D0A3 --desired-value 18`'),
@@ -1403,16 +1407,50 @@ def test_a_machine_reaches_s3_as_its_role_allows_and_finds_no_checkpoint_at_the_
     """The machines' role may list the bucket only under the run's folder, so S3 answers a HEAD of a missing key
     with 403 (as AWS does); the trainer's auto-resume still finds no checkpoint at a first start, and finds one
     once it is there. The user's own keys see the missing key as 404."""
-    s3, ec2, ssm = aws.client("s3"), aws.client("ec2"), aws.client("ssm")
+    s3 = aws.client("s3")
     s3.create_bucket(Bucket=BUCKET)
     s3.put_object(Bucket=BUCKET, Key="runs/other/result.txt", Body=b"another run's")
-    spec, folder = cluster_spec("run-role", 1), "runs/test-run-role"
+    folder = "runs/test-run-role"
+    printed = printed_by_run_machine(aws, MACHINE_S3_CHECKS.format(bucket=BUCKET, folder=folder), folder)
+    assert printed == ["auto-resume finds False", "head missing 403", "list own ok", "list other AccessDenied",
+                       "get other AccessDenied", "auto-resume finds True"]
+    with pytest.raises(ClientError, match="404"):
+        s3.head_object(Bucket=BUCKET, Key=f"{folder}/checkpoints/best.pt")
+
+
+def test_a_machine_writes_and_reads_under_the_buckets_customer_managed_key_and_reads_a_dataset_under_another(aws):
+    """A results bucket whose default encryption is a customer managed KMS key (a team's bucket, as its
+    organization requires) has S3 use the key as the machine's role: an upload needs kms:GenerateDataKey, a
+    multipart one and a download kms:Decrypt; the dataset the builder reads may be under another key."""
+    s3, results_key = aws.client("s3"), customer_managed_key(aws)
+    bucket_under_key(aws, BUCKET, results_key)
+    bucket_under_key(aws, "datasets", customer_managed_key(aws))
+    s3.put_object(Bucket="datasets", Key="imagenet/train/n01/a.JPEG", Body=b"jpeg")
+    folder = "runs/test-run-role"
+    script = f"""
+import fsspec
+fs = fsspec.filesystem("s3")
+with fs.open("{BUCKET}/{folder}/checkpoints/checkpoint.pt", "wb") as checkpoint:
+    checkpoint.write(b"c" * (6 << 20))  # past s3fs's 5 MiB block: a multipart upload
+fs.pipe("{BUCKET}/{folder}/summary.json", b"{{}}")
+print(len(fs.cat("{BUCKET}/{folder}/checkpoints/checkpoint.pt")), fs.cat("{BUCKET}/{folder}/summary.json"))
+print(fs.cat("datasets/imagenet/train/n01/a.JPEG"))
+"""
+    assert printed_by_run_machine(aws, script, folder, readable=("s3://datasets/imagenet/",)) == [
+        f"{6 << 20} b'{{}}'", "b'jpeg'"]
+    head = s3.head_object(Bucket=BUCKET, Key=f"{folder}/summary.json")
+    assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", results_key), "under the bucket's key"
+
+
+def printed_by_run_machine(aws, script: str, folder: str, readable: tuple[str, ...] = ()) -> list[str]:
+    """The lines a Python script printed on a machine given a run's role (its results under `folder` of BUCKET)."""
+    ec2, ssm = aws.client("ec2"), aws.client("ssm")
     aws.set_profile_propagation(0)  # launched at once, not through the backend's dry run, which waits for it
-    profile = ensure_instance_profile(Clients("us-east-1"), spec, BUCKET, folder, "/imagenet18/run-role")
+    profile = ensure_instance_profile(Clients("us-east-1"), cluster_spec("run-role", 1), BUCKET, folder,
+                                      "/imagenet18/run-role", readable)
     instance = ec2.run_instances(ImageId=AMI, InstanceType="g5.xlarge", MinCount=1, MaxCount=1,
                                  IamInstanceProfile={"Name": profile})["Instances"][0]["InstanceId"]
     jobs.wait_for_agents(Clients("us-east-1"), [instance])
-    script = MACHINE_S3_CHECKS.format(bucket=BUCKET, folder=folder)
     command = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[instance], Parameters={"commands": [
         "cd /opt/imagenet18", f"/opt/imagenet18/.venv/bin/python - <<'EOF'\n{script}\nEOF"]})["Command"]["CommandId"]
     deadline = time.monotonic() + 120
@@ -1420,8 +1458,5 @@ def test_a_machine_reaches_s3_as_its_role_allows_and_finds_no_checkpoint_at_the_
         assert time.monotonic() < deadline, "the command did not end"
         time.sleep(0.2)
     invocation = ssm.get_command_invocation(CommandId=command, InstanceId=instance)
-    assert invocation["StandardOutputContent"].splitlines() == [
-        "auto-resume finds False", "head missing 403", "list own ok", "list other AccessDenied",
-        "get other AccessDenied", "auto-resume finds True"], invocation["StandardErrorContent"]
-    with pytest.raises(ClientError, match="404"):
-        s3.head_object(Bucket=BUCKET, Key=f"{folder}/checkpoints/best.pt")
+    assert invocation["Status"] == "Success", invocation["StandardErrorContent"]
+    return invocation["StandardOutputContent"].splitlines()

@@ -21,7 +21,7 @@ from tests.awssim.encryption import VANISH_S
 from tests.awssim.hibernation import AgentLife
 from tests.awssim.throttle import TokenBucket
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404, UNDESCRIBED
-from tests.aws_runs import agents_online
+from tests.aws_runs import agents_online, bucket_under_key
 from tests.processes import alive
 from tests.support import wait_for
 
@@ -181,6 +181,45 @@ def test_ebs_drops_a_users_volume_whose_customer_managed_key_the_user_may_not_us
     iam.put_user_policy(UserName="key-user", PolicyName="p", PolicyDocument=json.dumps(
         {"Version": "2012-10-17", "Statement": [ec2_only, through_ec2]}))
     assert stays(), "allowed EBS's KMS actions through EC2"
+
+
+def test_s3_uses_a_customer_managed_key_as_its_caller_whom_the_key_must_allow(aws):
+    """Uploads under a bucket's default SSE-KMS key need kms:GenerateDataKey of the caller (a multipart one
+    kms:Decrypt too), downloads kms:Decrypt, through S3; the AWS managed key aws/s3 needs nothing of them, and an
+    upload asking for AES256 no key. A disabled key is refused whoever asks."""
+    iam, kms, s3 = aws.client("iam"), aws.client("kms"), aws.client("s3")
+    key = kms.create_key()["KeyMetadata"]
+    bucket_under_key(aws, "managed", None)
+    bucket_under_key(aws, "customer", key["KeyId"])
+    s3.put_object(Bucket="customer", Key="kept", Body=b"theirs")
+    iam.create_user(UserName="s3-user")
+    s3_only = {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"], "Resource": "*"}
+    iam.put_user_policy(UserName="s3-user", PolicyName="p", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [s3_only]}))
+    keys = iam.create_access_key(UserName="s3-user")["AccessKey"]
+    users_s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=aws.endpoint, config=Config(
+        retries=NO_RETRIES), aws_access_key_id=keys["AccessKeyId"], aws_secret_access_key=keys["SecretAccessKey"])
+
+    users_s3.put_object(Bucket="managed", Key="k", Body=b"x")
+    assert users_s3.get_object(Bucket="managed", Key="k")["Body"].read() == b"x", "the AWS managed key"
+    users_s3.put_object(Bucket="customer", Key="plain", Body=b"x", ServerSideEncryption="AES256")
+    with pytest.raises(ClientError, match=f"not authorized to perform: kms:GenerateDataKey on resource: "
+                                          f"{re.escape(key['Arn'])}"):
+        users_s3.put_object(Bucket="customer", Key="k", Body=b"x")
+    assert error_code(users_s3.create_multipart_upload, Bucket="customer", Key="k") == "AccessDenied"
+    with pytest.raises(ClientError, match="not authorized to perform: kms:Decrypt"):
+        users_s3.get_object(Bucket="customer", Key="kept")
+    assert users_s3.get_object(Bucket="customer", Key="plain")["Body"].read() == b"x"
+
+    through_s3 = {"Effect": "Allow", "Action": ["kms:GenerateDataKey", "kms:Decrypt"], "Resource": key["Arn"],
+                  "Condition": {"StringLike": {"kms:ViaService": "s3.*.amazonaws.com"}}}
+    iam.put_user_policy(UserName="s3-user", PolicyName="p", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [s3_only, through_s3]}))
+    users_s3.put_object(Bucket="customer", Key="k", Body=b"y")
+    assert users_s3.get_object(Bucket="customer", Key="kept")["Body"].read() == b"theirs"
+    kms.disable_key(KeyId=key["KeyId"])
+    assert error_code(s3.put_object, Bucket="customer", Key="k", Body=b"z") == "KMS.DisabledException"
+    assert error_code(s3.get_object, Bucket="customer", Key="k") == "KMS.DisabledException"
 
 
 def test_a_machine_whose_encrypted_root_disk_has_a_disabled_key_ends_as_it_launches(aws):

@@ -9,7 +9,7 @@ import pytest
 from deployments import cli
 from tasks.backends.aws import permissions
 from tests.leftovers import aws_names, aws_resources
-from tests.aws_runs import AMI, customer_managed_key, delete_default_vpc, users_subnet
+from tests.aws_runs import AMI, bucket_under_key, customer_managed_key, delete_default_vpc, users_subnet
 
 SECRET_KEY = "testing"  # the simulator's dummy secret key (tests/awssim/client.py): never printed
 
@@ -37,7 +37,8 @@ def test_a_ready_account_passes_every_check(aws, capsys, operator):
     assert list(rows) == ["region", "credentials", "permissions", "instance type", "zones", "spot prices",
                           "quota L-417A185B (on-demand)", "quota L-DB2E81BA (on-demand)", "quota L-7212CCBC (spot)",
                           "quota L-C4BD4855 (spot)", "quota L-3819A6DF (spot)", "replicas' IOPS",
-                          "EBS encryption key", "AMI", "network", "Elastic IPs", "launch (dry run)"]
+                          "EBS encryption key", "results bucket", "AMI", "network", "Elastic IPs",
+                          "launch (dry run)"]
     assert {status for _, status in rows.values()} == {"ok"}, out
     assert rows["credentials"][0] == "account 123456789012"
     assert rows["permissions"][0] == "IAM allows every action of tasks/backends/aws/user_policy.json"
@@ -48,6 +49,8 @@ def test_a_ready_account_passes_every_check(aws, capsys, operator):
     assert rows["replicas' IOPS"][0] == ("IOPS for Provisioned IOPS SSD (io2) volumes: 500000, 0 in use, 16 replicas "
                                          "at 11500 need 184000")
     assert rows["EBS encryption key"][0] == "the account's default for EBS: alias/aws/ebs (AWS managed)"
+    assert rows["results bucket"][0] == ("s3://imagenet18-123456789012-us-east-1: not there yet, made private and "
+                                         "encrypted (SSE-S3) by the run")
     assert rows["AMI"][0].startswith(f"{AMI}: ")
     assert rows["network"][0].startswith("default VPC's subnet subnet-")
     assert rows["Elastic IPs"][0] == ("EC2-VPC Elastic IPs: 64, 16 x p4d.24xlarge need one each (an interface on "
@@ -61,6 +64,31 @@ def test_a_default_ebs_key_that_is_disabled_fails_with_how_to_mend_it(aws, capsy
     assert code == 1 and rows["EBS encryption key"] == (f"EBS cannot encrypt the disks (the account's default key for "
                                                         f"EBS) with KMS key {key}", "fail"), out
     assert "the key is Disabled; enable it (`aws kms enable-key`), or make another key the default" in out
+
+
+@pytest.mark.parametrize("state", ["Enabled", "Disabled"])
+def test_a_results_bucket_under_a_customer_managed_key_is_checked_as_s3_will_use_it(aws, capsys, state):
+    key = customer_managed_key(aws, state)
+    bucket_under_key(aws, "imagenet18-team", key)
+    code, rows, out = doctor(aws, capsys, "--bucket", "imagenet18-team")
+    if state == "Enabled":
+        assert code == 0 and rows["results bucket"] == (f"s3://imagenet18-team: KMS key {key} (Enabled)", "ok"), out
+    else:
+        assert code == 1 and rows["results bucket"] == (f"S3 cannot encrypt the run's results in bucket "
+                                                        f"imagenet18-team with KMS key {key}", "fail"), out
+        assert "the key is Disabled; enable it (`aws kms enable-key`), or name another --bucket" in out
+
+
+def test_a_results_bucket_whose_encryption_these_credentials_may_not_read_is_warned_of(aws, capsys, operator):
+    policy = json.loads(permissions.POLICY.read_text())
+    next(s for s in policy["Statement"] if s["Sid"] == "ResultsBucket")["Action"].remove(
+        "s3:GetEncryptionConfiguration")
+    aws.client("iam").put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
+                                      PolicyDocument=json.dumps(policy))
+    bucket_under_key(aws, "imagenet18-team", customer_managed_key(aws))
+    code, rows, out = doctor(aws, capsys, "--bucket", "imagenet18-team")
+    assert rows["results bucket"] == ("s3://imagenet18-team: not checked", "warn"), out
+    assert "these credentials may not read the default encryption of bucket imagenet18-team" in out
 
 
 def test_a_default_ebs_key_these_credentials_may_not_read_is_warned_of(aws, capsys, operator):
@@ -145,6 +173,24 @@ def test_credentials_without_the_kms_and_prices_statements_are_warned_of_and_fai
     customer_managed_key(aws, ebs_default=True)
     code, rows, out = doctor(aws, capsys)
     assert code == 1 and rows["permissions"] == (f"these credentials may not {refused}", "fail"), out
+
+
+def test_credentials_without_s3s_kms_statement_are_warned_of_and_fail_with_a_bucket_under_a_customer_managed_key(
+        aws, capsys, operator):
+    policy = json.loads(permissions.POLICY.read_text())
+    policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != permissions.BUCKET_KEYS]
+    aws.client("iam").put_user_policy(UserName="imagenet18-operator", PolicyName="imagenet18",
+                                      PolicyDocument=json.dumps(policy))
+    bucket_under_key(aws, "imagenet18-managed", None)
+    code, rows, out = doctor(aws, capsys, "--bucket", "imagenet18-managed")
+    assert code == 0 and rows["permissions"] == (
+        "these credentials may not kms:Decrypt, kms:GenerateDataKey, which a run can do without", "warn"), out
+    assert rows["results bucket"] == ("s3://imagenet18-managed: KMS key alias/aws/s3 (AWS managed)", "ok"), out
+    assert "S3 encrypts the results bucket without them; a dataset bucket under a customer managed KMS key" in out
+    bucket_under_key(aws, "imagenet18-team", customer_managed_key(aws))
+    code, rows, out = doctor(aws, capsys, "--bucket", "imagenet18-team")
+    assert code == 1 and rows["permissions"] == (
+        "these credentials may not kms:Decrypt, kms:GenerateDataKey", "fail"), out
 
 
 def test_credentials_that_may_not_ask_iam_what_they_may_do_are_warned_of_with_the_refused_call(aws, capsys):

@@ -9,7 +9,7 @@ from deployments import cli
 from flows.smoke import NotReady, plan_smoke, run_smoke
 from tasks.backends.base import InputError
 from tests.leftovers import aws_names, aws_resources
-from tests.aws_runs import AMI, BUCKET
+from tests.aws_runs import AMI, BUCKET, bucket_under_key, customer_managed_key
 
 AWS = {"ami": AMI, "bucket": BUCKET}
 
@@ -61,6 +61,10 @@ def test_an_account_the_doctor_finds_not_ready_is_refused_with_its_table(aws, ti
 
 @pytest.mark.slow
 def test_a_smoke_run_trains_tears_down_and_reports(prefect_api, aws, tiny_data, operator):
+    """In a team's results bucket, whose default encryption is a customer managed KMS key: S3 uses it as the
+    operator (the project's and dataset's uploads, the report's reads) and as the machines (user_policy.json and
+    the run's role allow both, through S3)."""
+    bucket_under_key(aws, BUCKET, customer_managed_key(aws))
     plan = smoke_plan(tiny_data)
     report = run_smoke(plan)
     assert report.passed, report.markdown

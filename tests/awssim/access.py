@@ -21,6 +21,7 @@ from moto.iam.models import iam_backends
 from moto.s3.models import s3_backends
 from moto.sts.models import sts_backends
 
+from . import s3_keys
 from .calls import AwsCall, service_model
 from .errors import Response, error_response
 
@@ -84,6 +85,11 @@ def s3_refusal(call: AwsCall) -> Response | None:
     if action == "s3:GetObject" and not _exists(bucket, key) and not allowed(
             statements, "s3:ListBucket", f"arn:aws:s3:::{bucket}", {}):
         return _denied(call)
+    for kms_action, key_arn, kms_context in s3_keys.uses(call):
+        if not allowed(statements, kms_action, key_arn, kms_context):
+            return error_response("s3", "AccessDenied", f"User: {_session_arn(call)} is not authorized to perform: "
+                                  f"{kms_action} on resource: {key_arn} because no identity-based policy allows the "
+                                  f"{kms_action} action", 403)
     return None
 
 
@@ -197,7 +203,8 @@ def _needed(call: AwsCall) -> list[tuple[str, str, dict[str, str]]]:
     if call.service == "s3":
         action = ACTION_BY_OPERATION.get(call.action, f"s3:{call.action}")
         bucket, key = call.params.get("Bucket", ""), call.params.get("Key")
-        return [(action, f"arn:aws:s3:::{bucket}" + (f"/{key}" if key and action != "s3:ListBucket" else ""), {})]
+        return [(action, f"arn:aws:s3:::{bucket}" + (f"/{key}" if key and action != "s3:ListBucket" else ""), {}),
+                *s3_keys.uses(call)]
     context = {"iam:AWSServiceName": call.params["AWSServiceName"]} if "AWSServiceName" in call.params else {}
     action = f"{IAM_PREFIX.get(call.service, call.service)}:{call.action}"
     names = call.list_param("Names") if call.service == "ssm" else []  # GetParameters: each parameter's
@@ -295,6 +302,13 @@ def _role_statements(call: AwsCall) -> list[dict[str, Any]] | None:
     if role is None:  # deleted since: its sessions may do nothing
         return []
     return _statements(list(role.policies.values()) + _managed_documents(role))
+
+
+def _session_arn(call: AwsCall) -> str:
+    """arn:aws:sts::<account>:assumed-role/<role>/<session> of the role session that signed the call."""
+    assumed = next(a for a in list(sts_backends[call.account][PARTITION].assumed_roles)
+                   if a.access_key_id == call.access_key)
+    return assumed.arn
 
 
 def _managed_documents(identity: Any) -> list[Any]:

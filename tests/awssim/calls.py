@@ -70,7 +70,7 @@ def identify(environ: dict[str, Any], body: bytes) -> AwsCall | None:
     else:
         operation, labels = rest_operation(model, environ, query)
         call.action = operation.name if operation else environ["REQUEST_METHOD"]
-        call.params = {**query, **labels}
+        call.params = {**query, **labels, **(_header_params(operation, environ) if operation else {})}
         if body and model.protocol == "rest-json":
             call.params.update(flatten(json.loads(body)))
     return call
@@ -146,7 +146,20 @@ def rest_operation(
     return best[1], best[2]
 
 
+def _header_params(operation: OperationModel, environ: dict[str, Any]) -> dict[str, str]:
+    """The operation's members sent as headers, by member name: x-amz-server-side-encryption is
+    ServerSideEncryption."""
+    members = operation.input_shape.members if operation.input_shape else {}
+    headers = {name: _environ_name(member.serialization.get("name", name)) for name, member in members.items()
+               if member.serialization.get("location") == "header"}
+    return {name: environ[header] for name, header in headers.items() if header in environ}
+
+
+def _environ_name(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
 def _present(environ: dict[str, Any], query: dict[str, str], location: str, name: str) -> bool:
     if location == "header":
-        return "HTTP_" + name.upper().replace("-", "_") in environ
+        return _environ_name(name) in environ
     return name in query

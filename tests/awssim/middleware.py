@@ -3,9 +3,9 @@ their simulator, the API models' maximums, the regions an account has not enable
 and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas, EBS's IOPS and storage quotas and
 its volumes' performance rules, EC2's eventual consistency, its refusals of an address on a pending machine, of an
 associated address's release, of a subnet's, a security group's or a VPC's deletion while something depends on it and
-of a volume's attachment that EC2 would not make, EBS volume initialization and encryption keys, ListCommands'
-filters and pages, the Price List API, SSM's throttling of Run Command's reads), and hooks that keep disk contents
-and the player in step with each call."""
+of a volume's attachment that EC2 would not make, EBS volume initialization and encryption keys, S3's use of KMS
+keys, ListCommands' filters and pages, the Price List API, SSM's throttling of Run Command's reads), and hooks that
+keep disk contents and the player in step with each call."""
 
 import contextlib
 import io
@@ -17,7 +17,7 @@ from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from . import (access, agent, attach, backends, catalogue, command_list, encryption, limits, network, prices, regions,
-               tagging, volume_performance)
+               s3_keys, tagging, volume_performance)
 from .calls import AwsCall, identify, signing_scope
 from .consistency import Consistency
 from .control import Control
@@ -147,7 +147,7 @@ class AwsSimApp:
         if call.service == "ssm" and call.action in agent.ACTIONS:
             return agent.handle(call, self.player)
         if call.service == "s3":
-            return access.s3_refusal(call)
+            return access.s3_refusal(call) or s3_keys.state_refusal(call)
         if call.service == "service-quotas":
             return self.quotas.handle(call)
         if call.service == "pricing":

@@ -48,6 +48,7 @@ from .player import Player
 from .quotas import Quotas
 from .encryption import fix_ebs_encryption
 from .regions import fix_describe_regions
+from .s3_keys import fix_aws_managed_keys
 from .storage import ContentStore
 from .throttle import SsmThrottle
 
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     fix_profile_on_every_machine()
     fix_describe_regions()
     fix_ebs_encryption()
+    fix_aws_managed_keys()
     fix_service_linked_roles()
     fix_managed_policies_in_aws_partition_only()
     faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()

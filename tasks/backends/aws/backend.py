@@ -162,7 +162,7 @@ class AwsBackend:
 
     def runs_folder(self, logdir: str | None = None) -> RunsFolder:
         region = {"AWS_REGION": self.options.region, "AWS_DEFAULT_REGION": self.options.region}
-        return RunsFolder(logdir or f"s3://{storage.bucket_name(self.clients, self.options.bucket)}/runs",
+        return RunsFolder(logdir or f"s3://{self.results_bucket}/runs",
                           {**os.environ, **region})
 
     def running_heads(self) -> tuple[str, dict[str, RemoteTensorBoard]]:
@@ -192,6 +192,7 @@ class AwsBackend:
         volumes.check_snapshot_holds(snapshot, reads)
         volumes.check_volume_settings(self.options.volume_type, self.options.iops, self.options.throughput_mbps)
         self.check_disk_keys(account, snapshot)
+        self.check_bucket_key()
         self._check_volume_quotas(snapshot, spec.machines - self._from_pool(spec, snapshot))  # the pool's are made
         image = machines.resolve_ami(self.clients, self.options.ami)
         machines.check_image_release(image)
@@ -213,6 +214,15 @@ class AwsBackend:
     def check_disk_keys(self, account: str, snapshot: dict | None = None, root_disks: bool = True) -> None:
         """encryption.check_keys, with what it could not ask said as a warning."""
         for unchecked in encryption.check_keys(self.clients, account, snapshot, root_disks).unchecked:
+            log.warning("%s", unchecked)
+
+    @property
+    def results_bucket(self) -> str:
+        return storage.bucket_name(self.clients, self.options.bucket)
+
+    def check_bucket_key(self) -> None:
+        """encryption.check_bucket_key of the results bucket, with what it could not ask said as a warning."""
+        for unchecked in encryption.check_bucket_key(self.clients, self.results_bucket).unchecked:
             log.warning("%s", unchecked)
 
     def _check_volume_quotas(self, snapshot: dict, count: int) -> None:
@@ -340,7 +350,7 @@ class AwsBackend:
         service-linked roles the run needs (EFS's; EC2 Spot's for a spot run), then the launch's dry run naming the
         profile: credentials that may not make the roles or pass one to EC2 are refused here, before any replica is
         paid for, not at the launch or the mount target after them."""
-        bucket = storage.bucket_name(self.clients, self.options.bucket)
+        bucket = self.results_bucket
         try:
             profile = iam.ensure_instance_profile(self.clients, spec, bucket, run_folder(spec),
                                                   secrets.path(spec.run_id), parallel=self.options.parallel_calls)
@@ -492,7 +502,7 @@ class AwsBackend:
         details and the file system. Its mount target is made by `provision`, beside the machines: it needs the
         subnet, and takes about a minute and a half on AWS, while the machines boot and retry the mount."""
         folder = run_folder(spec)
-        bucket = storage.bucket_name(self.clients, self.options.bucket)
+        bucket = self.results_bucket
         with pools.pool(self.options.parallel_calls, 5) as pool:
             uploaded = pool.submit(storage.upload_project, self.clients, bucket, code_url(bucket, folder),
                                    self.options.parallel_calls)
@@ -532,7 +542,7 @@ class AwsBackend:
         run_name = head_tags["Name"].partition(".")[2]  # "<index>.<run name>", as the machines are named
         spec = ClusterSpec(run_id, run_name, max(found) + 1, head["InstanceType"],
                            head.get("InstanceLifecycle") == "spot", tags.expires(head_tags))
-        return self._cluster(spec, found, storage.bucket_name(self.clients, self.options.bucket),
+        return self._cluster(spec, found, self.results_bucket,
                              run_folder(spec))
 
     def _cluster(self, spec: ClusterSpec, started: dict[int, dict], bucket: str, folder: str) -> Cluster:

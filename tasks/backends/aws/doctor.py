@@ -33,6 +33,7 @@ DOCTOR_RUN = "doctor"  # the run id the dry run's tags carry; nothing is made wi
 ELASTIC_IPS = "Elastic IPs"
 REPLICA_IOPS = "replicas' IOPS"
 EBS_KEY = "EBS encryption key"
+BUCKET_KEY = "results bucket"
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class _Doctor:
             self._check(self._quota_name(quota, spot), lambda q=quota, s=spot: self._quota(q, s))
         self._check(REPLICA_IOPS, self._replica_iops)
         self._check(EBS_KEY, lambda: self._ebs_key(account))
+        self._check(BUCKET_KEY, self._bucket_key)
         image = self._check("AMI", self._image)
         subnet = zone and self._check("network", lambda: self._network(zone))
         if not zone:
@@ -129,6 +131,10 @@ class _Doctor:
             optional[permissions.CUSTOMER_MANAGED_KEYS] = (
                 "EBS encrypts with the account's default key, AWS managed, without them; a dataset snapshot "
                 "encrypted with a customer managed key would need them")
+        if not self._bucket_under_customer_managed_key():
+            optional[permissions.BUCKET_KEYS] = (
+                "S3 encrypts the results bucket without them; a dataset bucket under a customer managed KMS key "
+                "would need them")
         try:
             # Making a service-linked role is needed only where the account lacks it.
             present = frozenset(sid for sid, service in permissions.SERVICE_LINKED_ROLE_STATEMENTS.items()
@@ -148,6 +154,12 @@ class _Doctor:
                           "; ".join(f"without {', '.join(refused[sid])}, {optional[sid]}" for sid in refused) +
                           ": attach tasks/backends/aws/user_policy.json to their user or role for all of it")
         return _Found("IAM allows every action of tasks/backends/aws/user_policy.json")
+
+    def _bucket_under_customer_managed_key(self) -> bool:
+        try:
+            return encryption.check_bucket_key(self.clients, self.backend.results_bucket).customer_managed
+        except InputError:  # a key S3 cannot use, which the results bucket row fails
+            return True
 
     def _instance_type(self) -> _Found:
         try:
@@ -235,6 +247,15 @@ class _Doctor:
             return _Found(f"{checked.default or 'the default key'}: not checked", WARN, "; ".join(checked.unchecked))
         kind = "AWS managed" if encryption.aws_managed(checked.default) else "Enabled"
         return _Found(f"the account's default for EBS: {checked.default} ({kind})")
+
+    def _bucket_key(self) -> _Found:
+        """The results bucket's default encryption, where the bucket is there: a KMS key S3 can use."""
+        checked = encryption.check_bucket_key(self.clients, self.backend.results_bucket)
+        if checked.unchecked:
+            return _Found(checked.described, WARN, "; ".join(checked.unchecked))
+        if checked.key is None:
+            return _Found(checked.described)
+        return _Found(f"{checked.described} ({'Enabled' if checked.customer_managed else 'AWS managed'})")
 
     def _image(self) -> _Found:
         image = machines.resolve_ami(self.clients, self.backend.options.ami)

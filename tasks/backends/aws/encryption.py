@@ -9,7 +9,12 @@ another) is always usable. Any other is described (kms:DescribeKey): a customer 
 Whether these credentials may use it EBS alone finds out; where they may not even read the default key or
 describe a key, the check says what it could not ask rather than refuse a run that may well work (the AWS managed
 key, named by its ARN in a snapshot the builder made, is one they need not describe). An AMI of the account's own
-whose snapshot is encrypted keeps its key for the root disks; the AMIs the project uses are AWS's."""
+whose snapshot is encrypted keeps its key for the root disks; the AMIs the project uses are AWS's.
+
+The results bucket, where it is there already (a team's), keeps its own default encryption: S3 refuses every
+upload under a customer managed key that is not Enabled, and the run would learn it only as its project is
+uploaded or as its machines write their first results, so that key is described too (a bucket the project
+makes is encrypted SSE-S3)."""
 
 from __future__ import annotations
 
@@ -21,8 +26,21 @@ from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.base import InputError
 
 AWS_MANAGED_ALIAS = "alias/aws/ebs"
-# What EBS does with a customer managed key as its caller (the EBS user guide, "Permissions for IAM users").
-KMS_ACTIONS = "kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext and kms:ReEncrypt*"
+AWS_MANAGED_ALIASES = (AWS_MANAGED_ALIAS, "alias/aws/s3")
+KMS_ALGORITHMS = ("aws:kms", "aws:kms:dsse")
+
+
+@dataclass(frozen=True)
+class _Service:
+    name: str
+    if_unusable: str
+    actions: str  # what the service does with a customer managed key as its caller
+
+
+EBS = _Service("EBS", "EBS deletes the run's volumes as they are made",  # the EBS user guide, "Permissions ..."
+               "kms:CreateGrant, kms:Decrypt, kms:DescribeKey, kms:GenerateDataKeyWithoutPlaintext and kms:ReEncrypt*")
+S3 = _Service("S3", "S3 refuses the run's uploads",  # the S3 user guide, "Using server-side encryption with ..."
+              "kms:GenerateDataKey and kms:Decrypt")
 MENDS = {"Disabled": "enable it (`aws kms enable-key`)",
          "PendingDeletion": "cancel its deletion and enable it (`aws kms cancel-key-deletion`, `aws kms enable-key`)",
          "PendingImport": "import its key material (`aws kms import-key-material`)"}
@@ -55,11 +73,44 @@ def check_keys(clients: Clients, account: str, snapshot: dict | None = None, roo
         else:
             disks = "dataset replicas" if not root_disks else "machines' root disks" if own_key not in (None, default) \
                 else "disks"
-            unchecked += _check(clients, default, f"the {disks} (the account's default key for EBS)", OTHER_DEFAULT)
+            unchecked += _check(clients, default, f"the {disks} (the account's default key for EBS)",
+                                OTHER_DEFAULT).unchecked
     if own_key is not None and own_key != default:
         unchecked += _check(clients, own_key, f"the dataset replicas (snapshot {snapshot['SnapshotId']} is "
-                                              "encrypted with it)", NEW_SNAPSHOT)
+                                              "encrypted with it)", NEW_SNAPSHOT).unchecked
     return Checked(default, tuple(unchecked))
+
+
+@dataclass(frozen=True)
+class BucketKey:
+    key: str | None  # the KMS key the bucket's default encryption names; None: SSE-S3, or a bucket yet to be made
+    described: str  # as the doctor shows it
+    unchecked: tuple[str, ...] = ()
+    customer_managed: bool = False  # or not known to be AWS managed
+
+
+def check_bucket_key(clients: Clients, bucket: str) -> BucketKey:
+    """The results bucket's default encryption key, where the bucket is there. InputError for one S3 cannot use."""
+    try:
+        rules = clients.client("s3").get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"][
+            "Rules"]
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) == "NoSuchBucket":
+            return BucketKey(None, f"s3://{bucket}: not there yet, made private and encrypted (SSE-S3) by the run")
+        if error_code(exc) == "ServerSideEncryptionConfigurationNotFoundError":
+            return BucketKey(None, f"s3://{bucket}: no default encryption")
+        if error_code(exc) not in ("AccessDenied", "AccessDeniedException"):
+            raise
+        return BucketKey(None, f"s3://{bucket}: not checked", (
+            f"these credentials may not read the default encryption of bucket {bucket} (s3:GetEncryptionConfiguration, "
+            "in tasks/backends/aws/user_policy.json), so it was not checked: under a KMS key S3 cannot use, the "
+            "run's uploads are refused",))
+    default = rules[0].get("ApplyServerSideEncryptionByDefault", {}) if rules else {}
+    if default.get("SSEAlgorithm") not in KMS_ALGORITHMS:
+        return BucketKey(None, f"s3://{bucket}: SSE-S3")
+    key = default.get("KMSMasterKeyID") or "alias/aws/s3"
+    checked = _check(clients, key, f"the run's results in bucket {bucket}", "or name another --bucket", S3)
+    return BucketKey(key, f"s3://{bucket}: KMS key {key}", tuple(checked.unchecked), checked.customer_managed)
 
 
 def default_is_aws_managed(clients: Clients) -> bool:
@@ -76,14 +127,20 @@ def default_is_aws_managed(clients: Clients) -> bool:
 
 
 def aws_managed(key: str) -> bool:
-    return key == AWS_MANAGED_ALIAS or key.endswith(f":{AWS_MANAGED_ALIAS}")
+    return any(key == alias or key.endswith(f":{alias}") for alias in AWS_MANAGED_ALIASES)
 
 
-def _check(clients: Clients, key: str, encrypts: str, otherwise: str) -> list[str]:
-    """Nothing where EBS can use the key, what could not be asked where KMS would not say; InputError otherwise."""
+@dataclass(frozen=True)
+class _Described:
+    unchecked: list[str]  # what could not be asked
+    customer_managed: bool  # or not known to be AWS managed
+
+
+def _check(clients: Clients, key: str, encrypts: str, otherwise: str, service: _Service = EBS) -> _Described:
+    """Whether KMS describes the key as one the service can use; InputError where it does not."""
     if aws_managed(key):
-        return []
-    said = f"EBS cannot encrypt {encrypts} with KMS key {key}"
+        return _Described([], False)
+    said = f"{service.name} cannot encrypt {encrypts} with KMS key {key}"
     try:
         metadata = clients.client("kms").describe_key(KeyId=key)["KeyMetadata"]
     except botocore.exceptions.ClientError as exc:
@@ -91,13 +148,13 @@ def _check(clients: Clients, key: str, encrypts: str, otherwise: str) -> list[st
             raise InputError(f"{said}: KMS knows no such key; {otherwise.removeprefix('or ')}") from None
         if error_code(exc) != "AccessDeniedException":
             raise
-        return [f"these credentials may not describe KMS key {key} (kms:DescribeKey), the key of {encrypts}, so it "
-                "was not checked: with a customer managed key they may not use, EBS deletes the run's volumes as "
-                f"they are made; they need {KMS_ACTIONS} on it"]
+        return _Described([f"these credentials may not describe KMS key {key} (kms:DescribeKey), the key of "
+                           f"{encrypts}, so it was not checked: with a customer managed key they may not use, "
+                           f"{service.if_unusable}; they need {service.actions} on it"], True)
     if metadata.get("KeyManager") == "AWS":
-        return []
+        return _Described([], False)
     if metadata["KeyState"] != "Enabled":
         state = metadata["KeyState"]
         raise InputError(f"{said}: the key is {state}; {MENDS.get(state, 'wait until KMS says it is Enabled')}, "
                          f"{otherwise}")
-    return []
+    return _Described([], True)

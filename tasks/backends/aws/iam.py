@@ -118,6 +118,10 @@ def _storage_policy(region: str, account: str, bucket: str, prefix: str, paramet
          "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*"},
         {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}",
          "Condition": {"StringLike": {"s3:prefix": f"{prefix}/*"}}},
+        # A bucket whose default encryption is a customer managed KMS key (the dataset's, or a team's results
+        # bucket) has S3 use the key as the caller; the S3 statements keep to what the run may reach.
+        {"Effect": "Allow", "Action": ["kms:GenerateDataKey", "kms:Decrypt"], "Resource": "*",
+         "Condition": {"StringLike": {"kms:ViaService": "s3.*.amazonaws.com"}}},
         {"Effect": "Allow", "Action": "ssm:GetParameter",
          "Resource": f"arn:aws:ssm:{region}:{account}:parameter{parameter_path}/*"},
         # AmazonSSMManagedInstanceCore, which the agent needs, allows reading every parameter of the account:

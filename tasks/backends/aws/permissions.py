@@ -18,11 +18,12 @@ POLICY = resources.files("tasks.backends.aws").joinpath("user_policy.json")
 SERVICE_LINKED_ROLE_STATEMENTS = {"SpotsServiceLinkedRole": iam.SPOT_SERVICE,
                                   "FileSystemsServiceLinkedRole": iam.EFS_SERVICE}
 # The statements a run can go without: the key checks (without them a run says what it could not check), the
-# region's prices (the plan takes us-east-1's) and EBS's use of a customer managed key, which only a disk that takes
-# one needs (not the AWS managed key's).
+# region's prices (the plan takes us-east-1's), EBS's use of a customer managed key, which only a disk that takes
+# one needs (not the AWS managed key's), and S3's, which only a bucket under one needs.
 KEY_CHECKS = "TheDisksEncryptionKeys"
 PRICES = "TheRegionsPrices"
 CUSTOMER_MANAGED_KEYS = "EbsEncryptsWithACustomerManagedKey"
+BUCKET_KEYS = "S3EncryptsWithABucketsCustomerManagedKey"
 EXAMPLE_NAME = "doctor"  # stands for a run's id where the policy's resources have a wildcard
 
 

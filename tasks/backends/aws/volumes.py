@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from tasks.backends.aws import consistency, pools, secrets, tags
 from tasks.backends.aws.clients import Clients, error_code
-from tasks.backends.aws.encryption import KMS_ACTIONS
+from tasks.backends.aws.encryption import EBS
 from tasks.backends.aws.waiting import until, waiter_config
 from tasks.backends.base import POOL_OWNER, BackendError, ClusterSpec, InputError, Resource, pool_lock_expiry
 
@@ -195,7 +195,7 @@ def _raise_gone(gone: list[str], last: dict[str, dict]) -> None:
             or "the account's default for EBS: `aws ec2 get-ebs-default-kms-key-id`"
         raise InputError(f"EBS deleted volume(s) {', '.join(gone)} moments after accepting them, as it does with a "
                          f"volume it cannot encrypt: their KMS key ({keys}) is disabled or pending deletion, or these "
-                         f"credentials may not use it; they need {KMS_ACTIONS} on it, from its key policy or theirs")
+                         f"credentials may not use it; they need {EBS.actions} on it, from its key policy or theirs")
     said = ", ".join(f"{i} (last {last[i].get('State', 'not listed')})" for i in gone)
     raise BackendError(f"volume(s) {said} went away while the run waited for them: deleted by someone else?")
 
