@@ -21,7 +21,7 @@ from tasks.backends import retry_may_pass
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.snapshots import make_snapshot
-from tasks.backends.base import BackendError, InputError
+from tasks.backends.base import BackendError, InputError, SweepIncomplete
 from tests.awssim import prices as simulated_prices
 from tests.awssim.faults import ABSENT
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404
@@ -175,6 +175,13 @@ def test_sweep_removes_expired_and_finished_runs_only(aws, snapshot, tmp_path):
         backend.provision(spec, backend.replicate(spec, DATASET, 1))
     removed = backend.sweep(finished=lambda run_id: run_id == "run-done")
     assert {r.run_id for r in removed} == {"run-expired", "run-done"}
+    assert set(aws_leftovers_by_run(aws)) == {"run-live"}
+
+    def api_gone(run_id: str) -> bool:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    with pytest.raises(SweepIncomplete, match=r"^could not tell whether run-live finished \(ConnectionRefusedError"):
+        backend.sweep(finished=api_gone)
     assert set(aws_leftovers_by_run(aws)) == {"run-live"}
     backend.teardown("run-live")
 

@@ -10,9 +10,10 @@ import uuid
 
 import pytest
 from prefect import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling, Running
 
-from flows.cleanup import cleanup
+from flows.cleanup import cleanup, run_is_finished
 from flows.imagenet18 import imagenet18
 from tasks.backends.base import ClusterSpec, SweepIncomplete
 from tasks.backends.local import LocalBackend
@@ -100,3 +101,28 @@ def test_a_local_run_whose_teardown_fails_stops_no_other_runs_sweep_and_fails_th
     monkeypatch.setenv("IMAGENET18_HOME", str(tmp_path))
     assert cleanup(backends=["local"]) == {"local": ["run-a-stuck/replica-00"]}
     assert local_leftovers(tmp_path) == {}
+
+
+def test_a_prefect_api_that_cannot_answer_leaves_the_runs_it_would_judge_and_the_expired_are_swept(
+        prefect_api, tiny_data, tmp_path):
+    """Whether a run finished is Prefect's to say; where its API does not answer (gone, restarting), the runs that
+    only it could judge are left for the next cleanup, asked once, and the expired ones are torn down all the same."""
+    backend = LocalBackend(tmp_path)
+    now = dt.datetime.now(dt.timezone.utc)
+    live, expired = sorted(str(uuid.uuid4()) for _ in range(2)), str(uuid.uuid4())
+    for run_id, expires in [(live[0], now + dt.timedelta(hours=1)), (live[1], now + dt.timedelta(hours=1)),
+                            (expired, now - dt.timedelta(minutes=1))]:
+        backend.replicate(ClusterSpec(run_id, f"test-{run_id}", 1, "local", False, expires), str(tiny_data), 1)
+    asked = []
+
+    def finished_with_the_api_gone(run_id: str) -> bool:
+        asked.append(run_id)
+        with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # nothing listens on port 9
+            return run_is_finished(run_id)
+
+    with pytest.raises(SweepIncomplete, match=rf"^could not tell whether {live[0]}, {live[1]} finished \(\w*Connect"
+                                              r"\w*: .+\), so they were left: the next cleanup asks again$") as failed:
+        backend.sweep(finished_with_the_api_gone)
+    assert [r.run_id for r in failed.value.removed] == [expired]
+    assert {r.run_id for r in backend.resources()} == set(live)
+    assert len(asked) == 1, "not asked again once the API failed"

@@ -565,7 +565,7 @@ class LocalBackend:
             resources = self.resources(run_id)
             orphaned = any("owner_pid" in r.details and not _alive(r.details["owner_pid"], r.details["owner_start"])
                            for r in resources)
-            if orphaned or finished(run_id) or any(r.expired for r in resources) or not resources:
+            if orphaned or any(r.expired for r in resources) or not resources or sweep.finished(run_id, finished):
                 sweep.tear_down(run_id, functools.partial(self.teardown, run_id))
         return sweep.removed()
 

@@ -17,6 +17,21 @@ class Sweep:
     def __init__(self) -> None:
         self._removed: list[Resource] = []
         self._failed: dict[str, str] = {}  # run id -> why its teardown failed
+        self._unasked: list[str] = []  # runs not known to be finished, since asking failed
+        self._why_unasked = ""
+
+    def finished(self, run_id: str, finished: Callable[[str], bool]) -> bool:
+        """finished(run_id); False, noted for removed(), where it cannot be asked (the orchestrator's API away or
+        failing), and not asked again in this sweep once it failed: one failing run's question stops no expired
+        run's teardown, nor waits for the API once per run."""
+        if not self._why_unasked:
+            try:
+                return finished(run_id)
+            except Exception as exc:  # noqa: BLE001 - whatever the API's client raised
+                log.warning("could not tell whether run %s finished: %s", run_id, exc)
+                self._why_unasked = f"{type(exc).__name__}: {exc}"
+        self._unasked.append(run_id)
+        return False
 
     def tear_down(self, run_id: str, tear_down: Callable[[], list[Resource]], where: str = "") -> None:
         try:
@@ -29,6 +44,9 @@ class Sweep:
         """What was removed; raises SweepIncomplete, carrying it, where a run failed or `also` names another trouble
         (a region not looked in, say)."""
         failures = list(also)
+        if self._unasked:
+            failures.insert(0, f"could not tell whether {', '.join(sorted(self._unasked))} finished "
+                               f"({self._why_unasked}), so they were left: the next cleanup asks again")
         if self._failed:
             failures.insert(0, "the other runs were swept, but not " + "; ".join(
                 f"{run_id} ({why})" for run_id, why in sorted(self._failed.items())) + ": the next cleanup tries again")

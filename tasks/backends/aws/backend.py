@@ -670,7 +670,7 @@ class AwsBackend:
                 by_run.setdefault(resource.run_id, []).append(resource)
             for run_id, resources in sorted(by_run.items()):
                 pool = run_id == POOL_OWNER  # made ahead of runs, each replica with its own expiry
-                if not pool and not any(r.expired for r in resources) and not finished(run_id):
+                if not pool and not any(r.expired for r in resources) and not sweep.finished(run_id, finished):
                     continue
                 sweep.tear_down(run_id, functools.partial(volumes.sweep_pool, clients) if pool else
                                 functools.partial(teardown, clients, run_id, self.key_folder), f" in {clients.region}")
