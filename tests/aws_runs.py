@@ -38,11 +38,12 @@ def customer_managed_key(aws, state: str = "Enabled", ebs_default: bool = False)
     return key["Arn"]
 
 
-def bucket_under_key(aws, bucket: str, key: str | None) -> None:
+def bucket_under_key(aws, bucket: str, key: str | None, region: str = "us-east-1") -> None:
     """A bucket whose default encryption is SSE-KMS under `key` (None: the AWS managed key aws/s3), as a team's
     bucket often is."""
-    s3 = aws.client("s3")
-    s3.create_bucket(Bucket=bucket)
+    s3 = aws.client("s3", region=region)
+    s3.create_bucket(Bucket=bucket, **({} if region == "us-east-1" else {
+        "CreateBucketConfiguration": {"LocationConstraint": region}}))
     s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [
         {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms",
                                                 **({"KMSMasterKeyID": key} if key else {})}}]})

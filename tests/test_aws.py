@@ -1437,8 +1437,8 @@ def test_a_machine_writes_and_reads_under_the_buckets_customer_managed_key_and_r
     script = f"""
 import fsspec
 fs = fsspec.filesystem("s3")
-with fs.open("{BUCKET}/{folder}/checkpoints/checkpoint.pt", "wb") as checkpoint:
-    checkpoint.write(b"c" * (6 << 20))  # past s3fs's 5 MiB block: a multipart upload
+with fs.open("{BUCKET}/{folder}/checkpoints/checkpoint.pt", "wb", block_size=5 << 20) as checkpoint:
+    checkpoint.write(b"c" * (6 << 20))  # past the 5 MiB block: a multipart upload, its parts under the key
 fs.pipe("{BUCKET}/{folder}/summary.json", b"{{}}")
 print(len(fs.cat("{BUCKET}/{folder}/checkpoints/checkpoint.pt")), fs.cat("{BUCKET}/{folder}/summary.json"))
 print(fs.cat("datasets/imagenet/train/n01/a.JPEG"))
@@ -1447,6 +1447,8 @@ print(fs.cat("datasets/imagenet/train/n01/a.JPEG"))
         f"{6 << 20} b'{{}}'", "b'jpeg'"]
     head = s3.head_object(Bucket=BUCKET, Key=f"{folder}/summary.json")
     assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", results_key), "under the bucket's key"
+    assert "-" in s3.head_object(Bucket=BUCKET, Key=f"{folder}/checkpoints/checkpoint.pt")["ETag"], \
+        "a multipart upload's ETag"
 
 
 def printed_by_run_machine(aws, script: str, folder: str, readable: tuple[str, ...] = ()) -> list[str]:

@@ -5,6 +5,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import boto3
@@ -21,7 +22,7 @@ from tests.awssim.encryption import VANISH_S
 from tests.awssim.hibernation import AgentLife
 from tests.awssim.throttle import TokenBucket
 from tests.awssim.images import UBUNTU_2204, UBUNTU_2404, UNDESCRIBED
-from tests.aws_runs import agents_online, bucket_under_key
+from tests.aws_runs import agents_online, bucket_under_key, customer_managed_key
 from tests.processes import alive
 from tests.support import wait_for
 
@@ -184,42 +185,84 @@ def test_ebs_drops_a_users_volume_whose_customer_managed_key_the_user_may_not_us
 
 
 def test_s3_uses_a_customer_managed_key_as_its_caller_whom_the_key_must_allow(aws):
-    """Uploads under a bucket's default SSE-KMS key need kms:GenerateDataKey of the caller (a multipart one
-    kms:Decrypt too), downloads kms:Decrypt, through S3; the AWS managed key aws/s3 needs nothing of them, and an
-    upload asking for AES256 no key. A disabled key is refused whoever asks."""
-    iam, kms, s3 = aws.client("iam"), aws.client("kms"), aws.client("s3")
+    """Uploads under a bucket's default SSE-KMS key need kms:GenerateDataKey of the caller, an IAM user or a role's
+    session, as does the start of a multipart upload; its parts and downloads need kms:Decrypt, through S3. The AWS
+    managed key aws/s3 needs nothing of them, and an upload asking for AES256 no key."""
+    iam, kms, s3, sts = aws.client("iam"), aws.client("kms"), aws.client("s3"), aws.client("sts")
+    aws.set_iam_propagation(0)  # IAM's own consistency is another test's
     key = kms.create_key()["KeyMetadata"]
     bucket_under_key(aws, "managed", None)
     bucket_under_key(aws, "customer", key["KeyId"])
     s3.put_object(Bucket="customer", Key="kept", Body=b"theirs")
-    iam.create_user(UserName="s3-user")
     s3_only = {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"], "Resource": "*"}
-    iam.put_user_policy(UserName="s3-user", PolicyName="p", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [s3_only]}))
+    iam.create_user(UserName="s3-user")
     keys = iam.create_access_key(UserName="s3-user")["AccessKey"]
-    users_s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=aws.endpoint, config=Config(
-        retries=NO_RETRIES), aws_access_key_id=keys["AccessKeyId"], aws_secret_access_key=keys["SecretAccessKey"])
+    iam.create_role(RoleName="s3-role", AssumeRolePolicyDocument="{}")
+    iam.put_role_policy(RoleName="s3-role", PolicyName="p", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [s3_only]}))
+    session = sts.assume_role(RoleArn="arn:aws:iam::123456789012:role/s3-role", RoleSessionName="machine")[
+        "Credentials"]
 
+    def client(access_key: str, secret_key: str, token: str | None = None):
+        return boto3.client("s3", region_name="us-east-1", endpoint_url=aws.endpoint, config=Config(
+            retries=NO_RETRIES), aws_access_key_id=access_key, aws_secret_access_key=secret_key,
+            aws_session_token=token)
+
+    def users_policy(*statements) -> None:
+        iam.put_user_policy(UserName="s3-user", PolicyName="p", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [s3_only, *statements]}))
+
+    users_s3 = client(keys["AccessKeyId"], keys["SecretAccessKey"])
+    roles_s3 = client(session["AccessKeyId"], session["SecretAccessKey"], session["SessionToken"])
+    users_policy()
     users_s3.put_object(Bucket="managed", Key="k", Body=b"x")
     assert users_s3.get_object(Bucket="managed", Key="k")["Body"].read() == b"x", "the AWS managed key"
     users_s3.put_object(Bucket="customer", Key="plain", Body=b"x", ServerSideEncryption="AES256")
-    with pytest.raises(ClientError, match=f"not authorized to perform: kms:GenerateDataKey on resource: "
-                                          f"{re.escape(key['Arn'])}"):
-        users_s3.put_object(Bucket="customer", Key="k", Body=b"x")
-    assert error_code(users_s3.create_multipart_upload, Bucket="customer", Key="k") == "AccessDenied"
-    with pytest.raises(ClientError, match="not authorized to perform: kms:Decrypt"):
-        users_s3.get_object(Bucket="customer", Key="kept")
     assert users_s3.get_object(Bucket="customer", Key="plain")["Body"].read() == b"x"
+    for caller, who in ((users_s3, r"arn:aws:iam::123456789012:user/s3-user"),
+                        (roles_s3, r"arn:aws:sts::123456789012:assumed-role/s3-role/machine")):
+        with pytest.raises(ClientError, match=f"^An error occurred \\(AccessDenied\\) when calling the PutObject "
+                                              f"operation: User: {who} is not authorized to perform: "
+                                              f"kms:GenerateDataKey on resource: {re.escape(key['Arn'])}"):
+            caller.put_object(Bucket="customer", Key="k", Body=b"x")
+        assert error_code(caller.create_multipart_upload, Bucket="customer", Key="k") == "AccessDenied"
+        with pytest.raises(ClientError, match="not authorized to perform: kms:Decrypt"):
+            caller.get_object(Bucket="customer", Key="kept")
 
-    through_s3 = {"Effect": "Allow", "Action": ["kms:GenerateDataKey", "kms:Decrypt"], "Resource": key["Arn"],
+    through_s3 = {"Effect": "Allow", "Action": "kms:GenerateDataKey", "Resource": key["Arn"],
                   "Condition": {"StringLike": {"kms:ViaService": "s3.*.amazonaws.com"}}}
-    iam.put_user_policy(UserName="s3-user", PolicyName="p", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [s3_only, through_s3]}))
+    users_policy(through_s3)
     users_s3.put_object(Bucket="customer", Key="k", Body=b"y")
+    upload = users_s3.create_multipart_upload(Bucket="customer", Key="big")["UploadId"]
+    with pytest.raises(ClientError, match="not authorized to perform: kms:Decrypt"):
+        users_s3.upload_part(Bucket="customer", Key="big", UploadId=upload, PartNumber=1, Body=b"part")
+    users_policy({**through_s3, "Action": ["kms:GenerateDataKey", "kms:Decrypt"]})
+    users_s3.upload_part(Bucket="customer", Key="big", UploadId=upload, PartNumber=1, Body=b"part")
     assert users_s3.get_object(Bucket="customer", Key="kept")["Body"].read() == b"theirs"
-    kms.disable_key(KeyId=key["KeyId"])
-    assert error_code(s3.put_object, Bucket="customer", Key="k", Body=b"z") == "KMS.DisabledException"
-    assert error_code(s3.get_object, Bucket="customer", Key="k") == "KMS.DisabledException"
+
+
+@pytest.mark.parametrize("state,code,message", [
+    ("Disabled", "KMS.DisabledException", r"^{arn} is disabled\.$"),
+    ("PendingDeletion", "KMS.KMSInvalidStateException", r"^{arn} is pending deletion\.$"),
+    ("Unknown", "KMS.NotFoundException", r"^Key 'arn:aws:kms:us-east-1:123456789012:key/\S+' does not exist$")])
+def test_s3_refuses_whoever_calls_under_a_key_that_is_not_enabled_or_unknown(aws, state, code, message):
+    """PutBucketEncryption takes any key id; S3 refuses the uploads and downloads under it once KMS does."""
+    s3 = aws.client("s3")
+    arn = f"arn:aws:kms:us-east-1:123456789012:key/{uuid.uuid4()}" if state == "Unknown" else \
+        customer_managed_key(aws)
+    bucket_under_key(aws, "customer", arn)
+    if state != "Unknown":
+        s3.put_object(Bucket="customer", Key="kept", Body=b"theirs")
+        key = arn.rpartition("/")[2]
+        aws.client("kms").disable_key(KeyId=key) if state == "Disabled" else \
+            aws.client("kms").schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+        with pytest.raises(ClientError) as refused:
+            s3.get_object(Bucket="customer", Key="kept")
+        assert refused.value.response["Error"]["Code"] == code
+    with pytest.raises(ClientError) as refused:
+        s3.put_object(Bucket="customer", Key="k", Body=b"z")
+    assert refused.value.response["Error"]["Code"] == code
+    assert re.match(message.format(arn=re.escape(arn)), refused.value.response["Error"]["Message"])
 
 
 def test_a_machine_whose_encrypted_root_disk_has_a_disabled_key_ends_as_it_launches(aws):

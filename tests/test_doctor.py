@@ -66,12 +66,17 @@ def test_a_default_ebs_key_that_is_disabled_fails_with_how_to_mend_it(aws, capsy
     assert "the key is Disabled; enable it (`aws kms enable-key`), or make another key the default" in out
 
 
-@pytest.mark.parametrize("state", ["Enabled", "Disabled"])
+@pytest.mark.parametrize("state", ["Enabled", "Disabled", "Enabled elsewhere"])
 def test_a_results_bucket_under_a_customer_managed_key_is_checked_as_s3_will_use_it(aws, capsys, state):
-    key = customer_managed_key(aws, state)
-    bucket_under_key(aws, "imagenet18-team", key)
+    """Where the bucket is in another region than the run, so is its key."""
+    if state == "Enabled elsewhere":
+        key = aws.client("kms", region="eu-west-1").create_key()["KeyMetadata"]["KeyId"]
+        bucket_under_key(aws, "imagenet18-team", key, region="eu-west-1")
+    else:
+        key = customer_managed_key(aws, state)
+        bucket_under_key(aws, "imagenet18-team", key)
     code, rows, out = doctor(aws, capsys, "--bucket", "imagenet18-team")
-    if state == "Enabled":
+    if state.startswith("Enabled"):
         assert code == 0 and rows["results bucket"] == (f"s3://imagenet18-team: KMS key {key} (Enabled)", "ok"), out
     else:
         assert code == 1 and rows["results bucket"] == (f"S3 cannot encrypt the run's results in bucket "

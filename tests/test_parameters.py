@@ -37,6 +37,10 @@ def test_prefects_schema_has_each_fields_description_and_constraints():
     ({"target": 101}, "target: Input should be less than or equal to 100"),
     ({"restarts": -1}, "restarts: Input should be greater than or equal to 0"),
     ({"backend": "gcp"}, "backend: Input should be 'local' or 'aws'"),
+    ({"aws": {"bucket": "s3://team-results/runs"}}, "'s3://team-results/runs' is a URL: give the bucket's name "
+                                                    "alone, 'team-results'"),
+    ({"aws": {"bucket": "Team_Results"}}, "'Team_Results' is not an S3 bucket name: 3 to 63 lowercase letters"),
+    ({"aws": {"bucket": "192.168.5.4"}}, "'192.168.5.4' is not an S3 bucket name"),
 ])
 def test_prefect_validates_a_runs_parameters_by_the_models_constraints(parameters, message):
     with pytest.raises(ParameterTypeError, match=message):

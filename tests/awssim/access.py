@@ -306,9 +306,10 @@ def _role_statements(call: AwsCall) -> list[dict[str, Any]] | None:
 
 def _session_arn(call: AwsCall) -> str:
     """arn:aws:sts::<account>:assumed-role/<role>/<session> of the role session that signed the call."""
-    assumed = next(a for a in list(sts_backends[call.account][PARTITION].assumed_roles)
-                   if a.access_key_id == call.access_key)
-    return assumed.arn
+    assumed = next((a for a in list(sts_backends[call.account][PARTITION].assumed_roles)
+                    if a.access_key_id == call.access_key), None)
+    return assumed.arn if assumed is not None else iam_backends[call.account][PARTITION].access_keys[
+        call.access_key].role_arn
 
 
 def _managed_documents(identity: Any) -> list[Any]:

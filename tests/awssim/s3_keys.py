@@ -3,14 +3,16 @@
 An object is encrypted with SSE-KMS where its upload asks for it (x-amz-server-side-encryption: aws:kms, with
 x-amz-server-side-encryption-aws-kms-key-id or else the AWS managed key `aws/s3`) or, asking nothing, where the
 bucket's default encryption says so (its KMSMasterKeyID, or `aws/s3`). S3 then uses the key as the caller: an upload
-needs kms:GenerateDataKey on it, a multipart upload kms:Decrypt too, a download kms:Decrypt
-(https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingKMSEncryption.html, "Permissions";
-https://docs.aws.amazon.com/AmazonS3/latest/userguide/mpuoverview.html). The AWS managed key's own policy allows
-every principal of the account through S3, so it needs no IAM permission; a customer managed key needs the
+(or the start of a multipart one) needs kms:GenerateDataKey on it, each part of a multipart upload and a download
+kms:Decrypt (https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingKMSEncryption.html, "Permissions";
+https://docs.aws.amazon.com/AmazonS3/latest/API/API_CreateMultipartUpload.html). The AWS managed key's own policy
+allows every principal of the account through S3, so it needs no IAM permission; a customer managed key needs the
 caller's policies to allow it, with the condition keys kms:ViaService (s3.<region>.amazonaws.com) and
-kms:EncryptionContext:aws:s3:arn (the object's ARN). A key KMS does not know is refused as one not allowed; a key
-that is not Enabled is refused whoever calls."""
+kms:EncryptionContext:aws:s3:arn (the object's ARN). PutBucketEncryption takes a key id without checking it: a call
+under a key KMS does not know is refused (KMS.NotFoundException), as is one under a key that is not Enabled,
+whoever calls."""
 
+import re
 from typing import Any
 
 from moto.kms.models import KmsBackend, kms_backends
@@ -20,8 +22,9 @@ from .calls import AwsCall
 from .errors import Response, error_response
 
 UPLOADS = {"PutObject": ("kms:GenerateDataKey",), "CopyObject": ("kms:GenerateDataKey",),
-           "CreateMultipartUpload": ("kms:GenerateDataKey", "kms:Decrypt")}
+           "CreateMultipartUpload": ("kms:GenerateDataKey",)}
 DOWNLOADS = {"GetObject": ("kms:Decrypt",)}
+PARTS = {"UploadPart": ("kms:Decrypt",), "UploadPartCopy": ("kms:Decrypt",)}
 KMS_ALGORITHMS = ("aws:kms", "aws:kms:dsse")
 AWS_MANAGED_ALIAS = "alias/aws/s3"
 
@@ -45,7 +48,7 @@ def uses(call: AwsCall) -> list[tuple[str, str, dict[str, str]]]:
     KMS does not know is named as the call named it."""
     if call.service != "s3" or "Bucket" not in call.params:
         return []
-    key_id = _upload_key(call) if call.action in UPLOADS else _object_key(call) if call.action in DOWNLOADS else None
+    key_id = _key_id(call)
     if key_id is None:
         return []
     key = _described(call, key_id)
@@ -54,40 +57,55 @@ def uses(call: AwsCall) -> list[tuple[str, str, dict[str, str]]]:
     arn = key.arn if key is not None else key_id
     context = {"kms:ViaService": f"s3.{call.region}.amazonaws.com",
                "kms:EncryptionContext:aws:s3:arn": f"arn:aws:s3:::{call.params['Bucket']}/{call.params.get('Key', '')}"}
-    return [(action, arn, context) for action in {**UPLOADS, **DOWNLOADS}[call.action]]
+    return [(action, arn, context) for action in {**UPLOADS, **DOWNLOADS, **PARTS}[call.action]]
 
 
 def state_refusal(call: AwsCall) -> Response | None:
-    """KMS's refusal of a key that is not Enabled, as S3 passes it on to any caller."""
+    """KMS's refusal of a key it does not know or that is not Enabled, as S3 passes it on to any caller."""
     for _, arn, _ in uses(call):
         key = _described(call, arn)
-        if key is None or key.key_state == "Enabled":
-            continue
+        if key is None:
+            return error_response("s3", "KMS.NotFoundException", f"Key '{arn}' does not exist", 400)
         if key.key_state == "Disabled":
             return error_response("s3", "KMS.DisabledException", f"{arn} is disabled.", 400)
-        return error_response("s3", "KMS.KMSInvalidStateException", f"{arn} is {key.key_state}.", 400)
+        if key.key_state != "Enabled":
+            state = re.sub(r"(?<!^)([A-Z])", r" \1", key.key_state).lower()  # PendingDeletion: pending deletion
+            return error_response("s3", "KMS.KMSInvalidStateException", f"{arn} is {state}.", 400)
+    return None
+
+
+def _key_id(call: AwsCall) -> str | None:
+    """The key id the call encrypts or decrypts with; None without SSE-KMS."""
+    if call.action in UPLOADS:
+        return _upload_key(call)
+    if call.action in DOWNLOADS:
+        bucket = _bucket(call)
+        found = bucket.keys.get(call.params.get("Key", "")) if bucket is not None else None
+        # The latest version may be a delete marker, which has no encryption.
+        return _kms_key(getattr(found, "encryption", None), getattr(found, "kms_key_id", None))
+    if call.action in PARTS:
+        bucket = _bucket(call)
+        upload = bucket.multiparts.get(call.params.get("uploadId", "")) if bucket is not None else None
+        if upload is None:
+            return None
+        # Started without SSE headers, the upload takes the bucket's default (moto applies it only at the end).
+        return _kms_key(upload.sse_encryption, upload.kms_key_id) if upload.sse_encryption else _upload_key(call)
     return None
 
 
 def _upload_key(call: AwsCall) -> str | None:
-    """The key id an upload encrypts with: its own header's, else the bucket default's; None without SSE-KMS."""
+    """An upload's: its own header's, else the bucket default's."""
     algorithm, key_id = call.params.get("ServerSideEncryption"), call.params.get("SSEKMSKeyId")
     if algorithm is None:
         bucket = _bucket(call)
         rule = (bucket.encryption or {}).get("Rule", {}).get("ApplyServerSideEncryptionByDefault", {}) \
             if bucket is not None else {}
         algorithm, key_id = rule.get("SSEAlgorithm"), rule.get("KMSMasterKeyID")
-    if algorithm not in KMS_ALGORITHMS:
-        return None
-    return key_id or AWS_MANAGED_ALIAS
+    return _kms_key(algorithm, key_id)
 
 
-def _object_key(call: AwsCall) -> str | None:
-    bucket = _bucket(call)
-    found = bucket.keys.get(call.params.get("Key", "")) if bucket is not None else None
-    if found is None or found.encryption not in KMS_ALGORITHMS:
-        return None
-    return found.kms_key_id or AWS_MANAGED_ALIAS
+def _kms_key(algorithm: str | None, key_id: str | None) -> str | None:
+    return (key_id or AWS_MANAGED_ALIAS) if algorithm in KMS_ALGORITHMS else None
 
 
 def _bucket(call: AwsCall) -> Any:

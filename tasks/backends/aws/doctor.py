@@ -68,7 +68,7 @@ class _Doctor:
     def run(self) -> list[Check]:
         if not self._check("region", self._region) or not (account := self._check("credentials", self._credentials)):
             self._not_checked("permissions", "instance type", "zones", "spot prices", *self._quota_names(),
-                              REPLICA_IOPS, EBS_KEY, "AMI", "network", ELASTIC_IPS, "launch (dry run)",
+                              REPLICA_IOPS, EBS_KEY, BUCKET_KEY, "AMI", "network", ELASTIC_IPS, "launch (dry run)",
                               why="needs the region and credentials above")
             return self.checks
         self._check("permissions", self._permissions)

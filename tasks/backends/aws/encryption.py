@@ -90,26 +90,30 @@ class BucketKey:
 
 
 def check_bucket_key(clients: Clients, bucket: str) -> BucketKey:
-    """The results bucket's default encryption key, where the bucket is there. InputError for one S3 cannot use."""
+    """The results bucket's default encryption key, where the bucket is there. InputError for one S3 cannot use.
+    The key is KMS's in the bucket's region, which may not be the run's."""
+    s3 = clients.client("s3")
     try:
-        rules = clients.client("s3").get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"][
-            "Rules"]
+        rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+        region = s3.get_bucket_location(Bucket=bucket)["LocationConstraint"] or "us-east-1"
     except botocore.exceptions.ClientError as exc:
         if error_code(exc) == "NoSuchBucket":
             return BucketKey(None, f"s3://{bucket}: not there yet, made private and encrypted (SSE-S3) by the run")
-        if error_code(exc) == "ServerSideEncryptionConfigurationNotFoundError":
-            return BucketKey(None, f"s3://{bucket}: no default encryption")
+        if error_code(exc) == "ServerSideEncryptionConfigurationNotFoundError":  # before 2023; SSE-S3 since
+            return BucketKey(None, f"s3://{bucket}: SSE-S3")
         if error_code(exc) not in ("AccessDenied", "AccessDeniedException"):
             raise
         return BucketKey(None, f"s3://{bucket}: not checked", (
-            f"these credentials may not read the default encryption of bucket {bucket} (s3:GetEncryptionConfiguration, "
-            "in tasks/backends/aws/user_policy.json), so it was not checked: under a KMS key S3 cannot use, the "
-            "run's uploads are refused",))
+            f"these credentials may not read the default encryption of bucket {bucket} (s3:GetEncryptionConfiguration "
+            "and s3:GetBucketLocation, which tasks/backends/aws/user_policy.json allows on imagenet18-* buckets of "
+            "the account), so it was not checked: under a KMS key S3 cannot use, the run's uploads are refused",),
+            customer_managed=True)
     default = rules[0].get("ApplyServerSideEncryptionByDefault", {}) if rules else {}
     if default.get("SSEAlgorithm") not in KMS_ALGORITHMS:
         return BucketKey(None, f"s3://{bucket}: SSE-S3")
     key = default.get("KMSMasterKeyID") or "alias/aws/s3"
-    checked = _check(clients, key, f"the run's results in bucket {bucket}", "or name another --bucket", S3)
+    keys_clients = clients if region == clients.region else Clients(region, clients.journals)
+    checked = _check(keys_clients, key, f"the run's results in bucket {bucket}", "or name another --bucket", S3)
     return BucketKey(key, f"s3://{bucket}: KMS key {key}", tuple(checked.unchecked), checked.customer_managed)
 
 

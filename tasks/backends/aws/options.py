@@ -3,11 +3,13 @@ disks and results bucket. A pydantic model so the flow validates it with the res
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 
 import botocore.exceptions
 import botocore.session
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasks.backends.base import InputError
 
@@ -46,3 +48,26 @@ class AwsOptions(BaseModel):
     dataset_folder: str = Field("imagenet", description="the dataset's folder on the snapshot's volume")
     parallel_calls: int = Field(16, ge=1, le=64,
                                 description="AWS calls made at once: volumes, machines, lookups (1: one at a time)")
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, name: str | None) -> str | None:
+        """S3's naming rules for a general purpose bucket, so a name S3 would refuse (or a URL given for a name)
+        is refused before anything is made (https://docs.aws.amazon.com/AmazonS3/latest/userguide/
+        bucketnamingrules.html)."""
+        if name is None:
+            return name
+        if name.startswith("s3://"):
+            raise ValueError(f"{name!r} is a URL: give the bucket's name alone, {name[5:].split('/')[0]!r}")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", name) or ".." in name or _is_address(name):
+            raise ValueError(f"{name!r} is not an S3 bucket name: 3 to 63 lowercase letters, digits, dots and "
+                             "hyphens, beginning and ending with a letter or digit, not formatted as an IP address")
+        return name
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.IPv4Address(name)
+    except ValueError:
+        return False
+    return True
