@@ -149,7 +149,7 @@ def test_odd_but_readable_files_train_and_unreadable_ones_are_named_and_skipped(
         report = prepare(root, [160], workers=1)
     assert str(odd["apple_double"]) not in {path for path, _ in folders["train"].samples}, "not an image"
     assert set(report.corrupt) == {odd["truncated"], odd["text"]}
-    assert f"leaving out 1 file(s) that are not images (.jpeg, .jpg, .png): {odd['notes']}" in caplog.text
+    assert f"leaving out 1 file(s) that are not images (.jpeg, .jpg, .png, .webp): {odd['notes']}" in caplog.text
     assert str(odd["truncated"]) in caplog.text and str(odd["text"]) in caplog.text
     full_size = tmp_path / "full-size.toml"  # the odd files as they are, not as prepare rewrote them
     full_size.write_text('arch = "resnet10"\n[[data]]\nep = 0\nsz = 32\nbs = 32\n[[lr]]\nep = [0, 1]\nlr = 0.05\n')

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from trainer.data import decode
 from trainer.demo_data import make_demo_dataset
+from trainer.layout import scan
 from trainer.prepare import PrepareError, PrepareReport, prepare, resized_root
 
 SIZES = (100, 160)
@@ -198,3 +200,21 @@ def test_a_16_bit_png_named_jpeg_is_copied_at_its_levels_not_clipped_white(datas
         assert copy.format == "JPEG"
         copied = np.asarray(copy.convert("L"), dtype=float)
     assert copied.min() < 10 and 120 < copied.mean() < 135, "the gradient's levels, 0 to 255, not all 255"
+
+
+@pytest.mark.parametrize("made_as", ["WEBP", "16-bit PNG"])
+def test_a_webp_image_is_resized_as_webp_and_read_as_the_others(dataset: Path, made_as: str) -> None:
+    """WebP, common in datasets gathered from the web, is an image like the others: scanned, resized into a WebP
+    of the same name (a 16-bit PNG named .webp at its levels, not clipped white), decoded by the trainer."""
+    source = dataset / "train" / "dog" / "web.webp"
+    if made_as == "WEBP":
+        Image.linear_gradient("L").resize((300, 200)).convert("RGB").save(source, "WEBP", quality=95)
+    else:
+        Image.fromarray(np.linspace(0, 65535, 200 * 300, dtype=np.uint16).reshape(200, 300)).save(source, "PNG")
+    assert str(source) in {path for path, _ in scan(dataset / "train").samples}
+    prepare(dataset, [100], workers=1)
+    with Image.open(resized_root(dataset, 100) / "train/dog/web.webp") as copy:
+        assert (copy.format, min(copy.size)) == ("WEBP", 100)
+        levels = np.asarray(copy.convert("L"), dtype=float)
+    assert levels.min() < 10 and 100 < levels.mean() < 160, "the gradient's levels, 0 to 255"
+    assert decode(str(resized_root(dataset, 100) / "train/dog/web.webp")).shape == (3, 100, 150)

@@ -12,7 +12,7 @@ from pathlib import Path
 from trainer.schedule import Schedule
 
 log = logging.getLogger(__name__)
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp")
 SPLITS = ("train", "validation")
 
 
@@ -48,7 +48,7 @@ def scan(folder: Path) -> ImageFolder:
     for index, name in enumerate(classes):
         files = sorted(f.name for f in os.scandir(folder / name) if f.is_file() and is_image_name(f.name))
         if not files:
-            raise DataError(f"class folder {folder / name} has no images (.JPEG, .jpg or .png)")
+            raise DataError(f"class folder {folder / name} has no images (.JPEG, .jpg, .png or .webp)")
         samples.extend((str(folder / name / f), index) for f in files)
     return ImageFolder(folder, classes, tuple(samples))
 

@@ -254,6 +254,9 @@ def _save(image: Image.Image, path: Path, suffix: str) -> None:
         return
     if image.mode.startswith("I"):  # 16 or 32 bits a pixel, which convert() clips to 8: scaled instead
         image = image.convert("I").point(lambda value: value * (1 / 257)).convert("L")
+    if suffix.lower() == ".webp":  # Pillow converts what WebP cannot hold (grey, CMYK) to RGB(A) itself
+        image.save(path, "WEBP", quality=JPEG_QUALITY)
+        return
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
     image.save(path, "JPEG", quality=JPEG_QUALITY)
