@@ -56,7 +56,7 @@ def owned_encrypted_snapshot(aws, description: str, key: str | None = None) -> d
     volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True,
                                **({"KmsKeyId": key} if key else {}))["VolumeId"]
     snapshot = ec2.create_snapshot(VolumeId=volume, Description=description)
-    ec2.delete_volume(VolumeId=volume)
+    aws.delete_volume_once_made(volume)
     return snapshot
 
 

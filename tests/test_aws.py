@@ -634,6 +634,7 @@ def test_a_not_found_is_asked_again_only_for_what_this_process_made_moments_ago_
                                 MaxCount=1)["Instances"][0]["InstanceId"]
     ec2.get_waiter("instance_running").wait(InstanceIds=[machine], WaiterConfig={"Delay": 1})
     volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+    ec2.get_waiter("volume_available").wait(VolumeIds=[volume], WaiterConfig={"Delay": 0.1})
     ec2.delete_volume(VolumeId=volume)
     [counted] = aws.fault_counts("counted")
     for call in (lambda: ec2.attach_volume(VolumeId="vol-0123456789abcdef0", InstanceId=machine, Device="/dev/sdf"),
@@ -673,6 +674,9 @@ def test_replicas_ebs_reports_no_initialization_for_past_its_5_minutes_are_used_
 
 
 def test_a_failed_replication_part_way_leaves_nothing_after_teardown(aws, snapshot, tmp_path):
+    """The teardown comes moments after the replicas were asked for, while EBS still makes them: EC2 deletes only
+    a volume made (available)."""
+    aws.set_volume_creating(2.0)
     aws.add_fault("ec2", "CreateVolume", "VolumeLimitExceeded", status=400, after=10)
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-partial", 16)

@@ -265,6 +265,21 @@ def test_s3_refuses_whoever_calls_under_a_key_that_is_not_enabled_or_unknown(aws
     assert re.match(message.format(arn=re.escape(arn)), refused.value.response["Error"]["Message"])
 
 
+def test_a_new_volume_is_creating_for_a_moment_and_may_be_neither_deleted_nor_attached_until_available(aws):
+    ec2 = aws.client("ec2")
+    aws.set_volume_creating(1.0)
+    instance = launch(ec2, Placement={"AvailabilityZone": "us-east-1a"})
+    volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)
+    assert volume["State"] == "creating"
+    assert ec2.describe_volumes(VolumeIds=[volume["VolumeId"]])["Volumes"][0]["State"] == "creating"
+    assert error_code(ec2.delete_volume, VolumeId=volume["VolumeId"]) == "IncorrectState"
+    wait_for(lambda: state(ec2, instance) == "running", 10, "the machine to run")
+    assert error_code(ec2.attach_volume, VolumeId=volume["VolumeId"], InstanceId=instance, Device="/dev/sdf") == (
+        "IncorrectState")
+    ec2.get_waiter("volume_available").wait(VolumeIds=[volume["VolumeId"]], WaiterConfig={"Delay": 0.2})
+    ec2.attach_volume(VolumeId=volume["VolumeId"], InstanceId=instance, Device="/dev/sdf")
+
+
 def test_a_machine_whose_encrypted_root_disk_has_a_disabled_key_ends_as_it_launches(aws):
     ec2, kms = aws.client("ec2"), aws.client("kms")
     key = kms.create_key()["KeyMetadata"]["KeyId"]
@@ -811,6 +826,7 @@ def test_player_runs_commands_against_the_machine_disks(aws, tmp_path):
     wait_for(lambda: all(state(ec2, instance) == "running" for instance in instances))  # EC2 attaches to no other
     for instance in instances:
         volume = ec2.create_volume(AvailabilityZone="us-east-1a", SnapshotId=snapshot)["VolumeId"]
+        ec2.get_waiter("volume_available").wait(VolumeIds=[volume], WaiterConfig={"Delay": 0.1})
         ec2.attach_volume(VolumeId=volume, InstanceId=instance, Device="/dev/sdf")
     file_system = efs.create_file_system(CreationToken="run-1", Tags=[RUN])["FileSystemId"]
 
@@ -1165,6 +1181,7 @@ def test_a_volume_is_attached_only_as_ec2_attaches_it(aws):
     machine = launch(ec2, Placement={"AvailabilityZone": "us-east-1a"})
     here, there = (ec2.create_volume(AvailabilityZone=zone, Size=1)["VolumeId"] for zone in ("us-east-1a",
                                                                                             "us-east-1b"))
+    ec2.get_waiter("volume_available").wait(VolumeIds=[here, there], WaiterConfig={"Delay": 0.1})
     assert error_code(ec2.attach_volume, VolumeId=here, InstanceId=machine, Device="/dev/sdf") == (
         "IncorrectInstanceState"), "still pending"
     wait_for(lambda: state(ec2, machine) == "running", seconds=20)
@@ -1184,6 +1201,7 @@ def test_a_terminated_machine_shuts_down_first_and_keeps_its_volumes_until_it_is
     machine, spare = (launch(ec2, Placement={"AvailabilityZone": "us-east-1a"}) for _ in range(2))
     wait_for(lambda: {state(ec2, machine), state(ec2, spare)} == {"running"}, seconds=20)
     data = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+    ec2.get_waiter("volume_available").wait(VolumeIds=[data], WaiterConfig={"Delay": 0.1})
     ec2.attach_volume(VolumeId=data, InstanceId=machine, Device="/dev/sdf")
     aws.set_shutting_down(4.0)
     aws.interrupt(machine)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -152,6 +153,11 @@ class AwsSim:
         which makes them completed at once)."""
         self._control("POST", "snapshot-pending", {"pending_s": seconds})
 
+    def set_volume_creating(self, seconds: float) -> None:
+        """Volumes made from now on are `creating` this long before they are available (until the next reset,
+        which restores AWSSIM_VOLUME_CREATING_S, 0.3 s by default)."""
+        self._control("POST", "volume-creating", {"creating_s": seconds})
+
     def set_agent_delay(self, seconds: float) -> None:
         """The SSM agent of each machine launched from now on registers this long after it runs (until `reset`,
         which restores AWSSIM_AGENT_DELAY_S, 1 s by default); SendCommand refuses the machine until then."""
@@ -200,8 +206,21 @@ class AwsSim:
         snapshot_id = ec2.create_snapshot(VolumeId=volume_id, Description=description,
                                           TagSpecifications=tag_specs if tags else [])["SnapshotId"]
         self._control("POST", "seed", {"snapshot_id": snapshot_id, "from_dir": str(Path(from_dir).resolve())})
-        ec2.delete_volume(VolumeId=volume_id)
+        self.delete_volume_once_made(volume_id, region)
         return snapshot_id
+
+    def delete_volume_once_made(self, volume_id: str, region: str | None = None) -> None:
+        """Delete a volume as soon as EC2 lets it (once it is no longer `creating`); nothing where EBS dropped it
+        (a key it could not use)."""
+        ec2 = self.client("ec2", region=region)
+        deadline = time.monotonic() + 30
+        while found := ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume_id]}])["Volumes"]:
+            if found[0]["State"] != "creating":
+                ec2.delete_volume(VolumeId=volume_id)
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"volume {volume_id} still creating after 30 s")
+            time.sleep(0.05)
 
 
 def client_environment(home: Path) -> dict[str, str | None]:

@@ -58,6 +58,8 @@ class Control:
                                                                      float(body["shutting_down_s"])),
             ("POST", "/_awssim/snapshot-pending"): lambda body: setattr(self.player, "snapshot_pending_s",
                                                                         float(body["pending_s"])),
+            ("POST", "/_awssim/volume-creating"): lambda body: setattr(self.player, "volume_creating_s",
+                                                                       float(body["creating_s"])),
             ("POST", "/_awssim/placement"): lambda body: setattr(self.placement, "changing_s",
                                                                 float(body["changing_s"])),
             ("POST", "/_awssim/consistency"): lambda body: setattr(self.consistency, "window_s",

@@ -21,7 +21,7 @@ import time
 import uuid
 from typing import Any
 
-from moto.ec2.models.elastic_block_store import EBSBackend, Volume
+from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.kms.models import kms_backends
 
 from . import access, backends
@@ -37,11 +37,8 @@ EBS_KMS_ACTIONS = ("kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey", "kms:Gen
 
 
 def fix_ebs_encryption() -> None:
-    """Volumes `creating` where marked so (moto's are available at once); the default key is AWS managed; a volume
-    keeps its owned snapshot's key (another account's: the default), CreateSnapshot its volume's."""
-    status = Volume.status
-    Volume.status = property(lambda self: "creating" if getattr(self, "creating", False) else status.fget(self))
-
+    """The default key is AWS managed; a volume keeps its owned snapshot's key (another account's: the default),
+    CreateSnapshot its volume's."""
     make_default = EBSBackend._create_default_encryption_key
 
     def create_default_encryption_key(self: Any) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from . import (access, agent, attach, backends, catalogue, command_list, encryption, limits, network, prices, regions,
-               s3_keys, tagging, volume_performance)
+               s3_keys, tagging, volume_performance, volume_states)
 from .calls import AwsCall, identify, signing_scope
 from .consistency import Consistency
 from .control import Control
@@ -40,7 +40,7 @@ EC2_REFUSALS = {"AssociateAddress": network.associate_address_error, "ReleaseAdd
                 "DeleteSubnet": network.delete_subnet_error, "DeleteSecurityGroup": network.delete_security_group_error,
                 "DeleteVpc": network.delete_vpc_error, "AttachVolume": attach.attach_volume_error,
                 "DetachVolume": attach.detach_volume_error, "CreateTags": tagging.tagging_error,
-                "DeleteTags": tagging.tagging_error}
+                "DeleteTags": tagging.tagging_error, "DeleteVolume": volume_states.delete_volume_error}
 
 
 class AwsSimApp:

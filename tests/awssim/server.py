@@ -51,6 +51,7 @@ from .regions import fix_describe_regions
 from .s3_keys import fix_aws_managed_keys
 from .storage import ContentStore
 from .throttle import SsmThrottle
+from .volume_states import fix_volumes_take_time
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout holding tests/awssim: /opt/imagenet18 on a machine
 DUMMY_AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     fix_instances_start_pending(lambda: player.pending_s)
     fix_termination_takes_time(lambda: player.shutting_down_s)
     fix_snapshots_take_time(lambda: player.snapshot_pending_s)
+    fix_volumes_take_time(lambda: player.volume_creating_s)
     consistency = Consistency()
     app = AwsSimApp(DomainDispatcherApplication(create_backend_app), faults, placement, player, quotas, throttle,
                     consistency, Control(root, faults, placement, player, store, quotas, throttle, consistency))

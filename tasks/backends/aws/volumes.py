@@ -433,7 +433,9 @@ def replicas(clients: Clients, run_id: str | None) -> list[Resource]:
 
 
 def delete(clients: Clients, volume_ids: list[str]) -> None:
-    """Delete and wait until gone. A volume still attached to a machine is an error: tear the run down first."""
+    """Delete and wait until gone. A volume still attached to a machine is an error: tear the run down first.
+    EC2 deletes only an available volume, so one still creating (a teardown moments after the replicas were asked
+    for) is waited for first; one EBS could not make goes by itself, and one already deleting is left to go."""
     ec2 = clients.ec2
     if not volume_ids:
         return
@@ -442,8 +444,20 @@ def delete(clients: Clients, volume_ids: list[str]) -> None:
         if attached:
             raise BackendError(f"volume {volume['VolumeId']} is attached to {', '.join(attached)}; terminate the "
                                "machine first (`imagenet18 cleanup`)")
-        ec2.delete_volume(VolumeId=volume["VolumeId"])
+        state = volume["State"]
+        if state == "creating":
+            state = until(f"volume {volume['VolumeId']} to be made", lambda v=volume["VolumeId"]: _made(ec2, v))
+        if state not in ("gone", "deleting"):
+            ec2.delete_volume(VolumeId=volume["VolumeId"])
     ec2.get_waiter("volume_deleted").wait(VolumeIds=volume_ids, WaiterConfig=waiter_config())
+
+
+def _made(ec2, volume_id: str) -> str | None:
+    """The volume's state once it is not creating ("gone" once EC2 knows it no more); None while it is. A filter,
+    not VolumeIds, which would raise for a volume gone."""
+    found = ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume_id]}])["Volumes"]
+    state = found[0]["State"] if found else "gone"
+    return None if state == "creating" else state
 
 
 def _as_resource(volume: dict, run_id: str) -> Resource:
