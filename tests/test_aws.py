@@ -816,6 +816,10 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
      r"arn:aws:kms:\S+: the key is Disabled; enable it \(`aws kms enable-key`\), or make the dataset's snapshot "
      r"anew \(`imagenet18 snapshot --from ...`, then delete this one\), whose disks take the account's default "
      r"key$"),
+    ({"setup": lambda aws, _: aws.make_foreign_bucket(BUCKET)},
+     r"^bucket imagenet18-test-results is another account's, or these credentials may not list it \(S3 answered 403 "
+     r"to HeadBucket as account 123456789012\): name another --bucket, or none for the run's own, "
+     r"imagenet18-123456789012-us-east-1$"),
     ({"setup": lambda aws, _: bucket_under_key(aws, BUCKET, customer_managed_key(aws, "Disabled"))},
      r"^S3 cannot encrypt the run's results in bucket imagenet18-test-results with KMS key arn:aws:kms:\S+: the key "
      r"is Disabled; enable it \(`aws kms enable-key`\), or name another --bucket$"),

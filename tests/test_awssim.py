@@ -280,6 +280,24 @@ def test_a_new_volume_is_creating_for_a_moment_and_may_be_neither_deleted_nor_at
     ec2.attach_volume(VolumeId=volume["VolumeId"], InstanceId=instance, Device="/dev/sdf")
 
 
+def test_another_accounts_bucket_is_refused_unless_its_policy_allows_and_never_to_an_expected_owner(aws):
+    """S3's bucket names are global: one another account holds answers this account 403, unless its bucket policy
+    allows the account; a call expecting another owner is refused, and the name cannot be made again."""
+    s3 = aws.client("s3", retries=NO_RETRIES)
+    aws.make_foreign_bucket("theirs")
+    aws.make_foreign_bucket("shared", policy={"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "s3:GetObject",
+         "Resource": "arn:aws:s3:::shared/*"}]})
+    assert error_code(s3.head_bucket, Bucket="theirs") == "403"
+    assert error_code(s3.put_object, Bucket="theirs", Key="k", Body=b"x") == "AccessDenied"
+    assert error_code(s3.create_bucket, Bucket="theirs") == "BucketAlreadyExists"
+    assert error_code(s3.get_object, Bucket="shared", Key="missing") == "NoSuchKey", "its policy allows reads"
+    assert error_code(s3.put_object, Bucket="shared", Key="k", Body=b"x") == "AccessDenied", "and nothing else"
+    s3.create_bucket(Bucket="ours")
+    s3.head_bucket(Bucket="ours", ExpectedBucketOwner="123456789012")
+    assert error_code(s3.head_bucket, Bucket="ours", ExpectedBucketOwner="111111111111") == "403"
+
+
 def test_a_machine_whose_encrypted_root_disk_has_a_disabled_key_ends_as_it_launches(aws):
     ec2, kms = aws.client("ec2"), aws.client("kms")
     key = kms.create_key()["KeyMetadata"]["KeyId"]

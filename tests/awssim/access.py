@@ -76,10 +76,7 @@ def s3_refusal(call: AwsCall) -> Response | None:
     if statements is None or "Bucket" not in call.params:
         return None
     bucket, key = call.params["Bucket"], call.params.get("Key")
-    action = ACTION_BY_OPERATION.get(call.action, f"s3:{call.action}")
-    listing = action == "s3:ListBucket"
-    resource = f"arn:aws:s3:::{bucket}" + ("" if listing or key is None else f"/{key}")
-    context = {"s3:prefix": call.params["prefix"]} if listing and "prefix" in call.params else {}
+    action, resource, context = s3_permission(call)
     if not allowed(statements, action, resource, context):
         return _denied(call)
     if action == "s3:GetObject" and not _exists(bucket, key) and not allowed(
@@ -201,10 +198,7 @@ def _user_statements(user: Any) -> list[dict[str, Any]]:
 def _needed(call: AwsCall) -> list[tuple[str, str, dict[str, str]]]:
     """(action, resource, condition keys) the call is authorized by, each of which must be allowed."""
     if call.service == "s3":
-        action = ACTION_BY_OPERATION.get(call.action, f"s3:{call.action}")
-        bucket, key = call.params.get("Bucket", ""), call.params.get("Key")
-        return [(action, f"arn:aws:s3:::{bucket}" + (f"/{key}" if key and action != "s3:ListBucket" else ""), {}),
-                *s3_keys.uses(call)]
+        return [s3_permission(call), *s3_keys.uses(call)]
     context = {"iam:AWSServiceName": call.params["AWSServiceName"]} if "AWSServiceName" in call.params else {}
     action = f"{IAM_PREFIX.get(call.service, call.service)}:{call.action}"
     names = call.list_param("Names") if call.service == "ssm" else []  # GetParameters: each parameter's
@@ -220,6 +214,16 @@ def _needed(call: AwsCall) -> list[tuple[str, str, dict[str, str]]]:
         for role in _profile_roles(call, profile):
             needed.append(("iam:PassRole", role, {"iam:PassedToService": "ec2.amazonaws.com"}))
     return needed
+
+
+def s3_permission(call: AwsCall) -> tuple[str, str, dict[str, str]]:
+    """(action, resource, condition keys) an S3 call is authorized by: a listing by its bucket and prefix, an
+    object's call by the object."""
+    action = ACTION_BY_OPERATION.get(call.action, f"s3:{call.action}")
+    bucket, key = call.params.get("Bucket", ""), call.params.get("Key")
+    listing = action == "s3:ListBucket"
+    resource = f"arn:aws:s3:::{bucket}" + ("" if listing or key is None else f"/{key}")
+    return action, resource, {"s3:prefix": call.params["prefix"]} if listing and "prefix" in call.params else {}
 
 
 def _resource(call: AwsCall) -> str:

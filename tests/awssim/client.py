@@ -153,6 +153,12 @@ class AwsSim:
         which makes them completed at once)."""
         self._control("POST", "snapshot-pending", {"pending_s": seconds})
 
+    def make_foreign_bucket(self, bucket: str, account: str = "111111111111", region: str = "us-east-1",
+                            policy: dict | None = None) -> None:
+        """A bucket of another account (S3's bucket names are global), with that bucket policy if given."""
+        self._control("POST", "foreign-bucket", {"bucket": bucket, "account": account, "region": region,
+                                                 "policy": json.dumps(policy) if policy else None})
+
     def set_volume_creating(self, seconds: float) -> None:
         """Volumes made from now on are `creating` this long before they are available (until the next reset,
         which restores AWSSIM_VOLUME_CREATING_S, 0.3 s by default)."""

@@ -1,5 +1,6 @@
 """Control endpoints under /_awssim/ on the simulator's port: faults, spot interruption, quotas, reset, played
-commands, the SSM agents' registration delay, the regions that hold anything tagged with a run."""
+commands, the SSM agents' registration delay, the regions that hold anything tagged with a run, another account's
+bucket."""
 
 import json
 import shutil
@@ -10,6 +11,7 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 
 from moto.ec2.models.instances import StateReason
 from moto.moto_api._internal import moto_api_backend
+from moto.s3.models import s3_backends
 
 from . import backends
 from .consistency import Consistency
@@ -71,6 +73,8 @@ class Control:
             ("POST", "/_awssim/initialization-report"): lambda body: setattr(
                 self.player.initializations, "report_delay_s", float(body["delay_s"])),
             ("POST", "/_awssim/seed"): lambda body: self.seed(body["snapshot_id"], Path(body["from_dir"])),
+            ("POST", "/_awssim/foreign-bucket"): lambda body: self.foreign_bucket(
+                body["bucket"], body["account"], body["region"], body.get("policy")),
         }
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
@@ -108,6 +112,14 @@ class Control:
             self.store.wipe()
             for folder in ("commands", "instances"):
                 shutil.rmtree(self.root / folder, ignore_errors=True)
+
+    @staticmethod
+    def foreign_bucket(name: str, account: str, region: str, policy: str | None) -> None:
+        """A bucket of another account (whose keys no test holds), with its bucket policy if given."""
+        s3 = s3_backends[account]["aws"]
+        s3.create_bucket(name, region)
+        if policy:
+            s3.put_bucket_policy(name, policy.encode())
 
     def seed(self, snapshot_id: str, source: Path) -> None:
         if not any(snapshot_id in ec2.snapshots for _, _, ec2 in backends.ec2_all()):

@@ -16,8 +16,8 @@ import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from . import (access, agent, attach, backends, catalogue, command_list, encryption, limits, network, prices, regions,
-               s3_keys, tagging, volume_performance, volume_states)
+from . import (access, agent, attach, backends, bucket_owners, catalogue, command_list, encryption, limits, network,
+               prices, regions, s3_keys, tagging, volume_performance, volume_states)
 from .calls import AwsCall, identify, signing_scope
 from .consistency import Consistency
 from .control import Control
@@ -147,7 +147,7 @@ class AwsSimApp:
         if call.service == "ssm" and call.action in agent.ACTIONS:
             return agent.handle(call, self.player)
         if call.service == "s3":
-            return access.s3_refusal(call) or s3_keys.state_refusal(call)
+            return bucket_owners.refusal(call) or access.s3_refusal(call) or s3_keys.state_refusal(call)
         if call.service == "service-quotas":
             return self.quotas.handle(call)
         if call.service == "pricing":

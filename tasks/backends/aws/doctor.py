@@ -21,6 +21,7 @@ from tasks.backends.aws import (
     permissions,
     prices,
     quotas,
+    storage,
     volume_quotas,
 )
 from tasks.backends.aws.backend import AwsBackend
@@ -157,7 +158,7 @@ class _Doctor:
 
     def _bucket_under_customer_managed_key(self) -> bool:
         try:
-            return encryption.check_bucket_key(self.clients, self.backend.results_bucket).customer_managed
+            return storage.check_bucket(self.clients, self.backend.results_bucket).customer_managed
         except InputError:  # a key S3 cannot use, which the results bucket row fails
             return True
 
@@ -250,7 +251,7 @@ class _Doctor:
 
     def _bucket_key(self) -> _Found:
         """The results bucket's default encryption, where the bucket is there: a KMS key S3 can use."""
-        checked = encryption.check_bucket_key(self.clients, self.backend.results_bucket)
+        checked = storage.check_bucket(self.clients, self.backend.results_bucket)
         if checked.unchecked:
             return _Found(checked.described, WARN, "; ".join(checked.unchecked))
         if checked.key is None:

@@ -90,15 +90,13 @@ class BucketKey:
 
 
 def check_bucket_key(clients: Clients, bucket: str) -> BucketKey:
-    """The results bucket's default encryption key, where the bucket is there. InputError for one S3 cannot use.
+    """The default encryption key of a bucket that is there. InputError for one S3 cannot use.
     The key is KMS's in the bucket's region, which may not be the run's."""
     s3 = clients.client("s3")
     try:
         rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
         region = s3.get_bucket_location(Bucket=bucket)["LocationConstraint"] or "us-east-1"
     except botocore.exceptions.ClientError as exc:
-        if error_code(exc) == "NoSuchBucket":
-            return BucketKey(None, f"s3://{bucket}: not there yet, made private and encrypted (SSE-S3) by the run")
         if error_code(exc) == "ServerSideEncryptionConfigurationNotFoundError":  # before 2023; SSE-S3 since
             return BucketKey(None, f"s3://{bucket}: SSE-S3")
         if error_code(exc) not in ("AccessDenied", "AccessDeniedException"):

@@ -46,7 +46,7 @@ def make_snapshot(backend: AwsBackend, url: str, name: str, sizes: list[int], ma
         raise InputError(f"the builder machine reads the dataset from s3://, not {url}")
     size_gb = dataset_size_gb(url, sizes)
     backend.check_disk_keys(backend.clients.check_credentials())
-    backend.check_bucket_key()
+    backend.check_bucket()
     quotas.check_vcpus(backend.clients, quotas.STANDARD, f"the snapshot builder ({BUILDER_TYPE}) needs",
                        BUILDER_VCPUS)
     if not backend.options.subnet_id:

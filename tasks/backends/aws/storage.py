@@ -7,14 +7,34 @@ import io
 import tarfile
 from pathlib import Path
 
-from tasks.backends.aws import pools
+from tasks.backends.aws import encryption, pools
 from tasks.backends.aws.clients import Clients, error_code
+from tasks.backends.base import InputError
 
 PROJECT_PARTS = ("trainer", "tasks", "flows", "deployments", "pyproject.toml", "README.md", "requirements.lock")
 
 
 def bucket_name(clients: Clients, name: str | None) -> str:
     return name or f"imagenet18-{clients.check_credentials()}-{clients.region}"
+
+
+def check_bucket(clients: Clients, bucket: str) -> encryption.BucketKey:
+    """The results bucket as a run will use it, before anything is made: one there already is this account's (S3
+    refuses another account's, and its name cannot be made again) and under a key S3 can use
+    (encryption.check_bucket_key). InputError otherwise."""
+    account = clients.check_credentials()
+    try:
+        clients.client("s3").head_bucket(Bucket=bucket, ExpectedBucketOwner=account)
+    except Exception as exc:  # noqa: BLE001 - botocore's ClientError, whose code for a HEAD is the HTTP status
+        if error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
+            return encryption.BucketKey(None, f"s3://{bucket}: not there yet, made private and encrypted (SSE-S3) "
+                                              "by the run")
+        if error_code(exc) in ("403", "AccessDenied"):
+            raise InputError(f"bucket {bucket} is another account's, or these credentials may not list it (S3 "
+                             f"answered 403 to HeadBucket as account {account}): name another --bucket, or none "
+                             f"for the run's own, imagenet18-{account}-{clients.region}") from None
+        raise
+    return encryption.check_bucket_key(clients, bucket)
 
 
 def upload_project(clients: Clients, bucket: str, url: str, parallel: int = 1) -> None:
