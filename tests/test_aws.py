@@ -676,7 +676,7 @@ def test_replicas_ebs_reports_no_initialization_for_past_its_5_minutes_are_used_
 def test_a_failed_replication_part_way_leaves_nothing_after_teardown(aws, snapshot, tmp_path):
     """The teardown comes moments after the replicas were asked for, while EBS still makes them: EC2 deletes only
     a volume made (available)."""
-    aws.set_volume_creating(2.0)
+    aws.set_volume_creating(5.0)
     aws.add_fault("ec2", "CreateVolume", "VolumeLimitExceeded", status=400, after=10)
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-partial", 16)
@@ -820,6 +820,14 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
      r"^bucket imagenet18-test-results is another account's, or these credentials may not list it \(S3 answered 403 "
      r"to HeadBucket as account 123456789012\): name another --bucket, or none for the run's own, "
      r"imagenet18-123456789012-us-east-1$"),
+    ({"options": {"bucket": None},
+      "setup": lambda aws, _: aws.make_foreign_bucket("imagenet18-123456789012-us-east-1")},
+     r"^bucket imagenet18-123456789012-us-east-1 is another account's, .*: give --bucket, one of the account's$"),
+    ({"options": {"bucket": "Team_Results"}},
+     r"^there is no bucket Team_Results to use, and S3 makes none so named: 3 to 63 lowercase letters, digits, dots "
+     r"and hyphens"),
+    ({"options": {"bucket": "192.168.5.4"}}, r"S3 makes none so named: not formatted as an IP address$"),
+    ({"options": {"bucket": "results--x-s3"}}, r"S3 makes none so named: not beginning with xn--, .* nor ending with "),
     ({"setup": lambda aws, _: bucket_under_key(aws, BUCKET, customer_managed_key(aws, "Disabled"))},
      r"^S3 cannot encrypt the run's results in bucket imagenet18-test-results with KMS key arn:aws:kms:\S+: the key "
      r"is Disabled; enable it \(`aws kms enable-key`\), or name another --bucket$"),

@@ -239,6 +239,9 @@ def test_s3_uses_a_customer_managed_key_as_its_caller_whom_the_key_must_allow(aw
     users_policy({**through_s3, "Action": ["kms:GenerateDataKey", "kms:Decrypt"]})
     users_s3.upload_part(Bucket="customer", Key="big", UploadId=upload, PartNumber=1, Body=b"part")
     assert users_s3.get_object(Bucket="customer", Key="kept")["Body"].read() == b"theirs"
+    european = aws.client("kms", region="eu-west-1").create_key()["KeyMetadata"]["KeyId"]
+    bucket_under_key(aws, "european", european, region="eu-west-1")
+    s3.put_object(Bucket="european", Key="k", Body=b"x")  # signed for us-east-1: the key is the bucket region's
 
 
 @pytest.mark.parametrize("state,code,message", [
@@ -267,13 +270,15 @@ def test_s3_refuses_whoever_calls_under_a_key_that_is_not_enabled_or_unknown(aws
 
 def test_a_new_volume_is_creating_for_a_moment_and_may_be_neither_deleted_nor_attached_until_available(aws):
     ec2 = aws.client("ec2")
-    aws.set_volume_creating(1.0)
+    aws.set_volume_creating(5.0)
     instance = launch(ec2, Placement={"AvailabilityZone": "us-east-1a"})
+    wait_for(lambda: state(ec2, instance) == "running", 10, "the machine to run")
+    [root] = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [instance]}])["Volumes"]
+    assert root["State"] == "in-use", "a machine's own disk is made attached"
     volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)
     assert volume["State"] == "creating"
     assert ec2.describe_volumes(VolumeIds=[volume["VolumeId"]])["Volumes"][0]["State"] == "creating"
     assert error_code(ec2.delete_volume, VolumeId=volume["VolumeId"]) == "IncorrectState"
-    wait_for(lambda: state(ec2, instance) == "running", 10, "the machine to run")
     assert error_code(ec2.attach_volume, VolumeId=volume["VolumeId"], InstanceId=instance, Device="/dev/sdf") == (
         "IncorrectState")
     ec2.get_waiter("volume_available").wait(VolumeIds=[volume["VolumeId"]], WaiterConfig={"Delay": 0.2})
@@ -288,11 +293,16 @@ def test_another_accounts_bucket_is_refused_unless_its_policy_allows_and_never_t
     aws.make_foreign_bucket("shared", policy={"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "s3:GetObject",
          "Resource": "arn:aws:s3:::shared/*"}]})
+    aws.make_foreign_bucket("listed", policy={"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
+         "Resource": ["arn:aws:s3:::listed", "arn:aws:s3:::listed/*"]}]})
     assert error_code(s3.head_bucket, Bucket="theirs") == "403"
     assert error_code(s3.put_object, Bucket="theirs", Key="k", Body=b"x") == "AccessDenied"
     assert error_code(s3.create_bucket, Bucket="theirs") == "BucketAlreadyExists"
-    assert error_code(s3.get_object, Bucket="shared", Key="missing") == "NoSuchKey", "its policy allows reads"
-    assert error_code(s3.put_object, Bucket="shared", Key="k", Body=b"x") == "AccessDenied", "and nothing else"
+    assert error_code(s3.get_object, Bucket="shared", Key="missing") == "AccessDenied", "nor may it list the bucket"
+    assert error_code(s3.put_object, Bucket="shared", Key="k", Body=b"x") == "AccessDenied", "reads only"
+    assert error_code(s3.get_object, Bucket="listed", Key="missing") == "NoSuchKey", "its policy allows reads"
+    assert s3.list_objects_v2(Bucket="listed")["KeyCount"] == 0
     s3.create_bucket(Bucket="ours")
     s3.head_bucket(Bucket="ours", ExpectedBucketOwner="123456789012")
     assert error_code(s3.head_bucket, Bucket="ours", ExpectedBucketOwner="111111111111") == "403"

@@ -17,7 +17,7 @@ class Sweep:
     def __init__(self) -> None:
         self._removed: list[Resource] = []
         self._failed: dict[str, str] = {}  # run id -> why its teardown failed
-        self._unasked: list[str] = []  # runs not known to be finished, since asking failed
+        self._unasked: set[str] = set()  # runs not known to be finished, since asking failed (in any region)
         self._why_unasked = ""
 
     def finished(self, run_id: str, finished: Callable[[str], bool]) -> bool:
@@ -30,7 +30,7 @@ class Sweep:
             except Exception as exc:  # noqa: BLE001 - whatever the API's client raised
                 log.warning("could not tell whether run %s finished: %s", run_id, exc)
                 self._why_unasked = f"{type(exc).__name__}: {exc}"
-        self._unasked.append(run_id)
+        self._unasked.add(run_id)
         return False
 
     def tear_down(self, run_id: str, tear_down: Callable[[], list[Resource]], where: str = "") -> None:

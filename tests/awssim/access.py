@@ -79,7 +79,7 @@ def s3_refusal(call: AwsCall) -> Response | None:
     action, resource, context = s3_permission(call)
     if not allowed(statements, action, resource, context):
         return _denied(call)
-    if action == "s3:GetObject" and not _exists(bucket, key) and not allowed(
+    if action == "s3:GetObject" and not object_exists(bucket, key) and not allowed(
             statements, "s3:ListBucket", f"arn:aws:s3:::{bucket}", {}):
         return _denied(call)
     for kms_action, key_arn, kms_context in s3_keys.uses(call):
@@ -329,7 +329,7 @@ def _statements(documents: list[Any]) -> list[dict[str, Any]]:
     return statements
 
 
-def _exists(bucket: str, key: str | None) -> bool:
+def object_exists(bucket: str, key: str | None) -> bool:
     owner = s3_backends.bucket_accounts.get(bucket)
     if owner is None or key is None:
         return False

@@ -35,7 +35,11 @@ def _policy_allows(bucket: Any, call: AwsCall) -> bool:
     statements = json.loads(bucket.policy).get("Statement", [])
     theirs = [s for s in ([statements] if isinstance(statements, dict) else statements)
               if _names(s.get("Principal"), call.account)]
-    return access.allowed(theirs, *access.s3_permission(call))
+    action, resource, context = access.s3_permission(call)
+    if action == "s3:GetObject" and not access.object_exists(bucket.name, call.params.get("Key")):
+        # S3 says whether a key exists only to a caller who may list the bucket (GetObject's "Permissions").
+        return access.allowed(theirs, "s3:ListBucket", f"arn:aws:s3:::{bucket.name}", {})
+    return access.allowed(theirs, action, resource, context)
 
 
 def _names(principal: Any, account: str) -> bool:

@@ -7,7 +7,7 @@ bucket's default encryption says so (its KMSMasterKeyID, or `aws/s3`). S3 then u
 kms:Decrypt (https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingKMSEncryption.html, "Permissions";
 https://docs.aws.amazon.com/AmazonS3/latest/API/API_CreateMultipartUpload.html). The AWS managed key's own policy
 allows every principal of the account through S3, so it needs no IAM permission; a customer managed key needs the
-caller's policies to allow it, with the condition keys kms:ViaService (s3.<region>.amazonaws.com) and
+caller's policies to allow it, with the condition keys kms:ViaService (s3.<the bucket's region>.amazonaws.com) and
 kms:EncryptionContext:aws:s3:arn (the object's ARN). PutBucketEncryption takes a key id without checking it: a call
 under a key KMS does not know is refused (KMS.NotFoundException), as is one under a key that is not Enabled,
 whoever calls."""
@@ -55,7 +55,7 @@ def uses(call: AwsCall) -> list[tuple[str, str, dict[str, str]]]:
     if key is not None and key.key_manager == "AWS":
         return []
     arn = key.arn if key is not None else key_id
-    context = {"kms:ViaService": f"s3.{call.region}.amazonaws.com",
+    context = {"kms:ViaService": f"s3.{_region(call)}.amazonaws.com",
                "kms:EncryptionContext:aws:s3:arn": f"arn:aws:s3:::{call.params['Bucket']}/{call.params.get('Key', '')}"}
     return [(action, arn, context) for action in {**UPLOADS, **DOWNLOADS, **PARTS}[call.action]]
 
@@ -116,11 +116,17 @@ def _bucket(call: AwsCall) -> Any:
     return s3_backends[account][partition].buckets.get(call.params["Bucket"])
 
 
+def _region(call: AwsCall) -> str:
+    """Where S3 works on the call: the bucket's region (botocore follows S3's redirect there), not the signer's."""
+    bucket = _bucket(call)
+    return bucket.region_name if bucket is not None else call.region
+
+
 def _described(call: AwsCall, key_id: str) -> Any:
-    """The key as KMS knows it in the call's region (a key ARN names its own), or None."""
-    region = key_id.split(":")[3] if key_id.startswith("arn:") else call.region
-    account = key_id.split(":")[4] if key_id.startswith("arn:") else call.account
+    """The key as KMS knows it in the bucket's region (a key ARN names its own), or None."""
     try:
+        region = key_id.split(":")[3] if key_id.startswith("arn:") else _region(call)
+        account = key_id.split(":")[4] if key_id.startswith("arn:") else call.account
         return kms_backends[account][region].describe_key(key_id)
-    except Exception:  # noqa: BLE001 - moto's NotFound, or a KeyError for an id it never saw
+    except Exception:  # noqa: BLE001 - moto's NotFound, a KeyError for an id it never saw, a malformed ARN
         return None

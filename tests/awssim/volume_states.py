@@ -28,7 +28,9 @@ def fix_volumes_take_time(creating_s: Callable[[], float]) -> None:
 
 
 def creating(volume: Any) -> bool:
-    return getattr(volume, "creating", False) or time.time() < getattr(volume, "created_by", 0.0)
+    """A machine's own disks, made with it, are attached (in-use) from the start."""
+    return volume.attachment is None and (getattr(volume, "creating", False)
+                                          or time.time() < getattr(volume, "created_by", 0.0))
 
 
 def delete_volume_error(call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:

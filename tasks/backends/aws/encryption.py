@@ -89,22 +89,21 @@ class BucketKey:
     customer_managed: bool = False  # or not known to be AWS managed
 
 
-def check_bucket_key(clients: Clients, bucket: str) -> BucketKey:
-    """The default encryption key of a bucket that is there. InputError for one S3 cannot use.
-    The key is KMS's in the bucket's region, which may not be the run's."""
-    s3 = clients.client("s3")
+def check_bucket_key(clients: Clients, bucket: str, region: str) -> BucketKey:
+    """The default encryption key of a bucket that is there, in `region`, which may not be the run's: so is its key.
+    InputError for one S3 cannot use."""
     try:
-        rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
-        region = s3.get_bucket_location(Bucket=bucket)["LocationConstraint"] or "us-east-1"
+        rules = clients.client("s3").get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"][
+            "Rules"]
     except botocore.exceptions.ClientError as exc:
         if error_code(exc) == "ServerSideEncryptionConfigurationNotFoundError":  # before 2023; SSE-S3 since
             return BucketKey(None, f"s3://{bucket}: SSE-S3")
         if error_code(exc) not in ("AccessDenied", "AccessDeniedException"):
             raise
         return BucketKey(None, f"s3://{bucket}: not checked", (
-            f"these credentials may not read the default encryption of bucket {bucket} (s3:GetEncryptionConfiguration "
-            "and s3:GetBucketLocation, which tasks/backends/aws/user_policy.json allows on imagenet18-* buckets of "
-            "the account), so it was not checked: under a KMS key S3 cannot use, the run's uploads are refused",),
+            f"these credentials may not read the default encryption of bucket {bucket} (s3:GetEncryptionConfiguration, "
+            "which tasks/backends/aws/user_policy.json allows on imagenet18-* buckets), so it was not checked: under "
+            "a KMS key S3 cannot use, the run's uploads are refused",),
             customer_managed=True)
     default = rules[0].get("ApplyServerSideEncryptionByDefault", {}) if rules else {}
     if default.get("SSEAlgorithm") not in KMS_ALGORITHMS:

@@ -3,7 +3,6 @@ disks and results bucket. A pydantic model so the flow validates it with the res
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 
@@ -52,22 +51,13 @@ class AwsOptions(BaseModel):
     @field_validator("bucket")
     @classmethod
     def _bucket_name(cls, name: str | None) -> str | None:
-        """S3's naming rules for a general purpose bucket, so a name S3 would refuse (or a URL given for a name)
-        is refused before anything is made (https://docs.aws.amazon.com/AmazonS3/latest/userguide/
-        bucketnamingrules.html)."""
+        """A name S3 takes in any call: a URL, or a name S3 refuses whatever the bucket, is refused before anything
+        is made (whether a new bucket may be so named, the pre-flight says: storage.new_name_problem)."""
         if name is None:
             return name
         if name.startswith("s3://"):
             raise ValueError(f"{name!r} is a URL: give the bucket's name alone, {name[5:].split('/')[0]!r}")
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", name) or ".." in name or _is_address(name):
+        if not re.fullmatch(r"[A-Za-z0-9._-]{3,255}", name):  # botocore's own check, the legacy names' rule
             raise ValueError(f"{name!r} is not an S3 bucket name: 3 to 63 lowercase letters, digits, dots and "
-                             "hyphens, beginning and ending with a letter or digit, not formatted as an IP address")
+                             "hyphens, beginning and ending with a letter or digit")
         return name
-
-
-def _is_address(name: str) -> bool:
-    try:
-        ipaddress.IPv4Address(name)
-    except ValueError:
-        return False
-    return True

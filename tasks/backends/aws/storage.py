@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from tasks.backends.aws import encryption, pools
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.base import InputError
 
+RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 PROJECT_PARTS = ("trainer", "tasks", "flows", "deployments", "pyproject.toml", "README.md", "requirements.lock")
 
 
@@ -24,17 +27,37 @@ def check_bucket(clients: Clients, bucket: str) -> encryption.BucketKey:
     (encryption.check_bucket_key). InputError otherwise."""
     account = clients.check_credentials()
     try:
-        clients.client("s3").head_bucket(Bucket=bucket, ExpectedBucketOwner=account)
+        # Its answer names the bucket's region (x-amz-bucket-region), where S3 keeps its KMS key.
+        region = clients.client("s3").head_bucket(Bucket=bucket, ExpectedBucketOwner=account)["BucketRegion"]
     except Exception as exc:  # noqa: BLE001 - botocore's ClientError, whose code for a HEAD is the HTTP status
         if error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
+            if problem := new_name_problem(bucket):
+                raise InputError(f"there is no bucket {bucket} to use, and S3 makes none so named: {problem}") \
+                    from None
             return encryption.BucketKey(None, f"s3://{bucket}: not there yet, made private and encrypted (SSE-S3) "
                                               "by the run")
         if error_code(exc) in ("403", "AccessDenied"):
+            default = bucket_name(clients, None)
+            mend = "give --bucket, one of the account's" if bucket == default else \
+                f"name another --bucket, or none for the run's own, {default}"
             raise InputError(f"bucket {bucket} is another account's, or these credentials may not list it (S3 "
-                             f"answered 403 to HeadBucket as account {account}): name another --bucket, or none "
-                             f"for the run's own, imagenet18-{account}-{clients.region}") from None
+                             f"answered 403 to HeadBucket as account {account}): {mend}") from None
         raise
-    return encryption.check_bucket_key(clients, bucket)
+    return encryption.check_bucket_key(clients, bucket, region)
+
+
+def new_name_problem(name: str) -> str | None:
+    """What S3's rules for a new general purpose bucket's name say of `name`; None where it may be made
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html). A bucket made before
+    March 2018 in us-east-1 may have another name, and is used as it is."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", name) or ".." in name:
+        return ("3 to 63 lowercase letters, digits, dots and hyphens, beginning and ending with a letter or digit, "
+                "no two dots together")
+    if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name):
+        return "not formatted as an IP address"
+    if name.startswith(RESERVED_PREFIXES) or name.endswith(RESERVED_SUFFIXES):
+        return f"not beginning with {', '.join(RESERVED_PREFIXES)} nor ending with {', '.join(RESERVED_SUFFIXES)}"
+    return None
 
 
 def upload_project(clients: Clients, bucket: str, url: str, parallel: int = 1) -> None:

@@ -444,20 +444,22 @@ def delete(clients: Clients, volume_ids: list[str]) -> None:
         if attached:
             raise BackendError(f"volume {volume['VolumeId']} is attached to {', '.join(attached)}; terminate the "
                                "machine first (`imagenet18 cleanup`)")
-        state = volume["State"]
-        if state == "creating":
-            state = until(f"volume {volume['VolumeId']} to be made", lambda v=volume["VolumeId"]: _made(ec2, v))
-        if state not in ("gone", "deleting"):
-            ec2.delete_volume(VolumeId=volume["VolumeId"])
+        if volume["State"] != "deleting":
+            until(f"volume {volume['VolumeId']} deleted once made", lambda v=volume["VolumeId"]: _delete_made(ec2, v))
     ec2.get_waiter("volume_deleted").wait(VolumeIds=volume_ids, WaiterConfig=waiter_config())
 
 
-def _made(ec2, volume_id: str) -> str | None:
-    """The volume's state once it is not creating ("gone" once EC2 knows it no more); None while it is. A filter,
-    not VolumeIds, which would raise for a volume gone."""
-    found = ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume_id]}])["Volumes"]
-    state = found[0]["State"] if found else "gone"
-    return None if state == "creating" else state
+def _delete_made(ec2, volume_id: str) -> bool:
+    """DeleteVolume; False while EC2 refuses it as the volume is still creating (IncorrectState), True once asked
+    or once EBS dropped the volume (one it could not encrypt)."""
+    try:
+        ec2.delete_volume(VolumeId=volume_id)
+    except Exception as exc:  # noqa: BLE001 - botocore's ClientError
+        if error_code(exc) == "IncorrectState":
+            return False
+        if error_code(exc) != "InvalidVolume.NotFound":
+            raise
+    return True
 
 
 def _as_resource(volume: dict, run_id: str) -> Resource:
