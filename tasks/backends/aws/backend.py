@@ -192,7 +192,7 @@ class AwsBackend:
         volumes.check_snapshot_holds(snapshot, reads)
         volumes.check_volume_settings(self.options.volume_type, self.options.iops, self.options.throughput_mbps)
         self.check_disk_keys(account, snapshot)
-        self.check_bucket()
+        self.check_bucket(account)
         self._check_volume_quotas(snapshot, spec.machines - self._from_pool(spec, snapshot))  # the pool's are made
         image = machines.resolve_ami(self.clients, self.options.ami)
         machines.check_image_release(image)
@@ -220,9 +220,9 @@ class AwsBackend:
     def results_bucket(self) -> str:
         return storage.bucket_name(self.clients, self.options.bucket)
 
-    def check_bucket(self) -> None:
+    def check_bucket(self, account: str) -> None:
         """storage.check_bucket of the results bucket, with what it could not ask said as a warning."""
-        for unchecked in storage.check_bucket(self.clients, self.results_bucket).unchecked:
+        for unchecked in storage.check_bucket(self.clients, self.results_bucket, account).unchecked:
             log.warning("%s", unchecked)
 
     def _check_volume_quotas(self, snapshot: dict, count: int) -> None:

@@ -7,6 +7,7 @@ nothing is created, so nothing needs a teardown."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,6 +66,7 @@ class _Doctor:
         self.backend, self.clients = backend, backend.clients
         self.instance_type, self.machines, self.spot = instance_type, machines_wanted, spot
         self.checks: list[Check] = []
+        self.account = ""  # once the credentials check has said
 
     def run(self) -> list[Check]:
         if not self._check("region", self._region) or not (account := self._check("credentials", self._credentials)):
@@ -72,6 +74,7 @@ class _Doctor:
                               REPLICA_IOPS, EBS_KEY, BUCKET_KEY, "AMI", "network", ELASTIC_IPS, "launch (dry run)",
                               why="needs the region and credentials above")
             return self.checks
+        self.account = account
         self._check("permissions", self._permissions)
         self._check("instance type", self._instance_type)
         known = self.instance_type in catalog.INSTANCE_TYPES
@@ -157,10 +160,16 @@ class _Doctor:
         return _Found("IAM allows every action of tasks/backends/aws/user_policy.json")
 
     def _bucket_under_customer_managed_key(self) -> bool:
+        checked = self._results_bucket
+        return isinstance(checked, InputError) or checked.customer_managed  # one refused fails its own row
+
+    @functools.cached_property
+    def _results_bucket(self) -> encryption.BucketKey | InputError:
+        """storage.check_bucket's answer, asked once for the permissions row and the results bucket row."""
         try:
-            return storage.check_bucket(self.clients, self.backend.results_bucket).customer_managed
-        except InputError:  # a key S3 cannot use, which the results bucket row fails
-            return True
+            return storage.check_bucket(self.clients, self.backend.results_bucket, self.account)
+        except InputError as exc:
+            return exc
 
     def _instance_type(self) -> _Found:
         try:
@@ -251,7 +260,9 @@ class _Doctor:
 
     def _bucket_key(self) -> _Found:
         """The results bucket's default encryption, where the bucket is there: a KMS key S3 can use."""
-        checked = storage.check_bucket(self.clients, self.backend.results_bucket)
+        checked = self._results_bucket
+        if isinstance(checked, InputError):
+            raise checked
         if checked.unchecked:
             return _Found(checked.described, WARN, "; ".join(checked.unchecked))
         if checked.key is None:

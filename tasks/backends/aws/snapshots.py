@@ -45,8 +45,9 @@ def make_snapshot(backend: AwsBackend, url: str, name: str, sizes: list[int], ma
     if not url.startswith("s3://"):
         raise InputError(f"the builder machine reads the dataset from s3://, not {url}")
     size_gb = dataset_size_gb(url, sizes)
-    backend.check_disk_keys(backend.clients.check_credentials())
-    backend.check_bucket()
+    account = backend.clients.check_credentials()
+    backend.check_disk_keys(account)
+    backend.check_bucket(account)
     quotas.check_vcpus(backend.clients, quotas.STANDARD, f"the snapshot builder ({BUILDER_TYPE}) needs",
                        BUILDER_VCPUS)
     if not backend.options.subnet_id:

@@ -18,14 +18,17 @@ PROJECT_PARTS = ("trainer", "tasks", "flows", "deployments", "pyproject.toml", "
 
 
 def bucket_name(clients: Clients, name: str | None) -> str:
-    return name or f"imagenet18-{clients.check_credentials()}-{clients.region}"
+    return name or _default_name(clients.check_credentials(), clients.region)
 
 
-def check_bucket(clients: Clients, bucket: str) -> encryption.BucketKey:
-    """The results bucket as a run will use it, before anything is made: one there already is this account's (S3
-    refuses another account's, and its name cannot be made again) and under a key S3 can use
+def _default_name(account: str, region: str) -> str:
+    return f"imagenet18-{account}-{region}"
+
+
+def check_bucket(clients: Clients, bucket: str, account: str) -> encryption.BucketKey:
+    """The results bucket as a run of `account` will use it, before anything is made: one there already is the
+    account's (S3 refuses another account's, and its name cannot be made again) and under a key S3 can use
     (encryption.check_bucket_key). InputError otherwise."""
-    account = clients.check_credentials()
     try:
         # Its answer names the bucket's region (x-amz-bucket-region), where S3 keeps its KMS key.
         region = clients.client("s3").head_bucket(Bucket=bucket, ExpectedBucketOwner=account)["BucketRegion"]
@@ -37,7 +40,7 @@ def check_bucket(clients: Clients, bucket: str) -> encryption.BucketKey:
             return encryption.BucketKey(None, f"s3://{bucket}: not there yet, made private and encrypted (SSE-S3) "
                                               "by the run")
         if error_code(exc) in ("403", "AccessDenied"):
-            default = bucket_name(clients, None)
+            default = _default_name(account, clients.region)
             mend = "give --bucket, one of the account's" if bucket == default else \
                 f"name another --bucket, or none for the run's own, {default}"
             raise InputError(f"bucket {bucket} is another account's, or these credentials may not list it (S3 "
