@@ -10,7 +10,7 @@ from PIL import Image
 from trainer.data import decode
 from trainer.demo_data import make_demo_dataset
 from trainer.layout import scan
-from trainer.prepare import PrepareError, PrepareReport, prepare, resized_root
+from trainer.prepare import LONGEST_SIDE, PrepareError, PrepareReport, prepare, resized_root
 
 SIZES = (100, 160)
 # file -> (width, height); relative to the dataset root
@@ -202,13 +202,18 @@ def test_a_16_bit_png_named_jpeg_is_copied_at_its_levels_not_clipped_white(datas
     assert copied.min() < 10 and 120 < copied.mean() < 135, "the gradient's levels, 0 to 255, not all 255"
 
 
-@pytest.mark.parametrize("made_as", ["WEBP", "16-bit PNG"])
+@pytest.mark.parametrize("made_as", ["WEBP", "animated WEBP", "16-bit PNG"])
 def test_a_webp_image_is_resized_as_webp_and_read_as_the_others(dataset: Path, made_as: str) -> None:
     """WebP, common in datasets gathered from the web, is an image like the others: scanned, resized into a WebP
-    of the same name (a 16-bit PNG named .webp at its levels, not clipped white), decoded by the trainer."""
+    of the same name (a 16-bit PNG named .webp at its levels, not clipped white), decoded by the trainer (an
+    animated one, which torchvision refuses, as its first frame) full size or resized."""
     source = dataset / "train" / "dog" / "web.webp"
+    gradient = Image.linear_gradient("L").resize((300, 200)).convert("RGB")
     if made_as == "WEBP":
-        Image.linear_gradient("L").resize((300, 200)).convert("RGB").save(source, "WEBP", quality=95)
+        gradient.save(source, "WEBP", quality=95)
+    elif made_as == "animated WEBP":
+        later = [Image.new("RGB", gradient.size, colour) for colour in ("white", "red")]
+        gradient.save(source, "WEBP", quality=95, save_all=True, append_images=later, duration=100)
     else:
         Image.fromarray(np.linspace(0, 65535, 200 * 300, dtype=np.uint16).reshape(200, 300)).save(source, "PNG")
     assert str(source) in {path for path, _ in scan(dataset / "train").samples}
@@ -218,3 +223,20 @@ def test_a_webp_image_is_resized_as_webp_and_read_as_the_others(dataset: Path, m
         levels = np.asarray(copy.convert("L"), dtype=float)
     assert levels.min() < 10 and 100 < levels.mean() < 160, "the gradient's levels, 0 to 255"
     assert decode(str(resized_root(dataset, 100) / "train/dog/web.webp")).shape == (3, 100, 150)
+    full_size = decode(str(source)).float()
+    assert full_size.shape == (3, 200, 300) and full_size.min() < 10 and 100 < full_size.mean() < 160
+
+
+def test_a_strip_too_long_for_its_names_format_is_prepared_centre_cropped_to_what_the_format_holds(
+        dataset: Path) -> None:
+    """A PNG of a 200:1 strip named .webp (files from the web are often named for another format) resizes to a
+    long side past WebP's 16,383 pixels: its copy keeps the middle 16,383, and the rest of the dataset is prepared."""
+    source = dataset / "train" / "dog" / "strip.webp"
+    strip = Image.linear_gradient("L").resize((120, 24_000))
+    strip.save(source, "PNG")
+    report = prepare(dataset, [100], workers=1)
+    assert report.corrupt == []
+    with Image.open(resized_root(dataset, 100) / "train/dog/strip.webp") as copy:
+        assert (copy.format, copy.size) == ("WEBP", (100, LONGEST_SIDE["WEBP"]))
+        middle = np.asarray(copy.convert("L"), dtype=float)[LONGEST_SIDE["WEBP"] // 2].mean()
+    assert 120 < middle < 135, "the strip's middle, not its top"

@@ -8,6 +8,7 @@ the device (trainer.engine normalises them there). Augmentation draws from a gen
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -46,9 +47,23 @@ def read_bytes(path: str) -> torch.Tensor:
 def decode_bytes(payload: torch.Tensor) -> torch.Tensor:
     """An encoded image as a uint8 CHW RGB tensor: a 16-bit PNG (decoded as uint16) scaled to 8 bits, as the
     network's normalisation and the batches it shares with 8-bit images need; an animated GIF (decoded as its
-    frames, NCHW) as its first frame, as Pillow shows it."""
-    image = decode_image(payload, mode=ImageReadMode.RGB)
+    frames, NCHW) as its first frame, as Pillow shows it; an animated WebP, which torchvision refuses, as the
+    first frame Pillow reads."""
+    try:
+        image = decode_image(payload, mode=ImageReadMode.RGB)
+    except RuntimeError:
+        if bytes(payload[:4]) != b"RIFF" or bytes(payload[8:12]) != b"WEBP":
+            raise
+        image = _first_frame_by_pillow(payload)
     return F.to_dtype(image[0] if image.ndim == 4 else image, torch.uint8, scale=True)
+
+
+def _first_frame_by_pillow(payload: torch.Tensor) -> torch.Tensor:
+    try:
+        with Image.open(io.BytesIO(payload.numpy().tobytes())) as image:
+            return F.pil_to_tensor(image.convert("RGB"))
+    except DECODE_ERRORS as exc:
+        raise RuntimeError(f"neither torchvision nor Pillow can decode this WebP: {exc}") from exc
 
 
 def random_resized_crop_box(rng: random.Random, height: int, width: int,

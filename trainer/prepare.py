@@ -26,6 +26,7 @@ from trainer.process_pool import process_pool
 logger = logging.getLogger(__name__)
 
 JPEG_QUALITY = 90
+LONGEST_SIDE = {"PNG": 2**31 - 1, "JPEG": 65_535, "WEBP": 16_383}  # pixels, by the format's header
 # What PIL raises for files it cannot decode (truncated, garbage, absurdly large).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
@@ -249,17 +250,29 @@ def _resize(image: Image.Image, size: int) -> Image.Image:
 
 def _save(image: Image.Image, path: Path, suffix: str) -> None:
     # The output keeps its source's name, so its format follows the extension.
-    if suffix.lower() == ".png":
+    kind = {".png": "PNG", ".webp": "WEBP"}.get(suffix.lower(), "JPEG")
+    image = _within(image, LONGEST_SIDE[kind])
+    if kind == "PNG":
         image.save(path, "PNG")
         return
     if image.mode.startswith("I"):  # 16 or 32 bits a pixel, which convert() clips to 8: scaled instead
         image = image.convert("I").point(lambda value: value * (1 / 257)).convert("L")
-    if suffix.lower() == ".webp":  # Pillow converts what WebP cannot hold (grey, CMYK) to RGB(A) itself
+    if kind == "WEBP":  # Pillow converts what WebP cannot hold (grey, CMYK) to RGB(A) itself
         image.save(path, "WEBP", quality=JPEG_QUALITY)
         return
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
     image.save(path, "JPEG", quality=JPEG_QUALITY)
+
+
+def _within(image: Image.Image, longest: int) -> Image.Image:
+    """`image`, its long side centre-cropped to what its format holds: a source of another format under the name
+    (a PNG of a 200:1 strip named .webp) can be longer. Losing its ends beats failing the whole prepare."""
+    width, height = image.size
+    if max(width, height) <= longest:
+        return image
+    left, top = max(0, (width - longest) // 2), max(0, (height - longest) // 2)
+    return image.crop((left, top, left + min(width, longest), top + min(height, longest)))
 
 
 def _atomic_write(out: Path, write: Callable[[Path], object], source_ns: int) -> None:
