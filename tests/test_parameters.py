@@ -40,10 +40,19 @@ def test_prefects_schema_has_each_fields_description_and_constraints():
     ({"aws": {"bucket": "s3://team-results/runs"}}, "'s3://team-results/runs' is a URL: give the bucket's name "
                                                     "alone, 'team-results'"),
     ({"aws": {"bucket": "team results"}}, "'team results' is not an S3 bucket name: 3 to 63 lowercase letters"),
+    ({"aws": {"ssh_cidr": "203.0.113.7"}}, "'203.0.113.7' is an address: give it as a range, 203.0.113.7/32 for "
+                                           "that address alone"),
+    ({"aws": {"ssh_cidr": "203.0.113.7/33"}}, "'203.0.113.7/33' is not an IPv4 range in CIDR form"),
+    ({"aws": {"ssh_cidr": "my laptop"}}, "'my laptop' is not an IPv4 range in CIDR form"),
+    ({"aws": {"ssh_cidr": "2001:db8::/64"}}, "'2001:db8::/64' is IPv6: the run's network is IPv4 only"),
 ])
 def test_prefect_validates_a_runs_parameters_by_the_models_constraints(parameters, message):
     with pytest.raises(ParameterTypeError, match=message):
         imagenet18.validate_parameters(parameters)
+
+
+def test_an_ssh_range_with_host_bits_is_taken_as_ec2_takes_it():
+    assert AwsOptions(ssh_cidr="203.0.113.7/24").ssh_cidr == "203.0.113.7/24"
 
 
 def test_prefect_takes_the_parameters_a_deployment_run_passes():

@@ -3,6 +3,7 @@ disks and results bucket. A pydantic model so the flow validates it with the res
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 
@@ -47,6 +48,24 @@ class AwsOptions(BaseModel):
     dataset_folder: str = Field("imagenet", description="the dataset's folder on the snapshot's volume")
     parallel_calls: int = Field(16, ge=1, le=64,
                                 description="AWS calls made at once: volumes, machines, lookups (1: one at a time)")
+
+    @field_validator("ssh_cidr")
+    @classmethod
+    def _ipv4_range(cls, cidr: str | None) -> str | None:
+        """What EC2 takes as a security group rule's IPv4 range: otherwise it is refused only once the run's network
+        is made, beside its replicas (AWS takes host bits, 203.0.113.7/24, as their network)."""
+        if cidr is None:
+            return cidr
+        try:
+            network = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValueError(f"{cidr!r} is not an IPv4 range in CIDR form, such as 203.0.113.7/32") from None
+        if network.version != 4:
+            raise ValueError(f"{cidr!r} is IPv6: the run's network is IPv4 only; give an IPv4 range, such as "
+                             "203.0.113.7/32")
+        if "/" not in cidr:
+            raise ValueError(f"{cidr!r} is an address: give it as a range, {cidr}/32 for that address alone")
+        return cidr
 
     @field_validator("bucket")
     @classmethod
