@@ -25,6 +25,13 @@ def cluster_spec(run_id: str, machines: int, instance_type: str = "p4d.24xlarge"
     return ClusterSpec(run_id, f"test-{run_id}", machines, instance_type, spot, expires)
 
 
+def dataset_in_s3(aws) -> None:
+    """s3://datasets/imagenet, with its -sz/160 copy: a snapshot builder's source."""
+    aws.client("s3").create_bucket(Bucket="datasets")
+    for folder in ("imagenet", "imagenet-sz/160"):
+        aws.client("s3").put_object(Bucket="datasets", Key=f"{folder}/train/n01440764/a.JPEG", Body=b"jpeg")
+
+
 def customer_managed_key(aws, state: str = "Enabled", ebs_default: bool = False) -> str:
     """A customer managed KMS key in `state` (Enabled, Disabled or PendingDeletion), the account's default for EBS
     if asked; returns its ARN."""

@@ -33,6 +33,7 @@ from tests.aws_runs import (
     bucket_under_key,
     cluster_spec,
     customer_managed_key,
+    dataset_in_s3,
     delete_default_vpc,
     options,
     owned_encrypted_snapshot,
@@ -1328,13 +1329,6 @@ def test_a_snapshot_needs_the_dataset_to_exist(aws, tmp_path):
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
-def dataset_in_s3(aws) -> None:
-    """s3://datasets/imagenet, with its -sz/160 copy: a builder's source."""
-    aws.client("s3").create_bucket(Bucket="datasets")
-    for folder in ("imagenet", "imagenet-sz/160"):
-        aws.client("s3").put_object(Bucket="datasets", Key=f"{folder}/train/n01440764/a.JPEG", Body=b"jpeg")
-
-
 def test_a_snapshot_build_stopped_before_its_snapshot_completes_leaves_no_snapshot(aws, tmp_path):
     """A snapshot is pending for hours after CreateSnapshot; a build that fails or is stopped meanwhile must leave
     no half-made snapshot, which the dataset's name would find beside the next build's. Every look at whether it
@@ -1403,6 +1397,28 @@ def test_a_snapshot_builder_whose_role_may_not_be_passed_is_refused_before_its_v
                                          r"\w+ to EC2 \(iam:PassRole\)"):
         make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160])
     assert [rule["seen"] for rule in aws.fault_counts("volumes")] == [0], "no volume was made"
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
+@pytest.mark.parametrize("given,message", [
+    ({"ami": UBUNTU_2404.image_id}, r"^AMI ami-\w+ \(.*\) is Ubuntu 24.04: the machines' boot installs Python 3.11"),
+    ({"subnet_id": "subnet-0123456789abcdef0"}, r"^subnet subnet-0123456789abcdef0 not found"),
+    ({"credentials_for_hours": 1}, r"^these AWS credentials expire at .* before the run and its teardown would end"),
+], ids=["ami-of-another-release", "missing-subnet", "credentials-it-would-outlast"])
+def test_a_snapshot_builder_aws_would_refuse_is_refused_before_anything_exists(aws, tmp_path, monkeypatch, given,
+                                                                               message):
+    """As a run's pre-flight does: an AMI of another Ubuntu, a subnet that is not there, or credentials boto3 cannot
+    renew that expire within the build's 6 hours were found only once the builder's role was made (its boot
+    failing, its network refused, its teardown refused)."""
+    dataset_in_s3(aws)
+    if hours := given.pop("credentials_for_hours", None):
+        monkeypatch.setenv("AWS_SESSION_TOKEN", "a-session-token")
+        expiry = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours)
+        monkeypatch.setenv("AWS_CREDENTIAL_EXPIRATION", expiry.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    aws.add_fault("iam", "CreateRole", "Unused", probability=0.0, label="roles")  # counts the calls
+    with pytest.raises(InputError, match=message):
+        make_snapshot(AwsBackend(options(**given), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160])
+    assert [rule["seen"] for rule in aws.fault_counts("roles")] == [0], "no role was made"
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 

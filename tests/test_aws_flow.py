@@ -6,20 +6,23 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fsspec
 import pytest
 from prefect import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowFilter, FlowFilterName
 from prefect.settings import PREFECT_API_URL
 
+from flows.cleanup import cleanup
 from flows.imagenet18 import imagenet18
 from tasks.backends.aws import AwsBackend, catalog
 from tasks.reports import PLAN_KEY
 from tests.leftovers import aws_leftovers
-from tests.aws_runs import AMI, BUCKET, DATASET, options
+from tests.aws_runs import AMI, BUCKET, DATASET, dataset_in_s3, options
+from tests.support import wait_for
 
 # Each test here trains or runs a flow: the slow tier (docs/testing.md).
 pytestmark = pytest.mark.slow
@@ -132,3 +135,40 @@ def _interrupt_machine_1_after_an_epoch(aws) -> str:
 
 def _script(aws, played: dict) -> str:
     return (aws.root / "commands" / played["command_id"] / played["instance_id"] / "script.sh").read_text()
+
+
+def test_a_snapshot_build_killed_midway_is_swept_by_the_cleanup_once_its_flow_run_is_over(prefect_api, aws,
+                                                                                          tmp_path):
+    """What a build makes carries its flow run's id, as a training run's does: once the build's process dies with
+    no word (SIGKILL, a lost host), the cleanup marks its run Crashed and deletes what it left, rather than leaving
+    the builder's role, network and volume until their expiry, hours later."""
+    dataset_in_s3(aws)
+    aws.add_fault("s3", "PutObject", "AccessDenied", status=403, match={"Key": r"snapshots/.*/code/.*"}, hold_s=300)
+    script = ("import json, sys; from flows.snapshot import snapshot; "
+              "snapshot(source='s3://datasets/imagenet', name='killed', sizes=[160], aws=json.loads(sys.argv[1]))")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    with open(tmp_path / "flow.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-c", script, options().model_dump_json()], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: any(rule["fired"] for rule in aws.fault_counts()) or process.poll() is not None, 300,
+                 "the build to upload the project, its volume made")
+        assert process.poll() is None, (tmp_path / "flow.log").read_text()[-3000:]
+        [run_id] = {str(run.id) for run in _runs_of("imagenet18-snapshot")}
+        process.kill()
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        aws.clear_faults()
+    left = aws_leftovers(aws, run_id, prefect_api)
+    assert {"volume", "vpc", "role"} <= set(left), f"the killed build's resources carry its run id: {left}"
+    cleanup(stale_after_minutes=0)
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(uuid.UUID(run_id)).state.is_crashed()
+    assert aws_leftovers(aws, run_id, prefect_api) == {}
+
+
+def _runs_of(flow_name: str) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))

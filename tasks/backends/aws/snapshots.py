@@ -13,7 +13,7 @@ import uuid
 import fsspec
 
 from tasks.backends.aws import machines, network, network_quotas, quotas, secrets, storage, tags, volumes
-from tasks.backends.aws.backend import AwsBackend
+from tasks.backends.aws.backend import TEARDOWN_TIME, AwsBackend
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.waiting import waiter_config
 from tasks.backends.base import BackendError, Cluster, ClusterSpec, InputError, Machine
@@ -40,37 +40,50 @@ def dataset_size_gb(url: str, sizes: list[int]) -> int:
 
 
 def make_snapshot(backend: AwsBackend, url: str, name: str, sizes: list[int], max_hours: float = 6.0,
-                  poll_seconds: float = 5.0) -> str:
-    """Returns the new snapshot's id; everything else the builder made is deleted, whatever happens."""
+                  poll_seconds: float = 5.0, run_id: str | None = None) -> str:
+    """Returns the new snapshot's id; everything else the builder made is deleted, whatever happens. What it makes
+    carries `run_id`: the snapshot flow's run, by whose state the cleanup tells that a build killed meanwhile is
+    over (a build id of its own otherwise, left to its expiry)."""
     if not url.startswith("s3://"):
         raise InputError(f"the builder machine reads the dataset from s3://, not {url}")
+    spec = ClusterSpec(run_id or f"snapshot-{uuid.uuid4().hex[:12]}", "snapshot-builder", 1, BUILDER_TYPE, False,
+                       dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=max_hours))
     size_gb = dataset_size_gb(url, sizes)
-    account = backend.clients.check_credentials()
+    zone, image = _check(backend, spec)
+    try:
+        return _build(backend, spec, url, name, sizes, size_gb, zone, image, poll_seconds)
+    finally:
+        backend.teardown(spec.run_id)
+
+
+def _check(backend: AwsBackend, spec: ClusterSpec) -> tuple[str, dict]:
+    """The builder's zone and image, once what AWS would refuse it for is asked, before anything is made (as a
+    run's pre-flight does)."""
+    clients, options = backend.clients, backend.options
+    clients.check_region()
+    account = clients.check_credentials()
+    clients.check_credentials_outlast(spec.expires_at + TEARDOWN_TIME)
     backend.check_disk_keys(account)
     backend.check_bucket(account)
-    quotas.check_vcpus(backend.clients, quotas.STANDARD, f"the snapshot builder ({BUILDER_TYPE}) needs",
-                       BUILDER_VCPUS)
-    if not backend.options.subnet_id:
-        network_quotas.check(backend.clients, "the snapshot builder")
-    run_id = f"snapshot-{uuid.uuid4().hex[:12]}"
-    spec = ClusterSpec(run_id, "snapshot-builder", 1, BUILDER_TYPE, False,
-                       dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=max_hours))
-    try:
-        return _build(backend, spec, url, name, sizes, size_gb, poll_seconds)
-    finally:
-        backend.teardown(run_id)
+    quotas.check_vcpus(clients, quotas.STANDARD, f"the snapshot builder ({BUILDER_TYPE}) needs", BUILDER_VCPUS)
+    zone = backend.zone(BUILDER_TYPE)
+    image = machines.resolve_ami(clients, options.ami)
+    machines.check_image_release(image)
+    if options.subnet_id:
+        backend.check_subnet(zone)
+    else:
+        network_quotas.check(clients, "the snapshot builder")
+    return zone, image
 
 
-def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: list[int], size_gb: int,
-           poll_seconds: float) -> str:
+def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: list[int], size_gb: int, zone: str,
+           image: dict, poll_seconds: float) -> str:
     clients, options = backend.clients, backend.options
     ec2 = clients.ec2
-    zone = backend.zone(BUILDER_TYPE)
     folder = f"snapshots/{spec.run_id}"
     bucket = storage.bucket_name(clients, options.bucket)
     profile = ensure_instance_profile(clients, spec, bucket, folder, secrets.path(spec.run_id),
                                       readable=(url.rstrip("/"),))
-    image = machines.resolve_ami(clients, options.ami)
     net = network.ensure_network(clients, spec, zone, options.subnet_id, options.ssh_cidr, backend.key_folder,
                                  options.parallel_calls)
     # before the volume is paid for: EC2 knows the new profile (IAM's changes take a while to reach it), and these
