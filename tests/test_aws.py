@@ -1319,6 +1319,10 @@ def test_a_dataset_snapshot_is_made_from_an_s3_url_and_the_builder_leaves_nothin
                                          r"reads \(it holds -sz/160\); make a snapshot that does: `imagenet18 snapshot "
                                          r"--from s3://datasets/imagenet --sizes 160 352`"):
         backend.check(cluster_spec("run-reads-352", 2, "g5.xlarge"), "test-dataset", ("-sz/160", "-sz/352"))
+    with pytest.raises(InputError, match=r"^snapshot snap-\w+ holds its dataset in the folder 'imagenet' on its "
+                                         r"volume, not 'demo': set aws.dataset_folder to 'imagenet'$"):
+        AwsBackend(options(dataset_folder="demo"), home=tmp_path).check(cluster_spec("run-in-demo", 2, "g5.xlarge"),
+                                                                        "test-dataset", ("-sz/160",))
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 

@@ -189,7 +189,7 @@ class AwsBackend:
                 raise InputError(f"{other} (in aws.other_instance_types) is not offered in {zone}, the run's zone")
         self._check_other_zones(spec.instance_type, zone)
         snapshot = self.snapshot(dataset)
-        volumes.check_snapshot_holds(snapshot, reads)
+        volumes.check_snapshot_holds(snapshot, reads, self.options.dataset_folder)
         volumes.check_volume_settings(self.options.volume_type, self.options.iops, self.options.throughput_mbps)
         self.check_disk_keys(account, snapshot)
         self.check_bucket(account)

@@ -78,10 +78,15 @@ def find_snapshot(clients: Clients, dataset: str, owner: str, parallel: int = 1)
     return snapshot
 
 
-def check_snapshot_holds(snapshot: dict, reads: Sequence[str]) -> None:
-    """Refuse a snapshot without a resized copy (-sz/<px>) the schedule reads, where its tags say what it holds
-    (`imagenet18 snapshot` writes them); a snapshot made by hand says nothing, and the trainer checks on start."""
+def check_snapshot_holds(snapshot: dict, reads: Sequence[str], folder: str) -> None:
+    """Refuse a snapshot whose dataset is not in `folder` on its volume (aws.dataset_folder), or without a resized
+    copy (-sz/<px>) the schedule reads, where its tags say what it holds (`imagenet18 snapshot` writes them); a
+    snapshot made by hand says nothing, and the trainer checks on start."""
     found = tags.as_dict(snapshot.get("Tags"))
+    if found.get(tags.DATASET_FOLDER, folder) != folder:
+        raise InputError(f"snapshot {snapshot['SnapshotId']} holds its dataset in the folder "
+                         f"{found[tags.DATASET_FOLDER]!r} on its volume, not {folder!r}: set aws.dataset_folder to "
+                         f"{found[tags.DATASET_FOLDER]!r}")
     if tags.DATASET_SIZES not in found:
         log.warning("snapshot %s does not say which resized copies it holds (it was not made by `imagenet18 "
                     "snapshot`); the trainer checks the folders the schedule reads when it starts",
