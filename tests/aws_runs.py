@@ -27,9 +27,9 @@ def cluster_spec(run_id: str, machines: int, instance_type: str = "p4d.24xlarge"
 
 def dataset_in_s3(aws) -> None:
     """s3://datasets/imagenet, with its -sz/160 copy: a snapshot builder's source."""
-    aws.client("s3").create_bucket(Bucket="datasets")
+    s3 = aws.make_bucket("datasets")
     for folder in ("imagenet", "imagenet-sz/160"):
-        aws.client("s3").put_object(Bucket="datasets", Key=f"{folder}/train/n01440764/a.JPEG", Body=b"jpeg")
+        s3.put_object(Bucket="datasets", Key=f"{folder}/train/n01440764/a.JPEG", Body=b"jpeg")
 
 
 def customer_managed_key(aws, state: str = "Enabled", ebs_default: bool = False) -> str:
@@ -48,9 +48,7 @@ def customer_managed_key(aws, state: str = "Enabled", ebs_default: bool = False)
 def bucket_under_key(aws, bucket: str, key: str | None, region: str = "us-east-1") -> None:
     """A bucket whose default encryption is SSE-KMS under `key` (None: the AWS managed key aws/s3), as a team's
     bucket often is."""
-    s3 = aws.client("s3", region=region)
-    s3.create_bucket(Bucket=bucket, **({} if region == "us-east-1" else {
-        "CreateBucketConfiguration": {"LocationConstraint": region}}))
+    s3 = aws.make_bucket(bucket, region)
     s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [
         {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms",
                                                 **({"KMSMasterKeyID": key} if key else {})}}]})

@@ -16,7 +16,7 @@ import pytest
 from botocore.exceptions import ClientError, WaiterError
 
 from tasks.backends.aws import (AwsBackend, catalog, consistency, efs, iam, inventory, jobs, journal,
-                                machines, permissions, quotas, tags, volumes)
+                                machines, permissions, quotas, storage, tags, volumes)
 from tasks.backends import retry_may_pass
 from tasks.backends.aws.clients import Clients
 from tasks.backends.aws.iam import ensure_instance_profile
@@ -1292,8 +1292,7 @@ def test_more_machines_than_replicas_is_refused_before_any_machine(aws, snapshot
 
 @pytest.mark.slow
 def test_a_dataset_snapshot_is_made_from_an_s3_url_and_the_builder_leaves_nothing(aws, tmp_path, operator):
-    s3 = aws.client("s3")
-    s3.create_bucket(Bucket="datasets")
+    s3 = aws.make_bucket("datasets")
     for folder in ("imagenet", "imagenet-sz/160"):
         for split in ("train", "validation"):
             s3.put_object(Bucket="datasets", Key=f"{folder}/{split}/n01440764/a.JPEG",
@@ -1326,8 +1325,22 @@ def test_a_dataset_snapshot_is_made_from_an_s3_url_and_the_builder_leaves_nothin
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
+def test_a_new_results_bucket_is_made_private_and_encrypted_once_s3_answers_for_it(aws):
+    """S3 may answer a new bucket's calls NoSuchBucket for a while (bucket configurations are eventually
+    consistent): its settings and the project's upload are asked again until it answers, where they failed the
+    smoke's first step on a new account, and the snapshot builder's upload once its volume was paid for."""
+    aws.set_bucket_settling(1.5)
+    storage.upload_project(Clients("us-east-1"), "imagenet18-new", "s3://imagenet18-new/runs/a/code/imagenet18.tar.gz")
+    s3 = aws.client("s3")
+    assert s3.get_public_access_block(Bucket="imagenet18-new")["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
+    [rule] = s3.get_bucket_encryption(Bucket="imagenet18-new")["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    assert s3.head_object(Bucket="imagenet18-new", Key="runs/a/code/imagenet18.tar.gz")["ContentLength"] > 0
+
+
 def test_a_snapshot_needs_the_dataset_to_exist(aws, tmp_path):
-    aws.client("s3").create_bucket(Bucket="datasets")
+    aws.make_bucket("datasets")
     with pytest.raises(InputError, match="dataset folder.s. not found: datasets/imagenet"):
         make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160])
     assert aws_leftovers(aws, home=tmp_path) == {}
@@ -1450,8 +1463,7 @@ def test_a_machine_reaches_s3_as_its_role_allows_and_finds_no_checkpoint_at_the_
     """The machines' role may list the bucket only under the run's folder, so S3 answers a HEAD of a missing key
     with 403 (as AWS does); the trainer's auto-resume still finds no checkpoint at a first start, and finds one
     once it is there. The user's own keys see the missing key as 404."""
-    s3 = aws.client("s3")
-    s3.create_bucket(Bucket=BUCKET)
+    s3 = aws.make_bucket(BUCKET)
     s3.put_object(Bucket=BUCKET, Key="runs/other/result.txt", Body=b"another run's")
     folder = "runs/test-run-role"
     printed = printed_by_run_machine(aws, MACHINE_S3_CHECKS.format(bucket=BUCKET, folder=folder), folder)

@@ -303,7 +303,7 @@ def test_another_accounts_bucket_is_refused_unless_its_policy_allows_and_never_t
     assert error_code(s3.put_object, Bucket="shared", Key="k", Body=b"x") == "AccessDenied", "reads only"
     assert error_code(s3.get_object, Bucket="listed", Key="missing") == "NoSuchKey", "its policy allows reads"
     assert s3.list_objects_v2(Bucket="listed")["KeyCount"] == 0
-    s3.create_bucket(Bucket="ours")
+    aws.make_bucket("ours")
     s3.head_bucket(Bucket="ours", ExpectedBucketOwner="123456789012")
     assert error_code(s3.head_bucket, Bucket="ours", ExpectedBucketOwner="111111111111") == "403"
 
@@ -591,7 +591,7 @@ def test_fault_fires_the_given_number_of_times_in_each_protocol(aws):
     ssm, efs, s3 = (aws.client(s, retries=NO_RETRIES) for s in ("ssm", "efs", "s3"))
     assert error_code(ssm.send_command, DocumentName="AWS-RunShellScript", InstanceIds=["i-1"]) == "ThrottlingException"
     assert error_code(efs.create_file_system, CreationToken="t") == "FileSystemLimitExceeded"
-    s3.create_bucket(Bucket="faults")
+    aws.make_bucket("faults")
     assert error_code(s3.put_object, Bucket="faults", Key="k", Body=b"x") == "SlowDown"
     aws.clear_faults()
     assert aws.fault_counts() == []
@@ -837,8 +837,23 @@ def test_calls_past_a_maximum_of_the_api_model_are_refused_as_aws_refuses_them(a
     efs.create_file_system(CreationToken="t" * 64)
 
 
+def test_a_new_bucket_answers_as_if_it_were_not_there_for_a_moment(aws):
+    """Bucket configurations are eventually consistent: for a while after CreateBucket, S3 may answer the new
+    bucket's calls NoSuchBucket (a HEAD's 404 without a body)."""
+    aws.set_bucket_settling(1.0)
+    s3 = aws.client("s3", retries=NO_RETRIES)
+    s3.create_bucket(Bucket="settling")
+    assert error_code(s3.head_bucket, Bucket="settling") == "404"
+    assert error_code(s3.put_public_access_block, Bucket="settling", PublicAccessBlockConfiguration={
+        "BlockPublicAcls": True}) == "NoSuchBucket"
+    assert error_code(s3.put_object, Bucket="settling", Key="k", Body=b"x") == "NoSuchBucket"
+    time.sleep(1.0)
+    s3.head_bucket(Bucket="settling")
+    s3.put_object(Bucket="settling", Key="k", Body=b"x")
+
+
 def test_s3fs_reaches_the_simulator_through_the_environment(aws):
-    aws.client("s3").create_bucket(Bucket="runs")
+    aws.make_bucket("runs")
     with fsspec.open("s3://runs/a/metrics.jsonl", "w") as f:
         f.write("{}\n")
     assert aws.client("s3").get_object(Bucket="runs", Key="a/metrics.jsonl")["Body"].read() == b"{}\n"

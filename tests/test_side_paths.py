@@ -71,7 +71,7 @@ def test_records_appended_while_the_disk_is_full_follow_once_it_is_freed_and_no_
 
 
 def test_the_mirror_outlasts_a_bucket_that_refuses_copies_for_a_while_and_copies_what_it_missed(aws, tmp_path):
-    aws.client("s3").create_bucket(Bucket="results")
+    aws.make_bucket("results")
     source = tmp_path / "run"
     (source / "exit").mkdir(parents=True)
     metrics = source / "metrics.jsonl"
@@ -98,7 +98,7 @@ def test_the_mirror_outlasts_a_bucket_that_refuses_copies_for_a_while_and_copies
 
 
 def test_the_relay_outlasts_run_storage_it_cannot_read_for_a_while_and_catches_up(aws, caplog):
-    aws.client("s3").create_bucket(Bucket=BUCKET)
+    aws.make_bucket(BUCKET)
     storage = f"s3://{BUCKET}/runs/relayed"
     epoch = EpochRecord(**EPOCH_NUMBERS)
     for key, body in (("metrics.jsonl", epoch.line()), ("logs/train-0.log", "~~0\t0.1\n")):

@@ -275,9 +275,8 @@ def test_runs_are_selected_by_folder_name_or_id_prefix_and_bad_choices_refused(r
 
 
 def test_aws_runs_are_served_from_the_results_bucket(aws, tmp_path):
-    s3 = aws.client("s3")
     bucket = f"imagenet18-{aws.client('sts').get_caller_identity()['Account']}-us-east-1"  # the default bucket
-    s3.create_bucket(Bucket=bucket)
+    s3 = aws.make_bucket(bucket)
     for folder, tag in (("s3run-0f1e2d3c", TAG), ("other-77777777", "sizes/imgsize")):
         for event_file in write_events(tmp_path / folder, tag).iterdir():
             s3.upload_file(str(event_file), bucket, f"runs/{folder}/{event_file.name}")

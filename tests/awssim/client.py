@@ -159,6 +159,20 @@ class AwsSim:
         self._control("POST", "foreign-bucket", {"bucket": bucket, "account": account, "region": region,
                                                  "policy": json.dumps(policy) if policy else None})
 
+    def set_bucket_settling(self, seconds: float) -> None:
+        """Buckets made from now on answer NoSuchBucket this long (until the next reset, which restores
+        AWSSIM_BUCKET_SETTLING_S, 0.3 s by default)."""
+        self._control("POST", "bucket-settling", {"settling_s": seconds})
+
+    def make_bucket(self, bucket: str, region: str = "us-east-1") -> Any:
+        """A bucket of the account's as a user has one: made, and answering (made a while ago). Returns its
+        region's S3 client."""
+        s3 = self.client("s3", region=region)
+        s3.create_bucket(Bucket=bucket, **({} if region == "us-east-1" else {
+            "CreateBucketConfiguration": {"LocationConstraint": region}}))
+        s3.get_waiter("bucket_exists").wait(Bucket=bucket, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100})
+        return s3
+
     def set_volume_creating(self, seconds: float) -> None:
         """Volumes made from now on are `creating` this long before they are available (until the next reset,
         which restores AWSSIM_VOLUME_CREATING_S, 0.3 s by default)."""

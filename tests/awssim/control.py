@@ -13,7 +13,7 @@ from moto.ec2.models.instances import StateReason
 from moto.moto_api._internal import moto_api_backend
 from moto.s3.models import s3_backends
 
-from . import backends
+from . import backends, bucket_settling
 from .consistency import Consistency
 from .errors import Response
 from .faults import Faults
@@ -62,6 +62,8 @@ class Control:
                                                                         float(body["pending_s"])),
             ("POST", "/_awssim/volume-creating"): lambda body: setattr(self.player, "volume_creating_s",
                                                                        float(body["creating_s"])),
+            ("POST", "/_awssim/bucket-settling"): lambda body: setattr(self.player, "bucket_settling_s",
+                                                                       float(body["settling_s"])),
             ("POST", "/_awssim/placement"): lambda body: setattr(self.placement, "changing_s",
                                                                 float(body["changing_s"])),
             ("POST", "/_awssim/consistency"): lambda body: setattr(self.consistency, "window_s",
@@ -117,7 +119,7 @@ class Control:
     def foreign_bucket(name: str, account: str, region: str, policy: str | None) -> None:
         """A bucket of another account (whose keys no test holds), with its bucket policy if given."""
         s3 = s3_backends[account]["aws"]
-        s3.create_bucket(name, region)
+        bucket_settling.settled(s3.create_bucket(name, region))
         if policy:
             s3.put_bucket_policy(name, policy.encode())
 

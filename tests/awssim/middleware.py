@@ -4,8 +4,8 @@ and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quot
 its volumes' performance rules, EC2's eventual consistency, its refusals of an address on a pending machine, of an
 associated address's release, of a subnet's, a security group's or a VPC's deletion while something depends on it and
 of a volume's attachment that EC2 would not make, EBS volume initialization and encryption keys, S3's use of KMS
-keys, ListCommands' filters and pages, the Price List API, SSM's throttling of Run Command's reads), and hooks that
-keep disk contents and the player in step with each call."""
+keys and its new buckets' settling, ListCommands' filters and pages, the Price List API, SSM's throttling of Run
+Command's reads), and hooks that keep disk contents and the player in step with each call."""
 
 import contextlib
 import io
@@ -16,8 +16,8 @@ import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from . import (access, agent, attach, backends, bucket_owners, catalogue, command_list, encryption, limits, network,
-               prices, regions, s3_keys, tagging, volume_performance, volume_states)
+from . import (access, agent, attach, backends, bucket_owners, bucket_settling, catalogue, command_list, encryption,
+               limits, network, prices, regions, s3_keys, tagging, volume_performance, volume_states)
 from .calls import AwsCall, identify, signing_scope
 from .consistency import Consistency
 from .control import Control
@@ -147,7 +147,8 @@ class AwsSimApp:
         if call.service == "ssm" and call.action in agent.ACTIONS:
             return agent.handle(call, self.player)
         if call.service == "s3":
-            return bucket_owners.refusal(call) or access.s3_refusal(call) or s3_keys.state_refusal(call)
+            return (bucket_owners.refusal(call) or bucket_settling.refusal(call) or access.s3_refusal(call)
+                    or s3_keys.state_refusal(call))
         if call.service == "service-quotas":
             return self.quotas.handle(call)
         if call.service == "pricing":

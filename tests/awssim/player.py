@@ -38,6 +38,7 @@ LAUNCH_ENDS = {"Server.InsufficientInstanceCapacity": "There was insufficient ca
                "Client.InternalError": "Client error on launch"}
 SHUTTING_DOWN_S = float(os.environ.get("AWSSIM_SHUTTING_DOWN_S", "0.5"))  # from its termination until it is gone
 VOLUME_CREATING_S = float(os.environ.get("AWSSIM_VOLUME_CREATING_S", "0.3"))  # from CreateVolume until available
+BUCKET_SETTLING_S = float(os.environ.get("AWSSIM_BUCKET_SETTLING_S", "0.3"))  # from CreateBucket until it answers
 
 ALIVE = ("pending", "running")
 COMPILED = re.compile(r"(?<!\S)--compile(?!\S)")  # the trainer's flag: torch.compile, Triton's kernels on a GPU
@@ -144,6 +145,7 @@ class Player:
         self.shutting_down_s = SHUTTING_DOWN_S  # for machines terminated from now on
         self.snapshot_pending_s = 0.0  # for snapshots made from now on
         self.volume_creating_s = VOLUME_CREATING_S  # for volumes made from now on
+        self.bucket_settling_s = BUCKET_SETTLING_S  # for buckets made from now on
         self.launch_ends: list[tuple[str, str]] = []  # (instance type, state reason code) of machines to end
         self.initializations = Initializations()
         self.encryption = Encryption()
@@ -197,6 +199,7 @@ class Player:
             self.shutting_down_s = SHUTTING_DOWN_S
             self.snapshot_pending_s = 0.0
             self.volume_creating_s = VOLUME_CREATING_S
+            self.bucket_settling_s = BUCKET_SETTLING_S
             self.launch_ends.clear()
             self.initializations.clear()
             self.encryption.reset()

@@ -43,6 +43,7 @@ from .moto_fixes import (
     fix_snapshots_take_time,
     fix_termination_takes_time,
 )
+from .bucket_settling import fix_new_buckets_settle
 from .placement import PlacementGroups
 from .player import Player
 from .quotas import Quotas
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     fix_termination_takes_time(lambda: player.shutting_down_s)
     fix_snapshots_take_time(lambda: player.snapshot_pending_s)
     fix_volumes_take_time(lambda: player.volume_creating_s)
+    fix_new_buckets_settle(lambda: player.bucket_settling_s)
     consistency = Consistency()
     app = AwsSimApp(DomainDispatcherApplication(create_backend_app), faults, placement, player, quotas, throttle,
                     consistency, Control(root, faults, placement, player, store, quotas, throttle, consistency))

@@ -504,8 +504,7 @@ class AwsBackend:
         folder = run_folder(spec)
         bucket = self.results_bucket
         with pools.pool(self.options.parallel_calls, 5) as pool:
-            uploaded = pool.submit(storage.upload_project, self.clients, bucket, code_url(bucket, folder),
-                                   self.options.parallel_calls)
+            uploaded = pool.submit(storage.upload_project, self.clients, bucket, code_url(bucket, folder))
             profile = pool.submit(iam.ensure_instance_profile, self.clients, spec, bucket, folder,
                                   secrets.path(spec.run_id), parallel=self.options.parallel_calls)
             image = pool.submit(machines.resolve_ami, self.clients, self.options.ami)

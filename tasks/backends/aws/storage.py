@@ -6,14 +6,17 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from tasks.backends.aws import encryption, pools
+from tasks.backends.aws import encryption
 from tasks.backends.aws.clients import Clients, error_code
-from tasks.backends.base import InputError
+from tasks.backends.base import BackendError, InputError
 
 RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+BUCKET_SETTLING_S = 120.0  # how long a new bucket may answer NoSuchBucket (Terraform's S3 resources wait as long)
 PROJECT_PARTS = ("trainer", "tasks", "flows", "deployments", "pyproject.toml", "README.md", "requirements.lock")
 
 
@@ -63,35 +66,42 @@ def new_name_problem(name: str) -> str | None:
     return None
 
 
-def upload_project(clients: Clients, bucket: str, url: str, parallel: int = 1) -> None:
-    """The project's source, where user-data fetches it from (`url` is in `bucket`, made if missing: private
-    and encrypted, its two settings made beside the upload, which then asks for encryption itself; a bucket that
-    was there keeps its own default, e.g. a KMS key its policy requires)."""
-    s3 = clients.client("s3")
-    made = _make_bucket(clients, bucket)
-    with pools.pool(parallel, 3) as pool:
-        calls = [pool.submit(s3.put_object, Bucket=bucket, Key=url.removeprefix(f"s3://{bucket}/"),
-                             Body=project_archive(), **({"ServerSideEncryption": "AES256"} if made else {}))]
-        if made:
-            calls += _private_and_encrypted(pool, s3, bucket)
-        for call in calls:
-            call.result()
+def upload_project(clients: Clients, bucket: str, url: str) -> None:
+    """The project's source, where user-data fetches it from (`url` is in `bucket`, made if missing: ensure_bucket)."""
+    ensure_bucket(clients, bucket)
+    clients.client("s3").put_object(Bucket=bucket, Key=url.removeprefix(f"s3://{bucket}/"), Body=project_archive())
 
 
 def ensure_bucket(clients: Clients, bucket: str) -> None:
-    """The bucket, made if missing as upload_project makes it: private and encrypted."""
-    if _make_bucket(clients, bucket):
-        with pools.pool(2, 2) as pool:
-            for call in _private_and_encrypted(pool, clients.client("s3"), bucket):
-                call.result()
+    """The bucket, made if missing: private and encrypted (SSE-S3), returning once S3 answers for it. One that was
+    there keeps its own settings (a KMS key its policy requires, say)."""
+    if not _make_bucket(clients, bucket):
+        return
+    s3 = clients.client("s3")
+    # One setting at a time: S3 may refuse a change while another is under way (OperationAborted).
+    _once_settled(bucket, lambda: s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
+        "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True}))
+    _once_settled(bucket, lambda: s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
+        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}))
 
 
-def _private_and_encrypted(pool, s3, bucket: str) -> list:
-    return [pool.submit(s3.put_public_access_block, Bucket=bucket, PublicAccessBlockConfiguration={
-                "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
-                "RestrictPublicBuckets": True}),
-            pool.submit(s3.put_bucket_encryption, Bucket=bucket, ServerSideEncryptionConfiguration={
-                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})]
+def _once_settled(bucket: str, call: Callable[[], object]) -> None:
+    """`call` on a bucket made moments ago, asked again while S3 answers that the bucket is not there: "Bucket
+    configurations have an eventual consistency model" (the S3 user guide's consistency model), and a new bucket
+    may answer NoSuchBucket for a while."""
+    deadline, delay = time.monotonic() + BUCKET_SETTLING_S, 0.1
+    while True:
+        try:
+            call()
+            return
+        except Exception as exc:  # noqa: BLE001 - botocore's ClientError
+            if error_code(exc) != "NoSuchBucket":
+                raise
+            if time.monotonic() > deadline:
+                raise BackendError(f"bucket {bucket}, made {BUCKET_SETTLING_S:.0f} s ago, is still not there for S3: "
+                                   f"{exc}") from exc
+        time.sleep(delay)
+        delay = min(2 * delay, 5.0)
 
 
 def _make_bucket(clients: Clients, name: str) -> bool:
