@@ -40,7 +40,9 @@ class APIServerError(RuntimeError):
 
 
 class TemporaryAPI:
-    """One API server process on 127.0.0.1, stopped at this process's exit."""
+    """One API server process on 127.0.0.1, stopped at this process's exit. In a session of its own: a Ctrl-C in
+    the terminal (SIGINT to its foreground process group) stops the command's run, whose teardown and last states
+    still report to the server, not the server."""
 
     def __init__(self) -> None:
         with socket.socket() as listening:  # bound here and handed over, so no other process can take the port
@@ -51,7 +53,7 @@ class TemporaryAPI:
                        "--fd", str(listening.fileno()), "--log-level", "error", "--lifespan", "on"]
             self.process = subprocess.Popen(command, env={**os.environ, **SERVER_ENVIRONMENT},
                                             stdin=subprocess.DEVNULL, pass_fds=(listening.fileno(),),
-                                            preexec_fn=_die_with_parent)
+                                            preexec_fn=_die_with_parent, start_new_session=True)
         atexit.register(self.stop)
 
     def wait_until_ready(self, seconds: float) -> None:
