@@ -92,6 +92,8 @@ def api_for_flows(module: str) -> Iterator[None]:
         api.stop()  # Prefect is configured to report elsewhere (a profile), or not to start a server
         api = None
     if api is None:
+        if settings.api.url:
+            _check_answers(settings.api.url)
         yield
         return
     importlib.import_module(module)
@@ -99,6 +101,19 @@ def api_for_flows(module: str) -> Iterator[None]:
     # the server has no UI and ends with the command: no "View at" links to it
     with temporary_settings(updates={PREFECT_API_URL: api.url, PREFECT_UI_URL: ""}):
         yield
+
+
+def _check_answers(url: str) -> None:
+    """The configured API answers; otherwise one clear error, before anything is created (Prefect's own, as a flow
+    starts, is a traceback)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        failure = client.api_healthcheck()
+    if failure is not None:
+        raise APIServerError(f"the Prefect API at {url} (PREFECT_API_URL, from the environment or the active "
+                             f"profile) does not answer ({type(failure).__name__}: {failure}): start it, or unset "
+                             "PREFECT_API_URL to have the command start a temporary one")
 
 
 def _answers(url: str) -> bool:

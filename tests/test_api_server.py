@@ -64,6 +64,16 @@ def test_a_server_that_cannot_start_is_one_clear_error(tmp_path, tiny_data):
     assert not (tmp_path / "imagenet18").exists(), "nothing was created"
 
 
+def test_a_configured_api_that_does_not_answer_is_one_clear_error(tmp_path, tiny_data):
+    result = plan(tmp_path, tiny_data, PREFECT_API_URL="http://127.0.0.1:9/api")  # nothing listens on port 9
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: the Prefect API at http://127.0.0.1:9/api (PREFECT_API_URL, from the environment or the active "
+        "profile) does not answer (ConnectError"), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "imagenet18").exists(), "nothing was created"
+
+
 def test_the_server_dies_with_a_command_that_is_killed(tmp_path):
     script = ("import time\nfrom deployments.api_server import TemporaryAPI\n"
               "print(TemporaryAPI().process.pid, flush=True)\ntime.sleep(300)")
