@@ -479,6 +479,23 @@ def test_replicas_leave_out_links_to_nothing_and_files_beside_the_resized_copies
     assert local_leftovers(tmp_path / "home") == {}
 
 
+def test_a_class_folder_whose_name_is_not_utf8_is_replicated(tmp_path):
+    """A class named in Latin-1 (an old archive's "café") trains as its images' names do: its replica is made, and
+    what it was made from is known, where the replication failed on the name."""
+    root = make_demo_dataset(tmp_path / "latin1", classes=2, train_per_class=4, val_per_class=2)
+    first = sorted((root / "train").iterdir())[0].name
+    latin1 = os.fsdecode(b"caf\xe9")
+    for split in ("train", "validation"):
+        os.rename(root / split / first, root / split / latin1)
+    prepare(root, [160], workers=1)
+    backend = LocalBackend(tmp_path / "home")
+    [replica] = backend.replicate(local_spec("run-latin1", 1), str(root), 1)
+    assert sorted(os.listdir(Path(replica.details["data_root"]) / "train" / latin1)) == \
+        sorted(os.listdir(root / "train" / latin1))
+    backend.teardown("run-latin1")
+    assert local_leftovers(tmp_path / "home") == {}
+
+
 def test_a_local_pool_of_another_dataset_goes_beside_the_first_and_a_pool_made_again_is_topped_up(
         tiny_data, data_copy, tmp_path):
     backend = LocalBackend(tmp_path / "home")

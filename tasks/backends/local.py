@@ -752,7 +752,7 @@ def _folder_state(folder: Path) -> str:
     in place is the same file, its links too)."""
     folders = sorted(path for path in [folder, *folder.glob("*"), *folder.glob("*/*")] if path.is_dir())
     listing = "\n".join(f"{path.relative_to(folder)} {path.stat().st_mtime_ns}" for path in folders)
-    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+    return hashlib.sha256(os.fsencode(listing)).hexdigest()[:16]  # a name need not be UTF-8
 
 
 def _stale(root: Path, replica: Resource) -> list[str]:
