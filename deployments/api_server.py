@@ -92,8 +92,6 @@ def api_for_flows(module: str) -> Iterator[None]:
         api.stop()  # Prefect is configured to report elsewhere (a profile), or not to start a server
         api = None
     if api is None:
-        if settings.api.url:
-            _check_answers(settings.api.url)
         yield
         return
     importlib.import_module(module)
@@ -103,17 +101,23 @@ def api_for_flows(module: str) -> Iterator[None]:
         yield
 
 
-def _check_answers(url: str) -> None:
-    """The configured API answers; otherwise one clear error, before anything is created (Prefect's own, as a flow
-    starts, is a traceback)."""
+def unanswered_api() -> str | None:
+    """What to say where the configured API (PREFECT_API_URL, of the environment or the active profile) does not
+    answer; None where it does, or where none is configured. Asked once a flow failed to start: Prefect's own
+    error then is a traceback."""
     from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
 
+    url = get_current_settings().api.url
+    if not url:
+        return None
     with get_client(sync_client=True) as client:
         failure = client.api_healthcheck()
-    if failure is not None:
-        raise APIServerError(f"the Prefect API at {url} (PREFECT_API_URL, from the environment or the active "
-                             f"profile) does not answer ({type(failure).__name__}: {failure}): start it, or unset "
-                             "PREFECT_API_URL to have the command start a temporary one")
+    if failure is None:
+        return None
+    return (f"the Prefect API at {url} (PREFECT_API_URL, from the environment or the active profile) does not "
+            f"answer ({type(failure).__name__}: {failure}): start it, or unset PREFECT_API_URL to have the command "
+            "start a temporary one")
 
 
 def _answers(url: str) -> bool:

@@ -24,7 +24,7 @@ from typing import Literal, Union, get_args, get_origin
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
-from deployments.api_server import APIServerError, api_for_flows
+from deployments.api_server import APIServerError, api_for_flows, unanswered_api
 from tasks.backends import backend_class
 from tasks.backends.base import BackendError, InputError
 from tasks.parameters import BackendName, KeepHours, MachineCount, ReplicaCount, RunParameters, Switch
@@ -172,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the run's resources were torn down", file=sys.stderr)
         return 130
+    except RuntimeError:  # Prefect's, where the flow could not start: its API does not answer
+        if (unanswered := unanswered_api()) is None:
+            raise
+        print(f"error: {unanswered}", file=sys.stderr)
+        return 2
     except httpx.HTTPError as exc:  # the flow's own state, at its start or end: artifacts and task states wait
         print(f"error: the Prefect API did not answer ({type(exc).__name__}: {exc}), so this run's state is not "
               "recorded there; a run that began has torn down what it made all the same (teardown needs no API), and "
