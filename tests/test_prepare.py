@@ -1,3 +1,4 @@
+import errno
 import logging
 import os
 import shutil
@@ -11,6 +12,7 @@ from trainer.data import decode
 from trainer.demo_data import make_demo_dataset
 from trainer.layout import scan
 from trainer.prepare import LONGEST_SIDE, PrepareError, PrepareReport, prepare, resized_root
+from trainer.recipe import facts
 
 SIZES = (100, 160)
 # file -> (width, height); relative to the dataset root
@@ -240,3 +242,109 @@ def test_a_strip_too_long_for_its_names_format_is_prepared_centre_cropped_to_wha
         assert (copy.format, copy.size) == ("WEBP", (100, LONGEST_SIDE["WEBP"]))
         middle = np.asarray(copy.convert("L"), dtype=float)[LONGEST_SIDE["WEBP"] // 2].mean()
     assert 120 < middle < 135, "the strip's middle, not its top"
+
+
+@pytest.mark.parametrize("made_as, name", [("CMYK JPEG", "cmyk.png"), ("float TIFF", "float.png"),
+                                           ("32-bit TIFF", "int.png"), ("float TIFF", "float.JPEG")])
+def test_an_image_in_a_mode_its_names_format_cannot_hold_is_written_in_one_it_can(
+        dataset: Path, made_as: str, name: str) -> None:
+    """Pillow writes no CMYK, float or 32-bit PNG: such a file named .png (a CMYK JPEG, a scientific TIFF) failed
+    the whole prepare. Its copy is RGB, or 8-bit grey with each level / 257 as a 16-bit image's."""
+    source = dataset / "train" / "dog" / name
+    levels = np.linspace(0, 65535, 200 * 300).reshape(200, 300)
+    if made_as == "CMYK JPEG":
+        Image.linear_gradient("L").resize((300, 200)).convert("RGB").convert("CMYK").save(source, "JPEG")
+    else:
+        Image.fromarray(levels.astype(np.float32 if made_as == "float TIFF" else np.int32)).save(source, "TIFF")
+    report = prepare(dataset, [100], workers=1)
+    assert report.corrupt == [] and report.made == len(IMAGES) + 1
+    with Image.open(resized_root(dataset, 100) / "train/dog" / name) as copy:
+        assert (copy.format, copy.mode, copy.size) == (
+            "JPEG" if name.endswith(".JPEG") else "PNG", "RGB" if made_as == "CMYK JPEG" else "L", (150, 100))
+        copied = np.asarray(copy.convert("L"), dtype=float)
+    assert copied.min() < 10 and 120 < copied.mean() < 135, "the gradient's levels, 0 to 255"
+
+
+def test_an_image_whose_copy_cannot_be_written_is_skipped_with_a_warning_naming_it(
+        dataset: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """What Pillow's encoder refuses is the image's problem, not the dataset's: the image is left out, without the
+    copies made of it at other sizes, as an unreadable one is, and the rest is prepared."""
+    save = Image.Image.save
+
+    def refusing(image: Image.Image, path: Path, *args: object, **kwargs: object) -> None:
+        if image.size == (240, 160):  # landscape.JPEG's 160 px copy, made after its 100 px one
+            raise OSError("encoder error -2 when writing image file")
+        save(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", refusing)
+    refused = dataset / "train/cat/landscape.JPEG"
+    with caplog.at_level(logging.WARNING, logger="trainer.prepare"):
+        report = prepare(dataset, SIZES, workers=1)
+    assert report.corrupt == [refused]
+    assert f"skipping image {refused}: its copy cannot be written (encoder error -2" in caplog.text
+    assert report.made == 2 * len(IMAGES) - 2
+    for size in SIZES:
+        assert not (resized_root(dataset, size) / "train/cat/landscape.JPEG").exists()
+    assert not [p for p in resized_root(dataset, 160).parent.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_still_fails_prepare(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write the file system refuses (no space, no permission) is the output folder's problem, not an image's:
+    prepare fails rather than skip every image."""
+    def full(image: Image.Image, path: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(OSError) as raised:
+        prepare(dataset, SIZES, workers=1)
+    assert raised.value.errno == errno.ENOSPC
+
+
+def test_a_name_of_nearly_255_bytes_is_prepared(dataset: Path) -> None:
+    """A legal name of 250 bytes: the temporary file a copy is written to is named shortly, not after it (which
+    passed the 255 bytes a name may have, failing the whole prepare)."""
+    name = "猫" * 82 + ".jpg"
+    assert len(name.encode()) == 250
+    Image.linear_gradient("L").resize((300, 200)).convert("RGB").save(dataset / "train" / "cat" / name, "JPEG")
+    report = prepare(dataset, SIZES, workers=1)
+    assert report.corrupt == [] and report.made == 2 * len(IMAGES) + 2
+    for size in SIZES:
+        with Image.open(resized_root(dataset, size) / "train" / "cat" / name) as copy:
+            assert min(copy.size) == size
+    assert not [p for p in resized_root(dataset, 160).parent.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_an_image_past_pillows_pixel_limit_is_prepared_from_a_reduced_decode_and_sized_by_the_recipe(
+        dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow refuses to open an image of over twice MAX_IMAGE_PIXELS (a 200-megapixel phone's photo, 16320 x
+    12240), which prepare skipped as unreadable. It is the user's own data, which the trainer reads: its copies are
+    made, a JPEG's from the smallest of libjpeg's reduced decodes (1/2 to 1/8) that holds the largest size, and the
+    auto recipe counts its size; Pillow's limit is left as it was."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # as a 180-megapixel image meets the default
+    gradient = Image.linear_gradient("L").convert("RGB")
+    gradient.resize((3200, 1600)).save(dataset / "train" / "cat" / "huge.JPEG", quality=95)
+    gradient.resize((1200, 1800)).save(dataset / "train" / "dog" / "huge.png")
+    decoded: list[tuple[int, int]] = []
+    resize = Image.Image.resize
+
+    def recording(image: Image.Image, *args: object, **kwargs: object) -> Image.Image:
+        decoded.append(image.size)
+        return resize(image, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recording)
+    report = prepare(dataset, SIZES, workers=1)
+    assert report.corrupt == [] and report.made == 2 * len(IMAGES) + 4
+    assert decoded.count((400, 200)) == 2, "the JPEG decoded at 1/8, short side 200 >= 160"
+    assert decoded.count((1200, 1800)) == 2, "a PNG has no reduced decode"
+    for name, sizes in {"train/cat/huge.JPEG": [(200, 100), (320, 160)],
+                        "train/dog/huge.png": [(100, 150), (160, 240)]}.items():
+        for size, expected in zip(SIZES, sizes):
+            with Image.open(resized_root(dataset, size) / name) as copy:
+                assert copy.size == expected, name
+                levels = np.asarray(copy.convert("L"), dtype=float)
+            assert levels.min() < 10 and 120 < levels.mean() < 135, "the gradient's levels, 0 to 255"
+    assert Image.MAX_IMAGE_PIXELS == 1_000_000
+    # the median of the training images' short sides, 200, 181, 90 and 160, and the two past the limit, 1600, 1200
+    assert facts(dataset).short_side == 190
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(dataset / "train" / "cat" / "huge.JPEG")

@@ -23,7 +23,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
 from trainer.layout import DataError, ImageFolder
-from trainer.prepare import DECODE_ERRORS
+from trainer.prepare import DECODE_ERRORS, pixel_limit_lifted
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,10 @@ def aspect_ratios(folder: ImageFolder, cache_dir: Path) -> list[float]:
     ratios = []
     for path, _ in folder.samples:
         try:
-            with Image.open(path) as image:
+            with pixel_limit_lifted(), Image.open(path) as image:  # a header read: a 200-megapixel photo's too
                 ratios.append(round(image.size[0] / image.size[1], 5))
         except DECODE_ERRORS:
-            ratios.append(1.0)  # corrupt, or past Pillow's pixel limit: decode_or_substitute warns if unreadable
+            ratios.append(1.0)  # corrupt: decode_or_substitute warns
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({"root": str(folder.root), "files": len(ratios), "ratios": ratios}))

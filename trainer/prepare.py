@@ -11,10 +11,14 @@ mirror ROOT (the trainer refuses copies whose classes differ from ROOT's).
 from __future__ import annotations
 
 import logging
+import math
 import os
+import secrets
 import shutil
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 JPEG_QUALITY = 90
 LONGEST_SIDE = {"PNG": 2**31 - 1, "JPEG": 65_535, "WEBP": 16_383}  # pixels, by the format's header
+PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")  # those Pillow writes as PNG
 # What PIL raises for files it cannot decode (truncated, garbage, absurdly large).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
@@ -57,6 +62,8 @@ class PrepareReport:
 # carries it, so a source replaced is made again whatever its time (rsync -a, cp -p and tar x put an older one in).
 Job = tuple[Path, tuple[tuple[int, Path], ...], int]
 Progress = Callable[[int, int], None]  # (images done, images to do)
+# A source left without copies, and why: None where it cannot be read, the encoder's error where it cannot be written.
+Skipped = tuple[Path, str | None]
 
 
 def resized_root(root: Path, size: int) -> Path:
@@ -92,12 +99,16 @@ def prepare(root: Path, sizes: Sequence[int] = (160, 352), workers: int | None =
         logger.info("preparing sizes %s of %d images in %s with %d workers", list(sizes), len(jobs), root,
                     min(workers, len(jobs)))
     progress_every = max(1, len(jobs) // 20)  # about 20 reports, whatever the size
-    for done, (resized, copied, corrupt) in enumerate(_run(jobs, workers), 1):
+    for done, (resized, copied, skipped) in enumerate(_run(jobs, workers), 1):
         report.resized += resized
         report.copied += copied
-        if corrupt is not None:
-            logger.warning("skipping corrupt or unreadable image %s", corrupt)
-            report.corrupt.append(corrupt)
+        if skipped is not None:
+            source, error = skipped
+            if error is None:
+                logger.warning("skipping corrupt or unreadable image %s", source)
+            else:
+                logger.warning("skipping image %s: its copy cannot be written (%s)", source, error)
+            report.corrupt.append(source)
         if done % progress_every == 0 or done == len(jobs):
             logger.info("prepared %d/%d images", done, len(jobs))
             if progress:
@@ -198,7 +209,7 @@ def _made_from(path: Path, source_ns: int) -> bool:
         return False
 
 
-def _run(jobs: list[Job], workers: int) -> Iterable[tuple[int, int, Path | None]]:
+def _run(jobs: list[Job], workers: int) -> Iterable[tuple[int, int, Skipped | None]]:
     workers = min(workers, len(jobs))
     if workers <= 1:
         yield from map(_prepare_one, jobs)
@@ -207,42 +218,79 @@ def _run(jobs: list[Job], workers: int) -> Iterable[tuple[int, int, Path | None]
         yield from pool.imap_unordered(_prepare_one, jobs, chunksize=max(1, min(256, len(jobs) // (workers * 8))))
 
 
-def _prepare_one(job: Job) -> tuple[int, int, Path | None]:
-    """Write one source's needed outputs; returns (resized, copied, the source if it cannot be read)."""
+def _prepare_one(job: Job) -> tuple[int, int, Skipped | None]:
+    """Write one source's needed outputs; returns (resized, copied, the source and why if it is skipped)."""
     source, missing, changed = job
-    image = _decode(source)
-    if image is None:
-        for _, out in missing:  # made from what the source was before it broke
-            out.unlink(missing_ok=True)
-        return 0, 0, source
+    decoded = _decode(source, max(size for size, _ in missing))
+    error = None
+    if decoded is not None:
+        image, full_size = decoded
+        with image:
+            try:
+                return (*_write(source, image, full_size, missing, changed), None)
+            except (OSError, ValueError) as exc:  # what Pillow raises for a mode or content it cannot encode
+                if isinstance(exc, OSError) and exc.errno is not None:
+                    raise  # the output folder's (a full disk, no permission), not the image's: prepare fails
+                error = str(exc)
+    for _, out in missing:  # made from what the source was before, or some of them just now
+        out.unlink(missing_ok=True)
+    return 0, 0, (source, error)
+
+
+def _write(source: Path, image: Image.Image, full_size: tuple[int, int], missing: tuple[tuple[int, Path], ...],
+           changed: int) -> tuple[int, int]:
+    """Write `missing` from the decoded `image`; returns (resized, copied)."""
     resized = copied = 0
-    with image:
-        for size, out in missing:
-            if min(image.size) <= size:
-                _atomic_write(out, lambda temp: shutil.copyfile(source, temp), changed)
-                copied += 1
-            else:
-                _atomic_write(out, lambda temp: _save(_resize(image, size), temp, out.suffix), changed)
-                resized += 1
-    return resized, copied, None
+    for size, out in missing:
+        if min(full_size) <= size:
+            _atomic_write(out, lambda temp: shutil.copyfile(source, temp), changed)
+            copied += 1
+        else:
+            _atomic_write(out, lambda temp: _save(_resize(image, size, full_size), temp, out.suffix), changed)
+            resized += 1
+    return resized, copied
 
 
-def _decode(source: Path) -> Image.Image | None:
-    """The fully decoded image, or None when it cannot be read (decoding it all is what finds truncated files)."""
-    try:
-        image = Image.open(source)
-    except DECODE_ERRORS:
-        return None
-    try:
-        image.load()
-    except DECODE_ERRORS:
-        image.close()
-        return None
-    return image
+def _decode(source: Path, needs: int) -> tuple[Image.Image, tuple[int, int]] | None:
+    """The decoded image and its full size, or None when it cannot be read (decoding it all is what finds truncated
+    files). One past Pillow's pixel limit (a 200-megapixel phone's photo) is read too; a JPEG decoded at the
+    smallest of libjpeg's scales (1/2 to 1/8) that keeps its short side at least `needs`, which bounds its memory."""
+    with pixel_limit_lifted() as limit:
+        try:
+            image = Image.open(source)
+        except DECODE_ERRORS:
+            return None
+        full_size = width, height = image.size
+        if limit is not None and width * height > limit:
+            scale = needs / min(full_size)
+            image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))  # a no-op but for JPEG
+        try:
+            image.load()
+        except DECODE_ERRORS:
+            image.close()
+            return None
+    return image, full_size
 
 
-def _resize(image: Image.Image, size: int) -> Image.Image:
-    width, height = image.size
+_PIXEL_LIMIT_LOCK = threading.Lock()
+
+
+@contextmanager
+def pixel_limit_lifted() -> Iterator[int | None]:
+    """Within, Pillow opens and loads images past its pixel limit (yielded), a guard against hostile files: the
+    dataset is the user's own, which the trainer's decoder reads whatever its size. The limit is a global of
+    Pillow's, so it is lifted only for this block; the lock keeps two threads' blocks from restoring None."""
+    with _PIXEL_LIMIT_LOCK:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield limit
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
+def _resize(image: Image.Image, size: int, full_size: tuple[int, int]) -> Image.Image:
+    """`image` with its short side `size`, its aspect that of `full_size`, its size before a draft reduced it."""
+    width, height = full_size
     scale = size / min(width, height)
     target = (size, round(height * scale)) if width <= height else (round(width * scale), size)
     return image.resize(target, Image.LANCZOS)
@@ -252,11 +300,14 @@ def _save(image: Image.Image, path: Path, suffix: str) -> None:
     # The output keeps its source's name, so its format follows the extension.
     kind = {".png": "PNG", ".webp": "WEBP"}.get(suffix.lower(), "JPEG")
     image = _within(image, LONGEST_SIDE[kind])
+    if (image.mode.startswith("I") or image.mode == "F") and not (kind == "PNG" and image.mode in PNG_MODES):
+        # 16 or 32 bits a pixel, or floats, which convert() clips to 8: scaled as 16-bit levels instead
+        image = image.convert("I").point(lambda value: value * (1 / 257)).convert("L")
     if kind == "PNG":
+        if image.mode not in PNG_MODES:  # CMYK, YCbCr, LAB, PA
+            image = image.convert("RGBA" if "A" in image.mode else "RGB")
         image.save(path, "PNG")
         return
-    if image.mode.startswith("I"):  # 16 or 32 bits a pixel, which convert() clips to 8: scaled instead
-        image = image.convert("I").point(lambda value: value * (1 / 257)).convert("L")
     if kind == "WEBP":  # Pillow converts what WebP cannot hold (grey, CMYK) to RGB(A) itself
         image.save(path, "WEBP", quality=JPEG_QUALITY)
         return
@@ -277,7 +328,7 @@ def _within(image: Image.Image, longest: int) -> Image.Image:
 
 def _atomic_write(out: Path, write: Callable[[Path], object], source_ns: int) -> None:
     """`out` written whole, carrying its source's modification time."""
-    temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    temp = out.with_name(f".{secrets.token_hex(8)}.tmp")  # short: `out`'s name may be NAME_MAX's 255 bytes
     try:
         write(temp)
         os.utime(temp, ns=(time.time_ns(), source_ns))

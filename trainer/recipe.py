@@ -29,7 +29,7 @@ from pathlib import Path
 from PIL import Image
 
 from trainer.layout import SPLITS, DataError, check_source
-from trainer.prepare import DECODE_ERRORS
+from trainer.prepare import DECODE_ERRORS, pixel_limit_lifted
 from trainer.schedule import AUTO, DataPhase, LRPhase, Schedule
 
 ARCH = "resnet18"
@@ -65,10 +65,10 @@ def facts(root: str | Path) -> DatasetFacts:
 
 def _short_side(path: str) -> int | None:
     try:
-        with Image.open(path) as image:
+        with pixel_limit_lifted(), Image.open(path) as image:  # a header read: a 200-megapixel photo's size too
             return min(image.size)
     except DECODE_ERRORS:
-        return None  # unreadable (or past Pillow's pixel limit): the loaders skip what they cannot read, warning
+        return None  # unreadable: the loaders skip what they cannot read, warning
 
 
 def schedule_for(data: DatasetFacts, world_size: int) -> Schedule:
