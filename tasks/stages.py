@@ -171,7 +171,8 @@ def train(plan: RunPlan, cluster: Cluster, replicas: list[Resource]) -> tuple[Tr
         if status.done:
             break
         if time.monotonic() > deadline:
-            raise TimeoutError(f"training ran past max_hours={plan.params.max_hours}")
+            raise TrainingError(f"training ran past max_hours={plan.params.max_hours:g} and was stopped: its logs and "
+                                f"checkpoints are in {cluster.storage}; a longer --max-hours gives it the time")
         time.sleep(backend.poll_seconds)
     summary = RunSummary.read(backend.read_storage(cluster, SUMMARY_FILE))
     progress.finished(len(summary.epochs), summary.final.top1)

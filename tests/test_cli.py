@@ -2,6 +2,7 @@
 environment it gives Prefect."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from tasks.parameters import RunParameters
 from tasks import stages
 from tasks.backends.base import Cluster, Machine
 from tasks.planning import plan_run
+from tests.leftovers import local_leftovers
 from tests.prefect_server import flow_run_logs
 from trainer import cli as trainer_cli
 from trainer import schedule
@@ -49,6 +51,21 @@ def test_bad_input_is_one_line_and_creates_no_flow_run(tmp_path, tiny_data, args
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], "one line"
     assert result.stderr.startswith(message), result.stderr
     assert not (tmp_path / "local").exists() and not (tmp_path / "runs").exists(), "nothing was created"
+
+
+@pytest.mark.slow
+def test_a_run_past_its_max_hours_is_stopped_and_says_where_its_results_are(tmp_path, tiny_data, prefect_api):
+    """The command ended in a Python traceback (a TimeoutError), not saying where the run's checkpoints are."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "IMAGENET18_HOME": str(tmp_path / "home"), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    result = subprocess.run([IMAGENET18, "run", "--machines", "1", "--dataset", str(tiny_data), "--max-hours",
+                             "0.001"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert re.fullmatch(r"error: training ran past max_hours=0.001 and was stopped: its logs and checkpoints are in "
+                        r"\S+/runs/\S+; a longer --max-hours gives it the time",
+                        result.stderr.strip().splitlines()[-1]), result.stderr[-3000:]
+    assert local_leftovers(tmp_path / "home") == {}
 
 
 def test_machine_counts_are_the_seeds():
