@@ -1,6 +1,16 @@
-"""ProgressWatch: which nodes stopped beating, judged only after they beat in the current job."""
+"""ProgressWatch: which nodes stopped beating, judged only after they beat in the current job; and what beats."""
+
+import json
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from tasks.progress import ProgressWatch
+from trainer.distributed import World
+from trainer.engine import Context, evaluate
+from trainer.loaders import PhaseLoaders
+from trainer.recorder import NodeHeartbeat
 
 
 class Clock:
@@ -43,3 +53,18 @@ def test_a_node_that_has_not_beaten_in_this_job_is_not_judged():
     watch.hung({0: b"", 1: b"left by the last job"})
     clock.now = 1000
     assert watch.hung({0: b"", 1: b"left by the last job"}) == [], "still loading, or stuck before its first beat"
+
+
+def test_a_node_beats_while_it_validates(tmp_path):
+    """Its training steps and each epoch's end beat; its validation did not, so one longer than --hang-minutes (a
+    big validation set on CPUs) was judged a hang: the node was restarted, validated again, and the run failed."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    heartbeat = NodeHeartbeat(tmp_path, node_rank=0, enabled=True, seconds=0.0)
+    world = World(rank=0, size=1, local_rank=0, local_size=1, node_rank=0, device=torch.device("cpu"))
+    ctx = Context(model, model, torch.optim.SGD(model.parameters(), lr=0.1), schedule=None, world=world,
+                  recorder=None, node_heartbeat=heartbeat, bf16=False, channels_last=False, print_freq=10)
+    images, labels = torch.randint(0, 256, (12, 3, 4, 4), dtype=torch.uint8), torch.randint(0, 2, (12,))
+    val = DataLoader(TensorDataset(images, labels), batch_size=4)
+    evaluate(ctx, PhaseLoaders(phase=None, train=None, val=val, val_steps=3, train_dir=None, val_dir=None), epoch=5)
+    beat = json.loads((tmp_path / "heartbeats" / "node-0.json").read_text())
+    assert (beat["epoch"], beat["phase"], beat["batch"], beat["batches"]) == (5, "validation", 3, 3)

@@ -315,6 +315,8 @@ def evaluate(ctx: Context, loaders: PhaseLoaders, epoch: int) -> EpochResult:
             if done % ctx.print_freq == 0 or done == loaders.val_steps:
                 log.info(console.test_line(epoch, done, loaders.val_steps, meters["time"], meters["loss"],
                                            meters["top1"], meters["top5"]))
+            # a validation longer than --hang-minutes (a big validation set on CPUs) is progress, not a hang
+            ctx.node_heartbeat.beat(epoch=epoch, phase="validation", batch=done, batches=loaders.val_steps)
             last = time.perf_counter()
     return EpochResult(meters["loss"].avg, meters["top1"].avg, meters["top5"].avg,
                        time.perf_counter() - start, meters["loss"].count)
