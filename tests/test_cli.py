@@ -23,7 +23,11 @@ IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
 
 
 @pytest.mark.parametrize("args,message", [
-    (["run", "--dataset", "/nonexistent/imagenet"], "error: dataset /nonexistent/imagenet has no train/ folder"),
+    (["run", "--dataset", "/nonexistent/imagenet"], "error: dataset /nonexistent/imagenet does not exist"),
+    (["run", "--dataset", "s3://team/imagenet"], "error: the local backend replicates a local folder, not "
+                                                 "s3://team/imagenet"),
+    (["run", "--backend", "aws", "--schedule", "auto"], "error: schedule auto is derived from the dataset's images, "
+     "read on this machine, and an AWS run's dataset is a snapshot: name a schedule"),
     (["run", "--schedule", "seed-3"], "error: unknown schedule 'seed-3'"),
     (["run", "--backend", "aws"], "error: no AWS credentials: set AWS_PROFILE"),
     (["run", "--backend", "aws", "--region", "moon-1"], "error: unknown AWS region 'moon-1'"),
@@ -39,7 +43,7 @@ IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
     (["replicate", "--backend", "aws", "--dataset", "imagenet18-backup"], "error: no AWS credentials: set AWS_PROFILE"),
     (["replicate", "--replicas", "0"], "error: replicas: Input should be greater than or equal to 1"),
     (["replicate", "--keep-hours", "0"], "error: keep_hours: Input should be greater than 0"),
-    (["replicate", "--dataset", "/nonexistent/imagenet"], "error: dataset /nonexistent/imagenet has no train/ folder"),
+    (["replicate", "--dataset", "/nonexistent/imagenet"], "error: dataset /nonexistent/imagenet does not exist"),
 ])
 def test_bad_input_is_one_line_and_creates_no_flow_run(tmp_path, tiny_data, args, message):
     env = {"IMAGENET18_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),

@@ -228,7 +228,7 @@ def test_three_machines_is_refused_with_the_allowed_values():
 
 
 @pytest.mark.parametrize("parameters,error,message", [
-    ({"dataset": "/nonexistent/imagenet"}, InputError, "has no train/ folder"),
+    ({"dataset": "/nonexistent/imagenet"}, InputError, "dataset /nonexistent/imagenet does not exist"),
     ({"schedule": "seed-3"}, InputError, "unknown schedule 'seed-3'"),
     ({"instance_type": "p3.16xlarge"}, InputError, "runs on instance type 'local'"),
     ({"spot": True}, InputError, "no spot market"),

@@ -378,10 +378,10 @@ def test_a_local_run_claims_pool_replicas_and_gives_them_back(tiny_data, tmp_pat
 def test_a_local_pool_of_a_folder_that_is_no_dataset_is_refused_before_any_replica(tmp_path):
     """Made by the replicate flow (a deployment's run, which the CLI's own check does not see): a record written
     first would hold its place in the pool until it expired."""
-    backend = LocalBackend(tmp_path)
-    with pytest.raises(InputError, match="dataset /nonexistent/imagenet has no train/ folder"):
-        backend.replicate(dataclasses.replace(pool_spec(2), instance_type="local"), "/nonexistent/imagenet", 2,
-                          pool=True)
+    backend, folder = LocalBackend(tmp_path), tmp_path / "photos"
+    folder.mkdir()
+    with pytest.raises(InputError, match=f"dataset {folder} has no train/ folder"):
+        backend.replicate(dataclasses.replace(pool_spec(2), instance_type="local"), str(folder), 2, pool=True)
     assert local_leftovers(tmp_path) == {} and pool_as_it_is(backend) == []
 
 

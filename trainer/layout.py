@@ -73,6 +73,8 @@ def check_source(root: str | Path) -> dict[str, ImageFolder]:
     """The full-size train/ and validation/ folders, scanned (names only, nothing decoded): every class folder
     has images, and both splits have the same classes. What a run checks before it creates anything. Files that
     are not images by their name, and links to nothing, are left out with a warning naming them."""
+    if not Path(root).is_dir():
+        raise DataError(f"dataset {root} {'is not a folder' if Path(root).exists() else 'does not exist'}")
     for split in SPLITS:
         if not (Path(root) / split).is_dir():
             raise DataError(f"dataset {root} has no {split}/ folder (expected ROOT/{{train,validation}}/"

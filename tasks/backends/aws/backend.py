@@ -55,7 +55,7 @@ from tasks.backends.base import (
     Warmup,
 )
 from tasks.backends.sweeps import Sweep
-from trainer.schedule import builtin_names, names_a_file
+from trainer.schedule import AUTO, builtin_names, names_a_file
 
 log = logging.getLogger(__name__)
 DATA_MOUNT = "/mnt/data"
@@ -135,6 +135,9 @@ class AwsBackend:
 
     @classmethod
     def schedule_location(cls, schedule: str) -> str:
+        if schedule == AUTO:
+            raise InputError("schedule auto is derived from the dataset's images, read on this machine, and an AWS "
+                             f"run's dataset is a snapshot: name a schedule ({', '.join(builtin_names())})")
         if names_a_file(schedule):
             raise InputError(f"schedule file {schedule}: the machines install this checkout, and read the schedules "
                              f"in its trainer/schedules/ ({', '.join(builtin_names())}); put it there and give its "
