@@ -95,8 +95,10 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
                      help="gp3 only: at most 0.25 MiB/s per IOPS (default 1000)")
 
 
-AWS_OPTIONS = ("region", "availability_zone", "other_instance_types", "other_availability_zones", "ami", "subnet_id",
-               "bucket", "ssh_cidr", "volume_type", "iops", "throughput_mbps")
+AWS_OPTIONS = {"region": "--region", "availability_zone": "--zone", "other_instance_types": "--other-instance-types",
+               "other_availability_zones": "--other-zones", "ami": "--ami", "subnet_id": "--subnet",
+               "bucket": "--bucket", "ssh_cidr": "--ssh-cidr", "volume_type": "--volume-type", "iops": "--iops",
+               "throughput_mbps": "--throughput"}  # AwsOptions' fields, and their flags
 
 
 def _comma_separated(text: str) -> tuple[str, ...]:
@@ -104,7 +106,13 @@ def _comma_separated(text: str) -> tuple[str, ...]:
 
 
 def _aws(args: argparse.Namespace) -> dict:
-    return {name: getattr(args, name) for name in AWS_OPTIONS if getattr(args, name) is not None}
+    """The aws backend's options given; refused for a command on another backend, which would drop them."""
+    given = {name: getattr(args, name) for name in AWS_OPTIONS if getattr(args, name) is not None}
+    backend = getattr(args, "backend", "aws")
+    if given and backend != "aws":
+        raise InputError(f"{', '.join(AWS_OPTIONS[name] for name in given)}: the aws backend's, which a {backend} "
+                         "run would ignore; add --backend aws, or leave them out")
+    return given
 
 
 def parser() -> argparse.ArgumentParser:

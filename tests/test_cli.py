@@ -32,6 +32,8 @@ IMAGENET18 = str(Path(sys.executable).parent / "imagenet18")
     (["run", "--backend", "aws"], "error: no AWS credentials: set AWS_PROFILE"),
     (["run", "--backend", "aws", "--region", "moon-1"], "error: unknown AWS region 'moon-1'"),
     (["run", "--spot"], "error: --spot needs a cloud backend"),
+    (["run", "--bucket", "team-results", "--zone", "us-east-1b"], "error: --zone, --bucket: the aws backend's, which "
+     "a local run would ignore; add --backend aws, or leave them out"),
     (["run", "--max-hours", "0"], "error: max_hours: Input should be greater than 0"),
     (["run", "--backend", "aws", "--max-hours", "72"], "error: max_hours=72 is over the 48 h that SSM lets"),
     (["run", "--hang-minutes", "0"], "error: hang_minutes: Input should be greater than 0"),
