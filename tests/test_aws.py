@@ -1361,6 +1361,20 @@ def test_a_snapshot_build_stopped_before_its_snapshot_completes_leaves_no_snapsh
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
+def test_a_snapshot_made_twice_by_a_retried_call_leaves_one_snapshot(aws, tmp_path):
+    """CreateSnapshot takes no idempotency token: where EC2 made the snapshot and its answer was lost (a 500),
+    botocore's retry makes a second, which would complete under the run's tag, past any teardown's reach (a completed
+    one is the dataset's), and make the dataset's name ambiguous for every run."""
+    dataset_in_s3(aws)
+    aws.add_fault("ec2", "CreateSnapshot", "InternalError", status=500, times=1, carried_out=True, label="lost")
+    snapshot_id = make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "twice", sizes=[160],
+                                poll_seconds=0.5)
+    assert [rule["fired"] for rule in aws.fault_counts("lost")] == [1], "the first answer was lost"
+    assert [s["SnapshotId"] for s in aws.client("ec2").describe_snapshots(OwnerIds=["self"])["Snapshots"]
+            if s["Description"] == "twice"] == [snapshot_id]
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
 def test_a_teardown_leaves_completed_snapshots_whatever_their_tags(aws, tmp_path):
     """Only a build's own snapshot that has not completed is the build run's: a completed one is the dataset's, even
     with the run's tag still on it, and one another service copied a run's tags onto (a backup) is not ours."""

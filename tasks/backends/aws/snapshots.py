@@ -122,6 +122,17 @@ def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: l
         "snapshot", tags.tag_list(spec.run_id, spec.expires_at, name, **dataset_tags)))
     ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[snapshot["SnapshotId"]],
                                               WaiterConfig=waiter_config(max(60.0, spec.hours_left * 3600)))
+    _delete_twins(ec2, spec.run_id, snapshot["SnapshotId"])
     ec2.delete_tags(Resources=[snapshot["SnapshotId"]], Tags=[{"Key": tags.RUN}, {"Key": tags.EXPIRES}])
     log.info("snapshot %s (%s, %d GiB) made from %s", snapshot["SnapshotId"], name, size_gb, url)
     return snapshot["SnapshotId"]
+
+
+def _delete_twins(ec2, run_id: str, ours: str) -> None:
+    """The build's snapshots but `ours`: CreateSnapshot takes no idempotency token, so where EC2 made one and its
+    answer was lost, botocore's retry made a twin, which would complete under the run's tag (past any teardown:
+    a completed snapshot is the dataset's) and make the dataset's name match two snapshots."""
+    for twin in ec2.describe_snapshots(OwnerIds=["self"], Filters=tags.run_filter(run_id))["Snapshots"]:
+        if twin["SnapshotId"] != ours:
+            log.warning("deleting snapshot %s, a twin of %s made by a retried CreateSnapshot", twin["SnapshotId"], ours)
+            ec2.delete_snapshot(SnapshotId=twin["SnapshotId"])
