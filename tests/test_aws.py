@@ -373,6 +373,22 @@ def test_a_launch_waits_while_aws_verifies_a_new_accounts_region_and_fails_for_g
 
 
 @pytest.mark.slow
+def test_a_launch_whose_answer_was_lost_is_asked_again_with_its_token_and_launches_once(aws, snapshot, tmp_path):
+    """RunInstances takes a client token: asked again with the same one, EC2 answers with the machines the request
+    whose answer was lost launched. The lost answer failed the provision stage, whose retry launched a second set
+    (the first terminated as unnamed, paid for all the same, and perhaps holding the capacity the run needed)."""
+    aws.add_fault("ec2", "RunInstances", "InternalError", status=500, times=1, carried_out=True,
+                  match={"DryRun": ABSENT}, label="lost")
+    backend, spec = AwsBackend(options(), home=tmp_path), cluster_spec("run-lost-launch", 2, "g5.xlarge")
+    cluster = backend.provision(spec, backend.replicate(spec, DATASET, 2))
+    assert [rule["fired"] for rule in aws.fault_counts("lost")] == [1], "the launch's answer was lost"
+    launched = aws.client("ec2").describe_instances(Filters=[{"Name": f"tag:{tags.RUN}", "Values": [spec.run_id]}])
+    assert sorted(i["InstanceId"] for r in launched["Reservations"] for i in r["Instances"]) == \
+        sorted(m.id for m in cluster.machines), "launched once"
+    backend.teardown(spec.run_id)
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
 def test_a_run_goes_on_while_ec2_does_not_know_its_new_resources_yet(aws, snapshot, tmp_path):
     """EC2's API is eventually consistent: a call naming what was made moments ago may be answered that it does not
     exist. With every such call answered so for a second and a half, a run on its own network with Elastic IPs

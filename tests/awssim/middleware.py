@@ -117,6 +117,8 @@ class AwsSimApp:
         if call.service == "ec2" and call.action in PLACEMENT_ACTIONS:
             return self.placement.handle(call)
         if call.service == "ec2" and call.action == "RunInstances":
+            if (again := self.player.launch_tokens.answer(call)) is not None:
+                return again
             ec2 = backends.ec2(call.account, call.region)
             refusal = (catalogue.run_instances_error(call, ec2) or network.run_instances_error(call, ec2)
                        or self.quotas.launch_error(call, ec2))
@@ -163,6 +165,7 @@ class AwsSimApp:
         body = self.consistency.read_before_roles_added(call, body)
         if call.service == "ec2" and call.action == "RunInstances":
             self.placement.record_launch(call, body)
+            self.player.launch_tokens.record(call, body)
         if call.service == "ec2" and call.action == "CreateVolume":
             self.player.initializations.record_create(call, body)
             self.player.encryption.record_create(call, body)

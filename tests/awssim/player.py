@@ -20,6 +20,7 @@ from moto.ec2.models.instances import InstanceState, StateReason
 from . import access, backends, encryption, gpus, images, network
 from .backends import RUN_TAG
 from .hibernation import AgentLife
+from .client_tokens import ClientTokens
 from .encryption import Encryption
 from .initialization import Initializations
 from .rewrite import Rewrite
@@ -149,6 +150,7 @@ class Player:
         self.launch_ends: list[tuple[str, str]] = []  # (instance type, state reason code) of machines to end
         self.initializations = Initializations()
         self.encryption = Encryption()
+        self.launch_tokens = ClientTokens()  # RunInstances' client tokens, and the launch each made
 
     def start(self) -> None:
         threading.Thread(target=gpus.arch_flags, name="awssim-arch-flags", daemon=True).start()  # seconds: early
@@ -203,6 +205,7 @@ class Player:
             self.launch_ends.clear()
             self.initializations.clear()
             self.encryption.reset()
+            self.launch_tokens.clear()
 
     def end_launches(self, instance_type: str, machines: int, code: str) -> None:
         if code not in LAUNCH_ENDS:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from importlib import resources
 from string import Template
@@ -16,6 +17,7 @@ import botocore.exceptions
 from tasks.backends.aws import addresses, catalog, pools, quotas, tags
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.network import Network
+from tasks.backends.aws.once import answer_lost
 from tasks.backends.aws.waiting import until, waiter_config
 from tasks.backends.base import BackendError, ClusterSpec, InputError, Resource
 
@@ -193,7 +195,10 @@ def _run_all(clients: Clients, spec: ClusterSpec, network: Network, image: dict,
     cluster placement group, as capacity for a later request may be gone
     (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/placement-strategies.html#placement-groups-cluster).
     The request's k-th machine (its AmiLaunchIndex) is machine indices[k], and is tagged so."""
-    request = launch_request(spec, network, image, profile, len(indices), volume_ids, boot)
+    # One token for every try: a try whose answer was lost (a 5xx, a dropped connection) is asked again, and EC2
+    # answers with the machines it launched (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).
+    request = {**launch_request(spec, network, image, profile, len(indices), volume_ids, boot),
+               "ClientToken": uuid.uuid4().hex}
     ec2 = clients.client("ec2", retries=False)
     attempt, waiting_since = 0, {}
     while True:
@@ -214,9 +219,9 @@ def _run_all(clients: Clients, spec: ClusterSpec, network: Network, image: dict,
                     raise
                 time.sleep(poll_s)
                 continue
-            # throttling is retried here since this client has botocore's retries off
+            # throttling and lost answers are retried here since this client has botocore's retries off
             attempt += 1
-            retriable = profile_propagating(exc) or code in (
+            retriable = profile_propagating(exc) or answer_lost(exc) or code in (
                 "RequestLimitExceeded", "Throttling", "ThrottlingException")
             if not retriable or attempt >= 8:
                 raise
