@@ -79,10 +79,11 @@ def delete_default_vpc(aws) -> None:
 
 
 def users_subnet(aws, way_out: bool = True, public: bool = True, dns_hostnames: bool = True,
-                 through_nat: bool = False, target_gone: bool = False) -> str:
+                 through_nat: bool = False, target_gone: bool = False, dns_servers: tuple[str, ...] = ()) -> str:
     """A subnet in us-east-1a of a VPC of the user's own, by default as the machines need it: a route out through
     an internet gateway (or, through_nat, a NAT gateway in another subnet), public addresses on launch, both DNS
-    attributes on. target_gone: the route stays, its gateway detached (its NAT gateway deleted)."""
+    attributes on. target_gone: the route stays, its gateway detached (its NAT gateway deleted). dns_servers: the
+    VPC's DHCP options name these (a company's resolvers, say)."""
     ec2 = aws.client("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.40.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.40.0.0/20", AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
@@ -104,6 +105,10 @@ def users_subnet(aws, way_out: bool = True, public: bool = True, dns_hostnames: 
             ec2.detach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
     ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": public})
     ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": dns_hostnames})
+    if dns_servers:
+        options = ec2.create_dhcp_options(DhcpConfigurations=[
+            {"Key": "domain-name-servers", "Values": list(dns_servers)}])["DhcpOptions"]["DhcpOptionsId"]
+        ec2.associate_dhcp_options(DhcpOptionsId=options, VpcId=vpc)
     return subnet
 
 

@@ -247,6 +247,13 @@ def test_a_users_subnet_is_checked_for_its_way_out(aws, capsys):
     assert code == 1 and rows["network"][1] == "fail" and "has no way out to the internet" in rows["network"][0]
 
 
+def test_a_users_vpc_with_dns_servers_of_its_own_is_a_warning(aws, capsys):
+    delete_default_vpc(aws)
+    code, rows, out = doctor(aws, capsys, "--subnet", users_subnet(aws, dns_servers=("10.40.0.2",)))
+    assert rows["network"][1] == "warn" and "DNS servers of its own" in rows["network"][0], out
+    assert "unless those servers forward amazonaws.com names to it" in out
+
+
 @pytest.mark.parametrize("instance_type,message", [
     ("p3.16xlarge", "p3.16xlarge has V100 GPUs (compute capability 7.0), which torch 2.14.1+cu130, the machines' "
                     "build, has no kernels for (it needs 7.5 or newer)"),

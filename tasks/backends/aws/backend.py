@@ -285,7 +285,9 @@ class AwsBackend:
     def snapshot(self, dataset: str) -> dict:
         return volumes.find_snapshot(self.clients, dataset, self.options.snapshot_owner, self.options.parallel_calls)
 
-    def check_subnet(self, zone: str) -> None:
+    def check_subnet(self, zone: str) -> str | None:
+        """The user's subnet as the machines need it (InputError otherwise); returns, having logged it, what may
+        yet keep them from EFS (network.resolver_doubt)."""
         try:
             subnet = self.clients.ec2.describe_subnets(SubnetIds=[self.options.subnet_id])["Subnets"][0]
         except Exception as exc:  # noqa: BLE001
@@ -293,7 +295,9 @@ class AwsBackend:
         if subnet["AvailabilityZone"] != zone:
             raise InputError(f"subnet {self.options.subnet_id} is in {subnet['AvailabilityZone']}, the run's "
                              f"zone is {zone}; set aws.availability_zone to match")
-        network.check_way_out(self.clients.ec2, subnet)
+        if doubt := network.check_way_out(self.clients.ec2, subnet):
+            log.warning("%s", doubt)
+        return doubt
 
     def default_subnet(self, zone: str) -> str:
         """The subnet EC2 would launch into without one named: the default VPC's in `zone`. The dry run needs a

@@ -276,7 +276,9 @@ class _Doctor:
     def _network(self, zone: str) -> _Found:
         subnet_id = self.backend.options.subnet_id
         if subnet_id:
-            self.backend.check_subnet(zone)
+            if doubt := self.backend.check_subnet(zone):
+                return _Found(f"subnet {subnet_id} in {zone}: a route out, DNS servers of its own", WARN, doubt,
+                              value=subnet_id)
             return _Found(f"subnet {subnet_id} in {zone}: a route out, DNS on", value=subnet_id)
         try:
             subnet_id = self.backend.default_subnet(zone)

@@ -75,10 +75,11 @@ def ensure_network(clients: Clients, spec: ClusterSpec, zone: str, subnet_id: st
         return Network(vpc_id, subnet_id, zone, group_id, key_name, key_path, placement_group.result(), public)
 
 
-def check_way_out(ec2, subnet: dict) -> None:
+def check_way_out(ec2, subnet: dict) -> str | None:
     """A user's subnet must let the machines out and resolve names, as the run's own network does: they install
     the project from PyPI at boot, reach S3 and SSM, and mount EFS by its DNS name, which needs both DNS
-    attributes of the VPC (https://docs.aws.amazon.com/vpc/latest/userguide/vpc-dns.html)."""
+    attributes of the VPC (https://docs.aws.amazon.com/vpc/latest/userguide/vpc-dns.html). Returns what may yet
+    keep the machines from EFS's name (resolver_doubt), or None."""
     subnet_id, vpc_id = subnet["SubnetId"], subnet["VpcId"]
     tables = ec2.describe_route_tables(Filters=[{"Name": "association.subnet-id", "Values": [subnet_id]}])[
         "RouteTables"] or ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc_id]},
@@ -98,6 +99,25 @@ def check_way_out(ec2, subnet: dict) -> None:
             raise InputError(f"{attribute} is off in {vpc_id}, the VPC of subnet {subnet_id}: the machines mount "
                              f"EFS by its DNS name; turn it on: `aws ec2 modify-vpc-attribute --vpc-id {vpc_id} "
                              f"--{_kebab(attribute)}`")
+    return resolver_doubt(ec2, vpc_id)
+
+
+def resolver_doubt(ec2, vpc_id: str) -> str | None:
+    """Where the VPC's DHCP options give the machines DNS servers of their own, without AmazonProvidedDNS (a
+    company's, often): EFS's names are known to the VPC's own resolver only, so those servers must forward
+    amazonaws.com names to it, which cannot be seen from here. None where the machines ask the VPC's resolver."""
+    options_id = ec2.describe_vpcs(VpcIds=[vpc_id])["Vpcs"][0].get("DhcpOptionsId", "default")
+    if options_id == "default":
+        return None
+    [options] = ec2.describe_dhcp_options(DhcpOptionsIds=[options_id])["DhcpOptions"]
+    servers = [value["Value"] for config in options.get("DhcpConfigurations", [])
+               if config["Key"] == "domain-name-servers" for value in config.get("Values", [])]
+    if not servers or "AmazonProvidedDNS" in servers:
+        return None
+    return (f"the DHCP options of {vpc_id} ({options_id}) give the machines the DNS servers {', '.join(servers)}, "
+            "without AmazonProvidedDNS: the machines mount EFS by its DNS name, which only the VPC's resolver "
+            "knows, so unless those servers forward amazonaws.com names to it, every machine's boot fails at its "
+            "mount once the run's replicas and machines are paid for")
 
 
 def _kebab(attribute: str) -> str:
