@@ -389,6 +389,7 @@ def test_a_launch_whose_answer_was_lost_is_asked_again_with_its_token_and_launch
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
+@pytest.mark.slow
 def test_a_run_goes_on_while_ec2_does_not_know_its_new_resources_yet(aws, snapshot, tmp_path):
     """EC2's API is eventually consistent: a call naming what was made moments ago may be answered that it does not
     exist. With every such call answered so for a second and a half, a run on its own network with Elastic IPs

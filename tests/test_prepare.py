@@ -11,6 +11,7 @@ from PIL import Image
 from trainer.data import decode
 from trainer.demo_data import make_demo_dataset
 from trainer.layout import scan
+from trainer import prepare as prepare_module
 from trainer.prepare import LONGEST_SIDE, PrepareError, PrepareReport, prepare, resized_root
 from trainer.recipe import facts
 
@@ -229,18 +230,19 @@ def test_a_webp_image_is_resized_as_webp_and_read_as_the_others(dataset: Path, m
     assert full_size.shape == (3, 200, 300) and full_size.min() < 10 and 100 < full_size.mean() < 160
 
 
+@pytest.mark.parametrize("name, kind, long_side", [("strip.webp", "WEBP", 24_000), ("strip.jpg", "JPEG", 80_000)])
 def test_a_strip_too_long_for_its_names_format_is_prepared_centre_cropped_to_what_the_format_holds(
-        dataset: Path) -> None:
-    """A PNG of a 200:1 strip named .webp (files from the web are often named for another format) resizes to a
-    long side past WebP's 16,383 pixels: its copy keeps the middle 16,383, and the rest of the dataset is prepared."""
-    source = dataset / "train" / "dog" / "strip.webp"
-    strip = Image.linear_gradient("L").resize((120, 24_000))
-    strip.save(source, "PNG")
+        dataset: Path, name: str, kind: str, long_side: int) -> None:
+    """A PNG of a long strip named .webp or .jpg (files from the web are often named for another format) resizes
+    to a long side past what WebP (16,383 pixels) or libjpeg (65,500) holds: its copy keeps the middle, and the rest
+    of the dataset is prepared."""
+    source = dataset / "train" / "dog" / name
+    Image.linear_gradient("L").resize((120, long_side)).save(source, "PNG")
     report = prepare(dataset, [100], workers=1)
     assert report.corrupt == []
-    with Image.open(resized_root(dataset, 100) / "train/dog/strip.webp") as copy:
-        assert (copy.format, copy.size) == ("WEBP", (100, LONGEST_SIDE["WEBP"]))
-        middle = np.asarray(copy.convert("L"), dtype=float)[LONGEST_SIDE["WEBP"] // 2].mean()
+    with Image.open(resized_root(dataset, 100) / "train/dog" / name) as copy:
+        assert (copy.format, copy.size) == (kind, (100, LONGEST_SIDE[kind]))
+        middle = np.asarray(copy.convert("L"), dtype=float)[LONGEST_SIDE[kind] // 2].mean()
     assert 120 < middle < 135, "the strip's middle, not its top"
 
 
@@ -249,12 +251,14 @@ def test_a_strip_too_long_for_its_names_format_is_prepared_centre_cropped_to_wha
 def test_an_image_in_a_mode_its_names_format_cannot_hold_is_written_in_one_it_can(
         dataset: Path, made_as: str, name: str) -> None:
     """Pillow writes no CMYK, float or 32-bit PNG: such a file named .png (a CMYK JPEG, a scientific TIFF) failed
-    the whole prepare. Its copy is RGB, or 8-bit grey with each level / 257 as a 16-bit image's."""
+    the whole prepare. Its copy is RGB, or 8-bit grey scaled from the range its levels fit in (a float image's 0 to
+    1, 8-bit levels in a 32-bit image), not clipped, nor taken for 16-bit levels (all black)."""
     source = dataset / "train" / "dog" / name
-    levels = np.linspace(0, 65535, 200 * 300).reshape(200, 300)
     if made_as == "CMYK JPEG":
         Image.linear_gradient("L").resize((300, 200)).convert("RGB").convert("CMYK").save(source, "JPEG")
     else:
+        top = 1.0 if made_as == "float TIFF" else 255
+        levels = np.linspace(0, top, 200 * 300).reshape(200, 300)
         Image.fromarray(levels.astype(np.float32 if made_as == "float TIFF" else np.int32)).save(source, "TIFF")
     report = prepare(dataset, [100], workers=1)
     assert report.corrupt == [] and report.made == len(IMAGES) + 1
@@ -348,3 +352,17 @@ def test_an_image_past_pillows_pixel_limit_is_prepared_from_a_reduced_decode_and
     assert facts(dataset).short_side == 190
     with pytest.raises(Image.DecompressionBombError):
         Image.open(dataset / "train" / "cat" / "huge.JPEG")
+
+
+def test_an_image_too_large_to_decode_in_bounded_memory_is_skipped_as_unreadable(
+        dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past Pillow's pixel limit only a JPEG has a reduced decode: another format past DECODED_PIXELS_AT_MOST (a
+    40,000 x 40,000 PNG would take 4.8 GB in each worker, whose death hangs the pool) is skipped, not decoded."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    monkeypatch.setattr(prepare_module, "DECODED_PIXELS_AT_MOST", 2_000_000)
+    gradient = Image.linear_gradient("L").convert("RGB")
+    gradient.resize((3200, 1600)).save(dataset / "train" / "cat" / "huge.JPEG", quality=95)  # decoded at 1/8
+    gradient.resize((1200, 1800)).save(dataset / "train" / "dog" / "huge.png")
+    report = prepare(dataset, SIZES, workers=1)
+    assert report.corrupt == [dataset / "train" / "dog" / "huge.png"]
+    assert (resized_root(dataset, 160) / "train/cat/huge.JPEG").exists()

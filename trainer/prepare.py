@@ -30,8 +30,9 @@ from trainer.process_pool import process_pool
 logger = logging.getLogger(__name__)
 
 JPEG_QUALITY = 90
-LONGEST_SIDE = {"PNG": 2**31 - 1, "JPEG": 65_535, "WEBP": 16_383}  # pixels, by the format's header
+LONGEST_SIDE = {"PNG": 2**31 - 1, "JPEG": 65_500, "WEBP": 16_383}  # pixels: libjpeg's, WebP's header's
 PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")  # those Pillow writes as PNG
+DECODED_PIXELS_AT_MOST = 400_000_000  # 1.2 GB of RGB in a worker: a 20,000 x 20,000 scan
 # What PIL raises for files it cannot decode (truncated, garbage, absurdly large).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
@@ -254,7 +255,8 @@ def _write(source: Path, image: Image.Image, full_size: tuple[int, int], missing
 def _decode(source: Path, needs: int) -> tuple[Image.Image, tuple[int, int]] | None:
     """The decoded image and its full size, or None when it cannot be read (decoding it all is what finds truncated
     files). One past Pillow's pixel limit (a 200-megapixel phone's photo) is read too; a JPEG decoded at the
-    smallest of libjpeg's scales (1/2 to 1/8) that keeps its short side at least `needs`, which bounds its memory."""
+    smallest of libjpeg's scales (1/2 to 1/8) that keeps its short side at least `needs`, which bounds its memory,
+    another only up to DECODED_PIXELS_AT_MOST."""
     with pixel_limit_lifted() as limit:
         try:
             image = Image.open(source)
@@ -264,6 +266,9 @@ def _decode(source: Path, needs: int) -> tuple[Image.Image, tuple[int, int]] | N
         if limit is not None and width * height > limit:
             scale = needs / min(full_size)
             image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))  # a no-op but for JPEG
+        if image.size[0] * image.size[1] > DECODED_PIXELS_AT_MOST:  # no reduced decode (a PNG): memory is bounded
+            image.close()
+            return None
         try:
             image.load()
         except DECODE_ERRORS:
@@ -301,8 +306,7 @@ def _save(image: Image.Image, path: Path, suffix: str) -> None:
     kind = {".png": "PNG", ".webp": "WEBP"}.get(suffix.lower(), "JPEG")
     image = _within(image, LONGEST_SIDE[kind])
     if (image.mode.startswith("I") or image.mode == "F") and not (kind == "PNG" and image.mode in PNG_MODES):
-        # 16 or 32 bits a pixel, or floats, which convert() clips to 8: scaled as 16-bit levels instead
-        image = image.convert("I").point(lambda value: value * (1 / 257)).convert("L")
+        image = _as_8_bits(image)
     if kind == "PNG":
         if image.mode not in PNG_MODES:  # CMYK, YCbCr, LAB, PA
             image = image.convert("RGBA" if "A" in image.mode else "RGB")
@@ -314,6 +318,19 @@ def _save(image: Image.Image, path: Path, suffix: str) -> None:
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
     image.save(path, "JPEG", quality=JPEG_QUALITY)
+
+
+def _as_8_bits(image: Image.Image) -> Image.Image:
+    """A 16 or 32-bit or float image, whose levels convert() clips to 8 bits, scaled instead: a 16-bit one's
+    levels / 257, as the trainer's decoder scales a 16-bit PNG; another's by the range its values fit in, 0-1
+    (a float image's usual), 0-255 or 0-65535, else its own maximum."""
+    if image.mode.startswith("I;16"):
+        ceiling = 65535.0
+    else:
+        high = float(image.getextrema()[1])
+        ceiling = next((c for c in (1.0, 255.0, 65535.0) if high <= c), high)
+    floats = image if image.mode == "F" else image.convert("I").convert("F")
+    return floats.point(lambda value: value * (255 / ceiling)).convert("L")
 
 
 def _within(image: Image.Image, longest: int) -> Image.Image:
