@@ -951,16 +951,19 @@ def test_a_users_subnet_without_a_way_out_or_dns_is_refused_before_anything_exis
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
-@pytest.mark.parametrize("servers,doubted", [(("10.40.0.2",), True), (("10.40.0.2", "AmazonProvidedDNS"), False)])
+@pytest.mark.parametrize("servers,doubted", [(("10.99.0.53",), True), (("10.99.0.53", "AmazonProvidedDNS"), False),
+                                             (("10.40.0.2",), False), (("169.254.169.253",), False)],
+                         ids=["company", "and-amazon", "vpc-base-plus-two", "link-local"])
 def test_a_users_vpc_whose_dns_servers_may_not_know_efs_is_warned_of(aws, snapshot, tmp_path, caplog, servers,
                                                                       doubted):
     """A company's VPC often gives its machines the company's DNS servers (DHCP options): EFS's name is known to the
     VPC's own resolver only, so unless those forward amazonaws.com names to it, every machine's boot fails at its
-    mount, after the replicas and machines are paid for. Whether they do cannot be seen from here: a warning."""
+    mount, after the replicas and machines are paid for. Whether they do cannot be seen from here: a warning. The
+    resolver named by either of its addresses is the resolver."""
     backend = AwsBackend(options(subnet_id=users_subnet(aws, dns_servers=servers)), home=tmp_path)
     with caplog.at_level("WARNING", logger="tasks.backends.aws.backend"):
         backend.check(cluster_spec("run-company-dns", 2), DATASET)
-    warned = re.search(r"the DHCP options of vpc-\w+ \(dopt-\w+\) give the machines the DNS servers 10.40.0.2, "
+    warned = re.search(r"the DHCP options of vpc-\w+ \(dopt-\w+\) give the machines the DNS servers 10.99.0.53, "
                        r"without AmazonProvidedDNS: the machines mount EFS by its DNS name", caplog.text)
     assert bool(warned) == doubted, caplog.text
     assert aws_leftovers(aws, home=tmp_path) == {}

@@ -249,7 +249,7 @@ def test_a_users_subnet_is_checked_for_its_way_out(aws, capsys):
 
 def test_a_users_vpc_with_dns_servers_of_its_own_is_a_warning(aws, capsys):
     delete_default_vpc(aws)
-    code, rows, out = doctor(aws, capsys, "--subnet", users_subnet(aws, dns_servers=("10.40.0.2",)))
+    code, rows, out = doctor(aws, capsys, "--subnet", users_subnet(aws, dns_servers=("10.99.0.53",)))
     assert rows["network"][1] == "warn" and "DNS servers of its own" in rows["network"][0], out
     assert "unless those servers forward amazonaws.com names to it" in out
 

@@ -106,13 +106,16 @@ def resolver_doubt(ec2, vpc_id: str) -> str | None:
     """Where the VPC's DHCP options give the machines DNS servers of their own, without AmazonProvidedDNS (a
     company's, often): EFS's names are known to the VPC's own resolver only, so those servers must forward
     amazonaws.com names to it, which cannot be seen from here. None where the machines ask the VPC's resolver."""
-    options_id = ec2.describe_vpcs(VpcIds=[vpc_id])["Vpcs"][0].get("DhcpOptionsId", "default")
+    [vpc] = ec2.describe_vpcs(VpcIds=[vpc_id])["Vpcs"]
+    options_id = vpc.get("DhcpOptionsId", "default")
     if options_id == "default":
         return None
     [options] = ec2.describe_dhcp_options(DhcpOptionsIds=[options_id])["DhcpOptions"]
     servers = [value["Value"] for config in options.get("DhcpConfigurations", [])
                if config["Key"] == "domain-name-servers" for value in config.get("Values", [])]
-    if not servers or "AmazonProvidedDNS" in servers:
+    # The resolver by name, or by its addresses: the VPC's base plus two, and 169.254.169.253 (vpc-dns.html)
+    amazons = {"AmazonProvidedDNS", str(ipaddress.ip_network(vpc["CidrBlock"])[2]), "169.254.169.253"}
+    if not servers or amazons & set(servers):
         return None
     return (f"the DHCP options of {vpc_id} ({options_id}) give the machines the DNS servers {', '.join(servers)}, "
             "without AmazonProvidedDNS: the machines mount EFS by its DNS name, which only the VPC's resolver "
