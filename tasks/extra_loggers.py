@@ -28,8 +28,14 @@ class NamesEscaped(logging.Filter):
     miss its children's lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        escaped = message.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        if escaped != message:
-            record.msg, record.args = escaped, None
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a call's own mistake (wrong arguments): the handler reports it, not here
+            return True
+        try:
+            escaped = message.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate no name's byte makes (half of an emoji's UTF-16 pair)
+            escaped = message.encode("utf-8", "backslashreplace")
+        if (text := escaped.decode("utf-8", "backslashreplace")) != message:
+            record.msg, record.args = text, None
         return True

@@ -1,5 +1,6 @@
 """What the project's own loggers say reaches the flow run's log in Prefect's API."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from prefect.settings import PREFECT_API_URL
 
+from tasks.extra_loggers import NamesEscaped
 from tests.prefect_server import flow_run_logs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,3 +41,13 @@ def test_a_file_name_that_is_not_utf8_reaches_the_runs_log_escaped(prefect_api):
     flow_run_id = result.stdout.strip().splitlines()[-1]
     messages = [log.message for log in flow_run_logs(flow_run_id, until="skipping corrupt")]
     assert "skipping corrupt or unreadable image /data/train/cat/caf\\xe9.JPEG" in messages
+
+
+def test_escaping_never_fails_the_line_it_is_given():
+    """The filter runs before the handler's own error handling, on every flow's and task's line: one that raised
+    would fail the code that logs, where a line with the wrong arguments is only reported by the handler."""
+    escaping = NamesEscaped()
+    wrong = logging.LogRecord("tasks", logging.WARNING, __file__, 1, "%s and %s", ("one",), None)
+    half_an_emoji = logging.LogRecord("tasks", logging.WARNING, __file__, 1, "half %s", ("\ud83d",), None)
+    assert escaping.filter(wrong) and wrong.msg == "%s and %s"
+    assert escaping.filter(half_an_emoji) and half_an_emoji.getMessage() == "half \\ud83d"
