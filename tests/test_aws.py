@@ -1469,7 +1469,9 @@ def test_a_snapshot_builder_whose_role_may_not_be_passed_is_refused_before_its_v
 @pytest.mark.parametrize("given,message", [
     ({"ami": UBUNTU_2404.image_id}, r"^AMI ami-\w+ \(.*\) is Ubuntu 24.04: the machines' boot installs Python 3.11"),
     ({"subnet_id": "subnet-0123456789abcdef0"}, r"^subnet subnet-0123456789abcdef0 not found"),
-    ({"credentials_for_hours": 1}, r"^these AWS credentials expire at .* before the run and its teardown would end"),
+    ({"credentials_for_hours": 1}, r"^these AWS credentials expire at .* before the snapshot build \(at most 6 h\) "
+                                   r"and its teardown would end .*: use credentials boto3 renews .*, or new ones that "
+                                   r"last$"),
 ], ids=["ami-of-another-release", "missing-subnet", "credentials-it-would-outlast"])
 def test_a_snapshot_builder_aws_would_refuse_is_refused_before_anything_exists(aws, tmp_path, monkeypatch, given,
                                                                                message):

@@ -88,7 +88,8 @@ class Clients:
         self._check_enabled()
         return account
 
-    def check_credentials_outlast(self, until: datetime) -> None:
+    def check_credentials_outlast(self, until: datetime, what: str = "the run", shorter: str | None = "--max-hours"
+                                  ) -> None:
         """Temporary credentials that boto3 cannot renew (a session token in the environment or a profile's file:
         `aws configure export-credentials`, aws-vault; a credential_process that gives no expiry) stop every call
         once they expire, the run's teardown's too: refused where they expire before `until`; a warning where when
@@ -104,10 +105,11 @@ class Clients:
                         "they expire is not known (%s): if it is before the run ends, its teardown cannot delete what "
                         "it made, and `imagenet18 cleanup` with new credentials must", EXPIRY_VARIABLE)
         elif expiry < until:
-            raise InputError(f"these AWS credentials expire at {expiry:%Y-%m-%d %H:%M} UTC, before the run and its "
+            raise InputError(f"these AWS credentials expire at {expiry:%Y-%m-%d %H:%M} UTC, before {what} and its "
                              f"teardown would end ({until:%Y-%m-%d %H:%M} UTC), which could then not delete what "
                              "it made: use credentials boto3 renews (AWS_PROFILE naming an SSO or role profile, or "
-                             "an instance role), new ones that last, or a shorter --max-hours")
+                             "an instance role)" + (f", new ones that last, or a shorter {shorter}" if shorter
+                                                    else ", or new ones that last"))
 
     @functools.cache  # once per region's clients
     def _check_enabled(self) -> None:

@@ -62,7 +62,8 @@ def _check(backend: AwsBackend, spec: ClusterSpec) -> tuple[str, dict]:
     clients, options = backend.clients, backend.options
     clients.check_region()
     account = clients.check_credentials()
-    clients.check_credentials_outlast(spec.expires_at + TEARDOWN_TIME)
+    clients.check_credentials_outlast(spec.expires_at + TEARDOWN_TIME,
+                                      f"the snapshot build (at most {spec.hours_left:.2g} h)", shorter=None)
     backend.check_disk_keys(account)
     backend.check_bucket(account)
     quotas.check_vcpus(clients, quotas.STANDARD, f"the snapshot builder ({BUILDER_TYPE}) needs", BUILDER_VCPUS)
