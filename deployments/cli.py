@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the run's resources were torn down", file=sys.stderr)
         return 130
-    except RuntimeError:  # Prefect's, where the flow could not start: its API does not answer
-        if (unanswered := unanswered_api()) is None:
+    except RuntimeError as exc:  # Prefect's, where a flow could not start: its API does not answer
+        if not str(exc).startswith("Failed to reach API") or (unanswered := unanswered_api()) is None:
             raise
         print(f"error: {unanswered}", file=sys.stderr)
         return 2
@@ -277,6 +277,8 @@ def _smoke(args: argparse.Namespace) -> int:
         raise
     print(f"{plan.name}: {MACHINES} x {plan.kind.name}, {plan.market}, at most ${plan.estimate_usd:,.2f}", flush=True)
     with api_for_flows("flows.imagenet18"):  # after the checks: bad input starts no API server
+        if unanswered := unanswered_api():  # before the upload and the snapshot build, made outside any flow
+            raise APIServerError(unanswered)
         report = run_smoke(plan)
     print(f"{report.markdown}\nthis report: {report.path}")
     return 0 if report.passed else 1

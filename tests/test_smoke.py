@@ -90,3 +90,16 @@ def test_the_command_prints_the_doctors_table_then_one_error_line(aws, capsys):
     assert err[-1] == ("error: this account is not ready for a run (the doctor's table above says what to do); "
                        "nothing was created")
     assert aws_resources(aws) == [] and aws.client("s3").list_buckets()["Buckets"] == []
+
+
+def test_a_configured_prefect_api_that_does_not_answer_is_refused_before_the_upload(aws, capsys):
+    """The smoke uploads its dataset and builds its snapshot (a machine) before its first flow, which is where a
+    dead API was found: after the build was paid for, as a traceback in the report."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # nothing listens on port 9
+        assert cli.main(["smoke", "--backend", "aws", "--ami", AMI, "--bucket", BUCKET]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "error: the Prefect API at http://127.0.0.1:9/api (PREFECT_API_URL, from the environment or the active "
+        "profile) does not answer")
+    assert aws_resources(aws) == [] and aws.client("s3").list_buckets()["Buckets"] == []
