@@ -1365,6 +1365,7 @@ def test_a_new_results_bucket_is_made_private_and_encrypted_once_s3_answers_for_
     consistent): its settings and the project's upload are asked again until it answers, where they failed the
     smoke's first step on a new account, and the snapshot builder's upload once its volume was paid for."""
     aws.set_bucket_settling(1.5)
+    aws.add_fault("s3", "PutObject", "NoSuchBucket", status=404, times=1)  # another of S3's hosts, not told yet
     storage.upload_project(Clients("us-east-1"), "imagenet18-new", "s3://imagenet18-new/runs/a/code/imagenet18.tar.gz")
     s3 = aws.client("s3")
     assert s3.get_public_access_block(Bucket="imagenet18-new")["PublicAccessBlockConfiguration"] == {

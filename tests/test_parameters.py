@@ -44,6 +44,7 @@ def test_prefects_schema_has_each_fields_description_and_constraints():
                                            "that address alone"),
     ({"aws": {"ssh_cidr": "203.0.113.7/33"}}, "'203.0.113.7/33' is not an IPv4 range in CIDR form"),
     ({"aws": {"ssh_cidr": "my laptop"}}, "'my laptop' is not an IPv4 range in CIDR form"),
+    ({"aws": {"ssh_cidr": "203.0.113.0/255.255.255.0"}}, "'203.0.113.0/255.255.255.0' is not an IPv4 range in CIDR"),
     ({"aws": {"ssh_cidr": "2001:db8::/64"}}, "'2001:db8::/64' is IPv6: the run's network is IPv4 only"),
 ])
 def test_prefect_validates_a_runs_parameters_by_the_models_constraints(parameters, message):

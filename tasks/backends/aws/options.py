@@ -65,6 +65,8 @@ class AwsOptions(BaseModel):
                              "203.0.113.7/32")
         if "/" not in cidr:
             raise ValueError(f"{cidr!r} is an address: give it as a range, {cidr}/32 for that address alone")
+        if not cidr.partition("/")[2].isdigit():  # ipaddress takes a netmask there (/255.255.255.0); EC2 does not
+            raise ValueError(f"{cidr!r} is not an IPv4 range in CIDR form, such as 203.0.113.7/32")
         return cidr
 
     @field_validator("bucket")

@@ -69,7 +69,8 @@ def new_name_problem(name: str) -> str | None:
 def upload_project(clients: Clients, bucket: str, url: str) -> None:
     """The project's source, where user-data fetches it from (`url` is in `bucket`, made if missing: ensure_bucket)."""
     ensure_bucket(clients, bucket)
-    clients.client("s3").put_object(Bucket=bucket, Key=url.removeprefix(f"s3://{bucket}/"), Body=project_archive())
+    s3, archive = clients.client("s3"), project_archive()
+    _once_settled(bucket, lambda: s3.put_object(Bucket=bucket, Key=url.removeprefix(f"s3://{bucket}/"), Body=archive))
 
 
 def ensure_bucket(clients: Clients, bucket: str) -> None:
