@@ -43,8 +43,6 @@ def plan_run(params: RunParameters, run_id: str, run_name: str) -> RunPlan:
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=params.max_hours)
     spec = ClusterSpec(run_id, run_name, params.machines, params.resolved_instance_type, params.spot, expires)
     devices = backend.devices(spec)
-    if params.resolved_schedule == recipe.AUTO:  # derived from the dataset's images: the dataset is checked first
-        backend.check_replicas(params.resolved_dataset)
     try:  # the trainer's world: a process per GPU of each machine
         plan_schedule = load_schedule(params.resolved_schedule, params.resolved_dataset,
                                       params.machines * devices.per_machine)

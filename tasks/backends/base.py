@@ -175,7 +175,8 @@ class Backend(Protocol):
 
     @classmethod
     def dataset_location(cls, dataset: str) -> str:
-        """The dataset as this backend names it to every stage, from the user's words."""
+        """The dataset as this backend names it to every stage, from the user's words; InputError for words that
+        name none it could use."""
 
     @classmethod
     def default_schedule(cls, machines: int, dataset_given: bool) -> str:

@@ -84,8 +84,8 @@ class LocalBackend:
     def dataset_location(cls, dataset: str) -> str:
         """A folder as its absolute path, links resolved (`~/flowers`, `.`, a link to /mnt/ds/flowers102): the
         resized copies are made beside the folder itself (ROOT-sz), where its replicas look for them."""
-        if "://" in dataset.removeprefix("file://"):
-            return dataset  # refused by check()
+        if "://" in dataset.removeprefix("file://"):  # refused before anything reads it (the auto schedule)
+            raise InputError(f"the local backend replicates a local folder, not {dataset}")
         return str(Path(dataset.removeprefix("file://")).expanduser().resolve())
 
     @classmethod
