@@ -913,6 +913,20 @@ def test_temporary_credentials_that_the_run_would_outlast_are_refused_before_any
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
+def test_a_local_zone_the_account_opted_in_to_is_never_the_runs_zone(aws, snapshot, tmp_path):
+    """EC2 lists an opted-in Local Zone among the region's zones and offers instance types there, and its name sorts
+    first (us-east-1-bos-1a before us-east-1a): the run, which takes the first zone offering its type, was placed
+    where the EFS, io2 volumes and cluster placement group it needs are not."""
+    aws.opt_in_local_zone()
+    backend = AwsBackend(options(), home=tmp_path)
+    assert backend.zone("g5.xlarge") == "us-east-1a"
+    backend.check(cluster_spec("run-beside-a-local-zone", 2, "g5.xlarge"), DATASET)
+    with pytest.raises(InputError, match=r"^unknown availability zone 'us-east-1-bos-1a' in us-east-1: choose one of "
+                                         r"us-east-1a, "):
+        AwsBackend(options(availability_zone="us-east-1-bos-1a"), home=tmp_path).zone("g5.xlarge")
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
 def test_without_a_default_vpc_the_launch_is_dry_run_in_the_users_subnet(aws, snapshot, tmp_path):
     delete_default_vpc(aws)
     subnet = users_subnet(aws)

@@ -164,6 +164,11 @@ class AwsSim:
         AWSSIM_BUCKET_SETTLING_S, 0.3 s by default)."""
         self._control("POST", "bucket-settling", {"settling_s": seconds})
 
+    def opt_in_local_zone(self, region: str = "us-east-1") -> None:
+        """The account opts in to the region's Local Zone (us-east-1-bos-1a), which offers some instance types
+        (until the next reset)."""
+        self._control("POST", "local-zone", {"region": region})
+
     def make_bucket(self, bucket: str, region: str = "us-east-1") -> Any:
         """A bucket of the account's as a user has one: made, and answering (made a while ago). Returns its
         region's S3 client."""

@@ -151,6 +151,7 @@ class Player:
         self.initializations = Initializations()
         self.encryption = Encryption()
         self.launch_tokens = ClientTokens()  # RunInstances' client tokens, and the launch each made
+        self.local_zone_regions: set[str] = set()  # regions whose Local Zone the account opted in to
 
     def start(self) -> None:
         threading.Thread(target=gpus.arch_flags, name="awssim-arch-flags", daemon=True).start()  # seconds: early
@@ -206,6 +207,7 @@ class Player:
             self.initializations.clear()
             self.encryption.reset()
             self.launch_tokens.clear()
+            self.local_zone_regions.clear()
 
     def end_launches(self, instance_type: str, machines: int, code: str) -> None:
         if code not in LAUNCH_ENDS:

@@ -44,6 +44,7 @@ from .moto_fixes import (
     fix_termination_takes_time,
 )
 from .bucket_settling import fix_new_buckets_settle
+from .local_zones import fix_local_zones
 from .placement import PlacementGroups
 from .player import Player
 from .quotas import Quotas
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     fix_snapshots_take_time(lambda: player.snapshot_pending_s)
     fix_volumes_take_time(lambda: player.volume_creating_s)
     fix_new_buckets_settle(lambda: player.bucket_settling_s)
+    fix_local_zones(lambda account, region: region in player.local_zone_regions)
     consistency = Consistency()
     app = AwsSimApp(DomainDispatcherApplication(create_backend_app), faults, placement, player, quotas, throttle,
                     consistency, Control(root, faults, placement, player, store, quotas, throttle, consistency))

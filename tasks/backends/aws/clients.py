@@ -136,7 +136,11 @@ class Clients:
 
     @functools.cached_property
     def zones(self) -> list[str]:
-        found = self.ec2.describe_availability_zones(Filters=[{"Name": "state", "Values": ["available"]}])
+        """The region's Availability Zones: not a Local or Wavelength Zone the account opted in to, which EC2 lists
+        beside them and offers instance types in, without the EFS, io2 volumes and cluster placement groups a run
+        needs (its name, us-east-1-bos-1a, sorts before the region's own)."""
+        found = self.ec2.describe_availability_zones(Filters=[{"Name": "state", "Values": ["available"]},
+                                                              {"Name": "zone-type", "Values": ["availability-zone"]}])
         return sorted(zone["ZoneName"] for zone in found["AvailabilityZones"])
 
     def check_zone(self, zone: str) -> None:
