@@ -25,7 +25,7 @@ import httpx
 from pydantic import TypeAdapter, ValidationError
 
 from deployments.api_server import APIServerError, api_for_flows, unanswered_api
-from tasks.backends import backend_class
+from tasks.backends import backend_class, takes_aws_options
 from tasks.backends.base import BackendError, InputError
 from tasks.parameters import BackendName, KeepHours, MachineCount, ReplicaCount, RunParameters, Switch
 
@@ -109,7 +109,7 @@ def _aws(args: argparse.Namespace) -> dict:
     """The aws backend's options given; refused for a command on another backend, which would drop them."""
     given = {name: getattr(args, name) for name in AWS_OPTIONS if getattr(args, name) is not None}
     backend = getattr(args, "backend", "aws")
-    if given and backend != "aws":
+    if given and not takes_aws_options(backend):
         raise InputError(f"{', '.join(AWS_OPTIONS[name] for name in given)}: the aws backend's, which a {backend} "
                          "run would ignore; add --backend aws, or leave them out")
     return given

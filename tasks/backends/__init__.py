@@ -27,6 +27,11 @@ def backend_class(name: str) -> type[Backend]:
     raise InputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
 
 
+def takes_aws_options(name: str) -> bool:
+    """Whether the backend `name` uses the AWS options (AwsOptions): another drops them."""
+    return name == "aws"
+
+
 def retry_may_pass(error: BaseException) -> bool:
     """Whether a stage's retry may pass where `error` failed it: not for bad input, nor for a refusal that any
     backend knows to be lasting."""
