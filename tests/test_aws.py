@@ -1076,7 +1076,11 @@ def test_machines_ec2_does_not_know_yet_are_named_once_it_does_and_never_launche
     ("iam", "GetInstanceProfile", "InstanceProfileName", "NoSuchEntity"),
     ("ssm", "ListTagsForResource", "ResourceId", "InvalidResourceId"),
 ])
-def test_a_teardown_passes_over_what_another_deletes_while_it_lists(aws, tmp_path, service, action, name, code):
+def test_a_teardown_passes_over_what_another_deletes_while_it_lists(aws, tmp_path, service, action, name, code,
+                                                                  monkeypatch):
+    # Roles made moments ago, which IAM may not know yet: what is not known is asked again for this long. The
+    # simulator's IAM knows a role within 0.3 s.
+    monkeypatch.setattr(iam, "IAM_PROPAGATION_S", 3.0)
     backend = AwsBackend(options(), home=tmp_path)
     specs = [cluster_spec(run_id, 1, "g5.xlarge") for run_id in ("run-other", "run-mine")]
     for spec in specs:
