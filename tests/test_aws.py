@@ -1111,6 +1111,18 @@ def test_a_teardown_passes_over_a_mount_target_another_deleted_since_it_listed_t
     assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
 
 
+def test_a_file_system_whose_creation_answer_was_lost_is_the_runs_not_a_failure(aws, tmp_path):
+    """botocore asks again with the same creation token; EFS answers FileSystemAlreadyExists, naming the one made."""
+    aws.add_fault("efs", "CreateFileSystem", "InternalServerError", status=500, times=1, carried_out=True)
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-lost-fs-answer", 1, "g5.xlarge")
+    fs_id = efs.ensure_file_system(backend.clients, spec)
+    assert [rule["fired"] for rule in aws.fault_counts()] == [1]
+    assert [fs["FileSystemId"] for fs in aws.client("efs").describe_file_systems()["FileSystems"]] == [fs_id]
+    backend.teardown(spec.run_id)
+    assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
+
+
 def test_replicas_ec2_does_not_know_yet_are_waited_for_not_failed(aws, snapshot, tmp_path):
     aws.set_consistency_window(3.0)  # EC2 neither lists nor knows by id a volume younger than that
     backend = AwsBackend(options(), home=tmp_path)

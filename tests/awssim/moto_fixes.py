@@ -1,6 +1,7 @@
 """Where moto 5.2.5 answers differently from AWS in a way our backend depends on, corrected in place."""
 
 import copy
+import json
 import time
 from datetime import datetime, timezone
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from moto.ec2.models.instances import Instance, InstanceState, StateReason
 from moto.ec2.models.route_tables import Route
 from moto.ec2.models.subnets import SubnetBackend
 from moto.ec2.responses.instances import InstanceResponse
+from moto.efs.exceptions import FileSystemAlreadyExists
+from moto.efs.models import EFSBackend
 from moto.iam.exceptions import EntityAlreadyExists, InvalidInput
 from moto.iam.models import SERVICE_NAME_CONVERSION, IAMBackend
 from moto.ssm.models import Command
@@ -218,6 +221,23 @@ def fix_termination_takes_time(shutting_down_s: Callable[[], float]) -> None:
 
     Instance.terminate = shutting_down_first
     Instance.finish_termination = finish_termination
+
+
+def fix_file_system_already_exists() -> None:
+    """EFS answers a CreateFileSystem whose creation token made a file system already with FileSystemAlreadyExists
+    carrying that file system's id, so that a caller whose first answer was lost learns which it made
+    (https://docs.aws.amazon.com/efs/latest/ug/API_CreateFileSystem.html); moto's answer names no id."""
+    create = EFSBackend.create_file_system
+
+    def naming_the_one_made(self: EFSBackend, creation_token: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return create(self, creation_token, *args, **kwargs)
+        except FileSystemAlreadyExists as exc:
+            made = next(fs for fs in self.file_systems_by_id.values() if fs.creation_token == creation_token)
+            exc.description = json.dumps({**json.loads(exc.description), "FileSystemId": made.file_system_id})
+            raise
+
+    EFSBackend.create_file_system = naming_the_one_made
 
 
 def fix_managed_policies_in_aws_partition_only() -> None:

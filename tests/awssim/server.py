@@ -33,6 +33,7 @@ from .moto_fixes import (
     fix_address_reassociation,
     fix_default_subnets_only_in_the_default_vpc,
     fix_default_vpc_way_out,
+    fix_file_system_already_exists,
     fix_instances_start_pending,
     fix_launch_interfaces,
     fix_managed_policies_in_aws_partition_only,
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     fix_ebs_encryption()
     fix_aws_managed_keys()
     fix_service_linked_roles()
+    fix_file_system_already_exists()
     fix_managed_policies_in_aws_partition_only()
     faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()
     player, throttle = Player(root, REPO, store), SsmThrottle()

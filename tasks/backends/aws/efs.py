@@ -15,12 +15,22 @@ def ensure_file_system(clients: Clients, spec: ClusterSpec) -> str:
     """The run's file system, available; it needs no network, so it is made while the network is."""
     efs = clients.client("efs")
     found = _find(efs, spec.run_id)
-    system = found[0] if found else efs.create_file_system(
-        CreationToken=spec.run_id, PerformanceMode="generalPurpose", ThroughputMode="elastic", Encrypted=True,
-        Tags=tags.tag_list(spec.run_id, spec.expires_at, f"imagenet18-{spec.run_id}"))
-    fs_id = system["FileSystemId"]
+    fs_id = found[0]["FileSystemId"] if found else _create(efs, spec)
     until(f"EFS {fs_id}", lambda: _state(efs, fs_id) == "available")
     return fs_id
+
+
+def _create(efs, spec: ClusterSpec) -> str:
+    """A call whose answer was lost (a 5xx, a dropped connection) is retried by botocore with the same creation
+    token; EFS answers the retry with FileSystemAlreadyExists and the id of the file system the first one made."""
+    try:
+        return efs.create_file_system(
+            CreationToken=spec.run_id, PerformanceMode="generalPurpose", ThroughputMode="elastic", Encrypted=True,
+            Tags=tags.tag_list(spec.run_id, spec.expires_at, f"imagenet18-{spec.run_id}"))["FileSystemId"]
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) != "FileSystemAlreadyExists":
+            raise
+        return exc.response["FileSystemId"]
 
 
 def ensure_mount_target(clients: Clients, fs_id: str, subnet_id: str, security_group_id: str) -> None:
