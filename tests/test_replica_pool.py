@@ -82,6 +82,21 @@ def test_an_aws_run_skips_a_pool_volume_another_run_has_locked(aws, snapshot, tm
 
 
 @pytest.mark.slow
+def test_an_aws_run_skips_a_pool_volume_another_is_locking_at_that_moment(aws, snapshot, tmp_path):
+    """SSM answers TooManyUpdates to a PutParameter racing another's of the same name."""
+    backend = AwsBackend(options(), home=tmp_path)
+    pool = backend.replicate(pool_spec(2), DATASET, 2, pool=True)
+    aws.add_fault("ssm", "PutParameter", "TooManyUpdates", status=400, times=1,
+                  match={"Name": f".*/claims/{pool[0].id}"})
+    replicas = backend.replicate(cluster_spec("run-second", 2), DATASET, 2)
+    assert [rule["fired"] for rule in aws.fault_counts()] == [1]
+    assert claimed(replicas) == [pool[1].id] and pool[0].id not in [r.id for r in replicas]
+    backend.teardown("run-second")
+    assert aws_leftovers(aws) == {"volume": sorted(r.id for r in pool)}
+    backend.delete_replicas(POOL_OWNER)
+
+
+@pytest.mark.slow
 def test_deleting_the_pool_leaves_a_run_the_replica_it_is_claiming_and_deletes_it_when_given_back(aws, snapshot,
                                                                                                   tmp_path):
     """`imagenet18 replicate --delete` while a run claims a pool replica (it has locked it, and tags it as its own a

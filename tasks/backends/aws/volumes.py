@@ -328,11 +328,14 @@ def _serves(volume: dict, settings: VolumeSettings) -> bool:
 
 
 def _lock(clients: Clients, owner: str, expires_at: dt.datetime, volume_id: str) -> bool:
+    """Whether this call made the volume's lock. SSM answers TooManyUpdates (which botocore does not retry) to a
+    PutParameter racing another's of the same name, or made again moments after it was deleted: not won, as the
+    lock another holds."""
     try:
         clients.client("ssm").put_parameter(Name=_claim_name(volume_id), Value=owner, Type="String",
                                             Tags=tags.tag_list(owner, expires_at))
     except Exception as exc:  # noqa: BLE001
-        if error_code(exc) == "ParameterAlreadyExists":
+        if error_code(exc) in ("ParameterAlreadyExists", "TooManyUpdates"):
             return False
         raise
     return True
