@@ -1521,6 +1521,28 @@ def test_a_snapshot_builder_aws_would_refuse_is_refused_before_anything_exists(a
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
+@pytest.mark.parametrize("url, name, folder, message", [
+    ("s3://datasets/" + "i" * 250, "x", "imagenet",
+     r"^the dataset's URL is 264 characters long: the snapshot's tags, which hold it, take at most 256$"),
+    ("s3://datasets/imagenet", "n" * 249, "imagenet", r"^the snapshot's name is 249 characters long: .* at most 248$"),
+    ("s3://datasets/imagenet", "x", "/".join(["f" * 99] * 3), r"^aws.dataset_folder is 299 characters long: .* "
+                                                              r"at most 256$"),
+], ids=["url", "name", "dataset-folder"])
+def test_a_snapshot_whose_tags_ec2_would_refuse_is_refused_before_anything_exists(aws, tmp_path, url, name, folder,
+                                                                                  message):
+    """What the snapshot holds is in its tags (its name in its builder volume's), which EC2 refuses past 256
+    characters: the snapshot is made last, hours into the copy."""
+    s3 = aws.make_bucket("datasets")
+    for prefix in (url.removeprefix("s3://datasets/"), url.removeprefix("s3://datasets/") + "-sz/160"):
+        s3.put_object(Bucket="datasets", Key=f"{prefix}/train/n01440764/a.JPEG", Body=b"jpeg")
+    aws.add_fault("iam", "CreateRole", "Unused", probability=0.0, label="roles")  # counts the calls
+    with pytest.raises(InputError, match=message):
+        make_snapshot(AwsBackend(options(dataset_folder=folder), home=tmp_path), url, name, sizes=[160],
+                      poll_seconds=0.5)
+    assert [rule["seen"] for rule in aws.fault_counts("roles")] == [0], "no role was made"
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
 MACHINE_S3_CHECKS = """
 import boto3, botocore
 from trainer import checkpoint

@@ -112,6 +112,8 @@ class AwsSimApp:
             return refusal
         if (beyond := limits.refusal(call)) is not None:
             return error_response(call.service, *beyond)
+        if call.service == "ec2" and (too_long := tagging.tag_length_error(call)) is not None:
+            return error_response("ec2", *too_long)
         if call.service == "iam" and call.action == "SimulatePrincipalPolicy":
             return access.simulate_principal_policy(call)
         if call.service == "ec2" and call.action in PLACEMENT_ACTIONS:

@@ -25,6 +25,8 @@ BUILDER_IOPS, BUILDER_MIBPS = 6000, 500  # its disk's: a gp3 of at least 12 GiB 
 BUILDER_USD_PER_HOUR = 0.68  # its us-east-1 on-demand list price, for plans that include a build
 COPY_JOB = "copy"
 HEADROOM = 1.2
+BUILDER_NAME = "{}-builder"  # its volume's Name: the snapshot's name, and this
+TAG_VALUE_MAX = 256  # EC2's (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Using_Tags.html#tag-restrictions)
 BUILD_LOGS = "/mnt/data/.imagenet18-build"  # the copy's log stays on the snapshot, as its provenance
 
 
@@ -46,6 +48,7 @@ def make_snapshot(backend: AwsBackend, url: str, name: str, sizes: list[int], ma
     over (a build id of its own otherwise, left to its expiry)."""
     if not url.startswith("s3://"):
         raise InputError(f"the builder machine reads the dataset from s3://, not {url}")
+    _check_tag_values(url, name, backend.options.dataset_folder)
     spec = ClusterSpec(run_id or f"snapshot-{uuid.uuid4().hex[:12]}", "snapshot-builder", 1, BUILDER_TYPE, False,
                        dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=max_hours))
     size_gb = dataset_size_gb(url, sizes)
@@ -54,6 +57,17 @@ def make_snapshot(backend: AwsBackend, url: str, name: str, sizes: list[int], ma
         return _build(backend, spec, url, name, sizes, size_gb, zone, image, poll_seconds)
     finally:
         backend.teardown(spec.run_id)
+
+
+def _check_tag_values(url: str, name: str, folder: str) -> None:
+    """The tags that say what the snapshot holds, which EC2 refuses past 256 characters: the snapshot, made last,
+    hours into the copy, would be refused."""
+    for what, value, room in (("the dataset's URL", url, TAG_VALUE_MAX),
+                              ("the snapshot's name", name, TAG_VALUE_MAX - len(BUILDER_NAME.format(""))),
+                              ("aws.dataset_folder", folder, TAG_VALUE_MAX)):
+        if len(value) > room:
+            raise InputError(f"{what} is {len(value)} characters long: the snapshot's tags, which hold it, take at "
+                             f"most {room}")
 
 
 def _check(backend: AwsBackend, spec: ClusterSpec) -> tuple[str, dict]:
@@ -93,7 +107,8 @@ def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: l
     volume = ec2.create_volume(
         AvailabilityZone=zone, Size=volumes.volume_size_gb("gp3", BUILDER_IOPS, size_gb), VolumeType="gp3",
         Iops=BUILDER_IOPS, Throughput=BUILDER_MIBPS, Encrypted=True,
-        TagSpecifications=tags.tag_specs("volume", tags.tag_list(spec.run_id, spec.expires_at, f"{name}-builder")))
+        TagSpecifications=tags.tag_specs("volume", tags.tag_list(spec.run_id, spec.expires_at,
+                                                                 BUILDER_NAME.format(name))))
     volumes.wait_available(clients, [volume])
     storage.upload_project(clients, bucket, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz")
     boot = machines.BootConfig(None, options.region, f"s3://{bucket}/{folder}/code/imagenet18.tar.gz",
