@@ -334,6 +334,23 @@ def test_instance_types(aws):
     assert error_code(launch, ec2, "p3dn.24xlarge", Placement={"AvailabilityZone": "us-east-1a"}) == "Unsupported"
 
 
+def test_a_local_zone_is_listed_with_its_offerings_only_once_the_account_opts_in_to_it(aws):
+    ec2 = aws.client("ec2", retries=NO_RETRIES)
+
+    def local_zone() -> tuple[dict[str, str], bool]:
+        """The zones listed that are not Availability Zones, by type, and whether g5.xlarge is offered in Boston."""
+        zones = ec2.describe_availability_zones()["AvailabilityZones"]
+        offers = ec2.describe_instance_type_offerings(
+            LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": ["g5.xlarge"]}]
+        )["InstanceTypeOfferings"]
+        return ({z["ZoneName"]: z["ZoneType"] for z in zones if z["ZoneType"] != "availability-zone"},
+                "us-east-1-bos-1a" in {o["Location"] for o in offers})
+
+    assert local_zone() == ({}, False), "not opted in: not listed"
+    aws.opt_in_local_zone()
+    assert local_zone() == ({"us-east-1-bos-1a": "local-zone"}, True)
+
+
 def test_a_launchs_network_interfaces_are_checked_as_ec2_checks_them_and_recorded(aws):
     ec2 = aws.client("ec2")
     subnet = ec2.describe_subnets(Filters=[{"Name": "availability-zone", "Values": ["us-east-1a"]}])["Subnets"][0]

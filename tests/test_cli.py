@@ -157,3 +157,17 @@ def test_a_home_named_relative_or_with_a_tilde_is_the_absolute_folder_it_names(t
     monkeypatch.setenv("HOME", str(tmp_path / "user"))
     monkeypatch.setenv("IMAGENET18_HOME", home)
     assert LocalBackend().runs == tmp_path.resolve() / expected / "runs"
+
+
+def test_a_commands_own_runtime_error_is_raised_not_taken_for_an_api_that_does_not_answer(monkeypatch, capsys):
+    """Only Prefect's "Failed to reach API" is said to be the configured API not answering."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    def boom(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(cli.COMMANDS, "serve", boom)
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # nothing listens on port 9
+        with pytest.raises(RuntimeError, match="^boom$"):
+            cli.main(["serve"])
+    assert "does not answer" not in capsys.readouterr().err

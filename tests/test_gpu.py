@@ -85,6 +85,7 @@ def test_nvimagecodec_decodes_as_nvjpeg_does_and_a_bad_image_fails_alone(gpu_dat
     assert gpu_decode.decoder_for(device) == "nvImageCodec"
     by_nvimgcodec = gpu_decode.decode_jpegs(payloads, device, "nvImageCodec")
     by_nvjpeg = gpu_decode.decode_jpegs(payloads, device, "nvJPEG")
+    assert len(by_nvimgcodec) == len(by_nvjpeg) == len(payloads) > 0
     for a, b in zip(by_nvimgcodec, by_nvjpeg):
         assert a.shape == b.shape and a.dtype == torch.uint8 and a.device.type == "cuda"
         assert (a.float() - b.float()).abs().mean().item() < 2, "the same pixels, up to the IDCT's rounding"

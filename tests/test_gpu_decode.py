@@ -69,10 +69,14 @@ def test_validation_on_the_device_matches_the_workers_rect_crops(tiny_data, tmp_
     folders = layout.check_layout(tiny_data, plan)
     settings = [loaders.LoaderSettings(0, 1, 0, 0, False, tmp_path / "cache", gpu_decode=on_device)
                 for on_device in (False, True)]
-    rect = [loaders.build_loaders(tiny_data, plan, folders, s)[2].val for s in settings]
-    for (want, want_labels), batch in zip(rect[0], rect[1]):
+    on_workers, on_device = (list(loaders.build_loaders(tiny_data, plan, folders, s)[2].val) for s in settings)
+    assert len(on_device) == len(on_workers) > 0
+    seen = 0
+    for (want, want_labels), batch in zip(on_workers, on_device):
         images, labels = gpu_decode.decode_batch(batch, CPU)
         assert images.shape == want.shape and _mean_difference(images, want) < 2 and torch.equal(labels, want_labels)
+        seen += len(labels)
+    assert seen == len(folders["-sz/160:validation"].samples)
 
 
 def test_odd_files_are_cropped_in_the_worker_and_corrupt_ones_substituted_with_a_warning(tmp_path, caplog):
