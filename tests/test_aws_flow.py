@@ -19,9 +19,12 @@ from prefect.settings import PREFECT_API_URL
 from flows.cleanup import cleanup
 from flows.imagenet18 import imagenet18
 from tasks.backends.aws import AwsBackend, catalog
+from tasks.parameters import RunParameters
+from tasks.planning import plan_run
 from tasks.reports import PLAN_KEY
 from tests.leftovers import aws_leftovers
 from tests.aws_runs import AMI, BUCKET, DATASET, dataset_in_s3, options
+from tests.prefect_server import flow_runs_of
 from tests.support import wait_for
 
 # Each test here trains or runs a flow: the slow tier (docs/testing.md).
@@ -54,17 +57,21 @@ def test_two_machine_aws_run_completes_end_to_end_and_leaves_nothing(prefect_api
     assert aws_leftovers(aws, run_id) == {}
 
 
+def _plan(prefect_api: Path, *args: str) -> subprocess.CompletedProcess:
+    """`imagenet18 plan` of 16 machines on AWS, with `args`."""
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "IMAGENET18_HOME": str(prefect_api)}
+    return subprocess.run([IMAGENET18, "plan", "--backend", "aws", "--machines", "16", "--ami", AMI, "--bucket", BUCKET,
+                           *args], capture_output=True, text=True, env=env, timeout=300)
+
+
 def test_plan_on_aws_prices_the_run_and_creates_nothing(prefect_api, aws, tiny_data):
     """The default type (8 x A100), priced; the seed's V100 type refused with the types that work."""
     aws.make_snapshot(tiny_data.parent, description=DATASET)
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "IMAGENET18_HOME": str(prefect_api)}
-    command = [IMAGENET18, "plan", "--backend", "aws", "--machines", "16", "--ami", AMI, "--bucket", BUCKET]
-    refused = subprocess.run([*command, "--instance-type", "p3.16xlarge"], capture_output=True, text=True, env=env,
-                             timeout=300)
+    refused = _plan(prefect_api, "--instance-type", "p3.16xlarge")
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
         "error: p3.16xlarge has V100 GPUs (compute capability 7.0)"), refused.stderr[-3000:]
     assert "choose one of p4d.24xlarge, p5.48xlarge" in refused.stderr
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    result = _plan(prefect_api)
     assert result.returncode == 0, result.stderr[-3000:]
     hourly = 16 * catalog.instance_type("p4d.24xlarge").on_demand_usd
     priced = re.search(r"(\S+): would cost \$([\d,.]+)/h, at most \$([\d,.]+); nothing was created", result.stdout)
@@ -81,6 +88,24 @@ def test_plan_on_aws_prices_the_run_and_creates_nothing(prefect_api, aws, tiny_d
     assert result.stdout.splitlines()[-1] == unmeasured and f"torch.{unmeasured}" in plan, result.stdout
     assert aws_leftovers(aws) == {}
     assert not [i for r in aws.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
+
+
+def test_a_plan_over_its_budget_is_refused_before_a_flow_run_and_creates_nothing(prefect_api, aws, tiny_data):
+    aws.make_snapshot(tiny_data.parent, description=DATASET)
+    cost = plan_run(RunParameters(backend="aws", machines=16, aws={"ami": AMI, "bucket": BUCKET}), "budget",
+                    "budget").cost
+    runs = flow_runs_of("imagenet18")
+    below, above = f"{cost.total_usd - 0.01:.2f}", f"{cost.total_usd + 0.01:.2f}"
+    refused = _plan(prefect_api, "--budget-usd", below)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        f"error: the plan costs up to ${cost.total_usd:,.2f} (2.0 h at ${cost.hourly_usd:,.2f}/h), over the budget "
+        f"of ${float(below):,.2f}"), refused.stderr[-3000:]
+    assert aws_leftovers(aws) == {}
+    assert flow_runs_of("imagenet18") == runs, "refused by the preflight, before any flow run"
+    within = _plan(prefect_api, "--budget-usd", above)
+    assert within.returncode == 0 and f"at most ${cost.total_usd:,.2f}; nothing was created" in within.stdout, \
+        within.stderr[-3000:]
+    assert flow_runs_of("imagenet18") == runs + 1, "the plan's own flow run"
 
 
 def _plan_artifact(run_name: str) -> str:

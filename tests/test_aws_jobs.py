@@ -87,18 +87,27 @@ def test_a_job_reaches_the_machines_efa_devices_through_the_images_nccl_plugin(a
 
 READ_PARAMETERS = """
 import boto3
-for name in ("/imagenet18/run-own/WANDB_API_KEY", "/imagenet18/run-other/WANDB_API_KEY", "/team/database"):
+ssm = boto3.client("ssm")
+own, other = "/imagenet18/run-own/WANDB_API_KEY", "/imagenet18/run-other/WANDB_API_KEY"
+def show(label, read):
     try:
-        print(name, boto3.client("ssm").get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"])
+        print(label, read())
     except Exception as exc:
-        print(name, exc.response["Error"]["Code"])
+        print(label, exc.response["Error"]["Code"])
+def values(answer):
+    return [p["Value"] for p in answer["Parameters"]]
+for name in (own, other, "/team/database"):
+    show(name, lambda: ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"])
+show("get_parameters own", lambda: values(ssm.get_parameters(Names=[own], WithDecryption=True)))
+show("get_parameters other", lambda: values(ssm.get_parameters(Names=[other], WithDecryption=True)))
+show("get_parameters_by_path other", lambda: values(ssm.get_parameters_by_path(Path="/imagenet18/run-other")))
 """
 
 
 def test_a_machine_reads_its_own_runs_parameters_and_no_others(aws, snapshot, tmp_path):
-    """The machines' role has AmazonSSMManagedInstanceCore, which allows ssm:GetParameter on every parameter of
-    the account: another run's wandb key, a team's database password. The run's own policy denies all but its
-    own."""
+    """The machines' role has AmazonSSMManagedInstanceCore, which allows ssm:GetParameter and ssm:GetParameters on
+    every parameter of the account: another run's wandb key, a team's database password. The run's own policy
+    denies all but its own, however asked for."""
     ssm = aws.client("ssm")
     for name, value in (("/imagenet18/run-own/WANDB_API_KEY", "mine"), ("/imagenet18/run-other/WANDB_API_KEY",
                                                                           "theirs"), ("/team/database", "hunter2")):
@@ -108,7 +117,8 @@ def test_a_machine_reads_its_own_runs_parameters_and_no_others(aws, snapshot, tm
     assert finished(backend, cluster, "job").succeeded == 1
     assert backend.read_storage(cluster, "logs/job-0.log").decode().splitlines() == [
         "/imagenet18/run-own/WANDB_API_KEY mine", "/imagenet18/run-other/WANDB_API_KEY AccessDeniedException",
-        "/team/database AccessDeniedException"]
+        "/team/database AccessDeniedException", "get_parameters own ['mine']",
+        "get_parameters other AccessDeniedException", "get_parameters_by_path other AccessDeniedException"]
     backend.teardown("run-own")
 
 

@@ -5,7 +5,6 @@ import datetime as dt
 import os
 import signal
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -19,6 +18,7 @@ from tasks.backends.base import ClusterSpec, SweepIncomplete
 from tasks.backends.local import LocalBackend
 from tests.leftovers import local_leftovers
 from tests.processes import with_environment
+from tests.support import wait_for
 
 
 def _stuck_run(*states):
@@ -63,9 +63,8 @@ def test_the_local_sweep_stops_only_its_own_homes_expired_processes(prefect_api,
     others = [sleeper(IMAGENET18_LOCAL_HOME=str(tmp_path / "another-home")), sleeper()]
     try:
         # A process's /proc environ reads empty until its exec is done, which Popen does not wait for.
-        deadline = time.monotonic() + 10
-        while len(with_environment("IMAGENET18_RUN", run_id)) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        pids = sorted(p.pid for p in [own, *others])
+        wait_for(lambda: sorted(with_environment("IMAGENET18_RUN", run_id)) == pids, 10, "the 3 tagged processes")
         assert [p["pid"] for p in LocalBackend(prefect_api).processes(run_id)] == [own.pid]
         removed = cleanup(backends=["local"])
         assert f"{run_id}/train-0/{own.pid}" in removed["local"]

@@ -64,7 +64,15 @@ def test_a_node_beats_while_it_validates(tmp_path):
     ctx = Context(model, model, torch.optim.SGD(model.parameters(), lr=0.1), schedule=None, world=world,
                   recorder=None, node_heartbeat=heartbeat, bf16=False, channels_last=False, print_freq=10)
     images, labels = torch.randint(0, 256, (12, 3, 4, 4), dtype=torch.uint8), torch.randint(0, 2, (12,))
-    val = DataLoader(TensorDataset(images, labels), batch_size=4)
+    beats, seen = tmp_path / "heartbeats" / "node-0.json", []
+
+    def watched(loader):  # the batch of the last beat, as an orchestrator reads it when each batch is asked for
+        for batch in loader:
+            seen.append(json.loads(beats.read_text())["batch"] if beats.exists() else None)
+            yield batch
+
+    val = watched(DataLoader(TensorDataset(images, labels), batch_size=4))
     evaluate(ctx, PhaseLoaders(phase=None, train=None, val=val, val_steps=3, train_dir=None, val_dir=None), epoch=5)
-    beat = json.loads((tmp_path / "heartbeats" / "node-0.json").read_text())
+    assert seen == [None, 1, 2], "each batch validated beats before the next is read"
+    beat = json.loads(beats.read_text())
     assert (beat["epoch"], beat["phase"], beat["batch"], beat["batches"]) == (5, "validation", 3, 3)
