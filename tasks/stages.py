@@ -23,6 +23,11 @@ from trainer.records import SUMMARY_FILE, Epoch, RunSummary, WandbRecord
 
 TRAIN_JOB = "train"
 LOG_TAIL_BYTES = 65536  # where a failed trainer's error line and last traceback are
+# How long a node's torchrun waits at the rendezvous for the others. Each machine's job starts it once that machine's
+# own first boot has ended, and a replacement's (or one held by apt's locks, or slow to download gigabytes of
+# wheels) ends many minutes after the others' jobs started theirs: torchrun's default, 900 s, failed them all.
+# A machine that never comes is the flow's to notice (its job fails, or its machine is lost), not the rendezvous's.
+RENDEZVOUS_WAIT_S = 3600
 # A node that fails while others run may be the echo of a machine going away that its backend does not list as gone
 # yet (its processes die as it shuts down; EC2 says shutting-down a moment later): the others' peers see the
 # connection close and fail first. Such a failure is judged once every node has ended, one is lost, or this passes.
@@ -238,6 +243,7 @@ def trainer_command(plan: RunPlan, cluster: Cluster, machine: int, port: int, no
     command = [cluster.python, "-m", "torch.distributed.run", f"--nnodes={len(cluster.machines)}",
                f"--node_rank={machine}", f"--nproc_per_node={cluster.gpus_per_machine}",
                f"--master_addr={cluster.machines[0].address}", f"--master_port={port}",
+               f"--rdzv-conf=timeout={RENDEZVOUS_WAIT_S}",
                f"--log-dir={cluster.node_storage}/torchrun",  # its per-attempt folders, else left in /tmp
                "-m", "trainer", "train", cluster.machines[machine].data_root, "--schedule", plan.schedule,
                "--logdir", cluster.node_storage, "--run-name", plan.spec.run_name, "--auto-resume",

@@ -131,7 +131,10 @@ def test_a_spot_interruption_without_restarts_fails_the_run_at_once_and_leaves_n
 
 
 def test_a_spot_interruption_is_replaced_and_training_resumes_from_the_checkpoint(prefect_api, aws, tiny_data):
+    """The replacement's first boot ends long after the other machine's job started its torchrun again, which
+    waits for it at the rendezvous."""
     aws.make_snapshot(tiny_data.parent, description=DATASET)
+    aws.set_boot(8)
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(imagenet18, machines=2, backend="aws", instance_type="g5.xlarge", spot=True,
                               dataset=DATASET, schedule="cpu-tiny", epochs=3, max_hours=1.0, aws=options(),

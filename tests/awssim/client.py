@@ -133,6 +133,12 @@ class AwsSim:
         """Machines launched from now on stay pending this long (until the next reset)."""
         self._control("POST", "pending", {"pending_s": seconds})
 
+    def set_boot(self, seconds: float) -> None:
+        """Machines seen from now on take this long from running to the end of their first boot (`cloud-init status
+        --wait`), a job sent meanwhile waiting for it; their torchrun's default rendezvous wait is half that,
+        time here being compressed (until the next reset, which makes boots instant)."""
+        self._control("POST", "boot", {"boot_s": seconds})
+
     def set_shutting_down(self, seconds: float) -> None:
         """Machines terminated from now on are shutting-down this long, their volumes still attached (until the next
         reset, which restores AWSSIM_SHUTTING_DOWN_S, half a second by default)."""

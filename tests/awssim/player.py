@@ -1,6 +1,7 @@
 """The machine player: runs the shell commands SSM was sent (moto only records them) as local process groups,
 one per target instance, kills them when their instance stops or terminates, and reports back into moto."""
 
+import math
 import os
 import re
 import signal
@@ -52,21 +53,31 @@ STDOUT_LIMIT, STDERR_LIMIT = 24000, 8000
 DEFAULT_EXECUTION_TIMEOUT_S = 3600.0  # AWS-RunShellScript's executionTimeout when none is sent
 
 
-def _boot_record(scratch: Path, user_data: UserData) -> dict[str, str]:
-    """cloud-init's account of the machine's first boot, as files for its paths: `cloud-init status` (1 and
-    "status: error" where the user data would have failed on the image) and its output log, which ends with the
-    user data's last words and cloud-init's own lines."""
+def _boot_record(scratch: Path, user_data: UserData, booted_at: float) -> dict[str, str]:
+    """cloud-init's account of the machine's first boot, as files for its paths: `cloud-init status` ("status:
+    running" until `booted_at`, which `--wait` waits for; then 1 and "status: error" where the user data would have
+    failed on the image) and its output log, which ends with the user data's last words and cloud-init's own
+    lines."""
     failed = user_data.boot_failed
     log, status = scratch / "cloud-init-output.log", scratch / "cloud-init"
     said = [user_data.check.removeprefix("boot failed: "), "2026-12-05 00:00:00,000 - cc_scripts_user.py[WARNING]: "
             "Failed to run module scripts-user (scripts in /var/lib/cloud/instance/scripts)"] if failed else []
     log.write_text("\n".join([*said, "Cloud-init v. 24.4.1-0ubuntu0~22.04.1 finished at Sat, 05 Dec 2026 00:00:00 "
                                     "+0000. Datasource DataSourceEc2Local.  Up 95.00 seconds"]) + "\n")
-    status.write_text(f"#!/bin/sh\necho 'status: {'error' if failed else 'done'}'\nexit {int(failed)}\n")
+    status.write_text(f"""#!/bin/sh
+while [ "$(date +%s)" -lt {math.ceil(booted_at)} ]; do
+  [ "$*" = "status --wait" ] || {{ echo 'status: running'; exit 0; }}
+  sleep 0.2
+done
+echo 'status: {'error' if failed else 'done'}'
+exit {int(failed)}
+""")
     status.chmod(0o755)
     return {"/usr/bin/cloud-init": str(status), "/var/log/cloud-init-output.log": str(log)}
 
 
+# Where the commands played while boots take time find the compressed torchrun default (machine_site/).
+MACHINE_SITE = Path(__file__).resolve().parent / "machine_site"
 # The PATH SSM's agent gives a command (https://github.com/aws/amazon-ssm-agent/issues/427).
 AGENT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
 
@@ -115,6 +126,7 @@ class Machine:
     user_data: UserData
     shutdown_at: float | None  # time.time() when its user-data timer fires
     agent: AgentLife
+    booted_at: float  # time.time() when its first boot (its user data) ends
 
     def record(self) -> dict[str, Any]:
         return {"instance_id": self.instance_id, "user_data_check": self.user_data.check,
@@ -143,6 +155,7 @@ class Player:
         self._ports: dict[str, int] = {}  # run tag (or instance id) -> torchrun master port
         self.agent_delay_s = AGENT_DELAY_S  # for machines seen from now on
         self.pending_s = PENDING_S  # for machines launched from now on
+        self.boot_s = 0.0  # for machines seen from now on: from running to the end of their first boot
         self.shutting_down_s = SHUTTING_DOWN_S  # for machines terminated from now on
         self.snapshot_pending_s = 0.0  # for snapshots made from now on
         self.volume_creating_s = VOLUME_CREATING_S  # for volumes made from now on
@@ -199,6 +212,7 @@ class Player:
             self._ports.clear()
             self.agent_delay_s = AGENT_DELAY_S
             self.pending_s = PENDING_S
+            self.boot_s = 0.0
             self.shutting_down_s = SHUTTING_DOWN_S
             self.snapshot_pending_s = 0.0
             self.volume_creating_s = VOLUME_CREATING_S
@@ -232,7 +246,8 @@ class Player:
                 delay = user_data.shutdown_after_s
                 shutdown_at = None if delay is None else time.time() + delay
                 self._machines[instance_id] = Machine(instance_id, user_data, shutdown_at,
-                                                      AgentLife(time.time() + self.agent_delay_s))
+                                                      AgentLife(time.time() + self.agent_delay_s),
+                                                      time.time() + self.boot_s)
             machine = self._machines.get(instance_id)
             if machine and machine.shutdown_at and time.time() >= machine.shutdown_at and instance.state in ALIVE:
                 machine.shutdown_at = None  # an OS shutdown ignores API termination protection
@@ -395,9 +410,15 @@ class Player:
         with open(folder / "stdout", "wb") as out, open(folder / "stderr", "wb") as err:
             played.process = subprocess.Popen(
                 ["sh", "-c", str(script_file)], cwd=folder, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                env=agent_environment(instance, command.command_id, region),
+                env={**agent_environment(instance, command.command_id, region), **self._compressed_time()},
                 start_new_session=True,
             )
+
+    def _compressed_time(self) -> dict[str, str]:
+        """While boots take time here, torchrun's default wait for its rendezvous in proportion: half a boot."""
+        if not self.boot_s:
+            return {}
+        return {"PYTHONPATH": str(MACHINE_SITE), "AWSSIM_TORCHRUN_DEFAULT_WAIT_S": str(math.ceil(self.boot_s / 2))}
 
     def _summarise(self, command: Any) -> None:
         """moto's command status, from its invocations: InProgress until all are done."""
@@ -427,7 +448,8 @@ class Player:
         }
         for path in paths.values():
             Path(path).mkdir(parents=True, exist_ok=True)
-        paths.update(_boot_record(scratch, self._machines[instance.id].user_data))
+        machine = self._machines[instance.id]
+        paths.update(_boot_record(scratch, machine.user_data, machine.booted_at))
         ips = [i.private_ip for i in instances.values() if i.private_ip]
         return Rewrite(paths, ips, self._ports[port_key])
 
