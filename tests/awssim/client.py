@@ -125,8 +125,9 @@ class AwsSim:
         self._control("POST", "quotas", {"values": values})
 
     def played(self) -> list[dict[str, Any]]:
-        """Commands run: command_id, instance_id, exit_code (None while running), cold_data (it started while
-        its machine's dataset volume was still fetching blocks from its snapshot), stdout and stderr paths."""
+        """Commands run: command_id, instance_id, exit_code (None while running), cut_short (still running when its
+        machine went away, or the simulator was reset), cold_data (it started while its machine's dataset volume was
+        still fetching blocks from its snapshot), stdout and stderr paths."""
         return self._control("GET", "played")
 
     def set_pending(self, seconds: float) -> None:

@@ -106,6 +106,7 @@ class Played:
     started: float = field(default_factory=time.time)
     exit_code: int | None = None
     swept: bool = False  # its machine's processes were killed
+    cut_short: bool = False  # it was still running when they were
     cold_data: bool = False  # it started on a machine whose dataset volume was still fetching blocks from S3
     timeout_s: float = DEFAULT_EXECUTION_TIMEOUT_S  # its executionTimeout: the agent kills it past that
 
@@ -114,6 +115,7 @@ class Played:
             "command_id": self.command_id,
             "instance_id": self.instance_id,
             "exit_code": self.exit_code,
+            "cut_short": self.cut_short,
             "cold_data": self.cold_data,
             "stdout": str(self.dir / "stdout"),
             "stderr": str(self.dir / "stderr"),
@@ -310,6 +312,7 @@ class Player:
         a machine that goes away takes every process that carries its instance id."""
         played.swept = True
         if played.process is not None and played.process.poll() is None:
+            played.cut_short = True
             try:
                 os.killpg(played.process.pid, signal.SIGKILL)
             except ProcessLookupError:

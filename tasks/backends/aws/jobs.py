@@ -61,9 +61,11 @@ def launch_script(cluster: Cluster, index: int, command: list[str], name: str, r
         f'export {variable}="$value"; else echo "warning: could not read {variable} from SSM parameter '
         f'{parameter} (above), so the trainer runs without it" >>"$log"; fi'
         for variable, parameter in secret_parameters.items()])
+    # Until every machine's exit code is there; a job stopped for a restart never has the lost machine's, so `stop`
+    # ends the mirror too (its pid beside the trainer's), else it copied on, beside the next job's, until max_hours.
     follow = (f'$py -m trainer mirror "$run" {shlex.quote(cluster.storage)} --every {MIRROR_SECONDS} '
-              f'--until-exits {len(cluster.machines)} --exit-pattern "{name}-*" >"$run/logs/mirror.log" 2>&1 &'
-              if index == 0 else "")
+              f'--until-exits {len(cluster.machines)} --exit-pattern "{name}-*" >"$run/logs/mirror.log" 2>&1 &\n'
+              f'echo $! >"$run/pids/{name}-{index}-mirror"' if index == 0 else "")
     template = Template(resources.files("tasks.backends.aws").joinpath("launch.sh").read_text())
     return template.substitute(job=name, index=index, run_id=cluster.spec.run_id, region=region,
                                node_storage=shlex.quote(cluster.node_storage), storage=cluster.storage,
