@@ -965,6 +965,42 @@ def test_a_users_subnet_without_a_way_out_or_dns_is_refused_before_anything_exis
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
+@pytest.mark.parametrize("subnet, mode, exclusion, refused", [
+    (None, "block-bidirectional", None, r"it blocks the run's own network's way out, an internet gateway, so the "
+                                        r"machines could not install the project nor reach SSM: name a subnet "
+                                        r"\(aws.subnet_id\) in a VPC or subnet excluded from it; or exclude"),
+    (None, "block-ingress", None,
+     r"it blocks the run's own network's way out, .* \(aws.subnet_id\) behind a NAT gateway, or "),
+    ({}, "block-ingress", None, r"it blocks subnet subnet-\w+'s way out"),
+    ({}, "block-ingress", "allow-egress", r"it blocks subnet subnet-\w+'s way out"),  # egress of a block both ways
+    ({}, "block-bidirectional", "allow-egress", None),
+    ({}, "block-ingress", "allow-bidirectional", None),
+    ({"public": False, "through_nat": True}, "block-ingress", None, None),
+], ids=["own-network", "own-network-ingress", "public-subnet", "egress-exclusion-of-ingress", "egress-exclusion",
+        "exclusion", "behind-a-nat"])
+def test_a_run_whose_way_out_vpc_block_public_access_blocks_is_refused_before_anything_exists(
+        aws, snapshot, tmp_path, subnet, mode, exclusion, refused):
+    """VPC Block Public Access (an account's or its organization's, per region) blocks internet gateways but in the
+    VPCs excluded from it: the machines would install nothing and their agents never register, once paid for."""
+    subnet_id = users_subnet(aws, **subnet) if subnet is not None else None
+    vpc = subnet_id and aws.client("ec2").describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]["VpcId"]
+    aws.block_public_access(mode, {vpc: exclusion} if exclusion else {})
+    backend = AwsBackend(options(subnet_id=subnet_id), home=tmp_path)
+    if refused:
+        with pytest.raises(InputError, match=r"^VPC Block Public Access is on in us-east-1 \(block-\w+\): " + refused):
+            backend.check(cluster_spec("run-blocked", 2), DATASET)
+    else:
+        backend.check(cluster_spec("run-blocked", 2), DATASET)
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
+def test_a_run_whose_account_may_make_no_exclusion_is_told_so(aws, snapshot, tmp_path):
+    aws.block_public_access("block-bidirectional", exclusions_allowed=False)
+    with pytest.raises(InputError, match=r"excluded from it; this account may make no exclusion \(its "
+                                         r"organization's setting\)$"):
+        AwsBackend(options(), home=tmp_path).check(cluster_spec("run-blocked", 2), DATASET)
+
+
 @pytest.mark.parametrize("servers,doubted", [(("10.99.0.53",), True), (("10.99.0.53", "AmazonProvidedDNS"), False),
                                              (("10.40.0.2",), False), (("169.254.169.253",), False)],
                          ids=["company", "and-amazon", "vpc-base-plus-two", "link-local"])

@@ -516,6 +516,29 @@ def test_a_machine_reaches_out_through_a_public_address_and_elastic_ips_behave_a
     assert error_code(ec2.allocate_address, Domain="vpc") == "AddressLimitExceeded"
 
 
+def test_vpc_block_public_access_cuts_off_internet_gateways_but_in_the_vpcs_excluded_from_it(aws):
+    """Machines with public addresses behind an internet gateway: the default VPC's is blocked both ways, so its
+    machine's agent finds no way out and hibernates; an exclusion allowing egress lets another VPC's out."""
+    ec2, ssm = aws.client("ec2"), aws.client("ssm")
+    vpc = ec2.create_vpc(CidrBlock="10.52.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.52.0.0/20", AvailabilityZone="us-east-1a")["Subnet"]
+    ec2.modify_subnet_attribute(SubnetId=subnet["SubnetId"], MapPublicIpOnLaunch={"Value": True})
+    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+    table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+    ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
+    ec2.associate_route_table(RouteTableId=table, SubnetId=subnet["SubnetId"])
+    aws.block_public_access("block-bidirectional", {vpc: "allow-egress"})
+    options = ec2.describe_vpc_block_public_access_options()["VpcBlockPublicAccessOptions"]
+    assert (options["InternetGatewayBlockMode"], options["ExclusionsAllowed"]) == ("block-bidirectional", "allowed")
+    [exclusion] = ec2.describe_vpc_block_public_access_exclusions()["VpcBlockPublicAccessExclusions"]
+    assert exclusion["ResourceArn"].endswith(f":vpc/{vpc}") and exclusion["State"] == "create-complete"
+    excluded, blocked = launch(ec2, SubnetId=subnet["SubnetId"]), launch(ec2)
+    wait_for(lambda: agents_online(ssm, excluded), seconds=20)
+    wait_for(lambda: agent_states(aws, blocked) == ["hibernating"], seconds=20)
+    terminate(ec2, excluded, blocked)
+
+
 def test_a_hibernating_agent_pings_as_amazon_ssm_agent_backs_off():
     """Its first ping failed: 5 minutes of nothing, then three pings 5 minutes apart, three 10 minutes apart, ...
     up to an hour apart; it registers at the first ping through a way out, or at once when its boot restarts it."""

@@ -176,6 +176,14 @@ class AwsSim:
         (until the next reset)."""
         self._control("POST", "local-zone", {"region": region})
 
+    def block_public_access(self, mode: str, exclusions: dict[str, str] | None = None, region: str = "us-east-1",
+                            exclusions_allowed: bool = True) -> None:
+        """VPC Block Public Access on in the region (mode block-bidirectional or block-ingress), with exclusions
+        (VPC or subnet id -> allow-egress or allow-bidirectional): machines it blocks have no way out (until the
+        next reset)."""
+        self._control("POST", "block-public-access", {
+            "region": region, "mode": mode, "exclusions": exclusions or {}, "exclusions_allowed": exclusions_allowed})
+
     def make_bucket(self, bucket: str, region: str = "us-east-1") -> Any:
         """A bucket of the account's as a user has one: made, and answering (made a while ago). Returns its
         region's S3 client."""

@@ -142,6 +142,10 @@ class AwsSimApp:
             return error_response("ec2", *refusal) if refusal else self.player.initializations.create_error(call)
         if call.service == "ec2" and call.action == "DescribeVolumeStatus":
             return self.player.initializations.describe_status(call)
+        if call.service == "ec2" and call.action == "DescribeVpcBlockPublicAccessOptions":
+            return self.player.public_access.options_answer(call)
+        if call.service == "ec2" and call.action == "DescribeVpcBlockPublicAccessExclusions":
+            return self.player.public_access.exclusions_answer(call)
         if call.service == "ec2" and call.action == "GetEbsDefaultKmsKeyId":
             return encryption.default_key_answer(call)
         if call.service == "efs" and call.action == "CreateMountTarget":

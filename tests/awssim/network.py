@@ -6,6 +6,7 @@ from moto.ec2.models.instance_types import INSTANCE_TYPES
 
 from . import backends
 from .calls import AwsCall
+from .public_access import PublicAccessBlocks
 
 EFA_TYPES = ("efa", "efa-only")
 
@@ -54,11 +55,12 @@ def _interfaces_error(interfaces: list[dict[str, str]], instance_type: str) -> t
     return None
 
 
-def reaches_out(instance: Any, ec2_backend: Any) -> bool:
+def reaches_out(instance: Any, ec2_backend: Any, blocks: PublicAccessBlocks) -> bool:
     """Whether the machine has a way to the internet, which its SSM agent needs to register (SSM's endpoint) and
     its boot to install the project (PyPI): a 0.0.0.0/0 route in its subnet's route table (the VPC's main
-    table for a subnet without one), active (its target there), through a NAT or transit gateway or an interface,
-    or through an internet gateway with a public address on the machine's primary interface."""
+    table for a subnet without one), active (its target there), through a transit gateway or an interface, through
+    a NAT gateway whose own subnet's internet gateway traffic Block Public Access lets out, or through an internet
+    gateway it lets through, with a public address on the machine's primary interface."""
     primary = instance.nics.get(0)
     if primary is None:
         return False
@@ -68,9 +70,13 @@ def reaches_out(instance: Any, ec2_backend: Any) -> bool:
     main = [t for t in tables if t.vpc_id == subnet.vpc_id and t.main_association_id]
     routes = [r for t in own or main for r in t.routes
               if r.destination_cidr_block == "0.0.0.0/0" and r.state == "active"]
-    if any(r.nat_gateway or r.transit_gateway or r.interface for r in routes):
+    if any(r.transit_gateway or r.interface for r in routes):
         return True
-    return bool(primary.public_ip) and any(r.gateway is not None and r.gateway.id.startswith("igw-") for r in routes)
+    if any(r.nat_gateway and not blocks.blocks(ec2_backend, ec2_backend.get_subnet(r.nat_gateway.subnet_id), True)
+           for r in routes):
+        return True
+    return (bool(primary.public_ip) and any(r.gateway is not None and r.gateway.id.startswith("igw-") for r in routes)
+            and not blocks.blocks(ec2_backend, subnet, False))
 
 
 def release_address_error(call: AwsCall, ec2_backend: Any) -> tuple[str, str] | None:

@@ -22,6 +22,7 @@ from . import access, backends, encryption, gpus, images, network
 from .backends import RUN_TAG
 from .hibernation import AgentLife
 from .client_tokens import ClientTokens
+from .public_access import PublicAccessBlocks
 from .encryption import Encryption
 from .initialization import Initializations
 from .rewrite import Rewrite
@@ -167,6 +168,7 @@ class Player:
         self.encryption = Encryption()
         self.launch_tokens = ClientTokens()  # RunInstances' client tokens, and the launch each made
         self.local_zone_regions: set[str] = set()  # regions whose Local Zone the account opted in to
+        self.public_access = PublicAccessBlocks()  # VPC Block Public Access, where a test turns it on
 
     def start(self) -> None:
         threading.Thread(target=gpus.arch_flags, name="awssim-arch-flags", daemon=True).start()  # seconds: early
@@ -224,6 +226,7 @@ class Player:
             self.encryption.reset()
             self.launch_tokens.clear()
             self.local_zone_regions.clear()
+            self.public_access.reset()
 
     def end_launches(self, instance_type: str, machines: int, code: str) -> None:
         if code not in LAUNCH_ENDS:
@@ -280,7 +283,7 @@ class Player:
             for instance in backends.instances(ec2):
                 machine = self._machines.get(instance.id)
                 if machine and not machine.agent.registered and instance.state == "running":
-                    machine.agent.advance(now, network.reaches_out(instance, ec2),
+                    machine.agent.advance(now, network.reaches_out(instance, ec2, self.public_access),
                                           images.SSM_AGENT_UNIT in machine.user_data.restarted_units)
 
     def agents(self) -> dict[str, str]:
@@ -294,7 +297,7 @@ class Player:
                 instance, ec2 = instances.get(instance_id, (None, None))
                 if instance is None or instance.state == "terminated" or not machine.agent.registered:
                     continue
-                out = network.reaches_out(instance, ec2)
+                out = network.reaches_out(instance, ec2, self.public_access)
                 pings[instance_id] = "Online" if instance.state == "running" and out else "ConnectionLost"
             return pings
 

@@ -208,6 +208,7 @@ class AwsBackend:
         if self.options.subnet_id:
             self.check_subnet(zone)
         else:
+            network.check_public_access(self.clients.ec2)
             network_quotas.check(self.clients, "the run")
         public = self.public_addresses()
         if any(machines.needs_elastic_ips(instance_type, public) for instance_type in allowed):

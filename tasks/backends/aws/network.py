@@ -88,18 +88,58 @@ def check_way_out(ec2, subnet: dict) -> str | None:
     out = [r for t in tables for r in t.get("Routes", [])
            if r.get("DestinationCidrBlock") == "0.0.0.0/0" and r.get("State", "active") == "active"]
     public = subnet.get("MapPublicIpOnLaunch") and any(r.get("GatewayId", "").startswith("igw-") for r in out)
-    if not public and not any(r.get("NatGatewayId") or r.get("TransitGatewayId") or r.get("NetworkInterfaceId")
-                              for r in out):
+    beside = any(r.get("NatGatewayId") or r.get("TransitGatewayId") or r.get("NetworkInterfaceId") for r in out)
+    if not public and not beside:
         raise InputError(f"subnet {subnet_id} has no way out to the internet (a 0.0.0.0/0 route through a NAT "
                          "gateway, or through an internet gateway with public addresses on launch): the machines "
                          "install the project from PyPI and reach S3, SSM and EFS; add one, or leave "
                          "aws.subnet_id unset and the run makes its own network")
+    if not beside:
+        check_public_access(ec2, subnet)
     for attribute, answer in (("enableDnsSupport", "EnableDnsSupport"), ("enableDnsHostnames", "EnableDnsHostnames")):
         if not ec2.describe_vpc_attribute(VpcId=vpc_id, Attribute=attribute)[answer]["Value"]:
             raise InputError(f"{attribute} is off in {vpc_id}, the VPC of subnet {subnet_id}: the machines mount "
                              f"EFS by its DNS name; turn it on: `aws ec2 modify-vpc-attribute --vpc-id {vpc_id} "
                              f"--{_kebab(attribute)}`")
     return resolver_doubt(ec2, vpc_id)
+
+
+def check_public_access(ec2, subnet: dict | None = None) -> None:
+    """VPC Block Public Access (the account's, or its organization's, setting in the region) blocks traffic through
+    internet gateways in every VPC and subnet but those an exclusion exempts
+    (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_VpcBlockPublicAccessOptions.html): the machines'
+    way out where it is one, the run's own network's (`subnet` None) or a user's subnet's with public addresses.
+    Blocked, the machines install nothing and their SSM agents never register, found once the replicas and
+    machines are paid for."""
+    options = ec2.describe_vpc_block_public_access_options()["VpcBlockPublicAccessOptions"]
+    mode = options.get("InternetGatewayBlockMode", "off")
+    if mode == "off" or (subnet is not None and _exempt(ec2, subnet, mode)):
+        return
+    where = f"subnet {subnet['SubnetId']}'s" if subnet else "the run's own network's"
+    exclude = ("this account may make no exclusion (its organization's setting)"
+               if options.get("ExclusionsAllowed") == "not-allowed" else
+               "or exclude one's VPC (`aws ec2 create-vpc-block-public-access-exclusion --vpc-id VPC "
+               "--internet-gateway-exclusion-mode allow-bidirectional`)")
+    raise InputError(f"VPC Block Public Access is on in {ec2.meta.region_name} ({mode}): it blocks {where} way out, "
+                     "an internet gateway, so the machines could not install the project nor reach SSM: name a "
+                     "subnet (aws.subnet_id) " + ("behind a NAT gateway, or " if mode == "block-ingress" else "")
+                     + f"in a VPC or subnet excluded from it; {exclude}")
+
+
+def _exempt(ec2, subnet: dict, mode: str) -> bool:
+    """Whether an exclusion lets the subnet's internet gateway traffic out: one that allows it both ways, or one
+    that allows egress where the block is both ways (it applies to nothing else)."""
+    ours = {f"vpc/{subnet['VpcId']}", f"subnet/{subnet['SubnetId']}"}
+    modes = {"allow-bidirectional"} | ({"allow-egress"} if mode == "block-bidirectional" else set())
+    page: dict = {}
+    while True:  # boto3 has no paginator for it
+        page = ec2.describe_vpc_block_public_access_exclusions(**({"NextToken": page["NextToken"]} if page else {}))
+        if any(e["ResourceArn"].split(":")[-1] in ours and e.get("InternetGatewayExclusionMode") in modes
+               and e.get("State") in ("create-complete", "update-complete")
+               for e in page.get("VpcBlockPublicAccessExclusions", [])):
+            return True
+        if not page.get("NextToken"):
+            return False
 
 
 def resolver_doubt(ec2, vpc_id: str) -> str | None:
