@@ -1579,6 +1579,16 @@ def test_a_snapshot_whose_tags_ec2_would_refuse_is_refused_before_anything_exist
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
+def test_a_snapshot_builder_whose_way_out_vpc_block_public_access_blocks_is_refused_before_anything_exists(
+        aws, tmp_path):
+    dataset_in_s3(aws)
+    aws.block_public_access("block-bidirectional")
+    with pytest.raises(InputError, match=r"^VPC Block Public Access is on in us-east-1 \(block-bidirectional\): it "
+                                         r"blocks the run's own network's way out"):
+        make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160])
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
 MACHINE_S3_CHECKS = """
 import boto3, botocore
 from trainer import checkpoint

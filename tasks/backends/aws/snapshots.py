@@ -87,6 +87,7 @@ def _check(backend: AwsBackend, spec: ClusterSpec) -> tuple[str, dict]:
     if options.subnet_id:
         backend.check_subnet(zone)
     else:
+        network.check_public_access(clients.ec2)
         network_quotas.check(clients, "the snapshot builder")
     return zone, image
 
