@@ -247,6 +247,14 @@ def test_a_users_subnet_is_checked_for_its_way_out(aws, capsys):
     assert code == 1 and rows["network"][1] == "fail" and "has no way out to the internet" in rows["network"][0]
 
 
+def test_vpc_block_public_access_on_the_runs_own_network_fails_with_its_remedies(aws, capsys):
+    aws.block_public_access("block-ingress")
+    code, rows, out = doctor(aws, capsys)
+    assert code == 1
+    assert rows["network"] == ("VPC Block Public Access is on in us-east-1 (block-ingress)", "fail")
+    assert "name a subnet (aws.subnet_id) behind a NAT gateway, or in a VPC or subnet excluded from it" in out
+
+
 def test_a_users_vpc_with_dns_servers_of_its_own_is_a_warning(aws, capsys):
     delete_default_vpc(aws)
     code, rows, out = doctor(aws, capsys, "--subnet", users_subnet(aws, dns_servers=("10.99.0.53",)))

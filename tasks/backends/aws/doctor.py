@@ -19,6 +19,7 @@ from tasks.backends.aws import (
     encryption,
     iam,
     machines,
+    network,
     permissions,
     prices,
     quotas,
@@ -280,6 +281,7 @@ class _Doctor:
                 return _Found(f"subnet {subnet_id} in {zone}: a route out, DNS servers of its own", WARN, doubt,
                               value=subnet_id)
             return _Found(f"subnet {subnet_id} in {zone}: a route out, DNS on", value=subnet_id)
+        network.check_public_access(self.clients.ec2)  # the run's own network's way out
         try:
             subnet_id = self.backend.default_subnet(zone)
         except InputError as exc:
