@@ -26,7 +26,8 @@ LOG_TAIL_BYTES = 65536  # where a failed trainer's error line and last traceback
 # How long a node's torchrun waits at the rendezvous for the others. Each machine's job starts it once that machine's
 # own first boot has ended, and a replacement's (or one held by apt's locks, or slow to download gigabytes of
 # wheels) ends many minutes after the others' jobs started theirs: torchrun's default, 900 s, failed them all.
-# A machine that never comes is the flow's to notice (its job fails, or its machine is lost), not the rendezvous's.
+# A machine whose boot fails ends its job (exit 3), and one that goes is lost: both are noticed at once; only one
+# that hangs in its boot holds the others this long.
 RENDEZVOUS_WAIT_S = 3600
 # A node that fails while others run may be the echo of a machine going away that its backend does not list as gone
 # yet (its processes die as it shuts down; EC2 says shutting-down a moment later): the others' peers see the

@@ -966,9 +966,10 @@ def test_a_users_subnet_without_a_way_out_or_dns_is_refused_before_anything_exis
 
 
 @pytest.mark.parametrize("subnet, mode, exclusion, refused", [
-    (None, "block-bidirectional", None, r"it blocks the run's own network's way out, an internet gateway, so the "
-                                        r"machines could not install the project nor reach SSM: name a subnet "
-                                        r"\(aws.subnet_id\) in a VPC or subnet excluded from it; or exclude"),
+    (None, "block-bidirectional", None, r"it blocks the run's own network's way out, through an internet gateway, "
+                                        r"so the machines could not install the project nor reach SSM: name a subnet "
+                                        r"\(aws.subnet_id\) in a VPC or subnet excluded from it, its NAT gateway's "
+                                        r"too \(`aws ec2 create-vpc-block-public-access-exclusion "),
     (None, "block-ingress", None,
      r"it blocks the run's own network's way out, .* \(aws.subnet_id\) behind a NAT gateway, or "),
     ({}, "block-ingress", None, r"it blocks subnet subnet-\w+'s way out"),
@@ -976,8 +977,10 @@ def test_a_users_subnet_without_a_way_out_or_dns_is_refused_before_anything_exis
     ({}, "block-bidirectional", "allow-egress", None),
     ({}, "block-ingress", "allow-bidirectional", None),
     ({"public": False, "through_nat": True}, "block-ingress", None, None),
+    ({"public": False, "through_nat": True}, "block-bidirectional", None, r"it blocks subnet subnet-\w+'s way out"),
+    ({"public": False, "through_nat": True}, "block-bidirectional", "allow-egress", None),
 ], ids=["own-network", "own-network-ingress", "public-subnet", "egress-exclusion-of-ingress", "egress-exclusion",
-        "exclusion", "behind-a-nat"])
+        "exclusion", "behind-a-nat", "behind-a-nat-both-ways", "behind-an-excluded-nat"])
 def test_a_run_whose_way_out_vpc_block_public_access_blocks_is_refused_before_anything_exists(
         aws, snapshot, tmp_path, subnet, mode, exclusion, refused):
     """VPC Block Public Access (an account's or its organization's, per region) blocks internet gateways but in the
@@ -996,8 +999,9 @@ def test_a_run_whose_way_out_vpc_block_public_access_blocks_is_refused_before_an
 
 def test_a_run_whose_account_may_make_no_exclusion_is_told_so(aws, snapshot, tmp_path):
     aws.block_public_access("block-bidirectional", exclusions_allowed=False)
-    with pytest.raises(InputError, match=r"excluded from it; this account may make no exclusion \(its "
-                                         r"organization's setting\)$"):
+    with pytest.raises(InputError, match=r"nor reach SSM: this account may make no exclusion \(its organization's "
+                                         r"setting\), so no subnet of it in this region has a way out: run in another "
+                                         r"region$"):
         AwsBackend(options(), home=tmp_path).check(cluster_spec("run-blocked", 2), DATASET)
 
 

@@ -82,15 +82,18 @@ def test_an_aws_run_skips_a_pool_volume_another_run_has_locked(aws, snapshot, tm
 
 
 @pytest.mark.slow
-def test_an_aws_run_skips_a_pool_volume_another_is_locking_at_that_moment(aws, snapshot, tmp_path):
-    """SSM answers TooManyUpdates to a PutParameter racing another's of the same name."""
+@pytest.mark.parametrize("answered, claims_it", [(1, True), (None, False)], ids=["once", "on-and-on"])
+def test_a_pool_volume_whose_lock_ssm_answers_too_many_updates_is_asked_again_then_passed_over(
+        aws, snapshot, tmp_path, answered, claims_it):
+    """SSM answers TooManyUpdates to a PutParameter racing another's of the same name, or made again moments after
+    it was deleted (a lock just given back)."""
     backend = AwsBackend(options(), home=tmp_path)
     pool = backend.replicate(pool_spec(2), DATASET, 2, pool=True)
-    aws.add_fault("ssm", "PutParameter", "TooManyUpdates", status=400, times=1,
+    aws.add_fault("ssm", "PutParameter", "TooManyUpdates", status=400, times=answered,
                   match={"Name": f".*/claims/{pool[0].id}"})
     replicas = backend.replicate(cluster_spec("run-second", 2), DATASET, 2)
-    assert [rule["fired"] for rule in aws.fault_counts()] == [1]
-    assert claimed(replicas) == [pool[1].id] and pool[0].id not in [r.id for r in replicas]
+    assert [rule["fired"] for rule in aws.fault_counts()] == [1 if answered else volumes.LOCK_ATTEMPTS]
+    assert claimed(replicas) == ([r.id for r in pool] if claims_it else [pool[1].id])
     backend.teardown("run-second")
     assert aws_leftovers(aws) == {"volume": sorted(r.id for r in pool)}
     backend.delete_replicas(POOL_OWNER)

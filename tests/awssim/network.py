@@ -58,9 +58,9 @@ def _interfaces_error(interfaces: list[dict[str, str]], instance_type: str) -> t
 def reaches_out(instance: Any, ec2_backend: Any, blocks: PublicAccessBlocks) -> bool:
     """Whether the machine has a way to the internet, which its SSM agent needs to register (SSM's endpoint) and
     its boot to install the project (PyPI): a 0.0.0.0/0 route in its subnet's route table (the VPC's main
-    table for a subnet without one), active (its target there), through a transit gateway or an interface, through
-    a NAT gateway whose own subnet's internet gateway traffic Block Public Access lets out, or through an internet
-    gateway it lets through, with a public address on the machine's primary interface."""
+    table for a subnet without one), active (its target there), through a transit gateway, through a NAT gateway or
+    an interface (a NAT instance's) whose own subnet's internet gateway traffic Block Public Access lets out, or
+    through an internet gateway it lets through, with a public address on the machine's primary interface."""
     primary = instance.nics.get(0)
     if primary is None:
         return False
@@ -70,7 +70,9 @@ def reaches_out(instance: Any, ec2_backend: Any, blocks: PublicAccessBlocks) -> 
     main = [t for t in tables if t.vpc_id == subnet.vpc_id and t.main_association_id]
     routes = [r for t in own or main for r in t.routes
               if r.destination_cidr_block == "0.0.0.0/0" and r.state == "active"]
-    if any(r.transit_gateway or r.interface for r in routes):
+    if any(r.transit_gateway for r in routes):
+        return True
+    if any(r.interface and not blocks.blocks(ec2_backend, r.interface.subnet, False) for r in routes):
         return True
     if any(r.nat_gateway and not blocks.blocks(ec2_backend, ec2_backend.get_subnet(r.nat_gateway.subnet_id), True)
            for r in routes):

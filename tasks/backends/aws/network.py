@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,8 +95,7 @@ def check_way_out(ec2, subnet: dict) -> str | None:
                          "gateway, or through an internet gateway with public addresses on launch): the machines "
                          "install the project from PyPI and reach S3, SSM and EFS; add one, or leave "
                          "aws.subnet_id unset and the run makes its own network")
-    if not beside:
-        check_public_access(ec2, subnet)
+    check_public_access(ec2, subnet, out, bool(public))
     for attribute, answer in (("enableDnsSupport", "EnableDnsSupport"), ("enableDnsHostnames", "EnableDnsHostnames")):
         if not ec2.describe_vpc_attribute(VpcId=vpc_id, Attribute=attribute)[answer]["Value"]:
             raise InputError(f"{attribute} is off in {vpc_id}, the VPC of subnet {subnet_id}: the machines mount "
@@ -104,32 +104,54 @@ def check_way_out(ec2, subnet: dict) -> str | None:
     return resolver_doubt(ec2, vpc_id)
 
 
-def check_public_access(ec2, subnet: dict | None = None) -> None:
+def check_public_access(ec2, subnet: dict | None = None, routes: Sequence[dict] = (), public: bool = False) -> None:
     """VPC Block Public Access (the account's, or its organization's, setting in the region) blocks traffic through
     internet gateways in every VPC and subnet but those an exclusion exempts
-    (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_VpcBlockPublicAccessOptions.html): the machines'
-    way out where it is one, the run's own network's (`subnet` None) or a user's subnet's with public addresses.
-    Blocked, the machines install nothing and their SSM agents never register, found once the replicas and
-    machines are paid for."""
+    (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_VpcBlockPublicAccessOptions.html): the run's own
+    network's way out (`subnet` None: no exclusion names a VPC not made yet), or each of a user's subnet's `routes`
+    out (`public`: its machines get public addresses). Blocked, the machines install nothing and their SSM agents
+    never register, found once the replicas and machines are paid for."""
     options = ec2.describe_vpc_block_public_access_options()["VpcBlockPublicAccessOptions"]
     mode = options.get("InternetGatewayBlockMode", "off")
-    if mode == "off" or (subnet is not None and _exempt(ec2, subnet, mode)):
+    if mode == "off" or any(_gets_past(ec2, subnet, route, public, mode) for route in routes):
         return
     where = f"subnet {subnet['SubnetId']}'s" if subnet else "the run's own network's"
-    exclude = ("this account may make no exclusion (its organization's setting)"
-               if options.get("ExclusionsAllowed") == "not-allowed" else
-               "or exclude one's VPC (`aws ec2 create-vpc-block-public-access-exclusion --vpc-id VPC "
-               "--internet-gateway-exclusion-mode allow-bidirectional`)")
+    allowed = options.get("ExclusionsAllowed") != "not-allowed"
+    exclude = "(`aws ec2 create-vpc-block-public-access-exclusion --vpc-id VPC --internet-gateway-exclusion-mode " + (
+        "allow-bidirectional`)" if mode == "block-ingress" else "allow-egress`)")
+    no_exclusion = "this account may make no exclusion (its organization's setting)"
+    if mode == "block-ingress":
+        advice = ("name a subnet (aws.subnet_id) behind a NAT gateway" +
+                  (f", or in a VPC or subnet excluded from it {exclude}" if allowed else f"; {no_exclusion}"))
+    else:
+        advice = (f"name a subnet (aws.subnet_id) in a VPC or subnet excluded from it, its NAT gateway's too "
+                  f"{exclude}" if allowed else f"{no_exclusion}, so no subnet of it in this region has a way out: "
+                  "run in another region")
     raise InputError(f"VPC Block Public Access is on in {ec2.meta.region_name} ({mode}): it blocks {where} way out, "
-                     "an internet gateway, so the machines could not install the project nor reach SSM: name a "
-                     "subnet (aws.subnet_id) " + ("behind a NAT gateway, or " if mode == "block-ingress" else "")
-                     + f"in a VPC or subnet excluded from it; {exclude}")
+                     f"through an internet gateway, so the machines could not install the project nor reach SSM: "
+                     f"{advice}")
 
 
-def _exempt(ec2, subnet: dict, mode: str) -> bool:
-    """Whether an exclusion lets the subnet's internet gateway traffic out: one that allows it both ways, or one
-    that allows egress where the block is both ways (it applies to nothing else)."""
-    ours = {f"vpc/{subnet['VpcId']}", f"subnet/{subnet['SubnetId']}"}
+def _gets_past(ec2, subnet: dict | None, route: dict, public: bool, mode: str) -> bool:
+    """Whether a route out gets past the block: a transit gateway's way out is another VPC's, not seen from here; a
+    NAT gateway's goes through its own subnet's internet gateway, blocked only both ways; an interface's (a NAT
+    instance's) through its subnet's, with an address of its own; the subnet's own gateway with public addresses."""
+    if route.get("TransitGatewayId"):
+        return True
+    if nat := route.get("NatGatewayId"):
+        [gateway] = ec2.describe_nat_gateways(NatGatewayIds=[nat])["NatGateways"]
+        return mode == "block-ingress" or _exempt(ec2, gateway, mode)
+    if interface := route.get("NetworkInterfaceId"):
+        [found] = ec2.describe_network_interfaces(NetworkInterfaceIds=[interface])["NetworkInterfaces"]
+        return _exempt(ec2, found, mode)
+    return bool(subnet and public and route.get("GatewayId", "").startswith("igw-") and _exempt(ec2, subnet, mode))
+
+
+def _exempt(ec2, where: dict, mode: str) -> bool:
+    """Whether an exclusion lets internet gateway traffic of `where` (a subnet, NAT gateway or interface: its
+    SubnetId and VpcId) out: one that allows it both ways, or one that allows egress where the block is both ways
+    (it applies to nothing else)."""
+    ours = {f"vpc/{where['VpcId']}", f"subnet/{where['SubnetId']}"}
     modes = {"allow-bidirectional"} | ({"allow-egress"} if mode == "block-bidirectional" else set())
     page: dict = {}
     while True:  # boto3 has no paginator for it

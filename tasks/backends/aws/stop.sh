@@ -4,6 +4,8 @@
 stop() {
   [ -f "$$1" ] || return 0
   pid=$$(cat "$$1")
+  # Still ours: a job that ended long ago left its pid, which another process may have by now.
+  grep -q trainer "/proc/$$pid/cmdline" 2>/dev/null || return 0
   kill -TERM "$$pid" 2>/dev/null || return 0
   for _ in $$(seq 1 30); do kill -0 "$$pid" 2>/dev/null || return 0; sleep 1; done
   kill -KILL "$$pid" 2>/dev/null || true

@@ -30,6 +30,7 @@ GP3_BASELINE_IOPS = 3000  # whatever the size
 GP3_MIBPS_PER_IOPS = 0.25  # the throughput a gp3 volume may have beyond its 125 MiB/s baseline, per IOPS
 BROKEN_STATES = ("error", "deleting", "deleted")
 VOLUME_POLL_S = 2.0
+LOCK_ATTEMPTS = 3  # of a lock SSM answers TooManyUpdates (`_lock`)
 CLAIM_SETTLED_S = 30.0  # a run tags a pool replica as its own as soon as it has locked it, or unlocks it once back
 VANISHED_AFTER_S = 10.0  # missing from listings that long after being in one: gone, not a listing's lag
 FILTER_VALUES = 200  # the most values an EC2 filter takes
@@ -329,16 +330,20 @@ def _serves(volume: dict, settings: VolumeSettings) -> bool:
 
 def _lock(clients: Clients, owner: str, expires_at: dt.datetime, volume_id: str) -> bool:
     """Whether this call made the volume's lock. SSM answers TooManyUpdates (which botocore does not retry) to a
-    PutParameter racing another's of the same name, or made again moments after it was deleted: not won, as the
-    lock another holds."""
-    try:
-        clients.client("ssm").put_parameter(Name=_claim_name(volume_id), Value=owner, Type="String",
-                                            Tags=tags.tag_list(owner, expires_at))
-    except Exception as exc:  # noqa: BLE001
-        if error_code(exc) in ("ParameterAlreadyExists", "TooManyUpdates"):
-            return False
-        raise
-    return True
+    PutParameter racing another's of the same name, or made again moments after it was deleted (a lock just
+    given back): asked again a few times, then not won, as the lock another holds."""
+    for attempt in range(LOCK_ATTEMPTS):
+        try:
+            clients.client("ssm").put_parameter(Name=_claim_name(volume_id), Value=owner, Type="String",
+                                                Tags=tags.tag_list(owner, expires_at))
+            return True
+        except Exception as exc:  # noqa: BLE001
+            if error_code(exc) == "ParameterAlreadyExists":
+                return False
+            if error_code(exc) != "TooManyUpdates":
+                raise
+            time.sleep(1.0 + attempt)
+    return False
 
 
 def _claim_name(volume_id: str) -> str:
