@@ -56,6 +56,21 @@ def error_code(call, *args, **kwargs) -> str:
 
 
 
+def public_subnet_behind_a_gateway(ec2, prefix: str) -> tuple[str, str, str, str]:
+    """A VPC (`prefix`.0.0/16) with a subnet in us-east-1a that gives public addresses, its route out an internet
+    gateway: (VPC, subnet, gateway, route table)."""
+    vpc = ec2.create_vpc(CidrBlock=f"{prefix}.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"{prefix}.0.0/20", AvailabilityZone="us-east-1a")["Subnet"][
+        "SubnetId"]
+    ec2.modify_subnet_attribute(SubnetId=subnet, MapPublicIpOnLaunch={"Value": True})
+    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+    table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+    ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
+    ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
+    return vpc, subnet, gateway, table
+
+
 def agent_states(aws, *instance_ids: str) -> list[str]:
     """Where each machine's SSM agent is: starting, hibernating or registered."""
     states = {m["instance_id"]: m["agent"] for m in aws.machines()}
@@ -520,20 +535,13 @@ def test_vpc_block_public_access_cuts_off_internet_gateways_but_in_the_vpcs_excl
     """Machines with public addresses behind an internet gateway: the default VPC's is blocked both ways, so its
     machine's agent finds no way out and hibernates; an exclusion allowing egress lets another VPC's out."""
     ec2, ssm = aws.client("ec2"), aws.client("ssm")
-    vpc = ec2.create_vpc(CidrBlock="10.52.0.0/16")["Vpc"]["VpcId"]
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.52.0.0/20", AvailabilityZone="us-east-1a")["Subnet"]
-    ec2.modify_subnet_attribute(SubnetId=subnet["SubnetId"], MapPublicIpOnLaunch={"Value": True})
-    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
-    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
-    table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
-    ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
-    ec2.associate_route_table(RouteTableId=table, SubnetId=subnet["SubnetId"])
+    vpc, subnet, _, _ = public_subnet_behind_a_gateway(ec2, "10.52")
     aws.block_public_access("block-bidirectional", {vpc: "allow-egress"})
     options = ec2.describe_vpc_block_public_access_options()["VpcBlockPublicAccessOptions"]
     assert (options["InternetGatewayBlockMode"], options["ExclusionsAllowed"]) == ("block-bidirectional", "allowed")
     [exclusion] = ec2.describe_vpc_block_public_access_exclusions()["VpcBlockPublicAccessExclusions"]
     assert exclusion["ResourceArn"].endswith(f":vpc/{vpc}") and exclusion["State"] == "create-complete"
-    excluded, blocked = launch(ec2, SubnetId=subnet["SubnetId"]), launch(ec2)
+    excluded, blocked = launch(ec2, SubnetId=subnet), launch(ec2)
     wait_for(lambda: agents_online(ssm, excluded), seconds=20)
     wait_for(lambda: agent_states(aws, blocked) == ["hibernating"], seconds=20)
     terminate(ec2, excluded, blocked)
@@ -564,14 +572,7 @@ def test_a_hibernating_agent_pings_as_amazon_ssm_agent_backs_off():
 def test_a_route_to_a_detached_gateway_is_a_blackhole_and_no_way_out(aws):
     """EC2 marks a route whose internet gateway is not attached to the VPC blackhole, and nothing passes it."""
     ec2, ssm = aws.client("ec2"), aws.client("ssm")
-    vpc = ec2.create_vpc(CidrBlock="10.60.0.0/16")["Vpc"]["VpcId"]
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.60.0.0/20", AvailabilityZone="us-east-1a")["Subnet"]
-    ec2.modify_subnet_attribute(SubnetId=subnet["SubnetId"], MapPublicIpOnLaunch={"Value": True})
-    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
-    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
-    table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
-    ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
-    ec2.associate_route_table(RouteTableId=table, SubnetId=subnet["SubnetId"])
+    vpc, subnet, gateway, table = public_subnet_behind_a_gateway(ec2, "10.60")
     ec2.detach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
 
     def route_out():
@@ -579,7 +580,7 @@ def test_a_route_to_a_detached_gateway_is_a_blackhole_and_no_way_out(aws):
         return next(r for r in routes if r["DestinationCidrBlock"] == "0.0.0.0/0")["State"]
 
     assert route_out() == "blackhole"
-    cut_off, in_default_vpc = launch(ec2, SubnetId=subnet["SubnetId"], UserData=RESTARTS_AGENT), launch(ec2)
+    cut_off, in_default_vpc = launch(ec2, SubnetId=subnet, UserData=RESTARTS_AGENT), launch(ec2)
     wait_for(lambda: agents_online(ssm, in_default_vpc), seconds=20)
     assert not agents_online(ssm, cut_off), "its public address leads nowhere"
     ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
