@@ -1055,20 +1055,20 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
          "requires a different Python: 3.10.12 not in '>=3.11,<3.12'"),
         (UBUNTU_2204, {" nfs-common": ""}, "mount.nfs4 helper program (nfs-common is not installed)"),
         (UBUNTU_2404, {}, "E: Unable to locate package python3.11"),
-        (UBUNTU_2204, {'retrying 60 "$locked" apt-get -q -o DPkg::Lock::Timeout=600 update': "apt-get -q update"},
+        (UBUNTU_2204, {'retrying 60 "$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 update': "apt-get -q update"},
          "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1093 (apt-get)"),  # apt-daily's
-        (UBUNTU_2204, {'retrying 60 "$locked" apt-get -q -o DPkg::Lock::Timeout=600 update':
+        (UBUNTU_2204, {'retrying 60 "$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 update':
                        "for _ in 1 2 3; do\n  apt-get -q update && break\n  sleep 10\ndone"}, "ok"),  # asked again
         (UBUNTU_2204, {'retrying 3 "$cut_off" /opt': "/opt"},  # tried once: the torch wheel's download is cut off
          "Got        e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
         (UBUNTU_2204, {'retrying 3 "$cut_off" /opt': 'retrying 1 "$cut_off" /opt'},  # tried once all the same
          "Got        e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
-        (UBUNTU_2204, {'retrying 3 "$cut_off" /opt': 'retrying 3 "$locked" /opt'},  # asked again on other words
+        (UBUNTU_2204, {'retrying 3 "$cut_off" /opt': 'retrying 3 "$apt_again" /opt'},  # asked again on other words
          "Got        e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
-        (UBUNTU_2204, {'retrying 60 "$locked" apt-get -q -o DPkg::Lock::Timeout=600 update':
+        (UBUNTU_2204, {'retrying 60 "$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 update':
                        'retrying 60 "[Tt]imed out" apt-get -q -o DPkg::Lock::Timeout=600 update'},  # not on a lock
          "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1093 (apt-get)"),
-        (UBUNTU_2204, {'retrying 60 "$locked" apt-get -q -o DPkg::Lock::Timeout=600 update':
+        (UBUNTU_2204, {'retrying 60 "$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 update':
                        'retrying 60 "$cut_off" apt-get -q -o DPkg::Lock::Timeout=600 update'},  # set further down
          "cut_off: unbound variable"),
         (UBUNTU_2204, {"retrying() {": "retrying_once() {"}, "retrying: command not found"),

@@ -54,11 +54,13 @@ retrying() {
 # C headers (torch.compile's Triton builds its GPU launchers against Python.h) and the NFS client for EFS. At
 # first boot the image's own apt jobs may hold apt's locks a while (apt-daily's timer is Persistent). apt-get waits
 # for dpkg's (DPkg::Lock::Timeout), but `update` fails at once on the package lists' (/var/lib/apt/lists/lock), as
-# other boot scripts' users found: an apt-get that fails on a lock is asked again every 10 s, 60 times at most.
+# other boot scripts' users found. A mirror's hiccup (a file caught mid-sync: "Hash Sum mismatch"; a name not
+# resolved for a moment) fails an install's download, which the machines of a run, each installing, meet now and
+# then. An apt-get that fails either way is asked again every 10 s, 60 times at most.
 export DEBIAN_FRONTEND=noninteractive
-locked="Could not get lock"
-retrying 60 "$$locked" apt-get -q -o DPkg::Lock::Timeout=600 update
-retrying 60 "$$locked" apt-get -q -y -o DPkg::Lock::Timeout=600 install python3.11 python3.11-venv python3.11-dev nfs-common
+apt_again="Could not get lock|Failed to fetch"
+retrying 60 "$$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 update
+retrying 60 "$$apt_again" apt-get -q -y -o DPkg::Lock::Timeout=600 install python3.11 python3.11-venv python3.11-dev nfs-common
 
 # This machine's place in its launch request (IMDSv2), which picks its dataset volume from the request's list.
 token=$$(curl -sf -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
