@@ -90,12 +90,13 @@ def test_a_ctrl_c_in_the_terminal_stops_the_command_not_its_server(tmp_path):
     """The terminal sends SIGINT to its whole foreground process group: the server, in that group, stopped at once,
     and the interrupted run's teardown and last states had no API to report to (the command then waited minutes)."""
     script = ("import time\nfrom deployments.api_server import TemporaryAPI, _answers\n"
-              "api = TemporaryAPI()\napi.wait_until_ready(120)\nprint(api.process.pid, flush=True)\n"
-              "try:\n    time.sleep(300)\nexcept KeyboardInterrupt:\n    time.sleep(1)\n"
+              "api = TemporaryAPI()\napi.wait_until_ready(120)\n"
+              "try:\n    print(api.process.pid, flush=True)\n    time.sleep(300)\nexcept KeyboardInterrupt:\n"
+              "    time.sleep(1)\n"
               "    print('answers' if _answers(f'{api.url}/health') else 'gone', flush=True)")
     command = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO,
                                env={**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}, start_new_session=True)
-    server = int(command.stdout.readline())
+    server = int(command.stdout.readline())  # printed once the command is ready for the interrupt
     os.killpg(command.pid, signal.SIGINT)  # what Ctrl-C does
     assert command.stdout.readline().strip() == "answers", "the server outlives the interrupt"
     command.wait(timeout=30)
