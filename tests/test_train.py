@@ -37,6 +37,10 @@ def _records(logdir, kind):
     return [r for r in map(json.loads, lines) if r["type"] == kind]
 
 
+# The tests that read single_run's files run on one worker, which makes it once (docs/testing.md, Workers).
+READS_SINGLE_RUN = pytest.mark.xdist_group("single-run")
+
+
 @pytest.fixture(scope="module")
 def single_run(tiny_data, tmp_path_factory):
     """One uninterrupted single-process run of cpu-tiny, shared by the tests that only read its files."""
@@ -47,6 +51,7 @@ def single_run(tiny_data, tmp_path_factory):
 
 
 @pytest.mark.slow
+@READS_SINGLE_RUN
 def test_console_shows_the_seeds_lines(single_run):
     _, stdout = single_run
     lines = stdout.splitlines()
@@ -62,6 +67,7 @@ def test_console_shows_the_seeds_lines(single_run):
 
 
 @pytest.mark.slow
+@READS_SINGLE_RUN
 def test_the_best_epochs_weights_are_kept_beside_the_latest_and_the_summary_says_which_is_which(single_run):
     logdir, stdout = single_run
     summary = json.loads((logdir / "summary.json").read_text())
@@ -78,6 +84,7 @@ def test_the_best_epochs_weights_are_kept_beside_the_latest_and_the_summary_says
 
 
 @pytest.mark.slow
+@READS_SINGLE_RUN
 def test_log_files_metrics_and_summary(single_run):
     logdir, stdout = single_run
     for name in ("verbose.log", "event.log", "debug.log", "metrics.jsonl", "summary.json"):
@@ -100,6 +107,7 @@ def test_log_files_metrics_and_summary(single_run):
 
 
 @pytest.mark.slow
+@READS_SINGLE_RUN
 def test_tensorboard_events_carry_the_seeds_tags(single_run):
     logdir, _ = single_run
     events = EventAccumulator(str(logdir))
@@ -129,6 +137,7 @@ def test_two_torchrun_nodes_over_gloo_learn(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
+@READS_SINGLE_RUN
 def test_killed_run_resumes_and_ends_where_the_uninterrupted_run_did(tiny_data, tmp_path, single_run):
     logdir = tmp_path / "run"
     command = train_command(tiny_data, logdir, *TARGET)
@@ -164,6 +173,7 @@ def test_killed_run_resumes_and_ends_where_the_uninterrupted_run_did(tiny_data, 
     (lambda text: text.replace("lr = [0.02", "lr = [0.03"), "trained with schedule 'cpu-tiny'"),
 ])
 @pytest.mark.slow
+@READS_SINGLE_RUN
 def test_resume_from_another_model_or_schedule_is_refused(single_run, tiny_data, tmp_path, change, message):
     other = tmp_path / "other.toml"
     other.write_text(change((resources.files("trainer") / "schedules" / "cpu-tiny.toml").read_text()))
