@@ -3,6 +3,7 @@ regions, zone. Endpoints come from boto3's own configuration (AWS_ENDPOINT_URL p
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -82,6 +83,10 @@ class Clients:
         try:
             account = self.client("sts").get_caller_identity()["Account"]
         except botocore.exceptions.ClientError as exc:
+            # boto3 asks the region's own STS endpoint, which in an opt-in region the account has not enabled
+            # refuses every credential (InvalidClientTokenId): that is said instead where it is the cause.
+            with contextlib.suppress(botocore.exceptions.ClientError):
+                self._check_enabled()
             raise InputError(f"AWS refused the credentials: {exc}") from None
         except RuntimeError as exc:  # botocore's, for credentials past AWS_CREDENTIAL_EXPIRATION
             raise InputError(f"these AWS credentials have expired ({exc}): renew them") from None
