@@ -419,6 +419,31 @@ def test_a_teardown_waits_for_machines_ec2_still_describes_as_they_were_before_i
     assert aws_leftovers(aws, spec.run_id, tmp_path) == {}
 
 
+def test_a_teardown_deletes_what_guardduty_put_in_the_runs_vpc_and_nothing_of_it_elsewhere(aws, snapshot, tmp_path,
+                                                                                            operator):
+    """GuardDuty Runtime Monitoring, its agent managed for EC2, gives each VPC with a machine in it an endpoint and a
+    security group, which keep EC2 from deleting the run's subnet and VPC: those in the run's VPC go with it (as
+    the operator: user_policy.json allows it); those in a VPC of the user's stay."""
+    aws.guardduty_runtime_monitoring()
+    ec2 = aws.client("ec2")
+    users = ec2.run_instances(ImageId=AMI, InstanceType="g5.xlarge", MinCount=1, MaxCount=1,
+                              SubnetId=users_subnet(aws))["Instances"][0]
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-guarded", 2, "g5.xlarge")
+    backend.provision(spec, backend.replicate(spec, DATASET, 2))
+    [run_vpc] = ec2.describe_vpcs(Filters=tags.run_filter("run-guarded"))["Vpcs"]
+    managed = [{"Name": "tag:GuardDutyManaged", "Values": ["true"]}]
+    endpoints = {e["VpcId"]: e for e in ec2.describe_vpc_endpoints(Filters=managed)["VpcEndpoints"]}
+    assert set(endpoints) == {users["VpcId"], run_vpc["VpcId"]}, "GuardDuty's endpoint in each VPC with a machine"
+
+    backend.teardown("run-guarded")
+    assert aws_leftovers(aws, "run-guarded", tmp_path) == {}
+    [left] = [e for e in ec2.describe_vpc_endpoints(Filters=managed)["VpcEndpoints"] if e["State"] != "deleted"]
+    assert left["VpcEndpointId"] == endpoints[users["VpcId"]]["VpcEndpointId"]
+    groups = ec2.describe_security_groups(Filters=managed)["SecurityGroups"]
+    assert [g["VpcId"] for g in groups] == [users["VpcId"]]
+
+
 def test_a_run_launches_into_its_placement_group_once_the_group_is_available(aws, snapshot, tmp_path):
     """A new placement group is pending a while, and EC2 refuses a launch into it meanwhile
     (InvalidPlacementGroup.Unknown); a teardown's group is deleting a while, its name still taken by it: a run

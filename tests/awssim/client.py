@@ -184,6 +184,11 @@ class AwsSim:
         self._control("POST", "block-public-access", {
             "region": region, "mode": mode, "exclusions": exclusions or {}, "exclusions_allowed": exclusions_allowed})
 
+    def guardduty_runtime_monitoring(self, region: str = "us-east-1") -> None:
+        """GuardDuty Runtime Monitoring on in the region, its agent managed for EC2: each VPC a machine runs in gets
+        GuardDuty's endpoint and security group (until the next reset)."""
+        self._control("POST", "guardduty-runtime-monitoring", {"region": region})
+
     def make_bucket(self, bucket: str, region: str = "us-east-1") -> Any:
         """A bucket of the account's as a user has one: made, and answering (made a while ago). Returns its
         region's S3 client."""

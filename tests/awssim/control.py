@@ -68,6 +68,8 @@ class Control:
             ("POST", "/_awssim/local-zone"): lambda body: self.player.local_zone_regions.add(body["region"]),
             ("POST", "/_awssim/block-public-access"): lambda body: self.player.public_access.turn_on(
                 body["region"], body["mode"], body["exclusions"], body["exclusions_allowed"]),
+            ("POST", "/_awssim/guardduty-runtime-monitoring"): lambda body: self.player.guardduty.turn_on(
+                body["region"]),
             ("POST", "/_awssim/placement"): lambda body: setattr(self.placement, "changing_s",
                                                                 float(body["changing_s"])),
             ("POST", "/_awssim/consistency"): lambda body: setattr(self.consistency, "window_s",

@@ -1,11 +1,12 @@
 """The WSGI wrapper around moto's server app: control endpoints, fault injection, what moto lacks (IAM policies and
 their simulator, the API models' maximums, the regions an account has not enabled, placement groups, instance-type
-and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas, EBS's IOPS and storage quotas and
-its volumes' performance rules, EC2's eventual consistency, its refusals of an address on a pending machine, of an
-associated address's release, of a subnet's, a security group's or a VPC's deletion while something depends on it and
-of a volume's attachment that EC2 would not make, EBS volume initialization and encryption keys, S3's use of KMS
+and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quotas, EBS's IOPS and storage quotas
+and its volumes' performance rules, EC2's eventual consistency, its refusals of an address on a pending machine, of
+an associated address's release, of a subnet's, a security group's or a VPC's deletion while something depends on it
+and of a volume's attachment that EC2 would not make, EBS volume initialization and encryption keys, S3's use of KMS
 keys and its new buckets' settling, ListCommands' filters and pages, the Price List API, SSM's throttling of Run
-Command's reads), and hooks that keep disk contents and the player in step with each call."""
+Command's reads, GuardDuty's endpoints in VPCs with machines), and hooks that keep disk contents and the player in
+step with each call."""
 
 import contextlib
 import io
@@ -172,6 +173,7 @@ class AwsSimApp:
         if call.service == "ec2" and call.action == "RunInstances":
             self.placement.record_launch(call, body)
             self.player.launch_tokens.record(call, body)
+            self.player.guardduty.record_launch(call.region, backends.ec2(call.account, call.region))
         if call.service == "ec2" and call.action == "CreateVolume":
             self.player.initializations.record_create(call, body)
             self.player.encryption.record_create(call, body)

@@ -22,6 +22,7 @@ from . import access, backends, encryption, gpus, images, network
 from .backends import RUN_TAG
 from .hibernation import AgentLife
 from .client_tokens import ClientTokens
+from .guardduty import RuntimeMonitoring
 from .public_access import PublicAccessBlocks
 from .encryption import Encryption
 from .initialization import Initializations
@@ -169,6 +170,7 @@ class Player:
         self.launch_tokens = ClientTokens()  # RunInstances' client tokens, and the launch each made
         self.local_zone_regions: set[str] = set()  # regions whose Local Zone the account opted in to
         self.public_access = PublicAccessBlocks()  # VPC Block Public Access, where a test turns it on
+        self.guardduty = RuntimeMonitoring()  # GuardDuty's endpoints in VPCs with machines, where a test turns it on
 
     def start(self) -> None:
         threading.Thread(target=gpus.arch_flags, name="awssim-arch-flags", daemon=True).start()  # seconds: early
@@ -227,6 +229,7 @@ class Player:
             self.launch_tokens.clear()
             self.local_zone_regions.clear()
             self.public_access.reset()
+            self.guardduty.reset()
 
     def end_launches(self, instance_type: str, machines: int, code: str) -> None:
         if code not in LAUNCH_ENDS:

@@ -1,5 +1,6 @@
 """Everything that carries a run's tag, across the services a run uses: what teardown deletes and verifies,
-and what the cleanup flow sweeps. Nothing without our tag is ever listed, so nothing else is ever touched."""
+and what the cleanup flow sweeps. Nothing without our tag is ever listed, so nothing else is ever touched, but
+for what GuardDuty put in a VPC of the run's (GUARDDUTY)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,26 @@ log = logging.getLogger(__name__)
 # The order teardown deletes in: what holds a dependency goes before what it depends on, and once the machines are
 # gone, what costs most (the replicas) first.
 TEARDOWN_ORDER = ("machine", "spot-request", "replica", "volume", "snapshot", "address", "file-system",
-                  "placement-group", "security-group", "key-pair", "instance-profile", "parameter", "route-table",
-                  "subnet", "internet-gateway", "vpc")
+                  "vpc-endpoint", "placement-group", "security-group", "key-pair", "instance-profile", "parameter",
+                  "route-table", "subnet", "internet-gateway", "vpc")
 # What must be gone before a kind can be deleted (AWS refuses it, or holds it "in use", while one remains): a kind
 # not named here needs nothing else gone.
 NEEDS_GONE = {
     "replica": {"machine"}, "volume": {"machine"}, "address": {"machine"}, "placement-group": {"machine"},
-    "security-group": {"machine", "file-system"},  # the machines' interfaces, the EFS mount targets'
-    "route-table": {"machine", "file-system"}, "subnet": {"machine", "file-system"},
+    # the machines' interfaces, the EFS mount targets', GuardDuty's endpoint's
+    "security-group": {"machine", "file-system", "vpc-endpoint"},
+    "route-table": {"machine", "file-system"}, "subnet": {"machine", "file-system", "vpc-endpoint"},
     "internet-gateway": {"machine"},  # not detached while a machine in the VPC has a public address
-    "vpc": {"machine", "file-system", "security-group", "route-table", "subnet", "internet-gateway"},
+    "vpc": {"machine", "file-system", "vpc-endpoint", "security-group", "route-table", "subnet", "internet-gateway"},
 }
+# GuardDuty Runtime Monitoring, with its agent managed for EC2, gives each VPC where a machine runs an interface
+# endpoint for its agent and a security group for that (tagged GuardDutyManaged=true), which it deletes only when
+# Runtime Monitoring is turned off: while they are there, EC2 refuses to delete the run's subnet and VPC
+# (https://docs.aws.amazon.com/guardduty/latest/ug/using-iac-with-gdu-automated-agents-runtime-monitoring.html).
+# Those in the run's own VPC are the run's to delete; a user's VPC is never the run's, so never looked in.
+GUARDDUTY_SERVICE = "com.amazonaws.{region}.guardduty-data"
+GUARDDUTY_TAG = {"Name": "tag:GuardDutyManaged", "Values": ["true"]}
+ENDED_ENDPOINT_STATES = ("deleting", "deleted")
 
 # A snapshot build's snapshot while it is the build's: until it completes (then it is the dataset's, and untagged).
 UNFINISHED = [{"Name": "status", "Values": ["pending", "error"]}]
@@ -59,7 +69,23 @@ def _ec2_resources(clients: Clients, run_id: str | None) -> list[Resource]:
         for item in items:
             item_tags = tags.as_dict(item.get("Tags"))
             found.append(Resource(kind, item[key], item_tags[tags.RUN], tags.expires(item_tags), {"raw": item}))
-    return found
+    return found + _guardduty_resources(clients, [r for r in found if r.kind == "vpc"])
+
+
+def _guardduty_resources(clients: Clients, vpcs: list[Resource]) -> list[Resource]:
+    """GuardDuty's endpoint and security group in each of the runs' VPCs, as resources of the VPC's run."""
+    if not vpcs:
+        return []
+    by_id, ec2 = {vpc.id: vpc for vpc in vpcs}, clients.ec2
+    in_vpcs = [{"Name": "vpc-id", "Values": sorted(by_id)}]
+    endpoints = ec2.describe_vpc_endpoints(Filters=in_vpcs + [
+        {"Name": "service-name", "Values": [GUARDDUTY_SERVICE.format(region=clients.region)]}])["VpcEndpoints"]
+    groups = ec2.describe_security_groups(Filters=in_vpcs + [GUARDDUTY_TAG])["SecurityGroups"]
+    found = [("vpc-endpoint", e["VpcEndpointId"], e) for e in endpoints
+             if e["State"].lower() not in ENDED_ENDPOINT_STATES]
+    found += [("security-group", g["GroupId"], g) for g in groups]
+    return [Resource(kind, resource_id, by_id[item["VpcId"]].run_id, by_id[item["VpcId"]].expires_at, {"raw": item})
+            for kind, resource_id, item in found]
 
 
 def find(clients: Clients, run_id: str | None = None, identities: bool = True) -> list[Resource]:

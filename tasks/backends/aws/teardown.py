@@ -89,6 +89,8 @@ def _delete(clients: Clients, kind: str, batch: list[Resource]) -> None:
             iam.delete_instance_profile(clients, resource.run_id)
     elif kind == "parameter":
         secrets.delete(clients, ids)
+    elif kind == "vpc-endpoint":  # GuardDuty's, in the run's VPC (inventory.GUARDDUTY_SERVICE)
+        _delete_endpoints(ec2, ids)
     elif kind == "address":  # free once its machine's interface has gone with the machine
         for address_id in ids:
             until(f"address {address_id} released", lambda a=address_id: _tolerate(
@@ -96,6 +98,16 @@ def _delete(clients: Clients, kind: str, batch: list[Resource]) -> None:
     else:
         for resource in batch:
             until(f"{kind} {resource.id} deleted", lambda r=resource: _tolerate(lambda: _delete_network(ec2, r)))
+
+
+def _delete_endpoints(ec2, ids: list[str]) -> None:
+    """DeleteVpcEndpoints answers what it could not delete in its Unsuccessful list, not with an error. Their
+    interfaces go a while later: the subnet's and the security group's deletions wait for that."""
+    unsuccessful = ec2.delete_vpc_endpoints(VpcEndpointIds=ids).get("Unsuccessful", [])
+    refused = [f"{item['ResourceId']}: {item['Error']['Code']} ({item['Error']['Message']})" for item in unsuccessful
+               if not item["Error"]["Code"].endswith(".NotFound")]
+    if refused:
+        raise BackendError(f"EC2 did not delete GuardDuty's VPC endpoint: {'; '.join(refused)}")
 
 
 def _delete_network(ec2, resource: Resource) -> None:
