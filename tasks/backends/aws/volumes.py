@@ -342,7 +342,8 @@ def _lock(clients: Clients, owner: str, expires_at: dt.datetime, volume_id: str)
                 return False
             if error_code(exc) != "TooManyUpdates":
                 raise
-            time.sleep(1.0 + attempt)
+            if attempt + 1 < LOCK_ATTEMPTS:
+                time.sleep(1.0 + attempt)
     return False
 
 
