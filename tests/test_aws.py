@@ -423,7 +423,8 @@ def test_a_teardown_deletes_what_guardduty_put_in_the_runs_vpc_and_nothing_of_it
                                                                                             operator):
     """GuardDuty Runtime Monitoring, its agent managed for EC2, gives each VPC with a machine in it an endpoint and a
     security group, which keep EC2 from deleting the run's subnet and VPC: those in the run's VPC go with it (as
-    the operator: user_policy.json allows it); those in a VPC of the user's stay."""
+    the operator: user_policy.json allows it); those in a VPC of the user's stay. Where EC2 refuses to delete the
+    endpoint, only what needs it gone stays (the subnet, GuardDuty's group, the VPC), for the next teardown."""
     aws.guardduty_runtime_monitoring()
     ec2 = aws.client("ec2")
     users = ec2.run_instances(ImageId=AMI, InstanceType="g5.xlarge", MinCount=1, MaxCount=1,
@@ -436,6 +437,11 @@ def test_a_teardown_deletes_what_guardduty_put_in_the_runs_vpc_and_nothing_of_it
     endpoints = {e["VpcId"]: e for e in ec2.describe_vpc_endpoints(Filters=managed)["VpcEndpoints"]}
     assert set(endpoints) == {users["VpcId"], run_vpc["VpcId"]}, "GuardDuty's endpoint in each VPC with a machine"
 
+    aws.add_fault("ec2", "DeleteVpcEndpoints", "UnauthorizedOperation", status=403, label="refused")
+    with pytest.raises(BackendError, match="could not delete its vpc-endpoint, guardduty-group, subnet, vpc "):
+        backend.teardown("run-guarded")
+    assert sorted(aws_leftovers(aws, "run-guarded", tmp_path)) == ["key file", "subnet", "vpc"]
+    aws.clear_faults()
     backend.teardown("run-guarded")
     assert aws_leftovers(aws, "run-guarded", tmp_path) == {}
     [left] = [e for e in ec2.describe_vpc_endpoints(Filters=managed)["VpcEndpoints"] if e["State"] != "deleted"]

@@ -18,7 +18,7 @@ from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from . import (access, agent, attach, backends, bucket_owners, bucket_settling, catalogue, command_list, encryption,
-               limits, network, prices, regions, s3_keys, tagging, volume_performance, volume_states)
+               guardduty, limits, network, prices, regions, s3_keys, tagging, volume_performance, volume_states)
 from .calls import AwsCall, identify, signing_scope
 from .consistency import Consistency
 from .control import Control
@@ -147,6 +147,8 @@ class AwsSimApp:
             return self.player.public_access.options_answer(call)
         if call.service == "ec2" and call.action == "DescribeVpcBlockPublicAccessExclusions":
             return self.player.public_access.exclusions_answer(call)
+        if call.service == "ec2" and call.action == "DeleteVpcEndpoints":
+            return guardduty.delete_vpc_endpoints_answer(call, backends.ec2(call.account, call.region))
         if call.service == "ec2" and call.action == "GetEbsDefaultKmsKeyId":
             return encryption.default_key_answer(call)
         if call.service == "efs" and call.action == "CreateMountTarget":

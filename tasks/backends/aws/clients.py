@@ -85,7 +85,7 @@ class Clients:
         except botocore.exceptions.ClientError as exc:
             # boto3 asks the region's own STS endpoint, which in an opt-in region the account has not enabled
             # refuses every credential (InvalidClientTokenId): that is said instead where it is the cause.
-            with contextlib.suppress(botocore.exceptions.ClientError):
+            with contextlib.suppress(botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
                 self._check_enabled()
             raise InputError(f"AWS refused the credentials: {exc}") from None
         except RuntimeError as exc:  # botocore's, for credentials past AWS_CREDENTIAL_EXPIRATION

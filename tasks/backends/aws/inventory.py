@@ -7,32 +7,35 @@ from __future__ import annotations
 import logging
 import time
 
+import botocore.exceptions
+
 from tasks.backends.aws import consistency, efs, iam, machines, secrets, tags, volumes
-from tasks.backends.aws.clients import Clients
+from tasks.backends.aws.clients import REFUSALS, Clients, error_code
 from tasks.backends.base import Resource
 
 log = logging.getLogger(__name__)
 # The order teardown deletes in: what holds a dependency goes before what it depends on, and once the machines are
 # gone, what costs most (the replicas) first.
 TEARDOWN_ORDER = ("machine", "spot-request", "replica", "volume", "snapshot", "address", "file-system",
-                  "vpc-endpoint", "placement-group", "security-group", "key-pair", "instance-profile", "parameter",
-                  "route-table", "subnet", "internet-gateway", "vpc")
+                  "vpc-endpoint", "guardduty-group", "placement-group", "security-group", "key-pair",
+                  "instance-profile", "parameter", "route-table", "subnet", "internet-gateway", "vpc")
 # What must be gone before a kind can be deleted (AWS refuses it, or holds it "in use", while one remains): a kind
 # not named here needs nothing else gone.
 NEEDS_GONE = {
     "replica": {"machine"}, "volume": {"machine"}, "address": {"machine"}, "placement-group": {"machine"},
-    # the machines' interfaces, the EFS mount targets', GuardDuty's endpoint's
-    "security-group": {"machine", "file-system", "vpc-endpoint"},
+    "security-group": {"machine", "file-system"},  # the machines' interfaces, the EFS mount targets'
+    "vpc-endpoint": {"machine"},  # GuardDuty's agent on a machine that would not go uses it
+    "guardduty-group": {"vpc-endpoint"},
     "route-table": {"machine", "file-system"}, "subnet": {"machine", "file-system", "vpc-endpoint"},
     "internet-gateway": {"machine"},  # not detached while a machine in the VPC has a public address
-    "vpc": {"machine", "file-system", "vpc-endpoint", "security-group", "route-table", "subnet", "internet-gateway"},
+    "vpc": {"machine", "file-system", "vpc-endpoint", "guardduty-group", "security-group", "route-table", "subnet",
+            "internet-gateway"},
 }
 # GuardDuty Runtime Monitoring, with its agent managed for EC2, gives each VPC where a machine runs an interface
 # endpoint for its agent and a security group for that (tagged GuardDutyManaged=true), which it deletes only when
 # Runtime Monitoring is turned off: while they are there, EC2 refuses to delete the run's subnet and VPC
 # (https://docs.aws.amazon.com/guardduty/latest/ug/using-iac-with-gdu-automated-agents-runtime-monitoring.html).
 # Those in the run's own VPC are the run's to delete; a user's VPC is never the run's, so never looked in.
-GUARDDUTY_SERVICE = "com.amazonaws.{region}.guardduty-data"
 GUARDDUTY_TAG = {"Name": "tag:GuardDutyManaged", "Values": ["true"]}
 ENDED_ENDPOINT_STATES = ("deleting", "deleted")
 
@@ -77,13 +80,19 @@ def _guardduty_resources(clients: Clients, vpcs: list[Resource]) -> list[Resourc
     if not vpcs:
         return []
     by_id, ec2 = {vpc.id: vpc for vpc in vpcs}, clients.ec2
-    in_vpcs = [{"Name": "vpc-id", "Values": sorted(by_id)}]
-    endpoints = ec2.describe_vpc_endpoints(Filters=in_vpcs + [
-        {"Name": "service-name", "Values": [GUARDDUTY_SERVICE.format(region=clients.region)]}])["VpcEndpoints"]
-    groups = ec2.describe_security_groups(Filters=in_vpcs + [GUARDDUTY_TAG])["SecurityGroups"]
+    theirs = [{"Name": "vpc-id", "Values": sorted(by_id)}, GUARDDUTY_TAG]
+    try:
+        endpoints = ec2.describe_vpc_endpoints(Filters=theirs)["VpcEndpoints"]
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) not in REFUSALS:
+            raise
+        log.warning("may not list VPC endpoints (ec2:DescribeVpcEndpoints, in user_policy.json): GuardDuty's, where "
+                    "it put one in a run's VPC, would keep the VPC from being deleted")
+        return []
+    groups = ec2.describe_security_groups(Filters=theirs)["SecurityGroups"]
     found = [("vpc-endpoint", e["VpcEndpointId"], e) for e in endpoints
              if e["State"].lower() not in ENDED_ENDPOINT_STATES]
-    found += [("security-group", g["GroupId"], g) for g in groups]
+    found += [("guardduty-group", g["GroupId"], g) for g in groups]
     return [Resource(kind, resource_id, by_id[item["VpcId"]].run_id, by_id[item["VpcId"]].expires_at, {"raw": item})
             for kind, resource_id, item in found]
 

@@ -89,7 +89,7 @@ def _delete(clients: Clients, kind: str, batch: list[Resource]) -> None:
             iam.delete_instance_profile(clients, resource.run_id)
     elif kind == "parameter":
         secrets.delete(clients, ids)
-    elif kind == "vpc-endpoint":  # GuardDuty's, in the run's VPC (inventory.GUARDDUTY_SERVICE)
+    elif kind == "vpc-endpoint":  # GuardDuty's, in the run's VPC (inventory.GUARDDUTY_TAG)
         _delete_endpoints(ec2, ids)
     elif kind == "address":  # free once its machine's interface has gone with the machine
         for address_id in ids:
@@ -114,7 +114,7 @@ def _delete_network(ec2, resource: Resource) -> None:
     raw = resource.details.get("raw", {})
     if resource.kind == "placement-group":
         ec2.delete_placement_group(GroupName=resource.id)
-    elif resource.kind == "security-group":
+    elif resource.kind in ("security-group", "guardduty-group"):
         ec2.delete_security_group(GroupId=resource.id)
     elif resource.kind == "key-pair":
         ec2.delete_key_pair(KeyName=resource.id)
