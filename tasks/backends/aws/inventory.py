@@ -1,6 +1,6 @@
 """Everything that carries a run's tag, across the services a run uses: what teardown deletes and verifies,
 and what the cleanup flow sweeps. Nothing without our tag is ever listed, so nothing else is ever touched, but
-for what GuardDuty put in a VPC of the run's (GUARDDUTY)."""
+for what GuardDuty put in a VPC of the run's (GUARDDUTY_TAG)."""
 
 from __future__ import annotations
 
