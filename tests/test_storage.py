@@ -107,6 +107,17 @@ def test_a_data_sync_keeps_many_copies_in_flight_and_no_more(memory_fs, tmp_path
     assert 1 < peak[0] <= 8, peak[0]
 
 
+def test_a_data_sync_from_s3_has_as_many_gets_in_flight_as_copies(aws, tmp_path):
+    """s3fs's client keeps botocore's 10 connections unless told more: 20 copies at once would wait for 10."""
+    s3 = aws.make_bucket("datasets")
+    for index in range(40):
+        s3.put_object(Bucket="datasets", Key=f"imagenet/train/cat/{index}.JPEG", Body=b"jpeg")
+    aws.set_s3_round_trip(0.3)
+    assert sync.sync("s3://datasets/imagenet", tmp_path / "data", [""], copies_at_once=20) == 40
+    assert aws.s3_reads_at_once() > 10
+    assert (tmp_path / "data/train/cat/39.JPEG").read_bytes() == b"jpeg"
+
+
 def test_missing_remote_folder(memory_fs, tmp_path):
     memory_fs.pipe("/bucket/imagenet/train/cat/a.JPEG", b"x")
     with pytest.raises(DataError, match="memory://bucket/imagenet-sz/352 does not exist"):

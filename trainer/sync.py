@@ -34,7 +34,7 @@ def local_root(location: str, cache_dir: Path) -> Path:
 def sync(url: str, destination: Path, suffixes: list[str], copies_at_once: int = COPIES_AT_ONCE) -> int:
     """Copy URL + suffix for each suffix ("" and e.g. "-sz/160") to destination + suffix; files already
     there with the same size are kept, so an interrupted sync resumes. Returns the files copied."""
-    fs, base = fsspec.core.url_to_fs(url.rstrip("/"))
+    fs, base = _filesystem(url, copies_at_once)
     if isinstance(fs, LocalFileSystem):
         raise ValueError(f"{url} is local; read it in place")
     copied = 0
@@ -46,6 +46,14 @@ def sync(url: str, destination: Path, suffixes: list[str], copies_at_once: int =
         copied += _copy_all(fs, _lacking(fs, source, target), copies_at_once)
         log.info("synced %s%s to %s (%d files copied)", url.rstrip("/"), suffix, target, copied)
     return copied
+
+
+def _filesystem(url: str, copies_at_once: int) -> tuple[fsspec.AbstractFileSystem, str]:
+    """s3fs's client keeps botocore's 10 connections unless told more, and more copies than that would wait for
+    one."""
+    s3 = fsspec.utils.get_protocol(url) in ("s3", "s3a")
+    return fsspec.core.url_to_fs(url.rstrip("/"), **(
+        {"config_kwargs": {"max_pool_connections": copies_at_once}} if s3 else {}))
 
 
 def _lacking(fs, source: str, target: Path) -> Iterator[tuple[str, Path]]:

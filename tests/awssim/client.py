@@ -184,6 +184,15 @@ class AwsSim:
         self._control("POST", "block-public-access", {
             "region": region, "mode": mode, "exclusions": exclusions or {}, "exclusions_allowed": exclusions_allowed})
 
+    def set_s3_round_trip(self, seconds: float) -> None:
+        """S3 answers each GetObject this long after it is asked, as AWS does in tens of milliseconds (until the
+        next reset, which makes it 0)."""
+        self._control("POST", "s3-round-trip", {"round_trip_s": seconds})
+
+    def s3_reads_at_once(self) -> int:
+        """The most GetObject calls S3 has answered at once since the last reset."""
+        return self._control("GET", "s3-reads")["most_at_once"]
+
     def guardduty_runtime_monitoring(self, region: str = "us-east-1") -> None:
         """GuardDuty Runtime Monitoring on in the region, its agent managed for EC2: each VPC a machine runs in gets
         GuardDuty's endpoint and security group (until the next reset)."""

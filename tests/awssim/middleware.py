@@ -4,9 +4,9 @@ and default-VPC checks, the machines' SSM agents, EC2's vCPU and Elastic IP quot
 and its volumes' performance rules, EC2's eventual consistency, its refusals of an address on a pending machine, of
 an associated address's release, of a subnet's, a security group's or a VPC's deletion while something depends on it
 and of a volume's attachment that EC2 would not make, EBS volume initialization and encryption keys, S3's use of KMS
-keys and its new buckets' settling, ListCommands' filters and pages, the Price List API, SSM's throttling of Run
-Command's reads, GuardDuty's endpoints in VPCs with machines), and hooks that keep disk contents and the player in
-step with each call."""
+keys, its new buckets' settling and its GETs' round trip, ListCommands' filters and pages, the Price List API, SSM's
+throttling of Run Command's reads, GuardDuty's endpoints in VPCs with machines), and hooks that keep disk contents
+and the player in step with each call."""
 
 import contextlib
 import io
@@ -80,6 +80,9 @@ class AwsSimApp:
             if streamed:
                 if rule is not None:  # not watched: the rule's answer is not given
                     self.faults.unfire(rule)
+                if call.action == "GetObject":
+                    with self.player.s3_reads.answering():
+                        return self.moto(environ, start_response)
                 return self.moto(environ, start_response)
             state_filters = self.consistency.defer_state_filters(call, environ)
             status, headers, body = _forward(self.moto, environ)

@@ -24,6 +24,7 @@ from .hibernation import AgentLife
 from .client_tokens import ClientTokens
 from .guardduty import RuntimeMonitoring
 from .public_access import PublicAccessBlocks
+from .s3_reads import S3Reads
 from .encryption import Encryption
 from .initialization import Initializations
 from .rewrite import Rewrite
@@ -171,6 +172,7 @@ class Player:
         self.local_zone_regions: set[str] = set()  # regions whose Local Zone the account opted in to
         self.public_access = PublicAccessBlocks()  # VPC Block Public Access, where a test turns it on
         self.guardduty = RuntimeMonitoring()  # GuardDuty's endpoints in VPCs with machines, where a test turns it on
+        self.s3_reads = S3Reads()  # their round trip, where a test sets one, and the most at once
 
     def start(self) -> None:
         threading.Thread(target=gpus.arch_flags, name="awssim-arch-flags", daemon=True).start()  # seconds: early
@@ -230,6 +232,7 @@ class Player:
             self.local_zone_regions.clear()
             self.public_access.reset()
             self.guardduty.reset()
+            self.s3_reads.reset()
 
     def end_launches(self, instance_type: str, machines: int, code: str) -> None:
         if code not in LAUNCH_ENDS:
