@@ -1483,6 +1483,13 @@ def test_a_snapshot_needs_the_dataset_to_exist(aws, tmp_path):
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
+def test_a_snapshot_of_a_bucket_the_account_may_not_read_is_refused_before_anything_is_made(aws, tmp_path):
+    aws.make_foreign_bucket("theirs", objects={"imagenet/train/cat/a.JPEG": "jpeg"})
+    with pytest.raises(InputError, match=r"s3://theirs/imagenet cannot be read .*Access Denied.*bucket policy"):
+        make_snapshot(AwsBackend(options(), home=tmp_path), "s3://theirs/imagenet", "x", sizes=[160])
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
 def test_a_snapshot_build_stopped_before_its_snapshot_completes_leaves_no_snapshot(aws, tmp_path):
     """A snapshot is pending for hours after CreateSnapshot; a build that fails or is stopped meanwhile must leave
     no half-made snapshot, which the dataset's name would find beside the next build's. Every look at whether it

@@ -323,6 +323,19 @@ def test_another_accounts_bucket_is_refused_unless_its_policy_allows_and_never_t
     assert error_code(s3.head_bucket, Bucket="ours", ExpectedBucketOwner="111111111111") == "403"
 
 
+def test_a_requester_pays_bucket_refuses_another_accounts_reads_that_do_not_say_they_pay(aws):
+    s3 = aws.client("s3", retries=NO_RETRIES)
+    aws.make_foreign_bucket("public", requester_pays=True, objects={"data/a": "a"}, policy={
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject",
+                                                "s3:ListBucket"], "Resource": ["arn:aws:s3:::public",
+                                                                               "arn:aws:s3:::public/*"]}]})
+    assert error_code(s3.list_objects_v2, Bucket="public") == "AccessDenied"
+    assert error_code(s3.get_object, Bucket="public", Key="data/a") == "AccessDenied"
+    assert error_code(s3.head_object, Bucket="public", Key="data/a") == "403"
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="public", RequestPayer="requester")["Contents"]] == ["data/a"]
+    assert s3.get_object(Bucket="public", Key="data/a", RequestPayer="requester")["Body"].read() == b"a"
+
+
 def test_a_machine_whose_encrypted_root_disk_has_a_disabled_key_ends_as_it_launches(aws):
     ec2, kms = aws.client("ec2"), aws.client("kms")
     key = kms.create_key()["KeyMetadata"]["KeyId"]

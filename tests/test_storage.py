@@ -1,4 +1,5 @@
-"""fsspec storage: checkpoints to a URL, data synced from a URL (fsspec's in-memory filesystem)."""
+"""fsspec storage: checkpoints to a URL, data synced from a URL (fsspec's in-memory filesystem, and the AWS
+simulator's S3)."""
 
 import threading
 import time
@@ -7,6 +8,7 @@ import fsspec
 import pytest
 import torch
 
+from tasks.backends.aws import snapshots
 from trainer import checkpoint, sync
 from trainer.layout import DataError
 
@@ -116,6 +118,18 @@ def test_a_data_sync_from_s3_has_as_many_gets_in_flight_as_copies(aws, tmp_path)
     assert sync.sync("s3://datasets/imagenet", tmp_path / "data", [""], copies_at_once=20) == 40
     assert aws.s3_reads_at_once() > 10
     assert (tmp_path / "data/train/cat/39.JPEG").read_bytes() == b"jpeg"
+
+
+def test_a_dataset_in_another_accounts_requester_pays_bucket_is_sized_and_synced(aws, tmp_path):
+    """Big public datasets are often in Requester Pays buckets, which refuse (403) another account's reads that do
+    not say they pay."""
+    aws.make_foreign_bucket("public-datasets", requester_pays=True, objects={
+        f"imagenet/train/cat/{n}.JPEG": "jpeg" for n in range(3)}, policy={"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
+             "Resource": ["arn:aws:s3:::public-datasets", "arn:aws:s3:::public-datasets/*"]}]})
+    assert snapshots.dataset_size_gb("s3://public-datasets/imagenet", []) == 10, "the smallest snapshot"
+    assert sync.sync("s3://public-datasets/imagenet", tmp_path / "data", [""]) == 3
+    assert (tmp_path / "data/train/cat/2.JPEG").read_bytes() == b"jpeg"
 
 
 def test_missing_remote_folder(memory_fs, tmp_path):

@@ -34,7 +34,7 @@ def local_root(location: str, cache_dir: Path) -> Path:
 def sync(url: str, destination: Path, suffixes: list[str], copies_at_once: int = COPIES_AT_ONCE) -> int:
     """Copy URL + suffix for each suffix ("" and e.g. "-sz/160") to destination + suffix; files already
     there with the same size are kept, so an interrupted sync resumes. Returns the files copied."""
-    fs, base = _filesystem(url, copies_at_once)
+    fs, base = dataset_filesystem(url, copies_at_once)
     if isinstance(fs, LocalFileSystem):
         raise ValueError(f"{url} is local; read it in place")
     copied = 0
@@ -48,12 +48,14 @@ def sync(url: str, destination: Path, suffixes: list[str], copies_at_once: int =
     return copied
 
 
-def _filesystem(url: str, copies_at_once: int) -> tuple[fsspec.AbstractFileSystem, str]:
-    """s3fs's client keeps botocore's 10 connections unless told more, and more copies than that would wait for
-    one."""
-    s3 = fsspec.utils.get_protocol(url) in ("s3", "s3a")
-    return fsspec.core.url_to_fs(url.rstrip("/"), **(
-        {"config_kwargs": {"max_pool_connections": copies_at_once}} if s3 else {}))
+def dataset_filesystem(url: str, connections: int = COPIES_AT_ONCE) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The file system and path of a dataset at URL. On s3://, reads say that they pay for their requests, so a
+    Requester Pays bucket (as big public datasets often are) reads as any other, where S3 would answer 403 (a bucket
+    that is not, or its owner, pays no heed); and the client has `connections` connections, where s3fs's keeps
+    botocore's 10 and more copies at once than that would wait for one."""
+    options = ({"requester_pays": True, "config_kwargs": {"max_pool_connections": connections}}
+               if fsspec.utils.get_protocol(url) in ("s3", "s3a") else {})
+    return fsspec.core.url_to_fs(url.rstrip("/"), **options)
 
 
 def _lacking(fs, source: str, target: Path) -> Iterator[tuple[str, Path]]:

@@ -1,7 +1,9 @@
 """Buckets belong to an account, where moto lets every account use every bucket. S3 refuses a caller of another
 account (403 AccessDenied) unless the bucket's policy allows that account ("Principal": "*", the account, or its
 root), and refuses a call whose ExpectedBucketOwner (x-amz-expected-bucket-owner) is not the bucket's owner
-(https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucket-owner-condition.html). CreateBucket of a name
+(https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucket-owner-condition.html). A Requester Pays bucket
+refuses another account's call that does not say it pays (x-amz-request-payer: requester) with 403, as S3 does
+(https://docs.aws.amazon.com/AmazonS3/latest/userguide/ObjectsinRequesterPaysBuckets.html). CreateBucket of a name
 another account holds is moto's to answer: BucketAlreadyExists."""
 
 import dataclasses
@@ -21,9 +23,10 @@ def refusal(call: AwsCall) -> Response | None:
     if call.service != "s3" or owner is None or call.action == "CreateBucket":
         return None
     partition, account = owner
+    bucket = s3_backends[account][partition].buckets.get(name)
     expected = call.params.get("ExpectedBucketOwner")
-    if (expected and expected != account) or (account != call.account and not _policy_allows(
-            s3_backends[account][partition].buckets.get(name), call)):
+    if (expected and expected != account) or (account != call.account and (
+            not _policy_allows(bucket, call) or not _pays_if_asked(bucket, call))):
         answer = error_response("s3", "AccessDenied", "Access Denied", 403)
         return dataclasses.replace(answer, body=b"") if call.action.startswith("Head") else answer
     return None
@@ -40,6 +43,10 @@ def _policy_allows(bucket: Any, call: AwsCall) -> bool:
         # S3 says whether a key exists only to a caller who may list the bucket (GetObject's "Permissions").
         return access.allowed(theirs, "s3:ListBucket", f"arn:aws:s3:::{bucket.name}", {})
     return access.allowed(theirs, action, resource, context)
+
+
+def _pays_if_asked(bucket: Any, call: AwsCall) -> bool:
+    return bucket is None or bucket.payer != "Requester" or call.params.get("RequestPayer") == "requester"
 
 
 def _names(principal: Any, account: str) -> bool:

@@ -161,10 +161,13 @@ class AwsSim:
         self._control("POST", "snapshot-pending", {"pending_s": seconds})
 
     def make_foreign_bucket(self, bucket: str, account: str = "111111111111", region: str = "us-east-1",
-                            policy: dict | None = None) -> None:
-        """A bucket of another account (S3's bucket names are global), with that bucket policy if given."""
+                            policy: dict | None = None, requester_pays: bool = False,
+                            objects: dict[str, str] | None = None) -> None:
+        """A bucket of another account (S3's bucket names are global), with that bucket policy if given, Requester
+        Pays if asked, and the objects (key -> text) its owner put there."""
         self._control("POST", "foreign-bucket", {"bucket": bucket, "account": account, "region": region,
-                                                 "policy": json.dumps(policy) if policy else None})
+                                                 "policy": json.dumps(policy) if policy else None,
+                                                 "requester_pays": requester_pays, "objects": objects or {}})
 
     def set_bucket_settling(self, seconds: float) -> None:
         """Buckets made from now on answer NoSuchBucket this long (until the next reset, which restores

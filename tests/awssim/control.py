@@ -85,7 +85,8 @@ class Control:
                 self.player.initializations, "report_delay_s", float(body["delay_s"])),
             ("POST", "/_awssim/seed"): lambda body: self.seed(body["snapshot_id"], Path(body["from_dir"])),
             ("POST", "/_awssim/foreign-bucket"): lambda body: self.foreign_bucket(
-                body["bucket"], body["account"], body["region"], body.get("policy")),
+                body["bucket"], body["account"], body["region"], body.get("policy"), body.get("requester_pays", False),
+                body.get("objects", {})),
         }
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
@@ -125,12 +126,19 @@ class Control:
                 shutil.rmtree(self.root / folder, ignore_errors=True)
 
     @staticmethod
-    def foreign_bucket(name: str, account: str, region: str, policy: str | None) -> None:
-        """A bucket of another account (whose keys no test holds), with its bucket policy if given."""
+    def foreign_bucket(name: str, account: str, region: str, policy: str | None, requester_pays: bool,
+                       objects: dict[str, str]) -> None:
+        """A bucket of another account (whose keys no test holds), with its bucket policy if given, Requester Pays
+        if asked, and the objects (key -> text) its owner put there."""
         s3 = s3_backends[account]["aws"]
-        bucket_settling.settled(s3.create_bucket(name, region))
+        bucket = s3.create_bucket(name, region)
+        bucket_settling.settled(bucket)
         if policy:
             s3.put_bucket_policy(name, policy.encode())
+        if requester_pays:
+            bucket.payer = "Requester"
+        for key, text in objects.items():
+            s3.put_object(name, key, text.encode())
 
     def seed(self, snapshot_id: str, source: Path) -> None:
         if not any(snapshot_id in ec2.snapshots for _, _, ec2 in backends.ec2_all()):

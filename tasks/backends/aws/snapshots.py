@@ -10,13 +10,12 @@ import math
 import time
 import uuid
 
-import fsspec
-
 from tasks.backends.aws import machines, network, network_quotas, quotas, secrets, storage, tags, volumes
 from tasks.backends.aws.backend import TEARDOWN_TIME, AwsBackend
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.waiting import waiter_config
 from tasks.backends.base import BackendError, Cluster, ClusterSpec, InputError, Machine
+from trainer import sync
 
 log = logging.getLogger(__name__)
 BUILDER_TYPE = "c6i.4xlarge"  # 12.5 Gb/s to S3, no GPU needed
@@ -31,13 +30,18 @@ BUILD_LOGS = "/mnt/data/.imagenet18-build"  # the copy's log stays on the snapsh
 
 
 def dataset_size_gb(url: str, sizes: list[int]) -> int:
-    fs, base = fsspec.core.url_to_fs(url.rstrip("/"))
+    fs, base = sync.dataset_filesystem(url)
     fs.invalidate_cache()  # fsspec keeps listings per process; a served flow process lives long
     folders = [base] + [f"{base}-sz/{size}" for size in sizes]
-    missing = [folder for folder in folders if not fs.isdir(folder)]
-    if missing:
-        raise InputError(f"dataset folder(s) not found: {', '.join(missing)}")
-    total = sum(fs.du(folder) for folder in folders)
+    try:
+        missing = [folder for folder in folders if not fs.isdir(folder)]
+        if missing:
+            raise InputError(f"dataset folder(s) not found: {', '.join(missing)}")
+        total = sum(fs.du(folder) for folder in folders)
+    except PermissionError as refused:  # s3fs's word for S3's 403
+        raise InputError(f"{url} cannot be read with these credentials ({refused}): another account's bucket must "
+                         "allow this account s3:ListBucket and s3:GetObject in its bucket policy (the snapshot "
+                         "builder's role reads it too)") from None
     return max(10, math.ceil(total * HEADROOM / 2**30) + 5)
 
 
