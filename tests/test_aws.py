@@ -1483,8 +1483,16 @@ def test_a_snapshot_needs_the_dataset_to_exist(aws, tmp_path):
     assert aws_leftovers(aws, home=tmp_path) == {}
 
 
-def test_a_snapshot_of_a_bucket_the_account_may_not_read_is_refused_before_anything_is_made(aws, tmp_path):
-    aws.make_foreign_bucket("theirs", objects={"imagenet/train/cat/a.JPEG": "jpeg"})
+@pytest.mark.parametrize("bucket", [
+    {"policy": None},
+    # S3 lets the account list and read the bucket, but KMS refuses it the owner's AWS managed key
+    {"policy": {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
+        "Resource": ["arn:aws:s3:::theirs", "arn:aws:s3:::theirs/*"]}]}, "objects_encryption": "aws:kms"},
+], ids=["no bucket policy", "objects under the owner's aws/s3 key"])
+def test_a_snapshot_of_a_bucket_the_account_may_not_read_is_refused_before_anything_is_made(aws, tmp_path, bucket):
+    aws.make_foreign_bucket("theirs", objects={"imagenet/train/cat/a.JPEG": "jpeg",
+                                               "imagenet-sz/160/train/cat/a.JPEG": "jpeg"}, **bucket)
     with pytest.raises(InputError, match=r"s3://theirs/imagenet cannot be read .*Access Denied.*bucket policy"):
         make_snapshot(AwsBackend(options(), home=tmp_path), "s3://theirs/imagenet", "x", sizes=[160])
     assert aws_leftovers(aws, home=tmp_path) == {}

@@ -336,6 +336,16 @@ def test_a_requester_pays_bucket_refuses_another_accounts_reads_that_do_not_say_
     assert s3.get_object(Bucket="public", Key="data/a", RequestPayer="requester")["Body"].read() == b"a"
 
 
+def test_another_accounts_objects_under_its_aws_managed_key_are_refused_though_its_bucket_policy_allows(aws):
+    s3 = aws.client("s3", retries=NO_RETRIES)
+    readable = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+                                                        "Resource": "arn:aws:s3:::theirs/*"}]}
+    aws.make_foreign_bucket("theirs", policy=readable, objects={"a": "a"}, objects_encryption="aws:kms")
+    assert error_code(s3.get_object, Bucket="theirs", Key="a") == "AccessDenied"
+    aws.make_bucket("ours").put_object(Bucket="ours", Key="a", Body=b"a", ServerSideEncryption="aws:kms")
+    assert s3.get_object(Bucket="ours", Key="a")["Body"].read() == b"a", "the account's own AWS managed key"
+
+
 def test_a_machine_whose_encrypted_root_disk_has_a_disabled_key_ends_as_it_launches(aws):
     ec2, kms = aws.client("ec2"), aws.client("kms")
     key = kms.create_key()["KeyMetadata"]["KeyId"]

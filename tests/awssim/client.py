@@ -162,12 +162,14 @@ class AwsSim:
 
     def make_foreign_bucket(self, bucket: str, account: str = "111111111111", region: str = "us-east-1",
                             policy: dict | None = None, requester_pays: bool = False,
-                            objects: dict[str, str] | None = None) -> None:
+                            objects: dict[str, str] | None = None, objects_encryption: str | None = None) -> None:
         """A bucket of another account (S3's bucket names are global), with that bucket policy if given, Requester
-        Pays if asked, and the objects (key -> text) its owner put there."""
+        Pays if asked, and the objects (key -> text) its owner put there, under that server-side encryption
+        (aws:kms: the owner's AWS managed key) if given."""
         self._control("POST", "foreign-bucket", {"bucket": bucket, "account": account, "region": region,
                                                  "policy": json.dumps(policy) if policy else None,
-                                                 "requester_pays": requester_pays, "objects": objects or {}})
+                                                 "requester_pays": requester_pays, "objects": objects or {},
+                                                 "objects_encryption": objects_encryption})
 
     def set_bucket_settling(self, seconds: float) -> None:
         """Buckets made from now on answer NoSuchBucket this long (until the next reset, which restores

@@ -86,7 +86,7 @@ class Control:
             ("POST", "/_awssim/seed"): lambda body: self.seed(body["snapshot_id"], Path(body["from_dir"])),
             ("POST", "/_awssim/foreign-bucket"): lambda body: self.foreign_bucket(
                 body["bucket"], body["account"], body["region"], body.get("policy"), body.get("requester_pays", False),
-                body.get("objects", {})),
+                body.get("objects", {}), body.get("objects_encryption")),
         }
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
@@ -127,9 +127,10 @@ class Control:
 
     @staticmethod
     def foreign_bucket(name: str, account: str, region: str, policy: str | None, requester_pays: bool,
-                       objects: dict[str, str]) -> None:
+                       objects: dict[str, str], objects_encryption: str | None) -> None:
         """A bucket of another account (whose keys no test holds), with its bucket policy if given, Requester Pays
-        if asked, and the objects (key -> text) its owner put there."""
+        if asked, and the objects (key -> text) its owner put there, under that server-side encryption (aws:kms:
+        the owner's AWS managed key) if given."""
         s3 = s3_backends[account]["aws"]
         bucket = s3.create_bucket(name, region)
         bucket_settling.settled(bucket)
@@ -138,7 +139,7 @@ class Control:
         if requester_pays:
             bucket.payer = "Requester"
         for key, text in objects.items():
-            s3.put_object(name, key, text.encode())
+            s3.put_object(name, key, text.encode(), encryption=objects_encryption)
 
     def seed(self, snapshot_id: str, source: Path) -> None:
         if not any(snapshot_id in ec2.snapshots for _, _, ec2 in backends.ec2_all()):

@@ -162,7 +162,7 @@ class AwsSimApp:
             return agent.handle(call, self.player)
         if call.service == "s3":
             return (bucket_owners.refusal(call) or bucket_settling.refusal(call) or access.s3_refusal(call)
-                    or s3_keys.state_refusal(call))
+                    or s3_keys.foreign_managed_key_refusal(call) or s3_keys.state_refusal(call))
         if call.service == "service-quotas":
             return self.quotas.handle(call)
         if call.service == "pricing":

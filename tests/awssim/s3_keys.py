@@ -8,7 +8,11 @@ kms:Decrypt (https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingKMSEncry
 https://docs.aws.amazon.com/AmazonS3/latest/API/API_CreateMultipartUpload.html). The AWS managed key's own policy
 allows every principal of the account through S3, so it needs no IAM permission; a customer managed key needs the
 caller's policies to allow it, with the condition keys kms:ViaService (s3.<the bucket's region>.amazonaws.com) and
-kms:EncryptionContext:aws:s3:arn (the object's ARN). PutBucketEncryption takes a key id without checking it: a call
+kms:EncryptionContext:aws:s3:arn (the object's ARN). The AWS managed key's policy cannot be changed, so another
+account's caller, whom a bucket policy lets read the bucket, may not read the objects under it: 403 AccessDenied
+(UsingKMSEncryption.html, "cross-account operations": a customer managed key's policy must allow them). A key an
+upload names without an ARN is the caller's account's; an object's is its bucket owner's (who put it, here).
+PutBucketEncryption takes a key id without checking it: a call
 under a key KMS does not know is refused (KMS.NotFoundException), as is one under a key that is not Enabled,
 whoever calls."""
 
@@ -58,6 +62,17 @@ def uses(call: AwsCall) -> list[tuple[str, str, dict[str, str]]]:
     context = {"kms:ViaService": f"s3.{_region(call)}.amazonaws.com",
                "kms:EncryptionContext:aws:s3:arn": f"arn:aws:s3:::{call.params['Bucket']}/{call.params.get('Key', '')}"}
     return [(action, arn, context) for action in {**UPLOADS, **DOWNLOADS, **PARTS}[call.action]]
+
+
+def foreign_managed_key_refusal(call: AwsCall) -> Response | None:
+    """S3's refusal of a download under another account's AWS managed key."""
+    if call.service != "s3" or call.action not in DOWNLOADS or "Bucket" not in call.params:
+        return None
+    key_id = _key_id(call)
+    key = _described(call, key_id) if key_id is not None else None
+    if key is not None and key.key_manager == "AWS" and key.account_id != call.account:
+        return error_response("s3", "AccessDenied", "Access Denied", 403)
+    return None
 
 
 def state_refusal(call: AwsCall) -> Response | None:
@@ -126,7 +141,9 @@ def _described(call: AwsCall, key_id: str) -> Any:
     """The key as KMS knows it in the bucket's region (a key ARN names its own), or None."""
     try:
         region = key_id.split(":")[3] if key_id.startswith("arn:") else _region(call)
-        account = key_id.split(":")[4] if key_id.startswith("arn:") else call.account
+        owner = s3_backends.bucket_accounts.get(call.params["Bucket"])
+        account = (key_id.split(":")[4] if key_id.startswith("arn:")
+                   else owner[1] if owner and call.action in DOWNLOADS else call.account)
         return kms_backends[account][region].describe_key(key_id)
     except Exception:  # noqa: BLE001 - moto's NotFound, a KeyError for an id it never saw, a malformed ARN
         return None

@@ -37,11 +37,16 @@ def dataset_size_gb(url: str, sizes: list[int]) -> int:
         missing = [folder for folder in folders if not fs.isdir(folder)]
         if missing:
             raise InputError(f"dataset folder(s) not found: {', '.join(missing)}")
-        total = sum(fs.du(folder) for folder in folders)
-    except PermissionError as refused:  # s3fs's word for S3's 403
+        sizes_by_file = {path: info["size"] for folder in folders
+                         for path, info in fs.find(folder, detail=True).items()}
+        if first := next((path for path, size in sizes_by_file.items() if size), None):
+            fs.cat_file(first, start=0, end=1)  # the objects' KMS key is used only to read one
+    except OSError as refused:  # s3fs's PermissionError for S3's 403; OSError for a KMS key's refusal
         raise InputError(f"{url} cannot be read with these credentials ({refused}): another account's bucket must "
-                         "allow this account s3:ListBucket and s3:GetObject in its bucket policy (the snapshot "
-                         "builder's role reads it too)") from None
+                         "allow this account s3:ListBucket and s3:GetObject in its bucket policy, and objects under "
+                         "a KMS key need a key it may use (not the owner's AWS managed key aws/s3, which no other "
+                         "account may); the snapshot builder's role reads them too") from None
+    total = sum(sizes_by_file.values())
     return max(10, math.ceil(total * HEADROOM / 2**30) + 5)
 
 
