@@ -1476,6 +1476,12 @@ def test_a_new_results_bucket_is_made_private_and_encrypted_once_s3_answers_for_
     assert s3.head_object(Bucket="imagenet18-new", Key="runs/a/code/imagenet18.tar.gz")["ContentLength"] > 0
 
 
+def test_a_snapshot_of_a_whole_bucket_is_refused(aws, tmp_path):
+    """Its resized copies would be another bucket's (`s3://datasets-sz/160`)."""
+    with pytest.raises(InputError, match=r"a folder in a bucket .* not the bucket s3://datasets itself"):
+        make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/", "x", sizes=[160])
+
+
 def test_a_snapshot_needs_the_dataset_to_exist(aws, tmp_path):
     aws.make_bucket("datasets")
     with pytest.raises(InputError, match="dataset folder.s. not found: datasets/imagenet"):
@@ -1681,10 +1687,15 @@ def test_a_machine_writes_and_reads_under_the_buckets_customer_managed_key_and_r
     bucket_under_key(aws, BUCKET, results_key)
     bucket_under_key(aws, "datasets", customer_managed_key(aws))
     s3.put_object(Bucket="datasets", Key="imagenet/train/n01/a.JPEG", Body=b"jpeg")
+    s3.put_object(Bucket="datasets", Key="imagenet-private/a.JPEG", Body=b"not the dataset")
     folder = "runs/test-run-role"
     script = f"""
 import fsspec
 fs = fsspec.filesystem("s3")
+try:
+    fs.cat("datasets/imagenet-private/a.JPEG")
+except PermissionError:
+    print("beside the dataset: refused")
 with fs.open("{BUCKET}/{folder}/checkpoints/checkpoint.pt", "wb", block_size=5 << 20) as checkpoint:
     checkpoint.write(b"c" * (6 << 20))  # past the 5 MiB block: a multipart upload, its parts under the key
 fs.pipe("{BUCKET}/{folder}/summary.json", b"{{}}")
@@ -1692,7 +1703,7 @@ print(len(fs.cat("{BUCKET}/{folder}/checkpoints/checkpoint.pt")), fs.cat("{BUCKE
 print(fs.cat("datasets/imagenet/train/n01/a.JPEG"))
 """
     assert printed_by_run_machine(aws, script, folder, readable=("s3://datasets/imagenet/",)) == [
-        f"{6 << 20} b'{{}}'", "b'jpeg'"]
+        "beside the dataset: refused", f"{6 << 20} b'{{}}'", "b'jpeg'"]
     head = s3.head_object(Bucket=BUCKET, Key=f"{folder}/summary.json")
     assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", results_key), "under the bucket's key"
     assert "-" in s3.head_object(Bucket=BUCKET, Key=f"{folder}/checkpoints/checkpoint.pt")["ETag"], \

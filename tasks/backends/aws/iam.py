@@ -31,7 +31,7 @@ def role_name(run_id: str) -> str:
 
 def ensure_instance_profile(clients: Clients, spec: ClusterSpec, bucket: str, prefix: str,
                             parameter_path: str, readable: tuple[str, ...] = (), parallel: int = 1) -> str:
-    """`readable`: more s3:// URLs the machines may read (the dataset the snapshot builder copies). The role,
+    """`readable`: more s3:// folders the machines may read (the dataset the snapshot builder copies). The role,
     the profile and the account lookup go at once; the policies and the profile's role once the role exists."""
     iam = clients.client("iam")
     name = role_name(spec.run_id)
@@ -132,7 +132,7 @@ def _storage_policy(region: str, account: str, bucket: str, prefix: str, paramet
         source_bucket, _, source_prefix = url.removeprefix("s3://").partition("/")
         policy["Statement"] += [
             {"Effect": "Allow", "Action": "s3:GetObject",
-             "Resource": f"arn:aws:s3:::{source_bucket}/{source_prefix.rstrip('/')}*"},
+             "Resource": f"arn:aws:s3:::{source_bucket}/{source_prefix.strip('/')}/*"},
             {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{source_bucket}"}]
     return policy
 

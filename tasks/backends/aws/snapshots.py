@@ -57,6 +57,10 @@ def make_snapshot(backend: AwsBackend, url: str, name: str, sizes: list[int], ma
     over (a build id of its own otherwise, left to its expiry)."""
     if not url.startswith("s3://"):
         raise InputError(f"the builder machine reads the dataset from s3://, not {url}")
+    url = url.rstrip("/")
+    if "/" not in url.removeprefix("s3://"):
+        raise InputError(f"the dataset is a folder in a bucket (s3://bucket/imagenet, its resized copies beside it in "
+                         f"imagenet-sz/<px>), not the bucket {url} itself")
     _check_tag_values(url, name, backend.options.dataset_folder)
     spec = ClusterSpec(run_id or f"snapshot-{uuid.uuid4().hex[:12]}", "snapshot-builder", 1, BUILDER_TYPE, False,
                        dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=max_hours))
@@ -108,7 +112,7 @@ def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: l
     folder = f"snapshots/{spec.run_id}"
     bucket = storage.bucket_name(clients, options.bucket)
     profile = ensure_instance_profile(clients, spec, bucket, folder, secrets.path(spec.run_id),
-                                      readable=(url.rstrip("/"),))
+                                      readable=(url, f"{url}-sz"))
     net = network.ensure_network(clients, spec, zone, options.subnet_id, options.ssh_cidr, backend.key_folder,
                                  options.parallel_calls)
     # before the volume is paid for: EC2 knows the new profile (IAM's changes take a while to reach it), and these
