@@ -450,6 +450,21 @@ def test_a_teardown_deletes_what_guardduty_put_in_the_runs_vpc_and_nothing_of_it
     assert [g["VpcId"] for g in groups] == [users["VpcId"]]
 
 
+def test_a_teardown_deletes_what_guardduty_put_in_the_runs_vpc_after_the_teardown_listed_it(aws, snapshot, tmp_path):
+    """When GuardDuty gets to a new VPC is not documented: here, as the run's machines are terminated, after the
+    teardown listed the run's resources (its subnet and VPC waited 15 minutes for the endpoint, then failed)."""
+    aws.guardduty_runtime_monitoring(lagging=True)
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-guarded-late", 1, "g5.xlarge")
+    backend.provision(spec, backend.replicate(spec, DATASET, 1))
+    ec2, managed = aws.client("ec2"), [{"Name": "tag:GuardDutyManaged", "Values": ["true"]}]
+    assert ec2.describe_vpc_endpoints(Filters=managed)["VpcEndpoints"] == [], "not yet"
+    backend.teardown("run-guarded-late")
+    assert aws_leftovers(aws, "run-guarded-late", tmp_path) == {}
+    [endpoint] = ec2.describe_vpc_endpoints(Filters=managed)["VpcEndpoints"]
+    assert endpoint["State"] == "deleted", "GuardDuty made one, and the teardown deleted it"
+
+
 def test_a_run_launches_into_its_placement_group_once_the_group_is_available(aws, snapshot, tmp_path):
     """A new placement group is pending a while, and EC2 refuses a launch into it meanwhile
     (InvalidPlacementGroup.Unknown); a teardown's group is deleting a while, its name still taken by it: a run

@@ -198,10 +198,11 @@ class AwsSim:
         """The most GetObject calls S3 has answered at once since the last reset."""
         return self._control("GET", "s3-reads")["most_at_once"]
 
-    def guardduty_runtime_monitoring(self, region: str = "us-east-1") -> None:
+    def guardduty_runtime_monitoring(self, region: str = "us-east-1", lagging: bool = False) -> None:
         """GuardDuty Runtime Monitoring on in the region, its agent managed for EC2: each VPC a machine runs in gets
-        GuardDuty's endpoint and security group (until the next reset)."""
-        self._control("POST", "guardduty-runtime-monitoring", {"region": region})
+        GuardDuty's endpoint and security group (until the next reset); `lagging`: only as its machines are
+        terminated."""
+        self._control("POST", "guardduty-runtime-monitoring", {"region": region, "lagging": lagging})
 
     def make_bucket(self, bucket: str, region: str = "us-east-1") -> Any:
         """A bucket of the account's as a user has one: made, and answering (made a while ago). Returns its

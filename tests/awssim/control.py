@@ -72,7 +72,7 @@ class Control:
                                                                    float(body["round_trip_s"])),
             ("GET", "/_awssim/s3-reads"): lambda body: {"most_at_once": self.player.s3_reads.most_at_once},
             ("POST", "/_awssim/guardduty-runtime-monitoring"): lambda body: self.player.guardduty.turn_on(
-                body["region"]),
+                body["region"], body.get("lagging", False)),
             ("POST", "/_awssim/placement"): lambda body: setattr(self.placement, "changing_s",
                                                                 float(body["changing_s"])),
             ("POST", "/_awssim/consistency"): lambda body: setattr(self.consistency, "window_s",

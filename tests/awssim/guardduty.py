@@ -5,7 +5,8 @@ only when Runtime Monitoring is turned off
 (https://docs.aws.amazon.com/guardduty/latest/ug/using-iac-with-gdu-automated-agents-runtime-monitoring.html).
 The endpoint's interface, which has the group, holds the subnet (network.delete_subnet_error) and the group
 (network.delete_security_group_error) until a while after the endpoint's deletion; the group holds the VPC
-(network.delete_vpc_error). Off unless a test turns it on."""
+(network.delete_vpc_error). When GuardDuty gets to a new VPC is not documented: `lagging` has it get there only as
+the machines are terminated, after a teardown listed the run's resources. Off unless a test turns it on."""
 
 import threading
 import uuid
@@ -23,11 +24,11 @@ ENDPOINT_DELETING_S = 2.0  # how long a deleted endpoint is "deleting", its inte
 class RuntimeMonitoring:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._regions: set[str] = set()  # where the account has it on
+        self._regions: dict[str, bool] = {}  # where the account has it on: whether GuardDuty lags there
 
-    def turn_on(self, region: str) -> None:
+    def turn_on(self, region: str, lagging: bool = False) -> None:
         with self._lock:
-            self._regions.add(region)
+            self._regions[region] = lagging
 
     def reset(self) -> None:
         with self._lock:
@@ -35,15 +36,23 @@ class RuntimeMonitoring:
 
     def record_launch(self, region: str, ec2_backend: Any) -> None:
         """After a launch: each VPC with a machine in it and no endpoint of GuardDuty's gets one."""
+        if self._regions.get(region) is False:
+            self._serve(region, ec2_backend, [i for i in backends.instances(ec2_backend)
+                                              if i.state not in ("shutting-down", "terminated")])
+
+    def record_termination(self, region: str, ec2_backend: Any, instance_ids: list[str]) -> None:
+        """Before a termination, where GuardDuty lags: the machines' VPCs get their endpoints now."""
+        if self._regions.get(region):
+            self._serve(region, ec2_backend, [i for i in backends.instances(ec2_backend) if i.id in instance_ids])
+
+    def _serve(self, region: str, ec2_backend: Any, instances: list[Any]) -> None:
         with self._lock:
-            if region not in self._regions:
-                return
             service = f"com.amazonaws.{region}.guardduty-data"
             served = {e.vpc_id for e in list(ec2_backend.vpc_end_points.values())
                       if e.service_name == service and e.state != "deleted"}
-            for instance in backends.instances(ec2_backend):
+            for instance in instances:
                 subnet = getattr(instance.nics.get(0), "subnet", None)
-                if subnet is None or subnet.vpc_id in served or instance.state in ("shutting-down", "terminated"):
+                if subnet is None or subnet.vpc_id in served:
                     continue
                 name = f"GuardDutyManagedSecurityGroup-{subnet.vpc_id}"  # one left by a deleted endpoint is reused
                 group = ec2_backend.get_security_group_from_name(name, subnet.vpc_id) or \

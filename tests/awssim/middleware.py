@@ -84,6 +84,9 @@ class AwsSimApp:
                     with self.player.s3_reads.answering():
                         return self.moto(environ, start_response)
                 return self.moto(environ, start_response)
+            if call.service == "ec2" and call.action == "TerminateInstances":
+                self.player.guardduty.record_termination(call.region, backends.ec2(call.account, call.region), [
+                    value for key, value in call.params.items() if key.startswith("InstanceId.")])
             state_filters = self.consistency.defer_state_filters(call, environ)
             status, headers, body = _forward(self.moto, environ)
         if status.startswith("2"):

@@ -37,6 +37,7 @@ NEEDS_GONE = {
 # (https://docs.aws.amazon.com/guardduty/latest/ug/using-iac-with-gdu-automated-agents-runtime-monitoring.html).
 # Those in the run's own VPC are the run's to delete; a user's VPC is never the run's, so never looked in.
 GUARDDUTY_TAG = {"Name": "tag:GuardDutyManaged", "Values": ["true"]}
+GUARDDUTY_KINDS = ("vpc-endpoint", "guardduty-group")
 ENDED_ENDPOINT_STATES = ("deleting", "deleted")
 
 # A snapshot build's snapshot while it is the build's: until it completes (then it is the dataset's, and untagged).
@@ -73,6 +74,13 @@ def _ec2_resources(clients: Clients, run_id: str | None) -> list[Resource]:
             item_tags = tags.as_dict(item.get("Tags"))
             found.append(Resource(kind, item[key], item_tags[tags.RUN], tags.expires(item_tags), {"raw": item}))
     return found + _guardduty_resources(clients, [r for r in found if r.kind == "vpc"])
+
+
+def with_guardduty_now(clients: Clients, found: list[Resource]) -> list[Resource]:
+    """`found`, with what GuardDuty has in its VPCs now: when GuardDuty gets to a new VPC is not documented, and may
+    be after `found` was listed."""
+    return [r for r in found if r.kind not in GUARDDUTY_KINDS] + _guardduty_resources(
+        clients, [r for r in found if r.kind == "vpc"])
 
 
 def _guardduty_resources(clients: Clients, vpcs: list[Resource]) -> list[Resource]:

@@ -34,6 +34,8 @@ def teardown(clients: Clients, run_id: str, key_folder: Path) -> list[Resource]:
             break
         failed: dict[str, Exception] = {}
         for kind in inventory.TEARDOWN_ORDER:
+            if kind == inventory.GUARDDUTY_KINDS[0] and "machine" not in failed:  # nothing brings more now
+                left = inventory.with_guardduty_now(clients, left)
             batch = [r for r in left if r.kind == kind]
             if not batch:
                 continue
