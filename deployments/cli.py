@@ -134,6 +134,9 @@ def parser() -> argparse.ArgumentParser:
     snapshot.add_argument("--from", dest="source", required=True, help="s3://bucket/imagenet (with -sz/ copies)")
     snapshot.add_argument("--name", default="imagenet18-backup", help="the snapshot's Name and description")
     snapshot.add_argument("--sizes", type=int, nargs="*", default=[160, 352], help="the -sz/<px> copies to include")
+    snapshot.add_argument("--max-hours", type=float,
+                          help="the builder ends itself after this: the copy and the snapshot together (6 unless "
+                               "given, at most 48)")
     snapshot.set_defaults(backend="aws")
     _aws_options(snapshot)
     doctor = sub.add_parser("doctor", help="check this account for a run (aws): one table, nothing created")
@@ -252,7 +255,8 @@ def _replicate(args: argparse.Namespace) -> int:
 def _snapshot(args: argparse.Namespace) -> int:
     from flows.snapshot import snapshot
 
-    snapshot_id = snapshot(source=args.source, name=args.name, sizes=args.sizes, aws=_aws(args))
+    snapshot_id = snapshot(source=args.source, name=args.name, sizes=args.sizes, aws=_aws(args),
+                           **({} if args.max_hours is None else {"max_hours": args.max_hours}))
     print(f"snapshot {snapshot_id} ({args.name}) is ready: imagenet18 run --backend aws --dataset {args.name}")
     return 0
 

@@ -1497,6 +1497,20 @@ def test_a_snapshot_of_a_whole_bucket_is_refused(aws, tmp_path):
         make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/", "x", sizes=[160])
 
 
+@pytest.mark.parametrize("max_hours, message", [
+    (72, r"^max_hours=72: a build takes more than 0 and at most 48 h \(SSM's bound on its copy's command\)$"),
+    (0.001, r"^copying about 10 GiB onto the builder's disk takes 0.0057 h or more at its 500 MiB/s, over the "
+            r"build's max_hours=0.001: raise --max-hours$"),
+], ids=["over SSM's bound", "shorter than the copy"])
+def test_a_snapshot_build_that_could_not_end_in_its_max_hours_is_refused_before_anything_exists(
+        aws, tmp_path, max_hours, message):
+    dataset_in_s3(aws)
+    with pytest.raises(InputError, match=message):
+        make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160],
+                      max_hours=max_hours)
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
 def test_a_snapshot_needs_the_dataset_to_exist(aws, tmp_path):
     aws.make_bucket("datasets")
     with pytest.raises(InputError, match="dataset folder.s. not found: datasets/imagenet"):

@@ -10,7 +10,7 @@ import math
 import time
 import uuid
 
-from tasks.backends.aws import machines, network, network_quotas, quotas, secrets, storage, tags, volumes
+from tasks.backends.aws import jobs, machines, network, network_quotas, quotas, secrets, storage, tags, volumes
 from tasks.backends.aws.backend import TEARDOWN_TIME, AwsBackend
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.waiting import waiter_config
@@ -24,6 +24,7 @@ BUILDER_IOPS, BUILDER_MIBPS = 6000, 500  # its disk's: a gp3 of at least 12 GiB 
 BUILDER_USD_PER_HOUR = 0.68  # its us-east-1 on-demand list price, for plans that include a build
 COPY_JOB = "copy"
 HEADROOM = 1.2
+BUILD_HOURS = 6.0  # a build's max_hours unless asked: the copy and the snapshot together
 BUILDER_NAME = "{}-builder"  # its volume's Name: the snapshot's name, and this
 TAG_VALUE_MAX = 256  # EC2's (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Using_Tags.html#tag-restrictions)
 BUILD_LOGS = "/mnt/data/.imagenet18-build"  # the copy's log stays on the snapshot, as its provenance
@@ -50,7 +51,7 @@ def dataset_size_gb(url: str, sizes: list[int]) -> int:
     return max(10, math.ceil(total * HEADROOM / 2**30) + 5)
 
 
-def make_snapshot(backend: AwsBackend, url: str, name: str, sizes: list[int], max_hours: float = 6.0,
+def make_snapshot(backend: AwsBackend, url: str, name: str, sizes: list[int], max_hours: float = BUILD_HOURS,
                   poll_seconds: float = 5.0, run_id: str | None = None) -> str:
     """Returns the new snapshot's id; everything else the builder made is deleted, whatever happens. What it makes
     carries `run_id`: the snapshot flow's run, by whose state the cleanup tells that a build killed meanwhile is
@@ -61,10 +62,16 @@ def make_snapshot(backend: AwsBackend, url: str, name: str, sizes: list[int], ma
     if "/" not in url.removeprefix("s3://"):
         raise InputError(f"the dataset is a folder in a bucket (s3://bucket/imagenet, its resized copies beside it in "
                          f"imagenet-sz/<px>), not the bucket {url} itself")
+    if not 0 < max_hours <= jobs.MAX_COMMAND_HOURS:
+        raise InputError(f"max_hours={max_hours:g}: a build takes more than 0 and at most {jobs.MAX_COMMAND_HOURS} h "
+                         "(SSM's bound on its copy's command)")
     _check_tag_values(url, name, backend.options.dataset_folder)
     spec = ClusterSpec(run_id or f"snapshot-{uuid.uuid4().hex[:12]}", "snapshot-builder", 1, BUILDER_TYPE, False,
                        dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=max_hours))
     size_gb = dataset_size_gb(url, sizes)
+    if (copy_hours := size_gb * 1024 / BUILDER_MIBPS / 3600) > max_hours:
+        raise InputError(f"copying about {size_gb} GiB onto the builder's disk takes {copy_hours:.2g} h or more at its "
+                         f"{BUILDER_MIBPS} MiB/s, over the build's max_hours={max_hours:g}: raise --max-hours")
     zone, image = _check(backend, spec)
     try:
         return _build(backend, spec, url, name, sizes, size_gb, zone, image, poll_seconds)
