@@ -450,6 +450,23 @@ def test_a_teardown_deletes_what_guardduty_put_in_the_runs_vpc_and_nothing_of_it
     assert [g["VpcId"] for g in groups] == [users["VpcId"]]
 
 
+def test_guarddutys_endpoint_stays_while_a_machine_of_the_run_would_not_go(aws, snapshot, tmp_path):
+    """GuardDuty's agent on the machine that stays sends through the endpoint."""
+    aws.guardduty_runtime_monitoring()
+    backend = AwsBackend(options(), home=tmp_path)
+    spec = cluster_spec("run-guarded-stuck", 1, "g5.xlarge")
+    backend.provision(spec, backend.replicate(spec, DATASET, 1))
+    aws.add_fault("ec2", "TerminateInstances", "UnauthorizedOperation", status=403, label="stuck")
+    with pytest.raises(BackendError, match="could not delete its machine, .*vpc-endpoint"):
+        backend.teardown("run-guarded-stuck")
+    managed = [{"Name": "tag:GuardDutyManaged", "Values": ["true"]}]
+    assert [e["State"].lower() for e in aws.client("ec2").describe_vpc_endpoints(Filters=managed)["VpcEndpoints"]] == [
+        "available"]
+    aws.clear_faults()
+    backend.teardown("run-guarded-stuck")
+    assert aws_leftovers(aws, "run-guarded-stuck", tmp_path) == {}
+
+
 def test_a_teardown_deletes_what_guardduty_put_in_the_runs_vpc_after_the_teardown_listed_it(aws, snapshot, tmp_path):
     """When GuardDuty gets to a new VPC is not documented: here, as the run's machines are terminated, after the
     teardown listed the run's resources (its subnet and VPC waited 15 minutes for the endpoint, then failed)."""
