@@ -846,7 +846,7 @@ def test_spot_p5_machines_are_checked_against_their_own_quota(aws):
     ({"setup": second_snapshot}, f"'{DATASET}' matches 2 snapshots"),
     ({"options": {"ami": "ami-00000000"}}, "AMI ami-00000000 not found"),
     ({"options": {"ami": UBUNTU_2404.image_id}}, r"AMI ami-\w+ \(Deep Learning Base OSS Nvidia Driver GPU AMI \(Ubuntu "
-     r"24.04\) \d+\) is Ubuntu 24.04: the machines' boot installs Python 3.11 from Ubuntu 22.04's archive"),
+     r"24.04\) \d+\) is Ubuntu 24.04: the machines' boot is made for Ubuntu 22.04; use a Deep Learning Base AMI"),
     ({"options": {"volume_type": "io1", "iops": 70000}}, "io1 volumes allow at most 64,000 IOPS"),
     ({"options": {"volume_type": "gp3", "iops": 3000}}, r"^gp3 volumes allow at most 0.25 MiB/s of throughput per "
      r"IOPS: aws.throughput_mbps=1000 needs aws.iops=4000 or more, and aws.iops=3000 allows aws.throughput_mbps=750 "
@@ -1636,7 +1636,8 @@ def test_a_snapshot_builder_whose_role_may_not_be_passed_is_refused_before_its_v
 
 
 @pytest.mark.parametrize("given,message", [
-    ({"ami": UBUNTU_2404.image_id}, r"^AMI ami-\w+ \(.*\) is Ubuntu 24.04: the machines' boot installs Python 3.11"),
+    ({"ami": UBUNTU_2404.image_id}, r"^AMI ami-\w+ \(.*\) is Ubuntu 24.04: the machines' boot is made for Ubuntu "
+                                    r"22.04"),
     ({"subnet_id": "subnet-0123456789abcdef0"}, r"^subnet subnet-0123456789abcdef0 not found"),
     ({"credentials_for_hours": 1}, r"^these AWS credentials expire at .* before the snapshot build \(at most 6 h\) "
                                    r"and its teardown would end .*: use credentials boto3 renews .*, or new ones that "

@@ -68,8 +68,8 @@ LISTS_LOCKED = "E: Could not get lock /var/lib/apt/lists/lock. It is held by pro
 NOT_FOUND = "E: Unable to locate package python3.99"
 HASHES_DIFFER = "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE."
 DISK_FULL = "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device"
-MIRROR_HICCUP = ("E: Failed to fetch http://us-east-1.ec2.archive.ubuntu.com/ubuntu/pool/universe/p/python3.11/"
-                 "python3.11-dev_3.11.0~rc1-1~22.04_amd64.deb  Hash Sum mismatch")
+MIRROR_HICCUP = ("E: Failed to fetch https://ppa.launchpadcontent.net/deadsnakes/ppa/ubuntu/pool/main/p/python3.11/"
+                 "python3.11-dev_3.11.15-1+jammy1_amd64.deb  Hash Sum mismatch")
 UPDATE, APT_INSTALL = 'retrying 60 "$apt_again" apt-get -q -o', 'retrying 60 "$apt_again" apt-get -q -y'
 INSTALL = 'retrying 3 "$cut_off" /opt/imagenet18/.venv/bin/pip install'
 

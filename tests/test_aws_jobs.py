@@ -9,7 +9,7 @@ import pytest
 from tasks import stages
 from tasks.backends.aws import AwsBackend, jobs
 from tasks.backends.base import BackendError
-from tests.awssim.images import UBUNTU_2204, UBUNTU_2404, UNDESCRIBED
+from tests.awssim.images import UBUNTU_2204, UNDESCRIBED
 from tests.leftovers import aws_leftovers
 from tests.aws_runs import DATASET, cluster_spec, finished, options
 
@@ -162,18 +162,21 @@ def test_a_machine_interrupted_as_a_poll_reads_it_is_lost_with_ec2s_reason(aws, 
 
 
 def test_a_machine_whose_boot_failed_fails_its_job_with_the_cause(aws, snapshot, tmp_path):
-    """Ubuntu 24.04's archive has no Python 3.11: user-data stops before the project's venv exists, as it would on
-    a real machine; the job says so with the end of the machine's boot log, which nothing else reads."""
-    backend, cluster = provisioned(aws, tmp_path, "run-no-python", 1, ami=UBUNTU_2404.image_id)
+    """A machine that cannot reach the deadsnakes PPA's keyserver has no Python 3.11: user-data stops before the
+    project's venv exists, as it would on a real machine; the job says so with the end of the machine's boot log,
+    which nothing else reads."""
+    aws.make_unreachable("keyserver.ubuntu.com")
+    backend, cluster = provisioned(aws, tmp_path, "run-no-python", 1)
     machine = cluster.machines[0]
     [booted] = [m for m in aws.machines() if m["instance_id"] == machine.id]
-    assert booted["user_data_check"] == "boot failed: E: Unable to locate package python3.11"
+    unreachable = "curl: (28) Failed to connect to keyserver.ubuntu.com port 443 after 30001 ms: Timeout was reached"
+    assert booted["user_data_check"] == f"boot failed: {unreachable}"
     backend.launch(cluster, {0: [cluster.python, "-c", "print('trained')"]}, "train")
     status = finished(backend, cluster, "train", timeout_s=60)
     assert status.failed == {0: 3}, status
-    assert status.causes[0] == (f"its SSM command on {machine.id} ended Failed (code 3): E: Unable to locate "
-                                "package python3.11 / error: this machine's first boot (its user data) failed; "
-                                "above, the end of its cloud-init output log")
+    assert status.causes[0] == (f"its SSM command on {machine.id} ended Failed (code 3): {unreachable} / error: "
+                                "this machine's first boot (its user data) failed; above, the end of its cloud-init "
+                                "output log")
     backend.teardown("run-no-python")
 
 

@@ -1059,13 +1059,17 @@ def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):
     assert Path(aws.root / "instances" / timer / "user-data").read_text().startswith("#!/bin/bash")
 
 
+NO_DEADSNAKES = "https://ppa.launchpadcontent.net/deadsnakes/ppa/ubuntu"  # the PPA's source, replaced: not added
+
+
 def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_project(aws):
     """user-data read against its AMI's facts: the project's install needs an interpreter inside its Requires-Python,
     with its venv module, and the EFS mount needs nfs-common; what the AMI lacks must be installed first, from what
     its archive has, asking again while the image's first-boot apt-daily holds the package lists; the project's
     install asks again after a download cut off. A machine whose
     boot failed has no venv: a job's python is not found there; one whose Python has no C headers fails
-    torch.compile's first GPU kernel."""
+    torch.compile's first GPU kernel, and one whose Python is Ubuntu 22.04's own python3.11, a release candidate
+    (not the deadsnakes PPA's final release), segfaults there."""
     ec2, ssm = aws.client("ec2"), aws.client("ssm")
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
     spec = ClusterSpec("run-boot", "boot", 1, "g5.xlarge", False, expires)
@@ -1077,7 +1081,8 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
         (UBUNTU_2204, {"python3.11 -m venv": "python3 -m venv", "python3.11-venv": "python3-venv"},
          "requires a different Python: 3.10.12 not in '>=3.11,<3.12'"),
         (UBUNTU_2204, {" nfs-common": ""}, "mount.nfs4 helper program (nfs-common is not installed)"),
-        (UBUNTU_2404, {}, "E: Unable to locate package python3.11"),
+        (UBUNTU_2404, {}, "ok"),  # the deadsnakes PPA has 3.11 for 24.04 too
+        (UBUNTU_2404, {NO_DEADSNAKES: "https://example.com/ubuntu"}, "E: Unable to locate package python3.11"),
         (UBUNTU_2204, {'retrying 60 "$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 update': "apt-get -q update"},
          "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1093 (apt-get)"),  # apt-daily's
         (UBUNTU_2204, {'retrying 60 "$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 update':
@@ -1097,6 +1102,7 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
         (UBUNTU_2204, {"retrying() {": "retrying_once() {"}, "retrying: command not found"),
         (UBUNTU_2204, {"restart_hibernating_agent </dev/null":  # used before its definition has run
                        'retrying 2 "" true\nrestart_hibernating_agent </dev/null'}, "retrying: command not found"),
+        (UBUNTU_2204, {NO_DEADSNAKES: "https://example.com/ubuntu"}, "ok"),  # boots, with 3.11.0rc1
         (UBUNTU_2204, {" python3.11-dev": ""}, "ok"),  # boots, but its Python has no C headers
     ]
     launched = []
@@ -1115,12 +1121,16 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
     assert (ran[booted]["Status"], ran[booted]["StandardOutputContent"]) == ("Success", "42\n")
     assert (ran[failed]["Status"], ran[failed]["ResponseCode"]) == ("Failed", 127)
     assert "not found" in ran[failed]["StandardErrorContent"]
-    # torch.compile on a GPU: Triton builds its launchers against Python.h, which only python3.11-dev brings.
-    headless = launched[-1]
-    ran = run_everywhere(aws, ssm, [booted, headless], "/opt/imagenet18/.venv/bin/python -c 'print(42)' --compile")
+    # torch.compile on a GPU: Triton builds its launchers against Python.h, which only python3.11-dev brings, and
+    # its compiler segfaults on a release candidate of Python.
+    candidate, headless = launched[-2:]
+    ran = run_everywhere(aws, ssm, [booted, candidate, headless],
+                         "/opt/imagenet18/.venv/bin/python -c 'print(42)' --compile")
     assert (ran[booted]["Status"], ran[booted]["StandardOutputContent"]) == ("Success", "42\n")
     assert (ran[headless]["Status"], ran[headless]["ResponseCode"]) == ("Failed", 1)
     assert "fatal error: Python.h: No such file or directory" in ran[headless]["StandardErrorContent"]
+    assert (ran[candidate]["Status"], ran[candidate]["ResponseCode"]) == ("Failed", 139)
+    assert "Segmentation fault" in ran[candidate]["StandardErrorContent"]
 
 
 def test_ec2_quotas_are_answered_by_service_quotas_and_enforced_at_the_launch_not_in_a_dry_run(aws):

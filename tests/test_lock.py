@@ -62,9 +62,10 @@ def test_the_readme_ci_and_the_machines_install_from_the_lock():
     assert shipped == (ROOT / "requirements.lock").read_text(), "the machines get the lock with the code"
 
 
-# The Pythons the locks are installed with: the machines' (Ubuntu 22.04's python3.11, user-data), Debian 12's,
-# and this one. A dependency some of them need and another does not (a marker on python_full_version) is locked.
-PYTHONS = (UBUNTU_2204.archive["python3.11"], "3.11.2", platform.python_version())
+# The Pythons the locks are installed with: the machines' (the deadsnakes PPA's python3.11, user-data), Debian
+# 12's, and this one. A dependency some of them need and another does not (a marker on python_full_version) is
+# locked.
+PYTHONS = (UBUNTU_2204.deadsnakes["python3.11"], "3.11.2", platform.python_version())
 
 
 def test_each_lock_holds_every_dependency_of_what_it_locks_on_each_python_3_11():

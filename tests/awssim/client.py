@@ -189,6 +189,11 @@ class AwsSim:
         self._control("POST", "block-public-access", {
             "region": region, "mode": mode, "exclusions": exclusions or {}, "exclusions_allowed": exclusions_allowed})
 
+    def make_unreachable(self, *hosts: str) -> None:
+        """Machines launched from now on cannot reach these hosts (until the next reset): a boot's download from one
+        fails, asked again or not."""
+        self._control("POST", "unreachable", {"hosts": list(hosts)})
+
     def set_s3_round_trip(self, seconds: float) -> None:
         """S3 answers each GetObject this long after it is asked, as AWS does in tens of milliseconds (until the
         next reset, which makes it 0)."""

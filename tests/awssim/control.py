@@ -68,6 +68,7 @@ class Control:
             ("POST", "/_awssim/local-zone"): lambda body: self.player.local_zone_regions.add(body["region"]),
             ("POST", "/_awssim/block-public-access"): lambda body: self.player.public_access.turn_on(
                 body["region"], body["mode"], body["exclusions"], body["exclusions_allowed"]),
+            ("POST", "/_awssim/unreachable"): lambda body: self.player.unreachable_hosts.update(body["hosts"]),
             ("POST", "/_awssim/s3-round-trip"): lambda body: setattr(self.player.s3_reads, "round_trip_s",
                                                                    float(body["round_trip_s"])),
             ("GET", "/_awssim/s3-reads"): lambda body: {"most_at_once": self.player.s3_reads.most_at_once},

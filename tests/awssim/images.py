@@ -4,12 +4,14 @@
 The Python facts are from AWS's release notes of the DLAMIs (python_location: /usr/bin/python3.10 on 22.04, e.g.
 https://docs.aws.amazon.com/dlami/latest/devguide/aws-deep-learning-ami-gpubasesinglecuda-ul2204-2026-01-02.html,
 /usr/bin/python3.12 on 24.04) and Ubuntu's archive (jammy-updates/universe has python3.11, python3.11-venv and
-python3.11-dev, 3.11.0~rc1-1~22.04.1; noble has no python3.11). Packages the notes do not list, such as
+python3.11-dev, 3.11.0~rc1-1~22.04.1; noble has no python3.11), and the deadsnakes PPA's for each release (3.11's
+final releases: 3.11.15 in 2026, as intel/intel-xpu-backend-for-triton#6607 installed on Ubuntu 22.04, which apt
+prefers to the archive's release candidate). Packages the notes do not list, such as
 nfs-common and the Pythons' C headers (python3.X-dev), are taken to be absent: a script that needs one installs
 it. Their EFA software (libfabric under /opt/amazon/efa, AWS's OFI NCCL plugin) is installed, off the library
 path."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from moto.core.utils import utcnow
 from moto.ec2.models.amis import Ami, AmiBackend
@@ -30,6 +32,10 @@ class ImageFacts:
     installed: frozenset[str]  # Debian packages a script may use as they are
     archive: dict[str, str]  # what `apt-get install` finds: package -> version (a Python's for an interpreter)
     ofi_nccl: str | None = None  # the folder of AWS's OFI NCCL plugin (libnccl-net.so), off the library path
+    deadsnakes: dict[str, str] = field(default_factory=dict)  # what the deadsnakes PPA adds for the release
+
+
+DEADSNAKES_311 = {"python3.11": "3.11.15", "python3.11-venv": "3.11.15", "python3.11-dev": "3.11.15"}
 
 
 UBUNTU_2204 = ImageFacts(
@@ -38,13 +44,13 @@ UBUNTU_2204 = ImageFacts(
     frozenset({"python3", "python3.10", "awscli", "cloud-init"}),
     {"python3.11": "3.11.0rc1", "python3.11-venv": "3.11.0rc1", "python3.11-dev": "3.11.0rc1",
      "python3.10-venv": "3.10.12", "python3.10-dev": "3.10.12", "python3-venv": "3.10.12",
-     "nfs-common": "1:2.6.1-1ubuntu1.2"}, OFI_NCCL)
+     "nfs-common": "1:2.6.1-1ubuntu1.2"}, OFI_NCCL, DEADSNAKES_311)
 UBUNTU_2404 = ImageFacts(
     "ami-0d1a2404ba5e00001", "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04) 20261120",
     PARAMETER_PREFIX + "base-oss-nvidia-driver-gpu-ubuntu-24.04/latest/ami-id", "3.12.3",
     frozenset({"python3", "python3.12", "awscli", "cloud-init"}),
     {"python3.12-venv": "3.12.3", "python3.12-dev": "3.12.3", "python3-venv": "3.12.3",
-     "nfs-common": "1:2.6.4-3ubuntu5.1"}, OFI_NCCL)
+     "nfs-common": "1:2.6.4-3ubuntu5.1"}, OFI_NCCL, DEADSNAKES_311)
 IMAGES = {image.image_id: image for image in (UBUNTU_2204, UBUNTU_2404)}
 # SSM's agent on Ubuntu's images (these and Canonical's own) is a snap, so its systemd unit is the snap's
 # (https://docs.aws.amazon.com/systems-manager/latest/userguide/agent-install-ubuntu-64-snap.html); the deb's and

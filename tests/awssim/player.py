@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from moto.ec2.models.instances import InstanceState, StateReason
+from packaging.version import Version
 
 from . import access, backends, encryption, gpus, images, network
 from .backends import RUN_TAG
@@ -51,9 +52,23 @@ NO_HEADERS_ERROR = ("/tmp/tmp0c2u5r1x/cuda_utils.c:5:10: fatal error: Python.h: 
                     "compilation terminated.\ntorch._inductor.exc.InductorError: CalledProcessError: Command "
                     "'['/usr/bin/gcc', '/tmp/tmp0c2u5r1x/cuda_utils.c', '-O3', '-shared', '-fPIC', ...]' returned "
                     "non-zero exit status 1.\n")
+SEGFAULT_ERROR = ("Fatal Python error: Segmentation fault\n\nCurrent thread 0x00007f1d2c9ff640 (most recent call "
+                  "first):\n  File \"/opt/imagenet18/.venv/lib/python3.11/site-packages/triton/compiler/compiler.py\", "
+                  "line 297 in compile\nSegmentation fault (core dumped)\n")
 # SSM keeps this much of an invocation's output for GetCommandInvocation.
 STDOUT_LIMIT, STDERR_LIMIT = 24000, 8000
 DEFAULT_EXECUTION_TIMEOUT_S = 3600.0  # AWS-RunShellScript's executionTimeout when none is sent
+
+
+def _compile_failure(user_data: UserData) -> tuple[int, str] | None:
+    """(exit code, stderr) of torch.compile's first GPU kernel where it fails: Triton builds its launcher, a C file
+    including Python.h, with gcc; and its compiler segfaults on a release candidate of Python, such as Ubuntu
+    22.04's python3.11 (intel/intel-xpu-backend-for-triton#6607)."""
+    if user_data.python_headers is False:
+        return 1, NO_HEADERS_ERROR
+    if user_data.python_version and Version(user_data.python_version).is_prerelease:
+        return 139, SEGFAULT_ERROR
+    return None
 
 
 def _boot_record(scratch: Path, user_data: UserData, booted_at: float) -> dict[str, str]:
@@ -173,6 +188,7 @@ class Player:
         self.public_access = PublicAccessBlocks()  # VPC Block Public Access, where a test turns it on
         self.guardduty = RuntimeMonitoring()  # GuardDuty's endpoints in VPCs with machines, where a test turns it on
         self.s3_reads = S3Reads()  # their round trip, where a test sets one, and the most at once
+        self.unreachable_hosts: set[str] = set()  # hosts the machines seen from now on cannot reach
 
     def start(self) -> None:
         threading.Thread(target=gpus.arch_flags, name="awssim-arch-flags", daemon=True).start()  # seconds: early
@@ -233,6 +249,7 @@ class Player:
             self.public_access.reset()
             self.guardduty.reset()
             self.s3_reads.reset()
+            self.unreachable_hosts.clear()
 
     def end_launches(self, instance_type: str, machines: int, code: str) -> None:
         if code not in LAUNCH_ENDS:
@@ -253,7 +270,7 @@ class Player:
             if instance_id not in self._machines and instance.state in ALIVE:
                 user_data = inspect(str(instance.user_data) if instance.user_data else None,
                                     self.root / "instances" / instance_id / "user-data",
-                                    images.facts(instance.image_id), self.repo)
+                                    images.facts(instance.image_id), self.repo, frozenset(self.unreachable_hosts))
                 delay = user_data.shutdown_after_s
                 shutdown_at = None if delay is None else time.time() + delay
                 self._machines[instance_id] = Machine(instance_id, user_data, shutdown_at,
@@ -405,12 +422,11 @@ class Player:
             (folder / "stderr").write_text(error)
             self._finish(played, 1)
             return
-        if (MACHINE_VENV in script and COMPILED.search(script) and gpus.gpu(instance.instance_type)
-                and self._machines[instance_id].user_data.python_headers is False):
-            # torch.compile's first GPU kernel: Triton builds its launcher, a C file including Python.h, with gcc.
+        if MACHINE_VENV in script and COMPILED.search(script) and gpus.gpu(instance.instance_type) and (
+                failure := _compile_failure(self._machines[instance_id].user_data)):
             (folder / "stdout").touch()
-            (folder / "stderr").write_text(NO_HEADERS_ERROR)
-            self._finish(played, 1)
+            (folder / "stderr").write_text(failure[1])
+            self._finish(played, failure[0])
             return
         # As the agent runs AWS-RunShellScript: the commands, one a line, in an executable file that `sh -c` runs
         # (dash on Ubuntu and here), so the kernel honours a #! line and dash runs a script without one.

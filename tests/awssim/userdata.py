@@ -1,6 +1,7 @@
 """Instance user-data: not run (it mounts disks and installs the project on a real machine), only checked with `-n` by
 the shell its #! line names, read line by line against its image's facts for what would stop its boot on a real
-machine (a package apt cannot find, a tool whose package is missing, an interpreter outside the project's
+machine (a package apt cannot find, in the image's archive or a PPA the script adds, a download from a host the
+machine cannot reach, a tool whose package is missing, an interpreter outside the project's
 Requires-Python, a hashed lock that lacks a dependency the machine's Python needs, an `apt-get update` not asked again
 on the words it fails with while the image's own first-boot apt-daily holds the package lists' lock, a hashed install
 not asked again on a download the network cuts short, an unset variable under `set -u`), and searched for a shutdown
@@ -30,8 +31,9 @@ class UserData:
     check: str  # "ok", "none", "skipped: <why>", bash -n's complaint, or "boot failed: <what a machine says>"
     shutdown_after_s: float | None  # seconds after launch; None when no timer was found
     # Whether the venv's Python has its C headers (python3.X-dev), which Triton's build of its GPU launchers
-    # needs; None where no venv of a known image was made.
+    # needs, and its version; None where no venv of a known image was made.
     python_headers: bool | None = None
+    python_version: str | None = None
     restarted_units: frozenset[str] = frozenset()  # systemd units it restarts (a snap's service as its unit)
 
     @property
@@ -46,9 +48,10 @@ def decode(encoded: str) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def inspect(encoded: str | None, save_as: Path, image: ImageFacts | None, project: Path) -> UserData:
-    """Save the decoded script, check its syntax and, on an image with known facts, its boot; find its shutdown
-    timer."""
+def inspect(encoded: str | None, save_as: Path, image: ImageFacts | None, project: Path,
+            unreachable: frozenset[str] = frozenset()) -> UserData:
+    """Save the decoded script, check its syntax and, on an image with known facts, its boot (`unreachable`: hosts
+    the machine cannot reach); find its shutdown timer."""
     if not encoded:
         return UserData("none", None)
     text = decode(encoded)
@@ -58,9 +61,9 @@ def inspect(encoded: str | None, save_as: Path, image: ImageFacts | None, projec
     if not shell:
         return UserData("skipped: not a shell script", None)
     result = subprocess.run([shell[1], "-n", str(save_as)], capture_output=True, text=True)
-    failure, headers = boot(text, image, project) if image else (None, None)
+    failure, headers, version = boot(text, image, project, unreachable) if image else (None, None, None)
     check = result.stderr.strip() if result.returncode else f"boot failed: {failure}" if failure else "ok"
-    return UserData(check, shutdown_timer_s(text), headers, restarted_units(text))
+    return UserData(check, shutdown_timer_s(text), headers, version, restarted_units(text))
 
 
 APT_INSTALL = re.compile(r"\bapt(?:-get)?\b[^\n;&|]*?\binstall\b([^\n;&|]*)")
@@ -72,9 +75,14 @@ RETRYING = re.compile(r"^\s*retrying\s+(\d+)\s+(\"[^\"]*\"|'[^']*'|\S+)\s+(.*)$"
 NO_UNSET = re.compile(r"^\s*set\s+-[a-zA-Z]*u", re.M)  # bash's -u: an unset variable's expansion ends the script
 DEFINES_RETRYING = re.compile(r"^\s*(?:function\s+)?retrying\s*\(\)")
 ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_]\w*)=(\"[^\"$`]*\"|'[^']*'|[^\s\"'$`;&|]*)\s*$")
+LOOP_WORD = re.compile(r"^\s*(?:for|while|until)\b")  # a loop's download may fail: it is a probe's
 LOOP_STARTS, LOOP_ENDS = re.compile(r"^\s*(?:for|while|until)\b(?!.*\bdone\b)"), re.compile(r"^\s*done\b")
 # What apt-get update answers while another apt holds the package lists (the process: apt-daily's).
 LISTS_LOCKED = "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1093 (apt-get)"
+# A line that adds the deadsnakes PPA to apt's sources (its package lists come with the next update).
+DEADSNAKES_SOURCE = re.compile(r"ppa\.launchpad(?:content)?\.net/deadsnakes/ppa/ubuntu|add-apt-repository\b[^\n]*"
+                               r"\bppa:deadsnakes/ppa")
+CURL_HOST = re.compile(r"\bcurl\b[^\n]*?https?://([\w.-]+)")  # the host a curl command downloads from
 VENV = re.compile(r"(?<![\w/.-])(?:/usr/bin/)?(python3(?:\.\d+)?)\s+-m\s+venv\b")
 NFS_MOUNT = re.compile(r"\bmount\b[^\n]*\s-t\s+nfs4?\b|\bmount\.nfs4?\b")
 HASHED_INSTALL = re.compile(r"\bpip install\b[^\n]*--require-hashes -r (\S+)")
@@ -89,24 +97,27 @@ HASHES_DIFFER = ("ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIRE
 LOCK_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", re.M)
 
 
-def boot(script: str, image: ImageFacts, project: Path) -> tuple[str | None, bool | None]:
+def boot(script: str, image: ImageFacts, project: Path, unreachable: frozenset[str] = frozenset()
+         ) -> tuple[str | None, bool | None, str | None]:
     """What stops the script first on a machine of `image` (each step needs what the steps before it installed),
     in the words the machine's log would have (None when nothing does), and whether the Python of the venv it
-    makes has its C headers (None: no venv). `project`: the source user-data installs."""
+    makes has its C headers, and its version (None: no venv). `project`: the source user-data installs;
+    `unreachable`: hosts the machine cannot reach."""
     requires_python = tomllib.loads((project / "pyproject.toml").read_text())["project"]["requires-python"]
     packages, venvs = set(image.installed), []
-    failure = _first_failure(script, image, project, requires_python, packages, venvs)
+    failure = _first_failure(script, image, project, requires_python, packages, venvs, unreachable)
     if not venvs:
-        return failure, None
-    return failure, f"python{'.'.join(venvs[-1].split('.')[:2])}-dev" in packages
+        return failure, None, None
+    return failure, f"python{'.'.join(venvs[-1].split('.')[:2])}-dev" in packages, venvs[-1]
 
 
 def _first_failure(script: str, image: ImageFacts, project: Path, requires_python: str, packages: set[str],
-                   venvs: list[str]) -> str | None:
+                   venvs: list[str], unreachable: frozenset[str]) -> str | None:
     """The first step that fails, adding what each step installs to `packages` and each venv's Python's
     version to `venvs`."""
     venv_python, loops, variables, retrying_defined = None, 0, {}, False
-    for line in script.splitlines():
+    archive, deadsnakes = dict(image.archive), False  # what apt finds: the image's archive, and the PPA once updated
+    for line in script.replace("\\\n", " ").splitlines():  # continued lines joined
         line = line.split("#", 1)[0] if not line.startswith("#!") else ""
         loops = max(0, loops + bool(LOOP_STARTS.match(line)) - bool(LOOP_ENDS.match(line)))
         if assignment := ASSIGNMENT.match(line):
@@ -119,21 +130,28 @@ def _first_failure(script: str, image: ImageFacts, project: Path, requires_pytho
         if unset and unset not in variables and NO_UNSET.search(script):
             return f"{unset}: unbound variable"
         command = retried[3] if retried else line
-        if APT_UPDATE.match(command) and not _asked_again(LISTS_LOCKED, loops, retried, variables):
-            return LISTS_LOCKED
+        if not loops and not LOOP_WORD.match(line) and (host := _unreachable_download(line, unreachable)):
+            return f"curl: (28) Failed to connect to {host} port 443 after 30001 ms: Timeout was reached"
+        deadsnakes = deadsnakes or bool(DEADSNAKES_SOURCE.search(line))
+        if APT_UPDATE.match(command):
+            if not _asked_again(LISTS_LOCKED, loops, retried, variables):
+                return LISTS_LOCKED
+            if deadsnakes:  # apt installs the highest version its sources have
+                archive.update({package: version for package, version in image.deadsnakes.items()
+                                if package not in archive or Version(version) > Version(archive[package])})
         for install in APT_INSTALL.finditer(line):
             for package in (word for word in install[1].split() if not word.startswith("-")):
-                if package not in image.archive and package not in packages:
+                if package not in archive and package not in packages:
                     return f"E: Unable to locate package {package}"
                 packages.add(package)
         if NFS_MOUNT.search(line) and "nfs-common" not in packages:
             return ("mount: bad option; for several filesystems (e.g. nfs, cifs) you might need a /sbin/mount.nfs4 "
                     "helper program (nfs-common is not installed)")
         for python in VENV.findall(line):
-            failure = _venv_failure(python, image, packages, requires_python)
+            failure = _venv_failure(python, image, archive, packages, requires_python)
             if failure:
                 return failure
-            venv_python = _version(python, image)
+            venv_python = _version(python, image, archive)
             venvs.append(venv_python)
         hashed = HASHED_INSTALL.search(line)
         if hashed and venv_python:
@@ -147,6 +165,10 @@ def _first_failure(script: str, image: ImageFacts, project: Path, requires_pytho
             if HASHED_INSTALL_COMMAND.match(command) and not _asked_again(cut_off, loops, retried, variables):
                 return cut_off
     return None
+
+
+def _unreachable_download(line: str, unreachable: frozenset[str]) -> str | None:
+    return next((host for host in CURL_HOST.findall(line) if host in unreachable), None)
 
 
 def _asked_again(failure: str, loops: int, retried: re.Match | None, variables: dict[str, str]) -> bool:
@@ -178,7 +200,8 @@ def lock_gaps(lock: str, python: str) -> list[str]:
                    and canonicalize_name(requirement.name) not in locked})
 
 
-def _venv_failure(python: str, image: ImageFacts, packages: set[str], requires_python: str) -> str | None:
+def _venv_failure(python: str, image: ImageFacts, archive: dict[str, str], packages: set[str],
+                  requires_python: str) -> str | None:
     minor = ".".join(image.python3.split(".")[:2]) if python == "python3" else python.removeprefix("python")
     if python != "python3" and python not in packages:
         return f"{python}: command not found"
@@ -187,16 +210,16 @@ def _venv_failure(python: str, image: ImageFacts, packages: set[str], requires_p
         return ("The virtual environment was not created successfully because ensurepip is not available. On "
                 f"Debian/Ubuntu systems, you need to install the python{minor}-venv package")
     # pip compares Requires-Python with the interpreter's major.minor.micro alone (3.11.0rc1 counts as 3.11.0).
-    release = ".".join(map(str, Version(_version(python, image)).release[:3]))
+    release = ".".join(map(str, Version(_version(python, image, archive)).release[:3]))
     if release not in SpecifierSet(requires_python):
         return f"ERROR: Package 'imagenet18' requires a different Python: {release} not in '{requires_python}'"
     return None
 
 
-def _version(python: str, image: ImageFacts) -> str:
-    """The full version of an interpreter of the image (python3's own, or one its archive installs)."""
+def _version(python: str, image: ImageFacts, archive: dict[str, str]) -> str:
+    """The full version of an interpreter of the image (python3's own, or one apt installs from `archive`)."""
     minor = ".".join(image.python3.split(".")[:2]) if python == "python3" else python.removeprefix("python")
-    return image.python3 if image.python3.startswith(f"{minor}.") else image.archive[python]
+    return image.python3 if image.python3.startswith(f"{minor}.") else archive[python]
 
 
 SYSTEMCTL_RESTART = re.compile(r"\bsystemctl\s+(?:-[-\w=]+\s+)*(?:try-)?restart\s+([^\n;&|]*)")

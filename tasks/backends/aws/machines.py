@@ -76,17 +76,18 @@ def resolve_ami(clients: Clients, ami: str | None) -> dict:
 
 
 def check_image_release(image: dict) -> None:
-    """The machines' boot installs Python 3.11 from Ubuntu 22.04's archive (user_data.sh), which other releases
-    lack: an image whose name or description says it is another system is refused. One that says nothing (an image
-    of the user's own) is left to its boot, which reports what it misses."""
+    """The machines' boot (user_data.sh) is made for the Deep Learning Base AMI on Ubuntu 22.04, its Python 3.11
+    from the deadsnakes PPA for that release: an image whose name or description says it is another system is
+    refused. One that says nothing (an image of the user's own) is left to its boot, which reports what it
+    misses."""
     said = f"{image.get('Name', '')} {image.get('Description', '')}"
     release = re.search(r"\bUbuntu[ -]?(\d\d\.\d\d)", said, re.IGNORECASE)
     other = re.search(r"\b(Amazon Linux|AL2023|Red Hat|RHEL|Rocky|Debian|SUSE|Windows)\b", said, re.IGNORECASE)
     if (release and release.group(1) != SUPPORTED_UBUNTU) or (other and not release):
         system = f"Ubuntu {release.group(1)}" if release else other.group(1)
         raise InputError(f"AMI {image['ImageId']} ({image.get('Name') or 'unnamed'}) is {system}: the machines' boot "
-                         f"installs Python 3.11 from Ubuntu {SUPPORTED_UBUNTU}'s archive, which it lacks; use a Deep "
-                         f"Learning Base AMI for Ubuntu {SUPPORTED_UBUNTU} (the default, without aws.ami)")
+                         f"is made for Ubuntu {SUPPORTED_UBUNTU}; use a Deep Learning Base AMI for Ubuntu "
+                         f"{SUPPORTED_UBUNTU} (the default, without aws.ami)")
 
 
 def user_data(spec: ClusterSpec, volume_ids: list[str], boot: BootConfig) -> str:

@@ -50,14 +50,27 @@ retrying() {
   "$$@"
 }
 # The Python the lock is for (the Deep Learning Base AMI's python3 is 3.10 on Ubuntu 22.04, which the project's
-# Requires-Python excludes; Ubuntu 22.04's archive has 3.11), its venv module (Ubuntu ships ensurepip apart), its
-# C headers (torch.compile's Triton builds its GPU launchers against Python.h) and the NFS client for EFS. At
+# Requires-Python excludes), its venv module (Ubuntu ships ensurepip apart), its C headers (torch.compile's Triton
+# builds its GPU launchers against Python.h) and the NFS client for EFS. Ubuntu 22.04's own python3.11 is
+# 3.11.0rc1, a release candidate on which Triton segfaults as it compiles (intel/intel-xpu-backend-for-triton#6607):
+# 3.11's final releases come from the deadsnakes PPA, whose signing key is fetched by its fingerprint and kept only
+# if it is the key with that fingerprint (apt then checks the PPA's packages with it alone). At
 # first boot the image's own apt jobs may hold apt's locks a while (apt-daily's timer is Persistent). apt-get waits
 # for dpkg's (DPkg::Lock::Timeout), but `update` fails at once on the package lists' (/var/lib/apt/lists/lock), as
 # other boot scripts' users found. A mirror's hiccup (a file caught mid-sync: "Hash Sum mismatch"; a name not
 # resolved for a moment) fails an install's download, which the machines of a run, each installing, meet now and
 # then. An apt-get that fails either way is asked again every 10 s, 60 times at most.
 export DEBIAN_FRONTEND=noninteractive
+deadsnakes_key=F23C5A6CF475977595C89F51BA6932366A755776
+mkdir -p /etc/apt/keyrings
+retrying 6 "" curl -fsS --max-time 30 -o /etc/apt/keyrings/deadsnakes.asc \
+  "https://keyserver.ubuntu.com/pks/lookup?op=get&search=0x$$deadsnakes_key"
+case "$$(gpg --show-keys --with-colons /etc/apt/keyrings/deadsnakes.asc)" in
+  *"fpr:::::::::$$deadsnakes_key:"*) ;;
+  *) echo "the key keyserver.ubuntu.com gave for the deadsnakes PPA is not $$deadsnakes_key" >&2; exit 1 ;;
+esac
+echo "deb [signed-by=/etc/apt/keyrings/deadsnakes.asc] https://ppa.launchpadcontent.net/deadsnakes/ppa/ubuntu" \
+  "$$(. /etc/os-release && echo "$$VERSION_CODENAME") main" >/etc/apt/sources.list.d/deadsnakes.list
 apt_again="Could not get lock|Failed to fetch"
 retrying 60 "$$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 update
 retrying 60 "$$apt_again" apt-get -q -y -o DPkg::Lock::Timeout=600 install python3.11 python3.11-venv python3.11-dev nfs-common
