@@ -1059,7 +1059,27 @@ def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):
     assert Path(aws.root / "instances" / timer / "user-data").read_text().startswith("#!/bin/bash")
 
 
+APT_UPDATE = "apt-get -q -o DPkg::Lock::Timeout=600 --error-on=any update"  # as the shipped boot has it
 NO_DEADSNAKES = "https://ppa.launchpadcontent.net/deadsnakes/ppa/ubuntu"  # the PPA's source, replaced: not added
+FINAL_CHECK = """/opt/imagenet18/.venv/bin/python -c 'import sys; sys.exit(sys.version_info.releaselevel != "final")'"""
+
+
+def test_a_boot_that_cannot_reach_the_ppa_fails_rather_than_install_ubuntus_release_candidate(aws):
+    """apt-get update only warns where a source fails, and apt then installs Ubuntu 22.04's python3.11, 3.11.0rc1,
+    on which torch.compile segfaults: the shipped boot fails instead (--error-on=any), and where that is gone, the
+    venv's check of its Python does."""
+    ec2 = aws.client("ec2")
+    aws.make_unreachable("ppa.launchpadcontent.net")
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    shipped = machines.user_data(ClusterSpec("run-no-ppa", "boot", 1, "g5.xlarge", False, expires),
+                                 ["vol-0123456789abcdef0"],
+                                 machines.BootConfig("fs-0123", "us-east-1", "s3://bucket/code.tar.gz", 1.0))
+    warned_only = shipped.replace(" --error-on=any update", " update")
+    assert warned_only != shipped
+    launched = [launch(ec2, image=UBUNTU_2204.image_id, UserData=script) for script in (shipped, warned_only)]
+    checks = {m["instance_id"]: m["user_data_check"] for m in aws.machines()}
+    assert checks[launched[0]].startswith("boot failed: E: Failed to fetch https://ppa.launchpadcontent.net/"), checks
+    assert checks[launched[1]] == "boot failed: error: Python 3.11.0rc1 is not a final release", checks
 
 
 def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_project(aws):
@@ -1083,9 +1103,9 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
         (UBUNTU_2204, {" nfs-common": ""}, "mount.nfs4 helper program (nfs-common is not installed)"),
         (UBUNTU_2404, {}, "ok"),  # the deadsnakes PPA has 3.11 for 24.04 too
         (UBUNTU_2404, {NO_DEADSNAKES: "https://example.com/ubuntu"}, "E: Unable to locate package python3.11"),
-        (UBUNTU_2204, {'retrying 60 "$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 update': "apt-get -q update"},
+        (UBUNTU_2204, {f'retrying 60 "$apt_again" {APT_UPDATE}': "apt-get -q update"},
          "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1093 (apt-get)"),  # apt-daily's
-        (UBUNTU_2204, {'retrying 60 "$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 update':
+        (UBUNTU_2204, {f'retrying 60 "$apt_again" {APT_UPDATE}':
                        "for _ in 1 2 3; do\n  apt-get -q update && break\n  sleep 10\ndone"}, "ok"),  # asked again
         (UBUNTU_2204, {'retrying 3 "$cut_off" /opt': "/opt"},  # tried once: the torch wheel's download is cut off
          "Got        e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
@@ -1093,16 +1113,17 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
          "Got        e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
         (UBUNTU_2204, {'retrying 3 "$cut_off" /opt': 'retrying 3 "$apt_again" /opt'},  # asked again on other words
          "Got        e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
-        (UBUNTU_2204, {'retrying 60 "$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 update':
-                       'retrying 60 "[Tt]imed out" apt-get -q -o DPkg::Lock::Timeout=600 update'},  # not on a lock
+        (UBUNTU_2204, {f'retrying 60 "$apt_again" {APT_UPDATE}':
+                       f'retrying 60 "[Tt]imed out" {APT_UPDATE}'},  # not on a lock
          "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1093 (apt-get)"),
-        (UBUNTU_2204, {'retrying 60 "$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 update':
-                       'retrying 60 "$cut_off" apt-get -q -o DPkg::Lock::Timeout=600 update'},  # set further down
+        (UBUNTU_2204, {f'retrying 60 "$apt_again" {APT_UPDATE}':
+                       f'retrying 60 "$cut_off" {APT_UPDATE}'},  # set further down
          "cut_off: unbound variable"),
         (UBUNTU_2204, {"retrying() {": "retrying_once() {"}, "retrying: command not found"),
         (UBUNTU_2204, {"restart_hibernating_agent </dev/null":  # used before its definition has run
                        'retrying 2 "" true\nrestart_hibernating_agent </dev/null'}, "retrying: command not found"),
-        (UBUNTU_2204, {NO_DEADSNAKES: "https://example.com/ubuntu"}, "ok"),  # boots, with 3.11.0rc1
+        (UBUNTU_2204, {NO_DEADSNAKES: "https://example.com/ubuntu"}, "error: Python 3.11.0rc1 is not a final release"),
+        (UBUNTU_2204, {NO_DEADSNAKES: "https://example.com/ubuntu", FINAL_CHECK: "true"}, "ok"),  # with 3.11.0rc1
         (UBUNTU_2204, {" python3.11-dev": ""}, "ok"),  # boots, but its Python has no C headers
     ]
     launched = []

@@ -1,7 +1,8 @@
 """Instance user-data: not run (it mounts disks and installs the project on a real machine), only checked with `-n` by
 the shell its #! line names, read line by line against its image's facts for what would stop its boot on a real
 machine (a package apt cannot find, in the image's archive or a PPA the script adds, a download from a host the
-machine cannot reach, a tool whose package is missing, an interpreter outside the project's
+machine cannot reach, a PPA it cannot reach where apt-get update is told to fail on it, a venv's Python that its
+check finds to be a pre-release, a tool whose package is missing, an interpreter outside the project's
 Requires-Python, a hashed lock that lacks a dependency the machine's Python needs, an `apt-get update` not asked again
 on the words it fails with while the image's own first-boot apt-daily holds the package lists' lock, a hashed install
 not asked again on a download the network cuts short, an unset variable under `set -u`), and searched for a shutdown
@@ -82,6 +83,11 @@ LISTS_LOCKED = "E: Could not get lock /var/lib/apt/lists/lock. It is held by pro
 # A line that adds the deadsnakes PPA to apt's sources (its package lists come with the next update).
 DEADSNAKES_SOURCE = re.compile(r"ppa\.launchpad(?:content)?\.net/deadsnakes/ppa/ubuntu|add-apt-repository\b[^\n]*"
                                r"\bppa:deadsnakes/ppa")
+PPA_HOST = "ppa.launchpadcontent.net"
+PPA_UNREACHABLE = (f"E: Failed to fetch https://{PPA_HOST}/deadsnakes/ppa/ubuntu/dists/jammy/InRelease  Could not "
+                   f"connect to {PPA_HOST}:443 (185.125.190.80), connection timed out")
+ERROR_ON_ANY = re.compile(r"(?<!\S)--error-on=any(?!\S)")
+FINAL_RELEASE_CHECK = re.compile(r"sys\.version_info\.releaselevel\s*!=\s*.final.")  # a check that fails the boot
 CURL_HOST = re.compile(r"\bcurl\b[^\n]*?https?://([\w.-]+)")  # the host a curl command downloads from
 VENV = re.compile(r"(?<![\w/.-])(?:/usr/bin/)?(python3(?:\.\d+)?)\s+-m\s+venv\b")
 NFS_MOUNT = re.compile(r"\bmount\b[^\n]*\s-t\s+nfs4?\b|\bmount\.nfs4?\b")
@@ -136,7 +142,10 @@ def _first_failure(script: str, image: ImageFacts, project: Path, requires_pytho
         if APT_UPDATE.match(command):
             if not _asked_again(LISTS_LOCKED, loops, retried, variables):
                 return LISTS_LOCKED
-            if deadsnakes:  # apt installs the highest version its sources have
+            if deadsnakes and PPA_HOST in unreachable:  # apt-get update only warns, unless told --error-on=any
+                if ERROR_ON_ANY.search(command):
+                    return PPA_UNREACHABLE
+            elif deadsnakes:  # apt installs the highest version its sources have
                 archive.update({package: version for package, version in image.deadsnakes.items()
                                 if package not in archive or Version(version) > Version(archive[package])})
         for install in APT_INSTALL.finditer(line):
@@ -153,6 +162,8 @@ def _first_failure(script: str, image: ImageFacts, project: Path, requires_pytho
                 return failure
             venv_python = _version(python, image, archive)
             venvs.append(venv_python)
+        if FINAL_RELEASE_CHECK.search(line) and venv_python and Version(venv_python).is_prerelease:
+            return f"error: Python {venv_python} is not a final release"
         hashed = HASHED_INSTALL.search(line)
         if hashed and venv_python:
             lock = (project / hashed[1].removeprefix("/opt/imagenet18/")).read_text()

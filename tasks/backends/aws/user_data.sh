@@ -54,7 +54,8 @@ retrying() {
 # builds its GPU launchers against Python.h) and the NFS client for EFS. Ubuntu 22.04's own python3.11 is
 # 3.11.0rc1, a release candidate on which Triton segfaults as it compiles (intel/intel-xpu-backend-for-triton#6607):
 # 3.11's final releases come from the deadsnakes PPA, whose signing key is fetched by its fingerprint and kept only
-# if it is the key with that fingerprint (apt then checks the PPA's packages with it alone). At
+# if it is that key alone (apt then checks the PPA's packages with it). apt-get update only warns where a source
+# fails (it would then install the release candidate): --error-on=any makes that a failure, asked again. At
 # first boot the image's own apt jobs may hold apt's locks a while (apt-daily's timer is Persistent). apt-get waits
 # for dpkg's (DPkg::Lock::Timeout), but `update` fails at once on the package lists' (/var/lib/apt/lists/lock), as
 # other boot scripts' users found. A mirror's hiccup (a file caught mid-sync: "Hash Sum mismatch"; a name not
@@ -64,15 +65,16 @@ export DEBIAN_FRONTEND=noninteractive
 deadsnakes_key=F23C5A6CF475977595C89F51BA6932366A755776
 mkdir -p /etc/apt/keyrings
 retrying 6 "" curl -fsS --max-time 30 -o /etc/apt/keyrings/deadsnakes.asc \
-  "https://keyserver.ubuntu.com/pks/lookup?op=get&search=0x$$deadsnakes_key"
-case "$$(gpg --show-keys --with-colons /etc/apt/keyrings/deadsnakes.asc)" in
-  *"fpr:::::::::$$deadsnakes_key:"*) ;;
-  *) echo "the key keyserver.ubuntu.com gave for the deadsnakes PPA is not $$deadsnakes_key" >&2; exit 1 ;;
-esac
+  "https://keyserver.ubuntu.com/pks/lookup?op=get&options=mr&search=0x$$deadsnakes_key"
+keys=$$(gpg --show-keys --with-colons /etc/apt/keyrings/deadsnakes.asc)
+if [ "$$(grep -c '^pub:' <<<"$$keys")" != 1 ] || ! grep -q "^fpr:::::::::$$deadsnakes_key:" <<<"$$keys"; then
+  echo "the key keyserver.ubuntu.com gave for the deadsnakes PPA is not $$deadsnakes_key alone" >&2
+  exit 1
+fi
 echo "deb [signed-by=/etc/apt/keyrings/deadsnakes.asc] https://ppa.launchpadcontent.net/deadsnakes/ppa/ubuntu" \
   "$$(. /etc/os-release && echo "$$VERSION_CODENAME") main" >/etc/apt/sources.list.d/deadsnakes.list
 apt_again="Could not get lock|Failed to fetch"
-retrying 60 "$$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 update
+retrying 60 "$$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 --error-on=any update
 retrying 60 "$$apt_again" apt-get -q -y -o DPkg::Lock::Timeout=600 install python3.11 python3.11-venv python3.11-dev nfs-common
 
 # This machine's place in its launch request (IMDSv2), which picks its dataset volume from the request's list.
@@ -92,6 +94,11 @@ ${mount_efs}
 mkdir -p /opt/imagenet18
 aws s3 cp "${code_url}" - | tar -xz -C /opt/imagenet18
 python3.11 -m venv /opt/imagenet18/.venv
+/opt/imagenet18/.venv/bin/python -c 'import sys; sys.exit(sys.version_info.releaselevel != "final")' || {
+  echo "error: $$(python3.11 -V) is not a final release (torch.compile segfaults on it): the deadsnakes PPA's" \
+       "python3.11 was not installed" >&2
+  exit 1
+}
 # Gigabytes of wheels (torch's CUDA libraries): a download cut off midway fails pip's hash check, which pip does
 # not retry (pypa/pip#11153), and every machine of the run downloads them. Asked again twice, for what is missing,
 # after a hash mismatch or a broken connection (not, say, a full disk).
