@@ -1508,6 +1508,17 @@ def test_a_new_results_bucket_is_made_private_and_encrypted_once_s3_answers_for_
     assert s3.head_object(Bucket="imagenet18-new", Key="runs/a/code/imagenet18.tar.gz")["ContentLength"] > 0
 
 
+def test_a_snapshot_of_a_dataset_under_a_disabled_key_is_refused_before_anything_is_made(aws, tmp_path):
+    """KMS refuses a read under a disabled key (S3 passes on KMS.DisabledException), which the listing never asks."""
+    key = customer_managed_key(aws)
+    bucket_under_key(aws, "datasets", key)
+    dataset_in_s3(aws)
+    aws.client("kms").disable_key(KeyId=key.rpartition("/")[2])  # moto takes the key's id, not its ARN
+    with pytest.raises(InputError, match=r"^s3://datasets/imagenet cannot be read .*is disabled"):
+        make_snapshot(AwsBackend(options(), home=tmp_path), "s3://datasets/imagenet", "x", sizes=[160])
+    assert aws_leftovers(aws, home=tmp_path) == {}
+
+
 def test_a_snapshot_of_a_whole_bucket_is_refused(aws, tmp_path):
     """Its resized copies would be another bucket's (`s3://datasets-sz/160`)."""
     with pytest.raises(InputError, match=r"a folder in a bucket .* not the bucket s3://datasets itself"):
@@ -1516,8 +1527,8 @@ def test_a_snapshot_of_a_whole_bucket_is_refused(aws, tmp_path):
 
 @pytest.mark.parametrize("max_hours, message", [
     (72, r"^max_hours=72: a build takes more than 0 and at most 48 h \(SSM's bound on its copy's command\)$"),
-    (0.001, r"^copying about 10 GiB onto the builder's disk takes 0.0057 h or more at its 500 MiB/s, over the "
-            r"build's max_hours=0.001: raise --max-hours$"),
+    (1e-7, r"^copying 2 files \(7.45e-09 GiB\) onto the builder's disk takes 8.7e-07 h or more, over the build's "
+           r"max_hours=1e-07: raise --max-hours$"),  # the files, 64 at once, each waiting 100 ms for S3's answer
 ], ids=["over SSM's bound", "shorter than the copy"])
 def test_a_snapshot_build_that_could_not_end_in_its_max_hours_is_refused_before_anything_exists(
         aws, tmp_path, max_hours, message):

@@ -9,9 +9,11 @@ import logging
 import math
 import time
 import uuid
+from dataclasses import dataclass
 
 from tasks.backends.aws import jobs, machines, network, network_quotas, quotas, secrets, storage, tags, volumes
 from tasks.backends.aws.backend import TEARDOWN_TIME, AwsBackend
+from tasks.backends.aws.clients import error_code
 from tasks.backends.aws.iam import ensure_instance_profile
 from tasks.backends.aws.waiting import waiter_config
 from tasks.backends.base import BackendError, Cluster, ClusterSpec, InputError, Machine
@@ -30,25 +32,58 @@ TAG_VALUE_MAX = 256  # EC2's (https://docs.aws.amazon.com/AWSEC2/latest/UserGuid
 BUILD_LOGS = "/mnt/data/.imagenet18-build"  # the copy's log stays on the snapshot, as its provenance
 
 
-def dataset_size_gb(url: str, sizes: list[int]) -> int:
+@dataclass(frozen=True)
+class DatasetSize:
+    bytes: int
+    files: int
+
+    @property
+    def volume_gb(self) -> int:
+        """The builder's volume, with room to spare."""
+        return max(10, math.ceil(self.bytes * HEADROOM / 2**30) + 5)
+
+    @property
+    def copy_hours_at_least(self) -> float:
+        """The copy's hours at the builder's best pace: its disk's throughput, and its copies at once each waiting
+        S3's first byte (100-200 ms for a small object, S3's performance guidelines say)."""
+        return max(self.bytes / (BUILDER_MIBPS * 2**20), self.files / (sync.COPIES_AT_ONCE / 0.1)) / 3600
+
+
+def measure_dataset(url: str, sizes: list[int]) -> DatasetSize:
+    """The dataset at URL and its -sz/<px> copies `sizes`, listed, and a byte of one file read: a KMS key the
+    objects are under that may not be used is found only by a read."""
     fs, base = sync.dataset_filesystem(url)
     fs.invalidate_cache()  # fsspec keeps listings per process; a served flow process lives long
     folders = [base] + [f"{base}-sz/{size}" for size in sizes]
+    total = files = 0
+    first = None
     try:
         missing = [folder for folder in folders if not fs.isdir(folder)]
         if missing:
             raise InputError(f"dataset folder(s) not found: {', '.join(missing)}")
-        sizes_by_file = {path: info["size"] for folder in folders
-                         for path, info in fs.find(folder, detail=True).items()}
-        if first := next((path for path, size in sizes_by_file.items() if size), None):
-            fs.cat_file(first, start=0, end=1)  # the objects' KMS key is used only to read one
-    except OSError as refused:  # s3fs's PermissionError for S3's 403; OSError for a KMS key's refusal
+        for folder in folders:
+            for path, info in fs.find(folder, detail=True).items():
+                total, files = total + info["size"], files + 1
+                first = first or (path if info["size"] else None)
+        if first:
+            fs.cat_file(first, start=0, end=1)
+    except OSError as refused:
+        if not _refusal(refused):
+            raise
         raise InputError(f"{url} cannot be read with these credentials ({refused}): another account's bucket must "
                          "allow this account s3:ListBucket and s3:GetObject in its bucket policy, and objects under "
                          "a KMS key need a key it may use (not the owner's AWS managed key aws/s3, which no other "
                          "account may); the snapshot builder's role reads them too") from None
-    total = sum(sizes_by_file.values())
-    return max(10, math.ceil(total * HEADROOM / 2**30) + 5)
+    return DatasetSize(total, files)
+
+
+def _refusal(error: OSError) -> bool:
+    """s3fs's PermissionError for S3's 403; an OSError for a KMS key's refusal, its cause AWS's error."""
+    return isinstance(error, PermissionError) or error_code(error.__cause__).startswith("KMS.")
+
+
+def dataset_size_gb(url: str, sizes: list[int]) -> int:
+    return measure_dataset(url, sizes).volume_gb
 
 
 def make_snapshot(backend: AwsBackend, url: str, name: str, sizes: list[int], max_hours: float = BUILD_HOURS,
@@ -68,10 +103,12 @@ def make_snapshot(backend: AwsBackend, url: str, name: str, sizes: list[int], ma
     _check_tag_values(url, name, backend.options.dataset_folder)
     spec = ClusterSpec(run_id or f"snapshot-{uuid.uuid4().hex[:12]}", "snapshot-builder", 1, BUILDER_TYPE, False,
                        dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=max_hours))
-    size_gb = dataset_size_gb(url, sizes)
-    if (copy_hours := size_gb * 1024 / BUILDER_MIBPS / 3600) > max_hours:
-        raise InputError(f"copying about {size_gb} GiB onto the builder's disk takes {copy_hours:.2g} h or more at its "
-                         f"{BUILDER_MIBPS} MiB/s, over the build's max_hours={max_hours:g}: raise --max-hours")
+    dataset = measure_dataset(url, sizes)
+    if dataset.copy_hours_at_least > max_hours:
+        raise InputError(f"copying {dataset.files:,} files ({dataset.bytes / 2**30:.3g} GiB) onto the builder's disk "
+                         f"takes {dataset.copy_hours_at_least:.2g} h or more, over the build's "
+                         f"max_hours={max_hours:g}: raise --max-hours")
+    size_gb = dataset.volume_gb
     zone, image = _check(backend, spec)
     try:
         return _build(backend, spec, url, name, sizes, size_gb, zone, image, poll_seconds)
