@@ -70,7 +70,8 @@ HASHES_DIFFER = "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREM
 DISK_FULL = "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device"
 MIRROR_HICCUP = ("E: Failed to fetch https://ppa.launchpadcontent.net/deadsnakes/ppa/ubuntu/pool/main/p/python3.11/"
                  "python3.11-dev_3.11.15-1+jammy1_amd64.deb  Hash Sum mismatch")
-UPDATE, APT_INSTALL = 'retrying 60 "$apt_again" apt-get -q -o', 'retrying 60 "$apt_again" apt-get -q -y'
+UPDATE = 'retrying 60 "$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 update'  # every source's lists
+APT_INSTALL = 'retrying 60 "$apt_again" apt-get -q -y'
 INSTALL = 'retrying 3 "$cut_off" /opt/imagenet18/.venv/bin/pip install'
 
 

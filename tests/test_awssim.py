@@ -1059,22 +1059,22 @@ def test_user_data_is_checked_and_its_shutdown_timer_honoured(aws):
     assert Path(aws.root / "instances" / timer / "user-data").read_text().startswith("#!/bin/bash")
 
 
-APT_UPDATE = "apt-get -q -o DPkg::Lock::Timeout=600 --error-on=any update"  # as the shipped boot has it
+APT_UPDATE = "apt-get -q -o DPkg::Lock::Timeout=600 update"  # as the shipped boot has it, its sources all
 NO_DEADSNAKES = "https://ppa.launchpadcontent.net/deadsnakes/ppa/ubuntu"  # the PPA's source, replaced: not added
 FINAL_CHECK = """/opt/imagenet18/.venv/bin/python -c 'import sys; sys.exit(sys.version_info.releaselevel != "final")'"""
 
 
 def test_a_boot_that_cannot_reach_the_ppa_fails_rather_than_install_ubuntus_release_candidate(aws):
     """apt-get update only warns where a source fails, and apt then installs Ubuntu 22.04's python3.11, 3.11.0rc1,
-    on which torch.compile segfaults: the shipped boot fails instead (--error-on=any), and where that is gone, the
-    venv's check of its Python does."""
+    on which torch.compile segfaults: the shipped boot fails instead (the PPA's lists fetched again on their own,
+    --error-on=any), and where that is gone, the venv's check of its Python does."""
     ec2 = aws.client("ec2")
     aws.make_unreachable("ppa.launchpadcontent.net")
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
     shipped = machines.user_data(ClusterSpec("run-no-ppa", "boot", 1, "g5.xlarge", False, expires),
                                  ["vol-0123456789abcdef0"],
                                  machines.BootConfig("fs-0123", "us-east-1", "s3://bucket/code.tar.gz", 1.0))
-    warned_only = shipped.replace(" --error-on=any update", " update")
+    warned_only = shipped.replace(" --error-on=any update", " update")  # the PPA's own update too only warns
     assert warned_only != shipped
     launched = [launch(ec2, image=UBUNTU_2204.image_id, UserData=script) for script in (shipped, warned_only)]
     checks = {m["instance_id"]: m["user_data_check"] for m in aws.machines()}

@@ -55,7 +55,9 @@ retrying() {
 # 3.11.0rc1, a release candidate on which Triton segfaults as it compiles (intel/intel-xpu-backend-for-triton#6607):
 # 3.11's final releases come from the deadsnakes PPA, whose signing key is fetched by its fingerprint and kept only
 # if it is that key alone (apt then checks the PPA's packages with it). apt-get update only warns where a source
-# fails (it would then install the release candidate): --error-on=any makes that a failure, asked again. At
+# fails, and apt would then install the release candidate: the PPA's lists are fetched again on their own, told
+# to fail where they do not come (--error-on=any), and asked again; not the image's other sources (NVIDIA's, say),
+# whose warnings would then stop every boot. At
 # first boot the image's own apt jobs may hold apt's locks a while (apt-daily's timer is Persistent). apt-get waits
 # for dpkg's (DPkg::Lock::Timeout), but `update` fails at once on the package lists' (/var/lib/apt/lists/lock), as
 # other boot scripts' users found. A mirror's hiccup (a file caught mid-sync: "Hash Sum mismatch"; a name not
@@ -74,7 +76,9 @@ fi
 echo "deb [signed-by=/etc/apt/keyrings/deadsnakes.asc] https://ppa.launchpadcontent.net/deadsnakes/ppa/ubuntu" \
   "$$(. /etc/os-release && echo "$$VERSION_CODENAME") main" >/etc/apt/sources.list.d/deadsnakes.list
 apt_again="Could not get lock|Failed to fetch"
-retrying 60 "$$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 --error-on=any update
+retrying 60 "$$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 update
+retrying 60 "$$apt_again" apt-get -q -o DPkg::Lock::Timeout=600 -o Dir::Etc::SourceList=sources.list.d/deadsnakes.list \
+  -o Dir::Etc::SourceParts=- -o APT::Get::List-Cleanup=0 --error-on=any update
 retrying 60 "$$apt_again" apt-get -q -y -o DPkg::Lock::Timeout=600 install python3.11 python3.11-venv python3.11-dev nfs-common
 
 # This machine's place in its launch request (IMDSv2), which picks its dataset volume from the request's list.
