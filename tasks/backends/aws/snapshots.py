@@ -26,6 +26,7 @@ BUILDER_IOPS, BUILDER_MIBPS = 6000, 500  # its disk's: a gp3 of at least 12 GiB 
 BUILDER_USD_PER_HOUR = 0.68  # its us-east-1 on-demand list price, for plans that include a build
 COPY_JOB = "copy"
 HEADROOM = 1.2
+S3_FIRST_BYTE_S = 0.1  # at best, for a small object: S3's performance guidelines say 100-200 ms
 BUILD_HOURS = 6.0  # a build's max_hours unless asked: the copy and the snapshot together
 BUILDER_NAME = "{}-builder"  # its volume's Name: the snapshot's name, and this
 TAG_VALUE_MAX = 256  # EC2's (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Using_Tags.html#tag-restrictions)
@@ -45,8 +46,8 @@ class DatasetSize:
     @property
     def copy_hours_at_least(self) -> float:
         """The copy's hours at the builder's best pace: its disk's throughput, and its copies at once each waiting
-        S3's first byte (100-200 ms for a small object, S3's performance guidelines say)."""
-        return max(self.bytes / (BUILDER_MIBPS * 2**20), self.files / (sync.COPIES_AT_ONCE / 0.1)) / 3600
+        for S3's first byte."""
+        return max(self.bytes / (BUILDER_MIBPS * 2**20), self.files * S3_FIRST_BYTE_S / sync.COPIES_AT_ONCE) / 3600
 
 
 def measure_dataset(url: str, sizes: list[int]) -> DatasetSize:
