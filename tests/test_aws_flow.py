@@ -155,15 +155,41 @@ def test_a_spot_interruption_is_replaced_and_training_resumes_from_the_checkpoin
     assert AwsBackend(options()).resources(run_id) == [] and aws_leftovers(aws, run_id) == {}
 
 
+def test_a_machine_ec2_reboots_mid_training_resumes_from_the_checkpoint_on_the_same_machines(prefect_api, aws,
+                                                                                            tiny_data):
+    """EC2's maintenance or its automatic recovery reboots machine 1: its job ends with it (the agent says Failed,
+    code 1), and the machine comes back with its disks: training resumes from the checkpoint on the same two
+    machines, none replaced."""
+    aws.make_snapshot(tiny_data.parent, description=DATASET)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(imagenet18, machines=2, backend="aws", instance_type="g5.xlarge", dataset=DATASET,
+                              schedule="cpu-tiny", epochs=3, max_hours=1.0, aws=options(), return_state=True)
+        rebooted = _machine_1_after_an_epoch(aws)
+        aws.client("ec2").reboot_instances(InstanceIds=[rebooted])
+        state = running.result(timeout=600)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert [r["lost"] for r in result["restarts"]] == [{"1": -9}]
+    assert result["epochs"] == 3 and result["epochs_redone"] <= 1, "at most one epoch of work is lost"
+    assert rebooted in result["machine_ids"] and len(set(result["machine_ids"])) == 2, "no machine was replaced"
+    run_id = str(state.state_details.flow_run_id)
+    assert AwsBackend(options()).resources(run_id) == [] and aws_leftovers(aws, run_id) == {}
+
+
 def _interrupt_machine_1_after_an_epoch(aws) -> str:
-    """Waits until the run's first epoch has ended on the machines' EFS, then interrupts machine 1."""
+    lost = _machine_1_after_an_epoch(aws)
+    aws.interrupt(lost)
+    return lost
+
+
+def _machine_1_after_an_epoch(aws) -> str:
+    """Waits until the run's first epoch has ended on the machines' EFS; machine 1's instance id."""
     deadline = time.monotonic() + 300
     while not any('"type": "epoch"' in path.read_text() for path in aws.root.glob("efs/*/runs/*/metrics.jsonl")):
         assert time.monotonic() < deadline, "no epoch ended"
         time.sleep(0.5)
-    [lost] = [p["instance_id"] for p in aws.played() if "--node_rank=1" in _script(aws, p)]
-    aws.interrupt(lost)
-    return lost
+    [machine] = [p["instance_id"] for p in aws.played() if "--node_rank=1" in _script(aws, p)]
+    return machine
 
 
 def _script(aws, played: dict) -> str:

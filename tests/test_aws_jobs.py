@@ -7,11 +7,12 @@ import re
 import pytest
 
 from tasks import stages
-from tasks.backends.aws import AwsBackend, jobs
+from tasks.backends.aws import AwsBackend, jobs, machines
 from tasks.backends.base import BackendError
 from tests.awssim.images import UBUNTU_2204, UNDESCRIBED
 from tests.leftovers import aws_leftovers
 from tests.aws_runs import DATASET, cluster_spec, finished, options
+from tests.support import wait_for
 
 AGENT_DELAY_S = 8.0  # longer than provisioning takes here, so a job sent at once would be refused
 
@@ -229,3 +230,55 @@ def test_a_job_whose_sendcommand_answer_was_lost_runs_once(aws, snapshot, tmp_pa
     assert sorted(p["instance_id"] for p in aws.played()) == sorted(m.id for m in cluster.machines), \
         "one command on each machine"
     backend.teardown("run-once")
+
+
+LIST_DATA = "import os, sys; print(sorted(os.listdir(sys.argv[1])))"
+
+
+def test_a_job_a_reboot_ends_is_lost_and_the_machine_runs_the_next_with_its_disks_and_its_deadline(aws, snapshot,
+                                                                                                    tmp_path):
+    """EC2 reboots a machine (its maintenance, its automatic recovery): the user data, which mounted the disks and
+    armed the run's max_hours shutdown, does not run again. Its disks come back through /etc/fstab and its shutdown
+    through cloud-init's per-boot script, for the same deadline; the job the reboot ended is lost, which a restart
+    mends, not failed as the agent's code 1 would have it."""
+    backend, cluster = provisioned(aws, tmp_path, "run-reboot", 1)
+    [machine] = cluster.machines
+    backend.launch(cluster, {0: [cluster.python, "-c", "import time; time.sleep(600)"]}, "job")
+    wait_for(lambda: any(p["instance_id"] == machine.id for p in aws.played()), 60, "the job to start")
+    [before] = [m["shutdown_in_s"] for m in aws.machines() if m["instance_id"] == machine.id]
+    aws.client("ec2").reboot_instances(InstanceIds=[machine.id])
+    status = finished(backend, cluster, "job")
+    assert status.failed == {0: jobs.LOST} and stages._lost(status.failed[0]), status
+    assert status.causes[0].startswith(f"its SSM command on {machine.id} ended Failed (code 1): document process "
+                                       "failed unexpectedly"), status.causes
+    backend.launch(cluster, {0: [cluster.python, "-c", LIST_DATA, machine.data_root]}, "after")
+    status = finished(backend, cluster, "after")
+    assert (status.succeeded, status.causes) == (1, {}), status
+    assert backend.read_storage(cluster, "logs/after-0.log").decode().strip() != "[]", "the dataset is mounted"
+    [after] = [(m["boots"], m["shutdown_in_s"]) for m in aws.machines() if m["instance_id"] == machine.id]
+    assert after[0] == 2 and after[1] is not None and 0 < before - after[1] < 120, \
+        f"the shutdown is armed again for its first deadline: {before} s before, {after[1]} s after"
+    backend.teardown("run-reboot")
+    assert aws_leftovers(aws, "run-reboot") == {}
+
+
+def test_a_job_on_a_machine_whose_reboot_did_not_mount_its_disks_fails_saying_so(aws, snapshot, tmp_path,
+                                                                                 monkeypatch):
+    """A disk /etc/fstab does not mount at a later boot (nofail lets the machine boot without it): the job would
+    read an empty folder of the root disk, and write its run there."""
+    shipped = machines.user_data
+    monkeypatch.setattr(machines, "user_data", lambda *args: "\n".join(
+        line for line in shipped(*args).splitlines() if "/mnt/efs" not in line or "fstab" not in line))
+    backend, cluster = provisioned(aws, tmp_path, "run-unmounted", 1)
+    [machine] = cluster.machines
+    jobs.wait_for_agents(backend.clients, [machine.id])
+    aws.client("ec2").reboot_instances(InstanceIds=[machine.id])
+    wait_for(lambda: [m["boots"] for m in aws.machines() if m["instance_id"] == machine.id] == [2], 30, "the reboot")
+    backend.launch(cluster, {0: [cluster.python, "-c", LIST_DATA, machine.data_root]}, "after")
+    status = finished(backend, cluster, "after")
+    assert status.failed == {0: 3}
+    # /mnt/efs as the simulator plays it, a local folder
+    assert re.fullmatch(f"its SSM command on {machine.id} ended Failed \\(code 3\\): error: \\S*mnt.efs is not "
+                        r"mounted on this machine: a boot after its first \(a reboot\) did not mount it again",
+                        status.causes[0]), status.causes
+    backend.teardown("run-unmounted")

@@ -1382,3 +1382,32 @@ def test_a_security_group_or_vpc_something_depends_on_is_not_deleted(aws):
     ec2.delete_vpc(VpcId=vpc)
     ec2.create_security_group(GroupName="by-name", Description="the default VPC's")
     ec2.delete_security_group(GroupName="by-name")
+
+
+def test_a_reboot_ends_a_machines_commands_which_its_agent_reports_failed_and_holds_those_sent_meanwhile(aws):
+    """EC2 restarts the machine's OS; SSM's agent, running again, finds the process of the command it ran gone and
+    reports it Failed, code 1 (amazon-ssm-agent's generateUnexpectedFailResult); a command sent while the machine
+    was down waits for the agent. A terminated machine's reboot is ignored (API_RebootInstances)."""
+    ec2, ssm = aws.client("ec2"), aws.client("ssm")
+    instance = launch(ec2)
+    wait_for(lambda: agents_online(ssm, instance), seconds=20)
+    cut = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[instance],
+                           Parameters={"commands": ["sleep 600"]})["Command"]["CommandId"]
+    wait_for(lambda: aws.played(), what="the command to run")
+    ec2.reboot_instances(InstanceIds=[instance])
+    wait_for(lambda: not agents_online(ssm, instance), seconds=2, what="the agent's ping lost")
+    sent = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[instance],
+                            Parameters={"commands": ["echo after"]})["Command"]["CommandId"]
+    wait_for(lambda: len(aws.played()) == 2, what="the second command seen")
+    assert ssm.get_command_invocation(CommandId=sent, InstanceId=instance)["Status"] == "Pending"
+    assert ssm.get_command_invocation(CommandId=cut, InstanceId=instance)["Status"] == "InProgress"
+    wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()), seconds=20)
+    lost = ssm.get_command_invocation(CommandId=cut, InstanceId=instance)
+    assert (lost["Status"], lost["ResponseCode"]) == ("Failed", 1)
+    assert lost["StandardOutputContent"].startswith("document process failed unexpectedly: ")
+    after = ssm.get_command_invocation(CommandId=sent, InstanceId=instance)
+    assert (after["Status"], after["StandardOutputContent"]) == ("Success", "after\n")
+    assert agents_online(ssm, instance) and [m["boots"] for m in aws.machines()] == [2]
+    terminate(ec2, instance)
+    ec2.reboot_instances(InstanceIds=[instance])
+    assert state(ec2, instance) == "terminated" and [m["boots"] for m in aws.machines()] == [2]

@@ -1,6 +1,6 @@
 """What SSM knows of each machine's agent, which moto does not model: DescribeInstanceInformation (moto lacks it),
-and SendCommand refused for a machine whose agent is not online, or for an executionTimeout that
-AWS-RunShellScript does not allow."""
+and SendCommand refused for a machine whose agent is not online (unless its machine is rebooting), or for an
+executionTimeout that AWS-RunShellScript does not allow."""
 
 import json
 import re
@@ -28,8 +28,9 @@ def _refusal(call: AwsCall, player: Player) -> Response | None:
             and not EXECUTION_TIMEOUT.fullmatch(timeout):
         return error_response("ssm", "InvalidParameters", f"Parameter executionTimeout value {timeout} does not match "
                                                           "the allowed pattern of AWS-RunShellScript")
-    online = player.agents()
-    bad = [i for i in call.list_param("InstanceIds") if online.get(i) != "Online"]
+    # A rebooting machine's agent stays registered: its commands wait for it (the player holds them).
+    online, rebooting = player.agents(), player.rebooting()
+    bad = [i for i in call.list_param("InstanceIds") if online.get(i) != "Online" and i not in rebooting]
     if not bad:
         return None
     return error_response("ssm", "InvalidInstanceId", f"Instances [{', '.join(bad)}] not in a valid state for account "

@@ -247,7 +247,8 @@ class AwsSim:
         """Instances seen by the player: instance_id, user_data_check ("ok", bash -n's complaint, ...),
         shutdown_after_s (the user-data shutdown timer it honours, or None), agent (its SSM agent: starting,
         hibernating or registered), agent_hibernated (its first ping found no way out), agent_restarted (its boot
-        restarted it while it hibernated)."""
+        restarted it while it hibernated), boots (1, and one more for each reboot: EC2's RebootInstances),
+        shutdown_in_s (until its shutdown, armed at its first boot and, after a reboot, again; or None)."""
         return self._control("GET", "machines")
 
     def launches(self) -> list[dict[str, Any]]:

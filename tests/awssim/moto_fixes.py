@@ -291,3 +291,16 @@ def fix_snapshots_take_time(pending_s: Callable[[], float]) -> None:
         return snapshot
 
     EBSBackend.create_snapshot = create_pending
+
+
+def fix_reboots_reach_the_machine() -> None:
+    """moto's reboot sets any machine running, a stopped or terminated one too; EC2 reboots a running machine (its
+    OS restarts: processes, /run and the mounts not in /etc/fstab are gone; its disks stay attached) and ignores
+    the others ("Requests to reboot terminated instances are ignored": API_RebootInstances). Each reboot is
+    counted on the machine, for the player (`Player.tick`)."""
+
+    def rebooting(self: Instance) -> None:
+        if self._state.name == "running":
+            self.reboots = getattr(self, "reboots", 0) + 1
+
+    Instance.reboot = rebooting

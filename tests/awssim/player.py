@@ -43,6 +43,11 @@ LAUNCH_ENDS = {"Server.InsufficientInstanceCapacity": "There was insufficient ca
                                                       "request.",
                "Client.InternalError": "Client error on launch"}
 SHUTTING_DOWN_S = float(os.environ.get("AWSSIM_SHUTTING_DOWN_S", "0.5"))  # from its termination until it is gone
+REBOOT_S = float(os.environ.get("AWSSIM_REBOOT_S", "2"))  # from a reboot until the machine and its agent run again
+# What SSM's agent, running again after a reboot, reports of a command whose process the reboot ended: Failed,
+# code 1 (amazon-ssm-agent's generateUnexpectedFailResult, after its IPC with the gone worker times out).
+PROCESS_LOST_OUTPUT = ("document process failed unexpectedly: ipc messaging received timeout signal, check "
+                       "[ssm-document-worker]/[ssm-session-worker] log for crash reason")
 VOLUME_CREATING_S = float(os.environ.get("AWSSIM_VOLUME_CREATING_S", "0.3"))  # from CreateVolume until available
 BUCKET_SETTLING_S = float(os.environ.get("AWSSIM_BUCKET_SETTLING_S", "0.3"))  # from CreateBucket until it answers
 
@@ -71,12 +76,21 @@ def _compile_failure(user_data: UserData) -> tuple[int, str] | None:
     return None
 
 
-def _boot_record(scratch: Path, user_data: UserData, booted_at: float) -> dict[str, str]:
-    """cloud-init's account of the machine's first boot, as files for its paths: `cloud-init status` ("status:
+def _mount_table(scratch: Path, mounted: dict[str, Path]) -> Path:
+    """The machine's /proc/mounts: its root disk and the disks mounted at their mount points (local folders)."""
+    table = scratch / "proc-mounts"
+    table.write_text("/dev/root / ext4 rw,relatime 0 0\n" + "".join(
+        f"{'fs-0.efs.us-east-1.amazonaws.com:/' if point == '/mnt/efs' else '/dev/nvme1n1'} {disk} "
+        f"{'nfs4' if point == '/mnt/efs' else 'ext4'} rw,relatime 0 0\n" for point, disk in mounted.items()))
+    return table
+
+
+def _boot_record(scratch: Path, user_data: UserData, booted_at: float, first: bool) -> dict[str, str]:
+    """cloud-init's account of the machine's last boot, as files for its paths: `cloud-init status` ("status:
     running" until `booted_at`, which `--wait` waits for; then 1 and "status: error" where the user data would have
-    failed on the image) and its output log, which ends with the user data's last words and cloud-init's own
-    lines."""
-    failed = user_data.boot_failed
+    failed on the image at the first boot, the one that runs it) and its output log, which ends with the user
+    data's last words and cloud-init's own lines."""
+    failed = first and user_data.boot_failed
     log, status = scratch / "cloud-init-output.log", scratch / "cloud-init"
     said = [user_data.check.removeprefix("boot failed: "), "2026-12-05 00:00:00,000 - cc_scripts_user.py[WARNING]: "
             "Failed to run module scripts-user (scripts in /var/lib/cloud/instance/scripts)"] if failed else []
@@ -127,6 +141,8 @@ class Played:
     cut_short: bool = False  # it was still running when they were
     cold_data: bool = False  # it started on a machine whose dataset volume was still fetching blocks from S3
     timeout_s: float = DEFAULT_EXECUTION_TIMEOUT_S  # its executionTimeout: the agent kills it past that
+    held: tuple[str, str, str] | None = None  # sent while its machine rebooted: (account, region, script)
+    lost_report_at: float | None = None  # a reboot ended it: when the agent, running again, reports it Failed
 
     def record(self) -> dict[str, Any]:
         return {
@@ -146,12 +162,29 @@ class Machine:
     user_data: UserData
     shutdown_at: float | None  # time.time() when its user-data timer fires
     agent: AgentLife
-    booted_at: float  # time.time() when its first boot (its user data) ends
+    booted_at: float  # time.time() when its last boot ends (the first: its user data)
+    boots: int = 1
+    up_at: float = 0.0  # time.time() when it runs again after its last reboot, its agent with it
+    mounted: frozenset[str] | None = None  # after a reboot: what /etc/fstab mounts; None: what user data mounted
 
     def record(self) -> dict[str, Any]:
         return {"instance_id": self.instance_id, "user_data_check": self.user_data.check,
                 "shutdown_after_s": self.user_data.shutdown_after_s, "agent": self.agent.state,
-                "agent_hibernated": self.agent.hibernated, "agent_restarted": self.agent.restarted}
+                "agent_hibernated": self.agent.hibernated, "agent_restarted": self.agent.restarted,
+                "boots": self.boots,
+                "shutdown_in_s": None if self.shutdown_at is None else self.shutdown_at - time.time()}
+
+    def rebooted(self, now: float) -> None:
+        """Its OS restarted: user data runs no more, so only /etc/fstab's mounts come back, and a shutdown it
+        armed (in /run) is gone unless a per-boot script arms it again (for the same deadline, its own)."""
+        self.boots += 1
+        self.up_at = self.booted_at = now + REBOOT_S
+        self.mounted = self.user_data.remounted
+        if not self.user_data.rearms_shutdown:
+            self.shutdown_at = None
+
+    def down(self, now: float) -> bool:
+        return now < self.up_at
 
 
 def _free_port() -> int:
@@ -210,6 +243,8 @@ class Player:
             self._kill_where_gone(instances)
             self._time_out()
             self._reap()
+            self._report_lost()
+            self._deliver_held(instances)
             self.store.sync()
             self._launch_new(instances)
 
@@ -277,12 +312,24 @@ class Player:
                                                       AgentLife(time.time() + self.agent_delay_s),
                                                       time.time() + self.boot_s)
             machine = self._machines.get(instance_id)
+            if machine and getattr(instance, "reboots", 0) >= machine.boots and instance.state == "running":
+                self._reboot(machine)
             if machine and machine.shutdown_at and time.time() >= machine.shutdown_at and instance.state in ALIVE:
                 machine.shutdown_at = None  # an OS shutdown ignores API termination protection
                 if instance.instance_initiated_shutdown_behavior == "terminate":
                     instance.terminate()
                 else:
                     instance.stop()
+
+    def _reboot(self, machine: Machine) -> None:
+        """The machine restarts: every process of its commands ends with it, and its agent, once it runs again,
+        reports those commands Failed."""
+        now = time.time()
+        machine.rebooted(now)
+        for played in self._played:
+            if played.instance_id == machine.instance_id and played.exit_code is None and played.held is None:
+                self._kill(played)
+                played.lost_report_at = machine.up_at
 
     def _ends(self, instance: Any) -> bool:
         """Whether EC2 ends this new machine as it launches (`end_launches`, or a disk EBS cannot encrypt): it is
@@ -321,8 +368,16 @@ class Player:
                 if instance is None or instance.state == "terminated" or not machine.agent.registered:
                     continue
                 out = network.reaches_out(instance, ec2, self.public_access)
-                pings[instance_id] = "Online" if instance.state == "running" and out else "ConnectionLost"
+                up = instance.state == "running" and out and not machine.down(time.time())
+                pings[instance_id] = "Online" if up else "ConnectionLost"
             return pings
+
+    def rebooting(self) -> set[str]:
+        """The machines down for a reboot, whose agents are registered and run again once they are up."""
+        with self._lock:
+            now = time.time()
+            return {instance_id for instance_id, machine in self._machines.items()
+                    if machine.agent.registered and machine.down(now)}
 
     # Processes.
 
@@ -367,9 +422,26 @@ class Player:
 
     def _reap(self) -> None:
         for played in self._played:
-            if played.exit_code is None and played.process is not None and played.process.poll() is not None:
+            if played.exit_code is None and played.process is not None and played.process.poll() is not None \
+                    and played.lost_report_at is None:
                 code = played.process.returncode
                 self._finish(played, code if code >= 0 else 128 - code)  # as a shell reports a signal
+
+    def _report_lost(self) -> None:
+        for played in self._played:
+            if played.exit_code is None and played.lost_report_at is not None and time.time() >= played.lost_report_at:
+                (played.dir / "stdout").write_text(PROCESS_LOST_OUTPUT)
+                (played.dir / "stderr").write_text("")
+                self._finish(played, 1)
+
+    def _deliver_held(self, instances: dict[str, Any]) -> None:
+        """Commands sent while their machine rebooted, once its agent runs again (or it is gone)."""
+        for played in [p for p in self._played if p.held is not None]:
+            machine, instance = self._machines.get(played.instance_id), instances.get(played.instance_id)
+            if instance is not None and instance.state in ALIVE and machine and machine.down(time.time()):
+                continue
+            self._played.remove(played)
+            self._launch(played.command, played.invocation, instances, *played.held)
 
     def _finish(self, played: Played, exit_code: int, details: str | None = None,
                 status: str | None = None) -> None:
@@ -411,6 +483,11 @@ class Player:
         played = Played(command.command_id, instance_id, folder, None, command, invocation,
                         timeout_s=float(command.parameters.get("executionTimeout", [DEFAULT_EXECUTION_TIMEOUT_S])[0]))
         self._played.append(played)
+        machine = self._machines.get(instance_id)
+        if instance is not None and instance.state in ALIVE and machine and machine.down(time.time()):
+            invocation.update(Status="Pending", StatusDetails="Pending")
+            played.held = (account, region, script)
+            return
         if instance is None or instance.state not in ALIVE:
             (folder / "stdout").touch()
             (folder / "stderr").write_text(f"awssim: instance {instance_id} is not running\n")
@@ -465,19 +542,24 @@ class Player:
         if port_key not in self._ports:
             self._ports[port_key] = _free_port()
         scratch = self.root / "instances" / instance.id
-        booted = not self._machines[instance.id].user_data.boot_failed
+        machine = self._machines[instance.id]
+        booted = not machine.user_data.boot_failed
+        # What the machine has mounted (a reboot leaves /etc/fstab's alone), where it would have them; a mount
+        # point without its disk is an empty folder of the root disk.
+        disks = {"/mnt/data": self._data_volume(instance), "/mnt/efs": self._efs(run, account, region)}
+        mounted = {point: disk for point, disk in disks.items()
+                   if disk is not None and (machine.mounted is None or point in machine.mounted)}
         paths = {
             # A machine whose boot failed has no venv: its commands find no python there, as on a real one.
             MACHINE_VENV: sys.prefix if booted else str(scratch / "no-venv"),
             "/opt/imagenet18": str(self.repo),
-            "/mnt/data": str(self._data_volume(instance) or scratch / "mnt-data"),
-            "/mnt/efs": str(self._efs(run, account, region) or scratch / "mnt-efs"),
+            **{point: str(mounted.get(point) or scratch / point.strip("/").replace("/", "-")) for point in disks},
             **self._efa(instance, scratch),
         }
         for path in paths.values():
             Path(path).mkdir(parents=True, exist_ok=True)
-        machine = self._machines[instance.id]
-        paths.update(_boot_record(scratch, machine.user_data, machine.booted_at))
+        paths.update(_boot_record(scratch, machine.user_data, machine.booted_at, first=machine.boots == 1))
+        paths["/proc/mounts"] = str(_mount_table(scratch, mounted))
         ips = [i.private_ip for i in instances.values() if i.private_ip]
         return Rewrite(paths, ips, self._ports[port_key])
 

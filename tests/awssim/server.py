@@ -38,6 +38,7 @@ from .moto_fixes import (
     fix_launch_interfaces,
     fix_managed_policies_in_aws_partition_only,
     fix_profile_on_every_machine,
+    fix_reboots_reach_the_machine,
     fix_route_state,
     fix_send_command_targets,
     fix_service_linked_roles,
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     fix_service_linked_roles()
     fix_file_system_already_exists()
     fix_managed_policies_in_aws_partition_only()
+    fix_reboots_reach_the_machine()
     faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()
     player, throttle = Player(root, REPO, store), SsmThrottle()
     fix_instances_start_pending(lambda: player.pending_s)

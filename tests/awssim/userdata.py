@@ -36,6 +36,8 @@ class UserData:
     python_headers: bool | None = None
     python_version: str | None = None
     restarted_units: frozenset[str] = frozenset()  # systemd units it restarts (a snap's service as its unit)
+    remounted: frozenset[str] = frozenset()  # mount points it puts in /etc/fstab, which every boot mounts
+    rearms_shutdown: bool = False  # it leaves cloud-init a per-boot script that arms a shutdown again
 
     @property
     def boot_failed(self) -> bool:
@@ -64,7 +66,8 @@ def inspect(encoded: str | None, save_as: Path, image: ImageFacts | None, projec
     result = subprocess.run([shell[1], "-n", str(save_as)], capture_output=True, text=True)
     failure, headers, version = boot(text, image, project, unreachable) if image else (None, None, None)
     check = result.stderr.strip() if result.returncode else f"boot failed: {failure}" if failure else "ok"
-    return UserData(check, shutdown_timer_s(text), headers, version, restarted_units(text))
+    return UserData(check, shutdown_timer_s(text), headers, version, restarted_units(text),
+                    frozenset(fstab_entries(text)), rearms_shutdown(text))
 
 
 APT_INSTALL = re.compile(r"\bapt(?:-get)?\b[^\n;&|]*?\binstall\b([^\n;&|]*)")
@@ -91,6 +94,9 @@ FINAL_RELEASE_CHECK = re.compile(r"sys\.version_info\.releaselevel\s*!=\s*.final
 CURL_HOST = re.compile(r"\bcurl\b[^\n]*?https?://([\w.-]+)")  # the host a curl command downloads from
 VENV = re.compile(r"(?<![\w/.-])(?:/usr/bin/)?(python3(?:\.\d+)?)\s+-m\s+venv\b")
 NFS_MOUNT = re.compile(r"\bmount\b[^\n]*\s-t\s+nfs4?\b|\bmount\.nfs4?\b")
+# An entry echoed onto /etc/fstab: its mount point and type; and a mount of a mount point by its entry.
+FSTAB_ENTRY = re.compile(r"""^\s*echo\s+(["'])\S+\s+(/[^\s"']*)\s+(\w+)\s[^"']*\1\s*>>\s*/etc/fstab\b""")
+MOUNT_POINT = re.compile(r"\bmount\s+(/[\w/.-]+)(?=\s*(?:$|[;&|]))")
 HASHED_INSTALL = re.compile(r"\bpip install\b[^\n]*--require-hashes -r (\S+)")
 # A hashed install that is its line's own command (or `retrying`'s), outside a loop: unless asked again, it fails
 # where a download is cut off midway (pip's hash check finds it, and pip does not ask again), which machines that
@@ -121,7 +127,7 @@ def _first_failure(script: str, image: ImageFacts, project: Path, requires_pytho
                    venvs: list[str], unreachable: frozenset[str]) -> str | None:
     """The first step that fails, adding what each step installs to `packages` and each venv's Python's
     version to `venvs`."""
-    venv_python, loops, variables, retrying_defined = None, 0, {}, False
+    venv_python, loops, variables, retrying_defined, fstab = None, 0, {}, False, {}
     archive, deadsnakes = dict(image.archive), False  # what apt finds: the image's archive, and the PPA once updated
     for line in script.replace("\\\n", " ").splitlines():  # continued lines joined
         line = line.split("#", 1)[0] if not line.startswith("#!") else ""
@@ -153,7 +159,10 @@ def _first_failure(script: str, image: ImageFacts, project: Path, requires_pytho
                 if package not in archive and package not in packages:
                     return f"E: Unable to locate package {package}"
                 packages.add(package)
-        if NFS_MOUNT.search(line) and "nfs-common" not in packages:
+        if entry := FSTAB_ENTRY.match(line):
+            fstab[entry[2]] = entry[3]
+        by_entry = [point for point in MOUNT_POINT.findall(line) if fstab.get(point, "").startswith("nfs")]
+        if (NFS_MOUNT.search(line) or by_entry) and "nfs-common" not in packages:
             return ("mount: bad option; for several filesystems (e.g. nfs, cifs) you might need a /sbin/mount.nfs4 "
                     "helper program (nfs-common is not installed)")
         for python in VENV.findall(line):
@@ -257,3 +266,24 @@ def shutdown_timer_s(script: str) -> float | None:
         if parts and all(unit in SYSTEMD_UNITS for _, unit in parts):
             delays.append(float(sum(int(n) * SYSTEMD_UNITS[unit] for n, unit in parts)))
     return min(delays, default=None)
+
+
+def fstab_entries(script: str) -> dict[str, str]:
+    """The mount points of the entries the script adds to /etc/fstab, with their types."""
+    return {entry[2]: entry[3] for line in script.splitlines() if (entry := FSTAB_ENTRY.match(line))}
+
+
+PER_BOOT_SCRIPT = re.compile(r"^\s*cat\s*>\s*(/var/lib/cloud/scripts/per-boot/[\w.-]+)\s*<<-?\s*(['\"]?)(\w+)\2\s*$",
+                             re.M)
+
+
+def rearms_shutdown(script: str) -> bool:
+    """Whether the script writes a per-boot script that calls `shutdown -h` and makes it executable: cloud-init
+    runs /var/lib/cloud/scripts/per-boot/'s executable files at every boot (cc_scripts_per_boot), not this one."""
+    for written in PER_BOOT_SCRIPT.finditer(script):
+        body = script[written.end():].split(f"\n{written[3]}\n", 1)[0]
+        modes = re.findall(rf"\bchmod\s+([0-7]{{3,4}}|[ugoa]*\+x)\s+{re.escape(written[1])}(?!\S)", script)
+        executable = any(mode.endswith("+x") or any(int(digit) & 1 for digit in mode[-3:]) for mode in modes)
+        if executable and re.search(r"\bshutdown\s+-h\b", body):
+            return True
+    return False

@@ -36,6 +36,7 @@ from tasks.backends.aws import (
     volumes,
 )
 from tasks.backends.aws.clients import REFUSALS, Clients, error_code
+from tasks.backends.aws.machines import DATA_MOUNT, EFS_MOUNT
 from tasks.backends.aws.options import AwsOptions
 from tasks.backends.aws.teardown import teardown
 from tasks.backends.base import (
@@ -58,8 +59,6 @@ from tasks.backends.sweeps import Sweep
 from trainer.schedule import AUTO, builtin_names, names_a_file
 
 log = logging.getLogger(__name__)
-DATA_MOUNT = "/mnt/data"
-EFS_MOUNT = "/mnt/efs"
 DEFAULT_DATASET = "imagenet18-backup"  # the seed's snapshot description
 IMAGENET_TRAIN_IMAGES = 1_281_167  # what the snapshots are taken to hold: the seed's dataset
 RENDEZVOUS_PORT = 29500  # torchrun's default; the run's security group admits itself on every port

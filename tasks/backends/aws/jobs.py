@@ -30,6 +30,10 @@ LOST = -signal.SIGKILL  # the machine went away without an exit code (spot inter
 # A command the agent ended at its executionTimeout (the run's max_hours) ran out of time: not a lost machine, which
 # a restart mends, since a restart would run out of it again. timeout(1)'s exit code.
 EXECUTION_TIMED_OUT = 124
+# What SSM's agent reports (Failed, code 1) for a command whose process it lost (amazon-ssm-agent's
+# generateUnexpectedFailResult, once it runs again): the machine rebooted under it (EC2's maintenance, its automatic
+# recovery), or the process was killed. Not the job's own failure: the node was lost, which a restart mends.
+PROCESS_LOST = "document process failed unexpectedly"
 # AWS-RunShellScript's executionTimeout parameter allows at most 172800 s; SendCommand refuses a larger one.
 MAX_COMMAND_HOURS = 48
 # SendCommand's TimeoutSeconds: a command that has not started on its machine by then never runs, and ends as
@@ -66,8 +70,12 @@ def launch_script(cluster: Cluster, index: int, command: list[str], name: str, r
     follow = (f'$py -m trainer mirror "$run" {shlex.quote(cluster.storage)} --every {MIRROR_SECONDS} '
               f'--until-exits {len(cluster.machines)} --exit-pattern "{name}-*" >"$run/logs/mirror.log" 2>&1 &\n'
               f'echo $! >"$run/pids/{name}-{index}-mirror"' if index == 0 else "")
+    paths = (next(m for m in cluster.machines if m.index == index).data_root, cluster.node_storage)
+    mounts = [mount for mount in (machine_ops.DATA_MOUNT, machine_ops.EFS_MOUNT)
+              if any(path == mount or path.startswith(f"{mount}/") for path in paths)]
     template = Template(resources.files("tasks.backends.aws").joinpath("launch.sh").read_text())
     return template.substitute(job=name, index=index, run_id=cluster.spec.run_id, region=region,
+                               mounts=" ".join(mounts),
                                node_storage=shlex.quote(cluster.node_storage), storage=cluster.storage,
                                python=shlex.quote(cluster.python),
                                secrets=secrets, follow=follow, command=shlex.join(command))
@@ -174,11 +182,14 @@ def command_ends(clients: Clients, machines: Iterable[Machine], name: str,
 def _how_it_ended(ssm, command_id: str, instance_id: str) -> tuple[int, str]:
     invocation = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
     code = invocation["ResponseCode"]
+    stdout, stderr = (invocation.get(field) or "" for field in ("StandardOutputContent", "StandardErrorContent"))
     if invocation["StatusDetails"] == "ExecutionTimedOut":
         code = EXECUTION_TIMED_OUT
     elif invocation["Status"] not in ("Success", "Failed") or code < 0:
         code = LOST
-    said = (invocation.get("StandardErrorContent") or "").strip().splitlines()[-STDERR_TAIL_LINES:]
+    elif PROCESS_LOST in stdout + stderr:
+        code, stderr = LOST, stdout + stderr
+    said = stderr.strip().splitlines()[-STDERR_TAIL_LINES:]
     return code, (f"its SSM command on {instance_id} ended {invocation['StatusDetails']} (code "
                   f"{invocation['ResponseCode']})" + (": " + " / ".join(said) if said else ""))
 

@@ -15,6 +15,14 @@ if [ $$? -eq 1 ]; then
   echo "error: this machine's first boot (its user data) failed; above, the end of its cloud-init output log" >&2
   exit 3
 fi
+# The disks this job reads and writes, which the first boot mounted through /etc/fstab so that a later boot mounts
+# them again: without one, the job would read an empty folder of the root disk, or write its run there.
+for mount in ${mounts}; do
+  if ! grep -qs " $$mount " /proc/mounts; then
+    echo "error: $$mount is not mounted on this machine: a boot after its first (a reboot) did not mount it again" >&2
+    exit 3
+  fi
+done
 run=${node_storage}
 py=${python}
 mkdir -p "$$run/logs" "$$run/exit" "$$run/pids"

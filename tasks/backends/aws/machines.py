@@ -26,6 +26,8 @@ SUPPORTED_UBUNTU = "22.04"
 DEFAULT_AMI_PARAMETER = ("/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-"
                          f"{SUPPORTED_UBUNTU}/latest/ami-id")
 DATA_DEVICE = "/dev/sdf"
+DATA_MOUNT = "/mnt/data"  # where user-data mounts the machine's dataset volume
+EFS_MOUNT = "/mnt/efs"  # and the run's shared file system
 MACHINE_PYTHON = "/opt/imagenet18/.venv/bin/python"  # user-data installs the project there
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 CAPACITY_ERRORS = ("InsufficientInstanceCapacity", "InsufficientCapacity", "SpotMaxPriceTooLow",
@@ -94,15 +96,17 @@ def user_data(spec: ClusterSpec, volume_ids: list[str], boot: BootConfig) -> str
     """One script for every machine of one launch request: each finds its own volume by its launch index."""
     template = Template(resources.files("tasks.backends.aws").joinpath("user_data.sh").read_text())
     mount_efs = ("# The run's shared file system (its mount target may still be coming up: machines start meanwhile);\n"
-                 "# its security group admits only the run's machines.\n"
-                 "for _ in $(seq 1 60); do mount -t nfs4 -o nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,"
-                 f"retrans=2,noresvport {boot.file_system_id}.efs.{boot.region}.amazonaws.com:/ /mnt/efs && break; "
-                 "sleep 10; done\nmountpoint -q /mnt/efs") if boot.file_system_id else ""
+                 "# its security group admits only the run's machines. AWS's options for EFS; _netdev: a boot mounts\n"
+                 "# it once the network is up.\n"
+                 f"echo '{boot.file_system_id}.efs.{boot.region}.amazonaws.com:/ {EFS_MOUNT} nfs4 nfsvers=4.1,"
+                 "rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport,_netdev,nofail 0 0' >>/etc/fstab\n"
+                 f"for _ in $(seq 1 60); do mount {EFS_MOUNT} && break; sleep 10; done\n"
+                 f"mountpoint -q {EFS_MOUNT}") if boot.file_system_id else ""
     builder = boot.format_volume
     return template.substitute(
         run_id=spec.run_id, shutdown_minutes=max(1, round(boot.max_hours * 60)),
         volume_serials=" ".join(v.replace("-", "") for v in volume_ids), code_url=boot.code_url,
-        mount_efs=mount_efs, mount_options="-o noatime" if builder else "-o ro,noatime",
+        mount_efs=mount_efs, mount_options="noatime" if builder else "ro,noatime",
         format_volume='blkid "$device" || mkfs.ext4 -q -L imagenet18 "$device"' if builder else "")
 
 

@@ -30,7 +30,7 @@ S3_FIRST_BYTE_S = 0.1  # at best, for a small object: S3's performance guideline
 BUILD_HOURS = 6.0  # a build's max_hours unless asked: the copy and the snapshot together
 BUILDER_NAME = "{}-builder"  # its volume's Name: the snapshot's name, and this
 TAG_VALUE_MAX = 256  # EC2's (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Using_Tags.html#tag-restrictions)
-BUILD_LOGS = "/mnt/data/.imagenet18-build"  # the copy's log stays on the snapshot, as its provenance
+BUILD_LOGS = f"{machines.DATA_MOUNT}/.imagenet18-build"  # the copy's log stays on the snapshot, as its provenance
 
 
 @dataclass(frozen=True)
@@ -174,9 +174,9 @@ def _build(backend: AwsBackend, spec: ClusterSpec, url: str, name: str, sizes: l
                                max_hours=spec.hours_left,
                                format_volume=True)
     [builder] = machines.run_machines(clients, spec, net, image, profile, [volume["VolumeId"]], boot, 1)
-    cluster = Cluster(spec, (Machine(0, builder["InstanceId"], builder["PrivateIpAddress"], "/mnt/data"),),
+    cluster = Cluster(spec, (Machine(0, builder["InstanceId"], builder["PrivateIpAddress"], machines.DATA_MOUNT),),
                       f"s3://{bucket}/{folder}", 0, "", BUILD_LOGS, machines.MACHINE_PYTHON)
-    command = [cluster.python, "-m", "trainer", "sync", url, f"/mnt/data/{options.dataset_folder}",
+    command = [cluster.python, "-m", "trainer", "sync", url, f"{machines.DATA_MOUNT}/{options.dataset_folder}",
                "--sizes", *map(str, sizes)]
     backend.launch(cluster, {0: command}, COPY_JOB)
     while not (status := backend.status(cluster, COPY_JOB)).done:

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tasks.backends.aws import jobs, machines, tags
-from tasks.backends.aws.backend import EFS_MOUNT
 from tasks.backends.aws.clients import Clients, error_code
+from tasks.backends.aws.machines import EFS_MOUNT
 from tasks.backends.aws.network import key_path
 
 SSH_USER = "ubuntu"  # the Deep Learning Base AMI's

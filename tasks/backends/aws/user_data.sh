@@ -4,8 +4,22 @@
 set -euxo pipefail
 
 # The run's max hours: the machine powers off, and with InstanceInitiatedShutdownBehavior=terminate that
-# terminates it, even if the orchestrator that started it is gone.
+# terminates it, even if the orchestrator that started it is gone. A reboot (EC2's maintenance, its automatic
+# recovery) runs this script no more and forgets the shutdown (held in /run): at each later boot, cloud-init's
+# per-boot script arms it again for what is left of the run's time, or powers off at once.
 shutdown -h +${shutdown_minutes} "imagenet18: the run's max_hours is over"
+mkdir -p /var/lib/imagenet18 /var/lib/cloud/scripts/per-boot
+echo $$(( $$(date +%s) + ${shutdown_minutes} * 60 )) >/var/lib/imagenet18/deadline
+cat >/var/lib/cloud/scripts/per-boot/imagenet18-deadline <<'DEADLINE'
+#!/bin/sh
+left=$$(( ($$(cat /var/lib/imagenet18/deadline) - $$(date +%s) + 59) / 60 ))
+if [ "$$left" -gt 0 ]; then
+  shutdown -h "+$$left" "imagenet18: the run's max_hours is over"
+else
+  shutdown -h now "imagenet18: the run's max_hours is over"
+fi
+DEADLINE
+chmod 755 /var/lib/cloud/scripts/per-boot/imagenet18-deadline
 
 # The way out: a machine with an interface on each network card gets its public address (an Elastic IP) once it
 # runs, which may be after this script starts.
@@ -90,8 +104,11 @@ shift "$$launch_index"
 device=/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_$$1
 for _ in $$(seq 1 180); do [ -e "$$device" ] && break; sleep 5; done
 ${format_volume}
+# Mounted through /etc/fstab, so that a reboot mounts them again; nofail: a disk that cannot be mounted then
+# leaves the machine bootable (not in emergency mode, out of reach), and its jobs say what is missing.
 mkdir -p /mnt/data /mnt/efs
-mount ${mount_options} "$$device" /mnt/data
+echo "$$device /mnt/data auto ${mount_options},nofail 0 2" >>/etc/fstab
+mount /mnt/data
 ${mount_efs}
 
 # The project, from the run's s3:// prefix, with exactly the dependencies its lock names (hashes checked).
