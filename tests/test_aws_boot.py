@@ -106,3 +106,30 @@ def test_the_boots_commands_are_asked_again_while_they_fail_as_they_may_in_a_whi
     assert tries.read_text().splitlines() == [line.split(f"{command} ", 1)[1]] * calls
     assert (slept.read_text().split() if slept.exists() else []) == ["10"] * (calls - 1)
     assert done.stdout.splitlines()[-1] == ("Done" if returncode == 0 else failure)
+
+
+def test_a_reboot_arms_the_runs_shutdown_again_for_what_is_left_of_its_first_boots_deadline(tmp_path):
+    """The first boot's `shutdown -h +N` is held in /run, which a reboot empties, and user-data does not run again:
+    the per-boot script it leaves (run as cloud-init runs it, an executable file) arms the shutdown for what is left,
+    powers the machine off past the deadline, and arms the run's whole time where it cannot read the deadline."""
+    state, per_boot = tmp_path / "state", tmp_path / "per-boot"
+    text = shipped_user_data().replace("/var/lib/imagenet18", str(state)).replace(
+        "/var/lib/cloud/scripts/per-boot", str(per_boot))
+    first_boot = re.search(r"^shutdown -h \+.*?^chmod [^\n]*\n", text, re.M | re.S)[0]
+    shutdowns = tmp_path / "shutdowns"
+    env = fake_commands(tmp_path / "bin", {"shutdown": f'echo "$1 $2" >>{shutdowns}',
+                                           "date": '[ "$1" = "+%s" ] && echo "$FAKE_NOW" || exec /bin/date "$@"'})
+    start = 1_800_000_000
+
+    def boot(script: list[str], seconds_after_start: int) -> str:
+        subprocess.run(script, env={**env, "FAKE_NOW": str(start + seconds_after_start)}, check=True)
+        said = shutdowns.read_text().splitlines()[-1]
+        return said
+
+    assert boot(["bash", "-euc", first_boot], 0) == "-h +60"
+    [script] = per_boot.iterdir()
+    assert boot([str(script)], 30 * 60 + 10) == "-h +30"
+    assert boot([str(script)], 59 * 60 + 1) == "-h +1"
+    assert boot([str(script)], 61 * 60) == "-h now"
+    (state / "deadline").write_text("")
+    assert boot([str(script)], 61 * 60) == "-h +60", "a deadline it cannot read: the run's whole time again"

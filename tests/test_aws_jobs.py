@@ -264,11 +264,16 @@ def test_a_job_a_reboot_ends_is_lost_and_the_machine_runs_the_next_with_its_disk
 
 def test_a_job_on_a_machine_whose_reboot_did_not_mount_its_disks_fails_saying_so(aws, snapshot, tmp_path,
                                                                                  monkeypatch):
-    """A disk /etc/fstab does not mount at a later boot (nofail lets the machine boot without it): the job would
-    read an empty folder of the root disk, and write its run there."""
+    """A disk its first boot mounted that a later boot does not (here: mounted without an /etc/fstab entry, as
+    user-data did before): the job would read an empty folder of the root disk, and write its run there."""
     shipped = machines.user_data
-    monkeypatch.setattr(machines, "user_data", lambda *args: "\n".join(
-        line for line in shipped(*args).splitlines() if "/mnt/efs" not in line or "fstab" not in line))
+
+    def efs_mounted_by_hand(*args) -> str:
+        text = shipped(*args)
+        entry = re.search(r"^echo '(\S+) /mnt/efs nfs4 .*>>/etc/fstab\n", text, re.M)
+        return text.replace(entry[0], "").replace("mount /mnt/efs &&", f"mount -t nfs4 {entry[1]} /mnt/efs &&")
+
+    monkeypatch.setattr(machines, "user_data", efs_mounted_by_hand)
     backend, cluster = provisioned(aws, tmp_path, "run-unmounted", 1)
     [machine] = cluster.machines
     jobs.wait_for_agents(backend.clients, [machine.id])

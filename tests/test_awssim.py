@@ -1084,10 +1084,10 @@ def test_a_boot_that_cannot_reach_the_ppa_fails_rather_than_install_ubuntus_rele
 
 def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_project(aws):
     """user-data read against its AMI's facts: the project's install needs an interpreter inside its Requires-Python,
-    with its venv module, and the EFS mount needs nfs-common; what the AMI lacks must be installed first, from what
-    its archive has, asking again while the image's first-boot apt-daily holds the package lists; the project's
-    install asks again after a download cut off. A machine whose
-    boot failed has no venv: a job's python is not found there; one whose Python has no C headers fails
+    with its venv module, and the EFS mount needs nfs-common and its /etc/fstab entry; what the AMI lacks must be
+    installed first, from what its archive has, asking again while the image's first-boot apt-daily holds the
+    package lists; the project's install asks again after a download cut off. A machine whose boot failed has no
+    venv: a job's python is not found there; one whose Python has no C headers fails
     torch.compile's first GPU kernel, and one whose Python is Ubuntu 22.04's own python3.11, a release candidate
     (not the deadsnakes PPA's final release), segfaults there."""
     ec2, ssm = aws.client("ec2"), aws.client("ssm")
@@ -1101,6 +1101,8 @@ def test_a_boot_that_would_fail_on_the_image_fails_and_its_machine_has_no_projec
         (UBUNTU_2204, {"python3.11 -m venv": "python3 -m venv", "python3.11-venv": "python3-venv"},
          "requires a different Python: 3.10.12 not in '>=3.11,<3.12'"),
         (UBUNTU_2204, {" nfs-common": ""}, "mount.nfs4 helper program (nfs-common is not installed)"),
+        (UBUNTU_2204, {"_netdev,nofail 0 0' >>/etc/fstab": "_netdev,nofail 0 0' >/dev/null"},
+         "mount: /mnt/efs: can't find in /etc/fstab."),
         (UBUNTU_2404, {}, "ok"),  # the deadsnakes PPA has 3.11 for 24.04 too
         (UBUNTU_2404, {NO_DEADSNAKES: "https://example.com/ubuntu"}, "E: Unable to locate package python3.11"),
         (UBUNTU_2204, {f'retrying 60 "$apt_again" {APT_UPDATE}': "apt-get -q update"},
@@ -1389,6 +1391,7 @@ def test_a_reboot_ends_a_machines_commands_which_its_agent_reports_failed_and_ho
     reports it Failed, code 1 (amazon-ssm-agent's generateUnexpectedFailResult); a command sent while the machine
     was down waits for the agent. A terminated machine's reboot is ignored (API_RebootInstances)."""
     ec2, ssm = aws.client("ec2"), aws.client("ssm")
+    aws.set_reboot(5)  # long enough for the looks at the machine while it is down
     instance = launch(ec2)
     wait_for(lambda: agents_online(ssm, instance), seconds=20)
     cut = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[instance],

@@ -140,6 +140,10 @@ class AwsSim:
         time here being compressed (until the next reset, which makes boots instant)."""
         self._control("POST", "boot", {"boot_s": seconds})
 
+    def set_reboot(self, seconds: float) -> None:
+        """How long a machine rebooted from now on is down, its agent with it (`AWSSIM_REBOOT_S`)."""
+        self._control("POST", "reboot", {"reboot_s": seconds})
+
     def set_shutting_down(self, seconds: float) -> None:
         """Machines terminated from now on are shutting-down this long, their volumes still attached (until the next
         reset, which restores AWSSIM_SHUTTING_DOWN_S, half a second by default)."""

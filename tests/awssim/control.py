@@ -57,6 +57,7 @@ class Control:
             ("POST", "/_awssim/agent"): lambda body: setattr(self.player, "agent_delay_s", float(body["delay_s"])),
             ("POST", "/_awssim/pending"): lambda body: setattr(self.player, "pending_s", float(body["pending_s"])),
             ("POST", "/_awssim/boot"): lambda body: setattr(self.player, "boot_s", float(body["boot_s"])),
+            ("POST", "/_awssim/reboot"): lambda body: setattr(self.player, "reboot_s", float(body["reboot_s"])),
             ("POST", "/_awssim/shutting-down"): lambda body: setattr(self.player, "shutting_down_s",
                                                                      float(body["shutting_down_s"])),
             ("POST", "/_awssim/snapshot-pending"): lambda body: setattr(self.player, "snapshot_pending_s",

@@ -44,6 +44,8 @@ LAUNCH_ENDS = {"Server.InsufficientInstanceCapacity": "There was insufficient ca
                "Client.InternalError": "Client error on launch"}
 SHUTTING_DOWN_S = float(os.environ.get("AWSSIM_SHUTTING_DOWN_S", "0.5"))  # from its termination until it is gone
 REBOOT_S = float(os.environ.get("AWSSIM_REBOOT_S", "2"))  # from a reboot until the machine and its agent run again
+# After a reboot, from its agent running again until /etc/fstab's nofail mounts are there: a boot waits for neither.
+MOUNT_LAG_S = 3.0
 # What SSM's agent, running again after a reboot, reports of a command whose process the reboot ended: Failed,
 # code 1 (amazon-ssm-agent's generateUnexpectedFailResult, after its IPC with the gone worker times out).
 PROCESS_LOST_OUTPUT = ("document process failed unexpectedly: ipc messaging received timeout signal, check "
@@ -78,11 +80,20 @@ def _compile_failure(user_data: UserData) -> tuple[int, str] | None:
 
 def _mount_table(scratch: Path, mounted: dict[str, Path]) -> Path:
     """The machine's /proc/mounts: its root disk and the disks mounted at their mount points (local folders)."""
-    table = scratch / "proc-mounts"
-    table.write_text("/dev/root / ext4 rw,relatime 0 0\n" + "".join(
-        f"{'fs-0.efs.us-east-1.amazonaws.com:/' if point == '/mnt/efs' else '/dev/nvme1n1'} {disk} "
-        f"{'nfs4' if point == '/mnt/efs' else 'ext4'} rw,relatime 0 0\n" for point, disk in mounted.items()))
-    return table
+    return _table(scratch / "proc-mounts", {point: str(disk) for point, disk in mounted.items()}, "rw,relatime")
+
+
+def _fstab(scratch: Path, user_data: UserData, paths: dict[str, str]) -> Path:
+    """The machine's /etc/fstab: the entries its user data added, at their mount points' local folders."""
+    return _table(scratch / "fstab", {point: paths.get(point, point) for point in user_data.remounted},
+                  "defaults,nofail")
+
+
+def _table(file: Path, points: dict[str, str], options: str) -> Path:
+    file.write_text("/dev/root / ext4 rw,relatime 0 0\n" + "".join(
+        f"{'fs-0.efs.us-east-1.amazonaws.com:/' if point == '/mnt/efs' else '/dev/nvme1n1'} {local} "
+        f"{'nfs4' if point == '/mnt/efs' else 'ext4'} {options} 0 0\n" for point, local in points.items()))
+    return file
 
 
 def _boot_record(scratch: Path, user_data: UserData, booted_at: float, first: bool) -> dict[str, str]:
@@ -166,6 +177,8 @@ class Machine:
     boots: int = 1
     up_at: float = 0.0  # time.time() when it runs again after its last reboot, its agent with it
     mounted: frozenset[str] | None = None  # after a reboot: what /etc/fstab mounts; None: what user data mounted
+    disks: dict[str, Path] = field(default_factory=dict)  # mount point -> local folder, once a command ran
+    table: Path | None = None  # its /proc/mounts, once a command ran, rewritten as late mounts come
 
     def record(self) -> dict[str, Any]:
         return {"instance_id": self.instance_id, "user_data_check": self.user_data.check,
@@ -174,17 +187,25 @@ class Machine:
                 "boots": self.boots,
                 "shutdown_in_s": None if self.shutdown_at is None else self.shutdown_at - time.time()}
 
-    def rebooted(self, now: float) -> None:
-        """Its OS restarted: user data runs no more, so only /etc/fstab's mounts come back, and a shutdown it
-        armed (in /run) is gone unless a per-boot script arms it again (for the same deadline, its own)."""
+    def rebooted(self, now: float, reboot_s: float) -> None:
+        """Its OS restarted: user data runs no more, so only /etc/fstab's mounts come back (a while after the
+        machine), and a shutdown it armed (in /run) is gone unless a per-boot script arms it again (for the same
+        deadline, its own)."""
         self.boots += 1
-        self.up_at = self.booted_at = now + REBOOT_S
+        self.up_at = self.booted_at = now + reboot_s
         self.mounted = self.user_data.remounted
         if not self.user_data.rearms_shutdown:
             self.shutdown_at = None
 
     def down(self, now: float) -> bool:
         return now < self.up_at
+
+    def mounts_now(self) -> dict[str, Path]:
+        """Its disks mounted now (at their mount points' local folders)."""
+        if self.mounted is None:
+            return dict(self.disks)
+        late = time.time() < self.up_at + MOUNT_LAG_S
+        return {point: disk for point, disk in self.disks.items() if point in self.mounted and not late}
 
 
 def _free_port() -> int:
@@ -210,6 +231,7 @@ class Player:
         self.pending_s = PENDING_S  # for machines launched from now on
         self.boot_s = 0.0  # for machines seen from now on: from running to the end of their first boot
         self.shutting_down_s = SHUTTING_DOWN_S  # for machines terminated from now on
+        self.reboot_s = REBOOT_S  # for machines rebooted from now on
         self.snapshot_pending_s = 0.0  # for snapshots made from now on
         self.volume_creating_s = VOLUME_CREATING_S  # for volumes made from now on
         self.bucket_settling_s = BUCKET_SETTLING_S  # for buckets made from now on
@@ -243,8 +265,9 @@ class Player:
             self._kill_where_gone(instances)
             self._time_out()
             self._reap()
-            self._report_lost()
+            self._report_lost(instances)
             self._deliver_held(instances)
+            self._mount_late()
             self.store.sync()
             self._launch_new(instances)
 
@@ -273,6 +296,7 @@ class Player:
             self.pending_s = PENDING_S
             self.boot_s = 0.0
             self.shutting_down_s = SHUTTING_DOWN_S
+            self.reboot_s = REBOOT_S
             self.snapshot_pending_s = 0.0
             self.volume_creating_s = VOLUME_CREATING_S
             self.bucket_settling_s = BUCKET_SETTLING_S
@@ -325,9 +349,10 @@ class Player:
         """The machine restarts: every process of its commands ends with it, and its agent, once it runs again,
         reports those commands Failed."""
         now = time.time()
-        machine.rebooted(now)
+        machine.rebooted(now, self.reboot_s)
         for played in self._played:
-            if played.instance_id == machine.instance_id and played.exit_code is None and played.held is None:
+            if played.instance_id == machine.instance_id and played.exit_code is None and played.held is None \
+                    and played.process is not None and played.process.poll() is None:  # else it ended first
                 self._kill(played)
                 played.lost_report_at = machine.up_at
 
@@ -427,12 +452,23 @@ class Player:
                 code = played.process.returncode
                 self._finish(played, code if code >= 0 else 128 - code)  # as a shell reports a signal
 
-    def _report_lost(self) -> None:
+    def _report_lost(self, instances: dict[str, Any]) -> None:
+        """Commands a reboot ended, once the agent runs again; where the machine went meanwhile, its agent never
+        does, and the command ends as one whose machine went does."""
         for played in self._played:
             if played.exit_code is None and played.lost_report_at is not None and time.time() >= played.lost_report_at:
+                instance = instances.get(played.instance_id)
+                if instance is None or instance.state not in ALIVE:
+                    self._finish(played, 128 + signal.SIGKILL)
+                    continue
                 (played.dir / "stdout").write_text(PROCESS_LOST_OUTPUT)
                 (played.dir / "stderr").write_text("")
                 self._finish(played, 1)
+
+    def _mount_late(self) -> None:
+        for machine in self._machines.values():
+            if machine.table is not None and machine.mounted is not None:
+                _mount_table(machine.table.parent, machine.mounts_now())
 
     def _deliver_held(self, instances: dict[str, Any]) -> None:
         """Commands sent while their machine rebooted, once its agent runs again (or it is gone)."""
@@ -544,22 +580,23 @@ class Player:
         scratch = self.root / "instances" / instance.id
         machine = self._machines[instance.id]
         booted = not machine.user_data.boot_failed
-        # What the machine has mounted (a reboot leaves /etc/fstab's alone), where it would have them; a mount
-        # point without its disk is an empty folder of the root disk.
+        # What the machine has mounted, or will once its late mounts come (a reboot leaves /etc/fstab's alone),
+        # where it would have them; a mount point without its disk is an empty folder of the root disk.
         disks = {"/mnt/data": self._data_volume(instance), "/mnt/efs": self._efs(run, account, region)}
-        mounted = {point: disk for point, disk in disks.items()
-                   if disk is not None and (machine.mounted is None or point in machine.mounted)}
+        machine.disks = {point: disk for point, disk in disks.items()
+                         if disk is not None and (machine.mounted is None or point in machine.mounted)}
         paths = {
             # A machine whose boot failed has no venv: its commands find no python there, as on a real one.
             MACHINE_VENV: sys.prefix if booted else str(scratch / "no-venv"),
             "/opt/imagenet18": str(self.repo),
-            **{point: str(mounted.get(point) or scratch / point.strip("/").replace("/", "-")) for point in disks},
+            **{point: str(machine.disks.get(point) or scratch / point.strip("/").replace("/", "-")) for point in disks},
             **self._efa(instance, scratch),
         }
         for path in paths.values():
             Path(path).mkdir(parents=True, exist_ok=True)
         paths.update(_boot_record(scratch, machine.user_data, machine.booted_at, first=machine.boots == 1))
-        paths["/proc/mounts"] = str(_mount_table(scratch, mounted))
+        machine.table = _mount_table(scratch, machine.mounts_now())
+        paths.update({"/proc/mounts": str(machine.table), "/etc/fstab": str(_fstab(scratch, machine.user_data, paths))})
         ips = [i.private_ip for i in instances.values() if i.private_ip]
         return Rewrite(paths, ips, self._ports[port_key])
 

@@ -1,12 +1,13 @@
 """Instance user-data: not run (it mounts disks and installs the project on a real machine), only checked with `-n` by
 the shell its #! line names, read line by line against its image's facts for what would stop its boot on a real
-machine (a package apt cannot find, in the image's archive or a PPA the script adds, a download from a host the
-machine cannot reach, a PPA it cannot reach where apt-get update is told to fail on it, a venv's Python that its
-check finds to be a pre-release, a tool whose package is missing, an interpreter outside the project's
-Requires-Python, a hashed lock that lacks a dependency the machine's Python needs, an `apt-get update` not asked again
-on the words it fails with while the image's own first-boot apt-daily holds the package lists' lock, a hashed install
-not asked again on a download the network cuts short, an unset variable under `set -u`), and searched for a shutdown
-timer, which the player honours, and for the services it restarts (SSM's agent, the player's concern)."""
+machine (a mount of a mount point /etc/fstab lacks, a package apt cannot find, in the image's archive or a PPA the
+script adds, a download from a host the machine cannot reach, a PPA it cannot reach where apt-get update is told to
+fail on it, a venv's Python that its check finds to be a pre-release, a tool whose package is missing, an interpreter
+outside the project's Requires-Python, a hashed lock that lacks a dependency the machine's Python needs, an `apt-get
+update` not asked again on the words it fails with while the image's own first-boot apt-daily holds the package
+lists' lock, a hashed install not asked again on a download the network cuts short, an unset variable under
+`set -u`), and searched for a shutdown timer, which the player honours, and for the services it restarts (SSM's agent,
+the player's concern)."""
 
 import base64
 import gzip
@@ -161,7 +162,9 @@ def _first_failure(script: str, image: ImageFacts, project: Path, requires_pytho
                 packages.add(package)
         if entry := FSTAB_ENTRY.match(line):
             fstab[entry[2]] = entry[3]
-        by_entry = [point for point in MOUNT_POINT.findall(line) if fstab.get(point, "").startswith("nfs")]
+        if unknown := next((point for point in MOUNT_POINT.findall(line) if point not in fstab), None):
+            return f"mount: {unknown}: can't find in /etc/fstab."
+        by_entry = [point for point in MOUNT_POINT.findall(line) if fstab[point].startswith("nfs")]
         if (NFS_MOUNT.search(line) or by_entry) and "nfs-common" not in packages:
             return ("mount: bad option; for several filesystems (e.g. nfs, cifs) you might need a /sbin/mount.nfs4 "
                     "helper program (nfs-common is not installed)")

@@ -188,7 +188,7 @@ def _how_it_ended(ssm, command_id: str, instance_id: str) -> tuple[int, str]:
     elif invocation["Status"] not in ("Success", "Failed") or code < 0:
         code = LOST
     elif PROCESS_LOST in stdout + stderr:
-        code, stderr = LOST, stdout + stderr
+        code, stderr = LOST, f"{stdout}\n{stderr}"
     said = stderr.strip().splitlines()[-STDERR_TAIL_LINES:]
     return code, (f"its SSM command on {instance_id} ended {invocation['StatusDetails']} (code "
                   f"{invocation['ResponseCode']})" + (": " + " / ".join(said) if said else ""))

@@ -16,8 +16,14 @@ if [ $$? -eq 1 ]; then
   exit 3
 fi
 # The disks this job reads and writes, which the first boot mounted through /etc/fstab so that a later boot mounts
-# them again: without one, the job would read an empty folder of the root disk, or write its run there.
+# them again: without one, the job would read an empty folder of the root disk, or write its run there. A boot
+# does not wait for a nofail mount, so a job that starts as its machine comes back waits a while for one.
 for mount in ${mounts}; do
+  tries=60
+  while ! grep -qs " $$mount " /proc/mounts && grep -qs " $$mount " /etc/fstab && [ "$$tries" -gt 0 ]; do
+    tries=$$((tries - 1))
+    sleep 2
+  done
   if ! grep -qs " $$mount " /proc/mounts; then
     echo "error: $$mount is not mounted on this machine: a boot after its first (a reboot) did not mount it again" >&2
     exit 3

@@ -6,13 +6,18 @@ set -euxo pipefail
 # The run's max hours: the machine powers off, and with InstanceInitiatedShutdownBehavior=terminate that
 # terminates it, even if the orchestrator that started it is gone. A reboot (EC2's maintenance, its automatic
 # recovery) runs this script no more and forgets the shutdown (held in /run): at each later boot, cloud-init's
-# per-boot script arms it again for what is left of the run's time, or powers off at once.
+# per-boot script arms it again for what is left of the run's time, or powers off at once; without a deadline it
+# can read, for the run's whole time again.
 shutdown -h +${shutdown_minutes} "imagenet18: the run's max_hours is over"
 mkdir -p /var/lib/imagenet18 /var/lib/cloud/scripts/per-boot
 echo $$(( $$(date +%s) + ${shutdown_minutes} * 60 )) >/var/lib/imagenet18/deadline
 cat >/var/lib/cloud/scripts/per-boot/imagenet18-deadline <<'DEADLINE'
 #!/bin/sh
-left=$$(( ($$(cat /var/lib/imagenet18/deadline) - $$(date +%s) + 59) / 60 ))
+deadline=$$(cat /var/lib/imagenet18/deadline 2>/dev/null)
+case "$$deadline" in
+  '' | *[!0-9]*) left=${shutdown_minutes} ;;
+  *) left=$$(( (deadline - $$(date +%s) + 59) / 60 )) ;;
+esac
 if [ "$$left" -gt 0 ]; then
   shutdown -h "+$$left" "imagenet18: the run's max_hours is over"
 else
@@ -109,6 +114,7 @@ ${format_volume}
 mkdir -p /mnt/data /mnt/efs
 echo "$$device /mnt/data auto ${mount_options},nofail 0 2" >>/etc/fstab
 mount /mnt/data
+mountpoint -q /mnt/data  # nofail: mount says nothing of a disk it cannot find
 ${mount_efs}
 
 # The project, from the run's s3:// prefix, with exactly the dependencies its lock names (hashes checked).
