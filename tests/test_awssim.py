@@ -1414,3 +1414,25 @@ def test_a_reboot_ends_a_machines_commands_which_its_agent_reports_failed_and_ho
     terminate(ec2, instance)
     ec2.reboot_instances(InstanceIds=[instance])
     assert state(ec2, instance) == "terminated" and [m["boots"] for m in aws.machines()] == [2]
+
+
+@pytest.mark.parametrize("check,failing", [("system", "SystemStatus"), ("instance", "InstanceStatus")])
+def test_a_machine_that_fails_is_running_with_its_status_check_impaired_and_its_commands_in_progress(aws, check,
+                                                                                                    failing):
+    """What a failed host or a hung OS looks like on EC2: the machine is described running, the check fails
+    (API_InstanceStatusSummary), its agent stops pinging, and the command it ran never ends."""
+    ec2, ssm = aws.client("ec2"), aws.client("ssm")
+    instance = launch(ec2)
+    wait_for(lambda: agents_online(ssm, instance), seconds=20)
+    sent = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[instance],
+                            Parameters={"commands": ["sleep 600"]})["Command"]["CommandId"]
+    wait_for(lambda: aws.played(), what="the command to run")
+    aws.impair(instance, check)
+    [status] = ec2.describe_instance_status(InstanceIds=[instance])["InstanceStatuses"]
+    assert {name: status[name]["Status"] for name in ("SystemStatus", "InstanceStatus")} == {
+        "SystemStatus": "ok", "InstanceStatus": "ok", failing: "impaired"}
+    assert status[failing]["Details"] == [{"Name": "reachability", "Status": "failed"}]
+    assert state(ec2, instance) == "running" and not agents_online(ssm, instance)
+    time.sleep(1)
+    assert ssm.get_command_invocation(CommandId=sent, InstanceId=instance)["Status"] == "InProgress"
+    assert aws.played()[0]["cut_short"] and aws.played()[0]["exit_code"] is None

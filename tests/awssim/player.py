@@ -153,7 +153,9 @@ class Played:
     cold_data: bool = False  # it started on a machine whose dataset volume was still fetching blocks from S3
     timeout_s: float = DEFAULT_EXECUTION_TIMEOUT_S  # its executionTimeout: the agent kills it past that
     held: tuple[str, str, str] | None = None  # sent while its machine rebooted: (account, region, script)
-    lost_report_at: float | None = None  # a reboot ended it: when the agent, running again, reports it Failed
+    # Its process ended under it (a reboot: when the agent, running again, reports it Failed; a machine that
+    # failed: math.inf, never)
+    lost_report_at: float | None = None
 
     def record(self) -> dict[str, Any]:
         return {
@@ -356,6 +358,23 @@ class Player:
                 self._kill(played)
                 played.lost_report_at = machine.up_at
 
+    def impair(self, instance_id: str, check: str) -> None:
+        """The machine's hardware fails (its system status check) or its OS stops answering (its instance status
+        check): its processes end with no word to anyone, its commands stay in progress, its agent's ping is lost,
+        and the check fails; EC2 still describes it running."""
+        if check not in ("system", "instance"):
+            raise ValueError(f"no status check {check!r}: system or instance")
+        with self._lock:
+            instance = backends.find_instance(instance_id)
+            if instance is None:
+                raise ValueError(f"no instance {instance_id}")
+            instance.impaired = check
+            for played in self._played:
+                if played.instance_id == instance_id and played.process is not None and played.exit_code is None \
+                        and played.process.poll() is None:
+                    self._kill(played)
+                    played.lost_report_at = math.inf
+
     def _ends(self, instance: Any) -> bool:
         """Whether EC2 ends this new machine as it launches (`end_launches`, or a disk EBS cannot encrypt): it is
         shut down, with the reason."""
@@ -393,7 +412,8 @@ class Player:
                 if instance is None or instance.state == "terminated" or not machine.agent.registered:
                     continue
                 out = network.reaches_out(instance, ec2, self.public_access)
-                up = instance.state == "running" and out and not machine.down(time.time())
+                up = instance.state == "running" and out and not machine.down(time.time()) \
+                    and not getattr(instance, "impaired", None)
                 pings[instance_id] = "Online" if up else "ConnectionLost"
             return pings
 

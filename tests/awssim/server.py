@@ -43,6 +43,7 @@ from .moto_fixes import (
     fix_send_command_targets,
     fix_service_linked_roles,
     fix_snapshots_take_time,
+    fix_status_checks_can_fail,
     fix_termination_takes_time,
 )
 from .bucket_settling import fix_new_buckets_settle
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     fix_file_system_already_exists()
     fix_managed_policies_in_aws_partition_only()
     fix_reboots_reach_the_machine()
+    fix_status_checks_can_fail()
     faults, placement, store, quotas = Faults(backends.of_run), PlacementGroups(), ContentStore(root), Quotas()
     player, throttle = Player(root, REPO, store), SsmThrottle()
     fix_instances_start_pending(lambda: player.pending_s)

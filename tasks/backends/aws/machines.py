@@ -14,7 +14,7 @@ from string import Template
 
 import botocore.exceptions
 
-from tasks.backends.aws import addresses, catalog, pools, quotas, tags
+from tasks.backends.aws import addresses, catalog, health, pools, quotas, tags
 from tasks.backends.aws.clients import Clients, error_code
 from tasks.backends.aws.network import Network
 from tasks.backends.aws.once import answer_lost
@@ -116,6 +116,11 @@ def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: d
     Returns them running, with volume i attached to machine i."""
     live = [i for i in instances(clients, spec.run_id, states=["pending", "running"])
             if i["InstanceType"] == spec.instance_type]
+    broken = health.impaired(clients, [i["InstanceId"] for i in live]) if live else {}
+    if broken:  # described running, but of no use: replaced, as lost machines are
+        log.warning("replacing %s", "; ".join(f"{machine} ({why})" for machine, why in broken.items()))
+        clients.ec2.terminate_instances(InstanceIds=list(broken))
+        live = [i for i in live if i["InstanceId"] not in broken]
     existing = {tags.as_dict(i.get("Tags")).get(tags.INDEX): i for i in live}
     unnamed = [i["InstanceId"] for i in live if tags.INDEX not in tags.as_dict(i.get("Tags"))]
     if unnamed:  # launched by a try that stopped before it tagged them: no volume is theirs
