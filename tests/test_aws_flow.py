@@ -155,43 +155,28 @@ def test_a_spot_interruption_is_replaced_and_training_resumes_from_the_checkpoin
     assert AwsBackend(options()).resources(run_id) == [] and aws_leftovers(aws, run_id) == {}
 
 
-def test_a_machine_ec2_reboots_mid_training_resumes_from_the_checkpoint_on_the_same_machines(prefect_api, aws,
-                                                                                            tiny_data):
+@pytest.mark.parametrize("fault,replaced", [
+    (lambda aws, machine: aws.client("ec2").reboot_instances(InstanceIds=[machine]), False),
+    (lambda aws, machine: aws.impair(machine, "system", ago_s=5 * 60), True),
+], ids=["rebooted", "host-failed"])
+def test_a_machine_rebooted_or_failed_mid_training_resumes_from_the_checkpoint(prefect_api, aws, tiny_data, fault,
+                                                                               replaced):
     """EC2's maintenance or its automatic recovery reboots machine 1: its job ends with it (the agent says Failed,
-    code 1), and the machine comes back with its disks: training resumes from the checkpoint on the same two
-    machines, none replaced."""
+    code 1), and it comes back with its disks, so training resumes on the same two machines. Or its host fails:
+    EC2 describes it running and its SSM command never ends; its system status check, failed for 5 minutes, makes
+    it a lost machine, which the restart stops nothing on (it takes no command) and replaces, with its replica."""
     aws.make_snapshot(tiny_data.parent, description=DATASET)
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(imagenet18, machines=2, backend="aws", instance_type="g5.xlarge", dataset=DATASET,
                               schedule="cpu-tiny", epochs=3, max_hours=1.0, aws=options(), return_state=True)
-        rebooted = _machine_1_after_an_epoch(aws)
-        aws.client("ec2").reboot_instances(InstanceIds=[rebooted])
+        machine = _machine_1_after_an_epoch(aws)
+        fault(aws, machine)
         state = running.result(timeout=600)
     assert state.is_completed(), state.message
     result = state.result()
     assert [r["lost"] for r in result["restarts"]] == [{"1": -9}]
     assert result["epochs"] == 3 and result["epochs_redone"] <= 1, "at most one epoch of work is lost"
-    assert rebooted in result["machine_ids"] and len(set(result["machine_ids"])) == 2, "no machine was replaced"
-    run_id = str(state.state_details.flow_run_id)
-    assert AwsBackend(options()).resources(run_id) == [] and aws_leftovers(aws, run_id) == {}
-
-
-def test_a_machine_whose_hardware_fails_mid_training_is_replaced_and_training_resumes(prefect_api, aws, tiny_data):
-    """Machine 1's host fails: EC2 describes it running, its SSM command never ends, and the other node waits on
-    it; its failed system status check makes it a lost machine, which the restart stops nothing on (it takes no
-    command) and replaces, with its replica."""
-    aws.make_snapshot(tiny_data.parent, description=DATASET)
-    with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(imagenet18, machines=2, backend="aws", instance_type="g5.xlarge", dataset=DATASET,
-                              schedule="cpu-tiny", epochs=3, max_hours=1.0, aws=options(), return_state=True)
-        broken = _machine_1_after_an_epoch(aws)
-        aws.impair(broken, "system")
-        state = running.result(timeout=600)
-    assert state.is_completed(), state.message
-    result = state.result()
-    assert [r["lost"] for r in result["restarts"]] == [{"1": -9}]
-    assert result["epochs"] == 3 and result["epochs_redone"] <= 1, "at most one epoch of work is lost"
-    assert broken not in result["machine_ids"] and len(set(result["machine_ids"])) == 2, "machine 1 was replaced"
+    assert (machine not in result["machine_ids"]) == replaced and len(set(result["machine_ids"])) == 2
     run_id = str(state.state_details.flow_run_id)
     assert AwsBackend(options()).resources(run_id) == [] and aws_leftovers(aws, run_id) == {}
 

@@ -292,8 +292,9 @@ def test_a_job_on_a_machine_whose_reboot_did_not_mount_its_disks_fails_saying_so
 def test_a_machine_whose_status_check_fails_mid_job_is_lost_and_the_next_provision_replaces_it(aws, snapshot,
                                                                                                tmp_path):
     """Its hardware fails (EC2's system status check): EC2 still describes it running, and its SSM command stays in
-    progress for ever; only its status checks say it is gone. The job counts it lost, with EC2's account (a restart
-    mends that), and the next provision, a restart's, replaces it, with its replica, rather than wait for its agent."""
+    progress for ever; only its status checks say it is gone. Once the check has failed for 5 minutes (one that
+    fails a while, as a reboot's, is not a loss) the job counts it lost, with EC2's account (a restart mends that),
+    and the next provision, a restart's, replaces it, with its replica, rather than wait for its agent."""
     backend = AwsBackend(options(), home=tmp_path)
     spec = cluster_spec("run-impaired", 2, "g5.xlarge")
     replicas = backend.replicate(spec, DATASET, 2)
@@ -302,6 +303,8 @@ def test_a_machine_whose_status_check_fails_mid_job_is_lost_and_the_next_provisi
     backend.launch(cluster, {i: [cluster.python, "-c", "import time; time.sleep(600)"] for i in range(2)}, "job")
     wait_for(lambda: len(aws.played()) == 2, 60, "the job to start")
     aws.impair(broken.id, "system")
+    assert backend.status(cluster, "job").running == 2, "a check failed a moment ago"
+    aws.impair(broken.id, "system", ago_s=5 * 60)
     status = wait_for(lambda: (found := backend.status(cluster, "job")).failed and found, 60, "the machine lost")
     assert (status.running, status.failed) == (1, {1: jobs.LOST}) and stages._lost(status.failed[1])
     assert status.causes == {1: f"{broken.id} failed EC2's system status check (the hardware, network or power "

@@ -1427,11 +1427,13 @@ def test_a_machine_that_fails_is_running_with_its_status_check_impaired_and_its_
     sent = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[instance],
                             Parameters={"commands": ["sleep 600"]})["Command"]["CommandId"]
     wait_for(lambda: aws.played(), what="the command to run")
-    aws.impair(instance, check)
+    aws.impair(instance, check, ago_s=600)
     [status] = ec2.describe_instance_status(InstanceIds=[instance])["InstanceStatuses"]
     assert {name: status[name]["Status"] for name in ("SystemStatus", "InstanceStatus")} == {
         "SystemStatus": "ok", "InstanceStatus": "ok", failing: "impaired"}
-    assert status[failing]["Details"] == [{"Name": "reachability", "Status": "failed"}]
+    [detail] = status[failing]["Details"]
+    assert (detail["Name"], detail["Status"]) == ("reachability", "failed")
+    assert abs((dt.datetime.now(dt.timezone.utc) - detail["ImpairedSince"]).total_seconds() - 600) < 60
     assert state(ec2, instance) == "running" and not agents_online(ssm, instance)
     time.sleep(1)
     assert ssm.get_command_invocation(CommandId=sent, InstanceId=instance)["Status"] == "InProgress"

@@ -113,11 +113,11 @@ class AwsSim:
         """Spot interruption: the instance terminates (Server.SpotInstanceTermination), its processes die."""
         self._control("POST", "interrupt", {"instance_id": instance_id})
 
-    def impair(self, instance_id: str, check: str = "system") -> None:
-        """The machine's hardware fails ("system") or its OS stops answering ("instance"): its processes end, its
-        commands stay in progress, its agent's ping is lost, and that status check of EC2's fails, the machine still
-        running."""
-        self._control("POST", "impair", {"instance_id": instance_id, "check": check})
+    def impair(self, instance_id: str, check: str = "system", ago_s: float = 0.0) -> None:
+        """The machine's hardware failed ("system") or its OS stopped answering ("instance") `ago_s` seconds ago:
+        its processes end, its commands stay in progress, its agent's ping is lost, and that status check of EC2's
+        fails since then, the machine still running."""
+        self._control("POST", "impair", {"instance_id": instance_id, "check": check, "ago_s": ago_s})
 
     def end_launches(self, instance_type: str, machines: int,
                      code: str = "Server.InsufficientInstanceCapacity") -> None:

@@ -47,7 +47,8 @@ class Control:
             ("GET", "/_awssim/faults"): lambda body: self.faults.report(),
             ("POST", "/_awssim/quotas"): lambda body: self.quotas.set(body["values"]),
             ("POST", "/_awssim/interrupt"): lambda body: self.interrupt(body["instance_id"]),
-            ("POST", "/_awssim/impair"): lambda body: self.player.impair(body["instance_id"], body["check"]),
+            ("POST", "/_awssim/impair"): lambda body: self.player.impair(body["instance_id"], body["check"],
+                                                                       float(body["ago_s"])),
             ("POST", "/_awssim/launch-ends"): lambda body: self.player.end_launches(
                 body["instance_type"], int(body["machines"]), body["code"]),
             ("POST", "/_awssim/reset"): lambda body: self.reset(),

@@ -309,13 +309,16 @@ def fix_reboots_reach_the_machine() -> None:
 def fix_status_checks_can_fail() -> None:
     """moto's status checks always pass; EC2's fail on a machine whose hardware fails (the system check) or whose
     OS stops answering (the instance check), which stays running all the same: a machine the simulator impairs
-    (`Player.impair`) has that check impaired, its reachability failed (API_InstanceStatusSummary)."""
+    (`Player.impair`) has that check impaired, its reachability failed since the failure began
+    (API_InstanceStatusSummary, API_InstanceStatusDetails)."""
     for check, attribute in (("system", "system_status"), ("instance", "instance_status")):
         passing = getattr(Instance, attribute)
 
         def status(self: Instance, check: str = check, passing: Any = passing) -> dict[str, Any]:
-            if self.state_code == 16 and getattr(self, "impaired", None) == check:
-                return {"Details": [{"Name": "reachability", "Status": "failed"}], "Status": "impaired"}
+            failed, since = getattr(self, "impaired", (None, None))
+            if self.state_code == 16 and failed == check:
+                return {"Details": [{"Name": "reachability", "Status": "failed", "ImpairedSince": since}],
+                        "Status": "impaired"}
             return passing.fget(self)
 
         setattr(Instance, attribute, property(status))

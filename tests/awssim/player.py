@@ -12,7 +12,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -358,17 +358,17 @@ class Player:
                 self._kill(played)
                 played.lost_report_at = machine.up_at
 
-    def impair(self, instance_id: str, check: str) -> None:
-        """The machine's hardware fails (its system status check) or its OS stops answering (its instance status
-        check): its processes end with no word to anyone, its commands stay in progress, its agent's ping is lost,
-        and the check fails; EC2 still describes it running."""
+    def impair(self, instance_id: str, check: str, ago_s: float) -> None:
+        """The machine's hardware failed (its system status check) or its OS stopped answering (its instance status
+        check) `ago_s` seconds ago: its processes end with no word to anyone, its commands stay in progress, its
+        agent's ping is lost, and the check fails since then; EC2 still describes it running."""
         if check not in ("system", "instance"):
             raise ValueError(f"no status check {check!r}: system or instance")
         with self._lock:
             instance = backends.find_instance(instance_id)
             if instance is None:
                 raise ValueError(f"no instance {instance_id}")
-            instance.impaired = check
+            instance.impaired = (check, datetime.now(UTC) - timedelta(seconds=ago_s))
             for played in self._played:
                 if played.instance_id == instance_id and played.process is not None and played.exit_code is None \
                         and played.process.poll() is None:

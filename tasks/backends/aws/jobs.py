@@ -210,7 +210,8 @@ def status(clients: Clients, cluster: Cluster, name: str) -> JobStatus:
     unknown = [m for m in cluster.machines if codes.get(m.index) is None and _alive(seen.get(m.id))]
     # the job's commands were sent to its machines after they launched
     ended = command_ends(clients, unknown, name, min(seen[m.id]["LaunchTime"] for m in unknown)) if unknown else {}
-    impaired = _impaired(clients, [m.id for m in unknown if m.index not in ended])
+    looked_at = [m.id for m in unknown if m.index not in ended]
+    impaired = health.impaired(clients, looked_at) if looked_at else {}
     if ended:
         # A machine may have gone between the two looks (a spot interruption): its command ended with it, and the
         # agent may even have said Failed (137) as the machine shut down; it is lost all the same.
@@ -235,19 +236,6 @@ def status(clients: Clients, cluster: Cluster, name: str) -> JobStatus:
         else:
             failed[machine.index] = code
     return JobStatus(running, succeeded, failed, causes)
-
-
-def _impaired(clients: Clients, instance_ids: list[str]) -> dict[str, str]:
-    """The machines among these whose EC2 status checks failed: their commands never end. None when EC2 throttles
-    the poll, which the next one asks again."""
-    try:
-        return health.impaired(clients, instance_ids) if instance_ids else {}
-    except Exception as exc:  # noqa: BLE001
-        if error_code(exc) not in POLL_AGAIN + ("RequestLimitExceeded",):
-            raise
-        log.warning("EC2 answered %s while reading the machines' status checks; the next poll reads them again",
-                    error_code(exc))
-        return {}
 
 
 def _machines_as_they_are(clients: Clients, cluster: Cluster) -> dict[str, dict]:

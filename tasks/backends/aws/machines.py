@@ -120,6 +120,10 @@ def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: d
     if broken:  # described running, but of no use: replaced, as lost machines are
         log.warning("replacing %s", "; ".join(f"{machine} ({why})" for machine, why in broken.items()))
         clients.ec2.terminate_instances(InstanceIds=list(broken))
+        # Until EC2 lists them let go: a launch at the vCPU quota is asked again only for machines listed so.
+        until("the failed machine(s) to shut down", lambda: not {i["InstanceId"] for i in instances(
+            clients, spec.run_id, states=["pending", "running"])} & set(broken), timeout=RELEASE_WAIT_S,
+            poll=RELEASE_POLL_S)
         live = [i for i in live if i["InstanceId"] not in broken]
     existing = {tags.as_dict(i.get("Tags")).get(tags.INDEX): i for i in live}
     unnamed = [i["InstanceId"] for i in live if tags.INDEX not in tags.as_dict(i.get("Tags"))]
