@@ -1388,8 +1388,9 @@ def test_a_security_group_or_vpc_something_depends_on_is_not_deleted(aws):
 
 def test_a_reboot_ends_a_machines_commands_which_its_agent_reports_failed_and_holds_those_sent_meanwhile(aws):
     """EC2 restarts the machine's OS; SSM's agent, running again, finds the process of the command it ran gone and
-    reports it Failed, code 1 (amazon-ssm-agent's generateUnexpectedFailResult); a command sent while the machine
-    was down waits for the agent. A terminated machine's reboot is ignored (API_RebootInstances)."""
+    reports it Failed, code 1, saying so in its step's Output (amazon-ssm-agent's generateUnexpectedFailResult),
+    which ListCommandInvocations gives with details (moto lacks it); a command sent while the machine was down
+    waits for the agent. A terminated machine's reboot is ignored (API_RebootInstances)."""
     ec2, ssm = aws.client("ec2"), aws.client("ssm")
     aws.set_reboot(5)  # long enough for the looks at the machine while it is down
     instance = launch(ec2)
@@ -1406,10 +1407,15 @@ def test_a_reboot_ends_a_machines_commands_which_its_agent_reports_failed_and_ho
     assert ssm.get_command_invocation(CommandId=cut, InstanceId=instance)["Status"] == "InProgress"
     wait_for(lambda: all(p["exit_code"] is not None for p in aws.played()), seconds=20)
     lost = ssm.get_command_invocation(CommandId=cut, InstanceId=instance)
-    assert (lost["Status"], lost["ResponseCode"]) == ("Failed", 1)
-    assert lost["StandardOutputContent"].startswith("document process failed unexpectedly: ")
+    assert (lost["Status"], lost["ResponseCode"], lost["StandardOutputContent"], lost["StandardErrorContent"]) == (
+        "Failed", 1, "", ""), "the agent's words are in its step's Output alone"
+    [listed] = ssm.list_command_invocations(CommandId=cut, InstanceId=instance, Details=True)["CommandInvocations"]
+    assert listed["Status"] == "Failed" and listed["CommandPlugins"][0]["Output"].startswith(
+        "document process failed unexpectedly: ")
     after = ssm.get_command_invocation(CommandId=sent, InstanceId=instance)
     assert (after["Status"], after["StandardOutputContent"]) == ("Success", "after\n")
+    [listed] = ssm.list_command_invocations(CommandId=sent, Details=True)["CommandInvocations"]
+    assert (listed["InstanceId"], listed["CommandPlugins"][0]["Output"]) == (instance, "after\n")
     assert agents_online(ssm, instance) and [m["boots"] for m in aws.machines()] == [2]
     terminate(ec2, instance)
     ec2.reboot_instances(InstanceIds=[instance])

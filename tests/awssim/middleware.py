@@ -17,8 +17,9 @@ import time
 from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from . import (access, agent, attach, backends, bucket_owners, bucket_settling, catalogue, command_list, encryption,
-               guardduty, limits, network, prices, regions, s3_keys, tagging, volume_performance, volume_states)
+from . import (access, agent, attach, backends, bucket_owners, bucket_settling, catalogue, command_invocations,
+               command_list, encryption, guardduty, limits, network, prices, regions, s3_keys, tagging,
+               volume_performance, volume_states)
 from .calls import AwsCall, identify, signing_scope
 from .consistency import Consistency
 from .control import Control
@@ -161,6 +162,8 @@ class AwsSimApp:
             return access.file_system_role_refusal(call)
         if call.service == "ssm" and call.action == "ListCommands":
             return command_list.refusal(call)
+        if call.service == "ssm" and call.action == "ListCommandInvocations":
+            return command_invocations.answer(call, self.player)
         if call.service == "ssm" and call.action in agent.ACTIONS:
             return agent.handle(call, self.player)
         if call.service == "s3":

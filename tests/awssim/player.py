@@ -64,6 +64,7 @@ SEGFAULT_ERROR = ("Fatal Python error: Segmentation fault\n\nCurrent thread 0x00
                   "line 297 in compile\nSegmentation fault (core dumped)\n")
 # SSM keeps this much of an invocation's output for GetCommandInvocation.
 STDOUT_LIMIT, STDERR_LIMIT = 24000, 8000
+ERROR_HEADING = "----------ERROR-------"  # between a step's output and its errors, in its Output
 DEFAULT_EXECUTION_TIMEOUT_S = 3600.0  # AWS-RunShellScript's executionTimeout when none is sent
 
 
@@ -153,6 +154,7 @@ class Played:
     cold_data: bool = False  # it started on a machine whose dataset volume was still fetching blocks from S3
     timeout_s: float = DEFAULT_EXECUTION_TIMEOUT_S  # its executionTimeout: the agent kills it past that
     held: tuple[str, str, str] | None = None  # sent while its machine rebooted: (account, region, script)
+    plugin_output: str = ""  # its step's Output, as its agent reported it (ListCommandInvocations' details)
     # Its process ended under it (a reboot: when the agent, running again, reports it Failed; a machine that
     # failed: math.inf, never)
     lost_report_at: float | None = None
@@ -272,6 +274,11 @@ class Player:
             self._mount_late()
             self.store.sync()
             self._launch_new(instances)
+
+    def plugin_output(self, command_id: str, instance_id: str) -> str:
+        with self._lock:
+            return next((p.plugin_output for p in self._played
+                         if (p.command_id, p.instance_id) == (command_id, instance_id)), "")
 
     def played(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -481,9 +488,9 @@ class Player:
                 if instance is None or instance.state not in ALIVE:
                     self._finish(played, 128 + signal.SIGKILL)
                     continue
-                (played.dir / "stdout").write_text(PROCESS_LOST_OUTPUT)
+                (played.dir / "stdout").write_text("")
                 (played.dir / "stderr").write_text("")
-                self._finish(played, 1)
+                self._finish(played, 1, output=PROCESS_LOST_OUTPUT)
 
     def _mount_late(self) -> None:
         for machine in self._machines.values():
@@ -500,18 +507,22 @@ class Player:
             self._launch(played.command, played.invocation, instances, *played.held)
 
     def _finish(self, played: Played, exit_code: int, details: str | None = None,
-                status: str | None = None) -> None:
+                status: str | None = None, output: str | None = None) -> None:
+        """`output`: the agent's own account in its step's Output, else the script's output and errors there."""
         played.exit_code = exit_code
         (played.dir / "exit_code").write_text(f"{exit_code}\n")
         status = status or ("Success" if exit_code == 0 else "Failed")
+        stdout, stderr = ((played.dir / name).read_text(errors="replace") for name in ("stdout", "stderr"))
+        played.plugin_output = output if output is not None else stdout + (f"\n{ERROR_HEADING}\n{stderr}" if stderr
+                                                                            else "")
         played.invocation.update(
             Status=status,
             StatusDetails=details or status,
             ResponseCode=exit_code,
             ExecutionEndDateTime=_now(),
             ExecutionElapsedTime=f"PT{time.time() - played.started:.3f}S",
-            StandardOutputContent=(played.dir / "stdout").read_text(errors="replace")[:STDOUT_LIMIT],
-            StandardErrorContent=(played.dir / "stderr").read_text(errors="replace")[:STDERR_LIMIT],
+            StandardOutputContent=stdout[:STDOUT_LIMIT],
+            StandardErrorContent=stderr[:STDERR_LIMIT],
         )
         self._summarise(played.command)
 

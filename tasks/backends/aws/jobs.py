@@ -31,9 +31,10 @@ LOST = -signal.SIGKILL  # the machine went away without an exit code (spot inter
 # A command the agent ended at its executionTimeout (the run's max_hours) ran out of time: not a lost machine, which
 # a restart mends, since a restart would run out of it again. timeout(1)'s exit code.
 EXECUTION_TIMED_OUT = 124
-# What SSM's agent reports (Failed, code 1) for a command whose process it lost (amazon-ssm-agent's
-# generateUnexpectedFailResult, once it runs again): the machine rebooted under it (EC2's maintenance, its automatic
-# recovery), or the process was killed. Not the job's own failure: the node was lost, which a restart mends.
+# What SSM's agent reports (Failed, code 1, in its step's Output alone) for a command whose process it lost
+# (amazon-ssm-agent's generateUnexpectedFailResult, once it runs again): the machine rebooted under it (EC2's
+# maintenance, its automatic recovery), or the process was killed. Not the job's own failure: the node was lost,
+# which a restart mends.
 PROCESS_LOST = "document process failed unexpectedly"
 # AWS-RunShellScript's executionTimeout parameter allows at most 172800 s; SendCommand refuses a larger one.
 MAX_COMMAND_HOURS = 48
@@ -183,16 +184,24 @@ def command_ends(clients: Clients, machines: Iterable[Machine], name: str,
 def _how_it_ended(ssm, command_id: str, instance_id: str) -> tuple[int, str]:
     invocation = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
     code = invocation["ResponseCode"]
-    stdout, stderr = (invocation.get(field) or "" for field in ("StandardOutputContent", "StandardErrorContent"))
+    said = (invocation.get("StandardErrorContent") or "").strip().splitlines()[-STDERR_TAIL_LINES:]
     if invocation["StatusDetails"] == "ExecutionTimedOut":
         code = EXECUTION_TIMED_OUT
     elif invocation["Status"] not in ("Success", "Failed") or code < 0:
         code = LOST
-    elif PROCESS_LOST in stdout + stderr:
-        code, stderr = LOST, f"{stdout}\n{stderr}"
-    said = stderr.strip().splitlines()[-STDERR_TAIL_LINES:]
+    elif invocation["Status"] == "Failed" and PROCESS_LOST in (agents := _step_output(ssm, command_id, instance_id)):
+        code, said = LOST, agents.strip().splitlines()[-STDERR_TAIL_LINES:]
     return code, (f"its SSM command on {instance_id} ended {invocation['StatusDetails']} (code "
                   f"{invocation['ResponseCode']})" + (": " + " / ".join(said) if said else ""))
+
+
+def _step_output(ssm, command_id: str, instance_id: str) -> str:
+    """The Output of the command's step as its agent reported it, which ListCommandInvocations gives with its
+    details: where the agent puts its own account of a command it lost, which GetCommandInvocation's standard
+    output and error do not hold."""
+    listed = ssm.list_command_invocations(CommandId=command_id, InstanceId=instance_id, Details=True)
+    return "\n".join(step.get("Output", "") for invocation in listed["CommandInvocations"]
+                     for step in invocation.get("CommandPlugins", []))
 
 
 def status(clients: Clients, cluster: Cluster, name: str) -> JobStatus:
