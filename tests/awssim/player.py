@@ -91,9 +91,14 @@ def _fstab(scratch: Path, user_data: UserData, paths: dict[str, str]) -> Path:
 
 
 def _table(file: Path, points: dict[str, str], options: str) -> Path:
-    file.write_text("/dev/root / ext4 rw,relatime 0 0\n" + "".join(
+    """Written whole at once, as the kernel gives /proc/mounts: a job's read never finds it cut short."""
+    text = "/dev/root / ext4 rw,relatime 0 0\n" + "".join(
         f"{'fs-0.efs.us-east-1.amazonaws.com:/' if point == '/mnt/efs' else '/dev/nvme1n1'} {local} "
-        f"{'nfs4' if point == '/mnt/efs' else 'ext4'} {options} 0 0\n" for point, local in points.items()))
+        f"{'nfs4' if point == '/mnt/efs' else 'ext4'} {options} 0 0\n" for point, local in points.items())
+    if not file.exists() or file.read_text() != text:
+        staged = file.with_name(f"{file.name}.new")
+        staged.write_text(text)
+        os.replace(staged, file)
     return file
 
 
