@@ -646,7 +646,7 @@ class AwsBackend:
     def stop(self, cluster: Cluster, name: str) -> None:
         running = [i["InstanceId"] for i in machines.instances(self.clients, cluster.spec.run_id, ["running"])]
         # A machine whose status checks failed takes no command (the provision after a stop replaces it).
-        alive = set(running) - set(health.impaired(self.clients, running) if running else {})
+        alive = set(running) - set(health.impaired(self.clients, running))
         since = dt.datetime.now(dt.timezone.utc)
         sent = {m.id: jobs.send(self.clients, m.id, jobs.stop_script(cluster, m.index, name),
                                 f"imagenet18 stop {name} {m.index}", 1.0)

@@ -27,7 +27,7 @@ IMPAIRED_FOR = dt.timedelta(minutes=5)
 
 def impaired(clients: Clients, instance_ids: list[str]) -> dict[str, str]:
     """The machines among these running ones whose status checks have failed for IMPAIRED_FOR, with what failed.
-    None where EC2 does not answer (a throttled call, an id it does not know yet): the next look asks again."""
+    Nothing where EC2 does not answer (a throttled call, an id it does not know yet): the next look asks again."""
     found: dict[str, str] = {}
     now = dt.datetime.now(dt.timezone.utc)
     try:

@@ -219,8 +219,7 @@ def status(clients: Clients, cluster: Cluster, name: str) -> JobStatus:
     unknown = [m for m in cluster.machines if codes.get(m.index) is None and _alive(seen.get(m.id))]
     # the job's commands were sent to its machines after they launched
     ended = command_ends(clients, unknown, name, min(seen[m.id]["LaunchTime"] for m in unknown)) if unknown else {}
-    looked_at = [m.id for m in unknown if m.index not in ended]
-    impaired = health.impaired(clients, looked_at) if looked_at else {}
+    impaired = health.impaired(clients, [m.id for m in unknown if m.index not in ended])
     if ended:
         # A machine may have gone between the two looks (a spot interruption): its command ended with it, and the
         # agent may even have said Failed (137) as the machine shut down; it is lost all the same.

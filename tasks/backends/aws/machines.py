@@ -116,7 +116,7 @@ def run_machines(clients: Clients, spec: ClusterSpec, network: Network, image: d
     Returns them running, with volume i attached to machine i."""
     live = [i for i in instances(clients, spec.run_id, states=["pending", "running"])
             if i["InstanceType"] == spec.instance_type]
-    broken = health.impaired(clients, [i["InstanceId"] for i in live]) if live else {}
+    broken = health.impaired(clients, [i["InstanceId"] for i in live])
     if broken:  # described running, but of no use: replaced, as lost machines are
         log.warning("replacing %s", "; ".join(f"{machine} ({why})" for machine, why in broken.items()))
         clients.ec2.terminate_instances(InstanceIds=list(broken))
